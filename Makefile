@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs what it
+# needs, idempotently, into .venv (and, for the kernel side, Debian packages).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KSTAMP := $(VENV)/.kernel-tools
+
+.PHONY: all venv kernel-tools demo test lint bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Re-checked every run (mounts do not survive a reboot); the script is idempotent.
+kernel-tools: $(STAMP)
+	bash scripts/kernel-tools.sh $(VENV)
+
+demo: venv kernel-tools
+	$(BIN)/python -m reconciler.demo
+
+test: venv kernel-tools
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check reconciler agent bpf tests bench
+	$(BIN)/mypy reconciler agent bpf
+
+bench: venv kernel-tools
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Palisade eBPF engine: TracingPolicy model, compile to bcc programs, load, probe, inventory."""

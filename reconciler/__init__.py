@@ -1,0 +1,1 @@
+"""Palisade reconciler: policy repository → validated, signed, versioned bundles."""

@@ -1,0 +1,255 @@
+"""The policy repository as typed values (DESIGN.md §2).
+
+`parse.py` builds these from validated documents; everything after parsing works
+on these values only.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    """The enforcement ladder, in order."""
+
+    OBSERVE = "observe"
+    ENFORCE_READY = "enforce_ready"
+    ENFORCED = "enforced"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {State.OBSERVE: 0, State.ENFORCE_READY: 1, State.ENFORCED: 2}
+
+
+@dataclass(frozen=True, order=True)
+class Scope:
+    """`{sensor: ID}`, `{group: NAME}` or `{}` (the whole fleet)."""
+
+    sensor: str | None = None
+    group: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self.sensor is not None:
+            return f"sensor:{self.sensor}"
+        if self.group is not None:
+            return f"group:{self.group}"
+        return "fleet"
+
+    @classmethod
+    def parse(cls, text: str) -> Scope:
+        """`fleet`, `group:NAME` or `sensor:ID` (the command-line form)."""
+        if text in ("fleet", "", "{}"):
+            return cls()
+        kind, _, value = text.partition(":")
+        if kind == "group" and value:
+            return cls(group=value)
+        if kind == "sensor" and value:
+            return cls(sensor=value)
+        raise ValueError(f"scope {text!r}: use fleet, group:NAME or sensor:ID")
+
+    def to_json(self) -> dict[str, str]:
+        if self.sensor is not None:
+            return {"sensor": self.sensor}
+        if self.group is not None:
+            return {"group": self.group}
+        return {}
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a value was written: repository path and 1-based line/column (0 = unknown)."""
+
+    path: str
+    line: int = 0
+    column: int = 0
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    name: str
+    email: str
+    key: str  # an OpenSSH public key line
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    name: str
+    reviewers: tuple[Reviewer, ...]
+    approvals_required: int = 1
+    min_observation: _dt.timedelta = _dt.timedelta(hours=72)
+    bundle_expiry: _dt.timedelta = _dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    sensors: tuple[str, ...] = ()
+    match_labels: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+
+    def selects(self, sensor_id: str, labels: Mapping[str, str]) -> bool:
+        if sensor_id in self.sensors:
+            return True
+        return bool(self.match_labels) and all(labels.get(k) == v for k, v in self.match_labels)
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """A TracingPolicy document as written in a pack (or rendered from a rule)."""
+
+    name: str
+    kind: str  # TracingPolicy | TracingPolicyNamespaced
+    path: str
+    index: int
+    document: Mapping[str, Any] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Pack:
+    name: str
+    path: str  # packs/<name>
+    description: str
+    owners: tuple[str, ...]
+    enforcement_capable: bool
+    policies: tuple[PolicySource, ...]
+
+
+@dataclass(frozen=True)
+class RuleException:
+    """An exception to a rule: who may do it anyway, why, and until when."""
+
+    reason: str
+    binary: str | None = None
+    parent_binary: str | None = None
+    expires: _dt.date | None = None
+
+    def active(self, today: _dt.date) -> bool:
+        return self.expires is None or today <= self.expires
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    path: str
+    template: str
+    scope: Scope
+    state: State
+    enabled: bool = True
+    params: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    exceptions: tuple[RuleException, ...] = ()
+    policy: Mapping[str, Any] | None = field(default=None, compare=False)  # template: custom
+    where: Location = field(default=Location(""), compare=False)  # the `state` node
+
+
+@dataclass(frozen=True)
+class Assignment:
+    scope: Scope
+    state: State
+    where: Location = field(default=Location(""), compare=False)  # the `state` node
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    name: str
+    path: str
+    pack: str
+    assignments: tuple[Assignment, ...]
+
+
+@dataclass(frozen=True)
+class Gates:
+    max_agent_errors: int | None = None
+    max_policies_refused: int | None = None
+    max_unhealed_drift: int | None = None
+    max_enforcement_actions_per_node: int | None = None
+    min_reporting_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sensors: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    match_labels: tuple[tuple[str, str], ...] = ()
+    rest: bool = False
+    bake: _dt.timedelta = _dt.timedelta(0)
+    gates: Gates = Gates()
+
+
+@dataclass(frozen=True)
+class Rollout:
+    name: str
+    path: str
+    stages: tuple[Stage, ...]
+    fast_track: bool = False
+
+
+@dataclass(frozen=True)
+class PolicyRepository:
+    """Everything a revision of the policy repository says, as typed values."""
+
+    config: RepositoryConfig | None
+    groups: tuple[Group, ...] = ()
+    packs: tuple[Pack, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    enforcements: tuple[Enforcement, ...] = ()
+    rollouts: tuple[Rollout, ...] = ()
+
+    def group(self, name: str) -> Group | None:
+        return next((g for g in self.groups if g.name == name), None)
+
+    def pack(self, name: str) -> Pack | None:
+        return next((p for p in self.packs if p.name == name), None)
+
+    def units(self) -> dict[UnitKey, State]:
+        """Every (unit, scope) on the ladder and its state; disabled rules are off the ladder."""
+        out: dict[UnitKey, State] = {}
+        for e in self.enforcements:
+            for a in e.assignments:
+                out[UnitKey("pack", e.pack, a.scope)] = a.state
+        for r in self.rules:
+            if r.enabled:
+                out[UnitKey("rule", r.name, r.scope)] = r.state
+        return out
+
+
+@dataclass(frozen=True, order=True)
+class UnitKey:
+    """A unit on the ladder: a pack or a rule, at one scope."""
+
+    kind: str  # "pack" | "rule"
+    name: str
+    scope: Scope
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} @ {self.scope.key}"
+
+
+def parse_duration(text: str) -> _dt.timedelta:
+    """`90s`, `30m`, `72h`, `7d`, `1h30m`; ValueError with the reason otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    s = text.strip()
+    if not s:
+        raise ValueError("empty duration")
+    total, num = 0.0, ""
+    for ch in s:
+        if ch.isdigit() or ch == ".":
+            num += ch
+        elif ch in units and num:
+            total += float(num) * units[ch]
+            num = ""
+        else:
+            raise ValueError(f"duration {text!r}: use a number and a unit (s, m, h, d, w), e.g. 72h")
+    if num:
+        raise ValueError(f"duration {text!r}: the number {num} has no unit (s, m, h, d, w)")
+    return _dt.timedelta(seconds=total)
