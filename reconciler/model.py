@@ -27,12 +27,20 @@ class State(StrEnum):
 _RANK = {State.OBSERVE: 0, State.ENFORCE_READY: 1, State.ENFORCED: 2}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Scope:
     """`{sensor: ID}`, `{group: NAME}` or `{}` (the whole fleet)."""
 
     sensor: str | None = None
     group: str | None = None
+
+    def __lt__(self, other: Scope) -> bool:
+        return self.key < other.key
+
+    @property
+    def specificity(self) -> int:
+        """2 for a sensor, 1 for a group, 0 for the fleet: the most specific scope wins on a node."""
+        return 2 if self.sensor is not None else 1 if self.group is not None else 0
 
     @property
     def key(self) -> str:

@@ -201,6 +201,12 @@ def resolve(repo: Path, rev: str) -> str:
     return out.decode().strip()
 
 
+def parent(repo: Path, commit: str) -> str | None:
+    """The first parent of `commit`, or None for a root commit."""
+    out = _git_optional(repo, "rev-parse", "--verify", "--quiet", f"{commit}^1")
+    return out.decode().strip() if out else None
+
+
 def _cat_blobs(repo: Path, shas: Sequence[str]) -> dict[str, bytes]:
     if not shas:
         return {}
@@ -289,7 +295,7 @@ def parse_file(f: SourceFile) -> tuple[list[Document], list[Finding]]:
 def to_plain(node: Any) -> Any:
     """ruamel's round-trip values as plain JSON-compatible values (dates as ISO strings)."""
     if isinstance(node, dict):
-        return {str(k) if not isinstance(k, str) else str(k): to_plain(v) for k, v in node.items()}
+        return {str(k): to_plain(v) for k, v in node.items()}
     if isinstance(node, list):
         return [to_plain(v) for v in node]
     if isinstance(node, bool) or node is None:

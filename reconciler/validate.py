@@ -1,0 +1,89 @@
+"""`palisade validate`: every check of a revision, in order — schema, semantics, history.
+
+History checks (ladder, approvals, observation window) run when a base revision
+is known: `--base`, or the first parent of `--rev`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import loader, render, semantics, source
+from .findings import Finding, error, has_errors
+from .model import PolicyRepository
+from .source import Document
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of validating one revision."""
+
+    findings: tuple[Finding, ...]
+    repository: PolicyRepository
+    revision: str | None = None  # None: the work tree
+    base: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not has_errors(self.findings)
+
+
+def validate_snapshot(snapshot: source.Snapshot, today: _dt.date | None = None) -> Report:
+    """Schema and semantic checks of one revision (no history)."""
+    from .tpcheck import check_policy
+
+    today = today or _dt.datetime.now(_dt.UTC).date()
+    loaded = loader.load(snapshot, today)
+    findings = list(loaded.findings)
+    findings += semantics.check(loaded.repository, loaded.documents, today)
+    for doc in loaded.valid:
+        if doc.kind in loader.POLICY_KINDS:
+            findings += check_policy(doc)
+        elif doc.kind == "Rule" and isinstance((doc.plain.get("spec") or {}).get("policy"), dict):
+            findings += _check_inline(doc)
+    if not has_errors(findings):
+        try:
+            render.render(loaded.repository, today)
+        except (ValueError, KeyError, TypeError) as e:
+            findings.append(error("", 0, 0, "render", f"cannot render: {e}"))
+    return Report(tuple(sorted(set(findings))), loaded.repository, snapshot.revision)
+
+
+def _check_inline(rule: Document) -> list[Finding]:
+    """Schema and Tetragon checks of a custom rule's inline policy, located inside the rule's file."""
+    from .schema import check_document
+    from .tpcheck import check_policy
+
+    node = rule.node["spec"]["policy"]
+    plain = dict(rule.plain["spec"]["policy"])
+    plain.setdefault("apiVersion", loader.TETRAGON_API)
+    plain.setdefault("kind", "TracingPolicy")
+    plain.setdefault("metadata", {"name": rule.name})
+    inline = Document(rule.path, rule.index, node, plain)
+    found = check_document(inline)
+    return found if has_errors(found) else found + check_policy(inline)
+
+
+def validate(repo: Path, rev: str | None = None, base: str | None = None, *,
+             pending_approvals: bool = False, today: _dt.date | None = None) -> Report:
+    """Validate the work tree (rev None, no base) or a git revision, with history when a base is known."""
+    if base is not None and rev is None:
+        rev = "HEAD"
+    snapshot = source.from_worktree(repo) if rev is None else source.from_git(repo, rev)
+    report = validate_snapshot(snapshot, today)
+    if snapshot.revision is None:
+        return report
+    if base is None:
+        parent = source.parent(repo, snapshot.revision)
+        if parent is None:
+            return report  # the first commit: nothing to compare with
+        base = parent
+    else:
+        base = source.resolve(repo, base)
+    from . import history
+
+    findings = list(report.findings)
+    findings += history.check(repo, base, snapshot.revision, load=lambda r: loader.load_revision(repo, r)[0],
+                              pending_approvals=pending_approvals)
+    return Report(tuple(sorted(set(findings))), report.repository, snapshot.revision, base)
