@@ -1,0 +1,1 @@
+"""Helpers shared by tests: real git repositories, real SSH keys (see `gitrepo`)."""
