@@ -18,7 +18,9 @@ Measured on this kernel (6.18) and documented because the API depends on it:
 hits on *every* CPU — the program hangs off the tracepoint itself, the event's
 CPU only scopes the perf samples. So one event on CPU 0 and one
 `link_create_perf_event` suffice; the link can be pinned and keeps working after
-the loading process exits (tests/bpf/test_syscall.py checks both).
+the loading process exits (tests/bpf/test_syscall.py checks both). Unlinking
+the last pin detaches too, but only after an RCU grace period (the bpffs inode
+is freed asynchronously); call `link_detach` first where "detached now" matters.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ __all__ = [
     "ProgInfo",
     "ProgQuery",
     "ProgType",
+    "cgroup2_root",
     "link_create_cgroup",
     "link_create_perf_event",
     "link_detach",
@@ -400,6 +403,17 @@ def tracefs_root() -> Path:
         if (root / "events").is_dir():
             return root
     raise BpfError(_errno.ENOENT, "find tracefs (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing)")
+
+
+def cgroup2_root() -> Path:
+    """Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup` or, on hybrid systems,
+    `/sys/fs/cgroup/unified`); cgroup hooks and cgroup ids live there."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return Path(fields[1].replace("\\040", " "))
+    raise BpfError(_errno.ENOENT, "find the cgroup2 hierarchy (no cgroup2 mount in /proc/self/mounts)")
 
 
 def tracepoint_id(category: str, name: str) -> int:
