@@ -96,9 +96,13 @@ def check(repo: PolicyRepository, documents: Sequence[Document], today: _dt.date
                                          f"pack {p.name} holds no TracingPolicy; add one or remove the pack"))
     for r in repo.rules:
         scope_ok("Rule", r.name, ("spec", "scope"), r.scope.group)
-        for msg in templates.check_params(r.template, r.params):
-            where: JsonPath = ("spec", "template") if "unknown template" in msg else ("spec", "params")
-            findings.append(docs.error("Rule", r.name, where, "template", msg))
+        if r.template != templates.CUSTOM and r.template not in templates.TEMPLATES:
+            for msg in templates.check_params(r.template, {}):
+                findings.append(docs.error("Rule", r.name, ("spec", "template"), "template", msg))
+        else:
+            for key, value in r.params.items():
+                for msg in templates.check_params(r.template, {key: value}):
+                    findings.append(docs.error("Rule", r.name, ("spec", "params", key), "template", msg))
         if r.template == templates.CUSTOM and not r.policy:
             findings.append(docs.error("Rule", r.name, ("spec",), "template",
                                        "template custom needs spec.policy with an inline TracingPolicy"))
