@@ -52,7 +52,8 @@ def generate(out_dir: Path, *, force: bool = False) -> KeyPair:
     if not force:
         existing = [str(p) for p in (key_path, pub_path) if p.exists() or p.is_symlink()]
         if existing:
-            raise KeyError_(f"{' and '.join(existing)} already exist(s); use --force to replace the key pair")
+            verb = "exists" if len(existing) == 1 else "exist"
+            raise KeyError_(f"{' and '.join(existing)} already {verb}; use --force to replace the key pair")
     try:
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:

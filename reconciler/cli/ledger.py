@@ -1,0 +1,60 @@
+"""`palisade ledger [--state DIR] [-o json] [--limit N]`: the history of processed commits."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import add_output
+
+DEFAULT_STATE = Path("/var/lib/palisade")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "ledger",
+        help="show the ledger of processed commits",
+        description="Every commit the reconciler processed, newest first: when, the outcome, the bundle "
+        "version, author, approvers and the first finding (-o json carries all findings). Reads the "
+        "state directory without locking it, so it works beside a running reconciler.",
+    )
+    p.add_argument("--state", type=Path, default=DEFAULT_STATE, metavar="DIR",
+                   help=f"the reconciler's state directory (default {DEFAULT_STATE})")
+    p.add_argument("--limit", type=_positive, metavar="N", help="show only the newest N entries")
+    add_output(p)
+    p.set_defaults(func=_run)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return n
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..bundle import format_time
+    from ..ledger import Ledger
+
+    with Ledger.open(args.state, readonly=True) as ledger:
+        entries = ledger.entries(limit=args.limit)
+    if args.output == "json":
+        print(json.dumps([e.to_json() for e in entries], indent=2))
+        return 0
+    rows = [("TIME", "COMMIT", "RESULT", "VERSION", "AUTHOR", "APPROVERS", "FINDING")]
+    for e in entries:
+        first = e.findings[0].text() if e.findings else ""
+        more = f" (+{len(e.findings) - 1} more)" if len(e.findings) > 1 else ""
+        rows.append((format_time(e.processed), e.commit[:12], str(e.result),
+                     "" if e.version is None else f"v{e.version}", e.author,
+                     ", ".join(e.approvers) or "-", first + more))
+    if len(rows) == 1:
+        print("the ledger is empty")
+        return 0
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    return 0
