@@ -257,7 +257,7 @@ def test_inconsistent_index_is_refused(k: Keys, edit: object, reason: str) -> No
 
 
 def test_index_size_limit(k: Keys) -> None:
-    with pytest.raises(VerificationError, match="index is .* more than the limit"):
+    with pytest.raises(VerificationError, match=r"index is .* more than the limit"):
         B.verify_index(b" " * (B.MAX_INDEX_BYTES + 1), [k.public], now=T0)
 
 
