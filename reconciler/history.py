@@ -1,0 +1,381 @@
+"""History checks (DESIGN.md §2): the ladder, approvals by SSH-signed commits, the observation window.
+
+A *change* is everything between an accepted revision `base` and a new revision
+`head` (normally `head`'s first parent is `base`: one merge or commit on the
+tracked branch). This module reads the facts from git — the units of both
+revisions, who authored and who signed the commits of the change, and when each
+unit entered its current state — and lets `ladder` judge them.
+
+Decisions worth knowing (each one a place where the design leaves room):
+
+- **The introducing commit is `head`.** Its signature is the approval. When
+  `base` is further back than `head`'s parent (the reconciler skipped rejected
+  commits), the whole range is one change approved by `head`, so "one step per
+  accepted commit" is measured between accepted commits.
+- **Authors** are the authors (by e-mail, case-insensitive) of every commit in
+  `git rev-list base..head`, and the signers of those commits, except: `head`
+  itself when it is a merge (merging is how a reviewer approves; its author is
+  the merger) and empty non-merge commits (they change nothing; see below). A
+  reviewer who signed an ordinary commit of the change authored it, whatever its
+  author field says. A commit merging the tracked branch into the feature
+  branch counts as authored by whoever made it (its conflict resolution is content).
+- **`approvals.required` > 1**: a git commit carries one signature, so further
+  approvals are *approval commits*: empty commits (`git commit --allow-empty -S`)
+  in the change, signed by other reviewers, whose tree is the tree that gets
+  merged (the tip of the merged branch; for a non-merge head, head itself). An
+  approval commit made before later changes no longer matches that tree and does
+  not count. Distinct reviewers are counted (by key), each valid and not an author.
+- **Approval settings** (reviewers, `approvals.required`, `minObservation`) come from
+  `base`'s palisade.yaml; changing them is itself a step needing the approval of
+  `base`'s reviewers. A repository's first palisade.yaml is trusted (nobody to ask).
+- **Time**: a unit entered its state at the committer time of the oldest
+  first-parent commit (of `base`'s history) from which on it held that state;
+  the step happens at `head`'s committer time, capped at the wall clock so a
+  commit dated in the future cannot shorten the window. In pull-request mode
+  (`pending_approvals`) the step has not happened yet: the wall clock is used.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import ladder, signatures, source
+from .errors import SourceError
+from .findings import Finding, Severity, error, warning
+from .ladder import Approval, MoveKind
+from .model import Location, PolicyRepository, RepositoryConfig, Reviewer, State, UnitKey
+from .signatures import Signature, Status
+
+Loader = Callable[[str], PolicyRepository]
+
+#: Only these folders decide a unit's state; older revisions that did not touch them are skipped.
+LADDER_PATHS = ("enforcement", "rules")
+
+_STATUS_CODE = {
+    Status.UNSIGNED: ladder.UNSIGNED,
+    Status.BAD: ladder.BAD_SIGNATURE,
+    Status.NOT_REVIEWER: ladder.NOT_REVIEWER,
+    Status.UNVERIFIABLE: ladder.NOT_REVIEWER,
+}
+
+
+def check(
+    repo: Path,
+    base: str,
+    head: str,
+    *,
+    load: Loader,
+    pending_approvals: bool = False,
+    now: _dt.datetime | None = None,
+) -> list[Finding]:
+    """Every history finding for the change `base..head`.
+
+    `load(rev)` returns the typed model of a revision (it is called with full
+    commit ids and memoised here). `pending_approvals` is for pull-request CI,
+    where the approving merge does not exist yet: missing approvals become
+    `approval-pending` warnings naming what is needed. `now` is the wall clock
+    (tests pass one; default: the real time).
+    """
+    repo = Path(repo)
+    clock = now or _dt.datetime.now(_dt.UTC)
+    base_sha, head_sha = source.resolve(repo, base), source.resolve(repo, head)
+    if base_sha == head_sha:
+        return []
+    if not _is_ancestor(repo, base_sha, head_sha):
+        fork = _merge_base(repo, base_sha, head_sha) if pending_approvals else None
+        if fork is None:
+            return [error(source.ROOT_FILE, 0, 0, "not-descendant",
+                          f"{head} ({head_sha[:12]}) does not descend from the accepted revision {base} "
+                          f"({base_sha[:12]}); rebase or merge {base} first")]
+        base_sha = fork  # a pull request behind its target: judge what it changes since it forked
+    cached = _memo(load)
+    before, after = cached(base_sha), cached(head_sha)
+    moves = ladder.moves(before.units(), after.units())
+    forward = {m.unit: m.before for m in moves if m.kind is MoveKind.FORWARD and m.before is not None}
+    config = before.config or RepositoryConfig("", ())
+    needs_approval = bool(forward) or bool(ladder.config_changes(before.config, after.config))
+    # reading signatures costs a process per signed commit: only when something needs approval
+    approval = _Change(repo, base_sha, head_sha).approval(config, pending=pending_approvals) \
+        if needs_approval else Approval()
+    entered = entered_at(repo, base_sha, forward, cached) if forward else {}
+    step_time = clock if pending_approvals else min(_commit_time(repo, head_sha), clock)
+    problems = ladder.check(moves, approval, entered, config.min_observation, step_time)
+    problems += ladder.check_config(before.config, after.config, approval)
+    return [_finding(p, after, repo, head_sha) for p in problems]
+
+
+def approvers(repo: Path, base: str, head: str, reviewers: Sequence[Reviewer]) -> list[Reviewer]:
+    """The reviewers (of `reviewers`, normally `base`'s) whose signatures approve `base..head`.
+
+    For the reconciler's ledger: valid SSH signatures on `head` or on approval
+    commits bound to the merged tree, by reviewers who authored none of the change.
+    """
+    base_sha, head_sha = source.resolve(repo, base), source.resolve(repo, head)
+    if base_sha == head_sha:
+        return []
+    return _Change(Path(repo), base_sha, head_sha).valid_approvers(reviewers, pending=False)
+
+
+def entered_at(
+    repo: Path, base: str, units: Mapping[UnitKey, State | None], load: Loader
+) -> dict[UnitKey, _dt.datetime]:
+    """When each unit entered the state it has at `base`, from the first-parent history of `base`.
+
+    Walks the first-parent commits that touched enforcement/ or rules/, newest
+    first, loading each once, and stops as soon as every unit is accounted for.
+    A unit whose state runs back to the oldest such commit entered it there.
+    """
+    want = {u: s for u, s in units.items() if s is not None}
+    found: dict[UnitKey, _dt.datetime] = {}
+    held: dict[UnitKey, _dt.datetime] = {}
+    log = _git(repo, "log", "--first-parent", "--format=%H %ct", base, "--", *LADDER_PATHS).split()
+    for sha, stamp in zip(log[0::2], log[1::2], strict=True):
+        if not want:
+            break
+        when = _dt.datetime.fromtimestamp(int(stamp), _dt.UTC)
+        states = load(sha).units()
+        for unit, state in list(want.items()):
+            if states.get(unit) == state:
+                held[unit] = when
+            else:
+                # the unit left (or had not yet reached) this state here: it entered at the newer commit
+                found[unit] = held.get(unit, when)
+                del want[unit]
+    found.update({u: held[u] for u in want if u in held})
+    if want.keys() - found.keys():
+        # not found in any touching commit (should not happen): measure from base, the safe side
+        base_time = _commit_time(repo, base)
+        found.update({u: base_time for u in want if u not in found})
+    return found
+
+
+# --- the commits of a change ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Commit:
+    sha: str
+    parents: tuple[str, ...]
+    tree: str
+    author: str
+    email: str
+    subject: str
+
+
+class _Change:
+    """The commits `base..head` and who authored and signed them."""
+
+    def __init__(self, repo: Path, base: str, head: str) -> None:
+        self.repo, self.base, self.head = repo, base, head
+        out = _git(repo, "log", "--format=%H%x00%P%x00%T%x00%an%x00%ae%x00%s%x1e", f"{base}..{head}")
+        self.commits: list[_Commit] = []
+        for rec in out.split("\x1e"):
+            rec = rec.strip("\n")
+            if rec:
+                sha, parents, tree, name, email, subject = rec.split("\x00")
+                self.commits.append(_Commit(sha, tuple(parents.split()), tree, name, email, subject))
+        self._by_sha = {c.sha: c for c in self.commits}
+        self._empty = self._empty_commits()
+
+    def _empty_commits(self) -> set[str]:
+        singles = [c for c in self.commits if len(c.parents) == 1]
+        if not singles:
+            return set()
+        trees = _git(self.repo, "rev-parse", *(f"{c.parents[0]}^{{tree}}" for c in singles)).split()
+        return {c.sha for c, parent_tree in zip(singles, trees, strict=True) if c.tree == parent_tree}
+
+    @property
+    def _head(self) -> _Commit:
+        return self._by_sha[self.head]
+
+    def _tip_tree(self) -> str:
+        """The tree the change brings in: the merged branch's tip for a merge head, else head's."""
+        h = self._head
+        if len(h.parents) > 1:
+            return _git(self.repo, "rev-parse", f"{h.parents[1]}^{{tree}}").strip()
+        return h.tree
+
+    def _authored(self) -> list[_Commit]:
+        head_is_merge = len(self._head.parents) > 1
+        return [
+            c for c in self.commits
+            if c.sha not in self._empty and not (c.sha == self.head and head_is_merge)
+        ]
+
+    def _approval_commits(self, pending: bool) -> list[_Commit]:
+        tip = self._tip_tree()
+        out = [c for c in self.commits if c.sha in self._empty and c.tree == tip]
+        if not pending and self.head not in self._empty:
+            out.insert(0, self._head)
+        return out
+
+    def _judge(self, reviewers: Sequence[Reviewer], pending: bool) -> _Verdicts:
+        authored = self._authored()
+        candidates = self._approval_commits(pending)
+        shas = list(dict.fromkeys([c.sha for c in authored] + [c.sha for c in candidates]))
+        sigs = signatures.verify_many(self.repo, shas, reviewers)
+        # who authored: author e-mails, plus reviewers who signed an ordinary commit of the change
+        # (head excluded: signing head is the act of approving)
+        by_email: dict[str, _Commit] = {}
+        for c in authored:
+            by_email.setdefault(c.email.strip().lower(), c)
+        by_key: dict[str, _Commit] = {}
+        for c in authored:
+            s = sigs[c.sha]
+            if c.sha != self.head and s.status is Status.GOOD and s.fingerprint:
+                by_key.setdefault(s.fingerprint, c)
+        return _Verdicts(candidates, sigs, by_email, by_key)
+
+    def valid_approvers(self, reviewers: Sequence[Reviewer], pending: bool) -> list[Reviewer]:
+        return _valid(self._judge(reviewers, pending))
+
+    def approval(self, config: RepositoryConfig, *, pending: bool) -> Approval:
+        v = self._judge(config.reviewers, pending)
+        valid = _valid(v)
+        names = tuple(f"{r.name} <{r.email}>" for r in valid)
+        required = max(config.approvals_required, 1)
+        if len(valid) >= required:
+            return Approval(names, required)
+        eligible = [r for r in config.reviewers if _authored_by_reviewer(v, r) is None]
+        eligible_text = ", ".join(f"{r.name} <{r.email}>" for r in eligible) or "nobody"
+        if not config.reviewers:
+            return Approval(names, required, ladder.NOT_REVIEWER,
+                            "the accepted palisade.yaml lists no reviewers, so nobody can approve", pending)
+        if pending:
+            if not eligible:
+                reason = ("no reviewer can approve it: every reviewer authored a commit of this change "
+                          "(a reviewer who did not write it must review and sign the merge)")
+            elif required == 1:
+                reason = f"the merge must be SSH-signed by a reviewer who did not author it: {eligible_text}"
+            else:
+                have = f" (so far: {', '.join(names)})" if names else ""
+                reason = (f"{required} distinct reviewers who did not author it must approve{have}: "
+                          f"a signed merge plus signed empty approval commits, from {eligible_text}")
+            return Approval(names, required, "approval-pending", reason, pending=True)
+        sig = v.sigs[self.head]
+        if sig.status is not Status.GOOD or sig.reviewer is None:
+            return Approval(names, required, _STATUS_CODE.get(sig.status, ladder.NOT_REVIEWER),
+                            f"{sig.describe()}; it must be signed by a reviewer who did not author the "
+                            f"change: {eligible_text}")
+        author = v.authored_by(sig)
+        if author is not None:
+            return Approval(names, required, ladder.SELF_APPROVED,
+                            f"{sig.describe()}, who authored commit {author.sha[:12]} "
+                            f"({author.subject!r}) of this change; another reviewer must approve: "
+                            f"{eligible_text}")
+        return Approval(names, required, ladder.INSUFFICIENT,
+                        f"{len(valid)} of {required} required approvals ({', '.join(names) or 'none'}); "
+                        f"add signed empty approval commits by other reviewers: {eligible_text}")
+
+
+@dataclass(frozen=True)
+class _Verdicts:
+    candidates: list[_Commit]
+    sigs: dict[str, Signature]
+    by_email: dict[str, _Commit]
+    by_key: dict[str, _Commit]
+
+    def authored_by(self, sig: Signature) -> _Commit | None:
+        """The commit of the change the signing reviewer authored (by e-mail or by signing it), if any."""
+        if sig.reviewer is None:
+            return None
+        return self.by_email.get(sig.reviewer.email.strip().lower()) or (
+            self.by_key.get(sig.fingerprint) if sig.fingerprint else None
+        )
+
+
+def _valid(v: _Verdicts) -> list[Reviewer]:
+    """Distinct reviewers (by key) with a good signature on a candidate commit who authored nothing."""
+    out: dict[str, Reviewer] = {}
+    for c in v.candidates:
+        s = v.sigs[c.sha]
+        if s.status is Status.GOOD and s.reviewer is not None and v.authored_by(s) is None:
+            out.setdefault(s.fingerprint or s.reviewer.email, s.reviewer)
+    return list(out.values())
+
+
+def _authored_by_reviewer(v: _Verdicts, r: Reviewer) -> _Commit | None:
+    fp = signatures.fingerprint(r.key)
+    return v.by_email.get(r.email.strip().lower()) or (v.by_key.get(fp) if fp else None)
+
+
+# --- findings ------------------------------------------------------------------------------------
+
+
+def _finding(p: ladder.Problem, model: PolicyRepository, repo: Path, head: str) -> Finding:
+    where = _unit_location(model, p.unit) if p.unit is not None else _config_location(repo, head)
+    make = warning if p.severity is Severity.WARNING else error
+    return make(where.path, where.line, where.column, p.code, p.message)
+
+
+def _unit_location(model: PolicyRepository, unit: UnitKey) -> Location:
+    """The `state` node of the unit in the head revision (the file, when the loader gave no position)."""
+    if unit.kind == "pack":
+        for e in model.enforcements:
+            if e.pack == unit.name:
+                for a in e.assignments:
+                    if a.scope == unit.scope:
+                        return a.where if a.where.path else Location(e.path)
+    else:
+        for r in model.rules:
+            if r.name == unit.name and r.scope == unit.scope and r.enabled:
+                return r.where if r.where.path else Location(r.path)
+    return Location(source.ROOT_FILE)
+
+
+def _config_location(repo: Path, head: str) -> Location:
+    """`spec.reviewers` of palisade.yaml at `head` (the file itself when it cannot be located)."""
+    proc = subprocess.run(["git", "-C", str(repo), "cat-file", "blob", f"{head}:{source.ROOT_FILE}"],
+                          capture_output=True, check=False)
+    if proc.returncode != 0:
+        return Location(source.ROOT_FILE)
+    docs, _ = source.parse_file(source.SourceFile(source.ROOT_FILE, proc.stdout))
+    for d in docs:
+        if d.kind == "Repository":
+            line, col = d.locate(("spec", "reviewers"))
+            return Location(source.ROOT_FILE, line, col)
+    return Location(source.ROOT_FILE)
+
+
+# --- git -----------------------------------------------------------------------------------------
+
+
+def _memo(load: Loader) -> Loader:
+    cache: dict[str, PolicyRepository] = {}
+
+    def cached(rev: str) -> PolicyRepository:
+        if rev not in cache:
+            cache[rev] = load(rev)
+        return cache[rev]
+
+    return cached
+
+
+def _git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
+    if proc.returncode != 0:
+        msg = proc.stderr.decode(errors="replace").strip() or f"git {args[0]} failed"
+        raise SourceError(f"{repo}: {msg}")
+    return proc.stdout.decode("utf-8", errors="replace")
+
+
+def _is_ancestor(repo: Path, a: str, b: str) -> bool:
+    proc = subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", a, b],
+                          capture_output=True, check=False)
+    if proc.returncode not in (0, 1):
+        raise SourceError(f"{repo}: git merge-base failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.returncode == 0
+
+
+def _merge_base(repo: Path, a: str, b: str) -> str | None:
+    proc = subprocess.run(["git", "-C", str(repo), "merge-base", a, b], capture_output=True, check=False)
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode().strip() or None
+
+
+def _commit_time(repo: Path, rev: str) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(int(_git(repo, "log", "-1", "--format=%ct", rev).strip()), _dt.UTC)

@@ -1,0 +1,444 @@
+"""History checks against real git: real commits, real ssh-keygen keys, real SSH-signed merges.
+
+Each rule of DESIGN.md §2 is shown accepting the good case and rejecting the bad
+one with its code. The repository is a minimal palisade repository: one pack
+(`web-lockdown`) assigned to group `web`, one rule (`no-kmod`), reviewers Alice
+and Bob; Dave is a developer, Mallory has a key but is no reviewer.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.gitrepo import GitRepo, Key, Person, make_key
+
+from reconciler import history, loader
+from reconciler.findings import Finding, Severity, has_errors
+from reconciler.model import PolicyRepository
+
+ALICE = Person("Alice Reviewer", "alice@example.com")
+BOB = Person("Bob Reviewer", "bob@example.com")
+DAVE = Person("Dave Developer", "dave@example.com")
+MALLORY = Person("Mallory", "mallory@example.com")
+WEB_ENFORCEMENT = "enforcement/web-lockdown.yaml"
+
+
+def palisade_yaml(reviewers: list[tuple[Person, Key]], *, required: int = 1, window: str = "72h") -> str:
+    lines = [
+        "apiVersion: palisade.dev/v1", "kind: Repository", "metadata:", "  name: test-policy", "spec:",
+        "  reviewers:",
+    ]
+    for person, key in reviewers:
+        lines += [f"    - name: {person.name}", f"      email: {person.email}", f"      key: {key.public}"]
+    lines += ["  approvals:", f"    required: {required}", f"  minObservation: {window}"]
+    return "\n".join(lines) + "\n"
+
+
+def enforcement(state: str, *, canary: str | None = None) -> str:
+    text = (
+        "apiVersion: palisade.dev/v1\nkind: Enforcement\nmetadata:\n  name: web-lockdown\nspec:\n"
+        "  pack: web-lockdown\n  assignments:\n"
+        f"    - scope: {{group: web}}\n      state: {state}\n"
+    )
+    if canary is not None:
+        text += f"    - scope: {{group: canary}}\n      state: {canary}\n"
+    return text
+
+
+def rule(name: str, state: str) -> str:
+    return (
+        f"apiVersion: palisade.dev/v1\nkind: Rule\nmetadata:\n  name: {name}\nspec:\n"
+        f"  template: block-kmod-load\n  scope: {{}}\n  state: {state}\n"
+    )
+
+
+GROUPS = """\
+apiVersion: palisade.dev/v1
+kind: Group
+metadata:
+  name: web
+spec:
+  selector:
+    matchLabels: {role: web}
+---
+apiVersion: palisade.dev/v1
+kind: Group
+metadata:
+  name: canary
+spec:
+  sensors: [node-canary-1]
+"""
+
+PACK = """\
+apiVersion: palisade.dev/v1
+kind: Pack
+metadata:
+  name: web-lockdown
+spec:
+  description: Only the web server may run.
+  owners: [web-team@example.com]
+  enforcementCapable: true
+"""
+
+POLICY = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: web-exec
+spec:
+  tracepoints:
+    - subsystem: sched
+      event: sched_process_exec
+"""
+
+
+@dataclass
+class World:
+    repo: GitRepo
+    keys: dict[str, Key]
+
+    def load(self, rev: str) -> PolicyRepository:
+        model, findings = loader.load_revision(self.repo.path, rev)
+        # a schema error would silently drop a unit and make a test pass for the wrong reason
+        assert not has_errors(findings), [f.text() for f in findings]
+        return model
+
+    def check(self, base: str = "HEAD~1", head: str = "HEAD", **kwargs: object) -> list[Finding]:
+        return history.check(self.repo.path, base, head, load=self.load, **kwargs)  # type: ignore[arg-type]
+
+    def propose(self, files: dict[str, str], *, author: Person = DAVE, sign: Key | None = None,
+                branch: str = "change") -> str:
+        """A feature branch off main with one commit writing `files`; back on main afterwards."""
+        self.repo.branch(branch, "main")
+        for path, text in files.items():
+            self.repo.write(path, text)
+        sha = self.repo.commit(f"change {', '.join(files)}", author=author, sign=sign)
+        self.repo.checkout("main")
+        return sha
+
+    def merge(self, *, by: Person | None = ALICE, signer: str | None = "alice", branch: str = "change") -> str:
+        key = self.keys[signer] if signer else None
+        return self.repo.merge(branch, author=by or DAVE, sign=key)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Key]:
+    d = tmp_path_factory.mktemp("keys")
+    return {name: make_key(d, name, f"{name}@example.com") for name in ("alice", "bob", "mallory")}
+
+
+@pytest.fixture()
+def world(tmp_path: Path, keys: dict[str, Key]) -> World:
+    """Main with one accepted commit: web-lockdown @ web and rule no-kmod at observe, then 4 days pass."""
+    repo = GitRepo.init(tmp_path / "policy")
+    repo.write("palisade.yaml", palisade_yaml([(ALICE, keys["alice"]), (BOB, keys["bob"])]))
+    repo.write("scopes/groups.yaml", GROUPS)
+    repo.write("packs/web-lockdown/pack.yaml", PACK)
+    repo.write("packs/web-lockdown/exec.yaml", POLICY)
+    repo.write(WEB_ENFORCEMENT, enforcement("observe"))
+    repo.write("rules/no-kmod.yaml", rule("no-kmod", "observe"))
+    repo.commit("initial policy", author=ALICE)
+    repo.advance(days=4)
+    return World(repo, keys)
+
+
+def codes(findings: list[Finding]) -> list[str]:
+    return sorted(f.code for f in findings)
+
+
+# --- good cases ----------------------------------------------------------------------------------
+
+
+def test_approved_one_step_advance_after_the_window_is_accepted(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge(by=ALICE, signer="alice")
+    assert world.check() == []
+    base = world.load("HEAD~1").config
+    assert base is not None
+    approvers = history.approvers(world.repo.path, "HEAD~1", "HEAD", base.reviewers)
+    assert [r.email for r in approvers] == [ALICE.email]
+
+
+def test_revert_to_observe_needs_no_signature_and_no_window(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge()
+    world.repo.advance(minutes=5)  # straight back, well inside any window
+    world.propose({WEB_ENFORCEMENT: enforcement("observe")}, branch="revert")
+    world.merge(by=DAVE, signer=None, branch="revert")
+    assert world.check() == []
+
+
+def test_removing_a_unit_needs_no_approval(world: World) -> None:
+    world.repo.delete("rules/no-kmod.yaml")
+    world.repo.commit("drop the rule", author=DAVE)
+    assert world.check() == []
+
+
+def test_new_rule_at_observe_needs_no_approval(world: World) -> None:
+    world.propose({"rules/no-ptrace.yaml": rule("no-ptrace", "observe")})
+    world.merge(by=DAVE, signer=None)
+    assert world.check() == []
+
+
+# --- the ladder ----------------------------------------------------------------------------------
+
+
+def test_skipping_a_ladder_step_is_rejected_at_the_state_node(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforced")})
+    world.merge()
+    findings = world.check()
+    assert codes(findings) == ["ladder-skip"]
+    f = findings[0]
+    assert (f.file, f.line) == (WEB_ENFORCEMENT, 9)  # `state: enforced` under the web scope
+    assert f.severity is Severity.ERROR and "pack web-lockdown @ group:web" in f.message
+
+
+def test_new_rule_created_enforced_is_rejected(world: World) -> None:
+    world.propose({"rules/no-ptrace.yaml": rule("no-ptrace", "enforced")})
+    world.merge()
+    findings = world.check()
+    assert codes(findings) == ["new-not-observe"]
+    assert (findings[0].file, findings[0].line) == ("rules/no-ptrace.yaml", 8)
+
+
+def test_new_assignment_at_a_new_scope_must_start_at_observe(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("observe", canary="enforce_ready")})
+    world.merge()
+    assert codes(world.check()) == ["new-not-observe"]
+
+
+def test_two_steps_in_two_accepted_commits_are_each_one_step(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge()
+    world.repo.advance(days=4)
+    world.propose({WEB_ENFORCEMENT: enforcement("enforced")}, branch="second")
+    world.merge(branch="second")
+    assert world.check() == []
+    # but judged as one change from the older accepted revision, it is a skip
+    assert codes(world.check(base="HEAD~2")) == ["ladder-skip"]
+
+
+# --- approvals -----------------------------------------------------------------------------------
+
+
+def test_unsigned_advance_is_rejected(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge(by=ALICE, signer=None)
+    findings = world.check()
+    assert codes(findings) == ["unsigned"]
+    assert "not signed" in findings[0].message and "Alice Reviewer" in findings[0].message
+
+
+def test_advance_signed_by_a_non_reviewer_is_rejected(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge(by=MALLORY, signer="mallory")
+    findings = world.check()
+    assert codes(findings) == ["not-reviewer"]
+    assert world.keys["mallory"].fingerprint in findings[0].message
+
+
+def test_signature_that_does_not_match_the_commit_is_rejected(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge()
+    world.repo.tamper("HEAD", message="Merge change (edited after signing)")
+    assert codes(world.check()) == ["bad-signature"]
+
+
+def test_self_approved_advance_is_rejected_and_another_reviewer_approves(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")}, author=ALICE)
+    world.merge(by=ALICE, signer="alice")
+    findings = world.check()
+    assert codes(findings) == ["self-approved"]
+    assert "Bob Reviewer" in findings[0].message  # who can approve instead
+
+    world.repo.git("reset", "-q", "--hard", "HEAD~1")
+    world.merge(by=BOB, signer="bob")
+    assert world.check() == []
+
+
+def test_reviewer_who_signed_a_commit_of_the_change_authored_it(world: World) -> None:
+    # Alice commits under another address but signs with her key: she still wrote the change
+    alias = Person("A. Reviewer", "a.reviewer@home.example")
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")}, author=alias, sign=world.keys["alice"])
+    world.merge(by=ALICE, signer="alice")
+    assert codes(world.check()) == ["self-approved"]
+
+
+def test_direct_commit_signed_by_its_author_is_self_approved(world: World) -> None:
+    world.repo.write(WEB_ENFORCEMENT, enforcement("enforce_ready"))
+    world.repo.commit("advance web", author=ALICE, sign=world.keys["alice"])
+    assert codes(world.check()) == ["self-approved"]
+
+
+def test_squash_commit_signed_by_a_reviewer_who_did_not_write_it_is_approved(world: World) -> None:
+    world.repo.write(WEB_ENFORCEMENT, enforcement("enforce_ready"))
+    world.repo.commit("advance web (#12)", author=DAVE, committer=BOB, sign=world.keys["bob"])
+    assert world.check() == []
+
+
+def test_two_required_approvals_use_a_signed_approval_commit(world: World) -> None:
+    world.repo.write("palisade.yaml", palisade_yaml(
+        [(ALICE, world.keys["alice"]), (BOB, world.keys["bob"])], required=2))
+    world.repo.commit("require two approvals", author=DAVE, sign=world.keys["alice"])
+    # (that change itself was approved by Alice under the old rule of one approval)
+    assert world.check() == []
+    world.repo.advance(days=4)
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge(by=ALICE, signer="alice")
+    findings = world.check()
+    assert codes(findings) == ["insufficient-approvals"] and "1 of 2" in findings[0].message
+
+    # Bob approves the same content with an empty signed commit on the branch; Alice signs the merge
+    world.repo.git("reset", "-q", "--hard", "HEAD~1")
+    world.repo.checkout("change")
+    world.repo.commit("Approved", author=BOB, sign=world.keys["bob"], allow_empty=True)
+    world.repo.checkout("main")
+    world.merge(by=ALICE, signer="alice")
+    assert world.check() == []
+    config = world.load("HEAD~1").config
+    assert config is not None
+    approvers = history.approvers(world.repo.path, "HEAD~1", "HEAD", config.reviewers)
+    assert sorted(r.email for r in approvers) == [ALICE.email, BOB.email]
+
+
+def test_approval_commit_before_later_changes_does_not_count(world: World) -> None:
+    world.repo.write("palisade.yaml", palisade_yaml(
+        [(ALICE, world.keys["alice"]), (BOB, world.keys["bob"])], required=2))
+    world.repo.commit("require two approvals", author=DAVE, sign=world.keys["alice"])
+    world.repo.advance(days=4)
+    world.repo.branch("change", "main")
+    world.repo.write(WEB_ENFORCEMENT, enforcement("enforce_ready"))
+    world.repo.commit("advance", author=DAVE)
+    world.repo.commit("Approved", author=BOB, sign=world.keys["bob"], allow_empty=True)
+    world.repo.write("rules/no-kmod.yaml", rule("no-kmod", "enforce_ready"))  # slipped in after approval
+    world.repo.commit("and the rule too", author=DAVE)
+    world.repo.checkout("main")
+    world.merge(by=ALICE, signer="alice")
+    assert set(codes(world.check())) == {"insufficient-approvals"}
+
+
+# --- reviewer list -------------------------------------------------------------------------------
+
+
+def test_reviewer_list_change_needs_the_previous_reviewers(world: World) -> None:
+    k = world.keys
+    grown = palisade_yaml([(ALICE, k["alice"]), (BOB, k["bob"]), (MALLORY, k["mallory"])])
+    world.propose({"palisade.yaml": grown}, author=MALLORY)
+    world.merge(by=MALLORY, signer="mallory")  # the new reviewer approving herself
+    findings = world.check()
+    assert codes(findings) == ["reviewers-unapproved"]
+    f = findings[0]
+    assert f.file == "palisade.yaml" and f.line == 6  # `reviewers:`
+    assert "reviewer Mallory <mallory@example.com> added" in f.message
+
+    world.repo.git("reset", "-q", "--hard", "HEAD~1")
+    world.merge(by=None, signer=None)
+    assert codes(world.check()) == ["reviewers-unapproved"]
+
+    world.repo.git("reset", "-q", "--hard", "HEAD~1")
+    world.merge(by=BOB, signer="bob")
+    assert world.check() == []
+
+
+def test_new_reviewer_cannot_approve_in_the_change_that_adds_them(world: World) -> None:
+    k = world.keys
+    world.propose({
+        "palisade.yaml": palisade_yaml([(ALICE, k["alice"]), (MALLORY, k["mallory"])]),
+        WEB_ENFORCEMENT: enforcement("enforce_ready"),
+    })
+    world.merge(by=MALLORY, signer="mallory")
+    assert codes(world.check()) == ["not-reviewer", "reviewers-unapproved"]
+
+
+def test_lowering_the_observation_window_needs_approval(world: World) -> None:
+    k = world.keys
+    world.repo.write("palisade.yaml", palisade_yaml([(ALICE, k["alice"]), (BOB, k["bob"])], window="1h"))
+    world.repo.commit("shorter window", author=DAVE)
+    findings = world.check()
+    assert codes(findings) == ["reviewers-unapproved"] and "minObservation 3d -> 1h" in findings[0].message
+
+
+# --- the observation window ----------------------------------------------------------------------
+
+
+def test_advance_before_the_window_ends_is_rejected_with_time_left(world: World) -> None:
+    # web-lockdown entered observe 4 days ago; it advances, then advances again 2 days later
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge()
+    world.repo.advance(days=1)
+    world.repo.write("rules/no-kmod.yaml", rule("no-kmod", "observe") + "  # touched\n")
+    world.repo.commit("unrelated edit of rules", author=DAVE)  # does not restart web's window
+    world.repo.advance(days=1)
+    world.propose({WEB_ENFORCEMENT: enforcement("enforced")}, branch="early")
+    world.merge(branch="early")
+    findings = world.check()
+    assert codes(findings) == ["window"]
+    assert "1d left" in findings[0].message or "23h" in findings[0].message
+
+    # the same merge a day later is fine
+    world.repo.git("reset", "-q", "--hard", "HEAD~1")
+    world.repo.advance(days=1, minutes=5)
+    world.merge(branch="early")
+    assert world.check() == []
+
+
+def test_going_back_and_forward_again_restarts_the_window(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge()
+    world.repo.advance(days=4)
+    world.propose({WEB_ENFORCEMENT: enforcement("observe")}, branch="back")
+    world.merge(by=DAVE, signer=None, branch="back")
+    world.repo.advance(hours=1)
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")}, branch="again")
+    world.merge(branch="again")
+    findings = world.check()
+    assert codes(findings) == ["window"] and "2d 22h left" in findings[0].message  # 3d minus 1h and the clock ticks
+
+
+def test_a_commit_dated_in_the_future_cannot_shorten_the_window(world: World) -> None:
+    world.repo.now = _dt.datetime.now(_dt.UTC) - _dt.timedelta(hours=2)
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge()
+    # the next step two hours later, but the merge claims to happen a week from now
+    world.propose({WEB_ENFORCEMENT: enforcement("enforced")}, branch="next")
+    world.repo.now = _dt.datetime.now(_dt.UTC) + _dt.timedelta(days=7)
+    world.merge(branch="next")
+    assert codes(world.check()) == ["window"]
+
+
+# --- pull-request mode and ranges ----------------------------------------------------------------
+
+
+def test_pull_request_mode_warns_that_approval_is_pending(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")}, author=ALICE)
+    findings = world.check(base="main", head="change", pending_approvals=True)
+    assert codes(findings) == ["approval-pending"]
+    f = findings[0]
+    assert f.severity is Severity.WARNING
+    assert "Bob Reviewer" in f.message and "Alice Reviewer" not in f.message  # Alice wrote it
+
+
+def test_pull_request_mode_still_rejects_ladder_errors(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforced")})
+    assert codes(world.check(base="main", head="change", pending_approvals=True)) == ["ladder-skip"]
+
+
+def test_pull_request_behind_its_target_is_judged_from_where_it_forked(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.repo.write("rules/other.yaml", rule("other", "observe"))
+    world.repo.commit("main moves on", author=BOB)
+    findings = world.check(base="main", head="change", pending_approvals=True)
+    assert codes(findings) == ["approval-pending"]
+
+
+def test_head_that_does_not_descend_from_base_is_refused(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.repo.write("rules/other.yaml", rule("other", "observe"))
+    world.repo.commit("main moves on", author=BOB)
+    assert codes(world.check(base="main", head="change")) == ["not-descendant"]
+
+
+def test_nothing_to_check_when_base_is_head(world: World) -> None:
+    assert world.check(base="HEAD", head="HEAD") == []
