@@ -48,7 +48,9 @@ __all__ = [
     "ProgQuery",
     "ProgType",
     "cgroup2_root",
+    "kprobe_pmu_type",
     "link_create_cgroup",
+    "link_create_lsm",
     "link_create_perf_event",
     "link_detach",
     "link_get_fd_by_id",
@@ -68,6 +70,7 @@ __all__ = [
     "map_update_elem",
     "obj_get",
     "obj_pin",
+    "perf_event_open_kprobe",
     "perf_event_open_tracepoint",
     "possible_cpus",
     "prog_detach",
@@ -438,7 +441,9 @@ class _PerfEventAttr(ctypes.Structure):
         ("flags", ctypes.c_uint64),
         ("wakeup_events", ctypes.c_uint32),
         ("bp_type", ctypes.c_uint32),
-        ("rest", ctypes.c_uint8 * 72),
+        ("config1", ctypes.c_uint64),  # kprobe_func / uprobe_path
+        ("config2", ctypes.c_uint64),  # probe_offset / kprobe_addr
+        ("rest", ctypes.c_uint8 * 56),
     ]
 
 
@@ -455,6 +460,10 @@ def perf_event_open_tracepoint(tp_id: int, cpu: int = 0) -> int:
     attr.sample_period = 1
     attr.sample_type = _PERF_SAMPLE_RAW
     attr.wakeup_events = 1
+    return _perf_event_open(attr, cpu, f"tracepoint id {tp_id}")
+
+
+def _perf_event_open(attr: _PerfEventAttr, cpu: int, what: str) -> int:
     ret = _libc.syscall(
         ctypes.c_long(_NR_PERF_EVENT_OPEN),
         ctypes.byref(attr),
@@ -464,8 +473,42 @@ def perf_event_open_tracepoint(tp_id: int, cpu: int = 0) -> int:
         ctypes.c_ulong(_PERF_FLAG_FD_CLOEXEC),
     )
     if ret < 0:
-        raise BpfError(ctypes.get_errno(), f"perf_event_open (tracepoint id {tp_id}, cpu {cpu})")
+        raise BpfError(ctypes.get_errno(), f"perf_event_open ({what}, cpu {cpu})")
     return int(ret)
+
+
+_KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+
+
+def kprobe_pmu_type() -> int | None:
+    """The dynamic PMU type of kprobes, or None when the kernel has no kprobe PMU."""
+    try:
+        return int((_KPROBE_PMU / "type").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def perf_event_open_kprobe(func: str, *, retprobe: bool = False, offset: int = 0, cpu: int = 0) -> int:
+    """A perf event on a kprobe (or kretprobe) at kernel function `func`, for all processes.
+
+    Like tracepoints, one event on one CPU serves a BPF program on every CPU.
+    """
+    pmu = kprobe_pmu_type()
+    if pmu is None:
+        raise BpfError(_errno.ENOENT, f"kprobe on {func} (no kprobe PMU at {_KPROBE_PMU})")
+    name = ctypes.create_string_buffer(func.encode())
+    attr = _PerfEventAttr()
+    attr.type = pmu
+    attr.size = ctypes.sizeof(attr)
+    if retprobe:
+        # The bit is named in the PMU's format directory ("config:0" on every kernel so far).
+        fmt = (_KPROBE_PMU / "format" / "retprobe").read_text().strip()
+        attr.config = 1 << int(fmt.split(":")[1])
+    attr.config1 = ctypes.addressof(name)
+    attr.config2 = offset
+    attr.sample_period = 1
+    attr.wakeup_events = 1
+    return _perf_event_open(attr, cpu, f"{'kretprobe' if retprobe else 'kprobe'} on {func}")
 
 
 def link_create_perf_event(prog_fd: int, perf_fd: int, cookie: int = 0) -> int:
@@ -487,6 +530,12 @@ def link_create_cgroup(prog_fd: int, cgroup_fd: int, attach_type: AttachType | i
     attr = _attr((0, "I", prog_fd), (4, "I", cgroup_fd), (8, "I", int(attach_type)))
     op = f"prog fd {prog_fd} -> cgroup fd {cgroup_fd}, attach type {_name(AttachType, attach_type)}"
     return _bpf(Cmd.BPF_LINK_CREATE, attr, op)
+
+
+def link_create_lsm(prog_fd: int) -> int:
+    """BPF_LINK_CREATE for a BPF LSM program (attach type BPF_LSM_MAC, hook from its BTF id)."""
+    attr = _attr((0, "I", prog_fd), (8, "I", AttachType.BPF_LSM_MAC))
+    return _bpf(Cmd.BPF_LINK_CREATE, attr, f"LSM prog fd {prog_fd}")
 
 
 def link_detach(link_fd: int) -> None:

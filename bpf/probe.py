@@ -1,0 +1,460 @@
+"""What this kernel can do for palisade, proved by loading tiny test programs.
+
+Never guessed from configuration: every positive answer comes from a program the
+kernel accepted (and, where attaching is the question, attached), and every
+negative answer carries the kernel's own error. The test programs are a few
+hand-written instructions loaded through `bpf.syscall`, so the whole probe takes
+well under a second; `probe()` caches its answer per process anyway.
+
+`Features.missing_for(need)` turns a missing feature into the phrase the compiler
+puts into refusals: "kprobe on fd_install needs " + "kprobes, which this kernel lacks".
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import platform
+import signal
+import struct
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from . import syscall as sc
+from .syscall import AttachType, BpfError, Insn, MapType, ProgType
+
+__all__ = ["FEATURE_NAMES", "Feature", "Features", "probe"]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One probed capability: whether it is usable, and why (or why not)."""
+
+    available: bool
+    reason: str
+    # Ids the kernel gave the test programs this check loaded: the evidence behind a
+    # positive answer (they are unloaded again when the check ends).
+    test_programs: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Features:
+    """Everything the probe found; one field per feature, then the kernel release."""
+
+    tracepoints: Feature
+    syscall_tracepoints: Feature
+    kprobes: Feature
+    bpf_lsm: Feature
+    send_signal: Feature
+    override_return: Feature
+    cgroup_sock_create: Feature
+    cgroup_connect4: Feature
+    cgroup_connect6: Feature
+    ring_buffer: Feature
+    perf_buffer: Feature
+    kernel_release: str
+
+    def items(self) -> Iterator[tuple[str, Feature]]:
+        """(name, feature) in the order of the report."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Feature):
+                yield f.name, value
+
+    def get(self, need: str) -> Feature:
+        """The feature called `need` (a name from FEATURE_NAMES)."""
+        value = getattr(self, need, None) if need in FEATURE_NAMES else None
+        if not isinstance(value, Feature):
+            raise ValueError(f"unknown kernel feature {need!r}; known: {', '.join(FEATURE_NAMES)}")
+        return value
+
+    def missing_for(self, need: str) -> str | None:
+        """None if `need` is available, else e.g. "kprobes, which this kernel lacks"."""
+        if self.get(need).available:
+            return None
+        return f"{_LABELS[need]}, which this kernel lacks"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kernel_release": self.kernel_release,
+            "features": {
+                name: {"available": f.available, "reason": f.reason, "test_programs": list(f.test_programs)}
+                for name, f in self.items()
+            },
+        }
+
+
+# How a feature is named in a refusal: "... needs <label>, which this kernel lacks".
+_LABELS = {
+    "tracepoints": "tracepoints",
+    "syscall_tracepoints": "syscall tracepoints",
+    "kprobes": "kprobes",
+    "bpf_lsm": "BPF LSM",
+    "send_signal": "bpf_send_signal",
+    "override_return": "bpf_override_return",
+    "cgroup_sock_create": "the cgroup sock_create hook",
+    "cgroup_connect4": "the cgroup connect4 hook",
+    "cgroup_connect6": "the cgroup connect6 hook",
+    "ring_buffer": "a BPF ring buffer",
+    "perf_buffer": "a BPF perf buffer",
+}
+FEATURE_NAMES: tuple[str, ...] = tuple(_LABELS)
+
+_cached: Features | None = None
+
+
+def probe(*, cache: bool = True) -> Features:
+    """Probe the running kernel (as root). With `cache`, reuse this process's last answer."""
+    global _cached
+    if cache and _cached is not None:
+        return _cached
+    tracepoints = _check(_tracepoints)
+    kprobes = _check(_kprobes)
+    result = Features(
+        tracepoints=tracepoints,
+        syscall_tracepoints=_check(_syscall_tracepoints),
+        kprobes=kprobes,
+        bpf_lsm=_check(_bpf_lsm),
+        send_signal=_check(_send_signal),
+        override_return=_check(lambda: _override_return(kprobes)),
+        cgroup_sock_create=_check(lambda: _cgroup_hook(
+            ProgType.BPF_PROG_TYPE_CGROUP_SOCK, AttachType.BPF_CGROUP_INET_SOCK_CREATE, "sock_create")),
+        cgroup_connect4=_check(lambda: _cgroup_hook(
+            ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_INET4_CONNECT, "connect4")),
+        cgroup_connect6=_check(lambda: _cgroup_hook(
+            ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_INET6_CONNECT, "connect6")),
+        ring_buffer=_check(_ring_buffer),
+        perf_buffer=_check(_perf_buffer),
+        kernel_release=platform.release(),
+    )
+    _cached = result
+    return result
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+class _Missing(Exception):
+    """A check's negative answer, with the reason."""
+
+
+_loaded: list[int] = []  # program ids loaded by the running check
+_lock = threading.Lock()
+
+
+def _check(fn: Callable[[], str]) -> Feature:
+    # A probe must answer, never crash: any failure is a negative answer with its cause.
+    with _lock:
+        _loaded.clear()
+        try:
+            return Feature(True, fn(), tuple(_loaded))
+        except _Missing as e:
+            return Feature(False, str(e), tuple(_loaded))
+        except BpfError as e:
+            return Feature(False, _short(e), tuple(_loaded))
+        except OSError as e:
+            return Feature(False, f"{type(e).__name__}: {e}", tuple(_loaded))
+
+
+def _load(fds: list[int], prog_type: ProgType, insns: list[Insn], *,
+          expected_attach_type: AttachType | int = 0, attach_btf_id: int = 0) -> int:
+    fd = sc.prog_load(prog_type, insns, name="palisade_probe",
+                      expected_attach_type=expected_attach_type, attach_btf_id=attach_btf_id)
+    fds.append(fd)
+    _loaded.append(sc.prog_info(fd).id)
+    return fd
+
+
+def _short(e: BpfError) -> str:
+    """`EPERM (Operation not permitted)`, plus the verifier's verdict when it gave one."""
+    code = e.errno or 0
+    text = f"{errno.errorcode.get(code, str(code))} ({os.strerror(code)})"
+    verdict = [line for line in e.log.strip().splitlines() if line and not line.startswith("processed ")]
+    if verdict:
+        text += f": verifier says {verdict[-1]!r}"
+    if e.errno == errno.EPERM and os.geteuid() != 0:
+        text += "; the probe needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)"
+    return text
+
+
+@contextlib.contextmanager
+def _fds() -> Iterator[list[int]]:
+    """Collect fds the check opens; close them all (programs unload, links detach)."""
+    opened: list[int] = []
+    try:
+        yield opened
+    finally:
+        for fd in reversed(opened):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+_RETURN_0 = [Insn(0xB7, dst=0, imm=0), Insn(0x95)]
+_RETURN_1 = [Insn(0xB7, dst=0, imm=1), Insn(0x95)]
+
+
+def _call(helper: int) -> Insn:
+    return Insn(0x85, imm=helper)
+
+
+def _ld_map(reg: int, map_fd: int) -> list[Insn]:
+    return [Insn(0x18, dst=reg, src=1, imm=map_fd), Insn(0)]  # ld_imm64 with BPF_PSEUDO_MAP_FD
+
+
+def _attach_tracepoint(fds: list[int], category: str, name: str, insns: list[Insn]) -> None:
+    prog = _load(fds, ProgType.BPF_PROG_TYPE_TRACEPOINT, insns)
+    perf = sc.perf_event_open_tracepoint(sc.tracepoint_id(category, name))
+    fds.append(perf)
+    fds.append(sc.link_create_perf_event(prog, perf))
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _tracepoints() -> str:
+    try:
+        root = sc.tracefs_root()
+    except BpfError:
+        raise _Missing("tracefs is not mounted (/sys/kernel/tracing)") from None
+    with _fds() as fds:
+        _attach_tracepoint(fds, "sched", "sched_process_exec", _RETURN_0)
+    return f"a test program attached to sched:sched_process_exec ({root})"
+
+
+def _syscall_tracepoints() -> str:
+    try:
+        root = sc.tracefs_root()
+    except BpfError:
+        raise _Missing("tracefs is not mounted (/sys/kernel/tracing)") from None
+    if not (root / "events" / "syscalls").is_dir():
+        raise _Missing(f"no syscalls:* tracepoints in {root}/events (kernel built without FTRACE_SYSCALLS)")
+    with _fds() as fds:
+        _attach_tracepoint(fds, "syscalls", "sys_enter_execve", _RETURN_0)
+    return "a test program attached to syscalls:sys_enter_execve"
+
+
+_KPROBE_TARGET = "vfs_read"
+
+
+def _kprobes() -> str:
+    if sc.kprobe_pmu_type() is None:
+        try:
+            legacy = (sc.tracefs_root() / "kprobe_events").exists()
+        except BpfError:
+            legacy = False
+        if not legacy:
+            raise _Missing("the kernel is built without kprobes (no kprobe PMU in "
+                           "/sys/bus/event_source/devices, no kprobe_events in tracefs)")
+        raise _Missing("only legacy tracefs kprobe_events exist (no kprobe PMU); palisade needs the PMU")
+    with _fds() as fds:
+        prog = _load(fds, ProgType.BPF_PROG_TYPE_KPROBE, _RETURN_0)
+        perf = sc.perf_event_open_kprobe(_KPROBE_TARGET)
+        fds.append(perf)
+        fds.append(sc.link_create_perf_event(prog, perf))
+    return f"a test program attached to a kprobe on {_KPROBE_TARGET}"
+
+
+_SECURITYFS = Path("/sys/kernel/security")
+_LSM_HOOK = "file_open"
+
+
+def _active_lsms() -> list[str]:
+    lsm = _SECURITYFS / "lsm"
+    if lsm.exists():
+        return lsm.read_text().strip().split(",")
+    # securityfs is often not mounted in minimal VMs and containers: mount it for the
+    # read and leave the system as found.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"securityfs", bytes(_SECURITYFS), b"securityfs", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise _Missing(f"cannot read the active LSM list: securityfs is not mounted at {_SECURITYFS} "
+                       f"and mounting it failed ({os.strerror(err)})")
+    try:
+        return lsm.read_text().strip().split(",")
+    finally:
+        libc.umount2(bytes(_SECURITYFS), 0)
+
+
+def _bpf_lsm() -> str:
+    active = _active_lsms()
+    if "bpf" not in active:
+        raise _Missing(f"bpf is not an active LSM (active: {','.join(active)}; boot with lsm=...,bpf)")
+    btf_id = _btf_func_id(f"bpf_lsm_{_LSM_HOOK}")
+    if btf_id is None:
+        raise _Missing(f"bpf is an active LSM but vmlinux BTF has no bpf_lsm_{_LSM_HOOK}")
+    with _fds() as fds:
+        try:
+            prog = _load(fds, ProgType.BPF_PROG_TYPE_LSM, _RETURN_0,
+                         expected_attach_type=AttachType.BPF_LSM_MAC, attach_btf_id=btf_id)
+            # Attaching an allow-all program for an instant is harmless and is the proof.
+            fds.append(sc.link_create_lsm(prog))
+        except BpfError as e:
+            raise _Missing(f"bpf is an active LSM, but a test LSM program on {_LSM_HOOK} fails to "
+                           f"{'load' if 'LOAD' in e.op else 'attach'}: {_short(e)}") from None
+    return f"bpf is an active LSM and a test program attached to {_LSM_HOOK}"
+
+
+_HELPER_SEND_SIGNAL = 109
+_HELPER_GET_CURRENT_PID_TGID = 14
+_HELPER_OVERRIDE_RETURN = 58
+
+
+def _send_signal() -> str:
+    """Load a program that SIGKILLs one forked child on getppid(), and watch it die."""
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.read(ready_r, 1)
+            os.getppid()
+        finally:
+            os._exit(0)
+    os.close(ready_r)
+    try:
+        insns = [
+            _call(_HELPER_GET_CURRENT_PID_TGID),
+            Insn(0x77, dst=0, imm=32),  # r0 >>= 32: the tgid
+            Insn(0x55, dst=0, off=2, imm=child),  # if r0 != child goto out
+            Insn(0xB7, dst=1, imm=int(signal.SIGKILL)),
+            _call(_HELPER_SEND_SIGNAL),
+            *_RETURN_0,  # out:
+        ]
+        with _fds() as fds:
+            _attach_tracepoint(fds, "syscalls", "sys_enter_getppid", insns)
+            os.write(ready_w, b"x")
+            _, status = os.waitpid(child, 0)
+        child = 0
+    finally:
+        os.close(ready_w)
+        if child:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        return "a tracepoint program killed a test process with bpf_send_signal(SIGKILL)"
+    raise _Missing(f"a program calling bpf_send_signal(SIGKILL) loaded, but the test process "
+                   f"survived (wait status {status:#x})")
+
+
+def _override_return(kprobes: Feature) -> str:
+    insns = [
+        Insn(0xBF, dst=6, src=1),  # r6 = ctx
+        _call(_HELPER_GET_CURRENT_PID_TGID),
+        Insn(0x55, dst=0, off=3, imm=0),  # only the idle task (never, in practice) is overridden
+        Insn(0xBF, dst=1, src=6),
+        Insn(0xB7, dst=2, imm=-errno.EPERM),
+        _call(_HELPER_OVERRIDE_RETURN),
+        *_RETURN_0,
+    ]
+    with _fds() as fds:
+        try:
+            prog = _load(fds, ProgType.BPF_PROG_TYPE_KPROBE, insns)
+        except BpfError as e:
+            raise _Missing(f"a kprobe program calling bpf_override_return fails to load: {_short(e)}") from None
+        if not kprobes.available:
+            raise _Missing("the helper loads, but it only works on kprobes, which this kernel lacks")
+        # The helper only works on functions marked for error injection; syscalls are.
+        target = "__x64_sys_getppid"
+        perf = sc.perf_event_open_kprobe(target)
+        fds.append(perf)
+        try:
+            fds.append(sc.link_create_perf_event(prog, perf))
+        except BpfError as e:
+            raise _Missing(f"a bpf_override_return program cannot attach to {target}: {_short(e)}") from None
+    return f"a bpf_override_return program attached to a kprobe on {target}"
+
+
+def _cgroup_hook(prog_type: ProgType, attach_type: AttachType, hook: str) -> str:
+    root = sc.cgroup2_root()
+    # A throwaway cgroup: the test program (which allows everything) touches no process.
+    cgroup = root / f"palisade-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    cgroup.mkdir()
+    try:
+        with _fds() as fds:
+            cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+            fds.append(cg_fd)
+            prog = _load(fds, prog_type, _RETURN_1, expected_attach_type=attach_type)
+            fds.append(sc.link_create_cgroup(prog, cg_fd, attach_type))
+    finally:
+        cgroup.rmdir()
+    return f"a test program attached to the cgroup {hook} hook through a link ({root})"
+
+
+_HELPER_RINGBUF_OUTPUT = 130
+_HELPER_PERF_EVENT_OUTPUT = 25
+
+
+def _ring_buffer() -> str:
+    with _fds() as fds:
+        ring = sc.map_create(MapType.BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, name="palisade_probe")
+        fds.append(ring)
+        insns = [
+            Insn(0x7A, dst=10, off=-8, imm=0),  # *(u64 *)(fp - 8) = 0
+            *_ld_map(1, ring),
+            Insn(0xBF, dst=2, src=10),
+            Insn(0x07, dst=2, imm=-8),
+            Insn(0xB7, dst=3, imm=8),
+            Insn(0xB7, dst=4, imm=0),
+            _call(_HELPER_RINGBUF_OUTPUT),
+            *_RETURN_0,
+        ]
+        _load(fds, ProgType.BPF_PROG_TYPE_TRACEPOINT, insns)
+    return "a ring buffer map was created and a program writing to it loaded"
+
+
+def _perf_buffer() -> str:
+    with _fds() as fds:
+        perf = sc.map_create(MapType.BPF_MAP_TYPE_PERF_EVENT_ARRAY, 4, 4, sc.possible_cpus(),
+                             name="palisade_probe")
+        fds.append(perf)
+        insns = [
+            Insn(0x7A, dst=10, off=-8, imm=0),  # *(u64 *)(fp - 8) = 0
+            # r1 = ctx (still in r1)
+            *_ld_map(2, perf),
+            Insn(0xB4, dst=3, imm=-1),  # w3 = BPF_F_CURRENT_CPU (0xffffffff, zero-extended)
+            Insn(0xBF, dst=4, src=10),
+            Insn(0x07, dst=4, imm=-8),
+            Insn(0xB7, dst=5, imm=8),
+            _call(_HELPER_PERF_EVENT_OUTPUT),
+            *_RETURN_0,
+        ]
+        _load(fds, ProgType.BPF_PROG_TYPE_TRACEPOINT, insns)
+    return "a perf event array was created and a program writing to it loaded"
+
+
+# ---------------------------------------------------------------- BTF
+
+
+_VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+_BTF_KIND_FUNC = 12
+# Bytes that follow the 12-byte btf_type header: fixed per kind, and per member (vlen).
+_BTF_EXTRA = {1: 4, 3: 12, 14: 4, 17: 4}
+_BTF_PER_MEMBER = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
+
+
+def _btf_func_id(name: str) -> int | None:
+    """The BTF type id of kernel function `name` in vmlinux BTF (LSM programs attach by it)."""
+    try:
+        data = _VMLINUX_BTF.read_bytes()
+    except FileNotFoundError:
+        raise _Missing(f"the kernel has no BTF ({_VMLINUX_BTF}), which BPF LSM needs") from None
+    magic, _ver, _flags, hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<HBBIIIII", data)
+    if magic != 0xEB9F:
+        raise _Missing(f"{_VMLINUX_BTF} is not BTF (magic {magic:#x})")
+    strings = hdr_len + str_off
+    at = data.find(b"\0" + name.encode() + b"\0", strings, strings + str_len)
+    if at < 0:
+        return None
+    name_off = at + 1 - strings
+    pos, end, type_id = hdr_len + type_off, hdr_len + type_off + type_len, 1
+    while pos < end:
+        type_name, info = struct.unpack_from("<II", data, pos)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        if kind == _BTF_KIND_FUNC and type_name == name_off:
+            return type_id
+        pos += 12 + _BTF_EXTRA.get(kind, 0) + _BTF_PER_MEMBER.get(kind, 0) * vlen
+        type_id += 1
+    return None
