@@ -1,0 +1,104 @@
+"""bpf.probe on this machine: the facts DESIGN.md §6 records, proved by programs the
+kernel really loaded during the probe."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bpf import probe as probe_mod
+from bpf import syscall as sc
+from bpf.probe import FEATURE_NAMES, Feature, Features, probe
+from bpf.syscall import Insn, ProgType
+
+
+def _next_prog_id() -> int:
+    """The id the kernel gives the next program (ids only grow)."""
+    fd = sc.prog_load(ProgType.BPF_PROG_TYPE_TRACEPOINT, [Insn(0xB7, dst=0, imm=0), Insn(0x95)])
+    try:
+        return sc.prog_info(fd).id
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def probed(require_kernel: None) -> tuple[Features, int, int]:
+    """A fresh probe, with program ids taken just before and just after it."""
+    before = _next_prog_id()
+    features = probe(cache=False)
+    after = _next_prog_id()
+    return features, before, after
+
+
+def test_this_machine_has_what_design_records(probed: tuple[Features, int, int]) -> None:
+    f, _, _ = probed
+    for name in ("tracepoints", "syscall_tracepoints", "send_signal", "cgroup_sock_create",
+                 "cgroup_connect4", "cgroup_connect6", "ring_buffer", "perf_buffer"):
+        assert f.get(name).available, f"{name}: {f.get(name).reason}"
+    assert "killed a test process" in f.send_signal.reason
+
+
+def test_missing_features_say_why(probed: tuple[Features, int, int]) -> None:
+    f, _, _ = probed
+    assert not f.kprobes.available
+    assert "without kprobes" in f.kprobes.reason
+    assert not f.bpf_lsm.available
+    # Listed as active, yet the program does not load: both facts are in the reason.
+    assert "bpf is an active LSM" in f.bpf_lsm.reason
+    assert "fails to load" in f.bpf_lsm.reason
+    assert not f.override_return.available
+    assert f.override_return.reason
+
+
+def test_positive_answers_come_from_programs_the_kernel_loaded(probed: tuple[Features, int, int]) -> None:
+    f, before, after = probed
+    seen: set[int] = set()
+    for name, feature in f.items():
+        if feature.available:
+            assert feature.test_programs, f"{name} is reported available without a test program"
+        for prog_id in feature.test_programs:
+            assert before < prog_id < after, f"{name}: program {prog_id} was not loaded during the probe"
+            assert prog_id not in seen
+            seen.add(prog_id)
+    # The test programs are gone again: the probe leaves nothing loaded.
+    live = set(sc.prog_ids())
+    assert not seen & live
+
+
+def test_probe_leaves_no_cgroups_behind(probed: tuple[Features, int, int]) -> None:
+    leftovers = [p.name for p in sc.cgroup2_root().iterdir() if p.name.startswith(f"palisade-probe-{os.getpid()}-")]
+    assert leftovers == []
+
+
+def test_missing_for_words_refusals(probed: tuple[Features, int, int]) -> None:
+    f, _, _ = probed
+    assert f.missing_for("kprobes") == "kprobes, which this kernel lacks"
+    assert f.missing_for("bpf_lsm") == "BPF LSM, which this kernel lacks"
+    assert f.missing_for("syscall_tracepoints") is None
+    with pytest.raises(ValueError, match="unknown kernel feature 'fentry'"):
+        f.missing_for("fentry")
+
+
+def test_cache_returns_the_same_answer_without_probing_again(probed: tuple[Features, int, int]) -> None:
+    first = probe(cache=True)
+    # Every probe builds a new answer; getting the very same object back means no probing.
+    assert probe(cache=True) is first
+    assert probe(cache=False) is not first
+
+
+def test_json_lists_every_feature(probed: tuple[Features, int, int]) -> None:
+    f, _, _ = probed
+    doc = f.to_json()
+    assert doc["kernel_release"] == os.uname().release
+    features = doc["features"]
+    assert isinstance(features, dict)
+    assert list(features) == list(FEATURE_NAMES)
+    assert features["kprobes"]["available"] is False
+
+
+def test_a_failing_check_is_a_negative_answer_not_a_crash() -> None:
+    def boom() -> str:
+        raise PermissionError(13, "Permission denied", "/sys/fs/cgroup/x")
+
+    feature = probe_mod._check(boom)
+    assert feature == Feature(False, "PermissionError: [Errno 13] Permission denied: '/sys/fs/cgroup/x'")
