@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import syscall as sc
-from .syscall import AttachType, BpfError, Insn, MapType, ProgType
+from .syscall import AttachType, Insn, MapType, ProgType, SyscallError
 
 __all__ = ["FEATURE_NAMES", "Feature", "Features", "probe"]
 
@@ -154,7 +154,7 @@ def _check(fn: Callable[[], str]) -> Feature:
             return Feature(True, fn(), tuple(_loaded))
         except _Missing as e:
             return Feature(False, str(e), tuple(_loaded))
-        except BpfError as e:
+        except SyscallError as e:
             return Feature(False, _short(e), tuple(_loaded))
         except OSError as e:
             return Feature(False, f"{type(e).__name__}: {e}", tuple(_loaded))
@@ -169,7 +169,7 @@ def _load(fds: list[int], prog_type: ProgType, insns: list[Insn], *,
     return fd
 
 
-def _short(e: BpfError) -> str:
+def _short(e: SyscallError) -> str:
     """`EPERM (Operation not permitted)`, plus the verifier's verdict when it gave one."""
     code = e.errno or 0
     text = f"{errno.errorcode.get(code, str(code))} ({os.strerror(code)})"
@@ -218,7 +218,7 @@ def _attach_tracepoint(fds: list[int], category: str, name: str, insns: list[Ins
 def _tracepoints() -> str:
     try:
         root = sc.tracefs_root()
-    except BpfError:
+    except SyscallError:
         raise _Missing("tracefs is not mounted (/sys/kernel/tracing)") from None
     with _fds() as fds:
         _attach_tracepoint(fds, "sched", "sched_process_exec", _RETURN_0)
@@ -228,7 +228,7 @@ def _tracepoints() -> str:
 def _syscall_tracepoints() -> str:
     try:
         root = sc.tracefs_root()
-    except BpfError:
+    except SyscallError:
         raise _Missing("tracefs is not mounted (/sys/kernel/tracing)") from None
     if not (root / "events" / "syscalls").is_dir():
         raise _Missing(f"no syscalls:* tracepoints in {root}/events (kernel built without FTRACE_SYSCALLS)")
@@ -244,7 +244,7 @@ def _kprobes() -> str:
     if sc.kprobe_pmu_type() is None:
         try:
             legacy = (sc.tracefs_root() / "kprobe_events").exists()
-        except BpfError:
+        except SyscallError:
             legacy = False
         if not legacy:
             raise _Missing("the kernel is built without kprobes (no kprobe PMU in "
@@ -292,7 +292,7 @@ def _bpf_lsm() -> str:
                          expected_attach_type=AttachType.BPF_LSM_MAC, attach_btf_id=btf_id)
             # Attaching an allow-all program for an instant is harmless and is the proof.
             fds.append(sc.link_create_lsm(prog))
-        except BpfError as e:
+        except SyscallError as e:
             raise _Missing(f"bpf is an active LSM, but a test LSM program on {_LSM_HOOK} fails to "
                            f"{'load' if 'LOAD' in e.op else 'attach'}: {_short(e)}") from None
     return f"bpf is an active LSM and a test program attached to {_LSM_HOOK}"
@@ -352,7 +352,7 @@ def _override_return(kprobes: Feature) -> str:
     with _fds() as fds:
         try:
             prog = _load(fds, ProgType.BPF_PROG_TYPE_KPROBE, insns)
-        except BpfError as e:
+        except SyscallError as e:
             raise _Missing(f"a kprobe program calling bpf_override_return fails to load: {_short(e)}") from None
         if not kprobes.available:
             raise _Missing("the helper loads, but it only works on kprobes, which this kernel lacks")
@@ -362,7 +362,7 @@ def _override_return(kprobes: Feature) -> str:
         fds.append(perf)
         try:
             fds.append(sc.link_create_perf_event(prog, perf))
-        except BpfError as e:
+        except SyscallError as e:
             raise _Missing(f"a bpf_override_return program cannot attach to {target}: {_short(e)}") from None
     return f"a bpf_override_return program attached to a kprobe on {target}"
 

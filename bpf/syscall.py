@@ -6,11 +6,11 @@ ids, cgroup queries, map contents for digests, and the hand-written test
 programs of the feature probe — goes through here.
 
 Conventions: functions take and return plain file descriptors (ints); the
-caller owns and closes them (`os.close`). Every failure raises `BpfError`, an
+caller owns and closes them (`os.close`). Every failure raises `SyscallError`, an
 `OSError` whose errno is the kernel's and whose message says what was
 attempted, e.g. `[Errno 1] Operation not permitted: BPF_LINK_CREATE (prog fd
 5 -> cgroup fd 7, attach type BPF_CGROUP_INET4_CONNECT)`. For BPF_PROG_LOAD
-the verifier log is kept in `BpfError.log`.
+the verifier log is kept in `SyscallError.log`.
 
 Measured on this kernel (6.18) and documented because the API depends on it:
 `perf_event_open` of a tracepoint needs a concrete CPU when pid is -1
@@ -36,7 +36,6 @@ from pathlib import Path
 
 __all__ = [
     "AttachType",
-    "BpfError",
     "Cmd",
     "Insn",
     "LinkInfo",
@@ -47,6 +46,7 @@ __all__ = [
     "ProgInfo",
     "ProgQuery",
     "ProgType",
+    "SyscallError",
     "cgroup2_root",
     "kprobe_pmu_type",
     "link_create_cgroup",
@@ -281,7 +281,7 @@ def _name(enum_cls: type[enum.IntEnum], value: int) -> str:
         return f"{enum_cls.__name__}({value})"
 
 
-class BpfError(OSError):
+class SyscallError(OSError):
     """A bpf(2) or perf_event_open(2) call failed; `op` says what was attempted."""
 
     def __init__(self, err: int, op: str, log: str = "") -> None:
@@ -306,7 +306,7 @@ def _bpf(cmd: Cmd, attr: ctypes.Array[ctypes.c_char], op: str, log: str = "") ->
         ctypes.c_long(_NR_BPF), ctypes.c_int(int(cmd)), attr, ctypes.c_uint(ctypes.sizeof(attr))
     )
     if ret < 0:
-        raise BpfError(ctypes.get_errno(), f"{cmd.name} ({op})" if op else cmd.name, log)
+        raise SyscallError(ctypes.get_errno(), f"{cmd.name} ({op})" if op else cmd.name, log)
     return int(ret)
 
 
@@ -371,9 +371,9 @@ def prog_load(
         op += f", expected attach type {_name(AttachType, expected_attach_type)}"
     try:
         return _bpf(Cmd.BPF_PROG_LOAD, attr, op)
-    except BpfError as e:
+    except SyscallError as e:
         text = log.value.decode(errors="replace") if log else ""
-        raise BpfError(e.errno or _errno.EINVAL, e.op, text) from None
+        raise SyscallError(e.errno or _errno.EINVAL, e.op, text) from None
 
 
 def map_create(
@@ -405,7 +405,7 @@ def tracefs_root() -> Path:
     for root in (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing")):
         if (root / "events").is_dir():
             return root
-    raise BpfError(_errno.ENOENT, "find tracefs (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing)")
+    raise SyscallError(_errno.ENOENT, "find tracefs (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing)")
 
 
 def cgroup2_root() -> Path:
@@ -416,7 +416,7 @@ def cgroup2_root() -> Path:
             fields = line.split()
             if len(fields) > 2 and fields[2] == "cgroup2":
                 return Path(fields[1].replace("\\040", " "))
-    raise BpfError(_errno.ENOENT, "find the cgroup2 hierarchy (no cgroup2 mount in /proc/self/mounts)")
+    raise SyscallError(_errno.ENOENT, "find the cgroup2 hierarchy (no cgroup2 mount in /proc/self/mounts)")
 
 
 def tracepoint_id(category: str, name: str) -> int:
@@ -425,7 +425,7 @@ def tracepoint_id(category: str, name: str) -> int:
     try:
         return int(path.read_text().strip())
     except FileNotFoundError:
-        raise BpfError(_errno.ENOENT, f"find tracepoint {category}:{name} ({path} does not exist)") from None
+        raise SyscallError(_errno.ENOENT, f"find tracepoint {category}:{name} ({path} does not exist)") from None
 
 
 class _PerfEventAttr(ctypes.Structure):
@@ -473,7 +473,7 @@ def _perf_event_open(attr: _PerfEventAttr, cpu: int, what: str) -> int:
         ctypes.c_ulong(_PERF_FLAG_FD_CLOEXEC),
     )
     if ret < 0:
-        raise BpfError(ctypes.get_errno(), f"perf_event_open ({what}, cpu {cpu})")
+        raise SyscallError(ctypes.get_errno(), f"perf_event_open ({what}, cpu {cpu})")
     return int(ret)
 
 
@@ -495,7 +495,7 @@ def perf_event_open_kprobe(func: str, *, retprobe: bool = False, offset: int = 0
     """
     pmu = kprobe_pmu_type()
     if pmu is None:
-        raise BpfError(_errno.ENOENT, f"kprobe on {func} (no kprobe PMU at {_KPROBE_PMU})")
+        raise SyscallError(_errno.ENOENT, f"kprobe on {func} (no kprobe PMU at {_KPROBE_PMU})")
     name = ctypes.create_string_buffer(func.encode())
     attr = _PerfEventAttr()
     attr.type = pmu
@@ -581,7 +581,7 @@ def prog_query(target_fd: int, attach_type: AttachType | int, *, effective: bool
         )
         try:
             _bpf(Cmd.BPF_PROG_QUERY, attr, op)
-        except BpfError as e:
+        except SyscallError as e:
             if e.errno == _errno.ENOSPC:
                 count *= 4
                 continue
@@ -615,7 +615,7 @@ def _next_id(cmd: Cmd, start_id: int) -> int | None:
     attr = _attr((0, "I", start_id))
     try:
         _bpf(cmd, attr, f"after id {start_id}")
-    except BpfError as e:
+    except SyscallError as e:
         if e.errno == _errno.ENOENT:
             return None
         raise
@@ -874,7 +874,7 @@ def link_info(fd: int) -> LinkInfo:
         struct.pack_into("<QI", again.u, off, _addr(name_buf), ctypes.sizeof(name_buf))
         try:
             _get_info(fd, again, "link")
-        except BpfError:
+        except SyscallError:
             # An event kind whose name we cannot read (e.g. a hardware event): report without it.
             again = info
         ptype = struct.unpack_from("<I", bytes(again.u), 0)[0]
@@ -903,7 +903,7 @@ def map_lookup_elem(fd: int, key: bytes, value_size: int) -> bytes | None:
     attr, _k = _elem_attr(fd, key, _addr(vbuf))
     try:
         _bpf(Cmd.BPF_MAP_LOOKUP_ELEM, attr, f"map fd {fd}")
-    except BpfError as e:
+    except SyscallError as e:
         if e.errno == _errno.ENOENT:
             return None
         raise
@@ -922,7 +922,7 @@ def map_delete_elem(fd: int, key: bytes) -> bool:
     attr, _k = _elem_attr(fd, key, 0)
     try:
         _bpf(Cmd.BPF_MAP_DELETE_ELEM, attr, f"map fd {fd}")
-    except BpfError as e:
+    except SyscallError as e:
         if e.errno == _errno.ENOENT:
             return False
         raise
@@ -935,7 +935,7 @@ def map_get_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
     attr, _k = _elem_attr(fd, key, _addr(nbuf))
     try:
         _bpf(Cmd.BPF_MAP_GET_NEXT_KEY, attr, f"map fd {fd}")
-    except BpfError as e:
+    except SyscallError as e:
         if e.errno == _errno.ENOENT:
             return None
         raise

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bpf import syscall as sc
-from bpf.syscall import AttachType, BpfError, Insn, LinkType, MapType, ProgType
+from bpf.syscall import AttachType, Insn, LinkType, MapType, ProgType, SyscallError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,7 +91,7 @@ def test_insn_encoding_matches_struct_bpf_insn() -> None:
 
 
 def test_error_says_what_was_attempted() -> None:
-    e = BpfError(errno.EPERM, "BPF_LINK_CREATE (prog fd 5 -> cgroup fd 7)")
+    e = SyscallError(errno.EPERM, "BPF_LINK_CREATE (prog fd 5 -> cgroup fd 7)")
     assert isinstance(e, OSError)
     assert e.errno == errno.EPERM
     assert str(e) == "[Errno 1] Operation not permitted: BPF_LINK_CREATE (prog fd 5 -> cgroup fd 7)"
@@ -101,7 +101,7 @@ def test_error_says_what_was_attempted() -> None:
 
 
 def test_verifier_rejection_carries_errno_and_log(require_kernel: None) -> None:
-    with pytest.raises(BpfError) as info:
+    with pytest.raises(SyscallError) as info:
         sc.prog_load(ProgType.BPF_PROG_TYPE_TRACEPOINT, [Insn(0x95)])  # exit without setting r0
     assert info.value.errno == errno.EACCES
     assert "BPF_PROG_LOAD" in str(info.value)
@@ -109,18 +109,18 @@ def test_verifier_rejection_carries_errno_and_log(require_kernel: None) -> None:
 
 
 def test_missing_object_is_enoent(require_kernel: None) -> None:
-    with pytest.raises(BpfError) as info:
+    with pytest.raises(SyscallError) as info:
         sc.obj_get("/sys/fs/bpf/palisade-no-such-pin")
     assert info.value.errno == errno.ENOENT
     assert "/sys/fs/bpf/palisade-no-such-pin" in str(info.value)
-    with pytest.raises(BpfError) as info:
+    with pytest.raises(SyscallError) as info:
         sc.tracepoint_id("syscalls", "sys_enter_no_such_call")
     assert info.value.errno == errno.ENOENT
 
 
 def test_perf_event_needs_a_cpu_when_tracing_all_processes(require_kernel: None) -> None:
     tp = sc.tracepoint_id("syscalls", "sys_enter_getppid")
-    with pytest.raises(BpfError) as info:
+    with pytest.raises(SyscallError) as info:
         sc.perf_event_open_tracepoint(tp, cpu=-1)
     assert info.value.errno == errno.EINVAL
 
@@ -226,7 +226,7 @@ def test_ids_walk_finds_our_objects(counter: tuple[int, int]) -> None:
     fd = sc.map_get_fd_by_id(map_id)
     os.close(fd)
     assert sc.link_get_next_id(2**31 - 2) is None  # ids stay below INT_MAX
-    with pytest.raises(BpfError) as info:
+    with pytest.raises(SyscallError) as info:
         sc.link_get_fd_by_id(2**32 - 1)
     assert info.value.errno == errno.ENOENT
 
@@ -242,7 +242,7 @@ def test_map_contents_roundtrip(require_kernel: None) -> None:
         assert sc.map_delete_elem(fd, struct.pack("I", 1)) is True
         assert sc.map_delete_elem(fd, struct.pack("I", 1)) is False
         assert sorted(sc.map_keys(fd, 4)) == [struct.pack("I", 0), struct.pack("I", 2)]
-        with pytest.raises(BpfError) as info:
+        with pytest.raises(SyscallError) as info:
             sc.map_update_elem(fd, struct.pack("I", 0), struct.pack("Q", 1), flags=1)  # BPF_NOEXIST
         assert info.value.errno == errno.EEXIST
     finally:
