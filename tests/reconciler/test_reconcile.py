@@ -1,0 +1,131 @@
+"""The reconcile pass on real git repositories, real keys, real SQLite and a real bundle store."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+from reconciler import bundle
+from reconciler.errors import RewriteRefused
+from reconciler.reconcile import Reconciler
+from support.policyrepo import ALICE, DEV, PolicyRepo
+
+
+@pytest.fixture()
+def policy(tmp_path: Path) -> PolicyRepo:
+    return PolicyRepo.create(tmp_path)
+
+
+@pytest.fixture()
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def _index(state: Path, key: SigningKey) -> bundle.Index:
+    data = (state / "store" / "index.json").read_bytes()
+    return bundle.verify_index(data, [key.verify_key], min_serial=0, min_version=0)
+
+
+def test_commits_become_versions_and_rejections_keep_the_last_good(policy: PolicyRepo, key: SigningKey,
+                                                                   tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with Reconciler(str(policy.path), state, key) as rec:
+        first = rec.run_once()
+        assert first.published == (1,)
+        assert _index(state, key).version == 1
+
+        # relaxing (back to observe) needs no approval
+        policy.change("web back to observe", [("enforcement/web-lockdown.yaml",
+                                               "state: enforce_ready", "state: observe")])
+        assert rec.run_once().published == (2,)
+
+        # a schema error: rejected with the finding, the index still names v2
+        policy.change("typo", [("enforcement/web-lockdown.yaml", "state: observe", "state: observ")])
+        out = rec.run_once()
+        assert out.published == ()
+        (entry,) = out.processed
+        assert entry.result == "rejected"
+        assert any(f.file == "enforcement/web-lockdown.yaml" and f.code == "schema" for f in entry.findings)
+        assert _index(state, key).version == 2
+        status = rec.status()
+        assert status["lastRejected"]["commit"] == entry.commit
+        assert status["version"] == 2
+
+
+def test_skipping_a_ladder_step_is_rejected(policy: PolicyRepo, key: SigningKey, tmp_path: Path) -> None:
+    with Reconciler(str(policy.path), tmp_path / "state", key) as rec:
+        rec.run_once()
+        merge = policy.change("straight to enforced", [("rules/kernel-hardening.yaml",
+                                                        "state: observe\n  params", "state: enforced\n  params")],
+                              signer="alice", wait_days=4)
+        (entry,) = rec.run_once().processed
+        assert entry.commit == merge and entry.result == "rejected"
+        assert [f.code for f in entry.findings if f.severity == "error"] == ["ladder-skip"]
+
+
+def test_approved_advance_is_published_with_its_approver(policy: PolicyRepo, key: SigningKey,
+                                                         tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with Reconciler(str(policy.path), state, key) as rec:
+        rec.run_once()
+        policy.change("no-exec-from-tmp to enforce_ready",
+                      [("rules/kernel-hardening.yaml", "state: observe\n  params", "state: enforce_ready\n  params")],
+                      signer="bob", wait_days=4)
+        (entry,) = rec.run_once().processed
+        assert entry.result == "accepted", entry.findings
+        assert entry.approvers == ("Bob Reviewer <bob@example.com>",)
+        b = bundle.parse_bundle((state / "store" / "bundles" / "v2.json").read_bytes())
+        states = {(p.name, p.scope.key): str(p.state) for p in b.policies}
+        assert states[("no-exec-from-tmp", "group:web")] == "enforce_ready"
+        assert b.approvers == ("Bob Reviewer <bob@example.com>",)
+        assert b.author == f"{DEV.name} <{DEV.email}>"
+
+
+def test_restart_does_not_reprocess(policy: PolicyRepo, key: SigningKey, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with Reconciler(str(policy.path), state, key) as rec:
+        rec.run_once()
+    policy.change("relax", [("enforcement/web-lockdown.yaml", "state: enforce_ready", "state: observe")])
+    with Reconciler(str(policy.path), state, key) as rec:
+        assert rec.run_once().published == (2,)
+    with Reconciler(str(policy.path), state, key) as rec:
+        assert rec.run_once().processed == ()
+        assert _index(state, key).version == 2
+
+
+def test_force_push_is_refused_until_accepted(policy: PolicyRepo, key: SigningKey, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with Reconciler(str(policy.path), state, key) as rec:
+        rec.run_once()
+        policy.change("relax", [("enforcement/web-lockdown.yaml", "state: enforce_ready", "state: observe")])
+        rec.run_once()
+        # rewrite main: drop the last merge and commit something else
+        policy.git.git("reset", "-q", "--hard", "HEAD~1")
+        policy.edit("enforcement/egress-guard.yaml", "state: enforce_ready", "state: observe")
+        policy.git.commit("rewritten", author=ALICE)
+        with pytest.raises(RewriteRefused, match="does not descend"):
+            rec.run_once()
+        assert "rewritten" in rec.status()["refused"]
+        assert _index(state, key).version == 2
+        out = rec.run_once(accept_rewrite=True)
+        assert out.published == (3,)
+
+
+def test_cli_reconcile_and_ledger(policy: PolicyRepo, tmp_path: Path) -> None:
+    palisade = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "palisade")
+    keys = tmp_path / "signing"
+    subprocess.run([palisade, "keygen", "--out", str(keys)], check=True)
+    key_file = next(keys.glob("*.key"))
+    state = tmp_path / "state"
+    run = subprocess.run([palisade, "reconcile", "--repo", str(policy.path), "--state", str(state),
+                          "--key", str(key_file), "--once", "-o", "json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["processed"][0]["version"] == 1
+    for repo, state_dir, message in [(tmp_path / "nope", state, "tracks"),
+                                     (tmp_path / "nope", tmp_path / "fresh", "fetch failed")]:
+        bad = subprocess.run([palisade, "reconcile", "--repo", str(repo), "--state", str(state_dir),
+                              "--key", str(key_file), "--once"], capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr

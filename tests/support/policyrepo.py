@@ -1,0 +1,73 @@
+"""A real git policy repository made from example-repo/, with reviewers whose keys the test holds.
+
+    repo = PolicyRepo.create(tmp_path)
+    repo.git.write("enforcement/web-lockdown.yaml", ...)
+    repo.git.commit("tighten", author=repo.dev)            # unsigned, by a team member
+    repo.advance_merge("feature", signer="alice")          # signed merge by a reviewer
+
+Used by reconciler, agent and integration tests alike.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .gitrepo import GitRepo, Key, Person, make_key
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
+
+ALICE = Person("Alice Reviewer", "alice@example.com")
+BOB = Person("Bob Reviewer", "bob@example.com")
+DEV = Person("Dana Developer", "dana@example.com")
+
+
+@dataclass
+class PolicyRepo:
+    git: GitRepo
+    keys: dict[str, Key]  # "alice" / "bob" / "mallory"
+
+    @property
+    def path(self) -> Path:
+        return self.git.path
+
+    @classmethod
+    def create(cls, tmp_path: Path, *, min_observation: str | None = None,
+               bundle_expiry: str | None = None) -> PolicyRepo:
+        """example-repo/ committed as the first commit of `main`, reviewers' keys replaced by real ones."""
+        keys = {n: make_key(tmp_path / "keys", n, f"{n}@example.com") for n in ("alice", "bob", "mallory")}
+        path = tmp_path / "policy-repo"
+        shutil.copytree(EXAMPLE, path)
+        git = GitRepo.init(path)
+        text = (path / "palisade.yaml").read_text()
+        for name in ("alice", "bob"):
+            text = re.sub(rf"key: ssh-ed25519 \S+ {name}@example.com", f"key: {keys[name].public}", text)
+        if min_observation is not None:
+            text = re.sub(r"minObservation: \S+", f"minObservation: {min_observation}", text)
+        if bundle_expiry is not None:
+            text = re.sub(r"bundleExpiry: \S+", f"bundleExpiry: {bundle_expiry}", text)
+        (path / "palisade.yaml").write_text(text)
+        git.git("add", "-A")
+        git.commit("Import the policy repository", author=ALICE)
+        return cls(git, keys)
+
+    def edit(self, relpath: str, old: str, new: str) -> None:
+        text = self.git.read(relpath)
+        if old not in text:
+            raise AssertionError(f"{old!r} not in {relpath}")
+        self.git.write(relpath, text.replace(old, new, 1))
+
+    def change(self, message: str, edits: list[tuple[str, str, str]], *, signer: str | None = None,
+               author: Person = DEV, wait_days: float = 0) -> str:
+        """A feature branch by `author` with `edits`, merged into main (signed by `signer` if given)."""
+        branch = f"change-{self.git.head()[:8]}"
+        self.git.branch(branch)
+        for relpath, old, new in edits:
+            self.edit(relpath, old, new)
+        self.git.commit(message, author=author)
+        self.git.checkout("main")
+        if wait_days:
+            self.git.advance(days=wait_days)
+        merger = {"alice": ALICE, "bob": BOB}.get(signer or "", DEV)
+        return self.git.merge(branch, author=merger, sign=self.keys[signer] if signer else None)
