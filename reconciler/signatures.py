@@ -108,19 +108,21 @@ def verify_many(repo: Path, commits: Sequence[str], reviewers: Sequence[Reviewer
         fp = fingerprint(r.key)
         if fp is not None:
             by_fp.setdefault(fp, r)
+    shas = [_resolve(repo, name) for name in commits]
     with tempfile.TemporaryDirectory(prefix="palisade-signers-") as tmp:
         signers = Path(tmp, "allowed_signers")
         signers.write_text(allowed_signers(reviewers), encoding="utf-8")
-        # --no-walk with explicit commits prints exactly those, one record each, in input order
-        # for distinct commits; records are NUL-separated fields ending with a RS (0x1e).
+        # --no-walk prints exactly the commits given (on stdin: no argument-length limit), one
+        # record each; fields are NUL-separated, records end with RS (0x1e)
         proc = subprocess.run(
             [
                 "git", "-C", str(repo),
                 "-c", "gpg.format=ssh",
                 "-c", f"gpg.ssh.allowedSignersFile={signers}",
                 "-c", "log.showSignature=false",
-                "log", "--no-walk=unsorted", "--format=%H%x00%G?%x00%GF%x1e", *commits, "--",
+                "log", "--no-walk=unsorted", "--stdin", "--format=%H%x00%G?%x00%GF%x1e", "--",
             ],
+            input="".join(sha + "\n" for sha in dict.fromkeys(shas)).encode(),
             capture_output=True,
             check=False,
         )
@@ -135,8 +137,7 @@ def verify_many(repo: Path, commits: Sequence[str], reviewers: Sequence[Reviewer
         sha, code, fp = [*rec.split("\x00"), "", ""][:3]
         found[sha] = _verdict(sha, code, fp or None, by_fp)
     out: dict[str, Signature] = {}
-    for name in commits:
-        sha = _resolve(repo, name)
+    for name, sha in zip(commits, shas, strict=True):
         if sha not in found:
             raise SourceError(f"{repo}: no signature record for {name}")
         out[name] = found[sha]

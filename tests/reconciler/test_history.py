@@ -375,7 +375,7 @@ def test_advance_before_the_window_ends_is_rejected_with_time_left(world: World)
     world.merge(branch="early")
     findings = world.check()
     assert codes(findings) == ["window"]
-    assert "1d left" in findings[0].message or "23h" in findings[0].message
+    assert "23h" in findings[0].message and "left" in findings[0].message  # 3d minus 2d and a few minutes
 
     # the same merge a day later is fine
     world.repo.git("reset", "-q", "--hard", "HEAD~1")
