@@ -1,0 +1,66 @@
+"""`palisade-agent probe`, run as the installed console script."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bpf.probe import FEATURE_NAMES
+
+
+def _script() -> str:
+    # The console script next to the interpreter running the tests (the project venv).
+    path = Path(sys.executable).parent / "palisade-agent"
+    found = str(path) if path.exists() else shutil.which("palisade-agent")
+    if found is None:
+        pytest.fail("the palisade-agent console script is not installed (pip install -e .)")
+    return found
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_script(), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_probe_json_reports_this_kernel(require_kernel: None) -> None:
+    result = _run("probe", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    features = doc["features"]
+    assert list(features) == list(FEATURE_NAMES)
+    for name in ("syscall_tracepoints", "send_signal", "cgroup_sock_create", "cgroup_connect4"):
+        assert features[name]["available"] is True, features[name]["reason"]
+        assert features[name]["test_programs"], f"{name} claimed without a loaded test program"
+    assert features["kprobes"] == {
+        "available": False,
+        "reason": features["kprobes"]["reason"],
+        "test_programs": [],
+    }
+    assert "kprobes" in features["kprobes"]["reason"]
+    assert features["bpf_lsm"]["available"] is False
+    assert "fails to load" in features["bpf_lsm"]["reason"]
+
+
+def test_probe_text_is_a_table(require_kernel: None) -> None:
+    result = _run("probe")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("kernel ")
+    assert lines[1].split() == ["FEATURE", "AVAILABLE", "REASON"]
+    rows = {line.split()[0]: line.split()[1] for line in lines[2:]}
+    assert rows["kprobes"] == "no"
+    assert rows["send_signal"] == "yes"
+    assert set(rows) == set(FEATURE_NAMES)
+
+
+def test_bad_usage_is_exit_2_without_traceback() -> None:
+    result = _run("probe", "-o", "yaml")
+    assert result.returncode == 2
+    assert "invalid choice: 'yaml'" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = _run()
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
