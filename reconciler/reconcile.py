@@ -140,7 +140,7 @@ class Reconciler:
     def _resign(self) -> bool:
         return self.store.resign_if_due(now=self._clock()) is not None
 
-    def _process(self, commit: str, *, base: str | None | bool = True) -> LedgerEntry:
+    def _process(self, commit: str, *, base: str | bool | None = True) -> LedgerEntry:
         """Validate, and publish or reject, one commit; `base` overrides the history base (None: none)."""
         if base is True:
             last = self.ledger.last_accepted()

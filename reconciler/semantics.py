@@ -53,10 +53,10 @@ def check(repo: PolicyRepository, documents: Sequence[Document], today: _dt.date
         findings.append(error("palisade.yaml", 0, 0, "no-repository",
                               "palisade.yaml (kind: Repository) is missing; every policy repository needs one"))
     if repo.config is not None:
-        for i, r in enumerate(repo.config.reviewers):
-            if not _SSH_KEY.match(r.key):
+        for i, reviewer in enumerate(repo.config.reviewers):
+            if not _SSH_KEY.match(reviewer.key):
                 findings.append(docs.error("Repository", repo.config.name, ("spec", "reviewers", i, "key"),
-                                           "reviewer-key", f"reviewer {r.name}: key is not an OpenSSH public "
+                                           "reviewer-key", f"reviewer {reviewer.name}: key is not an OpenSSH public "
                                            "key line (e.g. 'ssh-ed25519 AAAA... user@host')"))
     groups = {g.name for g in repo.groups}
 

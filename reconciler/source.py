@@ -162,12 +162,12 @@ def from_git(repo: Path, rev: str) -> Snapshot:
         if not rec:
             continue
         meta, path_b = rec.split(b"\t", 1)
-        mode, otype, sha, size = meta.decode().split()
+        mode, otype, sha, size_text = meta.decode().split()
         path = path_b.decode("utf-8", "surrogateescape")
         if otype == "blob" and wanted(path):
-            entries.append((mode, sha, path, int(size) if size != "-" else 0))
+            entries.append((mode, sha, path, int(size_text) if size_text != "-" else 0))
     blobs = _cat_blobs(repo, [sha for mode, sha, _, size in entries if size <= MAX_FILE_BYTES or mode == "120000"])
-    by_path = {p: (mode, sha) for mode, sha, p, _ in entries}
+    by_path = {p: (sha, size) for _, sha, p, size in entries}
     files: list[SourceFile] = []
     for mode, sha, path, size in entries:
         if mode == "120000":
@@ -177,14 +177,11 @@ def from_git(repo: Path, rev: str) -> Snapshot:
                 files.append(SourceFile(path, None, f"symlink points outside the repository ({target})"))
                 continue
             if joined not in by_path:
-                extra = _git_optional(repo, "rev-parse", f"{commit}:{joined}")
-                if extra is None:
-                    files.append(SourceFile(path, None, f"symlink target does not exist ({target})"))
-                    continue
-                files.append(SourceFile(path, _git(repo, "cat-file", "blob", extra.strip().decode())))
+                files.append(SourceFile(path, None, f"symlink target is not a policy file of the repository "
+                                                    f"({target}); link only to files in the policy folders"))
                 continue
-            sha = by_path[joined][1]
-            if sha not in blobs:
+            sha, size = by_path[joined]
+            if sha not in blobs and size <= MAX_FILE_BYTES:
                 blobs.update(_cat_blobs(repo, [sha]))
         if size > MAX_FILE_BYTES:
             files.append(SourceFile(path, None, f"file is {size} bytes; the limit is {MAX_FILE_BYTES}"))

@@ -45,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
                 return e.exit_code
             accept = False
             if args.output == "json":
-                print(json.dumps({"head": outcome.head, "processed": [e.to_json() for e in outcome.processed],
+                print(json.dumps({"head": outcome.head, "processed": [x.to_json() for x in outcome.processed],
                                   "resigned": outcome.resigned}), flush=True)
             else:
-                for e in outcome.processed:
-                    what = f"v{e.version}" if e.version is not None else f"{len(e.findings)} finding(s)"
-                    print(f"{e.commit[:12]} {e.result} {what}", file=sys.stderr, flush=True)
+                for entry in outcome.processed:
+                    what = f"v{entry.version}" if entry.version is not None else f"{len(entry.findings)} finding(s)"
+                    print(f"{entry.commit[:12]} {entry.result} {what}", file=sys.stderr, flush=True)
             if args.once:
                 return 0
             time.sleep(args.interval)
