@@ -84,7 +84,8 @@ def test_oversized_file_is_refused_not_parsed(example_copy: Path) -> None:
 
 
 def test_locate_points_at_nodes() -> None:
-    text = b"apiVersion: palisade.dev/v1\nkind: Rule\nmetadata:\n  name: r\nspec:\n  state: enforced\n  list:\n    - a\n    - b\n"
+    text = (b"apiVersion: palisade.dev/v1\nkind: Rule\nmetadata:\n  name: r\nspec:\n"
+            b"  state: enforced\n  list:\n    - a\n    - b\n")
     (doc,), _ = source.parse_file(source.SourceFile("rules/r.yaml", text))
     assert doc.locate(("spec", "state")) == (6, 10)
     assert doc.locate(("spec", "list", 1)) == (9, 7)
