@@ -11,11 +11,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from support.bundles import T0, Keys, commit_id, keypair, make_bundle
 
 from reconciler import bundle as B
 from reconciler.errors import VerificationError
 from reconciler.model import Gates, Rollout, Scope, Stage, State
+from support.bundles import T0, Keys, commit_id, keypair, make_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 
