@@ -1,0 +1,91 @@
+"""`palisade serve`: reconcile continuously and serve bundles, the index, status and metrics over HTTP.
+
+A local repository is watched for ref changes (and polled as a safety net); a
+URL is fetched every --poll-interval. The API listens on loopback unless told
+otherwise: put a TLS-terminating proxy in front of it to expose it.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT, 2 usage, key, state or listen error.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+
+DEFAULT_LISTEN = "127.0.0.1:8740"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="reconcile continuously and serve the bundle store over HTTP",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", required=True, help="policy repository: a local path or a git URL")
+    p.add_argument("--branch", default="main", help="tracked branch (default: main)")
+    p.add_argument("--state", type=Path, required=True, help="state directory (ledger, bundle store, mirror)")
+    p.add_argument("--key", type=Path, required=True, help="Ed25519 signing key (palisade keygen)")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"address of the HTTP API (default: {DEFAULT_LISTEN}; port 0 picks a free one)")
+    p.add_argument("--poll-interval", default="30s", metavar="DURATION",
+                   help="how often to fetch a remote repository, and to re-check a watched local one (default: 30s)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..keys import load_signing_key
+    from ..metrics import Metrics
+    from ..model import parse_duration
+    from ..reconcile import STORE, Reconciler
+    from ..server import Publication, create_app, parse_listen
+    from ..server import run as run_server
+    from ..service import ReconcileLoop
+    from ..watch import Changes, RefWatcher, local_git_dir
+
+    try:
+        poll = parse_duration(args.poll_interval).total_seconds()
+    except ValueError as e:
+        raise UsageError(f"--poll-interval: {e}") from None
+    if poll < 1:
+        raise UsageError(f"--poll-interval {args.poll_interval}: must be at least 1s")
+    host, port = parse_listen(args.listen)
+    _logging(args.verbose)
+    key = load_signing_key(args.key)
+
+    metrics = Metrics()
+    publication = Publication(args.state / STORE)
+    changes = Changes()
+    loop = ReconcileLoop(
+        lambda: Reconciler(args.repo, args.state, key, branch=args.branch),
+        publication=publication, metrics=metrics, changes=changes, poll_interval=poll,
+    )
+    app = create_app(args.state / STORE, metrics=metrics, status=loop.status, publication=publication)
+
+    git_dir = local_git_dir(args.repo)
+    watcher = RefWatcher(git_dir, changes) if git_dir is not None else None
+    loop.start()  # opens the state (takes its lock) before anything listens
+    try:
+        if watcher is not None:
+            watcher.start()
+
+        def listening(url: str) -> None:
+            how = f"watching {git_dir}" if git_dir is not None else f"polling every {args.poll_interval}"
+            print(f"palisade serve: listening on {url} ({args.repo} branch {args.branch}, {how})",
+                  file=sys.stderr, flush=True)
+
+        run_server(app, host, port, on_listening=listening, on_exit=changes.notify)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        loop.stop()
+    return 0
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn's start/stop chatter is not news; its warnings and errors are.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)

@@ -1,0 +1,179 @@
+"""`palisade status`: what the reconciler last accepted and rejected, and what it serves.
+
+Reads a state directory (beside a running reconciler: it takes no lock and
+changes nothing) or asks a running `palisade serve` over HTTP.
+
+Exit codes: 0 healthy, 1 needs attention (history rewrite refused, the last pass
+failed, or the index has expired), 2 the state or the server cannot be read.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import StateError, UsageError
+from . import add_output
+
+#: The status of a server is small; anything larger is not a palisade server.
+_MAX_STATUS_BYTES = 4 * 1024 * 1024
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("status", help="show the reconcile status (last accepted/rejected commit, served index)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state", type=Path, help="state directory of a reconciler")
+    where.add_argument("--server", metavar="URL", help="base URL of a running `palisade serve`, e.g. http://127.0.0.1:8740")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for --server (default: 10)")
+    add_output(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    doc = from_server(args.server, args.timeout) if args.server else from_state(args.state)
+    if args.output == "json":
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(render_text(doc))
+    return 1 if attention(doc) else 0
+
+
+def from_state(state: Path) -> dict[str, Any]:
+    """The status document from a state directory alone (read-only)."""
+    from ..ledger import Ledger
+    from ..reconcile import STORE, status
+
+    with Ledger.open(state, readonly=True) as ledger:
+        return status(ledger, _StoreReader(state / STORE))  # type: ignore[arg-type]
+
+
+class _StoreReader:
+    """The part of `Store` that `status()` reads. A `Store` is not opened here: opening one tidies its
+    temporary files, which would break a publish the running reconciler has in progress."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def index(self) -> Any:
+        from ..bundle import parse_index
+        from ..errors import VerificationError
+
+        path = self.root / "index.json"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            return parse_index(data)
+        except VerificationError as e:
+            raise StateError(f"{path}: {e}") from None
+
+
+def from_server(url: str, timeout: float) -> dict[str, Any]:
+    """The status document of a running server."""
+    import httpx
+
+    base = url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise UsageError(f"--server {url!r}: expected an http:// or https:// URL")
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            resp = client.get(f"{base}/v1/status", headers={"Accept": "application/json"})
+    except httpx.HTTPError as e:
+        raise StateError(f"cannot reach {base}: {e}") from None
+    if resp.status_code != 200:
+        raise StateError(f"{base}/v1/status answered {resp.status_code}: {resp.text[:200]}")
+    if len(resp.content) > _MAX_STATUS_BYTES:
+        raise StateError(f"{base}/v1/status answered {len(resp.content)} bytes; not a palisade server?")
+    try:
+        doc = resp.json()
+    except ValueError:
+        raise StateError(f"{base}/v1/status did not answer JSON; not a palisade server?") from None
+    if not isinstance(doc, dict):
+        raise StateError(f"{base}/v1/status did not answer a JSON object; not a palisade server?")
+    return doc
+
+
+def attention(doc: Mapping[str, Any], now: _dt.datetime | None = None) -> bool:
+    """True when an operator should look: rewrite refused, last pass failed, or index expired."""
+    if doc.get("refused") or doc.get("lastError"):
+        return True
+    expires = _time(doc.get("indexExpires"))
+    return expires is not None and expires <= (now or _dt.datetime.now(_dt.UTC))
+
+
+def render_text(doc: Mapping[str, Any], now: _dt.datetime | None = None) -> str:
+    """The human table."""
+    now = now or _dt.datetime.now(_dt.UTC)
+    rows: list[tuple[str, str]] = []
+    if doc.get("source"):
+        rows.append(("source", f"{doc['source']} (branch {doc.get('branch') or '?'})"))
+    if doc.get("version") is None:
+        rows.append(("version", "nothing published yet"))
+    else:
+        rows.append(("version", f"v{doc['version']}"))
+        expires = _time(doc.get("indexExpires"))
+        when = "?" if expires is None else f"{doc['indexExpires']} ({_relative(expires, now)})"
+        rows.append(("index", f"serial {doc.get('serial')}, expires {when}"))
+        stages = doc.get("stages") or {}
+        if stages:
+            rows.append(("stages", ", ".join(f"{k}=v{v}" for k, v in sorted(stages.items()))))
+    rows.append(("last run", doc.get("lastRun") or "-"))
+    rows.append(("last accepted", _entry(doc.get("lastAccepted"))))
+    rows.append(("last rejected", _entry(doc.get("lastRejected"))))
+    if doc.get("refused"):
+        rows.append(("REFUSED", str(doc["refused"])))
+    if doc.get("lastError"):
+        rows.append(("LAST ERROR", str(doc["lastError"])))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    rejected = doc.get("lastRejected") or {}
+    for f in rejected.get("findings") or []:
+        lines.append(f"{' ' * width}    {f.get('file')}:{f.get('line')}:{f.get('column')}: "
+                     f"{f.get('severity')}[{f.get('code')}]: {f.get('message')}")
+    return "\n".join(lines)
+
+
+def _entry(e: Mapping[str, Any] | None) -> str:
+    if not e:
+        return "none"
+    parts = [str(e.get("commit", ""))[:12]]
+    if e.get("version") is not None:
+        parts.append(f"v{e['version']}")
+    parts.append(f"by {e.get('author')}")
+    if e.get("processed"):
+        parts.append(f"processed {e['processed']}")
+    if e.get("result") == "rejected":
+        parts.append(f"{len(e.get('findings') or [])} finding(s)")
+    return "  ".join(parts)
+
+
+def _time(text: Any) -> _dt.datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=_dt.UTC)
+
+
+def _relative(t: _dt.datetime, now: _dt.datetime) -> str:
+    secs = int((t - now).total_seconds())
+    if secs <= 0:
+        return f"EXPIRED {_span(-secs)} ago"
+    return f"in {_span(secs)}"
+
+
+def _span(secs: int) -> str:
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 7200:
+        return f"{secs // 60}m"
+    return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"

@@ -1,0 +1,87 @@
+"""Prometheus metrics of `palisade serve`.
+
+Each `Metrics` owns its own `CollectorRegistry` (never the process-global
+default one), so a test can run several servers in one process and each
+`/metrics` shows only its own numbers.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["CONTENT_TYPE", "RESULTS", "Metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The outcomes a processed commit can have (the `result` label).
+RESULTS = ("accepted", "rejected", "refused")
+
+# From a small repository on a fast disk (tens of ms) to a thousand-policy one (seconds).
+_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The reconciler's and the HTTP API's metrics, in one private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.reconcile_duration = Histogram(
+            "palisade_reconcile_duration_seconds",
+            "Time of one reconcile pass (fetch, validate, render, sign, publish), in seconds.",
+            registry=self.registry, buckets=_DURATION_BUCKETS,
+        )
+        self.commits = Counter(
+            "palisade_commits_processed_total",
+            "Commits of the tracked branch processed, by result (accepted, rejected, refused).",
+            ["result"], registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "palisade_reconcile_errors_total",
+            "Reconcile passes that failed before processing a commit (unreadable repository, fetch failure, ...).",
+            registry=self.registry,
+        )
+        self.bundle_version = Gauge(
+            "palisade_bundle_version", "Newest published bundle version (0 before the first publish).",
+            registry=self.registry,
+        )
+        self.index_serial = Gauge(
+            "palisade_index_serial", "Serial of the published index (grows at every write).",
+            registry=self.registry,
+        )
+        self.index_expiry = Gauge(
+            "palisade_index_expiry_timestamp_seconds", "Expiry time of the published index, in unix seconds.",
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "palisade_http_requests_total", "HTTP requests served, by route template, method and status code.",
+            ["route", "method", "code"], registry=self.registry,
+        )
+        for result in RESULTS:
+            self.commits.labels(result)  # export zeros, so rate() works from the first scrape
+        # `.labels()` takes a lock and builds a key each time; the request path caches the children.
+        self._http_children: dict[tuple[str, str, int], Counter] = {}
+        self._lock = threading.Lock()
+
+    def count_request(self, route: str, method: str, code: int) -> None:
+        key = (route, method, code)
+        child = self._http_children.get(key)
+        if child is None:
+            with self._lock:
+                child = self._http_children.setdefault(key, self.http_requests.labels(route, method, str(code)))
+        child.inc()
+
+    def count_commit(self, result: str) -> None:
+        if result not in RESULTS:
+            raise ValueError(f"unknown commit result {result!r}")
+        self.commits.labels(result).inc()
+
+    def set_index(self, *, version: int, serial: int, expires: _dt.datetime) -> None:
+        self.bundle_version.set(version)
+        self.index_serial.set(serial)
+        self.index_expiry.set(expires.timestamp())
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
