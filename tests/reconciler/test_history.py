@@ -8,6 +8,9 @@ and Bob; Dave is a developer, Mallory has a key but is no reviewer.
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -442,3 +445,34 @@ def test_head_that_does_not_descend_from_base_is_refused(world: World) -> None:
 
 def test_nothing_to_check_when_base_is_head(world: World) -> None:
     assert world.check(base="HEAD", head="HEAD") == []
+
+
+# --- through `palisade validate` -----------------------------------------------------------------
+
+
+def _palisade(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True, text=True,
+                          check=False, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_validate_cli_reports_history_findings_at_the_state_node(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.merge()
+    ok = _palisade("validate", "--repo", str(world.repo.path), "--rev", "HEAD")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    world.repo.advance(days=4)
+    world.propose({WEB_ENFORCEMENT: enforcement("enforced")}, branch="unsigned")
+    world.merge(by=ALICE, signer=None, branch="unsigned")
+    bad = _palisade("validate", "--repo", str(world.repo.path), "--rev", "HEAD")
+    assert bad.returncode == 1
+    assert f"{WEB_ENFORCEMENT}:9:14: error[unsigned]:" in bad.stdout
+
+    world.propose({WEB_ENFORCEMENT: enforcement("observe")}, branch="pr")
+    world.repo.checkout("pr")
+    world.repo.write(WEB_ENFORCEMENT, enforcement("enforce_ready"))
+    world.repo.commit("and back up again", author=DAVE)
+    pr = _palisade("validate", "--repo", str(world.repo.path), "--rev", "pr", "--base", "main",
+                   "--pending-approvals", "-o", "json")
+    assert pr.returncode == 0, pr.stdout + pr.stderr
+    assert [f["code"] for f in json.loads(pr.stdout)] == []  # enforced -> enforce_ready is a step back
