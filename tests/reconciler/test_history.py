@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.gitrepo import GitRepo, Key, Person, make_key
 
 from reconciler import history, loader
 from reconciler.findings import Finding, Severity, has_errors
 from reconciler.model import PolicyRepository
+from support.gitrepo import GitRepo, Key, Person, make_key
 
 ALICE = Person("Alice Reviewer", "alice@example.com")
 BOB = Person("Bob Reviewer", "bob@example.com")

@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.gitrepo import GitRepo, Person, make_key
 
 from reconciler import signatures
 from reconciler.errors import SourceError
 from reconciler.model import Reviewer
 from reconciler.signatures import Status
+from support.gitrepo import GitRepo, Person, make_key
 
 ALICE = Person("Alice", "alice@example.com")
 
