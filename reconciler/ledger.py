@@ -34,7 +34,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -284,7 +284,14 @@ class Ledger:
             raise StateError(f"bundle version {parsed.version} was already used; the next free one is {floor}")
         with self._transaction() as db:
             rowid = self._insert(db, info, Result.PUBLISHING, findings, parsed.version, now)
-        store.publish(bundle, now=now, expiry=expiry)
+        try:
+            store.publish(bundle, now=now, expiry=expiry)
+        except BaseException:
+            # Settle the row now if the store allows it (e.g. nothing was written), so the next
+            # commit is not blocked by a pending publish; a crash leaves that to recover().
+            with suppress(Exception):  # the original error is the one to report
+                self.recover(store)
+            raise
         with self._transaction() as db:
             db.execute("UPDATE commits SET result = 'accepted' WHERE id = ?", (rowid,))
         return self._get(rowid)
