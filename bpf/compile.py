@@ -1,0 +1,1081 @@
+"""TracingPolicy → a load plan: C source for bcc, the attach sites, initial map contents.
+
+Pure: no root, no kernel, no bcc. The reconciler calls `check` to learn whether
+a policy can run on a kernel with the given features; the engine calls
+`compile_policy` and loads the plan. A policy that uses anything outside the
+subset is refused as a whole, with every reason (`Unsupported`).
+
+How a policy maps onto this engine:
+- `tracepoints` run where they are; `kprobes` with `syscall: true` run on the
+  matching `syscalls:sys_enter_<name>` tracepoint (argument `index` i of the call
+  is format field 5+i there);
+- `kprobes` on socket creation (`security_socket_create`, `__sys_socket`) and
+  outbound connect (`security_socket_connect`, `tcp_connect`, `tcp_v4_connect`,
+  `tcp_v6_connect`) run on the cgroup `sock_create` / `connect4` / `connect6`
+  hooks when a selector denies (`Override` → EPERM), otherwise on the
+  `sys_enter_socket` / `sys_enter_connect` tracepoints (where `Sigkill`/`Signal` work);
+- selectors are tried in order and the first that matches decides (Tetragon);
+  a hook without selectors posts every call;
+- string matching (`matchBinaries`, string `matchArgs`) is done with three maps
+  shared by the policy's filters: exact values in a hash, prefixes in an LPM
+  trie, postfixes in an LPM trie of reversed strings; each filter owns one bit
+  of the u64 the maps return.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from .errors import Unsupported, format_path
+from .policy import ArgFilter, BinariesFilter, Hook, Selector, TracingPolicy
+from .tpformat import Field, Formats, builtin_formats
+
+MODES = ("observe", "enforce_ready", "enforced")
+STRLEN = 256
+MAX_SELECTORS = 5
+MAX_STRING_FILTERS = 64
+#: String (and sockaddr) operands a hook may read; the first two are copied into events.
+MAX_STRING_OPERANDS = 4
+
+ACTION_NAMES = {0: "KPROBE_ACTION_POST", 1: "KPROBE_ACTION_SIGKILL", 2: "KPROBE_ACTION_SIGNAL",
+                3: "KPROBE_ACTION_OVERRIDE", 4: "KPROBE_ACTION_NOPOST"}
+_ACT_POST, _ACT_SIGKILL, _ACT_SIGNAL, _ACT_OVERRIDE, _ACT_NOPOST = range(5)
+
+_SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__se_sys_", "__do_sys_", "sys_")
+_SCHED_EVENTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
+_SOCKET_CALLS = {"security_socket_create": True, "__sys_socket": False, "__sock_create": True,
+                 "sock_create": False}  # value: `type` excludes SOCK_NONBLOCK/CLOEXEC flags
+#: call → (index of the sockaddr/sock argument, sites, TCP only)
+_CONNECT_CALLS = {
+    "security_socket_connect": (1, ("connect4", "connect6"), False),
+    "__sys_connect": (1, ("connect4", "connect6"), False),
+    "tcp_connect": (0, ("connect4", "connect6"), True),
+    "tcp_v4_connect": (1, ("connect4",), True),
+    "tcp_v6_connect": (1, ("connect6",), True),
+}
+_INT_TYPES = {
+    "int": "s32", "sint32": "s32", "int32": "s32", "uint32": "u32", "uint": "u32", "u32": "u32",
+    "int8": "s8", "uint8": "u8", "int16": "s16", "uint16": "u16", "sint16": "s16",
+    "int64": "s64", "sint64": "s64", "long": "s64", "s64": "s64", "uint64": "u64", "u64": "u64",
+    "size_t": "u64", "ulong": "u64", "fd": "s32", "syscall64": "s64", "nop": "u64", "kernel_cap_t": "u64",
+    "cap_inheritable": "u64", "cap_permitted": "u64", "cap_effective": "u64",
+}
+_STRING_TYPES = ("string", "char_buf", "filename", "const_buf")
+_INT_OPS = ("Equal", "NotEqual", "Mask", "GT", "LT", "InRange", "NotInRange")
+_STR_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
+_SOCK_OPS = ("DAddr", "NotDAddr", "DPort", "NotDPort", "Family", "NotFamily", "Protocol", "NotProtocol")
+_BIN_OPS = {"In": ("eq", False), "NotIn": ("eq", True), "Prefix": ("pre", False), "NotPrefix": ("pre", True),
+            "Postfix": ("post", False), "NotPostfix": ("post", True)}
+_STR_ARG_OPS = {"Equal": ("eq", False), "NotEqual": ("eq", True), "Prefix": ("pre", False),
+                "NotPrefix": ("pre", True), "Postfix": ("post", False), "NotPostfix": ("post", True)}
+_FAMILIES = {"AF_INET": 2, "AF_INET6": 10, "AF_UNIX": 1, "AF_NETLINK": 16, "AF_PACKET": 17}
+_PROTOCOLS = {"IPPROTO_TCP": 6, "IPPROTO_UDP": 17, "IPPROTO_ICMP": 1, "IPPROTO_RAW": 255,
+              "IPPROTO_ICMPV6": 58}
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the kernel offers, as far as compiling cares (from `bpf.probe`, or DESIGN.md §6 by default)."""
+
+    kprobes: bool = False
+    lsm: bool = False
+    send_signal: bool = True
+    cgroup_sock_create: bool = True
+    cgroup_connect4: bool = True
+    cgroup_connect6: bool = True
+    ringbuf: bool = True
+    #: Why a missing feature is missing, e.g. {"lsm": "listed active, but LSM programs fail to load"}.
+    reasons: tuple[tuple[str, str], ...] = ()
+
+    def why(self, feature: str) -> str:
+        return dict(self.reasons).get(feature, "")
+
+    @classmethod
+    def of(cls, probe: Any) -> Features:
+        """Adapt a probe result: any object or mapping whose entries say `available` per feature name."""
+        def avail(*names: str) -> tuple[bool | None, str]:
+            for n in names:
+                v = probe.get(n) if isinstance(probe, dict) else getattr(probe, n, None)
+                if v is None and hasattr(probe, "features"):
+                    feats = probe.features
+                    v = feats.get(n) if isinstance(feats, dict) else None
+                if v is None:
+                    continue
+                if isinstance(v, bool):
+                    return v, ""
+                ok = v.get("available") if isinstance(v, dict) else getattr(v, "available", None)
+                why = v.get("reason", "") if isinstance(v, dict) else getattr(v, "reason", "")
+                if ok is not None:
+                    return bool(ok), str(why or "")
+            return None, ""
+
+        base = cls()
+        values: dict[str, Any] = {}
+        reasons = []
+        for attr, names in (("kprobes", ("kprobes", "kprobe")), ("lsm", ("bpf_lsm", "lsm")),
+                            ("send_signal", ("send_signal", "bpf_send_signal")),
+                            ("cgroup_sock_create", ("cgroup_sock_create", "sock_create")),
+                            ("cgroup_connect4", ("cgroup_connect4", "connect4")),
+                            ("cgroup_connect6", ("cgroup_connect6", "connect6")),
+                            ("ringbuf", ("ringbuf", "ring_buffer"))):
+            ok, why = avail(*names)
+            values[attr] = getattr(base, attr) if ok is None else ok
+            if why and not values[attr]:
+                reasons.append((attr, why))
+        return cls(**values, reasons=tuple(reasons))
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One configured argument of a hook, as the program reads it and as events report it."""
+
+    position: int  # position in the hook's `args` list
+    index: int  # the `index` the policy gave
+    kind: str  # "int" | "str" | "sockaddr"
+    type_name: str  # Tetragon arg type, for rendering events
+    label: str | None
+    slot: int = -1  # string/sockaddr scratch slot (-1 for ints)
+
+
+@dataclass(frozen=True)
+class Site:
+    function: str
+    kind: str  # "tracepoint" | "cgroup"
+    subsystem: str | None = None
+    event: str | None = None
+    attach: str | None = None  # "sock_create" | "connect4" | "connect6"
+
+    @property
+    def label(self) -> str:
+        return f"{self.subsystem}:{self.event}" if self.kind == "tracepoint" else f"cgroup/{self.attach}"
+
+
+@dataclass(frozen=True)
+class HookPlan:
+    index: int
+    section: str
+    target: str
+    event_kind: str  # "process_tracepoint" | "process_kprobe"
+    subsystem: str | None
+    event: str | None
+    sites: tuple[Site, ...]
+    operands: tuple[Operand, ...]
+    #: Per selector: (action code, signal); used to render events.
+    selector_actions: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class StringEntry:
+    table: str  # "eq" | "pre" | "post"
+    value: bytes  # as stored (reversed for "post"), without NUL
+    bits: int
+
+
+@dataclass(frozen=True)
+class FollowFilter:
+    """A `followChildren` binaries filter: `bit` is set in a process entry when it or an ancestor matched."""
+
+    bit: int
+    table: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    policy: TracingPolicy
+    source: str
+    hooks: tuple[HookPlan, ...]
+    #: Exec/fork/exit tracking programs (pid → binary map) are part of the policy.
+    tracking: bool
+    strings: tuple[StringEntry, ...]
+    follow: tuple[FollowFilter, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        out = [s for h in self.hooks for s in h.sites]
+        if self.tracking:
+            out = [*_TRACKING_SITES, *out]
+        return tuple(out)
+
+    @property
+    def uses_cgroup_hooks(self) -> bool:
+        return any(s.kind == "cgroup" for s in self.sites)
+
+
+_TRACKING_SITES = (
+    Site("pl_track_exec", "tracepoint", "sched", "sched_process_exec"),
+    Site("pl_track_fork", "tracepoint", "sched", "sched_process_fork"),
+    Site("pl_track_exit", "tracepoint", "sched", "sched_process_exit"),
+)
+
+
+def check(policy: TracingPolicy, features: Features | None = None, formats: Formats | None = None) -> list[str]:
+    """Every reason the policy cannot run on a kernel with `features` (empty when it can)."""
+    try:
+        compile_policy(policy, features, formats)
+    except Unsupported as e:
+        return list(e.reasons)
+    return []
+
+
+def compile_policy(policy: TracingPolicy, features: Features | None = None,
+                   formats: Formats | None = None) -> Plan:
+    """The load plan of `policy`; raises `Unsupported` with every reason when it cannot run here."""
+    return _Compiler(policy, features or Features(), formats or builtin_formats).run()
+
+
+# --------------------------------------------------------------------------- the compiler
+
+
+@dataclass
+class _StrFilter:
+    bit: int
+    table: str
+    values: tuple[str, ...]
+
+
+@dataclass
+class _Source:
+    """Where a hook's operand comes from inside one site's program."""
+
+    kind: str  # "int" | "str" | "sockaddr"
+    read: str  # C statements that set the operand's variables
+    var: str  # C variable name (ints) or slot prefix
+
+
+@dataclass
+class _HookCtx:
+    hook: Hook
+    path_label: str
+    operands: list[Operand] = field(default_factory=list)
+    exec_hook: bool = False
+
+
+class _Compiler:
+    def __init__(self, policy: TracingPolicy, features: Features, formats: Formats) -> None:
+        self.p = policy
+        self.f = features
+        self.formats = formats
+        self.reasons: list[str] = []
+        self.notes: list[str] = []
+        self.str_filters: list[_StrFilter] = []
+        self.follow: list[FollowFilter] = []
+        self.tracking = False
+        #: Program generators, run once every hook is known (tracking is a policy-wide decision).
+        self.functions: list[Callable[[], str]] = []
+
+    def refuse(self, msg: str) -> None:
+        self.reasons.append(f"unsupported: {msg}")
+
+    def run(self) -> Plan:
+        for key in self.p.unsupported:
+            if key == "options":
+                self.notes.append("spec.options are Tetragon agent options; ignored")
+                continue
+            self.refuse(f"spec.{key} is outside the engine's subset")
+        if not self.p.hooks:
+            self.refuse("the policy has no hooks")
+        if not self.f.ringbuf:
+            self.refuse(f"events need a BPF ring buffer, which this kernel lacks {self.f.why('ringbuf')}".strip())
+        hooks: list[HookPlan] = []
+        for i, h in enumerate(self.p.hooks):
+            hp = self._hook(i, h)
+            if hp is not None:
+                hooks.append(hp)
+        if len(self.str_filters) > MAX_STRING_FILTERS:
+            self.refuse(f"{len(self.str_filters)} string filters; at most {MAX_STRING_FILTERS} per policy")
+        if self.reasons:
+            raise Unsupported(self.reasons)
+        strings = self._string_entries()
+        source = _prelude(self.tracking, strings, self._table_sizes(strings))
+        if self.tracking:
+            source += self._tracking_source()
+        source += "\n".join(gen() for gen in self.functions)
+        return Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
+                    strings=strings, follow=tuple(self.follow), notes=tuple(self.notes))
+
+    # ------------------------------------------------------------------ hooks
+
+    def _hook(self, i: int, h: Hook) -> HookPlan | None:
+        where = format_path(h.path)
+        for key in h.unsupported:
+            self.refuse(f"{where}: {key} on {h.target} is outside the engine's subset")
+        if len(h.selectors) > MAX_SELECTORS:
+            self.refuse(f"{where}: {len(h.selectors)} selectors; Tetragon allows at most {MAX_SELECTORS} per hook")
+        if h.section == "tracepoints":
+            return self._tracepoint(i, h)
+        if h.section == "kprobes":
+            return self._kprobe(i, h)
+        if h.section == "lsmhooks":
+            if not self.f.lsm:
+                why = self.f.why("lsm") or "LSM programs do not load"
+                self.refuse(f"lsmhook on {h.target} needs BPF LSM, which this kernel lacks ({why})")
+            else:
+                self.refuse(f"lsmhook on {h.target}: this engine does not generate LSM programs")
+            return None
+        self.refuse(f"{h.section} ({h.target}) are outside the engine's subset (kernel hooks only)")
+        return None
+
+    def _tracepoint(self, i: int, h: Hook) -> HookPlan | None:
+        assert h.subsystem and h.event
+        sub, ev = h.subsystem, h.event
+        if not (sub in ("syscalls", "raw_syscalls") or (sub == "sched" and ev in _SCHED_EVENTS)):
+            self.refuse(f"tracepoint {sub}:{ev} is outside the subset (syscalls:*, raw_syscalls:*, "
+                        f"sched:{{{','.join(_SCHED_EVENTS)}}})")
+            return None
+        fields = self.formats(sub, ev)
+        if fields is None:
+            self.refuse(f"tracepoint {sub}:{ev} does not exist on this kernel")
+            return None
+        return self._build(i, h, "process_tracepoint", sub, ev,
+                           {a.index: a.index for a in h.args}, fields, None)
+
+    def _kprobe(self, i: int, h: Hook) -> HookPlan | None:
+        call = h.target
+        where = format_path(h.path)
+        if call.startswith("list:"):
+            self.refuse(f"{where}: kprobe on {call}: lists of calls are outside the engine's subset")
+            return None
+        if h.syscall:
+            if call.startswith("__ia32_") or call.startswith("__ia32_compat"):
+                self.refuse(f"kprobe on {call}: 32-bit compat syscalls have no tracepoint and need kprobes, "
+                            "which this kernel lacks" if not self.f.kprobes else
+                            f"kprobe on {call}: 32-bit compat syscalls are outside the engine's subset")
+                return None
+            name = call
+            for pre in _SYSCALL_PREFIXES:
+                if name.startswith(pre):
+                    name = name[len(pre):]
+                    break
+            ev = f"sys_enter_{name}"
+            fields = self.formats("syscalls", ev)
+            if fields is None:
+                self.refuse(f"kprobe on {call}: no syscalls:{ev} tracepoint on this kernel")
+                return None
+            if h.return_probe:
+                self.notes.append(f"{where}: return value of {call} is not reported (runs on sys_enter)")
+            return self._build(i, h, "process_kprobe", "syscalls", ev, {a.index: 5 + a.index for a in h.args},
+                               fields, None)
+        if call in _SOCKET_CALLS or call in _CONNECT_CALLS:
+            return self._socket_kprobe(i, h)
+        lacks = "kprobes, which this kernel lacks" if not self.f.kprobes else \
+            "a kprobe on a kernel function, which this engine runs only for syscalls and socket hooks"
+        self.refuse(f"kprobe on {call} needs {lacks}")
+        return None
+
+    def _socket_kprobe(self, i: int, h: Hook) -> HookPlan | None:
+        call = h.target
+        overrides = any(a.action == "Override" for s in h.selectors for a in s.match_actions)
+        signals = any(a.action in ("Sigkill", "Signal") for s in h.selectors for a in s.match_actions)
+        if overrides and signals:
+            self.refuse(f"kprobe on {call}: Override and Sigkill/Signal in one socket hook (the denial runs on a "
+                        "cgroup hook, signals on the syscall tracepoint); split them into two hooks")
+            return None
+        if call in _SOCKET_CALLS:
+            if overrides:
+                if not self.f.cgroup_sock_create:
+                    self.refuse(f"kprobe on {call} with Override needs the cgroup sock_create hook, which this "
+                                "kernel lacks")
+                    return None
+                return self._build(i, h, "process_kprobe", None, None, {}, (), ("sock_create",))
+            fields = self.formats("syscalls", "sys_enter_socket")
+            if fields is None:
+                self.refuse("no syscalls:sys_enter_socket tracepoint on this kernel")
+                return None
+            return self._build(i, h, "process_kprobe", "syscalls", "sys_enter_socket",
+                               {a.index: 5 + a.index for a in h.args}, fields, None,
+                               mask_type=_SOCKET_CALLS[call])
+        arg_index, sites, tcp_only = _CONNECT_CALLS[call]
+        if overrides:
+            missing = [s for s in sites if not getattr(self.f, f"cgroup_{s}")]
+            if missing:
+                self.refuse(f"kprobe on {call} with Override needs the cgroup {'/'.join(missing)} hook, which this "
+                            "kernel lacks")
+                return None
+            return self._build(i, h, "process_kprobe", None, None, {}, (), sites, sock_arg=arg_index,
+                               tcp_only=tcp_only)
+        fields = self.formats("syscalls", "sys_enter_connect")
+        if fields is None:
+            self.refuse("no syscalls:sys_enter_connect tracepoint on this kernel")
+            return None
+        if tcp_only:
+            self.notes.append(f"{format_path(h.path)}: {call} runs on sys_enter_connect, which also sees "
+                              "non-TCP connects")
+        # the sock/sockaddr argument becomes the syscall's `uservaddr` (field 6), addrlen field 7
+        index_map = {0: 6} if arg_index == 0 else {1: 6, 2: 7}
+        return self._build(i, h, "process_kprobe", "syscalls", "sys_enter_connect", index_map, fields, None,
+                           sock_arg=arg_index)
+
+    # ------------------------------------------------------------------ one hook → programs
+
+    def _build(self, i: int, h: Hook, event_kind: str, sub: str | None, ev: str | None,
+               index_map: dict[int, int], fields: tuple[Field, ...], cgroup_sites: tuple[str, ...] | None,
+               *, mask_type: bool = False, sock_arg: int | None = None, tcp_only: bool = False) -> HookPlan | None:
+        where = format_path(h.path)
+        n_before = len(self.reasons)
+        exec_hook = sub == "sched" and ev == "sched_process_exec"
+        # operands: one per configured arg
+        operands: list[Operand] = []
+        slot = 0
+        for pos, a in enumerate(h.args):
+            kind = self._arg_kind(h, a.index, a.type, index_map, fields, cgroup_sites, sock_arg, where)
+            if kind is None:
+                continue
+            slot_of = -1
+            if kind in ("str", "sockaddr"):
+                slot_of = slot
+                slot += 1
+            operands.append(Operand(pos, a.index, kind, a.type or kind, a.label, slot_of))
+        n_slots = slot + (1 if exec_hook else 0)
+        if n_slots > MAX_STRING_OPERANDS:
+            self.refuse(f"{where}: {slot} string/sockaddr arguments; at most {MAX_STRING_OPERANDS} per hook")
+        # selectors
+        sel_conds: list[tuple[list[str], int, int, bool, bool]] = []  # (conditions, action, sig, post, deny)
+        uses_bin = uses_parent = False
+        for sel in h.selectors:
+            conds, ub, up = self._selector(h, sel, operands, exec_hook, cgroup_sites)
+            uses_bin |= ub
+            uses_parent |= up
+            act = self._actions(h, sel, cgroup_sites)
+            if act is None:
+                continue
+            sel_conds.append((conds, *act))
+        if not h.selectors:
+            sel_conds.append(([], _ACT_POST, 0, True, False))
+        if len(self.reasons) > n_before:
+            return None
+        if cgroup_sites is not None and (uses_bin or uses_parent):
+            self.notes.append(f"{where}: binaries on a cgroup hook come from the process map")
+        if (uses_bin and not exec_hook) or uses_parent or any(f for f in self.follow):
+            self.tracking = True
+        sites: list[Site] = []
+        for site_kind in (cgroup_sites or (None,)):
+            fn = f"pl_h{i}_{site_kind or 'tp'}"
+            site = Site(fn, "tracepoint", sub, ev) if site_kind is None else Site(fn, "cgroup", attach=site_kind)
+            sites.append(site)
+            self.functions.append(partial(self._program, i, h, site, operands, sel_conds, index_map, fields,
+                                          exec_hook, uses_bin, uses_parent, mask_type, tcp_only))
+        return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
+                        subsystem=sub, event=ev, sites=tuple(sites), operands=tuple(operands),
+                        selector_actions=tuple((c[1], c[2]) for c in sel_conds))
+
+    def _arg_kind(self, h: Hook, index: int, type_: str | None, index_map: dict[int, int],
+                  fields: tuple[Field, ...], cgroup_sites: tuple[str, ...] | None, sock_arg: int | None,
+                  where: str) -> str | None:
+        t = (type_ or "").strip()
+        if t in ("sock", "sockaddr", "skb", "socket"):
+            if sock_arg is not None and index == sock_arg and t != "skb":
+                return "sockaddr"
+            if t == "sockaddr" and cgroup_sites is None and index_map:
+                f = self._field(index_map, index, fields)
+                if f is not None and f.pointer and h.subsystem in (None, "syscalls"):
+                    return "sockaddr"
+            self.refuse(f"{where}: argument {index} of type {t} on {h.target}: kernel objects are not readable "
+                        "without kprobes")
+            return None
+        if cgroup_sites == ("sock_create",):
+            if index in (0, 1, 2) and (not t or t in _INT_TYPES):
+                return "int"
+            self.refuse(f"{where}: argument {index} of {h.target} is not available on the cgroup sock_create hook "
+                        "(family, type, protocol are)")
+            return None
+        if cgroup_sites is not None:
+            self.refuse(f"{where}: argument {index} ({t or 'untyped'}) of {h.target} is not available on the cgroup "
+                        "connect hooks (the destination sockaddr is)")
+            return None
+        f = self._field(index_map, index, fields) if (not index_map or index in index_map) else None
+        if f is None:
+            self.refuse(f"{where}: argument index {index} does not exist on {self._site_name(h)}")
+            return None
+        if t in _STRING_TYPES or (not t and (f.data_loc or f.ctype.startswith("char["))):
+            if not (f.pointer or f.data_loc or f.ctype.startswith("char[")):
+                self.refuse(f"{where}: argument {index} ({f.name}) is not a string field")
+                return None
+            return "str"
+        if t and t not in _INT_TYPES:
+            self.refuse(f"{where}: argument {index} of type {t} on {self._site_name(h)} is outside the engine's "
+                        "subset")
+            return None
+        if "[" in f.ctype or f.size not in (1, 2, 4, 8):
+            self.refuse(f"{where}: argument {index} ({f.name}, {f.ctype}) is an array, not an integer")
+            return None
+        return "int"
+
+    def _site_name(self, h: Hook) -> str:
+        return h.target if h.section == "tracepoints" else f"{h.target} (via its syscall tracepoint)"
+
+    @staticmethod
+    def _field(index_map: dict[int, int], index: int, fields: tuple[Field, ...]) -> Field | None:
+        fi = index_map.get(index, index)
+        return fields[fi] if 0 <= fi < len(fields) else None
+
+    def _selector(self, h: Hook, s: Selector, operands: list[Operand], exec_hook: bool,
+                  cgroup_sites: tuple[str, ...] | None) -> tuple[list[str], bool, bool]:
+        where = format_path(s.path)
+        for key in s.unsupported:
+            self.refuse(f"{where}: {key} is outside the engine's subset")
+        for ns in s.match_namespaces:
+            self.refuse(f"{format_path(ns.path)}: matchNamespaces needs the task's namespaces, which are only "
+                        "readable through internal kernel structures")
+        conds: list[str] = []
+        for pf in s.match_pids:
+            pw = format_path(pf.path)
+            if pf.is_namespace_pid:
+                self.refuse(f"{pw}: matchPIDs with isNamespacePID needs the task's pid namespace, which is only "
+                            "readable through internal kernel structures")
+                continue
+            if pf.follow_forks:
+                self.refuse(f"{pw}: matchPIDs with followForks is outside the engine's subset")
+                continue
+            if pf.operator not in ("In", "NotIn") or not pf.values:
+                self.refuse(f"{pw}: matchPIDs operator {pf.operator!r} (In, NotIn with values)")
+                continue
+            c = " || ".join(f"tgid == {v}" for v in pf.values)
+            conds.append(f"({c})" if pf.operator == "In" else f"!({c})")
+        uses_bin = bool(s.match_binaries)
+        for bf in s.match_binaries:
+            bc = self._bin_filter(bf, "b", exec_hook)
+            if bc:
+                conds.append(bc)
+        for bf in s.match_parent_binaries:
+            if bf.follow_children:
+                self.refuse(f"{format_path(bf.path)}: followChildren on matchParentBinaries is outside the subset")
+                continue
+            pc = self._bin_filter(bf, "pb", False)
+            if pc:
+                conds.append(pc)
+        for af in s.match_args:
+            ac = self._arg_filter(h, af, operands, cgroup_sites)
+            if ac:
+                conds.append(ac)
+        return conds, uses_bin, bool(s.match_parent_binaries)
+
+    def _new_str_filter(self, table: str, values: tuple[str, ...]) -> int:
+        bit = len(self.str_filters)
+        self.str_filters.append(_StrFilter(bit, table, values))
+        return bit
+
+    def _bin_filter(self, bf: BinariesFilter, var: str, exec_hook: bool) -> str | None:
+        w = format_path(bf.path)
+        if bf.operator not in _BIN_OPS:
+            self.refuse(f"{w}: matchBinaries operator {bf.operator!r} (supported: {', '.join(_BIN_OPS)})")
+            return None
+        if not bf.values:
+            self.refuse(f"{w}: matchBinaries needs values")
+            return None
+        if any(len(v.encode()) >= STRLEN for v in bf.values):
+            self.refuse(f"{w}: a value is longer than {STRLEN - 1} bytes")
+            return None
+        table, negate = _BIN_OPS[bf.operator]
+        bit = self._new_str_filter(table, bf.values)
+        positive = f"({var}_{table} & (1ULL << {bit}))"
+        if bf.follow_children:
+            fbit = len(self.follow)
+            self.follow.append(FollowFilter(fbit, table, bf.values))
+            self.tracking = True
+            positive = f"({positive} || (fbits & (1ULL << {fbit})))"
+        return f"!{positive}" if negate else positive
+
+    def _arg_filter(self, h: Hook, af: ArgFilter, operands: list[Operand],
+                    cgroup_sites: tuple[str, ...] | None) -> str | None:
+        w = format_path(af.path)
+        # Tetragon: for kprobes `index` names the argument's own `index`; for tracepoints it is the
+        # position in the hook's args list. Each falls back to the other reading when it names nothing,
+        # so a tracepoint filter written against the format index (args [{index: 5}], matchArgs 5) works.
+        by_index = next((i for i, a in enumerate(h.args) if a.index == af.index), -1)
+        by_position = af.index if 0 <= af.index < len(h.args) else -1
+        if h.section == "kprobes":
+            pos = by_index if by_index >= 0 else by_position
+        else:
+            pos = by_position if by_position >= 0 else by_index
+        op = next((o for o in operands if o.position == pos), None)
+        if op is None:
+            self.refuse(f"{w}: matchArgs index {af.index} does not name a configured argument of {h.target}")
+            return None
+        if not af.values:
+            self.refuse(f"{w}: matchArgs needs values")
+            return None
+        if op.kind == "int":
+            return self._int_cond(af, f"a{pos}", w)
+        if op.kind == "str":
+            if af.operator not in _STR_ARG_OPS:
+                self.refuse(f"{w}: operator {af.operator!r} on a string argument (supported: "
+                            f"{', '.join(_STR_ARG_OPS)})")
+                return None
+            if any(len(v.encode()) >= STRLEN for v in af.values):
+                self.refuse(f"{w}: a value is longer than {STRLEN - 1} bytes")
+                return None
+            table, negate = _STR_ARG_OPS[af.operator]
+            bit = self._new_str_filter(table, af.values)
+            c = f"(s{op.slot}_{table} & (1ULL << {bit}))"
+            return f"!{c}" if negate else c
+        return self._sock_cond(af, op, w, cgroup_sites)
+
+    def _int_cond(self, af: ArgFilter, var: str, w: str) -> str | None:
+        if af.operator not in _INT_OPS:
+            self.refuse(f"{w}: operator {af.operator!r} on an integer argument (supported: {', '.join(_INT_OPS)})")
+            return None
+        try:
+            if af.operator in ("InRange", "NotInRange"):
+                ranges = [_range(v) for v in af.values]
+                c = " || ".join(f"({var} >= {lo}LL && {var} <= {hi}LL)" for lo, hi in ranges)
+                return f"({c})" if af.operator == "InRange" else f"!({c})"
+            vals = [int(v, 0) for v in af.values]
+        except ValueError as e:
+            self.refuse(f"{w}: {e}")
+            return None
+        if af.operator == "Equal":
+            return "(" + " || ".join(f"{var} == {_c(v)}" for v in vals) + ")"
+        if af.operator == "NotEqual":
+            return "(" + " && ".join(f"{var} != {_c(v)}" for v in vals) + ")"
+        if af.operator == "Mask":
+            return "(" + " || ".join(f"((u64){var} & {_c(v)}) != 0" for v in vals) + ")"
+        if len(vals) != 1:
+            self.refuse(f"{w}: {af.operator} takes exactly one value")
+            return None
+        return f"({var} {'>' if af.operator == 'GT' else '<'} {_c(vals[0])})"
+
+    def _sock_cond(self, af: ArgFilter, op: Operand, w: str, cgroup_sites: tuple[str, ...] | None) -> str | None:
+        v = f"s{op.slot}"
+        o = af.operator
+        if o not in _SOCK_OPS:
+            self.refuse(f"{w}: operator {o!r} on a socket address (supported: {', '.join(_SOCK_OPS)})")
+            return None
+        neg = o.startswith("Not")
+        base = o[3:] if neg else o
+        parts: list[str] = []
+        try:
+            if base == "DAddr":
+                for val in af.values:
+                    net = ipaddress.ip_network(val, strict=False)
+                    if net.version == 4:
+                        mask = (0xFFFFFFFF << (32 - net.prefixlen)) & 0xFFFFFFFF
+                        parts.append(f"({v}_fam == 2 && ({v}_ip4 & {mask}U) == {int(net.network_address)}U)")
+                    else:
+                        words = int(net.network_address).to_bytes(16, "big")
+                        conds = [f"{v}_fam == 10"]
+                        bits = net.prefixlen
+                        for k in range(4):
+                            m = (0xFFFFFFFF << (32 - min(32, max(0, bits - 32 * k)))) & 0xFFFFFFFF \
+                                if bits > 32 * k else 0
+                            if m:
+                                wv = int.from_bytes(words[4 * k:4 * k + 4], "big") & m
+                                conds.append(f"({v}_ip6_{k} & {m}U) == {wv}U")
+                        parts.append("(" + " && ".join(conds) + ")")
+            elif base == "DPort":
+                for val in af.values:
+                    lo, hi = _range(val) if ":" in val else (int(val, 0), int(val, 0))
+                    parts.append(f"({v}_port >= {lo} && {v}_port <= {hi})")
+            elif base == "Family":
+                for val in af.values:
+                    parts.append(f"{v}_fam == {_FAMILIES.get(val) or int(val, 0)}")
+            else:  # Protocol
+                if cgroup_sites is None:
+                    self.refuse(f"{w}: Protocol is only known on the cgroup connect hooks (Override)")
+                    return None
+                for val in af.values:
+                    parts.append(f"{v}_proto == {_PROTOCOLS.get(val) or int(val, 0)}")
+        except ValueError as e:
+            self.refuse(f"{w}: {e}")
+            return None
+        c = "(" + " || ".join(parts) + ")"
+        return f"!{c}" if neg else c
+
+    def _actions(self, h: Hook, s: Selector, cgroup_sites: tuple[str, ...] | None
+                 ) -> tuple[int, int, bool, bool] | None:
+        act, sig, post, deny = _ACT_POST, 0, True, False
+        ok = True
+        for a in s.match_actions:
+            w = format_path(a.path)
+            name = a.action
+            if a.extra and any(k not in ("rateLimit", "rateLimitScope") for k in a.extra):
+                self.refuse(f"{w}: action fields {', '.join(a.extra)} are outside the engine's subset")
+                ok = False
+            if name == "Post":
+                continue
+            if name == "NoPost":
+                post = False
+            elif name in ("Sigkill", "Signal"):
+                if cgroup_sites is not None:
+                    self.refuse(f"{w}: {name} on a cgroup hook (cannot signal from there)")
+                    ok = False
+                    continue
+                if not self.f.send_signal:
+                    self.refuse(f"{w}: {name} needs bpf_send_signal, which this kernel lacks")
+                    ok = False
+                    continue
+                if name == "Signal":
+                    if not a.arg_sig or not 0 < a.arg_sig < 65:
+                        self.refuse(f"{w}: Signal needs argSig (1-64)")
+                        ok = False
+                        continue
+                    act, sig = (_ACT_SIGKILL if a.arg_sig == 9 else _ACT_SIGNAL), a.arg_sig
+                else:
+                    act, sig = _ACT_SIGKILL, 9
+            elif name == "Override":
+                if cgroup_sites is None:
+                    where_ = h.target if h.section == "tracepoints" else f"{h.target} (syscall tracepoint)"
+                    self.refuse(f"{w}: Override on {where_} needs bpf_override_return on a kprobe or a BPF LSM "
+                                "hook, which this kernel lacks; use Sigkill")
+                    ok = False
+                    continue
+                if a.arg_error is not None and a.arg_error >= 0:
+                    self.refuse(f"{w}: Override argError must be a negative errno")
+                    ok = False
+                    continue
+                act, deny = _ACT_OVERRIDE, True
+            else:
+                self.refuse(f"{w}: action {name} is outside the engine's subset "
+                            "(Post, NoPost, Sigkill, Signal, Override)")
+                ok = False
+        if not post and act == _ACT_POST:
+            act = _ACT_NOPOST
+        return (act, sig, post, deny) if ok else None
+
+    # ------------------------------------------------------------------ C generation
+
+    def _program(self, i: int, h: Hook, site: Site, operands: list[Operand],
+                 sels: list[tuple[list[str], int, int, bool, bool]], index_map: dict[int, int],
+                 fields: tuple[Field, ...], exec_hook: bool, uses_bin: bool, uses_parent: bool,
+                 mask_type: bool, tcp_only: bool) -> str:
+        cg = site.kind == "cgroup"
+        allow, deny_rv = ("1", "0") if cg else ("0", "0")
+        if site.attach == "sock_create":
+            ctx_t = "struct bpf_sock"
+        elif cg:
+            ctx_t = "struct bpf_sock_addr"
+        else:
+            ctx_t = "void"
+        need_strings = bool(self.str_filters)
+        L: list[str] = [f"int {site.function}({ctx_t} *ctx) {{",
+                        "    int z = 0;",
+                        "    struct pl_cfg *cfg = pl_cfg.lookup(&z);",
+                        f"    if (!cfg) return {allow};"]
+        if not cg:
+            L.append(f"    if (cfg->scoped && !pl_in_scope()) return {allow};")
+        L += ["    struct pl_scratch *sc = pl_scratch.lookup(&z);",
+              f"    if (!sc) return {allow};",
+              "    u64 pid_tgid = bpf_get_current_pid_tgid();",
+              "    u32 tgid = pid_tgid >> 32;",
+              "    u32 act = 0, sig = 0, sel = 0, acted = 0; int post = 1, deny = 0;",
+              "    u64 fbits = 0;",
+              "    struct pl_proc *proc = 0;"]
+        if self.tracking:
+            L += ["    proc = pl_procs.lookup(&tgid);", "    if (proc) fbits = proc->bits;"]
+        if cg and tcp_only:
+            L.append(f"    if (ctx->protocol != 6) return {allow};")
+        # the process binary
+        bin_slot = sum(1 for o in operands if o.slot >= 0)
+        if exec_hook:
+            off = next(f.offset for f in fields if f.name == "filename")
+            L += [f"    char *bin = sc->str[{bin_slot}].s;",
+                  f"    __builtin_memset(bin, 0, {STRLEN});",
+                  f"    u32 loc = *(u32 *)((char *)ctx + {off});",
+                  f"    int blen = bpf_probe_read_kernel_str(bin, {STRLEN}, (char *)ctx + (loc & 0xffff));",
+                  "    blen = blen > 0 ? blen - 1 : 0;"]
+        else:
+            L += ["    char *bin = proc ? proc->bin : 0;", "    int blen = proc ? proc->blen : 0;"]
+        if uses_bin and need_strings:
+            L += ["    u64 b_eq = 0, b_pre = 0, b_post = 0;",
+                  "    if (bin) pl_str_bits(sc, bin, blen, &b_eq, &b_pre, &b_post);"]
+        if uses_parent and need_strings:
+            L += ["    u64 pb_eq = 0, pb_pre = 0, pb_post = 0;",
+                  "    if (proc) pl_str_bits(sc, proc->parent, proc->plen, &pb_eq, &pb_pre, &pb_post);"]
+        # operands
+        for o in operands:
+            L += self._read_operand(h, site, o, index_map, fields, mask_type, need_strings)
+        # selectors, first match wins
+        for k, (conds, act, sig, post, deny) in enumerate(sels):
+            cond = " && ".join(conds) if conds else "1"
+            L.append(f"    if ({cond}) {{ sel = {k}; act = {act}; sig = {sig}; post = {int(post)}; "
+                     f"deny = {int(deny)}; goto matched; }}")
+        L += [f"    return {allow};", "matched:"]
+        L += ["    if (sig || deny) {",
+              "        if (cfg->mode == 2) {"]
+        if not cg:
+            L.append("            if (sig) bpf_send_signal(sig);")
+        L += ["            acted = 1; pl_count(1);",
+              "        } else {",
+              "            pl_count(2);",
+              "        }",
+              "    }",
+              "    if (post) {",
+              "        struct pl_event *e = pl_events.ringbuf_reserve(sizeof(struct pl_event));",
+              "        if (!e) {",
+              "            pl_count(3);",
+              "        } else {",
+              "            e->ktime = bpf_ktime_get_ns();",
+              "            e->cgroup = bpf_get_current_cgroup_id();",
+              "            e->pid = tgid; e->tid = (u32)pid_tgid;",
+              "            e->uid = (u32)bpf_get_current_uid_gid();",
+              f"            e->hook = {i}; e->sel = sel; e->action = act; e->mode = cfg->mode; e->acted = acted;",
+              "            e->sig = sig;"]
+        for o in operands:
+            if o.kind == "int":
+                L.append(f"            e->ints[{o.position % 8}] = (s64)a{o.position};")
+            elif o.kind == "sockaddr":
+                L.append(f"            e->ints[{o.position % 8}] = ((s64)s{o.slot}_fam << 16) | s{o.slot}_port;")
+                if o.slot < 2:
+                    L.append(f"            __builtin_memcpy(e->strs[{o.slot}], s{o.slot}_raw, 16);")
+            elif o.slot < 2:
+                L.append(f"            __builtin_memcpy(e->strs[{o.slot}], sc->str[{o.slot}].s, {STRLEN});")
+        L += [f"            if (bin) __builtin_memcpy(e->bin, bin, {STRLEN}); else e->bin[0] = 0;",
+              "            pl_events.ringbuf_submit(e, 0);",
+              "            pl_count(0);",
+              "        }",
+              "    }"]
+        L.append(f"    return (deny && acted) ? {deny_rv} : {allow};" if cg else f"    return {allow};")
+        L.append("}\n")
+        return "\n".join(L)
+
+    def _read_operand(self, h: Hook, site: Site, o: Operand, index_map: dict[int, int],
+                      fields: tuple[Field, ...], mask_type: bool, need_strings: bool) -> list[str]:
+        p = o.position
+        if site.attach == "sock_create":
+            name = ("family", "type", "protocol")[o.index]
+            return [f"    s64 a{p} = ctx->{name};"]
+        if o.kind == "sockaddr" and site.kind == "cgroup":
+            v = f"s{o.slot}"
+            L = [f"    u32 {v}_fam = ctx->user_family;",
+                 f"    u32 {v}_port = __builtin_bswap16((u16)ctx->user_port);",
+                 f"    u32 {v}_proto = ctx->protocol;",
+                 f"    u32 {v}_ip4 = 0, {v}_ip6_0 = 0, {v}_ip6_1 = 0, {v}_ip6_2 = 0, {v}_ip6_3 = 0;",
+                 f"    u32 {v}_raw[4] = {{}};"]
+            if site.attach == "connect4":
+                L += [f"    {v}_raw[0] = ctx->user_ip4;", f"    {v}_ip4 = __builtin_bswap32({v}_raw[0]);"]
+            else:
+                for k in range(4):
+                    L += [f"    {v}_raw[{k}] = ctx->user_ip6[{k}];",
+                          f"    {v}_ip6_{k} = __builtin_bswap32({v}_raw[{k}]);"]
+            return L
+        f = self._field(index_map, o.index, fields)
+        assert f is not None
+        if o.kind == "sockaddr":
+            v = f"s{o.slot}"
+            return [f"    struct pl_sa {v}_sa = {{}};",
+                    f"    bpf_probe_read_user(&{v}_sa, sizeof({v}_sa), *(void **)((char *)ctx + {f.offset}));",
+                    f"    u32 {v}_fam = {v}_sa.fam;",
+                    f"    u32 {v}_port = __builtin_bswap16({v}_sa.port);",
+                    f"    u32 {v}_ip4 = __builtin_bswap32({v}_sa.w1);",
+                    *[f"    u32 {v}_ip6_{k} = __builtin_bswap32({v}_sa.a6[{k}]);" for k in range(4)],
+                    f"    u32 *{v}_raw = {v}_sa.fam == 2 ? &{v}_sa.w1 : {v}_sa.a6;"]
+        if o.kind == "str":
+            buf = f"sc->str[{o.slot}].s"
+            L = [f"    __builtin_memset({buf}, 0, {STRLEN});"]
+            if f.data_loc:
+                L += [f"    u32 loc{p} = *(u32 *)((char *)ctx + {f.offset});",
+                      f"    int n{p} = bpf_probe_read_kernel_str({buf}, {STRLEN}, (char *)ctx + (loc{p} & 0xffff));"]
+            elif f.ctype.startswith("char["):
+                L += [f"    int n{p} = bpf_probe_read_kernel_str({buf}, {min(STRLEN, f.size + 1)}, "
+                      f"(char *)ctx + {f.offset});"]
+            else:
+                user = h.subsystem in (None, "syscalls") or h.section == "kprobes"
+                fn = "bpf_probe_read_user_str" if user else "bpf_probe_read_kernel_str"
+                L += [f"    int n{p} = {fn}({buf}, {STRLEN}, *(const char **)((char *)ctx + {f.offset}));"]
+            L.append(f"    int l{p} = n{p} > 0 ? n{p} - 1 : 0;")
+            if need_strings:
+                s = f"s{o.slot}"
+                L += [f"    u64 {s}_eq = 0, {s}_pre = 0, {s}_post = 0;",
+                      f"    pl_str_bits(sc, {buf}, l{p}, &{s}_eq, &{s}_pre, &{s}_post);"]
+            return L
+        t = _INT_TYPES.get(o.type_name) if o.type_name in _INT_TYPES else None
+        raw = {1: "u8", 2: "u16", 4: "u32", 8: "u64"}[f.size]
+        if f.signed:
+            raw = "s" + raw[1:]
+        ctype = t or raw
+        read = f"*({raw} *)((char *)ctx + {f.offset})"
+        L = [f"    {ctype} a{p} = ({ctype}){read};"]
+        if mask_type and o.index == 1:
+            L.append(f"    a{p} &= 0xf;  /* SOCK_TYPE_MASK: the security hook sees the type without flags */")
+        return L
+
+    # ------------------------------------------------------------------ maps and tracking
+
+    def _string_entries(self) -> tuple[StringEntry, ...]:
+        acc: dict[tuple[str, bytes], int] = {}
+        for sf in self.str_filters:
+            for v in sf.values:
+                b = v.encode()
+                if sf.table == "post":
+                    b = b[::-1]
+                acc[(sf.table, b)] = acc.get((sf.table, b), 0) | (1 << sf.bit)
+        # an LPM lookup returns only the longest stored prefix: fold every shorter prefix's bits into it
+        for (table, b), bits in list(acc.items()):
+            if table in ("pre", "post"):
+                for (t2, b2), bits2 in acc.items():
+                    if t2 == table and b2 != b and b.startswith(b2):
+                        bits |= bits2
+                acc[(table, b)] = bits
+        return tuple(StringEntry(t, b, bits) for (t, b), bits in sorted(acc.items()))
+
+    def _table_sizes(self, strings: tuple[StringEntry, ...]) -> dict[str, int]:
+        return {t: max(8, sum(1 for s in strings if s.table == t)) for t in ("eq", "pre", "post")}
+
+    def _tracking_source(self) -> str:
+        follow = []
+        for ff in self.follow:
+            bits = " | ".join(f"(1ULL << {sf.bit})" for sf in self.str_filters
+                              if sf.table == ff.table and sf.values == ff.values) or "0"
+            follow.append(f"    if (e_{ff.table} & ({bits})) p->bits |= (1ULL << {ff.bit});")
+        strings = bool(self.str_filters)
+        return _TRACKING.replace("/*FOLLOW*/", "\n".join(follow) if strings else "").replace(
+            "/*STRBITS*/",
+            "    u64 e_eq = 0, e_pre = 0, e_post = 0;\n    pl_str_bits(sc, p->bin, p->blen, &e_eq, &e_pre, &e_post);"
+            if strings and self.follow else "")
+
+
+def _c(v: int) -> str:
+    return f"{v}LL" if v < 0x8000000000000000 else f"{v}ULL"
+
+
+def _range(v: str) -> tuple[int, int]:
+    lo, sep, hi = v.partition(":")
+    if not sep:
+        raise ValueError(f"range {v!r} must be written low:high")
+    return int(lo, 0), int(hi, 0)
+
+
+_PRELUDE = r"""
+#include <uapi/linux/bpf.h>
+#define PL_STRLEN %(strlen)d
+struct pl_cfg { u32 mode; u32 scoped; };
+struct pl_proc { u64 bits; u32 blen; u32 plen; char bin[PL_STRLEN]; char parent[PL_STRLEN]; };
+struct pl_str { char s[PL_STRLEN]; };
+struct pl_lpm { u32 plen; char s[PL_STRLEN]; };
+struct pl_scratch { struct pl_lpm lpm; struct pl_str str[%(nstr)d]; struct pl_proc proc; };
+struct pl_sa { u16 fam; u16 port; u32 w1; u32 a6[4]; };
+struct pl_event {
+    u64 ktime; u64 cgroup;
+    u32 pid; u32 tid; u32 uid; u32 hook; u32 sel; u32 action; u32 mode; u32 acted; u32 sig; u32 pad;
+    s64 ints[8];
+    char strs[2][PL_STRLEN];
+    char bin[PL_STRLEN];
+};
+BPF_ARRAY(pl_cfg, struct pl_cfg, 1);
+BPF_PERCPU_ARRAY(pl_counters, u64, 4);
+BPF_PERCPU_ARRAY(pl_scratch, struct pl_scratch, 1);
+BPF_RINGBUF_OUTPUT(pl_events, %(pages)d);
+BPF_HASH(pl_scope, u64, u8, 1024);
+%(tables)s
+static __always_inline void pl_count(int idx) {
+    u64 *v = pl_counters.lookup(&idx);
+    if (v) *v += 1;
+}
+static __always_inline int pl_in_scope(void) {
+    u64 id = bpf_get_current_cgroup_id();
+    if (pl_scope.lookup(&id)) return 1;
+#pragma unroll
+    for (int l = 1; l < 12; l++) {
+        id = bpf_get_current_ancestor_cgroup_id(l);
+        if (!id) break;
+        if (pl_scope.lookup(&id)) return 1;
+    }
+    return 0;
+}
+%(strfn)s
+"""
+
+_STRFN = r"""
+static __always_inline void pl_str_bits(struct pl_scratch *sc, char *s, int len, u64 *eq, u64 *pre, u64 *post) {
+    u64 *v = pl_str_eq.lookup((struct pl_str *)s);
+    if (v) *eq = *v;
+    u32 n = len;
+    if (n > PL_STRLEN - 1) n = PL_STRLEN - 1;
+#if PL_HAVE_PRE
+    __builtin_memcpy(sc->lpm.s, s, PL_STRLEN);
+    sc->lpm.plen = n * 8;
+    v = pl_str_pre.lookup(&sc->lpm);
+    if (v) *pre = *v;
+#endif
+#if PL_HAVE_POST
+    sc->lpm.plen = n * 8;
+    for (u32 i = 0; i < PL_STRLEN; i++) {
+        if (i >= n) break;
+        u32 src = n - 1 - i;
+        u32 dst = i;
+        /* keep the masks: the verifier needs both indexes bounded */
+        asm volatile("" : "+r"(src), "+r"(dst));
+        sc->lpm.s[dst & (PL_STRLEN - 1)] = s[src & (PL_STRLEN - 1)];
+    }
+    v = pl_str_post.lookup(&sc->lpm);
+    if (v) *post = *v;
+#endif
+}
+"""
+
+_TRACKING = r"""
+int pl_track_exec(void *ctx) {
+    int z = 0;
+    struct pl_scratch *sc = pl_scratch.lookup(&z);
+    if (!sc) return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct pl_proc *p = &sc->proc;
+    struct pl_proc *old = pl_procs.lookup(&tgid);
+    if (old) {
+        __builtin_memcpy(p->parent, old->parent, PL_STRLEN);
+        p->plen = old->plen;
+        p->bits = old->bits;
+    } else {
+        __builtin_memset(p->parent, 0, PL_STRLEN);
+        p->plen = 0;
+        p->bits = 0;
+    }
+    __builtin_memset(p->bin, 0, PL_STRLEN);
+    u32 loc = *(u32 *)((char *)ctx + 8);
+    int n = bpf_probe_read_kernel_str(p->bin, PL_STRLEN, (char *)ctx + (loc & 0xffff));
+    p->blen = n > 0 ? n - 1 : 0;
+/*STRBITS*/
+/*FOLLOW*/
+    pl_procs.update(&tgid, p);
+    return 0;
+}
+int pl_track_fork(void *ctx) {
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    u32 child = *(u32 *)((char *)ctx + 20);
+    struct pl_proc *pp = pl_procs.lookup(&parent);
+    if (!pp) return 0;
+    int z = 0;
+    struct pl_scratch *sc = pl_scratch.lookup(&z);
+    if (!sc) return 0;
+    struct pl_proc *p = &sc->proc;
+    __builtin_memcpy(p->bin, pp->bin, PL_STRLEN);
+    __builtin_memcpy(p->parent, pp->bin, PL_STRLEN);
+    p->blen = pp->blen;
+    p->plen = pp->blen;
+    p->bits = pp->bits;
+    pl_procs.update(&child, p);
+    return 0;
+}
+int pl_track_exit(void *ctx) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    pl_procs.delete(&tid);
+    return 0;
+}
+"""
+
+
+def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, int]) -> str:
+    tables = [f"#define PL_HAVE_PRE {int(any(s.table == 'pre' for s in strings))}",
+              f"#define PL_HAVE_POST {int(any(s.table == 'post' for s in strings))}"]
+    if strings:
+        tables += [f"BPF_HASH(pl_str_eq, struct pl_str, u64, {sizes['eq']});",
+                   f"BPF_LPM_TRIE(pl_str_pre, struct pl_lpm, u64, {sizes['pre']});",
+                   f"BPF_LPM_TRIE(pl_str_post, struct pl_lpm, u64, {sizes['post']});"]
+    if tracking:
+        tables.append('BPF_TABLE("lru_hash", u32, struct pl_proc, pl_procs, 65536);')
+    return _PRELUDE % {"strlen": STRLEN, "nstr": MAX_STRING_OPERANDS + 1, "pages": 64,
+                       "tables": "\n".join(tables), "strfn": _STRFN if strings else ""}
+
+
+def iter_reasons(policies: Iterable[TracingPolicy], features: Features | None = None
+                 ) -> Iterable[tuple[TracingPolicy, list[str]]]:
+    for p in policies:
+        yield p, check(p, features)
+
+
+_FN_NAME = re.compile(r"^pl_[a-z0-9_]+$")

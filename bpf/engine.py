@@ -1,0 +1,442 @@
+"""Load, attach, pin, adopt, switch and unload compiled policies in the running kernel.
+
+Everything a policy puts in the kernel is pinned under `<pin_root>/<policy key>/`:
+`prog_<fn>` (every program), `link_<fn>[_cg<cgroup id>]` (every attachment, as
+a bpf_link: tracepoints through perf-event links, cgroup hooks through cgroup
+links), `map_<name>` (every map, including `pl_meta`, which holds the policy
+document and the load parameters so that a new process can adopt it). bpffs
+refuses dots in names, so the directory is the key with `.` written as `_`
+(Kubernetes names never contain `_`). Links
+are pinned, not held by a file descriptor, so enforcement outlives the loading
+process; removing the directory detaches and frees everything.
+
+Loading is all-or-nothing: the policy is built in a hidden sibling directory
+(`_loading_<pid>_<dir>`) and renamed into place once every program is attached;
+any failure removes the hidden directory, and with it every program, link and
+map created so far. A hidden directory left by a loader that died is removed
+by the next `adopt()`.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import syscall
+from .compile import MODES, Features, Plan, Site, compile_policy
+from .errors import BpfError, LoadError, NotLoaded, Unsupported
+from .events import Counters, EventStream, read_counters
+from .policy import TracingPolicy, parse
+from .tpformat import Formats, tracefs_formats
+
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/palisade")
+_META_VERSION = 1
+_CFG = struct.Struct("<II")  # struct pl_cfg { u32 mode; u32 scoped; }
+_PROC = struct.Struct("<QII256s256s")  # struct pl_proc
+_BASE_MAPS = ("pl_cfg", "pl_counters", "pl_scratch", "pl_events", "pl_scope", "pl_meta")
+_BPF_NOEXIST = 1
+
+_CGROUP_ATTACH = {
+    "sock_create": syscall.AttachType.BPF_CGROUP_INET_SOCK_CREATE,
+    "connect4": syscall.AttachType.BPF_CGROUP_INET4_CONNECT,
+    "connect6": syscall.AttachType.BPF_CGROUP_INET6_CONNECT,
+}
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    key: str
+    loaded: bool
+    #: Why it was refused or failed (each "unsupported: ..." or "load failed: ...").
+    reasons: tuple[str, ...] = ()
+    #: Program name → kernel program id.
+    prog_ids: tuple[tuple[str, int], ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    key: str
+    policy: TracingPolicy
+    plan: Plan = field(repr=False)
+    mode: str
+    pin_dir: Path
+    #: Workload cgroup directories (empty: the whole node).
+    cgroups: tuple[str, ...]
+    prog_ids: tuple[tuple[str, int], ...]
+    link_ids: tuple[tuple[str, int], ...]
+    map_ids: tuple[tuple[str, int], ...]
+    adopted: bool
+
+
+class Engine:
+    """The policies this node enforces. Needs root, bpffs, tracefs and bcc (for loading)."""
+
+    def __init__(self, pin_root: Path = DEFAULT_PIN_ROOT, node_name: str | None = None,
+                 features: Features | None = None, formats: Formats | None = None) -> None:
+        self.pin_root = Path(pin_root)
+        self.node_name = node_name or socket.gethostname()
+        self.features = features or Features()
+        self.formats = formats or tracefs_formats()
+        self._loaded: dict[str, tuple[Plan, bool]] = {}
+        self._events = EventStream(self.node_name)
+        #: Pinned directories `adopt()` could not take over, with the reason.
+        self.broken: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ public surface
+
+    def load(self, policy: TracingPolicy, mode: str = "observe",
+             cgroups: Sequence[str | os.PathLike[str]] | None = None) -> LoadResult:
+        """Load and attach `policy` in `mode`, limited to the processes of `cgroups` (cgroup2 directories)
+        when given. Refusals and kernel failures are returned, with nothing left behind."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
+        key = policy.key
+        try:
+            plan = compile_policy(policy, self.features, self.formats)
+        except Unsupported as e:
+            return LoadResult(key, False, e.reasons)
+        final = self._dir(key)
+        if final.exists():
+            return LoadResult(key, False, (f"load failed: {key} is already loaded ({final} exists); unload it first",))
+        cg = tuple(str(Path(c)) for c in cgroups) if cgroups is not None else None
+        if cg is not None:
+            missing = [c for c in cg if not Path(c, "cgroup.procs").exists()]
+            if missing:
+                return LoadResult(key, False, (f"load failed: not cgroup2 directories: {', '.join(missing)}",))
+            if not cg:
+                return LoadResult(key, False, ("load failed: an empty workload (no cgroups) would match nothing",))
+        try:
+            _Loader(self, plan, mode, cg).run(final)
+        except Exception as e:  # bcc raises plain Exception on compile errors
+            return LoadResult(key, False, (f"load failed: {e}",), notes=plan.notes)
+        self._track(key, plan, adopted=False)
+        lp = self._describe(key)
+        return LoadResult(key, True, (), lp.prog_ids, plan.notes)
+
+    def set_mode(self, key: str, mode: str) -> None:
+        """Switch a loaded (or pinned) policy's mode in place: same programs, new behaviour."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
+        fd = self._open(key, "map_pl_cfg")
+        try:
+            raw = syscall.map_lookup_elem(fd, b"\0\0\0\0", _CFG.size) or _CFG.pack(0, 0)
+            _, scoped = _CFG.unpack(raw)
+            syscall.map_update_elem(fd, b"\0\0\0\0", _CFG.pack(MODES.index(mode), scoped))
+        finally:
+            os.close(fd)
+
+    def unload(self, key: str) -> None:
+        """Detach and free everything of policy `key`."""
+        d = self._dir(key)
+        if not d.is_dir():
+            raise NotLoaded(f"policy {key} is not loaded (no {d})")
+        self._events.remove(key)
+        self._loaded.pop(key, None)
+        _remove_pins(d)
+
+    def loaded(self) -> dict[str, LoadedPolicy]:
+        """The policies this engine manages (loaded or adopted), as the kernel has them now."""
+        return {k: self._describe(k) for k in sorted(self._loaded)}
+
+    def adopt(self) -> list[str]:
+        """Take over every policy pinned under `pin_root` (after a restart); returns their keys.
+
+        Half-built directories of a loader that died are removed. Directories whose
+        metadata cannot be read are left alone and listed in `broken`."""
+        adopted: list[str] = []
+        if not self.pin_root.is_dir():
+            return adopted
+        for d in sorted(self.pin_root.iterdir()):
+            if d.name.startswith("_loading_"):
+                if _stale(d.name):
+                    _remove_pins(d)
+                continue
+            try:
+                policy, _cg = _read_meta(d)
+                plan = compile_policy(policy, self.features, self.formats)
+            except (BpfError, OSError, ValueError) as e:
+                self.broken[d.name] = str(e)
+                continue
+            if self._dir(policy.key) != d:
+                self.broken[d.name] = f"pinned as {d.name} but its metadata names {policy.key}"
+                continue
+            if policy.key in self._loaded:
+                continue
+            self._track(policy.key, plan, adopted=True)
+            adopted.append(policy.key)
+        return adopted
+
+    def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        return self._events.poll(timeout)
+
+    def counters(self, key: str) -> Counters:
+        fd = self._open(key, "map_pl_counters")
+        try:
+            return read_counters(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Release this process's file descriptors; what is pinned stays enforced."""
+        self._events.close()
+        self._loaded.clear()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _dir(self, key: str) -> Path:
+        return self.pin_root / key.replace(".", "_")
+
+    def _open(self, key: str, pin: str) -> int:
+        path = self._dir(key) / pin
+        try:
+            return syscall.obj_get(path)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                raise NotLoaded(f"policy {key} is not loaded (no {path})") from None
+            raise
+
+    def _track(self, key: str, plan: Plan, adopted: bool) -> None:
+        self._loaded[key] = (plan, adopted)
+        self._events.add(key, self._open(key, "map_pl_events"), plan)
+
+    def _describe(self, key: str) -> LoadedPolicy:
+        plan, adopted = self._loaded[key]
+        d = self._dir(key)
+        progs, links, maps = [], [], []
+        for p in sorted(d.iterdir()):
+            fd = syscall.obj_get(p)
+            try:
+                if p.name.startswith("prog_"):
+                    progs.append((p.name[5:], syscall.prog_info(fd).id))
+                elif p.name.startswith("link_"):
+                    links.append((p.name[5:], syscall.link_info(fd).id))
+                elif p.name.startswith("map_"):
+                    maps.append((p.name[4:], syscall.map_info(fd).id))
+            finally:
+                os.close(fd)
+        fd = self._open(key, "map_pl_cfg")
+        try:
+            raw = syscall.map_lookup_elem(fd, b"\0\0\0\0", _CFG.size) or _CFG.pack(0, 0)
+        finally:
+            os.close(fd)
+        mode_i, _ = _CFG.unpack(raw)
+        _, cg = _read_meta(d)
+        return LoadedPolicy(key=key, policy=plan.policy, plan=plan, mode=MODES[min(mode_i, 2)], pin_dir=d,
+                            cgroups=cg, prog_ids=tuple(progs), link_ids=tuple(links), map_ids=tuple(maps),
+                            adopted=adopted)
+
+
+class _Loader:
+    """One load: compile with bcc, fill maps, attach through pinned links, publish by rename."""
+
+    def __init__(self, engine: Engine, plan: Plan, mode: str, cgroups: tuple[str, ...] | None) -> None:
+        self.e = engine
+        self.plan = plan
+        self.mode = mode
+        self.cgroups = cgroups
+        self.meta = json.dumps({
+            "version": _META_VERSION,
+            "key": plan.policy.key,
+            "document": plan.policy.document,
+            "cgroups": list(cgroups) if cgroups is not None else None,
+        }, sort_keys=True, separators=(",", ":")).encode()
+
+    def run(self, final: Path) -> None:
+        from bcc import BPF
+
+        self.e.pin_root.mkdir(parents=True, exist_ok=True)
+        tmp = self.e.pin_root / f"_loading_{os.getpid()}_{final.name}"
+        if tmp.exists():
+            _remove_pins(tmp)
+        tmp.mkdir()
+        b = None
+        try:
+            meta_size = (len(self.meta) + 4 + 7) // 8 * 8
+            source = self.plan.source + (
+                f"\nstruct pl_meta_t {{ u32 len; char data[{meta_size}]; }};\n"
+                "BPF_ARRAY(pl_meta, struct pl_meta_t, 1);\n"
+            )
+            b = BPF(text=source, cflags=["-w"])
+            progs: dict[str, int] = {}
+            for site in self.plan.sites:
+                ptype, atype = _prog_type(site)
+                fn = b.load_func(site.function, ptype, attach_type=atype)
+                progs[site.function] = fn.fd
+                syscall.obj_pin(fn.fd, tmp / f"prog_{site.function}")
+            maps = list(_BASE_MAPS)
+            if self.plan.strings:
+                maps += ["pl_str_eq", "pl_str_pre", "pl_str_post"]
+            if self.plan.tracking:
+                maps.append("pl_procs")
+            fds = {name: b.get_table(name).map_fd for name in maps}
+            for name, fd in fds.items():
+                syscall.obj_pin(fd, tmp / f"map_{name}")
+            self._fill(fds, meta_size)
+            tracking = [s for s in self.plan.sites if s.function.startswith("pl_track_")]
+            hooks = [s for s in self.plan.sites if not s.function.startswith("pl_track_")]
+            for s in tracking:
+                self._attach(tmp, s, progs[s.function])
+            if self.plan.tracking:
+                _seed(fds["pl_procs"], self.plan)
+            for s in hooks:
+                self._attach(tmp, s, progs[s.function])
+            os.rename(tmp, final)
+        except BaseException:
+            _remove_pins(tmp)
+            raise
+        finally:
+            if b is not None:
+                b.cleanup()
+
+    def _fill(self, fds: dict[str, int], meta_size: int) -> None:
+        zero = b"\0\0\0\0"
+        syscall.map_update_elem(fds["pl_cfg"], zero,
+                                _CFG.pack(MODES.index(self.mode), 1 if self.cgroups is not None else 0))
+        for c in self.cgroups or ():
+            ino = os.stat(c).st_ino
+            syscall.map_update_elem(fds["pl_scope"], struct.pack("<Q", ino), b"\1")
+        for s in self.plan.strings:
+            value = struct.pack("<Q", s.bits)
+            if s.table == "eq":
+                key = s.value.ljust(256, b"\0")
+                syscall.map_update_elem(fds["pl_str_eq"], key, value)
+            else:
+                key = struct.pack("<I", len(s.value) * 8) + s.value.ljust(256, b"\0")
+                syscall.map_update_elem(fds[f"pl_str_{s.table}"], key, value)
+        syscall.map_update_elem(fds["pl_meta"], zero,
+                                struct.pack("<I", len(self.meta)) + self.meta.ljust(meta_size, b"\0"))
+
+    def _attach(self, tmp: Path, site: Site, prog_fd: int) -> None:
+        if site.kind == "tracepoint":
+            assert site.subsystem and site.event
+            pfd = syscall.perf_event_open_tracepoint(syscall.tracepoint_id(site.subsystem, site.event))
+            try:
+                lfd = syscall.link_create_perf_event(prog_fd, pfd)
+            finally:
+                os.close(pfd)
+            try:
+                syscall.obj_pin(lfd, tmp / f"link_{site.function}")
+            finally:
+                os.close(lfd)
+            return
+        assert site.attach
+        targets = list(self.cgroups) if self.cgroups is not None else [str(syscall.cgroup2_root())]
+        for path in targets:
+            cgfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                lfd = syscall.link_create_cgroup(prog_fd, cgfd, _CGROUP_ATTACH[site.attach])
+            finally:
+                os.close(cgfd)
+            try:
+                syscall.obj_pin(lfd, tmp / f"link_{site.function}_cg{os.stat(path).st_ino}")
+            finally:
+                os.close(lfd)
+
+
+def _prog_type(site: Site) -> tuple[int, int]:
+    from bcc import BPF
+
+    if site.kind == "tracepoint":
+        return BPF.TRACEPOINT, -1
+    assert site.attach
+    if site.attach == "sock_create":
+        return BPF.CGROUP_SOCK, int(_CGROUP_ATTACH["sock_create"])
+    return BPF.CGROUP_SOCK_ADDR, int(_CGROUP_ATTACH[site.attach])
+
+
+def _read_meta(d: Path) -> tuple[TracingPolicy, tuple[str, ...]]:
+    try:
+        fd = syscall.obj_get(d / "map_pl_meta")
+    except OSError as e:
+        raise LoadError(f"{d}: no readable metadata map ({e})") from None
+    try:
+        size = syscall.map_info(fd).value_size
+        raw = syscall.map_lookup_elem(fd, b"\0\0\0\0", size)
+    finally:
+        os.close(fd)
+    if not raw:
+        raise LoadError(f"{d}: empty metadata map")
+    (n,) = struct.unpack_from("<I", raw)
+    meta = json.loads(raw[4:4 + n])
+    if meta.get("version") != _META_VERSION:
+        raise LoadError(f"{d}: metadata version {meta.get('version')!r} is not {_META_VERSION}")
+    return parse(meta["document"]), tuple(meta.get("cgroups") or ())
+
+
+def _remove_pins(d: Path) -> None:
+    """Unpin everything in `d` (links detach when their last pin goes) and remove it."""
+    for p in d.iterdir():
+        if p.is_dir():
+            _remove_pins(p)
+        else:
+            p.unlink()
+    d.rmdir()
+
+
+def _stale(name: str) -> bool:
+    """A `_loading_<pid>_<dir>` directory whose loader is gone."""
+    pid = name.split("_")[2] if name.count("_") >= 3 else ""
+    if not pid.isdigit():
+        return True
+    return not Path(f"/proc/{pid}").exists() or int(pid) == os.getpid()
+
+
+def _seed(fd: int, plan: Plan) -> None:
+    """Fill the pid → binary map from /proc, for processes that exec'd before the policy was loaded.
+
+    Entries the kernel already wrote (a process that exec'd meanwhile) win (BPF_NOEXIST)."""
+    procs: dict[int, tuple[str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(entry / "exe").removesuffix(" (deleted)")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        procs[int(entry.name)] = (exe, ppid)
+
+    def matches(ff_table: str, values: Iterable[str], binary: str) -> bool:
+        if ff_table == "eq":
+            return binary in values
+        if ff_table == "pre":
+            return any(binary.startswith(v) for v in values)
+        return any(binary.endswith(v) for v in values)
+
+    bits_cache: dict[int, int] = {}
+
+    def bits(pid: int, depth: int = 0) -> int:
+        if pid in bits_cache:
+            return bits_cache[pid]
+        if pid not in procs or depth > 64:
+            return 0
+        exe, ppid = procs[pid]
+        b = bits(ppid, depth + 1) if ppid != pid else 0
+        for ff in plan.follow:
+            if matches(ff.table, ff.values, exe):
+                b |= 1 << ff.bit
+        bits_cache[pid] = b
+        return b
+
+    for pid, (exe, ppid) in procs.items():
+        parent = procs.get(ppid, ("", 0))[0]
+        bexe, bpar = exe.encode()[:255], parent.encode()[:255]
+        value = _PROC.pack(bits(pid), len(bexe), len(bpar), bexe, bpar)
+        try:
+            syscall.map_update_elem(fd, struct.pack("<I", pid), value, _BPF_NOEXIST)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise

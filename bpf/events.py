@@ -1,0 +1,291 @@
+"""Events from the policies' ring buffers, rendered as Tetragon export JSON, and per-policy counters.
+
+Each loaded policy owns a ring buffer (`map_pl_events`) and a per-CPU counter
+array (`map_pl_counters`: posted, enforced, would-have-enforced, lost), both
+pinned, so a restarted agent reads the same buffers and counts on. Events carry
+the Tetragon fields (`process_tracepoint` / `process_kprobe`, `policy_name`,
+`action`, `process.binary`, `node_name`, `time`) plus a top-level `palisade`
+object with the enforcement mode and whether the action was taken, which
+Tetragon's `jq` filters ignore.
+"""
+from __future__ import annotations
+
+import base64
+import ctypes as ct
+import datetime as _dt
+import ipaddress
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import syscall
+from .compile import ACTION_NAMES, MODES, HookPlan, Operand, Plan
+
+#: struct pl_event (compile._PRELUDE).
+_EVENT = struct.Struct("<QQ10I8q256s256s256s")
+_COUNTERS = ("posted", "enforced", "would_have_enforced", "lost")
+_ENFORCING = (1, 2, 3)  # sigkill, signal, override
+_FAMILY_NAMES = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6"}
+
+
+@dataclass(frozen=True)
+class Counters:
+    posted: int = 0
+    enforced: int = 0
+    would_have_enforced: int = 0
+    lost: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in _COUNTERS}
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    ktime: int
+    cgroup: int
+    pid: int
+    tid: int
+    uid: int
+    hook: int
+    selector: int
+    action: int
+    mode: int
+    acted: bool
+    sig: int
+    ints: tuple[int, ...]
+    strs: tuple[bytes, bytes]
+    binary: str
+
+    @classmethod
+    def unpack(cls, data: bytes) -> RawEvent:
+        (ktime, cgroup, pid, tid, uid, hook, sel, action, mode, acted, sig, _pad, *rest) = _EVENT.unpack_from(data)
+        ints = tuple(rest[:8])
+        s0, s1, b = rest[8], rest[9], rest[10]
+        return cls(ktime, cgroup, pid, tid, uid, hook, sel, action, mode, bool(acted), sig, ints, (s0, s1),
+                   _cstr(b))
+
+
+def read_counters(map_fd: int) -> Counters:
+    ncpu = _possible_cpus()
+    vals = []
+    for i in range(len(_COUNTERS)):
+        raw = syscall.map_lookup_elem(map_fd, i.to_bytes(4, "little"), 8 * ncpu)
+        vals.append(sum(struct.unpack_from(f"<{ncpu}Q", raw)) if raw else 0)
+    return Counters(*vals)
+
+
+def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> dict[str, Any]:
+    """The Tetragon-shaped event for one ring-buffer record of `plan`'s policy."""
+    hook = plan.hooks[raw.hook] if raw.hook < len(plan.hooks) else None
+    binary = raw.binary or _proc_exe(raw.pid)
+    process: dict[str, Any] = {
+        "exec_id": _exec_id(node_name, raw.pid),
+        "pid": raw.pid,
+        "tid": raw.tid,
+        "uid": raw.uid,
+        "binary": binary,
+        "arguments": _proc_args(raw.pid),
+        "flags": "execve",
+    }
+    action = ACTION_NAMES.get(raw.action, "KPROBE_ACTION_UNKNOWN")
+    body: dict[str, Any] = {"process": process}
+    if hook is None or hook.event_kind == "process_tracepoint":
+        body["subsys"] = hook.subsystem if hook else ""
+        body["event"] = hook.event if hook else ""
+        kind = "process_tracepoint"
+    else:
+        body["function_name"] = hook.target
+        kind = "process_kprobe"
+    if hook is not None:
+        body["args"] = [_arg(o, raw) for o in hook.operands]
+    body["policy_name"] = plan.policy.name
+    if plan.policy.namespace:
+        body["policy_namespace"] = plan.policy.namespace
+    body["action"] = action
+    mode = MODES[raw.mode] if raw.mode < len(MODES) else "unknown"
+    wall = raw.ktime + clock_offset_ns
+    return {
+        kind: body,
+        "node_name": node_name,
+        "time": _iso(wall),
+        "palisade": {
+            "mode": mode,
+            "acted": raw.acted,
+            "would_have_acted": (not raw.acted) and raw.action in _ENFORCING,
+            "selector": raw.selector,
+            "cgroup_id": raw.cgroup,
+            "policy_key": plan.policy.key,
+        },
+    }
+
+
+def _arg(o: Operand, raw: RawEvent) -> dict[str, Any]:
+    out: dict[str, Any]
+    if o.kind == "str":
+        text = _cstr(raw.strs[o.slot]) if o.slot < 2 else ""
+        out = {"string_arg": text}
+    elif o.kind == "sockaddr":
+        packed = raw.ints[o.position % 8]
+        fam, port = (packed >> 16) & 0xFFFF, packed & 0xFFFF
+        addr = ""
+        if o.slot < 2:
+            b = raw.strs[o.slot]
+            if fam == 2:
+                addr = str(ipaddress.IPv4Address(b[:4]))
+            elif fam == 10:
+                addr = str(ipaddress.IPv6Address(b[:16]))
+        out = {"sockaddr_arg": {"family": _FAMILY_NAMES.get(fam, str(fam)), "addr": addr, "port": port}}
+    else:
+        v = raw.ints[o.position % 8]
+        t = o.type_name
+        if t in ("uint32", "uint", "u32"):
+            out = {"uint_arg": v & 0xFFFFFFFF}
+        elif t in ("size_t", "uint64", "u64", "ulong"):
+            out = {"size_arg": v & 0xFFFFFFFFFFFFFFFF}
+        elif t in ("int", "int32", "sint32", "fd", "int", "int8", "int16"):
+            out = {"int_arg": v}
+        else:
+            out = {"long_arg": v}
+    if o.label:
+        out["label"] = o.label
+    return out
+
+
+class EventStream:
+    """Drains the ring buffers of several policies (fresh or adopted) through libbcc's ring buffer API."""
+
+    def __init__(self, node_name: str) -> None:
+        self.node_name = node_name
+        self._sources: dict[str, tuple[int, Plan]] = {}
+        self._manager: int | None = None
+        self._callbacks: list[Any] = []
+        self._pending: list[dict[str, Any]] = []
+        self._dirty = False
+        self._offset = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+    def add(self, key: str, ring_fd: int, plan: Plan) -> None:
+        self.remove(key)
+        self._sources[key] = (ring_fd, plan)
+        self._dirty = True
+
+    def remove(self, key: str) -> None:
+        src = self._sources.pop(key, None)
+        if src is not None:
+            self._free()
+            os.close(src[0])
+            self._dirty = True
+
+    def close(self) -> None:
+        self._free()
+        for fd, _ in self._sources.values():
+            os.close(fd)
+        self._sources.clear()
+
+    def poll(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """Every event available now, waiting up to `timeout` seconds for the first one."""
+        if self._dirty:
+            self._rebuild()
+        if self._manager is None:
+            if timeout > 0:
+                time.sleep(timeout)
+            return []
+        from bcc.libbcc import lib
+
+        lib.bpf_poll_ringbuf(self._manager, int(timeout * 1000))
+        lib.bpf_consume_ringbuf(self._manager)
+        out, self._pending = self._pending, []
+        return out
+
+    def _free(self) -> None:
+        if self._manager is not None:
+            from bcc.libbcc import lib
+
+            lib.bpf_free_ringbuf(self._manager)
+            self._manager = None
+            self._callbacks = []
+            self._dirty = True
+
+    def _rebuild(self) -> None:
+        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
+
+        self._free()
+        self._dirty = False
+        for key, (fd, plan) in self._sources.items():
+            cb = _RINGBUF_CB_TYPE(self._handler(plan))
+            self._callbacks.append(cb)
+            if self._manager is None:
+                mgr = lib.bpf_new_ringbuf(fd, cb, None)
+                if not mgr:
+                    raise OSError(f"cannot open the ring buffer of policy {key}")
+                self._manager = mgr
+            elif lib.bpf_add_ringbuf(self._manager, fd, cb, None) < 0:
+                raise OSError(f"cannot add the ring buffer of policy {key}")
+
+    def _handler(self, plan: Plan) -> Callable[[Any, Any, int], int]:
+        def handle(_ctx: Any, data: Any, size: int) -> int:
+            try:
+                raw = RawEvent.unpack(ct.string_at(data, size))
+                self._pending.append(render(raw, plan, self.node_name, self._offset))
+            except Exception as e:  # a bad record must not stop the stream
+                self._pending.append({"palisade_error": f"undecodable event of {plan.policy.key}: {e}"})
+            return 0
+
+        return handle
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _cstr(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _proc_exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return ""
+
+
+def _proc_args(pid: int) -> str:
+    try:
+        parts = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    return " ".join(p.decode("utf-8", "replace") for p in parts[1:] if p)
+
+
+def _exec_id(node: str, pid: int) -> str:
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "0"
+    return base64.b64encode(f"{node}:{start}:{pid}".encode()).decode()
+
+
+def _iso(ns: int) -> str:
+    t = _dt.datetime.fromtimestamp(ns // 1_000_000_000, tz=_dt.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 1_000_000_000:09d}Z"
+
+
+_ncpu: int | None = None
+
+
+def _possible_cpus() -> int:
+    global _ncpu
+    if _ncpu is None:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        n = 0
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            n += (int(hi) - int(lo) + 1) if hi else 1
+        _ncpu = n
+    return _ncpu
+
+
+def hook_of(plan: Plan, index: int) -> HookPlan | None:
+    return plan.hooks[index] if 0 <= index < len(plan.hooks) else None

@@ -1,0 +1,383 @@
+"""Typed model of a Tetragon TracingPolicy / TracingPolicyNamespaced document.
+
+Parsed once, at the edge, from the plain dict of a `cilium.io/v1alpha1`
+document. Malformed input raises `PolicyError` carrying the JSON path of the
+offending node, so callers can point at a line. Well-formed fields that this
+engine does not implement are kept (by name, in `unsupported`) rather than
+rejected here: whether they can run is the compiler's question, not the parser's.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import JsonPath, PolicyError
+
+API_VERSION = "cilium.io/v1alpha1"
+KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
+
+_HOOK_SECTIONS = ("kprobes", "tracepoints", "lsmhooks", "uprobes", "usdts")
+_KNOWN_SPEC = {*_HOOK_SECTIONS, "lists", "enforcers", "options", "podSelector", "containerSelector", "loader"}
+
+
+@dataclass(frozen=True)
+class Arg:
+    index: int
+    type: str | None
+    label: str | None = None
+    max_data: bool = False
+    return_copy: bool = False
+    size_arg_index: int | None = None
+    resolve: str | None = None
+
+
+@dataclass(frozen=True)
+class ArgFilter:
+    """One `matchArgs` (or `matchReturnArgs`) entry: `values` are kept as strings, typed by the compiler."""
+
+    index: int
+    operator: str
+    values: tuple[str, ...]
+    path: JsonPath
+
+
+@dataclass(frozen=True)
+class BinariesFilter:
+    operator: str
+    values: tuple[str, ...]
+    follow_children: bool
+    path: JsonPath
+
+
+@dataclass(frozen=True)
+class PidsFilter:
+    operator: str
+    values: tuple[int, ...]
+    is_namespace_pid: bool
+    follow_forks: bool
+    path: JsonPath
+
+
+@dataclass(frozen=True)
+class NamespacesFilter:
+    namespace: str
+    operator: str
+    values: tuple[str, ...]
+    path: JsonPath
+
+
+@dataclass(frozen=True)
+class Action:
+    action: str
+    arg_error: int | None
+    arg_sig: int | None
+    path: JsonPath
+    #: Other keys given (argFd, rateLimit, ...), which the compiler may refuse.
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Selector:
+    match_args: tuple[ArgFilter, ...]
+    match_binaries: tuple[BinariesFilter, ...]
+    match_parent_binaries: tuple[BinariesFilter, ...]
+    match_pids: tuple[PidsFilter, ...]
+    match_namespaces: tuple[NamespacesFilter, ...]
+    match_actions: tuple[Action, ...]
+    #: Keys present with a non-empty value that the model does not type (matchCapabilities, ...).
+    unsupported: tuple[str, ...]
+    path: JsonPath
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A kprobe, tracepoint, lsmhook (or an untyped uprobe/usdt, kept for the refusal message)."""
+
+    section: str  # "kprobes" | "tracepoints" | "lsmhooks" | "uprobes" | "usdts"
+    #: kprobe `call`, lsm `hook`, `subsystem:event` for tracepoints, the path for uprobes.
+    target: str
+    subsystem: str | None
+    event: str | None
+    syscall: bool
+    return_probe: bool
+    args: tuple[Arg, ...]
+    selectors: tuple[Selector, ...]
+    unsupported: tuple[str, ...]
+    path: JsonPath
+
+    def arg(self, index: int) -> Arg | None:
+        return next((a for a in self.args if a.index == index), None)
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    match_labels: tuple[tuple[str, str], ...]
+    match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class TracingPolicy:
+    kind: str
+    name: str
+    namespace: str | None
+    hooks: tuple[Hook, ...]
+    pod_selector: LabelSelector | None
+    container_selector: LabelSelector | None
+    #: spec keys present that this engine does not type (lists, enforcers, options, ...).
+    unsupported: tuple[str, ...]
+    #: The document as given (plain JSON values), for pinning metadata and re-rendering.
+    document: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        """Unique name on a node: `name`, or `namespace:name` for a namespaced policy."""
+        return f"{self.namespace}:{self.name}" if self.namespace else self.name
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse(doc: Any) -> TracingPolicy:
+    """The typed policy of a plain `cilium.io/v1alpha1` TracingPolicy(Namespaced) document."""
+    d = _map(doc, ())
+    api = d.get("apiVersion")
+    if api != API_VERSION:
+        raise PolicyError(("apiVersion",), f"expected {API_VERSION!r}, got {api!r}")
+    kind = d.get("kind")
+    if kind not in KINDS:
+        raise PolicyError(("kind",), f"expected one of {', '.join(KINDS)}, got {kind!r}")
+    meta = _map(d.get("metadata"), ("metadata",))
+    name = _str(meta.get("name"), ("metadata", "name"))
+    if not name or len(name) > 200 or "/" in name or name in (".", ".."):
+        raise PolicyError(("metadata", "name"), f"invalid policy name {name!r}")
+    namespace: str | None = None
+    if kind == "TracingPolicyNamespaced":
+        ns = meta.get("namespace")
+        namespace = _str(ns, ("metadata", "namespace")) if ns is not None else "default"
+    spec = _map(d.get("spec", {}), ("spec",))
+    hooks: list[Hook] = []
+    for section in _HOOK_SECTIONS:
+        items = _list(spec.get(section, []), ("spec", section))
+        for i, item in enumerate(items):
+            hooks.append(_hook(section, item, ("spec", section, i)))
+    unsupported = tuple(
+        k for k in spec if k not in _HOOK_SECTIONS and spec[k] not in (None, [], {}, False)
+    )
+    pod = _label_selector(spec.get("podSelector"), ("spec", "podSelector"))
+    container = _label_selector(spec.get("containerSelector"), ("spec", "containerSelector"))
+    if pod is not None and kind != "TracingPolicyNamespaced":
+        # Tetragon accepts podSelector on both kinds; it only narrows.
+        pass
+    return TracingPolicy(
+        kind=str(kind),
+        name=name,
+        namespace=namespace,
+        hooks=tuple(hooks),
+        pod_selector=pod,
+        container_selector=container,
+        unsupported=tuple(k for k in unsupported if k not in ("podSelector", "containerSelector")),
+        document=d,
+    )
+
+
+def _hook(section: str, raw: Any, path: JsonPath) -> Hook:
+    h = _map(raw, path)
+    subsystem = event = None
+    syscall = return_probe = False
+    if section == "kprobes":
+        target = _str(h.get("call"), (*path, "call"))
+        syscall = _bool(h.get("syscall", False), (*path, "syscall"))
+        return_probe = _bool(h.get("return", False), (*path, "return"))
+        known = {"call", "syscall", "return", "args", "selectors", "returnArg", "returnArgAction",
+                 "message", "tags", "ignore", "data"}
+    elif section == "tracepoints":
+        subsystem = _str(h.get("subsystem"), (*path, "subsystem"))
+        event = _str(h.get("event"), (*path, "event"))
+        target = f"{subsystem}:{event}"
+        known = {"subsystem", "event", "args", "selectors", "message", "tags", "raw"}
+    elif section == "lsmhooks":
+        target = _str(h.get("hook"), (*path, "hook"))
+        known = {"hook", "args", "selectors", "message", "tags"}
+    else:
+        target = str(h.get("path") or h.get("name") or section)
+        known = set(h)
+    args = tuple(_arg(a, (*path, "args", i)) for i, a in enumerate(_list(h.get("args", []), (*path, "args"))))
+    sels_raw = _list(h.get("selectors", []), (*path, "selectors"))
+    selectors = tuple(_selector(s, (*path, "selectors", i)) for i, s in enumerate(sels_raw))
+    unsupported = [k for k in h if k not in known]
+    if section == "tracepoints" and h.get("raw"):
+        unsupported.append("raw")
+    if section == "kprobes" and h.get("returnArg") is not None:
+        unsupported.append("returnArg")
+    if section == "kprobes" and h.get("data"):
+        unsupported.append("data")
+    return Hook(section=section, target=target, subsystem=subsystem, event=event, syscall=syscall,
+                return_probe=return_probe, args=args, selectors=selectors,
+                unsupported=tuple(unsupported), path=path)
+
+
+def _arg(raw: Any, path: JsonPath) -> Arg:
+    a = _map(raw, path)
+    size_idx = a.get("sizeArgIndex")
+    return Arg(
+        index=_int(a.get("index"), (*path, "index")),
+        type=_str(a["type"], (*path, "type")) if a.get("type") is not None else None,
+        label=_str(a["label"], (*path, "label")) if a.get("label") is not None else None,
+        max_data=_bool(a.get("maxData", False), (*path, "maxData")),
+        return_copy=_bool(a.get("returnCopy", False), (*path, "returnCopy")),
+        size_arg_index=_int(size_idx, (*path, "sizeArgIndex")) if size_idx is not None else None,
+        resolve=_str(a["resolve"], (*path, "resolve")) if a.get("resolve") else None,
+    )
+
+
+_SELECTOR_TYPED = {"matchArgs", "matchBinaries", "matchParentBinaries", "matchPIDs", "matchNamespaces",
+                   "matchActions"}
+
+
+def _selector(raw: Any, path: JsonPath) -> Selector:
+    s = _map(raw, path)
+
+    def items(key: str) -> list[tuple[Any, JsonPath]]:
+        return [(x, (*path, key, i)) for i, x in enumerate(_list(s.get(key, []), (*path, key)))]
+
+    return Selector(
+        match_args=tuple(_arg_filter(x, p) for x, p in items("matchArgs")),
+        match_binaries=tuple(_binaries(x, p) for x, p in items("matchBinaries")),
+        match_parent_binaries=tuple(_binaries(x, p) for x, p in items("matchParentBinaries")),
+        match_pids=tuple(_pids(x, p) for x, p in items("matchPIDs")),
+        match_namespaces=tuple(_namespaces(x, p) for x, p in items("matchNamespaces")),
+        match_actions=tuple(_action(x, p) for x, p in items("matchActions")),
+        unsupported=tuple(k for k in s if k not in _SELECTOR_TYPED and s[k] not in (None, [], {})),
+        path=path,
+    )
+
+
+def _values(raw: Any, path: JsonPath) -> tuple[str, ...]:
+    vals = _list(raw if raw is not None else [], path)
+    out = []
+    for i, v in enumerate(vals):
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise PolicyError((*path, i), f"expected a string or integer value, got {type(v).__name__}")
+        out.append(str(v))
+    return tuple(out)
+
+
+def _arg_filter(raw: Any, path: JsonPath) -> ArgFilter:
+    m = _map(raw, path)
+    if "index" not in m and "args" in m:
+        idx_list = _list(m["args"], (*path, "args"))
+        if len(idx_list) != 1:
+            raise PolicyError((*path, "args"), "only one argument per matchArgs entry is supported")
+        index = _int(idx_list[0], (*path, "args", 0))
+    else:
+        index = _int(m.get("index"), (*path, "index"))
+    return ArgFilter(index=index, operator=_str(m.get("operator"), (*path, "operator")),
+                     values=_values(m.get("values"), (*path, "values")), path=path)
+
+
+def _binaries(raw: Any, path: JsonPath) -> BinariesFilter:
+    m = _map(raw, path)
+    return BinariesFilter(operator=_str(m.get("operator"), (*path, "operator")),
+                          values=_values(m.get("values"), (*path, "values")),
+                          follow_children=_bool(m.get("followChildren", False), (*path, "followChildren")),
+                          path=path)
+
+
+def _pids(raw: Any, path: JsonPath) -> PidsFilter:
+    m = _map(raw, path)
+    vals = _values(m.get("values"), (*path, "values"))
+    ints = []
+    for i, v in enumerate(vals):
+        try:
+            ints.append(int(v, 0))
+        except ValueError:
+            raise PolicyError((*path, "values", i), f"expected a pid, got {v!r}") from None
+    return PidsFilter(operator=_str(m.get("operator"), (*path, "operator")), values=tuple(ints),
+                      is_namespace_pid=_bool(m.get("isNamespacePID", False), (*path, "isNamespacePID")),
+                      follow_forks=_bool(m.get("followForks", False), (*path, "followForks")), path=path)
+
+
+def _namespaces(raw: Any, path: JsonPath) -> NamespacesFilter:
+    m = _map(raw, path)
+    return NamespacesFilter(namespace=_str(m.get("namespace"), (*path, "namespace")),
+                            operator=_str(m.get("operator"), (*path, "operator")),
+                            values=_values(m.get("values"), (*path, "values")), path=path)
+
+
+def _action(raw: Any, path: JsonPath) -> Action:
+    m = _map(raw, path)
+    err = m.get("argError")
+    sig = m.get("argSig")
+    return Action(
+        action=_str(m.get("action"), (*path, "action")),
+        arg_error=_int(err, (*path, "argError")) if err is not None else None,
+        arg_sig=_int(sig, (*path, "argSig")) if sig is not None else None,
+        path=path,
+        extra=tuple(k for k in m if k not in ("action", "argError", "argSig")),
+    )
+
+
+def _label_selector(raw: Any, path: JsonPath) -> LabelSelector | None:
+    if raw is None:
+        return None
+    m = _map(raw, path)
+    labels = _map(m.get("matchLabels", {}), (*path, "matchLabels"))
+    exprs = []
+    for i, e in enumerate(_list(m.get("matchExpressions", []), (*path, "matchExpressions"))):
+        ep = (*path, "matchExpressions", i)
+        em = _map(e, ep)
+        exprs.append((_str(em.get("key"), (*ep, "key")), _str(em.get("operator"), (*ep, "operator")),
+                      _values(em.get("values"), (*ep, "values"))))
+    return LabelSelector(match_labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+                         match_expressions=tuple(exprs))
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+def _map(v: Any, path: JsonPath) -> dict[str, Any]:
+    if not isinstance(v, Mapping):
+        raise PolicyError(path, f"expected a mapping, got {_tname(v)}")
+    return dict(v)
+
+
+def _list(v: Any, path: JsonPath) -> list[Any]:
+    if v is None:
+        return []
+    if not isinstance(v, list | tuple):
+        raise PolicyError(path, f"expected a list, got {_tname(v)}")
+    return list(v)
+
+
+def _str(v: Any, path: JsonPath) -> str:
+    if not isinstance(v, str) or not v:
+        raise PolicyError(path, f"expected a non-empty string, got {_tname(v)}")
+    return v
+
+
+def _int(v: Any, path: JsonPath) -> int:
+    if isinstance(v, bool):
+        raise PolicyError(path, "expected an integer, got a boolean")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        try:
+            return int(v, 0)
+        except ValueError:
+            pass
+    raise PolicyError(path, f"expected an integer, got {_tname(v)}")
+
+
+def _bool(v: Any, path: JsonPath) -> bool:
+    if not isinstance(v, bool):
+        raise PolicyError(path, f"expected true or false, got {_tname(v)}")
+    return v
+
+
+def _tname(v: Any) -> str:
+    if v is None:
+        return "nothing"
+    if isinstance(v, str):
+        return f"string {v!r}" if v else "an empty string"
+    return type(v).__name__
