@@ -69,6 +69,7 @@ __all__ = [
     "map_lookup_elem",
     "map_update_elem",
     "obj_get",
+    "obj_id",
     "obj_pin",
     "perf_event_open_kprobe",
     "perf_event_open_tracepoint",
@@ -814,6 +815,17 @@ class LinkInfo:
     @property
     def type_name(self) -> str:
         return _name(LinkType, self.type).removeprefix("BPF_LINK_TYPE_").lower()
+
+
+def obj_id(fd: int) -> int:
+    """The kernel id of whatever program, map or link `fd` refers to.
+
+    Every `bpf_*_info` starts with `type, id`, so one small info read serves all three.
+    """
+    head = (ctypes.c_uint32 * 2)()
+    attr = _attr((0, "I", fd), (4, "I", ctypes.sizeof(head)), (8, "Q", _addr(head)))
+    _bpf(Cmd.BPF_OBJ_GET_INFO_BY_FD, attr, f"fd {fd}")
+    return int(head[1])
 
 
 def prog_info(fd: int) -> ProgInfo:

@@ -143,6 +143,7 @@ def test_one_perf_event_link_counts_hits_on_every_cpu(counter: tuple[int, int]) 
         assert info.perf_event_type == sc.PerfEventType.BPF_PERF_EVENT_TRACEPOINT
         assert info.target_name == "sys_enter_getppid"
         assert info.prog_id == sc.prog_info(prog_fd).id
+        assert sc.obj_id(link_fd) == info.id
     finally:
         os.sched_setaffinity(0, saved)
         os.close(link_fd)
@@ -207,6 +208,8 @@ def test_pin_and_get_return_the_same_objects(counter: tuple[int, int], pin_dir: 
         assert prog.map_ids == (sc.map_info(map_fd).id,)
         assert sc.map_info(map2) == sc.map_info(map_fd)
         assert sc.map_info(map2).type_name == "array"
+        assert sc.obj_id(prog2) == prog.id
+        assert sc.obj_id(map2) == sc.map_info(map_fd).id
     finally:
         os.close(prog2)
         os.close(map2)
