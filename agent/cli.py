@@ -79,6 +79,8 @@ def _register_probe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _probe(args: argparse.Namespace) -> int:
     from bpf.probe import probe
 
+    if os.geteuid() != 0:
+        print(f"{_PROG} probe: not running as root: every feature will look missing", file=sys.stderr)
     features = probe(cache=False)
     if args.output == "json":
         print(json.dumps(features.to_json(), indent=2))
