@@ -20,81 +20,12 @@ from reconciler import history, loader
 from reconciler.findings import Finding, Severity, has_errors
 from reconciler.model import PolicyRepository
 from support.gitrepo import GitRepo, Key, Person, make_key
+from support.minimalrepo import WEB_ENFORCEMENT, enforcement, palisade_yaml, rule, write_minimal
 
 ALICE = Person("Alice Reviewer", "alice@example.com")
 BOB = Person("Bob Reviewer", "bob@example.com")
 DAVE = Person("Dave Developer", "dave@example.com")
 MALLORY = Person("Mallory", "mallory@example.com")
-WEB_ENFORCEMENT = "enforcement/web-lockdown.yaml"
-
-
-def palisade_yaml(reviewers: list[tuple[Person, Key]], *, required: int = 1, window: str = "72h") -> str:
-    lines = [
-        "apiVersion: palisade.dev/v1", "kind: Repository", "metadata:", "  name: test-policy", "spec:",
-        "  reviewers:",
-    ]
-    for person, key in reviewers:
-        lines += [f"    - name: {person.name}", f"      email: {person.email}", f"      key: {key.public}"]
-    lines += ["  approvals:", f"    required: {required}", f"  minObservation: {window}"]
-    return "\n".join(lines) + "\n"
-
-
-def enforcement(state: str, *, canary: str | None = None) -> str:
-    text = (
-        "apiVersion: palisade.dev/v1\nkind: Enforcement\nmetadata:\n  name: web-lockdown\nspec:\n"
-        "  pack: web-lockdown\n  assignments:\n"
-        f"    - scope: {{group: web}}\n      state: {state}\n"
-    )
-    if canary is not None:
-        text += f"    - scope: {{group: canary}}\n      state: {canary}\n"
-    return text
-
-
-def rule(name: str, state: str) -> str:
-    return (
-        f"apiVersion: palisade.dev/v1\nkind: Rule\nmetadata:\n  name: {name}\nspec:\n"
-        f"  template: block-kmod-load\n  scope: {{}}\n  state: {state}\n"
-    )
-
-
-GROUPS = """\
-apiVersion: palisade.dev/v1
-kind: Group
-metadata:
-  name: web
-spec:
-  selector:
-    matchLabels: {role: web}
----
-apiVersion: palisade.dev/v1
-kind: Group
-metadata:
-  name: canary
-spec:
-  sensors: [node-canary-1]
-"""
-
-PACK = """\
-apiVersion: palisade.dev/v1
-kind: Pack
-metadata:
-  name: web-lockdown
-spec:
-  description: Only the web server may run.
-  owners: [web-team@example.com]
-  enforcementCapable: true
-"""
-
-POLICY = """\
-apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: web-exec
-spec:
-  tracepoints:
-    - subsystem: sched
-      event: sched_process_exec
-"""
 
 
 @dataclass
@@ -136,12 +67,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Key]:
 def world(tmp_path: Path, keys: dict[str, Key]) -> World:
     """Main with one accepted commit: web-lockdown @ web and rule no-kmod at observe, then 4 days pass."""
     repo = GitRepo.init(tmp_path / "policy")
-    repo.write("palisade.yaml", palisade_yaml([(ALICE, keys["alice"]), (BOB, keys["bob"])]))
-    repo.write("scopes/groups.yaml", GROUPS)
-    repo.write("packs/web-lockdown/pack.yaml", PACK)
-    repo.write("packs/web-lockdown/exec.yaml", POLICY)
-    repo.write(WEB_ENFORCEMENT, enforcement("observe"))
-    repo.write("rules/no-kmod.yaml", rule("no-kmod", "observe"))
+    write_minimal(repo, [(ALICE, keys["alice"]), (BOB, keys["bob"])])
     repo.commit("initial policy", author=ALICE)
     repo.advance(days=4)
     return World(repo, keys)
