@@ -9,8 +9,12 @@ import argparse
 import datetime as _dt
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..bundle import Index, IndexEntry
 from . import add_output
 
 
@@ -55,8 +59,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _verify_or_raise(args: argparse.Namespace) -> int:
-    from ..bundle import format_time, parse_bundle, sha256_hex, verify_bundle, verify_index
-    from ..errors import VerificationError
+    from ..bundle import format_time, sha256_hex, verify_bundle, verify_index
     from ..keys import load_public_keys
 
     keys = load_public_keys(args.pubkey)
@@ -68,10 +71,7 @@ def _verify_or_raise(args: argparse.Namespace) -> int:
         if args.allow_expired:
             now = _dt.datetime.min.replace(tzinfo=_dt.UTC)
         index = verify_index(raw_index, keys, now=now)
-        claimed = parse_bundle(data).version  # which entry to compare with; verified below
-        entry = index.entry(claimed)
-        if entry is None:
-            raise VerificationError(f"bundle v{claimed} is not listed in the index (serial {index.serial})")
+        entry = _entry_for(index, data)
         expected_sha, expected_size = entry.sha256, entry.size
         index_note = f", listed in index serial {index.serial}"
     bundle = verify_bundle(data, keys, expected_sha256=expected_sha, expected_size=expected_size)
@@ -86,3 +86,24 @@ def _verify_or_raise(args: argparse.Namespace) -> int:
               f"created {format_time(bundle.created)}, {len(bundle.policies)} policies, "
               f"signed by {bundle.signatures[0].keyid[:16]}{index_note}")
     return 0
+
+
+def _entry_for(index: Index, data: bytes) -> IndexEntry:
+    """The index entry to hold the file against: the one with its digest, else the one for the version
+    the file claims (read without trusting it), so a tampered file gets a digest mismatch."""
+    from ..bundle import sha256_hex
+    from ..errors import VerificationError
+
+    digest = sha256_hex(data)
+    for e in index.bundles:
+        if e.sha256 == digest:
+            return e
+    try:
+        claimed = json.loads(data).get("version")
+    except (ValueError, AttributeError, RecursionError):
+        claimed = None
+    entry = index.entry(claimed) if isinstance(claimed, int) else None
+    if entry is None:
+        what = f"bundle v{claimed}" if isinstance(claimed, int) else f"a bundle with digest {digest}"
+        raise VerificationError(f"{what} is not listed in the index (serial {index.serial})")
+    return entry
