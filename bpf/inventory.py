@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import struct
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "diff",
     "inventory",
     "map_digest",
+    "wait_until_gone",
 ]
 
 PIN_ROOT = Path("/sys/fs/bpf/palisade")
@@ -298,6 +300,27 @@ def _pins(root: Path) -> Iterator[Pin]:
             if f"{kind}_id" in info:
                 yield Pin(str(path), kind, int(info[f"{kind}_id"]))
                 break
+
+
+def wait_until_gone(
+    prog_ids: Iterable[int] = (), link_ids: Iterable[int] = (), map_ids: Iterable[int] = (),
+    *, timeout: float = 2.0,
+) -> bool:
+    """Wait until the kernel has freed these objects; False if some are still there at `timeout`.
+
+    Unpinning is asynchronous: the bpffs inode, and with it the last reference,
+    goes after an RCU grace period (30-50 ms measured here), so an unload that
+    must leave nothing behind when it returns waits here.
+    """
+    progs, links, maps = set(prog_ids), set(link_ids), set(map_ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = (progs & set(sc.prog_ids())) | (links & set(sc.link_ids())) | (maps & set(sc.map_ids()))
+        if not left:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
 
 
 # ---------------------------------------------------------------- map digests

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,14 +119,9 @@ def test_inventory_sees_programs_links_attachments_pins_and_their_removal(
 
     shutil.rmtree(pin_root / "pol")
     # Unpinned objects are freed after an RCU grace period: wait for the kernel to agree.
-    deadline = time.monotonic() + 5
-    while True:
-        after = inv.inventory(pin_root=pin_root)
-        leftovers = _ours(inv.diff(before, after), ids, links, pin_root)
-        if not leftovers or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert leftovers == []
+    assert inv.wait_until_gone(ids, links, {map_id}, timeout=5)
+    after = inv.inventory(pin_root=pin_root)
+    assert _ours(inv.diff(before, after), ids, links, pin_root) == []
     assert not ids & {p.id for p in after.programs}
     assert after.pins == ()
 
@@ -176,3 +170,13 @@ def test_diff_of_equal_snapshots_is_empty() -> None:
     d = inv.diff(snap, moved)
     assert d.changed_programs == (inv.Change(prog, moved.programs[0]),)
     assert inv.diff(snap, inv.Inventory((), (), (), ())).removed_programs == (prog,)
+
+
+def test_wait_until_gone_reports_objects_that_stay(require_kernel: None) -> None:
+    fd = sc.map_create(MapType.BPF_MAP_TYPE_ARRAY, 4, 4, 1)
+    try:
+        map_id = sc.map_info(fd).id
+        assert inv.wait_until_gone(map_ids=[map_id], timeout=0.05) is False
+    finally:
+        os.close(fd)
+    assert inv.wait_until_gone(map_ids=[map_id], timeout=5) is True
