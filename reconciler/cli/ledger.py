@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from . import add_output
 
-DEFAULT_STATE = Path("/var/lib/palisade")
+STATE_ENV = "PALISADE_STATE"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,8 +19,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "version, author, approvers and the first finding (-o json carries all findings). Reads the "
         "state directory without locking it, so it works beside a running reconciler.",
     )
-    p.add_argument("--state", type=Path, default=DEFAULT_STATE, metavar="DIR",
-                   help=f"the reconciler's state directory (default {DEFAULT_STATE})")
+    p.add_argument("--state", type=Path, metavar="DIR",
+                   help=f"the reconciler's state directory (default: ${STATE_ENV})")
     p.add_argument("--limit", type=_positive, metavar="N", help="show only the newest N entries")
     add_output(p)
     p.set_defaults(func=_run)
@@ -37,9 +38,13 @@ def _positive(text: str) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..bundle import format_time
+    from ..errors import UsageError
     from ..ledger import Ledger
 
-    with Ledger.open(args.state, readonly=True) as ledger:
+    state = args.state or (Path(os.environ[STATE_ENV]) if os.environ.get(STATE_ENV) else None)
+    if state is None:
+        raise UsageError(f"give the reconciler's state directory with --state DIR (or ${STATE_ENV})")
+    with Ledger.open(state, readonly=True) as ledger:
         entries = ledger.entries(limit=args.limit)
     if args.output == "json":
         print(json.dumps([e.to_json() for e in entries], indent=2))

@@ -183,3 +183,13 @@ def test_ledger_without_state_is_a_clear_error(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no ledger at" in r.stderr
     r = run("ledger", "--state", tmp_path, "--limit", "0")
     assert r.returncode == 2 and "must be 1 or more" in r.stderr
+
+
+def test_ledger_state_from_the_environment(tmp_path: Path) -> None:
+    Ledger.open(tmp_path).close()
+    env = {**os.environ, "PALISADE_STATE": str(tmp_path)}
+    r = subprocess.run([str(PALISADE), "ledger"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "the ledger is empty"
+    env.pop("PALISADE_STATE")
+    r = subprocess.run([str(PALISADE), "ledger"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "--state DIR" in r.stderr
