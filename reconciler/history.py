@@ -184,7 +184,9 @@ class _Change:
         singles = [c for c in self.commits if len(c.parents) == 1]
         if not singles:
             return set()
-        trees = _git(self.repo, "rev-parse", *(f"{c.parents[0]}^{{tree}}" for c in singles)).split()
+        # on stdin, so a long branch cannot overflow the command line
+        trees = _git(self.repo, "cat-file", "--batch-check=%(objectname)",
+                     stdin="".join(f"{c.parents[0]}^{{tree}}\n" for c in singles)).split()
         return {c.sha for c, parent_tree in zip(singles, trees, strict=True) if c.tree == parent_tree}
 
     @property
@@ -354,8 +356,9 @@ def _memo(load: Loader) -> Loader:
     return cached
 
 
-def _git(repo: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
+def _git(repo: Path, *args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False,
+                          input=stdin.encode() if stdin is not None else None)
     if proc.returncode != 0:
         msg = proc.stderr.decode(errors="replace").strip() or f"git {args[0]} failed"
         raise SourceError(f"{repo}: {msg}")

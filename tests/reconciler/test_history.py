@@ -132,6 +132,15 @@ def test_new_rule_created_enforced_is_rejected(world: World) -> None:
     assert (findings[0].file, findings[0].line) == ("rules/no-ptrace.yaml", 8)
 
 
+def test_disabling_is_going_back_and_re_enabling_starts_over(world: World) -> None:
+    world.propose({"rules/no-kmod.yaml": rule("no-kmod", "enforce_ready") + "  enabled: false\n"})
+    world.merge(by=DAVE, signer=None)
+    assert world.check() == []  # disabled: off the ladder, like a removal
+    world.propose({"rules/no-kmod.yaml": rule("no-kmod", "enforce_ready")}, branch="re-enable")
+    world.merge(branch="re-enable")
+    assert codes(world.check()) == ["new-not-observe"]
+
+
 def test_new_assignment_at_a_new_scope_must_start_at_observe(world: World) -> None:
     world.propose({WEB_ENFORCEMENT: enforcement("observe", canary="enforce_ready")})
     world.merge()
