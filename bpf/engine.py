@@ -269,11 +269,11 @@ class _Loader:
                 f"\nstruct pl_meta_t {{ u32 len; char data[{meta_size}]; }};\n"
                 "BPF_ARRAY(pl_meta, struct pl_meta_t, 1);\n"
             )
-            b = BPF(text=source, cflags=["-w"])
+            b = BPF(text=source.encode(), cflags=["-w"])
             progs: dict[str, int] = {}
             for site in self.plan.sites:
                 ptype, atype = _prog_type(site)
-                fn = b.load_func(site.function, ptype, attach_type=atype)
+                fn = b.load_func(site.function.encode(), ptype, attach_type=atype)
                 progs[site.function] = fn.fd
                 syscall.obj_pin(fn.fd, tmp / f"prog_{site.function}")
             maps = list(_BASE_MAPS)
@@ -281,7 +281,7 @@ class _Loader:
                 maps += ["pl_str_eq", "pl_str_pre", "pl_str_post"]
             if self.plan.tracking:
                 maps.append("pl_procs")
-            fds = {name: b.get_table(name).map_fd for name in maps}
+            fds = {name: b.get_table(name.encode()).map_fd for name in maps}
             for name, fd in fds.items():
                 syscall.obj_pin(fd, tmp / f"map_{name}")
             self._fill(fds, meta_size)

@@ -1,0 +1,157 @@
+"""Fixtures for engine tests on the real kernel: a private pin root, an engine, workload cgroups.
+
+Everything a test creates is removed by finalizers, also when the test fails:
+pinned policies (adopted and unloaded by a fresh engine), the pin root, the
+workload cgroups (their processes killed first).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bpf import syscall
+from bpf.engine import Engine
+from bpf.policy import TracingPolicy, parse
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A cgroup2 directory and a way to run commands inside it."""
+
+    path: Path
+
+    @property
+    def cgroup_id(self) -> int:
+        return os.stat(self.path).st_ino
+
+    def run(self, argv: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        procs = self.path / "cgroup.procs"
+
+        def enter() -> None:
+            # in the child, between fork and exec: the exec'd program starts inside the workload
+            procs.write_text(str(os.getpid()))
+
+        kw.setdefault("capture_output", True)
+        kw.setdefault("timeout", 30)
+        return subprocess.run(list(argv), preexec_fn=enter, **kw)  # noqa: PLW1509
+
+    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+        procs = self.path / "cgroup.procs"
+
+        def enter() -> None:
+            procs.write_text(str(os.getpid()))
+
+        return subprocess.Popen(list(argv), preexec_fn=enter, **kw)  # noqa: PLW1509
+
+
+def new_cgroup() -> Workload:
+    path = syscall.cgroup2_root() / f"palisade-test-{uuid.uuid4().hex[:10]}"
+    path.mkdir()
+    return Workload(path)
+
+
+def remove_cgroup(w: Workload) -> None:
+    if not w.path.exists():
+        return
+    for _ in range(50):
+        pids = [int(p) for p in (w.path / "cgroup.procs").read_text().split()]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    w.path.rmdir()
+
+
+def cleanup_pins(pin_root: Path) -> None:
+    """Unload whatever is pinned under `pin_root` (adopting it first), then remove the root."""
+    if not pin_root.exists():
+        return
+    e = Engine(pin_root=pin_root)
+    try:
+        e.adopt()
+        for key in list(e.loaded()):
+            e.unload(key)
+    finally:
+        e.close()
+    for d in pin_root.iterdir():  # broken or half-built leftovers
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
+    pin_root.rmdir()
+
+
+@pytest.fixture()
+def pin_root(require_kernel: None) -> Iterator[Path]:
+    root = Path("/sys/fs/bpf") / f"palisade-test-{uuid.uuid4().hex[:10]}"
+    yield root
+    cleanup_pins(root)
+
+
+@pytest.fixture()
+def engine(pin_root: Path) -> Iterator[Engine]:
+    e = Engine(pin_root=pin_root, node_name="test-node")
+    yield e
+    e.close()
+
+
+@pytest.fixture()
+def workload(require_kernel: None) -> Iterator[Workload]:
+    w = new_cgroup()
+    yield w
+    remove_cgroup(w)
+
+
+def policy(name: str, spec: dict[str, Any]) -> TracingPolicy:
+    return parse({"apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy", "metadata": {"name": name},
+                  "spec": spec})
+
+
+def exec_allowlist(name: str, allowed: Sequence[str]) -> TracingPolicy:
+    """Kill any exec of a binary outside `allowed` (checked when the new image is in place, before it runs)."""
+    return policy(name, {"tracepoints": [{
+        "subsystem": "sched", "event": "sched_process_exec",
+        "selectors": [{"matchBinaries": [{"operator": "NotIn", "values": list(allowed)}],
+                       "matchActions": [{"action": "Sigkill"}]}],
+    }]})
+
+
+def our_programs() -> set[int]:
+    """Ids of every engine program in the kernel (their names start with `pl_`)."""
+    from bpf import inventory
+
+    return {p.id for p in inventory.inventory(cgroup_hooks=()).programs if p.name.startswith("pl_")}
+
+
+def programs_gone(ids: set[int], timeout: float = 5.0) -> bool:
+    """True once none of `ids` is loaded (the kernel frees programs after an RCU grace period)."""
+    deadline = time.monotonic() + timeout
+    while ids & our_programs():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def wait_events(engine: Engine, pred: Any, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Events polled until one satisfies `pred` (or the timeout)."""
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = engine.poll_events(0.2)
+        out += batch
+        if any(pred(ev) for ev in batch):
+            break
+    return out
