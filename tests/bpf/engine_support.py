@@ -6,6 +6,7 @@ workload cgroups (their processes killed first).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -42,7 +43,7 @@ class Workload:
 
         kw.setdefault("capture_output", True)
         kw.setdefault("timeout", 30)
-        return subprocess.run(list(argv), preexec_fn=enter, **kw)  # noqa: PLW1509
+        return subprocess.run(list(argv), preexec_fn=enter, **kw)
 
     def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
         procs = self.path / "cgroup.procs"
@@ -50,7 +51,7 @@ class Workload:
         def enter() -> None:
             procs.write_text(str(os.getpid()))
 
-        return subprocess.Popen(list(argv), preexec_fn=enter, **kw)  # noqa: PLW1509
+        return subprocess.Popen(list(argv), preexec_fn=enter, **kw)
 
 
 def new_cgroup() -> Workload:
@@ -67,10 +68,8 @@ def remove_cgroup(w: Workload) -> None:
         if not pids:
             break
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.05)
     w.path.rmdir()
 

@@ -11,24 +11,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from engine_support import (  # noqa: F401  (fixtures)
-    Workload,
-    engine,
-    exec_allowlist,
-    new_cgroup,
-    our_programs,
-    pin_root,
-    policy,
-    programs_gone,
-    remove_cgroup,
-    wait_events,
-    workload,
-)
+from engine_support import Workload, exec_allowlist, our_programs, policy, programs_gone, wait_events
 
 from bpf import inventory, templates
 from bpf.engine import Engine
