@@ -37,7 +37,9 @@ Decisions worth knowing (each one a place where the design leaves room):
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import subprocess
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +102,7 @@ def check(
     # reading signatures costs a process per signed commit: only when something needs approval
     approval = _Change(repo, base_sha, head_sha).approval(config, pending=pending_approvals) \
         if needs_approval else Approval()
-    entered = entered_at(repo, base_sha, forward, cached) if forward else {}
+    entered = entered_at(repo, base_sha, forward) if forward else {}
     step_time = clock if pending_approvals else min(_commit_time(repo, head_sha), clock)
     problems = ladder.check(moves, approval, entered, config.min_observation, step_time)
     problems += ladder.check_config(before.config, after.config, approval)
@@ -120,14 +122,18 @@ def approvers(repo: Path, base: str, head: str, reviewers: Sequence[Reviewer]) -
 
 
 def entered_at(
-    repo: Path, base: str, units: Mapping[UnitKey, State | None], load: Loader
+    repo: Path, base: str, units: Mapping[UnitKey, State | None],
+    units_at: Callable[[str], Mapping[UnitKey, State]] | None = None,
 ) -> dict[UnitKey, _dt.datetime]:
     """When each unit entered the state it has at `base`, from the first-parent history of `base`.
 
     Walks the first-parent commits that touched enforcement/ or rules/, newest
-    first, loading each once, and stops as soon as every unit is accounted for.
-    A unit whose state runs back to the oldest such commit entered it there.
+    first, and stops as soon as every unit is accounted for; a unit whose state
+    runs back to the oldest such commit entered it there. `units_at(commit)`
+    gives the ladder of a revision (default: `ladder_units`, which reads only
+    enforcement/ and rules/ and caches per commit).
     """
+    read = units_at or (lambda sha: ladder_units(repo, sha))
     want = {u: s for u, s in units.items() if s is not None}
     found: dict[UnitKey, _dt.datetime] = {}
     held: dict[UnitKey, _dt.datetime] = {}
@@ -136,7 +142,7 @@ def entered_at(
         if not want:
             break
         when = _dt.datetime.fromtimestamp(int(stamp), _dt.UTC)
-        states = load(sha).units()
+        states = read(sha)
         for unit, state in list(want.items()):
             if states.get(unit) == state:
                 held[unit] = when
@@ -150,6 +156,25 @@ def entered_at(
         base_time = _commit_time(repo, base)
         found.update({u: base_time for u in want if u not in found})
     return found
+
+
+def ladder_units(repo: Path, commit: str) -> Mapping[UnitKey, State]:
+    """The units on the ladder at `commit`, loading only enforcement/ and rules/ (the rest cannot change them).
+
+    Walking history loads many old revisions; packs (often hundreds of
+    TracingPolicies) are the expensive part and play no role here. Commits are
+    immutable, so results are cached per commit id for the life of the process.
+    """
+    return _ladder_units(str(Path(repo).resolve()), source.resolve(repo, commit))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ladder_units(repo: str, sha: str) -> Mapping[UnitKey, State]:
+    from . import loader  # the loader imports the schemas: only when history is walked
+
+    snap = source.from_git(Path(repo), sha)
+    files = tuple(f for f in snap.files if f.path.split("/", 1)[0] in LADDER_PATHS)
+    return types.MappingProxyType(loader.load(source.Snapshot(files, sha)).repository.units())
 
 
 # --- the commits of a change ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 
 from reconciler import history, loader
 from reconciler.findings import Finding, Severity, has_errors
-from reconciler.model import PolicyRepository
+from reconciler.model import PolicyRepository, Scope, State, UnitKey
 from support.gitrepo import GitRepo, Key, Person, make_key
 from support.minimalrepo import WEB_ENFORCEMENT, enforcement, palisade_yaml, rule, write_minimal
 
@@ -320,6 +320,29 @@ def test_advance_before_the_window_ends_is_rejected_with_time_left(world: World)
     world.repo.advance(days=1, minutes=5)
     world.merge(branch="early")
     assert world.check() == []
+
+
+def test_walking_history_loads_only_base_and_head_in_full(world: World) -> None:
+    # a long stretch of unrelated rule edits while web-lockdown sits at observe
+    for i in range(6):
+        world.repo.write(f"rules/r{i}.yaml", rule(f"r{i}", "observe"))
+        world.repo.commit(f"rule r{i}", author=DAVE)
+        world.repo.advance(hours=1)
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    base, head = world.repo.head(), world.merge()
+    loaded: list[str] = []
+
+    def counting(rev: str) -> PolicyRepository:
+        loaded.append(rev)
+        return world.load(rev)
+
+    assert history.check(world.repo.path, base, head, load=counting) == []
+    assert sorted(loaded) == sorted([base, head])
+    # entered observe at the very first commit, walking back over every rule edit
+    first = world.repo.git("rev-list", "--max-parents=0", "HEAD")
+    entered = history.entered_at(world.repo.path, base, {UnitKey("pack", "web-lockdown", Scope(group="web")):
+                                                         State.OBSERVE})
+    assert list(entered.values()) == [world.repo.committed_at(first)]
 
 
 def test_going_back_and_forward_again_restarts_the_window(world: World) -> None:
