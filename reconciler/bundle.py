@@ -526,6 +526,34 @@ class Bundle:
     def group(self, name: str) -> BundleGroup | None:
         return next((g for g in self.groups if g.name == name), None)
 
+    def in_scope(self, scope: Scope, sensor_id: str, labels: Mapping[str, str]) -> bool:
+        """Whether a sensor (its id and labels) is inside `scope`; an unknown group holds nobody."""
+        if scope.sensor is not None:
+            return scope.sensor == sensor_id
+        if scope.group is not None:
+            g = self.group(scope.group)
+            return g is not None and g.selects(sensor_id, labels)
+        return True
+
+    def select(self, sensor_id: str, labels: Mapping[str, str]) -> tuple[BundlePolicy, ...]:
+        """The policies whose scope includes this sensor, in bundle order."""
+        return tuple(p for p in self.policies if self.in_scope(p.scope, sensor_id, labels))
+
+    def stage_for(self, sensor_id: str, labels: Mapping[str, str]) -> str | None:
+        """The first rollout stage that holds this sensor (None: no staging, or no stage holds it,
+        and the index's "default" pin applies)."""
+        if self.staging is None:
+            return None
+        for s in self.staging.stages:
+            if (
+                s.rest
+                or sensor_id in s.sensors
+                or any(self.in_scope(Scope(group=g), sensor_id, labels) for g in s.groups)
+                or (s.match_labels and all(labels.get(k) == v for k, v in s.match_labels))
+            ):
+                return s.name
+        return None
+
     def unsigned_json(self) -> dict[str, Any]:
         return {
             "apiVersion": API_VERSION,

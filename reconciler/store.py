@@ -8,7 +8,7 @@ renamed over its final name, and the directory is fsync'ed. A bundle is always
 durable *before* the index that names it is written, so a crash at any point
 leaves the old index or the new one — never a torn index, and never an index
 naming a bundle that is not there. Temporary files start with a dot (static
-servers do not serve them) and are removed when a store is opened.
+servers do not serve them); a writer removes those of dead writers when it opens the store.
 
 A store has one writer: the reconciler that holds the state lock (ledger.py).
 """
@@ -241,10 +241,30 @@ class Store:
             time.sleep(self._slow)
 
     def _remove_temporaries(self) -> None:
+        """Remove temporary files of writers that are gone (a crash mid-write). Only a store opened
+        with a key is a writer; readers (status, the HTTP server) must not touch a live writer's files."""
+        if self.key is None:
+            return
         for d in (self.root, self.root / BUNDLES_DIR):
             for name in os.listdir(d):
-                if name.startswith(".") and _TMP_MARK in name:
+                if name.startswith(".") and _TMP_MARK in name and not _alive(name.rpartition(_TMP_MARK)[2]):
                     (d / name).unlink(missing_ok=True)
+
+
+def _alive(pid_text: str) -> bool:
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False  # our own leftovers: we are not writing them now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -189,6 +189,19 @@ def test_groups_select_sensors_by_id_or_labels() -> None:
     assert canary is not None and canary.selects("node-canary-1", {}) and not canary.selects("node-2", {})
 
 
+def test_agent_selects_its_policies_and_stage() -> None:
+    b = make_bundle(1, policies=6)  # scopes cycle: fleet, group web, sensor node-1
+    names = lambda ps: [p.name for p in ps]  # noqa: E731
+    assert names(b.select("node-1", {"role": "web"})) == [f"policy-{i}" for i in range(6)]
+    assert names(b.select("node-7", {"role": "web"})) == ["policy-0", "policy-1", "policy-3", "policy-4"]
+    assert names(b.select("node-7", {"role": "db"})) == ["policy-0", "policy-3"]
+    assert not b.in_scope(Scope(group="no-such-group"), "node-1", {})
+    assert b.stage_for("node-canary-1", {"role": "web"}) == "canary"  # first matching stage wins
+    assert b.stage_for("node-7", {"role": "web"}) == "web"
+    assert b.stage_for("node-8", {}) == "fleet"  # rest
+    assert make_bundle(1, with_staging=False).stage_for("node-8", {}) is None
+
+
 # -- index ----------------------------------------------------------------------
 
 

@@ -145,10 +145,20 @@ def test_an_expired_index_is_resigned_and_valid_again(store: Store, k: Keys) -> 
 
 def test_temporary_files_of_a_dead_writer_are_removed_on_open(store: Store, k: Keys) -> None:
     _publish(store, k, 1)
-    (store.root / ".index.json.tmp-999").write_bytes(b"{half")
-    (store.root / "bundles" / ".v2.json.tmp-999").write_bytes(b"{half")
-    Store(store.root, k.signing)
-    assert sorted(p.name for p in store.root.rglob(".*")) == []
+    dead_pid = subprocess.Popen(["true"])
+    dead_pid.wait()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        (store.root / f".index.json.tmp-{dead_pid.pid}").write_bytes(b"{half")
+        (store.root / "bundles" / f".v2.json.tmp-{dead_pid.pid}").write_bytes(b"{half")
+        (store.root / "bundles" / f".v3.json.tmp-{live.pid}").write_bytes(b"{being written")
+        Store(store.root)  # a reader touches nothing
+        assert len(list(store.root.rglob(".*"))) == 3
+        Store(store.root, k.signing)  # a writer clears what dead writers left
+        assert [p.name for p in store.root.rglob(".*")] == [f".v3.json.tmp-{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()
 
 
 # -- crash safety --------------------------------------------------------------------
@@ -184,8 +194,7 @@ def test_sigkill_at_random_points_never_breaks_the_store_or_the_ledger(tmp_path:
             break  # finished before the kill
         assert proc.returncode == -signal.SIGKILL
 
-        store = Store.__new__(Store)  # read-only view: do not clean temporaries, look at what the kill left
-        store.root = state / "store"
+        store = Store(state / "store")  # a reader: sees exactly what the kill left, temporaries included
         if store.index_bytes() is None:
             continue
         index = _check_store(store, k)
