@@ -1,8 +1,14 @@
 """Reading a policy repository: files from a work tree or a git revision, parsed into documents.
 
-This is the I/O edge of validation. Every YAML document keeps its ruamel node
-tree so that a finding can point at the exact line and column of the node that
-causes it; `Document.plain` is the same data as plain JSON values for schema checks.
+This is the I/O edge of validation. Every YAML document keeps a node tree with
+the line and column of every key, value and item, so that a finding can point at
+the node that causes it; `Document.plain` is the same data as plain JSON values.
+
+Parsing uses libyaml through PyYAML's C composer and builds that tree directly:
+ruamel's round-trip loader (which `palisade advance` uses to edit files while
+keeping their formatting) is some twenty times slower, too slow for CI on
+repositories of a thousand policies. Alias expansion is bounded, so a "billion
+laughs" document is a finding, not an outage.
 """
 from __future__ import annotations
 
@@ -15,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+import yaml
 
 from .errors import SourceError
 from .findings import Finding, error, warning
@@ -76,17 +80,15 @@ class Document:
     def locate(self, path: JsonPath = ()) -> tuple[int, int]:
         """1-based (line, column) of the node at `path`; the nearest existing ancestor if it is missing."""
         node = self.node
-        line, col = _start(node)
+        line, col = (node.line, node.col) if isinstance(node, _Map | _Seq) else (0, 0)
         for step in path:
-            if isinstance(node, CommentedMap) and step in node:
-                # point at the key for mappings (where a human looks), the value for scalars
-                kl, kc = node.lc.key(step)
-                vl, vc = node.lc.value(step)
+            if isinstance(node, _Map) and step in node:
                 child = node[step]
-                line, col = (vl, vc) if not isinstance(child, CommentedMap | CommentedSeq) else (kl, kc)
+                # point at the key for collections (where a human looks), at the value for scalars
+                line, col = node.key_pos[step] if isinstance(child, _Map | _Seq) else node.val_pos[step]
                 node = child
-            elif isinstance(node, CommentedSeq) and isinstance(step, int) and 0 <= step < len(node):
-                line, col = node.lc.item(step)
+            elif isinstance(node, _Seq) and isinstance(step, int) and 0 <= step < len(node):
+                line, col = node.item_pos[step]
                 node = node[step]
             else:
                 break
@@ -99,13 +101,6 @@ class Document:
     def warning(self, path: JsonPath, code: str, message: str) -> Finding:
         line, col = self.locate(path)
         return warning(self.path, line, col, code, message)
-
-
-def _start(node: Any) -> tuple[int, int]:
-    lc = getattr(node, "lc", None)
-    if lc is not None and lc.line is not None:
-        return lc.line, lc.col or 0
-    return 0, 0
 
 
 def wanted(path: str) -> bool:
@@ -244,10 +239,77 @@ def _git_optional(repo: Path, *args: str) -> bytes | None:
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def _yaml() -> YAML:
-    y = YAML(typ="rt")
-    y.allow_duplicate_keys = False
-    return y
+#: Most nodes one document may expand to (aliases included).
+MAX_NODES = 200_000
+
+
+class _Map(dict[str, Any]):
+    """A mapping that remembers where it, each key and each value were written (0-based)."""
+
+    __slots__ = ("col", "key_pos", "line", "val_pos")
+
+
+class _Seq(list[Any]):
+    """A sequence that remembers where it and each item were written (0-based)."""
+
+    __slots__ = ("col", "item_pos", "line")
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+class _Duplicate(ValueError):
+    def __init__(self, key: str, line: int, col: int, first: int) -> None:
+        super().__init__(f"duplicate key {key!r} (first defined on line {first + 1})")
+        self.line, self.col = line, col
+
+
+_CONSTRUCT = yaml.constructor.SafeConstructor()
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Builder:
+    """Composed libyaml nodes → plain values in _Map/_Seq, with positions; bounded alias expansion."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def build(self, node: yaml.Node, depth: int = 0) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES or depth > 200:
+            raise _TooLarge(f"document expands to more than {MAX_NODES} nodes or nests deeper than 200 "
+                            "levels (alias bomb?)")
+        if isinstance(node, yaml.MappingNode):
+            m = _Map()
+            m.line, m.col = node.start_mark.line, node.start_mark.column
+            m.key_pos, m.val_pos = {}, {}
+            for k_node, v_node in node.value:
+                if k_node.tag == "tag:yaml.org,2002:merge":
+                    raise ValueError("merge keys (<<) are not supported; write the keys out")
+                key = self.build(k_node, depth + 1)
+                if isinstance(key, dict | list):
+                    raise ValueError(f"line {k_node.start_mark.line + 1}: a mapping key must be a scalar")
+                key = str(key) if not isinstance(key, str) else key
+                if key in m:
+                    raise _Duplicate(key, k_node.start_mark.line, k_node.start_mark.column, m.key_pos[key][0])
+                m[key] = self.build(v_node, depth + 1)
+                m.key_pos[key] = (k_node.start_mark.line, k_node.start_mark.column)
+                m.val_pos[key] = (v_node.start_mark.line, v_node.start_mark.column)
+            return m
+        if isinstance(node, yaml.SequenceNode):
+            s = _Seq()
+            s.line, s.col = node.start_mark.line, node.start_mark.column
+            s.item_pos = []
+            for item in node.value:
+                s.append(self.build(item, depth + 1))
+                s.item_pos.append((item.start_mark.line, item.start_mark.column))
+            return s
+        if node.tag == "tag:yaml.org,2002:timestamp":
+            return str(node.value)  # dates stay text: schemas and parsers read ISO strings
+        if node.tag in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:binary") or not node.tag.startswith("tag:yaml"):
+            return str(node.value)
+        return _CONSTRUCT.construct_object(node)
 
 
 def parse(snapshot: Snapshot) -> tuple[list[Document], list[Finding]]:
@@ -272,38 +334,39 @@ def parse_file(f: SourceFile) -> tuple[list[Document], list[Finding]]:
         return [], [error(f.path, 0, 0, "encoding", f"not UTF-8 text (byte {e.start}); save it as UTF-8")]
     docs: list[Document] = []
     try:
-        for i, node in enumerate(_yaml().load_all(text)):
+        for i, node in enumerate(yaml.compose_all(text, Loader=_Loader)):
             if node is None:
                 continue
-            docs.append(Document(f.path, i, node, to_plain(node)))
-    except MarkedYAMLError as e:
+            tree = _Builder().build(node)
+            if tree is None:
+                continue
+            docs.append(Document(f.path, i, tree, to_plain(tree)))
+    except _Duplicate as e:
+        return [], [error(f.path, e.line + 1, e.col + 1, "duplicate-key", f"invalid YAML: {e}")]
+    except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
         problem = (e.problem or e.context or "invalid YAML").strip()
-        code = "duplicate-key" if "duplicate key" in str(e) else "yaml"
-        return [], [error(f.path, line, col, code, f"invalid YAML: {problem}")]
-    except (YAMLError, RecursionError, ValueError) as e:
-        return [], [error(f.path, 0, 0, "yaml", f"invalid YAML: {str(e).splitlines()[0] if str(e) else e}")]
+        return [], [error(f.path, line, col, "yaml", f"invalid YAML: {problem}")]
+    except (yaml.YAMLError, ValueError, RecursionError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return [], [error(f.path, 0, 0, "yaml", f"invalid YAML: {first}")]
     if not docs:
         return [], [warning(f.path, 0, 0, "empty", "file holds no YAML document; delete it or add one")]
     return docs, []
 
 
 def to_plain(node: Any) -> Any:
-    """ruamel's round-trip values as plain JSON-compatible values (dates as ISO strings)."""
+    """A parsed tree as plain dicts, lists and scalars (dates as ISO strings)."""
     if isinstance(node, dict):
         return {str(k): to_plain(v) for k, v in node.items()}
     if isinstance(node, list):
         return [to_plain(v) for v in node]
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
     if isinstance(node, _dt.datetime | _dt.date):
         return node.isoformat()
-    return str(node)
+    if isinstance(node, bytes):
+        return node.decode("utf-8", "replace")
+    return node
 
 
 def iter_documents(docs: Sequence[Document], kind: str) -> Iterator[Document]:
