@@ -57,11 +57,12 @@ class Store:
         self.expiry = expiry
         self.keep = keep
         self._slow = float(os.environ.get(_SLOW_ENV, "0") or 0)
-        try:
-            (self.root / BUNDLES_DIR).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StateError(f"cannot create the bundle store {self.root}: {e.strerror}") from None
-        self._remove_temporaries()
+        if key is not None:  # a writer; readers never create or change anything
+            try:
+                (self.root / BUNDLES_DIR).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StateError(f"cannot create the bundle store {self.root}: {e.strerror}") from None
+            self._remove_temporaries()
 
     # -- reading ------------------------------------------------------------
 
@@ -97,7 +98,11 @@ class Store:
     def versions_on_disk(self) -> list[int]:
         """Every bundle version with a file, ascending (the index may list fewer)."""
         out = []
-        for name in os.listdir(self.root / BUNDLES_DIR):
+        try:
+            names = os.listdir(self.root / BUNDLES_DIR)
+        except FileNotFoundError:
+            return []
+        for name in names:
             m = _BUNDLE_NAME.match(name)
             if m:
                 out.append(int(m.group(1)))
@@ -241,10 +246,7 @@ class Store:
             time.sleep(self._slow)
 
     def _remove_temporaries(self) -> None:
-        """Remove temporary files of writers that are gone (a crash mid-write). Only a store opened
-        with a key is a writer; readers (status, the HTTP server) must not touch a live writer's files."""
-        if self.key is None:
-            return
+        """Remove temporary files of writers that are gone (a crash mid-write); a live one's stay."""
         for d in (self.root, self.root / BUNDLES_DIR):
             for name in os.listdir(d):
                 if name.startswith(".") and _TMP_MARK in name and not _alive(name.rpartition(_TMP_MARK)[2]):

@@ -242,3 +242,9 @@ def _check_ledger(entries: list, store: Store, k: Keys, seed: int) -> None:  # t
         assert data is not None, f"seed {seed}: accepted v{e.version} has no bundle"
         assert B.verify_bundle(data, [k.public], expected_sha256=None, expected_size=None).commit == e.commit
     assert sum(e.result is Result.PUBLISHING for e in entries) <= 1
+
+
+def test_a_reader_of_a_missing_store_creates_nothing(tmp_path: Path) -> None:
+    reader = Store(tmp_path / "not-yet")
+    assert reader.index() is None and reader.latest_version() == 0 and reader.bundle_bytes(1) is None
+    assert not (tmp_path / "not-yet").exists()
