@@ -82,7 +82,7 @@ class Document:
         node = self.node
         line, col = (node.line, node.col) if isinstance(node, _Map | _Seq) else (0, 0)
         for step in path:
-            if isinstance(node, _Map) and step in node:
+            if isinstance(node, _Map) and isinstance(step, str) and step in node:
                 child = node[step]
                 # point at the key for collections (where a human looks), at the value for scalars
                 line, col = node.key_pos[step] if isinstance(child, _Map | _Seq) else node.val_pos[step]
@@ -247,12 +247,19 @@ class _Map(dict[str, Any]):
     """A mapping that remembers where it, each key and each value were written (0-based)."""
 
     __slots__ = ("col", "key_pos", "line", "val_pos")
+    line: int
+    col: int
+    key_pos: dict[str, tuple[int, int]]
+    val_pos: dict[str, tuple[int, int]]
 
 
 class _Seq(list[Any]):
     """A sequence that remembers where it and each item were written (0-based)."""
 
     __slots__ = ("col", "item_pos", "line")
+    line: int
+    col: int
+    item_pos: list[tuple[int, int]]
 
 
 class _TooLarge(ValueError):
