@@ -159,22 +159,68 @@ def entered_at(
 
 
 def ladder_units(repo: Path, commit: str) -> Mapping[UnitKey, State]:
-    """The units on the ladder at `commit`, loading only enforcement/ and rules/ (the rest cannot change them).
+    """The units on the ladder at `commit`, from enforcement/ and rules/ only (nothing else can change them).
 
-    Walking history loads many old revisions; packs (often hundreds of
-    TracingPolicies) are the expensive part and play no role here. Commits are
-    immutable, so results are cached per commit id for the life of the process.
+    Walking history reads many old revisions; packs (often hundreds of
+    TracingPolicies) are the expensive part and play no role here. Git objects
+    are immutable, so each file version is loaded once per process (keyed by
+    path and blob id) and each commit's result is cached too.
     """
     return _ladder_units(str(Path(repo).resolve()), source.resolve(repo, commit))
 
 
+#: (path, blob id) -> the units that file version defines, in document order.
+_FILE_UNITS: dict[tuple[str, str], tuple[tuple[UnitKey, State], ...]] = {}
+_FILE_UNITS_MAX = 200_000
+
+
 @functools.lru_cache(maxsize=4096)
-def _ladder_units(repo: str, sha: str) -> Mapping[UnitKey, State]:
+def _ladder_units(repo_text: str, sha: str) -> Mapping[UnitKey, State]:
     from . import loader  # the loader imports the schemas: only when history is walked
 
-    snap = source.from_git(Path(repo), sha)
-    files = tuple(f for f in snap.files if f.path.split("/", 1)[0] in LADDER_PATHS)
-    return types.MappingProxyType(loader.load(source.Snapshot(files, sha)).repository.units())
+    repo = Path(repo_text)
+    listing = _git_bytes(repo, "ls-tree", "-r", "-z", "--full-tree", "-l", sha, "--", *LADDER_PATHS)
+    entries: list[tuple[str, str, str, int]] = []  # mode, blob, path, size
+    for rec in listing.split(b"\0"):
+        if rec:
+            meta, path_b = rec.split(b"\t", 1)
+            mode, otype, blob, size = meta.decode().split()
+            path = path_b.decode("utf-8", "surrogateescape")
+            if otype == "blob" and source.wanted(path):
+                entries.append((mode, blob, path, int(size) if size != "-" else 0))
+    if any(mode == "120000" for mode, *_ in entries):
+        # symlinks resolve against other files of the revision: let the source reader handle them
+        snap = source.from_git(repo, sha)
+        files = tuple(f for f in snap.files if f.path.split("/", 1)[0] in LADDER_PATHS)
+        return types.MappingProxyType(loader.load(source.Snapshot(files, sha)).repository.units())
+    misses = [(blob, path) for _, blob, path, size in entries
+              if (path, blob) not in _FILE_UNITS and size <= source.MAX_FILE_BYTES]
+    if len(_FILE_UNITS) + len(misses) > _FILE_UNITS_MAX:
+        _FILE_UNITS.clear()
+    data = _cat_blobs(repo, [blob for blob, _ in misses])
+    for blob, path in misses:
+        one = source.Snapshot((source.SourceFile(path, data[blob]),), sha)
+        _FILE_UNITS[(path, blob)] = tuple(loader.load(one).repository.units().items())
+    out: dict[UnitKey, State] = {}
+    # in path order, as the full loader reads them (enforcement/ before rules/; later wins)
+    for _, blob, path, _ in sorted(entries, key=lambda e: e[2]):
+        out.update(_FILE_UNITS.get((path, blob), ()))  # too large: no units, like the full loader
+    return types.MappingProxyType(out)
+
+
+def _cat_blobs(repo: Path, blobs: Sequence[str]) -> dict[str, bytes]:
+    unique = list(dict.fromkeys(blobs))
+    if not unique:
+        return {}
+    out = _git_bytes(repo, "cat-file", "--batch", stdin="".join(b + "\n" for b in unique))
+    result: dict[str, bytes] = {}
+    pos = 0
+    for blob in unique:
+        nl = out.index(b"\n", pos)
+        size = int(out[pos:nl].split()[2])
+        result[blob] = out[nl + 1 : nl + 1 + size]
+        pos = nl + 1 + size + 1
+    return result
 
 
 # --- the commits of a change ---------------------------------------------------------------------
@@ -382,12 +428,16 @@ def _memo(load: Loader) -> Loader:
 
 
 def _git(repo: Path, *args: str, stdin: str | None = None) -> str:
+    return _git_bytes(repo, *args, stdin=stdin).decode("utf-8", errors="replace")
+
+
+def _git_bytes(repo: Path, *args: str, stdin: str | None = None) -> bytes:
     proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False,
                           input=stdin.encode() if stdin is not None else None)
     if proc.returncode != 0:
         msg = proc.stderr.decode(errors="replace").strip() or f"git {args[0]} failed"
         raise SourceError(f"{repo}: {msg}")
-    return proc.stdout.decode("utf-8", errors="replace")
+    return proc.stdout
 
 
 def _is_ancestor(repo: Path, a: str, b: str) -> bool:
