@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 class Serve:
     """A `palisade serve` subprocess and what it wrote to stderr."""
 
-    def __init__(self, repo: Path, state: Path, key: Path, *extra: str) -> None:
+    def __init__(self, repo: Path | str, state: Path, key: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler.cli", "serve", "--repo", str(repo), "--state", str(state),
              "--key", str(key), "--listen", "127.0.0.1:0", *extra],
@@ -261,3 +261,20 @@ def test_bad_arguments_exit_2_without_a_traceback(policy: PolicyRepo, keypair: t
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_a_url_is_polled_at_the_poll_interval(policy: PolicyRepo, keypair: tuple[Path, Path],
+                                              tmp_path: Path) -> None:
+    # A URL cannot be watched: the server fetches it every --poll-interval.
+    s = Serve(f"file://{policy.path}", tmp_path / "state", keypair[0], "--poll-interval", "1s")
+    try:
+        assert "polling every 1s" in s.log
+        _wait_version(s.url, keypair[1], 1, 30)
+        policy.change("web back to observe", [("enforcement/web-lockdown.yaml",
+                                               "state: enforce_ready", "state: observe")])
+        t0 = time.monotonic()
+        _wait_version(s.url, keypair[1], 2, 10)
+        assert time.monotonic() - t0 < 1.0 + WATCH_LATENCY
+    finally:
+        assert s.stop() == 0
+    assert "Traceback" not in s.log
