@@ -243,6 +243,21 @@ class UnitKey:
         return f"{self.kind} {self.name} @ {self.scope.key}"
 
 
+def format_duration(d: _dt.timedelta) -> str:
+    """The short form people write in the repository: `72h`, `30m`, `1h30m`, `0s`."""
+    secs = int(d.total_seconds())
+    if secs == 0:
+        return "0s"
+    out = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if unit == "d" and secs % 86400:
+            continue  # 36h reads better than 1d12h
+        n, secs = divmod(secs, size)
+        if n:
+            out += f"{n}{unit}"
+    return out
+
+
 def parse_duration(text: str) -> _dt.timedelta:
     """`90s`, `30m`, `72h`, `7d`, `1h30m`; ValueError with the reason otherwise."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import PolicyRepository, State, UnitKey
+from .model import PolicyRepository, State, UnitKey, format_duration
 from .render import RenderedPolicy
 
 
@@ -43,9 +43,8 @@ def text(repo: PolicyRepository, rendered: tuple[RenderedPolicy, ...]) -> str:
     lines = []
     c = repo.config
     if c is not None:
-        hours = c.min_observation.total_seconds() / 3600
         lines.append(f"Repository {c.name}: {len(c.reviewers)} reviewer(s), {c.approvals_required} signed "
-                     f"approval(s) per forward step, minimum observation {hours:g}h")
+                     f"approval(s) per forward step, minimum observation {format_duration(c.min_observation)}")
     lines.append(f"{len(repo.packs)} pack(s), {len(repo.rules)} rule(s), {len(repo.groups)} group(s), "
                  f"{len(rendered)} rendered policy assignment(s)")
     table = [("UNIT", "KIND", "SCOPE", "STATE", "APPLIES TO", "POLICIES")]
@@ -56,7 +55,7 @@ def text(repo: PolicyRepository, rendered: tuple[RenderedPolicy, ...]) -> str:
     for row in table:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
     for ro in repo.rollouts:
-        stages = " → ".join(f"{s.name} (bake {s.bake})" for s in ro.stages)
+        stages = " → ".join(f"{s.name} (bake {format_duration(s.bake)})" for s in ro.stages)
         lines.append(f"Rollout {ro.name}: {stages}; fast-track {'on' if ro.fast_track else 'off'}")
     return "\n".join(lines)
 

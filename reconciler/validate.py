@@ -32,11 +32,7 @@ class Report:
 
 def validate_snapshot(snapshot: source.Snapshot, today: _dt.date | None = None) -> Report:
     """Schema and semantic checks of one revision (no history)."""
-    try:
-        from .tpcheck import check_policy
-    except ImportError:  # TEMP until tpcheck lands
-        def check_policy(doc: Document) -> list[Finding]:
-            return []
+    from .tpcheck import check_policy
 
     today = today or _dt.datetime.now(_dt.UTC).date()
     loaded = loader.load(snapshot, today)
