@@ -21,6 +21,7 @@ from reconciler.findings import Finding, Severity, has_errors
 from reconciler.model import PolicyRepository, Scope, State, UnitKey
 from support.gitrepo import GitRepo, Key, Person, make_key
 from support.minimalrepo import WEB_ENFORCEMENT, enforcement, palisade_yaml, rule, write_minimal
+from support.policyrepo import PolicyRepo
 
 ALICE = Person("Alice Reviewer", "alice@example.com")
 BOB = Person("Bob Reviewer", "bob@example.com")
@@ -434,3 +435,15 @@ def test_validate_cli_reports_history_findings_at_the_state_node(world: World) -
                    "--pending-approvals", "-o", "json")
     assert pr.returncode == 0, pr.stdout + pr.stderr
     assert [f["code"] for f in json.loads(pr.stdout)] == []  # enforced -> enforce_ready is a step back
+
+
+def test_ladder_units_read_alone_match_the_full_load(tmp_path: Path) -> None:
+    policy = PolicyRepo.create(tmp_path)
+    full = loader.load_revision(policy.path, "HEAD")[0].units()
+    assert len(full) >= 6  # the example's packs at several scopes and its rules
+    assert dict(history.ladder_units(policy.path, "HEAD")) == full
+    # a symlinked rules file takes the other road (the source reader resolves links); same answer
+    (policy.path / "rules" / "alias.yaml").symlink_to("kernel-hardening.yaml")
+    policy.git.git("add", "rules/alias.yaml")
+    policy.git.commit("alias", author=DAVE)
+    assert dict(history.ladder_units(policy.path, "HEAD")) == loader.load_revision(policy.path, "HEAD")[0].units()
