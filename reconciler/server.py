@@ -38,7 +38,7 @@ import re
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,7 @@ _JSON = "application/json"
 _INDEX_CACHE = "no-cache"
 _BUNDLE_CACHE = "public, max-age=31536000, immutable"
 _STORE_POLL_SECONDS = 0.5
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 # ---------------------------------------------------------------------------
@@ -118,6 +119,7 @@ class Publication:
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._lock = threading.Lock()  # serialises disk reads from several threads
         self._bundles: _BundleCache = _BundleCache(self.store / BUNDLES_DIR)
+        self._bad_file: tuple[int, int, int, int] | None = None  # an unreadable index already reported
 
     @property
     def current(self) -> Snapshot | None:
@@ -192,7 +194,9 @@ class Publication:
             index = parse_index(data)
         except VerificationError as e:
             # The store publishes atomically, so this is damage from outside: keep serving the last good one.
-            log.error("ignoring the index %s: %s", path, e)
+            if file_id != self._bad_file:
+                log.error("ignoring the index %s: %s", path, e)
+                self._bad_file = file_id
             return None
         return Snapshot(data, f'"{sha256_hex(data)}"', index, file_id)
 
@@ -219,8 +223,9 @@ class Publication:
             st = os.stat(self.store / INDEX_FILE)
         except OSError:
             return False
+        file_id = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         cur = self._current
-        return cur is None or cur.file_id != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return file_id != self._bad_file and (cur is None or cur.file_id != file_id)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -337,7 +342,8 @@ class _Api:
         inm = request.headers.get("if-none-match")
         snap = self.pub.current
         if wait is not None and (snap is None or _etag_matches(inm, snap.etag)):
-            snap = await self.pub.wait_change(snap.etag if snap is not None else None, wait)
+            snap = await _unless_disconnected(
+                request, self.pub.wait_change(snap.etag if snap is not None else None, wait), snap)
         if snap is None:
             return _error(404, "no index", "nothing has been published yet")
         headers = {"ETag": snap.etag, "Cache-Control": _INDEX_CACHE}
@@ -394,6 +400,25 @@ class _Api:
         return _json(OPENAPI)
 
 
+async def _unless_disconnected(request: Request, waiting: Coroutine[Any, Any, Snapshot | None],
+                               current: Snapshot | None) -> Snapshot | None:
+    """Await `waiting`, but give up when the client goes away: an agent whose HTTP timeout is
+    shorter than its `wait` reconnects, and the abandoned long-poll must not linger for minutes."""
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    waiter = asyncio.ensure_future(waiting)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((waiter, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not waiter.done():
+            waiter.cancel()
+    return waiter.result() if waiter.done() and not waiter.cancelled() else current
+
+
 def _iso(t: _dt.datetime) -> str:
     return t.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -428,7 +453,8 @@ class _Guard:
                 await self.app(scope, receive, send_counted)
         finally:
             route = scope.get("route")
-            self.metrics.count_request(getattr(route, "path", "other"), scope["method"], status)
+            method = scope["method"] if scope["method"] in _METHODS else "other"  # bounded label values
+            self.metrics.count_request(getattr(route, "path", "other"), method, status)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

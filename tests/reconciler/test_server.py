@@ -169,6 +169,35 @@ def test_long_poll_with_a_stale_etag_answers_at_once(client: httpx.Client) -> No
     assert time.monotonic() - t0 < 1.0
 
 
+def test_a_client_that_hangs_up_releases_its_long_poll(published: _Published) -> None:
+    metrics = Metrics()
+    with BackgroundServer(create_app(published.store.root, metrics=metrics)) as srv:
+        etag = httpx.get(f"{srv.url}/v1/index").headers["etag"]
+        with socket.create_connection(_addr(srv.url)) as s:
+            s.sendall(f"GET /v1/index?wait=60 HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\n\r\n".encode())
+            time.sleep(0.3)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and _count(metrics, "304") < 1:
+            time.sleep(0.05)
+    assert _count(metrics, "304") == 1, "the abandoned long-poll is still waiting"
+
+
+def _count(metrics: Metrics, code: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "palisade_http_requests_total", {"route": "/v1/index", "method": "GET", "code": code})
+    return value or 0.0
+
+
+def test_a_damaged_index_file_keeps_the_last_good_one_served(client: httpx.Client, published: _Published,
+                                                             server_log: _LogCapture) -> None:
+    good = client.get("/v1/index").content
+    (published.store.root / "index.json").write_bytes(b'{"torn": ')
+    time.sleep(1.2)  # two store checks
+    assert client.get("/v1/index").content == good
+    errors = [r for r in server_log.records if r.levelno >= logging.ERROR and "ignoring the index" in r.getMessage()]
+    assert len(errors) == 1
+
+
 @pytest.mark.parametrize("wait", ["0", "-1", "301", "abc", "1e3", "nan", "inf", "5s", "", "1" * 400, "0.0001"])
 def test_invalid_wait_is_400(client: httpx.Client, server_log: _LogCapture, wait: str) -> None:
     r = client.get("/v1/index", params={"wait": wait})
