@@ -11,6 +11,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
 
 from reconciler import bundle as B
 from reconciler.errors import VerificationError
@@ -314,3 +317,30 @@ def test_signature_is_over_the_document_without_signatures(k: Keys) -> None:
     sig = base64.b64decode(data["signatures"][0]["sig"])
     k.public.verify(B.canonical_json(b.unsigned_json()), sig)  # raises if not
     assert data["commit"] == commit_id(1)
+
+
+_text = st.text(min_size=1, max_size=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    version=st.integers(min_value=1, max_value=2**53),
+    names=st.lists(_text, min_size=0, max_size=5, unique=True),
+    yaml=st.text(min_size=1, max_size=200),
+    labels=st.dictionaries(_text, st.text(max_size=10), max_size=3),
+    approvers=st.lists(_text, max_size=3),
+)
+def test_any_bundle_round_trips_byte_for_byte(version: int, names: list[str], yaml: str,
+                                              labels: dict[str, str], approvers: list[str]) -> None:
+    signing = SigningKey(b"\x01" * 32)
+    b = B.Bundle(
+        version=version, commit=commit_id(version), parent=None, author="A <a@example.com>",
+        approvers=tuple(approvers), created=T0,
+        policies=tuple(B.BundlePolicy.of(n, B.Origin("rule", n), Scope(sensor=n), State.OBSERVE, yaml)
+                       for n in names),
+        groups=(B.BundleGroup("g", ("s",), tuple(sorted(labels.items()))),),
+    )
+    data = B.sign_bundle(b, signing)
+    got = B.verify_bundle(data, [signing.verify_key], expected_sha256=B.sha256_hex(data), expected_size=len(data))
+    assert _unsigned(got) == b
+    assert got.to_bytes() == data
