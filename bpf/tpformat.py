@@ -88,7 +88,8 @@ _SCHED = {
 def builtin_formats(subsystem: str, event: str) -> tuple[Field, ...] | None:
     """The layout without tracefs: syscalls and raw_syscalls generically, the three sched events by table."""
     if subsystem == "syscalls" and event.startswith("sys_enter_"):
-        args = tuple(Field(f"arg{i}", "unsigned long", 16 + 8 * i, 8, False) for i in range(6))
+        # without the format file a slot may hold an integer or a user pointer: the policy's type decides
+        args = tuple(Field(f"arg{i}", "void *", 16 + 8 * i, 8, False) for i in range(6))
         return (*_COMMON, Field("__syscall_nr", "int", 8, 4, True), *args)
     if subsystem == "syscalls" and event.startswith("sys_exit_"):
         return (*_COMMON, Field("__syscall_nr", "int", 8, 4, True), Field("ret", "long", 16, 8, True))

@@ -1,0 +1,162 @@
+"""The policy model and the compiler, without a kernel: what is refused, why, and what a plan holds."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bpf import templates
+from bpf.compile import Features, check, compile_policy
+from bpf.errors import PolicyError, Unsupported
+from bpf.policy import parse
+from bpf.tpformat import builtin_formats, parse_format
+
+
+def doc(spec: dict[str, Any], kind: str = "TracingPolicy", name: str = "p") -> dict[str, Any]:
+    return {"apiVersion": "cilium.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+def reasons(spec: dict[str, Any], features: Features | None = None) -> list[str]:
+    return check(parse(doc(spec)), features, builtin_formats)
+
+
+@pytest.mark.parametrize("name", sorted(templates.TEMPLATES))
+def test_every_template_compiles_without_a_kernel(name: str) -> None:
+    plan = compile_policy(parse(templates.render(name, name)), Features(), builtin_formats)
+    assert plan.sites
+    assert "int pl_h0_" in plan.source
+
+
+def test_kprobe_on_a_kernel_function_is_refused_with_the_missing_feature() -> None:
+    spec = {"kprobes": [{"call": "fd_install", "syscall": False, "args": [{"index": 0, "type": "int"}]}]}
+    assert reasons(spec) == ["unsupported: kprobe on fd_install needs kprobes, which this kernel lacks"]
+    with_kprobes = reasons(spec, Features(kprobes=True))
+    assert with_kprobes and "runs only for syscalls and socket hooks" in with_kprobes[0]
+
+
+def test_syscall_kprobe_runs_on_its_tracepoint_with_shifted_arguments() -> None:
+    plan = compile_policy(parse(doc({"kprobes": [{
+        "call": "__x64_sys_ptrace", "syscall": True, "args": [{"index": 0, "type": "int64"}],
+        "selectors": [{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["16"]}],
+                       "matchActions": [{"action": "Sigkill"}]}],
+    }]})), Features(), builtin_formats)
+    [site] = plan.sites
+    assert (site.kind, site.subsystem, site.event) == ("tracepoint", "syscalls", "sys_enter_ptrace")
+    assert "s64 a0 = (s64)*(u64 *)((char *)ctx + 16);" in plan.source  # arg 0 of the call = field 5
+    assert plan.hooks[0].event_kind == "process_kprobe"
+
+
+def test_lsm_override_and_unknown_actions_are_refused_precisely() -> None:
+    lsm = reasons({"lsmhooks": [{"hook": "file_open"}]},
+                  Features(reasons=(("lsm", "listed active, but LSM programs fail to load"),)))
+    assert lsm == ["unsupported: lsmhook on file_open needs BPF LSM, which this kernel lacks "
+                   "(listed active, but LSM programs fail to load)"]
+    override = reasons({"tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_unshare",
+                                         "selectors": [{"matchActions": [{"action": "Override", "argError": -1}]}]}]})
+    assert len(override) == 1 and "Override on syscalls:sys_enter_unshare needs bpf_override_return" in override[0]
+    assert override[0].startswith("unsupported: spec.tracepoints[0].selectors[0].matchActions[0]: ")
+    follow_fd = reasons({"tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_unshare",
+                                          "selectors": [{"matchActions": [{"action": "FollowFD"}]}]}]})
+    assert "action FollowFD is outside the engine's subset" in follow_fd[0]
+
+
+def test_every_reason_is_reported_not_just_the_first() -> None:
+    got = reasons({
+        "kprobes": [{"call": "fd_install"}],
+        "tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_unshare",
+                         "selectors": [{"matchNamespaces": [{"namespace": "Pid", "operator": "In",
+                                                             "values": ["host_ns"]}]}] * 6}],
+        "uprobes": [{"path": "/bin/bash", "symbols": ["readline"]}],
+    })
+    assert any("fd_install" in r for r in got)
+    assert any("6 selectors; Tetragon allows at most 5" in r for r in got)
+    assert any("matchNamespaces" in r for r in got)
+    assert any("uprobes" in r for r in got)
+
+
+def test_socket_hooks_choose_cgroup_programs_for_override_and_tracepoints_for_signals() -> None:
+    deny = compile_policy(parse(templates.render("block-raw-sockets", "raw")), Features(), builtin_formats)
+    assert [(s.kind, s.attach) for s in deny.sites] == [("cgroup", "sock_create")]
+    kill = compile_policy(parse(doc({"kprobes": [{
+        "call": "tcp_connect", "args": [{"index": 0, "type": "sock"}],
+        "selectors": [{"matchArgs": [{"index": 0, "operator": "DPort", "values": ["22"]}],
+                       "matchActions": [{"action": "Sigkill"}]}]}]})), Features(), builtin_formats)
+    assert [(s.kind, s.event) for s in kill.sites] == [("tracepoint", "sys_enter_connect")]
+    no_hook = reasons({"kprobes": [{"call": "security_socket_create", "args": [{"index": 1, "type": "int"}],
+                                    "selectors": [{"matchActions": [{"action": "Override", "argError": -1}]}]}]},
+                      Features(cgroup_sock_create=False))
+    assert no_hook == ["unsupported: kprobe on security_socket_create with Override needs the cgroup "
+                       "sock_create hook, which this kernel lacks"]
+
+
+def test_match_args_index_follows_tetragon_for_kprobes_and_tracepoints() -> None:
+    # tracepoint: index is the position in args (killer.yaml style), here the syscall id
+    tp = compile_policy(parse(doc({"tracepoints": [{
+        "subsystem": "raw_syscalls", "event": "sys_enter", "args": [{"index": 4, "type": "int64"}],
+        "selectors": [{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["272"]}]}]}]})),
+        Features(), builtin_formats)
+    assert "(a0 == 272LL)" in tp.source
+    # kprobe: index names the argument's own index (security-socket-connect.yaml style)
+    kp = compile_policy(parse(doc({"kprobes": [{
+        "call": "security_socket_connect", "args": [{"index": 1, "type": "sockaddr"}, {"index": 2, "type": "int"}],
+        "selectors": [{"matchArgs": [{"index": 1, "operator": "Family", "values": ["AF_INET"]}]}]}]})),
+        Features(), builtin_formats)
+    assert "s0_fam == 2" in kp.source
+
+
+def test_prefix_tables_fold_shorter_prefixes_into_longer_ones() -> None:
+    plan = compile_policy(parse(doc({"tracepoints": [{
+        "subsystem": "sched", "event": "sched_process_exec",
+        "selectors": [
+            {"matchBinaries": [{"operator": "Prefix", "values": ["/usr/"]}], "matchActions": [{"action": "NoPost"}]},
+            {"matchBinaries": [{"operator": "Prefix", "values": ["/usr/bin/"]}]},
+            {"matchBinaries": [{"operator": "Postfix", "values": ["sh"]}]},
+        ]}]})), Features(), builtin_formats)
+    pre = {e.value: e.bits for e in plan.strings if e.table == "pre"}
+    assert pre == {b"/usr/": 0b01, b"/usr/bin/": 0b11}  # an LPM lookup returns only the longest match
+    assert [(e.table, e.value) for e in plan.strings if e.table == "post"] == [("post", b"hs")]
+
+
+def test_malformed_documents_name_the_offending_node() -> None:
+    with pytest.raises(PolicyError) as e:
+        parse(doc({"kprobes": [{"call": "x", "selectors": {"matchArgs": []}}]}))
+    assert e.value.path == ("spec", "kprobes", 0, "selectors")
+    assert str(e.value) == "spec.kprobes[0].selectors: expected a list, got dict"
+    with pytest.raises(PolicyError) as e:
+        parse(doc({"tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_bpf",
+                                    "selectors": [{"matchArgs": [{"index": "five", "operator": "Equal"}]}]}]}))
+    assert e.value.path == ("spec", "tracepoints", 0, "selectors", 0, "matchArgs", 0, "index")
+    with pytest.raises(PolicyError, match="apiVersion"):
+        parse({"apiVersion": "v1", "kind": "TracingPolicy"})
+
+
+def test_namespaced_policies_have_a_namespaced_key() -> None:
+    p = parse(doc({"tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_bpf"}]},
+                  kind="TracingPolicyNamespaced") | {"metadata": {"name": "x", "namespace": "team-a"}})
+    assert (p.namespace, p.key) == ("team-a", "team-a:x")
+
+
+def test_values_that_are_not_numbers_or_networks_are_refused_not_crashed() -> None:
+    got = reasons({"kprobes": [{"call": "tcp_connect", "args": [{"index": 0, "type": "sock"}],
+                                "selectors": [{"matchArgs": [{"index": 0, "operator": "DAddr",
+                                                              "values": ["${PODCIDR}"]}]}]}]})
+    assert len(got) == 1 and "does not appear to be an IPv4 or IPv6 network" in got[0]
+
+
+def test_tracepoint_format_parsing() -> None:
+    fields = parse_format("""name: sys_enter_execve
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:const char * filename;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:__data_loc char[] comm;\toffset:24;\tsize:4;\tsigned:0;
+""")
+    assert [(f.name, f.offset, f.pointer, f.data_loc) for f in fields] == [
+        ("common_type", 0, False, False), ("__syscall_nr", 8, False, False),
+        ("filename", 16, True, False), ("comm", 24, False, True)]
+
+
+def test_unsupported_carries_all_reasons() -> None:
+    with pytest.raises(Unsupported) as e:
+        compile_policy(parse(doc({"lsmhooks": [{"hook": "a"}, {"hook": "b"}]})), Features(), builtin_formats)
+    assert len(e.value.reasons) == 2
