@@ -26,7 +26,7 @@ from nacl.signing import SigningKey
 from . import bundle as _bundle
 from . import history, loader, render, source
 from .errors import RewriteRefused, SourceError, StateError
-from .findings import has_errors
+from .findings import error, has_errors
 from .ledger import CommitInfo, Ledger, LedgerEntry
 from .model import PolicyRepository
 from .store import Store
@@ -155,8 +155,22 @@ class Reconciler:
         now = self._clock()
         version = self.ledger.next_version(self.store)
         repo = report.repository
+        try:
+            b = self._bundle(commit, base, info, repo, version, now)
+        except ValueError as e:
+            # validation should have caught it; never let one commit stop the loop
+            found = (*report.findings, error("", 0, 0, "bundle", f"cannot build the bundle: {e}"))
+            return self.ledger.record_rejected(info, found, now=now)
+        data = _bundle.sign_bundle(b, self.key)
+        expiry = repo.config.bundle_expiry if repo.config else None
+        entry = self.ledger.record_accepted(info, report.findings, data, self.store, now=now, expiry=expiry)
+        log.info("accepted %s as v%d", commit[:12], version)
+        return entry
+
+    def _bundle(self, commit: str, base: str | None, info: CommitInfo, repo: PolicyRepository, version: int,
+                now: _dt.datetime) -> _bundle.Bundle:
         rendered = render.render(repo, now.date())
-        b = _bundle.Bundle(
+        return _bundle.Bundle(
             version=version,
             commit=commit,
             parent=base,
@@ -173,11 +187,6 @@ class Reconciler:
             ),
             staging=_bundle.Staging.from_rollout(repo.rollouts[0]) if repo.rollouts else None,
         )
-        data = _bundle.sign_bundle(b, self.key)
-        expiry = repo.config.bundle_expiry if repo.config else None
-        entry = self.ledger.record_accepted(info, report.findings, data, self.store, now=now, expiry=expiry)
-        log.info("accepted %s as v%d", commit[:12], version)
-        return entry
 
     # -- git ----------------------------------------------------------------
 
