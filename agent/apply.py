@@ -1,0 +1,243 @@
+"""Apply a selection through an enforcer: one transaction per policy.
+
+    plan(loaded, desired)  → steps (pure)
+    apply(enforcer, steps) → one PolicyStatus per desired policy
+
+- a new policy is loaded;
+- a changed policy (other digest) is replaced: the new one is loaded *before*
+  the old one is unloaded, so enforcement has no gap; if the new one fails to
+  load, the old one stays and the failure is reported;
+- a state change alone is a mode switch of the loaded programs;
+- a policy no longer selected is unloaded;
+- duplicates (two loads of one name, left by an agent killed between the load
+  and the unload of a replacement) are reduced to the one wanted.
+
+A policy that fails is reported with its reason; the others still apply.
+
+Two enforcers implement the `Enforcer` protocol: `EngineEnforcer` (agent/engine.py)
+over the eBPF engine, and `NullEnforcer` here, which keeps the set in memory and
+touches no kernel — for fleet simulations and for tests of everything above the
+engine. It still parses every policy, so a policy the engine could not even
+read is refused by both.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import yaml
+
+from bpf.errors import BpfError
+from bpf.policy import parse as parse_policy
+from reconciler.model import State
+
+from .select import Desired
+
+__all__ = [
+    "Enforcer",
+    "Loaded",
+    "NullEnforcer",
+    "PolicyStatus",
+    "Refused",
+    "Step",
+    "StepKind",
+    "apply",
+    "plan",
+]
+
+
+class Refused(Exception):
+    """The enforcer did not load a policy; nothing of it was left behind."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One policy load as the enforcer holds it.
+
+    `digest` is the sha256 of the policy text, or a prefix of it (at least 12
+    hex digits) where the enforcer can only keep that much.
+    """
+
+    handle: str
+    name: str
+    digest: str
+    state: State
+
+    def is_of(self, d: Desired) -> bool:
+        return self.name == d.name and d.sha256.startswith(self.digest)
+
+
+class Enforcer(Protocol):
+    def loaded(self) -> Sequence[Loaded]:
+        """What is in force now, including what a previous agent process left pinned."""
+
+    def load(self, policy: Desired) -> Loaded:
+        """Load and attach `policy` in its state; raises Refused(reason) leaving nothing behind."""
+
+    def unload(self, handle: str) -> None: ...
+
+    def set_mode(self, handle: str, state: State) -> Loaded: ...
+
+
+class StepKind(enum.StrEnum):
+    LOAD = "load"
+    REPLACE = "replace"
+    MODE = "mode"
+    KEEP = "keep"
+    UNLOAD = "unload"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    name: str
+    desired: Desired | None = None
+    handle: str | None = None  # the load kept, or switched (KEEP, MODE)
+    remove: tuple[str, ...] = ()  # loads to unload once the step's load is in place
+
+
+@dataclass(frozen=True)
+class PolicyStatus:
+    """How one selected policy stands on this node after an apply."""
+
+    name: str
+    status: str  # "loaded" | "refused"
+    state: State  # the mode in force (for a refused replacement: the old one's)
+    desired: Desired
+    reason: str | None = None
+    digest: str | None = None  # what is loaded, None if nothing
+    changed: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.desired.to_json(), "status": self.status, "mode": str(self.state),
+                "reason": self.reason, "loadedDigest": self.digest}
+
+
+def plan(loaded: Sequence[Loaded], desired: Sequence[Desired]) -> tuple[Step, ...]:
+    """The steps from `loaded` to `desired` (pure). Loads and switches first, unloads last."""
+    by_name: dict[str, list[Loaded]] = {}
+    for item in loaded:
+        by_name.setdefault(item.name, []).append(item)
+    steps: list[Step] = []
+    wanted = set()
+    for d in desired:
+        wanted.add(d.name)
+        have = by_name.get(d.name, [])
+        match = next((x for x in have if x.is_of(d)), None)
+        others = tuple(x.handle for x in have if x is not match)
+        if match is None:
+            steps.append(Step(StepKind.REPLACE if have else StepKind.LOAD, d.name, d, remove=others))
+        elif match.state != d.state:
+            steps.append(Step(StepKind.MODE, d.name, d, handle=match.handle, remove=others))
+        else:
+            steps.append(Step(StepKind.KEEP, d.name, d, handle=match.handle, remove=others))
+    for name in sorted(by_name.keys() - wanted):
+        steps.extend(Step(StepKind.UNLOAD, name, handle=x.handle) for x in by_name[name])
+    return tuple(steps)
+
+
+@dataclass
+class ApplyReport:
+    policies: list[PolicyStatus] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # unloads that failed
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.unloaded) or any(p.changed for p in self.policies)
+
+
+def apply(enforcer: Enforcer, steps: Sequence[Step]) -> ApplyReport:
+    report = ApplyReport()
+    current = {x.handle: x for x in enforcer.loaded()}
+    for step in steps:
+        if step.kind is StepKind.UNLOAD:
+            assert step.handle is not None
+            _unload(enforcer, step.handle, report)
+            continue
+        d = step.desired
+        assert d is not None
+        if step.kind in (StepKind.LOAD, StepKind.REPLACE):
+            try:
+                new = enforcer.load(d)
+            except Refused as e:
+                old = [current[h] for h in step.remove if h in current]
+                # the previous load keeps enforcing: a bad update never opens a gap
+                kept = old[0] if old else None
+                report.policies.append(PolicyStatus(
+                    d.name, "refused", kept.state if kept else d.state, d, str(e),
+                    kept.digest if kept else None))
+                continue
+            for h in step.remove:
+                _unload(enforcer, h, report)
+            report.policies.append(PolicyStatus(d.name, "loaded", new.state, d, None, new.digest, changed=True))
+            continue
+        assert step.handle is not None
+        for h in step.remove:
+            _unload(enforcer, h, report)
+        if step.kind is StepKind.MODE:
+            try:
+                now = enforcer.set_mode(step.handle, d.state)
+            except Exception as e:
+                held = current[step.handle]
+                report.policies.append(PolicyStatus(d.name, "refused", held.state, d,
+                                                    f"mode switch to {d.state} failed: {e}", held.digest))
+                continue
+            report.policies.append(PolicyStatus(d.name, "loaded", now.state, d, None, now.digest, changed=True))
+        else:
+            held = current[step.handle]
+            report.policies.append(PolicyStatus(d.name, "loaded", held.state, d, None, held.digest))
+    return report
+
+
+def _unload(enforcer: Enforcer, handle: str, report: ApplyReport) -> None:
+    try:
+        enforcer.unload(handle)
+        report.unloaded.append(handle)
+    except Exception as e:
+        report.errors.append(f"unload {handle} failed: {e}")
+
+
+def check_policy(d: Desired) -> None:
+    """Parse the policy text as the engine would; Refused with the reason if it cannot."""
+    try:
+        doc = yaml.safe_load(d.yaml)
+        parse_policy(doc)
+    except yaml.YAMLError as e:
+        raise Refused(f"policy {d.name} is not valid YAML: {e}") from None
+    except BpfError as e:
+        raise Refused(f"policy {d.name}: {e}") from None
+
+
+class NullEnforcer:
+    """The engine switched off: policies are checked and held in memory; nothing reaches a kernel.
+
+    Used by the fleet simulation (a thousand agents in one process) and by tests
+    of pulling, verifying, selecting and applying. Never a stand-in for the
+    kernel in tests of enforcement.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, Loaded] = {}
+        self._seq = 0
+
+    def loaded(self) -> Sequence[Loaded]:
+        return tuple(self._held.values())
+
+    def load(self, policy: Desired) -> Loaded:
+        check_policy(policy)
+        self._seq += 1
+        item = Loaded(f"{policy.name}#{self._seq}", policy.name, policy.sha256, policy.state)
+        self._held[item.handle] = item
+        return item
+
+    def unload(self, handle: str) -> None:
+        del self._held[handle]
+
+    def set_mode(self, handle: str, state: State) -> Loaded:
+        old = self._held[handle]
+        new = Loaded(old.handle, old.name, old.digest, state)
+        self._held[handle] = new
+        return new

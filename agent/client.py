@@ -1,0 +1,180 @@
+"""HTTP to the reconciler: the index (long-poll), bundles by version, heartbeats.
+
+The transport is not trusted: everything fetched here is verified by the
+caller with `reconciler.bundle`. This module only makes sure that what it hands
+over is a complete response no larger than allowed — a body is read as a stream
+and refused as soon as it passes the limit, so a hostile or broken server cannot
+make the agent buffer 50 MB to learn that an index is too large — and retries
+transient failures (network errors, timeouts, 5xx, truncated bodies) with
+exponential backoff and jitter.
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_never, wait_exponential_jitter
+
+from reconciler.bundle import MAX_BUNDLE_BYTES, MAX_INDEX_BYTES
+
+from .errors import FetchError
+
+__all__ = ["RETRYABLE", "Client", "IndexReply"]
+
+#: Failure reasons worth another try: the next attempt may well succeed.
+RETRYABLE = frozenset({"unreachable", "timeout", "http_5xx", "truncated", "no_index"})
+MAX_HEARTBEAT_REPLY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class IndexReply:
+    """The index bytes (None when the server says our copy is current) and the ETag to send next."""
+
+    data: bytes | None
+    etag: str | None
+
+
+class Client:
+    """One reconciler API endpoint.
+
+    `attempts` bounds the tries of one call (None: retry transient failures
+    until cancelled, which is what a node agent wants); `retry_max` caps the
+    backoff in seconds. `on_retry(err)` is called before each backoff sleep.
+    """
+
+    def __init__(self, server: str, *, http: httpx.AsyncClient | None = None, attempts: int | None = None,
+                 retry_initial: float = 0.2, retry_max: float = 30.0, connect_timeout: float = 5.0,
+                 on_retry: Callable[[FetchError], None] | None = None) -> None:
+        self.server = server.rstrip("/")
+        self._own = http is None
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=connect_timeout))
+        self._connect_timeout = connect_timeout
+        self._attempts = attempts
+        self._initial, self._max = retry_initial, retry_max
+        self._on_retry = on_retry
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- calls -------------------------------------------------------------
+
+    async def index(self, etag: str | None = None, wait: float | None = None) -> IndexReply:
+        """The index; with `etag` and `wait`, held by the server until it changes (or 304 after `wait`)."""
+        params = {"wait": _fmt_wait(wait)} if wait else None
+        headers = {"If-None-Match": etag} if etag else {}
+        read_timeout = (wait or 0) + 15.0
+        status, body, resp_headers = await self._retrying(
+            "GET", "/v1/index", params=params, headers=headers, limit=MAX_INDEX_BYTES, read_timeout=read_timeout)
+        new_etag = resp_headers.get("etag") or etag
+        if status == 304:
+            return IndexReply(None, new_etag)
+        return IndexReply(body, new_etag)
+
+    async def bundle(self, version: int, size: int) -> bytes:
+        """Bundle `version`; `size` (from the verified index) is the most that will be read."""
+        limit = min(size, MAX_BUNDLE_BYTES)
+        _, body, _ = await self._retrying("GET", f"/v1/bundles/{int(version)}", limit=limit, read_timeout=30.0)
+        return body
+
+    async def heartbeat(self, sensor_id: str, doc: Mapping[str, Any], timeout: float = 10.0) -> None:
+        """POST a heartbeat once (the next interval sends a fresh one, so no retry here)."""
+        body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        await self._once("POST", f"/v1/agents/{sensor_id}/heartbeat", content=body,
+                         headers={"Content-Type": "application/json"}, limit=MAX_HEARTBEAT_REPLY,
+                         read_timeout=timeout)
+
+    # -- internals ---------------------------------------------------------
+
+    async def _retrying(self, method: str, path: str, **kw: Any) -> tuple[int, bytes, httpx.Headers]:
+        def before_sleep(state: Any) -> None:
+            err = state.outcome.exception() if state.outcome else None
+            if self._on_retry is not None and isinstance(err, FetchError):
+                self._on_retry(err)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, FetchError) and e.reason in RETRYABLE),
+            wait=wait_exponential_jitter(multiplier=self._initial, max=self._max, jitter=self._initial),
+            stop=stop_never if self._attempts is None else stop_after_attempt(self._attempts),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._once(method, path, **kw)
+        raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
+
+    async def _once(self, method: str, path: str, *, limit: int, read_timeout: float,
+                    params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
+                    content: bytes | None = None) -> tuple[int, bytes, httpx.Headers]:
+        url = self.server + path
+        timeout = httpx.Timeout(read_timeout, connect=self._connect_timeout)
+        try:
+            async with self._http.stream(method, url, params=params, headers=headers, content=content,
+                                         timeout=timeout) as r:
+                if r.status_code == 304:
+                    return 304, b"", r.headers
+                declared = _content_length(r.headers)
+                if declared is not None and declared > limit and r.status_code < 300:
+                    raise FetchError("too_large", f"{method} {path}: the server announces {declared} bytes, "
+                                                  f"more than the limit of {limit}")
+                body = await _read_limited(r, min(limit, MAX_HEARTBEAT_REPLY) if r.status_code >= 300 else limit,
+                                           f"{method} {path}")
+                if declared is not None and len(body) != declared:
+                    raise FetchError("truncated", f"{method} {path}: got {len(body)} of {declared} bytes")
+                if r.status_code >= 500:
+                    raise FetchError("http_5xx", f"{method} {path}: HTTP {r.status_code} {_detail(body)}")
+                if r.status_code == 404 and path == "/v1/index":
+                    raise FetchError("no_index", f"{method} {path}: nothing is published yet")
+                if r.status_code >= 300:
+                    raise FetchError(f"http_{r.status_code}",
+                                     f"{method} {path}: HTTP {r.status_code} {_detail(body)}")
+                return r.status_code, body, r.headers
+        except FetchError:
+            raise
+        except httpx.TimeoutException as e:
+            raise FetchError("timeout", f"{method} {url}: timed out ({type(e).__name__})") from None
+        except httpx.RemoteProtocolError as e:
+            # h11 raises this when the peer closes before the announced body is complete.
+            raise FetchError("truncated", f"{method} {url}: incomplete response ({e})") from None
+        except (httpx.TransportError, OSError) as e:
+            raise FetchError("unreachable", f"{method} {url}: {e or type(e).__name__}") from None
+
+
+async def _read_limited(r: httpx.Response, limit: int, what: str) -> bytes:
+    buf = bytearray()
+    async for chunk in r.aiter_bytes():
+        buf += chunk
+        if len(buf) > limit:
+            raise FetchError("too_large", f"{what}: response passed the limit of {limit} bytes; refused")
+    return bytes(buf)
+
+
+def _content_length(headers: httpx.Headers) -> int | None:
+    raw = headers.get("content-length")
+    if raw is None or not raw.strip().isdigit():
+        return None
+    return int(raw)
+
+
+def _detail(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+        return f"({doc.get('error')}: {doc.get('detail')})" if isinstance(doc, dict) else ""
+    except ValueError:
+        return ""
+
+
+def _fmt_wait(wait: float) -> str:
+    # the server accepts at most 3 decimals; a little jitter spreads a fleet's re-polls
+    return f"{max(0.001, min(300.0, wait * random.uniform(0.9, 1.0))):.3f}"

@@ -1,0 +1,26 @@
+"""The agent's errors. They extend the reconciler's hierarchy so every CLI prints them the same way."""
+from __future__ import annotations
+
+from reconciler.errors import PalisadeError, VerificationError
+
+__all__ = ["AgentError", "ConfigError", "FetchError", "VerificationError"]
+
+
+class AgentError(PalisadeError):
+    """Something the agent cannot work with (exit 2)."""
+
+
+class ConfigError(AgentError):
+    """The command line or the configuration file is wrong (exit 2)."""
+
+
+class FetchError(AgentError):
+    """The server could not be reached or answered something that is not a usable response.
+
+    `reason` is a short, stable label for metrics (`unreachable`, `http_5xx`,
+    `too_large`, `truncated`, ...); the message says the rest.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

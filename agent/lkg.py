@@ -1,0 +1,79 @@
+"""Last-known-good: the verified index and bundle this node last applied, on disk.
+
+Both are kept byte for byte in one file, replaced atomically, so the pair is
+always consistent. They are *re-verified* when read: the index signature with
+the pinned keys, the bundle against the digest the index gives and its own
+signature. A file that was damaged or tampered with fails one of these and is
+refused; it is never enforced.
+
+Expiry is not checked on this path on purpose: expiry stops a network attacker
+from freezing an agent on an old index, but a node whose server is down must
+keep enforcing the newest policy it verifiably had rather than nothing. The
+caller logs that the copy is stale.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.signing import VerifyKey
+
+from reconciler.bundle import Bundle, Index, parse_bundle, parse_index, verify_bundle, verify_index
+
+from .atomic import write_atomic
+from .errors import VerificationError
+
+__all__ = ["LKG_FILE", "LastKnownGood", "load", "save"]
+
+LKG_FILE = "last-known-good.json"
+
+
+@dataclass(frozen=True)
+class LastKnownGood:
+    index: Index
+    bundle: Bundle
+    index_bytes: bytes
+    bundle_bytes: bytes
+
+
+def save(state_dir: Path, index_bytes: bytes, bundle_bytes: bytes) -> None:
+    doc = {"index": base64.b64encode(index_bytes).decode(), "bundle": base64.b64encode(bundle_bytes).decode()}
+    write_atomic(Path(state_dir) / LKG_FILE, json.dumps(doc).encode())
+
+
+def load(state_dir: Path, pubkeys: Iterable[VerifyKey]) -> LastKnownGood | None:
+    """The verified last-known-good, None if there is none; VerificationError if it does not verify."""
+    path = Path(state_dir) / LKG_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise VerificationError(f"last-known-good {path}: {e.strerror}") from None
+    try:
+        doc = json.loads(raw)
+        index_bytes = base64.b64decode(doc["index"], validate=True)
+        bundle_bytes = base64.b64decode(doc["bundle"], validate=True)
+    except (ValueError, KeyError, TypeError, binascii.Error) as e:
+        raise VerificationError(f"last-known-good {path} is damaged: {e}") from None
+    keys = list(pubkeys)
+    try:
+        unverified = parse_index(index_bytes)
+        # checked at its own issue time: everything but expiry (see the module docstring)
+        index = verify_index(index_bytes, keys, now=unverified.issued)
+        bundle = _bundle_in(index, bundle_bytes, keys)
+    except VerificationError as e:
+        raise VerificationError(f"last-known-good {path} refused: {e}") from None
+    return LastKnownGood(index, bundle, index_bytes, bundle_bytes)
+
+
+def _bundle_in(index: Index, data: bytes, keys: list[VerifyKey]) -> Bundle:
+    version = parse_bundle(data).version  # unverified: only to find the index entry to check against
+    entry = index.entry(version)
+    if entry is None:
+        raise VerificationError(f"bundle v{version} is not listed in the index")
+    return verify_bundle(data, keys, expected_sha256=entry.sha256, expected_size=entry.size)

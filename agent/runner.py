@@ -1,0 +1,334 @@
+"""The agent: pull → verify → select → apply → persist, and the loops around it.
+
+`Agent.sync_once()` is one pass of the pipeline and is what the fleet
+simulation and most tests drive; `Agent.run()` is the node agent: enforce
+last-known-good from disk at once, then long-poll the index forever, heartbeat
+and check drift on their own intervals, until asked to stop (SIGTERM). With the
+engine, what is loaded is pinned in bpffs and outlives this process; a
+restarted agent adopts it (the enforcer's `loaded()` lists it) so the first
+apply finds nothing to change.
+
+Anything that fails verification is refused with the reason, counted, written
+as an event, and changes nothing: the trust floor, the last-known-good copy and
+what is enforced stay as they were.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as _dt
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nacl.signing import VerifyKey
+
+from reconciler.bundle import Bundle, Index, keyid, sha256_hex, verify_bundle, verify_index
+
+from . import lkg, trust
+from .apply import ApplyReport, Enforcer, PolicyStatus, apply, plan
+from .atomic import write_atomic
+from .client import Client
+from .config import AgentConfig
+from .errors import FetchError, VerificationError
+from .events import EventLog
+from .metrics import AgentMetrics
+from .select import Desired, select, stage_of
+
+__all__ = ["STATUS_FILE", "Agent", "SyncResult", "classify"]
+
+log = logging.getLogger("palisade.agent")
+
+STATUS_FILE = "status.json"
+#: Transfers that are refused like a failed verification (after the client's own retries).
+_REFUSED_TRANSFERS = ("too_large", "truncated")
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one pass did: "applied", "current" (nothing new), "unchanged" (304), or "refused"."""
+
+    outcome: str
+    version: int | None = None
+    reason: str | None = None
+    report: ApplyReport | None = None
+
+
+def classify(message: str) -> str:
+    """A short metrics label for a verification failure message from reconciler.bundle."""
+    m = message.lower()
+    for needle, label in (("expired", "expired"), ("replay", "replay"), ("rollback", "rollback"),
+                          ("digest", "digest"), ("signature", "signature"), ("not signed", "signature"),
+                          ("bytes, the index says", "size"), ("more than the limit", "size"),
+                          ("no public key", "signature")):
+        if needle in m:
+            return label
+    return "malformed"
+
+
+@dataclass
+class _Applied:
+    index: Index
+    index_bytes: bytes
+    bundle: Bundle
+    bundle_bytes: bytes
+    stage: str
+    desired: tuple[Desired, ...]
+    statuses: tuple[PolicyStatus, ...]
+    applied_at: _dt.datetime
+
+
+@dataclass
+class Counters:
+    refused: collections.Counter[str] = field(default_factory=collections.Counter)
+    applies: int = 0
+    heartbeats_failed: int = 0
+    drift_detected: int = 0
+    drift_healed: int = 0
+
+
+class Agent:
+    """One node's agent. `persist=False` keeps trust state and last-known-good in memory only
+    (the fleet simulation runs a thousand of these in one process)."""
+
+    def __init__(self, cfg: AgentConfig, *, enforcer: Enforcer, client: Client, pubkeys: Sequence[VerifyKey],
+                 metrics: AgentMetrics | None = None, events: EventLog | None = None, persist: bool = True,
+                 clock: Callable[[], _dt.datetime] | None = None) -> None:
+        self.cfg = cfg
+        self.enforcer = enforcer
+        self.client = client
+        self.pubkeys = list(pubkeys)
+        self.metrics = metrics
+        self.events = events
+        self.persist = persist
+        self._clock = clock or (lambda: _dt.datetime.now(_dt.UTC))
+        self.labels = cfg.label_map
+        self.counters = Counters()
+        self.etag: str | None = None
+        self.applied: _Applied | None = None
+        self.last_error: str | None = None
+        self.trust = trust.TrustState()
+        self._bundles: dict[tuple[int, str], tuple[Bundle, bytes]] = {}
+        self._apply_lock = asyncio.Lock()
+        if persist:
+            cfg.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.trust, problem = trust.load(cfg.state)
+            if problem:
+                log.warning("%s", problem)
+
+    # ------------------------------------------------------------------ start
+
+    def start_from_lkg(self) -> bool:
+        """Verify last-known-good from disk and enforce it now. False if there is none or it is refused."""
+        if not self.persist:
+            return False
+        try:
+            saved = lkg.load(self.cfg.state, self.pubkeys)
+        except VerificationError as e:
+            self._refuse("lkg", str(e))
+            return False
+        if saved is None:
+            return False
+        if saved.index.expires <= self._clock():
+            log.warning("last-known-good index expired at %s; enforcing it until the server answers",
+                        saved.index.expires.isoformat())
+        # the signed copy is a floor the unsigned trust file can never undercut
+        self.trust = self.trust.raised(saved.index.serial, saved.index.version)
+        self._apply_bundle(saved.index, saved.index_bytes, saved.bundle, saved.bundle_bytes, save_lkg=False)
+        if self.metrics:
+            self.metrics.lkg_starts.inc()
+        log.info("enforcing last-known-good v%d from disk", saved.bundle.version)
+        return True
+
+    # ------------------------------------------------------------------ one pass
+
+    async def sync_once(self, wait: float | None = None) -> SyncResult:
+        """Pull the index (long-polling `wait` seconds), verify, fetch and verify the bundle, apply."""
+        try:
+            reply = await self.client.index(self.etag, wait)
+        except FetchError as e:
+            if e.reason in _REFUSED_TRANSFERS:
+                return self._refuse("index", str(e), reason=e.reason)
+            raise
+        if reply.data is None:
+            self.etag = reply.etag
+            return SyncResult("unchanged", self.version)
+        try:
+            index = verify_index(reply.data, self.pubkeys, now=self._clock(), min_serial=self.trust.serial,
+                                 min_version=self.trust.version)
+        except VerificationError as e:
+            # Wait for something newer than this bad copy rather than fetching it again and again.
+            self.etag = reply.etag
+            return self._refuse("index", str(e))
+        try:
+            version, bundle, bundle_bytes = await self._choose(index)
+        except VerificationError as e:
+            # The etag is kept as it was: the index is fetched again (after the loop's backoff) and the
+            # bundle with it, so a bundle spoiled in transit is retried, not skipped until the next publish.
+            return self._refuse("bundle", str(e))
+        except FetchError as e:
+            if e.reason in _REFUSED_TRANSFERS:
+                return self._refuse("bundle", str(e), reason=e.reason)
+            raise
+        self.trust = trust.TrustState(max(self.trust.serial, index.serial), max(self.trust.version, index.version),
+                                      tuple(keyid(k) for k in self.pubkeys))
+        if self.persist:
+            trust.save(self.cfg.state, self.trust)
+        self.etag = reply.etag
+        cur = self.applied
+        if cur is not None and cur.bundle.version == version and cur.bundle_bytes == bundle_bytes:
+            # same bundle, newer index (re-signed, re-pinned elsewhere): refresh the saved copy only
+            cur.index, cur.index_bytes = index, reply.data
+            if self.persist:
+                lkg.save(self.cfg.state, reply.data, bundle_bytes)
+            return SyncResult("current", version)
+        async with self._apply_lock:
+            report = await asyncio.to_thread(self._apply_bundle, index, reply.data, bundle, bundle_bytes)
+        return SyncResult("applied", version, report=report)
+
+    async def _choose(self, index: Index) -> tuple[int, Bundle, bytes]:
+        """The version pinned for this sensor's stage, fetched and verified."""
+        pins = set(index.stages.values())
+        if len(pins) <= 1:
+            version = pins.pop() if pins else index.version
+        else:
+            # The stage comes from the newest staging plan, which travels in the newest bundle.
+            newest, _ = await self._bundle(index, index.version)
+            version = index.pinned(stage_of(newest, self.cfg.sensor_id, self.labels))
+        bundle, data = await self._bundle(index, version)
+        return version, bundle, data
+
+    async def _bundle(self, index: Index, version: int) -> tuple[Bundle, bytes]:
+        entry = index.entry(version)
+        if entry is None:
+            raise VerificationError(f"the index pins v{version} but does not list it")
+        key = (version, entry.sha256)
+        if key in self._bundles:
+            return self._bundles[key]
+        cur = self.applied
+        if cur is not None and cur.bundle.version == version and sha256_hex(cur.bundle_bytes) == entry.sha256:
+            return cur.bundle, cur.bundle_bytes
+        data = await self.client.bundle(version, entry.size)
+        bundle = verify_bundle(data, self.pubkeys, expected_sha256=entry.sha256, expected_size=entry.size)
+        if bundle.version != version:
+            raise VerificationError(f"asked for bundle v{version}, got v{bundle.version}")
+        self._bundles = {key: (bundle, data)}  # keep one: the newest plan or the pinned bundle
+        return bundle, data
+
+    def _apply_bundle(self, index: Index, index_bytes: bytes, bundle: Bundle, bundle_bytes: bytes, *,
+                      save_lkg: bool = True) -> ApplyReport:
+        stage = stage_of(bundle, self.cfg.sensor_id, self.labels)
+        desired = select(bundle, self.cfg.sensor_id, self.labels)
+        report = apply(self.enforcer, plan(self.enforcer.loaded(), desired))
+        for err in report.errors:
+            log.error("%s", err)
+        self.applied = _Applied(index, index_bytes, bundle, bundle_bytes, stage, desired,
+                                tuple(report.policies), self._clock())
+        if self.persist and save_lkg:
+            lkg.save(self.cfg.state, index_bytes, bundle_bytes)
+        self.counters.applies += 1
+        refused = [p for p in report.policies if p.status != "loaded"]
+        for p in refused:
+            log.warning("policy %s not applied: %s", p.name, p.reason)
+        log.info("applied bundle v%d (commit %s, stage %s): %d policies, %d refused, %d unloaded",
+                 bundle.version, bundle.commit[:12], stage, len(report.policies), len(refused),
+                 len(report.unloaded))
+        if self.metrics:
+            self.metrics.applies.inc()
+            self.metrics.applied_version.set(bundle.version)
+            self.metrics.set_policies((p.status, str(p.state)) for p in report.policies)
+        self._event("policy_applied", {"version": bundle.version, "commit": bundle.commit, "stage": stage,
+                                       "detail": f"v{bundle.version} {len(report.policies)} policies, "
+                                                 f"{len(refused)} refused"})
+        self.write_status()
+        return report
+
+    def reapply(self) -> ApplyReport | None:
+        """Apply the current selection again (the drift healer): whatever is missing or altered is reloaded."""
+        cur = self.applied
+        if cur is None:
+            return None
+        report = apply(self.enforcer, plan(self.enforcer.loaded(), cur.desired))
+        cur.statuses = tuple(report.policies)
+        self.write_status()
+        return report
+
+    # ------------------------------------------------------------------ reporting
+
+    @property
+    def version(self) -> int | None:
+        return self.applied.bundle.version if self.applied else None
+
+    def _refuse(self, what: str, message: str, *, reason: str | None = None) -> SyncResult:
+        label = reason or classify(message)
+        self.counters.refused[label] += 1
+        self.last_error = f"{what} refused: {message}"
+        log.error("%s refused (%s): %s; still enforcing %s", what, label, message,
+                  f"v{self.version}" if self.version else "nothing")
+        if self.metrics:
+            self.metrics.verification_failures.labels(label).inc()
+        self._event("verification_refused", {"what": what, "reason": label, "detail": message})
+        return SyncResult("refused", self.version, reason=message)
+
+    def _event(self, kind: str, body: dict[str, Any]) -> None:
+        if self.events is not None:
+            self.events.write({kind: body, "node_name": self.cfg.sensor_id,
+                               "time": self._clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+
+    def status(self) -> dict[str, Any]:
+        """What this node enforces and why (also written to <state>/status.json for `palisade-agent status`)."""
+        cur = self.applied
+        return {
+            "sensor": self.cfg.sensor_id,
+            "labels": self.labels,
+            "version": cur.bundle.version if cur else None,
+            "commit": cur.bundle.commit if cur else None,
+            "author": cur.bundle.author if cur else None,
+            "approvers": list(cur.bundle.approvers) if cur else [],
+            "stage": cur.stage if cur else None,
+            "appliedAt": cur.applied_at.strftime("%Y-%m-%dT%H:%M:%SZ") if cur else None,
+            "indexSerial": self.trust.serial,
+            "indexExpires": cur.index.expires.strftime("%Y-%m-%dT%H:%M:%SZ") if cur else None,
+            "policies": [p.to_json() for p in cur.statuses] if cur else [],
+            "refusals": dict(self.counters.refused),
+            "lastError": self.last_error,
+            "updated": time.time(),
+        }
+
+    def write_status(self) -> None:
+        if self.persist:
+            write_atomic(self.cfg.state / STATUS_FILE,
+                         json.dumps(self.status(), indent=2, sort_keys=True).encode() + b"\n", 0o644)
+
+    # ------------------------------------------------------------------ the loops
+
+    async def pull_loop(self, stop: asyncio.Event) -> None:
+        """Long-poll forever; transient failures are retried inside the client, the rest backs off here."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                result = await self.sync_once(self.cfg.intervals.wait)
+            except FetchError as e:
+                self.last_error = str(e)
+                log.warning("pull failed (%s): %s", e.reason, e)
+                if self.metrics:
+                    self.metrics.fetch_failures.labels(e.reason).inc()
+                result = SyncResult("refused", self.version, e.reason)
+            except Exception:  # a bug must not stop enforcement updates for good
+                log.exception("pull pass failed")
+                result = SyncResult("refused", self.version, "internal error")
+            if result.outcome == "refused":
+                await _sleep_or_stop(stop, delay)
+                delay = min(delay * 2, self.cfg.intervals.retry_max)
+            else:
+                delay = 0.5
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
