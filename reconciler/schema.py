@@ -19,8 +19,6 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from .errors import PalisadeError
 from .findings import Finding
@@ -87,16 +85,37 @@ def _schemas() -> dict[str, dict[str, Any]]:
 
 
 @cache
-def _registry() -> Registry:
-    resources = [(s["$id"], Resource.from_contents(s, default_specification=DRAFT202012))
-                 for s in _schemas().values()]
-    return Registry().with_resources(resources)
+def _validator(filename: str) -> Draft202012Validator:
+    # $refs are inlined once: resolving them on every validation costs more than the checks themselves
+    flat = _inline(_schemas()[filename], _schemas()[filename], 0)
+    needs_formats = '"format"' in json.dumps(flat)
+    return Draft202012Validator(flat, format_checker=Draft202012Validator.FORMAT_CHECKER if needs_formats else None)
+
+
+def _inline(node: Any, root: dict[str, Any], depth: int) -> Any:
+    """`node` with every $ref (local '#/$defs/X' or another schema's '$id#/$defs/X') replaced by its target."""
+    if depth > 40:
+        raise SchemaMissing("schemas/: $ref nesting too deep (a recursive reference?)")
+    if isinstance(node, list):
+        return [_inline(v, root, depth) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _inline(v, root, depth) for k, v in node.items() if k not in ("$ref", "$defs")}
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        base, _, pointer = ref.partition("#")
+        target_root = root if not base else _by_id()[base]
+        target: Any = target_root
+        for step in (s for s in pointer.split("/") if s):
+            target = target[step]
+        resolved = _inline(target, target_root, depth + 1)
+        out = {**resolved, **out}  # keywords next to the $ref (description...) win
+    return out
 
 
 @cache
-def _validator(filename: str) -> Draft202012Validator:
-    return Draft202012Validator(_schemas()[filename], registry=_registry(),
-                                format_checker=Draft202012Validator.FORMAT_CHECKER)
+def _by_id() -> dict[str, dict[str, Any]]:
+    return {s["$id"]: s for s in _schemas().values()}
 
 
 def schema_for(kind: str) -> dict[str, Any]:
@@ -191,7 +210,9 @@ def _explain(e: ValidationError) -> Iterator[Problem]:
         return
     if v == "type":
         wanted = e.validator_value if isinstance(e.validator_value, str) else " or ".join(e.validator_value)
-        yield Problem(path, f"{prefix}expected {_article(wanted)}, got {_type_name(inst)}")
+        quote = f" (quote it: {json.dumps(str(inst).lower() if isinstance(inst, bool) else str(inst))})" \
+            if wanted == "string" and isinstance(inst, int | float) else ""
+        yield Problem(path, f"{prefix}expected {_article(wanted)}, got {_type_name(inst)}{quote}")
         return
     if v == "format" and e.validator_value == "date":
         yield Problem(path, f"{prefix}{_show(inst)} is not a valid date (YYYY-MM-DD)")
