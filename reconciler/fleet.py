@@ -1,0 +1,199 @@
+"""What agents report, kept in SQLite in the reconciler's state directory (`<state>/fleet.db`).
+
+    agents        one row per sensor: labels, loaded version, stage, per-policy state,
+                  drift, counters, last seen (replaced at every heartbeat)
+    observations  per heartbeat interval: (time, sensor, policy, binary, count) — what
+                  policies matched, which the reconciler sums for impact previews
+
+A heartbeat is parsed strictly at the edge (`parse_heartbeat`): wrong shapes are
+refused with the path of the bad member, never stored.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FLEET_DB", "MAX_HEARTBEAT_BYTES", "AgentRecord", "Fleet", "Heartbeat", "parse_heartbeat"]
+
+FLEET_DB = "fleet.db"
+MAX_HEARTBEAT_BYTES = 1024 * 1024
+MAX_OBSERVATIONS = 10_000
+SENSOR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    id TEXT PRIMARY KEY,
+    labels TEXT NOT NULL,
+    version INTEGER,
+    stage TEXT,
+    commit_id TEXT,
+    policies TEXT NOT NULL,
+    drift TEXT NOT NULL,
+    counters TEXT NOT NULL,
+    last_seen TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS observations (
+    time TEXT NOT NULL,
+    sensor TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    binary TEXT NOT NULL,
+    count INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS observations_policy ON observations (policy, time);
+"""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    sensor: str
+    labels: Mapping[str, str]
+    version: int | None
+    stage: str | None
+    commit: str | None
+    policies: tuple[Mapping[str, Any], ...]
+    drift: Mapping[str, Any]
+    counters: Mapping[str, int]
+    observations: tuple[tuple[str, str, int], ...]  # (policy, binary, count)
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    id: str
+    labels: Mapping[str, str]
+    version: int | None
+    stage: str | None
+    commit: str | None
+    policies: tuple[Mapping[str, Any], ...]
+    drift: Mapping[str, Any]
+    counters: Mapping[str, int]
+    last_seen: _dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "labels": dict(self.labels), "version": self.version, "stage": self.stage,
+                "commit": self.commit, "policies": list(self.policies), "drift": dict(self.drift),
+                "counters": dict(self.counters), "lastSeen": self.last_seen.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def parse_heartbeat(sensor_id: str, doc: Any) -> Heartbeat:
+    """A heartbeat from its JSON document; ValueError says what is wrong and where."""
+    if not SENSOR_ID.match(sensor_id):
+        raise ValueError(f"sensor id {sensor_id[:80]!r} is not valid (letters, digits, . _ -)")
+    d = _obj(doc, "heartbeat")
+    if d.get("sensor", sensor_id) != sensor_id:
+        raise ValueError(f"sensor: {d.get('sensor')!r} does not match the URL ({sensor_id})")
+    unknown = set(d) - {"sensor", "labels", "version", "stage", "commit", "policies", "drift", "counters",
+                        "observations", "time"}
+    if unknown:
+        raise ValueError(f"unknown member {', '.join(sorted(unknown))}")
+    labels = _obj(d.get("labels", {}), "labels")
+    for k, v in labels.items():
+        if not isinstance(v, str):
+            raise ValueError(f"labels.{k}: expected a string")
+    version = d.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise ValueError("version: expected a positive integer or null")
+    stage, commit = d.get("stage"), d.get("commit")
+    for name, v in (("stage", stage), ("commit", commit)):
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"{name}: expected a string or null")
+    policies = d.get("policies", [])
+    if not isinstance(policies, list) or not all(isinstance(p, dict) for p in policies):
+        raise ValueError("policies: expected an array of objects")
+    for i, p in enumerate(policies):
+        if not isinstance(p.get("name"), str) or p.get("status") not in ("loaded", "refused", "inactive"):
+            raise ValueError(f"policies[{i}]: needs a name and a status of loaded, refused or inactive")
+    drift = _obj(d.get("drift", {}), "drift")
+    counters = _obj(d.get("counters", {}), "counters")
+    for k, v in counters.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"counters.{k}: expected a non-negative integer")
+    raw_obs = d.get("observations", [])
+    if not isinstance(raw_obs, list):
+        raise ValueError("observations: expected an array")
+    if len(raw_obs) > MAX_OBSERVATIONS:
+        raise ValueError(f"observations: at most {MAX_OBSERVATIONS} entries")
+    obs = []
+    for i, o in enumerate(raw_obs):
+        o = _obj(o, f"observations[{i}]")
+        policy, binary, count = o.get("policy"), o.get("binary"), o.get("count")
+        if not (isinstance(policy, str) and isinstance(binary, str) and isinstance(count, int)
+                and not isinstance(count, bool) and count >= 0):
+            raise ValueError(f"observations[{i}]: needs policy and binary strings and a count >= 0")
+        obs.append((policy, binary, count))
+    return Heartbeat(sensor_id, dict(labels), version, stage, commit, tuple(policies), drift, counters, tuple(obs))
+
+
+def _obj(v: Any, path: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise ValueError(f"{path}: expected an object")
+    return v
+
+
+class Fleet:
+    """The agents table and the observations table. Safe to call from several threads."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Fleet:
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(Path(state_dir) / FLEET_DB, isolation_level=None, timeout=10,
+                             check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+        return cls(db)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def record_heartbeat(self, hb: Heartbeat, now: _dt.datetime | None = None) -> None:
+        t = (now or _dt.datetime.now(_dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (hb.sensor, _dumps(hb.labels), hb.version, hb.stage, hb.commit, _dumps(list(hb.policies)),
+                     _dumps(hb.drift), _dumps(hb.counters), t))
+                self._db.executemany("INSERT INTO observations VALUES (?, ?, ?, ?, ?)",
+                                     [(t, hb.sensor, p, b, c) for p, b, c in hb.observations if c])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def agents(self) -> list[AgentRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, labels, version, stage, commit_id, policies, drift, counters, "
+                                    "last_seen FROM agents ORDER BY id").fetchall()
+        return [AgentRecord(r[0], json.loads(r[1]), r[2], r[3], r[4], tuple(json.loads(r[5])), json.loads(r[6]),
+                            json.loads(r[7]), _dt.datetime.strptime(r[8], "%Y-%m-%dT%H:%M:%SZ").replace(
+                                tzinfo=_dt.UTC)) for r in rows]
+
+    def observations(self, policy: str | None = None, since: _dt.datetime | None = None
+                     ) -> list[tuple[str, str, int]]:
+        """(policy, binary, total count) over the fleet, largest first."""
+        sql = "SELECT policy, binary, SUM(count) FROM observations WHERE 1=1"
+        args: list[Any] = []
+        if policy is not None:
+            sql += " AND policy = ?"
+            args.append(policy)
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        sql += " GROUP BY policy, binary ORDER BY SUM(count) DESC, policy, binary"
+        with self._lock:
+            return [(r[0], r[1], int(r[2])) for r in self._db.execute(sql, args)]
+
+
+def _dumps(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, separators=(",", ":"))

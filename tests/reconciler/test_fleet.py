@@ -1,0 +1,68 @@
+"""Agent heartbeats: the fleet store in real SQLite, and the endpoint on a real server."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reconciler.fleet import Fleet, parse_heartbeat
+from reconciler.server import BackgroundServer, create_app
+
+
+def _doc(sensor: str = "node-1", version: int = 3) -> dict[str, object]:
+    return {
+        "sensor": sensor, "labels": {"role": "web"}, "version": version, "stage": "canary", "commit": "ab" * 20,
+        "policies": [{"name": "web-exec-allowlist", "status": "loaded", "mode": "enforced"},
+                     {"name": "no-raw-sockets", "status": "refused", "mode": "observe", "reason": "no hook"}],
+        "drift": {"detected": 1, "healed": 1, "unhealed": 0, "findings": []},
+        "counters": {"events": 12, "enforced": 2, "wouldHaveEnforced": 5},
+        "observations": [{"policy": "web-exec-allowlist", "binary": "/usr/bin/curl", "count": 2}],
+    }
+
+
+def test_heartbeats_replace_the_agent_row_and_add_observations(tmp_path: Path) -> None:
+    fleet = Fleet.open(tmp_path)
+    t0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
+    fleet.record_heartbeat(parse_heartbeat("node-1", _doc(version=3)), t0)
+    fleet.record_heartbeat(parse_heartbeat("node-1", _doc(version=4)), t0 + _dt.timedelta(seconds=10))
+    fleet.record_heartbeat(parse_heartbeat("node-2", _doc("node-2")), t0)
+    fleet.close()
+    fleet = Fleet.open(tmp_path)  # survives a reopen
+    agents = {a.id: a for a in fleet.agents()}
+    assert agents["node-1"].version == 4
+    assert agents["node-1"].last_seen == t0 + _dt.timedelta(seconds=10)
+    assert agents["node-1"].policies[1]["reason"] == "no hook"
+    assert fleet.observations("web-exec-allowlist") == [("web-exec-allowlist", "/usr/bin/curl", 6)]
+    assert fleet.observations(since=t0 + _dt.timedelta(seconds=5)) == [("web-exec-allowlist", "/usr/bin/curl", 2)]
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"version": "3"}, "version"),
+    ({"sensor": "other"}, "does not match"),
+    ({"counters": {"events": -1}}, "counters.events"),
+    ({"observations": [{"policy": "p", "binary": "/b"}]}, "observations[0]"),
+    ({"policies": [{"name": "p", "status": "weird"}]}, "policies[0]"),
+    ({"surprise": 1}, "unknown member"),
+])
+def test_bad_heartbeats_are_refused_with_the_reason(doc: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        parse_heartbeat("node-1", {**_doc(), **doc})
+
+
+def test_endpoint_stores_heartbeats_and_refuses_bad_input(tmp_path: Path) -> None:
+    store = tmp_path / "state" / "store"
+    store.mkdir(parents=True)
+    with BackgroundServer(create_app(store)) as srv:
+        url = srv.url + "/v1/agents/node-1/heartbeat"
+        assert httpx.post(url, content=json.dumps(_doc())).status_code == 204
+        bad = httpx.post(url, content=b"{not json")
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid heartbeat"
+        assert httpx.post(srv.url + "/v1/agents/bad%20id/heartbeat", content=json.dumps(_doc())).status_code == 400
+        huge = httpx.post(url, content=b" " * (2 * 1024 * 1024))
+        assert huge.status_code == 413
+        assert httpx.get(url).status_code == 405
+    fleet = Fleet.open(tmp_path / "state")
+    assert [a.id for a in fleet.agents()] == ["node-1"]
