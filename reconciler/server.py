@@ -325,8 +325,17 @@ class _Api:
     """The endpoints, bound to one publication, status source and metrics registry."""
 
     def __init__(self, publication: Publication, metrics: Metrics,
-                 status: Callable[[], Mapping[str, Any]] | None) -> None:
+                 status: Callable[[], Mapping[str, Any]] | None, fleet: Any = None) -> None:
         self.pub, self.metrics, self.status_source = publication, metrics, status
+        self._fleet = fleet
+
+    def fleet(self) -> Any:
+        """The agents' reports (reconciler.fleet.Fleet), in the state directory that holds the store."""
+        if self._fleet is None:
+            from .fleet import Fleet
+
+            self._fleet = Fleet.open(self.pub.store.parent)
+        return self._fleet
 
     async def index(self, request: Request) -> Response:
         """The signed index, exactly as stored.
@@ -390,6 +399,22 @@ class _Api:
             "etag": snap.etag,
         }
         return _json(doc, headers={"Cache-Control": "no-store"})
+
+    async def heartbeat(self, request: Request) -> Response:
+        """An agent's heartbeat (reconciler/fleet.py): stored in the fleet table, 204; 4xx on bad input."""
+        from .fleet import MAX_HEARTBEAT_BYTES, parse_heartbeat
+
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_HEARTBEAT_BYTES:
+                return _error(413, "heartbeat too large", f"at most {MAX_HEARTBEAT_BYTES} bytes")
+        try:
+            hb = parse_heartbeat(request.path_params["id"], json.loads(body))
+        except ValueError as e:  # includes malformed JSON
+            return _error(400, "invalid heartbeat", str(e)[:500])
+        await run_in_threadpool(self.fleet().record_heartbeat, hb)
+        return Response(status_code=204)
 
     async def prometheus(self, request: Request) -> Response:
         """Prometheus text exposition."""
@@ -482,6 +507,7 @@ def create_app(
     metrics: Metrics | None = None,
     status: Callable[[], Mapping[str, Any]] | None = None,
     publication: Publication | None = None,
+    fleet: Any = None,
 ) -> Starlette:
     """The ASGI application serving the bundle store at `store`.
 
@@ -491,7 +517,7 @@ def create_app(
     """
     metrics = metrics or Metrics()
     pub = publication or Publication(store)
-    api = _Api(pub, metrics, status)
+    api = _Api(pub, metrics, status, fleet)
 
     def update_gauges(snap: Snapshot) -> None:
         metrics.set_index(version=snap.index.version, serial=snap.index.serial, expires=snap.index.expires)
@@ -513,7 +539,7 @@ def create_app(
         Route("/v1/index", api.index, methods=["GET"], name="index"),
         Route("/v1/bundles/{version}", api.bundle, methods=["GET"], name="bundle"),
         Route("/v1/status", api.status, methods=["GET"], name="status"),
-        # Later: Route("/v1/agents/{id}/heartbeat", api.heartbeat, methods=["POST"]).
+        Route("/v1/agents/{id}/heartbeat", api.heartbeat, methods=["POST"], name="heartbeat"),
         Route("/metrics", api.prometheus, methods=["GET"], name="metrics"),
         Route("/openapi.json", api.openapi, methods=["GET"], name="openapi"),
     ]
