@@ -1,0 +1,569 @@
+"""What a change to the policy repository does, as pure logic (`palisade plan`).
+
+`diff(base, head)` compares two revisions — each its typed repository plus the
+policies it renders to — and returns a `Plan`: per unit (a pack or rule at one
+scope) its ladder move and the rendered TracingPolicies it adds, removes or
+changes (with a unified diff), whether the change only relaxes enforcement, and
+the rollout stages it will travel through.
+
+`classify(before, after)` works on rendered policies alone (anything with
+`name`, `scope`, `state` and `yaml`), so the rollout controller can apply the
+same judgement to two bundles when it decides whether to fast-track one.
+
+Decisions worth knowing:
+
+- **Relaxing** means every difference can only reduce what nodes act on: a
+  policy moved back on the ladder, removed (a rule disabled renders to a
+  removed policy), or changed only by exceptions. Anything else — a new policy
+  even at `observe`, a forward step, any other edit — is tightening. When in
+  doubt the answer is tightening: a wrong "relaxing" would skip the canary.
+- **Exceptions** are recognised in the rendered TracingPolicy, not in the rule:
+  a selector whose only action is `NoPost` added (or widened) anywhere, or the
+  last enforcing selector of a hook narrowed (a value added to a `Not*` list
+  such as an exec allowlist, a value removed from a positive list, an extra
+  condition). Only the last one may narrow: Tetragon applies the first
+  selector that matches, so narrowing an earlier one hands its events to the
+  selectors after it.
+- **Fallback**: on a node the most specific scope wins (sensor > group > fleet;
+  between groups the least enforcing state). Removing an assignment is therefore
+  tightening when the same policy stays assigned at another scope in a more
+  enforcing state: the nodes of the removed scope may fall back to it.
+- **Groups** decide which sensors a scope holds; a changed group that a policy
+  uses is tightening (sensors may join it).
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import yaml
+
+from . import ladder
+from .ladder import Move, MoveKind
+from .model import Group, PolicyRepository, Rollout, Scope, State, UnitKey, format_duration
+
+
+class PolicyLike(Protocol):
+    """A rendered policy: `render.RenderedPolicy` and `bundle.BundlePolicy` both are."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def scope(self) -> Scope: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def yaml(self) -> str: ...
+
+
+class GroupLike(Protocol):
+    """A named set of sensors: `model.Group` and `bundle.BundleGroup` both are."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def sensors(self) -> tuple[str, ...]: ...
+    @property
+    def match_labels(self) -> tuple[tuple[str, str], ...]: ...
+
+
+class RenderedLike(PolicyLike, Protocol):
+    """A rendered policy that knows the pack or rule it comes from."""
+
+    @property
+    def origin_kind(self) -> str: ...
+    @property
+    def origin_name(self) -> str: ...
+
+
+# --- classification ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Whether a change only relaxes enforcement, and why (the reasons behind the verdict)."""
+
+    relaxing: bool
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return "relaxing" if self.relaxing else "tightening"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"relaxing": self.relaxing, "kind": self.label, "reasons": list(self.reasons)}
+
+
+def classify(
+    before: Sequence[PolicyLike],
+    after: Sequence[PolicyLike],
+    *,
+    before_groups: Sequence[GroupLike] = (),
+    after_groups: Sequence[GroupLike] = (),
+) -> Classification:
+    """Relaxing (only back moves, removals, exceptions) or tightening, with the reasons.
+
+    No difference at all is relaxing (nothing gets stricter), with the reason
+    "no policy changes". Pass the groups of both sides when they may differ.
+    """
+    old = {(p.name, p.scope): p for p in before}
+    new = {(p.name, p.scope): p for p in after}
+    relaxing: list[str] = []
+    tightening: list[str] = []
+    for key in sorted(old.keys() | new.keys(), key=lambda k: (k[0], k[1].key)):
+        name, scope = key
+        b, a = old.get(key), new.get(key)
+        where = f"{name} @ {scope.key}"
+        if b is None:
+            assert a is not None
+            tightening.append(f"{where} added ({a.state.value})")
+            continue
+        if a is None:
+            fallback = _fallback(name, scope, b.state, after)
+            if fallback is None:
+                relaxing.append(f"{where} removed")
+            else:
+                tightening.append(f"{where} removed; its nodes may fall back to {name} @ {fallback.scope.key} "
+                                  f"({fallback.state.value})")
+            continue
+        if a.state.rank > b.state.rank:
+            tightening.append(f"{where}: {b.state.value} → {a.state.value}")
+        elif a.state.rank < b.state.rank:
+            relaxing.append(f"{where}: {b.state.value} → {a.state.value}")
+        if a.yaml != b.yaml:
+            verdict = _yaml_relaxes(b.yaml, a.yaml)
+            if verdict is None:
+                tightening.append(f"{where}: policy definition changed")
+            else:
+                relaxing.append(f"{where}: {verdict}")
+    used = {p.scope.group for p in after if p.scope.group is not None}
+    old_groups = {g.name: (tuple(sorted(g.sensors)), tuple(sorted(g.match_labels))) for g in before_groups}
+    for g in sorted(after_groups, key=lambda g: g.name):
+        if g.name in used and g.name in old_groups and \
+                old_groups[g.name] != (tuple(sorted(g.sensors)), tuple(sorted(g.match_labels))):
+            tightening.append(f"group {g.name} changed: the sensors its policies apply to may change")
+    if tightening:
+        return Classification(False, tightening)
+    return Classification(True, relaxing or ["no policy changes"])
+
+
+def _fallback(name: str, scope: Scope, state: State, after: Sequence[PolicyLike]) -> PolicyLike | None:
+    """The same policy at another scope, more enforcing than `state`, that nodes of `scope` may fall back to."""
+    worse = [p for p in after if p.name == name and p.scope != scope and p.state.rank > state.rank]
+    return max(worse, key=lambda p: p.state.rank, default=None)
+
+
+#: Operators whose values name what is *not* matched: more values, fewer matches.
+def _negative(op: str) -> bool:
+    return op.startswith("Not")
+
+
+#: Operators whose values name what is matched: fewer values, fewer matches.
+_POSITIVE = frozenset({"In", "Equal", "Prefix", "Postfix", "DAddr", "SAddr", "DPort", "SPort", "Family",
+                       "State", "Protocol", "SockFamily"})
+
+
+def _yaml_relaxes(before: str, after: str) -> str | None:
+    """What makes `after` match no more than `before` ("exception added", ...), or None if it may match more."""
+    try:
+        b, a = yaml.safe_load(before), yaml.safe_load(after)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(b, dict) or not isinstance(a, dict):
+        return None
+    bs, as_ = b.get("spec"), a.get("spec")
+    if not isinstance(bs, dict) or not isinstance(as_, dict):
+        return None
+    if {k: v for k, v in b.items() if k != "spec"} != {k: v for k, v in a.items() if k != "spec"}:
+        return None
+    if bs.keys() != as_.keys():
+        return None
+    found: set[str] = set()
+    for key in bs:
+        bh, ah = bs[key], as_[key]
+        if not isinstance(bh, list) or not isinstance(ah, list):
+            if bh != ah:
+                return None
+            continue
+        if len(bh) != len(ah):
+            return None
+        for x, y in zip(bh, ah, strict=True):
+            if not isinstance(x, dict) or not isinstance(y, dict):
+                if x != y:
+                    return None
+                continue
+            if {k: v for k, v in x.items() if k != "selectors"} != {k: v for k, v in y.items() if k != "selectors"}:
+                return None
+            what = _selectors_narrow(x.get("selectors") or [], y.get("selectors") or [])
+            if what is None:
+                return None
+            found |= what
+    return " and ".join(sorted(found)) or "policy reformatted (same meaning)"
+
+
+def _is_exemption(sel: Any) -> bool:
+    actions = sel.get("matchActions") if isinstance(sel, dict) else None
+    return bool(actions) and all(isinstance(x, dict) and x.get("action") == "NoPost" for x in actions) \
+        and not sel.get("matchReturnActions")
+
+
+def _selectors_narrow(before: list[Any], after: list[Any]) -> set[str] | None:
+    b_ex = [s for s in before if _is_exemption(s)]
+    a_ex = [s for s in after if _is_exemption(s)]
+    b_act = [s for s in before if not _is_exemption(s)]
+    a_act = [s for s in after if not _is_exemption(s)]
+    if len(b_act) != len(a_act):
+        return None
+    found: set[str] = set()
+    for i, (x, y) in enumerate(zip(b_act, a_act, strict=True)):
+        if x == y:
+            continue
+        # events a narrowed selector no longer matches fall through to the selectors after it
+        if i != len(b_act) - 1 or not _narrower(y, x):
+            return None
+        found.add("enforcing selector narrowed (e.g. allowlist widened)")
+    for old in b_ex:
+        if not any(old == new or _narrower(old, new) for new in a_ex):
+            return None  # an exception went away or shrank
+    if len(a_ex) > len(b_ex) or any(not any(new == old for old in b_ex) for new in a_ex):
+        found.add("exception added")
+    return found
+
+
+def _narrower(x: Any, y: Any) -> bool:
+    """Whether selector `x` matches no more than selector `y` (same actions, stricter conditions)."""
+    if not isinstance(x, dict) or not isinstance(y, dict):
+        return False
+    actions = {k for k in x.keys() | y.keys() if k.endswith("Actions")}
+    if any(x.get(k) != y.get(k) for k in actions):
+        return False
+    for key, conds in y.items():
+        if key in actions:
+            continue
+        mine = x.get(key)
+        if not isinstance(conds, list) or not isinstance(mine, list) or len(mine) < len(conds):
+            return False
+        # x may add conditions (they are ANDed): compare the ones y has, in order
+        if not all(_cond_narrower(c, d) for c, d in zip(mine, conds, strict=False)):
+            return False
+    return True
+
+
+def _cond_narrower(c: Any, d: Any) -> bool:
+    if c == d:
+        return True
+    if not isinstance(c, dict) or not isinstance(d, dict):
+        return False
+    if {k: v for k, v in c.items() if k != "values"} != {k: v for k, v in d.items() if k != "values"}:
+        return False
+    op = str(c.get("operator", ""))
+    cv, dv = {str(v) for v in c.get("values") or []}, {str(v) for v in d.get("values") or []}
+    if _negative(op):
+        return cv >= dv
+    if op in _POSITIVE:
+        return cv <= dv
+    return False
+
+
+# --- the plan ----------------------------------------------------------------------------------
+
+
+class Change(StrEnum):
+    ADDED = "added"
+    REMOVED = "removed"
+    CHANGED = "changed"  # the TracingPolicy itself differs (its state may also have moved)
+    STATE = "state"  # only the ladder state moved
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One side of a plan: a repository and the policies it renders to."""
+
+    repository: PolicyRepository
+    rendered: tuple[RenderedLike, ...]
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """One rendered TracingPolicy of a unit that differs between the revisions."""
+
+    name: str
+    change: Change
+    before: State | None
+    after: State | None
+    diff: str  # unified diff of the rendered YAML; "" when the YAML is the same
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "change": self.change.value, "before": _state(self.before),
+                "after": _state(self.after), "diff": self.diff}
+
+
+@dataclass(frozen=True)
+class UnitChange:
+    """A pack or rule at one scope: its ladder move and the policies that differ."""
+
+    move: Move
+    policies: tuple[PolicyChange, ...]
+    disabled: bool = False  # a rule that still exists but was switched off (`enabled: false`)
+
+    @property
+    def unit(self) -> UnitKey:
+        return self.move.unit
+
+    def to_json(self) -> dict[str, Any]:
+        m = self.move
+        return {"kind": m.unit.kind, "name": m.unit.name, "scope": m.unit.scope.key,
+                "move": "disabled" if self.disabled else m.kind.value,
+                "before": _state(m.before), "after": _state(m.after),
+                "policies": [p.to_json() for p in self.policies]}
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The rollout a change will go through, from the head revision's staging file."""
+
+    rollout: str | None  # None: no staging file, every sensor gets it at once
+    stages: tuple[str, ...]
+    bakes: tuple[str, ...]
+    fast_track: bool  # the staging file allows fast-tracking relaxing changes
+    fast_tracked: bool  # ... and this change qualifies
+
+    def describe(self) -> str:
+        if self.rollout is None or not self.stages:
+            return "no staging file: every sensor receives it at once"
+        chain = " → ".join(f"{s} (bake {b})" for s, b in zip(self.stages, self.bakes, strict=True))
+        if self.fast_tracked:
+            return f"fast-tracked to every stage at once ({', '.join(self.stages)}): relaxing, and " \
+                   f"rollout {self.rollout} has fastTrack: true"
+        return f"{chain} (rollout {self.rollout})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rollout": self.rollout, "stages": list(self.stages), "fastTrack": self.fast_track,
+                "fastTracked": self.fast_tracked, "description": self.describe()}
+
+
+@dataclass(frozen=True)
+class Plan:
+    units: tuple[UnitChange, ...]
+    notes: tuple[str, ...]  # changes outside units: packs, groups, staging, approval settings
+    classification: Classification
+    stages: Stages
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.units or self.notes)
+
+    def counts(self) -> dict[str, int]:
+        out = {c.value: 0 for c in Change}
+        for u in self.units:
+            for p in u.policies:
+                out[p.change.value] += 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"changed": self.changed, "units": [u.to_json() for u in self.units], "notes": list(self.notes),
+                "counts": self.counts(), "classification": self.classification.to_json(),
+                "rollout": self.stages.to_json()}
+
+
+def diff(base: Revision, head: Revision) -> Plan:
+    """Everything `head` changes relative to `base`."""
+    moves = ladder.moves(base.repository.units(), head.repository.units())
+    old = _by_unit(base.rendered)
+    new = _by_unit(head.rendered)
+    disabled = {r.name for r in head.repository.rules if not r.enabled} & \
+        {r.name for r in base.repository.rules if r.enabled}
+    units: list[UnitChange] = []
+    for m in moves:
+        policies = _policy_changes(old.get(m.unit, {}), new.get(m.unit, {}))
+        if m.kind is MoveKind.UNCHANGED and not policies:
+            continue
+        is_disabled = m.kind is MoveKind.REMOVED and m.unit.kind == "rule" and m.unit.name in disabled
+        units.append(UnitChange(m, tuple(policies), is_disabled))
+    verdict = classify(base.rendered, head.rendered, before_groups=base.repository.groups,
+                       after_groups=head.repository.groups)
+    notes = _notes(base.repository, head.repository)
+    return Plan(tuple(units), tuple(notes), verdict,
+                _stages(head.repository, verdict.relaxing and bool(units or notes)))
+
+
+def _by_unit(rendered: Iterable[RenderedLike]) -> dict[UnitKey, dict[str, RenderedLike]]:
+    out: dict[UnitKey, dict[str, RenderedLike]] = {}
+    for p in rendered:
+        out.setdefault(UnitKey(p.origin_kind, p.origin_name, p.scope), {})[p.name] = p
+    return out
+
+
+def _policy_changes(old: Mapping[str, RenderedLike], new: Mapping[str, RenderedLike]) -> list[PolicyChange]:
+    out: list[PolicyChange] = []
+    for name in sorted(old.keys() | new.keys()):
+        b, a = old.get(name), new.get(name)
+        before, after = (b.state if b else None), (a.state if a else None)
+        text = unified(b.yaml if b else "", a.yaml if a else "", name)
+        if b is None:
+            out.append(PolicyChange(name, Change.ADDED, before, after, text))
+        elif a is None:
+            out.append(PolicyChange(name, Change.REMOVED, before, after, text))
+        elif b.yaml != a.yaml:
+            out.append(PolicyChange(name, Change.CHANGED, before, after, text))
+        elif before != after:
+            out.append(PolicyChange(name, Change.STATE, before, after, ""))
+    return out
+
+
+def unified(before: str, after: str, name: str, *, context: int = 3) -> str:
+    """A unified diff of two texts, labelled a/NAME and b/NAME ("" when they are equal)."""
+    if before == after:
+        return ""
+    lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                 f"a/{name}" if before else "/dev/null", f"b/{name}" if after else "/dev/null",
+                                 n=context)
+    return "".join(x if x.endswith("\n") else x + "\n\\ No newline at end of file\n" for x in lines)
+
+
+def _notes(base: PolicyRepository, head: PolicyRepository) -> list[str]:
+    out: list[str] = []
+    old_packs, new_packs = {p.name for p in base.packs}, {p.name for p in head.packs}
+    assigned = {e.pack for e in head.enforcements if e.assignments}
+    for name in sorted(new_packs - old_packs):
+        out.append(f"pack {name} added" + ("" if name in assigned else
+                                          " (not assigned to any scope yet: it renders to nothing)"))
+    out.extend(f"pack {name} removed" for name in sorted(old_packs - new_packs))
+    old_groups = {g.name: g for g in base.groups}
+    new_groups = {g.name: g for g in head.groups}
+    for name in sorted(old_groups.keys() | new_groups.keys()):
+        og, ng = old_groups.get(name), new_groups.get(name)
+        if og is None:
+            out.append(f"group {name} added ({_group_text(ng)})")
+        elif ng is None:
+            out.append(f"group {name} removed")
+        elif (og.sensors, og.match_labels) != (ng.sensors, ng.match_labels):
+            out.append(f"group {name} changed: {_group_text(og)} → {_group_text(ng)}")
+    if _rollout_key(base.rollouts) != _rollout_key(head.rollouts):
+        out.append("staging changed: " + (_stages(head, False).describe()))
+    out.extend(ladder.config_changes(base.config, head.config))
+    return out
+
+
+def _group_text(g: Group | None) -> str:
+    if g is None:
+        return "none"
+    parts = [f"ids {','.join(g.sensors)}"] if g.sensors else []
+    if g.match_labels:
+        parts.append("labels " + ",".join(f"{k}={v}" for k, v in g.match_labels))
+    return "; ".join(parts) or "empty"
+
+
+def _rollout_key(rollouts: Sequence[Rollout]) -> tuple[Any, ...]:
+    return tuple((r.name, r.fast_track, r.stages) for r in rollouts)
+
+
+def _stages(head: PolicyRepository, relaxing: bool) -> Stages:
+    if not head.rollouts:
+        return Stages(None, (), (), False, False)
+    ro = head.rollouts[0]  # the one the reconciler puts in the bundle
+    return Stages(ro.name, tuple(s.name for s in ro.stages), tuple(format_duration(s.bake) for s in ro.stages),
+                  ro.fast_track, ro.fast_track and relaxing)
+
+
+def _state(s: State | None) -> str | None:
+    return s.value if s is not None else None
+
+
+# --- per sensor ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """A sensor of the fleet as the reconciler knows it: its id and labels."""
+
+    id: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class SensorPolicy:
+    """How one policy changes on one sensor, after scope resolution."""
+
+    name: str
+    before: State | None
+    after: State | None
+    changed: bool  # the TracingPolicy it loads differs
+
+    def describe(self) -> str:
+        b = self.before.value if self.before else "absent"
+        a = self.after.value if self.after else "absent"
+        return f"{self.name}: {b} → {a}" if b != a else f"{self.name}: {a} (definition changed)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "before": _state(self.before), "after": _state(self.after),
+                "changed": self.changed}
+
+
+@dataclass(frozen=True)
+class SensorChange:
+    sensor: Sensor
+    stage: str | None  # the head revision's first stage that holds it
+    policies: tuple[SensorPolicy, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.sensor.id, "labels": dict(self.sensor.labels), "stage": self.stage,
+                "policies": [p.to_json() for p in self.policies]}
+
+
+def per_sensor(base: Revision, head: Revision, sensors: Iterable[Sensor]) -> tuple[SensorChange, ...]:
+    """For each sensor that the change affects, the policies it will load differently.
+
+    Each side resolves scopes with its own groups: on a node the most specific
+    scope wins, and between groups the least enforcing state (as agents select).
+    """
+    out: list[SensorChange] = []
+    for s in sorted(sensors, key=lambda s: s.id):
+        labels = dict(s.labels)
+        before = _effective(base, s.id, labels)
+        after = _effective(head, s.id, labels)
+        changes = []
+        for name in sorted(before.keys() | after.keys()):
+            b, a = before.get(name), after.get(name)
+            bs, as_ = (b.state if b else None), (a.state if a else None)
+            changed = (b.yaml if b else None) != (a.yaml if a else None)
+            if bs != as_ or changed:
+                changes.append(SensorPolicy(name, bs, as_, changed))
+        if changes:
+            out.append(SensorChange(s, stage_of(head.repository, s.id, labels), tuple(changes)))
+    return tuple(out)
+
+
+def _in_scope(repo: PolicyRepository, scope: Scope, sensor_id: str, labels: Mapping[str, str]) -> bool:
+    if scope.sensor is not None:
+        return scope.sensor == sensor_id
+    if scope.group is not None:
+        g = repo.group(scope.group)
+        return g is not None and g.selects(sensor_id, labels)
+    return True
+
+
+def _effective(side: Revision, sensor_id: str, labels: Mapping[str, str]) -> dict[str, PolicyLike]:
+    chosen: dict[str, PolicyLike] = {}
+    for p in side.rendered:
+        if not _in_scope(side.repository, p.scope, sensor_id, labels):
+            continue
+        cur = chosen.get(p.name)
+        if cur is None or (p.scope.specificity, -p.state.rank) > (cur.scope.specificity, -cur.state.rank):
+            chosen[p.name] = p
+    return chosen
+
+
+def stage_of(repo: PolicyRepository, sensor_id: str, labels: Mapping[str, str]) -> str | None:
+    """The first stage of the repository's rollout that holds the sensor (None: no staging, or none does)."""
+    if not repo.rollouts:
+        return None
+    for st in repo.rollouts[0].stages:
+        if (st.rest or sensor_id in st.sensors
+                or any(_in_scope(repo, Scope(group=g), sensor_id, labels) for g in st.groups)
+                or (st.match_labels and all(labels.get(k) == v for k, v in st.match_labels))):
+            return st.name
+    return None
