@@ -38,7 +38,11 @@ _SPAWN_C = r"""
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/resource.h>
-static long long now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1000000000LL + t.tv_nsec; }
+static long long now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 int main(int argc, char **argv) {
     if (argc >= 3 && argv[1][0] == 'g') {            /* g N: N getppid() syscalls */
         long n = atol(argv[2]);
@@ -91,7 +95,7 @@ def run_spawns(spawn: list[str] | None, n: int, argv: Sequence[str], cgroup: Pat
         cmd = [sys.executable, "-c", code, str(n), *argv]
     else:
         cmd = [*spawn, str(n), *argv]
-    out = subprocess.run(cmd, preexec_fn=enter, stdout=subprocess.PIPE, stdin=stdin,  # noqa: PLW1509
+    out = subprocess.run(cmd, preexec_fn=enter, stdout=subprocess.PIPE, stdin=stdin,
                          check=True, timeout=3600).stdout
     return [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in out.decode().splitlines())]
 
@@ -162,7 +166,7 @@ def tempdir() -> Iterator[Path]:
 
 def percentile(values: Sequence[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def summary_us(ns: Sequence[int]) -> dict[str, float]:
