@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -31,7 +30,7 @@ from .errors import PalisadeError
 from .model import PolicyRepository, Scope, State
 
 __all__ = [
-    "EditError", "Refusal", "add_assignment", "new_enforcement", "resolve", "set_state", "step",
+    "EditError", "Refusal", "add_assignment", "flow_scope", "new_enforcement", "resolve", "set_state", "step",
 ]
 
 
@@ -56,8 +55,9 @@ def resolve(ref: str, repo: PolicyRepository) -> tuple[str, str]:
     if sep:
         if kind not in ("pack", "rule") or not name:
             raise Refusal(f"{ref!r}: write pack/NAME, rule/NAME or a bare NAME")
-        if name not in (packs if kind == "pack" else rules):
-            raise Refusal(f"there is no {kind} named {name!r}; {kind}s: {', '.join(sorted(packs if kind == 'pack' else rules)) or 'none'}")
+        known = packs if kind == "pack" else rules
+        if name not in known:
+            raise Refusal(f"there is no {kind} named {name!r}; {kind}s: {', '.join(sorted(known)) or 'none'}")
         return kind, name
     found = [k for k, names in (("pack", packs), ("rule", rules)) if ref in names]
     if not found:
@@ -228,7 +228,7 @@ def _eol(line: str) -> str:
     return "\r\n" if line.endswith("\r\n") else "\n"
 
 
-def _flow_scope(scope: Scope) -> str:
+def flow_scope(scope: Scope) -> str:
     if scope.sensor is not None:
         return f"{{sensor: {_quote(scope.sensor)}}}"
     if scope.group is not None:
@@ -272,7 +272,7 @@ def add_assignment(text: str, *, pack: str, scope: Scope, state: State = State.O
     if end == len(lines) and lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
     eol = _eol(lines[end - 1])
-    new = [" " * dash + "-" + " " * (content - dash - 1) + f"scope: {_flow_scope(scope)}{eol}",
+    new = [" " * dash + "-" + " " * (content - dash - 1) + f"scope: {flow_scope(scope)}{eol}",
            " " * content + f"state: {state.value}{eol}"]
     lines[end:end] = new
     out = "".join(lines)
@@ -291,7 +291,7 @@ def new_enforcement(pack: str, scope: Scope, state: State = State.OBSERVE) -> st
         "spec:\n"
         f"  pack: {_quote(pack)}\n"
         "  assignments:\n"
-        f"    - scope: {_flow_scope(scope)}\n"
+        f"    - scope: {flow_scope(scope)}\n"
         f"      state: {state.value}\n"
     )
 

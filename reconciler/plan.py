@@ -205,9 +205,11 @@ def _yaml_relaxes(before: str, after: str) -> str | None:
 
 
 def _is_exemption(sel: Any) -> bool:
-    actions = sel.get("matchActions") if isinstance(sel, dict) else None
-    return bool(actions) and all(isinstance(x, dict) and x.get("action") == "NoPost" for x in actions) \
-        and not sel.get("matchReturnActions")
+    if not isinstance(sel, dict):
+        return False
+    actions = sel.get("matchActions")
+    return isinstance(actions, list) and bool(actions) and not sel.get("matchReturnActions") \
+        and all(isinstance(x, dict) and x.get("action") == "NoPost" for x in actions)
 
 
 def _selectors_narrow(before: list[Any], after: list[Any]) -> set[str] | None:
