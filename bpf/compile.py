@@ -40,6 +40,8 @@ MAX_SELECTORS = 5
 MAX_STRING_FILTERS = 64
 #: String (and sockaddr) operands a hook may read; the first two are copied into events.
 MAX_STRING_OPERANDS = 4
+#: Ring buffer per policy: 256 pages = 1 MiB, about 1,180 events before the reader must drain.
+RING_PAGES = 256
 
 ACTION_NAMES = {0: "KPROBE_ACTION_POST", 1: "KPROBE_ACTION_SIGKILL", 2: "KPROBE_ACTION_SIGNAL",
                 3: "KPROBE_ACTION_OVERRIDE", 4: "KPROBE_ACTION_NOPOST"}
@@ -1068,7 +1070,7 @@ def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, 
                    f"BPF_LPM_TRIE(pl_str_post, struct pl_lpm, u64, {sizes['post']});"]
     if tracking:
         tables.append('BPF_TABLE("lru_hash", u32, struct pl_proc, pl_procs, 65536);')
-    return _PRELUDE % {"strlen": STRLEN, "nstr": MAX_STRING_OPERANDS + 1, "pages": 64,
+    return _PRELUDE % {"strlen": STRLEN, "nstr": MAX_STRING_OPERANDS + 1, "pages": RING_PAGES,
                        "tables": "\n".join(tables), "strfn": _STRFN if strings else ""}
 
 

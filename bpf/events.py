@@ -81,14 +81,14 @@ def read_counters(map_fd: int) -> Counters:
 def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> dict[str, Any]:
     """The Tetragon-shaped event for one ring-buffer record of `plan`'s policy."""
     hook = plan.hooks[raw.hook] if raw.hook < len(plan.hooks) else None
-    binary = raw.binary or _proc_exe(raw.pid)
+    exe, arguments, exec_id = _proc_info(raw.pid, node_name)
     process: dict[str, Any] = {
-        "exec_id": _exec_id(node_name, raw.pid),
+        "exec_id": exec_id,
         "pid": raw.pid,
         "tid": raw.tid,
         "uid": raw.uid,
-        "binary": binary,
-        "arguments": _proc_args(raw.pid),
+        "binary": raw.binary or exe,
+        "arguments": arguments,
         "flags": "execve",
     }
     action = ACTION_NAMES.get(raw.action, "KPROBE_ACTION_UNKNOWN")
@@ -238,6 +238,24 @@ class EventStream:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+_PROC_CACHE: dict[int, tuple[float, tuple[str, str, str]]] = {}
+_PROC_TTL = 0.5
+
+
+def _proc_info(pid: int, node: str) -> tuple[str, str, str]:
+    """(executable, arguments, exec_id) of a live process from /proc, cached briefly: a burst of
+    events from one process costs one read, and a pid reused after the TTL is read afresh."""
+    now = time.monotonic()
+    hit = _PROC_CACHE.get(pid)
+    if hit is not None and now - hit[0] < _PROC_TTL:
+        return hit[1]
+    info = (_proc_exe(pid), _proc_args(pid), _exec_id(node, pid))
+    if len(_PROC_CACHE) > 4096:
+        _PROC_CACHE.clear()
+    _PROC_CACHE[pid] = (now, info)
+    return info
 
 
 def _cstr(b: bytes) -> str:
