@@ -110,8 +110,10 @@ class _Checker:
     def __init__(self, doc: Document, spec: dict[str, Any]) -> None:
         self.doc = doc
         self.spec = spec
-        self.lists = {lst.get("name") for lst in _seq(spec.get("lists")) if isinstance(lst, dict)}
-        self.macros = set(spec.get("selectorsMacros") or {})
+        # the schema has vouched for the shapes; the guards below keep a misuse from raising
+        self.lists = {str(lst.get("name")) for lst in _seq(spec.get("lists")) if isinstance(lst, dict)}
+        macros = spec.get("selectorsMacros")
+        self.macros = {str(k) for k in macros} if isinstance(macros, dict) else set()
         self.has_enforcers = bool(spec.get("enforcers"))
 
     def err(self, path: JsonPath, code: str, message: str) -> Finding:
@@ -141,7 +143,8 @@ class _Checker:
         for i, enf in enumerate(_seq(self.spec.get("enforcers"))):
             for j, call in enumerate(_seq(enf.get("calls") if isinstance(enf, dict) else None)):
                 yield from self.list_ref(call, ("spec", "enforcers", i, "calls", j))
-        for name, macro in (self.spec.get("selectorsMacros") or {}).items():
+        macros = self.spec.get("selectorsMacros")
+        for name, macro in (macros.items() if isinstance(macros, dict) else ()):
             if isinstance(macro, dict):
                 yield from self.selector("kprobes", {}, ("spec", "selectorsMacros", name), macro, macro_def=True)
 
@@ -157,6 +160,10 @@ class _Checker:
             yield from self.list_ref(hook.get("call"), (*where, "call"))
         args = [a for a in _seq(hook.get("args")) if isinstance(a, dict)]
         for j, a in enumerate(args):
+            index = a.get("index")
+            if kind == "tracepoints" and hook.get("raw") and isinstance(index, int) and index > 5:
+                yield self.err((*where, "args", j, "index"), "tp-arg-index",
+                               f"a raw tracepoint passes at most 6 arguments (index 0-5), not index {index}")
             size = a.get("sizeArgIndex")
             if isinstance(size, int) and size > 0 and size > len(args) and \
                     (size - 1) not in {x.get("index") for x in args}:
@@ -204,7 +211,7 @@ class _Checker:
                         yield self.err((*where, name, k, "values", m), "tp-capability",
                                        f"unknown capability {v!r} (expected a name like CAP_SYS_ADMIN)")
         for k, m in enumerate(_seq(sel.get("macros"))):
-            if m not in self.macros:
+            if str(m) not in self.macros:
                 yield self.err((*where, "macros", k), "tp-macro",
                                f"macro {m!r} is not defined in spec.selectorsMacros")
         if not macro_def:
@@ -248,13 +255,15 @@ class _Checker:
     def resolve(self, kind: str, declared: Sequence[dict[str, Any]], f: dict[str, Any],
                 by_position: bool) -> tuple[_Arg | None, str | None]:
         """The argument a filter refers to, or why it refers to none."""
-        positions = f.get("args")
+        positions = [p for p in _seq(f.get("args")) if isinstance(p, int) and p >= 0]
         if positions:
             p = positions[0]
             if p >= len(declared):
                 return None, f"args refers to position {p}, but the hook declares {len(declared)} argument(s)"
             return _Arg(str(declared[p].get("type", "auto"))), None
         index = f.get("index", 0)
+        if not isinstance(index, int) or index < 0:
+            return _Arg("auto"), None
         if by_position:
             if index < len(declared):
                 return _Arg(str(declared[index].get("type", "auto"))), None
@@ -281,6 +290,8 @@ class _Checker:
     def operator(self, declared: Sequence[dict[str, Any]], where: JsonPath, f: dict[str, Any],
                  arg: _Arg) -> Iterator[Finding]:
         op = f.get("operator")
+        if not isinstance(op, str):
+            return
         ty = arg.type
         values = [v for v in _seq(f.get("values"))]
         at_op: JsonPath = (*where, "operator")
@@ -342,7 +353,7 @@ class _Checker:
         if op == "CapabilitiesGained":
             positions = _seq(f.get("args"))
             types = [str(declared[p].get("type")) for p in positions
-                     if isinstance(p, int) and p < len(declared)]
+                     if isinstance(p, int) and 0 <= p < len(declared)]
             if len(positions) != 2:
                 yield self.err(at_op, "tp-operator-type",
                                "CapabilitiesGained needs args: [NEW, OLD], the positions of two capability "
@@ -397,7 +408,7 @@ class _Checker:
                 yield self.err((*where, "matchReturnArgs", k), "tp-arg-index",
                                "matchReturnArgs needs the hook's returnArg (its index and type)")
                 continue
-            if f.get("index", 0) != ret.get("index"):
+            if f.get("index", 0) != ret.get("index") and isinstance(f.get("index", 0), int):
                 yield self.err((*where, "matchReturnArgs", k, "index"), "tp-arg-index",
                                f"index {f.get('index', 0)} is not the returnArg index ({ret.get('index')})")
                 continue

@@ -1,9 +1,12 @@
 """Tetragon's load-time rules, checked before a policy ships: each mistake gets its code at its line."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler import schema, source, tpcheck
 from reconciler.findings import Finding, Severity
@@ -202,6 +205,14 @@ CASES = [
       type: char_buf
       sizeArgIndex: 4
 """, "tp-arg-index", "sizeArgIndex", "sizeArgIndex 4"),
+    ("raw-tracepoint-index", """  tracepoints:
+  - subsystem: raw_syscalls
+    event: sys_enter
+    raw: true
+    args:
+    - index: 6
+      type: uint64
+""", "tp-arg-index", "index: 6", "at most 6 arguments"),
     ("capabilities-gained", """  kprobes:
   - call: commit_creds
     syscall: false
@@ -319,3 +330,54 @@ def test_example_repository_policies_pass() -> None:
 def test_non_mapping_spec_is_left_to_the_schema() -> None:
     docs, _ = source.parse_file(source.SourceFile("p.yaml", (HEADER + "  - a\n").encode()))
     assert tpcheck.check_policy(docs[0]) == []
+
+
+# --- robustness: the checks never raise, even on documents the schema would reject ------------
+
+def _samples() -> list[object]:
+    docs, _ = source.parse(source.from_worktree(EXAMPLE))
+    plains = [d.plain for d in docs if d.kind == "TracingPolicy"]
+    for _, spec, *_ in CASES:
+        parsed, _ = source.parse_file(source.SourceFile("p.yaml", (HEADER + spec).encode()))
+        plains += [d.plain for d in parsed]
+    return plains
+
+
+_SAMPLES = _samples()
+_junk = st.one_of(st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.text(max_size=12),
+                  st.lists(st.one_of(st.integers(-3, 3), st.text(max_size=3)), max_size=3),
+                  st.dictionaries(st.sampled_from(["index", "operator", "values", "type", "action", "args"]),
+                                  st.one_of(st.integers(-3, 9), st.text(max_size=6)), max_size=3))
+
+
+def _paths(value: object, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def _replace(value: object, path: tuple, new: object) -> object:
+    if not path:
+        return new
+    if isinstance(value, dict):
+        return {k: (_replace(v, path[1:], new) if k == path[0] else v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [(_replace(v, path[1:], new) if i == path[0] else v) for i, v in enumerate(value)]
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_checks_never_raise_on_mutated_policies(data: st.DataObject) -> None:
+    plain = data.draw(st.sampled_from(_SAMPLES))
+    where = data.draw(st.sampled_from(_paths(plain)))
+    mutated = _replace(plain, where, data.draw(_junk))
+    docs, _ = source.parse_file(source.SourceFile("p.yaml", json.dumps(mutated).encode()))
+    for doc in docs:
+        for f in tpcheck.check_policy(doc):
+            assert f.code.startswith("tp-") and f.line >= 1
