@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import yaml
 
@@ -37,6 +37,7 @@ from .select import Desired
 
 __all__ = [
     "Enforcer",
+    "Inactive",
     "Loaded",
     "NullEnforcer",
     "PolicyStatus",
@@ -50,6 +51,10 @@ __all__ = [
 
 class Refused(Exception):
     """The enforcer did not load a policy; nothing of it was left behind."""
+
+
+class Inactive(Refused):
+    """The policy applies to no workload on this node (e.g. its podSelector matches none): nothing to load."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,18 @@ class Enforcer(Protocol):
     def unload(self, handle: str) -> None: ...
 
     def set_mode(self, handle: str, state: State) -> Loaded: ...
+
+    def counters(self) -> dict[str, int]:
+        """Cumulative events, enforced, wouldHaveEnforced over every loaded policy."""
+
+    def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        """Events (Tetragon export shape) since the last call."""
+
+    def drift(self) -> list[Any]:
+        """Damage to the loads seen in the kernel (agent.drift.Finding)."""
+
+    def repair(self, handle: str) -> Loaded:
+        """Replace a damaged load by a fresh copy (the fresh one first); returns the new load."""
 
 
 class StepKind(enum.StrEnum):
@@ -162,6 +179,11 @@ def apply(enforcer: Enforcer, steps: Sequence[Step]) -> ApplyReport:
         if step.kind in (StepKind.LOAD, StepKind.REPLACE):
             try:
                 new = enforcer.load(d)
+            except Inactive as e:
+                for h in step.remove:
+                    _unload(enforcer, h, report)
+                report.policies.append(PolicyStatus(d.name, "inactive", d.state, d, str(e), None, changed=True))
+                continue
             except Refused as e:
                 old = [current[h] for h in step.remove if h in current]
                 # the previous load keeps enforcing: a bad update never opens a gap
@@ -241,3 +263,15 @@ class NullEnforcer:
         new = Loaded(old.handle, old.name, old.digest, state)
         self._held[handle] = new
         return new
+
+    def counters(self) -> dict[str, int]:
+        return {"events": 0, "enforced": 0, "wouldHaveEnforced": 0}
+
+    def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        return []
+
+    def drift(self) -> list[Any]:
+        return []
+
+    def repair(self, handle: str) -> Loaded:
+        return self._held[handle]

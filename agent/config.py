@@ -73,6 +73,7 @@ class AgentConfig:
     events_max_bytes: int = 10 * 1024 * 1024
     events_keep: int = 3
     engine: bool = True  # False: the NullEnforcer (no kernel), for simulations
+    pin_root: Path | None = None  # bpffs directory of the engine's pins (default /sys/fs/bpf/palisade)
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -179,6 +180,8 @@ def load(file: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
         events_max_bytes=int(ev.get("maxBytes", AgentConfig.events_max_bytes)),
         events_keep=int(ev.get("keep", AgentConfig.events_keep)),
     )
+    if doc.get("pinRoot"):
+        cfg = replace(cfg, pin_root=_resolve(base, doc["pinRoot"]))
     if "engine" in merged:
         cfg = replace(cfg, engine=bool(merged["engine"]))
     return cfg

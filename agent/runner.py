@@ -29,11 +29,12 @@ from nacl.signing import VerifyKey
 
 from reconciler.bundle import Bundle, Index, keyid, sha256_hex, verify_bundle, verify_index
 
-from . import lkg, trust
+from . import heartbeat, lkg, trust
 from .apply import ApplyReport, Enforcer, PolicyStatus, apply, plan
 from .atomic import write_atomic
 from .client import Client
 from .config import AgentConfig
+from .drift import HEALABLE, DriftReport, Finding, compare
 from .errors import FetchError, VerificationError
 from .events import EventLog
 from .metrics import AgentMetrics
@@ -113,6 +114,8 @@ class Agent:
         self.last_error: str | None = None
         self.trust = trust.TrustState()
         self._bundles: dict[tuple[int, str], tuple[Bundle, bytes]] = {}
+        self.observations = heartbeat.Observations()
+        self.last_drift: list[dict[str, Any]] = []
         self._apply_lock = asyncio.Lock()
         if persist:
             cfg.state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -304,6 +307,82 @@ class Agent:
             write_atomic(self.cfg.state / STATUS_FILE,
                          json.dumps(self.status(), indent=2, sort_keys=True).encode() + b"\n", 0o644)
 
+    # ------------------------------------------------------------------ drift
+
+    def check_drift(self) -> DriftReport:
+        """Compare the kernel with what was applied; heal what can be healed; report both."""
+        cur = self.applied
+        found: list[Finding] = list(self.enforcer.drift())
+        if cur is not None:
+            refused = frozenset(p.name for p in cur.statuses if p.status != "loaded")
+            found += compare(self.enforcer.loaded(), cur.desired, refused)
+        if not found:
+            return DriftReport((), (), ())
+        for f in found:
+            self.counters.drift_detected += 1
+            log.warning("drift: %s %s: %s", f.kind, f.policy, f.detail)
+            if self.metrics:
+                self.metrics.drift_detected.labels(f.kind).inc()
+            self._event("drift_detected", {"kind": f.kind, "policy": f.policy, "detail": f.detail})
+        for f in found:
+            if f.handle is not None and f.kind in HEALABLE:
+                try:
+                    self.enforcer.repair(f.handle)
+                except Exception as e:
+                    log.error("repair of %s failed: %s", f.policy, e)
+        self.reapply()
+        # what is still wrong after healing stays unhealed
+        still = {(f.kind, f.policy) for f in self.enforcer.drift()}
+        if cur is not None:
+            refused = frozenset(p.name for p in cur.statuses if p.status != "loaded")
+            still |= {(f.kind, f.policy) for f in compare(self.enforcer.loaded(), cur.desired, refused)}
+        healed = tuple(f for f in found if f.kind in HEALABLE and (f.kind, f.policy) not in still)
+        unhealed = tuple(f for f in found if f not in healed)
+        for f in healed:
+            self.counters.drift_healed += 1
+            log.info("drift healed: %s %s", f.kind, f.policy)
+            if self.metrics:
+                self.metrics.drift_healed.labels(f.kind).inc()
+            self._event("drift_healed", {"kind": f.kind, "policy": f.policy, "detail": f.detail})
+        self.last_drift = [f.to_json() for f in unhealed]
+        return DriftReport(tuple(found), healed, unhealed)
+
+    # ------------------------------------------------------------------ heartbeat and events
+
+    def heartbeat_document(self) -> dict[str, Any]:
+        return heartbeat.document(
+            self.status(),
+            drift={"detected": self.counters.drift_detected, "healed": self.counters.drift_healed,
+                   "unhealed": len(self.last_drift), "findings": self.last_drift},
+            counters={**self.enforcer.counters(), "refusals": sum(self.counters.refused.values()),
+                      "applies": self.counters.applies},
+            observations=self.observations.drain(), now=self._clock())
+
+    async def send_heartbeat(self) -> bool:
+        try:
+            await self.client.heartbeat(self.cfg.sensor_id, self.heartbeat_document())
+            return True
+        except FetchError as e:
+            self.counters.heartbeats_failed += 1
+            log.warning("heartbeat failed: %s", e)
+            if self.metrics:
+                self.metrics.heartbeat_failures.inc()
+            return False
+
+    def pump_events(self, timeout: float = 0.2) -> int:
+        """Move the engine's events to the log, the metrics and the observations. Blocking (a thread)."""
+        events = self.enforcer.poll_events(timeout)
+        for ev in events:
+            kind = next((k for k in ev if k.startswith("process_")), "other")
+            body = ev.get(kind) if isinstance(ev.get(kind), dict) else {}
+            action = str(body.get("action", "")) if isinstance(body, dict) else ""
+            if self.metrics:
+                self.metrics.events.labels(kind, action or "none").inc()
+            self.observations.add(ev)
+            if self.events is not None:
+                self.events.write(ev)
+        return len(events)
+
     # ------------------------------------------------------------------ the loops
 
     async def pull_loop(self, stop: asyncio.Event) -> None:
@@ -327,8 +406,44 @@ class Agent:
             else:
                 delay = 0.5
 
+    async def heartbeat_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.send_heartbeat()
+            await _sleep_or_stop(stop, self.cfg.intervals.heartbeat)
+
+    async def drift_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await _sleep_or_stop(stop, self.cfg.intervals.drift)
+            if stop.is_set():
+                break
+            async with self._apply_lock:
+                try:
+                    await asyncio.to_thread(self.check_drift)
+                except Exception:
+                    log.exception("drift check failed")
+
+    async def events_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                n = await asyncio.to_thread(self.pump_events, 0.2)
+            except Exception:
+                log.exception("reading events failed")
+                n = 0
+            if n == 0:
+                await _sleep_or_stop(stop, 0.2)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Enforce last-known-good, then pull, heartbeat, watch drift and events until `stop` is set."""
+        await asyncio.to_thread(self.start_from_lkg)
+        self.write_status()
+        tasks = [asyncio.create_task(loop(stop)) for loop in
+                 (self.pull_loop, self.heartbeat_loop, self.drift_loop, self.events_loop)]
+        await stop.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-

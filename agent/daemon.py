@@ -1,0 +1,94 @@
+"""Process-level wiring of `palisade-agent run`: state lock, keys, enforcer, metrics, signals."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+
+from reconciler.keys import load_public_keys
+
+from .apply import Enforcer, NullEnforcer
+from .client import Client
+from .config import AgentConfig
+from .errors import AgentError, ConfigError
+from .events import EventLog
+from .metrics import AgentMetrics
+from .runner import Agent
+
+__all__ = ["make_enforcer", "run"]
+
+log = logging.getLogger("palisade.agent")
+LOCK_FILE = "agent.lock"
+
+
+def make_enforcer(cfg: AgentConfig) -> Enforcer:
+    if not cfg.engine:
+        return NullEnforcer()
+    from .enforcer import EngineEnforcer
+
+    if cfg.pin_root is not None:
+        return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id, pin_root=cfg.pin_root)
+    return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id)
+
+
+@contextlib.contextmanager
+def _locked(cfg: AgentConfig) -> Iterator[None]:
+    try:
+        cfg.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(cfg.state / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise AgentError(f"state directory {cfg.state}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AgentError(f"another agent runs on the state directory {cfg.state}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def run(cfg: AgentConfig) -> int:
+    pubkeys = load_public_keys(cfg.pubkeys)
+    with _locked(cfg):
+        metrics = AgentMetrics()
+        if cfg.metrics:
+            host, _, port = cfg.metrics.rpartition(":")
+            try:
+                bound = metrics.serve(host.strip("[]"), int(port))
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"--metrics {cfg.metrics}: {e}") from None
+            log.info("metrics on http://%s:%d/metrics", host, bound)
+        enforcer = make_enforcer(cfg)
+        events = EventLog(cfg.state, max_bytes=cfg.events_max_bytes, keep=cfg.events_keep)
+        try:
+            asyncio.run(_main(cfg, enforcer, pubkeys, metrics, events))
+        finally:
+            events.close()
+            close = getattr(enforcer, "close", None)
+            if close is not None:
+                close()  # releases file descriptors; what is pinned stays enforced
+    return 0
+
+
+async def _main(cfg: AgentConfig, enforcer: Enforcer, pubkeys: list, metrics: AgentMetrics,  # type: ignore[type-arg]
+                events: EventLog) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    client = Client(cfg.server, retry_max=cfg.intervals.retry_max,
+                    on_retry=lambda e: metrics.fetch_failures.labels(e.reason).inc())
+    agent = Agent(cfg, enforcer=enforcer, client=client, pubkeys=pubkeys, metrics=metrics, events=events)
+    print(f"palisade-agent: sensor {cfg.sensor_id} pulling from {cfg.server}, state in {cfg.state}",
+          file=sys.stderr, flush=True)
+    try:
+        await agent.run(stop)
+    finally:
+        await client.aclose()
+        log.info("stopped; enforcing v%s stays in the kernel", agent.version)

@@ -1,0 +1,330 @@
+"""`EngineEnforcer`: the `Enforcer` protocol over the eBPF engine (bpf.engine), on the real kernel.
+
+Each load of a policy is its own engine key, `<name>--<sha256[:12]>-<n>`, so a
+changed policy can be loaded *next to* the old one and the old one removed
+afterwards (the engine refuses two loads under one key). Keys are pinned in
+bpffs with the policy document, so after a restart the loads are adopted and
+this naming tells which policy and which version each one is.
+
+Workload scoping: a policy with a `podSelector`, or a namespaced policy, runs
+only in the cgroups of the workloads (agent configuration) whose namespace and
+labels match; when no workload on this node matches, the policy is inactive
+here (nothing loaded, reported as such). Other policies run node-wide.
+
+Drift: right after a load (or adoption) the enforcer records the policy's
+program and link ids and a digest of each of its static maps; `drift()` reads
+the kernel inventory and reports a link or program that is gone or detached,
+a pin directory removed, a static map whose content changed, and a program that
+is not ours on a cgroup hook where ours are attached.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bpf import inventory as inv
+from bpf import syscall
+from bpf.compile import Features
+from bpf.engine import DEFAULT_PIN_ROOT, Engine
+from bpf.errors import BpfError, NotLoaded
+from bpf.policy import LabelSelector, TracingPolicy, parse
+from reconciler.model import State
+
+from .apply import Inactive, Loaded, Refused
+from .config import Workload
+from .drift import Finding
+from .select import Desired
+
+__all__ = ["EngineEnforcer"]
+
+log = logging.getLogger("palisade.agent.enforcer")
+
+_KEY = re.compile(r"^(?P<name>.+)--(?P<digest>[0-9a-f]{12})-(?P<n>[0-9]+)$")
+#: Maps whose content is fixed at load (or by a mode switch): any other change is tampering.
+_STATIC_MAPS = ("pl_cfg", "pl_scope", "pl_str_eq", "pl_str_pre", "pl_str_post", "pl_meta")
+
+
+@dataclass(frozen=True)
+class _Baseline:
+    prog_ids: frozenset[int]
+    link_ids: frozenset[int]
+    maps: tuple[tuple[str, str], ...]  # (pin name, digest)
+    cgroups: tuple[str, ...]
+
+
+class EngineEnforcer:
+    def __init__(self, workloads: Sequence[Workload], *, pin_root: Path = DEFAULT_PIN_ROOT,
+                 node_name: str | None = None, features: Features | None = None) -> None:
+        if features is None:
+            features = _probe()
+        self.pin_root = Path(pin_root)
+        self.workloads = tuple(workloads)
+        self.engine = Engine(pin_root=self.pin_root, node_name=node_name, features=features)
+        self._lock = threading.RLock()  # loads, switches, unloads and event polls come from several threads
+        self._base: dict[str, _Baseline] = {}
+        self._vanished: set[str] = set()  # loads whose pin directory disappeared, until reported
+        with self._lock:
+            adopted = self.engine.adopt()
+            for key in adopted:
+                self._baseline(key)
+        if adopted:
+            log.info("adopted %d pinned policies: %s", len(adopted), ", ".join(adopted))
+        for name, why in self.engine.broken.items():
+            log.error("pinned %s cannot be adopted: %s", name, why)
+
+    # ------------------------------------------------------------------ Enforcer
+
+    def loaded(self) -> Sequence[Loaded]:
+        with self._lock:
+            self._forget_vanished()
+            out = []
+            for key, lp in self.engine.loaded().items():
+                m = _KEY.match(key)
+                if m is None:
+                    continue  # pinned by something else under our root: not one of ours
+                out.append(Loaded(key, m["name"], m["digest"], State(lp.mode)))
+            return tuple(out)
+
+    def load(self, policy: Desired) -> Loaded:
+        try:
+            doc = yaml.safe_load(policy.yaml)
+            parse(doc)
+        except yaml.YAMLError as e:
+            raise Refused(f"not valid YAML: {e}") from None
+        except BpfError as e:
+            raise Refused(str(e)) from None
+        with self._lock:
+            key = self._new_key(policy.name, policy.sha256)
+            tp = _renamed(doc, key)
+            cgroups = self._cgroups(tp)
+            if cgroups == ():
+                raise Inactive(_why_inactive(tp))
+            res = self.engine.load(tp, str(policy.state), cgroups=cgroups)
+            if not res.loaded:
+                raise Refused("; ".join(res.reasons))
+            self._baseline(key)
+        return Loaded(key, policy.name, policy.sha256[:12], policy.state)
+
+    def unload(self, handle: str) -> None:
+        with self._lock:
+            self._base.pop(handle, None)
+            try:
+                self.engine.unload(handle)
+            except NotLoaded:
+                self._forget(handle)
+
+    def set_mode(self, handle: str, state: State) -> Loaded:
+        with self._lock:
+            self.engine.set_mode(handle, str(state))
+            self._baseline(handle)
+        m = _KEY.match(handle)
+        assert m is not None
+        return Loaded(handle, m["name"], m["digest"], state)
+
+    def counters(self) -> dict[str, int]:
+        total = {"events": 0, "enforced": 0, "wouldHaveEnforced": 0}
+        with self._lock:
+            for key in self.engine.loaded():
+                try:
+                    c = self.engine.counters(key)
+                except (BpfError, OSError):
+                    continue
+                total["events"] += c.posted
+                total["enforced"] += c.enforced
+                total["wouldHaveEnforced"] += c.would_have_enforced
+        return total
+
+    def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
+        with self._lock:
+            events = self.engine.poll_events(timeout)
+        for ev in events:
+            for kind in ("process_tracepoint", "process_kprobe"):
+                body = ev.get(kind)
+                if isinstance(body, dict) and isinstance(body.get("policy_name"), str):
+                    m = _KEY.match(body["policy_name"])
+                    if m is not None:  # report the policy's own name, not the load's
+                        body["policy_name"] = m["name"]
+        return events
+
+    def drift(self) -> list[Finding]:
+        with self._lock:
+            return self._drift()
+
+    def repair(self, handle: str) -> Loaded:
+        """Load a fresh copy next to the damaged one, then remove the damaged one."""
+        with self._lock:
+            m = _KEY.match(handle)
+            if m is None:
+                raise Refused(f"{handle} is not a palisade load")
+            lp = self.engine.loaded().get(handle) if (self._dir(handle)).is_dir() else None
+            base = self._base.get(handle)
+            if lp is None:
+                raise Refused(f"{handle} is gone; the re-apply loads it again")
+            doc = dict(lp.policy.document)
+            key = self._new_key(m["name"], m["digest"])
+            tp = _renamed(doc, key)
+            cgroups = base.cgroups if base is not None and base.cgroups else self._cgroups(tp)
+            res = self.engine.load(tp, lp.mode, cgroups=cgroups or None)
+            if not res.loaded:
+                raise Refused("; ".join(res.reasons))
+            self._baseline(key)
+            self.unload(handle)
+            return Loaded(key, m["name"], m["digest"], State(lp.mode))
+
+    def close(self) -> None:
+        with self._lock:
+            self.engine.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _dir(self, key: str) -> Path:
+        return self.pin_root / key.replace(".", "_")
+
+    def _new_key(self, name: str, digest: str) -> str:
+        n = 1
+        while self._dir(f"{name}--{digest[:12]}-{n}").exists():
+            n += 1
+        return f"{name}--{digest[:12]}-{n}"
+
+    def _forget(self, key: str) -> None:
+        # The engine keeps tracking a key whose pin directory someone removed, and its public
+        # unload refuses it (NotLoaded): drop the stale entry so listing keeps working.
+        self.engine._loaded.pop(key, None)
+        self.engine._events.remove(key)
+
+    def _forget_vanished(self) -> None:
+        for key in list(self.engine._loaded):
+            if not self._dir(key).is_dir():
+                log.warning("pin directory of %s vanished", key)
+                self._vanished.add(key)
+                self._forget(key)
+
+    def _cgroups(self, tp: TracingPolicy) -> tuple[str, ...] | None:
+        """None: node-wide. A tuple (maybe empty): the matching workloads' cgroup directories."""
+        namespaced = tp.kind == "TracingPolicyNamespaced"
+        if tp.pod_selector is None and not namespaced and tp.container_selector is None:
+            return None
+        root = syscall.cgroup2_root()
+        out = []
+        for w in self.workloads:
+            if namespaced and (w.namespace or "default") != tp.namespace:
+                continue
+            if tp.pod_selector is not None and not _matches(tp.pod_selector, w.label_map):
+                continue
+            path = Path(w.cgroup)
+            if not str(path).startswith(str(root)):
+                path = root / str(path).lstrip("/")
+            out.append(str(path))
+        return tuple(out)
+
+    def _baseline(self, key: str) -> None:
+        d = self._dir(key)
+        try:
+            lp = self.engine.loaded()[key]
+        except KeyError:
+            return
+        maps = []
+        for name in _STATIC_MAPS:
+            pin = d / f"map_{name}"
+            if pin.exists():
+                maps.append((name, inv.map_digest(pin).sha256))
+        self._base[key] = _Baseline(frozenset(i for _, i in lp.prog_ids), frozenset(i for _, i in lp.link_ids),
+                                    tuple(maps), lp.cgroups)
+
+    def _drift(self) -> list[Finding]:
+        out: list[Finding] = []
+        for key in sorted(self._vanished):
+            m = _KEY.match(key)
+            out.append(Finding("unloaded", m["name"] if m else key, f"{key}: its pins were removed"))
+        self._vanished.clear()
+        if not self._base:
+            return out
+        snap = inv.inventory(pin_root=self.pin_root, cgroup_hooks=inv.DEFAULT_CGROUP_HOOKS)
+        progs = {p.id for p in snap.programs}
+        links = {link.id: link for link in snap.links}
+        ours = set().union(*(b.prog_ids for b in self._base.values()))
+        for key, base in sorted(self._base.items()):
+            m = _KEY.match(key)
+            name = m["name"] if m else key
+            d = self._dir(key)
+            if not d.is_dir():
+                out.append(Finding("unloaded", name, f"{key}: its pins were removed", key))
+                continue
+            gone = sorted(base.prog_ids - progs)
+            if gone:
+                out.append(Finding("unloaded", name, f"programs {gone} of {key} were unloaded", key))
+            lost = sorted(i for i in base.link_ids if i not in links or links[i].cgroup_id == 0)
+            pinned = {p.name[5:] for p in d.iterdir() if p.name.startswith("link_")}
+            if lost or len(pinned) < len(base.link_ids):
+                out.append(Finding("detached", name, f"{key}: {len(base.link_ids) - len(pinned) or len(lost)} "
+                                                     f"of {len(base.link_ids)} attachments are gone", key))
+            for map_name, digest in base.maps:
+                pin = d / f"map_{map_name}"
+                try:
+                    now = inv.map_digest(pin).sha256
+                except (OSError, BpfError):
+                    now = "missing"
+                if now != digest:
+                    out.append(Finding("map_changed", name, f"{key}: map {map_name} was changed", key))
+        managed = {c for b in self._base.values() for c in b.cgroups}
+        for att in snap.cgroup_attachments:
+            cg = str(syscall.cgroup2_root() / att.cgroup.lstrip("/")) if att.cgroup != "/" else \
+                str(syscall.cgroup2_root())
+            if cg in managed and set(att.prog_ids) & ours:
+                foreign = sorted(set(att.prog_ids) - ours)
+                if foreign:
+                    out.append(Finding("foreign", att.attach_type,
+                                       f"programs {foreign} not loaded by palisade on {att.attach_type} of {cg}"))
+        return out
+
+
+def _renamed(doc: Any, key: str) -> TracingPolicy:
+    doc = dict(doc)
+    meta = dict(doc.get("metadata") or {})
+    ns = meta.get("namespace")
+    # a namespaced policy's engine key is "<namespace>.<name>": keep the load's key in the name part
+    meta["name"] = key.split(".", 1)[1] if ns and key.startswith(f"{ns}.") else key
+    doc["metadata"] = meta
+    return parse(doc)
+
+
+def _matches(sel: LabelSelector, labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in sel.match_labels):
+        return False
+    for key, op, values in sel.match_expressions:
+        have = key in labels
+        if op == "In" and not (have and labels[key] in values):
+            return False
+        if op == "NotIn" and have and labels[key] in values:
+            return False
+        if op == "Exists" and not have:
+            return False
+        if op == "DoesNotExist" and have:
+            return False
+    return True
+
+
+def _why_inactive(tp: TracingPolicy) -> str:
+    parts = []
+    if tp.kind == "TracingPolicyNamespaced":
+        parts.append(f"namespace {tp.namespace}")
+    if tp.pod_selector is not None:
+        parts.append("podSelector " + ",".join(f"{k}={v}" for k, v in tp.pod_selector.match_labels))
+    return f"no workload on this node matches {' and '.join(parts)}"
+
+
+def _probe() -> Features:
+    try:
+        from bpf.probe import probe
+
+        return Features.of(probe())
+    except Exception as e:  # the probe needs root; compile with the documented defaults otherwise
+        log.warning("kernel probe failed (%s); assuming the features in DESIGN.md §6", e)
+        return Features()
