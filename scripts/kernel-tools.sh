@@ -47,6 +47,18 @@ if [ ! -e "$build" ]; then
   log "linked $build -> $hdr"
 fi
 
+# Debian splits the headers: the arch package (build) and the common tree it includes.
+# bcc reads the include tree from `source`; without it clang cannot find linux/kconfig.h.
+src="/lib/modules/$(uname -r)/source"
+if [ ! -e "$src" ]; then
+  common="$(readlink -f "$build")"
+  common="${common%-amd64}-common"
+  if [ -d "$common" ]; then
+    ln -sfn "$common" "$src"
+    log "linked $src -> $common"
+  fi
+fi
+
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 if [ ! -e /sys/kernel/debug/tracing/events ] && [ -d /sys/kernel/debug ]; then
   mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || true
