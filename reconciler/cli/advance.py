@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if action == "revert":
             p.add_argument("--to", choices=("observe", "enforce_ready"), default="observe",
                            help="the state to go back to (default: observe)")
+        else:
+            p.add_argument("--to", choices=("enforce_ready", "enforced"),
+                           help="the state you expect to reach; refused unless it is the next step")
         p.set_defaults(func=run, action=action)
 
 
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise edit.Refusal(_missing(model, unit, args.action))
     current = units[unit]
     try:
-        target = edit.step(current, args.action, State(args.to) if args.action == "revert" else None)
+        target = edit.step(current, args.action, State(args.to) if args.to else None)
     except edit.Refusal as e:
         raise edit.Refusal(f"{unit}: {e}") from None
     path = _file_of(model, unit)
