@@ -24,8 +24,7 @@ How a policy maps onto this engine:
 from __future__ import annotations
 
 import ipaddress
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -1073,11 +1072,3 @@ def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, 
     return _PRELUDE % {"strlen": STRLEN, "nstr": MAX_STRING_OPERANDS + 1, "pages": RING_PAGES,
                        "tables": "\n".join(tables), "strfn": _STRFN if strings else ""}
 
-
-def iter_reasons(policies: Iterable[TracingPolicy], features: Features | None = None
-                 ) -> Iterable[tuple[TracingPolicy, list[str]]]:
-    for p in policies:
-        yield p, check(p, features)
-
-
-_FN_NAME = re.compile(r"^pl_[a-z0-9_]+$")

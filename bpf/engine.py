@@ -82,12 +82,21 @@ class Engine:
                  features: Features | None = None, formats: Formats | None = None) -> None:
         self.pin_root = Path(pin_root)
         self.node_name = node_name or socket.gethostname()
-        self.features = features or Features()
+        self._features = features
         self.formats = formats or tracefs_formats()
         self._loaded: dict[str, tuple[Plan, bool]] = {}
         self._events = EventStream(self.node_name)
         #: Pinned directories `adopt()` could not take over, with the reason.
         self.broken: dict[str, str] = {}
+
+    @property
+    def features(self) -> Features:
+        """What the kernel offers: given, or probed on first use (root; a fraction of a second)."""
+        if self._features is None:
+            from .probe import probe
+
+            self._features = Features.of(probe())
+        return self._features
 
     # ------------------------------------------------------------------ public surface
 
@@ -102,6 +111,10 @@ class Engine:
             plan = compile_policy(policy, self.features, self.formats)
         except Unsupported as e:
             return LoadResult(key, False, e.reasons)
+        if cgroups is None and (policy.namespace or policy.pod_selector or policy.container_selector):
+            return LoadResult(key, False, (
+                "refused: the policy is limited to workloads (namespace, podSelector or containerSelector); "
+                "load it with the cgroups of those workloads",))
         final = self._dir(key)
         if final.exists():
             return LoadResult(key, False, (f"load failed: {key} is already loaded ({final} exists); unload it first",))

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import syscall
 from .compile import ACTION_NAMES, MODES, HookPlan, Operand, Plan
+from .process_events import is_base
 
 #: struct pl_event (compile._PRELUDE).
 _EVENT = struct.Struct("<QQ10I8q256s256s256s")
@@ -91,6 +92,8 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> d
         "arguments": arguments,
         "flags": "execve",
     }
+    if hook is not None and hook.subsystem == "sched" and is_base(plan.policy):
+        return _process_event(raw, hook, process, node_name, clock_offset_ns)
     action = ACTION_NAMES.get(raw.action, "KPROBE_ACTION_UNKNOWN")
     body: dict[str, Any] = {"process": process}
     if hook is None or hook.event_kind == "process_tracepoint":
@@ -121,6 +124,25 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> d
             "policy_key": plan.policy.key,
         },
     }
+
+
+_EXEC_BINARY: dict[int, tuple[str, str]] = {}
+
+
+def _process_event(raw: RawEvent, hook: HookPlan, process: dict[str, Any], node_name: str,
+                   clock_offset_ns: int) -> dict[str, Any]:
+    """Tetragon's process_exec / process_exit for the base sensor's records."""
+    if hook.event == "sched_process_exec":
+        if len(_EXEC_BINARY) > 65536:
+            _EXEC_BINARY.clear()
+        _EXEC_BINARY[raw.pid] = (process["binary"], process["arguments"])
+        kind = "process_exec"
+    else:
+        # at exit the memory map is gone, so /proc/<pid>/exe no longer answers: use what exec saw
+        binary, arguments = _EXEC_BINARY.pop(raw.pid, (process["binary"], process["arguments"]))
+        process["binary"], process["arguments"] = binary, arguments
+        kind = "process_exit"
+    return {kind: {"process": process}, "node_name": node_name, "time": _iso(raw.ktime + clock_offset_ns)}
 
 
 def _arg(o: Operand, raw: RawEvent) -> dict[str, Any]:
@@ -304,6 +326,3 @@ def _possible_cpus() -> int:
         _ncpu = n
     return _ncpu
 
-
-def hook_of(plan: Plan, index: int) -> HookPlan | None:
-    return plan.hooks[index] if 0 <= index < len(plan.hooks) else None

@@ -203,3 +203,12 @@ def test_a_load_failing_halfway_is_rolled_back(engine: Engine, pin_root: Path, w
     # and the workload's sockets are not affected by a leftover link
     ok = workload.run([sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)"])
     assert ok.returncode == 0, ok.stderr
+
+
+def test_a_workload_policy_needs_its_cgroups(engine: Engine) -> None:
+    namespaced = parse({"apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicyNamespaced",
+                        "metadata": {"name": "ns-pol", "namespace": "team-a"},
+                        "spec": {"tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_unshare"}]}})
+    res = engine.load(namespaced, "enforced")
+    assert not res.loaded and "load it with the cgroups of those workloads" in res.reasons[0]
+    assert engine.loaded() == {}

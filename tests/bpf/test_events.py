@@ -76,3 +76,23 @@ def test_counters_count_posted_and_lost_events(engine: Engine, workload: Workloa
     assert len(events) == c.posted
     assert {e["process_tracepoint"]["event"] for e in events} == {"sys_enter_getppid"}
     assert all(e["palisade"]["cgroup_id"] == os.stat(workload.path).st_ino for e in events)
+
+
+@pytest.mark.kernel
+def test_the_base_sensor_emits_process_exec_and_exit(engine: Engine, workload: Workload) -> None:
+    from bpf import process_events
+
+    assert engine.load(process_events.policy(), "observe", cgroups=[workload.path]).loaded
+    sleeper = workload.popen(["/usr/bin/sleep", "1.5"])
+    # arguments come from /proc while the process lives (the kernel side records the binary only)
+    events = wait_events(engine, lambda ev: "process_exec" in ev)
+    assert sleeper.wait(10) == 0
+    events += wait_events(engine, lambda ev: "process_exit" in ev)
+    execs = [e["process_exec"]["process"] for e in events if "process_exec" in e]
+    exits = [e["process_exit"]["process"] for e in events if "process_exit" in e]
+    [ex] = [p for p in execs if p["binary"] == "/usr/bin/sleep"]
+    assert ex["arguments"] == "1.5"
+    [gone] = [p for p in exits if p["pid"] == ex["pid"]]
+    assert gone["binary"] == "/usr/bin/sleep"  # known from the exec, /proc no longer answers at exit
+    assert all(set(e) == {"process_exec", "node_name", "time"} or set(e) == {"process_exit", "node_name", "time"}
+               for e in events)
