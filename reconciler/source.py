@@ -274,6 +274,17 @@ class _Duplicate(ValueError):
 
 _CONSTRUCT = yaml.constructor.SafeConstructor()
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: libyaml's composer recurses in C and overflows the stack (SIGSEGV) near 25,000 nesting levels, which
+#: a 60 kB file reaches; text that might nest deeper than this goes to the pure-Python loader, which stops
+#: with RecursionError instead.
+_C_SAFE_DEPTH = 5_000
+
+
+def _loader_for(text: str) -> type:
+    # Nesting depth is at most two levels per column (indentless sequences) plus one per flow bracket.
+    widest = max((len(line) for line in text.splitlines()), default=0)
+    bound = 2 * widest + text.count("[") + text.count("{") + 2
+    return _Loader if bound <= _C_SAFE_DEPTH else yaml.SafeLoader
 
 
 class _Builder:
@@ -341,7 +352,7 @@ def parse_file(f: SourceFile) -> tuple[list[Document], list[Finding]]:
         return [], [error(f.path, 0, 0, "encoding", f"not UTF-8 text (byte {e.start}); save it as UTF-8")]
     docs: list[Document] = []
     try:
-        for i, node in enumerate(yaml.compose_all(text, Loader=_Loader)):
+        for i, node in enumerate(yaml.compose_all(text, Loader=_loader_for(text))):
             if node is None:
                 continue
             tree = _Builder().build(node)
