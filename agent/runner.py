@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import datetime as _dt
 import json
 import logging
@@ -116,6 +115,7 @@ class Agent:
         self._bundles: dict[tuple[int, str], tuple[Bundle, bytes]] = {}
         self.observations = heartbeat.Observations()
         self.last_drift: list[dict[str, Any]] = []
+        self._beat_now = asyncio.Event()
         self._apply_lock = asyncio.Lock()
         if persist:
             cfg.state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -400,6 +400,8 @@ class Agent:
             except Exception:  # a bug must not stop enforcement updates for good
                 log.exception("pull pass failed")
                 result = SyncResult("refused", self.version, "internal error")
+            if result.outcome == "applied":
+                self._beat_now.set()
             if result.outcome == "refused":
                 await _sleep_or_stop(stop, delay)
                 delay = min(delay * 2, self.cfg.intervals.retry_max)
@@ -407,9 +409,11 @@ class Agent:
                 delay = 0.5
 
     async def heartbeat_loop(self, stop: asyncio.Event) -> None:
+        """Every interval, and at once after an apply (the rollout controller waits for these reports)."""
         while not stop.is_set():
+            self._beat_now.clear()
             await self.send_heartbeat()
-            await _sleep_or_stop(stop, self.cfg.intervals.heartbeat)
+            await _sleep_or_stop(stop, self.cfg.intervals.heartbeat, self._beat_now)
 
     async def drift_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -444,6 +448,10 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:
+    waits = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waits.append(asyncio.ensure_future(wake.wait()))
+    _, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for w in pending:
+        w.cancel()
