@@ -272,3 +272,30 @@ def test_random_bytes_never_raise(blob: bytes) -> None:
 @given(st.text(alphabet=st.sampled_from(list("ab: -[]{}&*!|>'\"#\n\t?,%@`~0")), max_size=80))
 def test_random_yaml_punctuation_never_raises(text: str) -> None:
     _check_file("scopes/random.yaml", text.encode())
+
+
+# --- inputs that once crashed the interpreter ------------------------------------------------
+
+_HOSTILE = {
+    "flow-nesting-50k": "'[' * 50_000 + ']' * 50_000",
+    "block-nesting-50k": "'- ' * 50_000 + 'x'",
+    "mapping-nesting-200k": "'a: ' + '{a: ' * 200_000 + '}' * 200_000",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_HOSTILE))
+def test_deep_nesting_is_a_finding_not_a_segfault(name: str) -> None:
+    """libyaml's C composer overflows the stack on deep nesting; run in a child so a crash fails one test."""
+    import subprocess
+    import sys
+
+    program = (
+        "from reconciler import source\n"
+        f"data = ({_HOSTILE[name]}).encode()\n"
+        "docs, findings = source.parse_file(source.SourceFile('rules/deep.yaml', data))\n"
+        "print(findings[0].code if findings else 'none')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, f"the parser crashed (exit {proc.returncode}): {proc.stderr[-500:]}"
+    assert proc.stdout.strip() == "yaml"
