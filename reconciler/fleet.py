@@ -3,7 +3,10 @@
     agents        one row per sensor: labels, loaded version, stage, per-policy state,
                   drift, counters, last seen (replaced at every heartbeat)
     observations  per heartbeat interval: (time, sensor, policy, binary, count) — what
-                  policies matched, which the reconciler sums for impact previews
+                  policies matched, which the reconciler sums for impact previews — and,
+                  when the agent says, the workload, the parent binary, the action of
+                  the matching selector and whether it was taken (optional members of a
+                  heartbeat's observation; older agents send none of them)
 
 A heartbeat is parsed strictly at the edge (`parse_heartbeat`): wrong shapes are
 refused with the path of the bad member, never stored.
@@ -20,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FLEET_DB", "MAX_HEARTBEAT_BYTES", "AgentRecord", "Fleet", "Heartbeat", "parse_heartbeat"]
+__all__ = ["FLEET_DB", "MAX_HEARTBEAT_BYTES", "AgentRecord", "Fleet", "Heartbeat", "Observation", "ObservationRow",
+           "parse_heartbeat"]
 
 FLEET_DB = "fleet.db"
 MAX_HEARTBEAT_BYTES = 1024 * 1024
@@ -47,6 +51,43 @@ CREATE TABLE IF NOT EXISTS observations (
 );
 CREATE INDEX IF NOT EXISTS observations_policy ON observations (policy, time);
 """
+#: Columns added after the first release of the table (NULL = the agent did not say).
+_OPTIONAL_COLUMNS = (("workload", "TEXT"), ("parent", "TEXT"), ("action", "TEXT"), ("acted", "INTEGER"))
+_TIME = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One member of a heartbeat's `observations`: events of `policy` by `binary` in the interval."""
+
+    policy: str
+    binary: str
+    count: int
+    workload: str | None = None
+    parent: str | None = None
+    action: str | None = None  # Tetragon's name of the matching selector's action, e.g. KPROBE_ACTION_SIGKILL
+    acted: bool | None = None  # the action was taken (enforced), not only reported
+
+
+@dataclass(frozen=True)
+class ObservationRow:
+    """Stored observations summed over a query's period, per sensor and everything the agent said."""
+
+    sensor: str
+    policy: str
+    binary: str
+    workload: str | None
+    parent: str | None
+    action: str | None
+    acted: bool | None
+    count: int
+    first: _dt.datetime  # the first and last heartbeat that carried it
+    last: _dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sensor": self.sensor, "policy": self.policy, "binary": self.binary, "workload": self.workload,
+                "parent": self.parent, "action": self.action, "acted": self.acted, "count": self.count,
+                "first": self.first.strftime(_TIME), "last": self.last.strftime(_TIME)}
 
 
 @dataclass(frozen=True)
@@ -59,7 +100,7 @@ class Heartbeat:
     policies: tuple[Mapping[str, Any], ...]
     drift: Mapping[str, Any]
     counters: Mapping[str, int]
-    observations: tuple[tuple[str, str, int], ...]  # (policy, binary, count)
+    observations: tuple[Observation, ...]
 
 
 @dataclass(frozen=True)
@@ -125,7 +166,14 @@ def parse_heartbeat(sensor_id: str, doc: Any) -> Heartbeat:
         if not (isinstance(policy, str) and isinstance(binary, str) and isinstance(count, int)
                 and not isinstance(count, bool) and count >= 0):
             raise ValueError(f"observations[{i}]: needs policy and binary strings and a count >= 0")
-        obs.append((policy, binary, count))
+        extra = {k: o.get(k) for k in ("workload", "parent", "action")}
+        for k, v in extra.items():
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"observations[{i}].{k}: expected a string")
+        acted = o.get("acted")
+        if acted is not None and not isinstance(acted, bool):
+            raise ValueError(f"observations[{i}].acted: expected true or false")
+        obs.append(Observation(policy, binary, count, extra["workload"], extra["parent"], extra["action"], acted))
     return Heartbeat(sensor_id, dict(labels), version, stage, commit, tuple(policies), drift, counters, tuple(obs))
 
 
@@ -149,6 +197,10 @@ class Fleet:
                              check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
+        have = {r[1] for r in db.execute("PRAGMA table_info(observations)")}
+        for name, kind in _OPTIONAL_COLUMNS:
+            if name not in have:  # a database written before the column existed
+                db.execute(f"ALTER TABLE observations ADD COLUMN {name} {kind}")
         return cls(db)
 
     def close(self) -> None:
@@ -164,8 +216,11 @@ class Fleet:
                     "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (hb.sensor, _dumps(hb.labels), hb.version, hb.stage, hb.commit, _dumps(list(hb.policies)),
                      _dumps(hb.drift), _dumps(hb.counters), t))
-                self._db.executemany("INSERT INTO observations VALUES (?, ?, ?, ?, ?)",
-                                     [(t, hb.sensor, p, b, c) for p, b, c in hb.observations if c])
+                self._db.executemany(
+                    "INSERT INTO observations (time, sensor, policy, binary, count, workload, parent, action, acted)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(t, hb.sensor, o.policy, o.binary, o.count, o.workload, o.parent, o.action,
+                      None if o.acted is None else int(o.acted)) for o in hb.observations if o.count])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -193,6 +248,38 @@ class Fleet:
         sql += " GROUP BY policy, binary ORDER BY SUM(count) DESC, policy, binary"
         with self._lock:
             return [(r[0], r[1], int(r[2])) for r in self._db.execute(sql, args)]
+
+    def query(self, *, policies: tuple[str, ...] | None = None, sensor: str | None = None,
+              binary: str | None = None, workload: str | None = None, since: _dt.datetime | None = None,
+              until: _dt.datetime | None = None, limit: int = 10_000) -> list[ObservationRow]:
+        """Observations in [since, until), summed per (sensor, policy, binary, workload, parent, action,
+        acted), largest first. `policies=()` matches nothing."""
+        keys = "sensor, policy, binary, workload, parent, action, acted"
+        sql = f"SELECT {keys}, SUM(count), MIN(time), MAX(time) FROM observations WHERE 1=1"
+        args: list[Any] = []
+        if policies is not None:
+            sql += f" AND policy IN ({', '.join('?' * len(policies))})" if policies else " AND 0"
+            args += list(policies)
+        for column, value in (("sensor", sensor), ("binary", binary), ("workload", workload)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since.strftime(_TIME))
+        if until is not None:
+            sql += " AND time < ?"
+            args.append(until.strftime(_TIME))
+        sql += f" GROUP BY {keys} ORDER BY SUM(count) DESC, {keys} LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [ObservationRow(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else bool(r[6]), int(r[7]),
+                               _parse_time(r[8]), _parse_time(r[9])) for r in rows]
+
+
+def _parse_time(text: str) -> _dt.datetime:
+    return _dt.datetime.strptime(text, _TIME).replace(tzinfo=_dt.UTC)
 
 
 def _dumps(v: Any) -> str:
