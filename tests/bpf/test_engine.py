@@ -212,3 +212,15 @@ def test_a_workload_policy_needs_its_cgroups(engine: Engine) -> None:
     res = engine.load(namespaced, "enforced")
     assert not res.loaded and "load it with the cgroups of those workloads" in res.reasons[0]
     assert engine.loaded() == {}
+
+
+def test_scoping_covers_cgroups_nested_in_the_workload(engine: Engine, workload: Workload) -> None:
+    """A container's processes often sit in a child cgroup of the pod's: they are in scope too."""
+    nested = Workload(workload.path / "container")
+    nested.path.mkdir()
+    try:
+        assert engine.load(exec_allowlist("nested", ALLOWED), "enforced", cgroups=[workload.path]).loaded
+        assert nested.run(["/bin/sh", "-c", "true"]).returncode == -signal.SIGKILL
+        assert nested.run(["/usr/bin/true"]).returncode == 0
+    finally:
+        nested.path.rmdir()
