@@ -45,6 +45,9 @@ for _api, _kind in KINDS:
 _SUGGESTION = re.compile(r"did you mean (\S+)\?")
 _MISSING = re.compile(r"missing required field '([^']+)'")
 
+#: Why a field is required, where the bare "missing" would puzzle.
+_REQUIRED_WHY = {"policy": " (template: custom needs its TracingPolicy under policy.spec)"}
+
 #: Enumerations longer than this are abbreviated in messages.
 _ENUM_SHOWN = 16
 
@@ -199,7 +202,7 @@ def _explain(e: ValidationError) -> Iterator[Problem]:
     if v == "required":
         missing = [k for k in e.validator_value if isinstance(inst, dict) and k not in inst]
         for k in missing or [str(e.validator_value)]:
-            yield Problem(path, f"{prefix}missing required field {k!r}")
+            yield Problem(path, f"{prefix}missing required field {k!r}" + _REQUIRED_WHY.get(k, ""))
         return
     if v == "enum":
         options = list(e.validator_value)
