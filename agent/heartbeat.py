@@ -17,23 +17,43 @@ __all__ = ["Observations", "document"]
 
 
 class Observations:
-    """Matches per (policy, binary) since the last heartbeat."""
+    """Matches per (policy, binary, workload, parent, action, acted) since the last heartbeat.
+
+    The workload is the event's `process.pod.workload` (else the pod name), the parent
+    `parent.binary`; a member that the event does not carry is left out of the report."""
 
     def __init__(self) -> None:
-        self._counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._counts: collections.Counter[tuple[str, str, str | None, str | None, str | None, bool | None]] = \
+            collections.Counter()
 
     def add(self, event: Mapping[str, Any]) -> None:
         for kind in ("process_tracepoint", "process_kprobe"):
             body = event.get(kind)
             if isinstance(body, Mapping):
-                proc = body.get("process") if isinstance(body.get("process"), Mapping) else {}
-                assert isinstance(proc, Mapping)
-                self._counts[(str(body.get("policy_name", "")), str(proc.get("binary", "")))] += 1
+                proc = _member(body, "process")
+                pod = _member(proc, "pod")
+                workload = pod.get("workload") or pod.get("name")
+                parent = _member(body, "parent").get("binary")
+                action = body.get("action")
+                acted = _member(event, "palisade").get("acted")
+                self._counts[(str(body.get("policy_name", "")), str(proc.get("binary", "")),
+                              workload if isinstance(workload, str) else None,
+                              parent if isinstance(parent, str) else None,
+                              action if isinstance(action, str) else None,
+                              acted if isinstance(acted, bool) else None)] += 1
 
     def drain(self) -> list[dict[str, Any]]:
-        out = [{"policy": p, "binary": b, "count": c} for (p, b), c in sorted(self._counts.items())]
+        out = []
+        for (p, b, workload, parent, action, acted), c in sorted(self._counts.items(), key=lambda kv: repr(kv[0])):
+            extra = {"workload": workload, "parent": parent, "action": action, "acted": acted}
+            out.append({"policy": p, "binary": b, "count": c, **{k: v for k, v in extra.items() if v is not None}})
         self._counts.clear()
         return out
+
+
+def _member(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    v = d.get(key)
+    return v if isinstance(v, Mapping) else {}
 
 
 def document(status: Mapping[str, Any], *, drift: Mapping[str, Any], counters: Mapping[str, int],
