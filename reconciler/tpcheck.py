@@ -317,14 +317,16 @@ class _Checker:
             elif ty in _INT:
                 yield from self.int_values(where, op, values)
             return
+        # only types that are surely numbers (or surely text) are refused: Tetragon reads some structs
+        # (module, bpf_map, cred...) as names or numbers depending on the field
         if op in _STRING_OPS:
-            if known and ty not in _STRINGY:
+            if ty in _INT or ty in _SOCK or ty in _CAPS:
                 yield self.err(at_op, "tp-operator-type",
                                f"operator {op} compares text and needs a string, char_buf, file or path "
                                f"argument; this one is {ty}")
             return
         if op in _INT_OPS:
-            if known and ty not in _INT and ty not in _CAPS:
+            if ty in _STRINGY or ty in _SOCK:
                 yield self.err(at_op, "tp-operator-type",
                                f"operator {op} compares numbers and needs an integer argument; this one is {ty}")
             elif ty in _INT:
