@@ -138,6 +138,8 @@ def _base(repo: Path, rev: str | None, head: _Side, *, explicit_head: bool, dirt
     target = target_branch(repo)
     fork = merge_base(repo, target, head.commit) if target else None
     if fork is not None and fork != head.commit:
+        if dirty and fork == source.parent(repo, head.commit):
+            return _Side("HEAD", fork)  # on the target branch itself: the uncommitted changes are the change
         return _Side(f"{target} (merge-base {fork[:12]})", fork)
     if not explicit_head:
         # on the target branch itself (or none exists): the uncommitted changes are the change
