@@ -436,7 +436,7 @@ class _Compiler:
         if n_slots > MAX_STRING_OPERANDS:
             self.refuse(f"{where}: {slot} string/sockaddr arguments; at most {MAX_STRING_OPERANDS} per hook")
         # selectors
-        sel_conds: list[tuple[list[str], int, int, bool, bool]] = []  # (conditions, action, sig, post, deny)
+        sel_conds: list[tuple[list[str], int, int, bool, int]] = []  # (conditions, action, sig, post, errno)
         uses_bin = uses_parent = False
         for sel in h.selectors:
             conds, ub, up = self._selector(h, sel, operands, exec_hook, cgroup_sites)
@@ -447,7 +447,7 @@ class _Compiler:
                 continue
             sel_conds.append((conds, *act))
         if not h.selectors:
-            sel_conds.append(([], _ACT_POST, 0, True, False))
+            sel_conds.append(([], _ACT_POST, 0, True, 0))
         if len(self.reasons) > n_before:
             return None
         if cgroup_sites is not None and (uses_bin or uses_parent):
@@ -688,8 +688,9 @@ class _Compiler:
         return f"!{c}" if neg else c
 
     def _actions(self, h: Hook, s: Selector, cgroup_sites: tuple[str, ...] | None
-                 ) -> tuple[int, int, bool, bool] | None:
-        act, sig, post, deny = _ACT_POST, 0, True, False
+                 ) -> tuple[int, int, bool, int] | None:
+        """(action code, signal, post, errno to deny with or 0) of a selector."""
+        act, sig, post, deny = _ACT_POST, 0, True, 0
         ok = True
         for a in s.match_actions:
             w = format_path(a.path)
@@ -729,7 +730,7 @@ class _Compiler:
                     self.refuse(f"{w}: Override argError must be a negative errno")
                     ok = False
                     continue
-                act, deny = _ACT_OVERRIDE, True
+                act, deny = _ACT_OVERRIDE, (-a.arg_error if a.arg_error is not None else 1)
             else:
                 self.refuse(f"{w}: action {name} is outside the engine's subset "
                             "(Post, NoPost, Sigkill, Signal, Override)")
@@ -741,7 +742,7 @@ class _Compiler:
     # ------------------------------------------------------------------ C generation
 
     def _program(self, i: int, h: Hook, site: Site, operands: list[Operand],
-                 sels: list[tuple[list[str], int, int, bool, bool]], index_map: dict[int, int],
+                 sels: list[tuple[list[str], int, int, bool, int]], index_map: dict[int, int],
                  fields: tuple[Field, ...], exec_hook: bool, uses_bin: bool, uses_parent: bool,
                  mask_type: bool, tcp_only: bool) -> str:
         cg = site.kind == "cgroup"
@@ -830,6 +831,9 @@ class _Compiler:
               "            pl_count(0);",
               "        }",
               "    }"]
+        if cg and any(d > 1 for *_, d in sels):
+            # an errno other than EPERM (argError), where the hook lets the program choose it
+            L.append("    if (deny > 1 && acted) bpf_set_retval(-deny);")
         L.append(f"    return (deny && acted) ? {deny_rv} : {allow};" if cg else f"    return {allow};")
         L.append("}\n")
         return "\n".join(L)
