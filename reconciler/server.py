@@ -4,6 +4,9 @@
                                   If-None-Match → 304, `?wait=SECONDS` long-poll
     GET /v1/bundles/{version}     a bundle the index lists; immutable, cacheable
     GET /v1/status                reconcile status (JSON)
+    GET /v1/agents                the fleet: every agent's last heartbeat
+    GET /v1/observations          stored observations, summed; filters policy (repeatable),
+                                  sensor, binary, workload, since, until (RFC 3339), limit
     GET /metrics                  Prometheus text format
     GET /openapi.json             this API, described
 
@@ -416,6 +419,27 @@ class _Api:
         await run_in_threadpool(self.fleet().record_heartbeat, hb)
         return Response(status_code=204)
 
+    async def agents(self, request: Request) -> Response:
+        """The fleet view: every agent's last heartbeat (reconciler/fleet.py)."""
+        rows = await run_in_threadpool(self.fleet().agents)
+        return _json({"agents": [a.to_json() for a in rows]}, headers={"Cache-Control": "no-store"})
+
+    async def observations(self, request: Request) -> Response:
+        """Stored observations summed per sensor, policy, binary, workload, parent and action."""
+        q = request.query_params
+        try:
+            since, until = _parse_time_param(q.get("since"), "since"), _parse_time_param(q.get("until"), "until")
+            limit = int(q.get("limit", "10000")) if _VERSION.match(q.get("limit", "1")) else -1
+            if not 1 <= limit <= 100_000:
+                raise _BadRequest("invalid limit", "limit must be an integer from 1 to 100000")
+        except _BadRequest as e:
+            return _error(400, e.error, e.detail)
+        policies = tuple(q.getlist("policy")) or None
+        rows = await run_in_threadpool(lambda: self.fleet().query(
+            policies=policies, sensor=q.get("sensor"), binary=q.get("binary"), workload=q.get("workload"),
+            since=since, until=until, limit=limit))
+        return _json({"observations": [r.to_json() for r in rows]}, headers={"Cache-Control": "no-store"})
+
     async def prometheus(self, request: Request) -> Response:
         """Prometheus text exposition."""
         return Response(self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -442,6 +466,17 @@ async def _unless_disconnected(request: Request, waiting: Coroutine[Any, Any, Sn
         if not waiter.done():
             waiter.cancel()
     return waiter.result() if waiter.done() and not waiter.cancelled() else current
+
+
+def _parse_time_param(text: str | None, name: str) -> _dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        t = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _BadRequest(f"invalid {name}", f"{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z "
+                                             f"(got {text[:40]!r})") from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=_dt.UTC)
 
 
 def _iso(t: _dt.datetime) -> str:
@@ -540,6 +575,8 @@ def create_app(
         Route("/v1/bundles/{version}", api.bundle, methods=["GET"], name="bundle"),
         Route("/v1/status", api.status, methods=["GET"], name="status"),
         Route("/v1/agents/{id}/heartbeat", api.heartbeat, methods=["POST"], name="heartbeat"),
+        Route("/v1/agents", api.agents, methods=["GET"], name="agents"),
+        Route("/v1/observations", api.observations, methods=["GET"], name="observations"),
         Route("/metrics", api.prometheus, methods=["GET"], name="metrics"),
         Route("/openapi.json", api.openapi, methods=["GET"], name="openapi"),
     ]
@@ -779,6 +816,25 @@ OPENAPI: dict[str, Any] = {
                            "the served index's serial and expiry, the last reconcile time and errors "
                            "such as a refused history rewrite.",
             "responses": {"200": {"description": "Status", "content": {_JSON: {"schema": {"type": "object"}}}}},
+        }},
+        "/v1/agents": {"get": {
+            "summary": "The fleet: every agent's last heartbeat",
+            "responses": {"200": {"description": "`{agents: [...]}`",
+                                  "content": {_JSON: {"schema": {"type": "object"}}}}},
+        }},
+        "/v1/observations": {"get": {
+            "summary": "Stored observations, summed per sensor, policy, binary, workload, parent and action",
+            "parameters": [
+                *({"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                  for n in ("policy", "sensor", "binary", "workload")),
+                *({"name": n, "in": "query", "required": False, "description": "RFC 3339 time",
+                   "schema": {"type": "string", "format": "date-time"}} for n in ("since", "until")),
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
+            ],
+            "responses": {"200": {"description": "`{observations: [...]}`",
+                                  "content": {_JSON: {"schema": {"type": "object"}}}},
+                          "400": _err("A malformed time or limit")},
         }},
         "/metrics": {"get": {
             "summary": "Prometheus metrics",
