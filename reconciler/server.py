@@ -136,18 +136,19 @@ class Publication:
         self._loop = loop
         self._closing = False
 
-    def refresh(self) -> bool:
-        """Re-read the index file; install it if it changed. Thread-safe; returns True if it changed."""
+    def refresh(self) -> Snapshot | None:
+        """Re-read the index file and install it if it changed (on the event loop, soon, when called
+        from another thread). Thread-safe. Returns the new snapshot, or None if nothing changed."""
         with self._lock:
             snap = self._read(self._current)
         if snap is None:
-            return False
+            return None
         loop = self._loop
         if loop is None or loop.is_closed() or _on_loop(loop):
             self._install(snap)
         else:
             loop.call_soon_threadsafe(self._install, snap)
-        return True
+        return snap
 
     def close(self) -> None:
         """Release every long-poller now (server shutdown). Call on the event loop."""

@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .watch import Changes
 
 if TYPE_CHECKING:
+    from .bundle import Index
     from .reconcile import Reconciler
     from .server import Publication
 
@@ -31,6 +32,8 @@ log = logging.getLogger("palisade.serve")
 
 #: Never sleep longer than this between re-sign checks, whatever the index says (clock jumps).
 _MAX_SLEEP = 60.0
+#: Seconds between rollout controller ticks (reconciler/rollouts.py) when no pass runs.
+_ROLLOUT_TICK = 1.0
 
 
 class ReconcileLoop:
@@ -48,6 +51,7 @@ class ReconcileLoop:
         self._startup_error: BaseException | None = None
         self._status: dict[str, Any] = {}
         self._refused_head: str | None = None
+        self._index: Index | None = None
         self._thread = threading.Thread(target=self._run, name="palisade-reconcile", daemon=True)
 
     # --- control (any thread) ----------------------------------------------------------
@@ -80,6 +84,7 @@ class ReconcileLoop:
             self._started.set()
             return
         try:
+            rec.rollouts.metrics = self._metrics
             self._status = rec.status()
             self._published()
             self._started.set()
@@ -87,7 +92,7 @@ class ReconcileLoop:
                 self._pass(rec)
                 if self._stopping.is_set():
                     break
-                self.changes.wait(self._sleep_time())
+                self._wait(rec)
         finally:
             self._started.set()
             rec.close()
@@ -124,6 +129,20 @@ class ReconcileLoop:
                 log.exception("cannot read the reconcile status")
             self._published()
 
+    def _wait(self, rec: Reconciler) -> None:
+        """Sleep until the next pass, ticking the rollout controller meanwhile so bakes end on time."""
+        deadline = time.monotonic() + self._sleep_time()
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.changes.wait(min(left, _ROLLOUT_TICK)):
+                return
+            rec.tick()
+            try:
+                self._status = rec.status()
+            except Exception:
+                log.exception("cannot read the reconcile status")
+            self._published()
+
     def _resign(self, rec: Reconciler) -> None:
         try:
             rec.resign()
@@ -131,14 +150,17 @@ class ReconcileLoop:
             log.error("re-signing the index failed: %s", e)
 
     def _published(self) -> None:
-        self._pub.refresh()
+        # The HTTP side installs the snapshot on its event loop a moment later; remember the index
+        # here so the re-sign timer does not read the previous one.
+        snap = self._pub.refresh() or self._pub.current
+        if snap is not None:
+            self._index = snap.index
 
     def _sleep_time(self) -> float:
         """Until the next poll, or until the index is due for re-signing if that comes first."""
         sleep = min(self._poll, _MAX_SLEEP)
-        snap = self._pub.current
-        if snap is not None:
-            index = snap.index
+        index = self._index
+        if index is not None:
             # Store.resign_if_due re-signs once half the lifetime is left; wake just after that point.
             due = index.issued + (index.expires - index.issued) / 2
             until = (due - _dt.datetime.now(_dt.UTC)).total_seconds() + 0.05
