@@ -190,6 +190,7 @@ def latency(size: int, commits: int, budget: float, work: Path) -> dict[str, Any
                     new_etag, new_version = _wait_new(client, srv.url, etag, 120)
                 samples.append(time.perf_counter() - c0)
                 etag, version = new_etag, new_version
+            passes = _pass_stats(client, srv.url)
     finally:
         srv.stop()
         if any("Traceback" in line for line in srv.lines):
@@ -199,7 +200,17 @@ def latency(size: int, commits: int, budget: float, work: Path) -> dict[str, Any
     p99 = samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))] * 1000
     return {"policies": size, "commits": len(samples), "first_publish_s": round(first, 3),
             "median_ms": round(med, 1), "p99_ms": round(p99, 1), "max_ms": round(samples[-1] * 1000, 1),
+            "reconcile_passes": passes[0], "reconcile_pass_mean_ms": round(passes[1] * 1000, 1),
             "target_median_ms": TARGETS_MS.get(size)}
+
+
+def _pass_stats(client: httpx.Client, url: str) -> tuple[int, float]:
+    """(count, mean seconds) of the server's reconcile passes, from its /metrics: how much of the latency
+    is the pass itself (validate, render, sign, publish) rather than watching and serving."""
+    text = client.get(f"{url}/metrics").text
+    count = float(re.search(r"^palisade_reconcile_duration_seconds_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    total = float(re.search(r"^palisade_reconcile_duration_seconds_sum (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    return int(count), total / count if count else 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -301,6 +312,7 @@ def main() -> int:
                     f" (target < {target:.0f} ms: {'met' if r['median_ms'] < target else 'MISSED'})")
                 print(f"commit → published bundle, {size:>5} policies: median {r['median_ms']:.0f} ms, "
                       f"p99 {r['p99_ms']:.0f} ms over {r['commits']} commits{verdict}; "
+                      f"mean reconcile pass {r['reconcile_pass_mean_ms']:.0f} ms; "
                       f"first publish {r['first_publish_s']:.1f} s", flush=True)
         if not args.skip_rate:
             r = request_rate(work, args.clients, args.duration, args.client_processes)
