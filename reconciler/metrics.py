@@ -58,6 +58,23 @@ class Metrics:
             "palisade_http_requests_total", "HTTP requests served, by route template, method and status code.",
             ["route", "method", "code"], registry=self.registry,
         )
+        # The rollout controller's (reconciler/rollouts.py).
+        self.rollout_stage_version = Gauge(
+            "palisade_rollout_stage_version", "Bundle version pinned for each rollout stage.",
+            ["stage"], registry=self.registry,
+        )
+        self.rollout_promotions = Counter(
+            "palisade_rollout_promotions_total", "Rollout promotions, by the stage that received the version.",
+            ["stage"], registry=self.registry,
+        )
+        self.rollout_halts = Counter(
+            "palisade_rollout_halts_total", "Rollouts halted and rolled back, by the failed gate (or abort).",
+            ["reason"], registry=self.registry,
+        )
+        self.rollout_duration = Histogram(
+            "palisade_rollout_duration_seconds", "Time from publish to the last stage's promotion, in seconds.",
+            registry=self.registry, buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200),
+        )
         for result in RESULTS:
             self.commits.labels(result)  # export zeros, so rate() works from the first scrape
         # `.labels()` takes a lock and builds a key each time; the request path caches the children.

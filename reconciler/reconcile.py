@@ -25,10 +25,11 @@ from nacl.signing import SigningKey
 
 from . import bundle as _bundle
 from . import history, loader, render, source
-from .errors import RewriteRefused, SourceError, StateError
+from .errors import PalisadeError, RewriteRefused, SourceError, StateError
 from .findings import error, has_errors
 from .ledger import CommitInfo, Ledger, LedgerEntry
 from .model import PolicyRepository
+from .rollouts import Controller, StagedStore
 from .store import Store
 from .validate import validate
 
@@ -79,7 +80,9 @@ class Reconciler:
         self.key = key
         self._clock = clock or (lambda: _dt.datetime.now(_dt.UTC))
         self.ledger = Ledger.open(self.state_dir)
-        self.store = Store(self.state_dir / STORE, key)
+        # Publishes pin only the first rollout stage; the controller promotes the rest (rollouts.py).
+        self.store = StagedStore(self.state_dir / STORE, key)
+        self.rollouts = Controller(self.state_dir, self.ledger, self.store, clock=self._clock)
         self.mirror = self.state_dir / MIRROR
         self._cache = _Cache(self.mirror)
         self.refused: str | None = None
@@ -88,6 +91,7 @@ class Reconciler:
         self.ledger.recover(self.store)
 
     def close(self) -> None:
+        self.rollouts.close()
         self.ledger.close()
 
     def __enter__(self) -> Reconciler:
@@ -125,10 +129,12 @@ class Reconciler:
             # the rewritten branch is judged from where it forked off the accepted history
             fork = self._merge_base(base, head)
             processed = [self._process(head, base=fork)] if not self.ledger.is_processed(head) else []
+            self.tick()
             return Outcome(head, tuple(processed), self._resign(), None, time.perf_counter() - t0)
         commits = self._new_commits(base, head)
         self.refused = None
         processed = [self._process(c) for c in commits]
+        self.tick()
         resigned = self._resign()
         self.last_run = self._clock()
         return Outcome(head, tuple(processed), resigned, None, time.perf_counter() - t0)
@@ -136,6 +142,15 @@ class Reconciler:
     def resign(self) -> bool:
         """Re-sign the index if less than half its life is left (also when nothing changed)."""
         return self._resign()
+
+    def tick(self) -> None:
+        """One step of the rollout controller (after each pass, and on a timer in `palisade serve`)."""
+        try:
+            self.rollouts.tick()
+        except PalisadeError as e:
+            log.error("rollout controller: %s", e)
+        except Exception:  # a bug there must not stop reconciling
+            log.exception("rollout controller failed")
 
     def _resign(self) -> bool:
         return self.store.resign_if_due(now=self._clock()) is not None
@@ -249,8 +264,10 @@ class Reconciler:
 
     def status(self) -> dict[str, Any]:
         """The reconcile status served at /v1/status and shown by `palisade status`."""
-        return status(self.ledger, self.store, branch=self.branch, source=self.source, refused=self.refused,
-                      last_run=self.last_run, last_error=self.last_error)
+        doc = status(self.ledger, self.store, branch=self.branch, source=self.source, refused=self.refused,
+                     last_run=self.last_run, last_error=self.last_error)
+        doc["rollout"] = self.rollouts.status()
+        return doc
 
 
 def status(ledger: Ledger, store: Store, *, branch: str | None = None, source: str | None = None,

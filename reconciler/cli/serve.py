@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=f"address of the HTTP API (default: {DEFAULT_LISTEN}; port 0 picks a free one)")
     p.add_argument("--poll-interval", default="30s", metavar="DURATION",
                    help="how often to fetch a remote repository, and to re-check a watched local one (default: 30s)")
+    p.add_argument("--agent-timeout", default="30s", metavar="DURATION",
+                   help="an agent silent this long counts as not reporting in rollout gates (default: 30s)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -49,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--poll-interval: {e}") from None
     if poll < 1:
         raise UsageError(f"--poll-interval {args.poll_interval}: must be at least 1s")
+    try:
+        agent_timeout = parse_duration(args.agent_timeout)
+    except ValueError as e:
+        raise UsageError(f"--agent-timeout: {e}") from None
     host, port = parse_listen(args.listen)
     _logging(args.verbose)
     key = load_signing_key(args.key)
@@ -56,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     publication = Publication(args.state / STORE)
     changes = Changes()
+    def reconciler() -> Reconciler:
+        rec = Reconciler(args.repo, args.state, key, branch=args.branch)
+        rec.rollouts.stale_after = agent_timeout
+        return rec
+
     loop = ReconcileLoop(
-        lambda: Reconciler(args.repo, args.state, key, branch=args.branch),
+        reconciler,
         publication=publication, metrics=metrics, changes=changes, poll_interval=poll,
     )
     app = create_app(args.state / STORE, metrics=metrics, status=loop.status, publication=publication)
