@@ -120,6 +120,8 @@ def commit_files(repo: Path, parent: str, files: Mapping[str, bytes], message: s
 def _mode(repo: Path, rev: str, path: str) -> str:
     out = try_git(repo, "ls-tree", rev, "--", path)
     mode = out.split()[0] if out else "100644"
+    if mode == "120000":
+        raise UsageError(f"{path} is a symbolic link; edit the file it points to")
     return mode if mode in ("100644", "100755") else "100644"
 
 

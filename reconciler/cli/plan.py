@@ -255,14 +255,14 @@ def _text(result: Plan, base: _Side, head: _Side, findings: Sequence[Finding],
             states = _states(p.before, p.after)
             out.append(f"  {_SIGN[p.change.value]} {p.name} @ {u.unit.scope.key} "
                        f"({u.unit.kind} {u.unit.name}): {p.change.value}{states}")
-            if p.diff and p.change.value == "changed":
+            if p.diff and p.change.value in ("changed", "added"):
                 if p.diff in shown:
                     out.append(f"      (same diff as {shown[p.diff]} above)")
                 else:
                     shown[p.diff] = f"{p.name} @ {u.unit.scope.key}"
                     out.extend("      " + line for line in p.diff.rstrip("\n").split("\n"))
     out.append("")
-    out.append("Approvals and observation window:")
+    out.append("Approvals, observation window and ladder rules:")
     relevant = list(findings)
     if relevant:
         for f in relevant:
@@ -295,7 +295,7 @@ def _states(before: Any, after: Any) -> str:
         return f" (was {before.value})"
     if before != after:
         return f", {before.value} → {after.value}"
-    return f" at {after.value}" if after is not None else ""
+    return f" (at {after.value})" if after is not None else ""
 
 
 def _json(result: Plan, base: _Side, head: _Side, findings: Sequence[Finding],
