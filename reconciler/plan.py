@@ -142,8 +142,12 @@ def classify(
     used = {p.scope.group for p in after if p.scope.group is not None}
     old_groups = {g.name: (tuple(sorted(g.sensors)), tuple(sorted(g.match_labels))) for g in before_groups}
     for g in sorted(after_groups, key=lambda g: g.name):
-        if g.name in used and g.name in old_groups and \
-                old_groups[g.name] != (tuple(sorted(g.sensors)), tuple(sorted(g.match_labels))):
+        if g.name not in used:
+            continue
+        if g.name not in old_groups:
+            # a scope naming an undefined group held nobody; now it holds sensors
+            tightening.append(f"group {g.name} defined: policies scoped to it now apply to its sensors")
+        elif old_groups[g.name] != (tuple(sorted(g.sensors)), tuple(sorted(g.match_labels))):
             tightening.append(f"group {g.name} changed: the sensors its policies apply to may change")
     if tightening:
         return Classification(False, tightening)

@@ -221,3 +221,14 @@ def test_per_sensor_resolves_scopes_with_labels(repo: Path) -> None:
     assert changes["node-canary-1"].stage == "canary"
     assert [p.describe() for p in changes["node-canary-1"].policies] == [
         "web-exec-allowlist: enforce_ready → enforced"]
+
+
+def test_defining_a_group_that_policies_name_is_tightening() -> None:
+    from reconciler.bundle import BundleGroup
+
+    doc = (EXAMPLE / "packs/web-lockdown/allowlist.yaml").read_text()
+    pols = [BundlePolicy.of("web-exec-allowlist", Origin("pack", "web-lockdown"), WEB, State.ENFORCED, doc)]
+    web = BundleGroup("web", (), (("role", "web"),))
+    assert plan.classify(pols, pols, before_groups=[web], after_groups=[web]).relaxing
+    c = plan.classify(pols, pols, before_groups=[], after_groups=[web])
+    assert not c.relaxing and c.reasons == ["group web defined: policies scoped to it now apply to its sensors"]
