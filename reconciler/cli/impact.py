@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--days must be more than 0 and --top at least 1")
     now = _dt.datetime.now(_dt.UTC)
     since = parse_when(args.since, now, "--since") or now - _dt.timedelta(days=args.days)
-    until = parse_when(args.until, now, "--until") or now
+    until = parse_when(args.until, now, "--until") or now + _dt.timedelta(seconds=1)  # stored to the second
     if since >= until:
         raise UsageError("the period is empty: --since must be before --until")
     lu = load_unit(args.repo, args.rev, args.unit, args.scope)
