@@ -178,9 +178,13 @@ class RolloutDB:
         return _progress_from(json.loads(rows[0]["progress"])), json.loads(rows[0]["pins"])
 
     def save(self, progress: Progress, pins: Mapping[str, int]) -> None:
+        doc = progress.to_json()
+        # Full precision: a bake resumed after a restart must not end even a fraction of a second early.
+        doc["since"] = progress.since.isoformat() if progress.since else None
+        doc["started"] = progress.started.isoformat() if progress.started else None
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO progress VALUES (1, ?, ?)",
-                       (json.dumps(progress.to_json(), sort_keys=True), json.dumps(dict(pins), sort_keys=True)))
+                       (json.dumps(doc, sort_keys=True), json.dumps(dict(pins), sort_keys=True)))
 
     # settings (the running controller's, so readers judge agents the same way)
 
@@ -266,7 +270,7 @@ def _request(r: sqlite3.Row) -> Request:
 
 def _progress_from(d: Mapping[str, Any]) -> Progress:
     def t(key: str) -> _dt.datetime | None:
-        return parse_time(d[key]) if d.get(key) else None
+        return _dt.datetime.fromisoformat(d[key]).astimezone(_dt.UTC) if d.get(key) else None
 
     return Progress(target=d.get("target"), stable=d.get("stable"), stage=d.get("stage", -1), since=t("since"),
                     started=t("started"), paused=bool(d.get("paused")), halted=d.get("halted"),
@@ -328,6 +332,9 @@ class Controller:
         self.metrics = metrics
         self._clock = clock or (lambda: _dt.datetime.now(_dt.UTC))
         self._fleet: Any = None
+        # Each agent's counters at its previous heartbeat: what happened between loading a version and the
+        # first heartbeat that reports it counts for the new version.
+        self._counters: dict[str, tuple[int, int]] = {}
         self._bundles: dict[int, Bundle] = {}
         self.last: Decision | None = None
         if isinstance(store, StagedStore):
@@ -476,9 +483,13 @@ class Controller:
         out = []
         for a in agents:
             cur = opened.get(a.id)
+            counters = (_actions(a.counters), _errors(a.counters))
             if (cur.version if cur else None) != a.version and (cur is not None or a.version is not None):
                 # The first heartbeat that reports a new loaded version: the sensor began enforcing it.
-                self.db.switch_version(a.id, a.version, a.last_seen, _actions(a.counters), _errors(a.counters))
+                base = self._counters.get(a.id, counters)
+                if base[0] > counters[0] or base[1] > counters[1]:
+                    base = (0, 0)  # the agent restarted with the new version
+                self.db.switch_version(a.id, a.version, a.last_seen, *base)
                 self.ledger.record_event("sensor-version", a.id,
                                          {"version": a.version, "previous": cur.version if cur else None,
                                           "at": format_time(a.last_seen)}, ACTOR, now=now)
@@ -487,6 +498,7 @@ class Controller:
             elif cur is not None and (_actions(a.counters) < cur.base_actions or _errors(a.counters) < cur.base_errors):
                 self.db.rebase(a.id, 0, 0)
                 cur = replace(cur, base_actions=0, base_errors=0)
+            self._counters[a.id] = counters
             out.append(_report(a, cur))
         return out
 
@@ -510,16 +522,17 @@ class Controller:
             self.ledger.record_event("rollout-rolled-back", f"v{p.target}",
                                      {"pins": dict(d.pins), "to": p.stable, "reason": d.reason}, ACTOR, now=now)
             self._count("halts", d.gate or "unknown")
-        else:
+        elif d.action == Action.PROMOTE:
             log.info("rollout of v%s: %s", p.target, d.reason)
             self.ledger.record_event("rollout-promoted", f"v{p.target}",
                                      {"stage": d.stage, "pins": dict(d.pins), "reason": d.reason}, ACTOR, now=now)
             self._count("promotions", d.stage or "")
-            if d.action == Action.DONE:
-                self.ledger.record_event("rollout-completed", f"v{p.target}",
-                                         {"stages": dict(d.pins), "reason": d.reason}, ACTOR, now=now)
-                if self.metrics is not None and p.started is not None:
-                    self.metrics.rollout_duration.observe((now - p.started).total_seconds())
+        else:  # the last stage baked out: nothing new is pinned, the target becomes stable
+            log.info("rollout of v%s: %s", p.target, d.reason)
+            self.ledger.record_event("rollout-completed", f"v{p.target}",
+                                     {"stages": dict(d.pins), "reason": d.reason}, ACTOR, now=now)
+            if self.metrics is not None and p.started is not None:
+                self.metrics.rollout_duration.observe((now - p.started).total_seconds())
         if dict(index.stages) != dict(d.pins):
             self.store.pin(d.pins, now=now)
 
@@ -556,7 +569,7 @@ class Controller:
         return [_report(a, opened.get(a.id)) for a in self._agents()]
 
     def _now(self) -> _dt.datetime:
-        return self._clock().replace(microsecond=0)
+        return self._clock()
 
 
 def _stage(plan: Any, k: int) -> str | None:

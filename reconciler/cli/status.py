@@ -46,9 +46,14 @@ def from_state(state: Path) -> dict[str, Any]:
     """The status document from a state directory alone (read-only)."""
     from ..ledger import Ledger
     from ..reconcile import STORE, status
+    from ..rollouts import DB_FILE as ROLLOUT_DB
+    from ..rollouts import read_status
 
     with Ledger.open(state, readonly=True) as ledger:
-        return status(ledger, _StoreReader(state / STORE))  # type: ignore[arg-type]
+        doc = status(ledger, _StoreReader(state / STORE))  # type: ignore[arg-type]
+    if (state / ROLLOUT_DB).is_file():
+        doc["rollout"] = read_status(state)
+    return doc
 
 
 class _StoreReader:
@@ -104,6 +109,8 @@ def attention(doc: Mapping[str, Any], now: _dt.datetime | None = None) -> bool:
     """True when an operator should look: rewrite refused, last pass failed, or index expired."""
     if doc.get("refused") or doc.get("lastError"):
         return True
+    if (doc.get("rollout") or {}).get("state") in ("halted", "aborted"):
+        return True
     expires = _time(doc.get("indexExpires"))
     return expires is not None and expires <= (now or _dt.datetime.now(_dt.UTC))
 
@@ -124,6 +131,14 @@ def render_text(doc: Mapping[str, Any], now: _dt.datetime | None = None) -> str:
         stages = doc.get("stages") or {}
         if stages:
             rows.append(("stages", ", ".join(f"{k}=v{v}" for k, v in sorted(stages.items()))))
+    rollout = doc.get("rollout") or {}
+    if rollout.get("target") is not None:
+        line = f"{rollout.get('state')} v{rollout['target']}"
+        if rollout.get("stable") not in (None, rollout["target"]):
+            line += f" (stable v{rollout['stable']})"
+        if rollout.get("reason"):
+            line += f": {rollout['reason']}"
+        rows.append(("rollout", line))
     rows.append(("last run", doc.get("lastRun") or "-"))
     rows.append(("last accepted", _entry(doc.get("lastAccepted"))))
     rows.append(("last rejected", _entry(doc.get("lastRejected"))))

@@ -1,0 +1,431 @@
+"""Progressive rollout end to end: the real `palisade serve` in a subprocess on a loopback port, a
+real git repository made from example-repo/, real keys, and a fleet of ten agents that pull the
+signed index, load the version pinned for their stage and post real heartbeats over HTTP.
+
+Stages: canary (1 sensor), group (3), fleet (the other 6), with 2-second bakes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reconciler.bundle import Index, verify_index
+from reconciler.keys import generate, load_public_key
+from reconciler.ledger import Ledger
+from support.policyrepo import ALICE, PolicyRepo
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = {"canary": ["s1"], "group": ["s2", "s3", "s4"], "fleet": ["s5", "s6", "s7", "s8", "s9", "s10"]}
+STAGE_OF = {s: stage for stage, sensors in STAGES.items() for s in sensors}
+HEARTBEAT = 0.3
+AGENT_TIMEOUT = "3s"
+
+pytestmark = pytest.mark.slow
+
+STAGING = """\
+apiVersion: palisade.dev/v1
+kind: Rollout
+metadata:
+  name: default
+spec:
+  fastTrack: {fast_track}
+  stages:
+    - name: canary
+      sensors: {{ids: [s1]}}
+      bake: {bake}
+      gates: {{maxAgentErrors: 0, maxPoliciesRefused: 0, maxUnhealedDrift: 0,
+              maxEnforcementActionsPerNode: 5, minReportingRatio: 1.0}}
+    - name: group
+      sensors: {{ids: [s2, s3, s4]}}
+      bake: 2s
+      gates: {{maxAgentErrors: 0, maxEnforcementActionsPerNode: 5, minReportingRatio: 1.0}}
+    - name: fleet
+      sensors: {{rest: true}}
+      bake: 2s
+      gates: {{maxAgentErrors: 1, minReportingRatio: 0.8}}
+"""
+
+# A tightening change (needs a reviewer's signature) and a relaxing one (back to observe).
+TIGHTEN = [("enforcement/web-lockdown.yaml", "state: enforce_ready", "state: enforced")]
+RELAX = [("enforcement/web-lockdown.yaml", "    - scope: {group: canary}\n      state: enforced",
+          "    - scope: {group: canary}\n      state: observe")]
+
+
+# ---------------------------------------------------------------------------
+# The server
+
+
+class Serve:
+    """A `palisade serve` subprocess and what it wrote to stderr."""
+
+    def __init__(self, repo: Path, state: Path, key: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.cli", "serve", "--repo", str(repo), "--state", str(state),
+             "--key", str(key), "--listen", "127.0.0.1:0", "--agent-timeout", AGENT_TIMEOUT],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 30
+        self.url = ""
+        while not self.url and time.monotonic() < deadline and self.proc.poll() is None:
+            m = re.search(r"listening on (http://\S+)", "".join(self.lines))
+            self.url = m.group(1) if m else ""
+            time.sleep(0.05)
+        if not self.url:
+            self.proc.kill()
+            raise AssertionError(f"palisade serve did not start:\n{self.log}")
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(30)
+        self._reader.join(5)
+        return code
+
+
+# ---------------------------------------------------------------------------
+# The fleet
+
+
+@dataclass
+class Fleet:
+    """Ten agents: each pulls and verifies the index, runs the version pinned for its stage, and
+    heartbeats. Knobs: `actions` (enforcement actions an agent counts once it runs a version at least
+    `actions_from`), `silent` (agents that stop reporting), `lag` (seconds before an agent loads a new pin)."""
+
+    url: str
+    pub: Path
+    actions: dict[str, int] = field(default_factory=dict)
+    actions_from: int = 10**9
+    silent: set[str] = field(default_factory=set)
+    lag: dict[str, float] = field(default_factory=dict)
+    running: dict[str, int | None] = field(default_factory=dict)
+    pins_seen: list[tuple[float, dict[str, int], int]] = field(default_factory=list)  # (t, pins, version)
+    _pending: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def start(self) -> Fleet:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        key = load_public_key(self.pub)
+        serial = 0
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while not self._stop.is_set():
+                try:
+                    r = client.get("/v1/index")
+                    if r.status_code == 200:
+                        index = verify_index(r.content, [key], min_serial=serial)
+                        serial = index.serial
+                        if not self.pins_seen or self.pins_seen[-1][1] != dict(index.stages):
+                            self.pins_seen.append((time.monotonic(), dict(index.stages), index.version))
+                        for sensor, stage in STAGE_OF.items():
+                            self._beat(client, sensor, stage, index)
+                except (httpx.HTTPError, AssertionError) as e:
+                    self.errors.append(str(e))
+                self._stop.wait(HEARTBEAT)
+
+    def _beat(self, client: httpx.Client, sensor: str, stage: str, index: Index) -> None:
+        want = index.pinned(stage)
+        now = time.monotonic()
+        if self.running.get(sensor) != want:
+            pending = self._pending.get(sensor)
+            if pending is None or pending[0] != want:
+                self._pending[sensor] = pending = (want, now + self.lag.get(sensor, 0.0))
+            if now >= pending[1]:
+                self.running[sensor] = want
+        if sensor in self.silent:
+            return
+        version = self.running.get(sensor)
+        enforced = self.actions.get(sensor, 0) if version is not None and version >= self.actions_from else 0
+        doc = {"sensor": sensor, "labels": {"stage": stage}, "version": version, "stage": stage, "commit": None,
+               "policies": [], "drift": {"detected": 0, "healed": 0, "unhealed": 0},
+               "counters": {"events": enforced, "enforced": enforced, "wouldHaveEnforced": 0},
+               "observations": []}
+        r = client.post(f"/v1/agents/{sensor}/heartbeat", json=doc)
+        if r.status_code != 204:
+            self.errors.append(f"heartbeat {sensor}: {r.status_code} {r.text}")
+
+    def wait_pins(self, want: dict[str, int], timeout: float) -> float:
+        """Until the index pins at least `want`; the time it was first seen."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for t, pins, _ in self.pins_seen:
+                if all(pins.get(k) == v for k, v in want.items()):
+                    return t
+            time.sleep(0.05)
+        raise AssertionError(f"pins {want} not reached in {timeout}s; seen: {[p for _, p, _ in self.pins_seen]}")
+
+
+# ---------------------------------------------------------------------------
+# Fixtures
+
+
+@dataclass
+class World:
+    repo: PolicyRepo
+    state: Path
+    key: Path
+    pub: Path
+    serve: Serve
+    fleet: Fleet
+
+    def restart(self) -> None:
+        assert self.serve.stop() == 0, self.serve.log
+        self.serve = Serve(self.repo.path, self.state, self.key)
+        # the fleet keeps talking to the new port
+        self.fleet.stop()
+        self.fleet = Fleet(self.serve.url, self.pub, actions=self.fleet.actions, actions_from=self.fleet.actions_from,
+                           silent=self.fleet.silent, lag=self.fleet.lag, running=self.fleet.running,
+                           pins_seen=self.fleet.pins_seen).start()
+
+
+def _policy(tmp_path: Path, *, fast_track: bool, bake: str) -> PolicyRepo:
+    repo = PolicyRepo.create(tmp_path, min_observation="1s")
+    repo.git.write("staging/default.yaml", STAGING.format(fast_track=str(fast_track).lower(), bake=bake))
+    # Part of the first commit, so v1 already carries this staging plan.
+    env = {"GIT_AUTHOR_NAME": ALICE.name, "GIT_AUTHOR_EMAIL": ALICE.email, "GIT_COMMITTER_NAME": ALICE.name,
+           "GIT_COMMITTER_EMAIL": ALICE.email, "GIT_AUTHOR_DATE": f"{int(repo.git.now.timestamp())} +0000",
+           "GIT_COMMITTER_DATE": f"{int(repo.git.now.timestamp())} +0000"}
+    repo.git.git("commit", "-q", "--amend", "--no-edit", "--no-verify", env=env)
+    return repo
+
+
+@pytest.fixture()
+def make_world(tmp_path: Path) -> Iterator[object]:
+    worlds: list[World] = []
+
+    def make(*, fast_track: bool = False, bake: str = "2s") -> World:
+        repo = _policy(tmp_path, fast_track=fast_track, bake=bake)
+        kp = generate(tmp_path / "keys")
+        state = tmp_path / "state"
+        serve = Serve(repo.path, state, kp.signing_key_path)
+        fleet = Fleet(serve.url, kp.public_key_path).start()
+        w = World(repo, state, kp.signing_key_path, kp.public_key_path, serve, fleet)
+        worlds.append(w)
+        fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 30)
+        _wait(lambda: _rollout(state)["state"] == "complete", 10)
+        return w
+
+    yield make
+    for w in worlds:
+        w.fleet.stop()
+        code = w.serve.stop()
+        assert code == 0, w.serve.log
+        assert "Traceback" not in w.serve.log, w.serve.log
+        assert not w.fleet.errors, w.fleet.errors[:5]
+
+
+def _wait(cond: object, timeout: float) -> None:
+    assert callable(cond)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+
+
+def _rollout(state: Path) -> dict:  # type: ignore[type-arg]
+    out = _cli("rollout", "status", "--state", str(state), "-o", "json")
+    assert out.returncode in (0, 1), out.stderr
+    doc: dict = json.loads(out.stdout)  # type: ignore[type-arg]
+    return doc
+
+
+def _events(state: Path, kind: str | None) -> list[dict]:  # type: ignore[type-arg]
+    with Ledger.open(state, readonly=True) as ledger:
+        return [e.to_json() for e in reversed(ledger.events(kind))]
+
+
+def _first_index_with(fleet: Fleet, version: int) -> dict[str, int]:
+    return next(p for _, p, v in fleet.pins_seen if v >= version)
+
+
+# ---------------------------------------------------------------------------
+# Tests
+
+
+def test_tightening_change_reaches_stages_in_order_after_bake_and_gates(make_world: object) -> None:
+    assert callable(make_world)
+    w: World = make_world()
+    w.fleet.lag["s4"] = 4.0  # one group agent is slow to load: the fleet must wait for it
+    w.repo.change("enforce web-lockdown on web", TIGHTEN, signer="alice", wait_days=4)
+
+    t_canary = w.fleet.wait_pins({"canary": 2}, 30)
+    assert _first_index_with(w.fleet, 2) == {"canary": 2, "group": 1, "fleet": 1, "default": 1}
+    t_group = w.fleet.wait_pins({"group": 2}, 30)
+    t_fleet = w.fleet.wait_pins({"fleet": 2}, 30)
+    order = [p for _, p, v in w.fleet.pins_seen if v == 2]
+    assert [(p["canary"], p["group"], p["fleet"]) for p in order] == [(2, 1, 1), (2, 2, 1), (2, 2, 2)], order
+    assert t_group - t_canary >= 1.7  # canary baked 2s (the fleet polls every 0.3s)
+    assert t_fleet - t_group >= 3.5  # s4 loaded v2 4s after its pin, and only then the group baked out
+
+    _wait(lambda: _rollout(w.state)["state"] == "complete", 15)
+    doc = _rollout(w.state)
+    assert doc["stable"] == 2 and doc["pins"] == {"canary": 2, "group": 2, "fleet": 2, "default": 2}
+    assert doc["classification"]["kind"] == "tightening"
+    promoted = [e["detail"]["stage"] for e in _events(w.state, "rollout-promoted") if e["subject"] == "v2"]
+    assert promoted == ["group", "fleet"]
+    assert all(e["actor"] == "palisade-rollout" for e in _events(w.state, "rollout-promoted"))
+    began = {e["subject"] for e in _events(w.state, "sensor-version") if e["detail"]["version"] == 2}
+    assert began == set(STAGE_OF)
+
+    metrics = httpx.get(f"{w.serve.url}/metrics", timeout=10).text
+    assert 'palisade_rollout_promotions_total{stage="group"} 1.0' in metrics
+    assert 'palisade_rollout_stage_version{stage="fleet"} 2.0' in metrics
+    assert "palisade_rollout_duration_seconds_count 1.0" in metrics
+
+
+def test_canary_over_the_actions_gate_halts_and_rolls_back(make_world: object) -> None:
+    assert callable(make_world)
+    w: World = make_world()
+    w.fleet.actions["s1"] = 9
+    w.fleet.actions_from = 2  # v2 makes the canary kill things
+    w.repo.change("enforce web-lockdown on web", TIGHTEN, signer="alice", wait_days=4)
+
+    w.fleet.wait_pins({"canary": 2}, 30)
+    w.fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 15)  # rolled back
+    _wait(lambda: _rollout(w.state)["state"] == "halted", 10)
+    time.sleep(3)  # longer than every bake: nothing else moves
+    assert all(p["group"] == 1 and p["fleet"] == 1 for _, p, _ in w.fleet.pins_seen)
+    assert w.fleet.pins_seen[-1][1] == {"canary": 1, "group": 1, "fleet": 1, "default": 1}
+
+    out = _cli("rollout", "status", "--state", str(w.state))
+    assert out.returncode == 1, out.stderr
+    assert "HALTED    stage canary: enforcement actions per node 9 > 5 (maxEnforcementActionsPerNode): " \
+           "s1: 9 enforcement actions" in out.stdout, out.stdout
+    halted = [e for e in _events(w.state, "rollout-halted") if e["subject"] == "v2"]
+    assert len(halted) == 1 and halted[0]["detail"]["stage"] == "canary"
+    assert halted[0]["detail"]["gate"] == "maxEnforcementActionsPerNode"
+    back = [e for e in _events(w.state, "rollout-rolled-back") if e["subject"] == "v2"]
+    assert back[0]["detail"]["pins"] == {"canary": 1, "group": 1, "fleet": 1, "default": 1}
+    # palisade status shows it too, and needs attention
+    st = _cli("status", "--state", str(w.state))
+    assert st.returncode == 1 and "enforcement actions per node 9 > 5" in st.stdout, st.stdout
+    metrics = httpx.get(f"{w.serve.url}/metrics", timeout=10).text
+    assert 'palisade_rollout_halts_total{reason="maxEnforcementActionsPerNode"} 1.0' in metrics
+
+
+def test_a_silent_canary_blocks_promotion_and_status_says_why(make_world: object) -> None:
+    assert callable(make_world)
+    w: World = make_world()
+    w.fleet.silent.add("s1")  # the canary goes quiet (it reported v1 before)
+    time.sleep(3.5)  # past the 3s agent timeout
+    w.repo.change("enforce web-lockdown on web", TIGHTEN, signer="alice", wait_days=4)
+    w.fleet.wait_pins({"canary": 2}, 30)
+    time.sleep(4)  # past the 2s bake
+    assert w.fleet.pins_seen[-1][1]["group"] == 1
+    out = _cli("rollout", "status", "--state", str(w.state))
+    assert out.returncode == 0, out.stderr
+    assert "reporting share 0.00 < 1.00 (minReportingRatio): 0 of 1 agents reporting; not reporting: s1" \
+        in out.stdout, out.stdout
+    doc = _rollout(w.state)
+    canary = doc["stages"][0]
+    assert (canary["name"], canary["agents"], canary["reporting"]) == ("canary", 1, 0)
+    assert doc["state"] == "progressing"
+    # it reports again: the rollout moves on
+    w.fleet.silent.clear()
+    w.fleet.wait_pins({"group": 2}, 15)
+
+
+@pytest.mark.parametrize("fast_track", [True, False])
+def test_relaxing_revert_is_fast_tracked_only_when_the_plan_says_so(make_world: object, fast_track: bool) -> None:
+    assert callable(make_world)
+    w: World = make_world(fast_track=fast_track)
+    w.repo.change("web-lockdown back to observe on the canary", RELAX)
+    w.fleet.wait_pins({"canary": 2}, 30)
+    first = _first_index_with(w.fleet, 2)
+    if fast_track:
+        assert first == {"canary": 2, "group": 2, "fleet": 2, "default": 2}
+        doc = _rollout(w.state)
+        assert doc["state"] == "complete" and doc["fastTracked"]
+        assert doc["classification"]["kind"] == "relaxing" and doc["classification"]["fastTracked"]
+        assert any("enforced → observe" in r for r in doc["classification"]["reasons"])
+    else:
+        assert first == {"canary": 2, "group": 1, "fleet": 1, "default": 1}
+        w.fleet.wait_pins({"group": 2}, 15)
+        w.fleet.wait_pins({"fleet": 2}, 15)
+        order = [(p["canary"], p["group"], p["fleet"]) for _, p, v in w.fleet.pins_seen if v == 2]
+        assert order == [(2, 1, 1), (2, 2, 1), (2, 2, 2)]
+
+
+def test_pause_resume_abort_are_recorded_with_operator_and_reason(make_world: object) -> None:
+    assert callable(make_world)
+    w: World = make_world()
+    w.repo.change("enforce web-lockdown on web", TIGHTEN, signer="alice", wait_days=4)
+    w.fleet.wait_pins({"canary": 2}, 30)
+    missing = _cli("rollout", "pause", "--state", str(w.state))
+    assert missing.returncode == 2 and "--reason" in missing.stderr
+    out = _cli("rollout", "pause", "--state", str(w.state), "--reason", "checking canary logs", "--operator", "olga")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "pause by olga: paused at stage canary" in out.stdout
+    time.sleep(4)
+    assert w.fleet.pins_seen[-1][1]["group"] == 1
+    assert _rollout(w.state)["reason"] == "paused by an operator"
+    out = _cli("rollout", "resume", "--state", str(w.state), "--reason", "logs clean", "--operator", "olga")
+    assert out.returncode == 0, out.stdout + out.stderr
+    w.fleet.wait_pins({"group": 2}, 15)
+    out = _cli("rollout", "abort", "--state", str(w.state), "--reason", "wrong ticket", "--operator", "olga")
+    assert out.returncode == 0, out.stdout + out.stderr
+    w.fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 10)
+    kinds = [(e["kind"], e["actor"], e["detail"].get("reason")) for e in _events(w.state, None)
+             if e["kind"] in ("rollout-paused", "rollout-resumed", "rollout-aborted")]
+    assert kinds == [("rollout-paused", "olga", "checking canary logs"), ("rollout-resumed", "olga", "logs clean"),
+                     ("rollout-aborted", "olga", "wrong ticket")]
+    again = _cli("rollout", "pause", "--state", str(w.state), "--reason", "x")
+    assert again.returncode == 1 and "refused: no rollout is in progress" in again.stdout
+
+
+def test_rollout_state_survives_a_restart_mid_bake(make_world: object) -> None:
+    assert callable(make_world)
+    w: World = make_world(bake="6s")
+    w.repo.change("enforce web-lockdown on web", TIGHTEN, signer="alice", wait_days=4)
+    t_canary = w.fleet.wait_pins({"canary": 2}, 30)
+    time.sleep(2)
+    w.restart()
+    t_group = w.fleet.wait_pins({"group": 2}, 30)
+    assert t_group - t_canary >= 5.7  # the bake went on from where it was, it did not end early...
+    assert t_group - t_canary < 15  # ...nor start over
+    w.fleet.wait_pins({"fleet": 2}, 15)
+    _wait(lambda: _rollout(w.state)["state"] == "complete", 10)
+    started = [e for e in _events(w.state, "rollout-started") if e["subject"] == "v2"]
+    promoted = [e["detail"]["stage"] for e in _events(w.state, "rollout-promoted") if e["subject"] == "v2"]
+    assert len(started) == 1 and promoted == ["group", "fleet"]
