@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         allow = generate.build(args.workload, execs, startup=startup, allow=args.allow, labels=labels,
                                namespace=args.namespace)
         name = args.name or generate.pack_name(args.workload)
+        _check_names(repo, args.branch, name, generate.policy_name(name), args.force)
         owners = args.owner or [_git_email(repo)]
         texts = generate.files(allow, name=name, scope=scope, owners=owners, source=source, now=now)
     except generate.GenerateError as e:
@@ -150,6 +151,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(written)} {where}")
         print("next: palisade validate, open a pull request; the pack starts at observe")
     return 0
+
+
+def _check_names(repo: Path, branch: str | None, pack: str, policy: str, force: bool) -> None:
+    """Refuse names the repository already uses (a pack overwritten with --force may keep its own)."""
+    from .. import loader, source
+    from ..errors import UsageError
+
+    snap = source.from_git(repo, "HEAD") if branch else source.from_worktree(repo)
+    model = loader.load(snap).repository
+    if not force and (model.pack(pack) is not None or any(e.name == pack for e in model.enforcements)):
+        raise UsageError(f"pack {pack} already exists in the repository; pass --name for another, or --force")
+    for p in model.packs:
+        for tp in p.policies:
+            if tp.name == policy and not (force and p.name == pack):
+                raise UsageError(f"the policy name {policy} is already used in {tp.path}; pass --name "
+                                 f"(the policy is named after the pack)")
+    if any(r.name == policy for r in model.rules):
+        raise UsageError(f"a rule is named {policy}; pass --name (policies and rules share one namespace)")
 
 
 def _labels(text: str) -> dict[str, str]:
