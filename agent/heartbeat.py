@@ -9,9 +9,14 @@ reconciler sums for impact previews ("what would enforcing this have killed?").
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as _dt
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+from .config import Workload
 
 __all__ = ["Observations", "document"]
 
@@ -19,12 +24,33 @@ __all__ = ["Observations", "document"]
 class Observations:
     """Matches per (policy, binary, workload, parent, action, acted) since the last heartbeat.
 
-    The workload is the event's `process.pod.workload` (else the pod name), the parent
-    `parent.binary`; a member that the event does not carry is left out of the report."""
+    The workload is the event's `process.pod.workload` (else the pod name), else the configured
+    workload whose cgroup is the event's `palisade.cgroup_id`; the parent is `parent.binary`; a
+    member that the event does not carry is left out of the report."""
 
-    def __init__(self) -> None:
+    def __init__(self, workloads: Sequence[Workload] = ()) -> None:
         self._counts: collections.Counter[tuple[str, str, str | None, str | None, str | None, bool | None]] = \
             collections.Counter()
+        self._workloads = tuple(workloads)
+        self._by_cgroup: dict[int, str] = {}
+
+    def _workload_of(self, cgroup_id: Any) -> str | None:
+        if not isinstance(cgroup_id, int) or not self._workloads:
+            return None
+        if cgroup_id not in self._by_cgroup:
+            # a cgroup id is its cgroup2 directory's inode; re-read on a miss, since a workload's
+            # cgroup may be created (or re-created) after the agent started
+            from bpf import syscall
+
+            root = syscall.cgroup2_root()
+            for w in self._workloads:
+                path = Path(w.cgroup) if w.cgroup.startswith(str(root)) else root / w.cgroup.lstrip("/")
+                with contextlib.suppress(OSError):
+                    self._by_cgroup[os.stat(path).st_ino] = w.name
+            if len(self._by_cgroup) > 4096:
+                self._by_cgroup.clear()
+            self._by_cgroup.setdefault(cgroup_id, "")  # not a workload's: do not stat again for it
+        return self._by_cgroup[cgroup_id] or None
 
     def add(self, event: Mapping[str, Any]) -> None:
         for kind in ("process_tracepoint", "process_kprobe"):
@@ -32,7 +58,8 @@ class Observations:
             if isinstance(body, Mapping):
                 proc = _member(body, "process")
                 pod = _member(proc, "pod")
-                workload = pod.get("workload") or pod.get("name")
+                workload = pod.get("workload") or pod.get("name") or \
+                    self._workload_of(_member(event, "palisade").get("cgroup_id"))
                 parent = _member(body, "parent").get("binary")
                 action = body.get("action")
                 acted = _member(event, "palisade").get("acted")

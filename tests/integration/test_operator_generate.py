@@ -2,11 +2,10 @@
 generated pack validates, and once enforced in a workload's cgroup on the real kernel, a binary
 that was never observed is killed while the observed ones keep running.
 
-Live observation here is the agent's own path minus its workload discovery: the engine loads an
-exec-observing policy in the workload's cgroup, its events go through the agent's heartbeat
-aggregation (agent/heartbeat.py) and are posted to a real server over HTTP. The engine's events
-do not name the workload yet (the agent's cgroup → workload mapping is not wired into them), so
-the test adds `process.pod` — what Tetragon's own events carry — before aggregating.
+Live observation here is the agent's own path, step by step: the engine loads an exec-observing
+policy in the workload's cgroup, its events go through the agent's heartbeat aggregation
+(agent/heartbeat.py, which names the workload from the event's cgroup id and the agent's
+workload configuration) and are posted to a real server over HTTP.
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ import pytest
 import yaml
 from operator_support import FleetServer, fleet_server
 
-from agent import heartbeat
+from agent import config, heartbeat
 from reconciler.cli import main
 from support.policyrepo import PolicyRepo
 
@@ -88,9 +87,9 @@ def test_from_live_observation_the_unobserved_binary_is_killed(kernel: tuple[Any
     engine, w = kernel
     repo = PolicyRepo.create(tmp_path)
     with fleet_server(tmp_path) as fleet:
-        obs = heartbeat.Observations()
+        # the agent names the workload from the event's cgroup and its configuration
+        obs = heartbeat.Observations([config.Workload("web", str(w.path), labels=(("app", "web"),))])
         for ev in _observe(engine, w):
-            ev["process_tracepoint"]["process"]["pod"] = {"name": "web", "workload": "web"}
             obs.add(ev)
         fleet.heartbeat("web-1", {"role": "web"}, observations=obs.drain())
 

@@ -124,3 +124,24 @@ def test_events_query_by_workload_binary_sensor_and_time(fleet: FleetServer,
     assert "would sigkill" in text and "1 row(s), 2 event(s)" in text
     assert main(["events", "--server", fleet.url, "--since", "soon"]) == 2
     assert "--since 'soon'" in capsys.readouterr().err
+
+
+def test_the_agents_aggregation_carries_workload_parent_and_action_to_events(
+        corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent import heartbeat
+
+    sample = json.loads((corpus / "events" / "sample_process_kprobe.json").read_text())
+    obs = heartbeat.Observations()
+    for _ in range(3):
+        obs.add(sample)
+    obs.add({"process_tracepoint": {"policy_name": "p", "action": "KPROBE_ACTION_SIGKILL",
+                                    "process": {"binary": "/usr/bin/id"}}, "palisade": {"acted": True}})
+    with fleet_server(tmp_path) as fleet:
+        fleet.heartbeat("node-1", {}, observations=obs.drain())
+        assert main(["events", "--server", fleet.url, "-o", "json"]) == 0
+    rows = {r["binary"]: r for r in json.loads(capsys.readouterr().out)["observations"]}
+    body = sample["process_kprobe"]
+    vi = rows[body["process"]["binary"]]
+    assert (vi["count"], vi["workload"], vi["parent"], vi["policy"]) == (
+        3, body["process"]["pod"]["workload"], body["parent"]["binary"], body["policy_name"])
+    assert (rows["/usr/bin/id"]["action"], rows["/usr/bin/id"]["acted"]) == ("KPROBE_ACTION_SIGKILL", True)
