@@ -85,3 +85,19 @@ def test_stored_observations_keep_the_optional_members(tmp_path: Path) -> None:
     assert rows[0].first == T0 and rows[0].last == T0 + _dt.timedelta(minutes=1)
     assert fleet.query(workload="web", until=T0 + _dt.timedelta(seconds=30))[0].count == 2
     assert fleet.query(policies=()) == []
+
+
+def test_a_fleet_database_from_before_the_optional_members_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "fleet.db")
+    old.executescript("CREATE TABLE observations (time TEXT NOT NULL, sensor TEXT NOT NULL, policy TEXT NOT NULL, "
+                      "binary TEXT NOT NULL, count INTEGER NOT NULL);"
+                      "INSERT INTO observations VALUES ('2026-11-01T12:00:00Z', 'web-1', 'allow', '/usr/bin/curl', 2);")
+    old.commit()
+    old.close()
+    fleet = Fleet.open(tmp_path)
+    fleet.record_heartbeat(parse_heartbeat("web-1", {"observations": [
+        {"policy": "allow", "binary": "/usr/bin/curl", "count": 1, "workload": "web"}]}), T0)
+    rows = fleet.query(policies=("allow",))
+    assert sorted((r.workload or "", r.count) for r in rows) == [("", 2), ("web", 1)]
