@@ -7,6 +7,8 @@ Anything it still cannot read becomes a finding, never an exception.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,16 +238,56 @@ def _schema_check() -> Callable[[Document], list[Finding]]:
     return check_document
 
 
+class _FileCache:
+    """Parsed, schema-checked files by path and content: a new commit re-reads only what it changed.
+
+    Documents are treated as read-only everywhere after parsing, so sharing them
+    between revisions is safe. Bounded; oldest entries go first.
+    """
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, bytes], tuple[list[Document], list[Finding], list[bool]]] = \
+            OrderedDict()
+
+    def get(self, f: source.SourceFile) -> tuple[list[Document], list[Finding], list[bool]]:
+        if f.data is None:
+            return self._parse(f)
+        key = (f.path, hashlib.sha1(f.data).digest())
+        hit = self._entries.get(key)
+        if hit is None:
+            hit = self._entries[key] = self._parse(f)
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        return hit
+
+    @staticmethod
+    def _parse(f: source.SourceFile) -> tuple[list[Document], list[Finding], list[bool]]:
+        docs, findings = source.parse_file(f)
+        check = _schema_check()
+        ok: list[bool] = []
+        for doc in docs:
+            fs = check(doc)
+            findings.extend(fs)
+            ok.append(not has_errors(fs))
+        return docs, findings, ok
+
+
+_FILES = _FileCache()
+
+
 def load(snapshot: source.Snapshot, today: _dt.date | None = None) -> Loaded:
     """Parse, schema-check and build one revision; documents with schema errors are left out of the model."""
-    docs, findings = source.parse(snapshot)
-    check = _schema_check()
+    docs: list[Document] = []
+    findings: list[Finding] = []
     valid: list[Document] = []
-    for doc in docs:
-        fs = check(doc)
-        findings.extend(fs)
-        if not has_errors(fs):
-            valid.append(doc)
+    for f in snapshot.files:
+        file_docs, file_findings, ok = _FILES.get(f)
+        docs.extend(file_docs)
+        findings.extend(file_findings)
+        valid.extend(d for d, good in zip(file_docs, ok, strict=True) if good)
     repo, more = build(valid, today)
     findings.extend(more)
     return Loaded(repo, tuple(docs), tuple(valid), tuple(findings))

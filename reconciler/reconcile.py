@@ -162,6 +162,7 @@ class Reconciler:
             base = last.commit if last else None
         assert base is None or isinstance(base, str)
         report = validate(self.mirror, commit, base, history=base is not None, load=self._cache.load)
+        self._cache.models[commit] = report.repository  # the next commit's history base
         info = self._info(commit, base, report.repository)
         if has_errors(report.findings):
             entry = self.ledger.record_rejected(info, report.findings, now=self._clock())
@@ -171,7 +172,7 @@ class Reconciler:
         version = self.ledger.next_version(self.store)
         repo = report.repository
         try:
-            b = self._bundle(commit, base, info, repo, version, now)
+            b = self._bundle(commit, base, info, repo, version, now, report.rendered)
         except ValueError as e:
             # validation should have caught it; never let one commit stop the loop
             found = (*report.findings, error("", 0, 0, "bundle", f"cannot build the bundle: {e}"))
@@ -183,8 +184,9 @@ class Reconciler:
         return entry
 
     def _bundle(self, commit: str, base: str | None, info: CommitInfo, repo: PolicyRepository, version: int,
-                now: _dt.datetime) -> _bundle.Bundle:
-        rendered = render.render(repo, now.date())
+                now: _dt.datetime, rendered: tuple[render.RenderedPolicy, ...] | None = None) -> _bundle.Bundle:
+        if rendered is None:
+            rendered = render.render(repo, now.date())
         return _bundle.Bundle(
             version=version,
             commit=commit,
@@ -238,7 +240,11 @@ class Reconciler:
     def _info(self, commit: str, base: str | None, repo: PolicyRepository) -> CommitInfo:
         fmt = _git(self.mirror, "show", "-s", "--format=%P%x00%an <%ae>%x00%ct", commit).rstrip("\n")
         parents, author, ct = fmt.split("\0")
-        position = int(_git(self.mirror, "rev-list", "--first-parent", "--count", commit)) - 1
+        last = self.ledger.entry(base) if base else None
+        if last is not None and parents.split()[:1] == [base]:
+            position = last.position + 1  # the usual case: spare a walk of the whole history
+        else:
+            position = int(_git(self.mirror, "rev-list", "--first-parent", "--count", commit)) - 1
         first_parent = parents.split()[0] if parents else None
         if first_parent is not None and len(parents.split()) > 1:
             # a merge: the change's authors are those of the commits it brings in, not the merger

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +35,19 @@ class RenderedPolicy:
 
 
 def dump(document: Mapping[str, Any]) -> str:
-    """Deterministic YAML for a TracingPolicy document."""
-    return yaml.dump(dict(document), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                     allow_unicode=True)
+    """Deterministic YAML for a TracingPolicy document (memoised: a commit changes few policies)."""
+    key = json.dumps(document, sort_keys=False, separators=(",", ":"), default=str)
+    text = _DUMPED.get(key)
+    if text is None:
+        text = yaml.dump(dict(document), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                         allow_unicode=True)
+        if len(_DUMPED) > 20_000:
+            _DUMPED.clear()
+        _DUMPED[key] = text
+    return text
+
+
+_DUMPED: dict[str, str] = {}
 
 
 # libyaml's emitter: the pure-Python one dominated reconcile time on large repositories

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import posixpath
+import re
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -187,10 +188,25 @@ def from_git(repo: Path, rev: str) -> Snapshot:
 
 def resolve(repo: Path, rev: str) -> str:
     """The full commit id `rev` names, or SourceError saying why it cannot be read."""
+    if len(rev) == 40 and _FULL_SHA.fullmatch(rev) and _known_commit(repo, rev):
+        return rev
     out = _git_optional(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     if out is None:
         raise SourceError(f"{repo}: revision {rev!r} does not name a commit")
-    return out.decode().strip()
+    sha = out.decode().strip()
+    if len(_KNOWN) > 100_000:
+        _KNOWN.clear()
+    _KNOWN.add((str(repo), sha))
+    return sha
+
+
+_FULL_SHA = re.compile(r"[0-9a-f]{40}")
+_KNOWN: set[tuple[str, str]] = set()
+
+
+def _known_commit(repo: Path, sha: str) -> bool:
+    """Whether `sha` was already resolved as a commit of `repo` (commits never change; spares a git call)."""
+    return (str(repo), sha) in _KNOWN
 
 
 def parent(repo: Path, commit: str) -> str | None:

@@ -166,7 +166,7 @@ class _Checker:
                                f"a raw tracepoint passes at most 6 arguments (index 0-5), not index {index}")
             size = a.get("sizeArgIndex")
             if isinstance(size, int) and size > 0 and size > len(args) and \
-                    (size - 1) not in {x.get("index") for x in args}:
+                    (size - 1) not in [x.get("index") for x in args]:
                 yield self.err((*where, "args", j, "sizeArgIndex"), "tp-arg-index",
                                f"sizeArgIndex {size} refers to argument {size - 1}, which this hook does not "
                                "declare (sizeArgIndex counts from 1)")

@@ -24,6 +24,7 @@ class Report:
     repository: PolicyRepository
     revision: str | None = None  # None: the work tree
     base: str | None = None
+    rendered: tuple[render.RenderedPolicy, ...] | None = None  # None when there were errors
 
     @property
     def ok(self) -> bool:
@@ -43,12 +44,13 @@ def validate_snapshot(snapshot: source.Snapshot, today: _dt.date | None = None) 
             findings += check_policy(doc)
         elif doc.kind == "Rule" and isinstance((doc.plain.get("spec") or {}).get("policy"), dict):
             findings += _check_inline(doc)
+    rendered = None
     if not has_errors(findings):
         try:
-            render.render(loaded.repository, today)
+            rendered = render.render(loaded.repository, today)
         except (ValueError, KeyError, TypeError) as e:
             findings.append(error("", 0, 0, "render", f"cannot render: {e}"))
-    return Report(tuple(sorted(set(findings))), loaded.repository, snapshot.revision)
+    return Report(tuple(sorted(set(findings))), loaded.repository, snapshot.revision, rendered=rendered)
 
 
 def _check_inline(rule: Document) -> list[Finding]:
@@ -93,4 +95,4 @@ def validate(repo: Path, rev: str | None = None, base: str | None = None, *,
     findings += _history.check(repo, base, snapshot.revision,
                                load=load or (lambda r: loader.load_revision(repo, r)[0]),
                                pending_approvals=pending_approvals)
-    return Report(tuple(sorted(set(findings))), report.repository, snapshot.revision, base)
+    return Report(tuple(sorted(set(findings))), report.repository, snapshot.revision, base, report.rendered)
