@@ -12,7 +12,7 @@ from operator_support import FleetServer, fleet_server
 from reconciler.cli import main
 from support.policyrepo import PolicyRepo
 
-KILL = {"action": "KPROBE_ACTION_SIGKILL", "acted": False}
+KILL: dict[str, Any] = {"action": "KPROBE_ACTION_SIGKILL", "acted": False}
 
 
 def _obs(binary: str, count: int, policy: str = "web-exec-allowlist", **extra: Any) -> dict[str, Any]:
