@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import fcntl
 import logging
 import os
@@ -54,6 +55,7 @@ def _locked(cfg: AgentConfig) -> Iterator[None]:
 
 
 def run(cfg: AgentConfig) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
     pubkeys = load_public_keys(cfg.pubkeys)
     with _locked(cfg):
         metrics = AgentMetrics()
@@ -76,12 +78,24 @@ def run(cfg: AgentConfig) -> int:
     return 0
 
 
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        chain, coro = [], task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        print(f"task {task.get_name()}: " + " -> ".join(chain), file=sys.stderr)
+
+
 async def _main(cfg: AgentConfig, enforcer: Enforcer, pubkeys: list, metrics: AgentMetrics,  # type: ignore[type-arg]
                 events: EventLog) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)  # `kill -USR2`: where every task waits
     client = Client(cfg.server, retry_max=cfg.intervals.retry_max,
                     on_retry=lambda e: metrics.fetch_failures.labels(e.reason).inc())
     agent = Agent(cfg, enforcer=enforcer, client=client, pubkeys=pubkeys, metrics=metrics, events=events)

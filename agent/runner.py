@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import datetime as _dt
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from nacl.signing import VerifyKey
 
@@ -42,6 +44,7 @@ from .select import Desired, select, stage_of
 __all__ = ["STATUS_FILE", "Agent", "SyncResult", "classify"]
 
 log = logging.getLogger("palisade.agent")
+_R = TypeVar("_R")
 
 STATUS_FILE = "status.json"
 #: Transfers that are refused like a failed verification (after the client's own retries).
@@ -116,12 +119,18 @@ class Agent:
         self.observations = heartbeat.Observations()
         self.last_drift: list[dict[str, Any]] = []
         self._beat_now = asyncio.Event()
+        # Every call into the enforcer runs on this one thread: the engine (bcc, ring buffers) is not
+        # meant to be driven from several threads, and applies, drift checks and event reads must not interleave.
+        self._engine_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="palisade-engine")
         self._apply_lock = asyncio.Lock()
         if persist:
             cfg.state.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.trust, problem = trust.load(cfg.state)
             if problem:
                 log.warning("%s", problem)
+
+    async def _in_engine(self, fn: Callable[..., _R], *args: Any) -> _R:
+        return await asyncio.get_running_loop().run_in_executor(self._engine_thread, functools.partial(fn, *args))
 
     # ------------------------------------------------------------------ start
 
@@ -190,7 +199,7 @@ class Agent:
                 lkg.save(self.cfg.state, reply.data, bundle_bytes)
             return SyncResult("current", version)
         async with self._apply_lock:
-            report = await asyncio.to_thread(self._apply_bundle, index, reply.data, bundle, bundle_bytes)
+            report = await self._in_engine(self._apply_bundle, index, reply.data, bundle, bundle_bytes)
         return SyncResult("applied", version, report=report)
 
     async def _choose(self, index: Index) -> tuple[int, Bundle, bytes]:
@@ -422,23 +431,23 @@ class Agent:
                 break
             async with self._apply_lock:
                 try:
-                    await asyncio.to_thread(self.check_drift)
+                    await self._in_engine(self.check_drift)
                 except Exception:
                     log.exception("drift check failed")
 
     async def events_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                n = await asyncio.to_thread(self.pump_events, 0.2)
+                n = await self._in_engine(self.pump_events, 0.0)
             except Exception:
                 log.exception("reading events failed")
                 n = 0
             if n == 0:
-                await _sleep_or_stop(stop, 0.2)
+                await _sleep_or_stop(stop, 0.1)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Enforce last-known-good, then pull, heartbeat, watch drift and events until `stop` is set."""
-        await asyncio.to_thread(self.start_from_lkg)
+        await self._in_engine(self.start_from_lkg)
         self.write_status()
         tasks = [asyncio.create_task(loop(stop)) for loop in
                  (self.pull_loop, self.heartbeat_loop, self.drift_loop, self.events_loop)]
