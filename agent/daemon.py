@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from reconciler.keys import load_public_keys
 
@@ -80,7 +81,8 @@ def run(cfg: AgentConfig) -> int:
 
 def _dump_tasks() -> None:
     for task in asyncio.all_tasks():
-        chain, coro = [], task.get_coro()
+        chain: list[str] = []
+        coro: Any = task.get_coro()
         while coro is not None:
             frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
             if frame is not None:
