@@ -5,7 +5,8 @@ team could have written by hand (and `kubectl apply` to a real Tetragon), built
 from syscall tracepoints because those load on every kernel we run on (kprobes
 may be missing, see DESIGN.md §6). Tracepoint argument indexes count the fields
 of the tracepoint's format file: 0-3 are common fields, 4 is `__syscall_nr`, so
-the first syscall argument is index 5.
+the first syscall argument is index 5. A selector's `matchArgs` index, as in
+Tetragon, is the position in the hook's `args` list (0 for the first declared).
 
 Exceptions become selectors placed before the enforcing one, with the `NoPost`
 action: Tetragon evaluates selectors in order and the first that matches decides,
@@ -93,8 +94,8 @@ def _userns(_: Mapping[str, Any]) -> dict[str, Any]:
     # clone3 passes its flags in user memory, which Tetragon's matchArgs cannot read:
     # user namespaces created through clone3 are not covered by this template.
     return _tracepoints(
-        _syscall("sys_enter_unshare", args=[_arg(5, "uint64")], match=[_m(5, "Mask", [_CLONE_NEWUSER])]),
-        _syscall("sys_enter_clone", args=[_arg(5, "uint64")], match=[_m(5, "Mask", [_CLONE_NEWUSER])]),
+        _syscall("sys_enter_unshare", args=[_arg(5, "uint64")], match=[_m(0, "Mask", [_CLONE_NEWUSER])]),
+        _syscall("sys_enter_clone", args=[_arg(5, "uint64")], match=[_m(0, "Mask", [_CLONE_NEWUSER])]),
     )
 
 
@@ -128,15 +129,15 @@ def _capset(_: Mapping[str, Any]) -> dict[str, Any]:
 def _ptrace(_: Mapping[str, Any]) -> dict[str, Any]:
     return _tracepoints(
         _syscall("sys_enter_ptrace", args=[_arg(5, "int64")],
-                 match=[_m(5, "Equal", [_PTRACE_ATTACH, _PTRACE_SEIZE])])
+                 match=[_m(0, "Equal", [_PTRACE_ATTACH, _PTRACE_SEIZE])])
     )
 
 
 def _execve_tmp(params: Mapping[str, Any]) -> dict[str, Any]:
     dirs = [d.rstrip("/") + "/" for d in params["directories"]]
     return _tracepoints(
-        _syscall("sys_enter_execve", args=[_arg(5, "string")], match=[_m(5, "Prefix", dirs)]),
-        _syscall("sys_enter_execveat", args=[_arg(6, "string")], match=[_m(6, "Prefix", dirs)]),
+        _syscall("sys_enter_execve", args=[_arg(5, "string")], match=[_m(0, "Prefix", dirs)]),
+        _syscall("sys_enter_execveat", args=[_arg(6, "string")], match=[_m(0, "Prefix", dirs)]),
     )
 
 
@@ -151,13 +152,13 @@ def _mount(_: Mapping[str, Any]) -> dict[str, Any]:
 
 def _bpf_load(_: Mapping[str, Any]) -> dict[str, Any]:
     return _tracepoints(
-        _syscall("sys_enter_bpf", args=[_arg(5, "int")], match=[_m(5, "Equal", [_BPF_PROG_LOAD])])
+        _syscall("sys_enter_bpf", args=[_arg(5, "int")], match=[_m(0, "Equal", [_BPF_PROG_LOAD])])
     )
 
 
 def _chmod_suid(_: Mapping[str, Any]) -> dict[str, Any]:
     def hook(event: str, index: int) -> dict[str, Any]:
-        return _syscall(event, args=[_arg(index, "uint32")], match=[_m(index, "Mask", [_S_ISUID_ISGID])])
+        return _syscall(event, args=[_arg(index, "uint32")], match=[_m(0, "Mask", [_S_ISUID_ISGID])])
 
     return _tracepoints(hook("sys_enter_chmod", 6), hook("sys_enter_fchmod", 6),
                         hook("sys_enter_fchmodat", 7), hook("sys_enter_fchmodat2", 7))
