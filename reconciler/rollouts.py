@@ -648,6 +648,8 @@ def read_status(state_dir: Path, *, stale_after: _dt.timedelta | None = None,
     from .reconcile import STORE
 
     state_dir = Path(state_dir)
+    if not (state_dir / DB_FILE).exists() and not (state_dir / "palisade.db").exists():
+        raise StateError(f"no reconciler state in {state_dir} (has a reconciler run with --state {state_dir}?)")
     db = RolloutDB.open(state_dir, readonly=True) if (state_dir / DB_FILE).exists() else None
     try:
         progress = db.load()[0] if db else Progress()

@@ -5,6 +5,7 @@ signed index, load the version pinned for their stage and post real heartbeats o
 Stages: canary (1 sensor), group (3), fleet (the other 6), with 2-second bakes."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -122,6 +123,7 @@ class Fleet:
     actions_from: int = 10**9
     silent: set[str] = field(default_factory=set)
     lag: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
     running: dict[str, int | None] = field(default_factory=dict)
     pins_seen: list[tuple[float, dict[str, int], int]] = field(default_factory=list)  # (t, pins, version)
     _pending: dict[str, tuple[int, float]] = field(default_factory=dict)
@@ -170,7 +172,8 @@ class Fleet:
             return
         version = self.running.get(sensor)
         enforced = self.actions.get(sensor, 0) if version is not None and version >= self.actions_from else 0
-        doc = {"sensor": sensor, "labels": {"stage": stage}, "version": version, "stage": stage, "commit": None,
+        labels = self.labels.get(sensor, {"stage": stage})
+        doc = {"sensor": sensor, "labels": labels, "version": version, "stage": stage, "commit": None,
                "policies": [], "drift": {"detected": 0, "healed": 0, "unhealed": 0},
                "counters": {"events": enforced, "enforced": enforced, "wouldHaveEnforced": 0},
                "observations": []}
@@ -208,7 +211,8 @@ class World:
         # the fleet keeps talking to the new port
         self.fleet.stop()
         self.fleet = Fleet(self.serve.url, self.pub, actions=self.fleet.actions, actions_from=self.fleet.actions_from,
-                           silent=self.fleet.silent, lag=self.fleet.lag, running=self.fleet.running,
+                           silent=self.fleet.silent, lag=self.fleet.lag, labels=self.fleet.labels,
+                           running=self.fleet.running,
                            pins_seen=self.fleet.pins_seen).start()
 
 
@@ -227,12 +231,13 @@ def _policy(tmp_path: Path, *, fast_track: bool, bake: str) -> PolicyRepo:
 def make_world(tmp_path: Path) -> Iterator[object]:
     worlds: list[World] = []
 
-    def make(*, fast_track: bool = False, bake: str = "2s") -> World:
+    def make(*, fast_track: bool = False, bake: str = "2s",
+             labels: dict[str, dict[str, str]] | None = None) -> World:
         repo = _policy(tmp_path, fast_track=fast_track, bake=bake)
         kp = generate(tmp_path / "keys")
         state = tmp_path / "state"
         serve = Serve(repo.path, state, kp.signing_key_path)
-        fleet = Fleet(serve.url, kp.public_key_path).start()
+        fleet = Fleet(serve.url, kp.public_key_path, labels=labels or {}).start()
         w = World(repo, state, kp.signing_key_path, kp.public_key_path, serve, fleet)
         worlds.append(w)
         fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 30)
@@ -429,3 +434,67 @@ def test_rollout_state_survives_a_restart_mid_bake(make_world: object) -> None:
     started = [e for e in _events(w.state, "rollout-started") if e["subject"] == "v2"]
     promoted = [e["detail"]["stage"] for e in _events(w.state, "rollout-promoted") if e["subject"] == "v2"]
     assert len(started) == 1 and promoted == ["group", "fleet"]
+
+
+def test_audit_of_web_lockdown_after_a_signed_history(make_world: object) -> None:
+    assert callable(make_world)
+    web = {s: {"role": "web"} for s in ("s1", "s2", "s3", "s4")}
+    w: World = make_world(fast_track=True, bake="1s", labels=web)
+    steps = [
+        ("web-lockdown: web back to observe", [("enforcement/web-lockdown.yaml", "state: enforce_ready",
+                                                "state: observe")], None),
+        ("web-lockdown: web to enforce_ready", [("enforcement/web-lockdown.yaml", "    - scope: {group: web}\n"
+                                                 "      state: observe", "    - scope: {group: web}\n"
+                                                 "      state: enforce_ready")], "alice"),
+        ("web-lockdown: web enforced", TIGHTEN, "alice"),
+        ("web-lockdown: revert web to observe", [("enforcement/web-lockdown.yaml", "    - scope: {group: web}\n"
+                                                  "      state: enforced", "    - scope: {group: web}\n"
+                                                  "      state: observe")], None),
+    ]
+    commits = []
+    for version, (message, edits, signer) in enumerate(steps, start=2):
+        commits.append(w.repo.change(message, edits, signer=signer, wait_days=4 if signer else 0))
+        w.fleet.wait_pins({"canary": version, "group": version, "fleet": version}, 40)
+        _wait(lambda v=version: _rollout(w.state)["stable"] == v  # type: ignore[misc]
+              and all(w.fleet.running.get(s) == v for s in STAGE_OF), 20)
+        time.sleep(HEARTBEAT * 3)  # every sensor has reported the version to the controller
+
+    out = _cli("audit", "web-lockdown", "--state", str(w.state), "-o", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["kind"] == "pack" and doc["versions"] == [1, 2, 3, 4, 5]
+    web_steps = [(s["version"], s["author"], s["approvers"],
+                  [(c["from"], c["to"]) for c in s["changes"] if c["scope"] == "group:web"]) for s in doc["steps"]]
+    dana, alice = "Dana Developer <dana@example.com>", "Alice Reviewer <alice@example.com>"
+    assert web_steps == [
+        (1, "Alice Reviewer <alice@example.com>", [], [(None, "enforce_ready")]),
+        (2, dana, [], [("enforce_ready", "observe")]),
+        (3, dana, [alice], [("observe", "enforce_ready")]),
+        (4, dana, [alice], [("enforce_ready", "enforced")]),
+        (5, dana, [], [("enforced", "observe")]),
+    ]
+    assert [s["commit"] for s in doc["steps"][1:]] == commits
+    assert all(s["subject"] and s["committed"] for s in doc["steps"])  # from the mirror and the ledger
+
+    s2 = [(i["policy"], i["state"], i["versions"]) for i in doc["sensors"] if i["sensor"] == "s2"]
+    assert s2 == [("web-exec-allowlist", "enforce_ready", [1]), ("web-exec-allowlist", "observe", [2]),
+                  ("web-exec-allowlist", "enforce_ready", [3]), ("web-exec-allowlist", "enforced", [4]),
+                  ("web-exec-allowlist", "observe", [5])]
+    periods = [i for i in doc["sensors"] if i["sensor"] == "s2"]
+    assert all(a["stop"] == b["start"] for a, b in itertools.pairwise(periods))
+    assert periods[-1]["stop"] is None
+    # sensors outside the web group never enforced it
+    assert {i["sensor"] for i in doc["sensors"]} == {"s1", "s2", "s3", "s4"}
+
+    # the text form prints the same facts
+    text = _cli("audit", "web-lockdown", "--state", str(w.state), "--sensor", "s2")
+    assert text.returncode == 0, text.stderr
+    for step in doc["steps"]:
+        assert f"v{step['version']}  {step['commit'][:12]}" in text.stdout
+        assert f"author: {step['author']}; approved by: {', '.join(step['approvers']) or 'none'}" in text.stdout
+    for p in periods:
+        assert f"s2  web-exec-allowlist  {p['state']}  {p['start']} → {p['stop'] or 'now'}" in text.stdout
+    assert "s3  " not in text.stdout
+
+    unknown = _cli("audit", "no-such-pack", "--state", str(w.state))
+    assert unknown.returncode == 2 and "not a pack, rule or policy" in unknown.stderr
