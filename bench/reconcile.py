@@ -25,7 +25,6 @@ import json
 import multiprocessing
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -38,71 +37,15 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _genrepo import generate, git
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS_MS = {100: 300.0, 1000: 2000.0}
 TARGET_RPS = 2000.0
 
-_POLICY = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  tracepoints:
-    - subsystem: syscalls
-      event: sys_enter_{event}
-      args:
-        - index: 5
-          type: int
-      selectors:
-        - matchArgs:
-            - index: 5
-              operator: Equal
-              values: ["{value}"]
-          matchBinaries:
-            - operator: NotIn
-              values: [/usr/bin/app{value}, /usr/sbin/daemon{value}]
-          matchActions:
-            - action: Sigkill
-"""
-_EVENTS = ["setuid", "setgid", "unshare", "ptrace", "bpf"]
-_PER_PACK = 20
-
-
 # ---------------------------------------------------------------------------
-# A generated repository
-
-
-def _git(repo: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update({"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
-                "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
-                "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com"})
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
-
-
-def generate(root: Path, policies: int) -> None:
-    """example-repo/ plus `policies` generated TracingPolicies in packs of 20, each pack assigned (observe)."""
-    shutil.copytree(ROOT / "example-repo", root)
-    packs = max(1, (policies + _PER_PACK - 1) // _PER_PACK)
-    n = 0
-    for p in range(packs):
-        name = f"gen-pack-{p:03d}"
-        pack = root / "packs" / name
-        pack.mkdir(parents=True)
-        (pack / "pack.yaml").write_text(
-            f"apiVersion: palisade.dev/v1\nkind: Pack\nmetadata:\n  name: {name}\nspec:\n"
-            f"  description: generated\n  owners: [bench@example.com]\n  enforcementCapable: true\n")
-        for i in range(min(_PER_PACK, policies - n)):
-            (pack / f"policy-{i:02d}.yaml").write_text(
-                _POLICY.format(name=f"gen-policy-{n:04d}", event=_EVENTS[n % len(_EVENTS)], value=n))
-            n += 1
-        (root / "enforcement" / f"{name}.yaml").write_text(
-            f"apiVersion: palisade.dev/v1\nkind: Enforcement\nmetadata:\n  name: {name}\nspec:\n"
-            f"  pack: {name}\n  assignments:\n    - scope: {{group: web}}\n      state: observe\n")
-    _git(root, "init", "-q", "-b", "main")
-    _git(root, "add", "-A")
-    _git(root, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "generated")
+# A generated repository (bench/_genrepo.py)
 
 
 def _change(root: Path, step: int) -> None:
@@ -110,8 +53,8 @@ def _change(root: Path, step: int) -> None:
     path = root / "packs" / "gen-pack-000" / "policy-00.yaml"
     text = re.sub(r'values: \["[0-9]+"\]', f'values: ["{100000 + step}"]', path.read_text(), count=1)
     path.write_text(text)
-    _git(root, "add", "-A")
-    _git(root, "-c", "commit.gpgsign=false", "commit", "-q", "-m", f"change {step}")
+    git(root, "add", "-A")
+    git(root, "-c", "commit.gpgsign=false", "commit", "-q", "-m", f"change {step}")
 
 
 # ---------------------------------------------------------------------------
