@@ -62,6 +62,7 @@ class Exec:
     count: int = 1
     namespace: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    killed: bool = False  # the evidence is a policy killing or denying it: no proof that it is needed
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def execs_from_events(events: Iterable[Mapping[str, Any]], workload: str) -> lis
         pod = proc["pod"]
         ns = pod.get("namespace") if isinstance(pod.get("namespace"), str) else None
         labels = _labels(pod.get("pod_labels"))
-        out.append(Exec(binary, pbin, when, 1, ns, labels))
+        out.append(Exec(binary, pbin, when, 1, ns, labels, _killed(body.get("action"), _acted(ev))))
         # the parent ran in the same pod too (an entrypoint shell, a supervisor)
         if pbin and pbin.startswith("/") and workload_of(parent) == workload:
             key = str(parent.get("exec_id") or (pbin, parent.get("start_time")))
@@ -213,8 +214,22 @@ def execs_from_events(events: Iterable[Mapping[str, Any]], workload: str) -> lis
 
 def execs_from_observations(rows: Iterable[ObservationRow], workload: str) -> list[Exec]:
     """The exec evidence of `workload` in the fleet's observations (first heartbeat as the time)."""
-    return [Exec(r.binary, r.parent, r.first, r.count) for r in rows
+    return [Exec(r.binary, r.parent, r.first, r.count, killed=_killed(r.action, r.acted)) for r in rows
             if r.workload == workload and r.binary.startswith("/")]
+
+
+def _killed(action: Any, acted: bool | None) -> bool:
+    """An enforcing action that was taken (Tetragon's events report taken actions; palisade's say `acted`)."""
+    if not isinstance(action, str):
+        return False
+    name = action.upper().removeprefix("KPROBE_ACTION_").lower()
+    return name in ("sigkill", "signal", "override", "notifyenforcer") and acted is not False
+
+
+def _acted(ev: Mapping[str, Any]) -> bool | None:
+    pal = ev.get("palisade")
+    acted = pal.get("acted") if isinstance(pal, Mapping) else None
+    return acted if isinstance(acted, bool) else None
 
 
 def _body(ev: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
@@ -267,10 +282,15 @@ def build(workload: str, execs: Sequence[Exec], *, startup: _dt.timedelta = _dt.
         held = [_held(e, start, startup) for e in seen]
         cand = Candidate(binary, sum(e.count for e in seen), parents, offset)
         if binary not in allow and all(held):
-            kinds = sorted({h for h in held if h})
+            phrases = []
+            kinds = sorted({h for h in held if h != _KILLED})
+            if kinds:
+                phrases.append(f"under {' or '.join(kinds)} ({', '.join(parents)}) within "
+                               f"{int(startup.total_seconds())}s of the workload's start")
+            if _KILLED in held:
+                phrases.append("when a policy killed or denied it")
             review.append(Candidate(cand.binary, cand.count, cand.parents, cand.first_seen,
-                                    f"seen only under {' or '.join(kinds)} ({', '.join(parents)}) within "
-                                    f"{int(startup.total_seconds())}s of the workload's start"))
+                                    "seen only " + "; or ".join(phrases)))
         else:
             allowed.append(cand)
     for binary in allow:
@@ -286,8 +306,13 @@ def build(workload: str, execs: Sequence[Exec], *, startup: _dt.timedelta = _dt.
                      start, sum(e.count for e in execs))
 
 
+_KILLED = "killed"
+
+
 def _held(e: Exec, start: _dt.datetime | None, startup: _dt.timedelta) -> str:
     """Why this sighting alone would not justify allowing the binary ('' if it does)."""
+    if e.killed:
+        return _KILLED
     if e.parent is None or e.time is None or start is None or e.time - start > startup:
         return ""
     base = e.parent.rsplit("/", 1)[-1]
@@ -338,7 +363,8 @@ def files(allow: Allowlist, *, name: str, scope: Scope, owners: Sequence[str], s
             "# (once the enforcement file moves past observe). Review the list before merging."]
     if allow.review:
         head.append("#")
-        head.append("# Held for review (NOT allowed): seen only under a package manager or shell during startup.")
+        head.append("# Held for review (NOT allowed): seen only under a package manager or shell during startup,")
+        head.append("# or only when a policy killed or denied it.")
         head.append("# Add one to `values` (or re-run with --allow PATH) if the workload needs it at run time:")
         for c in allow.review:
             head.append(f"#   {c.binary}  ({c.count}x; {c.reason})")

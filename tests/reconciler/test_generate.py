@@ -174,3 +174,20 @@ def test_events_without_pod_labels_or_namespace_need_a_selector(tmp_path: Path,
     assert main([*argv, "--selector", "app=solo"]) == 0
     doc = _policy(repo.path, "solo-allowlist")
     assert doc["kind"] == "TracingPolicy" and doc["spec"]["podSelector"]["matchLabels"] == {"app": "solo"}
+
+
+def test_a_binary_seen_only_when_a_policy_killed_it_is_held_for_review() -> None:
+    pod = {"namespace": "store", "name": "shop", "pod_labels": {"app": "shop"}}
+    events = [
+        {"process_exec": {"process": {"binary": "/usr/sbin/nginx", "pod": pod}}},
+        # killed by an enforced policy (Tetragon reports the action it took; palisade also says acted)
+        {"process_tracepoint": {"process": {"binary": "/usr/bin/nc", "pod": pod}, "policy_name": "x",
+                                "action": "KPROBE_ACTION_SIGKILL"}, "palisade": {"acted": True}},
+        # an action only reported (observe): the binary ran, it is evidence like any other
+        {"process_tracepoint": {"process": {"binary": "/usr/bin/curl", "pod": pod}, "policy_name": "x",
+                                "action": "KPROBE_ACTION_SIGKILL"}, "palisade": {"acted": False}},
+    ]
+    allow = generate.build("shop", generate.execs_from_events(events, "shop"))
+    assert allow.binaries == ("/usr/bin/curl", "/usr/sbin/nginx")
+    [held] = allow.review
+    assert held.binary == "/usr/bin/nc" and held.reason == "seen only when a policy killed or denied it"
