@@ -116,7 +116,7 @@ class Agent:
         self.last_error: str | None = None
         self.trust = trust.TrustState()
         self._bundles: dict[tuple[int, str], tuple[Bundle, bytes]] = {}
-        self.observations = heartbeat.Observations()
+        self.observations = heartbeat.Observations(cfg.workloads)  # names the workload of an event by its cgroup
         self.last_drift: list[dict[str, Any]] = []
         self._beat_now = asyncio.Event()
         # Every call into the enforcer runs on this one thread: the engine (bcc, ring buffers) is not
