@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..findings import has_errors, render_text
     from ..model import Scope, State, UnitKey
-    from ._gitwork import commit_files, create_branch, read_blob, require_repo
+    from ._gitwork import changed_paths, commit_files, create_branch, read_blob, require_repo
 
     repo: Path = args.repo
     require_repo(repo)
@@ -90,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
 
     move = f"{args.action} {kind} {name} @ {scope.key}: {current.value} → {target.value}"
     notes = _needs(repo, model, unit, current, target, start, args.action)
+    if changed_paths(repo, [path]):
+        print(f"palisade {args.action}: note: {path} has uncommitted changes; they are not part of this move "
+              f"(it starts from {args.start}) and stay in your work tree", file=sys.stderr)
     if args.dry_run:
         sys.stdout.write(plan.unified(before, after, path))
         print(f"palisade {args.action} (dry run): {move}", file=sys.stderr)

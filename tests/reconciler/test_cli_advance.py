@@ -50,6 +50,7 @@ def test_advance_commits_one_line_on_a_new_branch_that_validates(tmp_path: Path)
     branch = r.stdout.strip()
     assert branch == "palisade/advance-no-exec-from-tmp-group-web-enforce_ready"
     assert snapshot(repo) == before
+    assert "rules/kernel-hardening.yaml has uncommitted changes; they are not part of this move" in r.stderr
     # rules/kernel-hardening.yaml is commented and holds four rules: exactly one line differs
     assert repo.git.git("diff", "--name-only", "main", branch) == "rules/kernel-hardening.yaml"
     assert changed_lines(repo, "main", branch) == ["-  state: observe", "+  state: enforce_ready"]

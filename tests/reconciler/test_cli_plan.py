@@ -93,6 +93,8 @@ def test_ladder_forward_needs_approval_by_a_non_author(tmp_path: Path) -> None:
     assert doc["rollout"] == {"rollout": "default", "stages": ["canary", "web", "fleet"], "fastTrack": True,
                               "fastTracked": False, "description": doc["rollout"]["description"]}
     assert doc["base"]["commit"] == repo.git.rev("main")
+    explicit = json.loads(plan(repo, "--base", "main", "--head", "feature", "-o", "json").stdout)
+    assert explicit["units"] == doc["units"] and explicit["base"]["label"] == "main"
 
 
 def test_window_problem_is_shown(tmp_path: Path) -> None:
