@@ -45,7 +45,7 @@ spec:
     - name: canary
       sensors: {{ids: [s1]}}
       bake: {bake}
-      gates: {{maxAgentErrors: 0, maxPoliciesRefused: 0, maxUnhealedDrift: 0,
+      gates: {{maxAgentErrors: 0, maxPoliciesRefused: {max_refused}, maxUnhealedDrift: 0,
               maxEnforcementActionsPerNode: 5, minReportingRatio: 1.0}}
     - name: group
       sensors: {{ids: [s2, s3, s4]}}
@@ -124,6 +124,7 @@ class Fleet:
     silent: set[str] = field(default_factory=set)
     lag: dict[str, float] = field(default_factory=dict)
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    real: set[str] = field(default_factory=set)  # sensors a real agent process runs
     running: dict[str, int | None] = field(default_factory=dict)
     pins_seen: list[tuple[float, dict[str, int], int]] = field(default_factory=list)  # (t, pins, version)
     _pending: dict[str, tuple[int, float]] = field(default_factory=dict)
@@ -154,7 +155,8 @@ class Fleet:
                         if not self.pins_seen or self.pins_seen[-1][1] != dict(index.stages):
                             self.pins_seen.append((time.monotonic(), dict(index.stages), index.version))
                         for sensor, stage in STAGE_OF.items():
-                            self._beat(client, sensor, stage, index)
+                            if sensor not in self.real:
+                                self._beat(client, sensor, stage, index)
                 except (httpx.HTTPError, AssertionError) as e:
                     self.errors.append(str(e))
                 self._stop.wait(HEARTBEAT)
@@ -216,9 +218,10 @@ class World:
                            pins_seen=self.fleet.pins_seen).start()
 
 
-def _policy(tmp_path: Path, *, fast_track: bool, bake: str) -> PolicyRepo:
+def _policy(tmp_path: Path, *, fast_track: bool, bake: str, max_refused: int = 0) -> PolicyRepo:
     repo = PolicyRepo.create(tmp_path, min_observation="1s")
-    repo.git.write("staging/default.yaml", STAGING.format(fast_track=str(fast_track).lower(), bake=bake))
+    repo.git.write("staging/default.yaml", STAGING.format(fast_track=str(fast_track).lower(), bake=bake,
+                                                          max_refused=max_refused))
     # Part of the first commit, so v1 already carries this staging plan.
     env = {"GIT_AUTHOR_NAME": ALICE.name, "GIT_AUTHOR_EMAIL": ALICE.email, "GIT_COMMITTER_NAME": ALICE.name,
            "GIT_COMMITTER_EMAIL": ALICE.email, "GIT_AUTHOR_DATE": f"{int(repo.git.now.timestamp())} +0000",
@@ -231,13 +234,13 @@ def _policy(tmp_path: Path, *, fast_track: bool, bake: str) -> PolicyRepo:
 def make_world(tmp_path: Path) -> Iterator[object]:
     worlds: list[World] = []
 
-    def make(*, fast_track: bool = False, bake: str = "2s",
-             labels: dict[str, dict[str, str]] | None = None) -> World:
-        repo = _policy(tmp_path, fast_track=fast_track, bake=bake)
+    def make(*, fast_track: bool = False, bake: str = "2s", labels: dict[str, dict[str, str]] | None = None,
+             real: set[str] | None = None, max_refused: int = 0) -> World:
+        repo = _policy(tmp_path, fast_track=fast_track, bake=bake, max_refused=max_refused)
         kp = generate(tmp_path / "keys")
         state = tmp_path / "state"
         serve = Serve(repo.path, state, kp.signing_key_path)
-        fleet = Fleet(serve.url, kp.public_key_path, labels=labels or {}).start()
+        fleet = Fleet(serve.url, kp.public_key_path, labels=labels or {}, real=real or set()).start()
         w = World(repo, state, kp.signing_key_path, kp.public_key_path, serve, fleet)
         worlds.append(w)
         fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 30)
