@@ -34,6 +34,8 @@ from .policy import ArgFilter, BinariesFilter, Hook, Selector, TracingPolicy
 from .tpformat import Field, Formats, builtin_formats
 
 MODES = ("observe", "enforce_ready", "enforced")
+#: `pl_cfg.mode` of a policy being unloaded: its programs return at once (set before its links go).
+MODE_OFF = len(MODES)
 STRLEN = 256
 MAX_SELECTORS = 5
 MAX_STRING_FILTERS = 64
@@ -757,7 +759,7 @@ class _Compiler:
         L: list[str] = [f"int {site.function}({ctx_t} *ctx) {{",
                         "    int z = 0;",
                         "    struct pl_cfg *cfg = pl_cfg.lookup(&z);",
-                        f"    if (!cfg) return {allow};"]
+                        f"    if (!cfg || cfg->mode >= {MODE_OFF}) return {allow};"]
         if not cg:
             L.append(f"    if (cfg->scoped && !pl_in_scope()) return {allow};")
         L += ["    struct pl_scratch *sc = pl_scratch.lookup(&z);",

@@ -8,7 +8,12 @@ document and the load parameters so that a new process can adopt it). bpffs
 refuses dots in names, so the directory is the key with `.` written as `_`
 (Kubernetes names never contain `_`). Links
 are pinned, not held by a file descriptor, so enforcement outlives the loading
-process; removing the directory detaches and frees everything.
+process. Unloading does not rely on removing the pins alone, because the kernel
+drops a pin's reference only after an RCU grace period and frees programs some
+30-45 ms later: it switches the policy's programs off (`pl_cfg.mode =
+MODE_OFF`, seen by the very next event), detaches the links the kernel can
+detach (cgroup links; perf-event links cannot be), removes the pins, and waits
+until the kernel has freed every program, link and map of the policy.
 
 Loading is all-or-nothing: the policy is built in a hidden sibling directory
 (`_loading_<pid>_<dir>`) and renamed into place once every program is attached;
@@ -28,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import syscall
-from .compile import MODES, Features, Plan, Site, compile_policy
+from . import inventory, syscall
+from .compile import MODE_OFF, MODES, Features, Plan, Site, compile_policy
 from .errors import BpfError, LoadError, NotLoaded, Unsupported
 from .events import Counters, EventStream, read_counters
 from .policy import TracingPolicy, parse
@@ -41,6 +46,8 @@ _CFG = struct.Struct("<II")  # struct pl_cfg { u32 mode; u32 scoped; }
 _PROC = struct.Struct("<QII256s256s")  # struct pl_proc
 _BASE_MAPS = ("pl_cfg", "pl_counters", "pl_scratch", "pl_events", "pl_scope", "pl_meta")
 _BPF_NOEXIST = 1
+#: How long an unload waits for the kernel to free what it unpinned (measured: 30-50 ms).
+_FREE_TIMEOUT = 2.0
 
 _CGROUP_ATTACH = {
     "sock_create": syscall.AttachType.BPF_CGROUP_INET_SOCK_CREATE,
@@ -152,7 +159,7 @@ class Engine:
             raise NotLoaded(f"policy {key} is not loaded (no {d})")
         self._events.remove(key)
         self._loaded.pop(key, None)
-        _remove_pins(d)
+        _teardown(d)
 
     def loaded(self) -> dict[str, LoadedPolicy]:
         """The policies this engine manages (loaded or adopted), as the kernel has them now."""
@@ -169,7 +176,7 @@ class Engine:
         for d in sorted(self.pin_root.iterdir()):
             if d.name.startswith("_loading_"):
                 if _stale(d.name):
-                    _remove_pins(d)
+                    _teardown(d)
                 continue
             try:
                 policy, _cg = _read_meta(d)
@@ -273,7 +280,7 @@ class _Loader:
         self.e.pin_root.mkdir(parents=True, exist_ok=True)
         tmp = self.e.pin_root / f"_loading_{os.getpid()}_{final.name}"
         if tmp.exists():
-            _remove_pins(tmp)
+            _teardown(tmp)
         tmp.mkdir()
         b = None
         try:
@@ -308,7 +315,7 @@ class _Loader:
                 self._attach(tmp, s, progs[s.function])
             os.rename(tmp, final)
         except BaseException:
-            _remove_pins(tmp)
+            _teardown(tmp)
             raise
         finally:
             if b is not None:
@@ -389,8 +396,64 @@ def _read_meta(d: Path) -> tuple[TracingPolicy, tuple[str, ...]]:
     return parse(meta["document"]), tuple(meta.get("cgroups") or ())
 
 
+def _teardown(d: Path, timeout: float = _FREE_TIMEOUT) -> bool:
+    """Stop, detach and unpin everything in `d`, remove it, and wait until the kernel has freed it.
+
+    True when every program, link and map pinned there is gone from the kernel
+    within `timeout` (they are switched off and detached before that anyway)."""
+    progs: set[int] = set()
+    links: set[int] = set()
+    maps: set[int] = set()
+    _switch_off(d / "map_pl_cfg")
+    for p in sorted(d.rglob("*")):
+        if p.is_dir():
+            continue
+        kind = p.name.split("_", 1)[0]
+        try:
+            fd = syscall.obj_get(p)
+        except OSError:
+            continue  # not a BPF object (or already gone): only unlinked below
+        try:
+            ident = syscall.obj_id(fd)
+            if kind == "link":
+                links.add(ident)
+                _detach(fd)
+            elif kind == "prog":
+                progs.add(ident)
+            elif kind == "map":
+                maps.add(ident)
+        finally:
+            os.close(fd)
+    _remove_pins(d)
+    return inventory.wait_until_gone(progs, links, maps, timeout=timeout)
+
+
+def _switch_off(cfg_pin: Path) -> None:
+    """Make the policy's programs return at once, from the next event on (map updates are immediate)."""
+    try:
+        fd = syscall.obj_get(cfg_pin)
+    except OSError:
+        return  # a half-built load that never got its configuration map pinned
+    try:
+        syscall.map_update_elem(fd, b"\0\0\0\0", _CFG.pack(MODE_OFF, 0))
+    except OSError:
+        pass  # a foreign or damaged map: removing the pins still detaches, just later
+    finally:
+        os.close(fd)
+
+
+def _detach(link_fd: int) -> None:
+    """Detach a link now, where the kernel can (cgroup links); perf-event links say EOPNOTSUPP and
+    go with their last reference (their programs are switched off by then)."""
+    try:
+        syscall.link_detach(link_fd)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOLINK):
+            raise
+
+
 def _remove_pins(d: Path) -> None:
-    """Unpin everything in `d` (links detach when their last pin goes) and remove it."""
+    """Unpin everything in `d` and remove it."""
     for p in d.iterdir():
         if p.is_dir():
             _remove_pins(p)
