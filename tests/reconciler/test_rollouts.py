@@ -1,0 +1,188 @@
+"""The rollout controller on real state: SQLite (rollout.db, fleet.db, the ledger), a real signed bundle
+store, heartbeats recorded as the server records them, and a clock the test moves."""
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+from reconciler.bundle import Bundle, BundlePolicy, BundleStage, Origin, StageGates, Staging, sign_bundle
+from reconciler.fleet import Fleet, parse_heartbeat
+from reconciler.ledger import Ledger
+from reconciler.model import Scope, State
+from reconciler.rollout import Action
+from reconciler.rollouts import Controller, RolloutDB, StagedStore, read_status
+
+T0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
+PLAN = Staging(False, (
+    BundleStage("canary", sensors=("c1",), bake_seconds=60,
+                gates=StageGates(max_enforcement_actions_per_node=5, min_reporting_ratio=1.0)),
+    BundleStage("fleet", rest=True, bake_seconds=60, gates=StageGates(min_reporting_ratio=0.5)),
+))
+SENSORS = {"c1": "canary", "f1": "fleet", "f2": "fleet"}
+
+
+@dataclass
+class Env:
+    state: Path
+    key: SigningKey
+    now: _dt.datetime
+    ledger: Ledger
+    store: StagedStore
+    ctl: Controller
+    fleet: Fleet
+
+    def clock(self) -> _dt.datetime:
+        return self.now
+
+    def publish(self, version: int, state: State) -> None:
+        policy = BundlePolicy.of("p", Origin("rule", "r"), Scope(), state, "kind: TracingPolicy\n")
+        b = Bundle(version, f"{version:040x}", None, "Dana <d@example.com>", (), self.now, (policy,), (), PLAN)
+        self.store.publish(sign_bundle(b, self.key), now=self.now)
+
+    def beat(self, sensor: str, *, enforced: int = 0, version: int | None = None) -> None:
+        index = self.store.index()
+        assert index is not None
+        v = version if version is not None else index.pinned(SENSORS[sensor])
+        doc = {"version": v, "stage": SENSORS[sensor], "counters": {"enforced": enforced}}
+        self.fleet.record_heartbeat(parse_heartbeat(sensor, doc), now=self.now)
+
+    def beat_all(self, **enforced: int) -> None:
+        for s in SENSORS:
+            self.beat(s, enforced=enforced.get(s, 0))
+
+    def reopen(self) -> None:
+        """A reconciler restart: close everything, open again on the same state directory."""
+        self.ctl.close()
+        self.ledger.close()
+        self.ledger = Ledger.open(self.state)
+        self.store = StagedStore(self.state / "store", self.key)
+        self.ctl = Controller(self.state, self.ledger, self.store, clock=self.clock)
+
+    def events(self, kind: str) -> list[str]:
+        return [f"{e.subject} {e.detail.get('stage', '')}".strip() for e in reversed(self.ledger.events(kind))]
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> Iterator[Env]:
+    state = tmp_path / "state"
+    ledger = Ledger.open(state)
+    key = SigningKey.generate()
+    store = StagedStore(state / "store", key)
+    e = Env(state, key, T0, ledger, store, None, Fleet.open(state))  # type: ignore[arg-type]
+    e.ctl = Controller(state, ledger, store, clock=e.clock)
+    try:
+        yield e
+    finally:
+        e.ctl.close()
+        e.fleet.close()
+        e.ledger.close()
+
+
+def _pins(env: Env) -> dict[str, int]:
+    index = env.store.index()
+    assert index is not None
+    return dict(index.stages)
+
+
+def test_a_new_version_is_published_to_the_first_stage_only(env: Env) -> None:
+    env.publish(1, State.OBSERVE)
+    assert _pins(env) == {"canary": 1, "fleet": 1, "default": 1}
+    env.ctl.tick()
+    env.publish(2, State.ENFORCED)  # tightening
+    # the index written by the publish itself: no agent outside the canary is ever pinned to v2
+    assert _pins(env) == {"canary": 2, "fleet": 1, "default": 1}
+    d = env.ctl.tick()
+    assert d is not None and d.action == Action.HOLD
+    assert env.events("rollout-started") == ["v2 canary"]
+    started = env.ledger.events("rollout-started")[0]
+    assert started.detail["classification"]["kind"] == "tightening"
+
+
+def test_bake_survives_a_restart_and_nothing_is_promoted_twice(env: Env) -> None:
+    env.publish(1, State.OBSERVE)
+    env.ctl.tick()
+    env.publish(2, State.ENFORCED)
+    env.beat_all()
+    env.ctl.tick()
+    env.now = T0 + _dt.timedelta(seconds=30)
+    env.reopen()
+    env.beat_all()
+    d = env.ctl.tick()
+    assert d is not None and d.action == Action.HOLD and d.reason == "baking, 30s left"
+    env.now = T0 + _dt.timedelta(seconds=61)
+    env.reopen()
+    env.beat_all()
+    d = env.ctl.tick()
+    assert d is not None and d.action == Action.PROMOTE
+    assert _pins(env) == {"canary": 2, "fleet": 2, "default": 2}
+    env.reopen()
+    env.ctl.tick()
+    assert env.events("rollout-promoted") == ["v2 fleet"]
+
+
+def test_a_decision_saved_before_a_crash_is_finished_at_the_next_tick(env: Env) -> None:
+    env.publish(1, State.OBSERVE)
+    env.ctl.tick()
+    env.publish(2, State.ENFORCED)
+    env.ctl.tick()
+    db = RolloutDB.open(env.state)
+    progress, _ = db.load()
+    # the crash: the promotion was saved, the index was never re-pinned
+    db.save(progress, {"canary": 2, "fleet": 2, "default": 2})
+    db.close()
+    env.reopen()
+    env.ctl.tick()
+    assert _pins(env) == {"canary": 2, "fleet": 2, "default": 2}
+
+
+def test_enforcement_actions_count_from_the_version_change(env: Env) -> None:
+    env.publish(1, State.OBSERVE)
+    env.ctl.tick()
+    env.beat_all(c1=100)  # the canary's counter is already high under v1: that is not v2's doing
+    env.ctl.tick()
+    env.publish(2, State.ENFORCED)
+    env.beat_all(c1=104)
+    d = env.ctl.tick()
+    assert d is not None and d.action == Action.HOLD
+    env.beat_all(c1=106)
+    d = env.ctl.tick()
+    assert d is not None and d.action == Action.HALT and d.gate == "maxEnforcementActionsPerNode"
+    assert "6 > 5" in d.reason
+    assert _pins(env) == {"canary": 1, "fleet": 1, "default": 1}
+    assert env.events("rollout-rolled-back") == ["v2"]
+    status = read_status(env.state, now=env.now)
+    assert status["state"] == "halted" and status["haltReason"] == d.reason
+    # each sensor's versions, for the audit
+    runs = [(v.sensor, v.version, v.ended is None) for v in RolloutDB.open(env.state).sensor_versions("c1")]
+    assert runs == [("c1", 1, False), ("c1", 2, True)]
+
+
+def test_operator_requests_are_applied_with_the_operator_as_actor(env: Env) -> None:
+    env.publish(1, State.OBSERVE)
+    env.ctl.tick()
+    env.publish(2, State.ENFORCED)
+    env.ctl.tick()
+    db = RolloutDB.open(env.state)
+    rid = db.request("abort", "wrong change", "olga", env.now)
+    env.ctl.tick()
+    req = db.get_request(rid)
+    db.close()
+    assert req is not None and req.applied is not None and req.result is not None
+    assert req.result.startswith("aborted")
+    assert _pins(env) == {"canary": 1, "fleet": 1, "default": 1}
+    (aborted,) = env.ledger.events("rollout-aborted")
+    assert aborted.actor == "olga" and aborted.detail["reason"] == "wrong change"
+
+
+def test_a_relaxing_change_is_fast_tracked_only_when_the_plan_allows(env: Env) -> None:
+    env.publish(1, State.ENFORCED)
+    env.ctl.tick()
+    env.publish(2, State.OBSERVE)  # relaxing, but PLAN has fastTrack off
+    assert _pins(env) == {"canary": 2, "fleet": 1, "default": 1}
+    saved = RolloutDB.open(env.state).plan(2)
+    assert saved is not None and saved[0] is True and saved[1] is False
