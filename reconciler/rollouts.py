@@ -353,7 +353,11 @@ class Controller:
         if index is None or bundle.version <= index.version:
             return None  # the first publish goes everywhere; a repeated publish is a no-op anyway
         progress, _ = self.db.load()
-        relaxing, reasons = self._classify(index, bundle)
+        try:
+            relaxing, reasons = self._classify(index, bundle)
+        except Exception as e:  # never block a publish on the classification: stage by stage is always safe
+            log.exception("cannot classify v%d", bundle.version)
+            relaxing, reasons = False, [f"cannot classify the change: {e}"]
         fast = bool(bundle.staging and bundle.staging.fast_track and relaxing)
         self.db.save_plan(bundle.version, relaxing, fast, reasons)
         _, pins = start(bundle.staging, progress, index.stages, bundle.version, relaxing=relaxing, now=self._now())
@@ -415,7 +419,10 @@ class Controller:
 
     def _begin(self, index: Index, progress: Progress, now: _dt.datetime) -> tuple[Progress, dict[str, int], Index]:
         target = self.bundle(index.version)
-        plan = target.staging if target is not None else None
+        if target is None:
+            # Without its plan, nothing can be pinned safely; the publish already pinned the first stage only.
+            raise StateError(f"cannot read bundle v{index.version} to start its rollout")
+        plan = target.staging
         if progress.target is None and progress.stable is None:
             # No record yet (first publish, or state from before the controller): adopt what the index says.
             last = plan.stages[-1].name if plan and plan.stages else DEFAULT_STAGE
