@@ -186,3 +186,40 @@ def test_a_relaxing_change_is_fast_tracked_only_when_the_plan_allows(env: Env) -
     assert _pins(env) == {"canary": 2, "fleet": 1, "default": 1}
     saved = RolloutDB.open(env.state).plan(2)
     assert saved is not None and saved[0] is True and saved[1] is False
+
+
+def test_a_newer_version_mid_rollout_starts_again_at_the_first_stage(env: Env) -> None:
+    env.publish(1, State.OBSERVE)
+    env.ctl.tick()
+    env.publish(2, State.ENFORCED)
+    env.beat_all()
+    env.ctl.tick()
+    env.now += _dt.timedelta(seconds=61)
+    env.beat_all()
+    env.ctl.tick()  # v2 promoted to the fleet, baking there
+    assert _pins(env) == {"canary": 2, "fleet": 2, "default": 2}
+    env.publish(3, State.ENFORCE_READY)
+    assert _pins(env) == {"canary": 3, "fleet": 1, "default": 1}
+    env.ctl.tick()
+    started = env.ledger.events("rollout-started")[0]
+    assert started.subject == "v3" and started.detail["supersedes"] == 2 and started.detail["stable"] == 1
+
+
+def test_status_text_while_baking(env: Env) -> None:
+    from reconciler.cli.rollout import render_text
+
+    env.publish(1, State.OBSERVE)
+    env.ctl.tick()
+    env.publish(2, State.ENFORCED)
+    env.beat_all(c1=0)
+    env.ctl.tick()
+    env.now += _dt.timedelta(seconds=15)
+    env.beat("c1", enforced=2)
+    env.ctl.tick()
+    text = render_text(read_status(env.state, now=env.now))
+    assert "rollout   progressing: v2 (stable v1)" in text
+    assert "reason    baking, 45s left" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith(("canary", "fleet"))}
+    assert lines["canary"].split()[:7] == ["canary", "v2", "1", "1", "1", "45s", "baking"]
+    assert "maxEnforcementActionsPerNode 2<=5" in lines["canary"]
+    assert lines["fleet"].split()[:7] == ["fleet", "v1", "2", "2", "2", "-", "waiting"]
