@@ -23,7 +23,7 @@ kernel-tools: $(STAMP)
 	bash scripts/kernel-tools.sh $(VENV)
 
 demo: venv kernel-tools
-	$(BIN)/python -m reconciler.demo
+	$(BIN)/python scripts/demo.py
 
 test: venv kernel-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
