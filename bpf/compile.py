@@ -19,7 +19,11 @@ How a policy maps onto this engine:
 - string matching (`matchBinaries`, string `matchArgs`) is done with three maps
   shared by the policy's filters: exact values in a hash, prefixes in an LPM
   trie, postfixes in an LPM trie of reversed strings; each filter owns one bit
-  of the u64 the maps return.
+  of the u64 the maps return;
+- every hook program first skips the engine's own processes (no action, no
+  event): their tgids are in `pl_self`, a map the engine pins once per pin root
+  (`PL_SELF_PIN`), so a policy such as block-bpf-load never kills the agent
+  that loads the next policy (Tetragon exempts itself too).
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ MAX_SELECTORS = 5
 MAX_STRING_FILTERS = 64
 #: String (and sockaddr) operands a hook may read; the first two are copied into events.
 MAX_STRING_OPERANDS = 4
+#: Engine processes exempt from every policy (the `pl_self` map shared by the policies of a pin root).
+SELF_ENTRIES = 64
 #: Ring buffer per policy: 256 pages = 1 MiB, about 1,180 events before the reader must drain.
 RING_PAGES = 256
 
@@ -762,10 +768,11 @@ class _Compiler:
                         f"    if (!cfg || cfg->mode >= {MODE_OFF}) return {allow};"]
         if not cg:
             L.append(f"    if (cfg->scoped && !pl_in_scope()) return {allow};")
-        L += ["    struct pl_scratch *sc = pl_scratch.lookup(&z);",
-              f"    if (!sc) return {allow};",
-              "    u64 pid_tgid = bpf_get_current_pid_tgid();",
+        L += ["    u64 pid_tgid = bpf_get_current_pid_tgid();",
               "    u32 tgid = pid_tgid >> 32;",
+              f"    if (pl_self.lookup(&tgid)) return {allow};  /* the engine's own process: never acted on */",
+              "    struct pl_scratch *sc = pl_scratch.lookup(&z);",
+              f"    if (!sc) return {allow};",
               "    u32 act = 0, sig = 0, sel = 0, acted = 0; int post = 1, deny = 0;",
               "    u64 fbits = 0;",
               "    struct pl_proc *proc = 0;"]
@@ -968,6 +975,11 @@ BPF_PERCPU_ARRAY(pl_counters, u64, 4);
 BPF_PERCPU_ARRAY(pl_scratch, struct pl_scratch, 1);
 BPF_RINGBUF_OUTPUT(pl_events, %(pages)d);
 BPF_HASH(pl_scope, u64, u8, 1024);
+#ifndef PL_SELF_PIN
+#define PL_SELF_PIN "/sys/fs/bpf/palisade/_self"
+#endif
+/* tgid -> start time of the engines that load policies; shared by every policy, pinned by the engine */
+BPF_TABLE_PINNED("hash", u32, u64, pl_self, %(self_entries)d, PL_SELF_PIN);
 %(tables)s
 static __always_inline void pl_count(int idx) {
     u64 *v = pl_counters.lookup(&idx);
@@ -1075,6 +1087,6 @@ def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, 
                    f"BPF_LPM_TRIE(pl_str_post, struct pl_lpm, u64, {sizes['post']});"]
     if tracking:
         tables.append('BPF_TABLE("lru_hash", u32, struct pl_proc, pl_procs, 65536);')
-    return _PRELUDE % {"strlen": STRLEN, "nstr": MAX_STRING_OPERANDS + 1, "pages": RING_PAGES,
-                       "tables": "\n".join(tables), "strfn": _STRFN if strings else ""}
+    return _PRELUDE % {"strlen": STRLEN, "self_entries": SELF_ENTRIES, "nstr": MAX_STRING_OPERANDS + 1,
+                       "pages": RING_PAGES, "tables": "\n".join(tables), "strfn": _STRFN if strings else ""}
 

@@ -15,6 +15,13 @@ MODE_OFF`, seen by the very next event), detaches the links the kernel can
 detach (cgroup links; perf-event links cannot be), removes the pins, and waits
 until the kernel has freed every program, link and map of the policy.
 
+The engine never enforces against itself: every program first looks the current
+tgid up in `<pin_root>/_self`, a hash map of engine tgids → process start time
+shared by all the policies of the root. `Engine()` and `adopt()` write the
+process's own tgid there before anything else (so an agent restarted with a new
+pid is exempt before its first load) and drop entries of processes that are gone;
+`load()` creates the map when it is missing, and the last `unload()` removes it.
+
 Loading is all-or-nothing: the policy is built in a hidden sibling directory
 (`_loading_<pid>_<dir>`) and renamed into place once every program is attached;
 any failure removes the hidden directory, and with it every program, link and
@@ -23,6 +30,7 @@ by the next `adopt()`.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -34,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from . import inventory, syscall
-from .compile import MODE_OFF, MODES, Features, Plan, Site, compile_policy
+from .compile import MODE_OFF, MODES, SELF_ENTRIES, Features, Plan, Site, compile_policy
 from .errors import BpfError, LoadError, NotLoaded, Unsupported
 from .events import Counters, EventStream, read_counters
 from .policy import TracingPolicy, parse
@@ -46,6 +54,7 @@ _CFG = struct.Struct("<II")  # struct pl_cfg { u32 mode; u32 scoped; }
 _PROC = struct.Struct("<QII256s256s")  # struct pl_proc
 _BASE_MAPS = ("pl_cfg", "pl_counters", "pl_scratch", "pl_events", "pl_scope", "pl_meta")
 _BPF_NOEXIST = 1
+_SELF_PIN = "_self"
 #: How long an unload waits for the kernel to free what it unpinned (measured: 30-50 ms).
 _FREE_TIMEOUT = 2.0
 
@@ -88,6 +97,8 @@ class Engine:
     def __init__(self, pin_root: Path = DEFAULT_PIN_ROOT, node_name: str | None = None,
                  features: Features | None = None, formats: Formats | None = None) -> None:
         self.pin_root = Path(pin_root)
+        # first: a policy already pinned here (a block-bpf-load, say) must not hit this process
+        self._exempt_self(create=False)
         self.node_name = node_name or socket.gethostname()
         self._features = features
         self.formats = formats or tracefs_formats()
@@ -133,8 +144,10 @@ class Engine:
             if not cg:
                 return LoadResult(key, False, ("load failed: an empty workload (no cgroups) would match nothing",))
         try:
+            self._exempt_self(create=True)
             _Loader(self, plan, mode, cg).run(final)
         except Exception as e:  # bcc raises plain Exception on compile errors
+            self._drop_self_if_idle()
             return LoadResult(key, False, (f"load failed: {e}",), notes=plan.notes)
         self._track(key, plan, adopted=False)
         lp = self._describe(key)
@@ -160,6 +173,7 @@ class Engine:
         self._events.remove(key)
         self._loaded.pop(key, None)
         _teardown(d)
+        self._drop_self_if_idle()
 
     def loaded(self) -> dict[str, LoadedPolicy]:
         """The policies this engine manages (loaded or adopted), as the kernel has them now."""
@@ -171,9 +185,12 @@ class Engine:
         Half-built directories of a loader that died are removed. Directories whose
         metadata cannot be read are left alone and listed in `broken`."""
         adopted: list[str] = []
+        self._exempt_self(create=False)
         if not self.pin_root.is_dir():
             return adopted
         for d in sorted(self.pin_root.iterdir()):
+            if not d.is_dir():
+                continue  # the shared exemption map
             if d.name.startswith("_loading_"):
                 if _stale(d.name):
                     _teardown(d)
@@ -214,7 +231,49 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def self_pin(self) -> Path:
+        """The map of exempt engine processes shared by the policies under `pin_root`."""
+        return self.pin_root / _SELF_PIN
+
     # ------------------------------------------------------------------ helpers
+
+    def _exempt_self(self, create: bool) -> None:
+        """Put this process in the exemption map (creating it when `create`), dropping processes that are gone."""
+        pin = self.self_pin
+        try:
+            fd = syscall.obj_get(pin)
+        except OSError as e:
+            if e.errno != errno.ENOENT or not create:
+                return  # nothing pinned yet (or no bpffs): nothing can hit us before our first load
+            self.pin_root.mkdir(parents=True, exist_ok=True)
+            fd = syscall.map_create(syscall.MapType.BPF_MAP_TYPE_HASH, 4, 8, SELF_ENTRIES, name="pl_self")
+            try:
+                syscall.obj_pin(fd, pin)
+            except OSError as e2:
+                os.close(fd)
+                if e2.errno != errno.EEXIST:
+                    raise
+                fd = syscall.obj_get(pin)  # another engine pinned it meanwhile
+        try:
+            me = os.getpid()
+            for key in list(syscall.map_keys(fd, 4)):
+                (pid,) = struct.unpack("<I", key)
+                raw = syscall.map_lookup_elem(fd, key, 8)
+                if pid != me and (raw is None or _start_time(pid) != struct.unpack("<Q", raw)[0]):
+                    syscall.map_delete_elem(fd, key)  # gone, or its pid now belongs to another process
+            syscall.map_update_elem(fd, struct.pack("<I", me), struct.pack("<Q", _start_time(me) or 0))
+        finally:
+            os.close(fd)
+
+    def _drop_self_if_idle(self) -> None:
+        """Remove the exemption map once no policy (nor a load in progress) is pinned under the root."""
+        if not self.pin_root.is_dir():
+            return
+        if any(p.is_dir() for p in self.pin_root.iterdir()):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.self_pin.unlink()
 
     def _dir(self, key: str) -> Path:
         return self.pin_root / key.replace(".", "_")
@@ -285,7 +344,7 @@ class _Loader:
         b = None
         try:
             meta_size = (len(self.meta) + 4 + 7) // 8 * 8
-            source = self.plan.source + (
+            source = f"#define PL_SELF_PIN {json.dumps(str(self.e.self_pin))}\n" + self.plan.source + (
                 f"\nstruct pl_meta_t {{ u32 len; char data[{meta_size}]; }};\n"
                 "BPF_ARRAY(pl_meta, struct pl_meta_t, 1);\n"
             )
@@ -375,6 +434,17 @@ def _prog_type(site: Site) -> tuple[int, int]:
     if site.attach == "sock_create":
         return BPF.CGROUP_SOCK, int(_CGROUP_ATTACH["sock_create"])
     return BPF.CGROUP_SOCK_ADDR, int(_CGROUP_ATTACH[site.attach])
+
+
+def _start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot; /proc/<pid>/stat field 22), None if it is gone.
+
+    With the pid it identifies a process: a recycled pid has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _read_meta(d: Path) -> tuple[TracingPolicy, tuple[str, ...]]:

@@ -184,7 +184,7 @@ TEMPLATES: Mapping[str, Template] = {
         Template("block-pivot-root", "kill processes calling pivot_root", (), _single("sys_enter_pivot_root")),
         Template("block-mount-syscall", "kill processes mounting file systems", (), _mount),
         Template("block-unshare", "kill processes calling unshare", (), _single("sys_enter_unshare")),
-        Template("block-bpf-load", "kill processes loading BPF programs (add the node agent as an exception)", (),
+        Template("block-bpf-load", "kill processes loading BPF programs (the node agent itself is exempt)", (),
                  _bpf_load),
         Template("block-chmod-suid", "kill processes setting the setuid/setgid bit", (), _chmod_suid),
     )

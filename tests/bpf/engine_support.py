@@ -85,10 +85,13 @@ def cleanup_pins(pin_root: Path) -> None:
             e.unload(key)
     finally:
         e.close()
-    for d in pin_root.iterdir():  # broken or half-built leftovers
-        for p in d.iterdir():
-            p.unlink()
-        d.rmdir()
+    for d in pin_root.iterdir():  # broken or half-built leftovers, the exemption map
+        if d.is_dir():
+            for p in d.iterdir():
+                p.unlink()
+            d.rmdir()
+        else:
+            d.unlink()
     pin_root.rmdir()
 
 

@@ -6,10 +6,13 @@ RCU grace period (30-45 ms measured), so these tests act *immediately* after
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from engine_support import Workload, exec_allowlist
@@ -70,3 +73,77 @@ def test_unload_of_a_cgroup_socket_policy_detaches_before_returning(engine: Engi
 
     assert (ran.returncode, ran.stdout) == (0, b"ok\n"), ran.stderr
     assert left == set() and attached == []
+
+
+# An agent: an engine in its own process, inside the workload it enforces on.
+_AGENT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from bpf.engine import Engine
+from bpf.policy import parse
+e = Engine(pin_root=Path({pins!r}), node_name="test-node")
+if {adopt!r}:
+    e.adopt()
+out = []
+for doc, mode in json.loads({loads!r}):
+    r = e.load(parse(doc), mode, cgroups=[{cg!r}])
+    out.append([r.loaded, list(r.reasons)])
+print(json.dumps(out), flush=True)
+sys.stdin.readline()
+"""
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
+# bpf(BPF_PROG_LOAD, NULL, 0): the policy acts on entry, before the kernel looks at the (missing) attributes
+PROG_LOAD = ("import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+             f"r = libc.syscall({_BPF_SYSCALL.get(os.uname().machine, 321)}, 5, None, 0); "
+             "print('returned', r, flush=True)")
+
+
+def _agent(workload: Workload, pin_root: Path, loads: list[tuple[dict, str]], adopt: bool = False
+           ) -> tuple[subprocess.Popen[bytes], list[list]]:
+    root = str(Path(__file__).resolve().parents[2])
+    code = _AGENT.format(root=root, pins=str(pin_root), adopt=adopt, loads=json.dumps(loads),
+                         cg=str(workload.path))
+    p = workload.popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    assert line, f"the agent died (status {p.wait()})"
+    return p, json.loads(line)
+
+
+def _exempt(pin_root: Path) -> set[int]:
+    fd = syscall.obj_get(pin_root / "_self")
+    try:
+        return {struct.unpack("<I", k)[0] for k in syscall.map_keys(fd, 4)}
+    finally:
+        os.close(fd)
+
+
+def test_the_engine_is_exempt_from_its_own_policies_also_after_a_restart(
+        pin_root: Path, workload: Workload) -> None:
+    """block-bpf-load enforced on the agent's own cgroup: the agent keeps loading policies (a restarted
+    agent, with a new pid, too), while any other process there that loads a BPF program is killed."""
+    block = templates.render("block-bpf-load", "no-bpf", {})
+    watch = exec_allowlist("watch", ["/usr/bin/true"]).document  # observe: it only reports
+    first, results = _agent(workload, pin_root, [(block, "enforced"), (watch, "observe")])
+    try:
+        assert results == [[True, []], [True, []]]
+        other = workload.run([sys.executable, "-c", PROG_LOAD])
+        assert (other.returncode, other.stdout) == (-signal.SIGKILL, b"")
+        outside = subprocess.run([sys.executable, "-c", PROG_LOAD], capture_output=True, timeout=30)
+        assert outside.returncode == 0 and outside.stdout.startswith(b"returned -1")
+    finally:
+        first.kill()
+        first.wait()
+
+    # a new agent (new pid) adopts what is pinned and loads again: exempt before its first load
+    later = dict(watch, metadata={"name": "watch-later"})
+    second, results = _agent(workload, pin_root, [(later, "observe")], adopt=True)
+    try:
+        assert results == [[True, []]]
+        assert _exempt(pin_root) == {second.pid}  # the dead agent's entry was dropped
+        assert workload.run([sys.executable, "-c", PROG_LOAD]).returncode == -signal.SIGKILL
+    finally:
+        assert second.stdin is not None
+        second.communicate(b"done\n", timeout=30)
+    assert second.returncode == 0
