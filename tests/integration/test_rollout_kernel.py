@@ -2,7 +2,7 @@
 enforcing in the kernel; a change that makes it kill a workload's processes more often than the
 gate allows halts the rollout at the canary and rolls the canary back, in the kernel too.
 
-The other nine sensors are the heartbeat fleet of test_rollout.py."""
+The other nine sensors are the heartbeat fleet of test_rollout_fleet.py."""
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from agentproc import AgentProc, policies
-from test_rollout import TIGHTEN, World, _cli, _events, _rollout
-from test_rollout import make_world as make_world  # the fixture
+from test_rollout_fleet import TIGHTEN, World, _cli, _events, _rollout
+from test_rollout_fleet import make_world as make_world  # the fixture
 
 from bpf import syscall
 from bpf.engine import Engine
@@ -62,6 +62,9 @@ def pin_root(require_kernel: None) -> Iterator[Path]:
             finally:
                 e.close()
             for d in root.iterdir():
+                if not d.is_dir():
+                    d.unlink()  # the engine's _self map
+                    continue
                 for p in d.iterdir():
                     p.unlink()
                 d.rmdir()
