@@ -256,7 +256,7 @@ class Engine:
                     raise
                 fd = syscall.obj_get(pin)  # another engine pinned it meanwhile
         try:
-            me = os.getpid()
+            me = _own_tgid()
             for key in list(syscall.map_keys(fd, 4)):
                 (pid,) = struct.unpack("<I", key)
                 raw = syscall.map_lookup_elem(fd, key, 8)
@@ -434,6 +434,17 @@ def _prog_type(site: Site) -> tuple[int, int]:
     if site.attach == "sock_create":
         return BPF.CGROUP_SOCK, int(_CGROUP_ATTACH["sock_create"])
     return BPF.CGROUP_SOCK_ADDR, int(_CGROUP_ATTACH[site.attach])
+
+
+def _own_tgid() -> int:
+    """This process's tgid as the kernel's BPF helpers see it (the initial pid namespace).
+
+    That is what /proc/self names when /proc is the host's (an agent runs with the host's pid
+    namespace, as Tetragon's does); os.getpid() is the pid in the process's own namespace."""
+    try:
+        return int(os.readlink("/proc/self"))
+    except (OSError, ValueError):
+        return os.getpid()
 
 
 def _start_time(pid: int) -> int | None:
