@@ -97,8 +97,10 @@ class Engine:
     def __init__(self, pin_root: Path = DEFAULT_PIN_ROOT, node_name: str | None = None,
                  features: Features | None = None, formats: Formats | None = None) -> None:
         self.pin_root = Path(pin_root)
-        # first: a policy already pinned here (a block-bpf-load, say) must not hit this process
-        self._exempt_self(create=False)
+        # first: a policy already pinned here (a block-bpf-load, say) must not hit this process;
+        # best effort here, load() does it again and reports a failure
+        with contextlib.suppress(LoadError):
+            self._exempt_self(create=False)
         self.node_name = node_name or socket.gethostname()
         self._features = features
         self.formats = formats or tracefs_formats()
@@ -185,7 +187,8 @@ class Engine:
         Half-built directories of a loader that died are removed. Directories whose
         metadata cannot be read are left alone and listed in `broken`."""
         adopted: list[str] = []
-        self._exempt_self(create=False)
+        with contextlib.suppress(LoadError):
+            self._exempt_self(create=False)
         if not self.pin_root.is_dir():
             return adopted
         for d in sorted(self.pin_root.iterdir()):
@@ -263,6 +266,8 @@ class Engine:
                 if pid != me and (raw is None or _start_time(pid) != struct.unpack("<Q", raw)[0]):
                     syscall.map_delete_elem(fd, key)  # gone, or its pid now belongs to another process
             syscall.map_update_elem(fd, struct.pack("<I", me), struct.pack("<Q", _start_time(me) or 0))
+        except OSError as e:
+            raise LoadError(f"cannot exempt this process from its own policies in {pin}: {e}") from None
         finally:
             os.close(fd)
 
