@@ -1,6 +1,7 @@
 """`palisade rollout`: watch and steer the progressive rollout (canary → group → fleet).
 
     palisade rollout status  (--state DIR | --server URL) [-o json]
+    palisade rollout history --state DIR [--sensors] [--limit N] [-o json]
     palisade rollout pause   --state DIR --reason TEXT [--operator NAME] [--wait SECONDS]
     palisade rollout resume  --state DIR --reason TEXT [--operator NAME] [--wait SECONDS]
     palisade rollout abort   --state DIR --reason TEXT [--operator NAME] [--wait SECONDS]
@@ -8,6 +9,8 @@
 `status` shows each stage: the pinned version, its agents (known, reporting, running the
 pin), the gate values against their limits, the time left in the bake, and why the
 rollout holds or halted. It reads the state directory without locking it.
+
+`history` lists the ledger's rollout rows (who, when, why), newest first.
 
 `pause` stops promotions (gates are still watched: a failing gate still halts);
 `resume` continues a paused rollout, or retries a halted or aborted one from the first
@@ -48,6 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for --server (default: 10)")
     add_output(st)
     st.set_defaults(func=_status)
+    hi = verbs.add_parser("history", help="the ledger's rollout rows: starts, promotions, halts, rollbacks, "
+                                          "pauses, resumes, aborts (newest first)")
+    hi.add_argument("--state", type=Path, metavar="DIR", help=f"state directory (default: ${STATE_ENV})")
+    hi.add_argument("--limit", type=int, default=50, metavar="N", help="newest N rows (default: 50)")
+    hi.add_argument("--sensors", action="store_true", help="also each sensor's version changes")
+    add_output(hi)
+    hi.set_defaults(func=_history)
     for verb, text in (("pause", "stop promotions (gates still halt)"),
                        ("resume", "continue a paused rollout, or retry a halted/aborted one from the first stage"),
                        ("abort", "pin every stage running the new version back to the last completed one")):
@@ -84,6 +94,31 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print(render_text(doc))
     return 1 if doc.get("state") in ("halted", "aborted") else 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from ..bundle import format_time
+    from ..ledger import Ledger
+
+    if args.limit < 1:
+        raise UsageError("--limit must be 1 or more")
+    with Ledger.open(_state(args), readonly=True) as ledger:
+        events = [e for e in ledger.events()
+                  if e.kind.startswith("rollout-") or (args.sensors and e.kind == "sensor-version")][: args.limit]
+    if args.output == "json":
+        print(json.dumps([e.to_json() for e in events], indent=2, sort_keys=True))
+        return 0
+    if not events:
+        print("no rollout rows in the ledger")
+        return 0
+    for e in events:
+        d = e.detail
+        what = d.get("reason") or d.get("result") or ""
+        if e.kind == "sensor-version":
+            what = f"runs v{d.get('version')} (was {'v' + str(d['previous']) if d.get('previous') else 'nothing'})"
+        stage = f" {d['stage']}" if d.get("stage") else ""
+        print(f"{format_time(e.time)}  {e.kind:<20} {e.subject}{stage}  by {e.actor or '-'}  {what}")
+    return 0
 
 
 def _operate(args: argparse.Namespace) -> int:

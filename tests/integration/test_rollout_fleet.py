@@ -345,6 +345,10 @@ def test_canary_over_the_actions_gate_halts_and_rolls_back(make_world: object) -
     assert halted[0]["detail"]["gate"] == "maxEnforcementActionsPerNode"
     back = [e for e in _events(w.state, "rollout-rolled-back") if e["subject"] == "v2"]
     assert back[0]["detail"]["pins"] == {"canary": 1, "group": 1, "fleet": 1, "default": 1}
+    hist = _cli("rollout", "history", "--state", str(w.state))
+    assert hist.returncode == 0, hist.stderr
+    assert re.search(r"rollout-halted +v2 canary  by palisade-rollout  stage canary: enforcement actions per node",
+                     hist.stdout), hist.stdout
     # the server reports the same (its status document carries the rollout)
     remote = _cli("rollout", "status", "--server", w.serve.url, "-o", "json")
     assert remote.returncode == 1, remote.stderr
