@@ -114,6 +114,11 @@ def _history(args: argparse.Namespace) -> int:
     for e in events:
         d = e.detail
         what = d.get("reason") or d.get("result") or ""
+        if e.kind == "rollout-started":
+            kind = (d.get("classification") or {}).get("kind", "?")
+            what = f"{kind} change, " + ("fast-tracked to every stage" if d.get("fastTracked") else "stage by stage")
+            if d.get("supersedes"):
+                what += f"; supersedes v{d['supersedes']}"
         if e.kind == "sensor-version":
             what = f"runs v{d.get('version')} (was {'v' + str(d['previous']) if d.get('previous') else 'nothing'})"
         stage = f" {d['stage']}" if d.get("stage") else ""
@@ -183,7 +188,7 @@ def render_text(doc: Mapping[str, Any]) -> str:
         lines.append(f"HALTED    {doc['haltReason']}")
     if doc.get("abortReason"):
         lines.append(f"ABORTED   {doc['abortReason']}")
-    if doc.get("reason"):
+    if doc.get("reason") and not str(doc["reason"]).startswith(("halted:", "aborted:")):
         lines.append(f"reason    {doc['reason']}")
     stages = doc.get("stages") or []
     if stages:
