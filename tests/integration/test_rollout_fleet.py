@@ -207,8 +207,12 @@ class World:
     serve: Serve
     fleet: Fleet
 
-    def restart(self) -> None:
-        assert self.serve.stop() == 0, self.serve.log
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        if sig == signal.SIGTERM:
+            assert self.serve.stop() == 0, self.serve.log
+        else:  # a crash
+            self.serve.proc.send_signal(sig)
+            assert self.serve.proc.wait(30) == -sig
         self.serve = Serve(self.repo.path, self.state, self.key)
         # the fleet keeps talking to the new port
         self.fleet.stop()
@@ -430,13 +434,14 @@ def test_pause_resume_abort_are_recorded_with_operator_and_reason(make_world: ob
     assert again.returncode == 1 and "refused: no rollout is in progress" in again.stdout
 
 
-def test_rollout_state_survives_a_restart_mid_bake(make_world: object) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_rollout_state_survives_a_restart_mid_bake(make_world: object, sig: int) -> None:
     assert callable(make_world)
     w: World = make_world(bake="6s")
     w.repo.change("enforce web-lockdown on web", TIGHTEN, signer="alice", wait_days=4)
     t_canary = w.fleet.wait_pins({"canary": 2}, 30)
     time.sleep(2)
-    w.restart()
+    w.restart(sig)
     t_group = w.fleet.wait_pins({"group": 2}, 30)
     assert t_group - t_canary >= 5.7  # the bake went on from where it was, it did not end early...
     assert t_group - t_canary < 15  # ...nor start over
