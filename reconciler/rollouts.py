@@ -222,14 +222,18 @@ class RolloutDB:
     def open_versions(self) -> dict[str, SensorVersion]:
         return {r["sensor"]: _sv(r) for r in self._rows("SELECT * FROM sensor_versions WHERE ended IS NULL")}
 
-    def switch_version(self, sensor: str, version: int | None, at: _dt.datetime, actions: int, errors: int) -> None:
-        """Close the sensor's open interval at `at` and open one for `version` (None: it runs nothing)."""
+    def switch_versions(self, switches: Sequence[tuple[str, int | None, _dt.datetime, int, int]]) -> None:
+        """For each (sensor, version, at, base actions, base errors): close the sensor's open interval at
+        `at` and open one for `version` (None: it runs nothing). One transaction for a whole fleet wave."""
+        if not switches:
+            return
         with self._tx() as db:
-            db.execute("UPDATE sensor_versions SET ended = ? WHERE sensor = ? AND ended IS NULL",
-                       (format_time(at), sensor))
-            if version is not None:
-                db.execute("INSERT INTO sensor_versions VALUES (?, ?, ?, NULL, ?, ?)",
-                           (sensor, version, format_time(at), actions, errors))
+            for sensor, version, at, actions, errors in switches:
+                db.execute("UPDATE sensor_versions SET ended = ? WHERE sensor = ? AND ended IS NULL",
+                           (format_time(at), sensor))
+                if version is not None:
+                    db.execute("INSERT INTO sensor_versions VALUES (?, ?, ?, NULL, ?, ?)",
+                               (sensor, version, format_time(at), actions, errors))
 
     def rebase(self, sensor: str, actions: int, errors: int) -> None:
         """The agent's counters went down (it restarted): measure from zero again."""
@@ -487,6 +491,8 @@ class Controller:
     def _reports(self, now: _dt.datetime) -> list[AgentReport]:
         agents = self._agents()
         opened = self.db.open_versions()
+        switches: list[tuple[str, int | None, _dt.datetime, int, int]] = []
+        began: list[tuple[str, dict[str, Any]]] = []
         out = []
         for a in agents:
             cur = opened.get(a.id)
@@ -496,17 +502,19 @@ class Controller:
                 base = self._counters.get(a.id, counters)
                 if base[0] > counters[0] or base[1] > counters[1]:
                     base = (0, 0)  # the agent restarted with the new version
-                self.db.switch_version(a.id, a.version, a.last_seen, *base)
-                self.ledger.record_event("sensor-version", a.id,
-                                         {"version": a.version, "previous": cur.version if cur else None,
-                                          "at": format_time(a.last_seen)}, ACTOR, now=now)
-                opened = self.db.open_versions()
-                cur = opened.get(a.id)
-            elif cur is not None and (_actions(a.counters) < cur.base_actions or _errors(a.counters) < cur.base_errors):
+                switches.append((a.id, a.version, a.last_seen, *base))
+                previous = cur.version if cur else None
+                cur = None if a.version is None else SensorVersion(a.id, a.version, a.last_seen, None, *base)
+                began.append((a.id, {"version": a.version, "previous": previous, "at": format_time(a.last_seen)}))
+            elif cur is not None and (counters[0] < cur.base_actions or counters[1] < cur.base_errors):
                 self.db.rebase(a.id, 0, 0)
                 cur = replace(cur, base_actions=0, base_errors=0)
             self._counters[a.id] = counters
             out.append(_report(a, cur))
+        # The record first, then the ledger rows: a crash in between repeats no row.
+        self.db.switch_versions(switches)
+        for sensor, detail in began:
+            self.ledger.record_event("sensor-version", sensor, detail, ACTOR, now=now)
         return out
 
     def _agents(self) -> list[AgentRecord]:
