@@ -387,11 +387,13 @@ class Controller:
             if data is None:
                 return None
             try:
-                self._bundles[version] = parse_bundle(data)
+                parsed = parse_bundle(data)
             except VerificationError:
                 return None
-            if len(self._bundles) > 16:
-                self._bundles.pop(min(self._bundles))
+            if len(self._bundles) >= 16:
+                # the oldest read goes; not the lowest version, which a stage may still pin
+                self._bundles.pop(next(iter(self._bundles)))
+            self._bundles[version] = parsed
         return self._bundles[version]
 
     # -- the tick -----------------------------------------------------------------
