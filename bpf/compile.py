@@ -206,7 +206,7 @@ class Plan:
 
     @property
     def sites(self) -> tuple[Site, ...]:
-        out = [s for h in self.hooks for s in h.sites]
+        out = [_SELF_EXIT_SITE, *(s for h in self.hooks for s in h.sites)]
         if self.tracking:
             out = [*_TRACKING_SITES, *out]
         return tuple(out)
@@ -216,6 +216,8 @@ class Plan:
         return any(s.kind == "cgroup" for s in self.sites)
 
 
+#: Drops an engine process from `pl_self` when it exits, so a later process reusing its pid is not exempt.
+_SELF_EXIT_SITE = Site("pl_self_exit", "tracepoint", "sched", "sched_process_exit")
 _TRACKING_SITES = (
     Site("pl_track_exec", "tracepoint", "sched", "sched_process_exec"),
     Site("pl_track_fork", "tracepoint", "sched", "sched_process_fork"),
@@ -302,6 +304,7 @@ class _Compiler:
             raise Unsupported(self.reasons)
         strings = self._string_entries()
         source = _prelude(self.tracking, strings, self._table_sizes(strings))
+        source += self._self_exit_source()
         if self.tracking:
             source += self._tracking_source()
         source += "\n".join(gen() for gen in self.functions)
@@ -929,6 +932,19 @@ class _Compiler:
 
     def _table_sizes(self, strings: tuple[StringEntry, ...]) -> dict[str, int]:
         return {t: max(8, sum(1 for s in strings if s.table == t)) for t in ("eq", "pre", "post")}
+
+    def _self_exit_source(self) -> str:
+        fields = self.formats("sched", "sched_process_exit") or ()
+        dead = next((f for f in fields if f.name == "group_dead" and f.size == 1), None)
+        # the whole process is gone when its last thread exits (group_dead, where the kernel reports it);
+        # older kernels: when its leader thread does
+        last = f"*(u8 *)((char *)ctx + {dead.offset})" if dead else "(u32)pid_tgid == tgid"
+        return ("int pl_self_exit(void *ctx) {\n"
+                "    u64 pid_tgid = bpf_get_current_pid_tgid();\n"
+                "    u32 tgid = pid_tgid >> 32;\n"
+                f"    if ({last}) pl_self.delete(&tgid);\n"
+                "    return 0;\n"
+                "}\n")
 
     def _tracking_source(self) -> str:
         follow = []

@@ -19,8 +19,11 @@ The engine never enforces against itself: every program first looks the current
 tgid up in `<pin_root>/_self`, a hash map of engine tgids → process start time
 shared by all the policies of the root. `Engine()` and `adopt()` write the
 process's own tgid there before anything else (so an agent restarted with a new
-pid is exempt before its first load) and drop entries of processes that are gone;
-`load()` creates the map when it is missing, and the last `unload()` removes it.
+pid is exempt before its first load) and drop entries of processes that are gone
+(every policy also has `pl_self_exit`, which drops an engine the moment its last
+thread exits, so a recycled pid is never exempt); `load()` creates the map when
+it is missing, and the last `unload()` removes it. Only the engine's process is
+exempt, not processes it starts.
 
 Loading is all-or-nothing: the policy is built in a hidden sibling directory
 (`_loading_<pid>_<dir>`) and renamed into place once every program is attached;

@@ -40,7 +40,7 @@ def test_syscall_kprobe_runs_on_its_tracepoint_with_shifted_arguments() -> None:
         "selectors": [{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["16"]}],
                        "matchActions": [{"action": "Sigkill"}]}],
     }]})), Features(), builtin_formats)
-    [site] = plan.sites
+    [site] = [s for h in plan.hooks for s in h.sites]
     assert (site.kind, site.subsystem, site.event) == ("tracepoint", "syscalls", "sys_enter_ptrace")
     assert "s64 a0 = (s64)*(u64 *)((char *)ctx + 16);" in plan.source  # arg 0 of the call = field 5
     assert plan.hooks[0].event_kind == "process_kprobe"
@@ -76,12 +76,12 @@ def test_every_reason_is_reported_not_just_the_first() -> None:
 
 def test_socket_hooks_choose_cgroup_programs_for_override_and_tracepoints_for_signals() -> None:
     deny = compile_policy(parse(templates.render("block-raw-sockets", "raw")), Features(), builtin_formats)
-    assert [(s.kind, s.attach) for s in deny.sites] == [("cgroup", "sock_create")]
+    assert [(s.kind, s.attach) for h in deny.hooks for s in h.sites] == [("cgroup", "sock_create")]
     kill = compile_policy(parse(doc({"kprobes": [{
         "call": "tcp_connect", "args": [{"index": 0, "type": "sock"}],
         "selectors": [{"matchArgs": [{"index": 0, "operator": "DPort", "values": ["22"]}],
                        "matchActions": [{"action": "Sigkill"}]}]}]})), Features(), builtin_formats)
-    assert [(s.kind, s.event) for s in kill.sites] == [("tracepoint", "sys_enter_connect")]
+    assert [(s.kind, s.event) for h in kill.hooks for s in h.sites] == [("tracepoint", "sys_enter_connect")]
     no_hook = reasons({"kprobes": [{"call": "security_socket_create", "args": [{"index": 1, "type": "int"}],
                                     "selectors": [{"matchActions": [{"action": "Override", "argError": -1}]}]}]},
                       Features(cgroup_sock_create=False))
@@ -160,3 +160,13 @@ def test_unsupported_carries_all_reasons() -> None:
     with pytest.raises(Unsupported) as e:
         compile_policy(parse(doc({"lsmhooks": [{"hook": "a"}, {"hook": "b"}]})), Features(), builtin_formats)
     assert len(e.value.reasons) == 2
+
+
+def test_every_hook_program_skips_the_engine_and_a_dead_engine_is_forgotten() -> None:
+    plan = compile_policy(parse(templates.render("block-bpf-load", "b")), Features(), builtin_formats)
+    hook = plan.source[plan.source.index("int pl_h0_tp("):]
+    assert hook.index("if (pl_self.lookup(&tgid)) return 0;") < hook.index("bpf_send_signal")
+    assert 'BPF_TABLE_PINNED("hash", u32, u64, pl_self, 64, PL_SELF_PIN);' in plan.source
+    [exit_site] = [s for s in plan.sites if s.function == "pl_self_exit"]
+    assert (exit_site.subsystem, exit_site.event) == ("sched", "sched_process_exit")
+    assert "if (*(u8 *)((char *)ctx + 32)) pl_self.delete(&tgid);" in plan.source  # group_dead

@@ -132,9 +132,12 @@ def test_the_engine_is_exempt_from_its_own_policies_also_after_a_restart(
         assert (other.returncode, other.stdout) == (-signal.SIGKILL, b"")
         outside = subprocess.run([sys.executable, "-c", PROG_LOAD], capture_output=True, timeout=30)
         assert outside.returncode == 0 and outside.stdout.startswith(b"returned -1")
+        assert _exempt(pin_root) == {first.pid}
     finally:
         first.kill()
         first.wait()
+    # the kernel forgets a dead engine at once: its pid, once reused, is not exempt
+    assert _exempt(pin_root) == set()
 
     # a new agent (new pid) adopts what is pinned and loads again: exempt before its first load
     later = dict(watch, metadata={"name": "watch-later"})
