@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .bundle import DEFAULT_STAGE, Bundle, Index, format_time, parse_bundle, parse_index, parse_time
-from .errors import StateError, VerificationError
+from .errors import PalisadeError, StateError, VerificationError
 from .rollout import Action, AgentReport, Decision, Progress, evaluate, operate, start
 from .store import Store
 
@@ -571,7 +571,13 @@ class Controller:
     # -- status -------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The rollout status (what `palisade rollout status` and /v1/status show)."""
+        """The rollout status (what `palisade rollout status` and /v1/status show); never raises for bad state."""
+        try:
+            return self._status()
+        except PalisadeError as e:
+            return {"state": "unknown", "error": str(e), "reason": f"cannot read the rollout state: {e}"}
+
+    def _status(self) -> dict[str, Any]:
         index = self.store.index()
         progress, _ = self.db.load()
         if index is None:
