@@ -37,7 +37,7 @@ from bpf.errors import BpfError, NotLoaded
 from bpf.policy import LabelSelector, TracingPolicy, parse
 from reconciler.model import State
 
-from .apply import Inactive, Loaded, Refused
+from .apply import SAFE_LOADER, Inactive, Loaded, Refused
 from .config import Workload
 from .drift import Finding
 from .select import Desired
@@ -60,6 +60,8 @@ class _Baseline:
 
 
 class EngineEnforcer:
+    blocking = True
+
     def __init__(self, workloads: Sequence[Workload], *, pin_root: Path = DEFAULT_PIN_ROOT,
                  node_name: str | None = None, features: Features | None = None) -> None:
         if features is None:
@@ -94,7 +96,7 @@ class EngineEnforcer:
 
     def load(self, policy: Desired) -> Loaded:
         try:
-            doc = yaml.safe_load(policy.yaml)
+            doc = yaml.load(policy.yaml, Loader=SAFE_LOADER)
             parse(doc)
         except yaml.YAMLError as e:
             raise Refused(f"not valid YAML: {e}") from None

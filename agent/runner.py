@@ -130,6 +130,9 @@ class Agent:
                 log.warning("%s", problem)
 
     async def _in_engine(self, fn: Callable[..., _R], *args: Any) -> _R:
+        if not self.enforcer.blocking:
+            # in memory and quick: a thread hand-off (GIL switch interval) would cost more than the call
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._engine_thread, functools.partial(fn, *args))
 
     # ------------------------------------------------------------------ start
