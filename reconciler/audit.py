@@ -302,7 +302,7 @@ def render_text(a: Audit) -> str:
         for c in s.changes:
             lines.append(f"        {c.text()}")
     if a.rejected:
-        lines += ["", "rejected commits that mention it"]
+        lines += ["", "rejected commits"]
         for r in a.rejected:
             lines.append(f"  {str(r['commit'])[:12]}  {r['committed'] or '?'}  {r['subject']}  by {r['author']}")
     lines += ["", "carried by: " + (_ranges(a.versions) or "none"), "", "sensors"]

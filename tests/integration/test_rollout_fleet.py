@@ -287,6 +287,11 @@ def _events(state: Path, kind: str | None) -> list[dict]:  # type: ignore[type-a
         return [e.to_json() for e in reversed(ledger.events(kind))]
 
 
+def _ledger_entries(state: Path) -> list:  # type: ignore[type-arg]
+    with Ledger.open(state, readonly=True) as ledger:
+        return ledger.entries()
+
+
 def _first_index_with(fleet: Fleet, version: int) -> dict[str, int]:
     return next(p for _, p, v in fleet.pins_seen if v >= version)
 
@@ -475,9 +480,16 @@ def test_audit_of_web_lockdown_after_a_signed_history(make_world: object) -> Non
               and all(w.fleet.running.get(s) == v for s in STAGE_OF), 20)
         time.sleep(HEARTBEAT * 3)  # every sensor has reported the version to the controller
 
+    # a forward step without a reviewer's signature is rejected: the audit lists the attempt
+    bad = w.repo.change("web-lockdown: web straight to enforced", [
+        ("enforcement/web-lockdown.yaml", "    - scope: {group: web}\n      state: observe",
+         "    - scope: {group: web}\n      state: enforced")])
+    _wait(lambda: any(e.commit == bad for e in _ledger_entries(w.state)), 20)
+
     out = _cli("audit", "web-lockdown", "--state", str(w.state), "-o", "json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
+    assert [r["commit"] for r in doc["rejected"]] == [bad]
     assert doc["kind"] == "pack" and doc["versions"] == [1, 2, 3, 4, 5]
     web_steps = [(s["version"], s["author"], s["approvers"],
                   [(c["from"], c["to"]) for c in s["changes"] if c["scope"] == "group:web"]) for s in doc["steps"]]
@@ -511,6 +523,7 @@ def test_audit_of_web_lockdown_after_a_signed_history(make_world: object) -> Non
     for p in periods:
         assert f"s2  web-exec-allowlist  {p['state']}  {p['start']} → {p['stop'] or 'now'}" in text.stdout
     assert "s3  " not in text.stdout
+    assert f"rejected commits\n  {bad[:12]}" in text.stdout
 
     unknown = _cli("audit", "no-such-pack", "--state", str(w.state))
     assert unknown.returncode == 2 and "not a pack, rule or policy" in unknown.stderr
