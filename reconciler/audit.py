@@ -116,6 +116,7 @@ class CommitFacts:
     committed: _dt.datetime | None
     subject: str = ""
     paths: tuple[str, ...] = ()  # files the commit changed (read for rejected commits only)
+    why: str = ""  # the first finding of a rejected commit
 
 
 # ---------------------------------------------------------------------------
@@ -177,7 +178,7 @@ def build(subject: str, bundles: Sequence[Bundle], commits: Mapping[str, CommitF
                               facts.committed if facts else None, changes))
         prev = b
     rejected = tuple({"commit": c.commit, "author": c.author, "subject": c.subject,
-                      "committed": format_time(c.committed) if c.committed else None}
+                      "committed": format_time(c.committed) if c.committed else None, "finding": c.why}
                      for c in commits.values() if c.result == "rejected" and _touches(c.paths, subject))
     by_version = {b.version: b for b in bundles}
     intervals: list[Interval] = []
@@ -244,7 +245,8 @@ def gather(state_dir: Path, subject: str, *, sensor: str | None = None) -> Audit
     subjects = _subjects(state_dir / MIRROR, [e.commit for e in entries])
     commits = {e.commit: CommitFacts(e.commit, str(e.result), e.version, e.author, e.approvers, e.committed,
                                      subjects.get(e.commit, ""),
-                                     _paths(state_dir / MIRROR, e.commit) if str(e.result) == "rejected" else ())
+                                     _paths(state_dir / MIRROR, e.commit) if str(e.result) == "rejected" else (),
+                                     e.findings[0].text() if e.findings and str(e.result) == "rejected" else "")
                for e in reversed(entries)}
     runs: list[Run] = []
     if (state_dir / DB_FILE).is_file():
@@ -305,6 +307,8 @@ def render_text(a: Audit) -> str:
         lines += ["", "rejected commits"]
         for r in a.rejected:
             lines.append(f"  {str(r['commit'])[:12]}  {r['committed'] or '?'}  {r['subject']}  by {r['author']}")
+            if r.get("finding"):
+                lines.append(f"        {r['finding']}")
     lines += ["", "carried by: " + (_ranges(a.versions) or "none"), "", "sensors"]
     if not a.sensors:
         lines.append("  no sensor reported running it")
