@@ -223,3 +223,13 @@ def test_status_text_while_baking(env: Env) -> None:
     assert lines["canary"].split()[:7] == ["canary", "v2", "1", "1", "1", "45s", "baking"]
     assert "maxEnforcementActionsPerNode 2<=5" in lines["canary"]
     assert lines["fleet"].split()[:7] == ["fleet", "v1", "2", "2", "2", "-", "waiting"]
+
+
+def test_many_publishes_while_old_versions_stay_pinned(env: Env) -> None:
+    env.publish(1, State.OBSERVE)
+    env.ctl.tick()
+    for v in range(2, 22):  # every one tightens; none completes, so the later stages keep v1
+        env.publish(v, State.ENFORCED if v % 2 else State.ENFORCE_READY)
+        d = env.ctl.tick()
+        assert d is not None and d.action == Action.HOLD
+    assert _pins(env) == {"canary": 21, "fleet": 1, "default": 1}
