@@ -1,0 +1,191 @@
+"""Benchmark: publish → enforcement change on one node, through the whole chain.
+
+A real reconciler on a real git repository, its HTTP API, and `palisade-agent run`
+(a subprocess, engine on) for the canary sensor, whose workload is a cgroup of
+its own. Each round is a commit on the tracked branch:
+- `enforced → observe` (no approval needed): measured until the forbidden exec
+  (`/bin/sh` in the workload) runs again;
+- `observe → enforce_ready` (signed by a reviewer, after the observation window): not
+  observable from outside, not measured;
+- `enforce_ready → enforced` (signed): measured until the forbidden exec is killed.
+The clock starts when the server starts serving the new index (the publish) and
+stops at the first probe exec that shows the new behaviour (probes every 5 ms).
+Prints median and p99 per direction and overall. Target: p99 under 1 s
+(Telovix documents one 15 s heartbeat cycle). Writes bench/results/agent_latency.json.
+
+    .venv/bin/python bench/agent_latency.py [--publishes 30]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from _bpfbench import ROOT, percentile, require_root, tempdir, workload, write_results
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+FORBIDDEN = ["/bin/sh", "-c", "exit 0"]
+_MAIN = "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))"
+CANARY = "scope: {group: canary}\n      state: "
+
+
+class Node:
+    """Reconciler + API in this process, the agent in a subprocess, one workload cgroup."""
+
+    def __init__(self, tmp: Path, cgroup: Path, *, drift_interval: float = 2.0, metrics: str | None = None) -> None:
+        from reconciler import keys
+        from reconciler.reconcile import Reconciler
+        from reconciler.server import BackgroundServer, create_app
+        from support.policyrepo import PolicyRepo
+
+        self.tmp, self.cgroup = tmp, cgroup
+        self.repo = PolicyRepo.create(tmp)
+        pair = keys.generate(tmp / "keys")
+        self.rec = Reconciler(str(self.repo.path), tmp / "rstate", keys.load_signing_key(pair.signing_key_path))
+        self.rec.run_once()
+        self.server = BackgroundServer(create_app(self.rec.store.root)).start()
+        self.served: dict[int, float] = {}
+        self.server.publication.on_change(lambda snap: self.served.setdefault(snap.index.version, time.monotonic()))
+        self.pin_root = Path("/sys/fs/bpf") / f"palisade-bench-agent-{uuid.uuid4().hex[:8]}"
+        config = tmp / "agent.json"
+        config.write_text(json.dumps({
+            "workloads": [{"name": "web", "namespace": "default", "labels": {"app": "web"}, "cgroup": str(cgroup)}],
+            "pinRoot": str(self.pin_root),
+            "intervals": {"wait": 60, "drift": drift_interval, "heartbeat": 10},
+        }))
+        self.state = tmp / "agent-state"
+        self.agent = subprocess.Popen(
+            [sys.executable, "-c", _MAIN, "run", "--server", self.server.url, "--pubkey", str(pair.public_key_path),
+             "--state", str(self.state), "--sensor-id", "node-canary-1", "--config", str(config),
+             *(["--metrics", metrics] if metrics else [])],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def status(self) -> dict[str, Any]:
+        try:
+            doc: dict[str, Any] = json.loads((self.state / "status.json").read_text())
+            return doc
+        except (OSError, ValueError):
+            return {}
+
+    def wait_version(self, version: int, timeout: float = 120) -> None:
+        until(lambda: self.status().get("version") == version, timeout)
+
+    def exec_rc(self) -> int:
+        procs = self.cgroup / "cgroup.procs"
+
+        def enter() -> None:
+            procs.write_text(str(os.getpid()))
+
+        return subprocess.run(FORBIDDEN, preexec_fn=enter, capture_output=True, timeout=30).returncode
+
+    def publish(self, old: str, new: str, signer: str | None) -> float:
+        """Commit the canary's web-lockdown state change; the monotonic time the server starts serving it."""
+        self.repo.change(f"canary {old} -> {new}", [("enforcement/web-lockdown.yaml", CANARY + old, CANARY + new)],
+                         signer=signer, wait_days=4 if signer else 0)
+        out = self.rec.run_once()
+        assert out.published, out
+        self.server.publication.refresh()
+        version = out.published[-1]
+        until(lambda: version in self.served, 10)
+        return self.served[version]
+
+    def close(self) -> None:
+        if self.agent.poll() is None:
+            self.agent.send_signal(signal.SIGTERM)
+            self.agent.wait(30)
+        self.server.stop()
+        self.rec.close()
+        _unpin(self.pin_root)
+
+
+def _unpin(root: Path) -> None:
+    if not root.exists():
+        return
+    from bpf.engine import Engine
+
+    e = Engine(pin_root=root)
+    try:
+        e.adopt()
+        for key in list(e.loaded()):
+            with contextlib.suppress(Exception):
+                e.unload(key)
+    finally:
+        e.close()
+    for d in root.iterdir():
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
+    root.rmdir()
+
+
+def until(cond: Callable[[], bool], timeout: float, step: float = 0.005) -> float:
+    """monotonic time at which `cond()` first held; TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return time.monotonic()
+        time.sleep(step)
+    raise TimeoutError(f"condition not met within {timeout}s")
+
+
+@contextlib.contextmanager
+def node(**kw: Any) -> Iterator[Node]:
+    with tempdir() as tmp, workload() as cg:
+        n = Node(tmp, cg, **kw)
+        try:
+            n.wait_version(1)
+            until(lambda: n.exec_rc() == -signal.SIGKILL, 10)  # v1: web-lockdown enforced on the canary
+            yield n
+        finally:
+            n.close()
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "median_ms": round(statistics.median(values) * 1000, 1),
+            "p99_ms": round(percentile(values, 99) * 1000, 1), "max_ms": round(max(values) * 1000, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--publishes", type=int, default=30, help="measured publishes (half each direction)")
+    args = ap.parse_args()
+    require_root()
+    relax: list[float] = []
+    enforce: list[float] = []
+    with node() as n:
+        stop = threading.Event()
+        for _ in range(-(-args.publishes // 2)):
+            if stop.is_set():
+                break
+            t = n.publish("enforced", "observe", None)
+            relax.append(until(lambda: n.exec_rc() == 0, 10) - t)
+            n.publish("observe", "enforce_ready", "alice")
+            t = n.publish("enforce_ready", "enforced", "alice")
+            enforce.append(until(lambda: n.exec_rc() == -signal.SIGKILL, 10) - t)
+            print(f"to observe {relax[-1] * 1000:.0f} ms, to enforced {enforce[-1] * 1000:.0f} ms", flush=True)
+    both = relax + enforce
+    result = {"publishes": len(both), "to_observe": stats(relax), "to_enforced": stats(enforce), "all": stats(both),
+              "target_p99_ms": 1000}
+    path = write_results("agent_latency", result)
+    enf = result["to_enforced"]
+    print(f"publish → enforced: median {enf['median_ms']} ms, p99 {enf['p99_ms']} ms;"
+          f" publish → back to observe: median {result['to_observe']['median_ms']} ms, "
+          f"p99 {result['to_observe']['p99_ms']} ms; all {len(both)}: p99 {result['all']['p99_ms']} ms "
+          f"(target < 1000 ms, Telovix: one 15 s heartbeat) → {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
