@@ -72,8 +72,8 @@ CASES: dict[str, tuple[str, bytes]] = {
                           "evnt: sched_process_exec"),
     "tp-bad-operator": _mut("packs/baseline-observe/privileges.yaml", "operator: Equal", "operator: Equals"),
     "tp-bad-arg-type": _mut("packs/baseline-observe/privileges.yaml", "type: int", "type: integer"),
-    "tp-undeclared-index": _mut("packs/baseline-observe/privileges.yaml", "- index: 5\n              operator",
-                                "- index: 7\n              operator"),
+    "tp-undeclared-index": _mut("packs/baseline-observe/privileges.yaml", "- index: 0          # position",
+                                "- index: 7          # position"),
     "tp-bad-action": _mut("packs/web-lockdown/allowlist.yaml", "action: Sigkill", "action: SigKil"),
     "tp-two-match-binaries": _mut("packs/web-lockdown/allowlist.yaml", "          matchActions:",
                                   "            - operator: In\n              values: [/bin/sh]\n"
