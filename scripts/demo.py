@@ -240,6 +240,10 @@ class Demo:
 
     def audit(self) -> None:
         step("Audit: who allowed what, who approved it, when the node enforced it")
+        # the rollout controller records the sensor's switch to v5 at its next tick (every second)
+        self.wait_for("the ledger to record the node's switch back to observe",
+                      lambda: f"(v{self.version})" in self.palisade("audit", "web-allowlist", "--state",
+                                                                    str(self.tmp / "state"), echo=False).stdout)
         show(self.palisade("audit", "web-allowlist", "--state", str(self.tmp / "state")).stdout, 60)
         show(self.palisade("ledger", "--state", str(self.tmp / "state")).stdout, 12)
 
