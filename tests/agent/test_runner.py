@@ -184,3 +184,24 @@ def test_broken_transfers_are_refused_and_change_nothing(case: str, served: Serv
         await agent.client.aclose()
 
     asyncio.run(run())
+
+
+def test_refusals_are_counted_by_reason_in_metrics(served: Served, proxy: Proxy, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from agent.metrics import AgentMetrics
+
+    async def run() -> None:
+        agent = make_agent(proxy.url, served, tmp_path / "agent")
+        agent.metrics = AgentMetrics()
+        await agent.sync_once()
+        proxy.serve("/v1/index", _expired(served))
+        await agent.sync_once()
+        await agent.client.aclose()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(agent.metrics.render().decode()) for s in fam.samples}
+        assert samples[("palisade_agent_verification_failures_total", (("reason", "expired"),))] == 1
+        assert samples[("palisade_agent_applied_version", ())] == 1
+        assert samples[("palisade_agent_policies", (("mode", "enforced"), ("status", "loaded")))] == 2
+
+    asyncio.run(run())

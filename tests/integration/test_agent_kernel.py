@@ -25,6 +25,7 @@ from agentproc import AgentProc, free_port, policies
 from bpf import inventory, syscall
 from bpf.engine import Engine
 from reconciler import keys
+from reconciler.fleet import Fleet
 from reconciler.reconcile import Reconciler
 from reconciler.server import BackgroundServer, create_app
 from support.policyrepo import PolicyRepo
@@ -214,6 +215,9 @@ def test_enforce_from_a_commit_within_2s_drift_healed_within_5s_back_to_observe_
         kills = [e for e in events if e.get("process_tracepoint", {}).get("action") == "KPROBE_ACTION_SIGKILL"
                  and e["process_tracepoint"]["policy_name"] == "web-exec-allowlist"]
         assert kills and kills[0]["process_tracepoint"]["process"]["binary"] == "/bin/sh"
+        # ... and an observation the reconciler keeps for impact previews (sent with the heartbeats)
+        fleet = Fleet.open(setup.tmp / "rstate")
+        _until(lambda: any(b == "/bin/sh" for _, b, _ in fleet.observations("web-exec-allowlist")), 10, step=0.2)
 
         # back to observe (no approval needed): the killing stops within 2 s of the publish
         published = _canary(setup, "enforced", "observe")
