@@ -146,6 +146,7 @@ class EngineEnforcer:
     def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         with self._lock:
             events = self.engine.poll_events(timeout)
+        pods = self._pods()
         for ev in events:
             for kind in ("process_tracepoint", "process_kprobe"):
                 body = ev.get(kind)
@@ -153,7 +154,28 @@ class EngineEnforcer:
                     m = _KEY.match(body["policy_name"])
                     if m is not None:  # report the policy's own name, not the load's
                         body["policy_name"] = m["name"]
+                    pal = ev.get("palisade")
+                    proc = body.get("process")
+                    cgroup_id = pal.get("cgroup_id") if isinstance(pal, dict) else None
+                    pod = pods.get(cgroup_id) if isinstance(cgroup_id, int) else None
+                    if pod is not None and isinstance(proc, dict):
+                        proc["pod"] = pod  # Tetragon's place for the workload of the process
         return events
+
+    def _pods(self) -> dict[int, dict[str, Any]]:
+        """cgroup id → the workload (Tetragon's `process.pod` shape) for the configured workloads."""
+        out = {}
+        root = syscall.cgroup2_root()
+        for w in self.workloads:
+            path = Path(w.cgroup)
+            if not str(path).startswith(str(root)):
+                path = root / str(path).lstrip("/")
+            try:
+                ino = path.stat().st_ino
+            except OSError:
+                continue
+            out[ino] = {"namespace": w.namespace or "default", "name": w.name, "pod_labels": w.label_map}
+        return out
 
     def drift(self) -> list[Finding]:
         with self._lock:

@@ -70,7 +70,8 @@ class Node:
             [sys.executable, "-c", _MAIN, "run", "--server", self.server.url, "--pubkey", str(pair.public_key_path),
              "--state", str(self.state), "--sensor-id", "node-canary-1", "--config", str(config),
              *(["--metrics", metrics] if metrics else [])],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "agent.log", "w"),  # noqa: SIM115
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     def status(self) -> dict[str, Any]:
         try:
@@ -174,6 +175,8 @@ def main() -> int:
             n.publish("observe", "enforce_ready", "alice")
             t = n.publish("enforce_ready", "enforced", "alice")
             enforce.append(until(lambda: n.exec_rc() == -signal.SIGKILL, 10) - t)
+            if os.environ.get("AGENT_LOG") and enforce[-1] > 0.5:
+                print((n.tmp / "agent.log").read_text()[-3000:])
             print(f"to observe {relax[-1] * 1000:.0f} ms, to enforced {enforce[-1] * 1000:.0f} ms", flush=True)
     both = relax + enforce
     result = {"publishes": len(both), "to_observe": stats(relax), "to_enforced": stats(enforce), "all": stats(both),

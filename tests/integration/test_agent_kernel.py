@@ -215,6 +215,7 @@ def test_enforce_from_a_commit_within_2s_drift_healed_within_5s_back_to_observe_
         kills = [e for e in events if e.get("process_tracepoint", {}).get("action") == "KPROBE_ACTION_SIGKILL"
                  and e["process_tracepoint"]["policy_name"] == "web-exec-allowlist"]
         assert kills and kills[0]["process_tracepoint"]["process"]["binary"] == "/bin/sh"
+        assert kills[0]["process_tracepoint"]["process"]["pod"]["name"] == "web"
         # ... and an observation the reconciler keeps for impact previews (sent with the heartbeats)
         fleet = Fleet.open(setup.tmp / "rstate")
         _until(lambda: any(b == "/bin/sh" for _, b, _ in fleet.observations("web-exec-allowlist")), 10, step=0.2)
