@@ -20,6 +20,7 @@ is not ours on a cgroup hook where ours are attached.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ class _Baseline:
     link_ids: frozenset[int]
     maps: tuple[tuple[str, str], ...]  # (pin name, digest)
     cgroups: tuple[str, ...]
+    contents: tuple[tuple[str, tuple[tuple[bytes, bytes], ...]], ...] = ()  # static maps' entries, to restore
 
 
 class EngineEnforcer:
@@ -182,8 +184,13 @@ class EngineEnforcer:
             return self._drift()
 
     def repair(self, handle: str) -> Loaded:
-        """Load a fresh copy next to the damaged one, then remove the damaged one."""
+        """Heal a damaged load: restore its maps in place when only their entries were changed (the
+        programs and links are intact), else load a fresh copy next to it and remove the damaged one."""
         with self._lock:
+            if self._restore_maps(handle):
+                m0 = _KEY.match(handle)
+                assert m0 is not None
+                return Loaded(handle, m0["name"], m0["digest"], State(self.engine.loaded()[handle].mode))
             m = _KEY.match(handle)
             if m is None:
                 raise Refused(f"{handle} is not a palisade load")
@@ -254,13 +261,39 @@ class EngineEnforcer:
             lp = self.engine.loaded()[key]
         except KeyError:
             return
-        maps = []
+        maps, contents = [], []
         for name in _STATIC_MAPS:
             pin = d / f"map_{name}"
             if pin.exists():
                 maps.append((name, inv.map_digest(pin).sha256))
+                contents.append((name, tuple(sorted(_items(pin)))))
         self._base[key] = _Baseline(frozenset(i for _, i in lp.prog_ids), frozenset(i for _, i in lp.link_ids),
-                                    tuple(maps), lp.cgroups)
+                                    tuple(maps), lp.cgroups, tuple(contents))
+
+    def _restore_maps(self, key: str) -> bool:
+        """Put back the recorded entries of the static maps; True if the load is whole again."""
+        base = self._base.get(key)
+        d = self._dir(key)
+        if base is None or not d.is_dir() or not base.contents:
+            return False
+        kinds = {f.kind for f in self._drift() if f.handle == key}
+        if kinds != {"map_changed"}:
+            return False
+        for name, entries in base.contents:
+            fd = syscall.obj_get(d / f"map_{name}")
+            try:
+                want = dict(entries)
+                array = syscall.map_info(fd).type in (syscall.MapType.BPF_MAP_TYPE_ARRAY,
+                                                       syscall.MapType.BPF_MAP_TYPE_PERCPU_ARRAY)
+                if not array:
+                    for k, _ in list(syscall.map_items(fd)):
+                        if k not in want:
+                            syscall.map_delete_elem(fd, k)
+                for k, v in want.items():
+                    syscall.map_update_elem(fd, k, v)
+            finally:
+                os.close(fd)
+        return not any(f.handle == key for f in self._drift())
 
     def _drift(self) -> list[Finding]:
         out: list[Finding] = []
@@ -307,6 +340,14 @@ class EngineEnforcer:
                     out.append(Finding("foreign", att.attach_type,
                                        f"programs {foreign} not loaded by palisade on {att.attach_type} of {cg}"))
         return out
+
+
+def _items(pin: Path) -> list[tuple[bytes, bytes]]:
+    fd = syscall.obj_get(pin)
+    try:
+        return list(syscall.map_items(fd))
+    finally:
+        os.close(fd)
 
 
 def _renamed(doc: Any, key: str) -> TracingPolicy:

@@ -7,6 +7,8 @@ workload is killed again (healed) and until the agent has reported it (its
 drift counters on /metrics):
 - `detach`: remove the pin of the policy's tracepoint link (the link detaches);
 - `map`: write `/bin/sh` into the policy's allowlist map.
+A detached load is healed by loading a fresh copy (then removing the damaged
+one); a tampered map is restored in place from the entries recorded at load.
 The agent checks every `--interval` seconds (default 1). Prints median and p99
 per kind. Target: under 2 s. Writes bench/results/drift.json.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import sys
 import time
@@ -71,10 +74,15 @@ def main() -> int:
         for r in range(args.rounds):
             for kind in ("detach", "map"):
                 before = _healed_count(port)
+                # a random phase against the agent's check timer (the last heal just happened at a check)
+                time.sleep(random.uniform(0, args.interval))
                 old = _damage(n, kind)
                 t0 = time.monotonic()
                 assert n.exec_rc() == 0, "the damage did not stop enforcement"
-                healed = until(lambda old=old: n.exec_rc() == -signal.SIGKILL and not old.exists(), 15, step=0.01)
+                # healed: the forbidden exec is killed again (a detached load is replaced by a fresh one;
+                # a tampered map is restored in place)
+                healed = until(lambda old=old, kind=kind: n.exec_rc() == -signal.SIGKILL
+                               and (kind == "map" or not old.exists()), 15, step=0.01)
                 reported = until(lambda before=before: _healed_count(port) > before, 15, step=0.01)
                 heal[kind].append(healed - t0)
                 report[kind].append(reported - t0)

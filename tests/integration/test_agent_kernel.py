@@ -202,9 +202,9 @@ def test_enforce_from_a_commit_within_2s_drift_healed_within_5s_back_to_observe_
             syscall.map_update_elem(fd, b"/bin/sh".ljust(256, b"\0"), bits)
         finally:
             os.close(fd)
+        assert w.run(FORBIDDEN) == 0  # the tampered allowlist lets /bin/sh through ...
         t0 = time.monotonic()
-        _until(lambda: setup.loads()["web-exec-allowlist"] != [load], 5.0)
-        assert w.run(FORBIDDEN) == -signal.SIGKILL
+        _until(lambda: w.run(FORBIDDEN) == -signal.SIGKILL, 5.0)  # ... until the agent restores the map
         assert time.monotonic() - t0 < 5.0
         _until(lambda: _metric(mport, 'palisade_agent_drift_detected_total{kind="map_changed"}') >= 1, 2.0)
         assert _metric(mport, 'palisade_agent_drift_healed_total{kind="map_changed"}') >= 1
