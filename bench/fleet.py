@@ -10,8 +10,9 @@ loopback, a real reconciler on a real git repository.
 
 Measured: time from the publish (the moment the server starts serving the new
 index) until every agent has applied the new version, the server's CPU seconds during
-that window and while the fleet only waits on its long-polls, and the count of
-heartbeats the server stored. Writes bench/results/fleet.json.
+that window and while the fleet only waits on its long-polls, the spread of
+when agents got the new index and when they had applied it, and the count of
+agents whose heartbeats the server stored. Writes bench/results/fleet.json.
 
     .venv/bin/python bench/fleet.py [--agents 1000] [--procs 2] [--rounds 3]
 """
@@ -82,6 +83,16 @@ async def _agents(first: int, count: int, url: str, pubkey: str, q: Any) -> None
     from agent.runner import Agent
     from reconciler.keys import load_public_key
 
+    class TimedClient(Client):
+        """Remembers when the last index answer arrived (splits server wake-up from agent work)."""
+
+        got_index = 0.0
+
+        async def index(self, etag: str | None = None, wait: float | None = None) -> Any:
+            reply = await super().index(etag, wait)
+            self.got_index = time.time()
+            return reply
+
     key = load_public_key(Path(pubkey))
     # One HTTP client per agent, as on real nodes (httpcore's pool scans every connection on each
     # request, so one shared pool of a thousand connections would measure the pool, not the agents);
@@ -97,8 +108,8 @@ async def _agents(first: int, count: int, url: str, pubkey: str, q: Any) -> None
         http = httpx.AsyncClient(verify=tls, timeout=httpx.Timeout(90.0, connect=20.0),
                                  limits=httpx.Limits(max_connections=2))
         clients.append(http)
-        agent = Agent(cfg, enforcer=NullEnforcer(), client=Client(url, http=http, retry_max=2),
-                      pubkeys=[key], persist=False)
+        client = TimedClient(url, http=http, retry_max=2)
+        agent = Agent(cfg, enforcer=NullEnforcer(), client=client, pubkeys=[key], persist=False)
         await asyncio.sleep(i * 0.002)  # a fleet does not start in the same millisecond
         while not stop.is_set():
             try:
@@ -109,6 +120,7 @@ async def _agents(first: int, count: int, url: str, pubkey: str, q: Any) -> None
                 continue
             if result.outcome == "applied":
                 q.put(("applied", i, result.version, time.time()))
+                q.put(("index", i, result.version, client.got_index))
                 await agent.send_heartbeat()
             elif result.outcome == "refused":
                 q.put(("error", i, result.reason, time.time()))
@@ -129,6 +141,7 @@ async def _agents(first: int, count: int, url: str, pubkey: str, q: Any) -> None
 
 
 _TIMES: list[float] = []
+_INDEX_TIMES: list[float] = []
 
 
 def _collect(q: Any, agents: int, version: int, deadline: float) -> tuple[float | None, list[str]]:
@@ -145,6 +158,8 @@ def _collect(q: Any, agents: int, version: int, deadline: float) -> tuple[float 
             have.add(i)
             last = t
             _TIMES.append(t)
+        elif kind == "index" and value == version:
+            _INDEX_TIMES.append(t)
         elif kind == "error":
             errors.append(f"sim-{i:05d}: {value}")
     return (last if len(have) == agents else None), errors
@@ -237,11 +252,16 @@ def main() -> int:
                 return 1
             ts = sorted(x - t_pub for x in _TIMES[-args.agents:])
             spread = {f"p{int(f * 100)}": round(ts[max(0, int(len(ts) * f) - 1)], 3) for f in (0.1, 0.5, 0.9, 1.0)}
+            time.sleep(0.5)  # the last "index" notes
+            ti = sorted(x - t_pub for x in _INDEX_TIMES[-args.agents:])
+            index_spread = {f"p{int(f * 100)}": round(ti[max(0, int(len(ti) * f) - 1)], 3)
+                            for f in (0.1, 0.5, 0.9, 1.0)}
+            print("index answered", index_spread, "applied", spread)
             time.sleep(1)
             rounds.append({"version": version, "seconds": done - t_pub,
                            "server_cpu_seconds": cpu_seconds(server.pid) - cpu0, "errors": len(errors),
                            "reconcile_pass_seconds": round(reconcile_s, 3),
-                           "per_agent_seconds": spread})
+                           "per_agent_seconds": spread, "index_answered_seconds": index_spread})
             print(f"round {r}: {args.agents} agents hold v{version} {done - t_pub:.2f} s after the publish; "
                   f"server CPU {rounds[-1]['server_cpu_seconds']:.2f} s")
         stored = len(Fleet.open(tmp / "state").agents())
