@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -156,6 +157,12 @@ def _canary(setup: Setup, old: str, new: str, signer: str | None = None) -> floa
     return setup.publish()
 
 
+def _reset(setup: Setup) -> subprocess.CompletedProcess[str]:
+    main = "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", main, "reset", "--pin-root", str(setup.pin_root),
+                           "--state", str(setup.tmp / "agent-state")], capture_output=True, text=True, timeout=60)
+
+
 def _metric(port: int, name: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
@@ -267,7 +274,15 @@ def test_sigkill_mid_apply_leaves_old_or_new_and_a_restart_converges(setup: Setu
         inv = inventory.inventory(pin_root=setup.pin_root, cgroup_hooks=())
         pinned_dirs = {Path(p.path).parent.name for p in inv.pins if Path(p.path).parent != setup.pin_root}
         assert pinned_dirs == {x for v in loads.values() for x in v}
+
+        # `reset` unloads everything, but not under a running agent
+        assert _reset(setup).returncode == 2
         assert agent.stop() == 0
+        assert setup.loads(), "enforcement outlives the agent"
+        out = _reset(setup)
+        assert out.returncode == 0, out.stderr
+        assert setup.loads() == {}
+        assert w.run(FORBIDDEN) == 0
     finally:
         agent.stop(signal.SIGKILL)
 
