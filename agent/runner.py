@@ -118,6 +118,7 @@ class Agent:
         self._bundles: dict[tuple[int, str], tuple[Bundle, bytes]] = {}
         self.observations = heartbeat.Observations(cfg.workloads)  # names the workload of an event by its cgroup
         self.last_drift: list[dict[str, Any]] = []
+        self._open_drift: set[tuple[str, str, str]] = set()
         self._beat_now = asyncio.Event()
         # Every call into the enforcer runs on this one thread: the engine (bcc, ring buffers) is not
         # meant to be driven from several threads, and applies, drift checks and event reads must not interleave.
@@ -329,8 +330,12 @@ class Agent:
             refused = frozenset(p.name for p in cur.statuses if p.status != "loaded")
             found += compare(self.enforcer.loaded(), cur.desired, refused)
         if not found:
+            self.last_drift = []
+            self._open_drift = set()
             return DriftReport((), (), ())
         for f in found:
+            if (f.kind, f.policy, f.detail) in self._open_drift:
+                continue  # still there since the last check (one we cannot heal): reported once
             self.counters.drift_detected += 1
             log.warning("drift: %s %s: %s", f.kind, f.policy, f.detail)
             if self.metrics:
@@ -357,6 +362,7 @@ class Agent:
                 self.metrics.drift_healed.labels(f.kind).inc()
             self._event("drift_healed", {"kind": f.kind, "policy": f.policy, "detail": f.detail})
         self.last_drift = [f.to_json() for f in unhealed]
+        self._open_drift = {(f.kind, f.policy, f.detail) for f in unhealed}
         return DriftReport(tuple(found), healed, unhealed)
 
     # ------------------------------------------------------------------ heartbeat and events

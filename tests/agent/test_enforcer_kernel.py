@@ -1,0 +1,137 @@
+"""EngineEnforcer on the real kernel: workload scoping, in-place map restore, foreign programs on its hooks."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.apply import Inactive
+from agent.config import Workload
+from agent.enforcer import EngineEnforcer
+from agent.select import Desired
+from bpf import syscall
+from bpf.engine import Engine
+from bpf.syscall import AttachType, Insn, ProgType
+from reconciler.bundle import Origin, sha256_hex
+from reconciler.model import Scope, State
+
+pytestmark = pytest.mark.kernel
+
+CONNECT = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: only-https
+spec:
+  podSelector:
+    matchLabels: {app: web}
+  kprobes:
+    - call: tcp_connect
+      syscall: false
+      args:
+        - index: 0
+          type: sock
+      selectors:
+        - matchArgs:
+            - index: 0
+              operator: NotDPort
+              values: ["443"]
+          matchActions:
+            - action: Override
+              argError: -1
+"""
+
+
+def _desired(text: str, state: State = State.ENFORCED) -> Desired:
+    return Desired("only-https", Origin("rule", "only-https"), Scope(), state, text, sha256_hex(text.encode()), 1,
+                   "c" * 40)
+
+
+@pytest.fixture()
+def cgroup(require_kernel: None) -> Iterator[Path]:
+    path = syscall.cgroup2_root() / f"palisade-agent-enf-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    for pid in (path / "cgroup.procs").read_text().split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), 9)
+    path.rmdir()
+
+
+@pytest.fixture()
+def enforcer(cgroup: Path) -> Iterator[EngineEnforcer]:
+    root = Path("/sys/fs/bpf") / f"palisade-agent-enf-{uuid.uuid4().hex[:8]}"
+    e = EngineEnforcer([Workload("web", str(cgroup), "shop", (("app", "web"),))], pin_root=root, node_name="t")
+    yield e
+    e.close()
+    eng = Engine(pin_root=root)
+    for key in eng.adopt():
+        eng.unload(key)
+    eng.close()
+    if root.exists():
+        root.rmdir()
+
+
+def test_a_policy_for_no_workload_here_is_inactive(require_kernel: None, tmp_path: Path) -> None:
+    root = Path("/sys/fs/bpf") / f"palisade-agent-enf-{uuid.uuid4().hex[:8]}"
+    e = EngineEnforcer([], pin_root=root, node_name="t")
+    try:
+        with pytest.raises(Inactive, match="no workload on this node matches podSelector app=web"):
+            e.load(_desired(CONNECT))
+        assert e.loaded() == ()
+    finally:
+        e.close()
+
+
+def test_connect_policy_denies_in_the_workload_and_a_foreign_program_on_its_hook_is_drift(
+        enforcer: EngineEnforcer, cgroup: Path) -> None:
+    loaded = enforcer.load(_desired(CONNECT))
+    assert enforcer.drift() == []
+
+    def connect(port: int) -> str:
+        code = ("import socket,sys\ns=socket.socket()\ns.settimeout(1)\n"
+                f"try:\n  s.connect(('127.0.0.1',{port}))\nexcept OSError as e:\n  print(e.errno)\n")
+        procs = cgroup / "cgroup.procs"
+        return subprocess.run(["python3", "-c", code], capture_output=True, text=True, timeout=20,
+                              preexec_fn=lambda: procs.write_text(str(os.getpid()))).stdout.strip()
+
+    assert connect(9) == "1"  # EPERM from the cgroup connect4 hook, in the workload only
+
+    # another program attached to the same hook of the same cgroup
+    prog = syscall.prog_load(ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, [Insn(0xB7, dst=0, imm=1), Insn(0x95)],
+                             name="foreign", expected_attach_type=AttachType.BPF_CGROUP_INET4_CONNECT)
+    cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        link = syscall.link_create_cgroup(prog, cg, AttachType.BPF_CGROUP_INET4_CONNECT)
+        try:
+            findings = enforcer.drift()
+            assert [f.kind for f in findings] == ["foreign"], findings
+            assert str(cgroup) in findings[0].detail
+            assert connect(9) == "1"  # cgroup hooks run every program: ours still denies
+        finally:
+            os.close(link)
+    finally:
+        os.close(cg)
+        os.close(prog)
+    assert enforcer.drift() == []
+    assert [x.handle for x in enforcer.loaded()] == [loaded.handle]
+
+
+def test_a_written_map_entry_is_restored_in_place(enforcer: EngineEnforcer, cgroup: Path) -> None:
+    loaded = enforcer.load(_desired(CONNECT))
+    d = enforcer.pin_root / loaded.handle
+    maps = sorted(p.name for p in d.iterdir() if p.name.startswith("map_pl_scope"))
+    assert maps == ["map_pl_scope"]
+    fd = syscall.obj_get(d / "map_pl_scope")
+    try:
+        syscall.map_update_elem(fd, (12345).to_bytes(8, "little"), b"\1")  # widen the scope to another cgroup
+    finally:
+        os.close(fd)
+    (finding,) = enforcer.drift()
+    assert (finding.kind, finding.handle) == ("map_changed", loaded.handle)
+    assert enforcer.repair(loaded.handle).handle == loaded.handle  # same load, not a reload
+    assert enforcer.drift() == []
