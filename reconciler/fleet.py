@@ -115,6 +115,16 @@ class AgentRecord:
     counters: Mapping[str, int]
     last_seen: _dt.datetime
 
+    def health(self, now: _dt.datetime, stale_after: _dt.timedelta = _dt.timedelta(minutes=2)) -> str:
+        """`stale` (no heartbeat lately), `drift` (unhealed drift), `degraded` (a policy refused), or `ok`."""
+        if now - self.last_seen > stale_after:
+            return "stale"
+        if int(self.drift.get("unhealed", 0) or 0) > 0:
+            return "drift"
+        if any(p.get("status") == "refused" for p in self.policies):
+            return "degraded"
+        return "ok"
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "labels": dict(self.labels), "version": self.version, "stage": self.stage,
                 "commit": self.commit, "policies": list(self.policies), "drift": dict(self.drift),
