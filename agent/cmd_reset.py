@@ -1,36 +1,46 @@
-"""`palisade-agent reset`: unload everything palisade enforces on this node.
+"""`palisade-agent reset`: unload every policy this node's engine pinned, and stop enforcing.
 
-Enforcement outlives the agent (what it loads is pinned in bpffs), so stopping
-the agent does not stop enforcement; this does. Refused while an agent runs on
-the given state directory (it would load everything again).
+Enforcement outlives the agent (the engine pins what it loads in bpffs), so
+stopping the agent does not stop enforcement; this does. Use it to decommission
+a node or to clean up after a test. It removes the programs, links, maps and pins
+under the pin root. With --state it is refused while an agent runs on that state
+directory (the agent would load everything again); the state directory
+(last-known-good, trust) is kept unless --forget is given too.
 
-Exit codes: 0 done (also when nothing was loaded); 2 an agent is running, or not root.
+Exit codes: 0 nothing left pinned; 1 some policies could not be removed;
+2 usage error, not root, or an agent is running on --state.
 """
 from __future__ import annotations
 
 import argparse
 import fcntl
 import os
+import shutil
+import sys
 from pathlib import Path
 
-from .errors import AgentError
+from .errors import AgentError, ConfigError
 
 __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("reset", help="unload every policy palisade pinned on this node", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pin-root", type=Path, default=None, help="bpffs directory (default /sys/fs/bpf/palisade)")
+    p = sub.add_parser("reset", help="unload everything the engine pinned (stop enforcing on this node)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pin-root", type=Path, default=Path("/sys/fs/bpf/palisade"),
+                   help="bpffs directory the engine pins under (default: /sys/fs/bpf/palisade)")
     p.add_argument("--state", type=Path, help="the agent's state directory (refused while an agent runs there)")
+    p.add_argument("--forget", action="store_true", help="also delete the state directory (needs --state)")
     p.set_defaults(func=_reset)
 
 
 def _reset(args: argparse.Namespace) -> int:
-    from bpf.engine import DEFAULT_PIN_ROOT, Engine
+    from bpf.engine import Engine
 
     from .daemon import LOCK_FILE
 
+    if args.forget and args.state is None:
+        raise ConfigError("--forget needs --state")
     if args.state is not None and (args.state / LOCK_FILE).exists():
         fd = os.open(args.state / LOCK_FILE, os.O_RDWR)
         try:
@@ -41,17 +51,21 @@ def _reset(args: argparse.Namespace) -> int:
             os.close(fd)
     if os.geteuid() != 0:
         raise AgentError("reset needs root (it unpins BPF programs)")
-    root = args.pin_root or DEFAULT_PIN_ROOT
-    engine = Engine(pin_root=root)
-    try:
+    failed = 0
+    with Engine(args.pin_root) as engine:
         keys = engine.adopt()
         for key in keys:
-            engine.unload(key)
-            print(f"unloaded {key}")
+            try:
+                engine.unload(key)
+                print(f"unloaded {key}", file=sys.stderr)
+            except Exception as e:  # keep going: remove as much as possible
+                failed += 1
+                print(f"palisade-agent reset: {key}: {e}", file=sys.stderr)
         for name, why in engine.broken.items():
-            print(f"left {root / name}: {why}")
-    finally:
-        engine.close()
-    if not keys:
-        print(f"nothing is loaded under {root}")
-    return 0
+            failed += 1
+            print(f"palisade-agent reset: left {args.pin_root / name}: {why}", file=sys.stderr)
+    if not keys and not failed:
+        print(f"nothing is loaded under {args.pin_root}", file=sys.stderr)
+    if args.forget:
+        shutil.rmtree(args.state, ignore_errors=True)
+    return 1 if failed else 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,22 +33,25 @@ _ACTION_EMOJI = {"KPROBE_ACTION_SIGKILL": "ðŸ’€", "KPROBE_ACTION_OVERRIDE": "ðŸš
 
 
 class EventLog:
-    """Append-only JSON-lines file with size rotation. Not thread-safe: one writer."""
+    """Append-only JSON-lines file with size rotation; writers on several threads are serialised."""
 
     def __init__(self, directory: Path, *, max_bytes: int = 10 * 1024 * 1024, keep: int = 3) -> None:
         self.path = Path(directory) / EVENTS_FILE
         self.max_bytes, self.keep = max_bytes, keep
+        self._lock = threading.Lock()
         self._f = open(self.path, "ab")  # noqa: SIM115 - held for the agent's lifetime
 
     def write(self, event: Mapping[str, Any]) -> None:
         line = json.dumps(event, separators=(",", ":"), sort_keys=True, default=str).encode() + b"\n"
-        self._f.write(line)
-        self._f.flush()
-        if self._f.tell() >= self.max_bytes:
-            self._rotate()
+        with self._lock:
+            self._f.write(line)
+            self._f.flush()
+            if self._f.tell() >= self.max_bytes:
+                self._rotate()
 
     def close(self) -> None:
-        self._f.close()
+        with self._lock:
+            self._f.close()
 
     def _rotate(self) -> None:
         self._f.close()

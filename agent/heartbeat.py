@@ -12,6 +12,7 @@ import collections
 import contextlib
 import datetime as _dt
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class Observations:
             collections.Counter()
         self._workloads = tuple(workloads)
         self._by_cgroup: dict[int, str] = {}
+        self._lock = threading.Lock()  # added to on the engine thread, drained on the event loop
 
     def _workload_of(self, cgroup_id: Any) -> str | None:
         if not isinstance(cgroup_id, int) or not self._workloads:
@@ -63,18 +65,20 @@ class Observations:
                 parent = _member(body, "parent").get("binary")
                 action = body.get("action")
                 acted = _member(event, "palisade").get("acted")
-                self._counts[(str(body.get("policy_name", "")), str(proc.get("binary", "")),
-                              workload if isinstance(workload, str) else None,
-                              parent if isinstance(parent, str) else None,
-                              action if isinstance(action, str) else None,
-                              acted if isinstance(acted, bool) else None)] += 1
+                with self._lock:
+                    self._counts[(str(body.get("policy_name", "")), str(proc.get("binary", "")),
+                                  workload if isinstance(workload, str) else None,
+                                  parent if isinstance(parent, str) else None,
+                                  action if isinstance(action, str) else None,
+                                  acted if isinstance(acted, bool) else None)] += 1
 
     def drain(self) -> list[dict[str, Any]]:
+        with self._lock:
+            counts, self._counts = self._counts, collections.Counter()
         out = []
-        for (p, b, workload, parent, action, acted), c in sorted(self._counts.items(), key=lambda kv: repr(kv[0])):
+        for (p, b, workload, parent, action, acted), c in sorted(counts.items(), key=lambda kv: repr(kv[0])):
             extra = {"workload": workload, "parent": parent, "action": action, "acted": acted}
             out.append({"policy": p, "binary": b, "count": c, **{k: v for k, v in extra.items() if v is not None}})
-        self._counts.clear()
         return out
 
 
