@@ -811,6 +811,20 @@ OPENAPI: dict[str, Any] = {
                 "404": _err("The current index does not list this version"),
             },
         }},
+        "/v1/agents/{id}/heartbeat": {"post": {
+            "summary": "An agent's heartbeat",
+            "description": "Sensor id and labels, the bundle version it enforces and its stage, per-policy status, "
+                           "drift, counters and the interval's observations (schemas/heartbeat.schema.json). "
+                           "Stored in the fleet table of the state directory (reconciler/fleet.py).",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": {_JSON: {"schema": {"type": "object"}}}},
+            "responses": {
+                "204": {"description": "Stored"},
+                "400": _err("Malformed JSON, a sensor id that is not valid or does not match the body, "
+                            "or a member of the wrong shape"),
+                "413": _err("Larger than 1 MiB"),
+            },
+        }},
         "/v1/status": {"get": {
             "summary": "Reconcile status",
             "description": "Last accepted and last rejected commit (with findings), published versions, "

@@ -205,3 +205,31 @@ def test_refusals_are_counted_by_reason_in_metrics(served: Served, proxy: Proxy,
         assert samples[("palisade_agent_policies", (("mode", "enforced"), ("status", "loaded")))] == 2
 
     asyncio.run(run())
+
+
+def test_the_heartbeat_matches_its_schema_and_the_server_stores_it(served: Served, tmp_path: Path) -> None:
+    import json
+
+    import jsonschema
+
+    from reconciler.fleet import Fleet
+
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "heartbeat.schema.json").read_text())
+
+    async def run() -> None:
+        agent = make_agent(served.url, served, tmp_path / "agent", sensor="web-3", labels=(("role", "web"),))
+        await agent.sync_once()
+        agent.observations.add({"process_tracepoint": {"policy_name": "web-exec-allowlist", "action":
+                                "KPROBE_ACTION_SIGKILL", "process": {"binary": "/bin/sh"}},
+                                "palisade": {"acted": False}})
+        doc = agent.heartbeat_document()
+        jsonschema.Draft202012Validator(schema).validate(doc)
+        agent.observations.add({"process_tracepoint": {"policy_name": "web-exec-allowlist",
+                                                       "process": {"binary": "/bin/sh"}}})
+        assert await agent.send_heartbeat()
+        await agent.client.aclose()
+
+    asyncio.run(run())
+    (rec,) = Fleet.open(served.rec.state_dir).agents()
+    assert (rec.id, rec.version, rec.stage, rec.labels) == ("web-3", 1, "web", {"role": "web"})
+    assert {p["name"]: p["status"] for p in rec.policies}["web-exec-allowlist"] == "loaded"
