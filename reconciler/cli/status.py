@@ -35,11 +35,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     doc = from_server(args.server, args.timeout) if args.server else from_state(args.state)
+    doc["fleet"] = _fleet(args)
     if args.output == "json":
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print(render_text(doc))
     return 1 if attention(doc) else 0
+
+
+def _fleet(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each sensor that reported: its version, stage, health and when it was last seen."""
+    from ..fleet import FLEET_DB
+    from ._fleetsource import FleetSource
+
+    if args.state is not None and not (args.state / FLEET_DB).is_file():
+        return []  # no agent has reported yet
+    source = FleetSource(args.server, args.state, args.timeout)
+    try:
+        agents = source.agents()
+    finally:
+        source.close()
+    now = _dt.datetime.now(_dt.UTC)
+    return [
+        {"id": a.id, "version": a.version, "stage": a.stage, "health": a.health(now),
+         "lastSeen": a.last_seen.strftime("%Y-%m-%dT%H:%M:%SZ"),
+         "refused": sum(1 for p in a.policies if p.get("status") == "refused")}
+        for a in agents
+    ]
 
 
 def from_state(state: Path) -> dict[str, Any]:
@@ -152,6 +174,20 @@ def render_text(doc: Mapping[str, Any], now: _dt.datetime | None = None) -> str:
     for f in rejected.get("findings") or []:
         lines.append(f"{' ' * width}    {f.get('file')}:{f.get('line')}:{f.get('column')}: "
                      f"{f.get('severity')}[{f.get('code')}]: {f.get('message')}")
+    fleet = doc.get("fleet") or []
+    if fleet:
+        table = [("SENSOR", "VERSION", "STAGE", "HEALTH", "LAST SEEN")]
+        for a in fleet:
+            seen = _time(a.get("lastSeen"))
+            health = str(a.get("health"))
+            if a.get("refused"):
+                health += f" ({a['refused']} refused)"
+            table.append((str(a.get("id")), f"v{a['version']}" if a.get("version") else "-",
+                          str(a.get("stage") or "-"), health,
+                          f"{_span(max(0, int((now - seen).total_seconds())))} ago" if seen else "-"))
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        lines.append("")
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
     return "\n".join(lines)
 
 
