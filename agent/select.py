@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.bundle import DEFAULT_STAGE, Bundle, BundlePolicy, Index, Origin
+from reconciler.bundle import DEFAULT_STAGE, Bundle, Origin
 from reconciler.model import Scope, State
 
-__all__ = ["Desired", "applies", "pinned_version", "select", "stage_of"]
+__all__ = ["Desired", "select", "stage_of"]
 
 
 @dataclass(frozen=True)
@@ -40,54 +40,14 @@ class Desired:
 
 
 def stage_of(bundle: Bundle | None, sensor_id: str, labels: Mapping[str, str]) -> str:
-    if bundle is None or bundle.staging is None:
-        return DEFAULT_STAGE
-    for stage in bundle.staging.stages:
-        if sensor_id in stage.sensors:
-            return stage.name
-        for name in stage.groups:
-            group = bundle.group(name)
-            if group is not None and group.selects(sensor_id, labels):
-                return stage.name
-        if stage.match_labels and all(labels.get(k) == v for k, v in stage.match_labels):
-            return stage.name
-        if stage.rest:
-            return stage.name
-    return DEFAULT_STAGE
-
-
-def pinned_version(index: Index, stage: str) -> int:
-    return index.pinned(stage)
-
-
-def applies(bundle: Bundle, policy: BundlePolicy, sensor_id: str, labels: Mapping[str, str]) -> bool:
-    scope = policy.scope
-    if scope.sensor is not None:
-        return scope.sensor == sensor_id
-    if scope.group is not None:
-        group = bundle.group(scope.group)
-        return group is not None and group.selects(sensor_id, labels)
-    return True
+    """The sensor's rollout stage in `bundle`'s staging plan ("default" without one)."""
+    stage = bundle.stage_for(sensor_id, labels) if bundle is not None else None
+    return stage or DEFAULT_STAGE
 
 
 def select(bundle: Bundle, sensor_id: str, labels: Mapping[str, str]) -> tuple[Desired, ...]:
-    """The policies for this sensor, one per name, sorted by name."""
-    chosen: dict[str, BundlePolicy] = {}
-    for p in bundle.policies:
-        if not applies(bundle, p, sensor_id, labels):
-            continue
-        cur = chosen.get(p.name)
-        if cur is None or _wins(p, cur):
-            chosen[p.name] = p
+    """The policies for this sensor, one per name, sorted by name (the rule: `reconciler.model.effective`)."""
     return tuple(
         Desired(p.name, p.origin, p.scope, p.state, p.yaml, p.sha256, bundle.version, bundle.commit)
-        for p in sorted(chosen.values(), key=lambda p: p.name)
+        for p in bundle.effective(sensor_id, labels)
     )
-
-
-def _wins(new: BundlePolicy, cur: BundlePolicy) -> bool:
-    if new.scope.specificity != cur.scope.specificity:
-        return new.scope.specificity > cur.scope.specificity
-    if new.state.rank != cur.state.rank:
-        return new.state.rank < cur.state.rank
-    return new.scope.key < cur.scope.key  # deterministic whatever the bundle's order

@@ -39,7 +39,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from .errors import VerificationError
-from .model import Rollout, Scope, State
+from .model import Rollout, Scope, State, effective
 
 API_VERSION = "palisade.dev/v1"
 #: Refused before parsing: a bundle carries every rendered policy, an index only digests.
@@ -538,6 +538,11 @@ class Bundle:
     def select(self, sensor_id: str, labels: Mapping[str, str]) -> tuple[BundlePolicy, ...]:
         """The policies whose scope includes this sensor, in bundle order."""
         return tuple(p for p in self.policies if self.in_scope(p.scope, sensor_id, labels))
+
+    def effective(self, sensor_id: str, labels: Mapping[str, str]) -> tuple[BundlePolicy, ...]:
+        """What this sensor enforces: one policy per name (see `model.effective`), sorted by name."""
+        chosen = effective(self.policies, lambda scope: self.in_scope(scope, sensor_id, labels))
+        return tuple(chosen[n] for n in sorted(chosen))
 
     def stage_for(self, sensor_id: str, labels: Mapping[str, str]) -> str | None:
         """The first rollout stage that holds this sensor (None: no staging, or no stage holds it,

@@ -6,10 +6,10 @@ on these values only.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 
 class State(StrEnum):
@@ -241,6 +241,45 @@ class UnitKey:
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name} @ {self.scope.key}"
+
+
+class _Placed(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def scope(self) -> Scope: ...
+    @property
+    def state(self) -> State: ...
+
+
+_P = TypeVar("_P", bound=_Placed)
+
+
+def effective(policies: Iterable[_P], includes: Callable[[Scope], bool]) -> dict[str, _P]:
+    """The policy that applies on one node, per name: the one rule agents, `plan` and rollouts share.
+
+    Of the assignments whose scope includes the node (`includes`), the most specific
+    scope wins (sensor > group > fleet); between scopes equally specific (two groups)
+    the least enforcing state wins — a node in a group that observes and in one that
+    enforces has not been approved for enforcing by both. Ties break by scope key, so
+    the answer never depends on the order of the input.
+    """
+    chosen: dict[str, _P] = {}
+    for p in policies:
+        if not includes(p.scope):
+            continue
+        cur = chosen.get(p.name)
+        if cur is None or _wins(p, cur):
+            chosen[p.name] = p
+    return chosen
+
+
+def _wins(new: _Placed, cur: _Placed) -> bool:
+    if new.scope.specificity != cur.scope.specificity:
+        return new.scope.specificity > cur.scope.specificity
+    if new.state.rank != cur.state.rank:
+        return new.state.rank < cur.state.rank
+    return new.scope.key < cur.scope.key
 
 
 def format_duration(d: _dt.timedelta) -> str:

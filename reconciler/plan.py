@@ -43,7 +43,7 @@ import yaml
 
 from . import ladder
 from .ladder import Move, MoveKind
-from .model import Group, PolicyRepository, Rollout, Scope, State, UnitKey, format_duration
+from .model import Group, PolicyRepository, Rollout, Scope, State, UnitKey, effective, format_duration
 
 
 class PolicyLike(Protocol):
@@ -552,15 +552,8 @@ def _in_scope(repo: PolicyRepository, scope: Scope, sensor_id: str, labels: Mapp
     return True
 
 
-def _effective(side: Revision, sensor_id: str, labels: Mapping[str, str]) -> dict[str, PolicyLike]:
-    chosen: dict[str, PolicyLike] = {}
-    for p in side.rendered:
-        if not _in_scope(side.repository, p.scope, sensor_id, labels):
-            continue
-        cur = chosen.get(p.name)
-        if cur is None or (p.scope.specificity, -p.state.rank) > (cur.scope.specificity, -cur.state.rank):
-            chosen[p.name] = p
-    return chosen
+def _effective(side: Revision, sensor_id: str, labels: Mapping[str, str]) -> Mapping[str, PolicyLike]:
+    return effective(side.rendered, lambda scope: _in_scope(side.repository, scope, sensor_id, labels))
 
 
 def stage_of(repo: PolicyRepository, sensor_id: str, labels: Mapping[str, str]) -> str | None:
