@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _reset(args: argparse.Namespace) -> int:
-    from bpf.engine import Engine
+    from bpf.engine import remove_all
 
     from .daemon import LOCK_FILE
 
@@ -51,21 +51,13 @@ def _reset(args: argparse.Namespace) -> int:
             os.close(fd)
     if os.geteuid() != 0:
         raise AgentError("reset needs root (it unpins BPF programs)")
-    failed = 0
-    with Engine(args.pin_root) as engine:
-        keys = engine.adopt()
-        for key in keys:
-            try:
-                engine.unload(key)
-                print(f"unloaded {key}", file=sys.stderr)
-            except Exception as e:  # keep going: remove as much as possible
-                failed += 1
-                print(f"palisade-agent reset: {key}: {e}", file=sys.stderr)
-        for name, why in engine.broken.items():
-            failed += 1
-            print(f"palisade-agent reset: left {args.pin_root / name}: {why}", file=sys.stderr)
-    if not keys and not failed:
+    unloaded, problems = remove_all(args.pin_root)
+    for key in unloaded:
+        print(f"unloaded {key}", file=sys.stderr)
+    for problem in problems:
+        print(f"palisade-agent reset: {problem}", file=sys.stderr)
+    if not unloaded and not problems:
         print(f"nothing is loaded under {args.pin_root}", file=sys.stderr)
     if args.forget:
         shutil.rmtree(args.state, ignore_errors=True)
-    return 1 if failed else 0
+    return 1 if problems else 0

@@ -112,23 +112,9 @@ class Node:
 
 
 def _unpin(root: Path) -> None:
-    if not root.exists():
-        return
-    from bpf.engine import Engine
+    from bpf.engine import remove_all
 
-    e = Engine(pin_root=root)
-    try:
-        e.adopt()
-        for key in list(e.loaded()):
-            with contextlib.suppress(Exception):
-                e.unload(key)
-    finally:
-        e.close()
-    for d in root.iterdir():
-        for p in d.iterdir():
-            p.unlink()
-        d.rmdir()
-    root.rmdir()
+    remove_all(root)
 
 
 def until(cond: Callable[[], bool], timeout: float, step: float = 0.005) -> float:

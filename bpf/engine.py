@@ -433,6 +433,37 @@ class _Loader:
                 os.close(lfd)
 
 
+def remove_all(pin_root: Path = DEFAULT_PIN_ROOT) -> tuple[list[str], list[str]]:
+    """Stop enforcing everything pinned under `pin_root` and remove the root: (unloaded, problems).
+
+    Policies are adopted and unloaded; directories an engine cannot adopt (broken or
+    half-built) and the exemption map are torn down pin by pin. For decommissioning a
+    node (`palisade-agent reset`) and for cleaning up after tests.
+    """
+    unloaded: list[str] = []
+    problems: list[str] = []
+    if not pin_root.exists():
+        return unloaded, problems
+    with Engine(pin_root) as engine:
+        for key in engine.adopt():
+            try:
+                engine.unload(key)
+                unloaded.append(key)
+            except (OSError, BpfError) as e:
+                problems.append(f"{key}: {e}")
+    for leftover in sorted(pin_root.iterdir()) if pin_root.exists() else ():
+        try:
+            if leftover.is_dir():
+                _teardown(leftover)
+            else:
+                leftover.unlink()
+        except OSError as e:
+            problems.append(f"{leftover}: {e}")
+    with contextlib.suppress(OSError):
+        pin_root.rmdir()
+    return unloaded, problems
+
+
 def _prog_type(site: Site) -> tuple[int, int]:
     from bcc import BPF
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bpf import syscall
-from bpf.engine import Engine
+from bpf.engine import Engine, remove_all
 from bpf.policy import TracingPolicy, parse
 
 
@@ -76,23 +76,8 @@ def remove_cgroup(w: Workload) -> None:
 
 def cleanup_pins(pin_root: Path) -> None:
     """Unload whatever is pinned under `pin_root` (adopting it first), then remove the root."""
-    if not pin_root.exists():
-        return
-    e = Engine(pin_root=pin_root)
-    try:
-        e.adopt()
-        for key in list(e.loaded()):
-            e.unload(key)
-    finally:
-        e.close()
-    for d in pin_root.iterdir():  # broken or half-built leftovers, the exemption map
-        if d.is_dir():
-            for p in d.iterdir():
-                p.unlink()
-            d.rmdir()
-        else:
-            d.unlink()
-    pin_root.rmdir()
+    _, problems = remove_all(pin_root)
+    assert not problems, problems
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ import pytest
 from engine_support import Workload, exec_allowlist
 
 from bpf import inventory, syscall, templates
-from bpf.engine import Engine
+from bpf.engine import Engine, remove_all
 from bpf.policy import parse
 
 pytestmark = pytest.mark.kernel
@@ -80,7 +80,7 @@ _AGENT = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from bpf.engine import Engine
+from bpf.engine import Engine, remove_all
 from bpf.policy import parse
 e = Engine(pin_root=Path({pins!r}), node_name="test-node")
 if {adopt!r}:
@@ -150,3 +150,29 @@ def test_the_engine_is_exempt_from_its_own_policies_also_after_a_restart(
         assert second.stdin is not None
         second.communicate(b"done\n", timeout=30)
     assert second.returncode == 0
+
+
+def test_remove_all_stops_enforcing_and_leaves_nothing(pin_root: Path, workload: Workload) -> None:
+    """What `palisade-agent reset` does: adopted policies, a half-built load and the exemption map all go."""
+    with Engine(pin_root=pin_root) as e:
+        assert e.load(exec_allowlist("reset-a", ["/usr/bin/true"]), "enforced", cgroups=[workload.path]).loaded
+        assert e.load(exec_allowlist("reset-b", ["/usr/bin/true"]), "observe", cgroups=[workload.path]).loaded
+        ids = [_ids(e, k) for k in ("reset-a", "reset-b")]
+    # a loader that died mid-load leaves a directory no engine adopts
+    half = pin_root / "_loading_999999_x"
+    half.mkdir()
+    fd = syscall.map_create(2, 4, 4, 1, name="half")  # BPF_MAP_TYPE_ARRAY
+    try:
+        syscall.obj_pin(fd, half / "map_pl_cfg")
+        half_map = syscall.obj_id(fd)
+    finally:
+        os.close(fd)
+    assert workload.run(["/bin/sh", "-c", "true"]).returncode == -signal.SIGKILL
+
+    unloaded, problems = remove_all(pin_root)
+
+    assert sorted(unloaded) == ["reset-a", "reset-b"] and problems == []
+    assert not pin_root.exists()
+    assert workload.run(["/bin/sh", "-c", "true"]).returncode == 0
+    progs, links, maps = (set().union(*x) for x in zip(*ids, strict=True))
+    assert inventory.wait_until_gone(progs, links, maps | {half_map}, timeout=2.0)

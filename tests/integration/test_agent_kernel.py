@@ -24,7 +24,7 @@ import pytest
 from agentproc import AgentProc, free_port, policies
 
 from bpf import inventory, syscall
-from bpf.engine import Engine
+from bpf.engine import remove_all
 from reconciler import keys
 from reconciler.fleet import Fleet
 from reconciler.reconcile import Reconciler
@@ -118,24 +118,7 @@ def setup(tmp_path: Path, require_kernel: None) -> Iterator[Setup]:
 
 
 def _cleanup_pins(root: Path) -> None:
-    if not root.exists():
-        return
-    e = Engine(pin_root=root)
-    try:
-        e.adopt()
-        for key in list(e.loaded()):
-            with contextlib.suppress(Exception):
-                e.unload(key)
-    finally:
-        e.close()
-    for d in root.iterdir():
-        if not d.is_dir():
-            d.unlink()  # the engine's _self map
-            continue
-        for p in d.iterdir():
-            p.unlink()
-        d.rmdir()
-    root.rmdir()
+    remove_all(root)
 
 
 def _remove_cgroup(cg: Path) -> None:

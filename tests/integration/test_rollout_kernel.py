@@ -22,7 +22,7 @@ from test_rollout_fleet import TIGHTEN, World, _cli, _events, _rollout
 from test_rollout_fleet import make_world as make_world  # the fixture
 
 from bpf import syscall
-from bpf.engine import Engine
+from bpf.engine import remove_all
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -53,23 +53,7 @@ def pin_root(require_kernel: None) -> Iterator[Path]:
     try:
         yield root
     finally:
-        if root.exists():
-            e = Engine(pin_root=root)
-            try:
-                e.adopt()
-                for key in list(e.loaded()):
-                    with contextlib.suppress(Exception):
-                        e.unload(key)
-            finally:
-                e.close()
-            for d in root.iterdir():
-                if not d.is_dir():
-                    d.unlink()  # the engine's _self map
-                    continue
-                for p in d.iterdir():
-                    p.unlink()
-                d.rmdir()
-            root.rmdir()
+        remove_all(root)
 
 
 def _run_in(cg: Path, argv: list[str]) -> int:
