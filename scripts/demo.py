@@ -137,7 +137,8 @@ class Demo:
         self.git("add", "-A")
         self.git("commit", "-q", "-m", "Import the policy repository", who=("Alice Reviewer", "alice@example.com"))
         self.palisade("validate", "--repo", str(self.repo))
-        say("the repository validates")
+        say("the repository validates; what it enforces where:")
+        show(self.palisade("units", "--repo", str(self.repo)).stdout)
         self.keys = keys
 
     def start_server(self) -> None:
