@@ -48,4 +48,6 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, overrides)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per long-poll is noise
     return run(cfg)

@@ -9,15 +9,13 @@ reconciler sums for impact previews ("what would enforcing this have killed?").
 from __future__ import annotations
 
 import collections
-import contextlib
 import datetime as _dt
-import os
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from .config import Workload
+from .workloads import WorkloadIndex
 
 __all__ = ["Observations", "document"]
 
@@ -32,27 +30,12 @@ class Observations:
     def __init__(self, workloads: Sequence[Workload] = ()) -> None:
         self._counts: collections.Counter[tuple[str, str, str | None, str | None, str | None, bool | None]] = \
             collections.Counter()
-        self._workloads = tuple(workloads)
-        self._by_cgroup: dict[int, str] = {}
+        self._index = WorkloadIndex(workloads)
         self._lock = threading.Lock()  # added to on the engine thread, drained on the event loop
 
     def _workload_of(self, cgroup_id: Any) -> str | None:
-        if not isinstance(cgroup_id, int) or not self._workloads:
-            return None
-        if cgroup_id not in self._by_cgroup:
-            # a cgroup id is its cgroup2 directory's inode; re-read on a miss, since a workload's
-            # cgroup may be created (or re-created) after the agent started
-            from bpf import syscall
-
-            root = syscall.cgroup2_root()
-            for w in self._workloads:
-                path = Path(w.cgroup) if w.cgroup.startswith(str(root)) else root / w.cgroup.lstrip("/")
-                with contextlib.suppress(OSError):
-                    self._by_cgroup[os.stat(path).st_ino] = w.name
-            if len(self._by_cgroup) > 4096:
-                self._by_cgroup.clear()
-            self._by_cgroup.setdefault(cgroup_id, "")  # not a workload's: do not stat again for it
-        return self._by_cgroup[cgroup_id] or None
+        w = self._index.of(cgroup_id)
+        return w.name if w is not None else None
 
     def add(self, event: Mapping[str, Any]) -> None:
         for kind in ("process_tracepoint", "process_kprobe"):
@@ -65,6 +48,8 @@ class Observations:
                 parent = _member(body, "parent").get("binary")
                 action = body.get("action")
                 acted = _member(event, "palisade").get("acted")
+                if not proc.get("binary"):
+                    continue  # an exit whose process is gone: nothing to allow or refuse
                 with self._lock:
                     self._counts[(str(body.get("policy_name", "")), str(proc.get("binary", "")),
                                   workload if isinstance(workload, str) else None,

@@ -40,6 +40,7 @@ from .errors import FetchError, VerificationError
 from .events import EventLog
 from .metrics import AgentMetrics
 from .select import Desired, select, stage_of
+from .workloads import WorkloadIndex
 
 __all__ = ["STATUS_FILE", "Agent", "SyncResult", "classify"]
 
@@ -116,7 +117,8 @@ class Agent:
         self.last_error: str | None = None
         self.trust = trust.TrustState()
         self._bundles: dict[tuple[int, str], tuple[Bundle, bytes]] = {}
-        self.observations = heartbeat.Observations(cfg.workloads)  # names the workload of an event by its cgroup
+        self.workloads = WorkloadIndex(cfg.workloads)  # events carry process.pod of their workload
+        self.observations = heartbeat.Observations(cfg.workloads)
         self.last_drift: list[dict[str, Any]] = []
         self._open_drift: set[tuple[str, str, str]] = set()
         self._beat_now = asyncio.Event()
@@ -396,6 +398,7 @@ class Agent:
             action = str(body.get("action", "")) if isinstance(body, dict) else ""
             if self.metrics:
                 self.metrics.events.labels(kind, action or "none").inc()
+            self.workloads.annotate(ev)
             self.observations.add(ev)
             if self.events is not None:
                 self.events.write(ev)
