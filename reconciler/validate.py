@@ -9,6 +9,7 @@ import datetime as _dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import loader, render, semantics, source
 from .findings import Finding, error, has_errors
@@ -41,7 +42,8 @@ def validate_snapshot(snapshot: source.Snapshot, today: _dt.date | None = None) 
     findings += semantics.check(loaded.repository, loaded.documents, today)
     for doc in loaded.valid:
         if doc.kind in loader.POLICY_KINDS:
-            findings += check_policy(doc)
+            found = check_policy(doc)
+            findings += found if has_errors(found) else found + engine_support(doc)
         elif doc.kind == "Rule" and isinstance((doc.plain.get("spec") or {}).get("policy"), dict):
             findings += _check_inline(doc)
     rendered = None
@@ -51,6 +53,38 @@ def validate_snapshot(snapshot: source.Snapshot, today: _dt.date | None = None) 
         except (ValueError, KeyError, TypeError) as e:
             findings.append(error("", 0, 0, "render", f"cannot render: {e}"))
     return Report(tuple(sorted(set(findings))), loaded.repository, snapshot.revision, rendered=rendered)
+
+
+def engine_support(doc: Document) -> list[Finding]:
+    """A warning when no Palisade agent can load a policy, whatever its kernel (a real Tetragon may).
+
+    Compiled against a kernel with every feature the engine knows (kprobes, BPF LSM
+    included), so what remains is outside the engine's subset, not a node's limits;
+    agents would report the policy refused with these reasons.
+    """
+    from bpf import compile as _compile
+    from bpf import policy as _policy
+    from bpf.errors import PolicyError
+    from bpf.tpformat import builtin_formats
+
+    try:
+        reasons = _compile.check(_policy.parse(doc.plain), _ANY_KERNEL, builtin_formats)
+    except PolicyError as e:
+        return [doc.warning(tuple(e.path), "engine-unsupported",
+                            f"Palisade agents cannot load this policy: {e.message}")]
+    if not reasons:
+        return []
+    return [doc.warning(("spec",), "engine-unsupported",
+                        "Palisade agents will refuse this policy on any kernel: " + "; ".join(reasons))]
+
+
+def _any_kernel() -> Any:
+    from bpf.compile import Features
+
+    return Features(kprobes=True, lsm=True)
+
+
+_ANY_KERNEL = _any_kernel()
 
 
 def _check_inline(rule: Document) -> list[Finding]:
@@ -65,7 +99,10 @@ def _check_inline(rule: Document) -> list[Finding]:
     plain.setdefault("metadata", {"name": rule.name})
     inline = Document(rule.path, rule.index, node, plain)
     found = check_document(inline)
-    return found if has_errors(found) else found + check_policy(inline)
+    if has_errors(found):
+        return found
+    found += check_policy(inline)
+    return found if has_errors(found) else found + engine_support(inline)
 
 
 def validate(repo: Path, rev: str | None = None, base: str | None = None, *,
