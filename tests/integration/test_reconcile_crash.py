@@ -21,7 +21,7 @@ from reconciler.ledger import Ledger, Result
 from support.policyrepo import PolicyRepo
 
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
-COMMITS = 24
+COMMITS = 40
 
 
 def _history(policy: PolicyRepo) -> set[int]:
@@ -73,14 +73,14 @@ def test_sigkill_during_publishes_never_breaks_the_store_or_the_ledger(tmp_path:
     state = tmp_path / "state"
     cmd = [str(BIN / "palisade"), "reconcile", "--repo", str(policy.path), "--state", str(state),
            "--key", str(tmp_path / "k" / "palisade.key"), "--once"]
-    env = {**os.environ, "PALISADE_TEST_SLOW_WRITES": "0.01"}
+    env = {**os.environ, "PALISADE_TEST_SLOW_WRITES": "0.05"}
     seen: dict[int, bytes] = {}
     floor = [0, 0]
     kills = 0
     points: list[int] = []  # the index version each kill left: progress between kills
-    for _ in range(30):
+    for _ in range(60):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.3, 1.5))
+        time.sleep(rng.uniform(0.2, 0.9))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if proc.returncode == 0:
