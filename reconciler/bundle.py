@@ -528,12 +528,7 @@ class Bundle:
 
     def in_scope(self, scope: Scope, sensor_id: str, labels: Mapping[str, str]) -> bool:
         """Whether a sensor (its id and labels) is inside `scope`; an unknown group holds nobody."""
-        if scope.sensor is not None:
-            return scope.sensor == sensor_id
-        if scope.group is not None:
-            g = self.group(scope.group)
-            return g is not None and g.selects(sensor_id, labels)
-        return True
+        return scope.includes(sensor_id, labels, self.group)
 
     def select(self, sensor_id: str, labels: Mapping[str, str]) -> tuple[BundlePolicy, ...]:
         """The policies whose scope includes this sensor, in bundle order."""

@@ -37,6 +37,16 @@ class Scope:
     def __lt__(self, other: Scope) -> bool:
         return self.key < other.key
 
+    def includes(self, sensor_id: str, labels: Mapping[str, str], group: Callable[[str], _Selector | None]) -> bool:
+        """Whether a sensor (id and labels) is inside this scope; `group` looks a group up by name
+        (from a repository revision or a bundle). An unknown group holds nobody."""
+        if self.sensor is not None:
+            return self.sensor == sensor_id
+        if self.group is not None:
+            g = group(self.group)
+            return g is not None and g.selects(sensor_id, labels)
+        return True
+
     @property
     def specificity(self) -> int:
         """2 for a sensor, 1 for a group, 0 for the fleet: the most specific scope wins on a node."""
@@ -241,6 +251,10 @@ class UnitKey:
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name} @ {self.scope.key}"
+
+
+class _Selector(Protocol):
+    def selects(self, sensor_id: str, labels: Mapping[str, str]) -> bool: ...
 
 
 class _Placed(Protocol):

@@ -544,12 +544,7 @@ def per_sensor(base: Revision, head: Revision, sensors: Iterable[Sensor]) -> tup
 
 
 def _in_scope(repo: PolicyRepository, scope: Scope, sensor_id: str, labels: Mapping[str, str]) -> bool:
-    if scope.sensor is not None:
-        return scope.sensor == sensor_id
-    if scope.group is not None:
-        g = repo.group(scope.group)
-        return g is not None and g.selects(sensor_id, labels)
-    return True
+    return scope.includes(sensor_id, labels, repo.group)
 
 
 def _effective(side: Revision, sensor_id: str, labels: Mapping[str, str]) -> Mapping[str, PolicyLike]:

@@ -103,12 +103,7 @@ def unit_policies(repo: PolicyRepository, unit: UnitKey, today: _dt.date) -> dic
 
 def in_scope(scope: Scope, agent: AgentRecord, groups: Sequence[Group]) -> bool:
     """Whether an agent (by id and reported labels) is in `scope`."""
-    if scope.sensor is not None:
-        return agent.id == scope.sensor
-    if scope.group is not None:
-        group = next((g for g in groups if g.name == scope.group), None)
-        return group is not None and group.selects(agent.id, agent.labels)
-    return True
+    return scope.includes(agent.id, agent.labels, lambda name: next((g for g in groups if g.name == name), None))
 
 
 def assess(
