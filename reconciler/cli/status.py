@@ -66,40 +66,22 @@ def _fleet(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def from_state(state: Path) -> dict[str, Any]:
     """The status document from a state directory alone (read-only)."""
+    from ..errors import VerificationError
     from ..ledger import Ledger
     from ..reconcile import STORE, status
     from ..rollouts import DB_FILE as ROLLOUT_DB
     from ..rollouts import read_status
+    from ..store import Store
 
-    with Ledger.open(state, readonly=True) as ledger:
-        doc = status(ledger, _StoreReader(state / STORE))  # type: ignore[arg-type]
+    store = Store(state / STORE)  # no key: a reader, it creates and tidies nothing
+    try:
+        with Ledger.open(state, readonly=True) as ledger:
+            doc = status(ledger, store)
+    except VerificationError as e:
+        raise StateError(f"{store.index_path}: {e}") from None
     if (state / ROLLOUT_DB).is_file():
         doc["rollout"] = read_status(state)
     return doc
-
-
-class _StoreReader:
-    """The part of `Store` that `status()` reads. A `Store` is not opened here: opening one tidies its
-    temporary files, which would break a publish the running reconciler has in progress."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def index(self) -> Any:
-        from ..bundle import parse_index
-        from ..errors import VerificationError
-
-        path = self.root / "index.json"
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise StateError(f"cannot read {path}: {e.strerror}") from None
-        try:
-            return parse_index(data)
-        except VerificationError as e:
-            raise StateError(f"{path}: {e}") from None
 
 
 def from_server(url: str, timeout: float) -> dict[str, Any]:

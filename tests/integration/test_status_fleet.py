@@ -66,3 +66,19 @@ def test_status_lists_each_sensor_with_version_stage_health(server: tuple[str, P
         text = subprocess.run([str(BIN / "palisade"), "status", *where], capture_output=True, text=True).stdout
         row = next(line for line in text.splitlines() if line.startswith("node-2"))
         assert row.split()[:4] == ["node-2", "v1", "web", "degraded"] and "1 refused" in row and "ago" in row
+
+
+def test_a_damaged_index_in_the_state_is_exit_2_with_the_reason(tmp_path: Path) -> None:
+    from nacl.signing import SigningKey
+
+    from reconciler.reconcile import Reconciler
+
+    policy = PolicyRepo.create(tmp_path)
+    state = tmp_path / "state"
+    with Reconciler(str(policy.path), state, SigningKey.generate()) as rec:
+        rec.run_once()
+    (state / "store" / "index.json").write_text('{"broken')
+    r = subprocess.run([str(BIN / "palisade"), "status", "--state", str(state)], capture_output=True, text=True)
+    assert r.returncode == 2 and "index.json" in r.stderr and "malformed" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list((state / "store").glob(".*"))  # a reader tidies nothing
