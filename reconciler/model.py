@@ -257,7 +257,9 @@ class _Selector(Protocol):
     def selects(self, sensor_id: str, labels: Mapping[str, str]) -> bool: ...
 
 
-class _Placed(Protocol):
+class Placed(Protocol):
+    """Anything assigned at a scope and state: rendered policies, bundle policies."""
+
     @property
     def name(self) -> str: ...
     @property
@@ -266,7 +268,7 @@ class _Placed(Protocol):
     def state(self) -> State: ...
 
 
-_P = TypeVar("_P", bound=_Placed)
+_P = TypeVar("_P", bound=Placed)
 
 
 def effective(policies: Iterable[_P], includes: Callable[[Scope], bool]) -> dict[str, _P]:
@@ -288,7 +290,7 @@ def effective(policies: Iterable[_P], includes: Callable[[Scope], bool]) -> dict
     return chosen
 
 
-def _wins(new: _Placed, cur: _Placed) -> bool:
+def _wins(new: Placed, cur: Placed) -> bool:
     if new.scope.specificity != cur.scope.specificity:
         return new.scope.specificity > cur.scope.specificity
     if new.state.rank != cur.state.rank:

@@ -43,18 +43,12 @@ import yaml
 
 from . import ladder
 from .ladder import Move, MoveKind
-from .model import Group, PolicyRepository, Rollout, Scope, State, UnitKey, effective, format_duration
+from .model import Group, Placed, PolicyRepository, Rollout, Scope, State, UnitKey, effective, format_duration
 
 
-class PolicyLike(Protocol):
+class PolicyLike(Placed, Protocol):
     """A rendered policy: `render.RenderedPolicy` and `bundle.BundlePolicy` both are."""
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def scope(self) -> Scope: ...
-    @property
-    def state(self) -> State: ...
     @property
     def yaml(self) -> str: ...
 

@@ -6,9 +6,7 @@ workload cgroups (their processes killed first).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -22,6 +20,7 @@ import pytest
 from bpf import syscall
 from bpf.engine import Engine, remove_all
 from bpf.policy import TracingPolicy, parse
+from support import cgroups
 
 
 @dataclass(frozen=True)
@@ -61,17 +60,7 @@ def new_cgroup() -> Workload:
 
 
 def remove_cgroup(w: Workload) -> None:
-    if not w.path.exists():
-        return
-    for _ in range(50):
-        pids = [int(p) for p in (w.path / "cgroup.procs").read_text().split()]
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    w.path.rmdir()
+    cgroups.remove(w.path)
 
 
 def cleanup_pins(pin_root: Path) -> None:

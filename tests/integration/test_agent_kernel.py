@@ -7,7 +7,6 @@ private bpffs directory, removed at the end.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -29,6 +28,7 @@ from reconciler import keys
 from reconciler.fleet import Fleet
 from reconciler.reconcile import Reconciler
 from reconciler.server import BackgroundServer, create_app
+from support import cgroups
 from support.policyrepo import PolicyRepo
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
@@ -122,15 +122,7 @@ def _cleanup_pins(root: Path) -> None:
 
 
 def _remove_cgroup(cg: Path) -> None:
-    for _ in range(50):
-        pids = [int(p) for p in (cg / "cgroup.procs").read_text().split()]
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    cg.rmdir()
+    cgroups.remove(cg)
 
 
 def _canary(setup: Setup, old: str, new: str, signer: str | None = None) -> float:

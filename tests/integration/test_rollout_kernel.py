@@ -5,7 +5,6 @@ gate allows halts the rollout at the canary and rolls the canary back, in the ke
 The other nine sensors are the heartbeat fleet of test_rollout_fleet.py."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from test_rollout_fleet import make_world as make_world  # the fixture
 
 from bpf import syscall
 from bpf.engine import remove_all
+from support import cgroups
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -36,15 +36,7 @@ def cgroup(require_kernel: None) -> Iterator[Path]:
     try:
         yield cg
     finally:
-        for _ in range(50):
-            pids = [int(p) for p in (cg / "cgroup.procs").read_text().split()]
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
-        cg.rmdir()
+        cgroups.remove(cg)
 
 
 @pytest.fixture()
