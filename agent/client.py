@@ -5,11 +5,21 @@ caller with `reconciler.bundle`. This module only makes sure that what it hands
 over is a complete response no larger than allowed — a body is read as a stream
 and refused as soon as it passes the limit, so a hostile or broken server cannot
 make the agent buffer 50 MB to learn that an index is too large — and retries
-transient failures (network errors, timeouts, 5xx, truncated bodies) with
+transient failures (network errors, timeouts, 5xx, truncated bodies, stalls) with
 exponential backoff and jitter.
+
+Every request has a *total* deadline, not only a timeout per read, so a server
+that trickles one byte every few seconds cannot hold the agent: the index gets
+the long-poll wait plus `DEADLINE_MARGIN`, a bundle `DEADLINE_MARGIN` plus the
+time to receive its announced size at `MIN_RATE` bytes/s, a heartbeat
+`HEARTBEAT_DEADLINE`. A request past its deadline fails as `stalled` and is
+retried with backoff; every attempt's outcome goes to the observers
+(`observe`), which is how a stall shows in status, metrics and the heartbeat
+while the retries go on.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Callable, Mapping
@@ -23,11 +33,23 @@ from reconciler.bundle import MAX_BUNDLE_BYTES, MAX_INDEX_BYTES
 
 from .errors import FetchError
 
-__all__ = ["RETRYABLE", "Client", "IndexReply"]
+__all__ = ["DEADLINE_MARGIN", "HEARTBEAT_DEADLINE", "MIN_POLL", "MIN_RATE", "RETRYABLE", "Client", "IndexReply",
+           "Observer", "Pacer"]
 
 #: Failure reasons worth another try: the next attempt may well succeed.
-RETRYABLE = frozenset({"unreachable", "timeout", "http_5xx", "truncated", "no_index"})
+RETRYABLE = frozenset({"unreachable", "timeout", "stalled", "http_5xx", "truncated", "no_index"})
 MAX_HEARTBEAT_REPLY = 64 * 1024
+#: Seconds a response may take beyond the long-poll wait (index) or its transfer at MIN_RATE (bundle).
+DEADLINE_MARGIN = 10.0
+#: Bytes per second below which a bundle transfer is a stall (32 MB, the limit, in about 2 min 20 s).
+MIN_RATE = 256 * 1024
+HEARTBEAT_DEADLINE = 10.0
+_MAX_LENGTH_DIGITS = 19
+#: Seconds between the starts of two index requests, at least, whatever the server answers.
+MIN_POLL = 1.0
+
+#: `observer(what, error)` after every attempt: what is "index", "bundle" or "heartbeat"; error None on success.
+Observer = Callable[[str, FetchError | None], None]
 
 
 @dataclass(frozen=True)
@@ -38,17 +60,47 @@ class IndexReply:
     etag: str | None
 
 
+@dataclass(frozen=True)
+class Pacer:
+    """How long to leave between the starts of two index requests, whatever the server does.
+
+    A server that holds the long-poll sets the pace itself; one that answers
+    "nothing new" at once (a static file server, a broken proxy, a hostile
+    server answering 304 to everything) would otherwise be asked again and
+    again in a hot loop. So: never less than `minimum` between two starts, and
+    while replies come back early with nothing new, the gap doubles up to
+    `ceiling` (the long-poll wait), back to `minimum` once a reply brings
+    something or the server held the request.
+    """
+
+    minimum: float = MIN_POLL
+    ceiling: float = 30.0
+    gap: float = MIN_POLL
+
+    def after(self, outcome: str, elapsed: float, asked: float | None) -> Pacer:
+        """The pacer for the next request, after one that ended with `outcome` in `elapsed` seconds."""
+        early = asked is None or elapsed < asked / 2
+        if outcome in ("unchanged", "current") and early:
+            gap = min(max(self.ceiling, self.minimum), max(self.minimum, self.gap * 2))
+        else:
+            gap = self.minimum
+        return Pacer(self.minimum, self.ceiling, gap)
+
+
 class Client:
     """One reconciler API endpoint.
 
     `attempts` bounds the tries of one call (None: retry transient failures
     until cancelled, which is what a node agent wants); `retry_max` caps the
     backoff in seconds. `on_retry(err)` is called before each backoff sleep.
+    `deadline_margin`, `min_rate` and `heartbeat_deadline` set the total
+    deadlines (module docstring).
     """
 
     def __init__(self, server: str, *, http: httpx.AsyncClient | None = None, attempts: int | None = None,
                  retry_initial: float = 0.2, retry_max: float = 30.0, connect_timeout: float = 5.0,
-                 on_retry: Callable[[FetchError], None] | None = None) -> None:
+                 on_retry: Callable[[FetchError], None] | None = None, deadline_margin: float = DEADLINE_MARGIN,
+                 min_rate: float = MIN_RATE, heartbeat_deadline: float = HEARTBEAT_DEADLINE) -> None:
         self.server = server.rstrip("/")
         self._own = http is None
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=connect_timeout))
@@ -56,6 +108,16 @@ class Client:
         self._attempts = attempts
         self._initial, self._max = retry_initial, retry_max
         self._on_retry = on_retry
+        self.deadline_margin, self.min_rate, self.heartbeat_deadline = deadline_margin, min_rate, heartbeat_deadline
+        self._observers: list[Observer] = []
+
+    def observe(self, observer: Observer) -> None:
+        """Call `observer(what, error_or_None)` after every attempt of every call."""
+        self._observers.append(observer)
+
+    def _notify(self, what: str, err: FetchError | None) -> None:
+        for fn in self._observers:
+            fn(what, err)
 
     async def aclose(self) -> None:
         if self._own:
@@ -73,26 +135,36 @@ class Client:
         """The index; with `etag` and `wait`, held by the server until it changes (or 304 after `wait`)."""
         params = {"wait": _fmt_wait(wait)} if wait else None
         headers = {"If-None-Match": etag} if etag else {}
-        read_timeout = (wait or 0) + 15.0
+        deadline = (wait or 0) + self.deadline_margin
         status, body, resp_headers = await self._retrying(
-            "GET", "/v1/index", params=params, headers=headers, limit=MAX_INDEX_BYTES, read_timeout=read_timeout)
+            "GET", "/v1/index", params=params, headers=headers, limit=MAX_INDEX_BYTES, read_timeout=deadline,
+            deadline=deadline, what="index")
         new_etag = resp_headers.get("etag") or etag
         if status == 304:
+            if not etag:
+                # "not modified" compared with nothing: the server will not give us an index at all
+                err = FetchError("unexpected_304", "GET /v1/index: 304 Not Modified to a request without "
+                                                   "If-None-Match")
+                self._notify("index", err)
+                raise err
             return IndexReply(None, new_etag)
         return IndexReply(body, new_etag)
 
     async def bundle(self, version: int, size: int) -> bytes:
         """Bundle `version`; `size` (from the verified index) is the most that will be read."""
         limit = min(size, MAX_BUNDLE_BYTES)
-        _, body, _ = await self._retrying("GET", f"/v1/bundles/{int(version)}", limit=limit, read_timeout=30.0)
+        deadline = self.deadline_margin + limit / self.min_rate
+        _, body, _ = await self._retrying("GET", f"/v1/bundles/{int(version)}", limit=limit,
+                                          read_timeout=min(30.0, deadline), deadline=deadline, what="bundle")
         return body
 
-    async def heartbeat(self, sensor_id: str, doc: Mapping[str, Any], timeout: float = 10.0) -> None:
+    async def heartbeat(self, sensor_id: str, doc: Mapping[str, Any], timeout: float | None = None) -> None:
         """POST a heartbeat once (the next interval sends a fresh one, so no retry here)."""
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        deadline = self.heartbeat_deadline if timeout is None else timeout
         await self._once("POST", f"/v1/agents/{sensor_id}/heartbeat", content=body,
                          headers={"Content-Type": "application/json"}, limit=MAX_HEARTBEAT_REPLY,
-                         read_timeout=timeout)
+                         read_timeout=deadline, deadline=deadline, what="heartbeat")
 
     # -- internals ---------------------------------------------------------
 
@@ -114,9 +186,27 @@ class Client:
                 return await self._once(method, path, **kw)
         raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
 
-    async def _once(self, method: str, path: str, *, limit: int, read_timeout: float,
+    async def _once(self, method: str, path: str, *, limit: int, read_timeout: float, deadline: float, what: str,
                     params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
                     content: bytes | None = None) -> tuple[int, bytes, httpx.Headers]:
+        try:
+            async with asyncio.timeout(deadline):
+                out = await self._attempt(method, path, limit=limit, read_timeout=read_timeout, params=params,
+                                          headers=headers, content=content)
+        except TimeoutError:
+            err = FetchError("stalled", f"{method} {path}: no complete response within the deadline of "
+                                        f"{deadline:g}s (a slow or stalled server)")
+            self._notify(what, err)
+            raise err from None
+        except FetchError as e:
+            self._notify(what, e)
+            raise
+        self._notify(what, None)
+        return out
+
+    async def _attempt(self, method: str, path: str, *, limit: int, read_timeout: float,
+                       params: Mapping[str, str] | None, headers: Mapping[str, str] | None,
+                       content: bytes | None) -> tuple[int, bytes, httpx.Headers]:
         url = self.server + path
         timeout = httpx.Timeout(read_timeout, connect=self._connect_timeout)
         try:
@@ -162,8 +252,10 @@ async def _read_limited(r: httpx.Response, limit: int, what: str) -> bytes:
 
 def _content_length(headers: httpx.Headers) -> int | None:
     raw = headers.get("content-length")
-    if raw is None or not raw.strip().isdigit():
+    if raw is None or not raw.strip().isascii() or not raw.strip().isdigit():
         return None
+    if len(raw.strip()) > _MAX_LENGTH_DIGITS:
+        return MAX_BUNDLE_BYTES + 1  # more than any limit: refused as too large, without building the number
     return int(raw)
 
 

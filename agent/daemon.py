@@ -40,11 +40,20 @@ def make_enforcer(cfg: AgentConfig) -> Enforcer:
 
 @contextlib.contextmanager
 def _locked(cfg: AgentConfig) -> Iterator[None]:
+    """One agent per state directory. A directory on a read-only or broken file system still starts:
+    the directory itself is locked instead of the lock file it cannot create."""
     try:
         cfg.state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(cfg.state / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         raise AgentError(f"state directory {cfg.state}: {e.strerror}") from None
+    try:
+        fd = os.open(cfg.state / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        try:
+            fd = os.open(cfg.state, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            raise AgentError(f"state directory {cfg.state}: {e.strerror}") from None
+        log.error("cannot create %s (%s): locking the directory instead", cfg.state / LOCK_FILE, e.strerror)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -98,8 +107,7 @@ async def _main(cfg: AgentConfig, enforcer: Enforcer, pubkeys: list, metrics: Ag
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)  # `kill -USR2`: where every task waits
-    client = Client(cfg.server, retry_max=cfg.intervals.retry_max,
-                    on_retry=lambda e: metrics.fetch_failures.labels(e.reason).inc())
+    client = Client(cfg.server, retry_max=cfg.intervals.retry_max)  # the agent counts failures (observe)
     agent = Agent(cfg, enforcer=enforcer, client=client, pubkeys=pubkeys, metrics=metrics, events=events)
     print(f"palisade-agent: sensor {cfg.sensor_id} pulling from {cfg.server}, state in {cfg.state}",
           file=sys.stderr, flush=True)

@@ -11,9 +11,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = ["EVENTS_FILE", "EventLog", "compact", "follow", "read_all"]
 
@@ -33,34 +33,87 @@ _ACTION_EMOJI = {"KPROBE_ACTION_SIGKILL": "💀", "KPROBE_ACTION_OVERRIDE": "�
 
 
 class EventLog:
-    """Append-only JSON-lines file with size rotation; writers on several threads are serialised."""
+    """Append-only JSON-lines file with size rotation; writers on several threads are serialised.
 
-    def __init__(self, directory: Path, *, max_bytes: int = 10 * 1024 * 1024, keep: int = 3) -> None:
+    A disk fault (full, read-only, I/O error) never reaches the writer: the event is dropped and
+    counted (`dropped`), `on_error(err)` is told once per failing write, `on_recovered()` when a
+    write works again. Each line is one unbuffered write, so a full disk can tear at most the
+    line it refused; the next line starts on a fresh line and readers skip the torn one."""
+
+    def __init__(self, directory: Path, *, max_bytes: int = 10 * 1024 * 1024, keep: int = 3,
+                 on_error: Callable[[OSError], None] | None = None,
+                 on_recovered: Callable[[], None] | None = None) -> None:
         self.path = Path(directory) / EVENTS_FILE
         self.max_bytes, self.keep = max_bytes, keep
+        self.on_error, self.on_recovered = on_error, on_recovered
+        self.dropped = 0
+        self._failing = False
+        self._torn = False
         self._lock = threading.Lock()
-        self._f = open(self.path, "ab")  # noqa: SIM115 - held for the agent's lifetime
+        self._f: BinaryIO | None = None
+        with self._lock:
+            self._open()
+
+    def _open(self) -> bool:
+        try:
+            self._f = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held for the agent's lifetime
+            return True
+        except OSError as e:
+            self._f = None
+            self._failed(e)
+            return False
+
+    def _failed(self, e: OSError) -> None:
+        self._failing = True
+        if self.on_error is not None:
+            self.on_error(e)
 
     def write(self, event: Mapping[str, Any]) -> None:
         line = json.dumps(event, separators=(",", ":"), sort_keys=True, default=str).encode() + b"\n"
+        recovered = False
         with self._lock:
-            self._f.write(line)
-            self._f.flush()
-            if self._f.tell() >= self.max_bytes:
-                self._rotate()
+            if self._f is None and not self._open():
+                self.dropped += 1
+                return
+            assert self._f is not None
+            try:
+                view = memoryview(b"\n" + line if self._torn else line)
+                self._torn = True  # until the whole line is written
+                while view:
+                    view = view[self._f.write(view) or 0:]
+                self._torn = False
+                if self._f.tell() >= self.max_bytes:
+                    self._rotate()
+            except OSError as e:
+                self.dropped += 1
+                self._failed(e)
+                return
+            if self._failing:
+                self._failing, recovered = False, True
+        if recovered and self.on_recovered is not None:
+            self.on_recovered()
+
+    def retry(self) -> None:
+        """Reopen the file if it could not be opened (the agent calls this every second)."""
+        with self._lock:
+            if self._f is None:
+                self._open()
 
     def close(self) -> None:
         with self._lock:
-            self._f.close()
+            if self._f is not None:
+                self._f.close()
 
     def _rotate(self) -> None:
+        assert self._f is not None
         self._f.close()
+        self._f = None
         for i in range(self.keep - 1, 0, -1):  # .1 → .2 → ... ; the one at .keep is overwritten
             older = self.path.with_name(f"{EVENTS_FILE}.{i}")
             if older.exists():
                 os.replace(older, self.path.with_name(f"{EVENTS_FILE}.{i + 1}"))
         os.replace(self.path, self.path.with_name(f"{EVENTS_FILE}.1"))
-        self._f = open(self.path, "ab")  # noqa: SIM115
+        self._open()
 
 
 def _files(directory: Path) -> list[Path]:

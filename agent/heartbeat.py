@@ -73,9 +73,13 @@ def _member(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 def document(status: Mapping[str, Any], *, drift: Mapping[str, Any], counters: Mapping[str, int],
-             observations: list[dict[str, Any]], now: _dt.datetime) -> dict[str, Any]:
-    """The heartbeat body from the agent's status (Agent.status()) and the interval's figures."""
-    return {
+             observations: list[dict[str, Any]], now: _dt.datetime,
+             health: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The heartbeat body from the agent's status (Agent.status()) and the interval's figures.
+
+    `health` (agent.health.Health.to_json()) says whether the node is degraded and why: a disk it cannot
+    write, a transfer that stalls, an expired index; the reconciler's fleet view shows the node degraded."""
+    out = {
         "sensor": status["sensor"],
         "labels": dict(status["labels"]),
         "version": status["version"],
@@ -88,3 +92,8 @@ def document(status: Mapping[str, Any], *, drift: Mapping[str, Any], counters: M
         "observations": observations,
         "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if health is not None:
+        out["health"] = {"state": health["state"],
+                         "problems": [{"kind": p["kind"], "reason": p["reason"][:64], "detail": p["detail"][:2000],
+                                       "since": p["since"]} for p in health["problems"][:100]]}
+    return out

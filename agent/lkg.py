@@ -22,12 +22,21 @@ from pathlib import Path
 
 from nacl.signing import VerifyKey
 
-from reconciler.bundle import Bundle, Index, parse_bundle, parse_index, verify_bundle, verify_index
+from reconciler.bundle import (
+    Bundle,
+    Index,
+    Malformed,
+    WireError,
+    parse_bundle,
+    parse_index,
+    verify_bundle,
+    verify_index,
+)
 
 from .atomic import write_atomic
-from .errors import VerificationError
+from .errors import Unreadable, WrongBundle
 
-__all__ = ["LKG_FILE", "LastKnownGood", "load", "save"]
+__all__ = ["LKG_FILE", "LastKnownGood", "encode", "load", "save"]
 
 LKG_FILE = "last-known-good.json"
 
@@ -40,34 +49,40 @@ class LastKnownGood:
     bundle_bytes: bytes
 
 
-def save(state_dir: Path, index_bytes: bytes, bundle_bytes: bytes) -> None:
+def encode(index_bytes: bytes, bundle_bytes: bytes) -> bytes:
     doc = {"index": base64.b64encode(index_bytes).decode(), "bundle": base64.b64encode(bundle_bytes).decode()}
-    write_atomic(Path(state_dir) / LKG_FILE, json.dumps(doc).encode())
+    return json.dumps(doc).encode()
+
+
+def save(state_dir: Path, index_bytes: bytes, bundle_bytes: bytes) -> None:
+    write_atomic(Path(state_dir) / LKG_FILE, encode(index_bytes, bundle_bytes))
 
 
 def load(state_dir: Path, pubkeys: Iterable[VerifyKey]) -> LastKnownGood | None:
-    """The verified last-known-good, None if there is none; VerificationError if it does not verify."""
+    """The verified last-known-good, None if there is none; a WireError (the kind in its class) if it does not
+    verify or cannot be read."""
     path = Path(state_dir) / LKG_FILE
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise VerificationError(f"last-known-good {path}: {e.strerror}") from None
+        raise Unreadable(f"last-known-good {path}: {e.strerror}") from None
     try:
         doc = json.loads(raw)
         index_bytes = base64.b64decode(doc["index"], validate=True)
         bundle_bytes = base64.b64decode(doc["bundle"], validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error) as e:
-        raise VerificationError(f"last-known-good {path} is damaged: {e}") from None
+        # ValueError covers a number json will not build (more than 4300 digits)
+        raise Malformed(f"last-known-good {path} is damaged: {str(e)[:200]}") from None
     keys = list(pubkeys)
     try:
         unverified = parse_index(index_bytes)
         # checked at its own issue time: everything but expiry (see the module docstring)
         index = verify_index(index_bytes, keys, now=unverified.issued)
         bundle = _bundle_in(index, bundle_bytes, keys)
-    except VerificationError as e:
-        raise VerificationError(f"last-known-good {path} refused: {e}") from None
+    except WireError as e:
+        raise type(e)(f"last-known-good {path} refused: {e}") from None
     return LastKnownGood(index, bundle, index_bytes, bundle_bytes)
 
 
@@ -75,5 +90,5 @@ def _bundle_in(index: Index, data: bytes, keys: list[VerifyKey]) -> Bundle:
     version = parse_bundle(data).version  # unverified: only to find the index entry to check against
     entry = index.entry(version)
     if entry is None:
-        raise VerificationError(f"bundle v{version} is not listed in the index")
+        raise WrongBundle(f"bundle v{version} is not listed in the index")
     return verify_bundle(data, keys, expected_sha256=entry.sha256, expected_size=entry.size)

@@ -10,9 +10,12 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.exposition import generate_latest
 
+from .health import Health
+
 __all__ = ["AgentMetrics"]
 
 _STATUSES = ("loaded", "refused", "inactive")
+_PROBLEMS = ("disk", "transfer", "index_expired")
 
 
 class AgentMetrics:
@@ -39,12 +42,33 @@ class AgentMetrics:
                                           "Heartbeats that did not reach the reconciler.", registry=r)
         self.lkg_starts = Counter("palisade_agent_lkg_starts_total",
                                   "Starts that enforced last-known-good from disk.", registry=r)
+        self.transfer_stalls = Counter("palisade_agent_transfer_stalls_total",
+                                       "Requests that missed their total deadline, by what was fetched "
+                                       "(index, bundle, heartbeat).", ["what"], registry=r)
+        self.index_expiry = Gauge("palisade_agent_index_expiry_timestamp_seconds",
+                                  "Expiry of the index this node holds (Unix time).", registry=r)
+        self.disk_errors = Counter("palisade_agent_disk_errors_total",
+                                   "Writes the state directory refused, by file kind (state, events) and errno.",
+                                   ["kind", "errno"], registry=r)
+        self.events_dropped = Counter("palisade_agent_events_dropped_total",
+                                      "Events the event log could not write (disk errors).", registry=r)
+        self.degraded = Gauge("palisade_agent_degraded",
+                              "1 while any problem holds (disk, transfer, index_expired), else 0.", registry=r)
+        self.problems = Gauge("palisade_agent_problems", "Problems holding now, by kind.", ["kind"], registry=r)
+        for kind in _PROBLEMS:
+            self.problems.labels(kind).set(0)
 
     def set_policies(self, rows: Iterable[tuple[str, str]]) -> None:
         """(status, mode) per selected policy."""
         self.policies.clear()
         for status, mode in rows:
             self.policies.labels(status, mode).inc()
+
+    def set_health(self, health: Health) -> None:
+        held = health.problems()
+        self.degraded.set(1 if held else 0)
+        for kind in _PROBLEMS:
+            self.problems.labels(kind).set(sum(1 for p in held if p.kind == kind))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,45 +11,78 @@ apply finds nothing to change.
 Anything that fails verification is refused with the reason, counted, written
 as an event, and changes nothing: the trust floor, the last-known-good copy and
 what is enforced stay as they were.
+
+Nothing the server does can freeze the agent silently, and no disk fault stops
+it enforcing (see `agent.health`):
+- every transfer has a total deadline and is retried with backoff (`agent.client`);
+  a stall is a `transfer` problem until a transfer succeeds;
+- the held index's expiry is checked on the clock, not only when a new index
+  arrives: an expired index is an `index_expired` problem, the ETag is dropped so
+  the next request asks for the whole index, and the last verified bundle stays
+  enforced (expiry is there to stop a freeze going unnoticed, not to switch
+  enforcement off: an attacker who can block the network must not gain that);
+- index requests are paced (`client.Pacer`): at least `min_poll` seconds apart;
+- a state directory that cannot be written (full, read-only, I/O errors) is a
+  `disk` problem: what could not be written is kept in memory and written when
+  the disk takes it again (`atomic.StateFiles`); the status also goes to a
+  runtime copy (`runtime_status_path`) so `palisade-agent status` can say so.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import datetime as _dt
+import errno
 import functools
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from nacl.signing import VerifyKey
 
-from reconciler.bundle import Bundle, Index, keyid, sha256_hex, verify_bundle, verify_index
+from reconciler.bundle import Bundle, Index, WireError, format_time, keyid, sha256_hex, verify_bundle, verify_index
 
 from . import heartbeat, lkg, trust
 from .apply import ApplyReport, Enforcer, PolicyStatus, apply, plan
-from .atomic import write_atomic
-from .client import Client
+from .atomic import StateFiles, write_atomic
+from .client import MIN_POLL, Client, Pacer
 from .config import AgentConfig
 from .drift import HEALABLE, DriftReport, Finding, compare
-from .errors import FetchError, VerificationError
+from .errors import FetchError, VerificationError, WrongBundle
 from .events import EventLog
+from .health import Health
 from .metrics import AgentMetrics
 from .select import Desired, select, stage_of
 from .workloads import WorkloadIndex
 
-__all__ = ["STATUS_FILE", "Agent", "SyncResult", "classify"]
+__all__ = ["RUNTIME_DIR", "STATUS_FILE", "Agent", "SyncResult", "runtime_status_path"]
 
 log = logging.getLogger("palisade.agent")
 _R = TypeVar("_R")
 
 STATUS_FILE = "status.json"
+#: Where the status goes too when the state directory cannot be written ($PALISADE_RUNTIME_DIR overrides).
+RUNTIME_DIR = "/run/palisade-agent"
 #: Transfers that are refused like a failed verification (after the client's own retries).
 _REFUSED_TRANSFERS = ("too_large", "truncated")
+
+
+def runtime_status_path(state: Path) -> Path:
+    """The runtime copy of `<state>/status.json` (on another file system, normally a tmpfs)."""
+    base = Path(os.environ.get("PALISADE_RUNTIME_DIR") or RUNTIME_DIR)
+    return base / f"status-{hashlib.sha256(str(Path(state).absolute()).encode()).hexdigest()[:16]}.json"
+
+
+def _disk_reason(e: OSError) -> str:
+    return errno.errorcode.get(e.errno or 0, "EIO")
 
 
 @dataclass(frozen=True)
@@ -60,18 +93,6 @@ class SyncResult:
     version: int | None = None
     reason: str | None = None
     report: ApplyReport | None = None
-
-
-def classify(message: str) -> str:
-    """A short metrics label for a verification failure message from reconciler.bundle."""
-    m = message.lower()
-    for needle, label in (("expired", "expired"), ("replay", "replay"), ("rollback", "rollback"),
-                          ("digest", "digest"), ("signature", "signature"), ("not signed", "signature"),
-                          ("bytes, the index says", "size"), ("more than the limit", "size"),
-                          ("no public key", "signature")):
-        if needle in m:
-            return label
-    return "malformed"
 
 
 @dataclass
@@ -101,7 +122,7 @@ class Agent:
 
     def __init__(self, cfg: AgentConfig, *, enforcer: Enforcer, client: Client, pubkeys: Sequence[VerifyKey],
                  metrics: AgentMetrics | None = None, events: EventLog | None = None, persist: bool = True,
-                 clock: Callable[[], _dt.datetime] | None = None) -> None:
+                 clock: Callable[[], _dt.datetime] | None = None, min_poll: float = MIN_POLL) -> None:
         self.cfg = cfg
         self.enforcer = enforcer
         self.client = client
@@ -116,6 +137,13 @@ class Agent:
         self.applied: _Applied | None = None
         self.last_error: str | None = None
         self.trust = trust.TrustState()
+        self.health = Health()
+        self.files = StateFiles()
+        self.min_poll = min_poll
+        self._runtime_copy = False  # the runtime status copy exists (the state directory refused the status)
+        client.observe(self._on_transfer)
+        if events is not None:
+            events.on_error, events.on_recovered = self._on_events_error, self._on_events_recovered
         self._bundles: dict[tuple[int, str], tuple[Bundle, bytes]] = {}
         self.workloads = WorkloadIndex(cfg.workloads)  # events carry process.pod of their workload
         self.observations = heartbeat.Observations(cfg.workloads)
@@ -127,7 +155,10 @@ class Agent:
         self._engine_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="palisade-engine")
         self._apply_lock = asyncio.Lock()
         if persist:
-            cfg.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                cfg.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as e:  # a read-only or full parent: run from memory, say so
+                self._disk_failed(cfg.state, e)
             self.trust, problem = trust.load(cfg.state)
             if problem:
                 log.warning("%s", problem)
@@ -147,30 +178,30 @@ class Agent:
         try:
             saved = lkg.load(self.cfg.state, self.pubkeys)
         except VerificationError as e:
-            self._refuse("lkg", str(e))
+            self._refuse("lkg", e)
             return False
         if saved is None:
             return False
-        if saved.index.expires <= self._clock():
-            log.warning("last-known-good index expired at %s; enforcing it until the server answers",
-                        saved.index.expires.isoformat())
         # the signed copy is a floor the unsigned trust file can never undercut
         self.trust = self.trust.raised(saved.index.serial, saved.index.version)
         self._apply_bundle(saved.index, saved.index_bytes, saved.bundle, saved.bundle_bytes, save_lkg=False)
         if self.metrics:
             self.metrics.lkg_starts.inc()
         log.info("enforcing last-known-good v%d from disk", saved.bundle.version)
+        self.watch_clock()
         return True
 
     # ------------------------------------------------------------------ one pass
 
     async def sync_once(self, wait: float | None = None) -> SyncResult:
         """Pull the index (long-polling `wait` seconds), verify, fetch and verify the bundle, apply."""
+        # An expired index is no base for "not modified": ask for the whole index again.
+        etag = None if self.index_expired() else self.etag
         try:
-            reply = await self.client.index(self.etag, wait)
+            reply = await self.client.index(etag, wait)
         except FetchError as e:
             if e.reason in _REFUSED_TRANSFERS:
-                return self._refuse("index", str(e), reason=e.reason)
+                return self._refuse("index", e)
             raise
         if reply.data is None:
             self.etag = reply.etag
@@ -181,28 +212,29 @@ class Agent:
         except VerificationError as e:
             # Wait for something newer than this bad copy rather than fetching it again and again.
             self.etag = reply.etag
-            return self._refuse("index", str(e))
+            return self._refuse("index", e)
         try:
             version, bundle, bundle_bytes = await self._choose(index)
         except VerificationError as e:
             # The etag is kept as it was: the index is fetched again (after the loop's backoff) and the
             # bundle with it, so a bundle spoiled in transit is retried, not skipped until the next publish.
-            return self._refuse("bundle", str(e))
+            return self._refuse("bundle", e)
         except FetchError as e:
             if e.reason in _REFUSED_TRANSFERS:
-                return self._refuse("bundle", str(e), reason=e.reason)
+                return self._refuse("bundle", e)
             raise
         self.trust = trust.TrustState(max(self.trust.serial, index.serial), max(self.trust.version, index.version),
                                       tuple(keyid(k) for k in self.pubkeys))
-        if self.persist:
-            trust.save(self.cfg.state, self.trust)
+        # A disk that refuses the floor keeps it in memory (written when it can): enforcement goes on.
+        self._persist(trust.TRUST_FILE, trust.encode(self.trust), 0o600)
         self.etag = reply.etag
         cur = self.applied
         if cur is not None and cur.bundle.version == version and cur.bundle_bytes == bundle_bytes:
             # same bundle, newer index (re-signed, re-pinned elsewhere): refresh the saved copy only
             cur.index, cur.index_bytes = index, reply.data
-            if self.persist:
-                lkg.save(self.cfg.state, reply.data, bundle_bytes)
+            self._persist(lkg.LKG_FILE, lkg.encode(reply.data, bundle_bytes), 0o600)
+            self.watch_clock()
+            self.write_status()
             return SyncResult("current", version)
         async with self._apply_lock:
             report = await self._in_engine(self._apply_bundle, index, reply.data, bundle, bundle_bytes)
@@ -223,7 +255,7 @@ class Agent:
     async def _bundle(self, index: Index, version: int) -> tuple[Bundle, bytes]:
         entry = index.entry(version)
         if entry is None:
-            raise VerificationError(f"the index pins v{version} but does not list it")
+            raise WrongBundle(f"the index pins v{version} but does not list it")
         key = (version, entry.sha256)
         if key in self._bundles:
             return self._bundles[key]
@@ -233,7 +265,7 @@ class Agent:
         data = await self.client.bundle(version, entry.size)
         bundle = verify_bundle(data, self.pubkeys, expected_sha256=entry.sha256, expected_size=entry.size)
         if bundle.version != version:
-            raise VerificationError(f"asked for bundle v{version}, got v{bundle.version}")
+            raise WrongBundle(f"asked for bundle v{version}, got v{bundle.version}")
         self._bundles = {key: (bundle, data)}  # keep one: the newest plan or the pinned bundle
         return bundle, data
 
@@ -246,8 +278,8 @@ class Agent:
             log.error("%s", err)
         self.applied = _Applied(index, index_bytes, bundle, bundle_bytes, stage, desired,
                                 tuple(report.policies), self._clock())
-        if self.persist and save_lkg:
-            lkg.save(self.cfg.state, index_bytes, bundle_bytes)
+        if save_lkg:
+            self._persist(lkg.LKG_FILE, lkg.encode(index_bytes, bundle_bytes), 0o600)
         self.counters.applies += 1
         refused = [p for p in report.policies if p.status != "loaded"]
         for p in refused:
@@ -262,6 +294,7 @@ class Agent:
         self._event("policy_applied", {"version": bundle.version, "commit": bundle.commit, "stage": stage,
                                        "detail": f"v{bundle.version} {len(report.policies)} policies, "
                                                  f"{len(refused)} refused"})
+        self.watch_clock()
         self.write_status()
         return report
 
@@ -281,16 +314,117 @@ class Agent:
     def version(self) -> int | None:
         return self.applied.bundle.version if self.applied else None
 
-    def _refuse(self, what: str, message: str, *, reason: str | None = None) -> SyncResult:
-        label = reason or classify(message)
+    def _refuse(self, what: str, err: VerificationError | FetchError) -> SyncResult:
+        # the failure's class names its kind (a WireError's reason, a FetchError's label): never the message text
+        label = err.reason if isinstance(err, WireError | FetchError) else "malformed"
+        message = str(err)
         self.counters.refused[label] += 1
         self.last_error = f"{what} refused: {message}"
+        self.health.refused(what, label, message, self._clock())
         log.error("%s refused (%s): %s; still enforcing %s", what, label, message,
                   f"v{self.version}" if self.version else "nothing")
         if self.metrics:
             self.metrics.verification_failures.labels(label).inc()
         self._event("verification_refused", {"what": what, "reason": label, "detail": message})
+        self.write_status()
         return SyncResult("refused", self.version, reason=message)
+
+    # ------------------------------------------------------------------ health: transfers, clock, disk
+
+    def _on_transfer(self, what: str, err: FetchError | None) -> None:
+        """Every attempt of the client: a failure is a `transfer` problem until the same kind succeeds."""
+        key = f"transfer:{what}"
+        if err is None:
+            old = self.health.clear(key)
+            if old is not None:
+                log.info("%s transfers work again (failing since %s: %s)", what, format_time(old.since), old.reason)
+                self._health_changed()
+            return
+        new = self.health.report(key, "transfer", err.reason, str(err), self._clock())
+        if self.metrics:
+            self.metrics.fetch_failures.labels(err.reason).inc()
+            if err.reason == "stalled":
+                self.metrics.transfer_stalls.labels(what).inc()
+        if new:
+            log.warning("%s transfer failing (%s): %s; retrying with backoff, still enforcing %s", what,
+                        err.reason, err, f"v{self.version}" if self.version else "nothing")
+            self._health_changed()
+
+    def index_expired(self) -> bool:
+        cur = self.applied
+        return cur is not None and cur.index.expires <= self._clock()
+
+    def watch_clock(self) -> None:
+        """Expiry on the clock: the held index expires while the server says nothing new, or nothing at all."""
+        cur = self.applied
+        if self.metrics and cur is not None:
+            self.metrics.index_expiry.set(cur.index.expires.timestamp())
+        if self.index_expired():
+            assert cur is not None
+            detail = (f"the index (serial {cur.index.serial}) expired at {format_time(cur.index.expires)}; "
+                      f"still enforcing v{cur.bundle.version}, the last verified bundle, until the server "
+                      f"sends a newer signed index")
+            if self.health.report("index_expired", "index_expired", "expired", detail, self._clock()):
+                log.warning("%s", detail)
+                self._event("index_expired", {"serial": cur.index.serial, "version": cur.bundle.version,
+                                              "expires": format_time(cur.index.expires), "detail": detail})
+                self._health_changed()
+        elif self.health.clear("index_expired") is not None:
+            log.info("a fresh index arrived: no longer expired")
+            self._health_changed()
+
+    def _persist(self, name: str, data: bytes, mode: int) -> bool:
+        """Write a state file; on a disk fault keep it for `flush_state` and report a `disk` problem."""
+        if not self.persist:
+            return True
+        if self.files.write(self.cfg.state / name, data, mode):
+            self._disk_ok("state")
+            return True
+        assert self.files.error is not None
+        self._disk_failed(self.files.error_path or self.cfg.state / name, self.files.error)
+        return False
+
+    def flush_state(self) -> bool:
+        """Write what the disk refused before; True when nothing is left pending."""
+        if not self.persist or not self.files.pending:
+            return True
+        if self.files.flush():
+            log.info("state directory %s writable again: wrote what was pending", self.cfg.state)
+            self._disk_ok("state")
+            self.write_status()
+            return True
+        assert self.files.error is not None
+        self._disk_failed(self.files.error_path or self.cfg.state, self.files.error)
+        return False
+
+    def _disk_failed(self, path: Path, e: OSError, key: str = "state") -> None:
+        reason = _disk_reason(e)
+        detail = f"cannot write {path}: {e.strerror or e}; kept in memory, written when the disk takes it"
+        if self.metrics:
+            self.metrics.disk_errors.labels(key, reason).inc()
+        if self.health.report(f"disk:{key}", "disk", reason, detail, self._clock()):
+            log.error("disk: %s; still enforcing %s", detail, f"v{self.version}" if self.version else "nothing")
+            self._health_changed(write=False)
+
+    def _disk_ok(self, key: str) -> None:
+        if self.health.clear(f"disk:{key}") is not None:
+            log.info("disk: %s writes work again", key)
+            self._health_changed(write=False)
+
+    def _on_events_error(self, e: OSError) -> None:
+        self._disk_failed(self.events.path if self.events is not None else self.cfg.state, e, key="events")
+        if self.metrics:
+            self.metrics.events_dropped.inc()
+
+    def _on_events_recovered(self) -> None:
+        self._disk_ok("events")
+
+    def _health_changed(self, *, write: bool = True) -> None:
+        if self.metrics:
+            self.metrics.set_health(self.health)
+        self._beat_now.set()  # tell the reconciler now, not at the next interval
+        if write:
+            self.write_status()
 
     def _event(self, kind: str, body: dict[str, Any]) -> None:
         if self.events is not None:
@@ -314,13 +448,29 @@ class Agent:
             "policies": [p.to_json() for p in cur.statuses] if cur else [],
             "refusals": dict(self.counters.refused),
             "lastError": self.last_error,
+            "health": self.health.to_json(),
             "updated": time.time(),
         }
 
     def write_status(self) -> None:
-        if self.persist:
-            write_atomic(self.cfg.state / STATUS_FILE,
-                         json.dumps(self.status(), indent=2, sort_keys=True).encode() + b"\n", 0o644)
+        """`<state>/status.json`; while the state directory refuses it, the runtime copy instead."""
+        if not self.persist:
+            return
+        data = json.dumps(self.status(), indent=2, sort_keys=True).encode() + b"\n"
+        if self._persist(STATUS_FILE, data, 0o644):
+            if self._runtime_copy:
+                with contextlib.suppress(OSError):
+                    runtime_status_path(self.cfg.state).unlink()
+                self._runtime_copy = False
+            return
+        data = json.dumps(self.status(), indent=2, sort_keys=True).encode() + b"\n"  # with the disk problem
+        runtime = runtime_status_path(self.cfg.state)
+        try:
+            runtime.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            write_atomic(runtime, data, 0o644)
+            self._runtime_copy = True
+        except OSError as e:
+            log.warning("runtime status copy %s: %s", runtime, e.strerror or e)
 
     # ------------------------------------------------------------------ drift
 
@@ -376,7 +526,7 @@ class Agent:
                    "unhealed": len(self.last_drift), "findings": self.last_drift},
             counters={**self.enforcer.counters(), "refusals": sum(self.counters.refused.values()),
                       "applies": self.counters.applies},
-            observations=self.observations.drain(), now=self._clock())
+            observations=self.observations.drain(), now=self._clock(), health=self.health.to_json())
 
     async def send_heartbeat(self) -> bool:
         try:
@@ -407,20 +557,33 @@ class Agent:
     # ------------------------------------------------------------------ the loops
 
     async def pull_loop(self, stop: asyncio.Event) -> None:
-        """Long-poll forever; transient failures are retried inside the client, the rest backs off here."""
+        """Long-poll forever; transient failures are retried inside the client, the rest backs off here.
+
+        Requests are paced (`Pacer`): whatever the server answers, and however fast, two index
+        requests start at least `min_poll` seconds apart."""
         delay = 0.5
+        wait = self.cfg.intervals.wait
+        pace = Pacer(self.min_poll, max(self.min_poll, wait), self.min_poll)
+        started: float | None = None
         while not stop.is_set():
+            if started is not None:
+                pause = started + pace.gap - time.monotonic()
+                if pause > 0:
+                    await _sleep_or_stop(stop, pause)
+                    if stop.is_set():
+                        break
+            started = time.monotonic()
             try:
-                result = await self.sync_once(self.cfg.intervals.wait)
+                result = await self.sync_once(wait)
             except FetchError as e:
                 self.last_error = str(e)
-                log.warning("pull failed (%s): %s", e.reason, e)
-                if self.metrics:
-                    self.metrics.fetch_failures.labels(e.reason).inc()
+                log.warning("pull failed (%s): %s", e.reason, e)  # counted by _on_transfer
                 result = SyncResult("refused", self.version, e.reason)
             except Exception:  # a bug must not stop enforcement updates for good
                 log.exception("pull pass failed")
                 result = SyncResult("refused", self.version, "internal error")
+            pace = pace.after(result.outcome, time.monotonic() - started, wait)
+            self.watch_clock()
             if result.outcome == "applied":
                 self._beat_now.set()
             if result.outcome == "refused":
@@ -435,6 +598,19 @@ class Agent:
             self._beat_now.clear()
             await self.send_heartbeat()
             await _sleep_or_stop(stop, self.cfg.intervals.heartbeat, self._beat_now)
+
+    async def housekeeping_loop(self, stop: asyncio.Event, every: float = 1.0) -> None:
+        """Whatever else is stuck (a stalled transfer, a long-poll): the clock is watched and what the
+        disk refused is written again, every second."""
+        while not stop.is_set():
+            await _sleep_or_stop(stop, every)
+            try:
+                self.watch_clock()
+                if self.events is not None:
+                    self.events.retry()
+                await self._in_engine(self.flush_state)
+            except Exception:
+                log.exception("housekeeping failed")
 
     async def drift_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -462,7 +638,7 @@ class Agent:
         await self._in_engine(self.start_from_lkg)
         self.write_status()
         tasks = [asyncio.create_task(loop(stop)) for loop in
-                 (self.pull_loop, self.heartbeat_loop, self.drift_loop, self.events_loop)]
+                 (self.pull_loop, self.heartbeat_loop, self.drift_loop, self.events_loop, self.housekeeping_loop)]
         await stop.wait()
         for t in tasks:
             t.cancel()

@@ -15,9 +15,11 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from reconciler.bundle import MAX_INT
+
 from .atomic import write_atomic
 
-__all__ = ["TRUST_FILE", "TrustState", "load", "save"]
+__all__ = ["TRUST_FILE", "TrustState", "encode", "load", "save"]
 
 log = logging.getLogger("palisade.agent.trust")
 
@@ -44,17 +46,26 @@ def load(state_dir: Path) -> tuple[TrustState, str | None]:
     except OSError as e:
         return TrustState(), f"{path}: {e.strerror}"
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw)  # a >4300-digit number is a ValueError here, like any other damage
         serial, version, keyids = doc["serial"], doc["version"], doc.get("keyids", [])
-        if not (isinstance(serial, int) and isinstance(version, int) and serial >= 0 and version >= 0
+        if not (_counter(serial) and _counter(version)
                 and isinstance(keyids, list) and all(isinstance(k, str) for k in keyids)):
-            raise ValueError("wrong types")
+            raise ValueError("wrong types or numbers out of range")
     except (ValueError, KeyError, TypeError) as e:
         return TrustState(), f"{path} is damaged ({e}); falling back to the last-known-good index"
     return TrustState(serial, version, tuple(keyids)), None
 
 
-def save(state_dir: Path, state: TrustState) -> None:
+def _counter(v: object) -> bool:
+    # an absurd floor (a 4,000-digit serial) would refuse every genuine index forever: the file is damaged
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_INT
+
+
+def encode(state: TrustState) -> bytes:
     doc = asdict(state)
     doc["keyids"] = list(state.keyids)
-    write_atomic(Path(state_dir) / TRUST_FILE, json.dumps(doc, sort_keys=True).encode() + b"\n")
+    return json.dumps(doc, sort_keys=True).encode() + b"\n"
+
+
+def save(state_dir: Path, state: TrustState) -> None:
+    write_atomic(Path(state_dir) / TRUST_FILE, encode(state))

@@ -16,8 +16,11 @@ Signing: the signed bytes are the canonical JSON of the document *without* its
 Files are written as canonical JSON of the whole document.
 
 An agent calls `verify_index` then `verify_bundle`; both refuse oversized input
-before parsing, parse strictly (duplicate keys, floats, unknown or missing
-members, wrong types are errors), and raise `VerificationError` with the reason.
+before parsing, parse strictly (duplicate keys, floats, NaN/Infinity, unknown or
+missing members, wrong types are errors; every integer is bounded, see
+`MAX_INT`), and raise a `WireError` — a `VerificationError` whose class names the
+kind of failure (`reason`: signature, expired, replay, ...) so a caller counts
+refusals by type, never by message text.
 
 This module is imported by the agent: it must depend on the standard library,
 PyNaCl and the pure value modules of this package only (no git, no HTTP).
@@ -45,12 +48,72 @@ API_VERSION = "palisade.dev/v1"
 #: Refused before parsing: a bundle carries every rendered policy, an index only digests.
 MAX_BUNDLE_BYTES = 32 * 1024 * 1024
 MAX_INDEX_BYTES = 1024 * 1024
+#: A bake time beyond this is no plan (and would overflow a datetime.timedelta).
+MAX_BAKE_SECONDS = 100 * 365 * 86400
 #: The index lists this many newest bundles, plus every version a stage is pinned to.
 INDEX_KEEP = 50
 DEFAULT_STAGE = "default"
 
+#: Every integer of the wire formats fits in a signed 64-bit integer (SQLite, Prometheus, Go agents);
+#: a longer number is refused while parsing, before Python builds it (3.11 refuses >4300 digits itself,
+#: with a ValueError that is no refusal).
+MAX_INT = 2**63 - 1
+_MAX_DIGITS = len(str(MAX_INT))
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+
+
+# ---------------------------------------------------------------------------
+# Failure kinds (one class each; `reason` is the stable metrics label)
+
+
+class WireError(VerificationError):
+    """A bundle or an index refused; subclasses name why."""
+
+    reason = "malformed"
+
+
+class Malformed(WireError):
+    """Not the document the schema describes (bad JSON, member, type or value)."""
+
+
+class OutOfRange(Malformed):
+    """A number outside what its member allows (too many digits, too large, negative, ...)."""
+
+    reason = "out_of_range"
+
+
+class TooLarge(WireError):
+    """More bytes than the limit, or than the index announces."""
+
+    reason = "size"
+
+
+class DigestMismatch(WireError):
+    reason = "digest"
+
+
+class BadSignature(WireError):
+    """Unsigned, signed by no trusted key, or a signature that does not verify."""
+
+    reason = "signature"
+
+
+class Expired(WireError):
+    reason = "expired"
+
+
+class Replay(WireError):
+    """An index serial lower than one already accepted."""
+
+    reason = "replay"
+
+
+class Rollback(WireError):
+    """An index version lower than one already accepted."""
+
+    reason = "rollback"
 
 
 # ---------------------------------------------------------------------------
@@ -102,7 +165,10 @@ def parse_time(text: str) -> _dt.datetime:
         raise ValueError(f"{text!r} is not an RFC 3339 time") from None
     if t.tzinfo is None or "T" not in text:
         raise ValueError(f"{text!r} is not an RFC 3339 time with a UTC offset")
-    return t.astimezone(_dt.UTC)
+    try:
+        return t.astimezone(_dt.UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-23:00 is past the last representable instant
+        raise ValueError(f"{text!r} is out of range") from None
 
 
 def _now() -> _dt.datetime:
@@ -115,6 +181,20 @@ def _now() -> _dt.datetime:
 
 class _Malformed(ValueError):
     pass
+
+
+class _OutOfRange(_Malformed):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    # json calls this with the literal's text: refuse by length first, so a 5,000-digit number costs nothing
+    if len(text.lstrip("-")) > _MAX_DIGITS:
+        raise _OutOfRange(f"number {text[:24]}… has {len(text.lstrip('-'))} digits, more than {_MAX_DIGITS}")
+    value = int(text)
+    if not -MAX_INT <= value <= MAX_INT:
+        raise _OutOfRange(f"number {text} is out of range (at most {MAX_INT})")
+    return value
 
 
 def _loads(data: bytes, what: str) -> Any:
@@ -135,15 +215,20 @@ def _loads(data: bytes, what: str) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise VerificationError(f"{what} is not UTF-8 (byte {e.start})") from None
+        raise Malformed(f"{what} is not UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=no_dupes, parse_float=no_float, parse_constant=no_constant)
+        return json.loads(text, object_pairs_hook=no_dupes, parse_float=no_float, parse_constant=no_constant,
+                          parse_int=_parse_int)
+    except _OutOfRange as e:
+        raise OutOfRange(f"{what} is malformed JSON: {e}") from None
     except _Malformed as e:
-        raise VerificationError(f"{what} is malformed JSON: {e}") from None
+        raise Malformed(f"{what} is malformed JSON: {e}") from None
     except json.JSONDecodeError as e:
-        raise VerificationError(f"{what} is malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise Malformed(f"{what} is malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
-        raise VerificationError(f"{what} is malformed JSON: nested too deeply") from None
+        raise Malformed(f"{what} is malformed JSON: nested too deeply") from None
+    except ValueError as e:  # anything else json or int() refuses is still a refusal, never a traceback
+        raise Malformed(f"{what} is malformed JSON: {e}") from None
 
 
 _T = TypeVar("_T")
@@ -172,11 +257,13 @@ def _str(v: Any, path: str, *, pattern: re.Pattern[str] | None = None, empty: bo
     return v
 
 
-def _int(v: Any, path: str, *, minimum: int = 0) -> int:
+def _int(v: Any, path: str, *, minimum: int = 0, maximum: int = MAX_INT) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise _Malformed(f"{path}: expected an integer, got {_typename(v)}")
     if v < minimum:
-        raise _Malformed(f"{path}: {v} is lower than {minimum}")
+        raise _OutOfRange(f"{path}: {v} is lower than {minimum}")
+    if v > maximum:
+        raise _OutOfRange(f"{path}: {v} is more than {maximum}")
     return v
 
 
@@ -247,9 +334,9 @@ def _check_signatures(what: str, payload: bytes, signatures: Sequence[Signature]
     """At least one signature by a trusted key must verify (threshold 1)."""
     trusted = {keyid(k): k for k in pubkeys}
     if not trusted:
-        raise VerificationError(f"no public key to verify the {what} with")
+        raise BadSignature(f"no public key to verify the {what} with")
     if not signatures:
-        raise VerificationError(f"{what} is not signed")
+        raise BadSignature(f"{what} is not signed")
     problems = []
     for s in signatures:
         key = trusted.get(s.keyid)
@@ -264,8 +351,8 @@ def _check_signatures(what: str, payload: bytes, signatures: Sequence[Signature]
         except BadSignatureError:
             problems.append(f"{what} signature does not verify with key {s.keyid}")
     if problems:
-        raise VerificationError("; ".join(problems))
-    raise VerificationError(
+        raise BadSignature("; ".join(problems))
+    raise BadSignature(
         f"{what} is not signed by a trusted key (signed by {', '.join(s.keyid[:16] for s in signatures)}; "
         f"trusted: {', '.join(k[:16] for k in trusted)})"
     )
@@ -454,7 +541,7 @@ class BundleStage:
             _strs(s["groups"], f"{path}.sensors.groups"),
             _labels(s["matchLabels"], f"{path}.sensors.matchLabels"),
             _bool(s["rest"], f"{path}.sensors.rest"),
-            _int(d["bake"], f"{path}.bake"),
+            _int(d["bake"], f"{path}.bake", maximum=MAX_BAKE_SECONDS),
             StageGates.from_json(d["gates"], f"{path}.gates"),
         )
 
@@ -619,7 +706,8 @@ class IndexEntry:
     def from_json(cls, v: Any, path: str) -> IndexEntry:
         d = _obj(v, path, ("version", "sha256", "size"))
         return cls(_int(d["version"], f"{path}.version", minimum=1),
-                   _str(d["sha256"], f"{path}.sha256", pattern=_SHA256), _int(d["size"], f"{path}.size"))
+                   _str(d["sha256"], f"{path}.sha256", pattern=_SHA256),
+                   _int(d["size"], f"{path}.size", maximum=MAX_BUNDLE_BYTES))
 
 
 @dataclass(frozen=True)
@@ -736,8 +824,10 @@ def parse_bundle(data: bytes) -> Bundle:
     raw = _loads(data, "bundle")
     try:
         return Bundle.from_json(raw)
+    except _OutOfRange as e:
+        raise OutOfRange(f"bundle is malformed: {e}") from None
     except _Malformed as e:
-        raise VerificationError(f"bundle is malformed: {e}") from None
+        raise Malformed(f"bundle is malformed: {e}") from None
 
 
 def parse_index(data: bytes) -> Index:
@@ -746,8 +836,10 @@ def parse_index(data: bytes) -> Index:
     raw = _loads(data, "index")
     try:
         return Index.from_json(raw)
+    except _OutOfRange as e:
+        raise OutOfRange(f"index is malformed: {e}") from None
     except _Malformed as e:
-        raise VerificationError(f"index is malformed: {e}") from None
+        raise Malformed(f"index is malformed: {e}") from None
 
 
 def verify_bundle(data: bytes, pubkeys: Iterable[VerifyKey], *, expected_sha256: str | None,
@@ -758,12 +850,12 @@ def verify_bundle(data: bytes, pubkeys: Iterable[VerifyKey], *, expected_sha256:
     that check (offline verification of a single file).
     """
     if expected_size is not None and len(data) != expected_size:
-        raise VerificationError(f"bundle is {len(data)} bytes, the index says {expected_size}")
+        raise TooLarge(f"bundle is {len(data)} bytes, the index says {expected_size}")
     _check_size("bundle", data, MAX_BUNDLE_BYTES)
     if expected_sha256 is not None:
         digest = sha256_hex(data)
         if digest != expected_sha256:
-            raise VerificationError(f"bundle digest {digest} does not match the index ({expected_sha256})")
+            raise DigestMismatch(f"bundle digest {digest} does not match the index ({expected_sha256})")
     bundle = parse_bundle(data)
     _check_signatures("bundle", canonical_json(bundle.unsigned_json()), bundle.signatures, pubkeys)
     return bundle
@@ -780,11 +872,11 @@ def verify_index(data: bytes, pubkeys: Iterable[VerifyKey], *, now: _dt.datetime
     _check_signatures("index", canonical_json(index.unsigned_json()), index.signatures, pubkeys)
     now = now or _dt.datetime.now(_dt.UTC)
     if now >= index.expires:
-        raise VerificationError(f"index expired at {format_time(index.expires)} (now {format_time(now)})")
+        raise Expired(f"index expired at {format_time(index.expires)} (now {format_time(now)})")
     if index.serial < min_serial:
-        raise VerificationError(f"index serial {index.serial} is lower than {min_serial} already seen (replay)")
+        raise Replay(f"index serial {index.serial} is lower than {min_serial} already seen (replay)")
     if index.version < min_version:
-        raise VerificationError(
+        raise Rollback(
             f"index version {index.version} is lower than {min_version} already seen (rollback)"
         )
     return index
@@ -792,4 +884,4 @@ def verify_index(data: bytes, pubkeys: Iterable[VerifyKey], *, now: _dt.datetime
 
 def _check_size(what: str, data: bytes, limit: int) -> None:
     if len(data) > limit:
-        raise VerificationError(f"{what} is {len(data)} bytes, more than the limit of {limit}")
+        raise TooLarge(f"{what} is {len(data)} bytes, more than the limit of {limit}")

@@ -8,8 +8,11 @@
                   the matching selector and whether it was taken (optional members of a
                   heartbeat's observation; older agents send none of them)
 
-A heartbeat is parsed strictly at the edge (`parse_heartbeat`): wrong shapes are
-refused with the path of the bad member, never stored.
+A heartbeat is parsed strictly at the edge (`parse_heartbeat`): wrong shapes and
+numbers beyond a signed 64-bit integer are refused with the path of the bad
+member, never stored. Its optional `health` (ok / degraded and the problems: an
+unwritable disk, a stalled transfer, an expired index) is kept with the agent
+and makes it `degraded` in the fleet view.
 """
 from __future__ import annotations
 
@@ -53,6 +56,8 @@ CREATE INDEX IF NOT EXISTS observations_policy ON observations (policy, time);
 """
 #: Columns added after the first release of the table (NULL = the agent did not say).
 _OPTIONAL_COLUMNS = (("workload", "TEXT"), ("parent", "TEXT"), ("action", "TEXT"), ("acted", "INTEGER"))
+_AGENT_OPTIONAL_COLUMNS = (("health", "TEXT"),)
+_MAX_INT = 2**63 - 1  # what SQLite stores
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -101,6 +106,7 @@ class Heartbeat:
     drift: Mapping[str, Any]
     counters: Mapping[str, int]
     observations: tuple[Observation, ...]
+    health: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,21 +120,26 @@ class AgentRecord:
     drift: Mapping[str, Any]
     counters: Mapping[str, int]
     last_seen: _dt.datetime
+    reported: Mapping[str, Any] | None = None  # the heartbeat's own `health`
 
     def health(self, now: _dt.datetime, stale_after: _dt.timedelta = _dt.timedelta(minutes=2)) -> str:
-        """`stale` (no heartbeat lately), `drift` (unhealed drift), `degraded` (a policy refused), or `ok`."""
+        """`stale` (no heartbeat lately), `drift` (unhealed drift), `degraded` (a policy refused, or the agent
+        says so: disk, transfer, expired index), or `ok`."""
         if now - self.last_seen > stale_after:
             return "stale"
         if int(self.drift.get("unhealed", 0) or 0) > 0:
             return "drift"
         if any(p.get("status") == "refused" for p in self.policies):
             return "degraded"
+        if self.reported is not None and self.reported.get("state") == "degraded":
+            return "degraded"
         return "ok"
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "labels": dict(self.labels), "version": self.version, "stage": self.stage,
                 "commit": self.commit, "policies": list(self.policies), "drift": dict(self.drift),
-                "counters": dict(self.counters), "lastSeen": self.last_seen.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                "counters": dict(self.counters), "lastSeen": self.last_seen.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "reported": None if self.reported is None else dict(self.reported)}
 
 
 def parse_heartbeat(sensor_id: str, doc: Any) -> Heartbeat:
@@ -139,7 +150,7 @@ def parse_heartbeat(sensor_id: str, doc: Any) -> Heartbeat:
     if d.get("sensor", sensor_id) != sensor_id:
         raise ValueError(f"sensor: {d.get('sensor')!r} does not match the URL ({sensor_id})")
     unknown = set(d) - {"sensor", "labels", "version", "stage", "commit", "policies", "drift", "counters",
-                        "observations", "time"}
+                        "observations", "time", "health"}
     if unknown:
         raise ValueError(f"unknown member {', '.join(sorted(unknown))}")
     labels = _obj(d.get("labels", {}), "labels")
@@ -147,8 +158,8 @@ def parse_heartbeat(sensor_id: str, doc: Any) -> Heartbeat:
         if not isinstance(v, str):
             raise ValueError(f"labels.{k}: expected a string")
     version = d.get("version")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
-        raise ValueError("version: expected a positive integer or null")
+    if version is not None and not _count(version, 1):
+        raise ValueError(f"version: expected an integer from 1 to {_MAX_INT} or null")
     stage, commit = d.get("stage"), d.get("commit")
     for name, v in (("stage", stage), ("commit", commit)):
         if v is not None and not isinstance(v, str):
@@ -162,8 +173,8 @@ def parse_heartbeat(sensor_id: str, doc: Any) -> Heartbeat:
     drift = _obj(d.get("drift", {}), "drift")
     counters = _obj(d.get("counters", {}), "counters")
     for k, v in counters.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"counters.{k}: expected a non-negative integer")
+        if not _count(v):
+            raise ValueError(f"counters.{k}: expected an integer from 0 to {_MAX_INT}")
     raw_obs = d.get("observations", [])
     if not isinstance(raw_obs, list):
         raise ValueError("observations: expected an array")
@@ -173,9 +184,8 @@ def parse_heartbeat(sensor_id: str, doc: Any) -> Heartbeat:
     for i, o in enumerate(raw_obs):
         o = _obj(o, f"observations[{i}]")
         policy, binary, count = o.get("policy"), o.get("binary"), o.get("count")
-        if not (isinstance(policy, str) and isinstance(binary, str) and isinstance(count, int)
-                and not isinstance(count, bool) and count >= 0):
-            raise ValueError(f"observations[{i}]: needs policy and binary strings and a count >= 0")
+        if not (isinstance(policy, str) and isinstance(binary, str) and isinstance(count, int) and _count(count)):
+            raise ValueError(f"observations[{i}]: needs policy and binary strings and a count from 0 to {_MAX_INT}")
         extra = {k: o.get(k) for k in ("workload", "parent", "action")}
         for k, v in extra.items():
             if v is not None and not isinstance(v, str):
@@ -184,7 +194,29 @@ def parse_heartbeat(sensor_id: str, doc: Any) -> Heartbeat:
         if acted is not None and not isinstance(acted, bool):
             raise ValueError(f"observations[{i}].acted: expected true or false")
         obs.append(Observation(policy, binary, count, extra["workload"], extra["parent"], extra["action"], acted))
-    return Heartbeat(sensor_id, dict(labels), version, stage, commit, tuple(policies), drift, counters, tuple(obs))
+    health = _health(d["health"]) if d.get("health") is not None else None
+    return Heartbeat(sensor_id, dict(labels), version, stage, commit, tuple(policies), drift, counters, tuple(obs),
+                     health)
+
+
+def _health(v: Any) -> dict[str, Any]:
+    h = _obj(v, "health")
+    if h.get("state") not in ("ok", "degraded"):
+        raise ValueError("health.state: expected ok or degraded")
+    problems = h.get("problems", [])
+    if not isinstance(problems, list) or len(problems) > 100:
+        raise ValueError("health.problems: expected an array of at most 100")
+    out = []
+    for i, p in enumerate(problems):
+        p = _obj(p, f"health.problems[{i}]")
+        if not all(isinstance(p.get(k), str) for k in ("kind", "reason", "detail")):
+            raise ValueError(f"health.problems[{i}]: needs kind, reason and detail strings")
+        out.append({k: str(p[k])[:2000] for k in ("kind", "reason", "detail", "since") if isinstance(p.get(k), str)})
+    return {"state": h["state"], "problems": out}
+
+
+def _count(v: Any, minimum: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and minimum <= v <= _MAX_INT
 
 
 def _obj(v: Any, path: str) -> dict[str, Any]:
@@ -214,6 +246,10 @@ class Fleet:
         for name, kind in _OPTIONAL_COLUMNS:
             if name not in have:  # a database written before the column existed
                 db.execute(f"ALTER TABLE observations ADD COLUMN {name} {kind}")
+        have = {r[1] for r in db.execute("PRAGMA table_info(agents)")}
+        for name, kind in _AGENT_OPTIONAL_COLUMNS:
+            if name not in have:
+                db.execute(f"ALTER TABLE agents ADD COLUMN {name} {kind}")
         return cls(db)
 
     def close(self) -> None:
@@ -226,9 +262,10 @@ class Fleet:
             self._db.execute("BEGIN")
             try:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO agents (id, labels, version, stage, commit_id, policies, drift, counters, "
+                    "last_seen, health) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (hb.sensor, _dumps(hb.labels), hb.version, hb.stage, hb.commit, _dumps(list(hb.policies)),
-                     _dumps(hb.drift), _dumps(hb.counters), t))
+                     _dumps(hb.drift), _dumps(hb.counters), t, None if hb.health is None else _dumps(hb.health)))
                 self._db.executemany(
                     "INSERT INTO observations (time, sensor, policy, binary, count, workload, parent, action, acted)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -242,10 +279,10 @@ class Fleet:
     def agents(self) -> list[AgentRecord]:
         with self._lock:
             rows = self._db.execute("SELECT id, labels, version, stage, commit_id, policies, drift, counters, "
-                                    "last_seen FROM agents ORDER BY id").fetchall()
+                                    "last_seen, health FROM agents ORDER BY id").fetchall()
         return [AgentRecord(r[0], json.loads(r[1]), r[2], r[3], r[4], tuple(json.loads(r[5])), json.loads(r[6]),
                             json.loads(r[7]), _dt.datetime.strptime(r[8], "%Y-%m-%dT%H:%M:%SZ").replace(
-                                tzinfo=_dt.UTC)) for r in rows]
+                                tzinfo=_dt.UTC), None if r[9] is None else json.loads(r[9])) for r in rows]
 
     def observations(self, policy: str | None = None, since: _dt.datetime | None = None
                      ) -> list[tuple[str, str, int]]:
