@@ -34,7 +34,7 @@ from functools import partial
 from typing import Any
 
 from .errors import Unsupported, format_path
-from .policy import ArgFilter, BinariesFilter, Hook, Selector, TracingPolicy
+from .policy import Arg, ArgFilter, BinariesFilter, Hook, Selector, TracingPolicy
 from .tpformat import Field, Formats, builtin_formats
 
 MODES = ("observe", "enforce_ready", "enforced")
@@ -58,14 +58,22 @@ _SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__se_sys_", "__do_sys_", "sy
 _SCHED_EVENTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
 _SOCKET_CALLS = {"security_socket_create": True, "__sys_socket": False, "__sock_create": True,
                  "sock_create": False}  # value: `type` excludes SOCK_NONBLOCK/CLOEXEC flags
-#: call → (index of the sockaddr/sock argument, sites, TCP only)
+#: call → (index of the sockaddr/sock argument, what the call sees: "any" socket, "tcp", "tcp4", "tcp6")
 _CONNECT_CALLS = {
-    "security_socket_connect": (1, ("connect4", "connect6"), False),
-    "__sys_connect": (1, ("connect4", "connect6"), False),
-    "tcp_connect": (0, ("connect4", "connect6"), True),
-    "tcp_v4_connect": (1, ("connect4",), True),
-    "tcp_v6_connect": (1, ("connect6",), True),
+    "security_socket_connect": (1, "any"),
+    "__sys_connect": (1, "any"),
+    "tcp_connect": (0, "tcp"),
+    "tcp_v4_connect": (1, "tcp4"),
+    "tcp_v6_connect": (1, "tcp6"),
 }
+#: The cgroup hooks where a socket reaches a peer: connect4/6 see connect() and TCP Fast Open
+#: (sendto/sendmsg with MSG_FASTOPEN connects through the same pre-connect hook), sendmsg4/6 see a
+#: datagram sent to an address without connect(). TCP-only calls need only the connect hooks.
+_EGRESS_SITES = {"any": ("connect4", "connect6", "sendmsg4", "sendmsg6"), "tcp": ("connect4", "connect6"),
+                 "tcp4": ("connect4", "connect6"), "tcp6": ("connect6",)}
+_IPPROTO_TCP, _IPPROTO_MPTCP = 6, 262
+#: C: the destination of a connect6/sendmsg6 context is an IPv4-mapped IPv6 address (::ffff:a.b.c.d).
+_V4MAPPED = "(ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 && ctx->user_ip6[2] == 0xffff0000)"
 _INT_TYPES = {
     "int": "s32", "sint32": "s32", "int32": "s32", "uint32": "u32", "uint": "u32", "u32": "u32",
     "int8": "s8", "uint8": "u8", "int16": "s16", "uint16": "u16", "sint16": "s16",
@@ -73,6 +81,11 @@ _INT_TYPES = {
     "size_t": "u64", "ulong": "u64", "fd": "s32", "syscall64": "s64", "nop": "u64", "kernel_cap_t": "u64",
     "cap_inheritable": "u64", "cap_permitted": "u64", "cap_effective": "u64",
 }
+#: User ABI structs a syscall argument points to: member → byte offset (every member a u64).
+_USER_STRUCTS = {"clone_args": {"flags": 0, "pidfd": 8, "child_tid": 16, "parent_tid": 24, "exit_signal": 32,
+                                "cgroup": 80},
+                 "open_how": {"flags": 0, "mode": 8, "resolve": 16}}
+_SYSCALL_STRUCTS = {"sys_enter_clone3": "clone_args", "sys_enter_openat2": "open_how"}
 _STRING_TYPES = ("string", "char_buf", "filename", "const_buf")
 _INT_OPS = ("Equal", "NotEqual", "Mask", "GT", "LT", "InRange", "NotInRange")
 _STR_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
@@ -96,6 +109,8 @@ class Features:
     cgroup_sock_create: bool = True
     cgroup_connect4: bool = True
     cgroup_connect6: bool = True
+    cgroup_sendmsg4: bool = True
+    cgroup_sendmsg6: bool = True
     ringbuf: bool = True
     #: Why a missing feature is missing, e.g. {"lsm": "listed active, but LSM programs fail to load"}.
     reasons: tuple[tuple[str, str], ...] = ()
@@ -130,6 +145,8 @@ class Features:
                             ("cgroup_sock_create", ("cgroup_sock_create", "sock_create")),
                             ("cgroup_connect4", ("cgroup_connect4", "connect4")),
                             ("cgroup_connect6", ("cgroup_connect6", "connect6")),
+                            ("cgroup_sendmsg4", ("cgroup_sendmsg4", "sendmsg4")),
+                            ("cgroup_sendmsg6", ("cgroup_sendmsg6", "sendmsg6")),
                             ("ringbuf", ("ringbuf", "ring_buffer"))):
             ok, why = avail(*names)
             values[attr] = getattr(base, attr) if ok is None else ok
@@ -148,6 +165,8 @@ class Operand:
     type_name: str  # Tetragon arg type, for rendering events
     label: str | None
     slot: int = -1  # string/sockaddr scratch slot (-1 for ints)
+    #: `resolve` of a user struct: the member's byte offset behind the argument's pointer (-1: none).
+    member: int = -1
 
 
 @dataclass(frozen=True)
@@ -156,7 +175,7 @@ class Site:
     kind: str  # "tracepoint" | "cgroup"
     subsystem: str | None = None
     event: str | None = None
-    attach: str | None = None  # "sock_create" | "connect4" | "connect6"
+    attach: str | None = None  # "sock_create" | "connect4" | "connect6" | "sendmsg4" | "sendmsg6"
 
     @property
     def label(self) -> str:
@@ -384,11 +403,11 @@ class _Compiler:
         call = h.target
         overrides = any(a.action == "Override" for s in h.selectors for a in s.match_actions)
         signals = any(a.action in ("Sigkill", "Signal") for s in h.selectors for a in s.match_actions)
-        if overrides and signals:
-            self.refuse(f"kprobe on {call}: Override and Sigkill/Signal in one socket hook (the denial runs on a "
-                        "cgroup hook, signals on the syscall tracepoint); split them into two hooks")
-            return None
         if call in _SOCKET_CALLS:
+            if overrides and signals:
+                self.refuse(f"kprobe on {call}: Override and Sigkill/Signal in one socket hook (the denial runs on "
+                            "a cgroup hook, signals on the syscall tracepoint); split them into two hooks")
+                return None
             if overrides:
                 if not self.f.cgroup_sock_create:
                     self.refuse(f"kprobe on {call} with Override needs the cgroup sock_create hook, which this "
@@ -402,22 +421,63 @@ class _Compiler:
             return self._build(i, h, "process_kprobe", "syscalls", "sys_enter_socket",
                                {a.index: 5 + a.index for a in h.args}, fields, None,
                                mask_type=_SOCKET_CALLS[call])
-        arg_index, sites, tcp_only = _CONNECT_CALLS[call]
-        if overrides:
-            missing = [s for s in sites if not getattr(self.f, f"cgroup_{s}")]
-            if missing:
-                self.refuse(f"kprobe on {call} with Override needs the cgroup {'/'.join(missing)} hook, which this "
-                            "kernel lacks")
+        return self._connect_kprobe(i, h, overrides)
+
+    def _connect_kprobe(self, i: int, h: Hook, overrides: bool) -> HookPlan | None:
+        """An outbound-connect call on the cgroup hooks every way of reaching a peer passes through.
+
+        Every action runs there: Override denies, Sigkill kills (bpf_send_signal works in these
+        programs) and denies too, so not one byte of a TCP Fast Open SYN or a datagram leaves. What
+        the hook means is kept: the TCP calls skip other protocols (and the family the call does not
+        handle); security_socket_connect also sees connects of non-inet families, which reach no
+        cgroup hook: for those a `sys_enter_connect` program signals (a denial is impossible there).
+        """
+        call = h.target
+        arg_index, sees = _CONNECT_CALLS[call]
+        sites = _EGRESS_SITES[sees]
+        missing = [s for s in sites if not getattr(self.f, f"cgroup_{s}")]
+        if missing:
+            if overrides or self.formats("syscalls", "sys_enter_connect") is None:
+                self.refuse(f"kprobe on {call} needs the cgroup {'/'.join(missing)} hook, which this kernel lacks")
                 return None
-            return self._build(i, h, "process_kprobe", None, None, {}, (), sites, sock_arg=arg_index,
-                               tcp_only=tcp_only)
+            return self._legacy_connect(i, h, arg_index, sees)
+        guards: dict[str, list[str]] = {}
+        for site in sites:
+            g = []
+            if sees != "any":
+                g.append(f"if (ctx->protocol != {_IPPROTO_TCP} && ctx->protocol != {_IPPROTO_MPTCP}) "
+                         "return 1;  /* a TCP call: other protocols never reach it */")
+            if sees == "tcp4" and site == "connect6":
+                g.append(f"if (!{_V4MAPPED}) return 1;  /* tcp_v4_connect: v4-mapped only */")
+            if sees == "tcp6":
+                g.append(f"if ({_V4MAPPED}) return 1;  /* v4-mapped: tcp_v6_connect hands over to tcp_v4_connect */")
+            guards[site] = g
+        fields: tuple[Field, ...] = ()
+        index_map: dict[int, int] = {}
+        if sees == "any" and not overrides:
+            tp_fields = self.formats("syscalls", "sys_enter_connect")
+            if tp_fields is not None:
+                fields = tp_fields
+                index_map = {1: 6, 2: 7}
+                uaddr = self._field(index_map, 1, fields)
+                assert uaddr is not None
+                guards["tp"] = [
+                    "u16 pl_fam = 0;",
+                    f"bpf_probe_read_user(&pl_fam, sizeof(pl_fam), *(void **)((char *)ctx + {uaddr.offset}));",
+                    "if (pl_fam == 2 || pl_fam == 10) return 0;  /* inet: judged on the cgroup hooks */",
+                ]
+        return self._build(i, h, "process_kprobe", "syscalls" if guards.get("tp") else None,
+                           "sys_enter_connect" if guards.get("tp") else None, index_map, fields, sites,
+                           sock_arg=arg_index, guards=guards)
+
+    def _legacy_connect(self, i: int, h: Hook, arg_index: int, sees: str) -> HookPlan | None:
+        """Without cgroup connect hooks: signals on sys_enter_connect, which neither sees TCP Fast Open
+        nor tells TCP from other sockets (said in a note)."""
         fields = self.formats("syscalls", "sys_enter_connect")
-        if fields is None:
-            self.refuse("no syscalls:sys_enter_connect tracepoint on this kernel")
-            return None
-        if tcp_only:
-            self.notes.append(f"{format_path(h.path)}: {call} runs on sys_enter_connect, which also sees "
-                              "non-TCP connects")
+        assert fields is not None
+        self.notes.append(f"{format_path(h.path)}: {h.target} runs on sys_enter_connect (no cgroup connect "
+                          "hooks here), which misses TCP Fast Open and datagrams sent to an address"
+                          + (" and also sees non-TCP connects" if sees != "any" else ""))
         # the sock/sockaddr argument becomes the syscall's `uservaddr` (field 6), addrlen field 7
         index_map = {0: 6} if arg_index == 0 else {1: 6, 2: 7}
         return self._build(i, h, "process_kprobe", "syscalls", "sys_enter_connect", index_map, fields, None,
@@ -427,14 +487,25 @@ class _Compiler:
 
     def _build(self, i: int, h: Hook, event_kind: str, sub: str | None, ev: str | None,
                index_map: dict[int, int], fields: tuple[Field, ...], cgroup_sites: tuple[str, ...] | None,
-               *, mask_type: bool = False, sock_arg: int | None = None, tcp_only: bool = False) -> HookPlan | None:
+               *, mask_type: bool = False, sock_arg: int | None = None,
+               guards: dict[str, list[str]] | None = None) -> HookPlan | None:
+        """The programs of one hook: one per cgroup site (or one tracepoint program), plus a tracepoint
+        program next to the cgroup ones when `guards` has a "tp" entry. `guards` are C lines, per site
+        (cgroup attach name or "tp"), that return early for calls the hook does not mean."""
         where = format_path(h.path)
+        guards = guards or {}
         n_before = len(self.reasons)
         exec_hook = sub == "sched" and ev == "sched_process_exec"
         # operands: one per configured arg
         operands: list[Operand] = []
         slot = 0
         for pos, a in enumerate(h.args):
+            member = -1
+            if a.resolve is not None:
+                found = self._user_member(h, a, ev, index_map, fields, cgroup_sites, where)
+                if found is None:
+                    continue
+                member = found
             kind = self._arg_kind(h, a.index, a.type, index_map, fields, cgroup_sites, sock_arg, where)
             if kind is None:
                 continue
@@ -442,7 +513,7 @@ class _Compiler:
             if kind in ("str", "sockaddr"):
                 slot_of = slot
                 slot += 1
-            operands.append(Operand(pos, a.index, kind, a.type or kind, a.label, slot_of))
+            operands.append(Operand(pos, a.index, kind, a.type or kind, a.label, slot_of, member))
         n_slots = slot + (1 if exec_hook else 0)
         if n_slots > MAX_STRING_OPERANDS:
             self.refuse(f"{where}: {slot} string/sockaddr arguments; at most {MAX_STRING_OPERANDS} per hook")
@@ -466,15 +537,37 @@ class _Compiler:
         if (uses_bin and not exec_hook) or uses_parent or any(f for f in self.follow):
             self.tracking = True
         sites: list[Site] = []
-        for site_kind in (cgroup_sites or (None,)):
+        kinds: tuple[str | None, ...] = cgroup_sites or (None,)
+        if cgroup_sites and "tp" in guards:
+            kinds = (*cgroup_sites, None)
+        for site_kind in kinds:
             fn = f"pl_h{i}_{site_kind or 'tp'}"
             site = Site(fn, "tracepoint", sub, ev) if site_kind is None else Site(fn, "cgroup", attach=site_kind)
             sites.append(site)
             self.functions.append(partial(self._program, i, h, site, operands, sel_conds, index_map, fields,
-                                          exec_hook, uses_bin, uses_parent, mask_type, tcp_only))
+                                          exec_hook, uses_bin, uses_parent, mask_type,
+                                          tuple(guards.get(site_kind or "tp", ()))))
         return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
                         subsystem=sub, event=ev, sites=tuple(sites), operands=tuple(operands),
                         selector_actions=tuple((c[1], c[2]) for c in sel_conds))
+
+    def _user_member(self, h: Hook, a: Arg, ev: str | None, index_map: dict[int, int], fields: tuple[Field, ...],
+                     cgroup_sites: tuple[str, ...] | None, where: str) -> int | None:
+        """The offset of `a.resolve` inside the user struct a syscall argument points to (clone3's
+        clone_args, openat2's open_how): user ABI, fixed by the kernel for every version, read with
+        bpf_probe_read_user. Kernel structs cannot be read here, so any other `resolve` is refused."""
+        struct = a.btf_type or _SYSCALL_STRUCTS.get(ev or "")
+        members = _USER_STRUCTS.get(struct or "", {})
+        f = self._field(index_map, a.index, fields) if cgroup_sites is None else None
+        if (h.subsystem != "syscalls" and not h.syscall) or f is None or not f.pointer or a.resolve not in members:
+            known = ", ".join(f"{s}.{m}" for s, ms in _USER_STRUCTS.items() for m in ms)
+            self.refuse(f"{where}: resolve {a.resolve!r} on argument {a.index} of {h.target}: the engine reads only "
+                        f"members of user structs that syscall arguments point to ({known})")
+            return None
+        if (a.type or "") not in _INT_TYPES:
+            self.refuse(f"{where}: resolve {a.resolve!r} reads an integer; give the argument an integer type")
+            return None
+        return members[a.resolve]
 
     def _arg_kind(self, h: Hook, index: int, type_: str | None, index_map: dict[int, int],
                   fields: tuple[Field, ...], cgroup_sites: tuple[str, ...] | None, sock_arg: int | None,
@@ -497,9 +590,14 @@ class _Compiler:
                         "(family, type, protocol are)")
             return None
         if cgroup_sites is not None:
-            self.refuse(f"{where}: argument {index} ({t or 'untyped'}) of {h.target} is not available on the cgroup "
-                        "connect hooks (the destination sockaddr is)")
-            return None
+            filtered = any(af.index == index for sel in h.selectors for af in sel.match_args)
+            if filtered or (t and t not in _INT_TYPES):
+                self.refuse(f"{where}: argument {index} ({t or 'untyped'}) of {h.target} is not available on the "
+                            "cgroup connect hooks (the destination sockaddr is)")
+                return None
+            # only reported: the cgroup hooks do not have it, so their events say 0
+            self.notes.append(f"{where}: argument {index} of {h.target} is reported as 0 from the cgroup hooks")
+            return "int"
         f = self._field(index_map, index, fields) if (not index_map or index in index_map) else None
         if f is None:
             self.refuse(f"{where}: argument index {index} does not exist on {self._site_name(h)}")
@@ -668,6 +766,9 @@ class _Compiler:
                     if net.version == 4:
                         mask = (0xFFFFFFFF << (32 - net.prefixlen)) & 0xFFFFFFFF
                         parts.append(f"({v}_fam == 2 && ({v}_ip4 & {mask}U) == {int(net.network_address)}U)")
+                        # the same IPv4 peer reached from an IPv6 socket, as ::ffff:a.b.c.d
+                        parts.append(f"({v}_fam == 10 && {v}_ip6_0 == 0 && {v}_ip6_1 == 0 && {v}_ip6_2 == 0xffffU "
+                                     f"&& ({v}_ip6_3 & {mask}U) == {int(net.network_address)}U)")
                     else:
                         words = int(net.network_address).to_bytes(16, "big")
                         conds = [f"{v}_fam == 10"]
@@ -688,7 +789,7 @@ class _Compiler:
                     parts.append(f"{v}_fam == {_FAMILIES.get(val) or int(val, 0)}")
             else:  # Protocol
                 if cgroup_sites is None:
-                    self.refuse(f"{w}: Protocol is only known on the cgroup connect hooks (Override)")
+                    self.refuse(f"{w}: Protocol is only known on the cgroup connect hooks")
                     return None
                 for val in af.values:
                     parts.append(f"{v}_proto == {_PROTOCOLS.get(val) or int(val, 0)}")
@@ -714,10 +815,6 @@ class _Compiler:
             if name == "NoPost":
                 post = False
             elif name in ("Sigkill", "Signal"):
-                if cgroup_sites is not None:
-                    self.refuse(f"{w}: {name} on a cgroup hook (cannot signal from there)")
-                    ok = False
-                    continue
                 if not self.f.send_signal:
                     self.refuse(f"{w}: {name} needs bpf_send_signal, which this kernel lacks")
                     ok = False
@@ -730,6 +827,9 @@ class _Compiler:
                     act, sig = (_ACT_SIGKILL if a.arg_sig == 9 else _ACT_SIGNAL), a.arg_sig
                 else:
                     act, sig = _ACT_SIGKILL, 9
+                if cgroup_sites is not None and sig == 9:
+                    # the kill lands when the call returns: deny the call as well, so nothing leaves first
+                    deny = deny or 1
             elif name == "Override":
                 if cgroup_sites is None:
                     where_ = h.target if h.section == "tracepoints" else f"{h.target} (syscall tracepoint)"
@@ -755,7 +855,7 @@ class _Compiler:
     def _program(self, i: int, h: Hook, site: Site, operands: list[Operand],
                  sels: list[tuple[list[str], int, int, bool, int]], index_map: dict[int, int],
                  fields: tuple[Field, ...], exec_hook: bool, uses_bin: bool, uses_parent: bool,
-                 mask_type: bool, tcp_only: bool) -> str:
+                 mask_type: bool, guards: tuple[str, ...]) -> str:
         cg = site.kind == "cgroup"
         allow, deny_rv = ("1", "0") if cg else ("0", "0")
         if site.attach == "sock_create":
@@ -781,8 +881,7 @@ class _Compiler:
               "    struct pl_proc *proc = 0;"]
         if self.tracking:
             L += ["    proc = pl_procs.lookup(&tgid);", "    if (proc) fbits = proc->bits;"]
-        if cg and tcp_only:
-            L.append(f"    if (ctx->protocol != 6) return {allow};")
+        L += [f"    {g}" for g in guards]
         # the process binary
         bin_slot = sum(1 for o in operands if o.slot >= 0)
         if exec_hook:
@@ -811,8 +910,7 @@ class _Compiler:
         L += [f"    return {allow};", "matched:"]
         L += ["    if (sig || deny) {",
               "        if (cfg->mode == 2) {"]
-        if not cg:
-            L.append("            if (sig) bpf_send_signal(sig);")
+        L.append("            if (sig) bpf_send_signal(sig);")
         L += ["            acted = 1; pl_count(1);",
               "        } else {",
               "            pl_count(2);",
@@ -863,13 +961,20 @@ class _Compiler:
                  f"    u32 {v}_proto = ctx->protocol;",
                  f"    u32 {v}_ip4 = 0, {v}_ip6_0 = 0, {v}_ip6_1 = 0, {v}_ip6_2 = 0, {v}_ip6_3 = 0;",
                  f"    u32 {v}_raw[4] = {{}};"]
-            if site.attach == "connect4":
+            if site.attach in ("connect4", "sendmsg4"):
                 L += [f"    {v}_raw[0] = ctx->user_ip4;", f"    {v}_ip4 = __builtin_bswap32({v}_raw[0]);"]
             else:
                 for k in range(4):
                     L += [f"    {v}_raw[{k}] = ctx->user_ip6[{k}];",
                           f"    {v}_ip6_{k} = __builtin_bswap32({v}_raw[{k}]);"]
             return L
+        if site.kind == "cgroup":
+            return [f"    s64 a{p} = 0;  /* not available on this hook */"]
+        if o.member >= 0:
+            f = self._field(index_map, o.index, fields)
+            assert f is not None
+            return [f"    u64 a{p} = 0;",
+                    f"    bpf_probe_read_user(&a{p}, sizeof(a{p}), *(char **)((char *)ctx + {f.offset}) + {o.member});"]
         f = self._field(index_map, o.index, fields)
         assert f is not None
         if o.kind == "sockaddr":
@@ -880,7 +985,8 @@ class _Compiler:
                     f"    u32 {v}_port = __builtin_bswap16({v}_sa.port);",
                     f"    u32 {v}_ip4 = __builtin_bswap32({v}_sa.w1);",
                     *[f"    u32 {v}_ip6_{k} = __builtin_bswap32({v}_sa.a6[{k}]);" for k in range(4)],
-                    f"    u32 *{v}_raw = {v}_sa.fam == 2 ? &{v}_sa.w1 : {v}_sa.a6;"]
+                    f"    u32 *{v}_raw = {v}_sa.fam == 2 ? &{v}_sa.w1 : {v}_sa.a6;",
+                    f"    u32 {v}_proto = 0;  /* not in the sockaddr; only the cgroup hooks know it */"]
         if o.kind == "str":
             buf = f"sc->str[{o.slot}].s"
             L = [f"    __builtin_memset({buf}, 0, {STRLEN});"]

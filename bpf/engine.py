@@ -65,6 +65,8 @@ _CGROUP_ATTACH = {
     "sock_create": syscall.AttachType.BPF_CGROUP_INET_SOCK_CREATE,
     "connect4": syscall.AttachType.BPF_CGROUP_INET4_CONNECT,
     "connect6": syscall.AttachType.BPF_CGROUP_INET6_CONNECT,
+    "sendmsg4": syscall.AttachType.BPF_CGROUP_UDP4_SENDMSG,
+    "sendmsg6": syscall.AttachType.BPF_CGROUP_UDP6_SENDMSG,
 }
 
 

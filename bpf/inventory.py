@@ -49,6 +49,8 @@ DEFAULT_CGROUP_HOOKS: tuple[AttachType, ...] = (
     AttachType.BPF_CGROUP_INET_SOCK_CREATE,
     AttachType.BPF_CGROUP_INET4_CONNECT,
     AttachType.BPF_CGROUP_INET6_CONNECT,
+    AttachType.BPF_CGROUP_UDP4_SENDMSG,
+    AttachType.BPF_CGROUP_UDP6_SENDMSG,
 )
 
 

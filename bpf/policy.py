@@ -30,6 +30,8 @@ class Arg:
     return_copy: bool = False
     size_arg_index: int | None = None
     resolve: str | None = None
+    #: Tetragon's `btfType`: the type `resolve` reads the argument as.
+    btf_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,7 @@ def _arg(raw: Any, path: JsonPath) -> Arg:
         return_copy=_bool(a.get("returnCopy", False), (*path, "returnCopy")),
         size_arg_index=_int(size_idx, (*path, "sizeArgIndex")) if size_idx is not None else None,
         resolve=_str(a["resolve"], (*path, "resolve")) if a.get("resolve") else None,
+        btf_type=_str(a["btfType"], (*path, "btfType")) if a.get("btfType") else None,
     )
 
 

@@ -22,11 +22,18 @@ from typing import Any
 MAX_SELECTORS = 5
 
 _CLONE_NEWUSER = 0x10000000
+#: Every CLONE_NEW* flag (mount, cgroup, uts, ipc, user, pid, net) ...
+_CLONE_NEW_ANY = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+#: ... and CLONE_NEWTIME, which only unshare and clone3 take (in clone() the bit is part of the exit signal).
+_CLONE_NEWTIME = 0x00000080
 _PTRACE_ATTACH = 16
 _PTRACE_SEIZE = 0x4206
 _BPF_PROG_LOAD = 5
+_AF_INET, _AF_INET6, _AF_PACKET = 2, 10, 17
 _SOCK_RAW = 3
 _S_ISUID_ISGID = 0o6000
+#: open(2) flags that create a file, so that its mode applies: O_CREAT, __O_TMPFILE.
+_O_CREATING = 0o100 | 0o20000000
 _EPERM = 1
 
 
@@ -62,15 +69,21 @@ def _kill() -> list[dict[str, Any]]:
 
 
 def _syscall(event: str, *, args: Sequence[dict[str, Any]] = (), match: Sequence[dict[str, Any]] = (),
-             actions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    selector: dict[str, Any] = {}
-    if match:
-        selector["matchArgs"] = list(match)
-    selector["matchActions"] = actions if actions is not None else _kill()
+             actions: list[dict[str, Any]] | None = None,
+             alternatives: Sequence[Sequence[dict[str, Any]]] = ()) -> dict[str, Any]:
+    """One syscall tracepoint hook; `alternatives` are further matchArgs sets, each its own selector
+    (selectors are ORed, the matchArgs inside one are ANDed)."""
+    selectors = []
+    for m in (match, *alternatives):
+        selector: dict[str, Any] = {}
+        if m:
+            selector["matchArgs"] = list(m)
+        selector["matchActions"] = actions if actions is not None else _kill()
+        selectors.append(selector)
     hook: dict[str, Any] = {"subsystem": "syscalls", "event": event}
     if args:
         hook["args"] = list(args)
-    hook["selectors"] = [selector]
+    hook["selectors"] = selectors
     return hook
 
 
@@ -90,31 +103,59 @@ def _kmod(_: Mapping[str, Any]) -> dict[str, Any]:
     return _tracepoints(_syscall("sys_enter_init_module"), _syscall("sys_enter_finit_module"))
 
 
+def _clone_hooks(mask: int) -> list[dict[str, Any]]:
+    """clone() and clone3() with any flag of `mask`; clone3 takes its flags in a user struct
+    (`struct clone_args`, whose first member they are), read through `btfType`/`resolve`."""
+    return [
+        _syscall("sys_enter_clone", args=[_arg(5, "uint64")],
+                 match=[_m(0, "Mask", [mask & ~_CLONE_NEWTIME])]),
+        _syscall("sys_enter_clone3", args=[{"index": 5, "type": "uint64", "btfType": "clone_args",
+                                            "resolve": "flags"}],
+                 match=[_m(0, "Mask", [mask])]),
+    ]
+
+
 def _userns(_: Mapping[str, Any]) -> dict[str, Any]:
-    # clone3 passes its flags in user memory, which Tetragon's matchArgs cannot read:
-    # user namespaces created through clone3 are not covered by this template.
+    # created by unshare, clone or clone3; entered by setns with CLONE_NEWUSER, or with 0 ("any type":
+    # the kind of namespace behind the fd is not known at the call)
     return _tracepoints(
         _syscall("sys_enter_unshare", args=[_arg(5, "uint64")], match=[_m(0, "Mask", [_CLONE_NEWUSER])]),
-        _syscall("sys_enter_clone", args=[_arg(5, "uint64")], match=[_m(0, "Mask", [_CLONE_NEWUSER])]),
+        *_clone_hooks(_CLONE_NEWUSER),
+        _syscall("sys_enter_setns", args=[_arg(6, "uint64")], match=[_m(0, "Mask", [_CLONE_NEWUSER])],
+                 alternatives=[[_m(0, "Equal", [0])]]),
     )
 
 
+def _unshare(_: Mapping[str, Any]) -> dict[str, Any]:
+    # every way a process leaves its namespaces: unshare, a clone into new ones, setns into others
+    return _tracepoints(_syscall("sys_enter_unshare"), *_clone_hooks(_CLONE_NEW_ANY | _CLONE_NEWTIME),
+                        _syscall("sys_enter_setns"))
+
+
 def _raw_sockets(_: Mapping[str, Any]) -> dict[str, Any]:
-    # A real denial (EPERM) where a denying hook exists: the engine enforces
-    # security_socket_create on the cgroup sock_create hook.
+    # Inet raw sockets (IPv4 and IPv6) are denied (EPERM) on the cgroup sock_create hook. Packet
+    # sockets (AF_PACKET, raw or cooked) read and forge whole frames, but no cgroup hook sees their
+    # creation: the creating process is killed instead. Netlink's SOCK_RAW is not a raw network socket.
+    args = [_arg(0, "int"), _arg(1, "int"), _arg(2, "int")]
     return {
         "kprobes": [
             {
                 "call": "security_socket_create",
                 "syscall": False,
-                "args": [_arg(0, "int"), _arg(1, "int"), _arg(2, "int")],
+                "args": args,
                 "selectors": [
                     {
-                        "matchArgs": [_m(1, "Equal", [_SOCK_RAW])],
+                        "matchArgs": [_m(0, "Equal", [_AF_INET, _AF_INET6]), _m(1, "Equal", [_SOCK_RAW])],
                         "matchActions": [{"action": "Override", "argError": -_EPERM}],
                     }
                 ],
-            }
+            },
+            {
+                "call": "security_socket_create",
+                "syscall": False,
+                "args": args,
+                "selectors": [{"matchArgs": [_m(0, "Equal", [_AF_PACKET])], "matchActions": _kill()}],
+            },
         ]
     }
 
@@ -127,9 +168,13 @@ def _capset(_: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _ptrace(_: Mapping[str, Any]) -> dict[str, Any]:
+    # process_vm_readv/writev read and write another process's memory under the same access check
+    # as a ptrace attach, without attaching
     return _tracepoints(
         _syscall("sys_enter_ptrace", args=[_arg(5, "int64")],
-                 match=[_m(0, "Equal", [_PTRACE_ATTACH, _PTRACE_SEIZE])])
+                 match=[_m(0, "Equal", [_PTRACE_ATTACH, _PTRACE_SEIZE])]),
+        _syscall("sys_enter_process_vm_readv"),
+        _syscall("sys_enter_process_vm_writev"),
     )
 
 
@@ -146,8 +191,11 @@ def _single(event: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
 
 
 def _mount(_: Mapping[str, Any]) -> dict[str, Any]:
-    return _tracepoints(_syscall("sys_enter_mount"), _syscall("sys_enter_fsmount"),
-                        _syscall("sys_enter_move_mount"))
+    # mount(2) and the mount API: fsopen/fsconfig/fsmount build a new mount, fspick + fsconfig
+    # reconfigure (remount) one, open_tree clones a tree (detached until move_mount attaches it),
+    # mount_setattr changes a mount's flags (nosuid, noexec, ro) as a remount does
+    return _tracepoints(*(_syscall(f"sys_enter_{call}") for call in (
+        "mount", "fsopen", "fspick", "fsconfig", "fsmount", "move_mount", "open_tree", "mount_setattr")))
 
 
 def _bpf_load(_: Mapping[str, Any]) -> dict[str, Any]:
@@ -160,8 +208,21 @@ def _chmod_suid(_: Mapping[str, Any]) -> dict[str, Any]:
     def hook(event: str, index: int) -> dict[str, Any]:
         return _syscall(event, args=[_arg(index, "uint32")], match=[_m(0, "Mask", [_S_ISUID_ISGID])])
 
-    return _tracepoints(hook("sys_enter_chmod", 6), hook("sys_enter_fchmod", 6),
-                        hook("sys_enter_fchmodat", 7), hook("sys_enter_fchmodat2", 7))
+    def creating(event: str, flags: int, mode: int) -> dict[str, Any]:
+        # open with O_CREAT/O_TMPFILE applies `mode` to the new file, setuid bit included
+        return _syscall(event, args=[_arg(flags, "uint32"), _arg(mode, "uint32")],
+                        match=[_m(0, "Mask", [_O_CREATING]), _m(1, "Mask", [_S_ISUID_ISGID])])
+
+    return _tracepoints(
+        hook("sys_enter_chmod", 6), hook("sys_enter_fchmod", 6),
+        hook("sys_enter_fchmodat", 7), hook("sys_enter_fchmodat2", 7),
+        # a file created setuid: creat, open, openat, openat2 (mode in struct open_how), mknod(at)
+        hook("sys_enter_creat", 6), creating("sys_enter_open", 6, 7), creating("sys_enter_openat", 7, 8),
+        _syscall("sys_enter_openat2", args=[{"index": 7, "type": "uint64", "btfType": "open_how",
+                                             "resolve": "mode"}],
+                 match=[_m(0, "Mask", [_S_ISUID_ISGID])]),
+        hook("sys_enter_mknod", 6), hook("sys_enter_mknodat", 7),
+    )
 
 
 _TMP_DIRS = Param("directories", "paths", "directories from which executing is forbidden",
@@ -171,22 +232,29 @@ TEMPLATES: Mapping[str, Template] = {
     t.name: t
     for t in (
         Template("block-kmod-load", "kill processes that load kernel modules", (), _kmod),
-        Template("block-user-namespace", "kill processes creating user namespaces (unshare/clone)", (),
+        Template("block-user-namespace",
+                 "kill processes creating or entering user namespaces (unshare, clone, clone3, setns)", (),
                  _userns),
-        Template("block-raw-sockets", "deny creating raw sockets (EPERM)", (), _raw_sockets),
+        Template("block-raw-sockets",
+                 "deny creating inet raw sockets (EPERM); kill processes creating packet sockets", (),
+                 _raw_sockets),
         Template("block-capset-sysadmin", "kill processes changing their capability sets (capset)", (),
                  _capset),
-        Template("kill-ptrace-attach", "kill processes attaching to others with ptrace", (), _ptrace),
+        Template("kill-ptrace-attach", "kill processes attaching to others with ptrace or reaching into their "
+                 "memory (process_vm_readv/writev)", (), _ptrace),
         Template("block-execve-tmp", "kill processes executing files from temporary directories",
                  (_TMP_DIRS,), _execve_tmp),
         Template("block-memfd-create", "kill processes creating anonymous memory files (fileless exec)",
                  (), _single("sys_enter_memfd_create")),
         Template("block-pivot-root", "kill processes calling pivot_root", (), _single("sys_enter_pivot_root")),
-        Template("block-mount-syscall", "kill processes mounting file systems", (), _mount),
-        Template("block-unshare", "kill processes calling unshare", (), _single("sys_enter_unshare")),
+        Template("block-mount-syscall", "kill processes mounting or remounting file systems (mount and the "
+                 "mount API)", (), _mount),
+        Template("block-unshare", "kill processes leaving their namespaces (unshare, clone/clone3 into new "
+                 "namespaces, setns)", (), _unshare),
         Template("block-bpf-load", "kill processes loading BPF programs (the node agent itself is exempt)", (),
                  _bpf_load),
-        Template("block-chmod-suid", "kill processes setting the setuid/setgid bit", (), _chmod_suid),
+        Template("block-chmod-suid", "kill processes setting the setuid/setgid bit (chmod family, or creating "
+                 "a file with it)", (), _chmod_suid),
     )
 }
 #: `custom` carries its own TracingPolicy and is not in TEMPLATES.

@@ -76,12 +76,23 @@ def test_every_reason_is_reported_not_just_the_first() -> None:
 
 def test_socket_hooks_choose_cgroup_programs_for_override_and_tracepoints_for_signals() -> None:
     deny = compile_policy(parse(templates.render("block-raw-sockets", "raw")), Features(), builtin_formats)
-    assert [(s.kind, s.attach) for h in deny.hooks for s in h.sites] == [("cgroup", "sock_create")]
-    kill = compile_policy(parse(doc({"kprobes": [{
-        "call": "tcp_connect", "args": [{"index": 0, "type": "sock"}],
-        "selectors": [{"matchArgs": [{"index": 0, "operator": "DPort", "values": ["22"]}],
-                       "matchActions": [{"action": "Sigkill"}]}]}]})), Features(), builtin_formats)
-    assert [(s.kind, s.event) for h in kill.hooks for s in h.sites] == [("tracepoint", "sys_enter_connect")]
+    assert [(s.kind, s.attach or s.event) for h in deny.hooks for s in h.sites] == [
+        ("cgroup", "sock_create"), ("tracepoint", "sys_enter_socket")]  # inet raw: EPERM; packet: killed
+    tcp = {"call": "tcp_connect", "args": [{"index": 0, "type": "sock"}],
+           "selectors": [{"matchArgs": [{"index": 0, "operator": "DPort", "values": ["22"]}],
+                          "matchActions": [{"action": "Sigkill"}]}]}
+    kill = compile_policy(parse(doc({"kprobes": [tcp]})), Features(), builtin_formats)
+    # connect() and TCP Fast Open both pass the cgroup connect hooks, which also know the protocol
+    assert [(s.kind, s.attach) for h in kill.hooks for s in h.sites] == [("cgroup", "connect4"), ("cgroup", "connect6")]
+    assert "if (ctx->protocol != 6 && ctx->protocol != 262) return 1;" in kill.source
+    any_family = compile_policy(parse(doc({"kprobes": [tcp | {"call": "security_socket_connect",
+                                                               "args": [{"index": 1, "type": "sockaddr"}]}]})),
+                                Features(), builtin_formats)
+    assert [s.attach or s.event for h in any_family.hooks for s in h.sites] == [
+        "connect4", "connect6", "sendmsg4", "sendmsg6", "sys_enter_connect"]
+    legacy = compile_policy(parse(doc({"kprobes": [tcp]})), Features(cgroup_connect6=False), builtin_formats)
+    assert [(s.kind, s.event) for h in legacy.hooks for s in h.sites] == [("tracepoint", "sys_enter_connect")]
+    assert any("misses TCP Fast Open" in n for n in legacy.notes)
     no_hook = reasons({"kprobes": [{"call": "security_socket_create", "args": [{"index": 1, "type": "int"}],
                                     "selectors": [{"matchActions": [{"action": "Override", "argError": -1}]}]}]},
                       Features(cgroup_sock_create=False))

@@ -88,7 +88,8 @@ def test_connect_to_a_denied_port_and_cidr_fails_with_eperm_inside_the_workload(
     }]})
     res = engine.load(p, "enforced", cgroups=[workload.path])
     assert res.loaded, res.reasons
-    assert {s.attach for h in engine.loaded()["no-connect"].plan.hooks for s in h.sites} == {"connect4", "connect6"}
+    assert {s.attach for h in engine.loaded()["no-connect"].plan.hooks for s in h.sites} == {
+        "connect4", "connect6", "sendmsg4", "sendmsg6"}
 
     denied = workload.run(_connect(denied_port))
     assert (denied.returncode, denied.stdout) == (3, b"1\n")  # EPERM
