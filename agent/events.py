@@ -28,6 +28,8 @@ _EMOJI = {
     "verification_refused": "⛔",
     "drift_detected": "⚠️",
     "drift_healed": "🩹",
+    "index_expired": "⌛",
+    "events_dropped": "🕳️",
 }
 _ACTION_EMOJI = {"KPROBE_ACTION_SIGKILL": "💀", "KPROBE_ACTION_OVERRIDE": "🚫", "KPROBE_ACTION_SIGNAL": "📶"}
 
@@ -93,11 +95,15 @@ class EventLog:
         if recovered and self.on_recovered is not None:
             self.on_recovered()
 
-    def retry(self) -> None:
-        """Reopen the file if it could not be opened (the agent calls this every second)."""
-        with self._lock:
-            if self._f is None:
-                self._open()
+    @property
+    def failing(self) -> bool:
+        return self._failing
+
+    def retry(self, marker: Mapping[str, Any]) -> None:
+        """While writes fail, try `marker` (the agent's `events_dropped` event, every second): the first
+        one that is written ends the disk problem and tells the reader how many events are missing."""
+        if self._failing:
+            self.write(marker)
 
     def close(self) -> None:
         with self._lock:

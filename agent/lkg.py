@@ -70,6 +70,8 @@ def load(state_dir: Path, pubkeys: Iterable[VerifyKey]) -> LastKnownGood | None:
         raise Unreadable(f"last-known-good {path}: {e.strerror}") from None
     try:
         doc = json.loads(raw)
+        if not isinstance(doc, dict) or set(doc) != {"index", "bundle"}:
+            raise ValueError("expected exactly the members index and bundle")
         index_bytes = base64.b64decode(doc["index"], validate=True)
         bundle_bytes = base64.b64decode(doc["bundle"], validate=True)
     except (ValueError, KeyError, TypeError, binascii.Error) as e:

@@ -426,10 +426,12 @@ class Agent:
         if write:
             self.write_status()
 
+    def _event_doc(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {kind: body, "node_name": self.cfg.sensor_id, "time": self._clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+
     def _event(self, kind: str, body: dict[str, Any]) -> None:
         if self.events is not None:
-            self.events.write({kind: body, "node_name": self.cfg.sensor_id,
-                               "time": self._clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+            self.events.write(self._event_doc(kind, body))
 
     def status(self) -> dict[str, Any]:
         """What this node enforces and why (also written to <state>/status.json for `palisade-agent status`)."""
@@ -606,8 +608,10 @@ class Agent:
             await _sleep_or_stop(stop, every)
             try:
                 self.watch_clock()
-                if self.events is not None:
-                    self.events.retry()
+                if self.events is not None and self.events.failing:
+                    self.events.retry(self._event_doc("events_dropped", {
+                        "count": self.events.dropped, "detail": f"{self.events.dropped} events could not be "
+                                                               f"written (disk errors)"}))
                 await self._in_engine(self.flush_state)
             except Exception:
                 log.exception("housekeeping failed")
