@@ -49,7 +49,7 @@ log = logging.getLogger("palisade.agent.enforcer")
 
 _KEY = re.compile(r"^(?P<name>.+)--(?P<digest>[0-9a-f]{12})-(?P<n>[0-9]+)$")
 #: Maps whose content is fixed at load (or by a mode switch): any other change is tampering.
-_STATIC_MAPS = ("pl_cfg", "pl_scope", "pl_str_eq", "pl_str_pre", "pl_str_post", "pl_meta")
+_STATIC_MAPS = ("pl_cfg", "pl_scope", "pl_cgpaths", "pl_str_eq", "pl_str_pre", "pl_str_post", "pl_meta")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from . import scope
 from .errors import Unsupported, format_path
 from .policy import Arg, ArgFilter, BinariesFilter, Hook, Selector, TracingPolicy
 from .tpformat import Field, Formats, builtin_formats
@@ -222,13 +223,25 @@ class Plan:
     strings: tuple[StringEntry, ...]
     follow: tuple[FollowFilter, ...]
     notes: tuple[str, ...]
+    #: Loaded for workload cgroups: membership programs and the scope-escape hook are part of it.
+    scoped: bool = False
+    #: The scope-escape "hook" (its events have `pl_event.hook == scope.SCOPE_HOOK`).
+    scope_hook: HookPlan | None = None
 
     @property
     def sites(self) -> tuple[Site, ...]:
         out = [_SELF_EXIT_SITE, *(s for h in self.hooks for s in h.sites)]
+        if self.scope_hook is not None:
+            out = [*_SCOPE_SITES, *self.scope_hook.sites, *out]
         if self.tracking:
             out = [*_TRACKING_SITES, *out]
         return tuple(out)
+
+    def hook(self, index: int) -> HookPlan | None:
+        """The hook an event record names."""
+        if index == scope.SCOPE_HOOK:
+            return self.scope_hook
+        return self.hooks[index] if index < len(self.hooks) else None
 
     @property
     def uses_cgroup_hooks(self) -> bool:
@@ -242,6 +255,17 @@ _TRACKING_SITES = (
     Site("pl_track_fork", "tracepoint", "sched", "sched_process_fork"),
     Site("pl_track_exit", "tracepoint", "sched", "sched_process_exit"),
 )
+_SCOPE_SITES = tuple(Site(fn, "tracepoint", "sched", ev) for fn, ev in scope.MEMBERSHIP_SITES)
+
+
+def _scope_hook() -> HookPlan:
+    sub, ev = scope.ATTACH_TRACEPOINT
+    operands = tuple(Operand(k, k, "int" if t == "int" else "str", t, label, -1 if t == "int" else 0)
+                     for k, (label, t) in enumerate(scope.EVENT_ARGS))
+    return HookPlan(index=scope.SCOPE_HOOK, section="tracepoints", target=f"{sub}:{ev}",
+                    event_kind="process_tracepoint", subsystem=sub, event=ev,
+                    sites=(Site(scope.ATTACH_PROGRAM, "tracepoint", sub, ev),), operands=operands,
+                    selector_actions=((_ACT_SIGKILL, 9), (_ACT_POST, 0)))
 
 
 def check(policy: TracingPolicy, features: Features | None = None, formats: Formats | None = None) -> list[str]:
@@ -254,9 +278,12 @@ def check(policy: TracingPolicy, features: Features | None = None, formats: Form
 
 
 def compile_policy(policy: TracingPolicy, features: Features | None = None,
-                   formats: Formats | None = None) -> Plan:
-    """The load plan of `policy`; raises `Unsupported` with every reason when it cannot run here."""
-    return _Compiler(policy, features or Features(), formats or builtin_formats).run()
+                   formats: Formats | None = None, *, scoped: bool = False) -> Plan:
+    """The load plan of `policy`; raises `Unsupported` with every reason when it cannot run here.
+
+    `scoped`: the policy is loaded for workload cgroups, so it also keeps their processes in
+    scope (bpf/scope.py)."""
+    return _Compiler(policy, features or Features(), formats or builtin_formats, scoped).run()
 
 
 # --------------------------------------------------------------------------- the compiler
@@ -287,8 +314,9 @@ class _HookCtx:
 
 
 class _Compiler:
-    def __init__(self, policy: TracingPolicy, features: Features, formats: Formats) -> None:
+    def __init__(self, policy: TracingPolicy, features: Features, formats: Formats, scoped: bool = False) -> None:
         self.p = policy
+        self.scoped = scoped
         self.f = features
         self.formats = formats
         self.reasons: list[str] = []
@@ -322,13 +350,23 @@ class _Compiler:
         if self.reasons:
             raise Unsupported(self.reasons)
         strings = self._string_entries()
-        source = _prelude(self.tracking, strings, self._table_sizes(strings))
+        source = _prelude(self.tracking, strings, self._table_sizes(strings), self.scoped)
         source += self._self_exit_source()
         if self.tracking:
             source += self._tracking_source()
+        scope_hook = None
+        if self.scoped:
+            off = scope.offsets(self.formats)
+            if off is None:
+                tp = ":".join(scope.ATTACH_TRACEPOINT)
+                raise Unsupported([f"unsupported: a policy limited to workloads needs the {tp} tracepoint, to keep "
+                                   "their processes from leaving the scope; this kernel lacks it"])
+            source += scope.source(off, MODE_OFF)
+            scope_hook = _scope_hook()
         source += "\n".join(gen() for gen in self.functions)
         return Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
-                    strings=strings, follow=tuple(self.follow), notes=tuple(self.notes))
+                    strings=strings, follow=tuple(self.follow), notes=tuple(self.notes), scoped=self.scoped,
+                    scope_hook=scope_hook)
 
     # ------------------------------------------------------------------ hooks
 
@@ -1107,7 +1145,7 @@ static __always_inline void pl_count(int idx) {
     u64 *v = pl_counters.lookup(&idx);
     if (v) *v += 1;
 }
-static __always_inline int pl_in_scope(void) {
+static __always_inline int pl_in_cgroups(void) {
     u64 id = bpf_get_current_cgroup_id();
     if (pl_scope.lookup(&id)) return 1;
 #pragma unroll
@@ -1117,6 +1155,18 @@ static __always_inline int pl_in_scope(void) {
         if (pl_scope.lookup(&id)) return 1;
     }
     return 0;
+}
+#if PL_SCOPED
+/* bpf/scope.py: tasks of the scope wherever they are moved (1), or moved out by the workload (2) */
+BPF_HASH(pl_members, u32, u8, %(members)d);
+BPF_LPM_TRIE(pl_cgpaths, struct pl_lpm, u8, 1024);
+#endif
+static __always_inline int pl_in_scope(void) {
+#if PL_SCOPED
+    u32 me = bpf_get_current_pid_tgid() >> 32;
+    if (pl_members.lookup(&me)) return 1;
+#endif
+    return pl_in_cgroups();
 }
 %(strfn)s
 """
@@ -1200,8 +1250,8 @@ int pl_track_exit(void *ctx) {
 """
 
 
-def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, int]) -> str:
-    tables = [f"#define PL_HAVE_PRE {int(any(s.table == 'pre' for s in strings))}",
+def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, int], scoped: bool) -> str:
+    tables = [f"#define PL_SCOPED {int(scoped)}",f"#define PL_HAVE_PRE {int(any(s.table == 'pre' for s in strings))}",
               f"#define PL_HAVE_POST {int(any(s.table == 'post' for s in strings))}"]
     if strings:
         tables += [f"BPF_HASH(pl_str_eq, struct pl_str, u64, {sizes['eq']});",
@@ -1210,5 +1260,6 @@ def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, 
     if tracking:
         tables.append('BPF_TABLE("lru_hash", u32, struct pl_proc, pl_procs, 65536);')
     return _PRELUDE % {"strlen": STRLEN, "self_entries": SELF_ENTRIES, "nstr": MAX_STRING_OPERANDS + 1,
-                       "pages": RING_PAGES, "tables": "\n".join(tables), "strfn": _STRFN if strings else ""}
+                       "pages": RING_PAGES, "tables": "\n".join(tables), "strfn": _STRFN if strings else "",
+                       "members": scope.MEMBERS}
 

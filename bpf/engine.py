@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import inventory, syscall
+from . import inventory, scope, syscall
 from .compile import MODE_OFF, MODES, SELF_ENTRIES, Features, Plan, Site, compile_policy
 from .errors import BpfError, LoadError, NotLoaded, Unsupported
 from .events import Counters, EventStream, read_counters
@@ -133,7 +133,7 @@ class Engine:
             raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
         key = policy.key
         try:
-            plan = compile_policy(policy, self.features, self.formats)
+            plan = compile_policy(policy, self.features, self.formats, scoped=cgroups is not None)
         except Unsupported as e:
             return LoadResult(key, False, e.reasons)
         if cgroups is None and (policy.namespace or policy.pod_selector or policy.container_selector):
@@ -204,8 +204,8 @@ class Engine:
                     _teardown(d)
                 continue
             try:
-                policy, _cg = _read_meta(d)
-                plan = compile_policy(policy, self.features, self.formats)
+                policy, cg = _read_meta(d)
+                plan = compile_policy(policy, self.features, self.formats, scoped=bool(cg))
             except (BpfError, OSError, ValueError) as e:
                 self.broken[d.name] = str(e)
                 continue
@@ -219,7 +219,33 @@ class Engine:
         return adopted
 
     def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
-        return self._events.poll(timeout)
+        events = self._events.poll(timeout)
+        for ev in events:
+            self._finish_escape(ev)
+        return events
+
+    def _finish_escape(self, ev: dict[str, Any]) -> None:
+        """Kill a process a workload moved out of an enforced scope, when the kernel could not: the
+        writer died in the kernel, but no program can signal another task (bpf/scope.py). Only a
+        process still marked doomed in the policy's members is killed, so a pid reused since is safe."""
+        body, meta = ev.get("process_tracepoint"), ev.get("palisade")
+        if not (isinstance(body, dict) and isinstance(meta, dict) and meta.get("acted")
+                and body.get("event") == scope.ATTACH_TRACEPOINT[1] and body.get("subsys") == "cgroup"):
+            return
+        moved = body["args"][0].get("int_arg")
+        if not isinstance(moved, int) or moved == body["process"]["pid"]:
+            return
+        try:
+            fd = self._open(str(meta["policy_key"]), "map_pl_members")
+        except (NotLoaded, OSError):
+            return
+        try:
+            if scope.is_member(fd, moved) == scope.DOOMED:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(moved, 9)
+                meta["moved_killed"] = True
+        finally:
+            os.close(fd)
 
     def counters(self, key: str) -> Counters:
         fd = self._open(key, "map_pl_counters")
@@ -370,16 +396,22 @@ class _Loader:
                 maps += ["pl_str_eq", "pl_str_pre", "pl_str_post"]
             if self.plan.tracking:
                 maps.append("pl_procs")
+            if self.plan.scoped:
+                maps += ["pl_members", "pl_cgpaths"]
             fds = {name: b.get_table(name.encode()).map_fd for name in maps}
             for name, fd in fds.items():
                 syscall.obj_pin(fd, tmp / f"map_{name}")
             self._fill(fds, meta_size)
-            tracking = [s for s in self.plan.sites if s.function.startswith("pl_track_")]
-            hooks = [s for s in self.plan.sites if not s.function.startswith("pl_track_")]
+            # process tracking and scope membership first, then what was there before they ran
+            first = ("pl_track_", "pl_scope_")
+            tracking = [s for s in self.plan.sites if s.function.startswith(first)]
+            hooks = [s for s in self.plan.sites if not s.function.startswith(first)]
             for s in tracking:
                 self._attach(tmp, s, progs[s.function])
             if self.plan.tracking:
                 _seed(fds["pl_procs"], self.plan)
+            if self.plan.scoped:
+                scope.seed(fds["pl_members"], self.cgroups or ())
             for s in hooks:
                 self._attach(tmp, s, progs[s.function])
             os.rename(tmp, final)
@@ -397,6 +429,9 @@ class _Loader:
         for c in self.cgroups or ():
             ino = os.stat(c).st_ino
             syscall.map_update_elem(fds["pl_scope"], struct.pack("<Q", ino), b"\1")
+        if self.plan.scoped:
+            for k in scope.path_keys(self.cgroups or (), syscall.cgroup2_root()):
+                syscall.map_update_elem(fds["pl_cgpaths"], k, b"\1")
         for s in self.plan.strings:
             value = struct.pack("<Q", s.bits)
             if s.table == "eq":

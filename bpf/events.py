@@ -81,7 +81,7 @@ def read_counters(map_fd: int) -> Counters:
 
 def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> dict[str, Any]:
     """The Tetragon-shaped event for one ring-buffer record of `plan`'s policy."""
-    hook = plan.hooks[raw.hook] if raw.hook < len(plan.hooks) else None
+    hook = plan.hook(raw.hook)
     exe, arguments, exec_id = _proc_info(raw.pid, node_name)
     process: dict[str, Any] = {
         "exec_id": exec_id,

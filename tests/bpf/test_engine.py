@@ -209,7 +209,7 @@ def test_a_load_failing_halfway_is_rolled_back(engine: Engine, pin_root: Path, w
     assert not res.loaded
     assert res.reasons[0].startswith("load failed: ")
     users = {p.id for p in inventory.inventory(cgroup_hooks=()).programs if self_map in p.map_ids}
-    assert users == keeper
+    assert users and users <= keeper  # (not every program of the keeper needs the map)
     assert sorted(p.name for p in pin_root.iterdir()) == ["_self", "keeper"]
     # and the workload's sockets are not affected by a leftover link
     ok = workload.run([sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)"])

@@ -9,9 +9,12 @@ from pathlib import Path
 
 
 def remove(cg: Path) -> None:
-    """SIGKILL every process left in cgroup `cg`, then remove it (a no-op when it is gone)."""
+    """SIGKILL every process left in cgroup `cg` and its sub-cgroups, then remove them all (a no-op
+    when it is gone)."""
     if not cg.exists():
         return
+    for sub in sorted((p for p in cg.iterdir() if p.is_dir()), reverse=True):
+        remove(sub)
     for _ in range(50):
         pids = [int(p) for p in (cg / "cgroup.procs").read_text().split()]
         if not pids:

@@ -1,0 +1,216 @@
+"""Keeping a scoped workload inside its policies: a process may not leave the scope and run on unseen.
+
+A scoped policy (podSelector, containerSelector, a namespaced policy: loaded with the
+workload's cgroups) judges a process by its cgroup. A root process in the workload can
+write its pid, or a child's, into another cgroup's `cgroup.procs` and would then be out
+of every scoped policy. What the kernel here offers decides the defence:
+
+- there is no hook that sees a cgroup move *before* it happens and can deny it (that is
+  the BPF LSM, which does not load here); `cgroup:cgroup_attach_task` fires right after
+  the move, in the context of the process that wrote `cgroup.procs`, with the moved pid
+  and the destination;
+- `bpf_send_signal` kills only the current process; the kfuncs that signal another task
+  (`bpf_task_from_pid` + `bpf_send_signal_task`, 6.13+) cannot be called from bcc programs
+  (bcc refuses calls to non-static functions);
+- after the move the moved process's old cgroup is gone from everything the program can
+  read, so "was it in scope?" must be known beforehand.
+
+So scope membership is *sticky*: every scoped policy keeps `pl_members`, the tasks of its
+scope (tgid/tid → 1), filled at load from the scope cgroups' `cgroup.procs`, on exec in a
+scope cgroup, and on fork from a member (children inherit), emptied on exit. The scope
+test of every tracepoint program is "member, or in a scope cgroup", so a member stays
+under the policy wherever it is moved. When `cgroup_attach_task` moves a member out of
+the scope:
+
+- written by a member (the workload moving itself or its children): in `enforced` mode the
+  writer is killed on the spot (it is current); a moved process other than the writer is
+  marked doomed (2) and the engine kills it when it reads the event (`Engine.poll_events`),
+  the last resort because no kernel program can signal it; until then it is still a member;
+- written by anyone else (the container runtime, systemd, an operator): the move is
+  allowed and the process stays a member, under the policy;
+- written by the engine itself (`pl_self`): the move is the agent's own, and the process
+  stops being a member.
+
+Every escape is an event (`process_tracepoint`, `cgroup:cgroup_attach_task`, with the
+moved pid and the destination path) in every mode; `observe`/`enforce_ready` only report
+what `enforced` would have killed. Moves inside the scope (into a sub-cgroup of a
+workload) are not escapes: the destination's id is a scope cgroup, or its path lies
+under one (`pl_cgpaths`, an LPM trie of "<path>/").
+
+Limits: the cgroup socket hooks (egress, raw sockets) stay attached to the workload
+cgroups, so a member moved out by a non-member (not killed) is judged there no more;
+`pl_members` holds `MEMBERS` tasks (a scope with more is tracked only by cgroup).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .tpformat import Field, Formats
+
+#: `pl_event.hook` of a scope-escape record (policy hooks count from 0).
+SCOPE_HOOK = 255
+MEMBERS = 16384
+#: Member values.
+MEMBER, DOOMED = 1, 2
+#: (program, tracepoint) of the membership programs, attached before the hooks and seeded after.
+MEMBERSHIP_SITES = (("pl_scope_fork", "sched_process_fork"), ("pl_scope_exec", "sched_process_exec"),
+                    ("pl_scope_exit", "sched_process_exit"))
+ATTACH_PROGRAM = "pl_scope_attach"
+ATTACH_TRACEPOINT = ("cgroup", "cgroup_attach_task")
+#: Operands of the escape event: the moved pid and the destination cgroup's path.
+EVENT_ARGS = (("pid", "int"), ("dst_path", "string"))
+
+#: The layout of the tracepoints where tracefs is absent (the reconciler's CI): kernel 6.x.
+_DEFAULT_OFFSETS = {("sched", "sched_process_fork", "child_pid"): 20,
+                    ("sched", "sched_process_exit", "group_dead"): 32,
+                    ("cgroup", "cgroup_attach_task", "dst_root"): 8,
+                    ("cgroup", "cgroup_attach_task", "dst_id"): 16,
+                    ("cgroup", "cgroup_attach_task", "pid"): 24,
+                    ("cgroup", "cgroup_attach_task", "dst_path"): 28}
+
+
+def offsets(formats: Formats) -> dict[str, int] | None:
+    """Field offsets the scope programs read, from the running kernel's formats; None when the
+    cgroup_attach_task tracepoint is missing (a scoped policy cannot be kept in scope then)."""
+    out = {}
+    for (sub, ev, name), default in _DEFAULT_OFFSETS.items():
+        fields: tuple[Field, ...] | None = formats(sub, ev)
+        if fields is None and sub == "cgroup":
+            return None
+        f = next((f for f in fields or () if f.name == name), None)
+        out[name] = f.offset if f is not None else default
+    return out
+
+
+def source(off: dict[str, int], mode_off: int) -> str:
+    """The membership and escape programs (C, after the prelude of a scoped policy)."""
+    return _SOURCE % {**off, "mode_off": mode_off, "doomed": DOOMED, "member": MEMBER, "hook": SCOPE_HOOK}
+
+
+_SOURCE = r"""
+int pl_scope_fork(void *ctx) {
+    int z = 0;
+    struct pl_cfg *cfg = pl_cfg.lookup(&z);
+    if (!cfg || cfg->mode >= %(mode_off)d) return 0;
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    u32 child = *(u32 *)((char *)ctx + %(child_pid)d);
+    u8 v = %(member)d;
+    u8 *pv = pl_members.lookup(&parent);
+    if (pv) v = *pv;  /* a doomed member's children are doomed too */
+    else if (!pl_in_cgroups()) return 0;
+    pl_members.update(&child, &v);
+    return 0;
+}
+int pl_scope_exec(void *ctx) {
+    int z = 0;
+    struct pl_cfg *cfg = pl_cfg.lookup(&z);
+    if (!cfg || cfg->mode >= %(mode_off)d || !pl_in_cgroups()) return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u8 v = %(member)d;
+    pl_members.insert(&tgid, &v);  /* keeps a doomed mark */
+    return 0;
+}
+int pl_scope_exit(void *ctx) {
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
+    if (tid != tgid) pl_members.delete(&tid);
+    if (*(u8 *)((char *)ctx + %(group_dead)d)) pl_members.delete(&tgid);
+    return 0;
+}
+int pl_scope_attach(void *ctx) {
+    int z = 0;
+    struct pl_cfg *cfg = pl_cfg.lookup(&z);
+    if (!cfg || cfg->mode >= %(mode_off)d || !cfg->scoped) return 0;
+    if (*(s32 *)((char *)ctx + %(dst_root)d) != 0) return 0;  /* a cgroup v1 hierarchy: scopes are cgroup2 */
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    u32 moved = *(u32 *)((char *)ctx + %(pid)d);
+    if (pl_self.lookup(&tgid)) {  /* the engine's own move: the process leaves the scope for good */
+        pl_members.delete(&moved);
+        return 0;
+    }
+    if (!pl_members.lookup(&moved)) return 0;
+    u64 dst = *(u64 *)((char *)ctx + %(dst_id)d);
+    if (pl_scope.lookup(&dst)) return 0;
+    if (moved == (u32)pid_tgid && pl_in_cgroups()) return 0;  /* moved itself, still under a scope cgroup */
+    struct pl_scratch *sc = pl_scratch.lookup(&z);
+    if (!sc) return 0;
+    char *path = sc->str[0].s;
+    __builtin_memset(path, 0, PL_STRLEN);
+    u32 loc = *(u32 *)((char *)ctx + %(dst_path)d);
+    int n = bpf_probe_read_kernel_str(path, PL_STRLEN, (char *)ctx + (loc & 0xffff));
+    u32 len = n > 0 ? n - 1 : 0;
+    __builtin_memcpy(sc->lpm.s, path, PL_STRLEN);
+    sc->lpm.plen = (len & (PL_STRLEN - 1)) * 8;
+    if (pl_cgpaths.lookup(&sc->lpm)) return 0;  /* into a sub-cgroup of a workload */
+    int writer = pl_members.lookup(&tgid) != 0 || pl_in_cgroups();
+    u32 acted = 0;
+    if (writer) {
+        if (cfg->mode == 2) {
+            bpf_send_signal(9);
+            acted = 1;
+            pl_count(1);
+            if (moved != tgid && moved != (u32)pid_tgid) {
+                u8 doomed = %(doomed)d;
+                pl_members.update(&moved, &doomed);
+            }
+        } else {
+            pl_count(2);
+        }
+    }
+    struct pl_event *e = pl_events.ringbuf_reserve(sizeof(struct pl_event));
+    if (!e) {
+        pl_count(3);
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->ktime = bpf_ktime_get_ns();
+    e->cgroup = bpf_get_current_cgroup_id();
+    e->pid = tgid; e->tid = (u32)pid_tgid;
+    e->uid = (u32)bpf_get_current_uid_gid();
+    e->hook = %(hook)d; e->sel = writer ? 0 : 1; e->action = writer ? 1 : 0; e->mode = cfg->mode;
+    e->acted = acted; e->sig = writer ? 9 : 0;
+    e->ints[0] = moved;
+    __builtin_memcpy(e->strs[0], path, PL_STRLEN);
+    pl_events.ringbuf_submit(e, 0);
+    pl_count(0);
+    return 0;
+}
+"""
+
+
+def _procs(cgroup: Path) -> Iterator[int]:
+    for procs in (cgroup, *(p for p in cgroup.rglob("*") if p.is_dir())):
+        with contextlib.suppress(OSError, ValueError):
+            yield from (int(x) for x in (procs / "cgroup.procs").read_text().split())
+
+
+def seed(members_fd: int, cgroups: Iterable[str]) -> None:
+    """Make every process already in the scope cgroups (and their sub-cgroups) a member."""
+    from . import syscall
+
+    value = bytes([MEMBER])
+    for c in cgroups:
+        for pid in _procs(Path(c)):
+            with contextlib.suppress(OSError):  # already a member (the programs ran first), or full
+                syscall.map_update_elem(members_fd, struct.pack("<I", pid), value, 1)  # BPF_NOEXIST
+
+
+def path_keys(cgroups: Iterable[str], root: Path) -> Iterator[bytes]:
+    """`pl_cgpaths` keys: "<path under the cgroup2 root>/" of each scope cgroup, as LPM keys."""
+    for c in cgroups:
+        rel = "/" + os.path.relpath(c, root).strip("/") + "/"
+        raw = rel.encode()[:255]
+        yield struct.pack("<I", len(raw) * 8) + raw.ljust(256, b"\0")
+
+
+def is_member(members_fd: int, pid: int) -> int:
+    """The member value of `pid` (0: not a member)."""
+    from . import syscall
+
+    raw = syscall.map_lookup_elem(members_fd, struct.pack("<I", pid), 1)
+    return raw[0] if raw else 0
