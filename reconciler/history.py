@@ -44,12 +44,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ladder, signatures, source
+from . import ladder, render, signatures, source
+from .acceptances import Acceptances
 from .errors import SourceError
 from .findings import Finding, Severity, error, warning
 from .ladder import Approval, MoveKind
 from .model import Location, PolicyRepository, RepositoryConfig, Reviewer, State, UnitKey
 from .signatures import Signature, Status
+from .tightening import Tightening, tightenings
 
 Loader = Callable[[str], PolicyRepository]
 
@@ -72,6 +74,7 @@ def check(
     load: Loader,
     pending_approvals: bool = False,
     now: _dt.datetime | None = None,
+    accepted: Acceptances | None = None,
 ) -> list[Finding]:
     """Every history finding for the change `base..head`.
 
@@ -79,7 +82,9 @@ def check(
     commit ids and memoised here). `pending_approvals` is for pull-request CI,
     where the approving merge does not exist yet: missing approvals become
     `approval-pending` warnings naming what is needed. `now` is the wall clock
-    (tests pass one; default: the real time).
+    (tests pass one; default: the real time). `accepted` is the reconciler's
+    record of when it accepted the commits of the first-parent chain: with it,
+    observation time runs from what the reconciler saw, not from commit dates.
     """
     repo = Path(repo)
     clock = now or _dt.datetime.now(_dt.UTC)
@@ -95,35 +100,52 @@ def check(
         base_sha = fork  # a pull request behind its target: judge what it changes since it forked
     cached = _memo(load)
     before, after = cached(base_sha), cached(head_sha)
-    moves = ladder.moves(before.units(), after.units())
+    before_units, after_units = before.units(), after.units()
+    moves = ladder.moves(before_units, after_units)
     forward = {m.unit: m.before for m in moves if m.kind is MoveKind.FORWARD and m.before is not None}
     config = before.config or RepositoryConfig("", ())
-    needs_approval = bool(forward) or bool(ladder.config_changes(before.config, after.config))
+    step_time = clock if pending_approvals or accepted is not None else min(_commit_time(repo, head_sha), clock)
+    tight = _tightenings(before, after, before_units, after_units, step_time.date())
+    needs_approval = bool(forward) or any(t.reasons for t in tight) or \
+        bool(ladder.config_changes(before.config, after.config))
     # reading signatures costs a process per signed commit: only when something needs approval
     approval = _Change(repo, base_sha, head_sha).approval(config, pending=pending_approvals) \
         if needs_approval else Approval()
-    entered = entered_at(repo, base_sha, forward) if forward else {}
-    step_time = clock if pending_approvals else min(_commit_time(repo, head_sha), clock)
+    entered = entered_at(repo, base_sha, forward, accepted=accepted) if forward else {}
     problems = ladder.check(moves, approval, entered, config.min_observation, step_time)
+    problems += ladder.check_tightenings(tight, approval)
     problems += ladder.check_config(before.config, after.config, approval)
     return [_finding(p, after, repo, head_sha) for p in problems]
 
 
-def approvers(repo: Path, base: str, head: str, reviewers: Sequence[Reviewer]) -> list[Reviewer]:
-    """The reviewers (of `reviewers`, normally `base`'s) whose signatures approve `base..head`.
+def _tightenings(before: PolicyRepository, after: PolicyRepository, before_units: Mapping[UnitKey, State],
+                 after_units: Mapping[UnitKey, State], today: _dt.date) -> list[Tightening]:
+    if not any(s is not State.OBSERVE for s in before_units.values()):
+        return []  # nothing enforces yet: rendering both sides would find nothing
+    try:
+        old, new = render.render(before, today), render.render(after, today)
+    except ValueError:
+        return []  # the revision does not render: validation reports that as an error of its own
+    return tightenings(before_units, after_units, old, new, base_groups=before.groups, head_groups=after.groups,
+                       base_rules=before.rules, head_rules=after.rules)
+
+
+def approvers(repo: Path, base: str, head: str, config: RepositoryConfig) -> list[Reviewer]:
+    """The reviewers (of `config`, normally `base`'s) whose signatures approve `base..head`.
 
     For the reconciler's ledger: valid SSH signatures on `head` or on approval
-    commits bound to the merged tree, by reviewers who authored none of the change.
+    commits bound to the merged tree, by reviewers who wrote none of the change.
     """
     base_sha, head_sha = source.resolve(repo, base), source.resolve(repo, head)
     if base_sha == head_sha:
         return []
-    return _Change(Path(repo), base_sha, head_sha).valid_approvers(reviewers, pending=False)
+    return _Change(Path(repo), base_sha, head_sha).valid_approvers(config, pending=False)
 
 
 def entered_at(
     repo: Path, base: str, units: Mapping[UnitKey, State | None],
     units_at: Callable[[str], Mapping[UnitKey, State]] | None = None,
+    *, accepted: Acceptances | None = None,
 ) -> dict[UnitKey, _dt.datetime]:
     """When each unit entered the state it has at `base`, from the first-parent history of `base`.
 
@@ -131,17 +153,21 @@ def entered_at(
     first, and stops as soon as every unit is accounted for; a unit whose state
     runs back to the oldest such commit entered it there. `units_at(commit)`
     gives the ladder of a revision (default: `ladder_units`, which reads only
-    enforcement/ and rules/ and caches per commit).
+    enforcement/ and rules/ and caches per commit). With `accepted`, a commit's
+    time is when it went live (never earlier than its commit date).
     """
     read = units_at or (lambda sha: ladder_units(repo, sha))
     want = {u: s for u, s in units.items() if s is not None}
     found: dict[UnitKey, _dt.datetime] = {}
     held: dict[UnitKey, _dt.datetime] = {}
     log = _git(repo, "log", "--first-parent", "--format=%H %ct", base, "--", *LADDER_PATHS).split()
+    live = _live_times(repo, base, accepted) if accepted is not None else {}
     for sha, stamp in zip(log[0::2], log[1::2], strict=True):
         if not want:
             break
         when = _dt.datetime.fromtimestamp(int(stamp), _dt.UTC)
+        if sha in live:
+            when = max(when, live[sha])
         states = read(sha)
         for unit, state in list(want.items()):
             if states.get(unit) == state:
@@ -153,9 +179,30 @@ def entered_at(
     found.update({u: held[u] for u in want if u in held})
     if want.keys() - found.keys():
         # not found in any touching commit (should not happen): measure from base, the safe side
-        base_time = _commit_time(repo, base)
+        base_time = max(_commit_time(repo, base), live.get(source.resolve(repo, base), _EPOCH))
         found.update({u: base_time for u in want if u not in found})
     return found
+
+
+_EPOCH = _dt.datetime.fromtimestamp(0, _dt.UTC)
+
+
+def _live_times(repo: Path, base: str, accepted: Acceptances) -> dict[str, _dt.datetime]:
+    """First-parent commits of `base` -> when they went live (commits the reconciler never saw: absent)."""
+    chain = _git(repo, "rev-list", "--first-parent", base).split()  # newest first
+    by_position = sorted(accepted.accepted, reverse=True)
+    out: dict[str, _dt.datetime] = {}
+    earliest: _dt.datetime | None = None
+    j = 0
+    for i, sha in enumerate(chain):
+        position = len(chain) - 1 - i
+        while j < len(by_position) and by_position[j][0] >= position:
+            t = by_position[j][1]
+            earliest = t if earliest is None else min(earliest, t)
+            j += 1
+        if earliest is not None:
+            out[sha] = earliest
+    return out
 
 
 def ladder_units(repo: Path, commit: str) -> Mapping[UnitKey, State]:
@@ -236,8 +283,26 @@ class _Commit:
     subject: str
 
 
+@dataclass(frozen=True)
+class _Content:
+    """A commit that writes something, and what is proven about who wrote it."""
+
+    commit: _Commit
+    signer: str | None  # fingerprint of the listed person whose good signature proves the author
+    own_merge: tuple[str, ...] = ()  # for a merge: the paths it changes beyond a clean merge of its parents
+
+
 class _Change:
-    """The commits `base..head` and who authored and signed them."""
+    """The commits `base..head`: which of them write content, who provably wrote it, who approved it.
+
+    - An empty non-merge commit writes nothing (an approval commit).
+    - A merge whose tree is exactly what `git merge-tree` makes of its parents writes
+      nothing of its own. Any other merge (an evil merge, a conflict resolution)
+      writes its own changes, and they are its signer's.
+    - Who wrote a commit is proven only by a good signature of a person listed in
+      the governing palisade.yaml (reviewers and contributors): author fields are
+      claims. A claim naming a reviewer still counts against that reviewer.
+    """
 
     def __init__(self, repo: Path, base: str, head: str) -> None:
         self.repo, self.base, self.head = repo, base, head
@@ -250,6 +315,7 @@ class _Change:
                 self.commits.append(_Commit(sha, tuple(parents.split()), tree, name, email, subject))
         self._by_sha = {c.sha: c for c in self.commits}
         self._empty = self._empty_commits()
+        self._own = {c.sha: self._merge_own_changes(c) for c in self.commits if len(c.parents) > 1}
 
     def _empty_commits(self) -> set[str]:
         singles = [c for c in self.commits if len(c.parents) == 1]
@@ -260,85 +326,115 @@ class _Change:
                      stdin="".join(f"{c.parents[0]}^{{tree}}\n" for c in singles)).split()
         return {c.sha for c, parent_tree in zip(singles, trees, strict=True) if c.tree == parent_tree}
 
+    def _merge_own_changes(self, c: _Commit) -> tuple[str, ...]:
+        """The paths a merge changes beyond the clean merge of its parents (empty: a clean merge)."""
+        if len(c.parents) != 2:
+            return ("(an octopus merge: its result is its author's)",)
+        proc = subprocess.run(["git", "-C", str(self.repo), "merge-tree", "--write-tree", "--no-messages",
+                               "-z", *c.parents], capture_output=True, check=False)
+        if proc.returncode not in (0, 1):
+            raise SourceError(f"{self.repo}: git merge-tree failed: {proc.stderr.decode(errors='replace').strip()}")
+        clean = proc.stdout.split(b"\0", 1)[0].decode().strip()
+        if proc.returncode == 0 and clean == c.tree:
+            return ()
+        changed = _git(self.repo, "diff-tree", "-r", "--name-only", "-z", clean, c.tree).split("\0")
+        # a conflicted merge whose resolution equals a side still changed the conflicted files
+        return tuple(p for p in changed if p) or ("(the conflict resolution)",)
+
     @property
     def _head(self) -> _Commit:
         return self._by_sha[self.head]
 
-    def _tip_tree(self) -> str:
-        """The tree the change brings in: the merged branch's tip for a merge head, else head's."""
-        h = self._head
-        if len(h.parents) > 1:
-            return _git(self.repo, "rev-parse", f"{h.parents[1]}^{{tree}}").strip()
-        return h.tree
+    def _head_is_clean_merge(self) -> bool:
+        return len(self._head.parents) > 1 and not self._own.get(self.head)
 
-    def _authored(self) -> list[_Commit]:
-        head_is_merge = len(self._head.parents) > 1
-        return [
-            c for c in self.commits
-            if c.sha not in self._empty and not (c.sha == self.head and head_is_merge)
-        ]
+    def _writes(self, c: _Commit) -> bool:
+        if len(c.parents) > 1:
+            return bool(self._own.get(c.sha))
+        return c.sha not in self._empty
 
     def _approval_commits(self, pending: bool) -> list[_Commit]:
-        tip = self._tip_tree()
-        out = [c for c in self.commits if c.sha in self._empty and c.tree == tip]
-        if not pending and self.head not in self._empty:
-            out.insert(0, self._head)
+        """Commits whose signature may approve: a merging head, and signed empty commits bound to the tree
+        that gets merged (the merged branch's tip). A merge with changes of its own was not what the
+        approval commits saw, so then only the merge's signature can count (and it is its author's)."""
+        h = self._head
+        out: list[_Commit] = []
+        if not pending:
+            out.append(h)
+        if len(h.parents) > 1 and not self._head_is_clean_merge():
+            return out
+        tip = _git(self.repo, "rev-parse", f"{h.parents[1]}^{{tree}}").strip() if len(h.parents) > 1 else h.tree
+        out += [c for c in self.commits if c.sha in self._empty and c.tree == tip]
         return out
 
-    def _judge(self, reviewers: Sequence[Reviewer], pending: bool) -> _Verdicts:
-        authored = self._authored()
+    def _judge(self, config: RepositoryConfig, pending: bool) -> _Verdicts:
+        writers = [c for c in self.commits if self._writes(c)]
         candidates = self._approval_commits(pending)
-        shas = list(dict.fromkeys([c.sha for c in authored] + [c.sha for c in candidates]))
-        sigs = signatures.verify_many(self.repo, shas, reviewers)
-        # who authored: author e-mails, plus reviewers who signed an ordinary commit of the change
-        # (head excluded: signing head is the act of approving)
-        by_email: dict[str, _Commit] = {}
-        for c in authored:
-            by_email.setdefault(c.email.strip().lower(), c)
-        by_key: dict[str, _Commit] = {}
-        for c in authored:
-            s = sigs[c.sha]
-            if c.sha != self.head and s.status is Status.GOOD and s.fingerprint:
-                by_key.setdefault(s.fingerprint, c)
-        return _Verdicts(candidates, sigs, by_email, by_key)
+        shas = list(dict.fromkeys([c.sha for c in writers] + [c.sha for c in candidates]))
+        sigs = signatures.verify_many(self.repo, shas, config.people)
+        reviewer_keys = {fp for r in config.reviewers if (fp := signatures.fingerprint(r.key))}
+        content = [_Content(c, s.fingerprint if (s := sigs[c.sha]).status is Status.GOOD else None,
+                            self._own.get(c.sha, ())) for c in writers]
+        claimed: dict[str, _Commit] = {}
+        for c in writers:
+            claimed.setdefault(c.email.strip().lower(), c)
+        return _Verdicts(tuple(candidates), sigs, tuple(content), claimed, frozenset(reviewer_keys))
 
-    def valid_approvers(self, reviewers: Sequence[Reviewer], pending: bool) -> list[Reviewer]:
-        return _valid(self._judge(reviewers, pending))
+    def valid_approvers(self, config: RepositoryConfig, pending: bool) -> list[Reviewer]:
+        return self._judge(config, pending).valid()
 
     def approval(self, config: RepositoryConfig, *, pending: bool) -> Approval:
-        v = self._judge(config.reviewers, pending)
-        valid = _valid(v)
+        v = self._judge(config, pending)
+        valid = v.valid()
         names = tuple(f"{r.name} <{r.email}>" for r in valid)
+        unproven = v.unproven()
         required = max(config.approvals_required, 1)
+        if unproven:
+            required = max(required, 2)  # any one approver might have written the unproven commit
         if len(valid) >= required:
             return Approval(names, required)
-        eligible = [r for r in config.reviewers if _authored_by_reviewer(v, r) is None]
+        eligible = [r for r in config.reviewers if v.wrote(r) is None]
         eligible_text = ", ".join(f"{r.name} <{r.email}>" for r in eligible) or "nobody"
         if not config.reviewers:
             return Approval(names, required, ladder.NOT_REVIEWER,
                             "the accepted palisade.yaml lists no reviewers, so nobody can approve", pending)
+        why_two = ""
+        if unproven:
+            c = unproven[0]
+            why_two = (f"commit {c.sha[:12]} ({c.subject!r}, author field {c.author} <{c.email}>) is not signed "
+                       "by a reviewer or contributor of palisade.yaml, so who wrote it is not proven and any one "
+                       "approver might have: two reviewers must approve, or its author signs it with a key listed "
+                       "under spec.contributors")
         if pending:
             if not eligible:
-                reason = ("no reviewer can approve it: every reviewer authored a commit of this change "
+                reason = ("no reviewer can approve it: every reviewer wrote a commit of this change "
                           "(a reviewer who did not write it must review and sign the merge)")
             elif required == 1:
-                reason = f"the merge must be SSH-signed by a reviewer who did not author it: {eligible_text}"
+                reason = f"the merge must be SSH-signed by a reviewer who did not write it: {eligible_text}"
             else:
                 have = f" (so far: {', '.join(names)})" if names else ""
-                reason = (f"{required} distinct reviewers who did not author it must approve{have}: "
-                          f"a signed merge plus signed empty approval commits, from {eligible_text}")
+                because = f"; {why_two}" if why_two else ""
+                reason = (f"{required} distinct reviewers who did not write it must approve{have}: "
+                          f"a signed merge plus signed empty approval commits, from {eligible_text}{because}")
             return Approval(names, required, "approval-pending", reason, pending=True)
         sig = v.sigs[self.head]
-        if sig.status is not Status.GOOD or sig.reviewer is None:
-            return Approval(names, required, _STATUS_CODE.get(sig.status, ladder.NOT_REVIEWER),
-                            f"{sig.describe()}; it must be signed by a reviewer who did not author the "
+        if sig.status is not Status.GOOD or sig.reviewer is None or sig.fingerprint not in v.reviewer_keys:
+            status = sig.status if sig.status is not Status.GOOD else Status.NOT_REVIEWER
+            what = sig.describe() if sig.status is not Status.GOOD else \
+                f"commit {self.head[:12]} is signed by {sig.reviewer.name if sig.reviewer else 'someone'}, " \
+                "who is not a reviewer"
+            return Approval(names, required, _STATUS_CODE.get(status, ladder.NOT_REVIEWER),
+                            f"{what}; it must be signed by a reviewer who did not write the "
                             f"change: {eligible_text}")
-        author = v.authored_by(sig)
-        if author is not None:
+        wrote = v.wrote(sig.reviewer)
+        if wrote is not None:
             return Approval(names, required, ladder.SELF_APPROVED,
-                            f"{sig.describe()}, who authored commit {author.sha[:12]} "
-                            f"({author.subject!r}) of this change; another reviewer must approve: "
-                            f"{eligible_text}")
+                            f"{sig.describe()}, who {wrote}; another reviewer must approve: {eligible_text}")
+        if unproven and len(valid) == 1 and config.approvals_required < 2:
+            others = ", ".join(f"{r.name} <{r.email}>" for r in eligible if r not in valid) or "nobody"
+            return Approval(names, required, ladder.UNPROVEN_AUTHOR, f"{why_two}; approved so far by "
+                            f"{', '.join(names)}; add a signed empty approval commit by another reviewer: "
+                            f"{others}")
         return Approval(names, required, ladder.INSUFFICIENT,
                         f"{len(valid)} of {required} required approvals ({', '.join(names) or 'none'}); "
                         f"add signed empty approval commits by other reviewers: {eligible_text}")
@@ -346,33 +442,40 @@ class _Change:
 
 @dataclass(frozen=True)
 class _Verdicts:
-    candidates: list[_Commit]
+    candidates: tuple[_Commit, ...]
     sigs: dict[str, Signature]
-    by_email: dict[str, _Commit]
-    by_key: dict[str, _Commit]
+    content: tuple[_Content, ...]
+    claimed: dict[str, _Commit]  # author e-mail (lower case) -> a commit claiming it
+    reviewer_keys: frozenset[str]
 
-    def authored_by(self, sig: Signature) -> _Commit | None:
-        """The commit of the change the signing reviewer authored (by e-mail or by signing it), if any."""
-        if sig.reviewer is None:
-            return None
-        return self.by_email.get(sig.reviewer.email.strip().lower()) or (
-            self.by_key.get(sig.fingerprint) if sig.fingerprint else None
-        )
+    def wrote(self, r: Reviewer) -> str | None:
+        """How reviewer `r` took part in writing the change ("signed commit X ..."), or None."""
+        fp = signatures.fingerprint(r.key)
+        for w in self.content:
+            if fp is not None and w.signer == fp:
+                if w.own_merge:
+                    shown = ", ".join(w.own_merge[:3]) + (" ..." if len(w.own_merge) > 3 else "")
+                    return (f"signed merge {w.commit.sha[:12]}, which changes {shown} beyond a clean merge of its "
+                            "parents (a merge's own changes are its signer's)")
+                return f"signed commit {w.commit.sha[:12]} ({w.commit.subject!r}) of this change, so wrote it"
+        c = self.claimed.get(r.email.strip().lower())
+        if c is not None:
+            return f"is the author of commit {c.sha[:12]} ({c.subject!r}) of this change"
+        return None
 
+    def unproven(self) -> list[_Commit]:
+        """Content commits no listed person's good signature vouches for."""
+        return [w.commit for w in self.content if w.signer is None]
 
-def _valid(v: _Verdicts) -> list[Reviewer]:
-    """Distinct reviewers (by key) with a good signature on a candidate commit who authored nothing."""
-    out: dict[str, Reviewer] = {}
-    for c in v.candidates:
-        s = v.sigs[c.sha]
-        if s.status is Status.GOOD and s.reviewer is not None and v.authored_by(s) is None:
-            out.setdefault(s.fingerprint or s.reviewer.email, s.reviewer)
-    return list(out.values())
-
-
-def _authored_by_reviewer(v: _Verdicts, r: Reviewer) -> _Commit | None:
-    fp = signatures.fingerprint(r.key)
-    return v.by_email.get(r.email.strip().lower()) or (v.by_key.get(fp) if fp else None)
+    def valid(self) -> list[Reviewer]:
+        """Distinct reviewers (by key) with a good signature on a candidate commit who wrote none of it."""
+        out: dict[str, Reviewer] = {}
+        for c in self.candidates:
+            s = self.sigs[c.sha]
+            if (s.status is Status.GOOD and s.reviewer is not None and s.fingerprint in self.reviewer_keys
+                    and self.wrote(s.reviewer) is None):
+                out.setdefault(s.fingerprint or s.reviewer.email, s.reviewer)
+        return list(out.values())
 
 
 # --- findings ------------------------------------------------------------------------------------

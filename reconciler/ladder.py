@@ -13,6 +13,11 @@ Problem codes (stable; CI filters and dashboards match on them):
 - ``not-reviewer``         ... is signed by a key that is not a reviewer's
 - ``self-approved``        ... is signed by a reviewer who authored a commit of the change
 - ``insufficient-approvals``  fewer distinct reviewers approved than ``approvals.required``
+- ``unproven-author``      one reviewer approved, but a commit of the change is not signed by a
+                           listed person, so that reviewer may have written it: two must approve
+- ``unapproved-tightening`` a unit at enforce_ready/enforced acts on more (a policy changed,
+                           an exception removed, its group widened) without approval
+- ``new-policy-enforcing`` a policy new to a pack that is at enforce_ready/enforced
 - ``reviewers-unapproved`` reviewers, approval rule or observation window changed without
                            the approval of the previous reviewers
 - ``window``               a forward step before the unit spent the observation window
@@ -25,9 +30,13 @@ import datetime as _dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from .findings import Severity
 from .model import RepositoryConfig, State, UnitKey
+
+if TYPE_CHECKING:
+    from .tightening import Tightening
 
 # Codes an `Approval` may carry as the reason it falls short.
 UNSIGNED = "unsigned"
@@ -35,6 +44,7 @@ BAD_SIGNATURE = "bad-signature"
 NOT_REVIEWER = "not-reviewer"
 SELF_APPROVED = "self-approved"
 INSUFFICIENT = "insufficient-approvals"
+UNPROVEN_AUTHOR = "unproven-author"
 
 
 class MoveKind(StrEnum):
@@ -196,6 +206,11 @@ def config_changes(base: RepositoryConfig | None, head: RepositoryConfig | None)
     new = {(r.name, r.email, _key_material(r.key)) for r in head.reviewers}
     out.extend(f"reviewer {n} <{e}> added" for n, e, _ in sorted(new - old))
     out.extend(f"reviewer {n} <{e}> removed" for n, e, _ in sorted(old - new))
+    # a contributor's key proves authorship, so who holds one is as much a setting as who reviews
+    old_c = {(r.name, r.email, _key_material(r.key)) for r in base.contributors}
+    new_c = {(r.name, r.email, _key_material(r.key)) for r in head.contributors}
+    out.extend(f"contributor {n} <{e}> added" for n, e, _ in sorted(new_c - old_c))
+    out.extend(f"contributor {n} <{e}> removed" for n, e, _ in sorted(old_c - new_c))
     if base.approvals_required != head.approvals_required:
         out.append(f"approvals.required {base.approvals_required} -> {head.approvals_required}")
     if base.min_observation != head.min_observation:
@@ -216,6 +231,28 @@ def check_config(base: RepositoryConfig | None, head: RepositoryConfig | None, a
         f"changing the approval settings ({what}) needs the approval of the previous reviewers: "
         f"{approval.reason}",
     )]
+
+
+def check_tightenings(found: Iterable[Tightening], approval: Approval) -> list[Problem]:
+    """Enforcing units that act on more: a policy new to one is refused; any other widening needs approval."""
+    problems: list[Problem] = []
+    for t in found:
+        for name in t.new_policies:
+            problems.append(Problem(
+                t.unit, "new-policy-enforcing",
+                f"policy {name} is new to {t.unit}, which is at {t.state.value}; a new policy starts at observe: "
+                f"put it in a pack of its own assigned at observe and advance that, or move this assignment "
+                f"back to observe first",
+            ))
+        if t.reasons and not approval.granted:
+            what = f"widening {t.unit} at {t.state.value} ({'; '.join(t.reasons)})"
+            if approval.pending:
+                problems.append(_unapproved(what, t.unit, approval))
+            else:
+                problems.append(Problem(t.unit, "unapproved-tightening",
+                                        f"{what} acts on more, a forward step that needs approval: "
+                                        f"{approval.reason}"))
+    return problems
 
 
 def _unapproved(what: str, unit: UnitKey | None, approval: Approval) -> Problem:

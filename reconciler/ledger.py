@@ -41,6 +41,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .acceptances import Acceptances
 from .bundle import format_time, parse_bundle, parse_time
 from .errors import StateError, VerificationError
 from .findings import Finding
@@ -229,6 +230,14 @@ class Ledger:
     def is_processed(self, commit: str) -> bool:
         """True once `commit` has been accepted or rejected (interrupted publishes do not count)."""
         return self.entry(commit) is not None
+
+    def acceptances(self) -> Acceptances:
+        """When each accepted commit was first accepted, by first-parent position (observation windows)."""
+        first: dict[int, _dt.datetime] = {}
+        for r in self._query("SELECT position, processed FROM commits WHERE result = 'accepted'"):
+            when = parse_time(r["processed"])
+            first[int(r["position"])] = min(when, first.get(int(r["position"]), when))
+        return Acceptances(tuple(sorted(first.items())))
 
     def pending(self) -> LedgerEntry | None:
         return self._one("SELECT * FROM commits WHERE result = 'publishing'")

@@ -157,13 +157,17 @@ def _scope(d: Any) -> Scope:
 
 
 def _config(doc: Document, spec: dict[str, Any]) -> RepositoryConfig:
-    reviewers = tuple(Reviewer(r["name"], r["email"], r["key"].strip()) for r in spec.get("reviewers", ()))
+    def people(field: str) -> tuple[Reviewer, ...]:
+        return tuple(Reviewer(r["name"], r["email"], r["key"].strip()) for r in spec.get(field, ()))
+
+    reviewers = people("reviewers")
     return RepositoryConfig(
         name=doc.name or "",
         reviewers=reviewers,
         approvals_required=int((spec.get("approvals") or {}).get("required", 1)),
         min_observation=parse_duration(spec.get("minObservation", "72h")),
         bundle_expiry=parse_duration(spec.get("bundleExpiry", "24h")),
+        contributors=people("contributors"),
     )
 
 

@@ -94,6 +94,8 @@ class Location:
 
 @dataclass(frozen=True)
 class Reviewer:
+    """A person with an SSH key: a reviewer, or a contributor (whose signatures prove authorship only)."""
+
     name: str
     email: str
     key: str  # an OpenSSH public key line
@@ -106,6 +108,12 @@ class RepositoryConfig:
     approvals_required: int = 1
     min_observation: _dt.timedelta = _dt.timedelta(hours=72)
     bundle_expiry: _dt.timedelta = _dt.timedelta(hours=24)
+    contributors: tuple[Reviewer, ...] = ()
+
+    @property
+    def people(self) -> tuple[Reviewer, ...]:
+        """Everyone whose signature proves who wrote a commit: reviewers first, then contributors."""
+        return self.reviewers + self.contributors
 
 
 @dataclass(frozen=True)

@@ -128,24 +128,31 @@ def classify(
         elif a.state.rank < b.state.rank:
             relaxing.append(f"{where}: {b.state.value} → {a.state.value}")
         if a.yaml != b.yaml:
-            verdict = _yaml_relaxes(b.yaml, a.yaml)
+            verdict = relaxes(b.yaml, a.yaml)
             if verdict is None:
                 tightening.append(f"{where}: policy definition changed")
             else:
                 relaxing.append(f"{where}: {verdict}")
     used = {p.scope.group for p in after if p.scope.group is not None}
-    old_groups = {g.name: (tuple(sorted(g.sensors)), tuple(sorted(g.match_labels))) for g in before_groups}
-    for g in sorted(after_groups, key=lambda g: g.name):
+    tightening += widened_groups(before_groups, after_groups, used)
+    if tightening:
+        return Classification(False, tightening)
+    return Classification(True, relaxing or ["no policy changes"])
+
+
+def widened_groups(before: Sequence[GroupLike], after: Sequence[GroupLike], used: set[str]) -> list[str]:
+    """Why policies scoped to the groups `used` may apply to other sensors after the change."""
+    out: list[str] = []
+    old_groups = {g.name: (tuple(sorted(g.sensors)), tuple(sorted(g.match_labels))) for g in before}
+    for g in sorted(after, key=lambda g: g.name):
         if g.name not in used:
             continue
         if g.name not in old_groups:
             # a scope naming an undefined group held nobody; now it holds sensors
-            tightening.append(f"group {g.name} defined: policies scoped to it now apply to its sensors")
+            out.append(f"group {g.name} defined: policies scoped to it now apply to its sensors")
         elif old_groups[g.name] != (tuple(sorted(g.sensors)), tuple(sorted(g.match_labels))):
-            tightening.append(f"group {g.name} changed: the sensors its policies apply to may change")
-    if tightening:
-        return Classification(False, tightening)
-    return Classification(True, relaxing or ["no policy changes"])
+            out.append(f"group {g.name} changed: the sensors its policies apply to may change")
+    return out
 
 
 def _fallback(name: str, scope: Scope, state: State, after: Sequence[PolicyLike]) -> PolicyLike | None:
@@ -164,7 +171,7 @@ _POSITIVE = frozenset({"In", "Equal", "Prefix", "Postfix", "DAddr", "SAddr", "DP
                        "State", "Protocol", "SockFamily"})
 
 
-def _yaml_relaxes(before: str, after: str) -> str | None:
+def relaxes(before: str, after: str) -> str | None:
     """What makes `after` match no more than `before` ("exception added", ...), or None if it may match more."""
     try:
         b, a = yaml.safe_load(before), yaml.safe_load(after)

@@ -161,7 +161,8 @@ class Reconciler:
             last = self.ledger.last_accepted()
             base = last.commit if last else None
         assert base is None or isinstance(base, str)
-        report = validate(self.mirror, commit, base, history=base is not None, load=self._cache.load)
+        report = validate(self.mirror, commit, base, history=base is not None, load=self._cache.load,
+                          accepted=self.ledger.acceptances(), now=self._clock())
         self._cache.models[commit] = report.repository  # the next commit's history base
         info = self._info(commit, base, report.repository)
         if has_errors(report.findings):
@@ -253,10 +254,10 @@ class Reconciler:
             author = ", ".join(dict.fromkeys(names)) or author
         approvers: tuple[str, ...] = ()
         if base is not None:
-            reviewers = self._cache.load(base).config
-            if reviewers is not None:
+            config = self._cache.load(base).config
+            if config is not None:
                 approvers = tuple(f"{r.name} <{r.email}>"
-                                  for r in history.approvers(self.mirror, base, commit, reviewers.reviewers))
+                                  for r in history.approvers(self.mirror, base, commit, config))
         return CommitInfo(
             commit=commit,
             parent=first_parent,

@@ -53,11 +53,22 @@ def check(repo: PolicyRepository, documents: Sequence[Document], today: _dt.date
         findings.append(error("palisade.yaml", 0, 0, "no-repository",
                               "palisade.yaml (kind: Repository) is missing; every policy repository needs one"))
     if repo.config is not None:
-        for i, reviewer in enumerate(repo.config.reviewers):
-            if not _SSH_KEY.match(reviewer.key):
-                findings.append(docs.error("Repository", repo.config.name, ("spec", "reviewers", i, "key"),
-                                           "reviewer-key", f"reviewer {reviewer.name}: key is not an OpenSSH public "
-                                           "key line (e.g. 'ssh-ed25519 AAAA... user@host')"))
+        keys: dict[str, str] = {}
+        for field, people in (("reviewers", repo.config.reviewers), ("contributors", repo.config.contributors)):
+            for i, person in enumerate(people):
+                where = ("spec", field, i, "key")
+                if not _SSH_KEY.match(person.key):
+                    findings.append(docs.error("Repository", repo.config.name, where,
+                                               "reviewer-key", f"{field[:-1]} {person.name}: key is not an OpenSSH "
+                                               "public key line (e.g. 'ssh-ed25519 AAAA... user@host')"))
+                    continue
+                material = " ".join(person.key.split()[:2])
+                if material in keys:
+                    # one key, two people: its signatures could not tell who wrote a commit
+                    findings.append(docs.error("Repository", repo.config.name, where, "shared-key",
+                                               f"{field[:-1]} {person.name} uses the key of {keys[material]}; "
+                                               "each person needs a key of their own"))
+                keys.setdefault(material, person.name)
     groups = {g.name for g in repo.groups}
 
     def scope_ok(kind: str, name: str, path: JsonPath, group: str | None) -> None:

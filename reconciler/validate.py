@@ -9,12 +9,15 @@ import datetime as _dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import loader, render, semantics, source
 from .findings import Finding, error, has_errors
 from .model import PolicyRepository
 from .source import Document
+
+if TYPE_CHECKING:
+    from .acceptances import Acceptances
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,14 @@ def _check_inline(rule: Document) -> list[Finding]:
 
 def validate(repo: Path, rev: str | None = None, base: str | None = None, *,
              pending_approvals: bool = False, today: _dt.date | None = None, history: bool = True,
-             load: Callable[[str], PolicyRepository] | None = None) -> Report:
+             load: Callable[[str], PolicyRepository] | None = None,
+             accepted: Acceptances | None = None, now: _dt.datetime | None = None) -> Report:
     """Validate the work tree (rev None, no base) or a git revision, with history when a base is known.
 
     `history=False` skips history checks (the first commit a reconciler accepts has
-    nothing to be compared with); `load` lets a caller share a cache of loaded revisions.
+    nothing to be compared with); `load` lets a caller share a cache of loaded revisions;
+    `accepted` (the reconciler's ledger) makes observation time run from acceptance, on
+    the clock `now`.
     """
     if base is not None and rev is None:
         rev = "HEAD"
@@ -131,5 +137,5 @@ def validate(repo: Path, rev: str | None = None, base: str | None = None, *,
     findings = list(report.findings)
     findings += _history.check(repo, base, snapshot.revision,
                                load=load or (lambda r: loader.load_revision(repo, r)[0]),
-                               pending_approvals=pending_approvals)
+                               pending_approvals=pending_approvals, accepted=accepted, now=now)
     return Report(tuple(sorted(set(findings))), report.repository, snapshot.revision, base, report.rendered)

@@ -82,7 +82,8 @@ class Demo:
 
     def palisade(self, *args: str, check: bool = True, echo: bool = True) -> subprocess.CompletedProcess[str]:
         # commands that commit (generate, advance, revert) do so as the team member Dana
-        return self.run(str(BIN / "palisade"), *args, check=check, echo=echo, env=_git_env(DANA))
+        return self.run(str(BIN / "palisade"), *args, check=check, echo=echo,
+                        env=_git_env(DANA, signing_key=self.keys / "dana"))
 
     def git(self, *args: str, who: tuple[str, str] = ("Dana Developer", "dana@example.com"),
             echo: bool = False) -> str:
@@ -113,14 +114,14 @@ class Demo:
 
     def setup(self) -> None:
         step("A policy repository with two reviewers")
-        keys = self.tmp / "keys"
+        keys = self.keys = self.tmp / "keys"
         keys.mkdir()
         public = {}
-        for name in ("alice", "bob"):
+        for name in ("alice", "bob", "dana"):
             self.run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@example.com",
                      "-f", str(keys / name), echo=False)
             public[name] = (keys / f"{name}.pub").read_text().strip()
-        say("made SSH keys for the reviewers alice and bob (ssh-keygen -t ed25519)")
+        say("made SSH keys for the reviewers alice and bob and the contributor dana (ssh-keygen -t ed25519)")
         shutil.copytree(EXAMPLE, self.repo)
         # The demo builds its own allowlist for the web workload, with one node and no staged rollout.
         shutil.rmtree(self.repo / "packs" / "web-lockdown")
@@ -128,7 +129,7 @@ class Demo:
         shutil.rmtree(self.repo / "staging")
         cfg = self.repo / "palisade.yaml"
         text = cfg.read_text()
-        for name in ("alice", "bob"):
+        for name in ("alice", "bob", "dana"):
             text = re.sub(rf"key: ssh-ed25519 \S+ {name}@example.com", f"key: {public[name]}", text)
         text = re.sub(r"minObservation: \S+", f"minObservation: {WINDOW}s", text)
         cfg.write_text(text)
@@ -139,7 +140,6 @@ class Demo:
         self.palisade("validate", "--repo", str(self.repo))
         say("the repository validates; what it enforces where:")
         show(self.palisade("units", "--repo", str(self.repo)).stdout)
-        self.keys = keys
 
     def start_server(self) -> None:
         step("The reconciler: every commit → a validated, signed, versioned bundle")
@@ -327,11 +327,17 @@ class Demo:
 DANA = ("Dana Developer", "dana@example.com")
 
 
-def _git_env(who: tuple[str, str]) -> dict[str, str]:
-    """git as `who`, isolated from this machine's git configuration."""
-    return {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_AUTHOR_NAME": who[0], "GIT_AUTHOR_EMAIL": who[1],
-            "GIT_COMMITTER_NAME": who[0], "GIT_COMMITTER_EMAIL": who[1]}
+def _git_env(who: tuple[str, str], signing_key: Path | None = None) -> dict[str, str]:
+    """git as `who`, isolated from this machine's git configuration; signing commits with `signing_key`."""
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": who[0], "GIT_AUTHOR_EMAIL": who[1],
+           "GIT_COMMITTER_NAME": who[0], "GIT_COMMITTER_EMAIL": who[1]}
+    if signing_key is not None:
+        config = {"gpg.format": "ssh", "user.signingkey": str(signing_key), "commit.gpgSign": "true"}
+        env["GIT_CONFIG_COUNT"] = str(len(config))
+        for i, (k, v) in enumerate(config.items()):
+            env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = k, v
+    return env
 
 
 def _free_port() -> int:

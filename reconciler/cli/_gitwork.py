@@ -114,7 +114,10 @@ def commit_files(repo: Path, parent: str, files: Mapping[str, bytes], message: s
             mode = _mode(repo, parent, path)
             git(repo, "update-index", "--add", "--cacheinfo", f"{mode},{blob},{path}", env=env)
         tree = git(repo, "write-tree", env=env)
-    return git(repo, "commit-tree", tree, "-p", parent, "-F", "-", env=identity(repo), stdin=message.encode())
+    # signed like `git commit` would sign it: who wrote an advance is proven by its signature
+    sign = ["-S"] if try_git(repo, "config", "--bool", "commit.gpgSign") == "true" else []
+    return git(repo, "commit-tree", *sign, tree, "-p", parent, "-F", "-", env=identity(repo),
+               stdin=message.encode())
 
 
 def _mode(repo: Path, rev: str, path: str) -> str:

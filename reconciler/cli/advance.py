@@ -154,8 +154,15 @@ def _needs(repo: Path, model: PolicyRepository, unit: UnitKey, current: State, t
     me = _email(try_git(repo, "var", "GIT_AUTHOR_IDENT") or "")
     reviewers = [r for r in (cfg.reviewers if cfg else ()) if r.email.strip().lower() != me]
     required = cfg.approvals_required if cfg else 1
+    signs = try_git(repo, "config", "--bool", "commit.gpgSign") == "true"
+    if not signs and required < 2:
+        # an unsigned commit proves nothing about who wrote it (README, "Governance rules")
+        required = 2
     who = ", ".join(f"{r.name} <{r.email}>" for r in reviewers) or "nobody (no other reviewer is listed)"
     if required > 1:
+        if not signs:
+            who += ("; this commit is unsigned, so its author is not proven: set commit.gpgSign with a key "
+                    "listed in palisade.yaml and one reviewer suffices")
         out = [f"Needs {required} approvals by reviewers who did not author it: a signed merge plus signed "
                f"empty approval commits, from {who}."]
     else:

@@ -94,7 +94,8 @@ def _until(cond: object, timeout: float, step: float = 0.05) -> float:
 
 @pytest.fixture()
 def setup(tmp_path: Path, require_kernel: None) -> Iterator[Setup]:
-    repo = PolicyRepo.create(tmp_path)
+    # windows run on the reconciler's real clock (not on commit dates); enforcement is the subject here
+    repo = PolicyRepo.create(tmp_path, min_observation="0s")
     pair = keys.generate(tmp_path / "keys")
     rec = Reconciler(str(repo.path), tmp_path / "rstate", keys.load_signing_key(pair.signing_key_path))
     rec.run_once()

@@ -223,7 +223,8 @@ class World:
 
 
 def _policy(tmp_path: Path, *, fast_track: bool, bake: str, max_refused: int = 0) -> PolicyRepo:
-    repo = PolicyRepo.create(tmp_path, min_observation="1s")
+    # windows run on the reconciler's real clock (not on commit dates); rollouts are the subject here
+    repo = PolicyRepo.create(tmp_path, min_observation="0s")
     repo.git.write("staging/default.yaml", STAGING.format(fast_track=str(fast_track).lower(), bake=bake,
                                                           max_refused=max_refused))
     # Part of the first commit, so v1 already carries this staging plan.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.policyrepo import DEV, PolicyRepo
+from support.policyrepo import ALICE, DEV, PolicyRepo
 
 PALISADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "palisade")
 
@@ -57,12 +57,31 @@ def test_advance_commits_one_line_on_a_new_branch_that_validates(tmp_path: Path)
     assert repo.git.git("rev-parse", f"{branch}^") == repo.git.rev("main")
     message = repo.git.git("log", "-1", "--format=%B", branch)
     assert message.startswith("advance rule no-exec-from-tmp @ group:web: observe → enforce_ready\n\n")
-    assert "Needs a signed merge by a reviewer who did not author this change: Alice Reviewer" in message
+    # unsigned (no commit.gpgSign): who wrote it is not proven, so two reviewers must approve
+    assert "Needs 2 approvals by reviewers who did not author it" in message and "not proven" in message
     assert repo.git.git("log", "-1", "--format=%ae", branch) == DEV.email
     v = palisade(repo, "validate", "--rev", branch, "--base", "main", "--pending-approvals")
     assert v.returncode == 0, v.stdout + v.stderr
     assert "warning[approval-pending]" in v.stdout and "no-exec-from-tmp" in v.stdout
     assert "error" not in v.stdout.replace("0 error(s)", "")
+
+
+def test_advance_signs_its_commit_when_git_signs_commits(tmp_path: Path) -> None:
+    # Dana, a contributor, has commit.gpgSign set: the branch commit proves she wrote it
+    repo = PolicyRepo.create(tmp_path)
+    env = {**_env(), "GIT_CONFIG_COUNT": "3", "GIT_CONFIG_KEY_0": "gpg.format", "GIT_CONFIG_VALUE_0": "ssh",
+           "GIT_CONFIG_KEY_1": "user.signingkey", "GIT_CONFIG_VALUE_1": str(repo.keys["dana"].path),
+           "GIT_CONFIG_KEY_2": "commit.gpgSign", "GIT_CONFIG_VALUE_2": "true"}
+    r = subprocess.run([PALISADE, "advance", "rule/no-exec-from-tmp", "--scope", "group:web", "--repo",
+                        str(repo.path)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    branch = r.stdout.strip()
+    message = repo.git.git("log", "-1", "--format=%B", branch)
+    assert "Needs a signed merge by a reviewer who did not author this change" in message
+    repo.git.checkout("main")
+    repo.git.merge(branch, author=ALICE, sign=repo.keys["alice"])
+    v = palisade(repo, "validate", "--rev", "main", "--base", "main~1")
+    assert "error[unproven-author]" not in v.stdout and "error[unsigned]" not in v.stdout, v.stdout
 
 
 def test_advance_pack_on_enforcement_file(tmp_path: Path) -> None:

@@ -32,11 +32,11 @@ def objects(repo: PolicyRepo) -> set[Path]:
 
 
 def feature(repo: PolicyRepo, *edits: tuple[str, str, str], author=DEV) -> str:  # type: ignore[no-untyped-def]
-    """A branch `feature` off main with `edits`, committed by `author`; main stays checked out."""
+    """A branch `feature` off main with `edits`, committed and signed by `author`; main stays checked out."""
     repo.git.branch("feature")
     for e in edits:
         repo.edit(*e)
-    sha = repo.git.commit("feature", author=author)
+    sha = repo.git.commit("feature", author=author, sign=repo.keys.get(author.email.split("@")[0]))
     repo.git.checkout("main")
     return sha
 

@@ -44,14 +44,28 @@ class World:
         return history.check(self.repo.path, base, head, load=self.load, **kwargs)  # type: ignore[arg-type]
 
     def propose(self, files: dict[str, str], *, author: Person = DAVE, sign: Key | None = None,
-                branch: str = "change") -> str:
-        """A feature branch off main with one commit writing `files`; back on main afterwards."""
+                branch: str = "change", signed: bool = True) -> str:
+        """A feature branch off main with one commit writing `files`; back on main afterwards.
+
+        The commit is signed with `sign`, else with the author's own key when the world has one
+        (`signed=False`: unsigned, so who wrote it is unproven)."""
         self.repo.branch(branch, "main")
         for path, text in files.items():
             self.repo.write(path, text)
+        if sign is None and signed:
+            sign = self.keys.get(author.email.split("@")[0])
         sha = self.repo.commit(f"change {', '.join(files)}", author=author, sign=sign)
         self.repo.checkout("main")
         return sha
+
+    def remerge_approved(self, approver: Person, *, by: Person = ALICE, branch: str = "change") -> str:
+        """Undo the merge, add `approver`'s signed empty approval commit to the branch, merge it again."""
+        self.repo.git("reset", "-q", "--hard", "HEAD~1")
+        self.repo.checkout(branch)
+        self.repo.commit("Approved", author=approver, sign=self.keys[approver.email.split("@")[0]],
+                         allow_empty=True)
+        self.repo.checkout("main")
+        return self.merge(by=by, signer=by.email.split("@")[0], branch=branch)
 
     def merge(self, *, by: Person | None = ALICE, signer: str | None = "alice", branch: str = "change") -> str:
         key = self.keys[signer] if signer else None
@@ -61,14 +75,14 @@ class World:
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Key]:
     d = tmp_path_factory.mktemp("keys")
-    return {name: make_key(d, name, f"{name}@example.com") for name in ("alice", "bob", "mallory")}
+    return {name: make_key(d, name, f"{name}@example.com") for name in ("alice", "bob", "mallory", "dave")}
 
 
 @pytest.fixture()
 def world(tmp_path: Path, keys: dict[str, Key]) -> World:
     """Main with one accepted commit: web-lockdown @ web and rule no-kmod at observe, then 4 days pass."""
     repo = GitRepo.init(tmp_path / "policy")
-    write_minimal(repo, [(ALICE, keys["alice"]), (BOB, keys["bob"])])
+    write_minimal(repo, [(ALICE, keys["alice"]), (BOB, keys["bob"])], contributors=[(DAVE, keys["dave"])])
     repo.commit("initial policy", author=ALICE)
     repo.advance(days=4)
     return World(repo, keys)
@@ -87,7 +101,7 @@ def test_approved_one_step_advance_after_the_window_is_accepted(world: World) ->
     assert world.check() == []
     base = world.load("HEAD~1").config
     assert base is not None
-    approvers = history.approvers(world.repo.path, "HEAD~1", "HEAD", base.reviewers)
+    approvers = history.approvers(world.repo.path, "HEAD~1", "HEAD", base)
     assert [r.email for r in approvers] == [ALICE.email]
 
 
@@ -211,42 +225,43 @@ def test_direct_commit_signed_by_its_author_is_self_approved(world: World) -> No
     assert codes(world.check()) == ["self-approved"]
 
 
-def test_squash_commit_signed_by_a_reviewer_who_did_not_write_it_is_approved(world: World) -> None:
+def test_squash_commit_signed_by_a_reviewer_is_their_own_change_whatever_its_author_field(world: World) -> None:
+    # the author field says Dave, but nothing proves Bob did not write it: a signer of content wrote it
     world.repo.write(WEB_ENFORCEMENT, enforcement("enforce_ready"))
     world.repo.commit("advance web (#12)", author=DAVE, committer=BOB, sign=world.keys["bob"])
-    assert world.check() == []
+    findings = world.check()
+    assert codes(findings) == ["self-approved"] and "Bob Reviewer" in findings[0].message
 
 
-def test_two_required_approvals_use_a_signed_approval_commit(world: World) -> None:
-    world.repo.write("palisade.yaml", palisade_yaml(
-        [(ALICE, world.keys["alice"]), (BOB, world.keys["bob"])], required=2))
-    world.repo.commit("require two approvals", author=DAVE, sign=world.keys["alice"])
+def _require_two(world: World) -> None:
+    """palisade.yaml now requires two approvals (Dave's signed change, merged by Alice)."""
+    world.propose({"palisade.yaml": palisade_yaml([(ALICE, world.keys["alice"]), (BOB, world.keys["bob"])],
+                                                  required=2, contributors=[(DAVE, world.keys["dave"])])},
+                  branch="two")
+    world.merge(by=ALICE, signer="alice", branch="two")
     # (that change itself was approved by Alice under the old rule of one approval)
     assert world.check() == []
     world.repo.advance(days=4)
+
+
+def test_two_required_approvals_use_a_signed_approval_commit(world: World) -> None:
+    _require_two(world)
     world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
     world.merge(by=ALICE, signer="alice")
     findings = world.check()
     assert codes(findings) == ["insufficient-approvals"] and "1 of 2" in findings[0].message
 
     # Bob approves the same content with an empty signed commit on the branch; Alice signs the merge
-    world.repo.git("reset", "-q", "--hard", "HEAD~1")
-    world.repo.checkout("change")
-    world.repo.commit("Approved", author=BOB, sign=world.keys["bob"], allow_empty=True)
-    world.repo.checkout("main")
-    world.merge(by=ALICE, signer="alice")
+    world.remerge_approved(BOB)
     assert world.check() == []
     config = world.load("HEAD~1").config
     assert config is not None
-    approvers = history.approvers(world.repo.path, "HEAD~1", "HEAD", config.reviewers)
+    approvers = history.approvers(world.repo.path, "HEAD~1", "HEAD", config)
     assert sorted(r.email for r in approvers) == [ALICE.email, BOB.email]
 
 
 def test_approval_commit_before_later_changes_does_not_count(world: World) -> None:
-    world.repo.write("palisade.yaml", palisade_yaml(
-        [(ALICE, world.keys["alice"]), (BOB, world.keys["bob"])], required=2))
-    world.repo.commit("require two approvals", author=DAVE, sign=world.keys["alice"])
-    world.repo.advance(days=4)
+    _require_two(world)
     world.repo.branch("change", "main")
     world.repo.write(WEB_ENFORCEMENT, enforcement("enforce_ready"))
     world.repo.commit("advance", author=DAVE)
@@ -276,8 +291,13 @@ def test_reviewer_list_change_needs_the_previous_reviewers(world: World) -> None
     world.merge(by=None, signer=None)
     assert codes(world.check()) == ["reviewers-unapproved"]
 
+    # Mallory's key is nobody's in palisade.yaml: her commit proves nothing about who wrote it, so
+    # Bob alone might have written it under her name; with Alice's approval commit it is approved
     world.repo.git("reset", "-q", "--hard", "HEAD~1")
     world.merge(by=BOB, signer="bob")
+    findings = world.check()
+    assert codes(findings) == ["reviewers-unapproved"] and "not proven" in findings[0].message
+    world.remerge_approved(ALICE, by=BOB)
     assert world.check() == []
 
 
@@ -447,3 +467,172 @@ def test_ladder_units_read_alone_match_the_full_load(tmp_path: Path) -> None:
     policy.git.git("add", "rules/alias.yaml")
     policy.git.commit("alias", author=DAVE)
     assert dict(history.ladder_units(policy.path, "HEAD")) == loader.load_revision(policy.path, "HEAD")[0].units()
+
+
+# --- a hostile insider ---------------------------------------------------------------------------
+# No single person can make anything enforce that did not enforce before, whatever they write into
+# author fields, commit dates or merge commits.
+
+
+def test_evil_merge_changes_belong_to_its_signer(world: World) -> None:
+    # Dave's signed branch adds a rule at observe; Alice edits the advance into the merge itself
+    world.propose({"rules/no-ptrace.yaml": rule("no-ptrace", "observe", template="kill-ptrace-attach")})
+    world.repo.merge("change", author=ALICE, sign=world.keys["alice"],
+                     extra={WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    findings = world.check()
+    assert codes(findings) == ["self-approved"]
+    assert "beyond a clean merge" in findings[0].message and WEB_ENFORCEMENT in findings[0].message
+
+
+def test_evil_merge_is_not_saved_by_approval_commits_on_the_branch(world: World) -> None:
+    # Bob approved the branch tip; what Alice added in the merge, nobody but Alice saw
+    world.propose({"rules/no-ptrace.yaml": rule("no-ptrace", "observe", template="kill-ptrace-attach")})
+    world.repo.checkout("change")
+    world.repo.commit("Approved", author=BOB, sign=world.keys["bob"], allow_empty=True)
+    world.repo.checkout("main")
+    world.repo.merge("change", author=ALICE, sign=world.keys["alice"],
+                     extra={WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    assert codes(world.check()) == ["self-approved"]
+
+
+def test_clean_merge_of_main_into_the_branch_keeps_the_change_provable(world: World) -> None:
+    base = world.repo.head()
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")})
+    world.repo.write("rules/no-kmod.yaml", rule("no-kmod", "observe") + "# touched\n")
+    world.repo.commit("touch the rule on main", author=DAVE, sign=world.keys["dave"])
+    world.repo.checkout("change")
+    world.repo.merge("main", author=DAVE)  # unsigned, but it adds nothing of its own
+    world.repo.checkout("main")
+    world.merge(by=BOB, signer="bob")
+    assert world.check(base=base) == []
+
+
+def test_forged_author_field_proves_nothing(world: World) -> None:
+    # Alice writes the advance under Dave's name, unsigned, and signs the merge
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")}, author=DAVE, signed=False)
+    world.merge(by=ALICE, signer="alice")
+    findings = world.check()
+    assert codes(findings) == ["unproven-author"]
+    assert "not proven" in findings[0].message and "Bob Reviewer" in findings[0].message
+
+    # a second reviewer's approval makes it two people
+    world.remerge_approved(BOB)
+    assert world.check() == []
+
+
+def test_a_second_key_of_a_reviewer_proves_nothing_either(world: World, tmp_path: Path) -> None:
+    spare = make_key(tmp_path / "spare", "alice-spare", "dave@example.com")
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")}, author=DAVE, sign=spare)
+    world.merge(by=ALICE, signer="alice")
+    assert codes(world.check()) == ["unproven-author"]
+
+
+def test_direct_commit_with_a_forged_author_signed_by_a_reviewer_is_self_approved(world: World) -> None:
+    world.repo.write(WEB_ENFORCEMENT, enforcement("enforce_ready"))
+    world.repo.commit("advance web", author=DAVE, committer=DAVE, sign=world.keys["alice"])
+    assert codes(world.check()) == ["self-approved"]
+
+
+def test_pending_pull_request_names_the_approvals_an_unproven_change_needs(world: World) -> None:
+    world.propose({WEB_ENFORCEMENT: enforcement("enforce_ready")}, signed=False)
+    findings = world.check(base="main", head="change", pending_approvals=True)
+    assert codes(findings) == ["approval-pending"]
+    assert "2 distinct reviewers" in findings[0].message and "not proven" in findings[0].message
+
+
+# --- tightening a unit that already enforces -------------------------------------------------------
+
+KILL = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+  kprobes:
+    - call: sys_execve
+      syscall: true
+      selectors:
+        - matchBinaries:
+            - operator: In
+              values: [{values}]
+          matchActions:
+            - action: Sigkill
+"""
+
+KMOD_EXCEPTION = "  exceptions:\n    - binary: /usr/sbin/modprobe\n      reason: drivers at boot\n"
+
+
+@pytest.fixture()
+def enforcing(world: World) -> World:
+    """web-lockdown (with a kill policy) and no-kmod (with an exception) both enforced, reviewed step by step."""
+    world.propose({"packs/web-lockdown/kill.yaml": KILL.format(name="web-kill", values="/usr/bin/curl"),
+                   "rules/no-kmod.yaml": rule("no-kmod", "observe") + KMOD_EXCEPTION}, branch="setup")
+    world.merge(branch="setup")
+    world.repo.advance(days=4)
+    for step, signer in (("enforce_ready", "alice"), ("enforced", "bob")):
+        world.propose({WEB_ENFORCEMENT: enforcement(step),
+                       "rules/no-kmod.yaml": rule("no-kmod", step) + KMOD_EXCEPTION}, branch=f"to-{step}")
+        world.merge(signer=signer, branch=f"to-{step}")
+        assert world.check() == []
+        world.repo.advance(days=4)
+    return world
+
+
+def test_a_new_policy_in_an_enforced_pack_is_refused_even_with_approval(enforcing: World) -> None:
+    enforcing.repo.write("packs/web-lockdown/more.yaml", KILL.format(name="web-kill-more", values="/usr/bin/nc"))
+    enforcing.repo.commit("one more policy", author=DAVE)  # unsigned, by a non-reviewer, straight to main
+    findings = enforcing.check()
+    assert codes(findings) == ["new-policy-enforcing"]
+    assert "web-kill-more" in findings[0].message and "observe" in findings[0].message
+
+    enforcing.repo.git("reset", "-q", "--hard", "HEAD~1")
+    enforcing.propose({"packs/web-lockdown/more.yaml": KILL.format(name="web-kill-more", values="/usr/bin/nc")})
+    enforcing.merge(by=ALICE, signer="alice")
+    assert codes(enforcing.check()) == ["new-policy-enforcing"]
+
+
+def test_widening_an_enforced_policy_needs_approval(enforcing: World) -> None:
+    wider = KILL.format(name="web-kill", values="/usr/bin/curl, /usr/bin/wget")
+    enforcing.repo.write("packs/web-lockdown/kill.yaml", wider)
+    enforcing.repo.commit("kill wget too", author=DAVE)
+    findings = enforcing.check()
+    assert codes(findings) == ["unapproved-tightening"]
+    assert "web-kill" in findings[0].message and "enforced" in findings[0].message
+
+    enforcing.repo.git("reset", "-q", "--hard", "HEAD~1")
+    enforcing.propose({"packs/web-lockdown/kill.yaml": wider})
+    enforcing.merge(by=ALICE, signer="alice")
+    assert enforcing.check() == []
+
+
+def test_removing_an_exception_of_an_enforced_rule_needs_approval(enforcing: World) -> None:
+    enforcing.repo.write("rules/no-kmod.yaml", rule("no-kmod", "enforced"))
+    enforcing.repo.commit("no more modprobe exception", author=DAVE)
+    findings = enforcing.check()
+    assert codes(findings) == ["unapproved-tightening"] and "rule no-kmod" in findings[0].message
+
+
+def test_relaxing_an_enforced_unit_needs_no_approval(enforcing: World) -> None:
+    more = KMOD_EXCEPTION + "    - binary: /usr/bin/kmod\n      reason: the kmod tool\n"
+    enforcing.repo.write("rules/no-kmod.yaml", rule("no-kmod", "enforced") + more)
+    enforcing.repo.commit("except kmod too", author=DAVE)
+    assert enforcing.check() == []
+
+
+def test_widening_the_group_of_an_enforced_unit_needs_approval(enforcing: World) -> None:
+    text = enforcing.repo.read("scopes/groups.yaml").replace("matchLabels: {role: web}",
+                                                              "matchLabels: {role: web}\n  sensors: [db-1]")
+    enforcing.repo.write("scopes/groups.yaml", text)
+    enforcing.repo.commit("db-1 joins web", author=DAVE)
+    findings = enforcing.check()
+    assert codes(findings) == ["unapproved-tightening"] and "group web changed" in findings[0].message
+
+
+def test_an_exception_ending_sooner_is_a_tightening(enforcing: World) -> None:
+    # still in force today, so today's rendering is the same; from next week on, modprobe dies
+    soon = (_dt.date.today() + _dt.timedelta(days=7)).isoformat()
+    enforcing.repo.write("rules/no-kmod.yaml", rule("no-kmod", "enforced") + KMOD_EXCEPTION +
+                         f"      expires: \"{soon}\"\n")
+    enforcing.repo.commit("modprobe exception ends next week", author=DAVE)
+    findings = enforcing.check()
+    assert codes(findings) == ["unapproved-tightening"] and f"now ends {soon}" in findings[0].message

@@ -67,6 +67,24 @@ def test_records_survive_reopening(tmp_path: Path, k: Keys) -> None:
         assert entries[0].to_json()["result"] == "accepted"
 
 
+def test_acceptances_say_when_each_commit_went_live(tmp_path: Path, k: Keys) -> None:
+    # positions 0 and 2 accepted (at T0 and T0+2h), 1 rejected: commit 1 went live with commit 2
+    state = tmp_path / "state"
+    with Ledger.open(state) as ledger:
+        store = Store(state / "store", k.signing)
+        for n, when in ((0, T0), (2, T0 + dt.timedelta(hours=2))):
+            data = B.sign_bundle(make_bundle(ledger.next_version(store), commit=n), k.signing)
+            ledger.record_accepted(_info(n), [], data, store, now=when)
+            if n == 0:
+                ledger.record_rejected(_info(1), [error("a.yaml", 1, 1, "window", "too early")],
+                                       now=T0 + dt.timedelta(hours=1))
+        acc = ledger.acceptances()
+    assert acc.live_since(0) == T0
+    assert acc.live_since(1) == T0 + dt.timedelta(hours=2)  # never published itself
+    assert acc.live_since(2) == T0 + dt.timedelta(hours=2)
+    assert acc.live_since(3) is None
+
+
 def test_database_is_wal_with_a_schema_version(tmp_path: Path) -> None:
     Ledger.open(tmp_path).close()
     db = sqlite3.connect(tmp_path / "palisade.db")

@@ -1,6 +1,7 @@
 """The reconcile pass on real git repositories, real keys, real SQLite and a real bundle store."""
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import subprocess
 from pathlib import Path
@@ -66,14 +67,30 @@ def test_skipping_a_ladder_step_is_rejected(policy: PolicyRepo, key: SigningKey,
         assert [f.code for f in entry.findings if f.severity == "error"] == ["ladder-skip"]
 
 
+class Clock:
+    """The reconciler's clock, moved by the test (observation windows run on it, not on commit dates)."""
+
+    def __init__(self) -> None:
+        self.now = _dt.datetime.now(_dt.UTC)
+
+    def __call__(self) -> _dt.datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += _dt.timedelta(**kwargs)
+
+
+ADVANCE_TMP = [("rules/kernel-hardening.yaml", "state: observe\n  params", "state: enforce_ready\n  params")]
+
+
 def test_approved_advance_is_published_with_its_approver(policy: PolicyRepo, key: SigningKey,
                                                          tmp_path: Path) -> None:
     state = tmp_path / "state"
-    with Reconciler(str(policy.path), state, key) as rec:
+    clock = Clock()
+    with Reconciler(str(policy.path), state, key, clock=clock) as rec:
         rec.run_once()
-        policy.change("no-exec-from-tmp to enforce_ready",
-                      [("rules/kernel-hardening.yaml", "state: observe\n  params", "state: enforce_ready\n  params")],
-                      signer="bob", wait_days=4)
+        policy.change("no-exec-from-tmp to enforce_ready", ADVANCE_TMP, signer="bob", wait_days=4)
+        clock.advance(days=4)
         (entry,) = rec.run_once().processed
         assert entry.result == "accepted", entry.findings
         assert entry.approvers == ("Bob Reviewer <bob@example.com>",)
@@ -82,6 +99,48 @@ def test_approved_advance_is_published_with_its_approver(policy: PolicyRepo, key
         assert states[("no-exec-from-tmp", "group:web")] == "enforce_ready"
         assert b.approvers == ("Bob Reviewer <bob@example.com>",)
         assert b.author == f"{DEV.name} <{DEV.email}>"
+
+
+def test_backdated_commits_do_not_shorten_the_window(policy: PolicyRepo, key: SigningKey, tmp_path: Path) -> None:
+    # the history claims four days at observe; the reconciler first saw it a minute ago
+    clock = Clock()
+    with Reconciler(str(policy.path), tmp_path / "state", key, clock=clock) as rec:
+        rec.run_once()
+        clock.advance(minutes=1)
+        policy.change("no-exec-from-tmp to enforce_ready", ADVANCE_TMP, signer="bob", wait_days=4)
+        (entry,) = rec.run_once().processed
+        assert entry.result == "rejected"
+        (finding,) = [f for f in entry.findings if f.severity == "error"]
+        assert finding.code == "window" and "3d" in finding.message  # a 72h window, not 4 days old
+        assert _index(rec.state_dir, key).version == 1
+
+
+def test_the_window_counts_from_first_acceptance_also_for_a_new_reconciler(policy: PolicyRepo, key: SigningKey,
+                                                                           tmp_path: Path) -> None:
+    # a pack added with dates three days in the past, then advanced at once after the window "passed"
+    clock = Clock()
+    with Reconciler(str(policy.path), tmp_path / "state", key, clock=clock) as rec:
+        rec.run_once()
+        past = clock.now - _dt.timedelta(days=3)
+        policy.git.write("enforcement/web-lockdown.yaml",
+                         policy.git.read("enforcement/web-lockdown.yaml") +
+                         "    - scope: {sensor: node-9}\n      state: observe\n")
+        policy.git.commit("backdated assignment", author=DEV, sign=policy.keys["dana"], date=past)
+        assert rec.run_once().published == (2,)
+        clock.advance(hours=2)
+        policy.change("node-9 to enforce_ready",
+                      [("enforcement/web-lockdown.yaml", "{sensor: node-9}\n      state: observe",
+                        "{sensor: node-9}\n      state: enforce_ready")], signer="alice")
+        (entry,) = rec.run_once().processed
+        assert entry.result == "rejected"
+        assert [f.code for f in entry.findings if f.severity == "error"] == ["window"]
+        clock.advance(days=3)
+    # restarted days later: the ledger, not the commit dates, says how long it was observed
+    with Reconciler(str(policy.path), tmp_path / "state", key, clock=clock) as rec:
+        policy.change("retry", [("rules/kernel-hardening.yaml", "# Rules from built-in templates.",
+                                 "# Rules from built-in templates (retried).")], signer="alice")
+        (entry,) = rec.run_once().processed
+        assert entry.result == "accepted", entry.findings
 
 
 def test_restart_does_not_reprocess(policy: PolicyRepo, key: SigningKey, tmp_path: Path) -> None:

@@ -196,17 +196,26 @@ class GitRepo:
         sign: Key | None = None,
         date: _dt.datetime | None = None,
         message: str | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> str:
-        """`git merge --no-ff branch` into the current branch, by `author`, optionally SSH-signed."""
+        """`git merge --no-ff branch` into the current branch, by `author`, optionally SSH-signed.
+
+        `extra` files are written into the merge commit itself (`git merge --no-commit`, edit,
+        commit): an "evil merge", whose own changes no branch commit shows."""
         env = {
             "GIT_AUTHOR_NAME": author.name, "GIT_AUTHOR_EMAIL": author.email,
             "GIT_COMMITTER_NAME": author.name, "GIT_COMMITTER_EMAIL": author.email,
             **self._dates(date),
         }
-        args = [*_signing(sign), "merge", "-q", "--no-ff", "--no-verify", "-m", message or f"Merge {branch}"]
-        if sign is not None:
-            args.append("-S")
-        self.git(*args, branch, env=env)
+        signed = ["-S"] if sign is not None else []
+        msg = message or f"Merge {branch}"
+        if extra is None:
+            self.git(*_signing(sign), "merge", "-q", "--no-ff", "--no-verify", "-m", msg, *signed, branch, env=env)
+            return self.head()
+        self.git("merge", "-q", "--no-ff", "--no-commit", branch, env=env)
+        for path, text in extra.items():
+            self.write(path, text)
+        self.git(*_signing(sign), "commit", "-q", "--no-verify", "-m", msg, *signed, env=env)
         return self.head()
 
     def branch(self, name: str, start: str = "HEAD", *, checkout: bool = True) -> None:

@@ -61,12 +61,16 @@ spec:
 
 
 def palisade_yaml(reviewers: Sequence[tuple[Person, Key]], *, required: int = 1, window: str = "72h",
-                  name: str = "test-policy") -> str:
+                  name: str = "test-policy", contributors: Sequence[tuple[Person, Key]] = ()) -> str:
     """A Repository document; `spec.reviewers` is on line 6."""
     lines = ["apiVersion: palisade.dev/v1", "kind: Repository", "metadata:", f"  name: {name}", "spec:",
              "  reviewers:"]
     for person, key in reviewers:
         lines += [f"    - name: {person.name}", f"      email: {person.email}", f"      key: {key.public}"]
+    if contributors:
+        lines.append("  contributors:")
+        for person, key in contributors:
+            lines += [f"    - name: {person.name}", f"      email: {person.email}", f"      key: {key.public}"]
     lines += ["  approvals:", f"    required: {required}", f"  minObservation: {window}"]
     return "\n".join(lines) + "\n"
 
@@ -93,9 +97,10 @@ def rule(name: str, state: str, *, template: str = "block-kmod-load", scope: str
 
 
 def write_minimal(repo: GitRepo, reviewers: Sequence[tuple[Person, Key]], *, required: int = 1,
-                  window: str = "72h") -> None:
+                  window: str = "72h", contributors: Sequence[tuple[Person, Key]] = ()) -> None:
     """Stage the minimal repository: pack web-lockdown @ group web and rule no-kmod, both at observe."""
-    repo.write("palisade.yaml", palisade_yaml(reviewers, required=required, window=window))
+    repo.write("palisade.yaml", palisade_yaml(reviewers, required=required, window=window,
+                                              contributors=contributors))
     repo.write("scopes/groups.yaml", GROUPS)
     repo.write("packs/web-lockdown/pack.yaml", PACK)
     repo.write("packs/web-lockdown/exec.yaml", POLICY)

@@ -2,7 +2,7 @@
 
     repo = PolicyRepo.create(tmp_path)
     repo.git.write("enforcement/web-lockdown.yaml", ...)
-    repo.git.commit("tighten", author=repo.dev)            # unsigned, by a team member
+    repo.git.commit("tighten", author=DEV, sign=repo.keys["dana"])  # signed by a contributor
     repo.advance_merge("feature", signer="alice")          # signed merge by a reviewer
 
 Used by reconciler, agent and integration tests alike.
@@ -26,7 +26,7 @@ DEV = Person("Dana Developer", "dana@example.com")
 @dataclass
 class PolicyRepo:
     git: GitRepo
-    keys: dict[str, Key]  # "alice" / "bob" / "mallory"
+    keys: dict[str, Key]  # "alice" / "bob" (reviewers), "dana" (contributor), "mallory" (nobody)
 
     @property
     def path(self) -> Path:
@@ -36,12 +36,12 @@ class PolicyRepo:
     def create(cls, tmp_path: Path, *, min_observation: str | None = None,
                bundle_expiry: str | None = None) -> PolicyRepo:
         """example-repo/ committed as the first commit of `main`, reviewers' keys replaced by real ones."""
-        keys = {n: make_key(tmp_path / "keys", n, f"{n}@example.com") for n in ("alice", "bob", "mallory")}
+        keys = {n: make_key(tmp_path / "keys", n, f"{n}@example.com") for n in ("alice", "bob", "mallory", "dana")}
         path = tmp_path / "policy-repo"
         shutil.copytree(EXAMPLE, path)
         git = GitRepo.init(path)
         text = (path / "palisade.yaml").read_text()
-        for name in ("alice", "bob"):
+        for name in ("alice", "bob", "dana"):
             text = re.sub(rf"key: ssh-ed25519 \S+ {name}@example.com", f"key: {keys[name].public}", text)
         if min_observation is not None:
             text = re.sub(r"minObservation: \S+", f"minObservation: {min_observation}", text)
@@ -59,13 +59,17 @@ class PolicyRepo:
         self.git.write(relpath, text.replace(old, new, 1))
 
     def change(self, message: str, edits: list[tuple[str, str, str]], *, signer: str | None = None,
-               author: Person = DEV, wait_days: float = 0) -> str:
-        """A feature branch by `author` with `edits`, merged into main (signed by `signer` if given)."""
+               author: Person = DEV, wait_days: float = 0, author_signs: bool = True) -> str:
+        """A feature branch by `author` with `edits`, merged into main (signed by `signer` if given).
+
+        The branch commit is signed with the author's key when the repository has one (Dana's, a
+        contributor's: that proves who wrote it); `author_signs=False` leaves it unsigned."""
         branch = f"change-{self.git.head()[:8]}"
         self.git.branch(branch)
         for relpath, old, new in edits:
             self.edit(relpath, old, new)
-        self.git.commit(message, author=author)
+        own = self.keys.get(author.email.split("@")[0]) if author_signs else None
+        self.git.commit(message, author=author, sign=own)
         self.git.checkout("main")
         if wait_days:
             self.git.advance(days=wait_days)
