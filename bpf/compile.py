@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from . import scope
+from . import ia32, scope
 from .errors import Unsupported, format_path
 from .policy import Arg, ArgFilter, BinariesFilter, Hook, Selector, TracingPolicy
 from .tpformat import Field, Formats, builtin_formats
@@ -227,10 +227,14 @@ class Plan:
     scoped: bool = False
     #: The scope-escape "hook" (its events have `pl_event.hook == scope.SCOPE_HOOK`).
     scope_hook: HookPlan | None = None
+    #: The syscall hooks also run for 32-bit compat calls (`pl_ia32` on raw_syscalls:sys_enter).
+    ia32: bool = False
 
     @property
     def sites(self) -> tuple[Site, ...]:
         out = [_SELF_EXIT_SITE, *(s for h in self.hooks for s in h.sites)]
+        if self.ia32:
+            out.append(_IA32_SITE)
         if self.scope_hook is not None:
             out = [*_SCOPE_SITES, *self.scope_hook.sites, *out]
         if self.tracking:
@@ -255,6 +259,7 @@ _TRACKING_SITES = (
     Site("pl_track_fork", "tracepoint", "sched", "sched_process_fork"),
     Site("pl_track_exit", "tracepoint", "sched", "sched_process_exit"),
 )
+_IA32_SITE = Site("pl_ia32", "tracepoint", "raw_syscalls", "sys_enter")
 _SCOPE_SITES = tuple(Site(fn, "tracepoint", "sched", ev) for fn, ev in scope.MEMBERSHIP_SITES)
 
 
@@ -317,6 +322,8 @@ class _Compiler:
     def __init__(self, policy: TracingPolicy, features: Features, formats: Formats, scoped: bool = False) -> None:
         self.p = policy
         self.scoped = scoped
+        #: (ia32 numbers, program, index of its generator) of the syscall hooks: see `_ia32_source`.
+        self.ia32: list[tuple[tuple[int, ...], str, int]] = []
         self.f = features
         self.formats = formats
         self.reasons: list[str] = []
@@ -363,10 +370,13 @@ class _Compiler:
                                    "their processes from leaving the scope; this kernel lacks it"])
             source += scope.source(off, MODE_OFF)
             scope_hook = _scope_hook()
-        source += "\n".join(gen() for gen in self.functions)
+        bodies = [gen() for gen in self.functions]
+        source += "\n".join(bodies)
+        if self.ia32:
+            source += self._ia32_source(bodies)
         return Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
                     strings=strings, follow=tuple(self.follow), notes=tuple(self.notes), scoped=self.scoped,
-                    scope_hook=scope_hook)
+                    scope_hook=scope_hook, ia32=bool(self.ia32))
 
     # ------------------------------------------------------------------ hooks
 
@@ -582,6 +592,8 @@ class _Compiler:
             fn = f"pl_h{i}_{site_kind or 'tp'}"
             site = Site(fn, "tracepoint", sub, ev) if site_kind is None else Site(fn, "cgroup", attach=site_kind)
             sites.append(site)
+            if site_kind is None and sub == "syscalls" and ev and ev.startswith("sys_enter_"):
+                self._ia32_variant(ev.removeprefix("sys_enter_"), fn)
             self.functions.append(partial(self._program, i, h, site, operands, sel_conds, index_map, fields,
                                           exec_hook, uses_bin, uses_parent, mask_type,
                                           tuple(guards.get(site_kind or "tp", ()))))
@@ -1054,6 +1066,47 @@ class _Compiler:
         if mask_type and o.index == 1:
             L.append(f"    a{p} &= 0xf;  /* SOCK_TYPE_MASK: the security hook sees the type without flags */")
         return L
+
+    # ------------------------------------------------------------------ 32-bit compat syscalls
+
+    def _ia32_variant(self, name: str, fn: str) -> None:
+        # the 16-bit-id calls have a 32-bit-id twin on ia32 (setuid and setuid32): both are the call
+        nrs = tuple(ia32.NUMBERS[n] for n in (name, f"{name}32") if n in ia32.NUMBERS)
+        if nrs:
+            self.ia32.append((nrs, fn, len(self.functions)))
+
+    def _ia32_source(self, bodies: list[str]) -> str:
+        """Each syscall hook again, for its ia32 number on raw_syscalls:sys_enter (bpf/ia32.py).
+
+        Syscall tracepoints never see a compat call, and the 64-bit numbers mean other calls
+        there, so one program per policy takes every syscall, keeps those whose number a hook
+        has in the ia32 table, and runs the hook's own code on them once the task is in a compat
+        syscall (TS_COMPAT in thread_info.status, whose offset the engine reads from BTF).
+        raw_syscalls:sys_enter keeps the arguments in the same 8-byte slots as the syscall
+        tracepoints (field 5 + i at offset 16 + 8i), so the hook's code reads them unchanged;
+        compat arguments are 32-bit, zero-extended, which the int/uint casts of the operands absorb.
+        """
+        fields = self.formats("raw_syscalls", "sys_enter") or ()
+        id_off = next((f.offset for f in fields if f.name == "id"), 8)
+        out = ["#ifndef PL_TI_STATUS",
+               "#define PL_TI_STATUS 16  /* thread_info.status on x86_64 5.11+; the engine defines it from BTF */",
+               "#endif",
+               "static __always_inline int pl_compat(void) {",
+               "    u32 st = 0;",
+               "    bpf_probe_read_kernel(&st, sizeof(st), (char *)bpf_get_current_task() + PL_TI_STATUS);",
+               "    return st & 0x0002;  /* TS_COMPAT */",
+               "}"]
+        for _, fn, k in self.ia32:
+            body = bodies[k]
+            head = f"int {fn}(void *ctx) {{"
+            assert body.startswith(head), body[:80]
+            out.append(f"static __always_inline int {fn}_ia32(void *ctx) {{" + body[len(head):])
+        out += ["int pl_ia32(void *ctx) {", f"    long id = *(long *)((char *)ctx + {id_off});"]
+        for nrs, fn, _ in self.ia32:
+            cond = " || ".join(f"id == {n}" for n in nrs)
+            out.append(f"    if ({cond}) return pl_compat() ? {fn}_ia32(ctx) : 0;")
+        out += ["    return 0;", "}"]
+        return "\n" + "\n".join(out) + "\n"
 
     # ------------------------------------------------------------------ maps and tracking
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import inventory, scope, syscall
+from . import btf, inventory, scope, syscall
 from .compile import MODE_OFF, MODES, SELF_ENTRIES, Features, Plan, Site, compile_policy
 from .errors import BpfError, LoadError, NotLoaded, Unsupported
 from .events import Counters, EventStream, read_counters
@@ -380,7 +380,10 @@ class _Loader:
         b = None
         try:
             meta_size = (len(self.meta) + 4 + 7) // 8 * 8
-            source = f"#define PL_SELF_PIN {json.dumps(str(self.e.self_pin))}\n" + self.plan.source + (
+            defines = f"#define PL_SELF_PIN {json.dumps(str(self.e.self_pin))}\n"
+            if self.plan.ia32:
+                defines += f"#define PL_TI_STATUS {_ti_status()}\n"
+            source = defines + self.plan.source + (
                 f"\nstruct pl_meta_t {{ u32 len; char data[{meta_size}]; }};\n"
                 "BPF_ARRAY(pl_meta, struct pl_meta_t, 1);\n"
             )
@@ -510,6 +513,15 @@ def _prog_type(site: Site) -> tuple[int, int]:
     if site.attach == "sock_create":
         return BPF.CGROUP_SOCK, int(_CGROUP_ATTACH["sock_create"])
     return BPF.CGROUP_SOCK_ADDR, int(_CGROUP_ATTACH[site.attach])
+
+
+def _ti_status() -> int:
+    """Offset of `current->thread_info.status` (where TS_COMPAT is), from the kernel's BTF."""
+    ti, status = btf.member_offset("task_struct", "thread_info"), btf.member_offset("thread_info", "status")
+    if ti is None or status is None:
+        raise LoadError("cannot tell 32-bit compat syscalls: no thread_info.status in the kernel's BTF "
+                        f"({btf.VMLINUX})")
+    return ti + status
 
 
 def _own_tgid() -> int:

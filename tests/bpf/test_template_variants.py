@@ -116,3 +116,56 @@ def test_creating_a_file_without_the_setuid_bit_is_fine(engine: Engine, workload
     code = ("os.close(os.open(tmp + '/a', os.O_CREAT | os.O_WRONLY, 0o755))\n"
             "os.close(os.open(tmp + '/a', os.O_RDONLY, 0o4755))\n")  # no O_CREAT: the mode means nothing
     assert _run(code, workload).stdout == b"returned\n"
+
+
+#: Calls the 32-bit (ia32) ABI with `int $0x80`, which any 64-bit process may do: `int80(nr, a, b, c)`,
+#: and `low(data)`, a copy of `data` below 4 GiB, where 32-bit pointers can reach it.
+_INT80 = r"""
+import mmap
+_low = mmap.mmap(-1, 1 << 16, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40,  # MAP_32BIT
+                 prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+_used = [4096]
+def low(data):
+    at = _used[0]
+    _low[at:at + len(data)] = data
+    _used[0] += (len(data) + 15) // 16 * 16
+    return ctypes.addressof(ctypes.c_char.from_buffer(_low)) + at
+def int80(nr, a=0, b=0, c=0):
+    imm = lambda v: (v & 0xffffffff).to_bytes(4, 'little')
+    code = (b'\x53' + b'\xb8' + imm(nr) + b'\xbb' + imm(a) + b'\xb9' + imm(b) + b'\xba' + imm(c)
+            + b'\xcd\x80\x5b\xc3')  # push rbx; mov eax/ebx/ecx/edx; int 0x80; pop rbx; ret
+    _low[:len(code)] = code
+    return ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(_low)))()
+"""
+
+_IA32_CASES = [
+    ("block-unshare", "unshare", "int80(310, 0x04000000)"),
+    ("block-user-namespace", "unshare", "int80(310, 0x10000000)"),
+    ("block-mount-syscall", "fsopen", "int80(430, low(b'tmpfs\\0'), 0)"),
+    ("block-chmod-suid", "chmod", "open(tmp + '/f', 'w').close()\nint80(15, low((tmp + '/f\\0').encode()), 0o4755)"),
+    ("block-chmod-suid", "fchmod", "fd = os.open(tmp, os.O_RDONLY)\nint80(94, fd, 0o4755)"),
+    ("block-raw-sockets", "packet", "int80(359, 17, 3, 0)"),
+    ("block-bpf-load", "bpf", "int80(357, 5, 0, 0)"),
+    ("block-memfd-create", "memfd_create", "int80(356, low(b'x\\0'), 0)"),
+    ("block-pivot-root", "pivot_root", "int80(217, low(b'/\\0'), low(b'/\\0'))"),
+    ("kill-ptrace-attach", "ptrace", "c = sleeper()\ntry:\n    int80(26, 16, c.pid)\nfinally:\n    c.kill()"),
+]
+
+
+@pytest.mark.parametrize(("template", "call", "code"), _IA32_CASES, ids=[f"{t}-{c}" for t, c, _ in _IA32_CASES])
+def test_the_32_bit_syscall_abi_is_no_way_around_a_template(
+        engine: Engine, workload: Workload, template: str, call: str, code: str) -> None:
+    outside = _run(_INT80 + code, None)
+    assert outside.stdout == b"returned\n", outside
+    res = engine.load(parse(templates.render(template, "t")), "enforced", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    inside = _run(_INT80 + code, workload)
+    assert inside.returncode == -signal.SIGKILL, inside
+
+
+def test_a_64_bit_call_that_shares_a_32_bit_number_is_not_mistaken_for_it(
+        engine: Engine, workload: Workload) -> None:
+    res = engine.load(parse(templates.render("block-unshare", "u")), "enforced", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    # 310 is unshare on ia32 but process_vm_readv on x86_64 (here with nothing to read: returns at once)
+    assert _run("sc(310, os.getpid(), 0, 0, 0, 0, 0)", workload).stdout == b"returned\n"
