@@ -10,7 +10,7 @@ exponential backoff and jitter.
 
 Every request has a *total* deadline, not only a timeout per read, so a server
 that trickles one byte every few seconds cannot hold the agent: the index gets
-the long-poll wait plus `DEADLINE_MARGIN`, a bundle `DEADLINE_MARGIN` plus the
+the long-poll wait plus `DEADLINE_MARGIN`, a bundle `BUNDLE_DEADLINE` plus the
 time to receive its announced size at `MIN_RATE` bytes/s, a heartbeat
 `HEARTBEAT_DEADLINE`. A request past its deadline fails as `stalled` and is
 retried with backoff; every attempt's outcome goes to the observers
@@ -33,14 +33,16 @@ from reconciler.bundle import MAX_BUNDLE_BYTES, MAX_INDEX_BYTES
 
 from .errors import FetchError
 
-__all__ = ["DEADLINE_MARGIN", "HEARTBEAT_DEADLINE", "MIN_POLL", "MIN_RATE", "RETRYABLE", "Client", "IndexReply",
-           "Observer", "Pacer"]
+__all__ = ["BUNDLE_DEADLINE", "DEADLINE_MARGIN", "HEARTBEAT_DEADLINE", "MIN_POLL", "MIN_RATE", "RETRYABLE",
+           "Client", "IndexReply", "Observer", "Pacer"]
 
 #: Failure reasons worth another try: the next attempt may well succeed.
 RETRYABLE = frozenset({"unreachable", "timeout", "stalled", "http_5xx", "truncated", "no_index"})
 MAX_HEARTBEAT_REPLY = 64 * 1024
-#: Seconds a response may take beyond the long-poll wait (index) or its transfer at MIN_RATE (bundle).
-DEADLINE_MARGIN = 10.0
+#: Seconds an index response may take beyond the long-poll wait (the per-read timeout it replaces was 15).
+DEADLINE_MARGIN = 15.0
+#: Seconds a bundle response may take beyond its transfer at MIN_RATE (a loaded server, a fleet fetching at once).
+BUNDLE_DEADLINE = 30.0
 #: Bytes per second below which a bundle transfer is a stall (32 MB, the limit, in about 2 min 20 s).
 MIN_RATE = 256 * 1024
 HEARTBEAT_DEADLINE = 10.0
@@ -93,14 +95,15 @@ class Client:
     `attempts` bounds the tries of one call (None: retry transient failures
     until cancelled, which is what a node agent wants); `retry_max` caps the
     backoff in seconds. `on_retry(err)` is called before each backoff sleep.
-    `deadline_margin`, `min_rate` and `heartbeat_deadline` set the total
-    deadlines (module docstring).
+    `deadline_margin`, `bundle_deadline`, `min_rate` and `heartbeat_deadline`
+    set the total deadlines (module docstring).
     """
 
     def __init__(self, server: str, *, http: httpx.AsyncClient | None = None, attempts: int | None = None,
                  retry_initial: float = 0.2, retry_max: float = 30.0, connect_timeout: float = 5.0,
                  on_retry: Callable[[FetchError], None] | None = None, deadline_margin: float = DEADLINE_MARGIN,
-                 min_rate: float = MIN_RATE, heartbeat_deadline: float = HEARTBEAT_DEADLINE) -> None:
+                 bundle_deadline: float = BUNDLE_DEADLINE, min_rate: float = MIN_RATE,
+                 heartbeat_deadline: float = HEARTBEAT_DEADLINE) -> None:
         self.server = server.rstrip("/")
         self._own = http is None
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=connect_timeout))
@@ -108,7 +111,8 @@ class Client:
         self._attempts = attempts
         self._initial, self._max = retry_initial, retry_max
         self._on_retry = on_retry
-        self.deadline_margin, self.min_rate, self.heartbeat_deadline = deadline_margin, min_rate, heartbeat_deadline
+        self.deadline_margin, self.bundle_deadline = deadline_margin, bundle_deadline
+        self.min_rate, self.heartbeat_deadline = min_rate, heartbeat_deadline
         self._observers: list[Observer] = []
 
     def observe(self, observer: Observer) -> None:
@@ -153,7 +157,7 @@ class Client:
     async def bundle(self, version: int, size: int) -> bytes:
         """Bundle `version`; `size` (from the verified index) is the most that will be read."""
         limit = min(size, MAX_BUNDLE_BYTES)
-        deadline = self.deadline_margin + limit / self.min_rate
+        deadline = self.bundle_deadline + limit / self.min_rate
         _, body, _ = await self._retrying("GET", f"/v1/bundles/{int(version)}", limit=limit,
                                           read_timeout=min(30.0, deadline), deadline=deadline, what="bundle")
         return body

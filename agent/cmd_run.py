@@ -5,7 +5,17 @@ long-polls the reconciler for new signed bundles, verifies, selects and applies
 them, heartbeats, watches drift and writes events, until SIGTERM or SIGINT.
 What the engine loaded stays pinned in the kernel after the agent exits.
 
-Exit codes: 0 stopped by a signal; 2 usage, configuration, key or state error.
+No server can hold it silently: every request has a total deadline (index: the
+long-poll wait + 15 s; bundle: 30 s + its size at 256 KiB/s; heartbeat: 10 s),
+after which it is retried with backoff and reported as a stalled transfer;
+index requests start at least 1 s apart whatever the server answers; an index
+that expires on the clock is reported while the last verified bundle stays
+enforced. A state directory that is full or read-only does not stop it: it
+enforces from memory, reports the disk error (status, metrics, heartbeat:
+degraded) and writes what it kept once the disk takes it again.
+
+Exit codes: 0 stopped by a signal; 2 usage, configuration or key error, or a
+state directory that cannot be created or is locked by another agent.
 """
 from __future__ import annotations
 

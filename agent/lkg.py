@@ -7,9 +7,10 @@ signature. A file that was damaged or tampered with fails one of these and is
 refused; it is never enforced.
 
 Expiry is not checked on this path on purpose: expiry stops a network attacker
-from freezing an agent on an old index, but a node whose server is down must
-keep enforcing the newest policy it verifiably had rather than nothing. The
-caller logs that the copy is stale.
+from freezing an agent on an old index unnoticed, but a node whose server is
+down must keep enforcing the newest policy it verifiably had rather than
+nothing. The agent reports the expired index (`index_expired`, see
+`agent.runner`) and keeps enforcing.
 """
 from __future__ import annotations
 

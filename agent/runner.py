@@ -141,6 +141,7 @@ class Agent:
         self.files = StateFiles()
         self.min_poll = min_poll
         self._runtime_copy = False  # the runtime status copy exists (the state directory refused the status)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop `run` runs on
         client.observe(self._on_transfer)
         if events is not None:
             events.on_error, events.on_recovered = self._on_events_error, self._on_events_recovered
@@ -188,7 +189,6 @@ class Agent:
         if self.metrics:
             self.metrics.lkg_starts.inc()
         log.info("enforcing last-known-good v%d from disk", saved.bundle.version)
-        self.watch_clock()
         return True
 
     # ------------------------------------------------------------------ one pass
@@ -422,9 +422,19 @@ class Agent:
     def _health_changed(self, *, write: bool = True) -> None:
         if self.metrics:
             self.metrics.set_health(self.health)
-        self._beat_now.set()  # tell the reconciler now, not at the next interval
+        self._wake_heartbeat()  # tell the reconciler now, not at the next interval
         if write:
             self.write_status()
+
+    def _wake_heartbeat(self) -> None:
+        # problems are raised on the engine thread too, and an asyncio.Event belongs to its loop's thread
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._beat_now.set)
+                return
+        self._beat_now.set()
 
     def _event_doc(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         return {kind: body, "node_name": self.cfg.sensor_id, "time": self._clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
@@ -639,6 +649,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Enforce last-known-good, then pull, heartbeat, watch drift and events until `stop` is set."""
+        self._loop = asyncio.get_running_loop()
         await self._in_engine(self.start_from_lkg)
         self.write_status()
         tasks = [asyncio.create_task(loop(stop)) for loop in

@@ -89,13 +89,15 @@ def proxy(served: Served) -> Iterator[Proxy]:
 
 def make_agent(server: str, served: Served, state: Path, *, sensor: str = CANARY,
                labels: tuple[tuple[str, str], ...] = (), persist: bool = True, attempts: int | None = 2,
-               now: Callable[[], _dt.datetime] | None = None, wait: float = 5, deadline_margin: float = 10.0,
+               now: Callable[[], _dt.datetime] | None = None, wait: float = 5, deadline_margin: float = 15.0,
                min_poll: float = 0.5, metrics: bool = False, events: bool = False) -> Agent:
-    """A real Agent with a real Client; `deadline_margin` and `min_poll` shrink the transfer deadlines and
-    the poll pacing for tests; `metrics`/`events` give it its own registry / event log in `state`."""
+    """A real Agent with a real Client; `deadline_margin` (index and bundle) and `min_poll` shrink the
+    transfer deadlines and the poll pacing for tests; `metrics`/`events` give it its own registry / event
+    log in `state`."""
     cfg = AgentConfig(server=server, pubkeys=(served.pub_path,), sensor_id=sensor, state=state, labels=labels,
                       intervals=Intervals(wait=wait, heartbeat=1, drift=1, retry_max=0.2), engine=False)
-    client = Client(server, attempts=attempts, retry_initial=0.01, retry_max=0.05, deadline_margin=deadline_margin)
+    client = Client(server, attempts=attempts, retry_initial=0.01, retry_max=0.05, deadline_margin=deadline_margin,
+                    bundle_deadline=deadline_margin)
     log = None
     if events:
         state.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import jsonschema
 import pytest
 from agent_support import Proxy, Served, make_agent, metric
 
+from agent.client import Pacer
 from agent.errors import FetchError
 from agent.runner import STATUS_FILE, Agent
 from reconciler.bundle import sign_index
@@ -143,5 +144,37 @@ def test_a_frozen_server_is_polled_at_a_bounded_rate_and_expiry_is_seen_on_the_c
             stop.set()
             await task
             await agent.client.aclose()
+
+    asyncio.run(run())
+
+
+def test_the_pacer_backs_off_from_a_server_that_does_not_hold_the_long_poll() -> None:
+    p = Pacer(minimum=1.0, ceiling=30.0)
+    gaps = []
+    for _ in range(7):  # 304 at once, again and again
+        p = p.after("unchanged", elapsed=0.01, asked=30.0)
+        gaps.append(p.gap)
+    assert gaps == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert p.after("unchanged", elapsed=29.0, asked=30.0).gap == 1.0  # the server held it: no backoff
+    assert p.after("applied", elapsed=0.01, asked=30.0).gap == 1.0  # something new: ask again soon
+    assert Pacer(minimum=1.0, ceiling=0.5).after("current", 0.0, 0.5).gap == 1.0  # never below the minimum
+
+
+def test_a_trickled_heartbeat_reply_is_cut_at_its_deadline(served: Served, proxy: Proxy, tmp_path: Path) -> None:
+    async def run() -> None:
+        agent = make_agent(proxy.url, served, tmp_path / "agent", metrics=True)
+        agent.client.heartbeat_deadline = 1.0
+        assert (await agent.sync_once()).version == 1
+        proxy.trickle("/v1/agents/", every=0.2, headers=True)
+        t0 = time.monotonic()
+        assert not await asyncio.wait_for(agent.send_heartbeat(), 20)
+        assert time.monotonic() - t0 < 3
+        problem = agent.health.get("transfer:heartbeat")
+        assert problem is not None and problem.reason == "stalled"
+        assert metric(agent, "palisade_agent_transfer_stalls_total", what="heartbeat") == 1
+        proxy.tamper = None
+        assert await agent.send_heartbeat()
+        assert agent.health.get("transfer:heartbeat") is None
+        await agent.client.aclose()
 
     asyncio.run(run())

@@ -19,6 +19,8 @@ import httpx
 import pytest
 from agentproc import ROOT, AgentProc, free_port
 from reconciled import Reconciled, reconciled
+from test_agent_kernel import FORBIDDEN, Setup, setup
+from test_agent_kernel import _until as kernel_until
 
 from agent import lkg
 from agent.events import read_all
@@ -27,7 +29,7 @@ from reconciler import keys
 from reconciler.fleet import Fleet
 from support.tmpfs import fill, free, read_only, small_tmpfs
 
-__all__ = ["small_tmpfs"]
+__all__ = ["setup", "small_tmpfs"]
 
 pytestmark = pytest.mark.slow
 MAIN = "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -143,5 +145,27 @@ def test_an_agent_on_a_read_only_state_directory_starts_and_enforces(node: Node)
         read_only(node.state, False)
         agent.wait(lambda s: s["version"] == 1 and s["health"]["state"] == "ok", 10, "persisted")
         assert agent.stop() == 0
+    finally:
+        agent.stop(signal.SIGKILL)
+
+
+@pytest.mark.kernel
+def test_with_the_engine_a_fresh_node_on_a_full_disk_kills_the_forbidden_exec(
+        setup: Setup, small_tmpfs: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PALISADE_RUNTIME_DIR", str(setup.tmp / "run"))
+    state = small_tmpfs(setup.tmp / "agent-state")  # where Setup.agent keeps its state
+    fill(state)
+    agent = setup.agent("node-canary-1")  # the canary enforces web-lockdown in v1
+    try:
+        kernel_until(lambda: setup.workload.run(FORBIDDEN) == -signal.SIGKILL, 60)
+        copy = json.loads(runtime_status_path(state).read_text())
+        assert copy["version"] == 1 and copy["health"]["state"] == "degraded"
+        assert {p["name"]: (p["status"], p["mode"]) for p in copy["policies"]}["web-exec-allowlist"] == \
+            ("loaded", "enforced")
+        free(state)
+        agent.wait(lambda s: s["version"] == 1 and s["health"]["state"] == "ok", 10, "persisted")
+        assert setup.workload.run(FORBIDDEN) == -signal.SIGKILL
+        assert agent.stop() == 0
+        assert "Traceback" not in agent.log
     finally:
         agent.stop(signal.SIGKILL)
