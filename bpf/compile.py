@@ -225,8 +225,8 @@ class Plan:
     notes: tuple[str, ...]
     #: Loaded for workload cgroups: membership programs and the scope-escape hook are part of it.
     scoped: bool = False
-    #: The scope-escape "hook" (its events have `pl_event.hook == scope.SCOPE_HOOK`).
-    scope_hook: HookPlan | None = None
+    #: The ways out of the scope that are watched, as hooks for events (bpf/scope.py).
+    scope_hooks: tuple[HookPlan, ...] = ()
     #: The syscall hooks also run for 32-bit compat calls (`pl_ia32` on raw_syscalls:sys_enter).
     ia32: bool = False
 
@@ -235,17 +235,17 @@ class Plan:
         out = [_SELF_EXIT_SITE, *(s for h in self.hooks for s in h.sites)]
         if self.ia32:
             out.append(_IA32_SITE)
-        if self.scope_hook is not None:
-            out = [*_SCOPE_SITES, *self.scope_hook.sites, *out]
+        if self.scope_hooks:
+            out = [*_SCOPE_SITES, *(s for h in self.scope_hooks for s in h.sites), *out]
         if self.tracking:
             out = [*_TRACKING_SITES, *out]
         return tuple(out)
 
     def hook(self, index: int) -> HookPlan | None:
         """The hook an event record names."""
-        if index == scope.SCOPE_HOOK:
-            return self.scope_hook
-        return self.hooks[index] if index < len(self.hooks) else None
+        if index < len(self.hooks):
+            return self.hooks[index]
+        return next((h for h in self.scope_hooks if h.index == index), None)
 
     @property
     def uses_cgroup_hooks(self) -> bool:
@@ -263,13 +263,13 @@ _IA32_SITE = Site("pl_ia32", "tracepoint", "raw_syscalls", "sys_enter")
 _SCOPE_SITES = tuple(Site(fn, "tracepoint", "sched", ev) for fn, ev in scope.MEMBERSHIP_SITES)
 
 
-def _scope_hook() -> HookPlan:
-    sub, ev = scope.ATTACH_TRACEPOINT
-    operands = tuple(Operand(k, k, "int" if t == "int" else "str", t, label, -1 if t == "int" else 0)
-                     for k, (label, t) in enumerate(scope.EVENT_ARGS))
-    return HookPlan(index=scope.SCOPE_HOOK, section="tracepoints", target=f"{sub}:{ev}",
+def _scope_hook(esc: scope.Escape) -> HookPlan:
+    sub, ev = esc.tracepoint
+    operands = tuple(Operand(k, k, "str" if t == "string" else "int", t, label, 0 if t == "string" else -1)
+                     for k, (label, t) in enumerate(esc.args))
+    return HookPlan(index=esc.hook, section="tracepoints", target=f"{sub}:{ev}",
                     event_kind="process_tracepoint", subsystem=sub, event=ev,
-                    sites=(Site(scope.ATTACH_PROGRAM, "tracepoint", sub, ev),), operands=operands,
+                    sites=(Site(esc.program, "tracepoint", sub, ev),), operands=operands,
                     selector_actions=((_ACT_SIGKILL, 9), (_ACT_POST, 0)))
 
 
@@ -361,22 +361,23 @@ class _Compiler:
         source += self._self_exit_source()
         if self.tracking:
             source += self._tracking_source()
-        scope_hook = None
+        scope_hooks: tuple[HookPlan, ...] = ()
         if self.scoped:
             off = scope.offsets(self.formats)
             if off is None:
                 tp = ":".join(scope.ATTACH_TRACEPOINT)
-                raise Unsupported([f"unsupported: a policy limited to workloads needs the {tp} tracepoint, to keep "
+                raise Unsupported([f"unsupported: a policy limited to workloads needs the {tp} and "
+                                   "syscalls:sys_enter_clone3 tracepoints, to keep "
                                    "their processes from leaving the scope; this kernel lacks it"])
             source += scope.source(off, MODE_OFF)
-            scope_hook = _scope_hook()
+            scope_hooks = tuple(_scope_hook(e) for e in scope.ESCAPES)
         bodies = [gen() for gen in self.functions]
         source += "\n".join(bodies)
         if self.ia32:
             source += self._ia32_source(bodies)
         return Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
                     strings=strings, follow=tuple(self.follow), notes=tuple(self.notes), scoped=self.scoped,
-                    scope_hook=scope_hook, ia32=bool(self.ia32))
+                    scope_hooks=scope_hooks, ia32=bool(self.ia32))
 
     # ------------------------------------------------------------------ hooks
 

@@ -31,15 +31,23 @@ the scope:
 - written by the engine itself (`pl_self`): the move is the agent's own, and the process
   stops being a member.
 
-Every escape is an event (`process_tracepoint`, `cgroup:cgroup_attach_task`, with the
-moved pid and the destination path) in every mode; `observe`/`enforce_ready` only report
-what `enforced` would have killed. Moves inside the scope (into a sub-cgroup of a
-workload) are not escapes: the destination's id is a scope cgroup, or its path lies
-under one (`pl_cgpaths`, an LPM trie of "<path>/").
+A member's `clone3(CLONE_INTO_CGROUP)` starts a child in a cgroup of its choice without any
+move (no `cgroup_attach_task`); the program on `sys_enter_clone3` kills such a caller in
+`enforced` mode before the child exists (the kernel aborts a fork whose caller has a fatal
+signal pending). The cgroup fd's target is unknown there, so this holds for targets inside
+the scope too.
 
-Limits: the cgroup socket hooks (egress, raw sockets) stay attached to the workload
-cgroups, so a member moved out by a non-member (not killed) is judged there no more;
-`pl_members` holds `MEMBERS` tasks (a scope with more is tracked only by cgroup).
+Every escape is an event (`process_tracepoint`: `cgroup:cgroup_attach_task` with the
+moved pid and the destination path, or `syscalls:sys_enter_clone3` with the flags) in
+every mode; `observe`/`enforce_ready` only report what `enforced` would have killed.
+Moves inside the scope (into a sub-cgroup of a workload) are not escapes: the
+destination's id is a scope cgroup, or its path lies under one (`pl_cgpaths`, an LPM
+trie of "<path>/").
+
+Limits: a 32-bit (compat) clone3 is not watched here (its child is still a member); the
+cgroup socket hooks (egress, raw sockets) stay attached to the workload cgroups, so a
+member moved out by a non-member (not killed) is judged there no more; `pl_members`
+holds `MEMBERS` tasks (a scope with more is tracked only by cgroup).
 """
 from __future__ import annotations
 
@@ -47,22 +55,36 @@ import contextlib
 import os
 import struct
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .tpformat import Field, Formats
 
-#: `pl_event.hook` of a scope-escape record (policy hooks count from 0).
-SCOPE_HOOK = 255
 MEMBERS = 16384
 #: Member values.
 MEMBER, DOOMED = 1, 2
 #: (program, tracepoint) of the membership programs, attached before the hooks and seeded after.
 MEMBERSHIP_SITES = (("pl_scope_fork", "sched_process_fork"), ("pl_scope_exec", "sched_process_exec"),
                     ("pl_scope_exit", "sched_process_exit"))
-ATTACH_PROGRAM = "pl_scope_attach"
-ATTACH_TRACEPOINT = ("cgroup", "cgroup_attach_task")
-#: Operands of the escape event: the moved pid and the destination cgroup's path.
-EVENT_ARGS = (("pid", "int"), ("dst_path", "string"))
+CLONE_INTO_CGROUP = 1 << 33
+
+
+@dataclass(frozen=True)
+class Escape:
+    """One way out of the scope that a program watches; its events read as this tracepoint's."""
+
+    hook: int  # `pl_event.hook` of its records (policy hooks count from 0)
+    program: str
+    tracepoint: tuple[str, str]
+    args: tuple[tuple[str, str], ...]  # (label, Tetragon type) of the event's operands
+
+
+#: A cgroup move (moved pid, destination), and a clone3 that starts its child in another cgroup
+#: (CLONE_INTO_CGROUP: no move happens, so cgroup_attach_task never fires; the caller is killed
+#: before the child exists, since the kernel aborts a fork whose caller has a fatal signal pending).
+ESCAPES = (Escape(255, "pl_scope_attach", ("cgroup", "cgroup_attach_task"), (("pid", "int"), ("dst_path", "string"))),
+           Escape(254, "pl_scope_clone3", ("syscalls", "sys_enter_clone3"), (("flags", "uint64"),)))
+ATTACH_TRACEPOINT = ESCAPES[0].tracepoint
 
 #: The layout of the tracepoints where tracefs is absent (the reconciler's CI): kernel 6.x.
 _DEFAULT_OFFSETS = {("sched", "sched_process_fork", "child_pid"): 20,
@@ -70,7 +92,8 @@ _DEFAULT_OFFSETS = {("sched", "sched_process_fork", "child_pid"): 20,
                     ("cgroup", "cgroup_attach_task", "dst_root"): 8,
                     ("cgroup", "cgroup_attach_task", "dst_id"): 16,
                     ("cgroup", "cgroup_attach_task", "pid"): 24,
-                    ("cgroup", "cgroup_attach_task", "dst_path"): 28}
+                    ("cgroup", "cgroup_attach_task", "dst_path"): 28,
+                    ("syscalls", "sys_enter_clone3", "uargs"): 16}
 
 
 def offsets(formats: Formats) -> dict[str, int] | None:
@@ -79,7 +102,7 @@ def offsets(formats: Formats) -> dict[str, int] | None:
     out = {}
     for (sub, ev, name), default in _DEFAULT_OFFSETS.items():
         fields: tuple[Field, ...] | None = formats(sub, ev)
-        if fields is None and sub == "cgroup":
+        if fields is None and sub != "sched":
             return None
         f = next((f for f in fields or () if f.name == name), None)
         out[name] = f.offset if f is not None else default
@@ -88,10 +111,51 @@ def offsets(formats: Formats) -> dict[str, int] | None:
 
 def source(off: dict[str, int], mode_off: int) -> str:
     """The membership and escape programs (C, after the prelude of a scoped policy)."""
-    return _SOURCE % {**off, "mode_off": mode_off, "doomed": DOOMED, "member": MEMBER, "hook": SCOPE_HOOK}
+    return _SOURCE % {**off, "mode_off": mode_off, "doomed": DOOMED, "member": MEMBER, "attach": ESCAPES[0].hook,
+                      "clone3": ESCAPES[1].hook, "into_cgroup": CLONE_INTO_CGROUP}
 
 
 _SOURCE = r"""
+static __always_inline void pl_escape_event(struct pl_cfg *cfg, u32 hook, int writer, u32 acted, s64 arg0,
+                                            char *path) {
+    struct pl_event *e = pl_events.ringbuf_reserve(sizeof(struct pl_event));
+    if (!e) {
+        pl_count(3);
+        return;
+    }
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    __builtin_memset(e, 0, sizeof(*e));
+    e->ktime = bpf_ktime_get_ns();
+    e->cgroup = bpf_get_current_cgroup_id();
+    e->pid = pid_tgid >> 32; e->tid = (u32)pid_tgid;
+    e->uid = (u32)bpf_get_current_uid_gid();
+    e->hook = hook; e->sel = writer ? 0 : 1; e->action = writer ? 1 : 0; e->mode = cfg->mode;
+    e->acted = acted; e->sig = writer ? 9 : 0;
+    e->ints[0] = arg0;
+    if (path) __builtin_memcpy(e->strs[0], path, PL_STRLEN);
+    pl_events.ringbuf_submit(e, 0);
+    pl_count(0);
+}
+int pl_scope_clone3(void *ctx) {
+    int z = 0;
+    struct pl_cfg *cfg = pl_cfg.lookup(&z);
+    if (!cfg || cfg->mode >= %(mode_off)d || !cfg->scoped) return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (pl_self.lookup(&tgid)) return 0;
+    u64 flags = 0;
+    bpf_probe_read_user(&flags, sizeof(flags), *(void **)((char *)ctx + %(uargs)d));
+    if (!(flags & %(into_cgroup)dULL) || !pl_in_scope()) return 0;
+    u32 acted = 0;
+    if (cfg->mode == 2) {
+        bpf_send_signal(9);
+        acted = 1;
+        pl_count(1);
+    } else {
+        pl_count(2);
+    }
+    pl_escape_event(cfg, %(clone3)d, 1, acted, (s64)flags, 0);
+    return 0;
+}
 int pl_scope_fork(void *ctx) {
     int z = 0;
     struct pl_cfg *cfg = pl_cfg.lookup(&z);
@@ -162,22 +226,7 @@ int pl_scope_attach(void *ctx) {
             pl_count(2);
         }
     }
-    struct pl_event *e = pl_events.ringbuf_reserve(sizeof(struct pl_event));
-    if (!e) {
-        pl_count(3);
-        return 0;
-    }
-    __builtin_memset(e, 0, sizeof(*e));
-    e->ktime = bpf_ktime_get_ns();
-    e->cgroup = bpf_get_current_cgroup_id();
-    e->pid = tgid; e->tid = (u32)pid_tgid;
-    e->uid = (u32)bpf_get_current_uid_gid();
-    e->hook = %(hook)d; e->sel = writer ? 0 : 1; e->action = writer ? 1 : 0; e->mode = cfg->mode;
-    e->acted = acted; e->sig = writer ? 9 : 0;
-    e->ints[0] = moved;
-    __builtin_memcpy(e->strs[0], path, PL_STRLEN);
-    pl_events.ringbuf_submit(e, 0);
-    pl_count(0);
+    pl_escape_event(cfg, %(attach)d, writer, acted, moved, path);
     return 0;
 }
 """

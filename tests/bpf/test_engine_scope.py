@@ -165,3 +165,28 @@ def test_observe_mode_reports_the_escape_without_killing(engine: Engine, workloa
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+_CLONE_INTO = r"""
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+args = struct.pack("<11Q", 1 << 33, 0, 0, 0, 17, 0, 0, 0, 0, 0, fd)  # CLONE_INTO_CGROUP, SIGCHLD, cgroup fd
+pid = libc.syscall(435, args, len(args))
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print("cloned", pid)
+"""
+
+
+def test_clone3_into_another_cgroup_is_an_escape_too(scoped: Engine, workload: Workload, outside: Workload) -> None:
+    argv = [sys.executable, "-c", _CLONE_INTO, str(outside.path)]
+    assert subprocess.run(argv, capture_output=True, timeout=30).stdout.startswith(b"cloned ")  # outside: works
+    inside = workload.run(argv)
+    assert (inside.returncode, inside.stdout) == (-signal.SIGKILL, b""), inside  # killed before any child
+    [ev] = [e for e in wait_events(scoped, lambda e: "process_tracepoint" in e) if "process_tracepoint" in e]
+    body = ev["process_tracepoint"]
+    assert (body["event"], body["action"], body["args"]) == (
+        "sys_enter_clone3", "KPROBE_ACTION_SIGKILL", [{"size_arg": 1 << 33, "label": "flags"}])
