@@ -324,6 +324,8 @@ class _Compiler:
         self.scoped = scoped
         #: (ia32 numbers, program, index of its generator) of the syscall hooks: see `_ia32_source`.
         self.ia32: list[tuple[tuple[int, ...], str, int]] = []
+        #: (socketcall number, argument count, program) of the socket hooks among them.
+        self.socketcall: list[tuple[int, int, str]] = []
         self.f = features
         self.formats = formats
         self.reasons: list[str] = []
@@ -1073,8 +1075,10 @@ class _Compiler:
     def _ia32_variant(self, name: str, fn: str) -> None:
         # the 16-bit-id calls have a 32-bit-id twin on ia32 (setuid and setuid32): both are the call
         nrs = tuple(ia32.NUMBERS[n] for n in (name, f"{name}32") if n in ia32.NUMBERS)
-        if nrs:
+        if nrs or name in ia32.SOCKETCALL:
             self.ia32.append((nrs, fn, len(self.functions)))
+        if name in ia32.SOCKETCALL:
+            self.socketcall.append((*ia32.SOCKETCALL[name], fn))
 
     def _ia32_source(self, bodies: list[str]) -> str:
         """Each syscall hook again, for its ia32 number on raw_syscalls:sys_enter (bpf/ia32.py).
@@ -1104,8 +1108,24 @@ class _Compiler:
             out.append(f"static __always_inline int {fn}_ia32(void *ctx) {{" + body[len(head):])
         out += ["int pl_ia32(void *ctx) {", f"    long id = *(long *)((char *)ctx + {id_off});"]
         for nrs, fn, _ in self.ia32:
-            cond = " || ".join(f"id == {n}" for n in nrs)
-            out.append(f"    if ({cond}) return pl_compat() ? {fn}_ia32(ctx) : 0;")
+            if nrs:
+                cond = " || ".join(f"id == {n}" for n in nrs)
+                out.append(f"    if ({cond}) return pl_compat() ? {fn}_ia32(ctx) : 0;")
+        if self.socketcall:
+            # socketcall(call, u32 *args): the socket calls through one entry, their arguments in user
+            # memory; copied into a record laid out like the syscall tracepoint's, for the hook's code
+            out += [f"    if (id == {ia32.NUMBERS['socketcall']} && pl_compat()) {{",
+                    "        u32 call = *(u32 *)((char *)ctx + 16);",
+                    "        void *ua = *(void **)((char *)ctx + 24);",
+                    "        u32 a[6] = {};",
+                    "        u64 rec[8] = {};"]
+            for call, nargs, fn in self.socketcall:
+                out += [f"        if (call == {call}) {{",
+                        f"            bpf_probe_read_user(a, {4 * nargs}, ua);",
+                        *[f"            rec[{2 + k}] = a[{k}];" for k in range(nargs)],
+                        f"            return {fn}_ia32(rec);",
+                        "        }"]
+            out.append("    }")
         out += ["    return 0;", "}"]
         return "\n" + "\n".join(out) + "\n"
 

@@ -5,7 +5,8 @@ syscall tracing skips them), so a policy on `sys_enter_unshare` would not see un
 made through `int $0x80`, which any 64-bit process may execute where ia32 emulation is
 on (the default). The engine therefore also runs each syscall hook on
 `raw_syscalls:sys_enter` for the hook's ia32 number, where the call's arguments arrive in
-the same slots (compiled in bpf/compile.py). The numbers are kernel ABI and never change;
+the same slots (compiled in bpf/compile.py), and, for the socket calls, also
+through `socketcall`. The numbers are kernel ABI and never change;
 they come from the kernel's `asm/unistd_32.h`, plus the calls numbered alike on every
 architecture since 5.1 that are newer than that header.
 """
@@ -93,4 +94,13 @@ NUMBERS: dict[str, int] = {
     "statmount": 457, "listmount": 458, "lsm_get_self_attr": 459, "lsm_set_self_attr": 460,
     "lsm_list_modules": 461, "mseal": 462, "setxattrat": 463, "getxattrat": 464, "listxattrat": 465,
     "removexattrat": 466, "open_tree_attr": 467,
+}
+
+#: Native socket call → (its `socketcall` number, how many u32 arguments that reads): ia32 also
+#: reaches every socket call through socketcall(call, args), with the arguments in user memory.
+SOCKETCALL: dict[str, tuple[int, int]] = {
+    "socket": (1, 3), "bind": (2, 3), "connect": (3, 3), "listen": (4, 2), "accept": (5, 3),
+    "getsockname": (6, 3), "getpeername": (7, 3), "socketpair": (8, 4), "sendto": (11, 6), "recvfrom": (12, 6),
+    "shutdown": (13, 2), "setsockopt": (14, 5), "getsockopt": (15, 5), "sendmsg": (16, 3), "recvmsg": (17, 3),
+    "accept4": (18, 4), "recvmmsg": (19, 5), "sendmmsg": (20, 4),
 }

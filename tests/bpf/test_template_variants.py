@@ -145,6 +145,7 @@ _IA32_CASES = [
     ("block-chmod-suid", "chmod", "open(tmp + '/f', 'w').close()\nint80(15, low((tmp + '/f\\0').encode()), 0o4755)"),
     ("block-chmod-suid", "fchmod", "fd = os.open(tmp, os.O_RDONLY)\nint80(94, fd, 0o4755)"),
     ("block-raw-sockets", "packet", "int80(359, 17, 3, 0)"),
+    ("block-raw-sockets", "socketcall", "int80(102, 1, low(struct.pack('<3I', 17, 3, 0)))"),  # SYS_SOCKET
     ("block-bpf-load", "bpf", "int80(357, 5, 0, 0)"),
     ("block-memfd-create", "memfd_create", "int80(356, low(b'x\\0'), 0)"),
     ("block-pivot-root", "pivot_root", "int80(217, low(b'/\\0'), low(b'/\\0'))"),
