@@ -35,6 +35,7 @@ _S_ISUID_ISGID = 0o6000
 #: open(2) flags that create a file, so that its mode applies: O_CREAT, __O_TMPFILE.
 _O_CREATING = 0o100 | 0o20000000
 _EPERM = 1
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE = 47, 2
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,10 @@ def _capset(_: Mapping[str, Any]) -> dict[str, Any]:
     # The capability sets are in user memory; the tracepoint sees only the call.
     # Every capset() outside the exceptions is killed: add the daemons that drop
     # privileges at start as exceptions.
-    return _tracepoints(_syscall("sys_enter_capset"))
+    # prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE) changes the ambient set, which execve carries over
+    return _tracepoints(_syscall("sys_enter_capset"),
+                        _syscall("sys_enter_prctl", args=[_arg(5, "int"), _arg(6, "uint64")],
+                                 match=[_m(0, "Equal", [_PR_CAP_AMBIENT]), _m(1, "Equal", [_PR_CAP_AMBIENT_RAISE])]))
 
 
 def _ptrace(_: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,16 +190,16 @@ def _execve_tmp(params: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def _single(event: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-    return lambda _: _tracepoints(_syscall(event))
+def _calls(*events: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """Kill every call of these syscalls."""
+    return lambda _: _tracepoints(*(_syscall(e) for e in events))
 
 
-def _mount(_: Mapping[str, Any]) -> dict[str, Any]:
-    # mount(2) and the mount API: fsopen/fsconfig/fsmount build a new mount, fspick + fsconfig
-    # reconfigure (remount) one, open_tree clones a tree (detached until move_mount attaches it),
-    # mount_setattr changes a mount's flags (nosuid, noexec, ro) as a remount does
-    return _tracepoints(*(_syscall(f"sys_enter_{call}") for call in (
-        "mount", "fsopen", "fspick", "fsconfig", "fsmount", "move_mount", "open_tree", "mount_setattr")))
+# mount(2) and the mount API: fsopen/fsconfig/fsmount build a new mount, fspick + fsconfig reconfigure
+# (remount) one, open_tree clones a tree (detached until move_mount attaches it), mount_setattr changes
+# a mount's flags (nosuid, noexec, ro) as a remount does
+_mount = _calls(*(f"sys_enter_{call}" for call in (
+    "mount", "fsopen", "fspick", "fsconfig", "fsmount", "move_mount", "open_tree", "mount_setattr")))
 
 
 def _bpf_load(_: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,15 +242,16 @@ TEMPLATES: Mapping[str, Template] = {
         Template("block-raw-sockets",
                  "deny creating inet raw sockets (EPERM); kill processes creating packet sockets", (),
                  _raw_sockets),
-        Template("block-capset-sysadmin", "kill processes changing their capability sets (capset)", (),
+        Template("block-capset-sysadmin", "kill processes changing their capability sets (capset, raising "
+                 "ambient capabilities)", (),
                  _capset),
         Template("kill-ptrace-attach", "kill processes attaching to others with ptrace or reaching into their "
                  "memory (process_vm_readv/writev)", (), _ptrace),
         Template("block-execve-tmp", "kill processes executing files from temporary directories",
                  (_TMP_DIRS,), _execve_tmp),
         Template("block-memfd-create", "kill processes creating anonymous memory files (fileless exec)",
-                 (), _single("sys_enter_memfd_create")),
-        Template("block-pivot-root", "kill processes calling pivot_root", (), _single("sys_enter_pivot_root")),
+                 (), _calls("sys_enter_memfd_create")),
+        Template("block-pivot-root", "kill processes calling pivot_root", (), _calls("sys_enter_pivot_root")),
         Template("block-mount-syscall", "kill processes mounting or remounting file systems (mount and the "
                  "mount API)", (), _mount),
         Template("block-unshare", "kill processes leaving their namespaces (unshare, clone/clone3 into new "

@@ -70,6 +70,7 @@ _CASES: dict[str, list[tuple[str, str]]] = {
         ("openat2", "how = struct.pack('<3Q', os.O_CREAT | os.O_WRONLY, 0o4755, 0)\n"
                     "os.close(sc(437, AT_FDCWD, (tmp + '/f').encode(), how, len(how)))"),
     ],
+    "block-capset-sysadmin": [("ambient_raise", "sc(157, 47, 2, 21, 0, 0)")],  # prctl PR_CAP_AMBIENT_RAISE
     "kill-ptrace-attach": [
         ("seize", "c = sleeper()\n"
                   "try:\n    sc(101, 0x4206, c.pid, 0, 0)\nfinally:\n    c.kill()"),
