@@ -349,6 +349,8 @@ class Agent:
             log.warning("%s transfer failing (%s): %s; retrying with backoff, still enforcing %s", what,
                         err.reason, err, f"v{self.version}" if self.version else "nothing")
             self._health_changed()
+        else:
+            self.write_status()  # the count and the time of the last failure (at most once per attempt)
 
     def index_expired(self) -> bool:
         cur = self.applied

@@ -190,7 +190,8 @@ class _OutOfRange(_Malformed):
 def _parse_int(text: str) -> int:
     # json calls this with the literal's text: refuse by length first, so a 5,000-digit number costs nothing
     if len(text.lstrip("-")) > _MAX_DIGITS:
-        raise _OutOfRange(f"number {text[:24]}… has {len(text.lstrip('-'))} digits, more than {_MAX_DIGITS}")
+        shown = text if len(text) <= 24 else text[:24] + "…"
+        raise _OutOfRange(f"number {shown} has {len(text.lstrip('-'))} digits, more than {_MAX_DIGITS}")
     value = int(text)
     if not -MAX_INT <= value <= MAX_INT:
         raise _OutOfRange(f"number {text} is out of range (at most {MAX_INT})")

@@ -90,6 +90,17 @@ def test_a_number_out_of_range_in_a_bundle_is_a_typed_refusal(field: str, litera
     assert type(err.value) is expected, err.value
 
 
+@pytest.mark.parametrize("text", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "99999-01-01T00:00:00Z",
+                                  "2026-13-01T00:00:00Z", "2026-01-01T00:00:00"])
+@pytest.mark.parametrize("field", ["expires", "issued"])
+def test_a_time_beyond_the_calendar_in_the_index_is_a_refusal(field: str, text: str, served: Served) -> None:
+    """9999-12-31T23:59:59-23:59 is a valid RFC 3339 time past the last instant Python can hold."""
+    doc = json.loads(_index(served))
+    doc[field] = text
+    with pytest.raises(Malformed):
+        verify_index(canonical_json(doc), [served.verify_key])
+
+
 def test_a_signed_index_is_bounded_too(served: Served) -> None:
     """The signature proves who wrote a number, not that it makes sense: a bundle of 2**40 bytes is refused."""
     cur = parse_index(_index(served))

@@ -61,12 +61,17 @@ def node(tmp_path: Path, small_tmpfs: Callable[..., Path], monkeypatch: pytest.M
         yield Node(up, small_tmpfs(tmp_path / "state"), tmp_path)
 
 
-def _copy(node: Node) -> dict | None:  # type: ignore[type-arg]
+def _copy_at(state: Path) -> dict | None:  # type: ignore[type-arg]
+    """The runtime copy of the agent's status (written while the state directory refuses it)."""
     try:
-        doc: dict = json.loads(runtime_status_path(node.state).read_text())  # type: ignore[type-arg]
+        doc: dict = json.loads(runtime_status_path(state).read_text())  # type: ignore[type-arg]
         return doc
     except (OSError, ValueError):
         return None
+
+
+def _copy(node: Node) -> dict | None:  # type: ignore[type-arg]
+    return _copy_at(node.state)
 
 
 def _until(cond: Callable[[], object], timeout: float, what: str, agent: AgentProc) -> None:
@@ -158,8 +163,10 @@ def test_with_the_engine_a_fresh_node_on_a_full_disk_kills_the_forbidden_exec(
     agent = setup.agent("node-canary-1")  # the canary enforces web-lockdown in v1
     try:
         kernel_until(lambda: setup.workload.run(FORBIDDEN) == -signal.SIGKILL, 60)
-        copy = json.loads(runtime_status_path(state).read_text())
-        assert copy["version"] == 1 and copy["health"]["state"] == "degraded"
+        # the status follows the apply (the kernel enforces first): the runtime copy, the state being full
+        kernel_until(lambda: (_copy_at(state) or {}).get("version") == 1, 10)
+        copy = _copy_at(state)
+        assert copy is not None and copy["health"]["state"] == "degraded"
         assert {p["name"]: (p["status"], p["mode"]) for p in copy["policies"]}["web-exec-allowlist"] == \
             ("loaded", "enforced")
         free(state)
