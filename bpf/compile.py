@@ -112,6 +112,8 @@ class Features:
     cgroup_connect6: bool = True
     cgroup_sendmsg4: bool = True
     cgroup_sendmsg6: bool = True
+    #: bpf_send_signal works in cgroup socket programs (Sigkill on the egress hooks).
+    cgroup_send_signal: bool = True
     ringbuf: bool = True
     #: Why a missing feature is missing, e.g. {"lsm": "listed active, but LSM programs fail to load"}.
     reasons: tuple[tuple[str, str], ...] = ()
@@ -148,6 +150,7 @@ class Features:
                             ("cgroup_connect6", ("cgroup_connect6", "connect6")),
                             ("cgroup_sendmsg4", ("cgroup_sendmsg4", "sendmsg4")),
                             ("cgroup_sendmsg6", ("cgroup_sendmsg6", "sendmsg6")),
+                            ("cgroup_send_signal", ("cgroup_send_signal",)),
                             ("ringbuf", ("ringbuf", "ring_buffer"))):
             ok, why = avail(*names)
             values[attr] = getattr(base, attr) if ok is None else ok
@@ -486,10 +489,13 @@ class _Compiler:
         call = h.target
         arg_index, sees = _CONNECT_CALLS[call]
         sites = _EGRESS_SITES[sees]
-        missing = [s for s in sites if not getattr(self.f, f"cgroup_{s}")]
+        missing = [f"the cgroup {s} hook" for s in sites if not getattr(self.f, f"cgroup_{s}")]
+        signals = any(a.action in ("Sigkill", "Signal") for s in h.selectors for a in s.match_actions)
+        if signals and not self.f.cgroup_send_signal:
+            missing.append("bpf_send_signal in cgroup socket programs")
         if missing:
             if overrides or self.formats("syscalls", "sys_enter_connect") is None:
-                self.refuse(f"kprobe on {call} needs the cgroup {'/'.join(missing)} hook, which this kernel lacks")
+                self.refuse(f"kprobe on {call} needs {' and '.join(missing)}, which this kernel lacks")
                 return None
             return self._legacy_connect(i, h, arg_index, sees)
         guards: dict[str, list[str]] = {}

@@ -54,6 +54,9 @@ class Features:
     cgroup_sock_create: Feature
     cgroup_connect4: Feature
     cgroup_connect6: Feature
+    cgroup_sendmsg4: Feature
+    cgroup_sendmsg6: Feature
+    cgroup_send_signal: Feature
     ring_buffer: Feature
     perf_buffer: Feature
     kernel_release: str
@@ -99,6 +102,9 @@ _LABELS = {
     "cgroup_sock_create": "the cgroup sock_create hook",
     "cgroup_connect4": "the cgroup connect4 hook",
     "cgroup_connect6": "the cgroup connect6 hook",
+    "cgroup_sendmsg4": "the cgroup sendmsg4 hook",
+    "cgroup_sendmsg6": "the cgroup sendmsg6 hook",
+    "cgroup_send_signal": "bpf_send_signal in cgroup socket programs",
     "ring_buffer": "a BPF ring buffer",
     "perf_buffer": "a BPF perf buffer",
 }
@@ -127,6 +133,11 @@ def probe(*, cache: bool = True) -> Features:
             ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_INET4_CONNECT, "connect4")),
         cgroup_connect6=_check(lambda: _cgroup_hook(
             ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_INET6_CONNECT, "connect6")),
+        cgroup_sendmsg4=_check(lambda: _cgroup_hook(
+            ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_UDP4_SENDMSG, "sendmsg4")),
+        cgroup_sendmsg6=_check(lambda: _cgroup_hook(
+            ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_UDP6_SENDMSG, "sendmsg6")),
+        cgroup_send_signal=_check(_cgroup_send_signal),
         ring_buffer=_check(_ring_buffer),
         perf_buffer=_check(_perf_buffer),
         kernel_release=platform.release(),
@@ -365,6 +376,15 @@ def _override_return(kprobes: Feature) -> str:
         except SyscallError as e:
             raise _Missing(f"a bpf_override_return program cannot attach to {target}: {_short(e)}") from None
     return f"a bpf_override_return program attached to a kprobe on {target}"
+
+
+def _cgroup_send_signal() -> str:
+    """Whether a connect4 program may call bpf_send_signal (it kills, and denies, on the egress hooks)."""
+    insns = [Insn(0xB7, dst=1, imm=0), _call(_HELPER_SEND_SIGNAL), *_RETURN_1]  # signal 0: nobody is hit
+    with _fds() as fds:
+        _load(fds, ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, insns,
+              expected_attach_type=AttachType.BPF_CGROUP_INET4_CONNECT)
+    return "a cgroup connect4 program calling bpf_send_signal loaded"
 
 
 def _cgroup_hook(prog_type: ProgType, attach_type: AttachType, hook: str) -> str:

@@ -93,6 +93,8 @@ def test_socket_hooks_choose_cgroup_programs_for_override_and_tracepoints_for_si
     legacy = compile_policy(parse(doc({"kprobes": [tcp]})), Features(cgroup_connect6=False), builtin_formats)
     assert [(s.kind, s.event) for h in legacy.hooks for s in h.sites] == [("tracepoint", "sys_enter_connect")]
     assert any("misses TCP Fast Open" in n for n in legacy.notes)
+    no_signal = compile_policy(parse(doc({"kprobes": [tcp]})), Features(cgroup_send_signal=False), builtin_formats)
+    assert [s.event for h in no_signal.hooks for s in h.sites] == ["sys_enter_connect"]
     no_hook = reasons({"kprobes": [{"call": "security_socket_create", "args": [{"index": 1, "type": "int"}],
                                     "selectors": [{"matchActions": [{"action": "Override", "argError": -1}]}]}]},
                       Features(cgroup_sock_create=False))
