@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent_support import Served, make_agent
+from agent_support import Proxy, Served, make_agent
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -43,3 +43,30 @@ def test_status_without_an_agent_is_a_clear_error(tmp_path: Path) -> None:
     out = _status(tmp_path)
     assert out.returncode == 2 and "has `palisade-agent run` started there?" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_status_shows_the_last_refused_bundle_with_reason_and_time(served: Served, proxy: Proxy,
+                                                                   tmp_path: Path) -> None:
+    state = tmp_path / "agent"
+
+    async def run() -> None:
+        agent = make_agent(proxy.url, served, state)
+        await agent.sync_once()
+        v = served.relax(1)
+        data = served.store.bundle_bytes(v)
+        assert data is not None
+        proxy.truncate(f"/v1/bundles/{v}", data)
+        assert (await agent.sync_once()).outcome == "refused"
+        await agent.client.aclose()
+
+    asyncio.run(run())
+    text = _status(state)
+    # degraded: no bundle transfer has worked since (a verification refusal alone would not be)
+    assert text.returncode == 1, text.stderr
+    assert "transfer (truncated)" in text.stdout
+    line = next(r for r in text.stdout.splitlines() if r.startswith("last refused: "))
+    assert line.startswith("last refused: bundle at 20") and "(truncated)" in line
+    doc = json.loads(_status(state, "-o", "json").stdout)
+    assert doc["health"]["lastRefusal"]["what"] == "bundle"
+    assert doc["health"]["lastRefusal"]["reason"] == "truncated"
+    assert doc["refusals"] == {"truncated": 1}
