@@ -458,17 +458,29 @@ class _Compiler:
         overrides = any(a.action == "Override" for s in h.selectors for a in s.match_actions)
         signals = any(a.action in ("Sigkill", "Signal") for s in h.selectors for a in s.match_actions)
         if call in _SOCKET_CALLS:
-            if overrides and signals:
-                self.refuse(f"kprobe on {call}: Override and Sigkill/Signal in one socket hook (the denial runs on "
-                            "a cgroup hook, signals on the syscall tracepoint); split them into two hooks")
-                return None
+            fields = self.formats("syscalls", "sys_enter_socket")
             if overrides:
                 if not self.f.cgroup_sock_create:
                     self.refuse(f"kprobe on {call} with Override needs the cgroup sock_create hook, which this "
                                 "kernel lacks")
                     return None
-                return self._build(i, h, "process_kprobe", None, None, {}, (), ("sock_create",))
-            fields = self.formats("syscalls", "sys_enter_socket")
+                if not signals:
+                    return self._build(i, h, "process_kprobe", None, None, {}, (), ("sock_create",))
+                if fields is None or not self.f.cgroup_send_signal:
+                    self.refuse(f"kprobe on {call}: Override and Sigkill/Signal in one socket hook need "
+                                "bpf_send_signal in cgroup socket programs and syscalls:sys_enter_socket")
+                    return None
+                # inet sockets on the cgroup hook (deny, or kill and deny); the other families reach no
+                # cgroup hook: judged at sys_enter_socket, where only signals act
+                family = self._field({0: 5}, 0, fields)
+                assert family is not None
+                self.notes.append(f"{format_path(h.path)}: Override cannot deny sockets of families other than "
+                                  "AF_INET/AF_INET6 (no cgroup hook sees them); their matches are reported only")
+                guard = [f"s32 pl_fam = *(s32 *)((char *)ctx + {family.offset});",
+                         "if (pl_fam == 2 || pl_fam == 10) return 0;  /* inet: judged on the cgroup hook */"]
+                return self._build(i, h, "process_kprobe", "syscalls", "sys_enter_socket",
+                                   {a.index: 5 + a.index for a in h.args}, fields, ("sock_create",),
+                                   mask_type=_SOCKET_CALLS[call], guards={"tp": guard})
             if fields is None:
                 self.refuse("no syscalls:sys_enter_socket tracepoint on this kernel")
                 return None
@@ -967,7 +979,8 @@ class _Compiler:
             L.append(f"    if ({cond}) {{ sel = {k}; act = {act}; sig = {sig}; post = {int(post)}; "
                      f"deny = {int(deny)}; goto matched; }}")
         L += [f"    return {allow};", "matched:"]
-        L += ["    if (sig || deny) {",
+        # a denial acts only where the hook can deny (a tracepoint next to a cgroup hook cannot)
+        L += ["    if (sig || deny) {" if cg else "    if (sig) {",
               "        if (cfg->mode == 2) {"]
         L.append("            if (sig) bpf_send_signal(sig);")
         L += ["            acted = 1; pl_count(1);",

@@ -137,25 +137,19 @@ def _raw_sockets(_: Mapping[str, Any]) -> dict[str, Any]:
     # Inet raw sockets (IPv4 and IPv6) are denied (EPERM) on the cgroup sock_create hook. Packet
     # sockets (AF_PACKET, raw or cooked) read and forge whole frames, but no cgroup hook sees their
     # creation: the creating process is killed instead. Netlink's SOCK_RAW is not a raw network socket.
-    args = [_arg(0, "int"), _arg(1, "int"), _arg(2, "int")]
     return {
         "kprobes": [
             {
                 "call": "security_socket_create",
                 "syscall": False,
-                "args": args,
+                "args": [_arg(0, "int"), _arg(1, "int"), _arg(2, "int")],
                 "selectors": [
                     {
                         "matchArgs": [_m(0, "Equal", [_AF_INET, _AF_INET6]), _m(1, "Equal", [_SOCK_RAW])],
                         "matchActions": [{"action": "Override", "argError": -_EPERM}],
-                    }
+                    },
+                    {"matchArgs": [_m(0, "Equal", [_AF_PACKET])], "matchActions": _kill()},
                 ],
-            },
-            {
-                "call": "security_socket_create",
-                "syscall": False,
-                "args": args,
-                "selectors": [{"matchArgs": [_m(0, "Equal", [_AF_PACKET])], "matchActions": _kill()}],
             },
         ]
     }
