@@ -140,7 +140,9 @@ class Agent:
         self.health = Health()
         self.files = StateFiles()
         self.min_poll = min_poll
-        self._runtime_copy = False  # the runtime status copy exists (the state directory refused the status)
+        # the runtime status copy may exist (the state directory refused the status; True at start: a copy
+        # left by an earlier run goes at the first status the state directory takes)
+        self._runtime_copy = True
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop `run` runs on
         client.observe(self._on_transfer)
         if events is not None:
