@@ -24,6 +24,7 @@ from . import add_output
 from ._fleetsource import FleetSource, Query, add_arguments
 
 if TYPE_CHECKING:
+    from ..acceptances import Acceptances
     from ..model import PolicyRepository, State, UnitKey
 
 
@@ -93,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import SourceError
 
         raise SourceError(f"{args.repo}: no palisade.yaml at {args.rev}")
-    entered = history.entered_at(args.repo, lu.commit, {lu.unit: lu.state})[lu.unit]
+    # with the reconciler's state, time in state runs from its first acceptance, as the reconciler judges it
+    accepted = _acceptances(args.state) if getattr(args, "state", None) else None
+    entered = history.entered_at(args.repo, lu.commit, {lu.unit: lu.state}, accepted=accepted)[lu.unit]
     policies = readiness.unit_policies(lu.repo, lu.unit, now.date())
     pack = lu.repo.pack(lu.unit.name) if lu.unit.kind == "pack" else None
     fleet = FleetSource.from_args(args)
@@ -125,3 +128,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(readiness.text(report))
     return 1 if report.readiness is readiness.Readiness.NOT_READY else 0
+
+
+def _acceptances(state: Path) -> Acceptances | None:
+    from ..ledger import DB_FILE, Ledger
+
+    if not (state / DB_FILE).is_file():
+        return None  # no reconciler ran there: FleetSource reports what it can
+    with Ledger.open(state, readonly=True) as ledger:
+        return ledger.acceptances()

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 from operator_support import FleetServer, fleet_server, policy_status
 
 from reconciler.cli import main
+from reconciler.reconcile import Reconciler
 from support.policyrepo import PolicyRepo
 
 WEB_ALLOWLIST = policy_status("web-exec-allowlist", ("pack", "web-lockdown"), mode="enforce_ready")
@@ -100,6 +102,22 @@ def test_ready(repo: PolicyRepo, fleet: FleetServer, capsys: pytest.CaptureFixtu
     text = capsys.readouterr().out
     assert text.startswith("pack web-lockdown at group:web: enforce_ready -> enforced: CandidateForEnforced")
     assert "caution  WouldAct" in text
+
+
+def test_with_the_reconciler_state_time_in_state_runs_from_its_first_acceptance(
+        repo: PolicyRepo, fleet: FleetServer, capsys: pytest.CaptureFixture[str]) -> None:
+    # git says web-lockdown has been at enforce_ready for a year; the reconciler first saw it now
+    with Reconciler(str(repo.path), fleet.state, SigningKey.generate()) as rec:
+        assert rec.run_once().published == (1,)
+    for sensor in ("web-1", "web-2"):
+        fleet.heartbeat(sensor, {"role": "web"}, policies=[WEB_ALLOWLIST], observations=SEEN)
+    argv = ("pack/web-lockdown", "--scope", "group:web", "--repo", str(repo.path))
+    code, doc = _readiness(capsys, *argv, "--state", str(fleet.state))
+    assert code == 1 and doc["readiness"] == "NotReady"
+    window = _conditions(doc)["ObservationWindow"]
+    assert window["severity"] == "blocking", window
+    code, doc = _readiness(capsys, *argv, "--server", fleet.url)  # git alone: commit dates
+    assert _conditions(doc)["ObservationWindow"]["severity"] == "ok"
 
 
 def test_without_a_fleet_view_it_is_not_ready(repo: PolicyRepo, capsys: pytest.CaptureFixture[str]) -> None:
