@@ -114,6 +114,9 @@ class Features:
     cgroup_sendmsg6: bool = True
     #: bpf_send_signal works in cgroup socket programs (Sigkill on the egress hooks).
     cgroup_send_signal: bool = True
+    #: 64-bit processes can make 32-bit syscalls (x86_64 with ia32 emulation), which syscall
+    #: tracepoints miss: syscall hooks then also run for them (`Compiler._ia32_source`).
+    ia32_syscalls: bool = True
     ringbuf: bool = True
     #: Why a missing feature is missing, e.g. {"lsm": "listed active, but LSM programs fail to load"}.
     reasons: tuple[tuple[str, str], ...] = ()
@@ -151,6 +154,7 @@ class Features:
                             ("cgroup_sendmsg4", ("cgroup_sendmsg4", "sendmsg4")),
                             ("cgroup_sendmsg6", ("cgroup_sendmsg6", "sendmsg6")),
                             ("cgroup_send_signal", ("cgroup_send_signal",)),
+                            ("ia32_syscalls", ("ia32_syscalls",)),
                             ("ringbuf", ("ringbuf", "ring_buffer"))):
             ok, why = avail(*names)
             values[attr] = getattr(base, attr) if ok is None else ok
@@ -176,14 +180,16 @@ class Operand:
 @dataclass(frozen=True)
 class Site:
     function: str
-    kind: str  # "tracepoint" | "cgroup"
+    kind: str  # "tracepoint" | "raw_tracepoint" | "cgroup"
     subsystem: str | None = None
     event: str | None = None
     attach: str | None = None  # "sock_create" | "connect4" | "connect6" | "sendmsg4" | "sendmsg6"
 
     @property
     def label(self) -> str:
-        return f"{self.subsystem}:{self.event}" if self.kind == "tracepoint" else f"cgroup/{self.attach}"
+        if self.kind == "cgroup":
+            return f"cgroup/{self.attach}"
+        return f"{self.subsystem}:{self.event}" if self.kind == "tracepoint" else f"raw_tp/{self.event}"
 
 
 @dataclass(frozen=True)
@@ -262,7 +268,7 @@ _TRACKING_SITES = (
     Site("pl_track_fork", "tracepoint", "sched", "sched_process_fork"),
     Site("pl_track_exit", "tracepoint", "sched", "sched_process_exit"),
 )
-_IA32_SITE = Site("pl_ia32", "tracepoint", "raw_syscalls", "sys_enter")
+_IA32_SITE = Site("pl_ia32", "raw_tracepoint", "raw_syscalls", "sys_enter")
 _SCOPE_SITES = tuple(Site(fn, "tracepoint", "sched", ev) for fn, ev in scope.MEMBERSHIP_SITES)
 
 
@@ -1093,6 +1099,8 @@ class _Compiler:
 
     def _ia32_variant(self, name: str, fn: str) -> None:
         # the 16-bit-id calls have a 32-bit-id twin on ia32 (setuid and setuid32): both are the call
+        if not self.f.ia32_syscalls:
+            return
         nrs = tuple(ia32.NUMBERS[n] for n in (name, f"{name}32") if n in ia32.NUMBERS)
         if nrs or name in ia32.SOCKETCALL:
             self.ia32.append((nrs, fn, len(self.functions)))
@@ -1100,18 +1108,18 @@ class _Compiler:
             self.socketcall.append((*ia32.SOCKETCALL[name], fn))
 
     def _ia32_source(self, bodies: list[str]) -> str:
-        """Each syscall hook again, for its ia32 number on raw_syscalls:sys_enter (bpf/ia32.py).
+        """Each syscall hook again, for its ia32 number on the raw `sys_enter` tracepoint (bpf/ia32.py).
 
         Syscall tracepoints never see a compat call, and the 64-bit numbers mean other calls
         there, so one program per policy takes every syscall, keeps those whose number a hook
         has in the ia32 table, and runs the hook's own code on them once the task is in a compat
-        syscall (TS_COMPAT in thread_info.status, whose offset the engine reads from BTF).
-        raw_syscalls:sys_enter keeps the arguments in the same 8-byte slots as the syscall
-        tracepoints (field 5 + i at offset 16 + 8i), so the hook's code reads them unchanged;
-        compat arguments are 32-bit, zero-extended, which the int/uint casts of the operands absorb.
+        syscall (TS_COMPAT in thread_info.status, whose offset the engine reads from BTF). It is
+        a raw tracepoint program, because it runs on every syscall of the node: no event record
+        is built for it (a perf-event tracepoint program there costs ~30 ns a syscall, measured).
+        The arguments are copied from the registers into a record laid out like a syscall
+        tracepoint's (field 5 + i at offset 16 + 8i), so the hook's code reads them unchanged;
+        compat arguments are 32 bits wide, zero-extended, which the int/uint casts absorb.
         """
-        fields = self.formats("raw_syscalls", "sys_enter") or ()
-        id_off = next((f.offset for f in fields if f.name == "id"), 8)
         out = ["#ifndef PL_TI_STATUS",
                "#define PL_TI_STATUS 16  /* thread_info.status on x86_64 5.11+; the engine defines it from BTF */",
                "#endif",
@@ -1125,24 +1133,34 @@ class _Compiler:
             head = f"int {fn}(void *ctx) {{"
             assert body.startswith(head), body[:80]
             out.append(f"static __always_inline int {fn}_ia32(void *ctx) {{" + body[len(head):])
-        out += ["int pl_ia32(void *ctx) {", f"    long id = *(long *)((char *)ctx + {id_off});"]
+        # a raw tracepoint: (struct pt_regs *regs, long id); the ia32 arguments are in bx, cx, dx, si,
+        # di, bp (uapi pt_regs offsets), copied into a record laid out like a syscall tracepoint's
+        out += ["int pl_ia32(struct bpf_raw_tracepoint_args *ctx) {",
+                "    long id = ctx->args[1];",
+                "    if (" + " && ".join(f"id != {n}" for nrs, _, _ in self.ia32 for n in nrs)
+                + (f" && id != {ia32.NUMBERS['socketcall']}" if self.socketcall else "") + ") return 0;",
+                "    if (!pl_compat()) return 0;",
+                "    char *regs = (char *)ctx->args[0];",
+                "    u64 rec[8] = {};"]
+        for k, off in enumerate((40, 88, 96, 104, 112, 32)):
+            out.append(f"    bpf_probe_read_kernel(&rec[{2 + k}], 8, regs + {off});")
+        out.append("    for (int k = 2; k < 8; k++) rec[k] &= 0xffffffff;")
         for nrs, fn, _ in self.ia32:
             if nrs:
                 cond = " || ".join(f"id == {n}" for n in nrs)
-                out.append(f"    if ({cond}) return pl_compat() ? {fn}_ia32(ctx) : 0;")
+                out.append(f"    if ({cond}) return {fn}_ia32(rec);")
         if self.socketcall:
-            # socketcall(call, u32 *args): the socket calls through one entry, their arguments in user
-            # memory; copied into a record laid out like the syscall tracepoint's, for the hook's code
-            out += [f"    if (id == {ia32.NUMBERS['socketcall']} && pl_compat()) {{",
-                    "        u32 call = *(u32 *)((char *)ctx + 16);",
-                    "        void *ua = *(void **)((char *)ctx + 24);",
+            # socketcall(call, u32 *args): the socket calls through one entry, their arguments in user memory
+            out += [f"    if (id == {ia32.NUMBERS['socketcall']}) {{",
+                    "        u32 call = rec[2];",
+                    "        void *ua = (void *)rec[3];",
                     "        u32 a[6] = {};",
-                    "        u64 rec[8] = {};"]
+                    "        u64 sock[8] = {};"]
             for call, nargs, fn in self.socketcall:
                 out += [f"        if (call == {call}) {{",
                         f"            bpf_probe_read_user(a, {4 * nargs}, ua);",
-                        *[f"            rec[{2 + k}] = a[{k}];" for k in range(nargs)],
-                        f"            return {fn}_ia32(rec);",
+                        *[f"            sock[{2 + k}] = a[{k}];" for k in range(nargs)],
+                        f"            return {fn}_ia32(sock);",
                         "        }"]
             out.append("    }")
         out += ["    return 0;", "}"]

@@ -447,6 +447,14 @@ class _Loader:
                                 struct.pack("<I", len(self.meta)) + self.meta.ljust(meta_size, b"\0"))
 
     def _attach(self, tmp: Path, site: Site, prog_fd: int) -> None:
+        if site.kind == "raw_tracepoint":
+            assert site.event
+            lfd = syscall.raw_tracepoint_open(prog_fd, site.event)
+            try:
+                syscall.obj_pin(lfd, tmp / f"link_{site.function}")
+            finally:
+                os.close(lfd)
+            return
         if site.kind == "tracepoint":
             assert site.subsystem and site.event
             pfd = syscall.perf_event_open_tracepoint(syscall.tracepoint_id(site.subsystem, site.event))
@@ -509,6 +517,8 @@ def _prog_type(site: Site) -> tuple[int, int]:
 
     if site.kind == "tracepoint":
         return BPF.TRACEPOINT, -1
+    if site.kind == "raw_tracepoint":
+        return BPF.RAW_TRACEPOINT, -1
     assert site.attach
     if site.attach == "sock_create":
         return BPF.CGROUP_SOCK, int(_CGROUP_ATTACH["sock_create"])

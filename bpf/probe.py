@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from . import inventory
 from . import syscall as sc
 from .syscall import AttachType, Insn, MapType, ProgType, SyscallError
 
@@ -57,6 +58,7 @@ class Features:
     cgroup_sendmsg4: Feature
     cgroup_sendmsg6: Feature
     cgroup_send_signal: Feature
+    ia32_syscalls: Feature
     ring_buffer: Feature
     perf_buffer: Feature
     kernel_release: str
@@ -105,6 +107,7 @@ _LABELS = {
     "cgroup_sendmsg4": "the cgroup sendmsg4 hook",
     "cgroup_sendmsg6": "the cgroup sendmsg6 hook",
     "cgroup_send_signal": "bpf_send_signal in cgroup socket programs",
+    "ia32_syscalls": "32-bit compat syscalls",
     "ring_buffer": "a BPF ring buffer",
     "perf_buffer": "a BPF perf buffer",
 }
@@ -138,6 +141,7 @@ def probe(*, cache: bool = True) -> Features:
         cgroup_sendmsg6=_check(lambda: _cgroup_hook(
             ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, AttachType.BPF_CGROUP_UDP6_SENDMSG, "sendmsg6")),
         cgroup_send_signal=_check(_cgroup_send_signal),
+        ia32_syscalls=_check(_ia32_syscalls),
         ring_buffer=_check(_ring_buffer),
         perf_buffer=_check(_perf_buffer),
         kernel_release=platform.release(),
@@ -376,6 +380,60 @@ def _override_return(kprobes: Feature) -> str:
         except SyscallError as e:
             raise _Missing(f"a bpf_override_return program cannot attach to {target}: {_short(e)}") from None
     return f"a bpf_override_return program attached to a kprobe on {target}"
+
+
+def _ia32_syscalls() -> str:
+    """Whether a 64-bit process can make 32-bit syscalls (`int $0x80`), which syscall tracepoints miss,
+    and the raw sys_enter tracepoint sees them: a raw tracepoint program there SIGKILLs a forked child
+    when it makes ia32 getppid (64). Where int $0x80 fails (ia32 emulation off), policies need no
+    program for 32-bit calls."""
+    if platform.machine() != "x86_64":
+        raise _Missing(f"not an x86_64 kernel ({platform.machine()})")
+    import mmap
+
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.read(ready_r, 1)
+            code = b"\xb8\x40\x00\x00\x00\xcd\x80\xc3"  # mov eax, 64; int 0x80; ret
+            buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+            buf.write(code)
+            ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(buf)))()
+        finally:
+            os._exit(0)
+    os.close(ready_r)
+    try:
+        insns = [
+            Insn(0xBF, dst=6, src=1),  # r6 = ctx (struct bpf_raw_tracepoint_args)
+            _call(_HELPER_GET_CURRENT_PID_TGID),
+            Insn(0x77, dst=0, imm=32),  # r0 >>= 32: the tgid
+            Insn(0x55, dst=0, off=4, imm=child),  # if r0 != child goto out
+            Insn(0x79, dst=1, src=6, off=8),  # r1 = args[1]: the syscall number
+            Insn(0x55, dst=1, off=2, imm=64),  # if r1 != 64 goto out
+            Insn(0xB7, dst=1, imm=int(signal.SIGKILL)),
+            _call(_HELPER_SEND_SIGNAL),
+            *_RETURN_0,  # out:
+        ]
+        with _fds() as fds:
+            prog = _load(fds, ProgType.BPF_PROG_TYPE_RAW_TRACEPOINT, insns)
+            fds.append(sc.raw_tracepoint_open(prog, "sys_enter"))
+            os.write(ready_w, b"x")
+            _, status = os.waitpid(child, 0)
+        child = 0
+        # a raw tracepoint link lets go of its program only after a grace period: leave nothing loaded
+        inventory.wait_until_gone(set(_loaded), set(), set(), timeout=2.0)
+    finally:
+        os.close(ready_w)
+        if child:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        return "a raw sys_enter program saw (and killed) a 64-bit test process making a 32-bit syscall"
+    if os.WIFSIGNALED(status):
+        raise _Missing(f"a 32-bit syscall (int $0x80) from a 64-bit process faults here (signal "
+                       f"{os.WTERMSIG(status)}): ia32 emulation is off")
+    raise _Missing(f"a 32-bit syscall passed the raw sys_enter tracepoint unseen (wait status {status:#x})")
 
 
 def _cgroup_send_signal() -> str:

@@ -81,6 +81,7 @@ __all__ = [
     "prog_info",
     "prog_load",
     "prog_query",
+    "raw_tracepoint_open",
     "tracefs_root",
     "tracepoint_id",
 ]
@@ -521,6 +522,14 @@ def link_create_perf_event(prog_fd: int, perf_fd: int, cookie: int = 0) -> int:
         (16, "Q", cookie),
     )
     return _bpf(Cmd.BPF_LINK_CREATE, attr, f"prog fd {prog_fd} -> perf event fd {perf_fd}")
+
+
+def raw_tracepoint_open(prog_fd: int, name: str) -> int:
+    """BPF_RAW_TRACEPOINT_OPEN: attach a raw tracepoint program to tracepoint `name` (e.g. "sys_enter");
+    returns the link fd (pinnable). Cheaper per hit than a perf-event tracepoint: no record is built."""
+    buf = ctypes.create_string_buffer(name.encode())
+    attr = _attr((0, "Q", _addr(buf)), (8, "I", prog_fd))
+    return _bpf(Cmd.BPF_RAW_TRACEPOINT_OPEN, attr, f"prog fd {prog_fd} -> raw tracepoint {name}")
 
 
 def link_create_cgroup(prog_fd: int, cgroup_fd: int, attach_type: AttachType | int) -> int:

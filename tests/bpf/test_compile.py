@@ -93,6 +93,10 @@ def test_socket_hooks_choose_cgroup_programs_for_override_and_tracepoints_for_si
     legacy = compile_policy(parse(doc({"kprobes": [tcp]})), Features(cgroup_connect6=False), builtin_formats)
     assert [(s.kind, s.event) for h in legacy.hooks for s in h.sites] == [("tracepoint", "sys_enter_connect")]
     assert any("misses TCP Fast Open" in n for n in legacy.notes)
+    assert any(s.function == "pl_ia32" for s in compile_policy(
+        parse(templates.render("block-unshare", "u")), Features(), builtin_formats).sites)
+    assert not any(s.function == "pl_ia32" for s in compile_policy(  # ia32 emulation off: nothing to add
+        parse(templates.render("block-unshare", "u")), Features(ia32_syscalls=False), builtin_formats).sites)
     no_signal = compile_policy(parse(doc({"kprobes": [tcp]})), Features(cgroup_send_signal=False), builtin_formats)
     assert [s.event for h in no_signal.hooks for s in h.sites] == ["sys_enter_connect"]
     no_hook = reasons({"kprobes": [{"call": "security_socket_create", "args": [{"index": 1, "type": "int"}],

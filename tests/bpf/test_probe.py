@@ -34,7 +34,7 @@ def test_this_machine_has_what_design_records(probed: tuple[Features, int, int])
     f, _, _ = probed
     for name in ("tracepoints", "syscall_tracepoints", "send_signal", "cgroup_sock_create",
                  "cgroup_connect4", "cgroup_connect6", "cgroup_sendmsg4", "cgroup_sendmsg6", "cgroup_send_signal",
-                 "ring_buffer", "perf_buffer"):
+                 "ia32_syscalls", "ring_buffer", "perf_buffer"):
         assert f.get(name).available, f"{name}: {f.get(name).reason}"
     assert "killed a test process" in f.send_signal.reason
 
