@@ -139,7 +139,8 @@ def _agent(a: Any, where: str) -> AgentRecord:
     try:
         return AgentRecord(str(a["id"]), dict(a.get("labels") or {}), a.get("version"), a.get("stage"),
                            a.get("commit"), tuple(a.get("policies") or ()), dict(a.get("drift") or {}),
-                           dict(a.get("counters") or {}), _time(a["lastSeen"]))
+                           dict(a.get("counters") or {}), _time(a["lastSeen"]),
+                           dict(a["reported"]) if a.get("reported") is not None else None)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise PalisadeError(f"{where}: a malformed agent in the fleet listing ({e})") from None
 

@@ -57,12 +57,16 @@ def test_status_lists_each_sensor_with_version_stage_health(server: tuple[str, P
     _heartbeat(url, "node-2", version=1, stage="web",
                policies=[{"name": "no-kernel-modules", "status": "refused", "reason": "no tracepoint"}])
     _heartbeat(url, "node-3", version=1, stage="web", drift={"unhealed": 2})
+    # the agent's own word: its state directory is full (read through the server as through the state)
+    _heartbeat(url, "node-4", version=1, stage="web", health={"state": "degraded", "problems": [
+        {"kind": "disk", "reason": "ENOSPC", "detail": "no space left", "since": "2026-12-01T10:00:00Z"}]})
     for where in (["--server", url], ["--state", str(state)]):
         r = subprocess.run([str(BIN / "palisade"), "status", *where, "-o", "json"], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         fleet = {a["id"]: a for a in json.loads(r.stdout)["fleet"]}
         assert {k: (v["version"], v["stage"], v["health"]) for k, v in fleet.items()} == {
-            "node-1": (1, "canary", "ok"), "node-2": (1, "web", "degraded"), "node-3": (1, "web", "drift")}
+            "node-1": (1, "canary", "ok"), "node-2": (1, "web", "degraded"), "node-3": (1, "web", "drift"),
+            "node-4": (1, "web", "degraded")}
         text = subprocess.run([str(BIN / "palisade"), "status", *where], capture_output=True, text=True).stdout
         row = next(line for line in text.splitlines() if line.startswith("node-2"))
         assert row.split()[:4] == ["node-2", "v1", "web", "degraded"] and "1 refused" in row and "ago" in row
