@@ -41,14 +41,11 @@ def _reset(args: argparse.Namespace) -> int:
 
     if args.forget and args.state is None:
         raise ConfigError("--forget needs --state")
-    if args.state is not None and (args.state / LOCK_FILE).exists():
-        fd = os.open(args.state / LOCK_FILE, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AgentError(f"an agent is running on {args.state}; stop it first") from None
-        finally:
-            os.close(fd)
+    if args.state is not None:
+        # a running agent holds its lock file, or the directory itself when the lock file could not be made
+        for held in (args.state / LOCK_FILE, args.state):
+            if held.exists():
+                _refuse_if_locked(held, args.state)
     if os.geteuid() != 0:
         raise AgentError("reset needs root (it unpins BPF programs)")
     unloaded, problems = remove_all(args.pin_root)
@@ -59,5 +56,18 @@ def _reset(args: argparse.Namespace) -> int:
     if not unloaded and not problems:
         print(f"nothing is loaded under {args.pin_root}", file=sys.stderr)
     if args.forget:
+        from .runner import runtime_status_path
+
         shutil.rmtree(args.state, ignore_errors=True)
+        runtime_status_path(args.state).unlink(missing_ok=True)
     return 1 if problems else 0
+
+
+def _refuse_if_locked(path: Path, state: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise AgentError(f"an agent is running on {state}; stop it first") from None
+    finally:
+        os.close(fd)
