@@ -2,6 +2,7 @@
 # Install and prepare what the eBPF engine needs on a Debian machine of this kind.
 # Safe to run any number of times: every step checks before it acts.
 #   - python3-bpfcc and bpftool from Debian, and the newest linux-headers-*-amd64;
+#   - clang and libbpf-dev for the CO-RE engine (bpf/core: build time only; loading needs libbpf1);
 #   - the headers linked as /lib/modules/$(uname -r)/build when that is missing
 #     (bcc only needs uapi headers and helpers; see DESIGN.md §6);
 #   - tracefs, bpffs and cgroup2 mounted when absent;
@@ -19,6 +20,9 @@ fi
 need_pkgs=()
 dpkg -s python3-bpfcc >/dev/null 2>&1 || need_pkgs+=(python3-bpfcc)
 dpkg -s bpftool >/dev/null 2>&1 || need_pkgs+=(bpftool)
+dpkg -s libbpf1 >/dev/null 2>&1 || need_pkgs+=(libbpf1)
+dpkg -s libbpf-dev >/dev/null 2>&1 || need_pkgs+=(libbpf-dev)
+dpkg -s clang >/dev/null 2>&1 || need_pkgs+=(clang)
 headers_pkg=$(dpkg-query -W -f='${Package}\n' 'linux-headers-*-amd64' 2>/dev/null \
   | grep -E '^linux-headers-[0-9].*-amd64$' | grep -v -- '-rt-' | sort -V | tail -n1 || true)
 if [ -z "$headers_pkg" ]; then

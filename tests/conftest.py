@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from support.kernel import unavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_REPO = ROOT / "example-repo"
 CORPUS = ROOT.parent / "shared" / "tetragon-corpus"
@@ -30,11 +32,8 @@ def _kernel_problem() -> str | None:
 @pytest.fixture(scope="session")
 def require_kernel() -> None:
     problem = _kernel_problem()
-    if problem is None:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"kernel test cannot run in CI: {problem}")
-    pytest.skip(problem)
+    if problem is not None:
+        unavailable(problem)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,233 @@
+"""The base sensor on the real kernel: the file that runs, exit signals, exec_id links, the corpus shape."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core_support import Events, run
+
+from bpf.core.libbpf import obj_get
+from bpf.core.records import ExecRecord, ExitRecord
+from bpf.core.sensor import CACHE_MAP, PROGRAMS
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture()
+def true_copy() -> Iterator[Path]:
+    """A copy of /bin/true in a fresh directory under /tmp (its real path, symlinks resolved)."""
+    d = Path(os.path.realpath(Path("/tmp") / f"palisade-core-{uuid.uuid4().hex[:8]}"))
+    d.mkdir()
+    exe = d / "x"
+    shutil.copy2("/bin/true", exe)
+    try:
+        yield exe
+    finally:
+        shutil.rmtree(d)
+
+
+def marker() -> str:
+    return f"palisade-{uuid.uuid4().hex[:12]}"
+
+
+def test_symlink_to_id_is_reported_as_id(events: Events, tmp_path: Path) -> None:
+    link = tmp_path / "innocent"
+    link.symlink_to("/usr/bin/id")
+    m = marker()
+    p = subprocess.Popen([str(link), "-u", m, "a b"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         cwd=tmp_path)
+    p.wait(timeout=30)
+    ev = events.exec_of(p.pid, ["-u", m, "a b"])
+    assert ev.record.binary == "/usr/bin/id"
+    proc = ev.json["process_exec"]["process"]
+    assert proc["binary"] == "/usr/bin/id"
+    assert proc["arguments"] == f'-u {m} "a b"'
+    assert proc["cwd"] == os.path.realpath(tmp_path)
+    assert proc["uid"] == os.getuid()
+
+
+# each form names the same file; the kernel runs the file, so that is what must be reported
+PATH_FORMS = {
+    "double-slash": lambda exe: ("/" + str(exe), None),
+    "dotdot": lambda exe: ("/usr/.." + str(exe), None),
+    "dot-relative": lambda exe: ("./" + exe.name, exe.parent),
+}
+
+
+@pytest.mark.parametrize("form", sorted(PATH_FORMS))
+def test_path_forms_report_the_real_path(events: Events, true_copy: Path, form: str) -> None:
+    typed, cwd = PATH_FORMS[form](true_copy)
+    m = marker()
+    p = subprocess.Popen([typed, m], cwd=cwd)
+    assert p.wait(timeout=30) == 0
+    assert events.exec_of(p.pid, [m]).json["process_exec"]["process"]["binary"] == str(true_copy)
+
+
+@pytest.mark.parametrize("how", ["fexecve", "proc-self-fd"])
+def test_exec_through_a_descriptor_reports_the_real_path(events: Events, true_copy: Path, how: str) -> None:
+    m = marker()
+    # the child opens the file and execs it by descriptor: fexecve(fd) or execve("/proc/self/fd/N")
+    target = "fd" if how == "fexecve" else "f'/proc/self/fd/{fd}'"
+    code = (f"import os\nfd = os.open({str(true_copy)!r}, os.O_RDONLY)\nos.set_inheritable(fd, True)\n"
+            f"os.execve({target}, ['x', {m!r}], {{}})\n")
+    p = subprocess.Popen([sys.executable, "-c", code])
+    assert p.wait(timeout=30) == 0
+    assert events.exec_of(p.pid, [m]).record.binary == str(true_copy)
+
+
+def test_sigkill_is_reported_as_the_exit_signal(events: Events) -> None:
+    p = subprocess.Popen(["/bin/sleep", "30"])
+    events.exec_of(p.pid, ["30"])
+    p.send_signal(signal.SIGKILL)
+    assert p.wait(timeout=30) == -signal.SIGKILL
+    ev = events.exit_of(p.pid)
+    assert isinstance(ev.record, ExitRecord)
+    body = ev.json["process_exit"]
+    assert body["signal"] == "SIGKILL"
+    assert "status" not in body
+    assert body["process"]["binary"] == "/usr/bin/sleep"
+    assert body["process"]["arguments"] == "30"
+
+
+def test_exit_status_without_a_signal(events: Events) -> None:
+    p = subprocess.Popen(["/bin/sh", "-c", "exit 3"])
+    assert p.wait(timeout=30) == 3
+    body = events.exit_of(p.pid).json["process_exit"]
+    assert (body.get("signal"), body["status"]) == (None, 3)
+
+
+def test_exec_ids_link_parent_and_child(events: Events) -> None:
+    m = marker()
+    # the trailing `:` keeps the shell from exec'ing the last command in place: true is a forked child
+    sh = subprocess.Popen(["/bin/sh", "-c", f"/usr/bin/true {m}; :"])
+    assert sh.wait(timeout=30) == 0
+    parent = events.exec_of(sh.pid)
+    child = events.wait_for(lambda ev: isinstance(ev.record, ExecRecord) and ev.record.args == (m,))
+    assert child.record.pid != sh.pid
+    pj, cj = parent.json["process_exec"]["process"], child.json["process_exec"]
+    assert cj["process"]["parent_exec_id"] == pj["exec_id"]
+    assert cj["parent"]["exec_id"] == pj["exec_id"]
+    assert cj["parent"]["binary"] == os.path.realpath("/bin/sh")  # /bin/sh is a symlink (to dash)
+    assert "clone" in cj["process"]["flags"].split()
+    node, ktime, pid = records_decode_exec_id(cj["process"]["exec_id"])
+    assert (node, pid) == ("test-node", child.record.pid) and ktime > 0
+    # the exit of the child carries the same exec_id as its exec
+    assert events.exit_of(child.record.pid).json["process_exit"]["process"]["exec_id"] == cj["process"]["exec_id"]
+
+
+def test_exec_in_place_has_the_replaced_image_as_parent(events: Events) -> None:
+    m = marker()
+    sh = subprocess.Popen(["/bin/sh", "-c", f"exec /usr/bin/true {m}"])
+    assert sh.wait(timeout=30) == 0
+    first = events.exec_of(sh.pid, ["-c", f"exec /usr/bin/true {m}"])
+    second = events.exec_of(sh.pid, [m])
+    proc = second.json["process_exec"]["process"]
+    assert proc["parent_exec_id"] == first.json["process_exec"]["process"]["exec_id"]
+    assert proc["exec_id"] != proc["parent_exec_id"]  # same pid, a new exec_id per image
+    assert "clone" not in proc["flags"].split()
+
+
+def test_process_cache_holds_a_live_process_and_drops_it_on_exit(events: Events) -> None:
+    cache = events.sensor.object.map(CACHE_MAP)
+    p = subprocess.Popen(["/bin/sleep", "30"])
+    try:
+        ev = events.exec_of(p.pid, ["30"])
+        entry = cache.lookup(p.pid.to_bytes(4, "little"))
+        assert entry is not None
+        assert int.from_bytes(entry[:8], "little") == ev.record.ktime
+        assert b"/usr/bin/sleep\0" in entry
+    finally:
+        p.kill()
+        p.wait(timeout=30)
+    events.exit_of(p.pid)
+    assert cache.lookup(p.pid.to_bytes(4, "little")) is None
+
+
+def test_links_and_cache_are_pinned_while_loaded(events: Events) -> None:
+    pins = events.sensor.pins
+    assert sorted(p.name for p in pins) == sorted([*PROGRAMS, CACHE_MAP])
+    for pin in pins:
+        os.close(obj_get(pin))
+
+
+def records_decode_exec_id(value: str) -> tuple[str, int, int]:
+    node, ktime, pid = base64.b64decode(value).decode().rsplit(":", 2)
+    return node, int(ktime), int(pid)
+
+
+# --- the shape of the events, against Tetragon's own samples ----------------------------------
+
+# in tetragon.proto's ProcessExit but in none of the corpus samples (a signal/status of 0 is omitted)
+EXIT_FIELDS_NOT_IN_SAMPLES = {"signal", "status", "time"}
+
+
+def _section(kind: str, section: str) -> tuple[str, ...]:
+    # `process` and `parent` are one message (Process) in tetragon.proto, whichever event holds them
+    return ("Process",) if section in ("process", "parent") else (kind, section)
+
+
+def _corpus_shapes(corpus: Path) -> dict[tuple[str, ...], set[str]]:
+    """{(event kind, section): {"key:JSON type"}} over every corpus sample of exec/exit events."""
+    events_dir = corpus / "events"
+    docs: list[dict[str, Any]] = [json.loads(p.read_text()) for p in events_dir.rglob("*.json")]
+    docs += [json.loads(line) for line in (events_dir / "testdata_events.jsonl").read_text().splitlines() if line]
+    shapes: dict[tuple[str, ...], set[str]] = {}
+    for d in docs:
+        for kind in ("process_exec", "process_exit"):
+            if kind not in d:
+                continue
+            shapes.setdefault((kind,), set()).update(f"{k}:{type(v).__name__}" for k, v in d.items())
+            for section, body in d[kind].items():
+                if isinstance(body, dict):
+                    shapes.setdefault(_section(kind, section), set()).update(
+                        f"{k}:{type(v).__name__}" for k, v in body.items())
+                else:
+                    shapes.setdefault((kind, "."), set()).add(f"{section}:{type(body).__name__}")
+    return shapes
+
+
+def _our_shape(ev: dict[str, Any], kind: str) -> dict[tuple[str, ...], set[str]]:
+    out: dict[tuple[str, ...], set[str]] = {(kind,): {f"{k}:{type(v).__name__}" for k, v in ev.items()}}
+    for section, body in ev[kind].items():
+        if isinstance(body, dict):
+            out.setdefault(_section(kind, section), set()).update(f"{k}:{type(v).__name__}" for k, v in body.items())
+        elif section not in EXIT_FIELDS_NOT_IN_SAMPLES:
+            out.setdefault((kind, "."), set()).add(f"{section}:{type(body).__name__}")
+    return out
+
+
+def test_event_keys_and_types_match_the_corpus(events: Events, corpus: Path) -> None:
+    shapes = _corpus_shapes(corpus)
+    sh = subprocess.Popen(["/bin/sh", "-c", "/bin/sleep 30; :"])
+    child = events.wait_for(lambda ev: isinstance(ev.record, ExecRecord) and ev.record.ppid == sh.pid)
+    os.kill(child.record.pid, signal.SIGKILL)
+    sh.wait(timeout=30)
+    exit_ev = events.exit_of(child.record.pid)
+    ours = _our_shape(child.json, "process_exec")
+    for key, fields in _our_shape(exit_ev.json, "process_exit").items():
+        ours.setdefault(key, set()).update(fields)
+    for key, fields in ours.items():
+        assert fields <= shapes.get(key, set()), (key, fields - shapes.get(key, set()))
+    # what we fill is what Tetragon fills for a host process (pod/docker/refcnt aside)
+    filled = {f.split(":")[0] for f in _our_shape(child.json, "process_exec")[("Process",)]}
+    assert filled == {"exec_id", "pid", "uid", "cwd", "binary", "arguments", "flags", "start_time", "auid",
+                      "parent_exec_id", "tid"}
+    assert exit_ev.json["process_exit"]["signal"] == "SIGKILL"
+
+
+def test_runs_without_leaking_pins(require_core: None, sensor_object: Any, pin_dir: Path) -> None:
+    from bpf.core.sensor import Sensor
+    with Sensor(sensor_object.read(), "n", pin_dir=pin_dir) as s:
+        assert len(list(pin_dir.iterdir())) == len(s.pins) == 3
+    assert list(pin_dir.iterdir()) == []
+    assert run(["/usr/bin/true"]).returncode == 0
