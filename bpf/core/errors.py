@@ -77,12 +77,12 @@ class NotFound(CoreError):
 class LibbpfError(CoreError):
     """A libbpf call failed: `errno` and `action` say what and why; `log` is what libbpf printed."""
 
-    def __init__(self, action: str, err: int, log: str = "") -> None:
+    def __init__(self, action: str, err: int, log: str = "", reason: str = "") -> None:
         self.action = action
-        self.errno = abs(err)
+        self.errno = abs(err)  # a system errno, or one of libbpf's own (4000..4099)
         self.log = log
-        name = _errno.errorcode.get(self.errno, "?")
-        text = f"{action}: {os.strerror(self.errno)} ({name})"
+        name = _errno.errorcode.get(self.errno, "libbpf")
+        text = f"{action}: {reason or os.strerror(self.errno)} ({name})"
         super().__init__(f"{text}\n{log}" if log else text)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import ctypes.util
+import errno
 import itertools
 import os
 import threading
@@ -95,6 +96,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     sigs: dict[str, tuple[Any, tuple[Any, ...]]] = {
         "libbpf_set_print": (_P, (_PRINT_FN,)),
         "libbpf_num_possible_cpus": (_I, ()),
+        "libbpf_strerror": (_I, (_I, ctypes.c_char_p, _SZ)),
         "bpf_object__open_mem": (_P, (_P, _SZ, ctypes.POINTER(_OpenOpts))),
         "bpf_object__open_file": (_P, (_S, ctypes.POINTER(_OpenOpts))),
         "bpf_object__load": (_I, (_P,)),
@@ -159,6 +161,15 @@ def _errno_of(ret: int | None = None) -> int:
     return ctypes.get_errno() or 1
 
 
+def _err(cls: type[LibbpfError], action: str, err: int, log: str = "") -> LibbpfError:
+    """An error of kind `cls`, its errno described by libbpf (which knows its own 4000.. codes too)."""
+    buf = ctypes.create_string_buffer(256)
+    reason = ""
+    if _lib is not None and _lib.libbpf_strerror(abs(err), buf, len(buf)) == 0:
+        reason = buf.value.decode(errors="replace")
+    return cls(action, err, log, reason)
+
+
 def _b(path: Path | str) -> bytes:
     return os.fsencode(str(path))
 
@@ -200,7 +211,7 @@ class BpfObject(_Closing):
         ctypes.set_errno(0)
         h = lb.bpf_object__open_mem(buf, len(data), ctypes.byref(opts))
         if not h:
-            raise OpenFailed(f"opening BPF object {name!r} ({len(data)} bytes)", _errno_of(), _since(mark))
+            raise _err(OpenFailed, f"opening BPF object {name!r} ({len(data)} bytes)", _errno_of(), _since(mark))
         return cls(h, name, (buf, opts, keep))
 
     @classmethod
@@ -212,7 +223,7 @@ class BpfObject(_Closing):
         ctypes.set_errno(0)
         h = lb.bpf_object__open_file(_b(path), ctypes.byref(opts))
         if not h:
-            raise OpenFailed(f"opening BPF object {path}", _errno_of(), _since(mark))
+            raise _err(OpenFailed, f"opening BPF object {path}", _errno_of(), _since(mark))
         return cls(h, oname, (opts, keep))
 
     def _handle(self) -> int:
@@ -226,7 +237,7 @@ class BpfObject(_Closing):
         if ret < 0:
             kernel = self._keep[-1][0].value.decode(errors="replace").strip() if self._keep else ""
             printed = _since(mark)
-            raise LoadFailed(f"loading BPF object {self.name!r}", _errno_of(ret),
+            raise _err(LoadFailed, f"loading BPF object {self.name!r}", _errno_of(ret),
                              "\n".join(x for x in (printed, kernel) if x and x not in printed))
         self.loaded = True
 
@@ -288,14 +299,14 @@ class Program:
     def set_autoload(self, on: bool) -> None:
         ret = lib().bpf_program__set_autoload(self._handle(), on)
         if ret < 0:
-            raise LibbpfError(f"setting autoload of {self.name}", _errno_of(ret))
+            raise _err(LibbpfError, f"setting autoload of {self.name}", _errno_of(ret))
 
     def _link(self, what: str, fn: Callable[[], int | None]) -> Link:
         mark = _mark()
         ctypes.set_errno(0)
         h = fn()
         if not h:
-            raise AttachFailed(f"attaching {self.name} ({what})", _errno_of(), _since(mark))
+            raise _err(AttachFailed, f"attaching {self.name} ({what})", _errno_of(), _since(mark))
         return Link(h, f"{self.name} ({what})")
 
     def attach(self) -> Link:
@@ -326,7 +337,7 @@ class Link(_Closing):
         ctypes.set_errno(0)
         h = lib().bpf_link__open(_b(path))
         if not h:
-            raise PinFailed(f"opening pinned link {path}", _errno_of(), _since(mark))
+            raise _err(PinFailed, f"opening pinned link {path}", _errno_of(), _since(mark))
         link = cls(h, str(path))
         link.pinned = path
         return link
@@ -344,7 +355,7 @@ class Link(_Closing):
         mark = _mark()
         ret = lib().bpf_link__pin(self._handle(), _b(path))
         if ret < 0:
-            raise PinFailed(f"pinning link {self.what} at {path}", _errno_of(ret), _since(mark))
+            raise _err(PinFailed, f"pinning link {self.what} at {path}", _errno_of(ret), _since(mark))
         self.pinned = path
 
     def unpin(self) -> None:
@@ -352,7 +363,7 @@ class Link(_Closing):
         mark = _mark()
         ret = lib().bpf_link__unpin(self._handle())
         if ret < 0:
-            raise PinFailed(f"unpinning link {self.what}", _errno_of(ret), _since(mark))
+            raise _err(PinFailed, f"unpinning link {self.what}", _errno_of(ret), _since(mark))
         self.pinned = None
 
     def close(self) -> None:
@@ -381,7 +392,7 @@ class Map:
     def fd(self) -> int:
         fd = int(lib().bpf_map__fd(self._handle()))
         if fd < 0:
-            raise MapOpFailed(f"map {self.name} has no fd (object not loaded)", -fd)
+            raise _err(MapOpFailed, f"map {self.name} has no fd (object not loaded)", -fd)
         return fd
 
     @property
@@ -393,25 +404,27 @@ class Map:
 
     def _key(self, key: bytes) -> ctypes.Array[ctypes.c_char]:
         if len(key) != self.key_size:
-            raise MapOpFailed(f"{self.name}: key of {len(key)} bytes, map wants {self.key_size}", 22)
+            raise _err(MapOpFailed, f"{self.name}: key of {len(key)} bytes, map wants {self.key_size}",
+                       errno.EINVAL)
         return ctypes.create_string_buffer(key, len(key))
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         if len(value) != self.stored_value_size:
-            raise MapOpFailed(f"{self.name}: value of {len(value)} bytes, map wants {self.stored_value_size}", 22)
+            raise _err(MapOpFailed, f"{self.name}: value of {len(value)} bytes, map wants {self.stored_value_size}",
+                       errno.EINVAL)
         v = ctypes.create_string_buffer(value, len(value))
         ret = lib().bpf_map_update_elem(self.fd, self._key(key), v, flags)
         if ret < 0:
-            raise MapOpFailed(f"updating {self.name}", _errno_of(ret))
+            raise _err(MapOpFailed, f"updating {self.name}", _errno_of(ret))
 
     def lookup(self, key: bytes) -> bytes | None:
         v = ctypes.create_string_buffer(self.stored_value_size)
         ret = lib().bpf_map_lookup_elem(self.fd, self._key(key), v)
         if ret < 0:
             err = _errno_of(ret)
-            if err == 2:  # ENOENT
+            if err == errno.ENOENT:
                 return None
-            raise MapOpFailed(f"looking up in {self.name}", err)
+            raise _err(MapOpFailed, f"looking up in {self.name}", err)
         return v.raw
 
     def delete(self, key: bytes) -> bool:
@@ -419,9 +432,9 @@ class Map:
         ret = lib().bpf_map_delete_elem(self.fd, self._key(key))
         if ret < 0:
             err = _errno_of(ret)
-            if err == 2:
+            if err == errno.ENOENT:
                 return False
-            raise MapOpFailed(f"deleting from {self.name}", err)
+            raise _err(MapOpFailed, f"deleting from {self.name}", err)
         return True
 
     def keys(self) -> Iterator[bytes]:
@@ -431,9 +444,9 @@ class Map:
             ret = lib().bpf_map_get_next_key(fd, prev, nxt)
             if ret < 0:
                 err = _errno_of(ret)
-                if err == 2:
+                if err == errno.ENOENT:
                     return
-                raise MapOpFailed(f"iterating {self.name}", err)
+                raise _err(MapOpFailed, f"iterating {self.name}", err)
             yield nxt.raw
             prev = ctypes.create_string_buffer(nxt.raw, self.key_size)
 
@@ -441,20 +454,20 @@ class Map:
         mark = _mark()
         ret = lib().bpf_map__pin(self._handle(), _b(path))
         if ret < 0:
-            raise PinFailed(f"pinning map {self.name} at {path}", _errno_of(ret), _since(mark))
+            raise _err(PinFailed, f"pinning map {self.name} at {path}", _errno_of(ret), _since(mark))
 
     def unpin(self, path: Path) -> None:
         mark = _mark()
         ret = lib().bpf_map__unpin(self._handle(), _b(path))
         if ret < 0:
-            raise PinFailed(f"unpinning map {self.name} from {path}", _errno_of(ret), _since(mark))
+            raise _err(PinFailed, f"unpinning map {self.name} from {path}", _errno_of(ret), _since(mark))
 
 
 def obj_get(path: Path) -> int:
     """fd of a pinned program, map or link (the caller closes it)."""
     fd = lib().bpf_obj_get(_b(path))
     if fd < 0:
-        raise PinFailed(f"opening pin {path}", _errno_of(fd))
+        raise _err(PinFailed, f"opening pin {path}", _errno_of(fd))
     return int(fd)
 
 
@@ -473,7 +486,7 @@ class RingBuffer(_Closing):
         ctypes.set_errno(0)
         h = lib().ring_buffer__new(ringbuf.fd, self._fn, None, None)
         if not h:
-            raise RingBufferFailed(f"creating a ring buffer on {ringbuf.name}", _errno_of(), _since(mark))
+            raise _err(RingBufferFailed, f"creating a ring buffer on {ringbuf.name}", _errno_of(), _since(mark))
         self._h: int | None = h
         self._map = ringbuf  # keeps the object (and so the map fd) referenced
 
@@ -494,8 +507,8 @@ class RingBuffer(_Closing):
         if self._error is not None:
             err, self._error = self._error, None
             raise err
-        if ret < 0 and -ret != 4:  # EINTR: a signal arrived; nothing was lost
-            raise RingBufferFailed(action, -ret)
+        if ret < 0 and -ret != errno.EINTR:  # a signal arrived; nothing was lost
+            raise _err(RingBufferFailed, action, -ret)
         return max(ret, 0)
 
     def poll(self, timeout_ms: int) -> int:
