@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import BtfUnavailable, CompileFailed, ToolMissing, VmlinuxFailed
+from .errors import BtfUnavailable, CompileFailed, StripFailed, ToolMissing, VmlinuxFailed
 
 KERNEL_BTF = Path("/sys/kernel/btf/vmlinux")
 #: Flags every object is built with; __TARGET_ARCH_x86 selects bpf_tracing.h's register layout.
@@ -111,12 +111,23 @@ def _compiler_message(stderr: str, src_name: str, tmp_name: str) -> str:
     return stderr.replace(tmp_name, src_name).strip()
 
 
+def _strip(obj: Path, name: str) -> Path:
+    dst = obj.with_suffix(".stripped.o")
+    proc = subprocess.run([_tool("bpftool"), "gen", "object", str(dst), str(obj)], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0 or not dst.is_file():
+        raise StripFailed(name, proc.stderr.strip() or f"exit {proc.returncode}")
+    return dst
+
+
 def compile_object(source: Path | bytes, cache_dir: Path | None = None, *, name: str = "program.bpf.c",
-                   extra_flags: tuple[str, ...] = (), btf: Path = KERNEL_BTF) -> BuiltObject:
+                   extra_flags: tuple[str, ...] = (), btf: Path = KERNEL_BTF, strip: bool = True) -> BuiltObject:
     """Compile a BPF C source (a file, or its bytes with `name` for messages) into a CO-RE object.
 
     The source includes "vmlinux.h" and libbpf's <bpf/...> headers; nothing else from the
-    host's kernel headers is used.
+    host's kernel headers is used. With `strip`, the object goes through `bpftool gen
+    object`, which keeps BTF (CO-RE needs it) and drops DWARF: a tenth of the size, the
+    same load time.
     """
     cache = cache_dir or default_cache_dir()
     if isinstance(source, Path):
@@ -127,7 +138,8 @@ def compile_object(source: Path | bytes, cache_dir: Path | None = None, *, name:
     clang = _tool("clang")
     header = vmlinux_header(cache, btf)
     flags = (*BASE_FLAGS, *extra_flags)
-    digest = object_digest(text, flags, clang_version(clang), header.parent.name)
+    digest = object_digest(text, (*flags, "strip" if strip else "keep-dwarf"), clang_version(clang),
+                           header.parent.name)
     obj = cache / "objects" / f"{digest[:40]}.o"
     if obj.is_file():
         return BuiltObject(obj, digest, cached=True)
@@ -142,5 +154,7 @@ def compile_object(source: Path | bytes, cache_dir: Path | None = None, *, name:
             raise CompileFailed(name, f"clang did not finish in {COMPILE_TIMEOUT_S} s") from e
         if proc.returncode != 0 or not out.is_file():
             raise CompileFailed(name, _compiler_message(proc.stderr, name, str(src)) or f"exit {proc.returncode}")
+        if strip:
+            out = _strip(out, name)
         _write_atomic(obj, out.read_bytes())
     return BuiltObject(obj, digest, cached=False)

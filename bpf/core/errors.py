@@ -54,6 +54,15 @@ class CompileFailed(BuildError):
         super().__init__(f"clang could not compile {source}:\n{message}")
 
 
+class StripFailed(BuildError):
+    """bpftool gen object could not link the compiled object (dropping its DWARF)."""
+
+    def __init__(self, source: str, message: str) -> None:
+        self.source = source
+        self.message = message
+        super().__init__(f"bpftool gen object failed for {source}: {message}")
+
+
 # --- libbpf (bpf.core.libbpf) --------------------------------------------------------------
 
 class LibbpfMissing(CoreError):

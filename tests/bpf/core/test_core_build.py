@@ -27,6 +27,10 @@ def test_object_is_compiled_once_and_rebuilt_when_its_inputs_change(require_core
     assert (again.cached, again.path, again.digest) == (True, first.path, first.digest)
     other = build.compile_object(sensor.SOURCE, tmp_path, extra_flags=("-DPALISADE_TEST=1",))
     assert not other.cached and other.digest != first.digest
+    with_dwarf = build.compile_object(sensor.SOURCE, tmp_path, strip=False)
+    assert with_dwarf.digest != first.digest
+    assert b".debug_info" in with_dwarf.read() and b".debug_info" not in first.read()
+    assert b".BTF.ext" in first.read()  # CO-RE relocations survive stripping
 
 
 def test_compiler_errors_are_typed_and_name_the_source(require_core: None, tmp_path: Path) -> None:
