@@ -31,8 +31,8 @@ F_CACHED = 1 << 5
 F_ROOTCWD = 1 << 6
 F_BIN_UNREACH = 1 << 7
 
-_HDR = struct.Struct("<IIIIQQQQIIIIIHHHHI")
-HEADER_SIZE = _HDR.size  # 80; the C side has the same struct
+HEADER = struct.Struct("<IIIIQQQQIIIIIHHHHI")
+HEADER_SIZE = HEADER.size  # 80; the C side has the same struct
 
 # Tetragon's flag words, in the order of its bits (pkg/reader/exec flags)
 _FLAG_WORDS: tuple[tuple[int, str], ...] = (
@@ -103,7 +103,7 @@ def decode(data: bytes) -> Record:
     if len(data) < HEADER_SIZE:
         raise RecordError(f"record of {len(data)} bytes is shorter than the {HEADER_SIZE}-byte header")
     (kind, pid, tid, ppid, ktime, pktime, task_start, event_time, uid, euid, auid, exit_code, flags,
-     blen, clen, alen, _p0, _p1) = _HDR.unpack_from(data)
+     blen, clen, alen, _p0, _p1) = HEADER.unpack_from(data)
     body = data[HEADER_SIZE:]
     if blen + clen + alen > len(body):
         raise RecordError(f"record lengths {blen}+{clen}+{alen} exceed its {len(body)}-byte body")

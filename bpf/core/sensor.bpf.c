@@ -12,7 +12,8 @@
  * sensor). The parent of an exec is the previous image when the process exec'd before
  * (exec in place), otherwise the real parent's cache entry (the first exec after fork).
  *
- * The record layout is mirrored by bpf/core/sensor.py (_HDR): keep both in step.
+ * The record layout is mirrored by bpf/core/records.py (HEADER): keep both in step
+ * (tests/bpf/core/test_core_build.py compares the sizes through the object's BTF).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>

@@ -1,11 +1,14 @@
 """Building CO-RE objects: vmlinux.h and objects cached by content, typed errors with the tools' words."""
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from bpf.core import build, sensor
+from bpf.core import build, records, sensor
+from bpf.core.build import BuiltObject
 from bpf.core.errors import BtfUnavailable, CompileFailed, ToolMissing, VmlinuxFailed
 
 pytestmark = pytest.mark.kernel  # reads the running kernel's BTF, needs clang and bpftool
@@ -77,3 +80,10 @@ def test_default_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("PALISADE_CORE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", "/c")
     assert build.default_cache_dir() == Path("/c/palisade/bpf-core")
+
+
+def test_the_record_header_has_the_size_records_decodes(sensor_object: BuiltObject) -> None:
+    dump = subprocess.run(["bpftool", "btf", "dump", "file", str(sensor_object.path), "format", "raw"],
+                          capture_output=True, text=True, check=True).stdout
+    sizes = re.findall(r"STRUCT 'event_hdr' size=(\d+)", dump)
+    assert sizes == [str(records.HEADER_SIZE)]

@@ -85,6 +85,30 @@ def test_exec_through_a_descriptor_reports_the_real_path(events: Events, true_co
     assert events.exec_of(p.pid, [m]).record.binary == str(true_copy)
 
 
+# execveat(2) through libc's syscall(): 322 on x86-64; AT_EMPTY_PATH runs the descriptor itself
+EXECVEAT = (
+    "import ctypes, os\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "argv = (ctypes.c_char_p * 3)(b'x', {m!r}.encode(), None)\n"
+    "envp = (ctypes.c_char_p * 1)(None)\n"
+    "fd = os.open({target!r}, os.O_RDONLY)\n"
+    "libc.syscall(322, fd, {name!r}, argv, envp, {flags})\n"
+    "raise SystemExit(ctypes.get_errno())\n"
+)
+
+
+@pytest.mark.parametrize("how", ["dirfd-relative", "empty-path"])
+def test_execveat_reports_the_real_path(events: Events, true_copy: Path, how: str) -> None:
+    m = marker()
+    if how == "dirfd-relative":
+        code = EXECVEAT.format(m=m, target=str(true_copy.parent), name=true_copy.name.encode(), flags=0)
+    else:
+        code = EXECVEAT.format(m=m, target=str(true_copy), name=b"", flags=0x1000)  # AT_EMPTY_PATH
+    p = subprocess.Popen([sys.executable, "-c", code])
+    assert p.wait(timeout=30) == 0
+    assert events.exec_of(p.pid, [m]).record.binary == str(true_copy)
+
+
 def test_sigkill_is_reported_as_the_exit_signal(events: Events) -> None:
     p = subprocess.Popen(["/bin/sleep", "30"])
     events.exec_of(p.pid, ["30"])

@@ -1,0 +1,72 @@
+"""Decoding the sensor's records and rendering them as Tetragon renders its events (pure logic)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bpf.core import records
+from bpf.core.errors import RecordError
+from bpf.core.records import F_CACHED, F_CLONE, F_ROOTCWD, KIND_EXEC, KIND_EXIT, Clock, ExecRecord, ProcessTable
+
+
+def raw(kind: int, pid: int, ktime: int, *, ppid: int = 1, pktime: int = 5, exit_code: int = 0, flags: int = 0,
+        binary: bytes = b"/usr/bin/id", cwd: bytes = b"/", args: bytes = b"") -> bytes:
+    hdr = records.HEADER.pack(kind, pid, pid, ppid, ktime, pktime, 7, ktime + 1, 1000, 0, 4294967295, exit_code,
+                              flags, len(binary), len(cwd), len(args), 0, 0)
+    return hdr + binary + cwd + args
+
+
+CLOCK = Clock(offset_ns=1_700_000_000 * 10**9)
+
+
+def test_exec_record_decodes_with_argv0_dropped() -> None:
+    rec = records.decode(raw(KIND_EXEC, 42, 1000, args=b"id\0-u\0a b\0", flags=F_CLONE | F_ROOTCWD))
+    assert isinstance(rec, ExecRecord)
+    assert (rec.pid, rec.binary, rec.cwd, rec.args, rec.uid) == (42, "/usr/bin/id", "/", ("-u", "a b"), 1000)
+    proc = records.process_json(rec, "node", CLOCK)
+    assert proc["arguments"] == '-u "a b"'
+    assert proc["flags"] == "execve rootcwd clone"
+    assert proc["start_time"] == "2023-11-14T22:13:20.000001000Z"
+
+
+def test_exec_id_is_computed_as_tetragon_does() -> None:
+    # from the corpus sample: gke-john-632-default-pool-7041cac0-9s95:13548674321373:52699
+    assert records.exec_id("gke-john-632-default-pool-7041cac0-9s95", 13548674321373, 52699) == (
+        "Z2tlLWpvaG4tNjMyLWRlZmF1bHQtcG9vbC03MDQxY2FjMC05czk1OjEzNTQ4Njc0MzIxMzczOjUyNjk5")
+
+
+@pytest.mark.parametrize(("exit_code", "signal", "status"), [(9, "SIGKILL", None), (3 << 8, None, 3), (0, None, None)])
+def test_exit_signal_and_status(exit_code: int, signal: str | None, status: int | None) -> None:
+    rec = records.decode(raw(KIND_EXIT, 42, 1000, exit_code=exit_code, flags=F_CACHED, cwd=b""))
+    body = records.exit_event(rec, None, None, "n", CLOCK)["process_exit"]  # type: ignore[arg-type]
+    assert (body.get("signal"), body.get("status")) == (signal, status)
+    assert body["process"]["binary"] == "/usr/bin/id"
+
+
+def test_an_unknown_signal_number_still_has_a_name() -> None:
+    assert records.signal_name(99) == "SIG99"
+
+
+@pytest.mark.parametrize("data", [b"short", raw(9, 1, 1), raw(KIND_EXEC, 1, 1)[:-3]])
+def test_malformed_records_are_refused(data: bytes) -> None:
+    with pytest.raises(RecordError):
+        records.decode(data)
+
+
+def test_the_table_fills_parents_and_exits_and_forgets_replaced_images() -> None:
+    table = ProcessTable("n", CLOCK, linger=1)
+    parent = records.decode(raw(KIND_EXEC, 10, 100, binary=b"/usr/bin/dash"))
+    child = records.decode(raw(KIND_EXEC, 11, 200, ppid=10, pktime=100))
+    table.render(parent)
+    ev = table.render(child)["process_exec"]
+    assert ev["parent"]["binary"] == "/usr/bin/dash"
+    assert ev["process"]["parent_exec_id"] == ev["parent"]["exec_id"]
+    # exec in place: pid 11 becomes a new image whose parent is the old one
+    again = records.decode(raw(KIND_EXEC, 11, 300, ppid=11, pktime=200, binary=b"/usr/bin/true"))
+    assert table.render(again)["process_exec"]["parent"]["binary"] == "/usr/bin/id"
+    ended = records.decode(raw(KIND_EXIT, 11, 300, ppid=11, pktime=200, exit_code=9, flags=F_CACHED, cwd=b""))
+    out = table.render(ended)["process_exit"]
+    assert out["process"]["binary"] == "/usr/bin/true" and out["signal"] == "SIGKILL"
+    assert table.get(11, 200) is None  # retired images are dropped once `linger` more have gone
+    json.dumps(out)  # plain JSON types only
