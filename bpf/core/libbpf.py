@@ -121,6 +121,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map__type": (_I, (_P,)),
         "bpf_map__key_size": (_U32, (_P,)),
         "bpf_map__value_size": (_U32, (_P,)),
+        "bpf_map__set_max_entries": (_I, (_P, _U32)),
         "bpf_map__pin": (_I, (_P, _S)),
         "bpf_map__unpin": (_I, (_P, _S)),
         "bpf_map_update_elem": (_I, (_I, _P, _P, ctypes.c_uint64)),
@@ -449,6 +450,12 @@ class Map:
                 raise _err(MapOpFailed, f"iterating {self.name}", err)
             yield nxt.raw
             prev = ctypes.create_string_buffer(nxt.raw, self.key_size)
+
+    def set_max_entries(self, n: int) -> None:
+        """Before load: resize the map (for a ring buffer, its size in bytes: a power of 2 pages)."""
+        ret = lib().bpf_map__set_max_entries(self._handle(), n)
+        if ret < 0:
+            raise _err(MapOpFailed, f"resizing {self.name} to {n}", _errno_of(ret))
 
     def pin(self, path: Path) -> None:
         mark = _mark()

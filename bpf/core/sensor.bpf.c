@@ -100,6 +100,14 @@ struct {
 	__type(value, struct event);
 } event_scratch SEC(".maps");
 
+/* records the ring buffer had no room for (per CPU; the reader sums them) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
 struct path_buf {
 	char b[2 * PATH_MAX_];
 };
@@ -238,7 +246,13 @@ static __always_inline void emit(struct event *ev, __u32 off)
 {
 	__u64 size = sizeof(struct event_hdr) + (off & DATA_MASK);
 
-	bpf_ringbuf_output(&events, ev, size, 0);
+	if (bpf_ringbuf_output(&events, ev, size, 0) < 0) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&drops, &zero);
+
+		if (n)
+			*n += 1;
+	}
 }
 
 static __always_inline void fill_creds(struct event *ev, struct task_struct *task)

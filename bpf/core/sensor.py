@@ -22,6 +22,7 @@ SOURCE = Path(__file__).with_name("sensor.bpf.c")
 PROGRAMS = ("palisade_exec", "palisade_exit")
 RINGBUF = "events"
 CACHE_MAP = "proc_cache"
+DROPS_MAP = "drops"
 
 
 def build(cache_dir: Path | None = None) -> BuiltObject:
@@ -40,7 +41,7 @@ class Sensor:
 
     def __init__(self, obj: bytes, node: str, *, pin_dir: Path | None = None,
                  on_event: Callable[[SensorEvent], None] | None = None,
-                 clock: records.Clock | None = None) -> None:
+                 clock: records.Clock | None = None, ring_bytes: int | None = None) -> None:
         self.node = node
         self.table = records.ProcessTable(node, clock or records.Clock.now())
         self._on_event = on_event
@@ -50,6 +51,8 @@ class Sensor:
         self._rb: RingBuffer | None = None
         self._obj = BpfObject.open_mem(obj, "palisade_sensor")
         try:
+            if ring_bytes is not None:
+                self._obj.map(RINGBUF).set_max_entries(ring_bytes)
             self._obj.load()
             for name in PROGRAMS:
                 link = self._obj.program(name).attach()
@@ -92,6 +95,11 @@ class Sensor:
         self._rb.poll(timeout_ms)
         out, self._pending = self._pending, []
         return out
+
+    def dropped(self) -> int:
+        """Records the kernel could not queue because the ring buffer was full, since load."""
+        raw = self._obj.map(DROPS_MAP).lookup(bytes(4)) or b""
+        return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8))
 
     def close(self) -> None:
         if self._rb is not None:

@@ -35,7 +35,7 @@ class Events:
         self.sensor = s
         self.seen: list[SensorEvent] = []
 
-    def wait_for(self, pred: Callable[[SensorEvent], bool], timeout: float = 5.0) -> SensorEvent:
+    def wait_for(self, pred: Callable[[SensorEvent], bool], timeout: float = 10.0) -> SensorEvent:
         deadline = time.monotonic() + timeout
         checked = 0
         while True:

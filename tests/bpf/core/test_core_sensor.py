@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from core_support import Events, run
 
+from bpf.core.build import BuiltObject
 from bpf.core.libbpf import obj_get
 from bpf.core.records import ExecRecord, ExitRecord
-from bpf.core.sensor import CACHE_MAP, PROGRAMS
+from bpf.core.sensor import CACHE_MAP, PROGRAMS, Sensor
 
 pytestmark = pytest.mark.kernel
 
@@ -177,6 +178,15 @@ def test_process_cache_holds_a_live_process_and_drops_it_on_exit(events: Events)
     assert cache.lookup(p.pid.to_bytes(4, "little")) is None
 
 
+def test_records_that_find_the_ring_full_are_counted(sensor_object: BuiltObject) -> None:
+    with Sensor(sensor_object.read(), "n", ring_bytes=4096) as s:  # room for a handful of records
+        for i in range(40):  # not read meanwhile
+            assert run(["/usr/bin/true", str(i)]).returncode == 0
+        assert s.dropped() > 0
+        got = s.poll(0)
+        assert got and all(isinstance(ev.record, ExecRecord | ExitRecord) for ev in got)
+
+
 def test_links_and_cache_are_pinned_while_loaded(events: Events) -> None:
     pins = events.sensor.pins
     assert sorted(p.name for p in pins) == sorted([*PROGRAMS, CACHE_MAP])
@@ -249,8 +259,7 @@ def test_event_keys_and_types_match_the_corpus(events: Events, corpus: Path) -> 
     assert exit_ev.json["process_exit"]["signal"] == "SIGKILL"
 
 
-def test_runs_without_leaking_pins(require_core: None, sensor_object: Any, pin_dir: Path) -> None:
-    from bpf.core.sensor import Sensor
+def test_runs_without_leaking_pins(sensor_object: BuiltObject, pin_dir: Path) -> None:
     with Sensor(sensor_object.read(), "n", pin_dir=pin_dir) as s:
         assert len(list(pin_dir.iterdir())) == len(s.pins) == 3
     assert list(pin_dir.iterdir()) == []
