@@ -30,6 +30,7 @@ F_ARGS_TRUNC = 1 << 4
 F_CACHED = 1 << 5
 F_ROOTCWD = 1 << 6
 F_BIN_UNREACH = 1 << 7
+F_PROCFS = 1 << 8  # seeded from /proc (bpf.core.procfs), not seen exec'ing
 
 HEADER = struct.Struct("<IIIIQQQQIIIIIHHHHI")
 HEADER_SIZE = HEADER.size  # 80; the C side has the same struct
@@ -130,7 +131,7 @@ def arguments(args: tuple[str, ...]) -> str:
 
 
 def flags_text(flags: int, *, execve: bool = True) -> str:
-    words = ["execve"] if execve else ["procFS"]
+    words = ["execve"] if execve and not flags & F_PROCFS else ["procFS"]
     words += [w for bit, w in _FLAG_WORDS if flags & bit]
     return " ".join(words)
 
@@ -233,8 +234,17 @@ class ProcessTable:
         self._exited: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._linger = linger
 
+    def add(self, rec: ExecRecord) -> None:
+        """Know a process without an event (one seeded from /proc)."""
+        self._procs[(rec.pid, rec.ktime)] = rec
+
     def get(self, pid: int, ktime: int) -> ExecRecord | None:
         return self._procs.get((pid, ktime))
+
+    def latest(self, pid: int) -> ExecRecord | None:
+        """The newest image known for a pid (linear: for tests and tools, not the event path)."""
+        found = [rec for (p, _), rec in self._procs.items() if p == pid]
+        return max(found, key=lambda r: r.ktime) if found else None
 
     def render(self, rec: Record) -> dict[str, Any]:
         if isinstance(rec, ExecRecord):

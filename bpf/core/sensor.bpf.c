@@ -33,6 +33,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define F_CACHED       (1u << 5) /* exit: the process was in the cache */
 #define F_ROOTCWD      (1u << 6)
 #define F_BIN_UNREACH  (1u << 7) /* the walk ended outside a mount root: path is partial */
+#define F_PROCFS       (1u << 8) /* cache entry seeded from /proc by the agent (never set here) */
 
 #define PATH_MAX_ 4096
 #define PATH_MASK (PATH_MAX_ - 1)

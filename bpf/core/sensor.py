@@ -8,15 +8,17 @@ into `SensorEvent`s: the decoded record and its Tetragon-shaped JSON.
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from . import records
+from . import procfs, records
 from .build import BuiltObject, compile_object
-from .libbpf import BpfObject, Link, RingBuffer
+from .errors import MapOpFailed
+from .libbpf import BPF_NOEXIST, BpfObject, Link, RingBuffer
 
 SOURCE = Path(__file__).with_name("sensor.bpf.c")
 PROGRAMS = ("palisade_exec", "palisade_exit")
@@ -95,6 +97,23 @@ class Sensor:
         self._rb.poll(timeout_ms)
         out, self._pending = self._pending, []
         return out
+
+    def seed(self, proc: Path = Path("/proc")) -> int:
+        """Put the processes already running into the kernel's process cache (and the table); returns how many.
+
+        An entry the kernel made meanwhile (the process exec'd since the scan) is kept.
+        """
+        cache, n = self._obj.map(CACHE_MAP), 0
+        for rec in procfs.scan(proc):
+            try:
+                cache.update(rec.pid.to_bytes(4, "little"), procfs.cache_value(rec), BPF_NOEXIST)
+            except MapOpFailed as e:
+                if e.errno == errno.EEXIST:
+                    continue
+                raise
+            self.table.add(rec)
+            n += 1
+        return n
 
     def dropped(self) -> int:
         """Records the kernel could not queue because the ring buffer was full, since load."""

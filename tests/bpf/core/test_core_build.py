@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bpf.core import build, records, sensor
+from bpf.core import build, procfs, records, sensor
 from bpf.core.build import BuiltObject
 from bpf.core.errors import BtfUnavailable, CompileFailed, ToolMissing, VmlinuxFailed
 
@@ -82,8 +82,8 @@ def test_default_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPat
     assert build.default_cache_dir() == Path("/c/palisade/bpf-core")
 
 
-def test_the_record_header_has_the_size_records_decodes(sensor_object: BuiltObject) -> None:
+def test_the_record_layouts_match_the_objects_btf(sensor_object: BuiltObject) -> None:
     dump = subprocess.run(["bpftool", "btf", "dump", "file", str(sensor_object.path), "format", "raw"],
                           capture_output=True, text=True, check=True).stdout
-    sizes = re.findall(r"STRUCT 'event_hdr' size=(\d+)", dump)
-    assert sizes == [str(records.HEADER_SIZE)]
+    assert re.findall(r"STRUCT 'event_hdr' size=(\d+)", dump) == [str(records.HEADER_SIZE)]
+    assert re.findall(r"STRUCT 'proc_entry' size=(\d+)", dump) == [str(procfs.ENTRY.size)]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bpf.core import records
+from bpf.core import procfs, records
 from bpf.core.errors import RecordError
 from bpf.core.records import F_CACHED, F_CLONE, F_ROOTCWD, KIND_EXEC, KIND_EXIT, Clock, ExecRecord, ProcessTable
 
@@ -70,3 +70,20 @@ def test_the_table_fills_parents_and_exits_and_forgets_replaced_images() -> None
     assert out["process"]["binary"] == "/usr/bin/true" and out["signal"] == "SIGKILL"
     assert table.get(11, 200) is None  # retired images are dropped once `linger` more have gone
     json.dumps(out)  # plain JSON types only
+
+
+def test_proc_stat_with_a_hostile_comm() -> None:
+    stat = "1234 (a) (b c) S 77 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 200"
+    assert procfs.parse_stat(stat) == (77, 98765)
+
+
+def test_proc_status_ids() -> None:
+    assert procfs.parse_ids("Name:\tx\nUid:\t1000\t0\t0\t0\n", "Uid") == (1000, 0)
+
+
+def test_seeded_processes_render_as_procfs() -> None:
+    rec = ExecRecord(pid=5, tid=5, ppid=1, ktime=10, parent_ktime=2, task_start=10, event_time=10, uid=0, euid=0,
+                     auid=0, flags=records.F_PROCFS | F_ROOTCWD, binary="/usr/sbin/sshd", cwd="/", args=())
+    assert records.process_json(rec, "n", CLOCK)["flags"] == "procFS rootcwd"
+    value = procfs.cache_value(rec)
+    assert len(value) == procfs.ENTRY.size and value.endswith(bytes(procfs.CACHE_BIN - len("/usr/sbin/sshd")))

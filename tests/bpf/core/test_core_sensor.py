@@ -187,6 +187,32 @@ def test_records_that_find_the_ring_full_are_counted(sensor_object: BuiltObject)
         assert got and all(isinstance(ev.record, ExecRecord | ExitRecord) for ev in got)
 
 
+def test_a_process_older_than_the_sensor_is_seeded_and_its_child_links_to_it(sensor_object: BuiltObject) -> None:
+    m = marker()
+    # started before the sensor: forks a child once it reads a line
+    sh = subprocess.Popen(["/bin/sh", "-c", f"read x; /usr/bin/true {m}; :"], stdin=subprocess.PIPE)
+    try:
+        with Sensor(sensor_object.read(), "n") as s:
+            assert s.seed() > 0
+            seeded = s.table.latest(sh.pid)
+            assert seeded is not None and seeded.binary == os.path.realpath("/bin/sh")
+            gather = Events(s)
+            assert sh.stdin is not None
+            sh.stdin.write(b"go\n")
+            sh.stdin.close()
+            assert sh.wait(timeout=30) == 0
+            child = gather.wait_for(lambda ev: isinstance(ev.record, ExecRecord) and ev.record.args == (m,))
+            body = child.json["process_exec"]
+            assert body["parent"]["exec_id"] == body["process"]["parent_exec_id"]
+            assert body["parent"]["binary"] == seeded.binary
+            assert body["parent"]["flags"].split()[0] == "procFS"
+            ended = gather.exit_of(sh.pid).json["process_exit"]["process"]
+            assert ended["exec_id"] == body["parent"]["exec_id"] and ended["flags"].startswith("procFS")
+    finally:
+        sh.kill()
+        sh.wait(timeout=30)
+
+
 def test_links_and_cache_are_pinned_while_loaded(events: Events) -> None:
     pins = events.sensor.pins
     assert sorted(p.name for p in pins) == sorted([*PROGRAMS, CACHE_MAP])

@@ -1,0 +1,82 @@
+"""Seeding the process cache from /proc: the processes that were running before the sensor.
+
+As Tetragon does, each such process gets an exec_id from its start time (flag `procFS`),
+its binary from /proc/<pid>/exe (the file that runs), cwd, arguments and credentials.
+`Sensor.seed` writes them into the kernel's process cache without overwriting entries
+the kernel made meanwhile, so a child exec'd afterwards links to its parent's id.
+
+/proc gives the start time in clock ticks since boot (CLOCK_BOOTTIME); the kernel's
+ktime is CLOCK_MONOTONIC, so the start is shifted by (boottime - monotonic) now. The
+tick granularity (10 ms) is why such ids differ from what an exec seen live would give.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+from pathlib import Path
+
+from .records import F_PROCFS, F_ROOTCWD, ExecRecord
+
+CACHE_BIN = 256  # struct proc_entry.binary in sensor.bpf.c
+ENTRY = struct.Struct(f"<QQIIIHH{CACHE_BIN}s")
+
+
+def parse_stat(text: str) -> tuple[int, int]:
+    """(ppid, start time in clock ticks) from /proc/<pid>/stat; comm may hold spaces and parentheses."""
+    rest = text[text.rindex(")") + 2:].split()
+    # fields after comm start at 3 (state): ppid is field 4, starttime field 22
+    return int(rest[1]), int(rest[19])
+
+
+def parse_ids(status: str, key: str) -> tuple[int, int]:
+    """(real, effective) from a `Uid:`/`Gid:` line of /proc/<pid>/status."""
+    for line in status.splitlines():
+        if line.startswith(key + ":"):
+            f = line.split()
+            return int(f[1]), int(f[2])
+    raise ValueError(f"no {key} line")
+
+
+def ticks_to_ktime(ticks: int, hz: int, boot_minus_mono_ns: int) -> int:
+    return ticks * 1_000_000_000 // hz - boot_minus_mono_ns
+
+
+def cache_value(rec: ExecRecord) -> bytes:
+    """`struct proc_entry` for the kernel's process cache."""
+    binary = os.fsencode(rec.binary)[:CACHE_BIN - 1]
+    return ENTRY.pack(rec.ktime, rec.parent_ktime, rec.pid, rec.ppid, rec.flags, len(binary), 0, binary)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="surrogateescape")
+
+
+def scan(proc: Path = Path("/proc")) -> list[ExecRecord]:
+    """One record per thread group alive now (kernel threads and vanished processes left out)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    offset = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    raw: dict[int, tuple[int, int, str, str, tuple[str, ...], int, int, int]] = {}
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        pid = int(d.name)
+        try:
+            ppid, ticks = parse_stat(_read(d / "stat"))
+            binary = os.readlink(d / "exe")
+            cwd = os.readlink(d / "cwd")
+            argv = (d / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            uid, euid = parse_ids(_read(d / "status"), "Uid")
+            auid = int(_read(d / "loginuid") or "4294967295")
+        except (OSError, ValueError):
+            continue  # exited meanwhile, or a kernel thread (no exe)
+        args = tuple(os.fsdecode(a) for a in argv[1:])
+        raw[pid] = (ppid, ticks_to_ktime(ticks, hz, offset), binary, cwd, args, uid, euid, auid)
+    out = []
+    for pid, (ppid, ktime, binary, cwd, args, uid, euid, auid) in raw.items():
+        pktime = raw[ppid][1] if ppid in raw else 0
+        flags = F_PROCFS | (F_ROOTCWD if cwd == "/" else 0)
+        out.append(ExecRecord(pid=pid, tid=pid, ppid=ppid, ktime=ktime, parent_ktime=pktime, task_start=ktime,
+                              event_time=ktime, uid=uid, euid=euid, auid=auid, flags=flags, binary=binary,
+                              cwd=cwd, args=args))
+    return out
