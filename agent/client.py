@@ -71,8 +71,10 @@ class Pacer:
     server answering 304 to everything) would otherwise be asked again and
     again in a hot loop. So: never less than `minimum` between two starts, and
     while replies come back early with nothing new, the gap doubles up to
-    `ceiling` (the long-poll wait), back to `minimum` once a reply brings
-    something or the server held the request.
+    `ceiling` (the long-poll wait), back to `minimum` once the server held the
+    request. Right after a reply that brought a new verified bundle the next
+    request goes at once: only the reconciler's key can make one, so this cannot
+    turn into a loop, and a publish that follows closely is not held back a second.
     """
 
     minimum: float = MIN_POLL
@@ -82,7 +84,9 @@ class Pacer:
     def after(self, outcome: str, elapsed: float, asked: float | None) -> Pacer:
         """The pacer for the next request, after one that ended with `outcome` in `elapsed` seconds."""
         early = asked is None or elapsed < asked / 2
-        if outcome in ("unchanged", "current") and early:
+        if outcome == "applied":
+            gap = 0.0
+        elif outcome in ("unchanged", "current") and early:
             gap = min(max(self.ceiling, self.minimum), max(self.minimum, self.gap * 2))
         else:
             gap = self.minimum

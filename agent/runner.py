@@ -21,7 +21,8 @@ it enforcing (see `agent.health`):
   the next request asks for the whole index, and the last verified bundle stays
   enforced (expiry is there to stop a freeze going unnoticed, not to switch
   enforcement off: an attacker who can block the network must not gain that);
-- index requests are paced (`client.Pacer`): at least `min_poll` seconds apart;
+- index requests are paced (`client.Pacer`): at least `min_poll` seconds apart (but at once after a
+  new bundle was applied, which only the reconciler's key can cause);
 - a state directory that cannot be written (full, read-only, I/O errors) is a
   `disk` problem: what could not be written is kept in memory and written when
   the disk takes it again (`atomic.StateFiles`); the status also goes to a
@@ -576,7 +577,7 @@ class Agent:
         """Long-poll forever; transient failures are retried inside the client, the rest backs off here.
 
         Requests are paced (`Pacer`): whatever the server answers, and however fast, two index
-        requests start at least `min_poll` seconds apart."""
+        requests start at least `min_poll` seconds apart, except right after a new bundle was applied."""
         delay = 0.5
         wait = self.cfg.intervals.wait
         pace = Pacer(self.min_poll, max(self.min_poll, wait), self.min_poll)

@@ -156,7 +156,8 @@ def test_the_pacer_backs_off_from_a_server_that_does_not_hold_the_long_poll() ->
         gaps.append(p.gap)
     assert gaps == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     assert p.after("unchanged", elapsed=29.0, asked=30.0).gap == 1.0  # the server held it: no backoff
-    assert p.after("applied", elapsed=0.01, asked=30.0).gap == 1.0  # something new: ask again soon
+    assert p.after("applied", elapsed=0.01, asked=30.0).gap == 0.0  # a new verified bundle: ask again at once
+    assert p.after("applied", 0.01, 30.0).after("current", 0.01, 30.0).gap == 1.0  # then paced again
     assert Pacer(minimum=1.0, ceiling=0.5).after("current", 0.0, 0.5).gap == 1.0  # never below the minimum
 
 

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +57,14 @@ def _metric(port: int, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
+def _wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+
+
 def _problems(st: dict) -> list[tuple[str, str]]:  # type: ignore[type-arg]
     return [(p["kind"], p["reason"]) for p in st["health"]["problems"]]
 
@@ -68,6 +76,8 @@ def test_slow_loris_on_the_index_is_cut_at_the_deadline_retried_and_reported(rig
         agent.wait(lambda s: s["version"] == 1, 20, "v1 applied")
         rig.proxy.trickle("/v1/index", every=3.0)  # one byte every 3 s: no read ever times out
         t0 = time.monotonic()
+        # a long-poll already in flight was answered honestly: publish once one goes through the trickle
+        _wait_for(lambda: rig.proxy.count("/v1/index", t0) >= 1, WAIT + 5, "an index request after the trickle")
         v = rig.up.publish_observe()
         # cut at WAIT + DEADLINE_MARGIN, not held for minutes (on main: nothing, for as long as it trickles)
         st = agent.wait(lambda s: ("transfer", "stalled") in _problems(s), WAIT + DEADLINE_MARGIN + 8,
