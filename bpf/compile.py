@@ -349,10 +349,14 @@ class _Compiler:
         self.reasons.append(f"unsupported: {msg}")
 
     def run(self) -> Plan:
+        spec = self.p.document.get("spec") or {}
+        options = spec.get("options") or []
+        others = sorted({str(o.get("name")) for o in options if isinstance(o, dict)} - {"policy-mode"})
+        if others:
+            self.notes.append(f"spec.options {', '.join(others)} tune Tetragon's own agent; ignored")
+        if self.p.policy_mode == "monitor":
+            self.notes.append("policy-mode monitor: never acts, at most enforce_ready (would-have-acted events)")
         for key in self.p.unsupported:
-            if key == "options":
-                self.notes.append("spec.options are Tetragon agent options; ignored")
-                continue
             self.refuse(f"spec.{key} is outside the engine's subset")
         if not self.p.hooks:
             self.refuse("the policy has no hooks")

@@ -48,7 +48,7 @@ from . import btf, inventory, scope, syscall
 from .compile import MODE_OFF, MODES, SELF_ENTRIES, Features, Plan, Site, compile_policy
 from .errors import BpfError, LoadError, NotLoaded, Unsupported
 from .events import Counters, EventStream, read_counters
-from .policy import TracingPolicy, parse
+from .policy import TracingPolicy, effective_mode, parse
 from .tpformat import Formats, tracefs_formats
 
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/palisade")
@@ -131,6 +131,7 @@ class Engine:
         when given. Refusals and kernel failures are returned, with nothing left behind."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
+        mode = effective_mode(policy, mode)
         key = policy.key
         try:
             plan = compile_policy(policy, self.features, self.formats, scoped=cgroups is not None)
@@ -164,6 +165,8 @@ class Engine:
         """Switch a loaded (or pinned) policy's mode in place: same programs, new behaviour."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
+        if key in self._loaded:
+            mode = effective_mode(self._loaded[key][0].policy, mode)
         fd = self._open(key, "map_pl_cfg")
         try:
             raw = syscall.map_lookup_elem(fd, b"\0\0\0\0", _CFG.size) or _CFG.pack(0, 0)

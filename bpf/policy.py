@@ -126,10 +126,12 @@ class TracingPolicy:
     hooks: tuple[Hook, ...]
     pod_selector: LabelSelector | None
     container_selector: LabelSelector | None
-    #: spec keys present that this engine does not type (lists, enforcers, options, ...).
+    #: spec keys present that this engine does not type (lists, enforcers, ...).
     unsupported: tuple[str, ...]
     #: The document as given (plain JSON values), for pinning metadata and re-rendering.
     document: Mapping[str, Any]
+    #: Tetragon's `policy-mode` option: "enforce", "monitor", or None (not set: enforce).
+    policy_mode: str | None = None
 
     @property
     def key(self) -> str:
@@ -163,8 +165,9 @@ def parse(doc: Any) -> TracingPolicy:
         items = _list(spec.get(section, []), ("spec", section))
         for i, item in enumerate(items):
             hooks.append(_hook(section, item, ("spec", section, i)))
+    policy_mode = _policy_mode(spec.get("options"), ("spec", "options"))
     unsupported = tuple(
-        k for k in spec if k not in _HOOK_SECTIONS and spec[k] not in (None, [], {}, False)
+        k for k in spec if k not in _HOOK_SECTIONS and spec[k] not in (None, [], {}, False) and k != "options"
     )
     pod = _label_selector(spec.get("podSelector"), ("spec", "podSelector"))
     container = _label_selector(spec.get("containerSelector"), ("spec", "containerSelector"))
@@ -180,7 +183,38 @@ def parse(doc: Any) -> TracingPolicy:
         container_selector=container,
         unsupported=tuple(k for k in unsupported if k not in ("podSelector", "containerSelector")),
         document=d,
+        policy_mode=policy_mode,
     )
+
+
+#: Values of Tetragon's `policy-mode` option.
+POLICY_MODES = ("enforce", "monitor")
+
+
+def _policy_mode(raw: Any, path: JsonPath) -> str | None:
+    """The `policy-mode` of `spec.options` (other options are Tetragon agent tuning and change nothing here)."""
+    mode: str | None = None
+    for i, opt in enumerate(_list(raw or [], path)):
+        o = _map(opt, (*path, i))
+        if o.get("name") == "policy-mode":
+            value = _str(o.get("value"), (*path, i, "value"))
+            if value not in POLICY_MODES:
+                raise PolicyError((*path, i, "value"), f"policy-mode {value!r} is not a mode; Tetragon's modes "
+                                                       f"are {', '.join(POLICY_MODES)}")
+            mode = value
+    return mode
+
+
+def effective_mode(policy: TracingPolicy, ladder_mode: str) -> str:
+    """The less enforcing of the ladder's mode and the policy's own `policy-mode`.
+
+    `monitor` elides enforcement and keeps the events, which is the ladder's
+    `enforce_ready` (loaded in enforcement form, nothing acted on); at `observe` it
+    changes nothing.
+    """
+    if policy.policy_mode == "monitor" and ladder_mode == "enforced":
+        return "enforce_ready"
+    return ladder_mode
 
 
 def _hook(section: str, raw: Any, path: JsonPath) -> Hook:
@@ -189,8 +223,11 @@ def _hook(section: str, raw: Any, path: JsonPath) -> Hook:
     syscall = return_probe = False
     if section == "kprobes":
         target = _str(h.get("call"), (*path, "call"))
-        syscall = _bool(h.get("syscall", False), (*path, "syscall"))
+        # the CRD's default (and Palisade's schema and validator): a kprobe names a syscall unless it says not
+        syscall = _bool(h.get("syscall", True), (*path, "syscall"))
         return_probe = _bool(h.get("return", False), (*path, "return"))
+        if return_probe and h.get("returnArg") is None:
+            raise PolicyError((*path, "return"), "return: true needs a returnArg (the CRD refuses it without one)")
         known = {"call", "syscall", "return", "args", "selectors", "returnArg", "returnArgAction",
                  "message", "tags", "ignore", "data"}
     elif section == "tracepoints":

@@ -39,6 +39,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bpf.policy import POLICY_MODES
+
 from .findings import Finding
 from .source import Document, JsonPath
 
@@ -143,6 +145,17 @@ class _Checker:
         for i, enf in enumerate(_seq(self.spec.get("enforcers"))):
             for j, call in enumerate(_seq(enf.get("calls") if isinstance(enf, dict) else None)):
                 yield from self.list_ref(call, ("spec", "enforcers", i, "calls", j))
+        for i, opt in enumerate(_seq(self.spec.get("options"))):
+            if isinstance(opt, dict) and opt.get("name") == "policy-mode" and \
+                    opt.get("value") not in POLICY_MODES:
+                yield self.err(("spec", "options", i, "value"), "tp-policy-mode",
+                               f"policy-mode {opt.get('value')!r} is not a mode; Tetragon refuses the policy "
+                               f"(modes: {', '.join(POLICY_MODES)})")
+            elif isinstance(opt, dict) and opt.get("name") == "policy-mode" and opt.get("value") == "monitor" \
+                    and _enforcing_actions(self.spec):
+                yield self.warn(("spec", "options", i, "value"), "tp-policy-mode",
+                                f"policy-mode monitor: its {', '.join(sorted(_enforcing_actions(self.spec)))} "
+                                "never acts, even where the ladder says enforced (at most would-have-acted events)")
         macros = self.spec.get("selectorsMacros")
         for name, macro in (macros.items() if isinstance(macros, dict) else ()):
             if isinstance(macro, dict):
@@ -158,6 +171,9 @@ class _Checker:
     def hook(self, kind: str, where: JsonPath, hook: dict[str, Any]) -> Iterator[Finding]:
         if kind in ("kprobes", "fentries"):
             yield from self.list_ref(hook.get("call"), (*where, "call"))
+        if kind == "kprobes" and hook.get("return") is True and hook.get("returnArg") is None:
+            yield self.err((*where, "return"), "tp-return",
+                           "return: true needs a returnArg (its index and type); the CRD refuses it without one")
         args = [a for a in _seq(hook.get("args")) if isinstance(a, dict)]
         for j, a in enumerate(args):
             index = a.get("index")
@@ -493,3 +509,18 @@ def _go_int(text: str) -> int | None:
 def _is_cap_list(text: str) -> bool:
     """Capability arguments take values like 'CAP_SYS_ADMIN,CAP_NET_RAW'."""
     return all(p.strip().upper() in _CAPABILITIES for p in text.split(","))
+
+
+_ENFORCING = frozenset({"Sigkill", "Signal", "Override", "NotifyEnforcer"})
+
+
+def _enforcing_actions(spec: Mapping[str, Any]) -> set[str]:
+    """The enforcing actions any selector of any hook takes."""
+    found: set[str] = set()
+    for kind in HOOK_KINDS:
+        for hook in _seq(spec.get(kind)):
+            for sel in _seq(hook.get("selectors") if isinstance(hook, dict) else None):
+                for act in _seq(sel.get("matchActions") if isinstance(sel, dict) else None):
+                    if isinstance(act, dict) and act.get("action") in _ENFORCING:
+                        found.add(str(act["action"]))
+    return found

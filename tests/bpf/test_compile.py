@@ -8,7 +8,7 @@ import pytest
 from bpf import templates
 from bpf.compile import Features, check, compile_policy
 from bpf.errors import PolicyError, Unsupported
-from bpf.policy import parse
+from bpf.policy import effective_mode, parse
 from bpf.tpformat import builtin_formats, parse_format
 
 
@@ -62,7 +62,7 @@ def test_lsm_override_and_unknown_actions_are_refused_precisely() -> None:
 
 def test_every_reason_is_reported_not_just_the_first() -> None:
     got = reasons({
-        "kprobes": [{"call": "fd_install"}],
+        "kprobes": [{"call": "fd_install", "syscall": False}],
         "tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_unshare",
                          "selectors": [{"matchNamespaces": [{"namespace": "Pid", "operator": "In",
                                                              "values": ["host_ns"]}]}] * 6}],
@@ -78,7 +78,7 @@ def test_socket_hooks_choose_cgroup_programs_for_override_and_tracepoints_for_si
     deny = compile_policy(parse(templates.render("block-raw-sockets", "raw")), Features(), builtin_formats)
     assert [(s.kind, s.attach or s.event) for h in deny.hooks for s in h.sites] == [
         ("cgroup", "sock_create"), ("tracepoint", "sys_enter_socket")]  # inet raw: EPERM; packet: killed
-    tcp = {"call": "tcp_connect", "args": [{"index": 0, "type": "sock"}],
+    tcp = {"call": "tcp_connect", "syscall": False, "args": [{"index": 0, "type": "sock"}],
            "selectors": [{"matchArgs": [{"index": 0, "operator": "DPort", "values": ["22"]}],
                           "matchActions": [{"action": "Sigkill"}]}]}
     kill = compile_policy(parse(doc({"kprobes": [tcp]})), Features(), builtin_formats)
@@ -99,7 +99,8 @@ def test_socket_hooks_choose_cgroup_programs_for_override_and_tracepoints_for_si
         parse(templates.render("block-unshare", "u")), Features(ia32_syscalls=False), builtin_formats).sites)
     no_signal = compile_policy(parse(doc({"kprobes": [tcp]})), Features(cgroup_send_signal=False), builtin_formats)
     assert [s.event for h in no_signal.hooks for s in h.sites] == ["sys_enter_connect"]
-    no_hook = reasons({"kprobes": [{"call": "security_socket_create", "args": [{"index": 1, "type": "int"}],
+    no_hook = reasons({"kprobes": [{"call": "security_socket_create", "syscall": False,
+                                    "args": [{"index": 1, "type": "int"}],
                                     "selectors": [{"matchActions": [{"action": "Override", "argError": -1}]}]}]},
                       Features(cgroup_sock_create=False))
     assert no_hook == ["unsupported: kprobe on security_socket_create with Override needs the cgroup "
@@ -115,7 +116,8 @@ def test_match_args_index_follows_tetragon_for_kprobes_and_tracepoints() -> None
     assert "(a0 == 272LL)" in tp.source
     # kprobe: index names the argument's own index (security-socket-connect.yaml style)
     kp = compile_policy(parse(doc({"kprobes": [{
-        "call": "security_socket_connect", "args": [{"index": 1, "type": "sockaddr"}, {"index": 2, "type": "int"}],
+        "call": "security_socket_connect", "syscall": False,
+        "args": [{"index": 1, "type": "sockaddr"}, {"index": 2, "type": "int"}],
         "selectors": [{"matchArgs": [{"index": 1, "operator": "Family", "values": ["AF_INET"]}]}]}]})),
         Features(), builtin_formats)
     assert "s0_fam == 2" in kp.source
@@ -154,7 +156,7 @@ def test_namespaced_policies_have_a_namespaced_key() -> None:
 
 
 def test_values_that_are_not_numbers_or_networks_are_refused_not_crashed() -> None:
-    got = reasons({"kprobes": [{"call": "tcp_connect", "args": [{"index": 0, "type": "sock"}],
+    got = reasons({"kprobes": [{"call": "tcp_connect", "syscall": False, "args": [{"index": 0, "type": "sock"}],
                                 "selectors": [{"matchArgs": [{"index": 0, "operator": "DAddr",
                                                               "values": ["${PODCIDR}"]}]}]}]})
     assert len(got) == 1 and "does not appear to be an IPv4 or IPv6 network" in got[0]
@@ -187,3 +189,34 @@ def test_every_hook_program_skips_the_engine_and_a_dead_engine_is_forgotten() ->
     [exit_site] = [s for s in plan.sites if s.function == "pl_self_exit"]
     assert (exit_site.subsystem, exit_site.event) == ("sched", "sched_process_exit")
     assert "if (*(u8 *)((char *)ctx + 32)) pl_self.delete(&tgid);" in plan.source  # group_dead
+
+
+def test_a_kprobe_without_syscall_is_a_syscall_as_the_crd_defaults_it() -> None:
+    written = parse(doc({"kprobes": [{"call": "sys_execve"}]}))
+    assert written.hooks[0].syscall is True
+    plan = compile_policy(written, Features(), builtin_formats)
+    assert ("syscalls", "sys_enter_execve") in [(site.subsystem, site.event) for site in plan.sites]
+    assert parse(doc({"kprobes": [{"call": "fd_install", "syscall": False}]})).hooks[0].syscall is False
+
+
+def test_return_without_return_arg_is_malformed() -> None:
+    with pytest.raises(PolicyError) as e:
+        parse(doc({"kprobes": [{"call": "fd_install", "syscall": False, "return": True}]}))
+    assert e.value.path == ("spec", "kprobes", 0, "return") and "returnArg" in e.value.message
+
+
+@pytest.mark.parametrize(("value", "mode", "effective"), [
+    ("monitor", "monitor", {"observe": "observe", "enforce_ready": "enforce_ready", "enforced": "enforce_ready"}),
+    ("enforce", "enforce", {"observe": "observe", "enforce_ready": "enforce_ready", "enforced": "enforced"}),
+])
+def test_policy_mode_caps_the_ladder(value: str, mode: str, effective: dict[str, str]) -> None:
+    p = parse(doc({"options": [{"name": "policy-mode", "value": value}],
+                   "kprobes": [{"call": "sys_execve", "selectors": [{"matchActions": [{"action": "Sigkill"}]}]}]}))
+    assert p.policy_mode == mode
+    assert {ladder: effective_mode(p, ladder) for ladder in effective} == effective
+
+
+def test_an_unknown_policy_mode_is_malformed() -> None:
+    with pytest.raises(PolicyError) as e:
+        parse(doc({"options": [{"name": "policy-mode", "value": "audit"}]}))
+    assert e.value.path == ("spec", "options", 0, "value") and "enforce, monitor" in e.value.message

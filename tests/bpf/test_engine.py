@@ -115,6 +115,22 @@ def test_mode_switch_changes_behaviour_without_reloading(engine: Engine, workloa
     assert modes == ["observe", "enforce_ready", "enforced", "observe"]
 
 
+def test_policy_mode_monitor_never_acts_even_when_the_ladder_says_enforced(
+        engine: Engine, workload: Workload) -> None:
+    # Tetragon's own switch, written in the policy: the less enforcing of it and the ladder wins
+    doc = dict(exec_allowlist("monitored", ALLOWED).document)
+    doc["spec"] = {**doc["spec"], "options": [{"name": "policy-mode", "value": "monitor"}]}
+    res = engine.load(parse(doc), "enforced", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    assert any("policy-mode monitor" in n for n in res.notes)
+    assert engine.loaded()["monitored"].mode == "enforce_ready"
+    assert workload.run(["/bin/sh", "-c", "true"]).returncode == 0
+    engine.set_mode("monitored", "enforced")  # a later bundle: still monitored
+    assert workload.run(["/bin/sh", "-c", "true"]).returncode == 0
+    c = engine.counters("monitored")
+    assert (c.enforced, c.would_have_enforced) == (0, 2)
+
+
 _LOADER = textwrap.dedent("""
     import sys, time
     from pathlib import Path

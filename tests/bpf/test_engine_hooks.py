@@ -165,7 +165,8 @@ def test_block_kmod_load_kills_or_is_refused_with_its_reason(engine: Engine, wor
 
 def test_override_arg_error_chooses_the_errno(engine: Engine, workload: Workload) -> None:
     p = policy("raw-eacces", {"kprobes": [{
-        "call": "security_socket_create", "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "int"}],
+        "call": "security_socket_create", "syscall": False,
+        "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "int"}],
         "selectors": [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["3"]}],
                        "matchActions": [{"action": "Override", "argError": -13}]}]}]})
     res = engine.load(p, "enforced", cgroups=[workload.path])

@@ -381,3 +381,28 @@ def test_checks_never_raise_on_mutated_policies(data: st.DataObject) -> None:
     for doc in docs:
         for f in tpcheck.check_policy(doc):
             assert f.code.startswith("tp-") and f.line >= 1
+
+
+MONITOR = "  options:\n  - name: policy-mode\n    value: {mode}\n"
+
+
+def test_an_invalid_policy_mode_is_refused_as_tetragon_refuses_it() -> None:
+    text, found = _findings(MONITOR.format(mode="monitoring") + kprobe())
+    (f,) = [f for f in found if f.code == "tp-policy-mode"]
+    assert f.severity is Severity.ERROR and f.line == _line(text, "value: monitoring")
+    assert "enforce, monitor" in f.message
+
+
+def test_monitor_mode_on_a_killing_policy_warns_that_it_never_acts() -> None:
+    _, found = _findings(MONITOR.format(mode="monitor") + kprobe(action="Sigkill"))
+    (f,) = [f for f in found if f.code == "tp-policy-mode"]
+    assert f.severity is Severity.WARNING and "Sigkill never acts" in f.message
+    _, quiet = _findings(MONITOR.format(mode="monitor") + kprobe(action="Post"))
+    assert not [f for f in quiet if f.code == "tp-policy-mode"]
+
+
+def test_return_without_a_return_arg_is_refused_as_the_crd_refuses_it() -> None:
+    spec = "  kprobes:\n  - call: fd_install\n    syscall: false\n    return: true\n"
+    text, found = _findings(spec)
+    (f,) = [f for f in found if f.code == "tp-return" and f.severity is Severity.ERROR]
+    assert f.severity is Severity.ERROR and f.line == _line(text, "return: true")
