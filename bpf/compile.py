@@ -91,6 +91,9 @@ _STRING_TYPES = ("string", "char_buf", "filename", "const_buf")
 _INT_OPS = ("Equal", "NotEqual", "Mask", "GT", "LT", "InRange", "NotInRange")
 _STR_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 _SOCK_OPS = ("DAddr", "NotDAddr", "DPort", "NotDPort", "Family", "NotFamily", "Protocol", "NotProtocol")
+#: A sockaddr holds one address, which Tetragon's loader reads with the source operators (even where it is
+#: the peer a connect goes to, as in security_socket_connect); its destination operators are refused there.
+_SOCKADDR_OPS = ("SAddr", "NotSAddr", "SPort", "NotSPort", "Family", "NotFamily")
 _BIN_OPS = {"In": ("eq", False), "NotIn": ("eq", True), "Prefix": ("pre", False), "NotPrefix": ("pre", True),
             "Postfix": ("post", False), "NotPostfix": ("post", True)}
 _STR_ARG_OPS = {"Equal": ("eq", False), "NotEqual": ("eq", True), "Prefix": ("pre", False),
@@ -834,11 +837,13 @@ class _Compiler:
     def _sock_cond(self, af: ArgFilter, op: Operand, w: str, cgroup_sites: tuple[str, ...] | None) -> str | None:
         v = f"s{op.slot}"
         o = af.operator
-        if o not in _SOCK_OPS:
-            self.refuse(f"{w}: operator {o!r} on a socket address (supported: {', '.join(_SOCK_OPS)})")
+        allowed = _SOCKADDR_OPS if op.type_name == "sockaddr" else _SOCK_OPS
+        if o not in allowed:
+            self.refuse(f"{w}: operator {o!r} on a {op.type_name or 'socket'} argument (Tetragon's loader takes "
+                        f"{', '.join(allowed)} there)")
             return None
         neg = o.startswith("Not")
-        base = o[3:] if neg else o
+        base = {"SAddr": "DAddr", "SPort": "DPort"}.get(o[3:] if neg else o, o[3:] if neg else o)
         parts: list[str] = []
         try:
             if base == "DAddr":

@@ -85,9 +85,10 @@ def test_socket_hooks_choose_cgroup_programs_for_override_and_tracepoints_for_si
     # connect() and TCP Fast Open both pass the cgroup connect hooks, which also know the protocol
     assert [(s.kind, s.attach) for h in kill.hooks for s in h.sites] == [("cgroup", "connect4"), ("cgroup", "connect6")]
     assert "if (ctx->protocol != 6 && ctx->protocol != 262) return 1;" in kill.source
-    any_family = compile_policy(parse(doc({"kprobes": [tcp | {"call": "security_socket_connect",
-                                                               "args": [{"index": 1, "type": "sockaddr"}]}]})),
-                                Features(), builtin_formats)
+    any_family = compile_policy(parse(doc({"kprobes": [{
+        "call": "security_socket_connect", "syscall": False, "args": [{"index": 1, "type": "sockaddr"}],
+        "selectors": [{"matchArgs": [{"index": 1, "operator": "SPort", "values": ["22"]}],
+                       "matchActions": [{"action": "Sigkill"}]}]}]})), Features(), builtin_formats)
     assert [s.attach or s.event for h in any_family.hooks for s in h.sites] == [
         "connect4", "connect6", "sendmsg4", "sendmsg6", "sys_enter_connect"]
     legacy = compile_policy(parse(doc({"kprobes": [tcp]})), Features(cgroup_connect6=False), builtin_formats)
@@ -220,3 +221,15 @@ def test_an_unknown_policy_mode_is_malformed() -> None:
     with pytest.raises(PolicyError) as e:
         parse(doc({"options": [{"name": "policy-mode", "value": "audit"}]}))
     assert e.value.path == ("spec", "options", 0, "value") and "enforce, monitor" in e.value.message
+
+
+def test_a_sockaddr_takes_the_operators_tetragons_loader_takes() -> None:
+    # one address, read as the source side: SAddr/SPort load, DAddr/DPort are refused (as Tetragon refuses them)
+    def on_sockaddr(op: str, value: str) -> list[str]:
+        return reasons({"kprobes": [{"call": "security_socket_connect", "syscall": False,
+                                     "args": [{"index": 1, "type": "sockaddr"}],
+                                     "selectors": [{"matchArgs": [{"index": 1, "operator": op, "values": [value]}],
+                                                    "matchActions": [{"action": "Sigkill"}]}]}]})
+    assert on_sockaddr("SAddr", "10.0.0.0/8") == [] and on_sockaddr("SPort", "443") == []
+    (refused,) = on_sockaddr("DPort", "443")
+    assert "operator 'DPort' on a sockaddr argument" in refused and "SPort" in refused

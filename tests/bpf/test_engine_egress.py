@@ -128,8 +128,10 @@ def _egress(name: str, call: str, port: int, action: dict[str, object]) -> objec
         "call": call, "syscall": False,
         "args": [{"index": arg, "type": "sock" if call == "tcp_connect" else "sockaddr"}],
         "selectors": [{
-            "matchArgs": [{"index": arg, "operator": "DAddr", "values": ["127.0.0.0/8", "::1/128"]},
-                          {"index": arg, "operator": "DPort", "values": [str(port)]}],
+            # a sock has both ends (DAddr/DPort); a sockaddr one address, read as SAddr/SPort as Tetragon does
+            "matchArgs": [{"index": arg, "operator": "DAddr" if arg == 0 else "SAddr",
+                           "values": ["127.0.0.0/8", "::1/128"]},
+                          {"index": arg, "operator": "DPort" if arg == 0 else "SPort", "values": [str(port)]}],
             "matchActions": [action],
         }],
     }]})

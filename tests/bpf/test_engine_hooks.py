@@ -81,8 +81,8 @@ def test_connect_to_a_denied_port_and_cidr_fails_with_eperm_inside_the_workload(
         "call": "security_socket_connect", "syscall": False,
         "args": [{"index": 1, "type": "sockaddr"}],
         "selectors": [{
-            "matchArgs": [{"index": 1, "operator": "DAddr", "values": ["127.0.0.0/8", "::1/128"]},
-                          {"index": 1, "operator": "DPort", "values": [str(denied_port)]}],
+            "matchArgs": [{"index": 1, "operator": "SAddr", "values": ["127.0.0.0/8", "::1/128"]},
+                          {"index": 1, "operator": "SPort", "values": [str(denied_port)]}],
             "matchActions": [{"action": "Override", "argError": -1}],
         }],
     }]})
