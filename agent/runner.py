@@ -144,6 +144,8 @@ class Agent:
         # the runtime status copy may exist (the state directory refused the status; True at start: a copy
         # left by an earlier run goes at the first status the state directory takes)
         self._runtime_copy = True
+        #: The health the last status file showed (a recovery seen off the apply path rewrites it).
+        self._shown_health: dict[str, Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop `run` runs on
         client.observe(self._on_transfer)
         if events is not None:
@@ -473,7 +475,9 @@ class Agent:
         """`<state>/status.json`; while the state directory refuses it, the runtime copy instead."""
         if not self.persist:
             return
-        data = json.dumps(self.status(), indent=2, sort_keys=True).encode() + b"\n"
+        doc = self.status()
+        self._shown_health = doc["health"]
+        data = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
         if self._persist(STATUS_FILE, data, 0o644):
             if self._runtime_copy:
                 with contextlib.suppress(OSError):
@@ -628,6 +632,9 @@ class Agent:
                         "count": self.events.dropped, "detail": f"{self.events.dropped} events could not be "
                                                                f"written (disk errors)"}))
                 await self._in_engine(self.flush_state)
+                if self.persist and self.health.to_json() != self._shown_health:
+                    # e.g. the event log writing again: status and `palisade-agent status` follow within a second
+                    await self._in_engine(self.write_status)
             except Exception:
                 log.exception("housekeeping failed")
 
