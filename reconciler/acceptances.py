@@ -25,5 +25,19 @@ class Acceptances:
     accepted: tuple[tuple[int, _dt.datetime], ...] = ()
 
     def live_since(self, position: int) -> _dt.datetime | None:
-        times = [t for p, t in self.accepted if p >= position]
-        return min(times) if times else None
+        """When the commit at first-parent `position` went live (None: nothing accepted at or after it)."""
+        return self.live_times(position + 1)[position]
+
+    def live_times(self, count: int) -> list[_dt.datetime | None]:
+        """`live_since` of positions 0 .. count-1, in one sweep from the newest."""
+        out: list[_dt.datetime | None] = [None] * count
+        earliest: _dt.datetime | None = None
+        pending = sorted(self.accepted, reverse=True)
+        j = 0
+        for position in range(count - 1, -1, -1):
+            while j < len(pending) and pending[j][0] >= position:
+                t = pending[j][1]
+                earliest = t if earliest is None else min(earliest, t)
+                j += 1
+            out[position] = earliest
+        return out

@@ -190,19 +190,8 @@ _EPOCH = _dt.datetime.fromtimestamp(0, _dt.UTC)
 def _live_times(repo: Path, base: str, accepted: Acceptances) -> dict[str, _dt.datetime]:
     """First-parent commits of `base` -> when they went live (commits the reconciler never saw: absent)."""
     chain = _git(repo, "rev-list", "--first-parent", base).split()  # newest first
-    by_position = sorted(accepted.accepted, reverse=True)
-    out: dict[str, _dt.datetime] = {}
-    earliest: _dt.datetime | None = None
-    j = 0
-    for i, sha in enumerate(chain):
-        position = len(chain) - 1 - i
-        while j < len(by_position) and by_position[j][0] >= position:
-            t = by_position[j][1]
-            earliest = t if earliest is None else min(earliest, t)
-            j += 1
-        if earliest is not None:
-            out[sha] = earliest
-    return out
+    times = accepted.live_times(len(chain))
+    return {sha: t for i, sha in enumerate(chain) if (t := times[len(chain) - 1 - i]) is not None}
 
 
 def ladder_units(repo: Path, commit: str) -> Mapping[UnitKey, State]:
