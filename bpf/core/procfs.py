@@ -38,6 +38,36 @@ def parse_ids(status: str, key: str) -> tuple[int, int]:
     raise ValueError(f"no {key} line")
 
 
+def parse_cgroup(text: str) -> str | None:
+    """The cgroup v2 path (`0::/a/b`) from /proc/<pid>/cgroup; None on a v1-only system."""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
+def cgroup2_mount(mounts: Path = Path("/proc/self/mounts")) -> Path | None:
+    """Where cgroup2 is mounted (a cgroup id is the inode of a directory there)."""
+    try:
+        for line in mounts.read_text().splitlines():
+            f = line.split()
+            if len(f) > 2 and f[2] == "cgroup2":
+                return Path(f[1].replace("\\040", " "))
+    except OSError:
+        pass
+    return None
+
+
+def cgroup_id(root: Path | None, path: str | None) -> int:
+    """The id bpf_get_current_cgroup_id() gives for the cgroup at `path`, 0 when it cannot be told."""
+    if root is None or path is None:
+        return 0
+    try:
+        return os.stat(root / path.lstrip("/")).st_ino
+    except OSError:
+        return 0
+
+
 def ticks_to_ktime(ticks: int, hz: int, boot_minus_mono_ns: int) -> int:
     return ticks * 1_000_000_000 // hz - boot_minus_mono_ns
 
@@ -56,7 +86,9 @@ def scan(proc: Path = Path("/proc")) -> list[ExecRecord]:
     """One record per thread group alive now (kernel threads and vanished processes left out)."""
     hz = os.sysconf("SC_CLK_TCK")
     offset = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    raw: dict[int, tuple[int, int, str, str, tuple[str, ...], int, int, int]] = {}
+    cg_root = cgroup2_mount()
+    cg_ids: dict[str, int] = {}  # most processes share a few cgroups
+    raw: dict[int, tuple[int, int, str, str, tuple[str, ...], int, int, int, int]] = {}
     for d in proc.iterdir():
         if not d.name.isdigit():
             continue
@@ -68,15 +100,18 @@ def scan(proc: Path = Path("/proc")) -> list[ExecRecord]:
             argv = (d / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
             uid, euid = parse_ids(_read(d / "status"), "Uid")
             auid = int(_read(d / "loginuid") or "4294967295")
+            cg = parse_cgroup(_read(d / "cgroup")) or ""
         except (OSError, ValueError):
             continue  # exited meanwhile, or a kernel thread (no exe)
         args = tuple(os.fsdecode(a) for a in argv[1:])
-        raw[pid] = (ppid, ticks_to_ktime(ticks, hz, offset), binary, cwd, args, uid, euid, auid)
+        if cg not in cg_ids:
+            cg_ids[cg] = cgroup_id(cg_root, cg or None)
+        raw[pid] = (ppid, ticks_to_ktime(ticks, hz, offset), binary, cwd, args, uid, euid, auid, cg_ids[cg])
     out = []
-    for pid, (ppid, ktime, binary, cwd, args, uid, euid, auid) in raw.items():
+    for pid, (ppid, ktime, binary, cwd, args, uid, euid, auid, cgid) in raw.items():
         pktime = raw[ppid][1] if ppid in raw else 0
         flags = F_PROCFS | (F_ROOTCWD if cwd == "/" else 0)
         out.append(ExecRecord(pid=pid, tid=pid, ppid=ppid, ktime=ktime, parent_ktime=pktime, task_start=ktime,
                               event_time=ktime, uid=uid, euid=euid, auid=auid, flags=flags, binary=binary,
-                              cwd=cwd, args=args))
+                              cwd=cwd, args=args, cgroup_id=cgid))
     return out

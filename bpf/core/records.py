@@ -1,6 +1,6 @@
 """The base sensor's ring buffer records, decoded and rendered in Tetragon's JSON shape (pure logic).
 
-Layout: `struct event_hdr` of bpf/core/sensor.bpf.c (80 bytes, little endian) followed
+Layout: `struct event_hdr` of bpf/core/sensor.bpf.c (88 bytes, little endian) followed
 by the binary, cwd and argument bytes whose lengths it gives. Rendering follows
 tetragon.proto as protojson prints it: uint32 as numbers, timestamps RFC 3339 with
 nanoseconds, empty strings and zero numbers omitted; `exec_id` is base64 of
@@ -32,8 +32,8 @@ F_ROOTCWD = 1 << 6
 F_BIN_UNREACH = 1 << 7
 F_PROCFS = 1 << 8  # seeded from /proc (bpf.core.procfs), not seen exec'ing
 
-HEADER = struct.Struct("<IIIIQQQQIIIIIHHHHI")
-HEADER_SIZE = HEADER.size  # 80; the C side has the same struct
+HEADER = struct.Struct("<IIIIQQQQIIIIIHHHHIQ")
+HEADER_SIZE = HEADER.size  # 88; the C side has the same struct
 
 # Tetragon's flag words, in the order of its bits (pkg/reader/exec flags)
 _FLAG_WORDS: tuple[tuple[int, str], ...] = (
@@ -62,6 +62,7 @@ class ExecRecord:
     binary: str
     cwd: str
     args: tuple[str, ...]  # argv[1:]
+    cgroup_id: int = 0  # cgroup v2 id (inode of its directory) at exec; 0 when unknown
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class ExitRecord:
     flags: int
     exit_code: int  # task->exit_code: status << 8 | signal
     binary: str  # from the kernel's process cache (first 255 bytes), "" when the exec was not seen
+    cgroup_id: int = 0  # cgroup v2 id at exit
 
     @property
     def signal(self) -> int:
@@ -104,13 +106,14 @@ def decode(data: bytes) -> Record:
     if len(data) < HEADER_SIZE:
         raise RecordError(f"record of {len(data)} bytes is shorter than the {HEADER_SIZE}-byte header")
     (kind, pid, tid, ppid, ktime, pktime, task_start, event_time, uid, euid, auid, exit_code, flags,
-     blen, clen, alen, _p0, _p1) = HEADER.unpack_from(data)
+     blen, clen, alen, _p0, _p1, cgroup_id) = HEADER.unpack_from(data)
     body = data[HEADER_SIZE:]
     if blen + clen + alen > len(body):
         raise RecordError(f"record lengths {blen}+{clen}+{alen} exceed its {len(body)}-byte body")
     binary = _text(body[:blen])
     common = dict(pid=pid, tid=tid, ppid=ppid, ktime=ktime, parent_ktime=pktime, task_start=task_start,
-                  event_time=event_time, uid=uid, euid=euid, auid=auid, flags=flags, binary=binary)
+                  event_time=event_time, uid=uid, euid=euid, auid=auid, flags=flags, binary=binary,
+                  cgroup_id=cgroup_id)
     if kind == KIND_EXEC:
         cwd = _text(body[blen:blen + clen])
         raw = body[blen + clen:blen + clen + alen]

@@ -64,6 +64,7 @@ struct event_hdr {
 	__u16 args_len;
 	__u16 pad0;
 	__u32 pad1;
+	__u64 cgroup_id;  /* cgroup v2 id of the task (the agent maps it to its workload) */
 };
 
 struct event {
@@ -291,6 +292,7 @@ int palisade_exec(struct bpf_raw_tracepoint_args *ctx)
 	ev->h.task_start = BPF_CORE_READ(task, group_leader, start_time);
 	ev->h.exit_code = 0;
 	ev->h.flags = 0;
+	ev->h.cgroup_id = bpf_get_current_cgroup_id(); /* current is the task exec'ing */
 	fill_creds(ev, task);
 
 	prev = bpf_map_lookup_elem(&proc_cache, &tgid);
@@ -379,6 +381,7 @@ int palisade_exit(struct bpf_raw_tracepoint_args *ctx)
 	ev->h.flags = 0;
 	ev->h.cwd_len = 0;
 	ev->h.args_len = 0;
+	ev->h.cgroup_id = bpf_get_current_cgroup_id(); /* current is the task exiting */
 	fill_creds(ev, task);
 
 	pe = bpf_map_lookup_elem(&proc_cache, &tgid);

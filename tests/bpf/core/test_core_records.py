@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,9 +12,9 @@ from bpf.core.records import F_CACHED, F_CLONE, F_ROOTCWD, KIND_EXEC, KIND_EXIT,
 
 
 def raw(kind: int, pid: int, ktime: int, *, ppid: int = 1, pktime: int = 5, exit_code: int = 0, flags: int = 0,
-        binary: bytes = b"/usr/bin/id", cwd: bytes = b"/", args: bytes = b"") -> bytes:
+        binary: bytes = b"/usr/bin/id", cwd: bytes = b"/", args: bytes = b"", cgroup_id: int = 0) -> bytes:
     hdr = records.HEADER.pack(kind, pid, pid, ppid, ktime, pktime, 7, ktime + 1, 1000, 0, 4294967295, exit_code,
-                              flags, len(binary), len(cwd), len(args), 0, 0)
+                              flags, len(binary), len(cwd), len(args), 0, 0, cgroup_id)
     return hdr + binary + cwd + args
 
 
@@ -87,3 +88,20 @@ def test_seeded_processes_render_as_procfs() -> None:
     assert records.process_json(rec, "n", CLOCK)["flags"] == "procFS rootcwd"
     value = procfs.cache_value(rec)
     assert len(value) == procfs.ENTRY.size and value.endswith(bytes(procfs.CACHE_BIN - len("/usr/sbin/sshd")))
+
+
+def test_the_cgroup_id_is_decoded_for_exec_and_exit() -> None:
+    ex = records.decode(raw(KIND_EXEC, 42, 1000, cgroup_id=12345))
+    ended = records.decode(raw(KIND_EXIT, 42, 1000, cgroup_id=67890, cwd=b""))
+    assert (ex.cgroup_id, ended.cgroup_id) == (12345, 67890)
+
+
+def test_proc_cgroup_v2_line() -> None:
+    assert procfs.parse_cgroup("12:cpu:/x\n0::/system.slice/ssh.service\n") == "/system.slice/ssh.service"
+    assert procfs.parse_cgroup("12:cpu:/x\n") is None
+
+
+def test_a_cgroup_id_is_the_inode_of_its_directory(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    assert procfs.cgroup_id(tmp_path, "/a/b") == (tmp_path / "a" / "b").stat().st_ino
+    assert procfs.cgroup_id(tmp_path, "/gone") == 0 and procfs.cgroup_id(None, "/a") == 0

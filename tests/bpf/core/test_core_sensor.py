@@ -290,3 +290,29 @@ def test_runs_without_leaking_pins(sensor_object: BuiltObject, pin_dir: Path) ->
         assert len(list(pin_dir.iterdir())) == len(s.pins) == 3
     assert list(pin_dir.iterdir()) == []
     assert run(["/usr/bin/true"]).returncode == 0
+
+
+def test_exec_and_exit_carry_the_cgroup_id_of_the_process(events: Events) -> None:
+    from bpf.core import procfs
+    from support import cgroups
+
+    root = procfs.cgroup2_mount()
+    assert root is not None
+    cg = root / f"palisade-core-{uuid.uuid4().hex[:8]}"
+    cg.mkdir()
+    try:
+        m = marker()
+
+        def enter() -> None:
+            (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+        assert run(["/usr/bin/true", m], preexec_fn=enter).returncode == 0
+        ex = events.wait_for(lambda ev: isinstance(ev.record, ExecRecord) and ev.record.args == (m,))
+        assert ex.record.cgroup_id == cg.stat().st_ino
+        assert events.exit_of(ex.record.pid).record.cgroup_id == cg.stat().st_ino
+        # seeded from /proc: the same id for a process that was already there
+        own = next(r for r in procfs.scan() if r.pid == os.getpid())
+        mine = procfs.parse_cgroup(Path("/proc/self/cgroup").read_text())
+        assert own.cgroup_id == (root / (mine or "/").lstrip("/")).stat().st_ino != 0
+    finally:
+        cgroups.remove(cg)
