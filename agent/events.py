@@ -7,8 +7,10 @@ and, with `-f`, follows the live one across rotations.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +26,9 @@ _EMOJI = {
     "process_exit": "💥",
     "process_kprobe": "🔍",
     "process_tracepoint": "🔍",
+    "process_lsm": "🔒",
+    "process_uprobe": "🕵️",
+    "process_throttle": "🧬",
     "policy_applied": "📜",
     "verification_refused": "⛔",
     "drift_detected": "⚠️",
@@ -190,31 +195,197 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 
 def compact(ev: Mapping[str, Any]) -> str:
-    """One line per event: emoji, node/workload, binary, what happened (like `tetra getevents -o compact`)."""
+    """One line per event, as `tetra getevents -o compact` prints it (no colours, trailing blanks cut).
+
+    Tetragon's kinds give Tetragon's line; an event of a policy that has an action gets
+    Palisade's note after it (the action, or `would <action>` when the mode held it back,
+    and the policy's name), so a line still says which policy acted or would have. Palisade's own
+    events (policy_applied, drift, ...) get a line of the same form."""
     kind = next((k for k in _EMOJI if k in ev), str(ev.get("type", "event")))
     body = ev.get(kind) if isinstance(ev.get(kind), dict) else ev
     assert isinstance(body, Mapping)
-    proc = body.get("process") if isinstance(body.get("process"), dict) else {}
-    assert isinstance(proc, Mapping)
-    pod = proc.get("pod") if isinstance(proc.get("pod"), dict) else None
+    if kind in _TETRAGON_KINDS:
+        line = _tetragon_line(kind, body, str(ev.get("node_name", "")))
+        return f"{line}{_policy_note(ev, body)}".rstrip()
     where = ev.get("node_name", "")
-    if isinstance(pod, Mapping):
-        where = f"{pod.get('namespace', '')}/{pod.get('name', '')}".strip("/") or where
-    binary = proc.get("binary", "")
-    if kind in ("process_kprobe", "process_tracepoint"):
-        action = str(body.get("action", ""))
-        hook = body.get("function_name") or f"{body.get('subsys', '')}:{body.get('event', '')}"
-        emoji = _ACTION_EMOJI.get(action, _EMOJI[kind]) if _acted(ev) else _EMOJI[kind]
-        verb = action.removeprefix("KPROBE_ACTION_").lower() or "post"
-        if not _acted(ev) and verb not in ("post", ""):
-            verb = f"would {verb}"
-        return f"{emoji} {kind.removeprefix('process_'):<10} {where} {binary} {hook} {verb} " \
-               f"[{body.get('policy_name', '')}]".rstrip()
-    if kind in ("process_exec", "process_exit"):
-        args = proc.get("arguments", "")
-        return f"{_EMOJI[kind]} {kind.removeprefix('process_'):<10} {where} {binary} {args}".rstrip()
     detail = body.get("detail") or body.get("reason") or ""
     return f"{_EMOJI.get(kind, '•')} {kind:<10} {where} {detail}".rstrip()
+
+
+_TETRAGON_KINDS = ("process_exec", "process_exit", "process_kprobe", "process_tracepoint", "process_lsm",
+                   "process_uprobe", "process_throttle")
+_SYSCALL_PREFIX = re.compile(r"^__(x64|ia32|arm64|riscv)_")
+_NS_NAMES = {0: "any", 0x2000000: "cgroup", 0x8000000: "ipc", 0x40000000: "net", 0x20000: "mnt",
+             0x20000000: "pid", 0x80: "time", 0x10000000: "user", 0x4000000: "uts"}
+_CAPS_COLUMN = 120  # Tetragon right-aligns the capability note to this column
+
+
+def _m(v: Any) -> Mapping[str, Any]:
+    return v if isinstance(v, Mapping) else {}
+
+
+def _label(emoji: str, word: str) -> str:
+    return f"{emoji} {word:<7}"  # Go's %-7s
+
+
+def _process_info(node: str, proc: Mapping[str, Any]) -> tuple[str, str]:
+    """(`<node or namespace/pod> <binary>`, the capability note) as Tetragon's colourer prints them."""
+    pod = proc.get("pod")
+    source = f"{pod.get('namespace', '')}/{pod.get('name', '')}" if isinstance(pod, Mapping) else node
+    eff = _m(proc.get("cap")).get("effective")
+    caps = "🛑 CAP_SYS_ADMIN" if isinstance(eff, list) and "CAP_SYS_ADMIN" in eff else ""
+    return f"{source} {proc.get('binary', '')}", caps
+
+
+def _with_caps(line: str, caps: str) -> str:
+    if not caps:
+        return line
+    pad = max(0, _CAPS_COLUMN - len(line.encode()))  # Go measures the line in bytes, the pad in runes
+    return f"{line} {caps:>{pad}}"
+
+
+def _arg(args: Any, i: int, key: str, default: Any = "") -> Any:
+    if isinstance(args, list) and len(args) > i and isinstance(args[i], Mapping):
+        return args[i].get(key, default)
+    return default
+
+
+def _sock(args: Any) -> str:
+    sa = _m(_arg(args, 0, "sock_arg", {}))
+    return f"tcp {sa.get('saddr', '')}:{sa.get('sport', 0)} -> {sa.get('daddr', '')}:{sa.get('dport', 0)}"
+
+
+def _kprobe_line(info: str, body: Mapping[str, Any]) -> str:
+    fn = str(body.get("function_name", ""))
+    sc = _SYSCALL_PREFIX.sub("", fn)
+    a = body.get("args")
+    n = len(a) if isinstance(a, list) else 0
+    if sc in ("sys_write", "sys_read"):
+        label = _label("📝", "write") if sc == "sys_write" else _label("📚", "read")
+        size = f"{_arg(a, 2, 'size_arg', 0)} bytes" if n > 2 else ""
+        return f"{label} {info} {_m(_arg(a, 0, 'file_arg', {})).get('path', '')} {size}"
+    simple = {  # name → (emoji, word, what follows the process)
+        "fd_install": ("📬", "open", lambda: _m(_arg(a, 1, "file_arg", {})).get("path", "")),
+        "sys_openat": ("📬️", "openat", lambda: _arg(a, 1, "string_arg")),
+        "sys_open": ("📬️", "open", lambda: _arg(a, 1, "string_arg")),
+        "sys_close": ("📪", "close", lambda: _m(_arg(a, 0, "file_arg", {})).get("path", "")),
+        "sys_mount": ("💾", "mount", lambda: f"{_arg(a, 0, 'string_arg')} {_arg(a, 1, 'string_arg')}"),
+        "sys_pivot_root": ("💾", "pivot_root", lambda: f"{_arg(a, 0, 'string_arg')} {_arg(a, 1, 'string_arg')}"),
+        "sys_setuid": ("🔑", "setuid", lambda: str(_arg(a, 0, "int_arg", 0)) if n > 0 else ""),
+        "sys_setns": ("🔧", "setns", lambda: _NS_NAMES.get(_arg(a, 1, "int_arg", 0), "") if n > 1 else ""),
+        "tcp_connect": ("🔌", "connect", lambda: _sock(a) if n > 0 else ""),
+        "tcp_close": ("🧹", "close", lambda: _sock(a) if n > 0 else ""),
+        "bpf_check": ("🐝", "bpf_load", lambda: "{} {} instruction count {}".format(
+            *(_m(_arg(a, 0, "bpf_attr_arg", {})).get(k, d) for k, d in
+              (("prog_type", ""), ("prog_name", ""), ("insn_cnt", 0)))) if n > 0 else ""),
+        "security_perf_event_alloc": ("🐝", "perf_event_alloc", lambda: "{} {}".format(
+            *(_m(_arg(a, 0, "perf_event_arg", {})).get(k, "") for k in ("type", "kprobe_func"))) if n > 0 else ""),
+        "security_bpf_map_alloc": ("🗺", "bpf_map_create", lambda: "{} {} key size {} value size {} max entries {}"
+                                   .format(*(_m(_arg(a, 0, "bpf_map_arg", {})).get(k, d) for k, d in
+                                             (("map_type", ""), ("map_name", ""), ("key_size", 0),
+                                              ("value_size", 0), ("max_entries", 0)))) if n > 0 else ""),
+    }
+    if sc in simple:
+        emoji, word, rest = simple[sc]
+        return f"{_label(emoji, word)} {info} {rest()}"
+    if sc in ("sys_clock_settime", "proc_exec_connector"):
+        emoji = "⏰" if sc == "sys_clock_settime" else "🔧"
+        return f"{_label(emoji, sc.removeprefix('sys_'))} {info}"
+    if sc == "tcp_sendmsg":
+        return f"{_label('📤', 'sendmsg')} {info} {_sock(a) if n > 0 else ''} bytes {_arg(a, 1, 'int_arg', 0)}"
+    if sc == "security_file_permission":
+        label, attr = _label("❓", sc), ""
+        if n > 1:
+            label = {2: _label("📝", "write"), 4: _label("📚", "read")}.get(_arg(a, 1, "int_arg", 0), label)
+            attr = _m(_arg(a, 0, "file_arg", {})).get("path", "")
+        return f"{label} {info} {attr}"
+    if sc == "security_mmap_file":
+        label, attr = _label("❓", sc), ""
+        if n > 1:
+            prot = _arg(a, 1, "uint_arg", 0)
+            prot = prot if isinstance(prot, int) else 0
+            tag = "mmap-" + "".join(c for bit, c in ((1, "r"), (2, "w"), (4, "x")) if prot & bit)
+            label, attr = _label("📝", tag), _m(_arg(a, 0, "file_arg", {})).get("path", "")
+        return f"{label} {info} {attr}"
+    if sc == "security_path_truncate":
+        if n > 0:
+            return f"{_label('📝', 'truncate')} {info} {_m(_arg(a, 0, 'path_arg', {})).get('path', '')}"
+        return f"{_label('❓', sc)} {info} "
+    return f"{_label('❓', 'syscall')} {info} {fn}"
+
+
+def _raw_syscall(body: Mapping[str, Any]) -> str:
+    """The syscall a raw_syscalls/sys_enter event entered: its name (Tetragon adds the argument list)."""
+    args = body.get("args")
+    abi, nr = "x64", _arg(args, 0, "long_arg", None)
+    sid = _arg(args, 0, "syscall_id", None)
+    if isinstance(sid, Mapping):
+        abi, nr = str(sid.get("abi", "x64")), sid.get("id", 0)
+    try:
+        number = int(nr) if nr is not None else -1  # a long_arg is a string in protojson (int64)
+    except (TypeError, ValueError):
+        return "unknown"
+    name = _syscall_names(abi).get(number)
+    if name is None:
+        return "unknown"
+    return name if abi == "x64" else f"{abi}/{name}"
+
+
+@functools.lru_cache(maxsize=4)
+def _syscall_names(abi: str) -> dict[int, str]:
+    if abi in ("i386", "ia32"):
+        from bpf import ia32
+
+        return {n: f"sys_{k}" for k, n in ia32.NUMBERS.items()}
+    if abi != "x64":
+        return {}
+    out: dict[int, str] = {}
+    for header in (Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"), Path("/usr/include/asm/unistd_64.h")):
+        try:
+            text = header.read_text()
+        except OSError:
+            continue
+        for m in re.finditer(r"^#define __NR_(\w+)\s+(\d+)$", text, re.M):
+            out[int(m[2])] = f"sys_{m[1]}"
+        break
+    return out
+
+
+def _tetragon_line(kind: str, body: Mapping[str, Any], node: str) -> str:
+    proc = _m(body.get("process"))
+    info, caps = _process_info(node, proc)
+    if kind == "process_exec":
+        line = f"{_label('🚀', 'process')} {info} {proc.get('arguments', '')}"
+    elif kind == "process_exit":
+        status = body.get("signal") or body.get("status", 0)
+        line = f"{_label('💥', 'exit')} {info} {proc.get('arguments', '')} {status}"
+    elif kind == "process_kprobe":
+        line = _kprobe_line(info, body)
+    elif kind == "process_tracepoint":
+        if (body.get("subsys"), body.get("event")) == ("raw_syscalls", "sys_enter"):
+            line = f"{_label('☎ ', 'syscall')} {info} {_raw_syscall(body)}"
+        else:
+            line = f"{_label('⁉️', 'tracepoint')} {info} {body.get('subsys', '')} {body.get('event', '')}"
+    elif kind == "process_lsm":
+        line = f"{_label('🔒', 'LSM')} {info} {body.get('function_name', '')}"
+    elif kind == "process_uprobe":
+        line = f"{_label('🕵️', 'uprobe')} {info} {body.get('path', '')} {body.get('symbol', '')}"
+    else:  # process_throttle: no process
+        typ = {"THROTTLE_START": "START", "THROTTLE_STOP": "STOP "}.get(str(body.get("type", "")), "")
+        return f"{_label('🧬', 'throttle')} {typ} {body.get('cgroup', '')}"
+    return _with_caps(line, caps)
+
+
+def _policy_note(ev: Mapping[str, Any], body: Mapping[str, Any]) -> str:
+    """Palisade's addition to the line of a policy that acts: ` 💀 sigkill [policy]`, ` would sigkill [policy]`
+    (a post-only event's line is Tetragon's alone)."""
+    policy = body.get("policy_name")
+    action = str(body.get("action", ""))
+    verb = action.removeprefix("KPROBE_ACTION_").lower()
+    if not verb or verb == "post":
+        return ""
+    note = f" {_ACTION_EMOJI.get(action, '⚡')} {verb}" if _acted(ev) else f" would {verb}"
+    return note + (f" [{policy}]" if isinstance(policy, str) and policy else "")
 
 
 def _acted(ev: Mapping[str, Any]) -> bool:
