@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -393,9 +393,10 @@ class _Compiler:
         source += "\n".join(bodies)
         if self.ia32:
             source += self._ia32_source(bodies)
-        return Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
+        plan = Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
                     strings=strings, follow=tuple(self.follow), notes=tuple(self.notes), scoped=self.scoped,
                     scope_hooks=scope_hooks, ia32=bool(self.ia32))
+        return replace(plan, source=_sections(source, plan.sites))
 
     # ------------------------------------------------------------------ hooks
 
@@ -953,20 +954,20 @@ class _Compiler:
         need_strings = bool(self.str_filters)
         L: list[str] = [f"int {site.function}({ctx_t} *ctx) {{",
                         "    int z = 0;",
-                        "    struct pl_cfg *cfg = pl_cfg.lookup(&z);",
+                        "    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);",
                         f"    if (!cfg || cfg->mode >= {MODE_OFF}) return {allow};"]
         if not cg:
             L.append(f"    if (cfg->scoped && !pl_in_scope()) return {allow};")
         L += ["    u64 pid_tgid = bpf_get_current_pid_tgid();",
               "    u32 tgid = pid_tgid >> 32;",
-              f"    if (pl_self.lookup(&tgid)) return {allow};  /* the engine's own process: never acted on */",
-              "    struct pl_scratch *sc = pl_scratch.lookup(&z);",
+              f"    if (bpf_map_lookup_elem(&pl_self, &tgid)) return {allow};  /* the engine itself */",
+              "    struct pl_scratch *sc = bpf_map_lookup_elem(&pl_scratch, &z);",
               f"    if (!sc) return {allow};",
               "    u32 act = 0, sig = 0, sel = 0, acted = 0; int post = 1, deny = 0;",
               "    u64 fbits = 0;",
               "    struct pl_proc *proc = 0;"]
         if self.tracking:
-            L += ["    proc = pl_procs.lookup(&tgid);", "    if (proc) fbits = proc->bits;"]
+            L += ["    proc = bpf_map_lookup_elem(&pl_procs, &tgid);", "    if (proc) fbits = proc->bits;"]
         L += [f"    {g}" for g in guards]
         # the process binary
         bin_slot = sum(1 for o in operands if o.slot >= 0)
@@ -1004,7 +1005,7 @@ class _Compiler:
               "        }",
               "    }",
               "    if (post) {",
-              "        struct pl_event *e = pl_events.ringbuf_reserve(sizeof(struct pl_event));",
+              "        struct pl_event *e = bpf_ringbuf_reserve(&pl_events, sizeof(struct pl_event), 0);",
               "        if (!e) {",
               "            pl_count(3);",
               "        } else {",
@@ -1024,7 +1025,7 @@ class _Compiler:
             elif o.slot < 2:
                 L.append(f"            __builtin_memcpy(e->strs[{o.slot}], sc->str[{o.slot}].s, {STRLEN});")
         L += [f"            if (bin) __builtin_memcpy(e->bin, bin, {STRLEN}); else e->bin[0] = 0;",
-              "            pl_events.ringbuf_submit(e, 0);",
+              "            bpf_ringbuf_submit(e, 0);",
               "            pl_count(0);",
               "        }",
               "    }"]
@@ -1129,13 +1130,9 @@ class _Compiler:
         tracepoint's (field 5 + i at offset 16 + 8i), so the hook's code reads them unchanged;
         compat arguments are 32 bits wide, zero-extended, which the int/uint casts absorb.
         """
-        out = ["#ifndef PL_TI_STATUS",
-               "#define PL_TI_STATUS 16  /* thread_info.status on x86_64 5.11+; the engine defines it from BTF */",
-               "#endif",
-               "static __always_inline int pl_compat(void) {",
-               "    u32 st = 0;",
-               "    bpf_probe_read_kernel(&st, sizeof(st), (char *)bpf_get_current_task() + PL_TI_STATUS);",
-               "    return st & 0x0002;  /* TS_COMPAT */",
+        out = ["static __always_inline int pl_compat(void) {",
+               "    struct task_struct *t = (struct task_struct *)bpf_get_current_task();",
+               "    return BPF_CORE_READ(t, thread_info.status) & 0x0002;  /* TS_COMPAT */",
                "}"]
         for _, fn, k in self.ia32:
             body = bodies[k]
@@ -1206,7 +1203,7 @@ class _Compiler:
         return ("int pl_self_exit(void *ctx) {\n"
                 "    u64 pid_tgid = bpf_get_current_pid_tgid();\n"
                 "    u32 tgid = pid_tgid >> 32;\n"
-                f"    if ({last}) pl_self.delete(&tgid);\n"
+                f"    if ({last}) bpf_map_delete_elem(&pl_self, &tgid);\n"
                 "    return 0;\n"
                 "}\n")
 
@@ -1223,6 +1220,24 @@ class _Compiler:
             if strings and self.follow else "")
 
 
+def _section(site: Site) -> str:
+    """The ELF section libbpf reads a program's type (and a cgroup program's attach type) from."""
+    if site.kind == "tracepoint":
+        return f"tracepoint/{site.subsystem}/{site.event}"
+    if site.kind == "raw_tracepoint":
+        return f"raw_tp/{site.event}"
+    return f"cgroup/{site.attach}"
+
+
+def _sections(source: str, sites: tuple[Site, ...]) -> str:
+    """Every program of `sites` put in its section (programs are generated as `int <fn>(...)` lines)."""
+    for site in sites:
+        head = f"\nint {site.function}("
+        assert source.count(head) == 1, site.function
+        source = source.replace(head, f'\nSEC("{_section(site)}") int {site.function}(')
+    return source
+
+
 def _c(v: int) -> str:
     return f"{v}LL" if v < 0x8000000000000000 else f"{v}ULL"
 
@@ -1235,8 +1250,16 @@ def _range(v: str) -> tuple[int, int]:
 
 
 _PRELUDE = r"""
-#include <uapi/linux/bpf.h>
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+char LICENSE[] SEC("license") = "GPL";
 #define PL_STRLEN %(strlen)d
+#define PL_MAP(name, kind, key_t, value_t, n) \
+    struct { __uint(type, kind); __type(key, key_t); __type(value, value_t); __uint(max_entries, n); } name SEC(".maps")
+#define PL_TRIE(name, key_t, value_t, n) \
+    struct { __uint(type, BPF_MAP_TYPE_LPM_TRIE); __type(key, key_t); __type(value, value_t); \
+             __uint(max_entries, n); __uint(map_flags, BPF_F_NO_PREALLOC); } name SEC(".maps")
 struct pl_cfg { u32 mode; u32 scoped; };
 struct pl_proc { u64 bits; u32 blen; u32 plen; char bin[PL_STRLEN]; char parent[PL_STRLEN]; };
 struct pl_str { char s[PL_STRLEN]; };
@@ -1250,41 +1273,42 @@ struct pl_event {
     char strs[2][PL_STRLEN];
     char bin[PL_STRLEN];
 };
-BPF_ARRAY(pl_cfg, struct pl_cfg, 1);
-BPF_PERCPU_ARRAY(pl_counters, u64, 4);
-BPF_PERCPU_ARRAY(pl_scratch, struct pl_scratch, 1);
-BPF_RINGBUF_OUTPUT(pl_events, %(pages)d);
-BPF_HASH(pl_scope, u64, u8, 1024);
-#ifndef PL_SELF_PIN
-#define PL_SELF_PIN "/sys/fs/bpf/palisade/_self"
-#endif
-/* tgid -> start time of the engines that load policies; shared by every policy, pinned by the engine */
-BPF_TABLE_PINNED("hash", u32, u64, pl_self, %(self_entries)d, PL_SELF_PIN);
+/* the policy document and load parameters, for adoption; the engine sizes the value before load */
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(key_size, 4); __uint(value_size, 8); __uint(max_entries, 1); }
+    pl_meta SEC(".maps");  /* no BTF type: its value size is set at load */
+PL_MAP(pl_cfg, BPF_MAP_TYPE_ARRAY, u32, struct pl_cfg, 1);
+PL_MAP(pl_counters, BPF_MAP_TYPE_PERCPU_ARRAY, u32, u64, 4);
+PL_MAP(pl_scratch, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_scratch, 1);
+struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, %(pages)d * 4096); } pl_events SEC(".maps");
+PL_MAP(pl_scope, BPF_MAP_TYPE_HASH, u64, u8, 1024);
+/* tgid -> start time of the engines that load policies; one map shared by every policy of a pin root
+   (the engine hands libbpf the pinned map before load) */
+PL_MAP(pl_self, BPF_MAP_TYPE_HASH, u32, u64, %(self_entries)d);
 %(tables)s
 static __always_inline void pl_count(int idx) {
-    u64 *v = pl_counters.lookup(&idx);
+    u64 *v = bpf_map_lookup_elem(&pl_counters, &idx);
     if (v) *v += 1;
 }
 static __always_inline int pl_in_cgroups(void) {
     u64 id = bpf_get_current_cgroup_id();
-    if (pl_scope.lookup(&id)) return 1;
+    if (bpf_map_lookup_elem(&pl_scope, &id)) return 1;
 #pragma unroll
     for (int l = 1; l < 12; l++) {
         id = bpf_get_current_ancestor_cgroup_id(l);
         if (!id) break;
-        if (pl_scope.lookup(&id)) return 1;
+        if (bpf_map_lookup_elem(&pl_scope, &id)) return 1;
     }
     return 0;
 }
 #if PL_SCOPED
 /* bpf/scope.py: tasks of the scope wherever they are moved (1), or moved out by the workload (2) */
-BPF_HASH(pl_members, u32, u8, %(members)d);
-BPF_LPM_TRIE(pl_cgpaths, struct pl_lpm, u8, 1024);
+PL_MAP(pl_members, BPF_MAP_TYPE_HASH, u32, u8, %(members)d);
+PL_TRIE(pl_cgpaths, struct pl_lpm, u8, 1024);
 #endif
 static __always_inline int pl_in_scope(void) {
 #if PL_SCOPED
     u32 me = bpf_get_current_pid_tgid() >> 32;
-    if (pl_members.lookup(&me)) return 1;
+    if (bpf_map_lookup_elem(&pl_members, &me)) return 1;
 #endif
     return pl_in_cgroups();
 }
@@ -1293,14 +1317,14 @@ static __always_inline int pl_in_scope(void) {
 
 _STRFN = r"""
 static __always_inline void pl_str_bits(struct pl_scratch *sc, char *s, int len, u64 *eq, u64 *pre, u64 *post) {
-    u64 *v = pl_str_eq.lookup((struct pl_str *)s);
+    u64 *v = bpf_map_lookup_elem(&pl_str_eq, (struct pl_str *)s);
     if (v) *eq = *v;
     u32 n = len;
     if (n > PL_STRLEN - 1) n = PL_STRLEN - 1;
 #if PL_HAVE_PRE
     __builtin_memcpy(sc->lpm.s, s, PL_STRLEN);
     sc->lpm.plen = n * 8;
-    v = pl_str_pre.lookup(&sc->lpm);
+    v = bpf_map_lookup_elem(&pl_str_pre, &sc->lpm);
     if (v) *pre = *v;
 #endif
 #if PL_HAVE_POST
@@ -1313,7 +1337,7 @@ static __always_inline void pl_str_bits(struct pl_scratch *sc, char *s, int len,
         asm volatile("" : "+r"(src), "+r"(dst));
         sc->lpm.s[dst & (PL_STRLEN - 1)] = s[src & (PL_STRLEN - 1)];
     }
-    v = pl_str_post.lookup(&sc->lpm);
+    v = bpf_map_lookup_elem(&pl_str_post, &sc->lpm);
     if (v) *post = *v;
 #endif
 }
@@ -1322,11 +1346,11 @@ static __always_inline void pl_str_bits(struct pl_scratch *sc, char *s, int len,
 _TRACKING = r"""
 int pl_track_exec(void *ctx) {
     int z = 0;
-    struct pl_scratch *sc = pl_scratch.lookup(&z);
+    struct pl_scratch *sc = bpf_map_lookup_elem(&pl_scratch, &z);
     if (!sc) return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct pl_proc *p = &sc->proc;
-    struct pl_proc *old = pl_procs.lookup(&tgid);
+    struct pl_proc *old = bpf_map_lookup_elem(&pl_procs, &tgid);
     if (old) {
         __builtin_memcpy(p->parent, old->parent, PL_STRLEN);
         p->plen = old->plen;
@@ -1342,16 +1366,16 @@ int pl_track_exec(void *ctx) {
     p->blen = n > 0 ? n - 1 : 0;
 /*STRBITS*/
 /*FOLLOW*/
-    pl_procs.update(&tgid, p);
+    bpf_map_update_elem(&pl_procs, &tgid, p, BPF_ANY);
     return 0;
 }
 int pl_track_fork(void *ctx) {
     u32 parent = bpf_get_current_pid_tgid() >> 32;
     u32 child = *(u32 *)((char *)ctx + 20);
-    struct pl_proc *pp = pl_procs.lookup(&parent);
+    struct pl_proc *pp = bpf_map_lookup_elem(&pl_procs, &parent);
     if (!pp) return 0;
     int z = 0;
-    struct pl_scratch *sc = pl_scratch.lookup(&z);
+    struct pl_scratch *sc = bpf_map_lookup_elem(&pl_scratch, &z);
     if (!sc) return 0;
     struct pl_proc *p = &sc->proc;
     __builtin_memcpy(p->bin, pp->bin, PL_STRLEN);
@@ -1359,12 +1383,12 @@ int pl_track_fork(void *ctx) {
     p->blen = pp->blen;
     p->plen = pp->blen;
     p->bits = pp->bits;
-    pl_procs.update(&child, p);
+    bpf_map_update_elem(&pl_procs, &child, p, BPF_ANY);
     return 0;
 }
 int pl_track_exit(void *ctx) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    pl_procs.delete(&tid);
+    bpf_map_delete_elem(&pl_procs, &tid);
     return 0;
 }
 """
@@ -1374,11 +1398,11 @@ def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, 
     tables = [f"#define PL_SCOPED {int(scoped)}",f"#define PL_HAVE_PRE {int(any(s.table == 'pre' for s in strings))}",
               f"#define PL_HAVE_POST {int(any(s.table == 'post' for s in strings))}"]
     if strings:
-        tables += [f"BPF_HASH(pl_str_eq, struct pl_str, u64, {sizes['eq']});",
-                   f"BPF_LPM_TRIE(pl_str_pre, struct pl_lpm, u64, {sizes['pre']});",
-                   f"BPF_LPM_TRIE(pl_str_post, struct pl_lpm, u64, {sizes['post']});"]
+        tables += [f"PL_MAP(pl_str_eq, BPF_MAP_TYPE_HASH, struct pl_str, u64, {sizes['eq']});",
+                   f"PL_TRIE(pl_str_pre, struct pl_lpm, u64, {sizes['pre']});",
+                   f"PL_TRIE(pl_str_post, struct pl_lpm, u64, {sizes['post']});"]
     if tracking:
-        tables.append('BPF_TABLE("lru_hash", u32, struct pl_proc, pl_procs, 65536);')
+        tables.append("PL_MAP(pl_procs, BPF_MAP_TYPE_LRU_HASH, u32, struct pl_proc, 65536);")
     return _PRELUDE % {"strlen": STRLEN, "self_entries": SELF_ENTRIES, "nstr": MAX_STRING_OPERANDS + 1,
                        "pages": RING_PAGES, "tables": "\n".join(tables), "strfn": _STRFN if strings else "",
                        "members": scope.MEMBERS}

@@ -44,10 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import btf, inventory, scope, syscall
+from . import inventory, scope, syscall
 from .compile import MODE_OFF, MODES, SELF_ENTRIES, Features, Plan, Site, compile_policy
+from .core.libbpf import BpfObject
 from .errors import BpfError, LoadError, NotLoaded, Unsupported
 from .events import Counters, EventStream, read_counters
+from .objects import ObjectSource
 from .policy import TracingPolicy, effective_mode, parse
 from .tpformat import Formats, tracefs_formats
 
@@ -79,6 +81,8 @@ class LoadResult:
     #: Program name → kernel program id.
     prog_ids: tuple[tuple[str, int], ...] = ()
     notes: tuple[str, ...] = ()
+    #: Where the loaded object came from: "bundle", "cache" or "built" (bpf.objects).
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,11 +101,15 @@ class LoadedPolicy:
 
 
 class Engine:
-    """The policies this node enforces. Needs root, bpffs, tracefs and bcc (for loading)."""
+    """The policies this node enforces. Needs root, bpffs, tracefs, BTF and libbpf (clang only to build
+    objects a bundle does not carry)."""
 
     def __init__(self, pin_root: Path = DEFAULT_PIN_ROOT, node_name: str | None = None,
-                 features: Features | None = None, formats: Formats | None = None) -> None:
+                 features: Features | None = None, formats: Formats | None = None,
+                 objects: ObjectSource | None = None) -> None:
         self.pin_root = Path(pin_root)
+        #: Where compiled objects come from (a bundle's signed objects, else built here and cached).
+        self.objects = objects or ObjectSource()
         # first: a policy already pinned here (a block-bpf-load, say) must not hit this process;
         # best effort here, load() does it again and reports a failure
         with contextlib.suppress(LoadError):
@@ -153,13 +161,14 @@ class Engine:
                 return LoadResult(key, False, ("load failed: an empty workload (no cgroups) would match nothing",))
         try:
             self._exempt_self(create=True)
-            _Loader(self, plan, mode, cg).run(final)
-        except Exception as e:  # bcc raises plain Exception on compile errors
+            loader = _Loader(self, plan, mode, cg)
+            loader.run(final)
+        except (BpfError, OSError) as e:
             self._drop_self_if_idle()
             return LoadResult(key, False, (f"load failed: {e}",), notes=plan.notes)
         self._track(key, plan, adopted=False)
         lp = self._describe(key)
-        return LoadResult(key, True, (), lp.prog_ids, plan.notes)
+        return LoadResult(key, True, (), lp.prog_ids, plan.notes, loader.origin)
 
     def set_mode(self, key: str, mode: str) -> None:
         """Switch a loaded (or pinned) policy's mode in place: same programs, new behaviour."""
@@ -358,10 +367,11 @@ class Engine:
 
 
 class _Loader:
-    """One load: compile with bcc, fill maps, attach through pinned links, publish by rename."""
+    """One load: open the CO-RE object with libbpf, fill maps, attach through pinned links, publish by rename."""
 
     def __init__(self, engine: Engine, plan: Plan, mode: str, cgroups: tuple[str, ...] | None) -> None:
         self.e = engine
+        self.origin = ""  # where the object came from (ObjectSource)
         self.plan = plan
         self.mode = mode
         self.cgroups = cgroups
@@ -373,30 +383,29 @@ class _Loader:
         }, sort_keys=True, separators=(",", ":")).encode()
 
     def run(self, final: Path) -> None:
-        from bcc import BPF
-
         self.e.pin_root.mkdir(parents=True, exist_ok=True)
         tmp = self.e.pin_root / f"_loading_{os.getpid()}_{final.name}"
         if tmp.exists():
             _teardown(tmp)
         tmp.mkdir()
-        b = None
+        obj: BpfObject | None = None
         try:
             meta_size = (len(self.meta) + 4 + 7) // 8 * 8
-            defines = f"#define PL_SELF_PIN {json.dumps(str(self.e.self_pin))}\n"
-            if self.plan.ia32:
-                defines += f"#define PL_TI_STATUS {_ti_status()}\n"
-            source = defines + self.plan.source + (
-                f"\nstruct pl_meta_t {{ u32 len; char data[{meta_size}]; }};\n"
-                "BPF_ARRAY(pl_meta, struct pl_meta_t, 1);\n"
-            )
-            b = BPF(text=source.encode(), cflags=["-w"])
+            code = self.e.objects.get(self.plan.source, final.name)
+            self.origin = code.origin
+            obj = BpfObject.open_mem(code.data, final.name[:15])
+            obj.map("pl_meta").set_value_size(meta_size)
+            self_fd = syscall.obj_get(self.e.self_pin)
+            try:
+                obj.map("pl_self").reuse_fd(self_fd)
+            finally:
+                os.close(self_fd)
+            obj.load()
             progs: dict[str, int] = {}
             for site in self.plan.sites:
-                ptype, atype = _prog_type(site)
-                fn = b.load_func(site.function.encode(), ptype, attach_type=atype)
-                progs[site.function] = fn.fd
-                syscall.obj_pin(fn.fd, tmp / f"prog_{site.function}")
+                fd = obj.program(site.function).fd
+                progs[site.function] = fd
+                syscall.obj_pin(fd, tmp / f"prog_{site.function}")
             maps = list(_BASE_MAPS)
             if self.plan.strings:
                 maps += ["pl_str_eq", "pl_str_pre", "pl_str_post"]
@@ -404,7 +413,7 @@ class _Loader:
                 maps.append("pl_procs")
             if self.plan.scoped:
                 maps += ["pl_members", "pl_cgpaths"]
-            fds = {name: b.get_table(name.encode()).map_fd for name in maps}
+            fds = {name: obj.map(name).fd for name in maps}
             for name, fd in fds.items():
                 syscall.obj_pin(fd, tmp / f"map_{name}")
             self._fill(fds, meta_size)
@@ -425,8 +434,8 @@ class _Loader:
             _teardown(tmp)
             raise
         finally:
-            if b is not None:
-                b.cleanup()
+            if obj is not None:
+                obj.close()  # what the policy needs is pinned
 
     def _fill(self, fds: dict[str, int], meta_size: int) -> None:
         zero = b"\0\0\0\0"
@@ -447,7 +456,7 @@ class _Loader:
                 key = struct.pack("<I", len(s.value) * 8) + s.value.ljust(256, b"\0")
                 syscall.map_update_elem(fds[f"pl_str_{s.table}"], key, value)
         syscall.map_update_elem(fds["pl_meta"], zero,
-                                struct.pack("<I", len(self.meta)) + self.meta.ljust(meta_size, b"\0"))
+                                struct.pack("<I", len(self.meta)) + self.meta.ljust(meta_size - 4, b"\0"))
 
     def _attach(self, tmp: Path, site: Site, prog_fd: int) -> None:
         if site.kind == "raw_tracepoint":
@@ -513,28 +522,6 @@ def remove_all(pin_root: Path = DEFAULT_PIN_ROOT) -> tuple[list[str], list[str]]
     with contextlib.suppress(OSError):
         pin_root.rmdir()
     return unloaded, problems
-
-
-def _prog_type(site: Site) -> tuple[int, int]:
-    from bcc import BPF
-
-    if site.kind == "tracepoint":
-        return BPF.TRACEPOINT, -1
-    if site.kind == "raw_tracepoint":
-        return BPF.RAW_TRACEPOINT, -1
-    assert site.attach
-    if site.attach == "sock_create":
-        return BPF.CGROUP_SOCK, int(_CGROUP_ATTACH["sock_create"])
-    return BPF.CGROUP_SOCK_ADDR, int(_CGROUP_ATTACH[site.attach])
-
-
-def _ti_status() -> int:
-    """Offset of `current->thread_info.status` (where TS_COMPAT is), from the kernel's BTF."""
-    ti, status = btf.member_offset("task_struct", "thread_info"), btf.member_offset("thread_info", "status")
-    if ti is None or status is None:
-        raise LoadError("cannot tell 32-bit compat syscalls: no thread_info.status in the kernel's BTF "
-                        f"({btf.VMLINUX})")
-    return ti + status
 
 
 def _own_tgid() -> int:

@@ -11,7 +11,6 @@ Tetragon's `jq` filters ignore.
 from __future__ import annotations
 
 import base64
-import ctypes as ct
 import datetime as _dt
 import ipaddress
 import os
@@ -24,6 +23,8 @@ from typing import Any
 
 from . import syscall
 from .compile import ACTION_NAMES, MODES, HookPlan, Operand, Plan
+from .core.errors import LibbpfError
+from .core.libbpf import RingBuffer
 from .process_events import is_base
 
 #: struct pl_event (compile._PRELUDE).
@@ -178,13 +179,12 @@ def _arg(o: Operand, raw: RawEvent) -> dict[str, Any]:
 
 
 class EventStream:
-    """Drains the ring buffers of several policies (fresh or adopted) through libbcc's ring buffer API."""
+    """Drains the ring buffers of several policies (fresh or adopted) through one libbpf ring_buffer."""
 
     def __init__(self, node_name: str) -> None:
         self.node_name = node_name
         self._sources: dict[str, tuple[int, Plan]] = {}
-        self._manager: int | None = None
-        self._callbacks: list[Any] = []
+        self._rings: RingBuffer | None = None
         self._pending: list[dict[str, Any]] = []
         self._dirty = False
         self._offset = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -211,50 +211,40 @@ class EventStream:
         """Every event available now, waiting up to `timeout` seconds for the first one."""
         if self._dirty:
             self._rebuild()
-        if self._manager is None:
+        if self._rings is None:
             if timeout > 0:
                 time.sleep(timeout)
             return []
-        from bcc.libbcc import lib
-
-        lib.bpf_poll_ringbuf(self._manager, int(timeout * 1000))
-        lib.bpf_consume_ringbuf(self._manager)
+        self._rings.poll(int(timeout * 1000))
+        self._rings.consume()
         out, self._pending = self._pending, []
         return out
 
     def _free(self) -> None:
-        if self._manager is not None:
-            from bcc.libbcc import lib
-
-            lib.bpf_free_ringbuf(self._manager)
-            self._manager = None
-            self._callbacks = []
+        if self._rings is not None:
+            self._rings.close()
+            self._rings = None
             self._dirty = True
 
     def _rebuild(self) -> None:
-        from bcc.libbcc import _RINGBUF_CB_TYPE, lib
-
         self._free()
         self._dirty = False
         for key, (fd, plan) in self._sources.items():
-            cb = _RINGBUF_CB_TYPE(self._handler(plan))
-            self._callbacks.append(cb)
-            if self._manager is None:
-                mgr = lib.bpf_new_ringbuf(fd, cb, None)
-                if not mgr:
-                    raise OSError(f"cannot open the ring buffer of policy {key}")
-                self._manager = mgr
-            elif lib.bpf_add_ringbuf(self._manager, fd, cb, None) < 0:
-                raise OSError(f"cannot add the ring buffer of policy {key}")
-
-    def _handler(self, plan: Plan) -> Callable[[Any, Any, int], int]:
-        def handle(_ctx: Any, data: Any, size: int) -> int:
             try:
-                raw = RawEvent.unpack(ct.string_at(data, size))
+                if self._rings is None:
+                    self._rings = RingBuffer(fd, self._handler(plan))
+                else:
+                    self._rings.add(fd, self._handler(plan))
+            except LibbpfError as e:
+                raise OSError(f"cannot read the ring buffer of policy {key}: {e}") from None
+
+    def _handler(self, plan: Plan) -> Callable[[bytes], None]:
+        def handle(data: bytes) -> None:
+            try:
+                raw = RawEvent.unpack(data)
                 self._pending.append(render(raw, plan, self.node_name, self._offset))
             except Exception as e:  # a bad record must not stop the stream
                 self._pending.append({"palisade_error": f"undecodable event of {plan.policy.key}: {e}"})
-            return 0
 
         return handle
 

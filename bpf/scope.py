@@ -118,7 +118,7 @@ def source(off: dict[str, int], mode_off: int) -> str:
 _SOURCE = r"""
 static __always_inline void pl_escape_event(struct pl_cfg *cfg, u32 hook, int writer, u32 acted, s64 arg0,
                                             char *path) {
-    struct pl_event *e = pl_events.ringbuf_reserve(sizeof(struct pl_event));
+    struct pl_event *e = bpf_ringbuf_reserve(&pl_events, sizeof(struct pl_event), 0);
     if (!e) {
         pl_count(3);
         return;
@@ -133,15 +133,15 @@ static __always_inline void pl_escape_event(struct pl_cfg *cfg, u32 hook, int wr
     e->acted = acted; e->sig = writer ? 9 : 0;
     e->ints[0] = arg0;
     if (path) __builtin_memcpy(e->strs[0], path, PL_STRLEN);
-    pl_events.ringbuf_submit(e, 0);
+    bpf_ringbuf_submit(e, 0);
     pl_count(0);
 }
 int pl_scope_clone3(void *ctx) {
     int z = 0;
-    struct pl_cfg *cfg = pl_cfg.lookup(&z);
+    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);
     if (!cfg || cfg->mode >= %(mode_off)d || !cfg->scoped) return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (pl_self.lookup(&tgid)) return 0;
+    if (bpf_map_lookup_elem(&pl_self, &tgid)) return 0;
     u64 flags = 0;
     bpf_probe_read_user(&flags, sizeof(flags), *(void **)((char *)ctx + %(uargs)d));
     if (!(flags & %(into_cgroup)dULL) || !pl_in_scope()) return 0;
@@ -158,50 +158,50 @@ int pl_scope_clone3(void *ctx) {
 }
 int pl_scope_fork(void *ctx) {
     int z = 0;
-    struct pl_cfg *cfg = pl_cfg.lookup(&z);
+    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);
     if (!cfg || cfg->mode >= %(mode_off)d) return 0;
     u32 parent = bpf_get_current_pid_tgid() >> 32;
     u32 child = *(u32 *)((char *)ctx + %(child_pid)d);
     u8 v = %(member)d;
-    u8 *pv = pl_members.lookup(&parent);
+    u8 *pv = bpf_map_lookup_elem(&pl_members, &parent);
     if (pv) v = *pv;  /* a doomed member's children are doomed too */
     else if (!pl_in_cgroups()) return 0;
-    pl_members.update(&child, &v);
+    bpf_map_update_elem(&pl_members, &child, &v, BPF_ANY);
     return 0;
 }
 int pl_scope_exec(void *ctx) {
     int z = 0;
-    struct pl_cfg *cfg = pl_cfg.lookup(&z);
+    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);
     if (!cfg || cfg->mode >= %(mode_off)d || !pl_in_cgroups()) return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     u8 v = %(member)d;
-    pl_members.insert(&tgid, &v);  /* keeps a doomed mark */
+    bpf_map_update_elem(&pl_members, &tgid, &v, BPF_NOEXIST);  /* keeps a doomed mark */
     return 0;
 }
 int pl_scope_exit(void *ctx) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
-    if (tid != tgid) pl_members.delete(&tid);
-    if (*(u8 *)((char *)ctx + %(group_dead)d)) pl_members.delete(&tgid);
+    if (tid != tgid) bpf_map_delete_elem(&pl_members, &tid);
+    if (*(u8 *)((char *)ctx + %(group_dead)d)) bpf_map_delete_elem(&pl_members, &tgid);
     return 0;
 }
 int pl_scope_attach(void *ctx) {
     int z = 0;
-    struct pl_cfg *cfg = pl_cfg.lookup(&z);
+    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);
     if (!cfg || cfg->mode >= %(mode_off)d || !cfg->scoped) return 0;
     if (*(s32 *)((char *)ctx + %(dst_root)d) != 0) return 0;  /* a cgroup v1 hierarchy: scopes are cgroup2 */
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
     u32 moved = *(u32 *)((char *)ctx + %(pid)d);
-    if (pl_self.lookup(&tgid)) {  /* the engine's own move: the process leaves the scope for good */
-        pl_members.delete(&moved);
+    if (bpf_map_lookup_elem(&pl_self, &tgid)) {  /* the engine's own move: the process leaves the scope for good */
+        bpf_map_delete_elem(&pl_members, &moved);
         return 0;
     }
-    if (!pl_members.lookup(&moved)) return 0;
+    if (!bpf_map_lookup_elem(&pl_members, &moved)) return 0;
     u64 dst = *(u64 *)((char *)ctx + %(dst_id)d);
-    if (pl_scope.lookup(&dst)) return 0;
+    if (bpf_map_lookup_elem(&pl_scope, &dst)) return 0;
     if (moved == (u32)pid_tgid && pl_in_cgroups()) return 0;  /* moved itself, still under a scope cgroup */
-    struct pl_scratch *sc = pl_scratch.lookup(&z);
+    struct pl_scratch *sc = bpf_map_lookup_elem(&pl_scratch, &z);
     if (!sc) return 0;
     char *path = sc->str[0].s;
     __builtin_memset(path, 0, PL_STRLEN);
@@ -210,8 +210,8 @@ int pl_scope_attach(void *ctx) {
     u32 len = n > 0 ? n - 1 : 0;
     __builtin_memcpy(sc->lpm.s, path, PL_STRLEN);
     sc->lpm.plen = (len & (PL_STRLEN - 1)) * 8;
-    if (pl_cgpaths.lookup(&sc->lpm)) return 0;  /* into a sub-cgroup of a workload */
-    int writer = pl_members.lookup(&tgid) != 0 || pl_in_cgroups();
+    if (bpf_map_lookup_elem(&pl_cgpaths, &sc->lpm)) return 0;  /* into a sub-cgroup of a workload */
+    int writer = bpf_map_lookup_elem(&pl_members, &tgid) != 0 || pl_in_cgroups();
     u32 acted = 0;
     if (writer) {
         if (cfg->mode == 2) {
@@ -220,7 +220,7 @@ int pl_scope_attach(void *ctx) {
             pl_count(1);
             if (moved != tgid && moved != (u32)pid_tgid) {
                 u8 doomed = %(doomed)d;
-                pl_members.update(&moved, &doomed);
+                bpf_map_update_elem(&pl_members, &moved, &doomed, BPF_ANY);
             }
         } else {
             pl_count(2);

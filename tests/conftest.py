@@ -22,10 +22,15 @@ def _kernel_problem() -> str | None:
         return "bpffs is not mounted at /sys/fs/bpf (run scripts/kernel-tools.sh)"
     if not Path("/sys/kernel/tracing/events/syscalls").is_dir():
         return "tracefs with syscall tracepoints is not mounted at /sys/kernel/tracing"
+    from bpf.core.errors import LibbpfMissing
+    from bpf.core.libbpf import lib
+
     try:
-        import bcc  # noqa: F401
-    except ImportError:
-        return "bcc is not importable (run scripts/kernel-tools.sh .venv)"
+        lib()
+    except LibbpfMissing as e:
+        return f"{e} (run scripts/kernel-tools.sh)"
+    if shutil.which("clang") is None:
+        return "clang is not installed, so no policy object can be built here (run scripts/kernel-tools.sh)"
     return None
 
 

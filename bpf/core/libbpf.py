@@ -122,6 +122,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map__key_size": (_U32, (_P,)),
         "bpf_map__value_size": (_U32, (_P,)),
         "bpf_map__set_max_entries": (_I, (_P, _U32)),
+        "bpf_map__set_value_size": (_I, (_P, _U32)),
+        "bpf_map__reuse_fd": (_I, (_P, _I)),
         "bpf_map__pin": (_I, (_P, _S)),
         "bpf_map__unpin": (_I, (_P, _S)),
         "bpf_map_update_elem": (_I, (_I, _P, _P, ctypes.c_uint64)),
@@ -130,6 +132,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "bpf_map_get_next_key": (_I, (_I, _P, _P)),
         "bpf_obj_get": (_I, (_S,)),
         "ring_buffer__new": (_P, (_I, SAMPLE_FN, _P, _P)),
+        "ring_buffer__add": (_I, (_P, _I, SAMPLE_FN, _P)),
         "ring_buffer__poll": (_I, (_P, _I)),
         "ring_buffer__consume": (_I, (_P,)),
         "ring_buffer__free": (None, (_P,)),
@@ -457,6 +460,22 @@ class Map:
         if ret < 0:
             raise _err(MapOpFailed, f"resizing {self.name} to {n}", _errno_of(ret))
 
+    def set_value_size(self, n: int) -> None:
+        """Before load: the size of the map's values (for a value whose size is known only at load)."""
+        ret = lib().bpf_map__set_value_size(self._handle(), n)
+        if ret < 0:
+            raise _err(MapOpFailed, f"sizing the values of {self.name} to {n}", _errno_of(ret))
+        self.value_size = n
+
+    def reuse_fd(self, fd: int) -> None:
+        """Before load: use an existing map (a pinned one, shared between objects) instead of creating it.
+
+        libbpf keeps its own duplicate of `fd`; the caller still owns and closes `fd`."""
+        mark = _mark()
+        ret = lib().bpf_map__reuse_fd(self._handle(), fd)
+        if ret < 0:
+            raise _err(MapOpFailed, f"reusing map fd {fd} for {self.name}", _errno_of(ret), _since(mark))
+
     def pin(self, path: Path) -> None:
         mark = _mark()
         ret = lib().bpf_map__pin(self._handle(), _b(path))
@@ -485,25 +504,41 @@ class RingBuffer(_Closing):
     and is re-raised from `poll`, after the records before it were delivered.
     """
 
-    def __init__(self, ringbuf: Map, callback: Callable[[bytes], None]) -> None:
-        self._callback = callback
+    def __init__(self, ringbuf: Map | int, callback: Callable[[bytes], None]) -> None:
+        """`ringbuf`: a map of a loaded object, or the fd of a ring buffer map (a pinned one, say)."""
         self._error: BaseException | None = None
-        self._fn = SAMPLE_FN(self._sample)  # referenced for as long as libbpf may call it
+        #: Per ring: its callback, wrapped for libbpf (referenced for as long as libbpf may call it).
+        self._fns: list[Any] = []
+        fd, name = (ringbuf, f"fd {ringbuf}") if isinstance(ringbuf, int) else (ringbuf.fd, ringbuf.name)
+        fn = self._wrap(callback)
         mark = _mark()
         ctypes.set_errno(0)
-        h = lib().ring_buffer__new(ringbuf.fd, self._fn, None, None)
+        h = lib().ring_buffer__new(fd, fn, None, None)
         if not h:
-            raise _err(RingBufferFailed, f"creating a ring buffer on {ringbuf.name}", _errno_of(), _since(mark))
+            raise _err(RingBufferFailed, f"creating a ring buffer on {name}", _errno_of(), _since(mark))
         self._h: int | None = h
         self._map = ringbuf  # keeps the object (and so the map fd) referenced
 
-    def _sample(self, ctx: int | None, data: int | None, size: int) -> int:
-        try:
-            self._callback(ctypes.string_at(data, size) if data else b"")
-        except BaseException as e:
-            self._error = e
-            return -1
-        return 0
+    def _wrap(self, callback: Callable[[bytes], None]) -> Any:
+        def sample(ctx: int | None, data: int | None, size: int) -> int:
+            try:
+                callback(ctypes.string_at(data, size) if data else b"")
+            except BaseException as e:
+                self._error = e
+                return -1
+            return 0
+
+        fn = SAMPLE_FN(sample)
+        self._fns.append(fn)
+        return fn
+
+    def add(self, fd: int, callback: Callable[[bytes], None]) -> None:
+        """Poll one more ring buffer map (by fd, which the caller keeps open) in the same `poll`."""
+        fn = self._wrap(callback)
+        mark = _mark()
+        ret = lib().ring_buffer__add(self._handle(), fd, fn, None)
+        if ret < 0:
+            raise _err(RingBufferFailed, f"adding ring buffer fd {fd}", _errno_of(ret), _since(mark))
 
     def _handle(self) -> int:
         if self._h is None:

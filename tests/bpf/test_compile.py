@@ -185,11 +185,11 @@ def test_unsupported_carries_all_reasons() -> None:
 def test_every_hook_program_skips_the_engine_and_a_dead_engine_is_forgotten() -> None:
     plan = compile_policy(parse(templates.render("block-bpf-load", "b")), Features(), builtin_formats)
     hook = plan.source[plan.source.index("int pl_h0_tp("):]
-    assert hook.index("if (pl_self.lookup(&tgid)) return 0;") < hook.index("bpf_send_signal")
-    assert 'BPF_TABLE_PINNED("hash", u32, u64, pl_self, 64, PL_SELF_PIN);' in plan.source
+    assert hook.index("if (bpf_map_lookup_elem(&pl_self, &tgid)) return 0;") < hook.index("bpf_send_signal")
+    assert "PL_MAP(pl_self, BPF_MAP_TYPE_HASH, u32, u64, 64);" in plan.source  # the engine hands it the pinned map
     [exit_site] = [s for s in plan.sites if s.function == "pl_self_exit"]
     assert (exit_site.subsystem, exit_site.event) == ("sched", "sched_process_exit")
-    assert "if (*(u8 *)((char *)ctx + 32)) pl_self.delete(&tgid);" in plan.source  # group_dead
+    assert "if (*(u8 *)((char *)ctx + 32)) bpf_map_delete_elem(&pl_self, &tgid);" in plan.source  # group_dead
 
 
 def test_a_kprobe_without_syscall_is_a_syscall_as_the_crd_defaults_it() -> None:
