@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KSTAMP := $(VENV)/.kernel-tools
 
-.PHONY: all venv kernel-tools demo test lint bench clean
+.PHONY: all venv kernel-tools demo test lint bench clean vm-test
 
 all: test
 
@@ -27,6 +27,14 @@ demo: venv kernel-tools
 
 test: venv kernel-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The kernel tests inside a stock Debian kernel under QEMU (scripts/vm/README.md): the host's root
+# shared read-only, CO-RE objects built here for the guest's BTF first, the exit code passed back.
+VM_KERNEL ?= 6.1
+VM_TESTS ?= tests/bpf/core
+vm-test: venv kernel-tools
+	$(BIN)/python scripts/vm/run.py --kernel $(VM_KERNEL) --core-objects -- \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider $(VM_PYTEST_ARGS) $(VM_TESTS)
 
 lint: venv
 	$(BIN)/ruff check reconciler agent bpf tests bench
