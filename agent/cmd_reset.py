@@ -3,9 +3,10 @@
 Enforcement outlives the agent (the engine pins what it loads in bpffs), so
 stopping the agent does not stop enforcement; this does. Use it to decommission
 a node or to clean up after a test. It removes the programs, links, maps and pins
-under the pin root. With --state it is refused while an agent runs on that state
-directory (the agent would load everything again); the state directory
-(last-known-good, trust) is kept unless --forget is given too.
+under the pin root, and the base sensor's pins beside it (`<pin root>-sensor`,
+left only by an agent that died). With --state it is refused while an agent runs
+on that state directory (the agent would load everything again); the state
+directory (last-known-good, trust) is kept unless --forget is given too.
 
 Exit codes: 0 nothing left pinned; 1 some policies could not be removed;
 2 usage error, not root, or an agent is running on --state.
@@ -48,12 +49,18 @@ def _reset(args: argparse.Namespace) -> int:
                 _refuse_if_locked(held, args.state)
     if os.geteuid() != 0:
         raise AgentError("reset needs root (it unpins BPF programs)")
-    unloaded, problems = remove_all(args.pin_root)
+    from .sensor import pin_dir, remove_pins
+
+    unpinned, problems = remove_pins(args.pin_root)  # first: a sensor left by an agent that died
+    if unpinned:
+        print(f"unloaded the base sensor ({pin_dir(args.pin_root)})", file=sys.stderr)
+    unloaded, more = remove_all(args.pin_root)
+    problems += more
     for key in unloaded:
         print(f"unloaded {key}", file=sys.stderr)
     for problem in problems:
         print(f"palisade-agent reset: {problem}", file=sys.stderr)
-    if not unloaded and not problems:
+    if not unloaded and not unpinned and not problems:
         print(f"nothing is loaded under {args.pin_root}", file=sys.stderr)
     if args.forget:
         from .runner import runtime_status_path

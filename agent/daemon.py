@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.keys import load_public_keys
 
@@ -22,7 +22,10 @@ from .events import EventLog
 from .metrics import AgentMetrics
 from .runner import Agent
 
-__all__ = ["make_enforcer", "run"]
+if TYPE_CHECKING:
+    from .sensor import NodeSensor
+
+__all__ = ["make_enforcer", "run", "start_sensor"]
 
 log = logging.getLogger("palisade.agent")
 LOCK_FILE = "agent.lock"
@@ -36,6 +39,18 @@ def make_enforcer(cfg: AgentConfig) -> Enforcer:
     if cfg.pin_root is not None:
         return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id, pin_root=cfg.pin_root)
     return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id)
+
+
+def start_sensor(cfg: AgentConfig, events: EventLog, metrics: AgentMetrics | None = None) -> NodeSensor | None:
+    """The base sensor (process_exec/process_exit of every process, as Tetragon's), whenever the engine runs."""
+    if not cfg.engine:
+        return None
+    from bpf.engine import DEFAULT_PIN_ROOT
+
+    from . import sensor
+
+    return sensor.start(cfg.sensor_id, events, workloads=cfg.workloads, pin_root=cfg.pin_root or DEFAULT_PIN_ROOT,
+                        metrics=metrics)
 
 
 @contextlib.contextmanager
@@ -78,9 +93,12 @@ def run(cfg: AgentConfig) -> int:
             log.info("metrics on http://%s:%d/metrics", host, bound)
         enforcer = make_enforcer(cfg)
         events = EventLog(cfg.state, max_bytes=cfg.events_max_bytes, keep=cfg.events_keep)
+        base = start_sensor(cfg, events, metrics)
         try:
             asyncio.run(_main(cfg, enforcer, pubkeys, metrics, events))
         finally:
+            if base is not None:
+                base.stop()  # unlike policies, the base sensor does not outlive the agent
             events.close()
             close = getattr(enforcer, "close", None)
             if close is not None:
