@@ -8,6 +8,7 @@ are read from each module's own `.modinfo` section, which is what depmod reads t
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import lzma
 import os
@@ -16,6 +17,7 @@ import struct
 import subprocess
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +92,7 @@ def _cached_releases(pattern: re.Pattern[str], kernels: Path) -> list[str]:
     return sorted((d.name for d in kernels.iterdir() if pattern.fullmatch(f"linux-image-{d.name}")), key=_abi)
 
 
-def resolve(series: str, cache: Path | None = None, log=print) -> Kernel:
+def resolve(series: str, cache: Path | None = None, log: Callable[[str], None] = print) -> Kernel:
     """The newest kernel of `series` apt knows of, downloaded and unpacked unless already cached.
 
     With no apt list naming one (lists never fetched), apt-get update runs once; with no
@@ -124,15 +126,13 @@ def resolve(series: str, cache: Path | None = None, log=print) -> Kernel:
     return Kernel(release, dest)
 
 
-def _apt_update(log) -> None:
+def _apt_update(log: Callable[[str], None]) -> None:
     log("palisade-vm: apt-get update")
-    try:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):  # a failed update shows as no package below
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False, timeout=APT_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired):
-        pass
 
 
-def _fetch(release: str, kernels: Path, log) -> None:
+def _fetch(release: str, kernels: Path, log: Callable[[str], None]) -> None:
     kernels.mkdir(parents=True, exist_ok=True)
     package = f"linux-image-{release}"
     log(f"palisade-vm: downloading {package} into {kernels}")

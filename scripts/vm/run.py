@@ -32,11 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import initramfs  # noqa: E402
-import kernel as kernels  # noqa: E402
-from prebuild import prebuild  # noqa: E402
-from vm import QEMU, VmSpec, boot  # noqa: E402
-from vmerrors import EXIT_USAGE, QemuMissing, SetupFailed, VmError  # noqa: E402
+import initramfs
+import kernel as kernels
+from prebuild import prebuild
+from vm import QEMU, VmSpec, boot, find_qemu
+from vmerrors import EXIT_USAGE, QemuMissing, SetupFailed, VmError
 
 
 def log(msg: str) -> None:
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_install:
             ensure_packages(want_qemu=args.qemu is None)
+        find_qemu(args.qemu)  # before fetching a kernel that could not be booted
         cache = kernels.cache_root()
         kern = kernels.resolve(args.kernel, cache, log=log)
         env = list(args.env)
