@@ -302,3 +302,31 @@ def test_reset_and_the_next_start_remove_what_a_dead_agent_left(require_kernel: 
             child.kill()
             child.wait(timeout=10)
         agent_sensor.remove_pins(pin_root)
+
+
+# --- the workload map, without the kernel ----------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "cid"), [
+    (f"/kubepods.slice/kubepods-pod1.slice/cri-containerd-{CONTAINER}.scope", f"containerd://{CONTAINER}"),
+    (f"/system.slice/docker-{CONTAINER}.scope", f"docker://{CONTAINER}"),
+    (f"/kubepods/burstable/pod1/{CONTAINER}", CONTAINER),  # cgroupfs driver: the runtime is not named
+    ("/user.slice/user-0.slice/session-1.scope", None),
+])
+def test_a_container_is_told_by_its_cgroup(path: str, cid: str | None) -> None:
+    c = agent_sensor.container_of(path)
+    assert (c.id if c is not None else None) == cid
+
+
+def test_pods_are_placed_by_the_workloads_cgroup_id(tmp_path: Path) -> None:
+    (tmp_path / "shop" / "web").mkdir(parents=True)
+    (tmp_path / "bare").mkdir()
+    w = Workload("web", str(tmp_path / "shop" / "web"), None, (("app", "web"),))
+    bare = Workload("db", "/bare", "data")  # relative to the cgroup2 root, no labels
+    pods = agent_sensor.PodResolver([w, bare], tmp_path)
+    web = pods.of((tmp_path / "shop" / "web").stat().st_ino, pid=os.getpid())
+    assert web is not None and web.docker is None
+    assert web.pod == {"namespace": "default", "name": "web", "pod_labels": {"app": "web"}, "workload": "web"}
+    db = pods.of((tmp_path / "bare").stat().st_ino, pid=os.getpid())
+    assert db is not None and db.pod == {"namespace": "data", "name": "db", "workload": "db"}
+    assert pods.of(0, pid=os.getpid()) is None
+    assert agent_sensor.PodResolver([], tmp_path).of(123, pid=os.getpid()) is None
