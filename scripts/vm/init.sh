@@ -34,6 +34,12 @@ for w in $WRITABLE; do
   mkdir -p "/copy/$i" && cp -a "$R$w/." "/copy/$i/" || die "cannot copy $w"
   i=$((i + 1))
 done
+# the guest kernel's own modules at the usual place, for modprobe inside (bound before the
+# tmpfs mounts below, which would hide a cache kept under /tmp or /var/tmp)
+if [ -n "$KMODS" ] && [ -d "$R$KMODS" ]; then
+  mount -t tmpfs tmpfs "$R/lib/modules" && mkdir -p "$R/lib/modules/$(uname -r)" \
+    && mount --bind "$R$KMODS" "$R/lib/modules/$(uname -r)"
+fi
 # not /root: the project's venv may link into it (pyenv); HOME is a directory in /tmp instead
 for d in tmp var/tmp run; do
   [ -d "$R/$d" ] && mount -t tmpfs -o mode=1777 tmpfs "$R/$d"
@@ -49,13 +55,9 @@ mount -t bpf bpf "$R/sys/fs/bpf" || die "mount bpffs"
 mount -t tracefs tracefs "$R/sys/kernel/tracing" || die "mount tracefs"
 mount -t debugfs debugfs "$R/sys/kernel/debug" || die "mount debugfs"
 mount -t cgroup2 cgroup2 "$R/sys/fs/cgroup" || die "mount cgroup2"
-# the guest kernel's own modules at the usual place, for modprobe inside
-if [ -n "$KMODS" ] && [ -d "$R$KMODS" ]; then
-  mount -t tmpfs tmpfs "$R/lib/modules" && mkdir -p "$R/lib/modules/$(uname -r)" \
-    && mount --bind "$R$KMODS" "$R/lib/modules/$(uname -r)"
-fi
 i=0
 for w in $WRITABLE; do
+  mkdir -p "$R$w" 2>/dev/null  # under /tmp or /var/tmp it is gone below the tmpfs
   mount -t tmpfs tmpfs "$R$w" && cp -a "/copy/$i/." "$R$w/" || die "cannot make $w writable"
   i=$((i + 1))
 done

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -164,3 +165,24 @@ def test_a_failing_guest_init_is_a_boot_failure(require_vm: None, tmp_path: Path
     b = boot(tmp_path / "t", "--writable", f"/nonexistent-{uuid.uuid4().hex[:8]}", "--", "true")
     assert b.returncode == 123, b.stderr
     assert "BootFailed" in b.stderr and "no such directory" in b.stderr
+
+
+def test_sigterm_to_the_runner_kills_qemu_and_cleans_up(require_vm: None, tmp_path: Path) -> None:
+    tmp = tmp_path / "t"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, str(RUN), "--kernel", "6.1", "--", "sleep", "300"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the command is running once the runner says the guest booted
+            if "booted in" in line:
+                break
+        assert orphan_qemus(tmp), "no QEMU running for this test"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert list(tmp.iterdir()) == [] and orphan_qemus(tmp) == []
