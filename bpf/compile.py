@@ -295,12 +295,17 @@ def check(policy: TracingPolicy, features: Features | None = None, formats: Form
 
 
 def compile_policy(policy: TracingPolicy, features: Features | None = None,
-                   formats: Formats | None = None, *, scoped: bool = False) -> Plan:
+                   formats: Formats | None = None, *, scoped: bool = False,
+                   real_path: Callable[[str], str] | None = None) -> Plan:
     """The load plan of `policy`; raises `Unsupported` with every reason when it cannot run here.
 
     `scoped`: the policy is loaded for workload cgroups, so it also keeps their processes in
-    scope (bpf/scope.py)."""
-    return _Compiler(policy, features or Features(), formats or builtin_formats, scoped).run()
+    scope (bpf/scope.py). `real_path`: what a matchBinaries path is on this node with its
+    symlinks resolved (the engine passes `os.path.realpath`'s answer): the kernel reports the
+    file that runs, so `/bin/sh` must also match `/usr/bin/dash`. The real paths are map
+    entries, never part of the source."""
+    return _Compiler(policy, features or Features(), formats or builtin_formats, scoped,
+                     real_path or (lambda v: v)).run()
 
 
 # --------------------------------------------------------------------------- the compiler
@@ -311,6 +316,8 @@ class _StrFilter:
     bit: int
     table: str
     values: tuple[str, ...]
+    #: matchBinaries values: paths of files on the node, also stored as their real paths (see `compile_policy`).
+    binary: bool = False
 
 
 @dataclass
@@ -331,8 +338,10 @@ class _HookCtx:
 
 
 class _Compiler:
-    def __init__(self, policy: TracingPolicy, features: Features, formats: Formats, scoped: bool = False) -> None:
+    def __init__(self, policy: TracingPolicy, features: Features, formats: Formats, scoped: bool = False,
+                 real_path: Callable[[str], str] = lambda v: v) -> None:
         self.p = policy
+        self.real_path = real_path
         self.scoped = scoped
         #: (ia32 numbers, program, index of its generator) of the syscall hooks: see `_ia32_source`.
         self.ia32: list[tuple[tuple[int, ...], str, int]] = []
@@ -375,7 +384,7 @@ class _Compiler:
         if self.reasons:
             raise Unsupported(self.reasons)
         strings = self._string_entries()
-        source = _prelude(self.tracking, strings, self._table_sizes(strings), self.scoped)
+        source = _prelude(self.tracking, strings, self._table_sizes(), self.scoped)
         source += self._self_exit_source()
         if self.tracking:
             source += self._tracking_source()
@@ -750,9 +759,9 @@ class _Compiler:
                 conds.append(ac)
         return conds, uses_bin, bool(s.match_parent_binaries)
 
-    def _new_str_filter(self, table: str, values: tuple[str, ...]) -> int:
+    def _new_str_filter(self, table: str, values: tuple[str, ...], binary: bool = False) -> int:
         bit = len(self.str_filters)
-        self.str_filters.append(_StrFilter(bit, table, values))
+        self.str_filters.append(_StrFilter(bit, table, values, binary))
         return bit
 
     def _bin_filter(self, bf: BinariesFilter, var: str, exec_hook: bool) -> str | None:
@@ -767,7 +776,7 @@ class _Compiler:
             self.refuse(f"{w}: a value is longer than {STRLEN - 1} bytes")
             return None
         table, negate = _BIN_OPS[bf.operator]
-        bit = self._new_str_filter(table, bf.values)
+        bit = self._new_str_filter(table, bf.values, binary=True)
         positive = f"({var}_{table} & (1ULL << {bit}))"
         if bf.follow_children:
             fbit = len(self.follow)
@@ -972,12 +981,10 @@ class _Compiler:
         # the process binary
         bin_slot = sum(1 for o in operands if o.slot >= 0)
         if exec_hook:
-            off = next(f.offset for f in fields if f.name == "filename")
+            # the file the new image was loaded from (mm->exe_file is already it here), not `filename`
             L += [f"    char *bin = sc->str[{bin_slot}].s;",
                   f"    __builtin_memset(bin, 0, {STRLEN});",
-                  f"    u32 loc = *(u32 *)((char *)ctx + {off});",
-                  f"    int blen = bpf_probe_read_kernel_str(bin, {STRLEN}, (char *)ctx + (loc & 0xffff));",
-                  "    blen = blen > 0 ? blen - 1 : 0;"]
+                  "    int blen = pl_exe_path(bin);"]
         else:
             L += ["    char *bin = proc ? proc->bin : 0;", "    int blen = proc ? proc->blen : 0;"]
         if uses_bin and need_strings:
@@ -1177,7 +1184,10 @@ class _Compiler:
     def _string_entries(self) -> tuple[StringEntry, ...]:
         acc: dict[tuple[str, bytes], int] = {}
         for sf in self.str_filters:
-            for v in sf.values:
+            values = list(sf.values)
+            if sf.binary and sf.table != "post":
+                values += [r for r in map(self.real_path, sf.values) if r not in values and len(r.encode()) < STRLEN]
+            for v in values:
                 b = v.encode()
                 if sf.table == "post":
                     b = b[::-1]
@@ -1191,8 +1201,11 @@ class _Compiler:
                 acc[(table, b)] = bits
         return tuple(StringEntry(t, b, bits) for (t, b), bits in sorted(acc.items()))
 
-    def _table_sizes(self, strings: tuple[StringEntry, ...]) -> dict[str, int]:
-        return {t: max(8, sum(1 for s in strings if s.table == t)) for t in ("eq", "pre", "post")}
+    def _table_sizes(self) -> dict[str, int]:
+        # from the policy alone (each binary twice, for its real path), so the source, and the object
+        # built from it, are the same on every node whatever its file system holds
+        return {t: max(8, sum(len(sf.values) * (2 if sf.binary else 1) for sf in self.str_filters if sf.table == t))
+                for t in ("eq", "pre", "post")}
 
     def _self_exit_source(self) -> str:
         fields = self.formats("sched", "sched_process_exit") or ()
@@ -1313,6 +1326,87 @@ static __always_inline int pl_in_scope(void) {
     return pl_in_cgroups();
 }
 %(strfn)s
+/* The path of the file a process runs (its mm->exe_file: for a script, the interpreter the kernel
+   really started), walked to the root of the process's mount tree, across mounts. So a binary is
+   judged by the file that runs, not by the path its caller typed. The walk keeps the topmost
+   PL_DEPTH components in a ring, then writes them root first: a path too deep or too long for the
+   buffer keeps its true beginning (what Prefix filters and directory blocks look at). */
+#define PL_DEPTH 64
+/* n and pos live in the map value, not on the stack: the verifier then sees them as unknown numbers and
+   checks each loop body once, instead of once per iteration with every exact count */
+struct pl_pathbuf { struct dentry *d[PL_DEPTH]; u32 n; u32 pos; char out[2 * PL_STRLEN]; };
+PL_MAP(pl_pathbuf, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_pathbuf, 1);
+struct pl_walk { struct vfsmount *vfs; struct mount *mnt; struct dentry *dentry; struct pl_pathbuf *buf; };
+static long pl_walk_step(u64 i, void *arg) {
+    struct pl_walk *w = arg;
+    struct dentry *d = w->dentry;
+    struct vfsmount *vfs = w->vfs;
+    struct mount *mnt = w->mnt;
+    struct dentry *root = BPF_CORE_READ(vfs, mnt_root);
+    struct dentry *parent = BPF_CORE_READ(d, d_parent);
+    if (d == root || d == parent) {
+        if (d != root) return 1;
+        struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+        if (up == mnt) return 1;  /* the root of the mount tree */
+        w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+        w->mnt = up;
+        w->vfs = (struct vfsmount *)((char *)up + bpf_core_field_offset(struct mount, mnt));
+        return 0;
+    }
+    struct pl_pathbuf *buf = w->buf;
+    u32 n = buf->n;
+    buf->d[n & (PL_DEPTH - 1)] = d;
+    buf->n = n + 1;
+    w->dentry = parent;
+    return 0;
+}
+static long pl_emit_step(u64 i, void *arg) {
+    struct pl_walk *w = arg;
+    struct pl_pathbuf *buf = w->buf;
+    u32 total = buf->n;
+    u32 n = total > PL_DEPTH ? PL_DEPTH : total;
+    u32 pos = buf->pos;
+    if (i >= n || pos >= PL_STRLEN - 1) return 1;
+    struct dentry *d = buf->d[(total - 1 - i) & (PL_DEPTH - 1)];
+    u32 len = BPF_CORE_READ(d, d_name.len);
+    u32 room = PL_STRLEN - 2 - pos;
+    if (len > room) len = room;
+    asm volatile("" : "+r"(len), "+r"(pos));  /* keep the masks below: the verifier needs them */
+    len &= PL_STRLEN - 1;
+    pos &= PL_STRLEN - 1;
+    buf->out[pos] = '/';
+    bpf_probe_read_kernel(&buf->out[pos + 1], len, BPF_CORE_READ(d, d_name.name));
+    buf->pos = pos + 1 + len;
+    return 0;
+}
+/* Writes the path of `f` into dst (PL_STRLEN bytes, zeroed by the caller); returns its length (at most
+   PL_STRLEN - 1: longer paths keep their beginning), 0 when there is no file. */
+static __always_inline int pl_file_path(struct file *f, char *dst) {
+    if (!f) return 0;
+    u32 z = 0;
+    struct pl_pathbuf *buf = bpf_map_lookup_elem(&pl_pathbuf, &z);
+    if (!buf) return 0;
+    struct pl_walk w = {};
+    w.buf = buf;
+    buf->n = 0;
+    buf->pos = 0;
+    w.vfs = BPF_CORE_READ(f, f_path.mnt);
+    w.dentry = BPF_CORE_READ(f, f_path.dentry);
+    w.mnt = (struct mount *)((char *)w.vfs - bpf_core_field_offset(struct mount, mnt));
+    bpf_loop(4096, pl_walk_step, &w, 0);
+    if (buf->n == 0) { dst[0] = '/'; return 1; }
+    bpf_loop(PL_DEPTH, pl_emit_step, &w, 0);
+    u32 len = buf->pos;
+    if (len > PL_STRLEN - 1) len = PL_STRLEN - 1;
+    asm volatile("" : "+r"(len));
+    len &= PL_STRLEN - 1;
+    bpf_probe_read_kernel(dst, len, buf->out);
+    return len;
+}
+static __always_inline int pl_exe_path(char *dst) {
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    return pl_file_path(BPF_CORE_READ(t, mm, exe_file), dst);
+}
 """
 
 _STRFN = r"""
@@ -1361,9 +1455,7 @@ int pl_track_exec(void *ctx) {
         p->bits = 0;
     }
     __builtin_memset(p->bin, 0, PL_STRLEN);
-    u32 loc = *(u32 *)((char *)ctx + 8);
-    int n = bpf_probe_read_kernel_str(p->bin, PL_STRLEN, (char *)ctx + (loc & 0xffff));
-    p->blen = n > 0 ? n - 1 : 0;
+    p->blen = pl_exe_path(p->bin);
 /*STRBITS*/
 /*FOLLOW*/
     bpf_map_update_elem(&pl_procs, &tgid, p, BPF_ANY);

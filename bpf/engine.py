@@ -142,7 +142,8 @@ class Engine:
         mode = effective_mode(policy, mode)
         key = policy.key
         try:
-            plan = compile_policy(policy, self.features, self.formats, scoped=cgroups is not None)
+            plan = compile_policy(policy, self.features, self.formats, scoped=cgroups is not None,
+                                  real_path=real_binary_path)
         except Unsupported as e:
             return LoadResult(key, False, e.reasons)
         if cgroups is None and (policy.namespace or policy.pod_selector or policy.container_selector):
@@ -217,7 +218,8 @@ class Engine:
                 continue
             try:
                 policy, cg = _read_meta(d)
-                plan = compile_policy(policy, self.features, self.formats, scoped=bool(cg))
+                plan = compile_policy(policy, self.features, self.formats, scoped=bool(cg),
+                                      real_path=real_binary_path)
             except (BpfError, OSError, ValueError) as e:
                 self.broken[d.name] = str(e)
                 continue
@@ -522,6 +524,16 @@ def remove_all(pin_root: Path = DEFAULT_PIN_ROOT) -> tuple[list[str], list[str]]
     with contextlib.suppress(OSError):
         pin_root.rmdir()
     return unloaded, problems
+
+
+def real_binary_path(value: str) -> str:
+    """A matchBinaries value as the kernel will name the file: symlinks resolved on this node, a
+    directory prefix keeping its slash. A path that does not exist yet resolves as far as it exists,
+    so a symlink put there later is judged by where it leads."""
+    if not value.startswith("/"):
+        return value
+    real = os.path.realpath(value)
+    return real + "/" if value.endswith("/") and real != "/" else real
 
 
 def _own_tgid() -> int:
