@@ -15,6 +15,16 @@ Signing: the signed bytes are the canonical JSON of the document *without* its
 `{"keyid": sha256 hex of the raw 32-byte Ed25519 public key, "sig": base64}`.
 Files are written as canonical JSON of the whole document.
 
+**Objects**: a bundle may list CO-RE objects the reconciler built for its policies
+(`BundleObject`: named by the sha256 of the generated C source, with the sha256 and
+size of the object's bytes, the policy it is for, the kernel profile and variant).
+The bytes are not in the bundle: they are content-addressed blobs the store keeps
+under `objects/<sha256>` and the server serves at `/v1/objects/<sha256>`, so the
+signed document stays small and an agent fetches only the objects of the policies it
+runs. The signature covers the digests, so `verify_object` makes a fetched object as
+trustworthy as the bundle. A bundle without objects has no `objects` member at all:
+bundles published before objects existed keep their bytes and signatures.
+
 An agent calls `verify_index` then `verify_bundle`; both refuse oversized input
 before parsing, parse strictly (duplicate keys, floats, NaN/Infinity, unknown or
 missing members, wrong types are errors; every integer is bounded, see
@@ -48,6 +58,9 @@ API_VERSION = "palisade.dev/v1"
 #: Refused before parsing: a bundle carries every rendered policy, an index only digests.
 MAX_BUNDLE_BYTES = 32 * 1024 * 1024
 MAX_INDEX_BYTES = 1024 * 1024
+#: One CO-RE object (a stripped policy object is 15-100 KB), and the objects one bundle may list.
+MAX_OBJECT_BYTES = 8 * 1024 * 1024
+MAX_OBJECTS = 8192
 #: A bake time beyond this is no plan (and would overflow a datetime.timedelta).
 MAX_BAKE_SECONDS = 100 * 365 * 86400
 #: The index lists this many newest bundles, plus every version a stage is pinned to.
@@ -62,6 +75,7 @@ _MAX_DIGITS = len(str(MAX_INT))
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_PROFILE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 # ---------------------------------------------------------------------------
@@ -451,6 +465,47 @@ class BundlePolicy:
 
 
 @dataclass(frozen=True)
+class BundleObject:
+    """A CO-RE object built for one policy of the bundle, for one kernel profile.
+
+    `source` (sha256 of the generated C source) is what a node looks the object up
+    by: it plans the policy for its own kernel and loads these bytes only when its
+    source digest is the same. `sha256`/`size` are of the object's bytes (a blob of
+    the store); `policy` is the sha256 of the policy's YAML in this bundle.
+    """
+
+    source: str
+    sha256: str
+    size: int
+    policy: str
+    profile: str
+    scoped: bool
+
+    def __post_init__(self) -> None:
+        for name in ("source", "sha256", "policy"):
+            if not _SHA256.match(getattr(self, name)):
+                raise ValueError(f"object {name} must be a sha256 hex digest, not {getattr(self, name)!r}")
+        if not 0 < self.size <= MAX_OBJECT_BYTES:
+            raise ValueError(f"object size {self.size} is not between 1 and {MAX_OBJECT_BYTES}")
+        if not _PROFILE.match(self.profile):
+            raise ValueError(f"object profile {self.profile!r} does not match {_PROFILE.pattern}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "sha256": self.sha256, "size": self.size, "policy": self.policy,
+                "profile": self.profile, "scoped": self.scoped}
+
+    @classmethod
+    def from_json(cls, v: Any, path: str) -> BundleObject:
+        d = _obj(v, path, ("source", "sha256", "size", "policy", "profile", "scoped"))
+        return cls(_str(d["source"], f"{path}.source", pattern=_SHA256),
+                   _str(d["sha256"], f"{path}.sha256", pattern=_SHA256),
+                   _int(d["size"], f"{path}.size", minimum=1, maximum=MAX_OBJECT_BYTES),
+                   _str(d["policy"], f"{path}.policy", pattern=_SHA256),
+                   _str(d["profile"], f"{path}.profile", pattern=_PROFILE),
+                   _bool(d["scoped"], f"{path}.scoped"))
+
+
+@dataclass(frozen=True)
 class BundleGroup:
     """A named set of sensors, so an agent can decide whether a `{group}` scope includes it."""
 
@@ -598,6 +653,8 @@ class Bundle:
     groups: tuple[BundleGroup, ...] = ()
     staging: Staging | None = None
     signatures: tuple[Signature, ...] = ()
+    #: CO-RE objects built for the policies (by source digest); () for a bundle without any.
+    objects: tuple[BundleObject, ...] = ()
 
     def __post_init__(self) -> None:
         if self.version < 1:
@@ -610,6 +667,19 @@ class Bundle:
             seen.add(key)
         if len({g.name for g in self.groups}) != len(self.groups):
             raise ValueError("group names are not unique")
+        if len(self.objects) > MAX_OBJECTS:
+            raise ValueError(f"the bundle lists {len(self.objects)} objects, more than {MAX_OBJECTS}")
+        if len({o.source for o in self.objects}) != len(self.objects):
+            raise ValueError("objects are not unique by source digest")
+        digests = {p.sha256 for p in self.policies}
+        stray = next((o for o in self.objects if o.policy not in digests), None)
+        if stray is not None:
+            raise ValueError(f"object {stray.source[:12]} is for policy {stray.policy[:12]}, which the bundle "
+                             "does not carry")
+
+    def objects_for(self, policy_sha256: str) -> tuple[BundleObject, ...]:
+        """The objects built for the policy whose YAML has this digest."""
+        return tuple(o for o in self.objects if o.policy == policy_sha256)
 
     def group(self, name: str) -> BundleGroup | None:
         return next((g for g in self.groups if g.name == name), None)
@@ -655,6 +725,8 @@ class Bundle:
             "policies": [p.to_json() for p in self.policies],
             "groups": [g.to_json() for g in self.groups],
             "staging": None if self.staging is None else self.staging.to_json(),
+            # absent rather than empty: a bundle without objects is byte for byte what it was before them
+            **({"objects": [o.to_json() for o in self.objects]} if self.objects else {}),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -667,7 +739,7 @@ class Bundle:
     @classmethod
     def from_json(cls, v: Any) -> Bundle:
         d = _obj(v, "bundle", ("apiVersion", "kind", "version", "commit", "parent", "author", "approvers",
-                               "created", "policies", "groups", "staging", "signatures"))
+                               "created", "policies", "groups", "staging", "signatures"), ("objects",))
         _header(d, "Bundle", "bundle")
         policies = _list(d["policies"], "policies", BundlePolicy.from_json)
         groups = _list(d["groups"], "groups", BundleGroup.from_json)
@@ -683,11 +755,21 @@ class Bundle:
                 groups=groups,
                 staging=None if d["staging"] is None else Staging.from_json(d["staging"], "staging"),
                 signatures=_list(d["signatures"], "signatures", Signature.from_json),
+                objects=_objects(d["objects"]) if "objects" in d else (),
             )
         except _Malformed:
             raise
         except ValueError as e:
             raise _Malformed(str(e)) from None
+
+
+def _objects(v: Any) -> tuple[BundleObject, ...]:
+    if isinstance(v, list) and len(v) > MAX_OBJECTS:
+        raise _OutOfRange(f"objects: {len(v)} entries, more than {MAX_OBJECTS}")
+    found = _list(v, "objects", BundleObject.from_json)
+    if not found:
+        raise _Malformed("objects: an empty list is written as no member at all")
+    return found
 
 
 # ---------------------------------------------------------------------------
@@ -860,6 +942,16 @@ def verify_bundle(data: bytes, pubkeys: Iterable[VerifyKey], *, expected_sha256:
     bundle = parse_bundle(data)
     _check_signatures("bundle", canonical_json(bundle.unsigned_json()), bundle.signatures, pubkeys)
     return bundle
+
+
+def verify_object(data: bytes, entry: BundleObject) -> bytes:
+    """An object's bytes, if they are the ones a verified bundle lists (size first, then digest)."""
+    if len(data) != entry.size:
+        raise TooLarge(f"object {entry.sha256[:12]} is {len(data)} bytes, the bundle says {entry.size}")
+    digest = sha256_hex(data)
+    if digest != entry.sha256:
+        raise DigestMismatch(f"object {entry.sha256[:12]} has digest {digest}, not the one the bundle signs")
+    return data
 
 
 def verify_index(data: bytes, pubkeys: Iterable[VerifyKey], *, now: _dt.datetime | None = None,

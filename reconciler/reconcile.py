@@ -6,9 +6,12 @@ source behave the same and a force-push upstream cannot erase what was accepted.
 For each first-parent commit after the last accepted one, oldest first, it runs
 the validator (history against the last *accepted* commit), renders, builds and
 signs a bundle, and lets the ledger publish it (ledger.py explains the crash
-safety). A rejected commit is recorded with every finding; later commits are
-still processed against the last accepted one. A branch that no longer descends
-from the last accepted commit is refused until an operator accepts the rewrite.
+safety). Before signing it builds the policies' CO-RE objects (reconciler/objects.py)
+into the store, so the bundle lists them by digest and nodes load exactly those
+bytes; a policy whose C does not compile rejects the commit. A rejected commit
+is recorded with every finding; later commits are still processed against the
+last accepted one. A branch that no longer descends from the last accepted
+commit is refused until an operator accepts the rewrite.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from .errors import PalisadeError, RewriteRefused, SourceError, StateError
 from .findings import error, has_errors
 from .ledger import CommitInfo, Ledger, LedgerEntry
 from .model import PolicyRepository
+from .objects import Build, ObjectBuilder
 from .rollouts import Controller, StagedStore
 from .store import Store
 from .validate import validate
@@ -73,7 +77,10 @@ class Reconciler:
     """One tracked branch of one policy repository, reconciled into one state directory."""
 
     def __init__(self, repo: str, state_dir: Path, key: SigningKey, *, branch: str = "main",
-                 clock: Callable[[], _dt.datetime] | None = None) -> None:
+                 clock: Callable[[], _dt.datetime] | None = None,
+                 objects: ObjectBuilder | bool = True) -> None:
+        """`objects`: how CO-RE objects are built into bundles (True: for this host's kernel, cached in
+        the state directory; False: bundles carry none and nodes build their own)."""
         self.source = repo
         self.branch = branch
         self.state_dir = Path(state_dir)
@@ -85,6 +92,9 @@ class Reconciler:
         self.rollouts = Controller(self.state_dir, self.ledger, self.store, clock=self._clock)
         self.mirror = self.state_dir / MIRROR
         self._cache = _Cache(self.mirror)
+        self.objects: ObjectBuilder | None = (ObjectBuilder(self.state_dir) if objects is True
+                                              else objects or None)
+        self.last_build: Build | None = None
         self.refused: str | None = None
         self.last_run: _dt.datetime | None = None
         self.last_error: str | None = None
@@ -170,10 +180,16 @@ class Reconciler:
             log.info("rejected %s: %d finding(s)", commit[:12], len(report.findings))
             return entry
         now = self._clock()
-        version = self.ledger.next_version(self.store)
         repo = report.repository
+        rendered = report.rendered if report.rendered is not None else render.render(repo, now.date())
+        built = self._build_objects(rendered, repo)
+        if built.findings:
+            entry = self.ledger.record_rejected(info, (*report.findings, *built.findings), now=now)
+            log.info("rejected %s: %d object(s) do not compile", commit[:12], len(built.findings))
+            return entry
+        version = self.ledger.next_version(self.store)
         try:
-            b = self._bundle(commit, base, info, repo, version, now, report.rendered)
+            b = self._bundle(commit, base, info, repo, version, now, rendered, built)
         except ValueError as e:
             # validation should have caught it; never let one commit stop the loop
             found = (*report.findings, error("", 0, 0, "bundle", f"cannot build the bundle: {e}"))
@@ -184,8 +200,21 @@ class Reconciler:
         log.info("accepted %s as v%d", commit[:12], version)
         return entry
 
+    def _build_objects(self, rendered: tuple[render.RenderedPolicy, ...], repo: PolicyRepository) -> Build:
+        """The commit's objects, written to the store (before the bundle that lists them)."""
+        if self.objects is None:
+            return Build()
+        built = self.objects.build(rendered, repo)
+        self.last_build = built
+        if built.compiled:
+            log.info("built %d object(s) in %.2f s", built.compiled, built.seconds)
+        for data in built.data.values():
+            self.store.write_object(data)
+        return built
+
     def _bundle(self, commit: str, base: str | None, info: CommitInfo, repo: PolicyRepository, version: int,
-                now: _dt.datetime, rendered: tuple[render.RenderedPolicy, ...] | None = None) -> _bundle.Bundle:
+                now: _dt.datetime, rendered: tuple[render.RenderedPolicy, ...] | None = None,
+                built: Build | None = None) -> _bundle.Bundle:
         if rendered is None:
             rendered = render.render(repo, now.date())
         return _bundle.Bundle(
@@ -204,6 +233,7 @@ class Reconciler:
                 _bundle.BundleGroup(g.name, g.sensors, g.match_labels) for g in repo.groups
             ),
             staging=_bundle.Staging.from_rollout(repo.rollouts[0]) if repo.rollouts else None,
+            objects=built.objects if built is not None else (),
         )
 
     # -- git ----------------------------------------------------------------
@@ -274,7 +304,16 @@ class Reconciler:
         doc = status(self.ledger, self.store, branch=self.branch, source=self.source, refused=self.refused,
                      last_run=self.last_run, last_error=self.last_error)
         doc["rollout"] = self.rollouts.status()
+        doc["objects"] = self._objects_status()
         return doc
+
+    def _objects_status(self) -> dict[str, Any]:
+        if self.objects is None:
+            return {"building": False}
+        last = self.last_build
+        return {"building": True, **self.objects.status(),
+                "lastBuild": None if last is None else {"objects": len(last.objects), "compiled": last.compiled,
+                                                        "seconds": round(last.seconds, 3)}}
 
 
 def status(ledger: Ledger, store: Store, *, branch: str | None = None, source: str | None = None,

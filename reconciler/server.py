@@ -3,6 +3,7 @@
     GET /v1/index                 the signed index, byte for byte as stored; strong ETag,
                                   If-None-Match → 304, `?wait=SECONDS` long-poll
     GET /v1/bundles/{version}     a bundle the index lists; immutable, cacheable
+    GET /v1/objects/{sha256}      a CO-RE object bundles list, by the sha256 of its bytes; immutable
     GET /v1/status                reconcile status (JSON)
     GET /v1/agents                the fleet: every agent's last heartbeat
     GET /v1/observations          stored observations, summed; filters policy (repeatable),
@@ -21,7 +22,9 @@ a process that cannot call it (`palisade reconcile` next to `palisade serve`).
 
 A bundle is served only if the current index lists it, and only if its bytes
 match the digest the index gives: a file left behind by a crashed publish is
-never handed out with an "immutable" cache header.
+never handed out with an "immutable" cache header. Objects are content-addressed:
+one is served only if its bytes hash to the name asked for (agents check them
+against the digests their signed bundle lists anyway).
 
 Every error is JSON `{"error": ..., "detail": ...}` with a 4xx code (or 500 for
 a bug, which is logged); a malformed request that never reaches the
@@ -56,7 +59,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .bundle import Index, parse_index, sha256_hex
+from .bundle import MAX_OBJECT_BYTES, Index, parse_index, sha256_hex
 from .errors import PalisadeError, UsageError, VerificationError
 from .metrics import CONTENT_TYPE, Metrics
 
@@ -76,6 +79,7 @@ log = logging.getLogger("palisade.server")
 #: The store layout (shared with reconciler.store): `<store>/index.json`, `<store>/bundles/v<N>.json`.
 INDEX_FILE = "index.json"
 BUNDLES_DIR = "bundles"
+OBJECTS_DIR = "objects"
 MAX_WAIT_SECONDS = 300
 #: Request heads larger than this get a 431 from the application; the protocol layer refuses
 #: anything beyond `_H11_MAX_HEAD` before it is even parsed.
@@ -84,6 +88,7 @@ MAX_HEADER_COUNT = 100
 _H11_MAX_HEAD = 64 * 1024
 
 _VERSION = re.compile(r"^[0-9]{1,12}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _WAIT = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3})?$")
 _JSON = "application/json"
 _INDEX_CACHE = "no-cache"
@@ -122,6 +127,7 @@ class Publication:
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._lock = threading.Lock()  # serialises disk reads from several threads
         self._bundles: _BundleCache = _BundleCache(self.store / BUNDLES_DIR)
+        self._objects: _ObjectCache = _ObjectCache(self.store / OBJECTS_DIR)
         self._bad_file: tuple[int, int, int, int] | None = None  # an unreadable index already reported
 
     @property
@@ -177,6 +183,10 @@ class Publication:
         if entry is None:
             return None
         return await self._bundles.get(version, entry.sha256, entry.size)
+
+    async def object(self, sha256: str) -> bytes | None:
+        """The bytes of the object named `sha256` (a valid digest), None if the store has no such object."""
+        return await self._objects.get(sha256)
 
     # --- internals ---------------------------------------------------------------------
 
@@ -278,6 +288,43 @@ class _BundleCache:
         while self._size > self._max_bytes or len(self._items) > self._max_items:
             _, old = self._items.popitem(last=False)
             self._size -= len(old)
+
+
+class _ObjectCache:
+    """Recently served objects, verified against their name once, kept in memory (bounded)."""
+
+    def __init__(self, directory: Path, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._dir = directory
+        self._max_bytes = max_bytes
+        self._items: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._size = 0
+
+    async def get(self, sha256: str) -> bytes | None:
+        data = self._items.get(sha256)
+        if data is not None:
+            self._items.move_to_end(sha256)
+            return data
+        data = await run_in_threadpool(self._load, sha256)
+        if data is not None and len(data) <= self._max_bytes:
+            self._items[sha256] = data
+            self._size += len(data)
+            while self._size > self._max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+        return data
+
+    def _load(self, sha256: str) -> bytes | None:
+        # `sha256` matched ^[0-9a-f]{64}$, so the name cannot leave the objects directory.
+        try:
+            with open(self._dir / sha256, "rb") as f:
+                data = f.read(MAX_OBJECT_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _StoreDamaged(f"object {sha256} cannot be read: {e.strerror}") from None
+        if sha256_hex(data) != sha256:
+            raise _StoreDamaged(f"object {sha256} on disk does not match its name")
+        return data
 
 
 class _StoreDamaged(Exception):
@@ -388,6 +435,24 @@ class _Api:
         if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         return Response(data, media_type=_JSON, headers=headers)
+
+    async def object(self, request: Request) -> Response:
+        """One CO-RE object by the sha256 of its bytes; immutable."""
+        raw: str = request.path_params["sha256"]
+        if not _SHA256.match(raw):
+            return _error(400, "invalid digest", f"an object is named by a sha256 hex digest (got {raw[:80]!r})")
+        try:
+            data = await self.pub.object(raw)
+        except _StoreDamaged as e:
+            log.error("%s", e)
+            return _error(500, "store damaged", str(e))
+        if data is None:
+            return _error(404, "unknown object", f"no object {raw} in the store")
+        etag = f'"{raw}"'
+        headers = {"ETag": etag, "Cache-Control": _BUNDLE_CACHE}
+        if _etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="application/octet-stream", headers=headers)
 
     async def status(self, request: Request) -> Response:
         """Reconcile status: last accepted and rejected commits with findings, versions, index."""
@@ -574,6 +639,7 @@ def create_app(
     routes = [
         Route("/v1/index", api.index, methods=["GET"], name="index"),
         Route("/v1/bundles/{version}", api.bundle, methods=["GET"], name="bundle"),
+        Route("/v1/objects/{sha256}", api.object, methods=["GET"], name="object"),
         Route("/v1/status", api.status, methods=["GET"], name="status"),
         Route("/v1/agents/{id}/heartbeat", api.heartbeat, methods=["POST"], name="heartbeat"),
         Route("/v1/agents", api.agents, methods=["GET"], name="agents"),
@@ -809,6 +875,21 @@ OPENAPI: dict[str, Any] = {
                 "304": {"description": "The client's copy is current"},
                 "400": _err("The version is not a positive integer"),
                 "404": _err("The current index does not list this version"),
+            },
+        }},
+        "/v1/objects/{sha256}": {"get": {
+            "summary": "One CO-RE object, by the sha256 of its bytes; immutable",
+            "description": "The objects a bundle lists (its `objects` member: source digest, sha256, size); the "
+                           "agent checks the bytes against the signed digest before loading them.",
+            "parameters": [{"name": "sha256", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}],
+            "responses": {
+                "200": {"description": "The object (ELF); cacheable forever",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "304": {"description": "The client's copy is current"},
+                "400": _err("Not a sha256 hex digest"),
+                "404": _err("The store holds no such object"),
             },
         }},
         "/v1/agents/{id}/heartbeat": {"post": {

@@ -2,10 +2,12 @@
 
     <store>/index.json          the signed index (DESIGN.md §3)
     <store>/bundles/v<N>.json   immutable signed bundles
+    <store>/objects/<sha256>    CO-RE objects the bundles list, named by the sha256 of their bytes
 
 Every file is written to a temporary file in the same directory, fsync'ed,
-renamed over its final name, and the directory is fsync'ed. A bundle is always
-durable *before* the index that names it is written, so a crash at any point
+renamed over its final name, and the directory is fsync'ed. Objects are durable
+before the bundle that lists them, and a bundle is always durable *before* the
+index that names it is written, so a crash at any point
 leaves the old index or the new one — never a torn index, and never an index
 naming a bundle that is not there. Temporary files start with a dot (static
 servers do not serve them); a writer removes those of dead writers when it opens the store.
@@ -26,6 +28,8 @@ from nacl.signing import SigningKey
 from .bundle import (
     DEFAULT_STAGE,
     INDEX_KEEP,
+    MAX_OBJECT_BYTES,
+    BundleObject,
     Index,
     IndexEntry,
     parse_index,
@@ -37,11 +41,13 @@ from .errors import StateError
 
 INDEX_FILE = "index.json"
 BUNDLES_DIR = "bundles"
+OBJECTS_DIR = "objects"
 DEFAULT_EXPIRY = _dt.timedelta(hours=24)
 #: Test hook: seconds to sleep between the steps of every file write, so a crash test can
 #: kill the writer inside each window (temp file half written, written, renamed, ...).
 _SLOW_ENV = "PALISADE_TEST_SLOW_WRITES"
 _BUNDLE_NAME = re.compile(r"^v([1-9][0-9]*)\.json$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TMP_MARK = ".tmp-"
 
 
@@ -95,6 +101,22 @@ class Store:
         except OSError as e:
             raise StateError(f"cannot read {self.bundle_path(version)}: {e.strerror}") from None
 
+    def object_path(self, sha256: str) -> Path:
+        if not _SHA256.match(sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256[:80]!r}")
+        return self.root / OBJECTS_DIR / sha256
+
+    def object_bytes(self, sha256: str) -> bytes | None:
+        """An object's bytes if the store holds them intact (a damaged file is no object)."""
+        try:
+            with self.object_path(sha256).open("rb") as f:
+                data = f.read(MAX_OBJECT_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateError(f"cannot read {self.object_path(sha256)}: {e.strerror}") from None
+        return data if sha256_hex(data) == sha256 else None
+
     def versions_on_disk(self) -> list[int]:
         """Every bundle version with a file, ascending (the index may list fewer)."""
         out = []
@@ -115,6 +137,20 @@ class Store:
         return max([0, *on_disk, *([index.version] if index else [])])
 
     # -- writing ------------------------------------------------------------
+
+    def write_object(self, data: bytes) -> str:
+        """Store an object under the sha256 of its bytes (before a bundle lists it); the digest."""
+        self._need_key()
+        if not 0 < len(data) <= MAX_OBJECT_BYTES:
+            raise StateError(f"an object of {len(data)} bytes is not between 1 and {MAX_OBJECT_BYTES}")
+        digest = sha256_hex(data)
+        if self.object_bytes(digest) is None:  # absent, or damaged: written (again)
+            try:
+                (self.root / OBJECTS_DIR).mkdir(exist_ok=True)  # made by the first object only
+            except OSError as e:
+                raise StateError(f"cannot create {self.root / OBJECTS_DIR}: {e.strerror}") from None
+            self._atomic_write(self.object_path(digest), data)
+        return digest
 
     def publish(self, bundle: bytes, *, now: _dt.datetime | None = None, expiry: _dt.timedelta | None = None,
                 stages: Mapping[str, int] | None = None) -> Index:
@@ -138,6 +174,7 @@ class Store:
                 f"cannot publish bundle v{version}: the index already names v{current.version} "
                 f"(versions only grow)"
             )
+        self._check_objects(parsed.objects)
         self._write_bundle(version, bundle)
         if stages is None:
             names = [s.name for s in parsed.staging.stages] if parsed.staging else []
@@ -184,6 +221,14 @@ class Store:
         if current is None:
             raise StateError(f"{self.index_path} does not exist yet (nothing was published)")
         return current
+
+    def _check_objects(self, objects: tuple[BundleObject, ...]) -> None:
+        # never publish a bundle whose objects an agent could not fetch
+        for o in objects:
+            data = self.object_bytes(o.sha256)
+            if data is None or len(data) != o.size:
+                raise StateError(f"cannot publish: object {o.sha256[:12]} (policy {o.policy[:12]}, profile "
+                                 f"{o.profile}) is not in {self.root / OBJECTS_DIR}")
 
     def _write_bundle(self, version: int, data: bytes) -> None:
         path = self.bundle_path(version)
@@ -247,7 +292,9 @@ class Store:
 
     def _remove_temporaries(self) -> None:
         """Remove temporary files of writers that are gone (a crash mid-write); a live one's stay."""
-        for d in (self.root, self.root / BUNDLES_DIR):
+        for d in (self.root, self.root / BUNDLES_DIR, self.root / OBJECTS_DIR):
+            if not d.is_dir():
+                continue
             for name in os.listdir(d):
                 if name.startswith(".") and _TMP_MARK in name and not _alive(name.rpartition(_TMP_MARK)[2]):
                     (d / name).unlink(missing_ok=True)
