@@ -354,6 +354,8 @@ class _Compiler:
         self.str_filters: list[_StrFilter] = []
         self.follow: list[FollowFilter] = []
         self.tracking = False
+        #: Some exec hook judges programs a loader maps (`pl_ldso`, `_program(ldso=True)`).
+        self.ldso = False
         #: Program generators, run once every hook is known (tracking is a policy-wide decision).
         self.functions: list[Callable[[], str]] = []
 
@@ -399,6 +401,8 @@ class _Compiler:
             source += scope.source(off, MODE_OFF)
             scope_hooks = tuple(_scope_hook(e) for e in scope.ESCAPES)
         bodies = [gen() for gen in self.functions]
+        if self.ldso:
+            source += _LDSO
         source += "\n".join(bodies)
         if self.ia32:
             source += self._ia32_source(bodies)
@@ -632,6 +636,15 @@ class _Compiler:
         kinds: tuple[str | None, ...] = cgroup_sites or (None,)
         if cgroup_sites and "tp" in guards:
             kinds = (*cgroup_sites, None)
+        mmap_fields = self.formats("syscalls", "sys_enter_mmap") if exec_hook and uses_bin else None
+        if mmap_fields is not None and len(mmap_fields) < 11:
+            mmap_fields = None
+        # a program run by a loader (`ld.so /tmp/x`) is judged when the loader maps it: only for exec hooks
+        # whose selectors look at binaries alone (the exec's own arguments do not exist at mmap)
+        ldso = mmap_fields is not None and not operands
+        if exec_hook and uses_bin and not ldso:
+            self.notes.append(f"{where}: a program started through its loader (ld.so PROGRAM) is judged as the "
+                              "loader only" + (" (the hook reads arguments)" if operands else ""))
         for site_kind in kinds:
             fn = f"pl_h{i}_{site_kind or 'tp'}"
             site = Site(fn, "tracepoint", sub, ev) if site_kind is None else Site(fn, "cgroup", attach=site_kind)
@@ -640,7 +653,14 @@ class _Compiler:
                 self._ia32_variant(ev.removeprefix("sys_enter_"), fn)
             self.functions.append(partial(self._program, i, h, site, operands, sel_conds, index_map, fields,
                                           exec_hook, uses_bin, uses_parent, mask_type,
-                                          tuple(guards.get(site_kind or "tp", ()))))
+                                          tuple(guards.get(site_kind or "tp", ())), mark_loader=ldso))
+        if ldso:
+            assert mmap_fields is not None
+            self.ldso = True
+            site = Site(f"pl_h{i}_ldso", "tracepoint", "syscalls", "sys_enter_mmap")
+            sites.append(site)
+            self.functions.append(partial(self._program, i, h, site, operands, sel_conds, index_map, mmap_fields,
+                                          exec_hook, uses_bin, uses_parent, mask_type, (), ldso=True))
         return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
                         subsystem=sub, event=ev, sites=tuple(sites), operands=tuple(operands),
                         selector_actions=tuple((c[1], c[2]) for c in sel_conds))
@@ -951,7 +971,10 @@ class _Compiler:
     def _program(self, i: int, h: Hook, site: Site, operands: list[Operand],
                  sels: list[tuple[list[str], int, int, bool, int]], index_map: dict[int, int],
                  fields: tuple[Field, ...], exec_hook: bool, uses_bin: bool, uses_parent: bool,
-                 mask_type: bool, guards: tuple[str, ...]) -> str:
+                 mask_type: bool, guards: tuple[str, ...], *, mark_loader: bool = False, ldso: bool = False) -> str:
+        """One program of a hook. `mark_loader`: an exec hook that notes processes started without an ELF
+        interpreter (a loader run as a program, or a static binary) in `pl_ldso`. `ldso`: the program on
+        sys_enter_mmap that judges the first executable file such a process maps as its binary."""
         cg = site.kind == "cgroup"
         allow, deny_rv = ("1", "0") if cg else ("0", "0")
         if site.attach == "sock_create":
@@ -980,11 +1003,25 @@ class _Compiler:
         L += [f"    {g}" for g in guards]
         # the process binary
         bin_slot = sum(1 for o in operands if o.slot >= 0)
-        if exec_hook:
+        if ldso:
+            prot, fd = fields[5 + 2], fields[5 + 4]  # mmap(addr, len, prot, flags, fd, off)
+            L += ["    u8 *ld = bpf_map_lookup_elem(&pl_ldso, &tgid);",
+                  "    if (!ld || *ld != 1) return 0;",
+                  f"    if (!(*(u64 *)((char *)ctx + {prot.offset}) & 4)) return 0;  /* PROT_EXEC */",
+                  f"    s64 mfd = *(s64 *)((char *)ctx + {fd.offset});",
+                  "    if (mfd < 0) return 0;",
+                  "    *ld = 2;  /* the first executable file mapping is the program; later ones are libraries */",
+                  f"    char *bin = sc->str[{bin_slot}].s;",
+                  f"    __builtin_memset(bin, 0, {STRLEN});",
+                  "    int blen = pl_file_path(pl_fd_file(mfd), bin);"]
+        elif exec_hook:
             # the file the new image was loaded from (mm->exe_file is already it here), not `filename`
             L += [f"    char *bin = sc->str[{bin_slot}].s;",
                   f"    __builtin_memset(bin, 0, {STRLEN});",
                   "    int blen = pl_exe_path(bin);"]
+            if mark_loader:
+                L += ["    if (pl_no_interp()) { u8 one = 1; bpf_map_update_elem(&pl_ldso, &tgid, &one, BPF_ANY); }",
+                      "    else bpf_map_delete_elem(&pl_ldso, &tgid);"]
         else:
             L += ["    char *bin = proc ? proc->bin : 0;", "    int blen = proc ? proc->blen : 0;"]
         if uses_bin and need_strings:
@@ -1208,15 +1245,13 @@ class _Compiler:
                 for t in ("eq", "pre", "post")}
 
     def _self_exit_source(self) -> str:
-        fields = self.formats("sched", "sched_process_exit") or ()
-        dead = next((f for f in fields if f.name == "group_dead" and f.size == 1), None)
-        # the whole process is gone when its last thread exits (group_dead, where the kernel reports it);
-        # older kernels: when its leader thread does
-        last = f"*(u8 *)((char *)ctx + {dead.offset})" if dead else "(u32)pid_tgid == tgid"
+        # the whole process is gone when its last thread exits: signal->live has dropped to 0 by the time
+        # sched_process_exit fires (read through BTF, so the source is the same whether or not the
+        # kernel's tracepoint reports group_dead)
         return ("int pl_self_exit(void *ctx) {\n"
                 "    u64 pid_tgid = bpf_get_current_pid_tgid();\n"
                 "    u32 tgid = pid_tgid >> 32;\n"
-                f"    if ({last}) bpf_map_delete_elem(&pl_self, &tgid);\n"
+                "    if (pl_group_dead()) bpf_map_delete_elem(&pl_self, &tgid);\n"
                 "    return 0;\n"
                 "}\n")
 
@@ -1231,6 +1266,37 @@ class _Compiler:
             "/*STRBITS*/",
             "    u64 e_eq = 0, e_pre = 0, e_post = 0;\n    pl_str_bits(sc, p->bin, p->blen, &e_eq, &e_pre, &e_post);"
             if strings and self.follow else "")
+
+
+_LDSO = r"""
+/* tgid -> 1: started without an ELF interpreter, its program not mapped yet; 2: mapped (bpf/compile.py) */
+PL_MAP(pl_ldso, BPF_MAP_TYPE_LRU_HASH, u32, u8, 4096);
+/* No AT_BASE in the new image's auxiliary vector: the kernel started no interpreter, so the file that ran
+   is a static binary or a loader (ld.so) run as a program, which will map the real program itself. */
+static __always_inline int pl_no_interp(void) {
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    struct mm_struct *mm = BPF_CORE_READ(t, mm);
+    unsigned long *auxv = (unsigned long *)((char *)mm + bpf_core_field_offset(struct mm_struct, saved_auxv));
+#pragma unroll
+    for (int k = 0; k < 24; k++) {
+        unsigned long pair[2] = {};
+        bpf_probe_read_kernel(pair, sizeof(pair), &auxv[2 * k]);
+        if (pair[0] == 0) return 1;  /* AT_NULL */
+        if (pair[0] == 7) return pair[1] == 0;  /* AT_BASE */
+    }
+    return 1;
+}
+static __always_inline struct file *pl_fd_file(s64 fd) {
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+    u32 max = BPF_CORE_READ(fdt, max_fds);
+    if (fd < 0 || (u64)fd >= max) return 0;
+    struct file **fds = BPF_CORE_READ(fdt, fd);
+    struct file *f = 0;
+    bpf_probe_read_kernel(&f, sizeof(f), &fds[fd & 0xffffff]);
+    return f;
+}
+"""
 
 
 def _section(site: Site) -> str:
@@ -1326,6 +1392,11 @@ static __always_inline int pl_in_scope(void) {
     return pl_in_cgroups();
 }
 %(strfn)s
+/* At sched_process_exit: the exiting thread is the last of its process. */
+static __always_inline int pl_group_dead(void) {
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    return BPF_CORE_READ(t, signal, live.counter) == 0;
+}
 /* The path of the file a process runs (its mm->exe_file: for a script, the interpreter the kernel
    really started), walked to the root of the process's mount tree, across mounts. So a binary is
    judged by the file that runs, not by the path its caller typed. The walk keeps the topmost

@@ -88,7 +88,6 @@ ATTACH_TRACEPOINT = ESCAPES[0].tracepoint
 
 #: The layout of the tracepoints where tracefs is absent (the reconciler's CI): kernel 6.x.
 _DEFAULT_OFFSETS = {("sched", "sched_process_fork", "child_pid"): 20,
-                    ("sched", "sched_process_exit", "group_dead"): 32,
                     ("cgroup", "cgroup_attach_task", "dst_root"): 8,
                     ("cgroup", "cgroup_attach_task", "dst_id"): 16,
                     ("cgroup", "cgroup_attach_task", "pid"): 24,
@@ -182,7 +181,7 @@ int pl_scope_exit(void *ctx) {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32, tid = (u32)pid_tgid;
     if (tid != tgid) bpf_map_delete_elem(&pl_members, &tid);
-    if (*(u8 *)((char *)ctx + %(group_dead)d)) bpf_map_delete_elem(&pl_members, &tgid);
+    if (pl_group_dead()) bpf_map_delete_elem(&pl_members, &tgid);
     return 0;
 }
 int pl_scope_attach(void *ctx) {

@@ -178,9 +178,14 @@ def _ptrace(_: Mapping[str, Any]) -> dict[str, Any]:
 
 def _execve_tmp(params: Mapping[str, Any]) -> dict[str, Any]:
     dirs = [d.rstrip("/") + "/" for d in params["directories"]]
+    # The exec hook judges the file that runs wherever it was reached from (`//tmp/x`, `./x`, a symlink,
+    # /proc/self/fd/N, execveat, `#!/tmp/x`, `ld.so /tmp/x`); the syscall hooks also catch a script in
+    # one of the directories started by its path (the file that runs is then its interpreter).
     return _tracepoints(
         _syscall("sys_enter_execve", args=[_arg(5, "string")], match=[_m(0, "Prefix", dirs)]),
         _syscall("sys_enter_execveat", args=[_arg(6, "string")], match=[_m(0, "Prefix", dirs)]),
+        {"subsystem": "sched", "event": "sched_process_exec",
+         "selectors": [{"matchBinaries": [{"operator": "Prefix", "values": dirs}], "matchActions": _kill()}]},
     )
 
 

@@ -189,7 +189,7 @@ def test_every_hook_program_skips_the_engine_and_a_dead_engine_is_forgotten() ->
     assert "PL_MAP(pl_self, BPF_MAP_TYPE_HASH, u32, u64, 64);" in plan.source  # the engine hands it the pinned map
     [exit_site] = [s for s in plan.sites if s.function == "pl_self_exit"]
     assert (exit_site.subsystem, exit_site.event) == ("sched", "sched_process_exit")
-    assert "if (*(u8 *)((char *)ctx + 32)) bpf_map_delete_elem(&pl_self, &tgid);" in plan.source  # group_dead
+    assert "if (pl_group_dead()) bpf_map_delete_elem(&pl_self, &tgid);" in plan.source  # the last thread
 
 
 def test_a_kprobe_without_syscall_is_a_syscall_as_the_crd_defaults_it() -> None:

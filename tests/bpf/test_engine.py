@@ -69,13 +69,10 @@ def test_exec_allowlist_in_observe_mode_lets_it_run_and_reports_the_action(
 def test_block_execve_tmp(engine: Engine, workload: Workload, tmp_path: Path) -> None:
     """A copy of /bin/true in /tmp dies, /usr/bin/true runs.
 
-    Documented behaviour for the two awkward cases: the filename is matched as the
-    process passed it to execve(2), before the kernel resolves anything (in-kernel
-    path resolution needs internal structures this engine does not read):
-    - a symlink in /tmp pointing at /usr/bin/true is executed *through /tmp*, so it
-      dies, even though its target is allowed;
-    - `./x` run with the current directory in /tmp is a relative path that does
-      not start with /tmp/, so it is NOT caught (as with Tetragon's argument match).
+    The exec hook judges the file that runs, so `./x` from inside /tmp dies too
+    (test_engine_evasion has every other way of reaching it); a symlink in /tmp to
+    /usr/bin/true still dies, because the syscall hooks judge the path as typed as well
+    (that is how a script in /tmp, whose running file is its interpreter, is caught).
     """
     tmp = Path("/tmp") / f"palisade-exec-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -89,7 +86,7 @@ def test_block_execve_tmp(engine: Engine, workload: Workload, tmp_path: Path) ->
         assert workload.run([str(tmp / "x")]).returncode == -signal.SIGKILL
         assert workload.run(["/usr/bin/true"]).returncode == 0
         assert workload.run([str(tmp / "link")]).returncode == -signal.SIGKILL
-        assert workload.run(["./x"], cwd=tmp).returncode == 0  # relative: not matched (see docstring)
+        assert workload.run(["./x"], cwd=tmp).returncode == -signal.SIGKILL
         # outside the workload nothing is enforced
         assert subprocess.run([str(tmp / "x")], timeout=30).returncode == 0
     finally:
