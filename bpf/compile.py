@@ -207,6 +207,8 @@ class HookPlan:
     operands: tuple[Operand, ...]
     #: Per selector: (action code, signal); used to render events.
     selector_actions: tuple[tuple[int, int], ...]
+    message: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -663,7 +665,7 @@ class _Compiler:
                                           exec_hook, uses_bin, uses_parent, mask_type, (), ldso=True))
         return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
                         subsystem=sub, event=ev, sites=tuple(sites), operands=tuple(operands),
-                        selector_actions=tuple((c[1], c[2]) for c in sel_conds))
+                        selector_actions=tuple((c[1], c[2]) for c in sel_conds), message=h.message, tags=h.tags)
 
     def _user_member(self, h: Hook, a: Arg, ev: str | None, index_map: dict[int, int], fields: tuple[Field, ...],
                      cgroup_sites: tuple[str, ...] | None, where: str) -> int | None:

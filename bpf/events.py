@@ -107,6 +107,10 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> d
     if hook is not None:
         body["args"] = [_arg(o, raw) for o in hook.operands]
     body["policy_name"] = plan.policy.name
+    if hook is not None and hook.message:
+        body["message"] = hook.message
+    if hook is not None and hook.tags:
+        body["tags"] = list(hook.tags)
     if plan.policy.namespace:
         body["policy_namespace"] = plan.policy.namespace
     body["action"] = action

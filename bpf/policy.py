@@ -107,6 +107,9 @@ class Hook:
     selectors: tuple[Selector, ...]
     unsupported: tuple[str, ...]
     path: JsonPath
+    #: `message` and `tags` of the hook, carried into its events as Tetragon does.
+    message: str | None = None
+    tags: tuple[str, ...] = ()
 
     def arg(self, index: int) -> Arg | None:
         return next((a for a in self.args if a.index == index), None)
@@ -251,9 +254,11 @@ def _hook(section: str, raw: Any, path: JsonPath) -> Hook:
         unsupported.append("returnArg")
     if section == "kprobes" and h.get("data"):
         unsupported.append("data")
+    message = _str(h["message"], (*path, "message")) if h.get("message") is not None else None
+    tags = _values(h.get("tags"), (*path, "tags"))
     return Hook(section=section, target=target, subsystem=subsystem, event=event, syscall=syscall,
                 return_probe=return_probe, args=args, selectors=selectors,
-                unsupported=tuple(unsupported), path=path)
+                unsupported=tuple(unsupported), path=path, message=message, tags=tags)
 
 
 def _arg(raw: Any, path: JsonPath) -> Arg:

@@ -26,6 +26,16 @@ BASE_FLAGS: tuple[str, ...] = ("-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x
 COMPILE_TIMEOUT_S = 120
 
 
+def default_btf() -> Path:
+    """The BTF vmlinux.h is generated from: the running kernel's, or `PALISADE_CORE_BTF`.
+
+    CO-RE objects load on any kernel with the fields they use, so a fixed BTF (another kernel's,
+    copied to a file) lets machines with different kernels share one object cache: the kernel
+    matrix builds on the host and loads the same objects in the VM."""
+    env = os.environ.get("PALISADE_CORE_BTF")
+    return Path(env) if env else KERNEL_BTF
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get("PALISADE_CORE_CACHE")
     if env:
@@ -79,9 +89,10 @@ def _write_atomic(dst: Path, data: bytes) -> None:
         raise
 
 
-def vmlinux_header(cache_dir: Path | None = None, btf: Path = KERNEL_BTF) -> Path:
-    """Path of a vmlinux.h for `btf`, dumping it with bpftool unless cached."""
+def vmlinux_header(cache_dir: Path | None = None, btf: Path | None = None) -> Path:
+    """Path of a vmlinux.h for `btf` (default: `default_btf()`), dumping it with bpftool unless cached."""
     cache = cache_dir or default_cache_dir()
+    btf = btf or default_btf()
     try:
         digest = _sha256_file(btf)
     except OSError as e:
@@ -121,7 +132,7 @@ def _strip(obj: Path, name: str) -> Path:
 
 
 def compile_object(source: Path | bytes, cache_dir: Path | None = None, *, name: str = "program.bpf.c",
-                   extra_flags: tuple[str, ...] = (), btf: Path = KERNEL_BTF, strip: bool = True) -> BuiltObject:
+                   extra_flags: tuple[str, ...] = (), btf: Path | None = None, strip: bool = True) -> BuiltObject:
     """Compile a BPF C source (a file, or its bytes with `name` for messages) into a CO-RE object.
 
     The source includes "vmlinux.h" and libbpf's <bpf/...> headers; nothing else from the

@@ -9,7 +9,6 @@ SIGKILL before the program runs (it would print "ran"), and what is allowed stil
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import sys
@@ -187,4 +186,3 @@ def test_paths_deeper_than_the_walk_keep_their_beginning(block_tmp: Engine, work
     _killed(workload, ["./x", "ran"], cwd=deep)
 
 
-_ = ctypes  # the execveat tests build their calls in the workload's python

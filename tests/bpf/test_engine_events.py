@@ -61,6 +61,22 @@ def test_the_event_shape_matches_the_corpus(corpus: object) -> None:
     assert mine["args"] == [{"int_arg": 3}]
 
 
+def test_message_and_tags_of_a_hook_are_in_its_events() -> None:
+    plan = compile_policy(parse({
+        "apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy", "metadata": {"name": "tagged"},
+        "spec": {"kprobes": [{"call": "sys_openat", "syscall": True, "message": "file opened",
+                              "tags": ["observability.filesystem", "mitre.T1005"]}]}}),
+        Features(), builtin_formats)
+    kp = render(RawEvent.unpack(_record(0, 0, 2, 0, [], b"", b"/bin/vi\0")), plan, "n", 0)["process_kprobe"]
+    assert kp["message"] == "file opened"
+    assert kp["tags"] == ["observability.filesystem", "mitre.T1005"]
+    untagged = compile_policy(parse({
+        "apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy", "metadata": {"name": "plain"},
+        "spec": {"kprobes": [{"call": "sys_openat", "syscall": True}]}}), Features(), builtin_formats)
+    plain = render(RawEvent.unpack(_record(0, 0, 2, 0, [], b"", b"/bin/vi\0")), untagged, "n", 0)["process_kprobe"]
+    assert "message" not in plain and "tags" not in plain
+
+
 @pytest.mark.kernel
 def test_counters_count_posted_and_lost_events(engine: Engine, workload: Workload) -> None:
     """More events than the ring buffer holds, with nobody reading: the overflow is counted as lost."""

@@ -1,0 +1,55 @@
+"""The policy engine on Debian's stock 6.1 kernel (QEMU, TCG): the corpus, the exec allowlist, the evasions.
+
+The guest runs the engine's own kernel tests on the host's code, read-only. Objects are
+CO-RE, so the guest loads what the host built: it gets a writable copy of the host's
+object cache and builds with the host's BTF (`PALISADE_CORE_BTF`), which gives the same
+object names for the same sources. Only a source that differs on 6.1 (a feature or a
+tracepoint layout of its own) is compiled in the guest, which TCG makes slow (6-7 s).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+from vm_support import VENV_PYTHON, VM_MARKS, Boot, boot
+
+from bpf.core.build import KERNEL_BTF, default_cache_dir
+
+pytestmark = VM_MARKS
+
+#: The engine's kernel tests that run in the VM (the rest of tests/bpf runs on this kernel only).
+ENGINE_TESTS = ("tests/bpf/test_engine_corpus.py", "tests/bpf/test_engine.py", "tests/bpf/test_engine_evasion.py")
+
+
+@pytest.fixture(scope="module")
+def engine_in_6_1(require_vm: None, tmp_path_factory: pytest.TempPathFactory) -> Boot:
+    cache = default_cache_dir()
+    btf = cache / "btf" / "host-vmlinux"
+    btf.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(KERNEL_BTF, btf)
+    script = f"""
+echo "uname=$(uname -r)"
+{VENV_PYTHON} -m pytest -q -p no:cacheprovider -s {' '.join(ENGINE_TESTS)}
+echo "pytest=$?"
+"""
+    return boot(tmp_path_factory.mktemp("vm-engine"), "--writable", str(cache),
+                "--env", f"PALISADE_CORE_CACHE={cache}", "--env", f"PALISADE_CORE_BTF={btf}",
+                "--timeout", "1500", "--", "/bin/sh", "-c", script, timeout=1800)
+
+
+def test_the_engine_tests_pass_on_the_stock_6_1_kernel(engine_in_6_1: Boot,
+                                                       record_property: pytest.RecordProperty) -> None:
+    record_property("run_seconds", round(engine_in_6_1.seconds, 1))
+    assert re.fullmatch(r"6\.1\.0-\d+-amd64", engine_in_6_1.value("uname"))
+    assert engine_in_6_1.value("pytest") == "0", engine_in_6_1.stdout[-6000:]
+    assert re.search(r"^\d+ passed", engine_in_6_1.stdout, re.M), engine_in_6_1.stdout[-3000:]
+
+
+def test_the_corpus_policies_that_load_here_load_on_6_1(engine_in_6_1: Boot) -> None:
+    # test_engine_corpus prints "Tetragon corpus: N loaded, ..." (-s): the same 9 as on this kernel
+    m = re.search(r"Tetragon corpus: (\d+) loaded", engine_in_6_1.stdout)
+    assert m, engine_in_6_1.stdout[-3000:]
+    assert int(m.group(1)) >= 9
+
+
