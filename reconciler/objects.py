@@ -42,7 +42,7 @@ from typing import Any
 
 from bpf.compile import Features, compile_policy
 from bpf.core.errors import BtfUnavailable, CompileFailed, CoreError, ToolMissing, VmlinuxFailed
-from bpf.errors import BpfError, Unsupported
+from bpf.errors import BpfError
 from bpf.objects import source_digest
 from bpf.policy import TracingPolicy, parse
 from bpf.tpformat import Formats, builtin_formats
@@ -157,14 +157,12 @@ class ObjectBuilder:
             scoped = loads_scoped(tp)
             for prof in self.profiles:
                 try:
-                    plan = compile_policy(tp, prof.features, prof.formats, scoped=scoped)
-                except Unsupported:
-                    continue  # this kernel cannot run it; nodes say so (validate warned already)
-                except BpfError:
+                    source = self._source(tp, prof, scoped)
+                except BpfError:  # Unsupported: this kernel cannot run it; nodes say so (validate warned)
                     continue
-                digest = source_digest(plan.source)
+                digest = source_digest(source)
                 # one object per source: the same policy at several scopes shares it
-                wants.setdefault(digest, _Want(p, prof.name, scoped, plan.source, digest))
+                wants.setdefault(digest, _Want(p, prof.name, scoped, source, digest))
         data: dict[str, bytes] = {}
         findings: list[Finding] = []
         entries: list[BundleObject] = []
@@ -203,6 +201,10 @@ class ObjectBuilder:
         return Build(tuple(entries), blobs, tuple(findings), None, len(todo), time.perf_counter() - t0)
 
     # -- internals ----------------------------------------------------------
+
+    def _source(self, policy: TracingPolicy, profile: KernelProfile, scoped: bool) -> str:
+        """The C a node with this kernel generates for the policy (what its object is named after)."""
+        return compile_policy(policy, profile.features, profile.formats, scoped=scoped).source
 
     def _path(self, digest: str) -> Path:
         return self.cache / f"{digest}.o"
