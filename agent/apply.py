@@ -33,6 +33,7 @@ from bpf.errors import BpfError
 from bpf.policy import parse as parse_policy
 from reconciler.model import State
 
+from .objects import Offer
 from .select import Desired
 
 __all__ = [
@@ -81,6 +82,11 @@ class Loaded:
 class Enforcer(Protocol):
     #: True when calls may take long (kernel loads): the agent then makes them on a thread of their own.
     blocking: bool
+    #: True when the enforcer loads CO-RE objects: the agent then fetches a bundle's objects and offers them.
+    wants_objects: bool
+
+    def offer_objects(self, offer: Offer) -> None:
+        """A verified bundle's objects (by source digest), handed over before its policies are applied."""
 
     def loaded(self) -> Sequence[Loaded]:
         """What is in force now, including what a previous agent process left pinned."""
@@ -250,9 +256,15 @@ class NullEnforcer:
 
     blocking = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, wants_objects: bool = False) -> None:
         self._held: dict[str, Loaded] = {}
         self._seq = 0
+        # off by default: a thousand simulated agents need not fetch objects they cannot load
+        self.wants_objects = wants_objects
+        self.offered: dict[str, bytes] = {}
+
+    def offer_objects(self, offer: Offer) -> None:
+        self.offered.update(offer.data)
 
     def loaded(self) -> Sequence[Loaded]:
         return tuple(self._held.values())

@@ -1,4 +1,4 @@
-"""HTTP to the reconciler: the index (long-poll), bundles by version, heartbeats.
+"""HTTP to the reconciler: the index (long-poll), bundles by version, objects by digest, heartbeats.
 
 The transport is not trusted: everything fetched here is verified by the
 caller with `reconciler.bundle`. This module only makes sure that what it hands
@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_never, wait_exponential_jitter
 
-from reconciler.bundle import MAX_BUNDLE_BYTES, MAX_INDEX_BYTES
+from reconciler.bundle import MAX_BUNDLE_BYTES, MAX_INDEX_BYTES, MAX_OBJECT_BYTES
 
 from .errors import FetchError
 
@@ -50,7 +50,8 @@ _MAX_LENGTH_DIGITS = 19
 #: Seconds between the starts of two index requests, at least, whatever the server answers.
 MIN_POLL = 1.0
 
-#: `observer(what, error)` after every attempt: what is "index", "bundle" or "heartbeat"; error None on success.
+#: `observer(what, error)` after every attempt: what is "index", "bundle", "object" or "heartbeat"; error None
+#: on success.
 Observer = Callable[[str, FetchError | None], None]
 
 
@@ -164,6 +165,16 @@ class Client:
         deadline = self.bundle_deadline + limit / self.min_rate
         _, body, _ = await self._retrying("GET", f"/v1/bundles/{int(version)}", limit=limit,
                                           read_timeout=min(30.0, deadline), deadline=deadline, what="bundle")
+        return body
+
+    async def object(self, sha256: str, size: int) -> bytes:
+        """The CO-RE object named `sha256` (from a verified bundle); `size` (also signed) is the most read."""
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256[:80]!r}")
+        limit = min(size, MAX_OBJECT_BYTES)
+        deadline = self.bundle_deadline + limit / self.min_rate
+        _, body, _ = await self._retrying("GET", f"/v1/objects/{sha256}", limit=limit,
+                                          read_timeout=min(30.0, deadline), deadline=deadline, what="object")
         return body
 
     async def heartbeat(self, sensor_id: str, doc: Mapping[str, Any], timeout: float | None = None) -> None:

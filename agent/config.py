@@ -10,10 +10,13 @@
     intervals: {wait: 30, heartbeat: 10, drift: 2}
     metrics: 127.0.0.1:9740
     events: {maxBytes: 10485760, keep: 3}
+    buildObjects: true
 
 The file is checked against schemas/agent-config.schema.json; a flag given on
 the command line wins over the file. Workloads map cgroups to the labels that
 `podSelector` and namespaced policies select, so scoping works without Kubernetes.
+`buildObjects: false` keeps clang off the node: a policy is loaded only from a CO-RE
+object its signed bundle carries for this kernel, and refused (saying why) otherwise.
 """
 from __future__ import annotations
 
@@ -74,6 +77,7 @@ class AgentConfig:
     events_keep: int = 3
     engine: bool = True  # False: the NullEnforcer (no kernel), for simulations
     pin_root: Path | None = None  # bpffs directory of the engine's pins (default /sys/fs/bpf/palisade)
+    build_objects: bool = True  # False: only the bundle's signed objects are loaded, nothing is compiled here
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -184,6 +188,8 @@ def load(file: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
         cfg = replace(cfg, pin_root=_resolve(base, doc["pinRoot"]))
     if "engine" in merged:
         cfg = replace(cfg, engine=bool(merged["engine"]))
+    if "buildObjects" in merged:
+        cfg = replace(cfg, build_objects=bool(merged["buildObjects"]))
     return cfg
 
 

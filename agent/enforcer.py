@@ -11,6 +11,13 @@ only in the cgroups of the workloads (agent configuration) whose namespace and
 labels match; when no workload on this node matches, the policy is inactive
 here (nothing loaded, reported as such). Other policies run node-wide.
 
+Objects: the agent hands each verified bundle's CO-RE objects over (`offer_objects`)
+before applying it; the engine loads a policy from the bundle's bytes when its own
+plan for this kernel has the same source digest, else builds the object here (cached
+by digest) unless `build_objects` is off, in which case the policy is refused with the
+engine's `ObjectMissing` reason, plus which kernel profiles the bundle's objects were
+built for.
+
 Drift: right after a load (or adoption) the enforcer records the policy's
 program and link ids and a digest of each of its static maps; `drift()` reads
 the kernel inventory and reports a link or program that is gone or detached,
@@ -23,7 +30,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +39,17 @@ import yaml
 
 from bpf import inventory as inv
 from bpf import syscall
-from bpf.compile import Features
+from bpf.compile import Features, compile_policy
 from bpf.engine import DEFAULT_PIN_ROOT, Engine
 from bpf.errors import BpfError, NotLoaded
+from bpf.objects import ObjectSource, source_digest
 from bpf.policy import LabelSelector, TracingPolicy, parse
 from reconciler.model import State
 
 from .apply import SAFE_LOADER, Inactive, Loaded, Refused
 from .config import Workload
 from .drift import Finding
+from .objects import Offer
 from .select import Desired
 
 __all__ = ["EngineEnforcer"]
@@ -63,14 +72,27 @@ class _Baseline:
 
 class EngineEnforcer:
     blocking = True
+    wants_objects = True
 
     def __init__(self, workloads: Sequence[Workload], *, pin_root: Path = DEFAULT_PIN_ROOT,
-                 node_name: str | None = None, features: Features | None = None) -> None:
+                 node_name: str | None = None, features: Features | None = None, build_objects: bool = True,
+                 object_cache: Path | None = None) -> None:
+        """`build_objects` False: a policy whose object the bundle does not carry (for this kernel) is
+        refused instead of compiled here; `object_cache`: where objects built here are kept (default:
+        bpf.core.build's cache)."""
         if features is None:
             features = _probe()
         self.pin_root = Path(pin_root)
         self.workloads = tuple(workloads)
-        self.engine = Engine(pin_root=self.pin_root, node_name=node_name, features=features)
+        self.build_objects = build_objects
+        self._object_cache = object_cache
+        self.engine = Engine(pin_root=self.pin_root, node_name=node_name, features=features,
+                             objects=self._objects({}))
+        #: policy sha256 → kernel profiles the current bundle's objects for it were built for
+        self._profiles: dict[str, tuple[str, ...]] = {}
+        self._offered: frozenset[str] = frozenset()
+        #: handle → where its object came from ("bundle", "cache", "built"; "" when adopted)
+        self.origins: dict[str, str] = {}
         self._lock = threading.RLock()  # loads, switches, unloads and event polls come from several threads
         self._base: dict[str, _Baseline] = {}
         self._vanished: set[str] = set()  # loads whose pin directory disappeared, until reported
@@ -84,6 +106,14 @@ class EngineEnforcer:
             log.error("pinned %s cannot be adopted: %s", name, why)
 
     # ------------------------------------------------------------------ Enforcer
+
+    def offer_objects(self, offer: Offer) -> None:
+        with self._lock:
+            # replaced, not added to: the engine holds the current bundle's objects only (bounded memory);
+            # a repair reloads a policy of the current bundle, whose object is in this offer
+            self.engine.objects = self._objects(offer.data)
+            self._offered = frozenset(offer.data)
+            self._profiles = dict(offer.profiles)
 
     def loaded(self) -> Sequence[Loaded]:
         with self._lock:
@@ -112,13 +142,16 @@ class EngineEnforcer:
                 raise Inactive(_why_inactive(tp))
             res = self.engine.load(tp, str(policy.state), cgroups=cgroups)
             if not res.loaded:
-                raise Refused("; ".join(res.reasons))
+                raise Refused("; ".join((*res.reasons, *self._object_note(tp, policy, cgroups))))
+            self.origins[key] = res.origin
             self._baseline(key)
+        log.info("loaded %s (object from %s)", key, res.origin or "?")
         return Loaded(key, policy.name, policy.sha256[:12], policy.state)
 
     def unload(self, handle: str) -> None:
         with self._lock:
             self._base.pop(handle, None)
+            self.origins.pop(handle, None)
             try:
                 self.engine.unload(handle)
             except NotLoaded:
@@ -214,6 +247,26 @@ class EngineEnforcer:
             self.engine.close()
 
     # ------------------------------------------------------------------ internals
+
+    def _objects(self, prebuilt: Mapping[str, bytes]) -> ObjectSource:
+        return ObjectSource(prebuilt, cache_dir=self._object_cache, build=self.build_objects)
+
+    def _object_note(self, tp: TracingPolicy, policy: Desired, cgroups: tuple[str, ...] | None) -> list[str]:
+        """Why the bundle's objects did not serve, when it had some for this policy and the node's plan
+        differs from all of them (another kernel layout); nothing otherwise."""
+        profiles = self._profiles.get(policy.sha256)
+        if not profiles:
+            return []
+        try:
+            plan = compile_policy(tp, self.engine.features, self.engine.formats, scoped=cgroups is not None)
+        except BpfError:
+            return []
+        if source_digest(plan.source) in self._offered:
+            return []
+        return [f"the bundle's objects for this policy were built for kernel profile {', '.join(profiles)}, "
+                f"and this node plans it differently (source {source_digest(plan.source)[:12]}): another "
+                "kernel layout or feature set; add this kernel's profile to the reconciler"
+                + ("" if self.build_objects else ", or let the node build objects (buildObjects: true)")]
 
     def _dir(self, key: str) -> Path:
         return self.pin_root / key.replace(".", "_")

@@ -61,6 +61,7 @@ from .errors import FetchError, VerificationError, WrongBundle
 from .events import EventLog
 from .health import Health
 from .metrics import AgentMetrics
+from .objects import OBJECTS_DIR, ObjectStore
 from .select import Desired, select, stage_of
 from .workloads import WorkloadIndex
 
@@ -151,6 +152,8 @@ class Agent:
         if events is not None:
             events.on_error, events.on_recovered = self._on_events_error, self._on_events_recovered
         self._bundles: dict[tuple[int, str], tuple[Bundle, bytes]] = {}
+        #: The verified CO-RE objects of the bundles (agent/objects.py), kept by digest.
+        self.objects = ObjectStore(cfg.state / OBJECTS_DIR if persist else None)
         self.workloads = WorkloadIndex(cfg.workloads)  # events carry process.pod of their workload
         self.observations = heartbeat.Observations(cfg.workloads)
         self.last_drift: list[dict[str, Any]] = []
@@ -228,6 +231,15 @@ class Agent:
             if e.reason in _REFUSED_TRANSFERS:
                 return self._refuse("bundle", e)
             raise
+        if self.enforcer.wants_objects:
+            try:
+                await self.objects.fetch(self.client, bundle, select(bundle, self.cfg.sensor_id, self.labels))
+            except VerificationError as e:  # bytes the bundle does not sign: refused like a tampered bundle
+                return self._refuse("object", e)
+            except FetchError as e:
+                if e.reason in _REFUSED_TRANSFERS:
+                    return self._refuse("object", e)
+                raise
         self.trust = trust.TrustState(max(self.trust.serial, index.serial), max(self.trust.version, index.version),
                                       tuple(keyid(k) for k in self.pubkeys))
         # A disk that refuses the floor keeps it in memory (written when it can): enforcement goes on.
@@ -278,6 +290,8 @@ class Agent:
                       save_lkg: bool = True) -> ApplyReport:
         stage = stage_of(bundle, self.cfg.sensor_id, self.labels)
         desired = select(bundle, self.cfg.sensor_id, self.labels)
+        if self.enforcer.wants_objects:
+            self.enforcer.offer_objects(self.objects.offer(bundle, desired))
         report = apply(self.enforcer, plan(self.enforcer.loaded(), desired))
         for err in report.errors:
             log.error("%s", err)
