@@ -671,11 +671,6 @@ class Bundle:
             raise ValueError(f"the bundle lists {len(self.objects)} objects, more than {MAX_OBJECTS}")
         if len({o.source for o in self.objects}) != len(self.objects):
             raise ValueError("objects are not unique by source digest")
-        digests = {p.sha256 for p in self.policies}
-        stray = next((o for o in self.objects if o.policy not in digests), None)
-        if stray is not None:
-            raise ValueError(f"object {stray.source[:12]} is for policy {stray.policy[:12]}, which the bundle "
-                             "does not carry")
 
     def objects_for(self, policy_sha256: str) -> tuple[BundleObject, ...]:
         """The objects built for the policy whose YAML has this digest."""
@@ -755,7 +750,7 @@ class Bundle:
                 groups=groups,
                 staging=None if d["staging"] is None else Staging.from_json(d["staging"], "staging"),
                 signatures=_list(d["signatures"], "signatures", Signature.from_json),
-                objects=_objects(d["objects"]) if "objects" in d else (),
+                objects=_objects(d["objects"], policies) if "objects" in d else (),
             )
         except _Malformed:
             raise
@@ -763,12 +758,16 @@ class Bundle:
             raise _Malformed(str(e)) from None
 
 
-def _objects(v: Any) -> tuple[BundleObject, ...]:
+def _objects(v: Any, policies: tuple[BundlePolicy, ...]) -> tuple[BundleObject, ...]:
     if isinstance(v, list) and len(v) > MAX_OBJECTS:
         raise _OutOfRange(f"objects: {len(v)} entries, more than {MAX_OBJECTS}")
     found = _list(v, "objects", BundleObject.from_json)
     if not found:
         raise _Malformed("objects: an empty list is written as no member at all")
+    digests = {p.sha256 for p in policies}
+    for i, o in enumerate(found):
+        if o.policy not in digests:
+            raise _Malformed(f"objects[{i}].policy: {o.policy[:12]} is no policy of this bundle")
     return found
 
 
