@@ -40,6 +40,11 @@ if [ -n "$KMODS" ] && [ -d "$R$KMODS" ]; then
   mount -t tmpfs tmpfs "$R/lib/modules" && mkdir -p "$R/lib/modules/$(uname -r)" \
     && mount --bind "$R$KMODS" "$R/lib/modules/$(uname -r)"
 fi
+# the command's directory (read-only, from the host root) when a tmpfs below would hide it
+if [ -n "$KEEP" ]; then
+  [ -d "$R$KEEP" ] || die "--cwd $KEEP: no such directory on the host"
+  mkdir -p /keep && mount --bind "$R$KEEP" /keep || die "cannot keep $KEEP"
+fi
 # not /root: the project's venv may link into it (pyenv); HOME is a directory in /tmp instead
 for d in tmp var/tmp run; do
   [ -d "$R/$d" ] && mount -t tmpfs -o mode=1777 tmpfs "$R/$d"
@@ -61,6 +66,9 @@ for w in $WRITABLE; do
   mount -t tmpfs tmpfs "$R$w" && cp -a "/copy/$i/." "$R$w/" || die "cannot make $w writable"
   i=$((i + 1))
 done
+if [ -n "$KEEP" ]; then
+  mkdir -p "$R$KEEP" && mount --move /keep "$R$KEEP" || die "cannot put $KEEP back"
+fi
 ip link set lo up 2>/dev/null
 mkdir -p "$R/run/palisade-vm"
 cp /palisade/cmd.sh /stage2.sh "$R/run/palisade-vm/" || die "cannot copy the command into the guest"

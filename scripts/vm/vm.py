@@ -70,7 +70,12 @@ def _config(spec: VmSpec) -> bytes:
     for w in spec.writable:
         if not w.startswith("/") or any(c.isspace() for c in w):
             raise SetupFailed(f"--writable {w!r}: an absolute path without spaces")
-    values = {"KMODS": str(spec.kernel.modules_dir), "WRITABLE": " ".join(spec.writable)}
+    # the command's directory, when the guest's tmpfs mounts would hide it (a clone under /tmp, as CI makes)
+    hidden = any(spec.cwd == d or spec.cwd.startswith(d + "/") for d in ("/tmp", "/var/tmp", "/run"))
+    if hidden and any(c.isspace() for c in spec.cwd):
+        raise SetupFailed(f"--cwd {spec.cwd!r}: a directory under /tmp, /var/tmp or /run must have no spaces")
+    values = {"KMODS": str(spec.kernel.modules_dir), "WRITABLE": " ".join(spec.writable),
+              "KEEP": spec.cwd if hidden else ""}
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items()).encode()
 
 

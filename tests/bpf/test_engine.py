@@ -192,7 +192,10 @@ def test_kprobe_on_a_kernel_function_is_refused_and_leaves_the_kernel_unchanged(
     }]})
     res = engine.load(p, "enforced")
     assert not res.loaded
-    assert "unsupported: kprobe on fd_install needs kprobes, which this kernel lacks" in res.reasons
+    # why depends on the kernel: without kprobes (this one), or with them (Debian's stock kernels)
+    assert res.reasons[0] in ("unsupported: kprobe on fd_install needs kprobes, which this kernel lacks",
+                              "unsupported: kprobe on fd_install needs a kprobe on a kernel function, which this "
+                              "engine runs only for syscalls and socket hooks")
     after = inventory.inventory(pin_root=pin_root, cgroup_hooks=())
     d = inventory.diff(before, after)
     # other tests may load programs meanwhile; the engine's own are named pl_*

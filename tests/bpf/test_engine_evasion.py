@@ -44,8 +44,9 @@ def tmp_bin() -> Iterator[Path]:
 
 @pytest.fixture
 def elsewhere() -> Iterator[Path]:
-    """A directory outside the blocked ones, for scripts and symlinks."""
-    d = Path("/var/lib") / f"palisade-ev-{uuid.uuid4().hex[:8]}"
+    """A directory outside the blocked ones, for scripts and symlinks (PALISADE_EXEC_SCRATCH: where the
+    root is read-only, as in the kernel matrix's guest)."""
+    d = Path(os.environ.get("PALISADE_EXEC_SCRATCH", "/var/lib")) / f"palisade-ev-{uuid.uuid4().hex[:8]}"
     d.mkdir()
     yield d
     shutil.rmtree(d)
