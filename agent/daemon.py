@@ -37,8 +37,9 @@ def make_enforcer(cfg: AgentConfig) -> Enforcer:
     from .enforcer import EngineEnforcer
 
     if cfg.pin_root is not None:
-        return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id, pin_root=cfg.pin_root)
-    return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id)
+        return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id, pin_root=cfg.pin_root,
+                              build_objects=cfg.build_objects)
+    return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id, build_objects=cfg.build_objects)
 
 
 def start_sensor(cfg: AgentConfig, events: EventLog, metrics: AgentMetrics | None = None) -> NodeSensor | None:

@@ -1,14 +1,19 @@
 """`palisade validate`: the check a team's CI runs on every pull request.
 
-Exit codes: 0 valid (warnings allowed), 1 findings of severity error, 2 usage or I/O error.
+Exit codes: 0 valid (warnings allowed), 1 findings of severity error, 2 usage or I/O error (with
+`--objects`: also when this host cannot compile objects).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import add_output
+
+if TYPE_CHECKING:
+    from ..validate import Report
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--base", help="check history against this revision (default: the first parent of --rev)")
     p.add_argument("--pending-approvals", action="store_true",
                    help="PR mode: report forward steps still awaiting a reviewer's signed merge as warnings")
+    p.add_argument("--objects", action="store_true",
+                   help="also compile every policy's CO-RE object as the reconciler will (needs clang and "
+                        "bpftool; a policy that does not compile is an error at its file)")
+    p.add_argument("--objects-cache", type=Path, default=None, metavar="DIR",
+                   help="where compiled objects are kept between runs (default: a temporary directory)")
     add_output(p)
     p.set_defaults(func=run)
 
@@ -28,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from ..validate import validate
 
     report = validate(args.repo, args.rev, args.base, pending_approvals=args.pending_approvals)
+    if args.objects and report.rendered is not None:
+        report, unavailable = _with_objects(report, args.objects_cache)
+        if unavailable is not None:
+            print(f"palisade validate: cannot compile objects here: {unavailable}", file=sys.stderr)
+            return 2
     if args.output == "json":
         print(render_json(report.findings))
     elif report.findings:
@@ -36,3 +51,17 @@ def run(args: argparse.Namespace) -> int:
         warnings = len(report.findings) - errors
         print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _with_objects(report: Report, cache: Path | None) -> tuple[Report, str | None]:
+    """The report plus what compiling the policies' objects found (a host that cannot build says so)."""
+    import dataclasses
+    import tempfile
+
+    from ..objects import ObjectBuilder
+
+    assert report.rendered is not None
+    with tempfile.TemporaryDirectory(prefix="palisade-validate-") as tmp:
+        built = ObjectBuilder(cache or Path(tmp)).build(report.rendered, report.repository)
+    findings = tuple(sorted(set(report.findings) | set(built.findings)))
+    return dataclasses.replace(report, findings=findings), built.unavailable

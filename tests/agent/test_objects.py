@@ -135,3 +135,19 @@ def test_build_objects_is_read_from_agent_yaml(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="buildObjects"):
         load(f, {})
+
+
+def test_the_agent_process_builds_its_enforcer_with_build_objects_from_agent_yaml(
+        require_kernel: None, tmp_path: Path) -> None:
+    from agent.config import load
+    from agent.daemon import make_enforcer
+
+    f = tmp_path / "agent.yaml"
+    pin = f"/sys/fs/bpf/palisade-test-{tmp_path.name[-8:]}"
+    f.write_text("server: http://127.0.0.1:8740\npubkeys: [k.pub]\nsensorId: n1\nstate: st\n"
+                 f"pinRoot: {pin}\nbuildObjects: false\n")
+    enforcer = make_enforcer(load(f, {}))
+    try:
+        assert enforcer.build_objects is False
+    finally:
+        enforcer.close()

@@ -80,3 +80,12 @@ def test_a_policy_no_agent_can_load_is_a_warning(example_copy: Path) -> None:
     assert (finding["file"], finding["severity"], finding["code"]) == (
         "packs/baseline-observe/fd.yaml", "warning", "engine-unsupported")
     assert "fd_install" in finding["message"]
+
+
+def test_objects_mode_compiles_every_policy_as_the_reconciler_will(example_copy: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "objects"
+    r = _run("--repo", str(example_copy), "--objects", "--objects-cache", str(cache))
+    assert r.returncode == 0, r.stderr
+    built = list(cache.rglob("*.o"))
+    assert built, "no object was compiled"
+    assert all(o.read_bytes()[:4] == b"\x7fELF" for o in built)
