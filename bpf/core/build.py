@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -108,6 +109,29 @@ def vmlinux_header(cache_dir: Path | None = None, btf: Path | None = None) -> Pa
     return header
 
 
+def _pch(header: Path, flags: tuple[str, ...], clang: str) -> Path | None:
+    """vmlinux.h precompiled for these flags, made once next to the header (None when clang cannot).
+
+    Parsing the 3 MB header is most of the cost of a small program (0.18 s of 0.19 s) and a
+    fifth of a policy's; the object is byte for byte the same with or without it."""
+    key = hashlib.sha256("\0".join((*flags, clang_version(clang))).encode()).hexdigest()[:16]
+    pch = header.with_name(f"vmlinux.{key}.pch")
+    if pch.is_file():
+        return pch
+    tmp = pch.with_name(f".{pch.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        proc = subprocess.run([clang, *flags, "-x", "c-header", str(header), "-o", str(tmp)], capture_output=True,
+                              check=False, timeout=COMPILE_TIMEOUT_S)
+        if proc.returncode != 0:
+            return None
+        os.replace(tmp, pch)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return pch
+
+
 def object_digest(source: bytes, flags: tuple[str, ...], clang: str, vmlinux_digest: str) -> str:
     """The cache key of an object: everything that changes the bytes clang produces."""
     h = hashlib.sha256()
@@ -158,7 +182,14 @@ def compile_object(source: Path | bytes, cache_dir: Path | None = None, *, name:
         src = Path(tmp) / name
         src.write_bytes(text)
         out = Path(tmp) / "out.o"
-        cmd = [clang, *flags, "-I", str(header.parent), "-c", str(src), "-o", str(out)]
+        # the temporary directory's name kept out of the object's BTF line info: the same source gives
+        # the same bytes, so anyone can rebuild a signed object and compare
+        cmd = [clang, *flags, f"-fdebug-prefix-map={tmp}=/palisade", f"-fdebug-prefix-map={header.parent}=/vmlinux",
+               "-I", str(header.parent), "-c", str(src),
+               "-o", str(out)]
+        pch = _pch(header, flags, clang)
+        if pch is not None:
+            cmd[1:1] = ["-include-pch", str(pch)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=COMPILE_TIMEOUT_S)
         except subprocess.TimeoutExpired as e:

@@ -36,6 +36,16 @@ def test_object_is_compiled_once_and_rebuilt_when_its_inputs_change(require_core
     assert b".BTF.ext" in first.read()  # CO-RE relocations survive stripping
 
 
+def test_the_precompiled_header_changes_nothing_but_time(require_core: None, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    with_pch = build.compile_object(sensor.SOURCE, tmp_path / "a")
+    assert list((tmp_path / "a" / "vmlinux").glob("*/vmlinux.*.pch"))
+    monkeypatch.setattr(build, "_pch", lambda *_: None)
+    without = build.compile_object(sensor.SOURCE, tmp_path / "b")
+    assert not list((tmp_path / "b" / "vmlinux").glob("*/vmlinux.*.pch"))
+    assert with_pch.read() == without.read() and with_pch.digest == without.digest
+
+
 def test_compiler_errors_are_typed_and_name_the_source(require_core: None, tmp_path: Path) -> None:
     src = tmp_path / "broken.bpf.c"
     src.write_text('#include "vmlinux.h"\nint f(void) { return undeclared_thing; }\n')
