@@ -585,8 +585,8 @@ class Agent:
                 self.metrics.events.labels(kind, action or "none").inc()
             self.workloads.annotate(ev)
             self.observations.add(ev)
-            if self.events is not None:
-                self.events.write(ev)
+        if self.events is not None:
+            self.events.write_many(events)
         return len(events)
 
     # ------------------------------------------------------------------ the loops

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import syscall
 from .compile import ACTION_NAMES, MODES, HookPlan, Operand, Plan
@@ -45,8 +45,10 @@ class Counters:
         return {k: getattr(self, k) for k in _COUNTERS}
 
 
-@dataclass(frozen=True)
-class RawEvent:
+class RawEvent(NamedTuple):
+    """One ring-buffer record (struct pl_event). A NamedTuple, not a frozen dataclass: it is built for
+    every event, and a frozen dataclass's field-by-field __init__ costs more than decoding the record."""
+
     ktime: int
     cgroup: int
     pid: int
@@ -65,10 +67,8 @@ class RawEvent:
     @classmethod
     def unpack(cls, data: bytes) -> RawEvent:
         (ktime, cgroup, pid, tid, uid, hook, sel, action, mode, acted, sig, _pad, *rest) = _EVENT.unpack_from(data)
-        ints = tuple(rest[:8])
-        s0, s1, b = rest[8], rest[9], rest[10]
-        return cls(ktime, cgroup, pid, tid, uid, hook, sel, action, mode, bool(acted), sig, ints, (s0, s1),
-                   _cstr(b))
+        return cls(ktime, cgroup, pid, tid, uid, hook, sel, action, mode, bool(acted), sig, tuple(rest[:8]),
+                   (rest[8], rest[9]), _cstr(rest[10]))
 
 
 def read_counters(map_fd: int) -> Counters:
@@ -301,9 +301,14 @@ def _exec_id(node: str, pid: int) -> str:
     return base64.b64encode(f"{node}:{start}:{pid}".encode()).decode()
 
 
+_iso_second: list[Any] = [None, ""]  # the last second formatted: events come in bursts within one second
+
+
 def _iso(ns: int) -> str:
-    t = _dt.datetime.fromtimestamp(ns // 1_000_000_000, tz=_dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 1_000_000_000:09d}Z"
+    sec = ns // 1_000_000_000
+    if _iso_second[0] != sec:
+        _iso_second[:] = [sec, _dt.datetime.fromtimestamp(sec, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_iso_second[1]}.{ns % 1_000_000_000:09d}Z"
 
 
 _ncpu: int | None = None
