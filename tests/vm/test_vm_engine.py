@@ -8,16 +8,21 @@ tracepoint layout of its own) is compiled in the guest, which TCG makes slow (6-
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from vm_support import VENV_PYTHON, VM_MARKS, Boot, boot
+from vm_support import ROOT, VENV_PYTHON, VM_MARKS, Boot, boot
 
 from bpf.core.build import KERNEL_BTF, default_cache_dir
 
 pytestmark = VM_MARKS
+
+#: The corpus as the guest can reach it (its /tmp, /var/tmp and /run are its own tmpfs).
+CORPUS = Path(os.environ.get("PALISADE_CORPUS") or ROOT.parent / "shared" / "tetragon-corpus").resolve()
+_HIDDEN = ("/tmp/", "/var/tmp/", "/run/")
 
 #: Needs a cgroup v1 hierarchy, which the guest (cgroup2 only) does not mount.
 HOST_ONLY = ("tests/bpf/test_engine.py::test_a_load_failing_halfway_is_rolled_back",)
@@ -40,9 +45,10 @@ echo "pytest=$?"
     scratch = Path("/var/lib/palisade-vm-scratch")  # executable and writable in the guest (not a blocked dir)
     scratch.mkdir(exist_ok=True)
     try:
-        return boot(tmp_path_factory.mktemp("vm-engine"), "--writable", str(cache), "--writable", str(scratch),
+        corpus = ("--writable", str(CORPUS)) if str(CORPUS).startswith(_HIDDEN) else ()
+        return boot(tmp_path_factory.mktemp("vm-engine"), *corpus, "--writable", str(cache), "--writable", str(scratch),
                     "--env", f"PALISADE_CORE_CACHE={cache}", "--env", f"PALISADE_CORE_BTF={btf}",
-                    "--env", f"PALISADE_EXEC_SCRATCH={scratch}",
+                    "--env", f"PALISADE_EXEC_SCRATCH={scratch}", "--env", f"PALISADE_CORPUS={CORPUS.resolve()}",
                     "--timeout", "1500", "--", "/bin/sh", "-c", script, timeout=1800)
     finally:
         scratch.rmdir()
