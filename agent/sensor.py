@@ -251,15 +251,21 @@ class NodeSensor:
             self.metrics.events.labels(next(iter(ev.json)), "none").inc()
 
     def annotate(self, ev: Any) -> dict[str, Any]:
-        """The event with `pod`/`docker` on its process and parent, for processes in a workload."""
+        """The event with `pod`/`docker` on its process, parent and ancestors, for processes in a workload."""
         doc: dict[str, Any] = ev.json
         rec = ev.record
         body = doc.get("process_exec") or doc.get("process_exit")
         assert isinstance(body, dict)
         _place(body.get("process"), self.pods.of(rec.cgroup_id, rec.pid))
-        parent = self.sensor.table.get(rec.ppid, rec.parent_ktime)
+        table = self.sensor.table
+        parent = table.get(rec.ppid, rec.parent_ktime)
         if parent is not None and "parent" in body:
             _place(body["parent"], self.pods.of(parent.cgroup_id, parent.pid))
+        rendered = body.get("ancestors")
+        if isinstance(rendered, list):
+            # the same walk the table rendered them from, in the same order (this thread renders and annotates)
+            for proc, anc in zip(rendered, table.ancestors(rec), strict=False):
+                _place(proc, self.pods.of(anc.cgroup_id, anc.pid))
         return doc
 
     # ------------------------------------------------------------------ lifecycle

@@ -1,7 +1,9 @@
 """Seeding the process cache from /proc: the processes that were running before the sensor.
 
-As Tetragon does, each such process gets an exec_id from its start time (flag `procFS`),
-its binary from /proc/<pid>/exe (the file that runs), cwd, arguments and credentials.
+As Tetragon does, each such process gets an exec_id from its start time (flags `procFS
+auid`, and `rootcwd` or `nocwd`), its binary from /proc/<pid>/exe (the file that runs), cwd,
+arguments, credentials, capability sets (CapPrm/CapEff/CapInh of /proc/<pid>/status) and
+namespaces (the inode numbers of /proc/<pid>/ns/*).
 `Sensor.seed` writes them into the kernel's process cache without overwriting entries
 the kernel made meanwhile, so a child exec'd afterwards links to its parent's id.
 
@@ -16,10 +18,10 @@ import struct
 import time
 from pathlib import Path
 
-from .records import F_PROCFS, F_ROOTCWD, ExecRecord
+from .records import F_NEEDS_AUID, F_NO_CWD, F_PROCFS, F_ROOTCWD, NO_NS, NS_NAMES, PROC_INFO, Caps, ExecRecord
 
 CACHE_BIN = 256  # struct proc_entry.binary in sensor.bpf.c
-ENTRY = struct.Struct(f"<QQIIIHH{CACHE_BIN}s")
+ENTRY = struct.Struct(f"<QQIIIHH{PROC_INFO}{CACHE_BIN}s")
 
 
 def parse_stat(text: str) -> tuple[int, int]:
@@ -36,6 +38,36 @@ def parse_ids(status: str, key: str) -> tuple[int, int]:
             f = line.split()
             return int(f[1]), int(f[2])
     raise ValueError(f"no {key} line")
+
+
+def parse_caps(status: str) -> Caps:
+    """The permitted, effective and inheritable sets (hex masks) of /proc/<pid>/status."""
+    found: dict[str, int] = {}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("CapPrm", "CapEff", "CapInh"):
+            found[key] = int(value.strip(), 16)
+    if len(found) != 3:
+        raise ValueError("no CapPrm/CapEff/CapInh lines")
+    return Caps(found["CapPrm"], found["CapEff"], found["CapInh"])
+
+
+def namespaces(ns_dir: Path) -> tuple[int, ...]:
+    """The inums of a process's namespaces (NS_NAMES order; 0 for one the kernel lacks or that cannot be read).
+
+    A namespace's inum is the inode number of its /proc/<pid>/ns/<name> file (what the link reads as `net:[N]`)."""
+    out = []
+    for name in NS_NAMES:
+        try:
+            out.append(os.stat(ns_dir / name).st_ino)
+        except OSError:
+            out.append(0)
+    return tuple(out)
+
+
+def host_namespaces(proc: Path = Path("/proc")) -> tuple[int, ...]:
+    """init's namespaces: Tetragon's `is_host` is a namespace equal to these (all 0 when /proc/1 is not readable)."""
+    return namespaces(proc / "1" / "ns")
 
 
 def parse_cgroup(text: str) -> str | None:
@@ -75,7 +107,9 @@ def ticks_to_ktime(ticks: int, hz: int, boot_minus_mono_ns: int) -> int:
 def cache_value(rec: ExecRecord) -> bytes:
     """`struct proc_entry` for the kernel's process cache."""
     binary = os.fsencode(rec.binary)[:CACHE_BIN - 1]
-    return ENTRY.pack(rec.ktime, rec.parent_ktime, rec.pid, rec.ppid, rec.flags, len(binary), 0, binary)
+    ns = tuple(rec.ns) + NO_NS[len(rec.ns):]
+    return ENTRY.pack(rec.ktime, rec.parent_ktime, rec.pid, rec.ppid, rec.flags, len(binary), 0,
+                      rec.caps.permitted, rec.caps.effective, rec.caps.inheritable, *ns[:len(NS_NAMES)], binary)
 
 
 def _read(path: Path) -> str:
@@ -88,7 +122,7 @@ def scan(proc: Path = Path("/proc")) -> list[ExecRecord]:
     offset = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     cg_root = cgroup2_mount()
     cg_ids: dict[str, int] = {}  # most processes share a few cgroups
-    raw: dict[int, tuple[int, int, str, str, tuple[str, ...], int, int, int, int]] = {}
+    raw: dict[int, tuple[int, int, str, str, tuple[str, ...], int, int, int, int, Caps, tuple[int, ...]]] = {}
     for d in proc.iterdir():
         if not d.name.isdigit():
             continue
@@ -96,9 +130,15 @@ def scan(proc: Path = Path("/proc")) -> list[ExecRecord]:
         try:
             ppid, ticks = parse_stat(_read(d / "stat"))
             binary = os.readlink(d / "exe")
-            cwd = os.readlink(d / "cwd")
+            try:
+                cwd = os.readlink(d / "cwd")
+            except PermissionError:
+                cwd = ""  # Tetragon's `nocwd`
             argv = (d / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-            uid, euid = parse_ids(_read(d / "status"), "Uid")
+            status = _read(d / "status")
+            uid, euid = parse_ids(status, "Uid")
+            caps = parse_caps(status)
+            ns = namespaces(d / "ns")
             auid = int(_read(d / "loginuid") or "4294967295")
             cg = parse_cgroup(_read(d / "cgroup")) or ""
         except (OSError, ValueError):
@@ -106,12 +146,13 @@ def scan(proc: Path = Path("/proc")) -> list[ExecRecord]:
         args = tuple(os.fsdecode(a) for a in argv[1:])
         if cg not in cg_ids:
             cg_ids[cg] = cgroup_id(cg_root, cg or None)
-        raw[pid] = (ppid, ticks_to_ktime(ticks, hz, offset), binary, cwd, args, uid, euid, auid, cg_ids[cg])
+        raw[pid] = (ppid, ticks_to_ktime(ticks, hz, offset), binary, cwd, args, uid, euid, auid, cg_ids[cg],
+                    caps, ns)
     out = []
-    for pid, (ppid, ktime, binary, cwd, args, uid, euid, auid, cgid) in raw.items():
+    for pid, (ppid, ktime, binary, cwd, args, uid, euid, auid, cgid, caps, ns) in raw.items():
         pktime = raw[ppid][1] if ppid in raw else 0
-        flags = F_PROCFS | (F_ROOTCWD if cwd == "/" else 0)
+        flags = F_PROCFS | F_NEEDS_AUID | (F_ROOTCWD if cwd == "/" else 0) | (0 if cwd else F_NO_CWD)
         out.append(ExecRecord(pid=pid, tid=pid, ppid=ppid, ktime=ktime, parent_ktime=pktime, task_start=ktime,
                               event_time=ktime, uid=uid, euid=euid, auid=auid, flags=flags, binary=binary,
-                              cwd=cwd, args=args, cgroup_id=cgid))
+                              cwd=cwd, args=args, cgroup_id=cgid, caps=caps, ns=ns))
     return out

@@ -12,8 +12,13 @@
  * sensor). The parent of an exec is the previous image when the process exec'd before
  * (exec in place), otherwise the real parent's cache entry (the first exec after fork).
  *
- * The record layout is mirrored by bpf/core/records.py (HEADER): keep both in step
- * (tests/bpf/core/test_core_build.py compares the sizes through the object's BTF).
+ * Each exec also records the task's capability sets (from its cred, after the exec committed
+ * them) and its namespaces' inode numbers, in the process cache too, so an exit whose exec
+ * the reader missed still carries them.
+ *
+ * The record layout is mirrored by bpf/core/records.py (HEADER, PROC) and procfs.py (ENTRY):
+ * keep them in step (tests/bpf/core/test_core_build.py compares the sizes through the
+ * object's BTF).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -45,6 +50,20 @@ char LICENSE[] SEC("license") = "GPL";
 #define DATA_MASK (DATA_SIZE - 1)
 #define CACHE_BIN 256
 
+/* namespace slots, in tetragon.proto's Namespaces order */
+enum {
+	NS_UTS, NS_IPC, NS_MNT, NS_PID, NS_PID_FOR_CHILDREN, NS_NET, NS_TIME, NS_TIME_FOR_CHILDREN,
+	NS_CGROUP, NS_USER, NS_COUNT,
+};
+
+/* what the cache keeps of a process besides its identity: credentials' capabilities, namespaces */
+struct proc_info {
+	__u64 cap_permitted;
+	__u64 cap_effective;
+	__u64 cap_inheritable;
+	__u32 ns[NS_COUNT];
+};
+
 struct event_hdr {
 	__u32 kind;
 	__u32 pid;        /* tgid */
@@ -65,6 +84,7 @@ struct event_hdr {
 	__u16 pad0;
 	__u32 pad1;
 	__u64 cgroup_id;  /* cgroup v2 id of the task (the agent maps it to its workload) */
+	struct proc_info info;
 };
 
 struct event {
@@ -80,6 +100,7 @@ struct proc_entry {
 	__u32 flags;
 	__u16 binary_len;
 	__u16 pad;
+	struct proc_info info;
 	char binary[CACHE_BIN];
 };
 
@@ -266,6 +287,44 @@ static __always_inline void fill_creds(struct event *ev, struct task_struct *tas
 		ev->h.auid = BPF_CORE_READ(task, loginuid.val);
 }
 
+/* kernel_cap_t is a u64 since 6.3 and __u32 cap[2] before: 8 bytes at its offset either way (LE) */
+#define READ_CAP(dst, cred, field) bpf_core_read(&(dst), sizeof(__u64), &(cred)->field)
+
+static __always_inline void fill_info(struct proc_info *info, struct task_struct *task)
+{
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	struct nsproxy *nsp = BPF_CORE_READ(task, nsproxy);
+	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	unsigned int level = BPF_CORE_READ(pid, level);
+
+	info->cap_permitted = 0;
+	info->cap_effective = 0;
+	info->cap_inheritable = 0;
+	READ_CAP(info->cap_permitted, cred, cap_permitted);
+	READ_CAP(info->cap_effective, cred, cap_effective);
+	READ_CAP(info->cap_inheritable, cred, cap_inheritable);
+	info->ns[NS_USER] = BPF_CORE_READ(cred, user_ns, ns.inum);
+	/* the pid namespace the task is in: its struct pid's number at the deepest level */
+	info->ns[NS_PID] = BPF_CORE_READ(pid, numbers[level & 31].ns, ns.inum);
+	if (!nsp) { /* already released: no namespace to tell */
+		info->ns[NS_UTS] = info->ns[NS_IPC] = info->ns[NS_MNT] = info->ns[NS_PID_FOR_CHILDREN] = 0;
+		info->ns[NS_NET] = info->ns[NS_TIME] = info->ns[NS_TIME_FOR_CHILDREN] = info->ns[NS_CGROUP] = 0;
+		return;
+	}
+	info->ns[NS_UTS] = BPF_CORE_READ(nsp, uts_ns, ns.inum);
+	info->ns[NS_IPC] = BPF_CORE_READ(nsp, ipc_ns, ns.inum);
+	info->ns[NS_MNT] = BPF_CORE_READ(nsp, mnt_ns, ns.inum);
+	info->ns[NS_PID_FOR_CHILDREN] = BPF_CORE_READ(nsp, pid_ns_for_children, ns.inum);
+	info->ns[NS_NET] = BPF_CORE_READ(nsp, net_ns, ns.inum);
+	info->ns[NS_TIME] = 0;
+	info->ns[NS_TIME_FOR_CHILDREN] = 0;
+	if (bpf_core_field_exists(nsp->time_ns)) { /* time namespaces: 5.6 and later */
+		info->ns[NS_TIME] = BPF_CORE_READ(nsp, time_ns, ns.inum);
+		info->ns[NS_TIME_FOR_CHILDREN] = BPF_CORE_READ(nsp, time_ns_for_children, ns.inum);
+	}
+	info->ns[NS_CGROUP] = BPF_CORE_READ(nsp, cgroup_ns, ns.inum);
+}
+
 SEC("raw_tp/sched_process_exec")
 int palisade_exec(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -294,6 +353,7 @@ int palisade_exec(struct bpf_raw_tracepoint_args *ctx)
 	ev->h.flags = 0;
 	ev->h.cgroup_id = bpf_get_current_cgroup_id(); /* current is the task exec'ing */
 	fill_creds(ev, task);
+	fill_info(&ev->h.info, task);
 
 	prev = bpf_map_lookup_elem(&proc_cache, &tgid);
 	if (prev) {
@@ -348,6 +408,7 @@ int palisade_exec(struct bpf_raw_tracepoint_args *ctx)
 	entry.pid = tgid;
 	entry.ppid = ev->h.ppid;
 	entry.flags = ev->h.flags;
+	entry.info = ev->h.info;
 	entry.binary_len = ev->h.binary_len < CACHE_BIN - 1 ? ev->h.binary_len : CACHE_BIN - 1;
 	bpf_probe_read_kernel(entry.binary, entry.binary_len & (CACHE_BIN - 1), ev->data);
 	bpf_map_update_elem(&proc_cache, &tgid, &entry, BPF_ANY);
@@ -390,6 +451,7 @@ int palisade_exit(struct bpf_raw_tracepoint_args *ctx)
 		ev->h.pktime = pe->pktime;
 		ev->h.ppid = pe->ppid;
 		ev->h.flags = pe->flags | F_CACHED;
+		ev->h.info = pe->info; /* as they were at exec, the image the exit ends */
 		off = pe->binary_len & (CACHE_BIN - 1);
 		bpf_probe_read_kernel(ev->data, off, pe->binary);
 		bpf_map_delete_elem(&proc_cache, &tgid);
@@ -399,6 +461,7 @@ int palisade_exit(struct bpf_raw_tracepoint_args *ctx)
 		ev->h.ktime = ev->h.task_start;
 		ev->h.ppid = BPF_CORE_READ(parent, tgid);
 		ev->h.pktime = BPF_CORE_READ(parent, group_leader, start_time);
+		fill_info(&ev->h.info, task); /* the namespaces are released after this tracepoint */
 	}
 	ev->h.binary_len = off;
 	emit(ev, off);

@@ -45,7 +45,8 @@ class Sensor:
                  on_event: Callable[[SensorEvent], None] | None = None,
                  clock: records.Clock | None = None, ring_bytes: int | None = None) -> None:
         self.node = node
-        self.table = records.ProcessTable(node, clock or records.Clock.now())
+        # init's namespaces, read once: `is_host` of every event's namespaces is an equality with these
+        self.table = records.ProcessTable(node, clock or records.Clock.now(), host_ns=procfs.host_namespaces())
         self._on_event = on_event
         self._pending: list[SensorEvent] = []
         self._links: list[Link] = []
@@ -103,7 +104,8 @@ class Sensor:
 
         An entry the kernel made meanwhile (the process exec'd since the scan) is kept.
         """
-        cache, n = self._obj.map(CACHE_MAP), 0
+        cache = self._obj.map(CACHE_MAP)
+        seeded: list[records.ExecRecord] = []
         for rec in procfs.scan(proc):
             try:
                 cache.update(rec.pid.to_bytes(4, "little"), procfs.cache_value(rec), BPF_NOEXIST)
@@ -111,9 +113,9 @@ class Sensor:
                 if e.errno == errno.EEXIST:
                     continue
                 raise
-            self.table.add(rec)
-            n += 1
-        return n
+            seeded.append(rec)
+        self.table.add_all(seeded)  # at once: each is linked to its parent whatever the scan's order
+        return len(seeded)
 
     def dropped(self) -> int:
         """Records the kernel could not queue because the ring buffer was full, since load."""

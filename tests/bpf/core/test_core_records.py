@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ from bpf.core.records import F_CACHED, F_CLONE, F_ROOTCWD, KIND_EXEC, KIND_EXIT,
 
 
 def raw(kind: int, pid: int, ktime: int, *, ppid: int = 1, pktime: int = 5, exit_code: int = 0, flags: int = 0,
-        binary: bytes = b"/usr/bin/id", cwd: bytes = b"/", args: bytes = b"", cgroup_id: int = 0) -> bytes:
+        binary: bytes = b"/usr/bin/id", cwd: bytes = b"/", args: bytes = b"", cgroup_id: int = 0,
+        caps: tuple[int, int, int] = (0, 0, 0), ns: tuple[int, ...] = records.NO_NS) -> bytes:
     hdr = records.HEADER.pack(kind, pid, pid, ppid, ktime, pktime, 7, ktime + 1, 1000, 0, 4294967295, exit_code,
-                              flags, len(binary), len(cwd), len(args), 0, 0, cgroup_id)
+                              flags, len(binary), len(cwd), len(args), 0, 0, cgroup_id, *caps, *ns)
     return hdr + binary + cwd + args
 
 
@@ -69,7 +71,11 @@ def test_the_table_fills_parents_and_exits_and_forgets_replaced_images() -> None
     ended = records.decode(raw(KIND_EXIT, 11, 300, ppid=11, pktime=200, exit_code=9, flags=F_CACHED, cwd=b""))
     out = table.render(ended)["process_exit"]
     assert out["process"]["binary"] == "/usr/bin/true" and out["signal"] == "SIGKILL"
-    assert table.get(11, 200) is None  # retired images are dropped once `linger` more have gone
+    assert table.get(11, 200) is not None  # the replaced image is kept while its successor is
+    for i in range(3):  # `linger` more releases after the successor's: both go
+        table.render(records.decode(raw(KIND_EXEC, 50 + i, 400 + i)))
+        table.render(records.decode(raw(KIND_EXIT, 50 + i, 400 + i, flags=F_CACHED, cwd=b"")))
+    assert table.get(11, 300) is None and table.get(11, 200) is None
     json.dumps(out)  # plain JSON types only
 
 
@@ -86,6 +92,8 @@ def test_seeded_processes_render_as_procfs() -> None:
     rec = ExecRecord(pid=5, tid=5, ppid=1, ktime=10, parent_ktime=2, task_start=10, event_time=10, uid=0, euid=0,
                      auid=0, flags=records.F_PROCFS | F_ROOTCWD, binary="/usr/sbin/sshd", cwd="/", args=())
     assert records.process_json(rec, "n", CLOCK)["flags"] == "procFS rootcwd"
+    assert records.process_json(replace(rec, flags=rec.flags | records.F_NEEDS_AUID), "n", CLOCK)["flags"] == (
+        "procFS auid rootcwd")  # as Tetragon prints a process it found in /proc
     value = procfs.cache_value(rec)
     assert len(value) == procfs.ENTRY.size and value.endswith(bytes(procfs.CACHE_BIN - len("/usr/sbin/sshd")))
 
@@ -105,3 +113,73 @@ def test_a_cgroup_id_is_the_inode_of_its_directory(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     assert procfs.cgroup_id(tmp_path, "/a/b") == (tmp_path / "a" / "b").stat().st_ino
     assert procfs.cgroup_id(tmp_path, "/gone") == 0 and procfs.cgroup_id(None, "/a") == 0
+
+
+HOST_NS = tuple(4026531835 + i for i in range(len(records.NS_NAMES)))
+
+
+def test_caps_and_namespaces_render_as_tetragon_prints_them() -> None:
+    # CAP_CHOWN, CAP_DAC_OVERRIDE (Tetragon's enum says DAC_OVERRIDE), CAP_NET_RAW, CAP_SYS_ADMIN
+    mask = 1 << 0 | 1 << 1 | 1 << 13 | 1 << 21
+    ns = HOST_NS[:5] + (4026532999,) + HOST_NS[6:]  # its own network namespace
+    rec = records.decode(raw(KIND_EXEC, 42, 1000, caps=(mask, 1 << 13, 0), ns=ns))
+    proc = records.process_json(rec, "n", CLOCK, HOST_NS)  # type: ignore[arg-type]
+    assert proc["cap"] == {"permitted": ["CAP_CHOWN", "DAC_OVERRIDE", "CAP_NET_RAW", "CAP_SYS_ADMIN"],
+                           "effective": ["CAP_NET_RAW"]}  # an empty set is left out
+    assert proc["ns"]["net"] == {"inum": 4026532999}  # is_host false is left out, as protojson does
+    assert all(proc["ns"][n] == {"inum": HOST_NS[i], "is_host": True}
+               for i, n in enumerate(records.NS_NAMES) if n != "net")
+    assert list(proc)[-3:] == ["cap", "ns", "tid"]  # tetragon.proto's field order
+    assert records.cap_names(1 << 40 | 1 << 45) == ["CAP_CHECKPOINT_RESTORE", 45]  # unknown: its number
+    nothing = records.process_json(records.decode(raw(KIND_EXEC, 43, 1000)), "n", CLOCK)  # type: ignore[arg-type]
+    assert nothing["cap"] == {} and "ns" not in nothing
+
+
+def test_ancestors_are_the_parents_parent_first_up_to_init() -> None:
+    table = ProcessTable("n", CLOCK, linger=1)
+    chain = [records.decode(raw(KIND_EXEC, 1, 10, ppid=0, pktime=0, binary=b"/sbin/init")),
+             records.decode(raw(KIND_EXEC, 100, 20, ppid=1, pktime=10, binary=b"/usr/sbin/sshd")),
+             records.decode(raw(KIND_EXEC, 200, 30, ppid=100, pktime=20, binary=b"/usr/bin/bash")),
+             records.decode(raw(KIND_EXEC, 300, 40, ppid=200, pktime=30, binary=b"/usr/bin/sh"))]
+    outs = [table.render(r) for r in chain]
+    assert "ancestors" not in outs[1]["process_exec"]  # its parent is init: nothing beyond it
+    assert [a["binary"] for a in outs[2]["process_exec"]["ancestors"]] == ["/sbin/init"]
+    body = outs[3]["process_exec"]
+    assert body["parent"]["binary"] == "/usr/bin/bash"
+    assert [a["binary"] for a in body["ancestors"]] == ["/usr/sbin/sshd", "/sbin/init"]
+    ended = table.render(records.decode(raw(KIND_EXIT, 300, 40, ppid=200, pktime=30, flags=F_CACHED, cwd=b"")))
+    assert [a["binary"] for a in ended["process_exit"]["ancestors"]] == ["/usr/sbin/sshd", "/sbin/init"]
+
+
+def test_an_ancestor_stays_while_a_descendant_runs_and_goes_after() -> None:
+    table = ProcessTable("n", CLOCK, linger=1)
+    sh = records.decode(raw(KIND_EXEC, 10, 100, binary=b"/usr/bin/dash"))
+    # exec in place: the dash image is replaced, yet the new image's children still name it
+    daemon = records.decode(raw(KIND_EXEC, 10, 200, ppid=10, pktime=100, binary=b"/usr/sbin/daemon"))
+    table.render(sh)
+    table.render(daemon)
+    for i in range(20):  # many unrelated processes come and go
+        table.render(records.decode(raw(KIND_EXEC, 1000 + i, 300 + i)))
+        table.render(records.decode(raw(KIND_EXIT, 1000 + i, 300 + i, flags=F_CACHED, cwd=b"")))
+    child = records.decode(raw(KIND_EXEC, 11, 900, ppid=10, pktime=200, binary=b"/usr/bin/true"))
+    body = table.render(child)["process_exec"]
+    assert body["parent"]["binary"] == "/usr/sbin/daemon"
+    assert [a["binary"] for a in body["ancestors"]] == ["/usr/bin/dash"]
+    assert table.refs(10, 100) == 1  # held by the image that replaced it
+    for r in (records.decode(raw(KIND_EXIT, 11, 900, ppid=10, pktime=200, flags=F_CACHED, cwd=b"")),
+              records.decode(raw(KIND_EXIT, 10, 200, ppid=10, pktime=100, flags=F_CACHED, cwd=b""))):
+        table.render(r)
+    for i in range(5):
+        table.render(records.decode(raw(KIND_EXEC, 2000 + i, 950 + i)))
+        table.render(records.decode(raw(KIND_EXIT, 2000 + i, 950 + i, flags=F_CACHED, cwd=b"")))
+    assert table.get(10, 100) is None and table.get(10, 200) is None and table.get(11, 900) is None
+
+
+def test_proc_status_caps_and_ns_inodes(tmp_path: Path) -> None:
+    status = "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t0000000000002000\n"
+    assert procfs.parse_caps(status) == records.Caps(permitted=(1 << 41) - 1, effective=1 << 13, inheritable=0)
+    with pytest.raises(ValueError):
+        procfs.parse_caps("Name:\tx\n")
+    ns = procfs.namespaces(Path("/proc/self/ns"))
+    assert ns[records.NS_NAMES.index("net")] == Path("/proc/self/ns/net").stat().st_ino != 0
+    assert procfs.namespaces(tmp_path) == records.NO_NS
