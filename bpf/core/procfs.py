@@ -65,9 +65,21 @@ def namespaces(ns_dir: Path) -> tuple[int, ...]:
     return tuple(out)
 
 
+#: The inums the kernel gives its initial namespaces of these kinds (include/linux/proc_ns.h, fixed since they
+#: exist); the initial network and mount namespaces have fixed ones only on recent kernels.
+INIT_INUMS = {"ipc": 0xEFFFFFFF, "uts": 0xEFFFFFFE, "user": 0xEFFFFFFD, "pid": 0xEFFFFFFC,
+              "pid_for_children": 0xEFFFFFFC, "cgroup": 0xEFFFFFFB, "time": 0xEFFFFFFA,
+              "time_for_children": 0xEFFFFFFA}
+
+
 def host_namespaces(proc: Path = Path("/proc")) -> tuple[int, ...]:
-    """init's namespaces: Tetragon's `is_host` is a namespace equal to these (all 0 when /proc/1 is not readable)."""
-    return namespaces(proc / "1" / "ns")
+    """init's namespaces: Tetragon's `is_host` is a namespace equal to these.
+
+    /proc/1/ns needs ptrace access to init, which an agent without every capability init
+    has lacks: then a namespace with a fixed initial inum takes that, and the network and
+    mount namespaces are the agent's own (it runs in the host's, as Tetragon's DaemonSet does)."""
+    init, own = namespaces(proc / "1" / "ns"), namespaces(proc / "self" / "ns")
+    return tuple(init[i] or INIT_INUMS.get(name) or own[i] for i, name in enumerate(NS_NAMES))
 
 
 def parse_cgroup(text: str) -> str | None:

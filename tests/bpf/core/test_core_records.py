@@ -121,7 +121,7 @@ HOST_NS = tuple(4026531835 + i for i in range(len(records.NS_NAMES)))
 def test_caps_and_namespaces_render_as_tetragon_prints_them() -> None:
     # CAP_CHOWN, CAP_DAC_OVERRIDE (Tetragon's enum says DAC_OVERRIDE), CAP_NET_RAW, CAP_SYS_ADMIN
     mask = 1 << 0 | 1 << 1 | 1 << 13 | 1 << 21
-    ns = HOST_NS[:5] + (4026532999,) + HOST_NS[6:]  # its own network namespace
+    ns = (*HOST_NS[:5], 4026532999, *HOST_NS[6:])  # its own network namespace
     rec = records.decode(raw(KIND_EXEC, 42, 1000, caps=(mask, 1 << 13, 0), ns=ns))
     proc = records.process_json(rec, "n", CLOCK, HOST_NS)  # type: ignore[arg-type]
     assert proc["cap"] == {"permitted": ["CAP_CHOWN", "DAC_OVERRIDE", "CAP_NET_RAW", "CAP_SYS_ADMIN"],
