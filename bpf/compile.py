@@ -267,14 +267,16 @@ class Plan:
 
 
 #: Drops an engine process from `pl_self` when it exits, so a later process reusing its pid is not exempt.
-_SELF_EXIT_SITE = Site("pl_self_exit", "tracepoint", "sched", "sched_process_exit")
+# Housekeeping programs every policy has run on raw tracepoints: the kernel takes at most 64 perf-event
+# programs on one tracepoint (BPF_TRACE_MAX_PROGS), which 22 scoped policies would fill on sched_process_exit.
+_SELF_EXIT_SITE = Site("pl_self_exit", "raw_tracepoint", "sched", "sched_process_exit")
 _TRACKING_SITES = (
-    Site("pl_track_exec", "tracepoint", "sched", "sched_process_exec"),
-    Site("pl_track_fork", "tracepoint", "sched", "sched_process_fork"),
-    Site("pl_track_exit", "tracepoint", "sched", "sched_process_exit"),
+    Site("pl_track_exec", "raw_tracepoint", "sched", "sched_process_exec"),
+    Site("pl_track_fork", "raw_tracepoint", "sched", "sched_process_fork"),
+    Site("pl_track_exit", "raw_tracepoint", "sched", "sched_process_exit"),
 )
 _IA32_SITE = Site("pl_ia32", "raw_tracepoint", "raw_syscalls", "sys_enter")
-_SCOPE_SITES = tuple(Site(fn, "tracepoint", "sched", ev) for fn, ev in scope.MEMBERSHIP_SITES)
+_SCOPE_SITES = tuple(Site(fn, "raw_tracepoint", "sched", ev) for fn, ev in scope.MEMBERSHIP_SITES)
 
 
 def _scope_hook(esc: scope.Escape) -> HookPlan:
@@ -1536,7 +1538,8 @@ int pl_track_exec(void *ctx) {
 }
 int pl_track_fork(void *ctx) {
     u32 parent = bpf_get_current_pid_tgid() >> 32;
-    u32 child = *(u32 *)((char *)ctx + 20);
+    struct task_struct *ct = (struct task_struct *)((struct bpf_raw_tracepoint_args *)ctx)->args[1];
+    u32 child = BPF_CORE_READ(ct, pid);
     struct pl_proc *pp = bpf_map_lookup_elem(&pl_procs, &parent);
     if (!pp) return 0;
     int z = 0;

@@ -87,8 +87,7 @@ ESCAPES = (Escape(255, "pl_scope_attach", ("cgroup", "cgroup_attach_task"), (("p
 ATTACH_TRACEPOINT = ESCAPES[0].tracepoint
 
 #: The layout of the tracepoints where tracefs is absent (the reconciler's CI): kernel 6.x.
-_DEFAULT_OFFSETS = {("sched", "sched_process_fork", "child_pid"): 20,
-                    ("cgroup", "cgroup_attach_task", "dst_root"): 8,
+_DEFAULT_OFFSETS = {("cgroup", "cgroup_attach_task", "dst_root"): 8,
                     ("cgroup", "cgroup_attach_task", "dst_id"): 16,
                     ("cgroup", "cgroup_attach_task", "pid"): 24,
                     ("cgroup", "cgroup_attach_task", "dst_path"): 28,
@@ -160,7 +159,8 @@ int pl_scope_fork(void *ctx) {
     struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);
     if (!cfg || cfg->mode >= %(mode_off)d) return 0;
     u32 parent = bpf_get_current_pid_tgid() >> 32;
-    u32 child = *(u32 *)((char *)ctx + %(child_pid)d);
+    struct task_struct *ct = (struct task_struct *)((struct bpf_raw_tracepoint_args *)ctx)->args[1];
+    u32 child = BPF_CORE_READ(ct, pid);
     u8 v = %(member)d;
     u8 *pv = bpf_map_lookup_elem(&pl_members, &parent);
     if (pv) v = *pv;  /* a doomed member's children are doomed too */

@@ -55,13 +55,20 @@ def parse_format(text: str) -> tuple[Field, ...]:
 
 def tracefs_formats(root: Path = TRACEFS) -> Formats:
     """Formats read from tracefs, falling back to `builtin_formats` where tracefs is absent."""
+    known: dict[tuple[str, str], tuple[Field, ...]] = {}  # a tracepoint's layout is fixed while the kernel runs
+
     def read(subsystem: str, event: str) -> tuple[Field, ...] | None:
+        hit = known.get((subsystem, event))
+        if hit is not None:
+            return hit
         if not (root / "events").is_dir():
             return builtin_formats(subsystem, event)
         try:
-            return parse_format((root / "events" / subsystem / event / "format").read_text())
+            fields = parse_format((root / "events" / subsystem / event / "format").read_text())
         except (FileNotFoundError, NotADirectoryError, PermissionError):
-            return None
+            return None  # not cached: a module loaded later may bring it
+        known[(subsystem, event)] = fields
+        return fields
 
     return read
 

@@ -70,7 +70,20 @@ def clang_version(clang: str | None = None) -> str:
     return out.splitlines()[0].strip() if out else "unknown"
 
 
+_digests: dict[tuple[str, int, int, int], str] = {}
+
+
 def _sha256_file(path: Path) -> str:
+    """sha256 of a file, remembered while it is unchanged (the kernel's BTF: 6 MB, read for every build)."""
+    st = path.stat()
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _digests.get(key)
+    if hit is None:
+        hit = _digests[key] = _sha256_uncached(path)
+    return hit
+
+
+def _sha256_uncached(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -76,8 +76,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.vsnprintf.argtypes = (ctypes.c_char_p, _SZ, _S, _P)
 
 
+_LIBBPF_DEBUG = 2
+
+
 @_PRINT_FN
 def _print(level: int, fmt: bytes | None, args: int | None) -> int:
+    if level >= _LIBBPF_DEBUG:  # hundreds per load, never what explains a failure (warnings do)
+        return 0
     buf = ctypes.create_string_buffer(2048)
     _libc.vsnprintf(buf, len(buf), fmt, args)  # va_list is passed through as a pointer on x86-64
     _log.append((next(_seq), buf.value.decode(errors="replace").rstrip("\n")))

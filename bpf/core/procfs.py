@@ -52,6 +52,14 @@ def parse_caps(status: str) -> Caps:
     return Caps(found["CapPrm"], found["CapEff"], found["CapInh"])
 
 
+def parse_nspid(status: str) -> int:
+    """The pid in the process's own pid namespace: the last of `NSpid:` (0 when the kernel has no such line)."""
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return 0
+
+
 def namespaces(ns_dir: Path) -> tuple[int, ...]:
     """The inums of a process's namespaces (NS_NAMES order; 0 for one the kernel lacks or that cannot be read).
 
@@ -121,7 +129,8 @@ def cache_value(rec: ExecRecord) -> bytes:
     binary = os.fsencode(rec.binary)[:CACHE_BIN - 1]
     ns = tuple(rec.ns) + NO_NS[len(rec.ns):]
     return ENTRY.pack(rec.ktime, rec.parent_ktime, rec.pid, rec.ppid, rec.flags, len(binary), 0,
-                      rec.caps.permitted, rec.caps.effective, rec.caps.inheritable, *ns[:len(NS_NAMES)], binary)
+                      rec.caps.permitted, rec.caps.effective, rec.caps.inheritable, *ns[:len(NS_NAMES)], rec.nspid, 0,
+                      binary)
 
 
 def _read(path: Path) -> str:
@@ -134,7 +143,7 @@ def scan(proc: Path = Path("/proc")) -> list[ExecRecord]:
     offset = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     cg_root = cgroup2_mount()
     cg_ids: dict[str, int] = {}  # most processes share a few cgroups
-    raw: dict[int, tuple[int, int, str, str, tuple[str, ...], int, int, int, int, Caps, tuple[int, ...]]] = {}
+    raw: dict[int, tuple[int, int, str, str, tuple[str, ...], int, int, int, int, Caps, tuple[int, ...], int]] = {}
     for d in proc.iterdir():
         if not d.name.isdigit():
             continue
@@ -159,12 +168,12 @@ def scan(proc: Path = Path("/proc")) -> list[ExecRecord]:
         if cg not in cg_ids:
             cg_ids[cg] = cgroup_id(cg_root, cg or None)
         raw[pid] = (ppid, ticks_to_ktime(ticks, hz, offset), binary, cwd, args, uid, euid, auid, cg_ids[cg],
-                    caps, ns)
+                    caps, ns, parse_nspid(status))
     out = []
-    for pid, (ppid, ktime, binary, cwd, args, uid, euid, auid, cgid, caps, ns) in raw.items():
+    for pid, (ppid, ktime, binary, cwd, args, uid, euid, auid, cgid, caps, ns, nspid) in raw.items():
         pktime = raw[ppid][1] if ppid in raw else 0
         flags = F_PROCFS | F_NEEDS_AUID | (F_ROOTCWD if cwd == "/" else 0) | (0 if cwd else F_NO_CWD)
         out.append(ExecRecord(pid=pid, tid=pid, ppid=ppid, ktime=ktime, parent_ktime=pktime, task_start=ktime,
                               event_time=ktime, uid=uid, euid=euid, auid=auid, flags=flags, binary=binary,
-                              cwd=cwd, args=args, cgroup_id=cgid, caps=caps, ns=ns))
+                              cwd=cwd, args=args, cgroup_id=cgid, caps=caps, ns=ns, nspid=nspid))
     return out

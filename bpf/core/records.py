@@ -1,6 +1,6 @@
 """The base sensor's ring buffer records, decoded and rendered in Tetragon's JSON shape (pure logic).
 
-Layout: `struct event_hdr` of bpf/core/sensor.bpf.c (152 bytes, little endian) followed
+Layout: `struct event_hdr` of bpf/core/sensor.bpf.c (160 bytes, little endian) followed
 by the binary, cwd and argument bytes whose lengths it gives. Rendering follows
 tetragon.proto as protojson prints it: uint32 as numbers, timestamps RFC 3339 with
 nanoseconds, empty strings, zero numbers, false and empty lists omitted, enums by name;
@@ -42,10 +42,11 @@ F_PROCFS = 1 << 8  # seeded from /proc (bpf.core.procfs), not seen exec'ing
 #: Namespaces in tetragon.proto's order (sensor.bpf.c's NS_* slots; the names of /proc/<pid>/ns/*)
 NS_NAMES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup", "user")
 
-#: `struct proc_info`: permitted, effective, inheritable capability sets, then one inum per namespace
-PROC_INFO = f"QQQ{len(NS_NAMES)}I"
+#: `struct proc_info`: permitted, effective, inheritable capability sets, one inum per namespace, the pid
+#: in its own pid namespace, padding
+PROC_INFO = f"QQQ{len(NS_NAMES)}III"
 HEADER = struct.Struct("<IIIIQQQQIIIIIHHHHIQ" + PROC_INFO)
-HEADER_SIZE = HEADER.size  # 152; the C side has the same struct
+HEADER_SIZE = HEADER.size  # 160; the C side has the same struct
 
 #: tetragon.proto's CapabilitiesType names by bit (its bit 1 is DAC_OVERRIDE, without CAP_)
 CAP_NAMES = (
@@ -110,6 +111,7 @@ class ExecRecord:
     cgroup_id: int = 0  # cgroup v2 id (inode of its directory) at exec; 0 when unknown
     caps: Caps = Caps()  # the sets the new image runs with
     ns: tuple[int, ...] = NO_NS  # namespace inums in NS_NAMES order, 0 when unknown
+    nspid: int = 0  # the pid in its own pid namespace (a container's pid 1 is 1), 0 when unknown
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class ExitRecord:
     cgroup_id: int = 0  # cgroup v2 id at exit
     caps: Caps = Caps()  # from the process cache (as at exec), else the task's at exit
     ns: tuple[int, ...] = NO_NS
+    nspid: int = 0
 
     @property
     def signal(self) -> int:
@@ -155,14 +158,14 @@ def decode(data: bytes) -> Record:
     if len(data) < HEADER_SIZE:
         raise RecordError(f"record of {len(data)} bytes is shorter than the {HEADER_SIZE}-byte header")
     (kind, pid, tid, ppid, ktime, pktime, task_start, event_time, uid, euid, auid, exit_code, flags,
-     blen, clen, alen, _p0, _p1, cgroup_id, cap_p, cap_e, cap_i, *ns) = HEADER.unpack_from(data)
+     blen, clen, alen, _p0, _p1, cgroup_id, cap_p, cap_e, cap_i, *ns, nspid, _p2) = HEADER.unpack_from(data)
     body = data[HEADER_SIZE:]
     if blen + clen + alen > len(body):
         raise RecordError(f"record lengths {blen}+{clen}+{alen} exceed its {len(body)}-byte body")
     binary = _text(body[:blen])
     common = dict(pid=pid, tid=tid, ppid=ppid, ktime=ktime, parent_ktime=pktime, task_start=task_start,
                   event_time=event_time, uid=uid, euid=euid, auid=auid, flags=flags, binary=binary,
-                  cgroup_id=cgroup_id, caps=Caps(cap_p, cap_e, cap_i), ns=tuple(ns))
+                  cgroup_id=cgroup_id, caps=Caps(cap_p, cap_e, cap_i), ns=tuple(ns), nspid=nspid)
     if kind == KIND_EXEC:
         cwd = _text(body[blen:blen + clen])
         raw = body[blen + clen:blen + clen + alen]

@@ -62,6 +62,8 @@ struct proc_info {
 	__u64 cap_effective;
 	__u64 cap_inheritable;
 	__u32 ns[NS_COUNT];
+	__u32 nspid; /* the pid in its own pid namespace (Tetragon's pod.container.pid) */
+	__u32 pad;
 };
 
 struct event_hdr {
@@ -304,8 +306,10 @@ static __always_inline void fill_info(struct proc_info *info, struct task_struct
 	READ_CAP(info->cap_effective, cred, cap_effective);
 	READ_CAP(info->cap_inheritable, cred, cap_inheritable);
 	info->ns[NS_USER] = BPF_CORE_READ(cred, user_ns, ns.inum);
-	/* the pid namespace the task is in: its struct pid's number at the deepest level */
+	/* the pid namespace the task is in, and its pid there: its struct pid's number at the deepest level */
 	info->ns[NS_PID] = BPF_CORE_READ(pid, numbers[level & 31].ns, ns.inum);
+	info->nspid = BPF_CORE_READ(pid, numbers[level & 31].nr);
+	info->pad = 0;
 	if (!nsp) { /* already released: no namespace to tell */
 		info->ns[NS_UTS] = info->ns[NS_IPC] = info->ns[NS_MNT] = info->ns[NS_PID_FOR_CHILDREN] = 0;
 		info->ns[NS_NET] = info->ns[NS_TIME] = info->ns[NS_TIME_FOR_CHILDREN] = info->ns[NS_CGROUP] = 0;
