@@ -175,8 +175,10 @@ class NodeSensor:
                  pin_root: Path | None = None, metrics: AgentMetrics | None = None,
                  obj: bytes | None = None, cache_dir: Path | None = None, seed: bool = True) -> None:
         from bpf.core import procfs
+        from bpf.core.records import ExecRecord
         from bpf.core.sensor import Sensor, build
 
+        self._exec_record = ExecRecord
         self.events = events
         self.metrics = metrics
         self.pods = PodResolver(workloads, procfs.cgroup2_mount())
@@ -256,16 +258,18 @@ class NodeSensor:
         rec = ev.record
         body = doc.get("process_exec") or doc.get("process_exit")
         assert isinstance(body, dict)
-        _place(body.get("process"), self.pods.of(rec.cgroup_id, rec.pid))
         table = self.sensor.table
+        # an exit's process is rendered from its exec record when the table has it: the pid it had then
+        own = rec if isinstance(rec, self._exec_record) else table.get(rec.pid, rec.ktime)
+        _place(body.get("process"), self.pods.of(rec.cgroup_id, rec.pid), (own or rec).nspid)
         parent = table.get(rec.ppid, rec.parent_ktime)
         if parent is not None and "parent" in body:
-            _place(body["parent"], self.pods.of(parent.cgroup_id, parent.pid))
+            _place(body["parent"], self.pods.of(parent.cgroup_id, parent.pid), parent.nspid)
         rendered = body.get("ancestors")
         if isinstance(rendered, list):
             # the same walk the table rendered them from, in the same order (this thread renders and annotates)
             for proc, anc in zip(rendered, table.ancestors(rec), strict=False):
-                _place(proc, self.pods.of(anc.cgroup_id, anc.pid))
+                _place(proc, self.pods.of(anc.cgroup_id, anc.pid), anc.nspid)
         return doc
 
     # ------------------------------------------------------------------ lifecycle
@@ -290,10 +294,13 @@ class NodeSensor:
                 self.pin_dir.rmdir()
 
 
-def _place(proc: Any, where: Placement | None) -> None:
+def _place(proc: Any, where: Placement | None, nspid: int = 0) -> None:
     if where is None or not isinstance(proc, dict):
         return
     proc["pod"] = copy.deepcopy(where.pod)  # the cached one stays as the map said, whatever a reader does
+    container = proc["pod"].get("container")
+    if container is not None and nspid:
+        container["pid"] = nspid  # Tetragon's Container.pid: the process's pid in the container's pid namespace
     if where.docker is not None:
         proc["docker"] = where.docker
 

@@ -151,7 +151,7 @@ def test_jq_selects_the_workloads_exec_by_namespace(run: Run) -> None:
     assert [e["process_exec"]["process"]["pid"] for e in execs] == [run.pid]  # the workload's exec, only it
     pod = execs[0]["process_exec"]["process"]["pod"]
     assert pod == {"namespace": "default", "name": "xwing", "workload": "xwing",
-                   "container": {"id": f"containerd://{CONTAINER}", "name": "xwing"},
+                   "container": {"id": f"containerd://{CONTAINER}", "name": "xwing", "pid": run.pid},
                    "pod_labels": {"app": "xwing", "org": "alliance"}}
     assert execs[0]["process_exec"]["process"]["docker"] == CONTAINER[:31]
 
@@ -180,9 +180,11 @@ def test_compact_prints_the_exec_and_the_kill(run: Run) -> None:
     out = subprocess.run([sys.executable, "-c", _MAIN, "events", "--state", str(run.state), "-o", "compact"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert f"🚀 process default/xwing {SLEEP} 30" in lines
-    assert f"💥 exit    default/xwing {SLEEP} 30 SIGKILL" in lines
+    # a root workload runs with CAP_SYS_ADMIN effective: tetra's compact output flags it at the line's end
+    lines = {line.rsplit("🛑", 1)[0].rstrip(): line for line in out.stdout.splitlines()}
+    for want in (f"🚀 process default/xwing {SLEEP} 30", f"💥 exit    default/xwing {SLEEP} 30 SIGKILL"):
+        assert want in lines, (want, out.stdout)
+        assert lines[want].endswith("🛑 CAP_SYS_ADMIN")
 
 
 # --- field for field against Tetragon's samples ---------------------------------------------------
@@ -194,10 +196,14 @@ ABSENT = {
     # Pod.container: no container runtime is asked (the workload map is all the agent knows)
     "image": "the container image is known only to the runtime",
     "start_time@container": "the container's start is known only to the runtime",
-    "pid@container": "the pid inside the container's pid namespace is not read",
 }
 #: In tetragon.proto's ProcessExit, in none of the samples (they show a clean exit; 0 values are omitted)
-EXIT_EXTRA = {"signal", "status", "time"}
+EXIT_EXTRA = {"signal", "status", "time", "ancestors"}
+#: In tetragon.proto's ProcessExec, not in the sample (an older Tetragon's, without --enable-ancestors)
+EXEC_EXTRA = {"ancestors"}
+#: In tetragon.proto's Process, filled by Tetragon with --enable-process-cred / --enable-process-ns; the
+#: exec sample was taken without them (`ns` is checked against the kprobe sample, which has it)
+PROCESS_EXTRA = {"tid", "cap", "ns"}  # tid: in tetragon.proto, not in the older exit sample
 
 
 def _types(d: dict[str, Any]) -> dict[str, str]:
@@ -215,10 +221,22 @@ def _compare(ours: dict[str, Any], theirs: dict[str, Any], where: str, absent: s
 
 
 def _compare_process(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> None:
-    _compare(ours, theirs, where, {"refcnt"}, {"tid"})  # tid: in tetragon.proto, not in the older exit sample
+    _compare(ours, theirs, where, {"refcnt"}, PROCESS_EXTRA)
     _compare(ours["pod"], theirs["pod"], f"{where}.pod", set(), {"pod_labels", "workload"})
     _compare(ours["pod"]["container"], theirs["pod"]["container"], f"{where}.pod.container",
-             {"image", "start_time", "pid"})
+             {"image", "start_time"})
+
+
+def _compare_ns_and_cap(proc: dict[str, Any], sample_ns: dict[str, Any], where: str) -> None:
+    """`ns` key for key against a sample that has it, `cap` as tetragon.proto's Capabilities (lists of names)."""
+    from bpf.core.records import CAP_NAMES
+
+    _compare(proc["ns"], sample_ns, f"{where}.ns", set())
+    for name, ns in proc["ns"].items():
+        assert set(ns) <= {"inum", "is_host"} and isinstance(ns["inum"], int), (where, name, ns)
+        assert ns.get("is_host", True) is True  # false is omitted, as protojson omits it
+    assert set(proc["cap"]) <= {"permitted", "effective", "inheritable"}
+    assert all(c in CAP_NAMES for caps in proc["cap"].values() for c in caps)
 
 
 def test_exec_and_exit_match_tetragons_samples_field_for_field(run: Run, corpus: Path) -> None:
@@ -227,14 +245,29 @@ def test_exec_and_exit_match_tetragons_samples_field_for_field(run: Run, corpus:
     ex, ended = run.of("process_exec"), run.of("process_exit")
     _compare(ex, sample_exec, "event", set())
     _compare(ended, sample_exit, "event", set())
-    _compare(ex["process_exec"], sample_exec["process_exec"], "process_exec", {"parent"})
+    sample_ns = json.loads((corpus / "events" / "from_docs" / "record-linux-capabilities_8_process_kprobe.json")
+                           .read_text())["process_kprobe"]["process"]["ns"]
+    _compare(ex["process_exec"], sample_exec["process_exec"], "process_exec", {"parent"}, EXEC_EXTRA)
     _compare(ended["process_exit"], sample_exit["process_exit"], "process_exit", {"parent"}, EXIT_EXTRA)
     _compare_process(ex["process_exec"]["process"], sample_exec["process_exec"]["process"], "exec.process")
     _compare_process(ended["process_exit"]["process"], sample_exit["process_exit"]["process"], "exit.process")
+    # Tetragon's container pid: the pid in the container's pid namespace (the workload shares the host's here)
+    assert ex["process_exec"]["process"]["pod"]["container"]["pid"] == run.pid
     # the workload's parent is this test (outside any workload): a Process, without pod
     parent = ex["process_exec"].get("parent")
     assert parent is not None and "pod" not in parent
-    _compare(parent, sample_exec["process_exec"]["parent"], "exec.parent", {"refcnt", "pod", "docker", "arguments"})
+    _compare(parent, sample_exec["process_exec"]["parent"], "exec.parent", {"refcnt", "pod", "docker", "arguments"},
+             PROCESS_EXTRA)
+    # ancestors: Processes too, beyond the parent (this test's own, seeded from /proc at start)
+    ancestors = ex["process_exec"]["ancestors"]
+    assert ancestors and ancestors[0]["exec_id"] == parent["parent_exec_id"]
+    for i, anc in enumerate(ancestors):
+        _compare(anc, sample_exec["process_exec"]["parent"], f"exec.ancestors[{i}]",
+                 {"refcnt", "pod", "docker", "arguments", "cwd"}, PROCESS_EXTRA)
+        assert "procFS" in anc["flags"].split()  # all older than the agent
+    for where, proc in (("exec.process", ex["process_exec"]["process"]), ("exec.parent", parent),
+                        ("exit.process", ended["process_exit"]["process"]), ("exec.ancestors[0]", ancestors[0])):
+        _compare_ns_and_cap(proc, sample_ns, where)
     # enums as strings, 64-bit ints as strings (none in these messages: pid/uid/auid/tid are 32-bit)
     assert isinstance(ended["process_exit"]["signal"], str)
     assert ex["process_exec"]["process"]["flags"].split()[0] == "execve"

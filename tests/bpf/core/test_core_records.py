@@ -16,7 +16,7 @@ def raw(kind: int, pid: int, ktime: int, *, ppid: int = 1, pktime: int = 5, exit
         binary: bytes = b"/usr/bin/id", cwd: bytes = b"/", args: bytes = b"", cgroup_id: int = 0,
         caps: tuple[int, int, int] = (0, 0, 0), ns: tuple[int, ...] = records.NO_NS) -> bytes:
     hdr = records.HEADER.pack(kind, pid, pid, ppid, ktime, pktime, 7, ktime + 1, 1000, 0, 4294967295, exit_code,
-                              flags, len(binary), len(cwd), len(args), 0, 0, cgroup_id, *caps, *ns)
+                              flags, len(binary), len(cwd), len(args), 0, 0, cgroup_id, *caps, *ns, pid, 0)
     return hdr + binary + cwd + args
 
 

@@ -205,6 +205,7 @@ def test_a_process_older_than_the_sensor_is_seeded_and_its_child_links_to_it(sen
             assert entry is not None
             fields = procfs.ENTRY.unpack(entry)
             assert records.Caps(*fields[7:10]) == caps and fields[10:20] == tuple(ns.values())
+            assert fields[20] == seeded.nspid == sh.pid  # in the pid namespace of this test
             gather = Events(s)
             assert sh.stdin is not None
             sh.stdin.write(b"go\n")
@@ -469,3 +470,14 @@ def test_ancestors_of_a_shell_chain_are_the_two_shells_then_this_test(events: Ev
     # capabilities than the test has)
     assert last.pid <= records.OLDEST_ANCESTOR_PID or events.sensor.table.get(last.ppid, last.parent_ktime) is None
     assert "procFS" in second["flags"].split()
+
+
+def test_a_process_in_a_new_pid_namespace_has_its_pid_there(events: Events) -> None:
+    m = marker()
+    out = run(["/usr/bin/unshare", "--pid", "--fork", "/usr/bin/true", m])
+    assert out.returncode == 0, out.stderr
+    ev = events.wait_for(lambda e: isinstance(e.record, ExecRecord) and e.record.args == (m,))
+    assert ev.record.nspid == 1 and ev.record.pid != 1  # the namespace's init, seen from the host
+    ns = ev.json["process_exec"]["process"]["ns"]
+    assert "is_host" not in ns["pid"] and "is_host" not in ns["pid_for_children"]
+    assert ns["net"]["is_host"] is True
