@@ -289,14 +289,71 @@ static __always_inline void fill_creds(struct event *ev, struct task_struct *tas
 		ev->h.auid = BPF_CORE_READ(task, loginuid.val);
 }
 
+/*
+ * Local views of the kernel's namespace structures, with only what is read. libbpf matches
+ * `struct x___p` to the kernel's `struct x` (the ___ suffix is a CO-RE flavour), so offsets
+ * still come from the running kernel's BTF, while the object's own BTF stays small: naming
+ * vmlinux.h's nsproxy would pull struct net and the other namespaces whole into it (twice
+ * the BTF, a third more load time).
+ */
+struct ns_common___p {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+/* every namespace structure embeds its ns_common as `ns`; one view per kernel name, as CO-RE matches by name */
+#define NS_VIEW(name) struct name##___p { struct ns_common___p ns; } __attribute__((preserve_access_index))
+NS_VIEW(uts_namespace);
+NS_VIEW(ipc_namespace);
+NS_VIEW(mnt_namespace);
+NS_VIEW(pid_namespace);
+NS_VIEW(net);
+NS_VIEW(time_namespace);
+NS_VIEW(cgroup_namespace);
+NS_VIEW(user_namespace);
+
+struct nsproxy___p {
+	struct uts_namespace___p *uts_ns;
+	struct ipc_namespace___p *ipc_ns;
+	struct mnt_namespace___p *mnt_ns;
+	struct pid_namespace___p *pid_ns_for_children;
+	struct net___p *net_ns;
+	struct time_namespace___p *time_ns;
+	struct time_namespace___p *time_ns_for_children;
+	struct cgroup_namespace___p *cgroup_ns;
+} __attribute__((preserve_access_index));
+
+struct upid___p {
+	int nr;
+	struct pid_namespace___p *ns;
+} __attribute__((preserve_access_index));
+
+struct pid___p {
+	unsigned int level;
+	struct upid___p numbers[1];
+} __attribute__((preserve_access_index));
+
+struct cred___p {
+	kernel_cap_t cap_inheritable;
+	kernel_cap_t cap_permitted;
+	kernel_cap_t cap_effective;
+	struct user_namespace___p *user_ns;
+} __attribute__((preserve_access_index));
+
+struct task_struct___p {
+	struct cred___p *cred;
+	struct nsproxy___p *nsproxy;
+	struct pid___p *thread_pid;
+} __attribute__((preserve_access_index));
+
 /* kernel_cap_t is a u64 since 6.3 and __u32 cap[2] before: 8 bytes at its offset either way (LE) */
 #define READ_CAP(dst, cred, field) bpf_core_read(&(dst), sizeof(__u64), &(cred)->field)
 
-static __always_inline void fill_info(struct proc_info *info, struct task_struct *task)
+static __always_inline void fill_info(struct proc_info *info, struct task_struct *t)
 {
-	const struct cred *cred = BPF_CORE_READ(task, cred);
-	struct nsproxy *nsp = BPF_CORE_READ(task, nsproxy);
-	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	struct task_struct___p *task = (struct task_struct___p *)t;
+	struct cred___p *cred = BPF_CORE_READ(task, cred);
+	struct nsproxy___p *nsp = BPF_CORE_READ(task, nsproxy);
+	struct pid___p *pid = BPF_CORE_READ(task, thread_pid);
 	unsigned int level = BPF_CORE_READ(pid, level);
 
 	info->cap_permitted = 0;
