@@ -988,8 +988,12 @@ class _Compiler:
         else:
             ctx_t = "void"
         need_strings = bool(self.str_filters)
-        L: list[str] = [f"int {site.function}({ctx_t} *ctx) {{",
-                        "    int z = 0;",
+        L: list[str] = [f"int {site.function}({ctx_t} *ctx) {{"]
+        if ldso:  # runs on every mmap of the node: out at once unless a loader-run process awaits its program
+            L += ["    u32 me = bpf_get_current_pid_tgid() >> 32;",
+                  "    u8 *ld = bpf_map_lookup_elem(&pl_ldso, &me);",
+                  "    if (!ld || *ld != 1) return 0;"]
+        L += ["    int z = 0;",
                         "    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);",
                         f"    if (!cfg || cfg->mode >= {MODE_OFF}) return {allow};"]
         if not cg:
@@ -1009,9 +1013,7 @@ class _Compiler:
         bin_slot = sum(1 for o in operands if o.slot >= 0)
         if ldso:
             prot, fd = fields[5 + 2], fields[5 + 4]  # mmap(addr, len, prot, flags, fd, off)
-            L += ["    u8 *ld = bpf_map_lookup_elem(&pl_ldso, &tgid);",
-                  "    if (!ld || *ld != 1) return 0;",
-                  f"    if (!(*(u64 *)((char *)ctx + {prot.offset}) & 4)) return 0;  /* PROT_EXEC */",
+            L += [f"    if (!(*(u64 *)((char *)ctx + {prot.offset}) & 4)) return 0;  /* PROT_EXEC */",
                   f"    s64 mfd = *(s64 *)((char *)ctx + {fd.offset});",
                   "    if (mfd < 0) return 0;",
                   "    *ld = 2;  /* the first executable file mapping is the program; later ones are libraries */",
@@ -1025,7 +1027,7 @@ class _Compiler:
                   "    int blen = pl_exe_path(bin);"]
             if mark_loader:
                 L += ["    if (pl_no_interp()) { u8 one = 1; bpf_map_update_elem(&pl_ldso, &tgid, &one, BPF_ANY); }",
-                      "    else bpf_map_delete_elem(&pl_ldso, &tgid);"]
+                      "    else if (bpf_map_lookup_elem(&pl_ldso, &tgid)) bpf_map_delete_elem(&pl_ldso, &tgid);"]
         else:
             L += ["    char *bin = proc ? proc->bin : 0;", "    int blen = proc ? proc->blen : 0;"]
         if uses_bin and need_strings:
@@ -1281,12 +1283,13 @@ static __always_inline int pl_no_interp(void) {
     struct task_struct *t = (struct task_struct *)bpf_get_current_task();
     struct mm_struct *mm = BPF_CORE_READ(t, mm);
     unsigned long *auxv = (unsigned long *)((char *)mm + bpf_core_field_offset(struct mm_struct, saved_auxv));
+    /* one read of the first 12 pairs (AT_BASE comes 7th to 9th after the arch entries) */
+    unsigned long a[24] = {};
+    bpf_probe_read_kernel(a, sizeof(a), auxv);
 #pragma unroll
-    for (int k = 0; k < 24; k++) {
-        unsigned long pair[2] = {};
-        bpf_probe_read_kernel(pair, sizeof(pair), &auxv[2 * k]);
-        if (pair[0] == 0) return 1;  /* AT_NULL */
-        if (pair[0] == 7) return pair[1] == 0;  /* AT_BASE */
+    for (int k = 0; k < 12; k++) {
+        if (a[2 * k] == 0) return 1;  /* AT_NULL */
+        if (a[2 * k] == 7) return a[2 * k + 1] == 0;  /* AT_BASE */
     }
     return 1;
 }
@@ -1409,30 +1412,43 @@ static __always_inline int pl_group_dead(void) {
 #define PL_DEPTH 64
 /* n and pos live in the map value, not on the stack: the verifier then sees them as unknown numbers and
    checks each loop body once, instead of once per iteration with every exact count */
-struct pl_pathbuf { struct dentry *d[PL_DEPTH]; u32 n; u32 pos; char out[2 * PL_STRLEN]; };
+struct pl_pathbuf { const unsigned char *nm[PL_DEPTH]; u32 ln[PL_DEPTH]; u32 n; u32 pos; char out[2 * PL_STRLEN]; };
 PL_MAP(pl_pathbuf, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_pathbuf, 1);
-struct pl_walk { struct vfsmount *vfs; struct mount *mnt; struct dentry *dentry; struct pl_pathbuf *buf; };
+struct pl_walk { struct vfsmount *vfs; struct mount *mnt; struct dentry *dentry; struct dentry *root;
+                 struct pl_pathbuf *buf; };
+/* d_parent and d_name side by side (every kernel so far): one read a level instead of three */
+struct pl_dname { struct dentry *parent; u64 hash_len; const unsigned char *name; };
 static long pl_walk_step(u64 i, void *arg) {
     struct pl_walk *w = arg;
     struct dentry *d = w->dentry;
-    struct vfsmount *vfs = w->vfs;
     struct mount *mnt = w->mnt;
-    struct dentry *root = BPF_CORE_READ(vfs, mnt_root);
-    struct dentry *parent = BPF_CORE_READ(d, d_parent);
-    if (d == root || d == parent) {
-        if (d != root) return 1;
+    if (d == w->root) {
         struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
         if (up == mnt) return 1;  /* the root of the mount tree */
         w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
         w->mnt = up;
-        w->vfs = (struct vfsmount *)((char *)up + bpf_core_field_offset(struct mount, mnt));
+        /* locals only in BPF_CORE_READ: a field of struct pl_walk would become a relocation itself */
+        struct vfsmount *v = (struct vfsmount *)((char *)up + bpf_core_field_offset(struct mount, mnt));
+        w->vfs = v;
+        w->root = BPF_CORE_READ(v, mnt_root);
         return 0;
     }
+    struct pl_dname q = {};
+    if (bpf_core_field_offset(struct dentry, d_name) == bpf_core_field_offset(struct dentry, d_parent) + 8) {
+        bpf_probe_read_kernel(&q, sizeof(q), (char *)d + bpf_core_field_offset(struct dentry, d_parent));
+        q.hash_len >>= 32;  /* the length is the high half of qstr.hash_len */
+    } else {
+        q.parent = BPF_CORE_READ(d, d_parent);
+        q.hash_len = BPF_CORE_READ(d, d_name.len);
+        q.name = BPF_CORE_READ(d, d_name.name);
+    }
+    if (q.parent == d) return 1;  /* a detached root: the walk ends outside the mount tree */
     struct pl_pathbuf *buf = w->buf;
     u32 n = buf->n;
-    buf->d[n & (PL_DEPTH - 1)] = d;
+    buf->nm[n & (PL_DEPTH - 1)] = q.name;
+    buf->ln[n & (PL_DEPTH - 1)] = (u32)q.hash_len;
     buf->n = n + 1;
-    w->dentry = parent;
+    w->dentry = q.parent;
     return 0;
 }
 static long pl_emit_step(u64 i, void *arg) {
@@ -1442,15 +1458,15 @@ static long pl_emit_step(u64 i, void *arg) {
     u32 n = total > PL_DEPTH ? PL_DEPTH : total;
     u32 pos = buf->pos;
     if (i >= n || pos >= PL_STRLEN - 1) return 1;
-    struct dentry *d = buf->d[(total - 1 - i) & (PL_DEPTH - 1)];
-    u32 len = BPF_CORE_READ(d, d_name.len);
+    u32 k = (total - 1 - i) & (PL_DEPTH - 1);
+    u32 len = buf->ln[k];
     u32 room = PL_STRLEN - 2 - pos;
     if (len > room) len = room;
     asm volatile("" : "+r"(len), "+r"(pos));  /* keep the masks below: the verifier needs them */
     len &= PL_STRLEN - 1;
     pos &= PL_STRLEN - 1;
     buf->out[pos] = '/';
-    bpf_probe_read_kernel(&buf->out[pos + 1], len, BPF_CORE_READ(d, d_name.name));
+    bpf_probe_read_kernel(&buf->out[pos + 1], len, buf->nm[k]);
     buf->pos = pos + 1 + len;
     return 0;
 }
@@ -1465,9 +1481,11 @@ static __always_inline int pl_file_path(struct file *f, char *dst) {
     w.buf = buf;
     buf->n = 0;
     buf->pos = 0;
-    w.vfs = BPF_CORE_READ(f, f_path.mnt);
+    struct vfsmount *v = BPF_CORE_READ(f, f_path.mnt);
+    w.vfs = v;
     w.dentry = BPF_CORE_READ(f, f_path.dentry);
-    w.mnt = (struct mount *)((char *)w.vfs - bpf_core_field_offset(struct mount, mnt));
+    w.mnt = (struct mount *)((char *)v - bpf_core_field_offset(struct mount, mnt));
+    w.root = BPF_CORE_READ(v, mnt_root);
     bpf_loop(4096, pl_walk_step, &w, 0);
     if (buf->n == 0) { dst[0] = '/'; return 1; }
     bpf_loop(PL_DEPTH, pl_emit_step, &w, 0);
