@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
+
 __all__ = ["EVENTS_FILE", "EventLog", "compact", "follow", "read_all"]
 
 EVENTS_FILE = "events.jsonl"
@@ -37,6 +39,13 @@ _EMOJI = {
     "events_dropped": "🕳️",
 }
 _ACTION_EMOJI = {"KPROBE_ACTION_SIGKILL": "💀", "KPROBE_ACTION_OVERRIDE": "🚫", "KPROBE_ACTION_SIGNAL": "📶"}
+
+
+def _line(event: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(event, default=str, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # what orjson does not take (an integer past 64 bits): the standard encoder
+        return json.dumps(event, separators=(",", ":"), default=str).encode() + b"\n"
 
 
 class EventLog:
@@ -83,7 +92,7 @@ class EventLog:
         """Append events in one write (a burst of thousands costs one system call, not thousands)."""
         if not events:
             return
-        line = b"".join(json.dumps(e, separators=(",", ":"), default=str).encode() + b"\n" for e in events)
+        line = b"".join(map(_line, events))
         recovered = False
         with self._lock:
             if self._f is None and not self._open():

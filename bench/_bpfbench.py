@@ -49,6 +49,18 @@ int main(int argc, char **argv) {
         for (long i = 0; i < n; i++) syscall(SYS_getppid);
         return 0;
     }
+    if (argc >= 4 && argv[1][0] == 'r') {            /* r N R: N getppid() syscalls at R per second */
+        long n = atol(argv[2]), rate = atol(argv[3]);
+        long long start = now();
+        for (long i = 0; i < n; i++) {
+            syscall(SYS_getppid);
+            if (i % 100 == 99) {                     /* keep to the rate, 100 calls at a time */
+                long long due = start + (i + 1) * 1000000000LL / rate;
+                while (now() < due) ;
+            }
+        }
+        return 0;
+    }
     if (argc < 3) return 2;
     long n = atol(argv[1]);
     char *env[] = { "PATH=/usr/bin:/bin", NULL };

@@ -9,7 +9,9 @@
    (1 MiB) fills and the rest is counted as lost, not silently dropped.
 3. syscall storm, reader draining: a policy posting every getppid(2) of the
    workload, one process calling it in a tight loop; this pushes past what the
-   reader can render, so it shows the reader's ceiling and the loss counter.
+   reader can render, so it shows the reader's ceiling and the loss counter;
+4. the same, paced at --paced-rate events/s for 5 s: delivered to the log with
+   nothing lost, or not.
 Writes bench/results/event_throughput.json.
 
     .venv/bin/python bench/event_throughput.py [--execs 4000] [--syscalls 300000]
@@ -80,6 +82,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--execs", type=int, default=4000, help="execs per spawner (two spawners)")
     ap.add_argument("--syscalls", type=int, default=3000000)
+    ap.add_argument("--paced-rate", type=int, default=100000, help="events/s of the paced storm (5 s of it)")
     args = ap.parse_args()
     require_root()
     started = time.time()
@@ -106,11 +109,15 @@ def main() -> int:
         assert eng.load(_policy("bench-getppid", "syscalls", "sys_enter_getppid"), "observe", [cg]).loaded
         results["syscall_draining"] = _storm(eng, "bench-getppid", lambda: [gen("g", str(args.syscalls))],
                                              drain=True, log=log)
+        results["syscall_paced"] = _storm(eng, "bench-getppid",
+                                          lambda: [gen("r", str(args.paced_rate * 5), str(args.paced_rate))],
+                                          drain=True, log=log)
         eng.unload("bench-getppid")
 
     labels = {"exec_draining": "exec storm, reader draining",
               "exec_stalled_reader": "exec storm, reader stalled",
-              "syscall_draining": "getppid storm, reader draining"}
+              "syscall_draining": "getppid storm, reader draining",
+              "syscall_paced": "getppid paced, reader draining"}
     print("events delivered to the agent's JSON event log (ring buffer 1 MiB per policy, 1,040-byte records)")
     for k, r in results.items():
         print(f"  {labels[k]:31s} generated {r['generated']:7d} ({r['generated_per_s']:7d}/s)  "
@@ -118,6 +125,9 @@ def main() -> int:
     ok = results["exec_draining"]
     print(f"  max exec events/s delivered without loss (as fast as this machine execs): "
           f"{ok['delivered_per_s']}/s, lost {ok['lost']}")
+    paced = results["syscall_paced"]
+    print(f"  paced at {args.paced_rate}/s for 5 s: delivered {paced['delivered_per_s']}/s to the log, "
+          f"lost {paced['lost']} (target >= 100,000/s without loss)")
     print(f"  reader ceiling under a syscall storm: {results['syscall_draining']['delivered_per_s']}/s; "
           f"past it the loss counter reads {results['syscall_draining']['lost']}")
     path = write_results("event_throughput", {"benchmark": "event_throughput", **results,

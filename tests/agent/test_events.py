@@ -154,3 +154,13 @@ def test_events_command(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-c", main, "events", "--state", str(tmp_path / "nope")],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "not a directory" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_log_takes_a_burst_in_one_write_and_any_json_value(tmp_path: Path) -> None:
+    from agent.events import EventLog, read_all
+
+    log = EventLog(tmp_path)
+    burst = [{"process_kprobe": {"n": i, "big": 2**70 if i == 3 else i}} for i in range(5)]
+    log.write_many(burst)  # 2**70 is past what orjson encodes: that line goes through the standard encoder
+    log.close()
+    assert list(read_all(tmp_path)) == burst
