@@ -85,18 +85,19 @@ def builtin_profile() -> KernelProfile:
 
 @lru_cache(maxsize=1)
 def host_profile() -> KernelProfile | None:
-    """This host's kernel as a node would see it, or None when it cannot be probed (needs root and tracefs).
+    """This host's tracepoint layouts (read from tracefs) with the default features, or None without tracefs.
 
-    Probed once per process: the probe loads test programs (a few hundred ms)."""
-    if os.geteuid() != 0 or not (_TRACEFS / "events").is_dir():
+    Nothing is loaded into the kernel: the reconciler never loads programs (DESIGN.md). Where a
+    node's probed features differ from the defaults, its plan differs, and it builds or refuses
+    (bpf.objects); `palisade-agent probe` on a node says what it has."""
+    if not (_TRACEFS / "events").is_dir():
         return None
     try:
-        from bpf.probe import probe
         from bpf.tpformat import tracefs_formats
 
-        return KernelProfile(HOST, Features.of(probe()), tracefs_formats(_TRACEFS))
-    except Exception as e:  # a probe that fails is a host we cannot plan for, not a reconciler that stops
-        log.warning("cannot probe this host's kernel (%s); building for the built-in profile", e)
+        return KernelProfile(HOST, Features(), tracefs_formats(_TRACEFS))
+    except OSError as e:  # an unreadable tracefs is a host we cannot plan for, not a reconciler that stops
+        log.warning("cannot read this host's tracepoint formats (%s); building for the built-in profile", e)
         return None
 
 

@@ -133,6 +133,13 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct proc_entry);
+} entry_scratch SEC(".maps");
+
 struct path_buf {
 	char b[2 * PATH_MAX_];
 };
@@ -393,12 +400,18 @@ int palisade_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
 	struct event *ev = scratch_event();
 	struct path_buf *buf;
-	struct proc_entry *prev, entry = {};
+	struct proc_entry *prev, *entry;
 	__u32 zero = 0, off = 0, tgid;
 	__u64 now = bpf_ktime_get_ns();
 
 	if (!ev)
 		return 0;
+	/* the cache entry is built in a per-CPU map, not on the stack: with the path walk's frame it would
+	 * pass the 512 bytes kernels before 6.x allow a call chain */
+	entry = bpf_map_lookup_elem(&entry_scratch, &zero);
+	if (!entry)
+		return 0;
+	__builtin_memset(entry, 0, sizeof(*entry));
 	buf = bpf_map_lookup_elem(&path_scratch, &zero);
 	if (!buf)
 		return 0;
@@ -464,15 +477,15 @@ int palisade_exec(struct bpf_raw_tracepoint_args *ctx)
 	ev->h.args_len = alen;
 	off += alen;
 
-	entry.ktime = now;
-	entry.pktime = ev->h.pktime;
-	entry.pid = tgid;
-	entry.ppid = ev->h.ppid;
-	entry.flags = ev->h.flags;
-	entry.info = ev->h.info;
-	entry.binary_len = ev->h.binary_len < CACHE_BIN - 1 ? ev->h.binary_len : CACHE_BIN - 1;
-	bpf_probe_read_kernel(entry.binary, entry.binary_len & (CACHE_BIN - 1), ev->data);
-	bpf_map_update_elem(&proc_cache, &tgid, &entry, BPF_ANY);
+	entry->ktime = now;
+	entry->pktime = ev->h.pktime;
+	entry->pid = tgid;
+	entry->ppid = ev->h.ppid;
+	entry->flags = ev->h.flags;
+	entry->info = ev->h.info;
+	entry->binary_len = ev->h.binary_len < CACHE_BIN - 1 ? ev->h.binary_len : CACHE_BIN - 1;
+	bpf_probe_read_kernel(entry->binary, entry->binary_len & (CACHE_BIN - 1), ev->data);
+	bpf_map_update_elem(&proc_cache, &tgid, entry, BPF_ANY);
 
 	emit(ev, off);
 	return 0;

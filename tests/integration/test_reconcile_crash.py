@@ -74,6 +74,10 @@ def test_sigkill_during_publishes_never_breaks_the_store_or_the_ledger(tmp_path:
     cmd = [str(BIN / "palisade"), "reconcile", "--repo", str(policy.path), "--state", str(state),
            "--key", str(tmp_path / "k" / "palisade.key"), "--once"]
     env = {**os.environ, "PALISADE_TEST_SLOW_WRITES": "0.05"}
+    # the policies' CO-RE objects compiled once first (the history never changes a policy): otherwise every
+    # kill lands in the first run's compile, and a killed run leaves no object behind
+    subprocess.run([str(BIN / "palisade"), "validate", "--repo", str(policy.path), "--objects"], check=True,
+                   capture_output=True, timeout=300)
     seen: dict[int, bytes] = {}
     floor = [0, 0]
     kills = 0
