@@ -665,12 +665,15 @@ class Agent:
 
     async def events_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            started = time.monotonic()
             try:
-                n = await self._in_engine(self.pump_events, 0.0)
+                # waits in the kernel (epoll) up to 20 ms for the first event: an event is read as it comes,
+                # and an apply queued on the engine thread waits at most that long
+                n = await self._in_engine(self.pump_events, 0.02)
             except Exception:
                 log.exception("reading events failed")
-                n = 0
-            if n == 0:
+                n, started = 0, time.monotonic()  # and wait before trying again
+            if n == 0 and time.monotonic() - started < 0.01:  # an enforcer with nothing to wait on
                 await _sleep_or_stop(stop, 0.1)
 
     async def run(self, stop: asyncio.Event) -> None:
