@@ -121,7 +121,10 @@ def setup(tmp_path: Path, require_kernel: None) -> Iterator[Setup]:
 
 
 def _cleanup_pins(root: Path) -> None:
+    from agent import sensor
+
     remove_all(root)
+    sensor.remove_pins(root)  # the base sensor's, beside the root (left when a test kills the agent)
 
 
 def _remove_cgroup(cg: Path) -> None:

@@ -45,7 +45,10 @@ def pin_root(require_kernel: None) -> Iterator[Path]:
     try:
         yield root
     finally:
+        from agent import sensor
+
         remove_all(root)
+        sensor.remove_pins(root)  # the base sensor's, beside the root
 
 
 def _run_in(cg: Path, argv: list[str]) -> int:
