@@ -159,7 +159,7 @@ class Agent:
         self.last_drift: list[dict[str, Any]] = []
         self._open_drift: set[tuple[str, str, str]] = set()
         self._beat_now = asyncio.Event()
-        # Every call into the enforcer runs on this one thread: the engine (bcc, ring buffers) is not
+        # Every call into the enforcer runs on this one thread: the engine (libbpf objects, ring buffers) is not
         # meant to be driven from several threads, and applies, drift checks and event reads must not interleave.
         self._engine_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="palisade-engine")
         self._apply_lock = asyncio.Lock()

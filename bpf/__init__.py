@@ -1,1 +1,1 @@
-"""Palisade eBPF engine: TracingPolicy model, compile to bcc programs, load, probe, inventory."""
+"""Palisade eBPF engine: TracingPolicy model, compile to CO-RE objects, load with libbpf, probe, inventory."""

@@ -1,6 +1,6 @@
-"""TracingPolicy → a load plan: C source for bcc, the attach sites, initial map contents.
+"""TracingPolicy → a load plan: C source for a CO-RE object, the attach sites, initial map contents.
 
-Pure: no root, no kernel, no bcc. The reconciler calls `check` to learn whether
+Pure: no root, no kernel, no compiler. The reconciler calls `check` to learn whether
 a policy can run on a kernel with the given features; the engine calls
 `compile_policy` and loads the plan. A policy that uses anything outside the
 subset is refused as a whole, with every reason (`Unsupported`).

@@ -10,8 +10,8 @@ of every scoped policy. What the kernel here offers decides the defence:
   the move, in the context of the process that wrote `cgroup.procs`, with the moved pid
   and the destination;
 - `bpf_send_signal` kills only the current process; the kfuncs that signal another task
-  (`bpf_task_from_pid` + `bpf_send_signal_task`, 6.13+) cannot be called from bcc programs
-  (bcc refuses calls to non-static functions);
+  (`bpf_task_from_pid` + `bpf_send_signal_task`) exist only from 6.13, so the engine does not
+  use them (Debian's stock 6.1 kernels have neither);
 - after the move the moved process's old cgroup is gone from everything the program can
   read, so "was it in scope?" must be known beforehand.
 

@@ -1,6 +1,6 @@
 """A small ctypes layer over bpf(2) and perf_event_open(2) (x86_64).
 
-bcc compiles and loads programs; everything bcc does not do — perf-event and
+libbpf loads objects (bpf/core/libbpf.py); everything else — perf-event and
 cgroup links that can be pinned, pins, walking the kernel's program/map/link
 ids, cgroup queries, map contents for digests, and the hand-written test
 programs of the feature probe — goes through here.
