@@ -40,7 +40,7 @@ import yaml
 from bpf import inventory as inv
 from bpf import syscall
 from bpf.compile import Features, compile_policy
-from bpf.engine import DEFAULT_PIN_ROOT, Engine
+from bpf.engine import DEFAULT_PIN_ROOT, STATIC_MAPS, Engine
 from bpf.errors import BpfError, NotLoaded
 from bpf.objects import ObjectSource, source_digest
 from bpf.policy import LabelSelector, TracingPolicy, parse
@@ -57,8 +57,6 @@ __all__ = ["EngineEnforcer"]
 log = logging.getLogger("palisade.agent.enforcer")
 
 _KEY = re.compile(r"^(?P<name>.+)--(?P<digest>[0-9a-f]{12})-(?P<n>[0-9]+)$")
-#: Maps whose content is fixed at load (or by a mode switch): any other change is tampering.
-_STATIC_MAPS = ("pl_cfg", "pl_scope", "pl_cgpaths", "pl_str_eq", "pl_str_pre", "pl_str_post", "pl_meta")
 
 
 @dataclass(frozen=True)
@@ -315,7 +313,7 @@ class EngineEnforcer:
         except KeyError:
             return
         maps, contents = [], []
-        for name in _STATIC_MAPS:
+        for name in STATIC_MAPS:
             pin = d / f"map_{name}"
             if pin.exists():
                 maps.append((name, inv.map_digest(pin).sha256))

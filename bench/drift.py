@@ -29,6 +29,7 @@ from _bpfbench import require_root, write_results
 from agent_latency import Node, node, stats, until
 
 from bpf import syscall
+from bpf.compile import StringEntry
 
 
 def _load_dir(n: Node) -> Path:
@@ -41,11 +42,12 @@ def _damage(n: Node, kind: str) -> Path:
     if kind == "detach":
         next(p for p in d.iterdir() if p.name.startswith("link_")).unlink()
     else:
-        fd = syscall.obj_get(d / "map_pl_str_eq")
+        nginx = StringEntry("eq", b"/usr/sbin/nginx", 0)
+        fd = syscall.obj_get(d / f"map_{nginx.map_name}")
         try:
-            bits = syscall.map_lookup_elem(fd, b"/usr/sbin/nginx".ljust(256, b"\0"), 8)
+            bits = syscall.map_lookup_elem(fd, nginx.key, 8)
             assert bits is not None
-            syscall.map_update_elem(fd, b"/bin/sh".ljust(256, b"\0"), bits)
+            syscall.map_update_elem(fd, StringEntry("eq", b"/bin/sh", 0).key, bits)
         finally:
             os.close(fd)
     return d

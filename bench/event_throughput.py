@@ -82,7 +82,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--execs", type=int, default=4000, help="execs per spawner (two spawners)")
     ap.add_argument("--syscalls", type=int, default=3000000)
-    ap.add_argument("--paced-rate", type=int, default=100000, help="events/s of the paced storm (5 s of it)")
+    ap.add_argument("--paced-rate", type=int, default=110000, help="events/s of the paced storm (5 s of it)")
     args = ap.parse_args()
     require_root()
     started = time.time()

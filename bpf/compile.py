@@ -28,6 +28,7 @@ How a policy maps onto this engine:
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -42,6 +43,9 @@ MODES = ("observe", "enforce_ready", "enforced")
 #: `pl_cfg.mode` of a policy being unloaded: its programs return at once (set before its links go).
 MODE_OFF = len(MODES)
 STRLEN = 256
+#: Strings shorter than this are compared through a table with a 64-byte key (`pl_str_eq64`): hashing
+#: and comparing one cache line instead of four is most of an exec check's cost, and paths are short.
+SHORT_STRLEN = 64
 MAX_SELECTORS = 5
 MAX_STRING_FILTERS = 64
 #: String (and sockaddr) operands a hook may read; the first two are copied into events.
@@ -216,6 +220,17 @@ class StringEntry:
     table: str  # "eq" | "pre" | "post"
     value: bytes  # as stored (reversed for "post"), without NUL
     bits: int
+
+    @property
+    def map_name(self) -> str:
+        short = self.table == "eq" and len(self.value) < SHORT_STRLEN
+        return "pl_str_eq64" if short else f"pl_str_{self.table}"
+
+    @property
+    def key(self) -> bytes:
+        if self.table == "eq":
+            return self.value.ljust(SHORT_STRLEN if len(self.value) < SHORT_STRLEN else STRLEN, b"\0")
+        return struct.pack("<I", len(self.value) * 8) + self.value.ljust(STRLEN, b"\0")
 
 
 @dataclass(frozen=True)
@@ -989,19 +1004,18 @@ class _Compiler:
             ctx_t = "void"
         need_strings = bool(self.str_filters)
         L: list[str] = [f"int {site.function}({ctx_t} *ctx) {{"]
+        # Each helper call costs tens of ns here (an exec check is about fifteen of them), so the prologue
+        # makes as few as it can: one pid, and the engine's own exemption only once something matched.
+        L += ["    u64 pid_tgid = bpf_get_current_pid_tgid();", "    u32 tgid = pid_tgid >> 32;"]
         if ldso:  # runs on every mmap of the node: out at once unless a loader-run process awaits its program
-            L += ["    u32 me = bpf_get_current_pid_tgid() >> 32;",
-                  "    u8 *ld = bpf_map_lookup_elem(&pl_ldso, &me);",
-                  "    if (!ld || *ld != 1) return 0;"]
+            L += ["    struct pl_ld *ld = bpf_map_lookup_elem(&pl_ldso, &tgid);",
+                  "    if (!ld || !pl_ld_current(ld)) return 0;"]
         L += ["    int z = 0;",
                         "    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);",
                         f"    if (!cfg || cfg->mode >= {MODE_OFF}) return {allow};"]
         if not cg:
-            L.append(f"    if (cfg->scoped && !pl_in_scope()) return {allow};")
-        L += ["    u64 pid_tgid = bpf_get_current_pid_tgid();",
-              "    u32 tgid = pid_tgid >> 32;",
-              f"    if (bpf_map_lookup_elem(&pl_self, &tgid)) return {allow};  /* the engine itself */",
-              "    struct pl_scratch *sc = bpf_map_lookup_elem(&pl_scratch, &z);",
+            L.append(f"    if (cfg->scoped && !pl_in_scope_of(tgid)) return {allow};")
+        L += ["    struct pl_scratch *sc = bpf_map_lookup_elem(&pl_scratch, &z);",
               f"    if (!sc) return {allow};",
               "    u32 act = 0, sig = 0, sel = 0, acted = 0; int post = 1, deny = 0;",
               "    u64 fbits = 0;",
@@ -1016,18 +1030,15 @@ class _Compiler:
             L += [f"    if (!(*(u64 *)((char *)ctx + {prot.offset}) & 4)) return 0;  /* PROT_EXEC */",
                   f"    s64 mfd = *(s64 *)((char *)ctx + {fd.offset});",
                   "    if (mfd < 0) return 0;",
-                  "    *ld = 2;  /* the first executable file mapping is the program; later ones are libraries */",
+                  "    ld->exec = 0;  /* the first executable file mapping is the program; later ones are libraries */",
                   f"    char *bin = sc->str[{bin_slot}].s;",
-                  f"    __builtin_memset(bin, 0, {STRLEN});",
                   "    int blen = pl_file_path(pl_fd_file(mfd), bin);"]
         elif exec_hook:
             # the file the new image was loaded from (mm->exe_file is already it here), not `filename`
             L += [f"    char *bin = sc->str[{bin_slot}].s;",
-                  f"    __builtin_memset(bin, 0, {STRLEN});",
                   "    int blen = pl_exe_path(bin);"]
             if mark_loader:
-                L += ["    if (pl_no_interp()) { u8 one = 1; bpf_map_update_elem(&pl_ldso, &tgid, &one, BPF_ANY); }",
-                      "    else if (bpf_map_lookup_elem(&pl_ldso, &tgid)) bpf_map_delete_elem(&pl_ldso, &tgid);"]
+                L += ["    if (pl_no_interp()) pl_ld_mark(tgid);"]
         else:
             L += ["    char *bin = proc ? proc->bin : 0;", "    int blen = proc ? proc->blen : 0;"]
         if uses_bin and need_strings:
@@ -1044,7 +1055,8 @@ class _Compiler:
             cond = " && ".join(conds) if conds else "1"
             L.append(f"    if ({cond}) {{ sel = {k}; act = {act}; sig = {sig}; post = {int(post)}; "
                      f"deny = {int(deny)}; goto matched; }}")
-        L += [f"    return {allow};", "matched:"]
+        L += [f"    return {allow};", "matched:",
+              f"    if (bpf_map_lookup_elem(&pl_self, &tgid)) return {allow};  /* the engine itself */"]
         # a denial acts only where the hook can deny (a tracepoint next to a cgroup hook cannot)
         L += ["    if (sig || deny) {" if cg else "    if (sig) {",
               "        if (cfg->mode == 2) {"]
@@ -1073,8 +1085,8 @@ class _Compiler:
                 if o.slot < 2:
                     L.append(f"            __builtin_memcpy(e->strs[{o.slot}], s{o.slot}_raw, 16);")
             elif o.slot < 2:
-                L.append(f"            __builtin_memcpy(e->strs[{o.slot}], sc->str[{o.slot}].s, {STRLEN});")
-        L += [f"            if (bin) __builtin_memcpy(e->bin, bin, {STRLEN}); else e->bin[0] = 0;",
+                L.append(f"            PL_COPY(e->strs[{o.slot}], sc->str[{o.slot}].s, {STRLEN});")
+        L += [f"            if (bin) PL_COPY(e->bin, bin, {STRLEN}); else e->bin[0] = 0;",
               "            bpf_ringbuf_submit(e, 0);",
               "            pl_count(0);",
               "        }",
@@ -1127,17 +1139,25 @@ class _Compiler:
                     f"    u32 {v}_proto = 0;  /* not in the sockaddr; only the cgroup hooks know it */"]
         if o.kind == "str":
             buf = f"sc->str[{o.slot}].s"
-            L = [f"    __builtin_memset({buf}, 0, {STRLEN});"]
             if f.data_loc:
-                L += [f"    u32 loc{p} = *(u32 *)((char *)ctx + {f.offset});",
-                      f"    int n{p} = bpf_probe_read_kernel_str({buf}, {STRLEN}, (char *)ctx + (loc{p} & 0xffff));"]
+                L = [f"    u32 loc{p} = *(u32 *)((char *)ctx + {f.offset});"]
+                read = f"bpf_probe_read_kernel_str({buf}, {STRLEN}, (char *)ctx + (loc{p} & 0xffff))"
+                size = STRLEN
             elif f.ctype.startswith("char["):
-                L += [f"    int n{p} = bpf_probe_read_kernel_str({buf}, {min(STRLEN, f.size + 1)}, "
-                      f"(char *)ctx + {f.offset});"]
+                L = []
+                size = min(STRLEN, f.size + 1)
+                read = f"bpf_probe_read_kernel_str({buf}, {size}, (char *)ctx + {f.offset})"
             else:
+                L = []
                 user = h.subsystem in (None, "syscalls") or h.section == "kprobes"
                 fn = "bpf_probe_read_user_str" if user else "bpf_probe_read_kernel_str"
-                L += [f"    int n{p} = {fn}({buf}, {STRLEN}, *(const char **)((char *)ctx + {f.offset}));"]
+                read = f"{fn}({buf}, {STRLEN}, *(const char **)((char *)ctx + {f.offset}))"
+                size = STRLEN
+            # a key is the string zero-padded to its table's key size (pl_str_bits): pad the short key
+            # first, and only for a long string the whole buffer, reading it again into the clean buffer
+            L += [f"    PL_ZERO({buf}, {SHORT_STRLEN});", f"    int n{p} = {read};"]
+            if size > SHORT_STRLEN:
+                L.append(f"    if (n{p} > {SHORT_STRLEN}) {{ PL_ZERO({buf}, {STRLEN}); n{p} = {read}; }}")
             L.append(f"    int l{p} = n{p} > 0 ? n{p} - 1 : 0;")
             if need_strings:
                 s = f"s{o.slot}"
@@ -1275,22 +1295,29 @@ class _Compiler:
 
 
 _LDSO = r"""
-/* tgid -> 1: started without an ELF interpreter, its program not mapped yet; 2: mapped (bpf/compile.py) */
-PL_MAP(pl_ldso, BPF_MAP_TYPE_LRU_HASH, u32, u8, 4096);
+/* tgid -> the exec (start of the process, exec count of the task) that ran without an ELF interpreter and
+   has not mapped its program yet (bpf/compile.py). An entry of an earlier exec or process is stale by
+   those two numbers, so an exec with an interpreter need not look for one to delete. */
+struct pl_ld { u64 start; u64 exec; };
+PL_MAP(pl_ldso, BPF_MAP_TYPE_LRU_HASH, u32, struct pl_ld, 4096);
+static __always_inline int pl_ld_current(struct pl_ld *ld) {
+    struct task_struct *t = bpf_get_current_task_btf();
+    return ld->exec && ld->exec == t->self_exec_id && ld->start == t->group_leader->start_time;
+}
+static __always_inline void pl_ld_mark(u32 tgid) {
+    struct task_struct *t = bpf_get_current_task_btf();
+    struct pl_ld v = { .start = t->group_leader->start_time, .exec = t->self_exec_id };
+    bpf_map_update_elem(&pl_ldso, &tgid, &v, BPF_ANY);
+}
 /* No AT_BASE in the new image's auxiliary vector: the kernel started no interpreter, so the file that ran
    is a static binary or a loader (ld.so) run as a program, which will map the real program itself. */
 static __always_inline int pl_no_interp(void) {
-    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-    struct mm_struct *mm = BPF_CORE_READ(t, mm);
-    unsigned long *auxv = (unsigned long *)((char *)mm + bpf_core_field_offset(struct mm_struct, saved_auxv));
-    /* one read of the first 12 pairs (AT_BASE comes 7th to 9th after the arch entries) */
-    unsigned long a[24] = {};
-    bpf_probe_read_kernel(a, sizeof(a), auxv);
+    struct mm_struct *mm = bpf_get_current_task_btf()->mm;
+    /* binfmt_elf writes the arch entries (x86-64: AT_SYSINFO_EHDR when there is a vDSO, AT_MINSIGSTKSZ
+       since 5.14), then six fixed ones, then AT_BASE: it is the 7th to 9th pair */
 #pragma unroll
-    for (int k = 0; k < 12; k++) {
-        if (a[2 * k] == 0) return 1;  /* AT_NULL */
-        if (a[2 * k] == 7) return a[2 * k + 1] == 0;  /* AT_BASE */
-    }
+    for (int k = 6; k < 9; k++)
+        if (mm->saved_auxv[2 * k] == 7) return mm->saved_auxv[2 * k + 1] == 0;  /* AT_BASE */
     return 1;
 }
 static __always_inline struct file *pl_fd_file(s64 fd) {
@@ -1341,6 +1368,7 @@ _PRELUDE = r"""
 #include <bpf/bpf_core_read.h>
 char LICENSE[] SEC("license") = "GPL";
 #define PL_STRLEN %(strlen)d
+#define PL_SHORT %(short)d
 #define PL_MAP(name, kind, key_t, value_t, n) \
     struct { __uint(type, kind); __type(key, key_t); __type(value, value_t); __uint(max_entries, n); } name SEC(".maps")
 #define PL_TRIE(name, key_t, value_t, n) \
@@ -1348,9 +1376,15 @@ char LICENSE[] SEC("license") = "GPL";
              __uint(max_entries, n); __uint(map_flags, BPF_F_NO_PREALLOC); } name SEC(".maps")
 struct pl_cfg { u32 mode; u32 scoped; };
 struct pl_proc { u64 bits; u32 blen; u32 plen; char bin[PL_STRLEN]; char parent[PL_STRLEN]; };
-struct pl_str { char s[PL_STRLEN]; };
+/* Strings are 8-byte aligned wherever they live, and zeroed and copied through PL_ZERO/PL_COPY, which say
+   so: clang otherwise zeroes a char buffer a byte at a time (256 stores for one key). */
+#define PL_ZERO(p, n) __builtin_memset(__builtin_assume_aligned(p, 8), 0, n)
+#define PL_COPY(d, s, n) __builtin_memcpy(__builtin_assume_aligned(d, 8), __builtin_assume_aligned(s, 8), n)
+struct pl_str { char s[PL_STRLEN]; } __attribute__((aligned(8)));
+struct pl_str64 { char s[PL_SHORT]; };
 struct pl_lpm { u32 plen; char s[PL_STRLEN]; };
-struct pl_scratch { struct pl_lpm lpm; struct pl_str str[%(nstr)d]; struct pl_proc proc; };
+/* lpm after a u32, so that its string is 8-byte aligned too */
+struct pl_scratch { struct pl_str str[%(nstr)d]; struct pl_proc proc; u32 pad; struct pl_lpm lpm; };
 struct pl_sa { u16 fam; u16 port; u32 w1; u32 a6[4]; };
 struct pl_event {
     u64 ktime; u64 cgroup;
@@ -1375,14 +1409,19 @@ static __always_inline void pl_count(int idx) {
     u64 *v = bpf_map_lookup_elem(&pl_counters, &idx);
     if (v) *v += 1;
 }
+/* pl_cfg.scoped says at which levels of the hierarchy scope cgroups are (bpf/scope.py level_mask): only
+   the task's ancestors at those levels are looked up, one helper call each, not every level there is */
 static __always_inline int pl_in_cgroups(void) {
     u64 id = bpf_get_current_cgroup_id();
     if (bpf_map_lookup_elem(&pl_scope, &id)) return 1;
+    int z = 0;
+    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);
+    u32 levels = cfg ? cfg->scoped : 0;
 #pragma unroll
-    for (int l = 1; l < 12; l++) {
+    for (int l = 0; l < %(max_level)d; l++) {
+        if (!(levels & (1U << l))) continue;
         id = bpf_get_current_ancestor_cgroup_id(l);
-        if (!id) break;
-        if (bpf_map_lookup_elem(&pl_scope, &id)) return 1;
+        if (id && bpf_map_lookup_elem(&pl_scope, &id)) return 1;
     }
     return 0;
 }
@@ -1391,12 +1430,14 @@ static __always_inline int pl_in_cgroups(void) {
 PL_MAP(pl_members, BPF_MAP_TYPE_HASH, u32, u8, %(members)d);
 PL_TRIE(pl_cgpaths, struct pl_lpm, u8, 1024);
 #endif
-static __always_inline int pl_in_scope(void) {
+static __always_inline int pl_in_scope_of(u32 tgid) {
 #if PL_SCOPED
-    u32 me = bpf_get_current_pid_tgid() >> 32;
-    if (bpf_map_lookup_elem(&pl_members, &me)) return 1;
+    if (bpf_map_lookup_elem(&pl_members, &tgid)) return 1;
 #endif
     return pl_in_cgroups();
+}
+static __always_inline int pl_in_scope(void) {
+    return pl_in_scope_of(bpf_get_current_pid_tgid() >> 32);
 }
 %(strfn)s
 /* At sched_process_exit: the exiting thread is the last of its process. */
@@ -1406,20 +1447,20 @@ static __always_inline int pl_group_dead(void) {
 }
 /* The path of the file a process runs (its mm->exe_file: for a script, the interpreter the kernel
    really started), walked to the root of the process's mount tree, across mounts. So a binary is
-   judged by the file that runs, not by the path its caller typed. The walk keeps the topmost
-   PL_DEPTH components in a ring, then writes them root first: a path too deep or too long for the
-   buffer keeps its true beginning (what Prefix filters and directory blocks look at). */
-#define PL_DEPTH 64
-/* n and pos live in the map value, not on the stack: the verifier then sees them as unknown numbers and
-   checks each loop body once, instead of once per iteration with every exact count */
-struct pl_pathbuf { const unsigned char *nm[PL_DEPTH]; u32 ln[PL_DEPTH]; u32 n; u32 pos; char out[2 * PL_STRLEN]; };
+   judged by the file that runs, not by the path its caller typed. One walk from the file up writes
+   each name in front of the last into a buffer, which holds every path of up to PL_PATHBUF bytes; a
+   longer path (only deep directories make one) is walked a second time, placing each name at its
+   offset from the root, so it keeps its true beginning (what Prefix filters and directory blocks read). */
+#define PL_PATHBUF 1024
+struct pl_pathbuf { u32 start; u32 total; u32 over; u32 pad; char out[PL_PATHBUF + 256]; };
 PL_MAP(pl_pathbuf, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_pathbuf, 1);
 struct pl_walk { struct vfsmount *vfs; struct mount *mnt; struct dentry *dentry; struct dentry *root;
-                 struct pl_pathbuf *buf; };
+                 struct pl_pathbuf *buf; u64 place; };
 /* d_parent and d_name side by side (every kernel so far): one read a level instead of three */
 struct pl_dname { struct dentry *parent; u64 hash_len; const unsigned char *name; };
-static long pl_walk_step(u64 i, void *arg) {
-    struct pl_walk *w = arg;
+/* One level up: 1 at the root of the mount tree (or a detached root), 2 after crossing to the parent
+   mount, 0 with the name of the level in q. */
+static __always_inline int pl_walk_up(struct pl_walk *w, struct pl_dname *q) {
     struct dentry *d = w->dentry;
     struct mount *mnt = w->mnt;
     if (d == w->root) {
@@ -1431,85 +1472,141 @@ static long pl_walk_step(u64 i, void *arg) {
         struct vfsmount *v = (struct vfsmount *)((char *)up + bpf_core_field_offset(struct mount, mnt));
         w->vfs = v;
         w->root = BPF_CORE_READ(v, mnt_root);
-        return 0;
+        return 2;
     }
-    struct pl_dname q = {};
     if (bpf_core_field_offset(struct dentry, d_name) == bpf_core_field_offset(struct dentry, d_parent) + 8) {
-        bpf_probe_read_kernel(&q, sizeof(q), (char *)d + bpf_core_field_offset(struct dentry, d_parent));
-        q.hash_len >>= 32;  /* the length is the high half of qstr.hash_len */
+        bpf_probe_read_kernel(q, sizeof(*q), (char *)d + bpf_core_field_offset(struct dentry, d_parent));
+        q->hash_len >>= 32;  /* the length is the high half of qstr.hash_len */
     } else {
-        q.parent = BPF_CORE_READ(d, d_parent);
-        q.hash_len = BPF_CORE_READ(d, d_name.len);
-        q.name = BPF_CORE_READ(d, d_name.name);
+        q->parent = BPF_CORE_READ(d, d_parent);
+        q->hash_len = BPF_CORE_READ(d, d_name.len);
+        q->name = BPF_CORE_READ(d, d_name.name);
     }
-    if (q.parent == d) return 1;  /* a detached root: the walk ends outside the mount tree */
-    struct pl_pathbuf *buf = w->buf;
-    u32 n = buf->n;
-    buf->nm[n & (PL_DEPTH - 1)] = q.name;
-    buf->ln[n & (PL_DEPTH - 1)] = (u32)q.hash_len;
-    buf->n = n + 1;
-    w->dentry = q.parent;
+    if (q->parent == d) return 1;  /* a detached root: the walk ends outside the mount tree */
+    q->hash_len &= 255;  /* NAME_MAX */
+    w->dentry = q->parent;
     return 0;
 }
-static long pl_emit_step(u64 i, void *arg) {
+/* First walk: each name goes in front of the last, from the end of the buffer down. Second walk (place,
+   for a path longer than the buffer): start counts down from the total, and the names that begin in
+   the first PL_STRLEN bytes land at their offset from the root. */
+static long pl_walk_step(u64 i, void *arg) {
     struct pl_walk *w = arg;
+    struct pl_dname q = {};
+    int r = pl_walk_up(w, &q);
+    if (r) return r == 1;
     struct pl_pathbuf *buf = w->buf;
-    u32 total = buf->n;
-    u32 n = total > PL_DEPTH ? PL_DEPTH : total;
-    u32 pos = buf->pos;
-    if (i >= n || pos >= PL_STRLEN - 1) return 1;
-    u32 k = (total - 1 - i) & (PL_DEPTH - 1);
-    u32 len = buf->ln[k];
-    u32 room = PL_STRLEN - 2 - pos;
-    if (len > room) len = room;
-    asm volatile("" : "+r"(len), "+r"(pos));  /* keep the masks below: the verifier needs them */
-    len &= PL_STRLEN - 1;
-    pos &= PL_STRLEN - 1;
-    buf->out[pos] = '/';
-    bpf_probe_read_kernel(&buf->out[pos + 1], len, buf->nm[k]);
-    buf->pos = pos + 1 + len;
-    return 0;
+    u32 len = q.hash_len;
+    u32 start = buf->start;
+    if (w->place) {
+        start -= len + 1;
+        buf->start = start;
+        if (start >= PL_STRLEN - 1) return start > 0x80000000;  /* not yet in the first PL_STRLEN bytes */
+    } else {
+        buf->total += len + 1;
+        if (len + 1 > start) { buf->over = 1; return 0; }  /* keep counting: the second walk needs the total */
+        start -= len + 1;
+        buf->start = start;
+    }
+    asm volatile("" : "+r"(start), "+r"(len));  /* keep the masks below: the verifier needs them */
+    start &= PL_PATHBUF - 1;
+    len &= 255;
+    buf->out[start] = '/';
+    bpf_probe_read_kernel(&buf->out[start + 1], len, q.name);
+    return w->place && start == 0;
 }
-/* Writes the path of `f` into dst (PL_STRLEN bytes, zeroed by the caller); returns its length (at most
-   PL_STRLEN - 1: longer paths keep their beginning), 0 when there is no file. */
-static __always_inline int pl_file_path(struct file *f, char *dst) {
-    if (!f) return 0;
+struct pl_at { struct vfsmount *vfs; struct dentry *dentry; struct dentry *root; };
+static __always_inline void pl_walk_begin(struct pl_walk *w, struct pl_at *at) {
+    w->vfs = at->vfs;
+    w->dentry = at->dentry;
+    w->mnt = (struct mount *)((char *)at->vfs - bpf_core_field_offset(struct mount, mnt));
+    w->root = at->root;
+}
+/* Writes the path at `at` into dst (PL_STRLEN bytes), zero-padded as a string key (pl_str_bits); returns
+   its length (at most PL_STRLEN - 1: longer paths keep their beginning), 0 when there is no file. */
+static __always_inline int pl_path(struct pl_at *at, char *dst) {
+    PL_ZERO(dst, PL_SHORT);
+    if (!at->vfs) return 0;
     u32 z = 0;
     struct pl_pathbuf *buf = bpf_map_lookup_elem(&pl_pathbuf, &z);
     if (!buf) return 0;
     struct pl_walk w = {};
     w.buf = buf;
-    buf->n = 0;
-    buf->pos = 0;
-    struct vfsmount *v = BPF_CORE_READ(f, f_path.mnt);
-    w.vfs = v;
-    w.dentry = BPF_CORE_READ(f, f_path.dentry);
-    w.mnt = (struct mount *)((char *)v - bpf_core_field_offset(struct mount, mnt));
-    w.root = BPF_CORE_READ(v, mnt_root);
+    buf->start = PL_PATHBUF;
+    buf->total = 0;
+    buf->over = 0;
+    pl_walk_begin(&w, at);
     bpf_loop(4096, pl_walk_step, &w, 0);
-    if (buf->n == 0) { dst[0] = '/'; return 1; }
-    bpf_loop(PL_DEPTH, pl_emit_step, &w, 0);
-    u32 len = buf->pos;
+    u32 total = buf->total;
+    if (total == 0) { dst[0] = '/'; return 1; }
+    u32 from = buf->start;
+    if (buf->over) {
+        buf->start = total;
+        pl_walk_begin(&w, at);
+        w.place = 1;
+        bpf_loop(4096, pl_walk_step, &w, 0);
+        from = 0;
+    }
+    u32 len = total;
     if (len > PL_STRLEN - 1) len = PL_STRLEN - 1;
-    asm volatile("" : "+r"(len));
+    asm volatile("" : "+r"(len), "+r"(from));
     len &= PL_STRLEN - 1;
-    bpf_probe_read_kernel(dst, len, buf->out);
+    from &= PL_PATHBUF - 1;
+    if (len < PL_SHORT) {
+        /* a short path ends at PL_PATHBUF, past which the buffer is never written: a fixed copy of
+           PL_SHORT bytes brings its zero padding with it, and costs no helper call */
+        u64 *to = __builtin_assume_aligned(dst, 8);
+#pragma unroll
+        for (int k = 0; k < PL_SHORT / 8; k++) to[k] = *(u64 *)&buf->out[from + 8 * k];
+        return len;
+    }
+    PL_ZERO(dst, PL_STRLEN);
+    bpf_probe_read_kernel(dst, len, &buf->out[from]);
     return len;
 }
+/* the path of a file known only by its address (read through bpf_probe_read_kernel) */
+static __always_inline int pl_file_path(struct file *f, char *dst) {
+    struct pl_at at = {};
+    if (f) {
+        struct path fp = {};
+        bpf_probe_read_kernel(&fp, sizeof(fp), (char *)f + bpf_core_field_offset(struct file, f_path));
+        at.vfs = fp.mnt;
+        at.dentry = fp.dentry;
+        at.root = BPF_CORE_READ(fp.mnt, mnt_root);
+    }
+    return pl_path(&at, dst);
+}
+/* Fields of the current task are read as BTF pointers (plain loads the JIT checks), not through
+   bpf_probe_read_kernel calls: each call costs tens of ns, and they were most of an exec check. */
 static __always_inline int pl_exe_path(char *dst) {
-    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-    return pl_file_path(BPF_CORE_READ(t, mm, exe_file), dst);
+    struct file *f = bpf_get_current_task_btf()->mm->exe_file;
+    struct pl_at at = {};
+    if (f) {
+        at.vfs = f->f_path.mnt;
+        at.dentry = f->f_path.dentry;
+        at.root = f->f_path.mnt->mnt_root;
+    }
+    return pl_path(&at, dst);
 }
 """
 
 _STRFN = r"""
+/* s is zero-padded to PL_SHORT bytes when len < PL_SHORT, else to PL_STRLEN: the key of its table */
 static __always_inline void pl_str_bits(struct pl_scratch *sc, char *s, int len, u64 *eq, u64 *pre, u64 *post) {
-    u64 *v = bpf_map_lookup_elem(&pl_str_eq, (struct pl_str *)s);
-    if (v) *eq = *v;
     u32 n = len;
+    u64 *v;
+    /* two calls the verifier can each inline: merged into one, the map would be a variable and the
+       lookup an indirect call */
+    if (n < PL_SHORT) {
+        v = bpf_map_lookup_elem(&pl_str_eq64, (struct pl_str64 *)s);
+        asm volatile("" : "+r"(v));
+    } else {
+        v = bpf_map_lookup_elem(&pl_str_eq, (struct pl_str *)s);
+    }
+    if (v) *eq = *v;
     if (n > PL_STRLEN - 1) n = PL_STRLEN - 1;
 #if PL_HAVE_PRE
-    __builtin_memcpy(sc->lpm.s, s, PL_STRLEN);
+    PL_COPY(sc->lpm.s, s, PL_STRLEN);
     sc->lpm.plen = n * 8;
     v = bpf_map_lookup_elem(&pl_str_pre, &sc->lpm);
     if (v) *pre = *v;
@@ -1539,15 +1636,14 @@ int pl_track_exec(void *ctx) {
     struct pl_proc *p = &sc->proc;
     struct pl_proc *old = bpf_map_lookup_elem(&pl_procs, &tgid);
     if (old) {
-        __builtin_memcpy(p->parent, old->parent, PL_STRLEN);
+        PL_COPY(p->parent, old->parent, PL_STRLEN);
         p->plen = old->plen;
         p->bits = old->bits;
     } else {
-        __builtin_memset(p->parent, 0, PL_STRLEN);
+        PL_ZERO(p->parent, PL_STRLEN);
         p->plen = 0;
         p->bits = 0;
     }
-    __builtin_memset(p->bin, 0, PL_STRLEN);
     p->blen = pl_exe_path(p->bin);
 /*STRBITS*/
 /*FOLLOW*/
@@ -1564,8 +1660,8 @@ int pl_track_fork(void *ctx) {
     struct pl_scratch *sc = bpf_map_lookup_elem(&pl_scratch, &z);
     if (!sc) return 0;
     struct pl_proc *p = &sc->proc;
-    __builtin_memcpy(p->bin, pp->bin, PL_STRLEN);
-    __builtin_memcpy(p->parent, pp->bin, PL_STRLEN);
+    PL_COPY(p->bin, pp->bin, PL_STRLEN);
+    PL_COPY(p->parent, pp->bin, PL_STRLEN);
     p->blen = pp->blen;
     p->plen = pp->blen;
     p->bits = pp->bits;
@@ -1584,12 +1680,14 @@ def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, 
     tables = [f"#define PL_SCOPED {int(scoped)}",f"#define PL_HAVE_PRE {int(any(s.table == 'pre' for s in strings))}",
               f"#define PL_HAVE_POST {int(any(s.table == 'post' for s in strings))}"]
     if strings:
-        tables += [f"PL_MAP(pl_str_eq, BPF_MAP_TYPE_HASH, struct pl_str, u64, {sizes['eq']});",
+        tables += [f"PL_MAP(pl_str_eq64, BPF_MAP_TYPE_HASH, struct pl_str64, u64, {sizes['eq']});",
+                   f"PL_MAP(pl_str_eq, BPF_MAP_TYPE_HASH, struct pl_str, u64, {sizes['eq']});",
                    f"PL_TRIE(pl_str_pre, struct pl_lpm, u64, {sizes['pre']});",
                    f"PL_TRIE(pl_str_post, struct pl_lpm, u64, {sizes['post']});"]
     if tracking:
         tables.append("PL_MAP(pl_procs, BPF_MAP_TYPE_LRU_HASH, u32, struct pl_proc, 65536);")
-    return _PRELUDE % {"strlen": STRLEN, "self_entries": SELF_ENTRIES, "nstr": MAX_STRING_OPERANDS + 1,
-                       "pages": RING_PAGES, "tables": "\n".join(tables), "strfn": _STRFN if strings else "",
-                       "members": scope.MEMBERS}
+    return _PRELUDE % {"strlen": STRLEN, "short": SHORT_STRLEN, "self_entries": SELF_ENTRIES,
+                       "nstr": MAX_STRING_OPERANDS + 1, "pages": RING_PAGES, "tables": "\n".join(tables),
+                       "strfn": _STRFN if strings else "",
+                       "members": scope.MEMBERS, "max_level": scope.MAX_LEVEL}
 

@@ -58,6 +58,9 @@ _META_VERSION = 1
 _CFG = struct.Struct("<II")  # struct pl_cfg { u32 mode; u32 scoped; }
 _PROC = struct.Struct("<QII256s256s")  # struct pl_proc
 _BASE_MAPS = ("pl_cfg", "pl_counters", "pl_scratch", "pl_events", "pl_scope", "pl_meta")
+#: Maps whose content is fixed at load (or by a mode switch): any other change is tampering.
+STATIC_MAPS = ("pl_cfg", "pl_scope", "pl_cgpaths", "pl_str_eq64", "pl_str_eq", "pl_str_pre", "pl_str_post",
+               "pl_meta")
 _BPF_NOEXIST = 1
 _SELF_PIN = "_self"
 #: How long an unload waits for the kernel to free what it unpinned (measured: 30-50 ms).
@@ -160,6 +163,10 @@ class Engine:
                 return LoadResult(key, False, (f"load failed: not cgroup2 directories: {', '.join(missing)}",))
             if not cg:
                 return LoadResult(key, False, ("load failed: an empty workload (no cgroups) would match nothing",))
+            deep = [c for c in cg if scope.level(c, syscall.cgroup2_root()) >= scope.MAX_LEVEL]
+            if deep:
+                return LoadResult(key, False, (f"load failed: cgroups more than {scope.MAX_LEVEL - 1} levels deep "
+                                               f"cannot be a scope: {', '.join(deep)}",))
         try:
             self._exempt_self(create=True)
             loader = _Loader(self, plan, mode, cg)
@@ -410,7 +417,7 @@ class _Loader:
                 syscall.obj_pin(fd, tmp / f"prog_{site.function}")
             maps = list(_BASE_MAPS)
             if self.plan.strings:
-                maps += ["pl_str_eq", "pl_str_pre", "pl_str_post"]
+                maps += ["pl_str_eq64", "pl_str_eq", "pl_str_pre", "pl_str_post"]
             if self.plan.tracking:
                 maps.append("pl_procs")
             if self.plan.scoped:
@@ -441,8 +448,8 @@ class _Loader:
 
     def _fill(self, fds: dict[str, int], meta_size: int) -> None:
         zero = b"\0\0\0\0"
-        syscall.map_update_elem(fds["pl_cfg"], zero,
-                                _CFG.pack(MODES.index(self.mode), 1 if self.cgroups is not None else 0))
+        scoped = 0 if self.cgroups is None else scope.level_mask(self.cgroups, syscall.cgroup2_root())
+        syscall.map_update_elem(fds["pl_cfg"], zero, _CFG.pack(MODES.index(self.mode), scoped))
         for c in self.cgroups or ():
             ino = os.stat(c).st_ino
             syscall.map_update_elem(fds["pl_scope"], struct.pack("<Q", ino), b"\1")
@@ -450,13 +457,7 @@ class _Loader:
             for k in scope.path_keys(self.cgroups or (), syscall.cgroup2_root()):
                 syscall.map_update_elem(fds["pl_cgpaths"], k, b"\1")
         for s in self.plan.strings:
-            value = struct.pack("<Q", s.bits)
-            if s.table == "eq":
-                key = s.value.ljust(256, b"\0")
-                syscall.map_update_elem(fds["pl_str_eq"], key, value)
-            else:
-                key = struct.pack("<I", len(s.value) * 8) + s.value.ljust(256, b"\0")
-                syscall.map_update_elem(fds[f"pl_str_{s.table}"], key, value)
+            syscall.map_update_elem(fds[s.map_name], s.key, struct.pack("<Q", s.bits))
         syscall.map_update_elem(fds["pl_meta"], zero,
                                 struct.pack("<I", len(self.meta)) + self.meta.ljust(meta_size - 4, b"\0"))
 

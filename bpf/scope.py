@@ -130,7 +130,7 @@ static __always_inline void pl_escape_event(struct pl_cfg *cfg, u32 hook, int wr
     e->hook = hook; e->sel = writer ? 0 : 1; e->action = writer ? 1 : 0; e->mode = cfg->mode;
     e->acted = acted; e->sig = writer ? 9 : 0;
     e->ints[0] = arg0;
-    if (path) __builtin_memcpy(e->strs[0], path, PL_STRLEN);
+    if (path) PL_COPY(e->strs[0], path, PL_STRLEN);
     bpf_ringbuf_submit(e, 0);
     pl_count(0);
 }
@@ -203,11 +203,11 @@ int pl_scope_attach(void *ctx) {
     struct pl_scratch *sc = bpf_map_lookup_elem(&pl_scratch, &z);
     if (!sc) return 0;
     char *path = sc->str[0].s;
-    __builtin_memset(path, 0, PL_STRLEN);
+    PL_ZERO(path, PL_STRLEN);
     u32 loc = *(u32 *)((char *)ctx + %(dst_path)d);
     int n = bpf_probe_read_kernel_str(path, PL_STRLEN, (char *)ctx + (loc & 0xffff));
     u32 len = n > 0 ? n - 1 : 0;
-    __builtin_memcpy(sc->lpm.s, path, PL_STRLEN);
+    PL_COPY(sc->lpm.s, path, PL_STRLEN);
     sc->lpm.plen = (len & (PL_STRLEN - 1)) * 8;
     if (bpf_map_lookup_elem(&pl_cgpaths, &sc->lpm)) return 0;  /* into a sub-cgroup of a workload */
     int writer = bpf_map_lookup_elem(&pl_members, &tgid) != 0 || pl_in_cgroups();
@@ -246,6 +246,30 @@ def seed(members_fd: int, cgroups: Iterable[str]) -> None:
         for pid in _procs(Path(c)):
             with contextlib.suppress(OSError):  # already a member (the programs ran first), or full
                 syscall.map_update_elem(members_fd, struct.pack("<I", pid), value, 1)  # BPF_NOEXIST
+
+
+#: The deepest level of the cgroup hierarchy a scope cgroup may be at (the root is level 0).
+MAX_LEVEL = 31
+#: Set in every scoped load's `pl_cfg.scoped`, so that a scope of no cgroups is still a scope (of nothing).
+SCOPED = 1 << 31
+
+
+def level(cgroup: str, root: Path) -> int:
+    """How deep `cgroup` is in the hierarchy mounted at `root` (the root itself is level 0)."""
+    rel = os.path.relpath(os.path.realpath(cgroup), os.path.realpath(root))
+    return 0 if rel == "." else len(Path(rel).parts)
+
+
+def level_mask(cgroups: Iterable[str], root: Path) -> int:
+    """`pl_cfg.scoped` of a load scoped to `cgroups` (each above MAX_LEVEL): SCOPED, and bit l for each
+    level l of the hierarchy a scope cgroup is at. The kernel then asks for a task's ancestors at those
+    levels only."""
+    mask = SCOPED
+    for c in cgroups:
+        n = level(c, root)
+        assert n < MAX_LEVEL, (c, n)
+        mask |= 1 << n
+    return mask
 
 
 def path_keys(cgroups: Iterable[str], root: Path) -> Iterator[bytes]:

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from engine_support import Workload, exec_allowlist, our_programs, policy, wait_events
+from engine_support import Workload, exec_allowlist, new_cgroup, our_programs, policy, remove_cgroup, wait_events
 
 from bpf import inventory, syscall, templates
 from bpf.engine import Engine
@@ -256,3 +256,26 @@ def test_scoping_covers_cgroups_nested_in_the_workload(engine: Engine, workload:
         assert nested.run(["/usr/bin/true"]).returncode == 0
     finally:
         nested.path.rmdir()
+
+
+def test_scoping_at_several_levels_covers_each_and_nothing_between(engine: Engine, workload: Workload) -> None:
+    """The kernel looks up a task's ancestors only at the levels scope cgroups are at: with scopes at two
+    levels, tasks under either are in scope, and a cgroup above the deeper one is not."""
+    deep = Workload(workload.path / "pod" / "container")
+    inside_deep = Workload(deep.path / "init")
+    above_deep = Workload(workload.path / "pod")
+    other = new_cgroup()
+    made = [above_deep.path, deep.path, inside_deep.path]
+    for d in made:
+        d.mkdir()
+    try:
+        assert engine.load(exec_allowlist("levels", ALLOWED), "enforced", cgroups=[deep.path, other.path]).loaded
+        for w in (deep, inside_deep, other):
+            assert w.run(["/bin/sh", "-c", "true"]).returncode == -signal.SIGKILL, w.path
+            assert w.run(["/usr/bin/true"]).returncode == 0
+        assert above_deep.run(["/bin/sh", "-c", "true"]).returncode == 0
+        assert workload.run(["/bin/sh", "-c", "true"]).returncode == 0
+    finally:
+        for d in reversed(made):
+            d.rmdir()
+        remove_cgroup(other)

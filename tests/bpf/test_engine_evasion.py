@@ -187,3 +187,47 @@ def test_paths_deeper_than_the_walk_keep_their_beginning(block_tmp: Engine, work
     _killed(workload, ["./x", "ran"], cwd=deep)
 
 
+def test_paths_longer_than_the_walk_buffer_keep_their_beginning(block_tmp: Engine, workload: Workload,
+                                                                tmp_bin: Path) -> None:
+    # over 1,300 bytes: more than the buffer the first walk fills, so the kernel walks it a second time
+    deep = tmp_bin.parent.joinpath(*(["directory"] * 130))
+    deep.mkdir(parents=True)
+    shutil.copy(tmp_bin, deep / "x")
+    assert len(str(deep)) > 1300
+    _killed(workload, ["./x", "ran"], cwd=deep)
+    real = os.path.realpath(tmp_bin.parent)
+    events = wait_events(block_tmp, lambda ev: ev.get("process_tracepoint", {}).get("process", {})
+                         .get("binary", "").startswith(real + "/directory/directory/"))
+    binary = next(ev["process_tracepoint"]["process"]["binary"] for ev in events
+                  if ev.get("process_tracepoint", {}).get("process", {}).get("binary", "").startswith(real))
+    assert len(binary) == 255  # the true first 255 bytes of the path
+    assert binary == (real + "/directory" * 130)[:255]
+
+
+def test_allowlist_compares_paths_longer_than_the_short_key_whole(engine: Engine, workload: Workload,
+                                                                  elsewhere: Path) -> None:
+    # paths of 64 bytes and more are kept under a full-length key: the first 64 bytes do not decide
+    long_dir = elsewhere / ("d" * 90)
+    twin_dir = elsewhere / ("d" * 89 + "e")
+    for d in (long_dir, twin_dir):
+        d.mkdir()
+        shutil.copy("/usr/bin/echo", d / "tool")
+    tool = long_dir / "tool"
+    assert len(str(tool)) >= 64
+    _allowlist(engine, workload, "allow-long", ["/usr/bin/echo", str(tool)])
+    ok = workload.run([str(tool), "ran"])
+    assert (ok.returncode, ok.stdout) == (0, b"ran\n")
+    _killed(workload, [str(twin_dir / "tool"), "ran"])
+
+
+def test_a_loader_mark_is_forgotten_when_the_process_execs_again(engine: Engine, workload: Workload) -> None:
+    # busybox is static: its exec marks the process as awaiting the program a loader maps. It then execs
+    # echo, whose loader maps libc: that mapping is not the program, and must not be judged as one.
+    busybox = os.path.realpath("/usr/bin/busybox")
+    _allowlist(engine, workload, "allow-busybox", [busybox, "/usr/bin/echo"])
+    ok = workload.run([busybox, "sh", "-c", "exec /usr/bin/echo ran"])
+    assert (ok.returncode, ok.stdout) == (0, b"ran\n")
+    # and a program the static binary's loader-less process maps itself is still judged
+    _killed(workload, [busybox, "sh", "-c", f"exec {LDSO} /usr/bin/id"])
+
+

@@ -23,6 +23,7 @@ import pytest
 from agentproc import AgentProc, free_port, policies
 
 from bpf import inventory, syscall
+from bpf.compile import StringEntry
 from bpf.engine import remove_all
 from reconciler import keys
 from reconciler.fleet import Fleet
@@ -182,13 +183,13 @@ def test_enforce_from_a_commit_within_2s_drift_healed_within_5s_back_to_observe_
 
         # drift 2: /bin/sh is written into the policy's allowlist map
         (load,) = setup.loads()["web-exec-allowlist"]
-        fd = syscall.obj_get(setup.pin_root / load / "map_pl_str_eq")
+        nginx = StringEntry("eq", b"/usr/sbin/nginx", 0)
+        fd = syscall.obj_get(setup.pin_root / load / f"map_{nginx.map_name}")
         try:
-            nginx = b"/usr/sbin/nginx".ljust(256, b"\0")
-            bits = syscall.map_lookup_elem(fd, nginx, 8)
+            bits = syscall.map_lookup_elem(fd, nginx.key, 8)
             assert bits is not None
             # the kernel judges the file that runs: /bin/sh is a symlink, its real path is what matches
-            syscall.map_update_elem(fd, FORBIDDEN_REAL.encode().ljust(256, b"\0"), bits)
+            syscall.map_update_elem(fd, StringEntry("eq", FORBIDDEN_REAL.encode(), 0).key, bits)
         finally:
             os.close(fd)
         assert w.run(FORBIDDEN) == 0  # the tampered allowlist lets /bin/sh through ...
