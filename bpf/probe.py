@@ -18,13 +18,14 @@ import os
 import platform
 import signal
 import struct
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from . import inventory
+from . import elf, inventory
 from . import syscall as sc
 from .syscall import AttachType, Insn, MapType, ProgType, SyscallError
 
@@ -61,6 +62,9 @@ class Features:
     ia32_syscalls: Feature
     ring_buffer: Feature
     perf_buffer: Feature
+    uprobes: Feature
+    fentry: Feature
+    fmod_ret: Feature
     kernel_release: str
 
     def items(self) -> Iterator[tuple[str, Feature]]:
@@ -110,6 +114,9 @@ _LABELS = {
     "ia32_syscalls": "32-bit compat syscalls",
     "ring_buffer": "a BPF ring buffer",
     "perf_buffer": "a BPF perf buffer",
+    "uprobes": "uprobes",
+    "fentry": "fentry/fexit programs",
+    "fmod_ret": "fmod_ret programs",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(_LABELS)
 
@@ -144,6 +151,9 @@ def probe(*, cache: bool = True) -> Features:
         ia32_syscalls=_check(_ia32_syscalls),
         ring_buffer=_check(_ring_buffer),
         perf_buffer=_check(_perf_buffer),
+        uprobes=_check(_uprobes),
+        fentry=_check(lambda: _trampoline(AttachType.BPF_TRACE_FENTRY, _FENTRY_TARGET)),
+        fmod_ret=_check(lambda: _trampoline(AttachType.BPF_MODIFY_RETURN, _FMOD_RET_TARGET)),
         kernel_release=platform.release(),
     )
     _cached = result
@@ -273,6 +283,62 @@ def _kprobes() -> str:
     return f"a test program attached to a kprobe on {_KPROBE_TARGET}"
 
 
+_UPROBE_TARGET = "/usr/bin/true"
+
+
+def _uprobes() -> str:
+    """A uprobe at the entry of /usr/bin/true counts one run of it: attached, and seen firing."""
+    if sc.uprobe_pmu_type() is None:
+        raise _Missing("the kernel is built without uprobes (no uprobe PMU in /sys/bus/event_source/devices)")
+    target = os.path.realpath(_UPROBE_TARGET)
+    with _fds() as fds:
+        counter = sc.map_create(MapType.BPF_MAP_TYPE_ARRAY, 4, 8, 1)
+        fds.append(counter)
+        insns = [
+            Insn(0x62, dst=10, off=-4, imm=0),  # *(u32 *)(r10 - 4) = 0
+            *_ld_map(1, counter),
+            Insn(0xBF, dst=2, src=10),
+            Insn(0x07, dst=2, imm=-4),  # r2 = &key
+            _call(_HELPER_MAP_LOOKUP_ELEM),
+            Insn(0x15, dst=0, off=2, imm=0),  # if r0 == NULL goto out
+            Insn(0xB7, dst=1, imm=1),
+            Insn(0xDB, dst=0, src=1, off=0, imm=0),  # lock *(u64 *)(r0 + 0) += r1
+            *_RETURN_0,  # out:
+        ]
+        prog = _load(fds, ProgType.BPF_PROG_TYPE_KPROBE, insns)
+        perf = sc.perf_event_open_uprobe(target, elf.entry_offset(target))
+        fds.append(perf)
+        fds.append(sc.link_create_perf_event(prog, perf))
+        subprocess.run([target], check=False)
+        raw = sc.map_lookup_elem(counter, b"\0\0\0\0", 8) or bytes(8)
+        hits = struct.unpack("<Q", raw)[0]
+    if not hits:
+        raise _Missing(f"a uprobe on the entry of {target} attached but did not fire when it ran")
+    return f"a uprobe on the entry of {target} fired when it ran"
+
+
+_FENTRY_TARGET = "vfs_read"
+_FMOD_RET_TARGET = "security_file_open"
+
+
+def _trampoline(attach: AttachType, func: str) -> str:
+    """A program on the BPF trampoline of kernel function `func` (fentry, or fmod_ret returning 0:
+    the function's own result stands), loaded and attached for an instant."""
+    kind = "fentry" if attach == AttachType.BPF_TRACE_FENTRY else "fmod_ret"
+    btf_id = _btf_func_id(func)
+    if btf_id is None:
+        raise _Missing(f"vmlinux BTF has no function {func}")
+    with _fds() as fds:
+        try:
+            prog = _load(fds, ProgType.BPF_PROG_TYPE_TRACING, _RETURN_0, expected_attach_type=attach,
+                         attach_btf_id=btf_id)
+            fds.append(sc.link_create_tracing(prog, attach))
+        except SyscallError as e:
+            raise _Missing(f"a test {kind} program on {func} fails to "
+                           f"{'load' if 'LOAD' in e.op else 'attach'}: {_short(e)}") from None
+    return f"a test {kind} program attached to {func}"
+
+
 _SECURITYFS = Path("/sys/kernel/security")
 _LSM_HOOK = "file_open"
 
@@ -313,6 +379,7 @@ def _bpf_lsm() -> str:
     return f"bpf is an active LSM and a test program attached to {_LSM_HOOK}"
 
 
+_HELPER_MAP_LOOKUP_ELEM = 1
 _HELPER_SEND_SIGNAL = 109
 _HELPER_GET_CURRENT_PID_TGID = 14
 _HELPER_OVERRIDE_RETURN = 58

@@ -465,11 +465,11 @@ def perf_event_open_tracepoint(tp_id: int, cpu: int = 0) -> int:
     return _perf_event_open(attr, cpu, f"tracepoint id {tp_id}")
 
 
-def _perf_event_open(attr: _PerfEventAttr, cpu: int, what: str) -> int:
+def _perf_event_open(attr: _PerfEventAttr, cpu: int, what: str, pid: int = -1) -> int:
     ret = _libc.syscall(
         ctypes.c_long(_NR_PERF_EVENT_OPEN),
         ctypes.byref(attr),
-        ctypes.c_int(-1),
+        ctypes.c_int(pid),
         ctypes.c_int(cpu),
         ctypes.c_int(-1),
         ctypes.c_ulong(_PERF_FLAG_FD_CLOEXEC),
@@ -513,6 +513,38 @@ def perf_event_open_kprobe(func: str, *, retprobe: bool = False, offset: int = 0
     return _perf_event_open(attr, cpu, f"{'kretprobe' if retprobe else 'kprobe'} on {func}")
 
 
+_UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe")
+
+
+def uprobe_pmu_type() -> int | None:
+    """The dynamic PMU type of uprobes, or None when the kernel has no uprobe PMU."""
+    try:
+        return int((_UPROBE_PMU / "type").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def perf_event_open_uprobe(path: str, offset: int, *, retprobe: bool = False, pid: int = -1) -> int:
+    """A perf event on a uprobe (or uretprobe) at file offset `offset` of the ELF file `path`, in
+    every process that maps it (`pid` -1) or in one."""
+    pmu = uprobe_pmu_type()
+    if pmu is None:
+        raise SyscallError(_errno.ENOENT, f"uprobe on {path} (no uprobe PMU at {_UPROBE_PMU})")
+    name = ctypes.create_string_buffer(path.encode())
+    attr = _PerfEventAttr()
+    attr.type = pmu
+    attr.size = ctypes.sizeof(attr)
+    if retprobe:
+        fmt = (_UPROBE_PMU / "format" / "retprobe").read_text().strip()
+        attr.config = 1 << int(fmt.split(":")[1])
+    attr.config1 = ctypes.addressof(name)
+    attr.config2 = offset
+    attr.sample_period = 1
+    attr.wakeup_events = 1
+    return _perf_event_open(attr, 0 if pid == -1 else -1, f"{'uretprobe' if retprobe else 'uprobe'} on {path}",
+                            pid=pid)
+
+
 def link_create_perf_event(prog_fd: int, perf_fd: int, cookie: int = 0) -> int:
     """BPF_LINK_CREATE with attach type BPF_PERF_EVENT; returns the link fd (pinnable)."""
     attr = _attr(
@@ -544,8 +576,14 @@ def link_create_cgroup(prog_fd: int, cgroup_fd: int, attach_type: AttachType | i
 
 def link_create_lsm(prog_fd: int) -> int:
     """BPF_LINK_CREATE for a BPF LSM program (attach type BPF_LSM_MAC, hook from its BTF id)."""
-    attr = _attr((0, "I", prog_fd), (8, "I", AttachType.BPF_LSM_MAC))
-    return _bpf(Cmd.BPF_LINK_CREATE, attr, f"LSM prog fd {prog_fd}")
+    return link_create_tracing(prog_fd, AttachType.BPF_LSM_MAC)
+
+
+def link_create_tracing(prog_fd: int, attach_type: AttachType | int) -> int:
+    """BPF_LINK_CREATE for a program that attaches by the BTF id it was loaded with (fentry, fexit,
+    fmod_ret, LSM)."""
+    attr = _attr((0, "I", prog_fd), (8, "I", attach_type))
+    return _bpf(Cmd.BPF_LINK_CREATE, attr, f"tracing prog fd {prog_fd}")
 
 
 def link_detach(link_fd: int) -> None:

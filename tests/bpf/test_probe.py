@@ -49,6 +49,16 @@ def test_missing_features_say_why(probed: tuple[Features, int, int]) -> None:
     assert "fails to load" in f.bpf_lsm.reason
     assert not f.override_return.available
     assert f.override_return.reason
+    for trampoline in (f.fentry, f.fmod_ret):  # this kernel refuses trampoline programs
+        assert not trampoline.available
+        assert "fails to load" in trampoline.reason
+
+
+def test_uprobes_are_proved_by_one_firing(probed: tuple[Features, int, int]) -> None:
+    f, _, _ = probed
+    assert f.uprobes.available, f.uprobes.reason
+    assert "fired when it ran" in f.uprobes.reason
+    assert f.uprobes.test_programs
 
 
 def test_positive_answers_come_from_programs_the_kernel_loaded(probed: tuple[Features, int, int]) -> None:
@@ -76,8 +86,9 @@ def test_missing_for_words_refusals(probed: tuple[Features, int, int]) -> None:
     assert f.missing_for("kprobes") == "kprobes, which this kernel lacks"
     assert f.missing_for("bpf_lsm") == "BPF LSM, which this kernel lacks"
     assert f.missing_for("syscall_tracepoints") is None
-    with pytest.raises(ValueError, match="unknown kernel feature 'fentry'"):
-        f.missing_for("fentry")
+    assert f.missing_for("fentry") == "fentry/fexit programs, which this kernel lacks"
+    with pytest.raises(ValueError, match="unknown kernel feature 'kprobe_multi'"):
+        f.missing_for("kprobe_multi")
 
 
 def test_cache_returns_the_same_answer_without_probing_again(probed: tuple[Features, int, int]) -> None:

@@ -8,6 +8,7 @@ tracepoint layout of its own) is compiled in the guest, which TCG makes slow (6-
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -37,8 +38,11 @@ def engine_in_6_1(require_vm: None, tmp_path_factory: pytest.TempPathFactory) ->
     btf.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(KERNEL_BTF, btf)
     deselect = " ".join(f"--deselect {t}" for t in HOST_ONLY)
+    probe = ("import json; from bpf.probe import probe; "
+             "print('probe=' + json.dumps({n: [f.available, f.reason] for n, f in probe().items()}))")
     script = f"""
 echo "uname=$(uname -r)"
+{VENV_PYTHON} -c "{probe}"
 {VENV_PYTHON} -m pytest -q -rs -p no:cacheprovider -s {' '.join(ENGINE_TESTS)} {deselect}
 echo "pytest=$?"
 """
@@ -60,6 +64,15 @@ def test_the_engine_tests_pass_on_the_stock_6_1_kernel(engine_in_6_1: Boot,
     assert re.fullmatch(r"6\.1\.0-\d+-amd64", engine_in_6_1.value("uname"))
     assert engine_in_6_1.value("pytest") == "0", engine_in_6_1.stdout[-6000:]
     assert re.search(r"^\d+ passed", engine_in_6_1.stdout, re.M), engine_in_6_1.stdout[-3000:]
+
+
+def test_the_probe_proves_what_a_stock_kernel_adds(engine_in_6_1: Boot) -> None:
+    # kprobes, trampolines and BPF LSM, which this host lacks, each proved by a program the guest loaded
+    features = json.loads(engine_in_6_1.value("probe"))
+    for name in ("kprobes", "fentry", "fmod_ret", "bpf_lsm", "uprobes", "send_signal", "ring_buffer"):
+        assert features[name][0], (name, features[name][1])
+    assert "fired" in features["uprobes"][1]
+    assert not features["override_return"][0]  # Debian kernels have no error injection
 
 
 def test_the_corpus_policies_that_load_here_load_on_6_1(engine_in_6_1: Boot) -> None:
