@@ -68,11 +68,13 @@ def _register_probe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser(
         "probe",
         help="show which eBPF features this kernel has, proved by loading test programs",
-        description="Probe the running kernel (needs root): tracepoints, kprobes, BPF LSM, "
-        "bpf_send_signal, bpf_override_return, cgroup socket hooks, ring and perf buffers. "
-        "Exit 0 whatever the kernel lacks; missing features are listed with the reason.",
+        description="Probe the running kernel (needs root): tracepoints, kprobes, kprobe_multi, BPF LSM, "
+        "bpf_send_signal, bpf_override_return, cgroup socket hooks, ring and perf buffers, BTF, bpf_loop, "
+        "uprobes, uretprobes, fentry, fexit, fmod_ret. Exit 0 whatever the kernel lacks; missing features "
+        "are listed with the reason. `-o tetra` prints the same facts under the names `tetra probe` "
+        "prints (`name: true|false`, `unknown` where palisade does not probe it).",
     )
-    add_output(p)
+    add_output(p, "tetra")
     p.set_defaults(func=_probe)
 
 
@@ -84,6 +86,10 @@ def _probe(args: argparse.Namespace) -> int:
     features = probe(cache=False)
     if args.output == "json":
         print(json.dumps(features.to_json(), indent=2))
+        return 0
+    if args.output == "tetra":
+        for name, answer in features.tetra().items():
+            print(f"{name}: {'unknown' if answer is None else str(answer).lower()}")
         return 0
     rows = [(name, "yes" if f.available else "no", f.reason) for name, f in features.items()]
     width = max(len(name) for name, _, _ in rows)

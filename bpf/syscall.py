@@ -349,11 +349,18 @@ def prog_load(
     name: str = "",
     expected_attach_type: AttachType | int = 0,
     attach_btf_id: int = 0,
+    btf_fd: int = 0,
+    func_info: tuple[tuple[int, int], ...] = (),
     log_size: int = 1 << 16,
 ) -> int:
-    """BPF_PROG_LOAD; returns the program fd. The verifier log is in the error on failure."""
+    """BPF_PROG_LOAD; returns the program fd. The verifier log is in the error on failure.
+
+    `func_info` is (first instruction, BTF FUNC type id in `btf_fd`) per function of the program,
+    which the verifier needs for callbacks (bpf_loop)."""
     code = insns if isinstance(insns, bytes) else b"".join(i.pack() for i in insns)
     insn_buf = ctypes.create_string_buffer(code, len(code))
+    funcs = b"".join(struct.pack("<II", off, type_id) for off, type_id in func_info)
+    func_buf = ctypes.create_string_buffer(funcs, max(len(funcs), 1))
     lic = ctypes.create_string_buffer(license.encode())
     log = ctypes.create_string_buffer(log_size) if log_size else None
     attr = _attr(
@@ -366,6 +373,10 @@ def prog_load(
         (32, "Q", _addr(log) if log else 0),
         (48, f"{_BPF_OBJ_NAME_LEN}s", name.encode()[: _BPF_OBJ_NAME_LEN - 1]),  # type: ignore[arg-type]
         (68, "I", int(expected_attach_type)),
+        (72, "I", btf_fd),
+        (76, "I", 8 if func_info else 0),  # sizeof(struct bpf_func_info)
+        (80, "Q", _addr(func_buf) if func_info else 0),
+        (88, "I", len(func_info)),
         (108, "I", attach_btf_id),
     )
     op = f"{_name(ProgType, prog_type)}, {len(code) // 8} insns"
@@ -376,6 +387,19 @@ def prog_load(
     except SyscallError as e:
         text = log.value.decode(errors="replace") if log else ""
         raise SyscallError(e.errno or _errno.EINVAL, e.op, text) from None
+
+
+def btf_load(data: bytes, *, log_size: int = 1 << 16) -> int:
+    """BPF_BTF_LOAD of raw BTF (header, types, strings); returns the BTF fd. The kernel's log is in the
+    error on failure."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    log = ctypes.create_string_buffer(log_size)
+    attr = _attr((0, "Q", _addr(buf)), (8, "Q", _addr(log)), (16, "I", len(data)), (20, "I", log_size),
+                 (24, "I", 1))
+    try:
+        return _bpf(Cmd.BPF_BTF_LOAD, attr, f"{len(data)} bytes")
+    except SyscallError as e:
+        raise SyscallError(e.errno or _errno.EINVAL, e.op, log.value.decode(errors="replace")) from None
 
 
 def map_create(
@@ -480,14 +504,49 @@ def _perf_event_open(attr: _PerfEventAttr, cpu: int, what: str, pid: int = -1) -
 
 
 _KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe")
+_UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe")
+
+
+def _pmu_type(pmu_dir: Path) -> int | None:
+    try:
+        return int((pmu_dir / "type").read_text())
+    except FileNotFoundError:
+        return None
 
 
 def kprobe_pmu_type() -> int | None:
     """The dynamic PMU type of kprobes, or None when the kernel has no kprobe PMU."""
-    try:
-        return int((_KPROBE_PMU / "type").read_text())
-    except FileNotFoundError:
-        return None
+    return _pmu_type(_KPROBE_PMU)
+
+
+def uprobe_pmu_type() -> int | None:
+    """The dynamic PMU type of uprobes, or None when the kernel has no uprobe PMU."""
+    return _pmu_type(_UPROBE_PMU)
+
+
+def _perf_event_open_probe(pmu_dir: Path, target: str, offset: int, *, retprobe: bool, cpu: int,
+                           pid: int = -1) -> int:
+    """A perf event of the kprobe or uprobe PMU at `pmu_dir`: config1 points at `target` (a kernel
+    function, or an ELF file's path), config2 is the offset from it."""
+    kind = pmu_dir.name  # "kprobe" or "uprobe"
+    if retprobe:
+        kind = f"{kind[0]}ret{kind[1:]}"  # "kretprobe" or "uretprobe"
+    pmu = _pmu_type(pmu_dir)
+    if pmu is None:
+        raise SyscallError(_errno.ENOENT, f"{kind} on {target} (no {pmu_dir.name} PMU at {pmu_dir})")
+    name = ctypes.create_string_buffer(target.encode())
+    attr = _PerfEventAttr()
+    attr.type = pmu
+    attr.size = ctypes.sizeof(attr)
+    if retprobe:
+        # The bit is named in the PMU's format directory ("config:0" on every kernel so far).
+        fmt = (pmu_dir / "format" / "retprobe").read_text().strip()
+        attr.config = 1 << int(fmt.split(":")[1])
+    attr.config1 = ctypes.addressof(name)
+    attr.config2 = offset
+    attr.sample_period = 1
+    attr.wakeup_events = 1
+    return _perf_event_open(attr, cpu, f"{kind} on {target}", pid=pid)
 
 
 def perf_event_open_kprobe(func: str, *, retprobe: bool = False, offset: int = 0, cpu: int = 0) -> int:
@@ -495,54 +554,15 @@ def perf_event_open_kprobe(func: str, *, retprobe: bool = False, offset: int = 0
 
     Like tracepoints, one event on one CPU serves a BPF program on every CPU.
     """
-    pmu = kprobe_pmu_type()
-    if pmu is None:
-        raise SyscallError(_errno.ENOENT, f"kprobe on {func} (no kprobe PMU at {_KPROBE_PMU})")
-    name = ctypes.create_string_buffer(func.encode())
-    attr = _PerfEventAttr()
-    attr.type = pmu
-    attr.size = ctypes.sizeof(attr)
-    if retprobe:
-        # The bit is named in the PMU's format directory ("config:0" on every kernel so far).
-        fmt = (_KPROBE_PMU / "format" / "retprobe").read_text().strip()
-        attr.config = 1 << int(fmt.split(":")[1])
-    attr.config1 = ctypes.addressof(name)
-    attr.config2 = offset
-    attr.sample_period = 1
-    attr.wakeup_events = 1
-    return _perf_event_open(attr, cpu, f"{'kretprobe' if retprobe else 'kprobe'} on {func}")
-
-
-_UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe")
-
-
-def uprobe_pmu_type() -> int | None:
-    """The dynamic PMU type of uprobes, or None when the kernel has no uprobe PMU."""
-    try:
-        return int((_UPROBE_PMU / "type").read_text())
-    except FileNotFoundError:
-        return None
+    return _perf_event_open_probe(_KPROBE_PMU, func, offset, retprobe=retprobe, cpu=cpu)
 
 
 def perf_event_open_uprobe(path: str, offset: int, *, retprobe: bool = False, pid: int = -1) -> int:
     """A perf event on a uprobe (or uretprobe) at file offset `offset` of the ELF file `path`, in
     every process that maps it (`pid` -1) or in one."""
-    pmu = uprobe_pmu_type()
-    if pmu is None:
-        raise SyscallError(_errno.ENOENT, f"uprobe on {path} (no uprobe PMU at {_UPROBE_PMU})")
-    name = ctypes.create_string_buffer(path.encode())
-    attr = _PerfEventAttr()
-    attr.type = pmu
-    attr.size = ctypes.sizeof(attr)
-    if retprobe:
-        fmt = (_UPROBE_PMU / "format" / "retprobe").read_text().strip()
-        attr.config = 1 << int(fmt.split(":")[1])
-    attr.config1 = ctypes.addressof(name)
-    attr.config2 = offset
-    attr.sample_period = 1
-    attr.wakeup_events = 1
-    return _perf_event_open(attr, 0 if pid == -1 else -1, f"{'uretprobe' if retprobe else 'uprobe'} on {path}",
-                            pid=pid)
+    # perf_event_open takes pid -1 with a CPU, or a pid on any CPU (-1)
+    return _perf_event_open_probe(_UPROBE_PMU, path, offset, retprobe=retprobe, cpu=0 if pid == -1 else -1,
+                                  pid=pid)
 
 
 def link_create_perf_event(prog_fd: int, perf_fd: int, cookie: int = 0) -> int:
@@ -554,6 +574,26 @@ def link_create_perf_event(prog_fd: int, perf_fd: int, cookie: int = 0) -> int:
         (16, "Q", cookie),
     )
     return _bpf(Cmd.BPF_LINK_CREATE, attr, f"prog fd {prog_fd} -> perf event fd {perf_fd}")
+
+
+_BPF_F_KPROBE_MULTI_RETURN = 1
+
+
+def link_create_kprobe_multi(prog_fd: int, symbols: list[str], *, retprobe: bool = False) -> int:
+    """BPF_LINK_CREATE with attach type BPF_TRACE_KPROBE_MULTI: one link puts a program (loaded with
+    that expected attach type) on the entry, or return, of every kernel function in `symbols`."""
+    names = [ctypes.create_string_buffer(s.encode()) for s in symbols]
+    syms = (ctypes.c_uint64 * len(names))(*(ctypes.addressof(n) for n in names))
+    attr = _attr(
+        (0, "I", prog_fd),
+        (8, "I", AttachType.BPF_TRACE_KPROBE_MULTI),
+        # link_create.kprobe_multi: flags, cnt, then the syms, addrs and cookies arrays
+        (16, "I", _BPF_F_KPROBE_MULTI_RETURN if retprobe else 0),
+        (20, "I", len(names)),
+        (24, "Q", ctypes.addressof(syms)),
+    )
+    what = ", ".join(symbols[:3]) + (f" and {len(symbols) - 3} more" if len(symbols) > 3 else "")
+    return _bpf(Cmd.BPF_LINK_CREATE, attr, f"prog fd {prog_fd} -> kprobe_multi on {what}")
 
 
 def raw_tracepoint_open(prog_fd: int, name: str) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bpf.probe import FEATURE_NAMES
+from bpf.probe import FEATURE_NAMES, TETRA_NAMES
 
 
 def _script() -> str:
@@ -54,6 +54,22 @@ def test_probe_text_is_a_table(require_kernel: None) -> None:
     assert rows["kprobes"] == "no"
     assert rows["send_signal"] == "yes"
     assert set(rows) == set(FEATURE_NAMES)
+
+
+def test_probe_tetra_prints_tetragon_names(require_kernel: None) -> None:
+    result = _run("probe", "-o", "tetra")
+    assert result.returncode == 0, result.stderr
+    # `tetra probe`'s shape: one `name: value` line per feature, in its order
+    rows = dict(line.split(": ") for line in result.stdout.splitlines())
+    assert tuple(rows) == TETRA_NAMES
+    assert set(rows.values()) <= {"true", "false", "unknown"}
+    features = json.loads(_run("probe", "-o", "json").stdout)["features"]
+    for tetra, ours in (("signal", "send_signal"), ("kprobe_multi", "kprobe_multi"), ("lsm", "bpf_lsm"),
+                        ("fmodret", "fmod_ret"), ("override_return", "override_return"), ("fentry", "fentry")):
+        assert rows[tetra] == str(features[ours]["available"]).lower(), tetra
+    assert rows["signal"] == "true"
+    assert rows["kprobe_multi"] == "false"
+    assert rows["buildid"] == "unknown"  # palisade does not probe it
 
 
 def test_bad_usage_is_exit_2_without_traceback() -> None:

@@ -3,12 +3,15 @@ kernel really loaded during the probe."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 
 import pytest
 
 from bpf import probe as probe_mod
 from bpf import syscall as sc
-from bpf.probe import FEATURE_NAMES, Feature, Features, probe
+from bpf.probe import FEATURE_NAMES, TETRA_NAMES, Feature, Features, probe
 from bpf.syscall import Insn, ProgType
 
 
@@ -34,7 +37,7 @@ def test_this_machine_has_what_design_records(probed: tuple[Features, int, int])
     f, _, _ = probed
     for name in ("tracepoints", "syscall_tracepoints", "send_signal", "cgroup_sock_create",
                  "cgroup_connect4", "cgroup_connect6", "cgroup_sendmsg4", "cgroup_sendmsg6", "cgroup_send_signal",
-                 "ia32_syscalls", "ring_buffer", "perf_buffer"):
+                 "ia32_syscalls", "ring_buffer", "perf_buffer", "btf", "bpf_loop"):
         assert f.get(name).available, f"{name}: {f.get(name).reason}"
     assert "killed a test process" in f.send_signal.reason
 
@@ -49,9 +52,36 @@ def test_missing_features_say_why(probed: tuple[Features, int, int]) -> None:
     assert "fails to load" in f.bpf_lsm.reason
     assert not f.override_return.available
     assert f.override_return.reason
-    for trampoline in (f.fentry, f.fmod_ret):  # this kernel refuses trampoline programs
+    for trampoline in (f.fentry, f.fexit, f.fmod_ret):  # this kernel refuses trampoline programs
         assert not trampoline.available
         assert "fails to load" in trampoline.reason
+    assert "test fexit program on vfs_read" in f.fexit.reason
+    # The program loads; the kernel (no fprobe here) refuses the link, and says so.
+    assert not f.kprobe_multi.available
+    assert f.kprobe_multi.reason == ("a test kprobe_multi program on vfs_read fails to attach: "
+                                     "ENOTSUP (Operation not supported)")
+    assert len(f.kprobe_multi.test_programs) == 1
+
+
+def test_btf_and_bpf_loop_are_proved_by_programs_that_use_them(probed: tuple[Features, int, int]) -> None:
+    f, _, _ = probed
+    assert "current->mm->exe_file through bpf_get_current_task_btf()" in f.btf.reason
+    assert "bpf_loop with a callback subprogram loaded" in f.bpf_loop.reason
+    assert len(f.btf.test_programs) == 1
+    assert len(f.bpf_loop.test_programs) == 1
+
+
+@pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool is not installed")
+def test_btf_member_offsets_agree_with_bpftool(require_kernel: None) -> None:
+    raw = subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "raw"],
+                         capture_output=True, text=True, check=True).stdout
+    task = re.search(r"\] STRUCT 'task_struct' size=\d+ vlen=\d+\n((?:\t.*\n)+)", raw)
+    assert task
+    bits = dict(re.findall(r"'(\w+)' type_id=\d+ bits_offset=(\d+)", task.group(1)))
+    for member in ("mm", "self_exec_id", "group_leader", "pid", "tgid"):
+        assert probe_mod._btf_member_offset("task_struct", member) == int(bits[member]) // 8, member
+    assert probe_mod._btf_member_offset("task_struct", "no_such_member") is None
+    assert probe_mod._btf_func_id("vfs_read") == int(re.search(r"\[(\d+)\] FUNC 'vfs_read'", raw).group(1))
 
 
 def test_uprobes_are_proved_by_one_firing(probed: tuple[Features, int, int]) -> None:
@@ -59,6 +89,11 @@ def test_uprobes_are_proved_by_one_firing(probed: tuple[Features, int, int]) -> 
     assert f.uprobes.available, f.uprobes.reason
     assert "fired when it ran" in f.uprobes.reason
     assert f.uprobes.test_programs
+    # The entry of /usr/bin/true never returns: the uretprobe is on libc's getpid in a test process.
+    assert f.uretprobes.available, f.uretprobes.reason
+    assert re.fullmatch(r"a uretprobe on getpid in /\S+/libc\.so\.6 fired when a test process returned from it",
+                        f.uretprobes.reason)
+    assert len(f.uretprobes.test_programs) == 1
 
 
 def test_positive_answers_come_from_programs_the_kernel_loaded(probed: tuple[Features, int, int]) -> None:
@@ -86,9 +121,24 @@ def test_missing_for_words_refusals(probed: tuple[Features, int, int]) -> None:
     assert f.missing_for("kprobes") == "kprobes, which this kernel lacks"
     assert f.missing_for("bpf_lsm") == "BPF LSM, which this kernel lacks"
     assert f.missing_for("syscall_tracepoints") is None
-    assert f.missing_for("fentry") == "fentry/fexit programs, which this kernel lacks"
-    with pytest.raises(ValueError, match="unknown kernel feature 'kprobe_multi'"):
-        f.missing_for("kprobe_multi")
+    assert f.missing_for("fentry") == "fentry programs, which this kernel lacks"
+    assert f.missing_for("fexit") == "fexit programs, which this kernel lacks"
+    assert f.missing_for("kprobe_multi") == "kprobe_multi links, which this kernel lacks"
+    assert f.missing_for("bpf_loop") is None
+    with pytest.raises(ValueError, match="unknown kernel feature 'kprobe_session'"):
+        f.missing_for("kprobe_session")
+
+
+def test_tetra_names_carry_our_answers(probed: tuple[Features, int, int]) -> None:
+    f, _, _ = probed
+    tetra = f.tetra()
+    assert tuple(tetra) == TETRA_NAMES
+    assert TETRA_NAMES[:5] == ("override_return", "buildid", "kprobe_multi", "uprobe_multi", "fmodret")
+    ours = {"override_return": f.override_return, "kprobe_multi": f.kprobe_multi, "fmodret": f.fmod_ret,
+            "signal": f.send_signal, "lsm": f.bpf_lsm, "fentry": f.fentry}
+    for name, value in tetra.items():
+        assert value == (ours[name].available if name in ours else None), name
+    assert tetra["signal"] is True and tetra["kprobe_multi"] is False
 
 
 def test_cache_returns_the_same_answer_without_probing_again(probed: tuple[Features, int, int]) -> None:

@@ -69,7 +69,8 @@ def test_the_engine_tests_pass_on_the_stock_6_1_kernel(engine_in_6_1: Boot,
 def test_the_probe_proves_what_a_stock_kernel_adds(engine_in_6_1: Boot) -> None:
     # kprobes, trampolines and BPF LSM, which this host lacks, each proved by a program the guest loaded
     features = json.loads(engine_in_6_1.value("probe"))
-    for name in ("kprobes", "fentry", "fmod_ret", "bpf_lsm", "uprobes", "send_signal", "ring_buffer"):
+    for name in ("kprobes", "kprobe_multi", "fentry", "fexit", "fmod_ret", "bpf_lsm", "uprobes", "uretprobes",
+                 "btf", "bpf_loop", "send_signal", "ring_buffer"):
         assert features[name][0], (name, features[name][1])
     assert "fired" in features["uprobes"][1]
     assert not features["override_return"][0]  # Debian kernels have no error injection
