@@ -92,9 +92,25 @@ _USER_STRUCTS = {"clone_args": {"flags": 0, "pidfd": 8, "child_tid": 16, "parent
                  "open_how": {"flags": 0, "mode": 8, "resolve": 16}}
 _SYSCALL_STRUCTS = {"sys_enter_clone3": "clone_args", "sys_enter_openat2": "open_how"}
 _STRING_TYPES = ("string", "char_buf", "filename", "const_buf")
+#: Kernel objects a kprobe argument may point to, read through BTF; the path-like ones are compared as
+#: strings (matchArgs Equal/Prefix/Postfix on the path), as Tetragon does.
+_PATH_TYPES = ("file", "path", "linux_binprm")
+_KERNEL_TYPES = (*_PATH_TYPES, "sock", "cred")
+_UNSIGNED = ("uint32", "uint", "u32", "uint8", "uint16", "uint64", "u64", "size_t", "ulong")
+#: struct pt_regs offsets (x86-64) of the first five arguments of a function: di, si, dx, cx, r8; and of
+#: its return value (ax).
+_PT_REGS_ARGS = (112, 104, 96, 88, 72)
+_PT_REGS_RC = 80
+#: Where a kretprobe's event carries the return value (kprobe arguments take at most the first five).
+RET_SLOT = 7
 _INT_OPS = ("Equal", "NotEqual", "Mask", "GT", "LT", "InRange", "NotInRange")
 _STR_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 _SOCK_OPS = ("DAddr", "NotDAddr", "DPort", "NotDPort", "Family", "NotFamily", "Protocol", "NotProtocol")
+#: A kprobe's struct sock has both ends and a state.
+_STRUCT_SOCK_OPS = (*_SOCK_OPS, "SAddr", "NotSAddr", "SPort", "NotSPort", "State", "NotState")
+_TCP_STATE = {"TCP_ESTABLISHED": 1, "TCP_SYN_SENT": 2, "TCP_SYN_RECV": 3, "TCP_FIN_WAIT1": 4, "TCP_FIN_WAIT2": 5,
+              "TCP_TIME_WAIT": 6, "TCP_CLOSE": 7, "TCP_CLOSE_WAIT": 8, "TCP_LAST_ACK": 9, "TCP_LISTEN": 10,
+              "TCP_CLOSING": 11, "TCP_NEW_SYN_RECV": 12}
 #: A sockaddr holds one address, which Tetragon's loader reads with the source operators (even where it is
 #: the peer a connect goes to, as in security_socket_connect); its destination operators are refused there.
 _SOCKADDR_OPS = ("SAddr", "NotSAddr", "SPort", "NotSPort", "Family", "NotFamily")
@@ -187,15 +203,17 @@ class Operand:
 @dataclass(frozen=True)
 class Site:
     function: str
-    kind: str  # "tracepoint" | "raw_tracepoint" | "cgroup"
+    kind: str  # "tracepoint" | "raw_tracepoint" | "cgroup" | "kprobe"
     subsystem: str | None = None
     event: str | None = None
-    attach: str | None = None  # "sock_create" | "connect4" | "connect6" | "sendmsg4" | "sendmsg6"
+    #: the cgroup hook ("sock_create" | "connect4" | "connect6" | "sendmsg4" | "sendmsg6"), or the kernel
+    #: function of a kprobe
+    attach: str | None = None
 
     @property
     def label(self) -> str:
-        if self.kind == "cgroup":
-            return f"cgroup/{self.attach}"
+        if self.kind in ("cgroup", "kprobe", "kretprobe"):
+            return f"{self.kind}/{self.attach}"
         return f"{self.subsystem}:{self.event}" if self.kind == "tracepoint" else f"raw_tp/{self.event}"
 
 
@@ -213,6 +231,8 @@ class HookPlan:
     selector_actions: tuple[tuple[int, int], ...]
     message: str | None = None
     tags: tuple[str, ...] = ()
+    #: A kretprobe's returnArg type: its events carry the value the function returned.
+    return_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -375,6 +395,8 @@ class _Compiler:
         self.tracking = False
         #: Some exec hook judges programs a loader maps (`pl_ldso`, `_program(ldso=True)`).
         self.ldso = False
+        #: Some hook is a kretprobe (its events wait in pl_evbuf/pl_ret<i> from entry to return).
+        self.ret = False
         #: Program generators, run once every hook is known (tracking is a policy-wide decision).
         self.functions: list[Callable[[], str]] = []
 
@@ -422,6 +444,8 @@ class _Compiler:
         bodies = [gen() for gen in self.functions]
         if self.ldso:
             source += _LDSO
+        if self.ret:
+            source += _RET_BUF
         source += "\n".join(bodies)
         if self.ia32:
             source += self._ia32_source(bodies)
@@ -492,12 +516,44 @@ class _Compiler:
                 self.notes.append(f"{where}: return value of {call} is not reported (runs on sys_enter)")
             return self._build(i, h, "process_kprobe", "syscalls", ev, {a.index: 5 + a.index for a in h.args},
                                fields, None)
-        if call in _SOCKET_CALLS or call in _CONNECT_CALLS:
+        acts = {a.action for s in h.selectors for a in s.match_actions}
+        if (call in _SOCKET_CALLS or call in _CONNECT_CALLS) and not (self.f.kprobes and acts <= {"Post", "NoPost"}):
+            # enforcement on the cgroup hooks, which deny before anything leaves; a hook that only reports
+            # runs on the function itself where kprobes exist, for Tetragon's own argument shapes
             return self._socket_kprobe(i, h)
+        if self.f.kprobes:
+            return self._function_kprobe(i, h)
         lacks = "kprobes, which this kernel lacks" if not self.f.kprobes else \
             "a kprobe on a kernel function, which this engine runs only for syscalls and socket hooks"
         self.refuse(f"kprobe on {call} needs {lacks}")
         return None
+
+    def _function_kprobe(self, i: int, h: Hook) -> HookPlan | None:
+        """A kprobe on a kernel function: its arguments are the registers of the calling convention,
+        typed by the policy (`file`, `path`, `sock`, `cred`, ... read through BTF, CO-RE relocated)."""
+        where = format_path(h.path)
+        ret_type: str | None = None
+        if h.return_probe:
+            assert h.return_arg is not None  # the parser requires it
+            ret_type = (h.return_arg.type or "int").strip()
+            if ret_type not in _INT_TYPES:
+                self.refuse(f"{where}.returnArg: a return value of type {ret_type} is outside the engine's subset "
+                            "(integers)")
+                return None
+            if h.return_arg_action not in (None, "Post"):
+                self.refuse(f"{where}.returnArgAction: {h.return_arg_action} (socket tracking) is outside the "
+                            "engine's subset")
+                return None
+        if any(a.action == "Override" for s in h.selectors for a in s.match_actions):
+            self.refuse(f"{where}: Override on {h.target} needs bpf_override_return, which this kernel lacks "
+                        "(Debian kernels have no error injection); use an lsmhook or Sigkill")
+            return None
+        fields = tuple(Field(f"arg{k}", "void *" if (a := next((x for x in h.args if x.index == k), None))
+                             is not None and (a.type or "") not in _INT_TYPES else "long", off, 8,
+                             not (a is not None and (a.type or "") in _UNSIGNED))
+                       for k, off in enumerate(_PT_REGS_ARGS))
+        return self._build(i, h, "process_kprobe", None, None, {a.index: a.index for a in h.args}, fields, None,
+                           kernel_fn=h.target, ret_type=ret_type)
 
     def _socket_kprobe(self, i: int, h: Hook) -> HookPlan | None:
         call = h.target
@@ -603,7 +659,8 @@ class _Compiler:
     def _build(self, i: int, h: Hook, event_kind: str, sub: str | None, ev: str | None,
                index_map: dict[int, int], fields: tuple[Field, ...], cgroup_sites: tuple[str, ...] | None,
                *, mask_type: bool = False, sock_arg: int | None = None,
-               guards: dict[str, list[str]] | None = None) -> HookPlan | None:
+               guards: dict[str, list[str]] | None = None, kernel_fn: str | None = None,
+               ret_type: str | None = None) -> HookPlan | None:
         """The programs of one hook: one per cgroup site (or one tracepoint program), plus a tracepoint
         program next to the cgroup ones when `guards` has a "tp" entry. `guards` are C lines, per site
         (cgroup attach name or "tp"), that return early for calls the hook does not mean."""
@@ -621,11 +678,12 @@ class _Compiler:
                 if found is None:
                     continue
                 member = found
-            kind = self._arg_kind(h, a.index, a.type, index_map, fields, cgroup_sites, sock_arg, where)
+            kind = (self._kernel_arg_kind(h, a.index, a.type, where) if kernel_fn else
+                    self._arg_kind(h, a.index, a.type, index_map, fields, cgroup_sites, sock_arg, where))
             if kind is None:
                 continue
             slot_of = -1
-            if kind in ("str", "sockaddr"):
+            if kind in ("str", "sockaddr", "sock", "cred"):
                 slot_of = slot
                 slot += 1
             operands.append(Operand(pos, a.index, kind, a.type or kind, a.label, slot_of, member))
@@ -634,15 +692,28 @@ class _Compiler:
             self.refuse(f"{where}: {slot} string/sockaddr arguments; at most {MAX_STRING_OPERANDS} per hook")
         # selectors
         sel_conds: list[tuple[list[str], int, int, bool, int]] = []  # (conditions, action, sig, post, errno)
+        ret_conds: list[list[str]] = []  # per entry of sel_conds: its matchReturnArgs, on the return value `r`
         uses_bin = uses_parent = False
         for sel in h.selectors:
             conds, ub, up = self._selector(h, sel, operands, exec_hook, cgroup_sites)
             uses_bin |= ub
             uses_parent |= up
             act = self._actions(h, sel, cgroup_sites)
+            if sel.match_return_args and ret_type is None:
+                self.refuse(f"{format_path(sel.path)}: matchReturnArgs needs the function's return, which only a "
+                            "kretprobe on a kernel function (return: true, syscall: false) sees here")
+            rc = []
+            for af in sel.match_return_args if ret_type is not None else ():
+                if af.index != 0:
+                    self.refuse(f"{format_path(af.path)}: matchReturnArgs index {af.index}: the return value is 0")
+                    continue
+                c = self._int_cond(af, "r", format_path(af.path))
+                if c:
+                    rc.append(c)
             if act is None:
                 continue
             sel_conds.append((conds, *act))
+            ret_conds.append(rc)
         if not h.selectors:
             sel_conds.append(([], _ACT_POST, 0, True, 0))
         if len(self.reasons) > n_before:
@@ -664,9 +735,24 @@ class _Compiler:
         if exec_hook and uses_bin and not ldso:
             self.notes.append(f"{where}: a program started through its loader (ld.so PROGRAM) is judged as the "
                               "loader only" + (" (the hook reads arguments)" if operands else ""))
+        if kernel_fn and ret_type is not None:
+            entry, ret = Site(f"pl_h{i}_kp", "kprobe", attach=kernel_fn), Site(f"pl_h{i}_kr", "kretprobe",
+                                                                                attach=kernel_fn)
+            self.ret = True
+            body = partial(self._program, i, h, entry, operands, sel_conds, index_map, fields, exec_hook, uses_bin,
+                           uses_parent, mask_type, (), stash=True)
+            self.functions.append(lambda: _RET_STASH % {"i": i} + body())
+            self.functions.append(partial(self._return_program, i, ret, ret_type, ret_conds))
+            return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
+                            subsystem=sub, event=ev, sites=(entry, ret), operands=tuple(operands),
+                            selector_actions=tuple((c[1], c[2]) for c in sel_conds), message=h.message, tags=h.tags,
+                            return_type=ret_type)
         for site_kind in kinds:
-            fn = f"pl_h{i}_{site_kind or 'tp'}"
-            site = Site(fn, "tracepoint", sub, ev) if site_kind is None else Site(fn, "cgroup", attach=site_kind)
+            fn = f"pl_h{i}_{site_kind or ('kp' if kernel_fn else 'tp')}"
+            if kernel_fn:
+                site = Site(fn, "kprobe", attach=kernel_fn)
+            else:
+                site = Site(fn, "tracepoint", sub, ev) if site_kind is None else Site(fn, "cgroup", attach=site_kind)
             sites.append(site)
             if site_kind is None and sub == "syscalls" and ev and ev.startswith("sys_enter_"):
                 self._ia32_variant(ev.removeprefix("sys_enter_"), fn)
@@ -748,6 +834,22 @@ class _Compiler:
             self.refuse(f"{where}: argument {index} ({f.name}, {f.ctype}) is an array, not an integer")
             return None
         return "int"
+
+    def _kernel_arg_kind(self, h: Hook, index: int, type_: str | None, where: str) -> str | None:
+        t = (type_ or "int").strip()
+        if not 0 <= index < len(_PT_REGS_ARGS):
+            self.refuse(f"{where}: argument index {index} of {h.target}: kprobes read the first "
+                        f"{len(_PT_REGS_ARGS)} arguments")
+            return None
+        if t in _INT_TYPES:
+            return "int"
+        if t in ("string", "filename") or t in _PATH_TYPES:
+            return "str"
+        if t in ("sock", "cred"):
+            return t
+        self.refuse(f"{where}: argument {index} of type {t} on {h.target} is outside the engine's subset "
+                    f"(kernel functions: integers, string, {', '.join(_KERNEL_TYPES)})")
+        return None
 
     def _site_name(self, h: Hook) -> str:
         return h.target if h.section == "tracepoints" else f"{h.target} (via its syscall tracepoint)"
@@ -857,6 +959,9 @@ class _Compiler:
             bit = self._new_str_filter(table, af.values)
             c = f"(s{op.slot}_{table} & (1ULL << {bit}))"
             return f"!{c}" if negate else c
+        if op.kind == "cred":
+            self.refuse(f"{w}: matchArgs on a cred argument is outside the engine's subset")
+            return None
         return self._sock_cond(af, op, w, cgroup_sites)
 
     def _int_cond(self, af: ArgFilter, var: str, w: str) -> str | None:
@@ -886,13 +991,25 @@ class _Compiler:
     def _sock_cond(self, af: ArgFilter, op: Operand, w: str, cgroup_sites: tuple[str, ...] | None) -> str | None:
         v = f"s{op.slot}"
         o = af.operator
-        allowed = _SOCKADDR_OPS if op.type_name == "sockaddr" else _SOCK_OPS
+        allowed = _SOCKADDR_OPS if op.type_name == "sockaddr" else _STRUCT_SOCK_OPS if op.kind == "sock" else _SOCK_OPS
         if o not in allowed:
             self.refuse(f"{w}: operator {o!r} on a {op.type_name or 'socket'} argument (Tetragon's loader takes "
                         f"{', '.join(allowed)} there)")
             return None
         neg = o.startswith("Not")
-        base = {"SAddr": "DAddr", "SPort": "DPort"}.get(o[3:] if neg else o, o[3:] if neg else o)
+        name = o[3:] if neg else o
+        # a struct sock has both ends: its source operators read the local address and port (`s<slot>_sip4`,
+        # `_sport`); a sockaddr has one address, which both spellings read
+        pre = f"{v}_s" if op.kind == "sock" and name in ("SAddr", "SPort") else f"{v}_"
+        if name == "State" and op.kind == "sock":
+            try:
+                states = [f"{v}_state == {_TCP_STATE.get(val) or int(val, 0)}" for val in af.values]
+            except ValueError as e:
+                self.refuse(f"{w}: {e}")
+                return None
+            c = "(" + " || ".join(states) + ")"
+            return f"!{c}" if neg else c
+        base = {"SAddr": "DAddr", "SPort": "DPort"}.get(name, name)
         parts: list[str] = []
         try:
             if base == "DAddr":
@@ -900,10 +1017,10 @@ class _Compiler:
                     net = ipaddress.ip_network(val, strict=False)
                     if net.version == 4:
                         mask = (0xFFFFFFFF << (32 - net.prefixlen)) & 0xFFFFFFFF
-                        parts.append(f"({v}_fam == 2 && ({v}_ip4 & {mask}U) == {int(net.network_address)}U)")
+                        parts.append(f"({v}_fam == 2 && ({pre}ip4 & {mask}U) == {int(net.network_address)}U)")
                         # the same IPv4 peer reached from an IPv6 socket, as ::ffff:a.b.c.d
-                        parts.append(f"({v}_fam == 10 && {v}_ip6_0 == 0 && {v}_ip6_1 == 0 && {v}_ip6_2 == 0xffffU "
-                                     f"&& ({v}_ip6_3 & {mask}U) == {int(net.network_address)}U)")
+                        parts.append(f"({v}_fam == 10 && {pre}ip6_0 == 0 && {pre}ip6_1 == 0 && {pre}ip6_2 == 0xffffU "
+                                     f"&& ({pre}ip6_3 & {mask}U) == {int(net.network_address)}U)")
                     else:
                         words = int(net.network_address).to_bytes(16, "big")
                         conds = [f"{v}_fam == 10"]
@@ -913,17 +1030,17 @@ class _Compiler:
                                 if bits > 32 * k else 0
                             if m:
                                 wv = int.from_bytes(words[4 * k:4 * k + 4], "big") & m
-                                conds.append(f"({v}_ip6_{k} & {m}U) == {wv}U")
+                                conds.append(f"({pre}ip6_{k} & {m}U) == {wv}U")
                         parts.append("(" + " && ".join(conds) + ")")
             elif base == "DPort":
                 for val in af.values:
                     lo, hi = _range(val) if ":" in val else (int(val, 0), int(val, 0))
-                    parts.append(f"({v}_port >= {lo} && {v}_port <= {hi})")
+                    parts.append(f"({pre}port >= {lo} && {pre}port <= {hi})")
             elif base == "Family":
                 for val in af.values:
                     parts.append(f"{v}_fam == {_FAMILIES.get(val) or int(val, 0)}")
             else:  # Protocol
-                if cgroup_sites is None:
+                if cgroup_sites is None and op.kind != "sock":
                     self.refuse(f"{w}: Protocol is only known on the cgroup connect hooks")
                     return None
                 for val in af.values:
@@ -990,7 +1107,8 @@ class _Compiler:
     def _program(self, i: int, h: Hook, site: Site, operands: list[Operand],
                  sels: list[tuple[list[str], int, int, bool, int]], index_map: dict[int, int],
                  fields: tuple[Field, ...], exec_hook: bool, uses_bin: bool, uses_parent: bool,
-                 mask_type: bool, guards: tuple[str, ...], *, mark_loader: bool = False, ldso: bool = False) -> str:
+                 mask_type: bool, guards: tuple[str, ...], *, mark_loader: bool = False, ldso: bool = False,
+                 stash: bool = False) -> str:
         """One program of a hook. `mark_loader`: an exec hook that notes processes started without an ELF
         interpreter (a loader run as a program, or a static binary) in `pl_ldso`. `ldso`: the program on
         sys_enter_mmap that judges the first executable file such a process maps as its binary."""
@@ -1057,6 +1175,15 @@ class _Compiler:
                      f"deny = {int(deny)}; goto matched; }}")
         L += [f"    return {allow};", "matched:",
               f"    if (bpf_map_lookup_elem(&pl_self, &tgid)) return {allow};  /* the engine itself */"]
+        if stash:
+            # a kretprobe's entry: the event waits for the return (pl_ret<i>, by thread), which acts and posts
+            L += ["    struct pl_event *e = bpf_map_lookup_elem(&pl_evbuf, &z);",
+                  "    if (!e) return 0;",
+                  *self._event_fields(i, site, operands, "    "),
+                  "    e->pad = post;",
+                  f"    if (bpf_map_update_elem(&pl_ret{i}, &pid_tgid, e, BPF_ANY)) pl_count(3);",
+                  "    return 0;", "}\n"]
+            return "\n".join(L)
         # a denial acts only where the hook can deny (a tracepoint next to a cgroup hook cannot)
         L += ["    if (sig || deny) {" if cg else "    if (sig) {",
               "        if (cfg->mode == 2) {"]
@@ -1066,27 +1193,8 @@ class _Compiler:
               "            pl_count(2);",
               "        }",
               "    }",
-              "    if (post) {",
-              "        struct pl_event *e = bpf_ringbuf_reserve(&pl_events, sizeof(struct pl_event), 0);",
-              "        if (!e) {",
-              "            pl_count(3);",
-              "        } else {",
-              "            e->ktime = bpf_ktime_get_ns();",
-              "            e->cgroup = bpf_get_current_cgroup_id();",
-              "            e->pid = tgid; e->tid = (u32)pid_tgid;",
-              "            e->uid = (u32)bpf_get_current_uid_gid();",
-              f"            e->hook = {i}; e->sel = sel; e->action = act; e->mode = cfg->mode; e->acted = acted;",
-              "            e->sig = sig;"]
-        for o in operands:
-            if o.kind == "int":
-                L.append(f"            e->ints[{o.position % 8}] = (s64)a{o.position};")
-            elif o.kind == "sockaddr":
-                L.append(f"            e->ints[{o.position % 8}] = ((s64)s{o.slot}_fam << 16) | s{o.slot}_port;")
-                if o.slot < 2:
-                    L.append(f"            __builtin_memcpy(e->strs[{o.slot}], s{o.slot}_raw, 16);")
-            elif o.slot < 2:
-                L.append(f"            PL_COPY(e->strs[{o.slot}], sc->str[{o.slot}].s, {STRLEN});")
-        L += [f"            if (bin) PL_COPY(e->bin, bin, {STRLEN}); else e->bin[0] = 0;",
+              *_post_open(),
+              *self._event_fields(i, site, operands, "            "),
               "            bpf_ringbuf_submit(e, 0);",
               "            pl_count(0);",
               "        }",
@@ -1096,6 +1204,63 @@ class _Compiler:
             L.append("    if (deny > 1 && acted) bpf_set_retval(-deny);")
         L.append(f"    return (deny && acted) ? {deny_rv} : {allow};" if cg else f"    return {allow};")
         L.append("}\n")
+        return "\n".join(L)
+
+    @staticmethod
+    def _event_fields(i: int, site: Site, operands: list[Operand], ind: str) -> list[str]:
+        """C filling the event record `e` of hook `i` from what the program read."""
+        L = [f"{ind}e->ktime = bpf_ktime_get_ns();",
+             f"{ind}e->cgroup = bpf_get_current_cgroup_id();",
+             f"{ind}e->pid = tgid; e->tid = (u32)pid_tgid;",
+             f"{ind}e->uid = (u32)bpf_get_current_uid_gid();",
+             f"{ind}e->hook = {i}; e->sel = sel; e->action = act; e->mode = cfg->mode; e->acted = acted;",
+             f"{ind}e->sig = sig;"]
+        for o in operands:
+            if o.kind == "int":
+                L.append(f"{ind}e->ints[{o.position % 8}] = (s64)a{o.position};")
+            elif o.kind == "sockaddr":
+                L.append(f"{ind}e->ints[{o.position % 8}] = ((s64)s{o.slot}_fam << 16) | s{o.slot}_port;")
+                if o.slot < 2:
+                    L.append(f"{ind}__builtin_memcpy(e->strs[{o.slot}], s{o.slot}_raw, 16);")
+            elif o.slot < 2:
+                L.append(f"{ind}PL_COPY(e->strs[{o.slot}], sc->str[{o.slot}].s, {STRLEN});")
+                if site.kind == "kprobe" and o.type_name in _PATH_TYPES:
+                    L.append(f"{ind}e->ints[{o.position % 8}] = a{o.position};  /* i_mode */")
+        if site.kind == "cgroup":  # no task BTF there: the process map's binary or none
+            L.append(f"{ind}if (bin) PL_COPY(e->bin, bin, {STRLEN}); else e->bin[0] = 0;")
+        else:  # the file that runs, also when nothing asked for it (a short-lived process is gone from /proc)
+            L.append(f"{ind}if (bin) PL_COPY(e->bin, bin, {STRLEN}); else pl_exe_path(e->bin);")
+        return L
+
+    def _return_program(self, i: int, site: Site, ret_type: str, ret_conds: list[list[str]]) -> str:
+        """A kretprobe's return: the entry's event (if its selectors matched), the return value read and
+        filtered by matchReturnArgs, then the selector's action and the event."""
+        ctype = _INT_TYPES.get(ret_type, "s64")
+        L = [f"int {site.function}(void *ctx) {{",
+             "    u64 pid_tgid = bpf_get_current_pid_tgid();",
+             f"    struct pl_event *st = bpf_map_lookup_elem(&pl_ret{i}, &pid_tgid);",
+             "    if (!st) return 0;",
+             "    int z = 0;",
+             "    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);",
+             f"    {ctype} r = ({ctype})*(u64 *)((char *)ctx + {_PT_REGS_RC});",
+             "    u32 sig = st->sig, post = st->pad, acted = 0;"]
+        for k, conds in enumerate(ret_conds):
+            if conds:
+                L.append(f"    if (st->sel == {k} && !({' && '.join(conds)})) goto done;")
+        L += [f"    if (!cfg || cfg->mode >= {MODE_OFF}) goto done;",
+              "    if (sig) {",
+              "        if (cfg->mode == 2) { bpf_send_signal(sig); acted = 1; pl_count(1); } else pl_count(2);",
+              "    }",
+              *_post_open(),
+              "            bpf_probe_read_kernel(e, sizeof(*e), st);",
+              f"            e->ints[{RET_SLOT}] = (s64)r; e->acted = acted; e->mode = cfg->mode;",
+              "            bpf_ringbuf_submit(e, 0);",
+              "            pl_count(0);",
+              "        }",
+              "    }",
+              "done:",
+              f"    bpf_map_delete_elem(&pl_ret{i}, &pid_tgid);",
+              "    return 0;", "}\n"]
         return "\n".join(L)
 
     def _read_operand(self, h: Hook, site: Site, o: Operand, index_map: dict[int, int],
@@ -1127,6 +1292,8 @@ class _Compiler:
                     f"    bpf_probe_read_user(&a{p}, sizeof(a{p}), *(char **)((char *)ctx + {f.offset}) + {o.member});"]
         f = self._field(index_map, o.index, fields)
         assert f is not None
+        if site.kind == "kprobe" and (o.kind in ("sock", "cred") or o.type_name in _PATH_TYPES):
+            return self._read_kernel_object(o, f, need_strings)
         if o.kind == "sockaddr":
             v = f"s{o.slot}"
             return [f"    struct pl_sa {v}_sa = {{}};",
@@ -1149,7 +1316,7 @@ class _Compiler:
                 read = f"bpf_probe_read_kernel_str({buf}, {size}, (char *)ctx + {f.offset})"
             else:
                 L = []
-                user = h.subsystem in (None, "syscalls") or h.section == "kprobes"
+                user = site.kind != "kprobe" and (h.subsystem in (None, "syscalls") or h.section == "kprobes")
                 fn = "bpf_probe_read_user_str" if user else "bpf_probe_read_kernel_str"
                 read = f"{fn}({buf}, {STRLEN}, *(const char **)((char *)ctx + {f.offset}))"
                 size = STRLEN
@@ -1173,6 +1340,44 @@ class _Compiler:
         L = [f"    {ctype} a{p} = ({ctype}){read};"]
         if mask_type and o.index == 1:
             L.append(f"    a{p} &= 0xf;  /* SOCK_TYPE_MASK: the security hook sees the type without flags */")
+        return L
+
+    def _read_kernel_object(self, o: Operand, f: Field, need_strings: bool) -> list[str]:
+        """C reading a kprobe argument that points to a kernel object, through BTF (CO-RE)."""
+        p, buf = o.position, f"sc->str[{o.slot}].s"
+        ptr = f"*(u64 *)((char *)ctx + {f.offset})"
+        if o.kind == "sock":
+            v = f"s{o.slot}"
+            L = [f"    struct sock *sk{p} = (struct sock *){ptr};",
+                 f"    struct pl_sk *{v}_sk = (struct pl_sk *)__builtin_assume_aligned({buf}, 8);",
+                 f"    pl_sock(sk{p}, {v}_sk);",
+                 f"    u32 {v}_fam = {v}_sk->family, {v}_proto = {v}_sk->protocol, {v}_state = {v}_sk->state;",
+                 f"    u32 {v}_port = {v}_sk->dport, {v}_sport = {v}_sk->sport;",
+                 f"    u32 {v}_ip4 = __builtin_bswap32({v}_sk->daddr[0]), "
+                 f"{v}_sip4 = __builtin_bswap32({v}_sk->saddr[0]);"]
+            L += [f"    u32 {v}_ip6_{k} = __builtin_bswap32({v}_sk->daddr[{k}]), "
+                  f"{v}_sip6_{k} = __builtin_bswap32({v}_sk->saddr[{k}]);" for k in range(4)]
+            return L
+        if o.kind == "cred":
+            return [f"    pl_cred((struct cred *){ptr}, (struct pl_cr *)__builtin_assume_aligned({buf}, 8));"]
+        t = o.type_name
+        if t == "file":
+            L = [f"    struct file *fl{p} = (struct file *){ptr};"]
+        elif t == "linux_binprm":
+            L = [f"    struct file *fl{p} = BPF_CORE_READ((struct linux_binprm *){ptr}, file);"]
+        else:  # path
+            L = [f"    struct path *pa{p} = (struct path *){ptr};",
+                 f"    struct pl_at at{p} = {{ BPF_CORE_READ(pa{p}, mnt), BPF_CORE_READ(pa{p}, dentry), "
+                 f"BPF_CORE_READ(pa{p}, mnt, mnt_root) }};",
+                 f"    int l{p} = pl_path(&at{p}, {buf});",
+                 f"    s64 a{p} = BPF_CORE_READ(pa{p}, dentry, d_inode, i_mode);"]
+        if t != "path":
+            L += [f"    int l{p} = pl_file_path(fl{p}, {buf});",
+                  f"    s64 a{p} = fl{p} ? BPF_CORE_READ(fl{p}, f_inode, i_mode) : 0;"]
+        if need_strings:
+            s_ = f"s{o.slot}"
+            L += [f"    u64 {s_}_eq = 0, {s_}_pre = 0, {s_}_post = 0;",
+                  f"    pl_str_bits(sc, {buf}, l{p}, &{s_}_eq, &{s_}_pre, &{s_}_post);"]
         return L
 
     # ------------------------------------------------------------------ 32-bit compat syscalls
@@ -1294,6 +1499,15 @@ class _Compiler:
             if strings and self.follow else "")
 
 
+#: A kretprobe's events wait here from entry to return, per thread; built in pl_evbuf (too big for a stack).
+_RET_STASH = """
+struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, u64); __type(value, struct pl_event);
+         __uint(max_entries, 4096); __uint(map_flags, BPF_F_NO_PREALLOC); } pl_ret%(i)d SEC(".maps");
+"""
+_RET_BUF = """
+PL_MAP(pl_evbuf, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_event, 1);
+"""
+
 _LDSO = r"""
 /* tgid -> the exec (start of the process, exec count of the task) that ran without an ELF interpreter and
    has not mapped its program yet (bpf/compile.py). An entry of an earlier exec or process is stale by
@@ -1333,13 +1547,22 @@ static __always_inline struct file *pl_fd_file(s64 fd) {
 """
 
 
+def _post_open() -> list[str]:
+    """C opening the posting of an event: a ring buffer record `e`, or the lost counter."""
+    return ["    if (post) {",
+            "        struct pl_event *e = bpf_ringbuf_reserve(&pl_events, sizeof(struct pl_event), 0);",
+            "        if (!e) {",
+            "            pl_count(3);",
+            "        } else {"]
+
+
 def _section(site: Site) -> str:
     """The ELF section libbpf reads a program's type (and a cgroup program's attach type) from."""
     if site.kind == "tracepoint":
         return f"tracepoint/{site.subsystem}/{site.event}"
     if site.kind == "raw_tracepoint":
         return f"raw_tp/{site.event}"
-    return f"cgroup/{site.attach}"
+    return f"{site.kind}/{site.attach}"  # cgroup/connect4, kprobe/fd_install, kretprobe/fd_install
 
 
 def _sections(source: str, sites: tuple[Site, ...]) -> str:
@@ -1563,6 +1786,50 @@ static __always_inline int pl_path(struct pl_at *at, char *dst) {
     PL_ZERO(dst, PL_STRLEN);
     bpf_probe_read_kernel(dst, len, &buf->out[from]);
     return len;
+}
+/* A socket as Tetragon's sock_arg shows it (kprobe arguments of type sock; bpf/events.py reads it back).
+   Addresses stay in network order, ports in host order. */
+struct pl_sk { u16 family; u16 type; u16 protocol; u16 state; u16 sport; u16 dport; u32 mark; u32 priority;
+               u32 pad; u64 cookie; u32 saddr[4]; u32 daddr[4]; };
+static __always_inline void pl_sock(struct sock *sk, struct pl_sk *o) {
+    __builtin_memset(o, 0, sizeof(*o));
+    if (!sk) return;
+    o->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+    o->type = BPF_CORE_READ(sk, sk_type);
+    o->protocol = BPF_CORE_READ(sk, sk_protocol);
+    o->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+    o->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+    o->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+    o->mark = BPF_CORE_READ(sk, sk_mark);
+    o->priority = BPF_CORE_READ(sk, sk_priority);
+    o->cookie = (u64)sk;  /* Tetragon's cookie: the socket's address, the same for every event of it */
+    if (o->family == 2) {
+        o->saddr[0] = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+        o->daddr[0] = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+    } else if (o->family == 10) {
+        BPF_CORE_READ_INTO(&o->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+        BPF_CORE_READ_INTO(&o->daddr, sk, __sk_common.skc_v6_daddr);
+    }
+}
+/* Credentials as Tetragon's process_credentials_arg shows them (kprobe arguments of type cred). */
+struct pl_cr { u32 uid; u32 gid; u32 suid; u32 sgid; u32 euid; u32 egid; u32 fsuid; u32 fsgid; u32 securebits;
+               u32 pad; u64 permitted; u64 effective; u64 inheritable; };
+static __always_inline void pl_cred(struct cred *c, struct pl_cr *o) {
+    __builtin_memset(o, 0, sizeof(*o));
+    if (!c) return;
+    o->uid = BPF_CORE_READ(c, uid.val);
+    o->gid = BPF_CORE_READ(c, gid.val);
+    o->suid = BPF_CORE_READ(c, suid.val);
+    o->sgid = BPF_CORE_READ(c, sgid.val);
+    o->euid = BPF_CORE_READ(c, euid.val);
+    o->egid = BPF_CORE_READ(c, egid.val);
+    o->fsuid = BPF_CORE_READ(c, fsuid.val);
+    o->fsgid = BPF_CORE_READ(c, fsgid.val);
+    o->securebits = BPF_CORE_READ(c, securebits);
+    /* kernel_cap_t is two u32 before 6.3 and one u64 after: eight bytes either way */
+    bpf_probe_read_kernel(&o->permitted, 8, (char *)c + bpf_core_field_offset(struct cred, cap_permitted));
+    bpf_probe_read_kernel(&o->effective, 8, (char *)c + bpf_core_field_offset(struct cred, cap_effective));
+    bpf_probe_read_kernel(&o->inheritable, 8, (char *)c + bpf_core_field_offset(struct cred, cap_inheritable));
 }
 /* the path of a file known only by its address (read through bpf_probe_read_kernel) */
 static __always_inline int pl_file_path(struct file *f, char *dst) {

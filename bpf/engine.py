@@ -470,9 +470,13 @@ class _Loader:
             finally:
                 os.close(lfd)
             return
-        if site.kind == "tracepoint":
-            assert site.subsystem and site.event
-            pfd = syscall.perf_event_open_tracepoint(syscall.tracepoint_id(site.subsystem, site.event))
+        if site.kind in ("tracepoint", "kprobe", "kretprobe"):
+            if site.kind == "tracepoint":
+                assert site.subsystem and site.event
+                pfd = syscall.perf_event_open_tracepoint(syscall.tracepoint_id(site.subsystem, site.event))
+            else:
+                assert site.attach
+                pfd = syscall.perf_event_open_kprobe(site.attach, retprobe=site.kind == "kretprobe")
             try:
                 lfd = syscall.link_create_perf_event(prog_fd, pfd)
             finally:

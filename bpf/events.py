@@ -14,6 +14,7 @@ import base64
 import datetime as _dt
 import ipaddress
 import os
+import stat
 import struct
 import time
 from collections.abc import Callable
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import syscall
-from .compile import ACTION_NAMES, MODES, HookPlan, Operand, Plan
+from .compile import ACTION_NAMES, MODES, RET_SLOT, HookPlan, Operand, Plan
 from .core.errors import LibbpfError
 from .core.libbpf import RingBuffer
+from .core.records import cap_names
 from .process_events import is_base
 
 #: struct pl_event (compile._PRELUDE).
@@ -32,6 +34,17 @@ _EVENT = struct.Struct("<QQ10I8q256s256s256s")
 _COUNTERS = ("posted", "enforced", "would_have_enforced", "lost")
 _ENFORCING = (1, 2, 3)  # sigkill, signal, override
 _FAMILY_NAMES = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6"}
+_SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
+_PROTOCOL_NAMES = {6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 1: "IPPROTO_ICMP", 58: "IPPROTO_ICMPV6", 255: "IPPROTO_RAW",
+                   262: "IPPROTO_MPTCP"}
+_TCP_STATES = ("", "TCP_ESTABLISHED", "TCP_SYN_SENT", "TCP_SYN_RECV", "TCP_FIN_WAIT1", "TCP_FIN_WAIT2",
+               "TCP_TIME_WAIT", "TCP_CLOSE", "TCP_CLOSE_WAIT", "TCP_LAST_ACK", "TCP_LISTEN", "TCP_CLOSING",
+               "TCP_NEW_SYN_RECV")
+#: struct pl_sk and struct pl_cr of the generated source (bpf/compile.py)
+_PL_SK = struct.Struct("<HHHHHHIIIQ16s16s")
+_PL_CR = struct.Struct("<IIIIIIIIIIQQQ")
+#: Tetragon's argument shape of each path-like kernel object
+_PATH_ARGS = {"file": "file_arg", "path": "path_arg", "linux_binprm": "linux_binprm_arg"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,8 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> d
         kind = "process_kprobe"
     if hook is not None:
         body["args"] = [_arg(o, raw) for o in hook.operands]
+    if hook is not None and hook.return_type is not None:
+        body["return"] = _int_arg(hook.return_type, raw.ints[RET_SLOT])
     body["policy_name"] = plan.policy.name
     if hook is not None and hook.message:
         body["message"] = hook.message
@@ -152,9 +167,19 @@ def _process_event(raw: RawEvent, hook: HookPlan, process: dict[str, Any], node_
 
 def _arg(o: Operand, raw: RawEvent) -> dict[str, Any]:
     out: dict[str, Any]
-    if o.kind == "str":
+    if o.kind == "str" and o.type_name in _PATH_ARGS:
+        mode = raw.ints[o.position % 8]
+        body = {"path": _cstr(raw.strs[o.slot]) if o.slot < 2 else ""}
+        if mode:
+            body["permission"] = stat.filemode(mode)
+        out = {_PATH_ARGS[o.type_name]: body}
+    elif o.kind == "str":
         text = _cstr(raw.strs[o.slot]) if o.slot < 2 else ""
         out = {"string_arg": text}
+    elif o.kind == "sock":
+        out = {"sock_arg": _sock(raw.strs[o.slot]) if o.slot < 2 else {}}
+    elif o.kind == "cred":
+        out = {"process_credentials_arg": _cred(raw.strs[o.slot]) if o.slot < 2 else {}}
     elif o.kind == "sockaddr":
         packed = raw.ints[o.position % 8]
         fam, port = (packed >> 16) & 0xFFFF, packed & 0xFFFF
@@ -167,18 +192,47 @@ def _arg(o: Operand, raw: RawEvent) -> dict[str, Any]:
                 addr = str(ipaddress.IPv6Address(b[:16]))
         out = {"sockaddr_arg": {"family": _FAMILY_NAMES.get(fam, str(fam)), "addr": addr, "port": port}}
     else:
-        v = raw.ints[o.position % 8]
-        t = o.type_name
-        if t in ("uint32", "uint", "u32"):
-            out = {"uint_arg": v & 0xFFFFFFFF}
-        elif t in ("size_t", "uint64", "u64", "ulong"):
-            out = {"size_arg": v & 0xFFFFFFFFFFFFFFFF}
-        elif t in ("int", "int32", "sint32", "fd", "int", "int8", "int16"):
-            out = {"int_arg": v}
-        else:
-            out = {"long_arg": v}
+        out = _int_arg(o.type_name, raw.ints[o.position % 8])
     if o.label:
         out["label"] = o.label
+    return out
+
+
+def _int_arg(t: str, v: int) -> dict[str, Any]:
+    if t in ("uint32", "uint", "u32"):
+        return {"uint_arg": v & 0xFFFFFFFF}
+    if t in ("size_t", "uint64", "u64", "ulong"):
+        return {"size_arg": v & 0xFFFFFFFFFFFFFFFF}
+    if t in ("int", "int32", "sint32", "fd", "int8", "int16"):
+        return {"int_arg": v}
+    return {"long_arg": v}
+
+
+def _sock(b: bytes) -> dict[str, Any]:
+    fam, typ, proto, state, sport, dport, mark, prio, _, cookie, saddr, daddr = _PL_SK.unpack_from(b)
+    if fam == 2:
+        src, dst = str(ipaddress.IPv4Address(saddr[:4])), str(ipaddress.IPv4Address(daddr[:4]))
+    elif fam == 10:
+        src, dst = str(ipaddress.IPv6Address(saddr)), str(ipaddress.IPv6Address(daddr))
+    else:
+        src = dst = ""
+    out: dict[str, Any] = {"family": _FAMILY_NAMES.get(fam, str(fam)), "type": _SOCK_TYPES.get(typ, str(typ)),
+                           "protocol": _PROTOCOL_NAMES.get(proto, str(proto)), "mark": mark, "priority": prio,
+                           "saddr": src, "daddr": dst, "sport": sport, "dport": dport,
+                           "cookie": str(cookie)}  # uint64: a string in protojson, as Tetragon prints it
+    if fam in (2, 10) and 0 < state < len(_TCP_STATES):
+        out["state"] = _TCP_STATES[state]
+    return out
+
+
+def _cred(b: bytes) -> dict[str, Any]:
+    uid, gid, suid, sgid, euid, egid, fsuid, fsgid, securebits, _, perm, eff, inh = _PL_CR.unpack_from(b)
+    out: dict[str, Any] = {"uid": uid, "gid": gid, "euid": euid, "egid": egid, "suid": suid, "sgid": sgid,
+                           "fsuid": fsuid, "fsgid": fsgid,
+                           "caps": {"permitted": cap_names(perm), "effective": cap_names(eff),
+                                    "inheritable": cap_names(inh)}}
+    if securebits:
+        out["securebits"] = securebits
     return out
 
 

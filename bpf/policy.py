@@ -90,6 +90,8 @@ class Selector:
     #: Keys present with a non-empty value that the model does not type (matchCapabilities, ...).
     unsupported: tuple[str, ...]
     path: JsonPath
+    #: Filters on a kretprobe's return value (`index` 0).
+    match_return_args: tuple[ArgFilter, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,9 @@ class Hook:
     #: `message` and `tags` of the hook, carried into its events as Tetragon does.
     message: str | None = None
     tags: tuple[str, ...] = ()
+    #: A kretprobe's `returnArg` (the value the function returns, typed) and `returnArgAction`.
+    return_arg: Arg | None = None
+    return_arg_action: str | None = None
 
     def arg(self, index: int) -> Arg | None:
         return next((a for a in self.args if a.index == index), None)
@@ -250,15 +255,17 @@ def _hook(section: str, raw: Any, path: JsonPath) -> Hook:
     unsupported = [k for k in h if k not in known]
     if section == "tracepoints" and h.get("raw"):
         unsupported.append("raw")
-    if section == "kprobes" and h.get("returnArg") is not None:
-        unsupported.append("returnArg")
+    return_arg = _arg(h["returnArg"], (*path, "returnArg")) if section == "kprobes" and h.get("returnArg") else None
+    return_arg_action = (_str(h["returnArgAction"], (*path, "returnArgAction"))
+                         if section == "kprobes" and h.get("returnArgAction") is not None else None)
     if section == "kprobes" and h.get("data"):
         unsupported.append("data")
     message = _str(h["message"], (*path, "message")) if h.get("message") is not None else None
     tags = _values(h.get("tags"), (*path, "tags"))
     return Hook(section=section, target=target, subsystem=subsystem, event=event, syscall=syscall,
                 return_probe=return_probe, args=args, selectors=selectors,
-                unsupported=tuple(unsupported), path=path, message=message, tags=tags)
+                unsupported=tuple(unsupported), path=path, message=message, tags=tags, return_arg=return_arg,
+                return_arg_action=return_arg_action)
 
 
 def _arg(raw: Any, path: JsonPath) -> Arg:
@@ -277,7 +284,7 @@ def _arg(raw: Any, path: JsonPath) -> Arg:
 
 
 _SELECTOR_TYPED = {"matchArgs", "matchBinaries", "matchParentBinaries", "matchPIDs", "matchNamespaces",
-                   "matchActions"}
+                   "matchActions", "matchReturnArgs"}
 
 
 def _selector(raw: Any, path: JsonPath) -> Selector:
@@ -293,6 +300,7 @@ def _selector(raw: Any, path: JsonPath) -> Selector:
         match_pids=tuple(_pids(x, p) for x, p in items("matchPIDs")),
         match_namespaces=tuple(_namespaces(x, p) for x, p in items("matchNamespaces")),
         match_actions=tuple(_action(x, p) for x, p in items("matchActions")),
+        match_return_args=tuple(_arg_filter(x, p) for x, p in items("matchReturnArgs")),
         unsupported=tuple(k for k in s if k not in _SELECTOR_TYPED and s[k] not in (None, [], {})),
         path=path,
     )

@@ -30,8 +30,33 @@ def test_every_template_compiles_without_a_kernel(name: str) -> None:
 def test_kprobe_on_a_kernel_function_is_refused_with_the_missing_feature() -> None:
     spec = {"kprobes": [{"call": "fd_install", "syscall": False, "args": [{"index": 0, "type": "int"}]}]}
     assert reasons(spec) == ["unsupported: kprobe on fd_install needs kprobes, which this kernel lacks"]
-    with_kprobes = reasons(spec, Features(kprobes=True))
-    assert with_kprobes and "runs only for syscalls and socket hooks" in with_kprobes[0]
+    assert reasons(spec, Features(kprobes=True)) == []
+
+
+def test_kprobe_on_a_kernel_function_reads_registers_and_typed_objects() -> None:
+    plan = compile_policy(parse(doc({"kprobes": [{
+        "call": "security_file_permission", "syscall": False, "return": True,
+        "args": [{"index": 0, "type": "file"}, {"index": 1, "type": "int"}],
+        "returnArg": {"index": 0, "type": "int"},
+        "selectors": [{"matchArgs": [{"index": 0, "operator": "Prefix", "values": ["/etc/"]}],
+                       "matchReturnArgs": [{"index": 0, "operator": "NotEqual", "values": ["0"]}]}]}]})),
+        Features(kprobes=True), builtin_formats)
+    [hook] = plan.hooks
+    assert [(s.kind, s.attach) for s in hook.sites] == [("kprobe", "security_file_permission"),
+                                                         ("kretprobe", "security_file_permission")]
+    assert hook.return_type == "int"
+    assert "pl_file_path(fl0, sc->str[0].s)" in plan.source  # the file through BTF, not a user string
+    assert "(struct file *)*(u64 *)((char *)ctx + 112);" in plan.source  # di
+    assert "s32 a1 = (s32)*(s64 *)((char *)ctx + 104);" in plan.source  # si
+    assert "if (st->sel == 0 && !((r != 0LL))) goto done;" in plan.source
+
+
+def test_match_return_args_without_a_kretprobe_is_refused() -> None:
+    spec = {"kprobes": [{"call": "fd_install", "syscall": False,
+                         "selectors": [{"matchReturnArgs": [{"index": 0, "operator": "Equal", "values": ["0"]}]}]}]}
+    [why] = reasons(spec, Features(kprobes=True))
+    assert "matchReturnArgs needs the function's return" in why
+    assert "selectors[0]" in why
 
 
 def test_syscall_kprobe_runs_on_its_tracepoint_with_shifted_arguments() -> None:

@@ -28,7 +28,8 @@ _HIDDEN = ("/tmp/", "/var/tmp/", "/run/")
 #: Needs a cgroup v1 hierarchy, which the guest (cgroup2 only) does not mount.
 HOST_ONLY = ("tests/bpf/test_engine.py::test_a_load_failing_halfway_is_rolled_back",)
 #: The engine's kernel tests that run in the VM (the rest of tests/bpf runs on this kernel only).
-ENGINE_TESTS = ("tests/bpf/test_engine_corpus.py", "tests/bpf/test_engine.py", "tests/bpf/test_engine_evasion.py")
+ENGINE_TESTS = ("tests/bpf/test_engine_corpus.py", "tests/bpf/test_engine.py", "tests/bpf/test_engine_evasion.py",
+                "tests/bpf/test_engine_kprobes.py")
 
 
 @pytest.fixture(scope="module")
