@@ -35,9 +35,21 @@ from functools import partial
 from typing import Any
 
 from . import ia32, scope
+from .core.records import CAP_NAMES
 from .errors import Unsupported, format_path
-from .policy import Arg, ArgFilter, BinariesFilter, Hook, Selector, TracingPolicy
+from .policy import (
+    Arg,
+    ArgFilter,
+    BinariesFilter,
+    CapabilitiesFilter,
+    Hook,
+    NamespacesFilter,
+    Selector,
+    TracingPolicy,
+    UprobeTarget,
+)
 from .tpformat import Field, Formats, builtin_formats
+from .uprobes import Resolved, Unresolvable
 
 MODES = ("observe", "enforce_ready", "enforced")
 #: `pl_cfg.mode` of a policy being unloaded: its programs return at once (set before its links go).
@@ -92,6 +104,11 @@ _USER_STRUCTS = {"clone_args": {"flags": 0, "pidfd": 8, "child_tid": 16, "parent
                  "open_how": {"flags": 0, "mode": 8, "resolve": 16}}
 _SYSCALL_STRUCTS = {"sys_enter_clone3": "clone_args", "sys_enter_openat2": "open_how"}
 _STRING_TYPES = ("string", "char_buf", "filename", "const_buf")
+#: matchNamespaces kinds (Tetragon's names, lower-cased) → the key kind in `pl_ns`; /proc/<pid>/ns file names.
+_NS_NAMES = ("Uts", "Ipc", "Mnt", "Pid", "PidForChildren", "Net", "Time", "TimeForChildren", "Cgroup", "User")
+_NAMESPACES = {n.lower(): k for k, n in enumerate(_NS_NAMES)}
+NS_FILES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup", "user")
+_CAP_BITS = {("CAP_DAC_OVERRIDE" if n == "DAC_OVERRIDE" else n): b for b, n in enumerate(CAP_NAMES)}
 #: Kernel objects a kprobe argument may point to, read through BTF; the path-like ones are compared as
 #: strings (matchArgs Equal/Prefix/Postfix on the path), as Tetragon does.
 _PATH_TYPES = ("file", "path", "linux_binprm")
@@ -101,6 +118,8 @@ _UNSIGNED = ("uint32", "uint", "u32", "uint8", "uint16", "uint64", "u64", "size_
 #: its return value (ax).
 _PT_REGS_ARGS = (112, 104, 96, 88, 72)
 _PT_REGS_RC = 80
+#: A user function's first six arguments (the SysV calling convention adds r9): what a uprobe reads.
+_UPROBE_REGS = (*_PT_REGS_ARGS, 64)
 #: Where a kretprobe's event carries the return value (kprobe arguments take at most the first five).
 RET_SLOT = 7
 _INT_OPS = ("Equal", "NotEqual", "Mask", "GT", "LT", "InRange", "NotInRange")
@@ -129,6 +148,8 @@ class Features:
 
     kprobes: bool = False
     lsm: bool = False
+    #: uprobes on functions of user-space ELF files (CONFIG_UPROBES; the development kernels have them).
+    uprobes: bool = True
     send_signal: bool = True
     cgroup_sock_create: bool = True
     cgroup_connect4: bool = True
@@ -170,6 +191,7 @@ class Features:
         values: dict[str, Any] = {}
         reasons = []
         for attr, names in (("kprobes", ("kprobes", "kprobe")), ("lsm", ("bpf_lsm", "lsm")),
+                            ("uprobes", ("uprobes", "uprobe")),
                             ("send_signal", ("send_signal", "bpf_send_signal")),
                             ("cgroup_sock_create", ("cgroup_sock_create", "sock_create")),
                             ("cgroup_connect4", ("cgroup_connect4", "connect4")),
@@ -207,12 +229,16 @@ class Site:
     subsystem: str | None = None
     event: str | None = None
     #: the cgroup hook ("sock_create" | "connect4" | "connect6" | "sendmsg4" | "sendmsg6"), or the kernel
-    #: function of a kprobe
+    #: function of a kprobe, or what a uprobe is on (`/bin/bash readline`)
     attach: str | None = None
+    #: A uprobe's file as the kernel attaches to it (its real path on this node) and the file offset of the
+    #: probed instruction; None where the plan was made without the node's files (bpf/uprobes.py).
+    file: str | None = None
+    offset: int | None = None
 
     @property
     def label(self) -> str:
-        if self.kind in ("cgroup", "kprobe", "kretprobe"):
+        if self.kind in ("cgroup", "kprobe", "kretprobe", "uprobe"):
             return f"{self.kind}/{self.attach}"
         return f"{self.subsystem}:{self.event}" if self.kind == "tracepoint" else f"raw_tp/{self.event}"
 
@@ -233,6 +259,8 @@ class HookPlan:
     tags: tuple[str, ...] = ()
     #: A kretprobe's returnArg type: its events carry the value the function returned.
     return_type: str | None = None
+    #: A uprobe's path and symbol (or offset), which its events report.
+    uprobe: UprobeTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +279,16 @@ class StringEntry:
         if self.table == "eq":
             return self.value.ljust(SHORT_STRLEN if len(self.value) < SHORT_STRLEN else STRLEN, b"\0")
         return struct.pack("<I", len(self.value) * 8) + self.value.ljust(STRLEN, b"\0")
+
+
+@dataclass(frozen=True)
+class NsEntry:
+    """A matchNamespaces entry: its bit in the `pl_ns` map, set for each of its values (inode numbers, or
+    host_ns, which the engine reads from /proc/1/ns at load: a node's own namespaces are not source)."""
+
+    kind: int  # _NAMESPACES
+    values: tuple[str, ...]
+    bit: int
 
 
 @dataclass(frozen=True)
@@ -278,6 +316,8 @@ class Plan:
     scope_hooks: tuple[HookPlan, ...] = ()
     #: The syscall hooks also run for 32-bit compat calls (`pl_ia32` on raw_syscalls:sys_enter).
     ia32: bool = False
+    #: matchNamespaces entries: `pl_ns` map contents once the engine has resolved host_ns.
+    namespaces: tuple[NsEntry, ...] = ()
 
     @property
     def sites(self) -> tuple[Site, ...]:
@@ -335,16 +375,22 @@ def check(policy: TracingPolicy, features: Features | None = None, formats: Form
 
 def compile_policy(policy: TracingPolicy, features: Features | None = None,
                    formats: Formats | None = None, *, scoped: bool = False,
-                   real_path: Callable[[str], str] | None = None) -> Plan:
+                   real_path: Callable[[str], str] | None = None,
+                   resolve_uprobe: Callable[[UprobeTarget], Resolved] | None = None) -> Plan:
     """The load plan of `policy`; raises `Unsupported` with every reason when it cannot run here.
 
     `scoped`: the policy is loaded for workload cgroups, so it also keeps their processes in
     scope (bpf/scope.py). `real_path`: what a matchBinaries path is on this node with its
     symlinks resolved (the engine passes `os.path.realpath`'s answer): the kernel reports the
     file that runs, so `/bin/sh` must also match `/usr/bin/dash`. The real paths are map
-    entries, never part of the source."""
-    return _Compiler(policy, features or Features(), formats or builtin_formats, scoped,
-                     real_path or (lambda v: v)).run()
+    entries, never part of the source. `resolve_uprobe`: where a uprobe goes on this node
+    (bpf.uprobes.resolve; the engine passes it when it loads): a file or function missing here
+    refuses the policy. Without it uprobes are planned unplaced (their sites have no offset), as
+    the reconciler plans for a kernel profile: the offset is an attach parameter, not source."""
+    compiler = _Compiler(policy, features or Features(), formats or builtin_formats, scoped,
+                         real_path or (lambda v: v))
+    compiler.resolve_uprobe = resolve_uprobe
+    return compiler.run()
 
 
 # --------------------------------------------------------------------------- the compiler
@@ -382,6 +428,8 @@ class _Compiler:
         self.p = policy
         self.real_path = real_path
         self.scoped = scoped
+        #: Places uprobes on this node's files (`compile_policy`); None: sites without offsets.
+        self.resolve_uprobe: Callable[[UprobeTarget], Resolved] | None = None
         #: (ia32 numbers, program, index of its generator) of the syscall hooks: see `_ia32_source`.
         self.ia32: list[tuple[tuple[int, ...], str, int]] = []
         #: (socketcall number, argument count, program) of the socket hooks among them.
@@ -391,6 +439,12 @@ class _Compiler:
         self.reasons: list[str] = []
         self.notes: list[str] = []
         self.str_filters: list[_StrFilter] = []
+        #: matchNamespaces entries, one bit each in the `pl_ns` values (the engine resolves host_ns).
+        self.ns_filters: list[NsEntry] = []
+        #: What the programs of a hook read of the current task for its selectors ("ns:<kind>", "caps:<set>",
+        #: "nspid"), by hook index.
+        self.hook_needs: dict[int, set[str]] = {}
+        self._hook_i = 0
         self.follow: list[FollowFilter] = []
         self.tracking = False
         #: Some exec hook judges programs a loader maps (`pl_ldso`, `_program(ldso=True)`).
@@ -427,7 +481,8 @@ class _Compiler:
         if self.reasons:
             raise Unsupported(self.reasons)
         strings = self._string_entries()
-        source = _prelude(self.tracking, strings, self._table_sizes(), self.scoped)
+        ns_size = max(8, sum(len(e.values) for e in self.ns_filters)) if self.ns_filters else 0
+        source = _prelude(self.tracking, strings, self._table_sizes(), self.scoped, ns_size)
         source += self._self_exit_source()
         if self.tracking:
             source += self._tracking_source()
@@ -450,7 +505,8 @@ class _Compiler:
         if self.ia32:
             source += self._ia32_source(bodies)
         plan = Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
-                    strings=strings, follow=tuple(self.follow), notes=tuple(self.notes), scoped=self.scoped,
+                    strings=strings, namespaces=tuple(self.ns_filters), follow=tuple(self.follow),
+                    notes=tuple(self.notes), scoped=self.scoped,
                     scope_hooks=scope_hooks, ia32=bool(self.ia32))
         return replace(plan, source=_sections(source, plan.sites))
 
@@ -473,7 +529,10 @@ class _Compiler:
             else:
                 self.refuse(f"lsmhook on {h.target}: this engine does not generate LSM programs")
             return None
-        self.refuse(f"{h.section} ({h.target}) are outside the engine's subset (kernel hooks only)")
+        if h.section == "uprobes":
+            return self._uprobe(i, h)
+        self.refuse(f"{h.section} ({h.target}) are outside the engine's subset (it puts uprobes on functions, "
+                    "offsets and addresses, not on USDT notes)")
         return None
 
     def _tracepoint(self, i: int, h: Hook) -> HookPlan | None:
@@ -554,6 +613,50 @@ class _Compiler:
                        for k, off in enumerate(_PT_REGS_ARGS))
         return self._build(i, h, "process_kprobe", None, None, {a.index: a.index for a in h.args}, fields, None,
                            kernel_fn=h.target, ret_type=ret_type)
+
+    def _uprobe(self, i: int, h: Hook) -> HookPlan | None:
+        """A uprobe on a function (or offset, or address) of a user-space ELF file: a KPROBE program the
+        engine attaches at the file offset (bpf/uprobes.py); its arguments are the user registers of the
+        calling convention, strings read from user memory."""
+        where = format_path(h.path)
+        u = h.uprobe
+        assert u is not None  # the parser places every uprobe hook
+        if not self.f.uprobes:
+            why = self.f.why("uprobes")
+            self.refuse(f"{where}: uprobe on {u.describe()} needs uprobes, which this kernel lacks"
+                        + (f" ({why})" if why else ""))
+            return None
+        if any(a.action == "Override" for s in h.selectors for a in s.match_actions):
+            self.refuse(f"{where}: Override on uprobe {u.describe()} (changing what the function returns) is "
+                        "outside the engine's subset; use Sigkill")
+            return None
+        site = Site(f"pl_h{i}_up", "uprobe", attach=u.describe())
+        if self.resolve_uprobe is not None:
+            try:
+                placed = self.resolve_uprobe(u)
+            except Unresolvable as e:
+                self.refuse(f"{where}: {e}")
+                return None
+            site = replace(site, file=placed.file, offset=placed.offset)
+        fields = tuple(Field(f"arg{k}", "void *" if (a := h.arg(k)) is not None and (a.type or "") not in _INT_TYPES
+                             else "long", off, 8, not (a is not None and (a.type or "") in _UNSIGNED))
+                       for k, off in enumerate(_UPROBE_REGS))
+        return self._build(i, h, "process_uprobe", None, None, {a.index: a.index for a in h.args}, fields, None,
+                           user_site=site)
+
+    def _uprobe_arg_kind(self, h: Hook, index: int, type_: str | None, where: str) -> str | None:
+        t = (type_ or "int").strip()
+        if not 0 <= index < len(_UPROBE_REGS):
+            self.refuse(f"{where}: argument index {index} of uprobe {h.target}: uprobes read the first "
+                        f"{len(_UPROBE_REGS)} arguments (the registers of the calling convention)")
+            return None
+        if t in _INT_TYPES:
+            return "int"
+        if t == "string":  # a NUL-terminated string in user memory
+            return "str"
+        self.refuse(f"{where}: argument {index} of type {t} on uprobe {h.target} is outside the engine's subset "
+                    "(integers and string)")
+        return None
 
     def _socket_kprobe(self, i: int, h: Hook) -> HookPlan | None:
         call = h.target
@@ -660,7 +763,7 @@ class _Compiler:
                index_map: dict[int, int], fields: tuple[Field, ...], cgroup_sites: tuple[str, ...] | None,
                *, mask_type: bool = False, sock_arg: int | None = None,
                guards: dict[str, list[str]] | None = None, kernel_fn: str | None = None,
-               ret_type: str | None = None) -> HookPlan | None:
+               ret_type: str | None = None, user_site: Site | None = None) -> HookPlan | None:
         """The programs of one hook: one per cgroup site (or one tracepoint program), plus a tracepoint
         program next to the cgroup ones when `guards` has a "tp" entry. `guards` are C lines, per site
         (cgroup attach name or "tp"), that return early for calls the hook does not mean."""
@@ -678,8 +781,11 @@ class _Compiler:
                 if found is None:
                     continue
                 member = found
-            kind = (self._kernel_arg_kind(h, a.index, a.type, where) if kernel_fn else
-                    self._arg_kind(h, a.index, a.type, index_map, fields, cgroup_sites, sock_arg, where))
+            if user_site is not None:
+                kind = self._uprobe_arg_kind(h, a.index, a.type, where)
+            else:
+                kind = (self._kernel_arg_kind(h, a.index, a.type, where) if kernel_fn else
+                        self._arg_kind(h, a.index, a.type, index_map, fields, cgroup_sites, sock_arg, where))
             if kind is None:
                 continue
             slot_of = -1
@@ -694,6 +800,7 @@ class _Compiler:
         sel_conds: list[tuple[list[str], int, int, bool, int]] = []  # (conditions, action, sig, post, errno)
         ret_conds: list[list[str]] = []  # per entry of sel_conds: its matchReturnArgs, on the return value `r`
         uses_bin = uses_parent = False
+        self._hook_i = i
         for sel in h.selectors:
             conds, ub, up = self._selector(h, sel, operands, exec_hook, cgroup_sites)
             uses_bin |= ub
@@ -749,7 +856,9 @@ class _Compiler:
                             return_type=ret_type)
         for site_kind in kinds:
             fn = f"pl_h{i}_{site_kind or ('kp' if kernel_fn else 'tp')}"
-            if kernel_fn:
+            if user_site is not None:
+                site = user_site
+            elif kernel_fn:
                 site = Site(fn, "kprobe", attach=kernel_fn)
             else:
                 site = Site(fn, "tracepoint", sub, ev) if site_kind is None else Site(fn, "cgroup", attach=site_kind)
@@ -768,7 +877,8 @@ class _Compiler:
                                           exec_hook, uses_bin, uses_parent, mask_type, (), ldso=True))
         return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
                         subsystem=sub, event=ev, sites=tuple(sites), operands=tuple(operands),
-                        selector_actions=tuple((c[1], c[2]) for c in sel_conds), message=h.message, tags=h.tags)
+                        selector_actions=tuple((c[1], c[2]) for c in sel_conds), message=h.message, tags=h.tags,
+                        uprobe=h.uprobe)
 
     def _user_member(self, h: Hook, a: Arg, ev: str | None, index_map: dict[int, int], fields: tuple[Field, ...],
                      cgroup_sites: tuple[str, ...] | None, where: str) -> int | None:
@@ -864,15 +974,26 @@ class _Compiler:
         where = format_path(s.path)
         for key in s.unsupported:
             self.refuse(f"{where}: {key} is outside the engine's subset")
-        for ns in s.match_namespaces:
-            self.refuse(f"{format_path(ns.path)}: matchNamespaces needs the task's namespaces, which are only "
-                        "readable through internal kernel structures")
         conds: list[str] = []
+        needs = self.hook_needs.setdefault(self._hook_i, set())
+        task_selectors = [*s.match_namespaces, *s.match_capabilities, *(p for p in s.match_pids if p.is_namespace_pid)]
+        if task_selectors and cgroup_sites is not None:
+            self.refuse(f"{where}: matchNamespaces, matchCapabilities and isNamespacePID read the current task, "
+                        f"which the cgroup hooks {h.target} runs on cannot")
+            task_selectors = []
+        for ns in s.match_namespaces if task_selectors else ():
+            c = self._ns_cond(ns)
+            if c:
+                conds.append(c)
+                needs.add(f"ns:{ns.namespace.lower()}")
+        for cf in s.match_capabilities if task_selectors else ():
+            c = self._caps_cond(cf)
+            if c:
+                conds.append(c)
+                needs.add(f"caps:{cf.type.lower()}")
         for pf in s.match_pids:
             pw = format_path(pf.path)
-            if pf.is_namespace_pid:
-                self.refuse(f"{pw}: matchPIDs with isNamespacePID needs the task's pid namespace, which is only "
-                            "readable through internal kernel structures")
+            if pf.is_namespace_pid and not task_selectors:
                 continue
             if pf.follow_forks:
                 self.refuse(f"{pw}: matchPIDs with followForks is outside the engine's subset")
@@ -880,7 +1001,10 @@ class _Compiler:
             if pf.operator not in ("In", "NotIn") or not pf.values:
                 self.refuse(f"{pw}: matchPIDs operator {pf.operator!r} (In, NotIn with values)")
                 continue
-            c = " || ".join(f"tgid == {v}" for v in pf.values)
+            who = "pl_nstgid" if pf.is_namespace_pid else "tgid"
+            if pf.is_namespace_pid:
+                needs.add("nspid")
+            c = " || ".join(f"{who} == {v}" for v in pf.values)
             conds.append(f"({c})" if pf.operator == "In" else f"!({c})")
         uses_bin = bool(s.match_binaries)
         for bf in s.match_binaries:
@@ -899,6 +1023,49 @@ class _Compiler:
             if ac:
                 conds.append(ac)
         return conds, uses_bin, bool(s.match_parent_binaries)
+
+    def _ns_cond(self, ns: NamespacesFilter) -> str | None:
+        w = format_path(ns.path)
+        kind = ns.namespace.lower()
+        if kind not in _NAMESPACES:
+            self.refuse(f"{w}: namespace {ns.namespace!r} (Tetragon's are {', '.join(_NS_NAMES)})")
+            return None
+        if ns.operator not in ("In", "NotIn") or not ns.values:
+            self.refuse(f"{w}: matchNamespaces operator {ns.operator!r} (In, NotIn with values)")
+            return None
+        for v in ns.values:
+            if v != "host_ns" and not v.isdigit():
+                self.refuse(f"{w}: namespace value {v!r} (an inode number, or host_ns)")
+                return None
+        if len(self.ns_filters) >= 64:
+            self.refuse(f"{w}: more than 64 matchNamespaces entries in one policy")
+            return None
+        bit = len(self.ns_filters)
+        self.ns_filters.append(NsEntry(_NAMESPACES[kind], ns.values, bit))
+        c = f"(pl_nsb_{kind} & (1ULL << {bit}))"
+        return c if ns.operator == "In" else f"!{c}"
+
+    def _caps_cond(self, cf: CapabilitiesFilter) -> str | None:
+        w = format_path(cf.path)
+        if cf.type.lower() not in ("effective", "inheritable", "permitted"):
+            self.refuse(f"{w}: capability type {cf.type!r} (Effective, Inheritable, Permitted)")
+            return None
+        if cf.is_namespace_capability:
+            self.refuse(f"{w}: isNamespaceCapability is outside the engine's subset")
+            return None
+        if cf.operator not in ("In", "NotIn") or not cf.values:
+            self.refuse(f"{w}: matchCapabilities operator {cf.operator!r} (In, NotIn with values)")
+            return None
+        mask = 0
+        for v in cf.values:
+            name = v if v.startswith("CAP_") else f"CAP_{v}"
+            bit = _CAP_BITS.get(name)
+            if bit is None:
+                self.refuse(f"{w}: unknown capability {v!r}")
+                return None
+            mask |= 1 << bit
+        c = f"((pl_caps_{cf.type.lower()} & {_c(mask)}) != 0)"
+        return c if cf.operator == "In" else f"!{c}"
 
     def _new_str_filter(self, table: str, values: tuple[str, ...], binary: bool = False) -> int:
         bit = len(self.str_filters)
@@ -934,7 +1101,7 @@ class _Compiler:
         # so a tracepoint filter written against the format index (args [{index: 5}], matchArgs 5) works.
         by_index = next((i for i, a in enumerate(h.args) if a.index == af.index), -1)
         by_position = af.index if 0 <= af.index < len(h.args) else -1
-        if h.section == "kprobes":
+        if h.section in ("kprobes", "uprobes"):
             pos = by_index if by_index >= 0 else by_position
         else:
             pos = by_position if by_position >= 0 else by_index
@@ -1141,6 +1308,7 @@ class _Compiler:
         if self.tracking:
             L += ["    proc = bpf_map_lookup_elem(&pl_procs, &tgid);", "    if (proc) fbits = proc->bits;"]
         L += [f"    {g}" for g in guards]
+        L += _task_reads(self.hook_needs.get(i, set()))
         # the process binary
         bin_slot = sum(1 for o in operands if o.slot >= 0)
         if ldso:
@@ -1547,6 +1715,33 @@ static __always_inline struct file *pl_fd_file(s64 fd) {
 """
 
 
+#: C for the inode number of each namespace kind of the current task `pl_t` (a BTF pointer).
+_NS_INUM = {"uts": "pl_t->nsproxy->uts_ns->ns.inum", "ipc": "pl_t->nsproxy->ipc_ns->ns.inum",
+            "mnt": "pl_t->nsproxy->mnt_ns->ns.inum", "pid": "pl_pid_ns(pl_t)",
+            "pidforchildren": "pl_t->nsproxy->pid_ns_for_children->ns.inum",
+            "net": "pl_t->nsproxy->net_ns->ns.inum", "time": "pl_t->nsproxy->time_ns->ns.inum",
+            "timeforchildren": "pl_t->nsproxy->time_ns_for_children->ns.inum",
+            "cgroup": "pl_t->nsproxy->cgroup_ns->ns.inum", "user": "pl_t->cred->user_ns->ns.inum"}
+
+
+def _task_reads(needs: set[str]) -> list[str]:
+    """C reading what a hook's selectors look at of the current task (namespaces, capabilities, its pid as
+    its own pid namespace numbers it)."""
+    if not needs:
+        return []
+    L = ["    struct task_struct *pl_t = bpf_get_current_task_btf();"]
+    for n in sorted(needs):
+        if n.startswith("ns:"):
+            kind = n[3:]
+            L.append(f"    u64 pl_nsb_{kind} = pl_ns_bits({_NAMESPACES[kind]}, {_NS_INUM[kind]});")
+        elif n.startswith("caps:"):
+            which = n[5:]
+            L.append(f"    u64 pl_caps_{which} = pl_caps(pl_t, bpf_core_field_offset(struct cred, cap_{which}));")
+        elif n == "nspid":
+            L.append("    u32 pl_nstgid = pl_ns_tgid(pl_t);")
+    return L
+
+
 def _post_open() -> list[str]:
     """C opening the posting of an event: a ring buffer record `e`, or the lost counter."""
     return ["    if (post) {",
@@ -1562,6 +1757,8 @@ def _section(site: Site) -> str:
         return f"tracepoint/{site.subsystem}/{site.event}"
     if site.kind == "raw_tracepoint":
         return f"raw_tp/{site.event}"
+    if site.kind == "uprobe":
+        return "uprobe"  # libbpf's section for a uprobe its loader attaches itself (a KPROBE program)
     return f"{site.kind}/{site.attach}"  # cgroup/connect4, kprobe/fd_install, kretprobe/fd_install
 
 
@@ -1831,6 +2028,36 @@ static __always_inline void pl_cred(struct cred *c, struct pl_cr *o) {
     bpf_probe_read_kernel(&o->effective, 8, (char *)c + bpf_core_field_offset(struct cred, cap_effective));
     bpf_probe_read_kernel(&o->inheritable, 8, (char *)c + bpf_core_field_offset(struct cred, cap_inheritable));
 }
+/* A capability set of the task's credentials: kernel_cap_t is two u32 before 6.3 and one u64 after, eight
+   bytes either way, read at the field's (relocated) offset. */
+static __always_inline u64 pl_caps(struct task_struct *t, u32 off) {
+    u64 cred = (u64)BPF_CORE_READ(t, cred), v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)(cred + off));
+    return v;
+}
+/* The task's pid as numbered in its own pid namespace, and that namespace: pid->numbers[pid->level]. */
+static __always_inline u64 pl_upid(struct pid *p, int ns) {
+    u32 level = BPF_CORE_READ(p, level);
+    struct upid u = {};
+    bpf_probe_read_kernel(&u, sizeof(u), (char *)p + bpf_core_field_offset(struct pid, numbers)
+                          + (level & 31) * bpf_core_type_size(struct upid));
+    return ns ? BPF_CORE_READ(u.ns, ns.inum) : (u64)u.nr;
+}
+static __always_inline u32 pl_pid_ns(struct task_struct *t) {
+    return pl_upid(BPF_CORE_READ(t, thread_pid), 1);
+}
+static __always_inline u32 pl_ns_tgid(struct task_struct *t) {
+    return pl_upid(BPF_CORE_READ(t, group_leader, thread_pid), 0);
+}
+#if PL_HAVE_NS
+struct pl_nskey { u32 kind; u32 inum; };
+PL_MAP(pl_ns, BPF_MAP_TYPE_HASH, struct pl_nskey, u64, PL_HAVE_NS);
+static __always_inline u64 pl_ns_bits(u32 kind, u32 inum) {
+    struct pl_nskey k = { kind, inum };
+    u64 *v = bpf_map_lookup_elem(&pl_ns, &k);
+    return v ? *v : 0;
+}
+#endif
 /* the path of a file known only by its address (read through bpf_probe_read_kernel) */
 static __always_inline int pl_file_path(struct file *f, char *dst) {
     struct pl_at at = {};
@@ -1943,8 +2170,11 @@ int pl_track_exit(void *ctx) {
 """
 
 
-def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, int], scoped: bool) -> str:
-    tables = [f"#define PL_SCOPED {int(scoped)}",f"#define PL_HAVE_PRE {int(any(s.table == 'pre' for s in strings))}",
+def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, int], scoped: bool,
+             ns_entries: int = 0) -> str:
+    # PL_HAVE_NS: the size of the pl_ns map (0: no matchNamespaces); each value and host_ns is one entry
+    tables = [f"#define PL_SCOPED {int(scoped)}", f"#define PL_HAVE_NS {ns_entries}",
+              f"#define PL_HAVE_PRE {int(any(s.table == 'pre' for s in strings))}",
               f"#define PL_HAVE_POST {int(any(s.table == 'post' for s in strings))}"]
     if strings:
         tables += [f"PL_MAP(pl_str_eq64, BPF_MAP_TYPE_HASH, struct pl_str64, u64, {sizes['eq']});",

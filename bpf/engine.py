@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import inventory, scope, syscall
-from .compile import MODE_OFF, MODES, SELF_ENTRIES, Features, Plan, Site, compile_policy
+from . import inventory, scope, syscall, uprobes
+from .compile import MODE_OFF, MODES, NS_FILES, SELF_ENTRIES, Features, NsEntry, Plan, Site, compile_policy
 from .core.libbpf import BpfObject
 from .errors import BpfError, LoadError, NotLoaded, Unsupported
 from .events import Counters, EventStream, read_counters
@@ -60,7 +60,7 @@ _PROC = struct.Struct("<QII256s256s")  # struct pl_proc
 _BASE_MAPS = ("pl_cfg", "pl_counters", "pl_scratch", "pl_events", "pl_scope", "pl_meta")
 #: Maps whose content is fixed at load (or by a mode switch): any other change is tampering.
 STATIC_MAPS = ("pl_cfg", "pl_scope", "pl_cgpaths", "pl_str_eq64", "pl_str_eq", "pl_str_pre", "pl_str_post",
-               "pl_meta")
+               "pl_ns", "pl_meta")
 _BPF_NOEXIST = 1
 _SELF_PIN = "_self"
 #: How long an unload waits for the kernel to free what it unpinned (measured: 30-50 ms).
@@ -146,7 +146,7 @@ class Engine:
         key = policy.key
         try:
             plan = compile_policy(policy, self.features, self.formats, scoped=cgroups is not None,
-                                  real_path=real_binary_path)
+                                  real_path=real_binary_path, resolve_uprobe=uprobes.resolve)
         except Unsupported as e:
             return LoadResult(key, False, e.reasons)
         if cgroups is None and (policy.namespace or policy.pod_selector or policy.container_selector):
@@ -420,6 +420,8 @@ class _Loader:
                 maps += ["pl_str_eq64", "pl_str_eq", "pl_str_pre", "pl_str_post"]
             if self.plan.tracking:
                 maps.append("pl_procs")
+            if self.plan.namespaces:
+                maps.append("pl_ns")
             if self.plan.scoped:
                 maps += ["pl_members", "pl_cgpaths"]
             fds = {name: obj.map(name).fd for name in maps}
@@ -458,6 +460,8 @@ class _Loader:
                 syscall.map_update_elem(fds["pl_cgpaths"], k, b"\1")
         for s in self.plan.strings:
             syscall.map_update_elem(fds[s.map_name], s.key, struct.pack("<Q", s.bits))
+        for key, bits in namespace_entries(self.plan.namespaces).items():
+            syscall.map_update_elem(fds["pl_ns"], key, struct.pack("<Q", bits))
         syscall.map_update_elem(fds["pl_meta"], zero,
                                 struct.pack("<I", len(self.meta)) + self.meta.ljust(meta_size - 4, b"\0"))
 
@@ -470,10 +474,14 @@ class _Loader:
             finally:
                 os.close(lfd)
             return
-        if site.kind in ("tracepoint", "kprobe", "kretprobe"):
+        if site.kind in ("tracepoint", "kprobe", "kretprobe", "uprobe"):
             if site.kind == "tracepoint":
                 assert site.subsystem and site.event
                 pfd = syscall.perf_event_open_tracepoint(syscall.tracepoint_id(site.subsystem, site.event))
+            elif site.kind == "uprobe":
+                # in every process that maps the file (the inode is the probe's, whatever path reached it)
+                assert site.file is not None and site.offset is not None, "a uprobe planned without its file"
+                pfd = syscall.perf_event_open_uprobe(site.file, site.offset)
             else:
                 assert site.attach
                 pfd = syscall.perf_event_open_kprobe(site.attach, retprobe=site.kind == "kretprobe")
@@ -498,6 +506,25 @@ class _Loader:
                 syscall.obj_pin(lfd, tmp / f"link_{site.function}_cg{os.stat(path).st_ino}")
             finally:
                 os.close(lfd)
+
+
+def namespace_entries(entries: Sequence[NsEntry], proc: Path = Path("/proc")) -> dict[bytes, int]:
+    """`pl_ns` contents: (kind, inode) → the bits of the matchNamespaces entries naming it. host_ns is this
+    node's own namespace of that kind, as init (/proc/1/ns) has it; where init's are not readable (a
+    sandbox that denies ptrace access to pid 1), the agent's own, which a node agent shares with the host."""
+    def host(kind: int) -> int:
+        try:
+            return os.stat(proc / "1" / "ns" / NS_FILES[kind]).st_ino
+        except PermissionError:
+            return os.stat(proc / "self" / "ns" / NS_FILES[kind]).st_ino
+
+    out: dict[bytes, int] = {}
+    for e in entries:
+        for v in e.values:
+            inum = host(e.kind) if v == "host_ns" else int(v)
+            key = struct.pack("<II", e.kind, inum & 0xFFFFFFFF)
+            out[key] = out.get(key, 0) | (1 << e.bit)
+    return out
 
 
 def remove_all(pin_root: Path = DEFAULT_PIN_ROOT) -> tuple[list[str], list[str]]:

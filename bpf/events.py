@@ -3,7 +3,7 @@
 Each loaded policy owns a ring buffer (`map_pl_events`) and a per-CPU counter
 array (`map_pl_counters`: posted, enforced, would-have-enforced, lost), both
 pinned, so a restarted agent reads the same buffers and counts on. Events carry
-the Tetragon fields (`process_tracepoint` / `process_kprobe`, `policy_name`,
+the Tetragon fields (`process_tracepoint` / `process_kprobe` / `process_uprobe`, `policy_name`,
 `action`, `process.binary`, `node_name`, `time`) plus a top-level `palisade`
 object with the enforcement mode and whether the action was taken, which
 Tetragon's `jq` filters ignore.
@@ -114,6 +114,9 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> d
         body["subsys"] = hook.subsystem if hook else ""
         body["event"] = hook.event if hook else ""
         kind = "process_tracepoint"
+    elif hook.uprobe is not None:
+        body.update(_uprobe_place(hook))
+        kind = "process_uprobe"
     else:
         body["function_name"] = hook.target
         kind = "process_kprobe"
@@ -163,6 +166,19 @@ def _process_event(raw: RawEvent, hook: HookPlan, process: dict[str, Any], node_
         process["binary"], process["arguments"] = binary, arguments
         kind = "process_exit"
     return {kind: {"process": process}, "node_name": node_name, "time": _iso(raw.ktime + clock_offset_ns)}
+
+
+def _uprobe_place(hook: HookPlan) -> dict[str, Any]:
+    """Where a uprobe is, as Tetragon's process_uprobe says: the policy's path, and the symbol or, for a
+    probe placed by offset or address, the file offset (a uint64: a string in protojson)."""
+    u = hook.uprobe
+    assert u is not None
+    if u.symbol is not None:
+        return {"path": u.path, "symbol": u.symbol}
+    site = hook.sites[0] if hook.sites else None
+    offset = u.offset if u.offset is not None else (site.offset if site is not None else None)
+    # an address's offset is known to the plan that placed it (an adopted policy's plan is not placed)
+    return {"path": u.path} if offset is None else {"path": u.path, "offset": str(offset)}
 
 
 def _arg(o: Operand, raw: RawEvent) -> dict[str, Any]:

@@ -9,7 +9,7 @@ rejected here: whether they can run is the compiler's question, not the parser's
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import JsonPath, PolicyError
@@ -70,6 +70,17 @@ class NamespacesFilter:
 
 
 @dataclass(frozen=True)
+class CapabilitiesFilter:
+    """One `matchCapabilities` entry: `type` is Effective, Inheritable or Permitted."""
+
+    type: str
+    operator: str
+    values: tuple[str, ...]
+    is_namespace_capability: bool
+    path: JsonPath
+
+
+@dataclass(frozen=True)
 class Action:
     action: str
     arg_error: int | None
@@ -92,11 +103,33 @@ class Selector:
     path: JsonPath
     #: Filters on a kretprobe's return value (`index` 0).
     match_return_args: tuple[ArgFilter, ...] = ()
+    match_capabilities: tuple[CapabilitiesFilter, ...] = ()
+
+
+@dataclass(frozen=True)
+class UprobeTarget:
+    """Where in a user-space ELF file one uprobe goes: a function (`symbol`, maybe `name+offset`), a file
+    offset (Tetragon's `offsets`) or a virtual address (`addrs`); exactly one of the three is set."""
+
+    #: The file as the policy names it (also what events report, as Tetragon does).
+    path: str
+    symbol: str | None = None
+    offset: int | None = None
+    address: int | None = None
+
+    def describe(self) -> str:
+        """`/bin/bash readline`, `/bin/bash offset 0x1000`, `/bin/bash address 0x401000`."""
+        if self.symbol is not None:
+            return f"{self.path} {self.symbol}"
+        if self.offset is not None:
+            return f"{self.path} offset {self.offset:#x}"
+        return f"{self.path} address {self.address or 0:#x}"
 
 
 @dataclass(frozen=True)
 class Hook:
-    """A kprobe, tracepoint, lsmhook (or an untyped uprobe/usdt, kept for the refusal message)."""
+    """A kprobe, tracepoint, lsmhook, uprobe (one per symbol, offset or address of a `uprobes` entry), or an
+    untyped usdt (kept for the refusal message)."""
 
     section: str  # "kprobes" | "tracepoints" | "lsmhooks" | "uprobes" | "usdts"
     #: kprobe `call`, lsm `hook`, `subsystem:event` for tracepoints, the path for uprobes.
@@ -115,6 +148,8 @@ class Hook:
     #: A kretprobe's `returnArg` (the value the function returns, typed) and `returnArgAction`.
     return_arg: Arg | None = None
     return_arg_action: str | None = None
+    #: A uprobe's place (section "uprobes"; `target` is then its path).
+    uprobe: UprobeTarget | None = None
 
     def arg(self, index: int) -> Arg | None:
         return next((a for a in self.args if a.index == index), None)
@@ -172,7 +207,10 @@ def parse(doc: Any) -> TracingPolicy:
     for section in _HOOK_SECTIONS:
         items = _list(spec.get(section, []), ("spec", section))
         for i, item in enumerate(items):
-            hooks.append(_hook(section, item, ("spec", section, i)))
+            if section == "uprobes":
+                hooks.extend(_uprobe_hooks(item, ("spec", section, i)))
+            else:
+                hooks.append(_hook(section, item, ("spec", section, i)))
     policy_mode = _policy_mode(spec.get("options"), ("spec", "options"))
     unsupported = tuple(
         k for k in spec if k not in _HOOK_SECTIONS and spec[k] not in (None, [], {}, False) and k != "options"
@@ -268,6 +306,32 @@ def _hook(section: str, raw: Any, path: JsonPath) -> Hook:
                 return_arg_action=return_arg_action)
 
 
+#: Keys of a `uprobes` entry the engine runs; any other one given is kept as unsupported.
+_UPROBE_KEYS = {"path", "symbols", "offsets", "addrs", "args", "selectors", "message", "tags"}
+
+
+def _uprobe_hooks(raw: Any, path: JsonPath) -> list[Hook]:
+    """One hook per symbol, offset or address of a `uprobes` entry (Tetragon attaches one uprobe each and
+    names the symbol in its events); they share the entry's args, selectors, message and tags."""
+    h = _map(raw, path)
+    file = _str(h.get("path"), (*path, "path"))
+    base = _hook("uprobes", h, path)
+    symbols = [_str(s, (*path, "symbols", k)) for k, s in enumerate(_list(h.get("symbols"), (*path, "symbols")))]
+    offsets = [_int(o, (*path, "offsets", k)) for k, o in enumerate(_list(h.get("offsets"), (*path, "offsets")))]
+    addrs = [_int(a, (*path, "addrs", k)) for k, a in enumerate(_list(h.get("addrs"), (*path, "addrs")))]
+    if sum(1 for x in (symbols, offsets, addrs) if x) != 1:
+        raise PolicyError(path, "a uprobe needs exactly one of symbols, offsets or addrs (Tetragon refuses it "
+                                "otherwise)")
+    for key, vals in (("offsets", offsets), ("addrs", addrs)):
+        for k, v in enumerate(vals):
+            if v < 0:
+                raise PolicyError((*path, key, k), f"expected a non-negative integer, got {v}")
+    targets = ([UprobeTarget(file, symbol=s) for s in symbols] + [UprobeTarget(file, offset=o) for o in offsets]
+               + [UprobeTarget(file, address=a) for a in addrs])
+    unsupported = tuple(k for k in h if k not in _UPROBE_KEYS and h[k] not in (None, [], {}, False))
+    return [replace(base, target=file, unsupported=unsupported, uprobe=t) for t in targets]
+
+
 def _arg(raw: Any, path: JsonPath) -> Arg:
     a = _map(raw, path)
     size_idx = a.get("sizeArgIndex")
@@ -284,7 +348,7 @@ def _arg(raw: Any, path: JsonPath) -> Arg:
 
 
 _SELECTOR_TYPED = {"matchArgs", "matchBinaries", "matchParentBinaries", "matchPIDs", "matchNamespaces",
-                   "matchActions", "matchReturnArgs"}
+                   "matchActions", "matchReturnArgs", "matchCapabilities"}
 
 
 def _selector(raw: Any, path: JsonPath) -> Selector:
@@ -301,6 +365,7 @@ def _selector(raw: Any, path: JsonPath) -> Selector:
         match_namespaces=tuple(_namespaces(x, p) for x, p in items("matchNamespaces")),
         match_actions=tuple(_action(x, p) for x, p in items("matchActions")),
         match_return_args=tuple(_arg_filter(x, p) for x, p in items("matchReturnArgs")),
+        match_capabilities=tuple(_capabilities(x, p) for x, p in items("matchCapabilities")),
         unsupported=tuple(k for k in s if k not in _SELECTOR_TYPED and s[k] not in (None, [], {})),
         path=path,
     )
@@ -356,6 +421,16 @@ def _namespaces(raw: Any, path: JsonPath) -> NamespacesFilter:
     return NamespacesFilter(namespace=_str(m.get("namespace"), (*path, "namespace")),
                             operator=_str(m.get("operator"), (*path, "operator")),
                             values=_values(m.get("values"), (*path, "values")), path=path)
+
+
+def _capabilities(raw: Any, path: JsonPath) -> CapabilitiesFilter:
+    m = _map(raw, path)
+    return CapabilitiesFilter(type=_str(m.get("type", "Effective"), (*path, "type")),
+                              operator=_str(m.get("operator"), (*path, "operator")),
+                              values=_values(m.get("values"), (*path, "values")),
+                              is_namespace_capability=_bool(m.get("isNamespaceCapability", False),
+                                                            (*path, "isNamespaceCapability")),
+                              path=path)
 
 
 def _action(raw: Any, path: JsonPath) -> Action:

@@ -8,8 +8,9 @@ import pytest
 from bpf import templates
 from bpf.compile import Features, check, compile_policy
 from bpf.errors import PolicyError, Unsupported
-from bpf.policy import effective_mode, parse
+from bpf.policy import UprobeTarget, effective_mode, parse
 from bpf.tpformat import builtin_formats, parse_format
+from bpf.uprobes import Resolved, Unresolvable
 
 
 def doc(spec: dict[str, Any], kind: str = "TracingPolicy", name: str = "p") -> dict[str, Any]:
@@ -89,14 +90,13 @@ def test_every_reason_is_reported_not_just_the_first() -> None:
     got = reasons({
         "kprobes": [{"call": "fd_install", "syscall": False}],
         "tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_unshare",
-                         "selectors": [{"matchNamespaces": [{"namespace": "Pid", "operator": "In",
-                                                             "values": ["host_ns"]}]}] * 6}],
-        "uprobes": [{"path": "/bin/bash", "symbols": ["readline"]}],
+                         "selectors": [{"matchNamespaceChanges": [{"operator": "In", "values": ["Mnt"]}]}] * 6}],
+        "usdts": [{"path": "/bin/bash", "provider": "p", "name": "n"}],
     })
     assert any("fd_install" in r for r in got)
     assert any("6 selectors; Tetragon allows at most 5" in r for r in got)
-    assert any("matchNamespaces" in r for r in got)
-    assert any("uprobes" in r for r in got)
+    assert any("matchNamespaceChanges" in r for r in got)
+    assert any("usdts" in r for r in got)
 
 
 def test_socket_hooks_choose_cgroup_programs_for_override_and_tracepoints_for_signals() -> None:
@@ -258,3 +258,96 @@ def test_a_sockaddr_takes_the_operators_tetragons_loader_takes() -> None:
     assert on_sockaddr("SAddr", "10.0.0.0/8") == [] and on_sockaddr("SPort", "443") == []
     (refused,) = on_sockaddr("DPort", "443")
     assert "operator 'DPort' on a sockaddr argument" in refused and "SPort" in refused
+
+
+def test_a_uprobe_entry_is_one_hook_per_symbol_offset_or_address() -> None:
+    p = parse(doc({"uprobes": [{"path": "/bin/bash", "symbols": ["readline", "main"], "message": "m", "tags": ["t"],
+                                "args": [{"index": 0, "type": "string"}]},
+                               {"path": "/usr/bin/x", "offsets": [4096]},
+                               {"path": "/usr/bin/y", "addrs": ["0x401000"]}]}))
+    assert [(h.target, h.uprobe.describe() if h.uprobe else None) for h in p.hooks] == [
+        ("/bin/bash", "/bin/bash readline"), ("/bin/bash", "/bin/bash main"),
+        ("/usr/bin/x", "/usr/bin/x offset 0x1000"), ("/usr/bin/y", "/usr/bin/y address 0x401000")]
+    assert all(h.section == "uprobes" and not h.unsupported for h in p.hooks)
+    assert p.hooks[1].message == "m" and p.hooks[1].tags == ("t",) and p.hooks[1].args[0].type == "string"
+    assert p.hooks[0].path == p.hooks[1].path == ("spec", "uprobes", 0)
+
+
+@pytest.mark.parametrize("entry", [{"path": "/bin/bash"}, {"path": "/bin/bash", "symbols": ["a"], "offsets": [1]}])
+def test_a_uprobe_needs_exactly_one_way_to_place_it(entry: dict[str, Any]) -> None:
+    with pytest.raises(PolicyError) as e:
+        parse(doc({"uprobes": [entry]}))
+    assert e.value.path == ("spec", "uprobes", 0) and "exactly one of symbols, offsets or addrs" in e.value.message
+
+
+def test_a_uprobe_plan_is_a_kprobe_program_attached_by_the_engine() -> None:
+    spec = {"uprobes": [{"path": "/bin/bash", "symbols": ["readline"], "args": [{"index": 0, "type": "string"},
+                                                                                {"index": 5, "type": "uint64"}],
+                         "selectors": [{"matchArgs": [{"index": 0, "operator": "Prefix", "values": ["rm "]}],
+                                        "matchActions": [{"action": "Sigkill"}]}]}]}
+    plan = compile_policy(parse(doc(spec)), Features(), builtin_formats)
+    (hook,) = plan.hooks
+    (site,) = hook.sites
+    assert (site.kind, site.function, site.attach, site.file, site.offset) == (
+        "uprobe", "pl_h0_up", "/bin/bash readline", None, None)  # planned without the node's files
+    assert hook.event_kind == "process_uprobe" and hook.uprobe is not None and hook.uprobe.symbol == "readline"
+    assert 'SEC("uprobe") int pl_h0_up(void *ctx)' in plan.source
+    assert "bpf_probe_read_user_str(sc->str[0].s" in plan.source  # the string is in user memory
+    assert "*(u64 *)((char *)ctx + 64)" in plan.source  # the sixth argument is in r9
+    # placed on this node: the offset is an attach parameter, so the source is the same
+    placed = compile_policy(parse(doc(spec)), Features(), builtin_formats,
+                            resolve_uprobe=lambda u: Resolved("/usr/bin/bash", 1234))
+    assert (placed.hooks[0].sites[0].file, placed.hooks[0].sites[0].offset) == ("/usr/bin/bash", 1234)
+    assert placed.source == plan.source
+
+
+def test_uprobes_are_refused_where_the_kernel_lacks_them_or_the_file_is_missing() -> None:
+    spec = {"uprobes": [{"path": "/bin/bash", "symbols": ["readline"]}]}
+    assert reasons(spec, Features(uprobes=False)) == [
+        "unsupported: spec.uprobes[0]: uprobe on /bin/bash readline needs uprobes, which this kernel lacks"]
+    assert not Features.of({"uprobes": {"available": False, "reason": "no uprobe PMU"}}).uprobes
+
+    def missing(target: UprobeTarget) -> Resolved:
+        raise Unresolvable(target, "no such file on this node")
+
+    with pytest.raises(Unsupported) as e:
+        compile_policy(parse(doc(spec)), Features(), builtin_formats, resolve_uprobe=missing)
+    assert e.value.reasons == (
+        "unsupported: spec.uprobes[0]: uprobe on /bin/bash readline: no such file on this node",)
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ({"selectors": [{"matchActions": [{"action": "Override", "argError": -1}]}]},
+     "Override on uprobe /bin/bash readline (changing what the function returns) is outside the engine's subset"),
+    ({"args": [{"index": 0, "type": "file"}]}, "argument 0 of type file on uprobe /bin/bash is outside"),
+    ({"args": [{"index": 6, "type": "int"}]}, "uprobes read the first 6 arguments"),
+    ({"return": True, "returnArg": {"index": 0, "type": "int"}}, "return on /bin/bash is outside the engine's subset"),
+    ({"refCtrOffsets": [8]}, "refCtrOffsets on /bin/bash is outside the engine's subset"),
+    ({"selectors": [{"matchPIDs": [{"operator": "In", "followForks": True, "values": [1]}]}]},
+     "matchPIDs with followForks is outside the engine's subset"),
+])
+def test_what_a_uprobe_cannot_do_here_is_refused_with_the_field(entry: dict[str, Any], expected: str) -> None:
+    got = reasons({"uprobes": [{"path": "/bin/bash", "symbols": ["readline"], **entry}]})
+    assert got and all(r.startswith("unsupported: spec.uprobes[0]") for r in got), got
+    assert any(expected in r for r in got), got
+
+
+def test_uprobe_paths_resolve_on_this_node(tmp_path: Any) -> None:
+    import os
+
+    from bpf import uprobes
+
+    bash = os.path.realpath("/bin/bash")
+    link = tmp_path / "sh-link"
+    link.symlink_to(bash)
+    placed = uprobes.resolve(UprobeTarget(str(link), symbol="main"))
+    assert placed.file == bash and placed.offset > 0
+    assert uprobes.resolve(UprobeTarget(str(link), symbol="main+0x4")).offset == placed.offset + 4
+    assert uprobes.host_path("/procRoot/1/root/usr/bin/bash") == "/proc/1/root/usr/bin/bash"
+    for target, why in ((UprobeTarget("bin/bash", symbol="main"), "the path must be absolute"),
+                        (UprobeTarget(str(tmp_path / "none"), symbol="main"), "no such file on this node"),
+                        (UprobeTarget(str(link), symbol="pl_nothing"), f"{bash}: no function pl_nothing"),
+                        (UprobeTarget(str(link), offset=1 << 40), "is past the end of")):
+        with pytest.raises(uprobes.Unresolvable) as e:
+            uprobes.resolve(target)
+        assert why in e.value.detail, e.value.detail
