@@ -29,7 +29,7 @@ _HIDDEN = ("/tmp/", "/var/tmp/", "/run/")
 HOST_ONLY = ("tests/bpf/test_engine.py::test_a_load_failing_halfway_is_rolled_back",)
 #: The engine's kernel tests that run in the VM (the rest of tests/bpf runs on this kernel only).
 ENGINE_TESTS = ("tests/bpf/test_engine_corpus.py", "tests/bpf/test_engine.py", "tests/bpf/test_engine_evasion.py",
-                "tests/bpf/test_engine_kprobes.py")
+                "tests/bpf/test_engine_kprobes.py", "tests/bpf/test_engine_task_selectors.py")
 
 
 @pytest.fixture(scope="module")
