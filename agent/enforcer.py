@@ -42,6 +42,7 @@ from bpf import syscall
 from bpf.compile import Features, compile_policy
 from bpf.engine import DEFAULT_PIN_ROOT, STATIC_MAPS, Engine
 from bpf.errors import BpfError, NotLoaded
+from bpf.events import POLICY_EVENT_KINDS
 from bpf.objects import ObjectSource, source_digest
 from bpf.policy import LabelSelector, TracingPolicy, parse
 from reconciler.model import State
@@ -181,7 +182,7 @@ class EngineEnforcer:
             events = self.engine.poll_events(timeout)
         pods = self._pods()
         for ev in events:
-            for kind in ("process_tracepoint", "process_kprobe"):
+            for kind in POLICY_EVENT_KINDS:
                 body = ev.get(kind)
                 if isinstance(body, dict) and isinstance(body.get("policy_name"), str):
                     m = _KEY.match(body["policy_name"])

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bpf.events import POLICY_EVENT_KINDS
+
 from .config import Workload
 from .workloads import WorkloadIndex
 
@@ -38,7 +40,7 @@ class Observations:
         return w.name if w is not None else None
 
     def add(self, event: Mapping[str, Any]) -> None:
-        for kind in ("process_tracepoint", "process_kprobe"):
+        for kind in POLICY_EVENT_KINDS:
             body = event.get(kind)
             if isinstance(body, Mapping):
                 proc = _member(body, "process")

@@ -33,6 +33,8 @@ from .process_events import is_base
 _EVENT = struct.Struct("<QQ10I8q256s256s256s")
 _COUNTERS = ("posted", "enforced", "would_have_enforced", "lost")
 _ENFORCING = (1, 2, 3)  # sigkill, signal, override
+#: The event kinds a policy's hooks produce (each carries `policy_name` and the process).
+POLICY_EVENT_KINDS = ("process_tracepoint", "process_kprobe", "process_uprobe", "process_lsm")
 _FAMILY_NAMES = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6"}
 _SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
 _PROTOCOL_NAMES = {6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 1: "IPPROTO_ICMP", 58: "IPPROTO_ICMPV6", 255: "IPPROTO_RAW",
