@@ -11,12 +11,15 @@
     metrics: 127.0.0.1:9740
     events: {maxBytes: 10485760, keep: 3}
     buildObjects: true
+    placeholders: {PODCIDR: [10.244.0.0/16], SERVICECIDR: [10.96.0.0/12]}
 
 The file is checked against schemas/agent-config.schema.json; a flag given on
 the command line wins over the file. Workloads map cgroups to the labels that
 `podSelector` and namespaced policies select, so scoping works without Kubernetes.
 `buildObjects: false` keeps clang off the node: a policy is loaded only from a CO-RE
 object its signed bundle carries for this kernel, and refused (saying why) otherwise.
+`placeholders` fill Tetragon's `${PODCIDR}`-style matchArgs values on this node; a policy
+using one is compiled here (its object depends on the values), so it needs buildObjects.
 """
 from __future__ import annotations
 
@@ -78,6 +81,8 @@ class AgentConfig:
     engine: bool = True  # False: the NullEnforcer (no kernel), for simulations
     pin_root: Path | None = None  # bpffs directory of the engine's pins (default /sys/fs/bpf/palisade)
     build_objects: bool = True  # False: only the bundle's signed objects are loaded, nothing is compiled here
+    #: Values of Tetragon's matchArgs placeholders on this node ("PODCIDR" → its CIDRs), filled in at load.
+    placeholders: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -190,6 +195,10 @@ def load(file: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
         cfg = replace(cfg, engine=bool(merged["engine"]))
     if "buildObjects" in merged:
         cfg = replace(cfg, build_objects=bool(merged["buildObjects"]))
+    if doc.get("placeholders"):
+        ph = doc["placeholders"]
+        cfg = replace(cfg, placeholders=tuple(sorted(
+            (str(k), tuple(str(x) for x in (v if isinstance(v, list) else [v]))) for k, v in ph.items())))
     return cfg
 
 

@@ -38,8 +38,9 @@ def make_enforcer(cfg: AgentConfig) -> Enforcer:
 
     if cfg.pin_root is not None:
         return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id, pin_root=cfg.pin_root,
-                              build_objects=cfg.build_objects)
-    return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id, build_objects=cfg.build_objects)
+                              build_objects=cfg.build_objects, placeholders=dict(cfg.placeholders))
+    return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id, build_objects=cfg.build_objects,
+                          placeholders=dict(cfg.placeholders))
 
 
 def start_sensor(cfg: AgentConfig, events: EventLog, metrics: AgentMetrics | None = None) -> NodeSensor | None:

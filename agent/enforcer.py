@@ -44,7 +44,7 @@ from bpf.engine import DEFAULT_PIN_ROOT, STATIC_MAPS, Engine
 from bpf.errors import BpfError, NotLoaded
 from bpf.events import POLICY_EVENT_KINDS
 from bpf.objects import ObjectSource, source_digest
-from bpf.policy import LabelSelector, TracingPolicy, parse
+from bpf.policy import LabelSelector, TracingPolicy, fill_placeholders, parse
 from reconciler.model import State
 
 from .apply import SAFE_LOADER, Inactive, Loaded, Refused
@@ -75,10 +75,11 @@ class EngineEnforcer:
 
     def __init__(self, workloads: Sequence[Workload], *, pin_root: Path = DEFAULT_PIN_ROOT,
                  node_name: str | None = None, features: Features | None = None, build_objects: bool = True,
-                 object_cache: Path | None = None) -> None:
+                 object_cache: Path | None = None, placeholders: Mapping[str, Sequence[str]] | None = None) -> None:
         """`build_objects` False: a policy whose object the bundle does not carry (for this kernel) is
         refused instead of compiled here; `object_cache`: where objects built here are kept (default:
-        bpf.core.build's cache)."""
+        bpf.core.build's cache); `placeholders`: this node's values of `${NAME}` matchArgs values."""
+        self.placeholders = dict(placeholders or {})
         if features is None:
             features = _probe()
         self.pin_root = Path(pin_root)
@@ -127,7 +128,7 @@ class EngineEnforcer:
 
     def load(self, policy: Desired) -> Loaded:
         try:
-            doc = yaml.load(policy.yaml, Loader=SAFE_LOADER)
+            doc = fill_placeholders(yaml.load(policy.yaml, Loader=SAFE_LOADER), self.placeholders)
             parse(doc)
         except yaml.YAMLError as e:
             raise Refused(f"not valid YAML: {e}") from None

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from . import ia32, scope
+from . import ia32, scope, x64
 from .core.records import CAP_NAMES
 from .errors import Unsupported, format_path
 from .policy import (
@@ -111,8 +111,22 @@ NS_FILES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time
 _CAP_BITS = {("CAP_DAC_OVERRIDE" if n == "DAC_OVERRIDE" else n): b for b, n in enumerate(CAP_NAMES)}
 #: Kernel objects a kprobe argument may point to, read through BTF; the path-like ones are compared as
 #: strings (matchArgs Equal/Prefix/Postfix on the path), as Tetragon does.
-_PATH_TYPES = ("file", "path", "linux_binprm")
-_KERNEL_TYPES = (*_PATH_TYPES, "sock", "cred")
+_PATH_TYPES = ("file", "path", "linux_binprm", "dentry", "kiocb")
+#: The other kernel objects a kprobe argument may be (Tetragon's types) → the operand kind it is read as
+#: (`_read_object`): "skb" and "sockaddr" take the socket operators of matchArgs, "str" and "buf" (a buffer:
+#: its first bytes and its size) the string ones, "obj" (a packed struct bpf/events.py decodes) none.
+_OBJECT_KINDS = {"skb": "skb", "socket": "sock", "sockaddr": "sockaddr", "net_device": "str", "capability": "int",
+                 "bpf_attr": "obj", "perf_event": "obj", "bpf_map": "obj", "module": "obj", "load_info": "obj",
+                 "user_namespace": "obj", "char_buf": "buf", "char_iovec": "buf", "iov_iter": "buf"}
+_KERNEL_TYPES = (*_PATH_TYPES, "sock", "cred", *_OBJECT_KINDS)
+#: The "obj" kinds of `_OBJECT_KINDS`: the C function reading each, and the struct it fills (`_OBJECTS`).
+_OBJECT_READERS = {"bpf_attr": ("pl_bpf_attr", "pl_ba"), "perf_event": ("pl_perf_event", "pl_pe"),
+                   "bpf_map": ("pl_bpf_map", "pl_bm"), "module": ("pl_module", "pl_md"),
+                   "load_info": ("pl_load_info", "pl_md"), "user_namespace": ("pl_user_ns", "pl_un")}
+#: Operand kinds that read into a string slot (`sc->str[slot]`, the first two copied into events).
+_SLOT_KINDS = ("str", "sockaddr", "sock", "cred", "skb", "obj", "buf")
+#: `Operand.size_arg` of a buffer read when the function returns (returnCopy), its size the return value.
+RETURN_COPY = -2
 _UNSIGNED = ("uint32", "uint", "u32", "uint8", "uint16", "uint64", "u64", "size_t", "ulong")
 #: struct pt_regs offsets (x86-64) of the first five arguments of a function: di, si, dx, cx, r8; and of
 #: its return value (ax).
@@ -120,6 +134,19 @@ _PT_REGS_ARGS = (112, 104, 96, 88, 72)
 _PT_REGS_RC = 80
 #: A user function's first six arguments (the SysV calling convention adds r9): what a uprobe reads.
 _UPROBE_REGS = (*_PT_REGS_ARGS, 64)
+#: A syscall's arguments in the struct pt_regs its x86-64 entry (`__x64_sys_<name>`) takes: di, si, dx, r10, r8,
+#: r9 (the syscall convention passes the fourth in r10, where a function call has it in cx).
+_SYSCALL_REGS = (112, 104, 96, 56, 72, 64)
+#: The same for a 32-bit call's entry (`__ia32_sys_<name>`): bx, cx, dx, si, di, bp, each 32 bits wide.
+_IA32_REGS = (40, 88, 96, 104, 112, 32)
+#: Functions fmod_ret may override (the kernel allows `security_*` and the error-injection list, which has the
+#: syscall entries).
+_FMOD_RET_PREFIXES = ("security_", "__x64_sys_", "__ia32_sys_", "__ia32_compat_sys_")
+#: Arguments a BPF trampoline program can read (the kernel's MAX_BPF_FUNC_ARGS).
+_TRACED_ARGS = 12
+#: Programs on the BPF trampoline: their context is the function's arguments, one u64 each, and a non-zero
+#: return denies (an LSM hook returns it as its errno; fmod_ret makes it the function's return, skipping it).
+_TRAMPOLINE_SITES = ("lsm", "fmod_ret")
 #: Where a kretprobe's event carries the return value (kprobe arguments take at most the first five).
 RET_SLOT = 7
 _INT_OPS = ("Equal", "NotEqual", "Mask", "GT", "LT", "InRange", "NotInRange")
@@ -127,6 +154,8 @@ _STR_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 _SOCK_OPS = ("DAddr", "NotDAddr", "DPort", "NotDPort", "Family", "NotFamily", "Protocol", "NotProtocol")
 #: A kprobe's struct sock has both ends and a state.
 _STRUCT_SOCK_OPS = (*_SOCK_OPS, "SAddr", "NotSAddr", "SPort", "NotSPort", "State", "NotState")
+#: A packet has both ends (from its IP and TCP/UDP headers) but no state.
+_SKB_OPS = (*_SOCK_OPS, "SAddr", "NotSAddr", "SPort", "NotSPort")
 _TCP_STATE = {"TCP_ESTABLISHED": 1, "TCP_SYN_SENT": 2, "TCP_SYN_RECV": 3, "TCP_FIN_WAIT1": 4, "TCP_FIN_WAIT2": 5,
               "TCP_TIME_WAIT": 6, "TCP_CLOSE": 7, "TCP_CLOSE_WAIT": 8, "TCP_LAST_ACK": 9, "TCP_LISTEN": 10,
               "TCP_CLOSING": 11, "TCP_NEW_SYN_RECV": 12}
@@ -148,6 +177,9 @@ class Features:
 
     kprobes: bool = False
     lsm: bool = False
+    #: fmod_ret programs on the BPF trampoline: Override on `security_*` functions and syscalls (which allow
+    #: error injection), where bpf_override_return is missing (Debian kernels).
+    fmod_ret: bool = False
     #: uprobes on functions of user-space ELF files (CONFIG_UPROBES; the development kernels have them).
     uprobes: bool = True
     send_signal: bool = True
@@ -191,6 +223,7 @@ class Features:
         values: dict[str, Any] = {}
         reasons = []
         for attr, names in (("kprobes", ("kprobes", "kprobe")), ("lsm", ("bpf_lsm", "lsm")),
+                            ("fmod_ret", ("fmod_ret", "fmodret")),
                             ("uprobes", ("uprobes", "uprobe")),
                             ("send_signal", ("send_signal", "bpf_send_signal")),
                             ("cgroup_sock_create", ("cgroup_sock_create", "sock_create")),
@@ -220,12 +253,16 @@ class Operand:
     slot: int = -1  # string/sockaddr scratch slot (-1 for ints)
     #: `resolve` of a user struct: the member's byte offset behind the argument's pointer (-1: none).
     member: int = -1
+    #: A buffer (char_buf, char_iovec): the argument giving its size (sizeArgIndex - 1), or RETURN_COPY.
+    size_arg: int = -1
 
 
 @dataclass(frozen=True)
 class Site:
     function: str
-    kind: str  # "tracepoint" | "raw_tracepoint" | "cgroup" | "kprobe"
+    #: "tracepoint" | "raw_tracepoint" | "cgroup" | "kprobe" | "kretprobe" | "uprobe" | "lsm" | "fmod_ret"
+    #: (the last two: BPF trampoline programs the engine links by the BTF id libbpf resolved at load)
+    kind: str
     subsystem: str | None = None
     event: str | None = None
     #: the cgroup hook ("sock_create" | "connect4" | "connect6" | "sendmsg4" | "sendmsg6"), or the kernel
@@ -235,10 +272,12 @@ class Site:
     #: probed instruction; None where the plan was made without the node's files (bpf/uprobes.py).
     file: str | None = None
     offset: int | None = None
+    #: A kprobe whose hook says `ignore: callNotFound`: where the kernel lacks the function, it is left out.
+    optional: bool = False
 
     @property
     def label(self) -> str:
-        if self.kind in ("cgroup", "kprobe", "kretprobe", "uprobe"):
+        if self.kind in ("cgroup", "kprobe", "kretprobe", "uprobe", "lsm", "fmod_ret"):
             return f"{self.kind}/{self.attach}"
         return f"{self.subsystem}:{self.event}" if self.kind == "tracepoint" else f"raw_tp/{self.event}"
 
@@ -248,7 +287,7 @@ class HookPlan:
     index: int
     section: str
     target: str
-    event_kind: str  # "process_tracepoint" | "process_kprobe"
+    event_kind: str  # "process_tracepoint" | "process_kprobe" | "process_uprobe" | "process_lsm"
     subsystem: str | None
     event: str | None
     sites: tuple[Site, ...]
@@ -259,6 +298,8 @@ class HookPlan:
     tags: tuple[str, ...] = ()
     #: A kretprobe's returnArg type: its events carry the value the function returned.
     return_type: str | None = None
+    #: A hook on every syscall: its events carry the syscall's number, which names the call.
+    syscall_ids: bool = False
     #: A uprobe's path and symbol (or offset), which its events report.
     uprobe: UprobeTarget | None = None
 
@@ -451,8 +492,12 @@ class _Compiler:
         self.ldso = False
         #: Some hook is a kretprobe (its events wait in pl_evbuf/pl_ret<i> from entry to return).
         self.ret = False
+        #: Hooks on every syscall, whose events carry the syscall's number (and whether it was a compat one).
+        self.sysid_hooks: set[int] = set()
         #: Program generators, run once every hook is known (tracking is a policy-wide decision).
         self.functions: list[Callable[[], str]] = []
+        #: kretprobes' returnCopy buffers by hook: (operand position, slot), read by the return program.
+        self.ret_copies: dict[int, list[tuple[int, int]]] = {}
 
     def refuse(self, msg: str) -> None:
         self.reasons.append(f"unsupported: {msg}")
@@ -472,7 +517,7 @@ class _Compiler:
         if not self.f.ringbuf:
             self.refuse(f"events need a BPF ring buffer, which this kernel lacks {self.f.why('ringbuf')}".strip())
         hooks: list[HookPlan] = []
-        for i, h in enumerate(self.p.hooks):
+        for i, h in enumerate(self._expanded_hooks()):
             hp = self._hook(i, h)
             if hp is not None:
                 hooks.append(hp)
@@ -512,6 +557,34 @@ class _Compiler:
 
     # ------------------------------------------------------------------ hooks
 
+    def _expanded_hooks(self) -> list[Hook]:
+        """The policy's hooks with each kprobe on `list:<name>` of a `syscalls` list made one hook per
+        syscall of the list (Tetragon attaches the hook to each); other lists stay one hook."""
+        out: list[Hook] = []
+        for h in self.p.hooks:
+            if h.section != "kprobes" or not h.target.startswith("list:"):
+                out.append(h)
+                continue
+            cl = self.p.call_list(h.target.removeprefix("list:"))
+            if cl is None:
+                self.refuse(f"{format_path(h.path)}: {h.target} names no list of spec.lists")
+            elif cl.type == "syscalls":
+                if not cl.values:
+                    self.refuse(f"{format_path(cl.path)}: a syscalls list needs values")
+                # the hook on a call also runs for its 32-bit compat twin (`_ia32_source`): __ia32_sys_dup next
+                # to sys_dup is that same hook
+                native = {v.removeprefix("__x64_").removeprefix("sys_") for v in cl.values
+                          if not v.startswith("__ia32_")}
+                calls = [v for v in cl.values if not (v.startswith("__ia32_") and v.removeprefix("__ia32_")
+                                                      .removeprefix("compat_").removeprefix("sys_") in native)]
+                out += [replace(h, target=v, syscall=True) for v in calls]
+            elif cl.type == "generated_syscalls":
+                out.append(h)
+            else:
+                self.refuse(f"{format_path(cl.path)}: lists of type {cl.type} (functions matched in the kernel's "
+                            "ftrace list) are outside the engine's subset; list the calls (type: syscalls)")
+        return out
+
     def _hook(self, i: int, h: Hook) -> HookPlan | None:
         where = format_path(h.path)
         for key in h.unsupported:
@@ -526,9 +599,8 @@ class _Compiler:
             if not self.f.lsm:
                 why = self.f.why("lsm") or "LSM programs do not load"
                 self.refuse(f"lsmhook on {h.target} needs BPF LSM, which this kernel lacks ({why})")
-            else:
-                self.refuse(f"lsmhook on {h.target}: this engine does not generate LSM programs")
-            return None
+                return None
+            return self._lsm_hook(i, h)
         if h.section == "uprobes":
             return self._uprobe(i, h)
         self.refuse(f"{h.section} ({h.target}) are outside the engine's subset (it puts uprobes on functions, "
@@ -552,10 +624,11 @@ class _Compiler:
     def _kprobe(self, i: int, h: Hook) -> HookPlan | None:
         call = h.target
         where = format_path(h.path)
-        if call.startswith("list:"):
-            self.refuse(f"{where}: kprobe on {call}: lists of calls are outside the engine's subset")
-            return None
+        if call.startswith("list:"):  # generated_syscalls: every syscall, on raw_syscalls:sys_enter
+            return self._all_syscalls(i, h)
         if h.syscall:
+            if self.f.fmod_ret and _overrides(h):  # a real denial: fmod_ret on the syscall's entry
+                return self._fmod_ret_syscall(i, h)
             if call.startswith("__ia32_") or call.startswith("__ia32_compat"):
                 self.refuse(f"kprobe on {call}: 32-bit compat syscalls have no tracepoint and need kprobes, "
                             "which this kernel lacks" if not self.f.kprobes else
@@ -580,6 +653,8 @@ class _Compiler:
             # enforcement on the cgroup hooks, which deny before anything leaves; a hook that only reports
             # runs on the function itself where kprobes exist, for Tetragon's own argument shapes
             return self._socket_kprobe(i, h)
+        if "Override" in acts and self.f.fmod_ret and call.startswith(_FMOD_RET_PREFIXES):
+            return self._fmod_ret(i, h)
         if self.f.kprobes:
             return self._function_kprobe(i, h)
         lacks = "kprobes, which this kernel lacks" if not self.f.kprobes else \
@@ -605,14 +680,121 @@ class _Compiler:
                 return None
         if any(a.action == "Override" for s in h.selectors for a in s.match_actions):
             self.refuse(f"{where}: Override on {h.target} needs bpf_override_return, which this kernel lacks "
-                        "(Debian kernels have no error injection); use an lsmhook or Sigkill")
+                        "(Debian kernels have no error injection); use an lsmhook or Sigkill"
+                        + (" (fmod_ret, which it has, overrides only security_* functions and syscalls)"
+                           if self.f.fmod_ret else ""))
             return None
         fields = tuple(Field(f"arg{k}", "void *" if (a := next((x for x in h.args if x.index == k), None))
                              is not None and (a.type or "") not in _INT_TYPES else "long", off, 8,
                              not (a is not None and (a.type or "") in _UNSIGNED))
                        for k, off in enumerate(_PT_REGS_ARGS))
-        return self._build(i, h, "process_kprobe", None, None, {a.index: a.index for a in h.args}, fields, None,
+        plan = self._build(i, h, "process_kprobe", None, None, {a.index: a.index for a in h.args}, fields, None,
                            kernel_fn=h.target, ret_type=ret_type)
+        return self._kernel_fn_plan(i, h, plan)
+
+    def _kernel_fn_plan(self, i: int, h: Hook, plan: HookPlan | None) -> HookPlan | None:
+        """What a kprobe on a kernel function adds to its plan: the buffers its return program reads
+        (returnCopy), and `ignore: callNotFound`, which makes its sites optional (left out where the kernel
+        lacks the function, as Tetragon does)."""
+        if plan is None:
+            return None
+        copies = [(o.position, o.slot) for o in plan.operands if o.size_arg == RETURN_COPY and 0 <= o.slot < 2]
+        if copies:
+            self.ret_copies[i] = copies
+        if h.ignore_call_not_found:
+            plan = replace(plan, sites=tuple(replace(s, optional=True) for s in plan.sites))
+        return plan
+
+    def _lsm_hook(self, i: int, h: Hook) -> HookPlan | None:
+        """An lsmhook: a BPF LSM program on the hook (section `lsm/<hook>`, which libbpf resolves to the
+        kernel's `bpf_lsm_<hook>` at load); its context is the hook's arguments, one u64 each, typed by the
+        policy and read as a kprobe's are. Override returns the errno from the hook: the kernel denies the
+        operation (exec, open, ...) before it happens."""
+        if not self._traced_ok(h):
+            return None
+        site = Site(f"pl_h{i}_lsm", "lsm", attach=h.target)
+        return self._build(i, h, "process_lsm", None, None, {a.index: a.index for a in h.args},
+                           _traced_fields(h, tuple(8 * k for k in range(_TRACED_ARGS))), None, traced=site)
+
+    def _fmod_ret(self, i: int, h: Hook) -> HookPlan | None:
+        """Override on a kernel function where bpf_override_return is missing: an fmod_ret program on the
+        function's BPF trampoline, whose non-zero return becomes the function's (which then does not run).
+        The kernel allows it on `security_*` functions and on functions open to error injection, which
+        include the syscall entries. The context is the function's arguments, one u64 each."""
+        if not self._traced_ok(h):
+            return None
+        site = Site(f"pl_h{i}_fmr", "fmod_ret", attach=h.target)
+        return self._build(i, h, "process_kprobe", None, None, {a.index: a.index for a in h.args},
+                           _traced_fields(h, tuple(8 * k for k in range(_TRACED_ARGS))), None, traced=site)
+
+    def _fmod_ret_syscall(self, i: int, h: Hook) -> HookPlan | None:
+        """Override on a syscall (`syscall: true`): fmod_ret on its real entry, `__x64_sys_<name>` (or the
+        `__ia32_` entry the policy names), whose one argument is the caller's registers: the call's arguments
+        are read from them, strings from user memory. As in Tetragon, the x86-64 entry does not see 32-bit
+        calls (int $0x80); a kprobe on `__ia32_sys_<name>` overrides those."""
+        where = format_path(h.path)
+        call = h.target
+        if call.startswith("__ia32_"):
+            name = call.removeprefix("__ia32_compat_sys_").removeprefix("__ia32_sys_")
+            if name not in ia32.NUMBERS:
+                self.refuse(f"{where}: kprobe on {call}: {name} is not an ia32 syscall")
+                return None
+            fn, regs = call, _IA32_REGS
+        else:
+            name = call
+            for pre in _SYSCALL_PREFIXES:
+                if name.startswith(pre):
+                    name = name[len(pre):]
+                    break
+            if self.formats("syscalls", f"sys_enter_{name}") is None:
+                self.refuse(f"kprobe on {call}: no syscall {name} on this kernel (no syscalls:sys_enter_{name})")
+                return None
+            fn, regs = f"__x64_sys_{name}", _SYSCALL_REGS
+            if self.f.ia32_syscalls and name in ia32.NUMBERS:
+                self.notes.append(f"{where}: Override on {call} runs on {fn}, which 32-bit calls (int $0x80) do not "
+                                  f"enter; a kprobe on __ia32_sys_{name} overrides those")
+        if not self._traced_ok(h):
+            return None
+        site = Site(f"pl_h{i}_fmr", "fmod_ret", attach=fn)
+        return self._build(i, h, "process_kprobe", None, None, {a.index: a.index for a in h.args},
+                           _traced_fields(h, regs), None, traced=site)
+
+    def _traced_ok(self, h: Hook) -> bool:
+        """What a BPF trampoline program on `h` cannot do is refused: its target is a section name, so an
+        identifier; a kretprobe's return value and `resolve` of a struct member are outside the subset."""
+        where = format_path(h.path)
+        ok = True
+        if not (h.target.isascii() and h.target.isidentifier()):
+            self.refuse(f"{where}: {h.target!r} is not the name of a kernel function or LSM hook")
+            ok = False
+        if h.return_probe:
+            self.refuse(f"{where}: Override on a kretprobe ({h.target}, return: true) is outside the engine's "
+                        "subset; Override acts at entry")
+            ok = False
+        for a in h.args:
+            if a.resolve is not None:
+                self.refuse(f"{where}: resolve {a.resolve!r} on argument {a.index} of {h.target} is outside the "
+                            "engine's subset")
+                ok = False
+        return ok
+
+    def _traced_arg_kind(self, h: Hook, site: Site, index: int, type_: str | None, where: str) -> str | None:
+        """The kind of an argument of a trampoline program: a syscall's are integers or user strings (in the
+        caller's registers); a function's or LSM hook's are typed as a kprobe's are."""
+        if not (h.syscall and h.section == "kprobes"):
+            return self._kernel_arg_kind(h, index, type_, where, n_args=_TRACED_ARGS)
+        t = (type_ or "int").strip()
+        if not 0 <= index < len(_SYSCALL_REGS):
+            self.refuse(f"{where}: argument index {index} of {h.target}: a syscall has at most "
+                        f"{len(_SYSCALL_REGS)} arguments")
+            return None
+        if t in _INT_TYPES:
+            return "int"
+        if t in _STRING_TYPES:
+            return "str"
+        self.refuse(f"{where}: argument {index} of type {t} on {h.target} with Override is outside the engine's "
+                    "subset (a syscall's arguments: integers and strings)")
+        return None
 
     def _uprobe(self, i: int, h: Hook) -> HookPlan | None:
         """A uprobe on a function (or offset, or address) of a user-space ELF file: a KPROBE program the
@@ -657,6 +839,24 @@ class _Compiler:
         self.refuse(f"{where}: argument {index} of type {t} on uprobe {h.target} is outside the engine's subset "
                     "(integers and string)")
         return None
+
+    def _all_syscalls(self, i: int, h: Hook) -> HookPlan | None:
+        """A kprobe on a `generated_syscalls` list: one program on raw_syscalls:sys_enter, which sees every
+        syscall (compat ones too); its events name the call by its number."""
+        fields = self.formats("raw_syscalls", "sys_enter")
+        ident = next((f for f in fields or () if f.name == "id"), None)
+        if fields is None or ident is None:
+            self.refuse(f"{format_path(h.path)}: kprobe on {h.target} needs the raw_syscalls:sys_enter tracepoint")
+            return None
+        if h.args:
+            self.refuse(f"{format_path(h.path)}: arguments of a kprobe on every syscall ({h.target}) are outside the "
+                        "engine's subset")
+            return None
+        self.sysid_hooks.add(i)
+        guard = [f"s64 pl_sysid = *(s64 *)((char *)ctx + {ident.offset}) | ((s64)pl_compat() << 32);"]
+        plan = self._build(i, h, "process_kprobe", "raw_syscalls", "sys_enter", {}, fields, None,
+                           guards={"tp": guard})
+        return replace(plan, syscall_ids=True) if plan is not None else None
 
     def _socket_kprobe(self, i: int, h: Hook) -> HookPlan | None:
         call = h.target
@@ -763,7 +963,8 @@ class _Compiler:
                index_map: dict[int, int], fields: tuple[Field, ...], cgroup_sites: tuple[str, ...] | None,
                *, mask_type: bool = False, sock_arg: int | None = None,
                guards: dict[str, list[str]] | None = None, kernel_fn: str | None = None,
-               ret_type: str | None = None, user_site: Site | None = None) -> HookPlan | None:
+               ret_type: str | None = None, user_site: Site | None = None,
+               traced: Site | None = None) -> HookPlan | None:
         """The programs of one hook: one per cgroup site (or one tracepoint program), plus a tracepoint
         program next to the cgroup ones when `guards` has a "tp" entry. `guards` are C lines, per site
         (cgroup attach name or "tp"), that return early for calls the hook does not mean."""
@@ -783,16 +984,19 @@ class _Compiler:
                 member = found
             if user_site is not None:
                 kind = self._uprobe_arg_kind(h, a.index, a.type, where)
+            elif traced is not None:
+                kind = self._traced_arg_kind(h, traced, a.index, a.type, where)
             else:
                 kind = (self._kernel_arg_kind(h, a.index, a.type, where) if kernel_fn else
                         self._arg_kind(h, a.index, a.type, index_map, fields, cgroup_sites, sock_arg, where))
             if kind is None:
                 continue
             slot_of = -1
-            if kind in ("str", "sockaddr", "sock", "cred"):
+            if kind in _SLOT_KINDS:
                 slot_of = slot
                 slot += 1
-            operands.append(Operand(pos, a.index, kind, a.type or kind, a.label, slot_of, member))
+            operands.append(Operand(pos, a.index, kind, (a.type or kind).strip(), a.label, slot_of, member,
+                                    self._size_arg(a, kind)))
         n_slots = slot + (1 if exec_hook else 0)
         if n_slots > MAX_STRING_OPERANDS:
             self.refuse(f"{where}: {slot} string/sockaddr arguments; at most {MAX_STRING_OPERANDS} per hook")
@@ -805,7 +1009,7 @@ class _Compiler:
             conds, ub, up = self._selector(h, sel, operands, exec_hook, cgroup_sites)
             uses_bin |= ub
             uses_parent |= up
-            act = self._actions(h, sel, cgroup_sites)
+            act = self._actions(h, sel, cgroup_sites, denies=traced is not None)
             if sel.match_return_args and ret_type is None:
                 self.refuse(f"{format_path(sel.path)}: matchReturnArgs needs the function's return, which only a "
                             "kretprobe on a kernel function (return: true, syscall: false) sees here")
@@ -842,6 +1046,12 @@ class _Compiler:
         if exec_hook and uses_bin and not ldso:
             self.notes.append(f"{where}: a program started through its loader (ld.so PROGRAM) is judged as the "
                               "loader only" + (" (the hook reads arguments)" if operands else ""))
+        if traced is not None:  # one program on the BPF trampoline, which denies by its return
+            self.functions.append(partial(self._program, i, h, traced, operands, sel_conds, index_map, fields,
+                                          exec_hook, uses_bin, uses_parent, mask_type, ()))
+            return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
+                            subsystem=sub, event=ev, sites=(traced,), operands=tuple(operands),
+                            selector_actions=tuple((c[1], c[2]) for c in sel_conds), message=h.message, tags=h.tags)
         if kernel_fn and ret_type is not None:
             entry, ret = Site(f"pl_h{i}_kp", "kprobe", attach=kernel_fn), Site(f"pl_h{i}_kr", "kretprobe",
                                                                                 attach=kernel_fn)
@@ -909,8 +1119,10 @@ class _Compiler:
                 f = self._field(index_map, index, fields)
                 if f is not None and f.pointer and h.subsystem in (None, "syscalls"):
                     return "sockaddr"
-            self.refuse(f"{where}: argument {index} of type {t} on {h.target}: kernel objects are not readable "
-                        "without kprobes")
+            why = ("kernel objects are not readable without kprobes" if not self.f.kprobes else
+                   "a socket hook that acts runs on the cgroup socket hooks, which see the destination sockaddr and "
+                   "nothing else of the socket")
+            self.refuse(f"{where}: argument {index} of type {t} on {h.target}: {why}")
             return None
         if cgroup_sites == ("sock_create",):
             if index in (0, 1, 2) and (not t or t in _INT_TYPES):
@@ -945,11 +1157,14 @@ class _Compiler:
             return None
         return "int"
 
-    def _kernel_arg_kind(self, h: Hook, index: int, type_: str | None, where: str) -> str | None:
+    def _kernel_arg_kind(self, h: Hook, index: int, type_: str | None, where: str,
+                         n_args: int = len(_PT_REGS_ARGS)) -> str | None:
         t = (type_ or "int").strip()
-        if not 0 <= index < len(_PT_REGS_ARGS):
-            self.refuse(f"{where}: argument index {index} of {h.target}: kprobes read the first "
-                        f"{len(_PT_REGS_ARGS)} arguments")
+        if not 0 <= index < n_args:
+            reader = "kprobes read" if n_args == len(_PT_REGS_ARGS) else "BPF trampoline programs read"
+            self.refuse(f"{where}: argument index {index} of {h.target}: {reader} the first {n_args} arguments")
+            return None
+        if t == "nop":  # Tetragon neither reads nor reports it
             return None
         if t in _INT_TYPES:
             return "int"
@@ -957,9 +1172,46 @@ class _Compiler:
             return "str"
         if t in ("sock", "cred"):
             return t
+        if t in _OBJECT_KINDS:
+            return self._object_arg_kind(h, index, t, where, n_args)
         self.refuse(f"{where}: argument {index} of type {t} on {h.target} is outside the engine's subset "
                     f"(kernel functions: integers, string, {', '.join(_KERNEL_TYPES)})")
         return None
+
+    def _object_arg_kind(self, h: Hook, index: int, t: str, where: str, n_args: int) -> str | None:
+        """The kind of a kernel-object argument (`_OBJECT_KINDS`); a buffer's size comes from the argument
+        sizeArgIndex names (counted from 1, as Tetragon does), or from the return value (returnCopy)."""
+        kind = _OBJECT_KINDS[t]
+        if kind != "buf":
+            return kind
+        a = h.arg(index)
+        assert a is not None
+        if a.max_data:
+            self.notes.append(f"{where}: maxData on argument {index} of {h.target}: events carry its first {STRLEN} "
+                              "bytes and its size")
+        if a.return_copy:
+            if t != "char_buf" or not h.return_probe or h.section != "kprobes":
+                self.refuse(f"{where}: returnCopy on argument {index} ({t}) of {h.target}: the engine copies a "
+                            "char_buf when a kretprobe (return: true) returns")
+                return None
+            return kind
+        if t == "iov_iter":  # the iterator holds its size
+            return kind
+        size = a.size_arg_index
+        if size is None or not 1 <= size <= n_args or size - 1 == index:
+            self.refuse(f"{where}: argument {index} ({t}) of {h.target} needs sizeArgIndex, the argument (from 1 "
+                        f"to {n_args}, not itself) that gives its size" + (f"; got {size}" if size is not None else ""))
+            return None
+        return kind
+
+    @staticmethod
+    def _size_arg(a: Arg, kind: str | None) -> int:
+        """`Operand.size_arg` of argument `a`."""
+        if kind != "buf":
+            return -1
+        if a.return_copy:
+            return RETURN_COPY
+        return a.size_arg_index - 1 if a.size_arg_index else -1
 
     def _site_name(self, h: Hook) -> str:
         return h.target if h.section == "tracepoints" else f"{h.target} (via its syscall tracepoint)"
@@ -1045,6 +1297,43 @@ class _Compiler:
         c = f"(pl_nsb_{kind} & (1ULL << {bit}))"
         return c if ns.operator == "In" else f"!{c}"
 
+    def _in_map_cond(self, af: ArgFilter, var: str, w: str) -> str | None:
+        """InMap / NotInMap on an integer: its values, or the syscalls of a `list:<name>` (x86-64 numbers
+        outside a compat syscall, ia32 numbers inside one: the two tables number calls differently)."""
+        native: list[int] = []
+        compat: list[int] = []
+        for v in af.values:
+            if not v.startswith("list:"):
+                try:
+                    native.append(int(v, 0))
+                except ValueError:
+                    self.refuse(f"{w}: {af.operator} value {v!r} (an integer, or list:<name>)")
+                    return None
+                continue
+            cl = self.p.call_list(v.removeprefix("list:"))
+            if cl is None or cl.type != "syscalls":
+                self.refuse(f"{w}: {v} names no syscalls list of spec.lists")
+                return None
+            for call in cl.values:
+                is_ia32 = call.startswith("__ia32_")
+                name = call
+                for pre in ("__ia32_compat_sys_", "__ia32_sys_", *_SYSCALL_PREFIXES):
+                    name = name.removeprefix(pre)
+                nr = (ia32.NUMBERS if is_ia32 else x64.NUMBERS).get(name)
+                if nr is None:
+                    self.refuse(f"{format_path(cl.path)}: {call} is not a {'ia32' if is_ia32 else 'x86-64'} syscall")
+                    return None
+                (compat if is_ia32 else native).append(nr)
+        lists = any(v.startswith("list:") for v in af.values)
+        parts = []
+        if native:
+            c = " || ".join(f"{var} == {n}" for n in native)
+            parts.append(f"(!pl_compat() && ({c}))" if lists else f"({c})")
+        if compat:
+            parts.append("(pl_compat() && (" + " || ".join(f"{var} == {n}" for n in compat) + "))")
+        c = "(" + " || ".join(parts) + ")"
+        return c if af.operator == "InMap" else f"!{c}"
+
     def _caps_cond(self, cf: CapabilitiesFilter) -> str | None:
         w = format_path(cf.path)
         if cf.type.lower() not in ("effective", "inheritable", "permitted"):
@@ -1112,9 +1401,18 @@ class _Compiler:
         if not af.values:
             self.refuse(f"{w}: matchArgs needs values")
             return None
+        unfilled = next((v for v in af.values if "${" in v), None)
+        if unfilled is not None:
+            self.refuse(f"{w}: placeholder {unfilled} is filled on each node from its agent's `placeholders` "
+                        "(agent.yaml); the node builds this policy's object")
+            return None
         if op.kind == "int":
             return self._int_cond(af, f"a{pos}", w)
-        if op.kind == "str":
+        if op.kind == "buf" and op.size_arg == RETURN_COPY:
+            self.refuse(f"{w}: matchArgs on a returnCopy buffer: it is read when the function returns, after the "
+                        "selectors ran")
+            return None
+        if op.kind in ("str", "buf"):  # a buffer is matched on its first bytes, as a string of that length
             if af.operator not in _STR_ARG_OPS:
                 self.refuse(f"{w}: operator {af.operator!r} on a string argument (supported: "
                             f"{', '.join(_STR_ARG_OPS)})")
@@ -1126,12 +1424,14 @@ class _Compiler:
             bit = self._new_str_filter(table, af.values)
             c = f"(s{op.slot}_{table} & (1ULL << {bit}))"
             return f"!{c}" if negate else c
-        if op.kind == "cred":
-            self.refuse(f"{w}: matchArgs on a cred argument is outside the engine's subset")
+        if op.kind in ("cred", "obj"):
+            self.refuse(f"{w}: matchArgs on a {op.type_name} argument is outside the engine's subset")
             return None
         return self._sock_cond(af, op, w, cgroup_sites)
 
     def _int_cond(self, af: ArgFilter, var: str, w: str) -> str | None:
+        if af.operator in ("InMap", "NotInMap"):
+            return self._in_map_cond(af, var, w)
         if af.operator not in _INT_OPS:
             self.refuse(f"{w}: operator {af.operator!r} on an integer argument (supported: {', '.join(_INT_OPS)})")
             return None
@@ -1158,7 +1458,8 @@ class _Compiler:
     def _sock_cond(self, af: ArgFilter, op: Operand, w: str, cgroup_sites: tuple[str, ...] | None) -> str | None:
         v = f"s{op.slot}"
         o = af.operator
-        allowed = _SOCKADDR_OPS if op.type_name == "sockaddr" else _STRUCT_SOCK_OPS if op.kind == "sock" else _SOCK_OPS
+        allowed = (_SOCKADDR_OPS if op.type_name == "sockaddr" else _STRUCT_SOCK_OPS if op.kind == "sock" else
+                   _SKB_OPS if op.kind == "skb" else _SOCK_OPS)
         if o not in allowed:
             self.refuse(f"{w}: operator {o!r} on a {op.type_name or 'socket'} argument (Tetragon's loader takes "
                         f"{', '.join(allowed)} there)")
@@ -1167,7 +1468,7 @@ class _Compiler:
         name = o[3:] if neg else o
         # a struct sock has both ends: its source operators read the local address and port (`s<slot>_sip4`,
         # `_sport`); a sockaddr has one address, which both spellings read
-        pre = f"{v}_s" if op.kind == "sock" and name in ("SAddr", "SPort") else f"{v}_"
+        pre = f"{v}_s" if op.kind in ("sock", "skb") and name in ("SAddr", "SPort") else f"{v}_"
         if name == "State" and op.kind == "sock":
             try:
                 states = [f"{v}_state == {_TCP_STATE.get(val) or int(val, 0)}" for val in af.values]
@@ -1207,7 +1508,7 @@ class _Compiler:
                 for val in af.values:
                     parts.append(f"{v}_fam == {_FAMILIES.get(val) or int(val, 0)}")
             else:  # Protocol
-                if cgroup_sites is None and op.kind != "sock":
+                if cgroup_sites is None and op.kind not in ("sock", "skb"):
                     self.refuse(f"{w}: Protocol is only known on the cgroup connect hooks")
                     return None
                 for val in af.values:
@@ -1218,15 +1519,20 @@ class _Compiler:
         c = "(" + " || ".join(parts) + ")"
         return f"!{c}" if neg else c
 
-    def _actions(self, h: Hook, s: Selector, cgroup_sites: tuple[str, ...] | None
+    def _actions(self, h: Hook, s: Selector, cgroup_sites: tuple[str, ...] | None, *, denies: bool = False
                  ) -> tuple[int, int, bool, int] | None:
-        """(action code, signal, post, errno to deny with or 0) of a selector."""
+        """(action code, signal, post, errno to deny with or 0) of a selector. `denies`: the hook runs where its
+        program's return denies the call (an LSM hook, fmod_ret), as the cgroup hooks do."""
         act, sig, post, deny = _ACT_POST, 0, True, 0
         ok = True
         for a in s.match_actions:
             w = format_path(a.path)
             name = a.action
-            if a.extra and any(k not in ("rateLimit", "rateLimitScope") for k in a.extra):
+            if "imaHash" in a.extra and h.section == "lsmhooks":
+                # an enrichment of the event only: the hook acts (and reports) without it
+                self.notes.append(f"{w}: imaHash: events carry no ima_hash (IMA hashes need sleepable LSM programs)")
+            if a.extra and any(k not in ("rateLimit", "rateLimitScope")
+                               and not (k == "imaHash" and h.section == "lsmhooks") for k in a.extra):
                 self.refuse(f"{w}: action fields {', '.join(a.extra)} are outside the engine's subset")
                 ok = False
             if name == "Post":
@@ -1250,7 +1556,7 @@ class _Compiler:
                     # the kill lands when the call returns: deny the call as well, so nothing leaves first
                     deny = deny or 1
             elif name == "Override":
-                if cgroup_sites is None:
+                if cgroup_sites is None and not denies:
                     where_ = h.target if h.section == "tracepoints" else f"{h.target} (syscall tracepoint)"
                     self.refuse(f"{w}: Override on {where_} needs bpf_override_return on a kprobe or a BPF LSM "
                                 "hook, which this kernel lacks; use Sigkill")
@@ -1280,6 +1586,8 @@ class _Compiler:
         interpreter (a loader run as a program, or a static binary) in `pl_ldso`. `ldso`: the program on
         sys_enter_mmap that judges the first executable file such a process maps as its binary."""
         cg = site.kind == "cgroup"
+        #: an LSM or fmod_ret program denies by returning the errno, negated (see _TRAMPOLINE_SITES)
+        traced = site.kind in _TRAMPOLINE_SITES
         allow, deny_rv = ("1", "0") if cg else ("0", "0")
         if site.attach == "sock_create":
             ctx_t = "struct bpf_sock"
@@ -1353,7 +1661,7 @@ class _Compiler:
                   "    return 0;", "}\n"]
             return "\n".join(L)
         # a denial acts only where the hook can deny (a tracepoint next to a cgroup hook cannot)
-        L += ["    if (sig || deny) {" if cg else "    if (sig) {",
+        L += ["    if (sig || deny) {" if cg or traced else "    if (sig) {",
               "        if (cfg->mode == 2) {"]
         L.append("            if (sig) bpf_send_signal(sig);")
         L += ["            acted = 1; pl_count(1);",
@@ -1370,12 +1678,14 @@ class _Compiler:
         if cg and any(d > 1 for *_, d in sels):
             # an errno other than EPERM (argError), where the hook lets the program choose it
             L.append("    if (deny > 1 && acted) bpf_set_retval(-deny);")
-        L.append(f"    return (deny && acted) ? {deny_rv} : {allow};" if cg else f"    return {allow};")
+        if traced:
+            L.append("    return (deny && acted) ? -deny : 0;")
+        else:
+            L.append(f"    return (deny && acted) ? {deny_rv} : {allow};" if cg else f"    return {allow};")
         L.append("}\n")
         return "\n".join(L)
 
-    @staticmethod
-    def _event_fields(i: int, site: Site, operands: list[Operand], ind: str) -> list[str]:
+    def _event_fields(self, i: int, site: Site, operands: list[Operand], ind: str) -> list[str]:
         """C filling the event record `e` of hook `i` from what the program read."""
         L = [f"{ind}e->ktime = bpf_ktime_get_ns();",
              f"{ind}e->cgroup = bpf_get_current_cgroup_id();",
@@ -1392,8 +1702,12 @@ class _Compiler:
                     L.append(f"{ind}__builtin_memcpy(e->strs[{o.slot}], s{o.slot}_raw, 16);")
             elif o.slot < 2:
                 L.append(f"{ind}PL_COPY(e->strs[{o.slot}], sc->str[{o.slot}].s, {STRLEN});")
-                if site.kind == "kprobe" and o.type_name in _PATH_TYPES:
+                if site.kind in ("kprobe", *_TRAMPOLINE_SITES) and o.type_name in _PATH_TYPES:
                     L.append(f"{ind}e->ints[{o.position % 8}] = a{o.position};  /* i_mode */")
+            if o.kind == "buf":  # bytes read << 48 | the buffer's size (a returnCopy's address, until it returns)
+                L.append(f"{ind}e->ints[{o.position % 8}] = a{o.position};")
+        if i in self.sysid_hooks:
+            L.append(f"{ind}e->ints[{RET_SLOT}] = pl_sysid;")
         if site.kind == "cgroup":  # no task BTF there: the process map's binary or none
             L.append(f"{ind}if (bin) PL_COPY(e->bin, bin, {STRLEN}); else e->bin[0] = 0;")
         else:  # the file that runs, also when nothing asked for it (a short-lived process is gone from /proc)
@@ -1421,6 +1735,8 @@ class _Compiler:
               "    }",
               *_post_open(),
               "            bpf_probe_read_kernel(e, sizeof(*e), st);",
+              *(f"            e->ints[{pos % 8}] = pl_ret_copy(e->strs[{slot}], st->ints[{pos % 8}], (s64)r);"
+                for pos, slot in self.ret_copies.get(i, ())),
               f"            e->ints[{RET_SLOT}] = (s64)r; e->acted = acted; e->mode = cfg->mode;",
               "            bpf_ringbuf_submit(e, 0);",
               "            pl_count(0);",
@@ -1460,18 +1776,13 @@ class _Compiler:
                     f"    bpf_probe_read_user(&a{p}, sizeof(a{p}), *(char **)((char *)ctx + {f.offset}) + {o.member});"]
         f = self._field(index_map, o.index, fields)
         assert f is not None
-        if site.kind == "kprobe" and (o.kind in ("sock", "cred") or o.type_name in _PATH_TYPES):
-            return self._read_kernel_object(o, f, need_strings)
+        if site.kind in _TRAMPOLINE_SITES:
+            return self._read_traced(h, site, o, f, need_strings)
+        if site.kind == "kprobe" and o.type_name in _KERNEL_TYPES:
+            return self._read_kernel_object(o, f"*(u64 *)((char *)ctx + {f.offset})", need_strings,
+                                            arg=lambda k: f"*(u64 *)((char *)ctx + {_PT_REGS_ARGS[k]})")
         if o.kind == "sockaddr":
-            v = f"s{o.slot}"
-            return [f"    struct pl_sa {v}_sa = {{}};",
-                    f"    bpf_probe_read_user(&{v}_sa, sizeof({v}_sa), *(void **)((char *)ctx + {f.offset}));",
-                    f"    u32 {v}_fam = {v}_sa.fam;",
-                    f"    u32 {v}_port = __builtin_bswap16({v}_sa.port);",
-                    f"    u32 {v}_ip4 = __builtin_bswap32({v}_sa.w1);",
-                    *[f"    u32 {v}_ip6_{k} = __builtin_bswap32({v}_sa.a6[{k}]);" for k in range(4)],
-                    f"    u32 *{v}_raw = {v}_sa.fam == 2 ? &{v}_sa.w1 : {v}_sa.a6;",
-                    f"    u32 {v}_proto = 0;  /* not in the sockaddr; only the cgroup hooks know it */"]
+            return _sockaddr_lines(f"s{o.slot}", f"*(void **)((char *)ctx + {f.offset})", "bpf_probe_read_user")
         if o.kind == "str":
             buf = f"sc->str[{o.slot}].s"
             if f.data_loc:
@@ -1510,13 +1821,18 @@ class _Compiler:
             L.append(f"    a{p} &= 0xf;  /* SOCK_TYPE_MASK: the security hook sees the type without flags */")
         return L
 
-    def _read_kernel_object(self, o: Operand, f: Field, need_strings: bool) -> list[str]:
-        """C reading a kprobe argument that points to a kernel object, through BTF (CO-RE)."""
+    def _read_kernel_object(self, o: Operand, ptr: str, need_strings: bool,
+                            arg: Callable[[int], str] | None = None) -> list[str]:
+        """C reading an argument that points to a kernel object, through BTF (CO-RE). `ptr` is the C expression
+        of the raw argument, a u64: a kprobe's register in its pt_regs, a trampoline program's context slot;
+        `arg(k)` is that of the function's argument k (a buffer's size)."""
         p, buf = o.position, f"sc->str[{o.slot}].s"
-        ptr = f"*(u64 *)((char *)ctx + {f.offset})"
+        if o.type_name in _OBJECT_KINDS and o.type_name != "socket":
+            return self._read_object(o, ptr, need_strings, arg)
         if o.kind == "sock":
             v = f"s{o.slot}"
-            L = [f"    struct sock *sk{p} = (struct sock *){ptr};",
+            sk = f"BPF_CORE_READ((struct socket *){ptr}, sk)" if o.type_name == "socket" else f"(struct sock *){ptr}"
+            L = [f"    struct sock *sk{p} = {sk};",
                  f"    struct pl_sk *{v}_sk = (struct pl_sk *)__builtin_assume_aligned({buf}, 8);",
                  f"    pl_sock(sk{p}, {v}_sk);",
                  f"    u32 {v}_fam = {v}_sk->family, {v}_proto = {v}_sk->protocol, {v}_state = {v}_sk->state;",
@@ -1533,19 +1849,100 @@ class _Compiler:
             L = [f"    struct file *fl{p} = (struct file *){ptr};"]
         elif t == "linux_binprm":
             L = [f"    struct file *fl{p} = BPF_CORE_READ((struct linux_binprm *){ptr}, file);"]
+        elif t == "kiocb":
+            L = [f"    struct file *fl{p} = BPF_CORE_READ((struct kiocb *){ptr}, ki_filp);"]
+        elif t == "dentry":  # its path within its file system, as Tetragon's: no mount is known
+            L = [f"    struct dentry *de{p} = (struct dentry *){ptr};",
+                 f"    int l{p} = pl_dentry_path(de{p}, {buf});",
+                 f"    s64 a{p} = de{p} ? BPF_CORE_READ(de{p}, d_inode, i_mode) : 0;"]
         else:  # path
             L = [f"    struct path *pa{p} = (struct path *){ptr};",
                  f"    struct pl_at at{p} = {{ BPF_CORE_READ(pa{p}, mnt), BPF_CORE_READ(pa{p}, dentry), "
                  f"BPF_CORE_READ(pa{p}, mnt, mnt_root) }};",
                  f"    int l{p} = pl_path(&at{p}, {buf});",
                  f"    s64 a{p} = BPF_CORE_READ(pa{p}, dentry, d_inode, i_mode);"]
-        if t != "path":
+        if t not in ("path", "dentry"):
             L += [f"    int l{p} = pl_file_path(fl{p}, {buf});",
                   f"    s64 a{p} = fl{p} ? BPF_CORE_READ(fl{p}, f_inode, i_mode) : 0;"]
         if need_strings:
             s_ = f"s{o.slot}"
             L += [f"    u64 {s_}_eq = 0, {s_}_pre = 0, {s_}_post = 0;",
                   f"    pl_str_bits(sc, {buf}, l{p}, &{s_}_eq, &{s_}_pre, &{s_}_post);"]
+        return L
+
+    def _read_object(self, o: Operand, ptr: str, need_strings: bool, arg: Callable[[int], str] | None) -> list[str]:
+        """C reading the kernel objects of `_OBJECT_KINDS` (other than socket, a sock's), each into the
+        variables its kind's filters and `_event_fields` use: `a<pos>` for ints and buffers, the slot's
+        struct (zero-initialised) for the others."""
+        p, t, v = o.position, o.type_name, f"s{o.slot}"
+        buf = f"sc->str[{o.slot}].s"
+        aligned = f"__builtin_assume_aligned({buf}, 8)"
+        if t == "capability":  # an int in a 64-bit register: its upper half is not the caller's
+            return [f"    s64 a{p} = (s32){ptr};"]
+        if t == "sockaddr":  # a kernel function's sockaddr is the kernel's copy of the caller's
+            return _sockaddr_lines(v, f"(void *){ptr}", "bpf_probe_read_kernel")
+        if t == "skb":
+            L = [f"    struct pl_sb *{v}_sb = (struct pl_sb *){aligned};",
+                 f"    pl_skb((struct sk_buff *){ptr}, {v}_sb);",
+                 f"    u32 {v}_fam = {v}_sb->family, {v}_proto = {v}_sb->proto;",
+                 f"    u32 {v}_port = {v}_sb->dport, {v}_sport = {v}_sb->sport;",
+                 f"    u32 {v}_ip4 = __builtin_bswap32({v}_sb->daddr[0]), "
+                 f"{v}_sip4 = __builtin_bswap32({v}_sb->saddr[0]);"]
+            return L + [f"    u32 {v}_ip6_{k} = __builtin_bswap32({v}_sb->daddr[{k}]), "
+                        f"{v}_sip6_{k} = __builtin_bswap32({v}_sb->saddr[{k}]);" for k in range(4)]
+        if o.kind == "obj":
+            fn, struct_ = _OBJECT_READERS[t]
+            return [f"    {fn}((void *){ptr}, (struct {struct_} *){aligned});"]
+        if t == "net_device":
+            L = [f"    PL_ZERO({buf}, {SHORT_STRLEN});",
+                 f"    int n{p} = bpf_probe_read_kernel_str({buf}, 16, (char *){ptr} + "
+                 "bpf_core_field_offset(struct net_device, name));",
+                 f"    int l{p} = n{p} > 0 ? n{p} - 1 : 0;"]
+        else:  # a buffer: its first bytes, and its size
+            if o.size_arg == RETURN_COPY:  # read when the function returns; its address waits in the event
+                return [f"    s64 a{p} = (s64){ptr};"]
+            if t == "iov_iter":
+                read = f"pl_iov_iter({buf}, (struct iov_iter *){ptr}, &z{p})"
+            else:
+                assert arg is not None and o.size_arg >= 0
+                read = (f"pl_iovec({buf}, (void *){ptr}, z{p}, &z{p})" if t == "char_iovec" else
+                        f"pl_buf({buf}, (const void *){ptr}, z{p})")
+            L = [f"    u64 z{p} = {arg(o.size_arg) if arg is not None and o.size_arg >= 0 else 0};",
+                 f"    u32 l{p} = {read};",
+                 f"    s64 a{p} = ((s64)l{p} << 48) | (s64)(z{p} & 0xffffffffffffULL);"]
+        if need_strings:
+            L += [f"    u64 {v}_eq = 0, {v}_pre = 0, {v}_post = 0;",
+                  f"    pl_str_bits(sc, {buf}, l{p}, &{v}_eq, &{v}_pre, &{v}_post);"]
+        return L
+
+    def _read_traced(self, h: Hook, site: Site, o: Operand, f: Field, need_strings: bool) -> list[str]:
+        """C reading an argument of a trampoline program (LSM hook, fmod_ret): its context slot at `f.offset`,
+        or, on a syscall's entry, the caller's register at `f.offset` in the struct pt_regs of slot 0 (strings
+        in user memory there, kernel memory elsewhere)."""
+        p = o.position
+        syscall = h.syscall and h.section == "kprobes"
+        L: list[str] = []
+        raw = f"*(u64 *)((char *)ctx + {f.offset})"
+        if syscall:
+            L += [f"    u64 r{p} = 0;", f"    bpf_probe_read_kernel(&r{p}, 8, (char *)*(u64 *)ctx + {f.offset});"]
+            if (site.attach or "").startswith("__ia32_"):
+                L.append(f"    r{p} &= 0xffffffff;  /* a 32-bit call's arguments are 32 bits wide */")
+            raw = f"r{p}"
+        if o.kind not in ("int", "str") or o.type_name in _KERNEL_TYPES:
+            return L + self._read_kernel_object(o, raw, need_strings, arg=lambda k: f"*(u64 *)((char *)ctx + {8 * k})")
+        if o.kind == "int":
+            ctype = _INT_TYPES.get(o.type_name, "s64")
+            return [*L, f"    {ctype} a{p} = ({ctype}){raw};"]
+        buf = f"sc->str[{o.slot}].s"
+        read = f"bpf_probe_read_{'user' if syscall else 'kernel'}_str({buf}, {STRLEN}, (const char *){raw})"
+        # zero-padded to its table's key size, as `_read_operand` does
+        L += [f"    PL_ZERO({buf}, {SHORT_STRLEN});", f"    int n{p} = {read};",
+              f"    if (n{p} > {SHORT_STRLEN}) {{ PL_ZERO({buf}, {STRLEN}); n{p} = {read}; }}",
+              f"    int l{p} = n{p} > 0 ? n{p} - 1 : 0;"]
+        if need_strings:
+            s = f"s{o.slot}"
+            L += [f"    u64 {s}_eq = 0, {s}_pre = 0, {s}_post = 0;",
+                  f"    pl_str_bits(sc, {buf}, l{p}, &{s}_eq, &{s}_pre, &{s}_post);"]
         return L
 
     # ------------------------------------------------------------------ 32-bit compat syscalls
@@ -1573,10 +1970,7 @@ class _Compiler:
         tracepoint's (field 5 + i at offset 16 + 8i), so the hook's code reads them unchanged;
         compat arguments are 32 bits wide, zero-extended, which the int/uint casts absorb.
         """
-        out = ["static __always_inline int pl_compat(void) {",
-               "    struct task_struct *t = (struct task_struct *)bpf_get_current_task();",
-               "    return BPF_CORE_READ(t, thread_info.status) & 0x0002;  /* TS_COMPAT */",
-               "}"]
+        out = []
         for _, fn, k in self.ia32:
             body = bodies[k]
             head = f"int {fn}(void *ctx) {{"
@@ -1742,6 +2136,20 @@ def _task_reads(needs: set[str]) -> list[str]:
     return L
 
 
+def _overrides(h: Hook) -> bool:
+    return any(a.action == "Override" for s in h.selectors for a in s.match_actions)
+
+
+def _traced_fields(h: Hook, offsets: tuple[int, ...]) -> tuple[Field, ...]:
+    """The arguments of a trampoline program as fields at `offsets` (context slots, or pt_regs registers),
+    each a u64: pointers where the policy types them as anything but an integer."""
+    out = []
+    for k, off in enumerate(offsets):
+        t = (a.type or "") if (a := h.arg(k)) is not None else ""
+        out.append(Field(f"arg{k}", "long" if a is None or t in _INT_TYPES else "void *", off, 8, t not in _UNSIGNED))
+    return tuple(out)
+
+
 def _post_open() -> list[str]:
     """C opening the posting of an event: a ring buffer record `e`, or the lost counter."""
     return ["    if (post) {",
@@ -1769,6 +2177,18 @@ def _sections(source: str, sites: tuple[Site, ...]) -> str:
         assert source.count(head) == 1, site.function
         source = source.replace(head, f'\nSEC("{_section(site)}") int {site.function}(')
     return source
+
+
+def _sockaddr_lines(v: str, src: str, read: str) -> list[str]:
+    """C reading the sockaddr at `src` with the helper `read` into the variables of sockaddr operand `v`."""
+    return [f"    struct pl_sa {v}_sa = {{}};",
+            f"    {read}(&{v}_sa, sizeof({v}_sa), {src});",
+            f"    u32 {v}_fam = {v}_sa.fam;",
+            f"    u32 {v}_port = __builtin_bswap16({v}_sa.port);",
+            f"    u32 {v}_ip4 = __builtin_bswap32({v}_sa.w1);",
+            *[f"    u32 {v}_ip6_{k} = __builtin_bswap32({v}_sa.a6[{k}]);" for k in range(4)],
+            f"    u32 *{v}_raw = {v}_sa.fam == 2 ? &{v}_sa.w1 : {v}_sa.a6;",
+            f"    u32 {v}_proto = 0;  /* not in the sockaddr; only the cgroup hooks know it */"]
 
 
 def _c(v: int) -> str:
@@ -2028,6 +2448,10 @@ static __always_inline void pl_cred(struct cred *c, struct pl_cr *o) {
     bpf_probe_read_kernel(&o->effective, 8, (char *)c + bpf_core_field_offset(struct cred, cap_effective));
     bpf_probe_read_kernel(&o->inheritable, 8, (char *)c + bpf_core_field_offset(struct cred, cap_inheritable));
 }
+/* The current task is in a 32-bit compat syscall (TS_COMPAT in thread_info.status). */
+static __always_inline int pl_compat(void) {
+    return bpf_get_current_task_btf()->thread_info.status & 0x0002;
+}
 /* A capability set of the task's credentials: kernel_cap_t is two u32 before 6.3 and one u64 after, eight
    bytes either way, read at the field's (relocated) offset. */
 static __always_inline u64 pl_caps(struct task_struct *t, u32 off) {
@@ -2081,6 +2505,198 @@ static __always_inline int pl_exe_path(char *dst) {
         at.root = f->f_path.mnt->mnt_root;
     }
     return pl_path(&at, dst);
+}
+"""
+
+_OBJECTS = r"""
+/* Kernel objects of kprobe arguments (bpf/compile.py _OBJECT_KINDS), each read through BTF into the operand's
+   string slot in the shape of Tetragon's argument; bpf/events.py reads them back. */
+/* From user memory, or kernel memory where that fails: a kernel function's buffer may be either. */
+static __always_inline long pl_read_any(void *dst, u32 n, const void *src) {
+    long r = bpf_probe_read_user(dst, n, src);
+    return r < 0 ? bpf_probe_read_kernel(dst, n, src) : r;
+}
+/* The first bytes (at most PL_STRLEN) of a buffer of `size` bytes into dst, zero-padded as a string key
+   (pl_str_bits); returns how many were read. */
+static __always_inline u32 pl_buf(char *dst, const void *src, u64 size) {
+    PL_ZERO(dst, PL_STRLEN);
+    u32 n = size > PL_STRLEN ? PL_STRLEN : (u32)size;
+    asm volatile("" : "+r"(n));  /* keep the bound below: the verifier needs it */
+    if (n > PL_STRLEN || !n || !src) return 0;
+    return pl_read_any(dst, n, src) < 0 ? 0 : n;
+}
+/* A returnCopy buffer when its function returns: as many bytes as it returned; bytes read << 48 | that. */
+static __always_inline s64 pl_ret_copy(char *dst, s64 addr, s64 ret) {
+    u64 size = ret > 0 ? (u64)ret : 0;
+    u32 n = pl_buf(dst, (const void *)addr, size);
+    return ((s64)n << 48) | (s64)(size & 0xffffffffffffULL);
+}
+/* An iovec array of `cnt` entries: its first segment's first bytes, and in *total the size of the data of its
+   first eight segments. */
+struct pl_iov { u64 base; u64 len; };
+static __always_inline u32 pl_iovec(char *dst, const struct pl_iov *v, u64 cnt, u64 *total) {
+    struct pl_iov first = {}, iv = {};
+    u64 sum = 0;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        if (k >= cnt || pl_read_any(&iv, sizeof(iv), &v[k]) < 0) break;
+        if (k == 0) first = iv;
+        sum += iv.len;
+    }
+    *total = sum;
+    return pl_buf(dst, (const void *)first.base, first.len);
+}
+/* iov_iter's iovec array is `__iov` since 6.4, `iov` before */
+struct iov_iter___pl_new { const struct iovec *__iov; } __attribute__((preserve_access_index));
+struct iov_iter___pl_old { const struct iovec *iov; } __attribute__((preserve_access_index));
+/* The data an iov_iter walks: the first bytes of its user buffer, or of its iovec or kvec array's first segment,
+   and in *total its size. */
+static __always_inline u32 pl_iov_iter(char *dst, struct iov_iter *it, u64 *total) {
+    *total = 0;
+    if (!it) return pl_buf(dst, 0, 0);
+    u8 ty = BPF_CORE_READ(it, iter_type);
+    u64 count = BPF_CORE_READ(it, count), off = BPF_CORE_READ(it, iov_offset), len = count;
+    const char *base = 0;
+    *total = count;
+    if (ty == bpf_core_enum_value(enum iter_type, ITER_UBUF)) {
+        base = (const char *)BPF_CORE_READ(it, ubuf) + off;
+    } else if (ty == bpf_core_enum_value(enum iter_type, ITER_IOVEC) ||
+               ty == bpf_core_enum_value(enum iter_type, ITER_KVEC)) {
+        const void *v;
+        if (bpf_core_field_exists(((struct iov_iter___pl_new *)it)->__iov))
+            v = BPF_CORE_READ((struct iov_iter___pl_new *)it, __iov);
+        else
+            v = BPF_CORE_READ((struct iov_iter___pl_old *)it, iov);
+        struct pl_iov iv = {};
+        bpf_probe_read_kernel(&iv, sizeof(iv), v);
+        base = (const char *)iv.base + off;
+        if (iv.len - off < len) len = iv.len - off;
+    }
+    return pl_buf(dst, base, len);
+}
+/* A packet as Tetragon's skb_arg shows it: addresses and ports from its IP and TCP/UDP headers (skb->head plus
+   network_header/transport_header), addresses in network order; IPv6 extension headers are walked to the
+   transport protocol. */
+struct pl_sb { u32 hash; u32 len; u32 priority; u32 mark; u16 family; u16 proto; u16 sport; u16 dport;
+               u32 saddr[4]; u32 daddr[4]; };
+static __always_inline void pl_skb(struct sk_buff *skb, struct pl_sb *o) {
+    __builtin_memset(o, 0, sizeof(*o));
+    if (!skb) return;
+    o->hash = BPF_CORE_READ(skb, hash);
+    o->len = BPF_CORE_READ(skb, len);
+    o->priority = BPF_CORE_READ(skb, priority);
+    o->mark = BPF_CORE_READ(skb, mark);
+    unsigned char *head = BPF_CORE_READ(skb, head);
+    u32 l3 = BPF_CORE_READ(skb, network_header), l4 = BPF_CORE_READ(skb, transport_header);
+    u32 w[10] = {};  /* the IP header, as the wire has it */
+    if (!head || bpf_probe_read_kernel(w, 20, head + l3)) return;
+    u32 ver = (w[0] >> 4) & 0xf, proto;
+    if (ver == 4) {
+        o->family = 2;
+        proto = (w[2] >> 8) & 0xff;
+        o->saddr[0] = w[3];
+        o->daddr[0] = w[4];
+        if (l4 == 0xffff || l4 <= l3) l4 = l3 + (w[0] & 0xf) * 4;  /* no transport header set: after the IP one */
+    } else if (ver == 6) {
+        if (bpf_probe_read_kernel(w, 40, head + l3)) return;
+        o->family = 10;
+        proto = (w[1] >> 16) & 0xff;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            o->saddr[k] = w[2 + k];
+            o->daddr[k] = w[6 + k];
+        }
+        u32 off = l3 + 40;
+        /* hop-by-hop (0), routing (43), fragment (44), authentication (51), destination options (60) */
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (proto != 0 && proto != 43 && proto != 44 && proto != 51 && proto != 60) break;
+            u8 ext[2] = {};
+            if (bpf_probe_read_kernel(ext, 2, head + off)) return;
+            off += proto == 44 ? 8 : proto == 51 ? (ext[1] + 2) * 4 : (ext[1] + 1) * 8;
+            proto = ext[0];
+        }
+        if (l4 == 0xffff || l4 <= l3) l4 = off;
+    } else {
+        return;  /* not IP */
+    }
+    o->proto = proto;
+    if (proto == 6 || proto == 17) {
+        u16 ports[2] = {};
+        bpf_probe_read_kernel(ports, sizeof(ports), head + l4);
+        o->sport = __builtin_bswap16(ports[0]);
+        o->dport = __builtin_bswap16(ports[1]);
+    }
+}
+/* The path of a dentry within its file system, as Tetragon's dentry argument: with no mount, pl_path's walk ends
+   at the file system's root (a dentry that is its own parent); the mount fields are never read (the root dentry
+   it compares with is none). */
+static __always_inline int pl_dentry_path(struct dentry *d, char *dst) {
+    struct pl_at at = { (struct vfsmount *)d, d, 0 };
+    return pl_path(&at, dst);
+}
+/* bpf_attr_arg, perf_event_arg, bpf_map_arg, module_arg (module and load_info), user_ns_arg */
+struct pl_ba { u32 prog_type; u32 insn_cnt; char name[16]; };
+static __always_inline void pl_bpf_attr(void *p, struct pl_ba *o) {
+    union bpf_attr *a = p;
+    __builtin_memset(o, 0, sizeof(*o));
+    if (!a) return;
+    o->prog_type = BPF_CORE_READ(a, prog_type);
+    o->insn_cnt = BPF_CORE_READ(a, insn_cnt);
+    bpf_probe_read_kernel(o->name, sizeof(o->name), (char *)a + bpf_core_field_offset(union bpf_attr, prog_name));
+}
+struct pl_pe { u32 type; u32 pad; u64 config; u64 probe_offset; char func[232]; };
+static __always_inline void pl_perf_event(void *p, struct pl_pe *o) {
+    struct perf_event *e = p;
+    __builtin_memset(o, 0, sizeof(*o));
+    if (!e) return;
+    o->type = BPF_CORE_READ(e, attr.type);
+    o->config = BPF_CORE_READ(e, attr.config);
+    o->probe_offset = BPF_CORE_READ(e, attr.probe_offset);
+    /* a kprobe's function (config1 of a dynamic PMU: kprobe, uprobe): the caller's string while the event is made */
+    u64 fn = o->type > 5 ? BPF_CORE_READ(e, attr.kprobe_func) : 0;
+    if (fn && bpf_probe_read_user_str(o->func, sizeof(o->func), (void *)fn) < 0)
+        bpf_probe_read_kernel_str(o->func, sizeof(o->func), (void *)fn);
+}
+struct pl_bm { u32 map_type; u32 key_size; u32 value_size; u32 max_entries; char name[16]; };
+static __always_inline void pl_bpf_map(void *p, struct pl_bm *o) {
+    struct bpf_map *m = p;
+    __builtin_memset(o, 0, sizeof(*o));
+    if (!m) return;
+    o->map_type = BPF_CORE_READ(m, map_type);
+    o->key_size = BPF_CORE_READ(m, key_size);
+    o->value_size = BPF_CORE_READ(m, value_size);
+    o->max_entries = BPF_CORE_READ(m, max_entries);
+    bpf_probe_read_kernel(o->name, sizeof(o->name), (char *)m + bpf_core_field_offset(struct bpf_map, name));
+}
+struct pl_md { u64 taints; u32 sig_ok; u32 pad; char name[56]; };
+static __always_inline void pl_module(void *p, struct pl_md *o) {
+    struct module *m = p;
+    __builtin_memset(o, 0, sizeof(*o));
+    if (!m) return;
+    o->taints = BPF_CORE_READ(m, taints);
+    bpf_probe_read_kernel_str(o->name, sizeof(o->name), (char *)m + bpf_core_field_offset(struct module, name));
+}
+/* struct load_info is the module loader's own (absent from a kernel without modules), sig_ok only with
+   CONFIG_MODULE_SIG: both are looked up at load */
+struct load_info___pl { const char *name; struct module *mod; bool sig_ok; } __attribute__((preserve_access_index));
+static __always_inline void pl_load_info(void *p, struct pl_md *o) {
+    struct load_info___pl *info = p;
+    __builtin_memset(o, 0, sizeof(*o));
+    if (!info || !bpf_core_type_exists(struct load_info___pl)) return;
+    bpf_probe_read_kernel_str(o->name, sizeof(o->name), BPF_CORE_READ(info, name));
+    o->taints = BPF_CORE_READ(info, mod, taints);
+    if (bpf_core_field_exists(info->sig_ok)) o->sig_ok = BPF_CORE_READ(info, sig_ok);
+}
+struct pl_un { s32 level; u32 uid; u32 gid; u32 inum; };
+static __always_inline void pl_user_ns(void *p, struct pl_un *o) {
+    struct user_namespace *ns = p;
+    __builtin_memset(o, 0, sizeof(*o));
+    if (!ns) return;
+    o->level = BPF_CORE_READ(ns, level);
+    o->uid = BPF_CORE_READ(ns, owner.val);
+    o->gid = BPF_CORE_READ(ns, group.val);
+    o->inum = BPF_CORE_READ(ns, ns.inum);
 }
 """
 
@@ -2186,5 +2802,5 @@ def _prelude(tracking: bool, strings: tuple[StringEntry, ...], sizes: dict[str, 
     return _PRELUDE % {"strlen": STRLEN, "short": SHORT_STRLEN, "self_entries": SELF_ENTRIES,
                        "nstr": MAX_STRING_OPERANDS + 1, "pages": RING_PAGES, "tables": "\n".join(tables),
                        "strfn": _STRFN if strings else "",
-                       "members": scope.MEMBERS, "max_level": scope.MAX_LEVEL}
+                       "members": scope.MEMBERS, "max_level": scope.MAX_LEVEL} + _OBJECTS
 

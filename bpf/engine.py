@@ -73,6 +73,12 @@ _CGROUP_ATTACH = {
     "sendmsg4": syscall.AttachType.BPF_CGROUP_UDP4_SENDMSG,
     "sendmsg6": syscall.AttachType.BPF_CGROUP_UDP6_SENDMSG,
 }
+#: Programs on the BPF trampoline: loaded with the BTF id of their target (libbpf resolves it from the section,
+#: `lsm/<hook>`, `fmod_ret/<function>`), linked with their attach type.
+_TRACING_ATTACH = {
+    "lsm": syscall.AttachType.BPF_LSM_MAC,
+    "fmod_ret": syscall.AttachType.BPF_MODIFY_RETURN,
+}
 
 
 @dataclass(frozen=True)
@@ -466,9 +472,12 @@ class _Loader:
                                 struct.pack("<I", len(self.meta)) + self.meta.ljust(meta_size - 4, b"\0"))
 
     def _attach(self, tmp: Path, site: Site, prog_fd: int) -> None:
-        if site.kind == "raw_tracepoint":
-            assert site.event
-            lfd = syscall.raw_tracepoint_open(prog_fd, site.event)
+        if site.kind == "raw_tracepoint" or site.kind in _TRACING_ATTACH:
+            if site.kind in _TRACING_ATTACH:
+                lfd = syscall.link_create_tracing(prog_fd, _TRACING_ATTACH[site.kind])
+            else:
+                assert site.event
+                lfd = syscall.raw_tracepoint_open(prog_fd, site.event)
             try:
                 syscall.obj_pin(lfd, tmp / f"link_{site.function}")
             finally:
@@ -484,7 +493,12 @@ class _Loader:
                 pfd = syscall.perf_event_open_uprobe(site.file, site.offset)
             else:
                 assert site.attach
-                pfd = syscall.perf_event_open_kprobe(site.attach, retprobe=site.kind == "kretprobe")
+                try:
+                    pfd = syscall.perf_event_open_kprobe(site.attach, retprobe=site.kind == "kretprobe")
+                except OSError:
+                    if site.optional and not kernel_has_function(site.attach):
+                        return  # ignore: callNotFound, as Tetragon: the policy runs without this call
+                    raise
             try:
                 lfd = syscall.link_create_perf_event(prog_fd, pfd)
             finally:
@@ -506,6 +520,16 @@ class _Loader:
                 syscall.obj_pin(lfd, tmp / f"link_{site.function}_cg{os.stat(path).st_ino}")
             finally:
                 os.close(lfd)
+
+
+def kernel_has_function(name: str, kallsyms: Path = Path("/proc/kallsyms")) -> bool:
+    """Whether the running kernel (or a loaded module) has a function named `name` (a text symbol)."""
+    with kallsyms.open() as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == name and parts[1] in "tT":
+                return True
+    return False
 
 
 def namespace_entries(entries: Sequence[NsEntry], proc: Path = Path("/proc")) -> dict[bytes, int]:

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import syscall
+from . import ia32, syscall, x64
 from .compile import ACTION_NAMES, MODES, RET_SLOT, HookPlan, Operand, Plan
 from .core.errors import LibbpfError
 from .core.libbpf import RingBuffer
-from .core.records import cap_names
+from .core.records import CAP_NAMES, cap_names
 from .process_events import is_base
 
 #: struct pl_event (compile._PRELUDE).
@@ -46,7 +46,32 @@ _TCP_STATES = ("", "TCP_ESTABLISHED", "TCP_SYN_SENT", "TCP_SYN_RECV", "TCP_FIN_W
 _PL_SK = struct.Struct("<HHHHHHIIIQ16s16s")
 _PL_CR = struct.Struct("<IIIIIIIIIIQQQ")
 #: Tetragon's argument shape of each path-like kernel object
-_PATH_ARGS = {"file": "file_arg", "path": "path_arg", "linux_binprm": "linux_binprm_arg"}
+_PATH_ARGS = {"file": "file_arg", "path": "path_arg", "linux_binprm": "linux_binprm_arg", "dentry": "path_arg",
+              "kiocb": "file_arg"}
+#: The packed structs of the other kernel objects (struct pl_sb, pl_ba, pl_pe, pl_bm, pl_md, pl_un of
+#: compile._OBJECTS)
+_PL_SB = struct.Struct("<IIIIHHHH16s16s")
+_PL_BA = struct.Struct("<II16s")
+_PL_PE = struct.Struct("<IIQQ232s")
+_PL_BM = struct.Struct("<IIII16s")
+_PL_MD = struct.Struct("<QII56s")
+_PL_UN = struct.Struct("<iIII")
+#: uapi/linux/bpf.h and perf_event.h names, as Tetragon prints them (an unknown value as its number)
+_PROG_TYPES = ("UNSPEC", "SOCKET_FILTER", "KPROBE", "SCHED_CLS", "SCHED_ACT", "TRACEPOINT", "XDP", "PERF_EVENT",
+               "CGROUP_SKB", "CGROUP_SOCK", "LWT_IN", "LWT_OUT", "LWT_XMIT", "SOCK_OPS", "SK_SKB", "CGROUP_DEVICE",
+               "SK_MSG", "RAW_TRACEPOINT", "CGROUP_SOCK_ADDR", "LWT_SEG6LOCAL", "LIRC_MODE2", "SK_REUSEPORT",
+               "FLOW_DISSECTOR", "CGROUP_SYSCTL", "RAW_TRACEPOINT_WRITABLE", "CGROUP_SOCKOPT", "TRACING",
+               "STRUCT_OPS", "EXT", "LSM", "SK_LOOKUP", "SYSCALL")
+_MAP_TYPES = ("UNSPEC", "HASH", "ARRAY", "PROG_ARRAY", "PERF_EVENT_ARRAY", "PERCPU_HASH", "PERCPU_ARRAY",
+              "STACK_TRACE", "CGROUP_ARRAY", "LRU_HASH", "LRU_PERCPU_HASH", "LPM_TRIE", "ARRAY_OF_MAPS",
+              "HASH_OF_MAPS", "DEVMAP", "SOCKMAP", "CPUMAP", "XSKMAP", "SOCKHASH", "CGROUP_STORAGE",
+              "REUSEPORT_SOCKARRAY", "PERCPU_CGROUP_STORAGE", "QUEUE", "STACK", "SK_STORAGE", "DEVMAP_HASH",
+              "STRUCT_OPS", "RINGBUF", "INODE_STORAGE", "TASK_STORAGE", "BLOOM_FILTER")
+_PERF_TYPES = ("HARDWARE", "SOFTWARE", "TRACEPOINT", "HW_CACHE", "RAW", "BREAKPOINT", "MAX")
+#: Tetragon's TaintedBitsType: the module taint flags it names, by their mask
+_TAINTS = ((1, "TAINT_PROPRIETARY_MODULE"), (2, "TAINT_FORCED_MODULE"), (4, "TAINT_FORCED_UNLOAD_MODULE"),
+           (1024, "TAINT_STAGED_MODULE"), (4096, "TAINT_OUT_OF_TREE_MODULE"), (8192, "TAINT_UNSIGNED_MODULE"),
+           (32768, "TAINT_KERNEL_LIVE_PATCH_MODULE"), (262144, "TAINT_TEST_MODULE"))
 
 
 @dataclass(frozen=True)
@@ -120,8 +145,8 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> d
         body.update(_uprobe_place(hook))
         kind = "process_uprobe"
     else:
-        body["function_name"] = hook.target
-        kind = "process_kprobe"
+        body["function_name"] = _syscall_name(raw.ints[RET_SLOT]) if hook.syscall_ids else hook.target
+        kind = hook.event_kind  # process_kprobe, or process_lsm for an lsmhook
     if hook is not None:
         body["args"] = [_arg(o, raw) for o in hook.operands]
     if hook is not None and hook.return_type is not None:
@@ -185,7 +210,10 @@ def _uprobe_place(hook: HookPlan) -> dict[str, Any]:
 
 def _arg(o: Operand, raw: RawEvent) -> dict[str, Any]:
     out: dict[str, Any]
-    if o.kind == "str" and o.type_name in _PATH_ARGS:
+    obj = _object_arg(o, raw)
+    if obj is not None:
+        out = obj
+    elif o.kind == "str" and o.type_name in _PATH_ARGS:
         mode = raw.ints[o.position % 8]
         body = {"path": _cstr(raw.strs[o.slot]) if o.slot < 2 else ""}
         if mode:
@@ -216,6 +244,94 @@ def _arg(o: Operand, raw: RawEvent) -> dict[str, Any]:
     return out
 
 
+_IA32_NAMES = {v: k for k, v in ia32.NUMBERS.items()}
+
+
+def _syscall_name(sysid: int) -> str:
+    """The function a syscall number (bit 32: a compat call) enters, as Tetragon names it."""
+    nr, compat = sysid & 0xFFFFFFFF, (sysid >> 32) & 1
+    name = (_IA32_NAMES if compat else x64.NAMES).get(nr)
+    if name is None:
+        return f"syscall {nr}" + (" (ia32)" if compat else "")
+    return f"__ia32_sys_{name}" if compat else f"__x64_sys_{name}"
+
+
+def _object_arg(o: Operand, raw: RawEvent) -> dict[str, Any] | None:
+    """Tetragon's shape of a kernel-object argument other than a path, sock or cred (compile._OBJECT_KINDS),
+    or None for the others. Scalars that are zero are left out, as protojson leaves them; wrapped ones (the
+    user namespace's ids, a capability's value, a loaded module's signature_ok) are kept."""
+    t, v = o.type_name, raw.ints[o.position % 8]
+    b = raw.strs[o.slot] if 0 <= o.slot < 2 else b"\0" * 256
+    if t == "capability":
+        name = CAP_NAMES[v] if 0 <= v < len(CAP_NAMES) else None
+        return {"capability_arg": {"value": v, **({"name": name} if name else {})}}
+    if t == "net_device":
+        return {"net_dev_arg": _nonzero({"name": _cstr(b)})}
+    if t == "skb":
+        return {"skb_arg": _skb(b)}
+    if o.kind == "buf":
+        n, size = (v >> 48) & 0xFFFF, v & 0xFFFFFFFFFFFF
+        data = base64.b64encode(b[:min(n, len(b))]).decode()
+        if size > n:
+            return {"truncated_bytes_arg": {"bytes_arg": data, "orig_size": str(size)}}  # uint64: a string
+        return {"bytes_arg": data}
+    if t == "bpf_attr":
+        prog_type, insns, name = _PL_BA.unpack_from(b)
+        return {"bpf_attr_arg": _nonzero({"ProgType": _named("BPF_PROG_TYPE_", _PROG_TYPES, prog_type),
+                                          "InsnCnt": insns, "ProgName": _cstr(name)})}
+    if t == "perf_event":
+        typ, _, config, offset, func = _PL_PE.unpack_from(b)
+        return {"perf_event_arg": _nonzero({"KprobeFunc": _cstr(func), "Type": _named("PERF_TYPE_", _PERF_TYPES, typ),
+                                            "Config": str(config) if config else "",
+                                            "ProbeOffset": str(offset) if offset else ""})}
+    if t == "bpf_map":
+        map_type, key, value, entries, name = _PL_BM.unpack_from(b)
+        return {"bpf_map_arg": _nonzero({"MapType": _named("BPF_MAP_TYPE_", _MAP_TYPES, map_type), "KeySize": key,
+                                         "ValueSize": value, "MaxEntries": entries, "MapName": _cstr(name)})}
+    if t in ("module", "load_info"):
+        taints, sig_ok, _, name = _PL_MD.unpack_from(b)
+        mod: dict[str, Any] = _nonzero({"name": _cstr(name)})
+        if t == "load_info":  # only the loader knows whether the signature checked out
+            mod["signature_ok"] = bool(sig_ok)
+        tainted = [n for mask, n in _TAINTS if taints & mask]
+        if tainted:
+            mod["tainted"] = tainted
+        return {"module_arg": mod}
+    if t == "user_namespace":
+        level, uid, gid, inum = _PL_UN.unpack_from(b)
+        return {"user_ns_arg": {"level": level, "uid": uid, "gid": gid,
+                                "ns": _nonzero({"inum": inum, "is_host": level == 0})}}
+    return None
+
+
+def _addresses(fam: int, saddr: bytes, daddr: bytes) -> tuple[str, str]:
+    """Source and destination of a socket or packet, as text (empty outside AF_INET/AF_INET6)."""
+    if fam == 2:
+        return str(ipaddress.IPv4Address(saddr[:4])), str(ipaddress.IPv4Address(daddr[:4]))
+    if fam == 10:
+        return str(ipaddress.IPv6Address(saddr)), str(ipaddress.IPv6Address(daddr))
+    return "", ""
+
+
+def _skb(b: bytes) -> dict[str, Any]:
+    hash_, length, prio, mark, fam, proto, sport, dport, saddr, daddr = _PL_SB.unpack_from(b)
+    src, dst = _addresses(fam, saddr, daddr)
+    return _nonzero({"hash": hash_, "len": length, "priority": prio, "mark": mark, "saddr": src, "daddr": dst,
+                     "sport": sport, "dport": dport, "proto": proto,
+                     "protocol": (_PROTOCOL_NAMES.get(proto) or ("IPPROTO_IP" if proto == 0 else str(proto)))
+                     if fam else "",
+                     "family": _FAMILY_NAMES.get(fam, str(fam)) if fam else ""})
+
+
+def _named(prefix: str, names: tuple[str, ...], v: int) -> str:
+    return prefix + names[v] if 0 <= v < len(names) else str(v)
+
+
+def _nonzero(d: dict[str, Any]) -> dict[str, Any]:
+    """`d` without its zero and empty values, as protojson prints a message's scalar fields."""
+    return {k: x for k, x in d.items() if x not in (0, "", False)}
+
+
 def _int_arg(t: str, v: int) -> dict[str, Any]:
     if t in ("uint32", "uint", "u32"):
         return {"uint_arg": v & 0xFFFFFFFF}
@@ -228,12 +344,7 @@ def _int_arg(t: str, v: int) -> dict[str, Any]:
 
 def _sock(b: bytes) -> dict[str, Any]:
     fam, typ, proto, state, sport, dport, mark, prio, _, cookie, saddr, daddr = _PL_SK.unpack_from(b)
-    if fam == 2:
-        src, dst = str(ipaddress.IPv4Address(saddr[:4])), str(ipaddress.IPv4Address(daddr[:4]))
-    elif fam == 10:
-        src, dst = str(ipaddress.IPv6Address(saddr)), str(ipaddress.IPv6Address(daddr))
-    else:
-        src = dst = ""
+    src, dst = _addresses(fam, saddr, daddr)
     out: dict[str, Any] = {"family": _FAMILY_NAMES.get(fam, str(fam)), "type": _SOCK_TYPES.get(typ, str(typ)),
                            "protocol": _PROTOCOL_NAMES.get(proto, str(proto)), "mark": mark, "priority": prio,
                            "saddr": src, "daddr": dst, "sport": sport, "dport": dport,

@@ -8,7 +8,8 @@ rejected here: whether they can run is the compiler's question, not the parser's
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -150,6 +151,8 @@ class Hook:
     return_arg_action: str | None = None
     #: A uprobe's place (section "uprobes"; `target` is then its path).
     uprobe: UprobeTarget | None = None
+    #: A kprobe's `ignore: {callNotFound: true}`: a kernel without the function runs the policy without it.
+    ignore_call_not_found: bool = False
 
     def arg(self, index: int) -> Arg | None:
         return next((a for a in self.args if a.index == index), None)
@@ -159,6 +162,17 @@ class Hook:
 class LabelSelector:
     match_labels: tuple[tuple[str, str], ...]
     match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class CallList:
+    """A `spec.lists` entry, named by `list:<name>` in a kprobe's `call` or an `InMap` value."""
+
+    name: str
+    type: str  # "syscalls" | "generated_syscalls" | "generated_ftrace"
+    values: tuple[str, ...]
+    pattern: str | None
+    path: JsonPath
 
 
 @dataclass(frozen=True)
@@ -175,6 +189,10 @@ class TracingPolicy:
     document: Mapping[str, Any]
     #: Tetragon's `policy-mode` option: "enforce", "monitor", or None (not set: enforce).
     policy_mode: str | None = None
+    lists: tuple[CallList, ...] = ()
+
+    def call_list(self, name: str) -> CallList | None:
+        return next((cl for cl in self.lists if cl.name == name), None)
 
     @property
     def key(self) -> str:
@@ -213,8 +231,11 @@ def parse(doc: Any) -> TracingPolicy:
                 hooks.append(_hook(section, item, ("spec", section, i)))
     policy_mode = _policy_mode(spec.get("options"), ("spec", "options"))
     unsupported = tuple(
-        k for k in spec if k not in _HOOK_SECTIONS and spec[k] not in (None, [], {}, False) and k != "options"
+        k for k in spec if k not in _HOOK_SECTIONS and spec[k] not in (None, [], {}, False)
+        and k not in ("options", "lists")
     )
+    lists = tuple(_call_list(x, ("spec", "lists", i))
+                  for i, x in enumerate(_list(spec.get("lists", []), ("spec", "lists"))))
     pod = _label_selector(spec.get("podSelector"), ("spec", "podSelector"))
     container = _label_selector(spec.get("containerSelector"), ("spec", "containerSelector"))
     if pod is not None and kind != "TracingPolicyNamespaced":
@@ -230,7 +251,69 @@ def parse(doc: Any) -> TracingPolicy:
         unsupported=tuple(k for k in unsupported if k not in ("podSelector", "containerSelector")),
         document=d,
         policy_mode=policy_mode,
+        lists=lists,
     )
+
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def fill_placeholders(doc: Any, values: Mapping[str, Sequence[str]]) -> Any:
+    """`doc` with each `matchArgs` value "${NAME}" (Tetragon's `${PODCIDR}`, `${SERVICECIDR}`) replaced by
+    the values this node's agent is configured with for NAME (a placeholder may stand for several). A
+    placeholder the node has no values for is a PolicyError at its path."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("spec"), Mapping):
+        return doc
+    spec = dict(doc["spec"])
+    for section in _HOOK_SECTIONS:
+        hooks = spec.get(section)
+        if not isinstance(hooks, list):
+            continue
+        new_hooks = []
+        for hi, h in enumerate(hooks):
+            if isinstance(h, Mapping) and isinstance(h.get("selectors"), list):
+                h = dict(h)
+                h["selectors"] = [_fill_selector(s, values, ("spec", section, hi, "selectors", si))
+                                  for si, s in enumerate(h["selectors"])]
+            new_hooks.append(h)
+        spec[section] = new_hooks
+    return {**doc, "spec": spec}
+
+
+def _fill_selector(sel: Any, values: Mapping[str, Sequence[str]], path: JsonPath) -> Any:
+    if not isinstance(sel, Mapping):
+        return sel
+    out = dict(sel)
+    for key in ("matchArgs", "matchReturnArgs"):
+        filters = sel.get(key)
+        if not isinstance(filters, list):
+            continue
+        filled = []
+        for fi, f in enumerate(filters):
+            if isinstance(f, Mapping) and isinstance(f.get("values"), list):
+                vals: list[Any] = []
+                for vi, v in enumerate(f["values"]):
+                    m = _PLACEHOLDER.fullmatch(v) if isinstance(v, str) else None
+                    if m is None:
+                        vals.append(v)
+                    elif m.group(1) in values:
+                        vals += list(values[m.group(1)])
+                    else:
+                        raise PolicyError((*path, key, fi, "values", vi),
+                                          f"placeholder {v} has no value on this node (set it under "
+                                          "`placeholders` in agent.yaml)")
+                f = {**f, "values": vals}
+            filled.append(f)
+        out[key] = filled
+    return out
+
+
+def _call_list(raw: Any, path: JsonPath) -> CallList:
+    m = _map(raw, path)
+    pattern = m.get("pattern")
+    return CallList(name=_str(m.get("name"), (*path, "name")), type=_str(m.get("type", "syscalls"), (*path, "type")),
+                    values=_values(m.get("values"), (*path, "values")),
+                    pattern=_str(pattern, (*path, "pattern")) if pattern is not None else None, path=path)
 
 
 #: Values of Tetragon's `policy-mode` option.
@@ -303,7 +386,15 @@ def _hook(section: str, raw: Any, path: JsonPath) -> Hook:
     return Hook(section=section, target=target, subsystem=subsystem, event=event, syscall=syscall,
                 return_probe=return_probe, args=args, selectors=selectors,
                 unsupported=tuple(unsupported), path=path, message=message, tags=tags, return_arg=return_arg,
-                return_arg_action=return_arg_action)
+                return_arg_action=return_arg_action, ignore_call_not_found=_call_not_found(section, h, path))
+
+
+def _call_not_found(section: str, h: dict[str, Any], path: JsonPath) -> bool:
+    ignore = h.get("ignore")
+    if section != "kprobes" or ignore is None:
+        return False
+    flag = _map(ignore, (*path, "ignore")).get("callNotFound", False)
+    return _bool(flag, (*path, "ignore", "callNotFound"))
 
 
 #: Keys of a `uprobes` entry the engine runs; any other one given is kept as unsupported.

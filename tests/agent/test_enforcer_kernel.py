@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.apply import Inactive
+from agent.apply import Inactive, Refused
 from agent.config import Workload
 from agent.enforcer import EngineEnforcer
 from agent.select import Desired
@@ -76,6 +76,15 @@ def enforcer(cgroup: Path) -> Iterator[EngineEnforcer]:
         root.rmdir()
 
 
+def _connect(cgroup: Path, host: str, port: int) -> str:
+    """The errno of a TCP connect from inside `cgroup` (empty when it connected)."""
+    code = ("import socket\ns=socket.socket()\ns.settimeout(1)\n"
+            f"try:\n  s.connect(('{host}',{port}))\nexcept OSError as e:\n  print(e.errno)\n")
+    procs = cgroup / "cgroup.procs"
+    return subprocess.run(["python3", "-c", code], capture_output=True, text=True, timeout=20,
+                          preexec_fn=lambda: procs.write_text(str(os.getpid()))).stdout.strip()
+
+
 def test_a_policy_for_no_workload_here_is_inactive(require_kernel: None, tmp_path: Path) -> None:
     root = Path("/sys/fs/bpf") / f"palisade-agent-enf-{uuid.uuid4().hex[:8]}"
     e = EngineEnforcer([], pin_root=root, node_name="t")
@@ -93,11 +102,7 @@ def test_connect_policy_denies_in_the_workload_and_a_foreign_program_on_its_hook
     assert enforcer.drift() == []
 
     def connect(port: int) -> str:
-        code = ("import socket,sys\ns=socket.socket()\ns.settimeout(1)\n"
-                f"try:\n  s.connect(('127.0.0.1',{port}))\nexcept OSError as e:\n  print(e.errno)\n")
-        procs = cgroup / "cgroup.procs"
-        return subprocess.run(["python3", "-c", code], capture_output=True, text=True, timeout=20,
-                              preexec_fn=lambda: procs.write_text(str(os.getpid()))).stdout.strip()
+        return _connect(cgroup, "127.0.0.1", port)
 
     assert connect(9) == "1"  # EPERM from the cgroup connect4 hook, in the workload only
 
@@ -135,3 +140,21 @@ def test_a_written_map_entry_is_restored_in_place(enforcer: EngineEnforcer, cgro
     assert (finding.kind, finding.handle) == ("map_changed", loaded.handle)
     assert enforcer.repair(loaded.handle).handle == loaded.handle  # same load, not a reload
     assert enforcer.drift() == []
+
+
+#: CONNECT with destinations given by the node's placeholders instead of a port
+EGRESS = CONNECT.replace("operator: NotDPort", "operator: NotDAddr").replace(
+    'values: ["443"]', 'values: ["${PODCIDR}", "${SERVICECIDR}"]')
+
+
+def test_placeholders_are_filled_from_the_node_and_an_unset_one_is_refused(enforcer: EngineEnforcer,
+                                                                           cgroup: Path) -> None:
+    enforcer.placeholders["PODCIDR"] = ["127.0.0.0/8"]
+    with pytest.raises(Refused, match=r"placeholder \$\{SERVICECIDR\} has no value on this node"):
+        enforcer.load(_desired(EGRESS))
+    assert enforcer.loaded() == ()
+    enforcer.placeholders["SERVICECIDR"] = ["10.96.0.0/12"]
+    enforcer.load(_desired(EGRESS))
+
+    assert _connect(cgroup, "127.0.0.1", 9) == "111"  # inside PODCIDR: reaches the port (ECONNREFUSED)
+    assert _connect(cgroup, "192.0.2.1", 9) == "1"  # elsewhere: EPERM from the hook

@@ -131,3 +131,24 @@ def wait_events(engine: Engine, pred: Any, timeout: float = 5.0) -> list[dict[st
         if any(pred(ev) for ev in batch):
             break
     return out
+
+
+#: Calls the 32-bit (ia32) ABI with `int $0x80`, which any 64-bit process may do: `int80(nr, a, b, c)`,
+#: and `low(data)`, a copy of `data` below 4 GiB, where 32-bit pointers can reach it.
+INT80 = r"""
+import mmap
+_low = mmap.mmap(-1, 1 << 16, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40,  # MAP_32BIT
+                 prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+_used = [4096]
+def low(data):
+    at = _used[0]
+    _low[at:at + len(data)] = data
+    _used[0] += (len(data) + 15) // 16 * 16
+    return ctypes.addressof(ctypes.c_char.from_buffer(_low)) + at
+def int80(nr, a=0, b=0, c=0):
+    imm = lambda v: (v & 0xffffffff).to_bytes(4, 'little')
+    code = (b'\x53' + b'\xb8' + imm(nr) + b'\xbb' + imm(a) + b'\xb9' + imm(b) + b'\xba' + imm(c)
+            + b'\xcd\x80\x5b\xc3')  # push rbx; mov eax/ebx/ecx/edx; int 0x80; pop rbx; ret
+    _low[:len(code)] = code
+    return ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(_low)))()
+"""

@@ -184,7 +184,7 @@ def test_namespaced_policies_have_a_namespaced_key() -> None:
 def test_values_that_are_not_numbers_or_networks_are_refused_not_crashed() -> None:
     got = reasons({"kprobes": [{"call": "tcp_connect", "syscall": False, "args": [{"index": 0, "type": "sock"}],
                                 "selectors": [{"matchArgs": [{"index": 0, "operator": "DAddr",
-                                                              "values": ["${PODCIDR}"]}]}]}]})
+                                                              "values": ["10.0.0.0/33"]}]}]}]})
     assert len(got) == 1 and "does not appear to be an IPv4 or IPv6 network" in got[0]
 
 
@@ -351,3 +351,258 @@ def test_uprobe_paths_resolve_on_this_node(tmp_path: Any) -> None:
         with pytest.raises(uprobes.Unresolvable) as e:
             uprobes.resolve(target)
         assert why in e.value.detail, e.value.detail
+
+
+# ---------------------------------------------------------------- LSM hooks and Override as a real denial
+
+_TRAMPOLINES = Features(kprobes=True, lsm=True, fmod_ret=True)
+
+
+def test_an_lsmhook_is_an_lsm_program_that_denies_by_returning_the_errno() -> None:
+    # lsm_bprm_check.yaml of Tetragon's examples (its imaHash enriches events only: a note)
+    plan = compile_policy(parse(doc({"lsmhooks": [{
+        "hook": "bprm_check_security", "args": [{"index": 0, "type": "linux_binprm"}],
+        "selectors": [{"matchBinaries": [{"operator": "In", "values": ["/usr/bin/bash"]}],
+                       "matchArgs": [{"index": 0, "operator": "Postfix", "values": ["tester-progs/nop"]}],
+                       "matchActions": [{"action": "Override", "argError": -1},
+                                        {"action": "Post", "imaHash": True}]}]}]})), _TRAMPOLINES, builtin_formats)
+    [hook] = plan.hooks
+    assert hook.event_kind == "process_lsm" and hook.target == "bprm_check_security"
+    assert [(s.kind, s.attach, s.label) for s in hook.sites] == [
+        ("lsm", "bprm_check_security", "lsm/bprm_check_security")]
+    assert 'SEC("lsm/bprm_check_security") int pl_h0_lsm(void *ctx) {' in plan.source
+    # the argument is context slot 0, read through BTF as a kprobe's linux_binprm is
+    assert "BPF_CORE_READ((struct linux_binprm *)*(u64 *)((char *)ctx + 0), file);" in plan.source
+    assert "act = 3; sig = 0; post = 1; deny = 1;" in plan.source  # Override, EPERM
+    assert "return (deny && acted) ? -deny : 0;" in plan.source
+    assert any("imaHash" in n for n in plan.notes)
+    assert plan.tracking  # matchBinaries: the caller's binary, from the process map
+
+
+def test_an_lsmhook_reads_typed_arguments_from_its_context_slots() -> None:
+    plan = compile_policy(parse(doc({"lsmhooks": [{
+        "hook": "file_permission", "args": [{"index": 0, "type": "file"}, {"index": 1, "type": "int"}],
+        "selectors": [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["4"]}],
+                       "matchActions": [{"action": "Override", "argError": -13}]}]}]})), _TRAMPOLINES,
+        builtin_formats)
+    assert "struct file *fl0 = (struct file *)*(u64 *)((char *)ctx + 0);" in plan.source
+    assert "s32 a1 = (s32)*(u64 *)((char *)ctx + 8);" in plan.source  # a u64 per argument, never a narrow load
+    assert "deny = 13;" in plan.source  # argError -13: EACCES
+    assert "e->ints[0] = a0;  /* i_mode */" in plan.source
+
+
+def test_an_lsmhook_is_refused_where_bpf_lsm_is_missing_and_for_what_it_cannot_do() -> None:
+    no_lsm = Features(kprobes=True, fmod_ret=True, reasons=(("lsm", "bpf is not an active LSM"),))
+    assert reasons({"lsmhooks": [{"hook": "file_open"}]}, no_lsm) == [
+        "unsupported: lsmhook on file_open needs BPF LSM, which this kernel lacks (bpf is not an active LSM)"]
+    [why] = reasons({"lsmhooks": [{"hook": "file_open; evil"}]}, _TRAMPOLINES)
+    assert "'file_open; evil' is not the name of a kernel function or LSM hook" in why  # it becomes a section
+    [why] = reasons({"lsmhooks": [{"hook": "file_open", "args": [{"index": 12, "type": "file"}]}]}, _TRAMPOLINES)
+    assert "BPF trampoline programs read the first 12 arguments" in why
+    resolved = reasons({"lsmhooks": [{"hook": "bprm_check_security", "args": [
+        {"index": 0, "type": "string", "resolve": "mm.owner.real_parent.comm"}]}]}, _TRAMPOLINES)
+    assert len(resolved) == 1 and "resolve 'mm.owner.real_parent.comm'" in resolved[0], resolved
+
+
+def test_override_on_a_security_function_is_fmod_ret_where_the_kernel_has_it() -> None:
+    # override-security.yaml: bash's mkdirs are reported, everyone else's denied
+    spec = {"kprobes": [{"call": "security_inode_mkdir", "syscall": False,
+                         "selectors": [{"matchBinaries": [{"operator": "In", "values": ["/usr/bin/bash"]}]},
+                                       {"matchActions": [{"action": "Override", "argError": -1}]}]}]}
+    plan = compile_policy(parse(doc(spec)), _TRAMPOLINES, builtin_formats)
+    [hook] = plan.hooks
+    assert hook.event_kind == "process_kprobe"
+    assert [(s.kind, s.attach) for s in hook.sites] == [("fmod_ret", "security_inode_mkdir")]
+    assert 'SEC("fmod_ret/security_inode_mkdir") int pl_h0_fmr(void *ctx) {' in plan.source
+    assert hook.selector_actions == ((0, 0), (3, 0))
+    # where fmod_ret is missing, the refusals stand: no kprobes here; bpf_override_return on a stock kernel
+    assert reasons(spec) == ["unsupported: kprobe on security_inode_mkdir needs kprobes, which this kernel lacks"]
+    [why] = reasons(spec, Features(kprobes=True))
+    assert "needs bpf_override_return" in why and "fmod_ret" not in why
+    # a function outside security_* and the syscalls: fmod_ret cannot override it
+    [why] = reasons({"kprobes": [{**spec["kprobes"][0], "call": "vfs_mkdir"}]}, _TRAMPOLINES)
+    assert "needs bpf_override_return" in why and "fmod_ret, which it has, overrides only security_*" in why
+    # a hook without Override stays a kprobe
+    plain = compile_policy(parse(doc({"kprobes": [{"call": "security_inode_mkdir", "syscall": False}]})),
+                           _TRAMPOLINES, builtin_formats)
+    assert [s.kind for s in plain.hooks[0].sites] == ["kprobe"]
+
+
+def test_override_on_a_syscall_is_fmod_ret_on_its_entry_reading_the_callers_registers() -> None:
+    # hardlink-override.yaml
+    spec = {"kprobes": [{"call": "sys_linkat", "syscall": True,
+                         "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "string"},
+                                  {"index": 2, "type": "int"}, {"index": 3, "type": "string"},
+                                  {"index": 4, "type": "int"}],
+                         "selectors": [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["/etc/passwd"]}],
+                                        "matchActions": [{"action": "Override", "argError": -1}]}]}]}
+    plan = compile_policy(parse(doc(spec)), _TRAMPOLINES, builtin_formats)
+    [hook] = plan.hooks
+    assert [(s.kind, s.attach) for s in hook.sites] == [("fmod_ret", "__x64_sys_linkat")]
+    assert hook.target == "sys_linkat"  # events name the call as the policy does
+    # the struct pt_regs in slot 0: di, si, dx, then r10 (not cx) for the fourth, r8
+    for k, off in enumerate((112, 104, 96, 56, 72)):
+        assert f"bpf_probe_read_kernel(&r{k}, 8, (char *)*(u64 *)ctx + {off});" in plan.source
+    assert "bpf_probe_read_user_str(sc->str[1].s, 256, (const char *)r3)" in plan.source  # user memory
+    assert "s32 a0 = (s32)r0;" in plan.source
+    assert any("__ia32_sys_linkat overrides those" in n for n in plan.notes)
+    assert not plan.ia32  # not also on the syscall tracepoint
+    # the ia32 entry, when the policy names it: bx, cx, dx, si, di, 32 bits each
+    ia32 = compile_policy(parse(doc({"kprobes": [{**spec["kprobes"][0], "call": "__ia32_sys_linkat"}]})),
+                          _TRAMPOLINES, builtin_formats)
+    assert [(s.kind, s.attach) for s in ia32.hooks[0].sites] == [("fmod_ret", "__ia32_sys_linkat")]
+    assert "bpf_probe_read_kernel(&r3, 8, (char *)*(u64 *)ctx + 104);" in ia32.source
+    assert "r3 &= 0xffffffff;" in ia32.source
+    # Sigkill alone stays on the syscall tracepoint (cheaper; no denial needed)
+    kill = compile_policy(parse(doc({"kprobes": [{**spec["kprobes"][0], "selectors": [
+        {"matchActions": [{"action": "Sigkill"}]}]}]})), _TRAMPOLINES, builtin_formats)
+    assert [s.kind for s in kill.hooks[0].sites] == ["tracepoint"]
+    # without fmod_ret: the tracepoint cannot deny
+    [why] = reasons(spec)
+    assert "Override on sys_linkat (syscall tracepoint) needs bpf_override_return" in why
+
+
+def test_what_an_fmod_ret_syscall_override_cannot_do_is_refused() -> None:
+    base = {"call": "sys_linkat", "syscall": True,
+            "selectors": [{"matchActions": [{"action": "Override", "argError": -1}]}]}
+    got = reasons({"kprobes": [{**base, "args": [{"index": 1, "type": "file"}, {"index": 6, "type": "int"}]}]},
+                  _TRAMPOLINES)
+    assert any("argument 1 of type file on sys_linkat with Override" in r for r in got), got
+    assert any("a syscall has at most 6 arguments" in r for r in got), got
+    [why] = check(parse(doc({"kprobes": [{**base, "call": "sys_palisade_nothing"}]})), _TRAMPOLINES,
+                  lambda sub, ev: None)
+    assert "no syscall palisade_nothing on this kernel" in why
+    [why] = reasons({"kprobes": [{**base, "call": "security_inode_mkdir", "syscall": False, "return": True,
+                                  "returnArg": {"index": 0, "type": "int"}}]}, _TRAMPOLINES)
+    assert "Override on a kretprobe (security_inode_mkdir, return: true)" in why
+    [why] = reasons({"kprobes": [{**base, "selectors": [
+        {"matchActions": [{"action": "Override", "argError": 1}]}]}]}, _TRAMPOLINES)
+    assert "argError must be a negative errno" in why
+
+
+def test_features_take_fmod_ret_and_bpf_lsm_from_the_probe() -> None:
+    f = Features.of({"fmod_ret": {"available": True, "reason": "attached"},
+                     "bpf_lsm": {"available": False, "reason": "bpf is not an active LSM"}})
+    assert f.fmod_ret and not f.lsm
+    assert f.why("lsm") == "bpf is not an active LSM"
+    assert not Features().fmod_ret  # the development kernels load no trampoline programs
+
+
+_KPROBES = Features(kprobes=True)
+
+
+def _kprobe_plan(*kprobes: dict[str, Any]) -> Any:
+    return compile_policy(parse(doc({"kprobes": list(kprobes)})), _KPROBES, builtin_formats)
+
+
+def test_every_kernel_object_type_has_its_operand_kind_and_reader() -> None:
+    plan = _kprobe_plan(
+        {"call": "ip_output", "syscall": False, "args": [{"index": 2, "type": "skb"}]},
+        {"call": "bpf_check", "syscall": False, "args": [{"index": 1, "type": "bpf_attr"}]},
+        {"call": "security_perf_event_alloc", "syscall": False, "args": [{"index": 0, "type": "perf_event"}]},
+        {"call": "security_bpf_map_alloc", "syscall": False, "args": [{"index": 0, "type": "bpf_map"}]},
+        {"call": "do_init_module", "syscall": False, "args": [{"index": 0, "type": "module"}]},
+        {"call": "find_module_sections", "syscall": False,
+         "args": [{"index": 0, "type": "nop"}, {"index": 1, "type": "load_info"}]},
+        {"call": "cap_capable", "syscall": False,
+         "args": [{"index": 1, "type": "user_namespace"}, {"index": 2, "type": "capability"}]},
+        {"call": "security_inode_follow_link", "syscall": False, "args": [{"index": 0, "type": "dentry"}]},
+        {"call": "dev_hard_start_xmit", "syscall": False, "args": [{"index": 1, "type": "net_device"}]},
+        {"call": "tty_write", "syscall": False,
+         "args": [{"index": 0, "type": "kiocb"}, {"index": 1, "type": "iov_iter"}]},
+        {"call": "security_socket_connect", "syscall": False,
+         "args": [{"index": 0, "type": "socket"}, {"index": 1, "type": "sockaddr"}]})
+    kinds = [[(o.kind, o.type_name, o.slot) for o in h.operands] for h in plan.hooks]
+    assert kinds == [[("skb", "skb", 0)], [("obj", "bpf_attr", 0)], [("obj", "perf_event", 0)],
+                     [("obj", "bpf_map", 0)], [("obj", "module", 0)], [("obj", "load_info", 0)],  # nop: not read
+                     [("obj", "user_namespace", 0), ("int", "capability", -1)], [("str", "dentry", 0)],
+                     [("str", "net_device", 0)], [("str", "kiocb", 0), ("buf", "iov_iter", 1)],
+                     [("sock", "socket", 0), ("sockaddr", "sockaddr", 1)]]
+    src = plan.source
+    assert "pl_skb((struct sk_buff *)*(u64 *)((char *)ctx + 96), s0_sb);" in src  # dx: ip_output's third
+    assert "pl_bpf_attr((void *)*(u64 *)((char *)ctx + 104)" in src
+    assert "pl_load_info((void *)*(u64 *)((char *)ctx + 104)" in src
+    assert "s64 a1 = (s32)*(u64 *)((char *)ctx + 96);" in src  # a capability is an int, not the whole register
+    assert "pl_dentry_path(de0, sc->str[0].s)" in src
+    assert "BPF_CORE_READ((struct kiocb *)*(u64 *)((char *)ctx + 112), ki_filp)" in src
+    assert "bpf_core_field_offset(struct net_device, name)" in src
+    assert "BPF_CORE_READ((struct socket *)*(u64 *)((char *)ctx + 112), sk)" in src
+    assert "bpf_probe_read_kernel(&s1_sa, sizeof(s1_sa), (void *)*(u64 *)((char *)ctx + 104));" in src
+
+
+def test_an_skb_takes_the_socket_operators_on_its_headers() -> None:
+    plan = _kprobe_plan({"call": "ip_output", "syscall": False, "args": [{"index": 2, "type": "skb"}],
+                         "selectors": [{"matchArgs": [
+                             {"index": 2, "operator": "Protocol", "values": ["IPPROTO_UDP"]},
+                             {"index": 2, "operator": "DPort", "values": ["53"]},
+                             {"index": 2, "operator": "SAddr", "values": ["10.0.0.0/8"]},
+                             {"index": 2, "operator": "NotDAddr", "values": ["127.0.0.53"]}]}]})
+    src = plan.source
+    assert "s0_proto == 17" in src
+    assert "(s0_port >= 53 && s0_port <= 53)" in src
+    assert "(s0_sip4 & 4278190080U) == 167772160U" in src  # the packet's source, from its IP header
+    assert "!((s0_fam == 2 && (s0_ip4 & 4294967295U) == 2130706485U)" in src
+    [why] = reasons({"kprobes": [{"call": "ip_output", "syscall": False, "args": [{"index": 2, "type": "skb"}],
+                                  "selectors": [{"matchArgs": [{"index": 2, "operator": "State",
+                                                                "values": ["TCP_SYN_SENT"]}]}]}]}, _KPROBES)
+    assert "operator 'State' on a skb argument" in why
+
+
+def test_a_char_buf_is_read_to_the_size_its_size_argument_gives() -> None:
+    plan = _kprobe_plan({"call": "tty_write", "syscall": False, "args": [
+        {"index": 0, "type": "file"}, {"index": 1, "type": "char_buf", "sizeArgIndex": 3},
+        {"index": 2, "type": "size_t"}],
+        "selectors": [{"matchArgs": [{"index": 1, "operator": "Prefix", "values": ["sudo "]}]}]})
+    [hook] = plan.hooks
+    assert [(o.kind, o.size_arg) for o in hook.operands] == [("str", -1), ("buf", 2), ("int", -1)]
+    src = plan.source
+    assert "u64 z1 = *(u64 *)((char *)ctx + 96);" in src  # the size: the third argument (dx)
+    assert "u32 l1 = pl_buf(sc->str[1].s, (const void *)*(u64 *)((char *)ctx + 104), z1);" in src
+    assert "e->ints[1] = a1;" in src  # bytes read << 48 | size
+    assert "pl_str_bits(sc, sc->str[1].s, l1, &s1_eq, &s1_pre, &s1_post);" in src  # matched as a string
+    assert any(s.table == "pre" and s.value == b"sudo " for s in plan.strings)
+
+
+def test_a_return_copy_buffer_is_read_when_the_function_returns() -> None:
+    plan = _kprobe_plan({"call": "vfs_read", "syscall": False, "return": True,
+                         "args": [{"index": 1, "type": "char_buf", "returnCopy": True}],
+                         "returnArg": {"index": 0, "type": "size_t"}})
+    src = plan.source
+    assert "s64 a0 = (s64)*(u64 *)((char *)ctx + 104);" in src  # its address, kept in the waiting event
+    assert "e->ints[0] = pl_ret_copy(e->strs[0], st->ints[0], (s64)r);" in src
+    [why] = reasons({"kprobes": [{"call": "vfs_read", "syscall": False, "return": True,
+                                  "args": [{"index": 1, "type": "char_buf", "returnCopy": True}],
+                                  "returnArg": {"index": 0, "type": "size_t"},
+                                  "selectors": [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["x"]}]}]}]},
+                    _KPROBES)
+    assert "matchArgs on a returnCopy buffer" in why
+
+
+@pytest.mark.parametrize(("arg", "expected"), [
+    ({"index": 1, "type": "char_buf"}, "argument 1 (char_buf) of tty_write needs sizeArgIndex"),
+    ({"index": 1, "type": "char_buf", "sizeArgIndex": 7}, "(from 1 to 5, not itself) that gives its size; got 7"),
+    ({"index": 1, "type": "char_iovec", "sizeArgIndex": 2}, "(from 1 to 5, not itself) that gives its size; got 2"),
+    ({"index": 1, "type": "char_buf", "returnCopy": True}, "the engine copies a char_buf when a kretprobe"),
+])
+def test_a_buffer_without_a_size_is_refused_with_the_field(arg: dict[str, Any], expected: str) -> None:
+    [why] = reasons({"kprobes": [{"call": "tty_write", "syscall": False, "args": [arg]}]}, _KPROBES)
+    assert why.startswith("unsupported: spec.kprobes[0]: ") and expected in why, why
+
+
+def test_objects_without_operators_refuse_match_args_and_nop_is_neither_read_nor_reported() -> None:
+    [why] = reasons({"kprobes": [{"call": "bpf_check", "syscall": False, "args": [{"index": 1, "type": "bpf_attr"}],
+                                  "selectors": [{"matchArgs": [{"index": 1, "operator": "Equal", "values": ["1"]}]}]}]},
+                    _KPROBES)
+    assert "matchArgs on a bpf_attr argument is outside the engine's subset" in why
+    plan = _kprobe_plan({"call": "security_mmap_file", "syscall": False,
+                         "args": [{"index": 0, "type": "file"}, {"index": 2, "type": "nop"}]})
+    assert [o.type_name for o in plan.hooks[0].operands] == ["file"]
+
+
+def test_ignore_call_not_found_makes_the_kprobe_sites_optional() -> None:
+    plan = _kprobe_plan({"call": "security_bpf_map_create", "syscall": False, "ignore": {"callNotFound": True},
+                         "args": [{"index": 0, "type": "bpf_map"}]},
+                        {"call": "security_bpf_map_alloc", "syscall": False, "args": [{"index": 0, "type": "bpf_map"}]})
+    assert [[s.optional for s in h.sites] for h in plan.hooks] == [[True], [False]]
+    with pytest.raises(PolicyError, match="callNotFound"):
+        parse(doc({"kprobes": [{"call": "f", "syscall": False, "ignore": {"callNotFound": "yes"}}]}))

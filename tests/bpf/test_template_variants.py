@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from engine_support import Workload
+from engine_support import INT80, Workload
 
 from bpf import templates
 from bpf.engine import Engine
@@ -119,25 +119,6 @@ def test_creating_a_file_without_the_setuid_bit_is_fine(engine: Engine, workload
     assert _run(code, workload).stdout == b"returned\n"
 
 
-#: Calls the 32-bit (ia32) ABI with `int $0x80`, which any 64-bit process may do: `int80(nr, a, b, c)`,
-#: and `low(data)`, a copy of `data` below 4 GiB, where 32-bit pointers can reach it.
-_INT80 = r"""
-import mmap
-_low = mmap.mmap(-1, 1 << 16, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40,  # MAP_32BIT
-                 prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-_used = [4096]
-def low(data):
-    at = _used[0]
-    _low[at:at + len(data)] = data
-    _used[0] += (len(data) + 15) // 16 * 16
-    return ctypes.addressof(ctypes.c_char.from_buffer(_low)) + at
-def int80(nr, a=0, b=0, c=0):
-    imm = lambda v: (v & 0xffffffff).to_bytes(4, 'little')
-    code = (b'\x53' + b'\xb8' + imm(nr) + b'\xbb' + imm(a) + b'\xb9' + imm(b) + b'\xba' + imm(c)
-            + b'\xcd\x80\x5b\xc3')  # push rbx; mov eax/ebx/ecx/edx; int 0x80; pop rbx; ret
-    _low[:len(code)] = code
-    return ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(_low)))()
-"""
 
 _IA32_CASES = [
     ("block-unshare", "unshare", "int80(310, 0x04000000)"),
@@ -157,11 +138,11 @@ _IA32_CASES = [
 @pytest.mark.parametrize(("template", "call", "code"), _IA32_CASES, ids=[f"{t}-{c}" for t, c, _ in _IA32_CASES])
 def test_the_32_bit_syscall_abi_is_no_way_around_a_template(
         engine: Engine, workload: Workload, template: str, call: str, code: str) -> None:
-    outside = _run(_INT80 + code, None)
+    outside = _run(INT80 + code, None)
     assert outside.stdout == b"returned\n", outside
     res = engine.load(parse(templates.render(template, "t")), "enforced", cgroups=[workload.path])
     assert res.loaded, res.reasons
-    inside = _run(_INT80 + code, workload)
+    inside = _run(INT80 + code, workload)
     assert inside.returncode == -signal.SIGKILL, inside
 
 
