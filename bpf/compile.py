@@ -139,9 +139,9 @@ _UPROBE_REGS = (*_PT_REGS_ARGS, 64)
 _SYSCALL_REGS = (112, 104, 96, 56, 72, 64)
 #: The same for a 32-bit call's entry (`__ia32_sys_<name>`): bx, cx, dx, si, di, bp, each 32 bits wide.
 _IA32_REGS = (40, 88, 96, 104, 112, 32)
-#: Functions fmod_ret may override (the kernel allows `security_*` and the error-injection list, which has the
-#: syscall entries).
-_FMOD_RET_PREFIXES = ("security_", "__x64_sys_", "__ia32_sys_", "__ia32_compat_sys_")
+#: The syscall entries, which fmod_ret may override where the kernel allows error injection (it always allows
+#: `security_*` functions).
+_SYSCALL_ENTRIES = ("__x64_sys_", "__ia32_sys_", "__ia32_compat_sys_")
 #: Arguments a BPF trampoline program can read (the kernel's MAX_BPF_FUNC_ARGS).
 _TRACED_ARGS = 12
 #: Programs on the BPF trampoline: their context is the function's arguments, one u64 each, and a non-zero
@@ -177,9 +177,12 @@ class Features:
 
     kprobes: bool = False
     lsm: bool = False
-    #: fmod_ret programs on the BPF trampoline: Override on `security_*` functions and syscalls (which allow
-    #: error injection), where bpf_override_return is missing (Debian kernels).
+    #: fmod_ret programs on the BPF trampoline: Override on `security_*` functions where bpf_override_return
+    #: is missing (Debian kernels).
     fmod_ret: bool = False
+    #: fmod_ret on syscall entries (`__x64_sys_*`), which the kernel allows only with error injection
+    #: (CONFIG_FUNCTION_ERROR_INJECTION; Debian's 6.1 lacks it): Override on `syscall: true` kprobes.
+    fmod_ret_syscalls: bool = False
     #: uprobes on functions of user-space ELF files (CONFIG_UPROBES; the development kernels have them).
     uprobes: bool = True
     send_signal: bool = True
@@ -224,6 +227,7 @@ class Features:
         reasons = []
         for attr, names in (("kprobes", ("kprobes", "kprobe")), ("lsm", ("bpf_lsm", "lsm")),
                             ("fmod_ret", ("fmod_ret", "fmodret")),
+                            ("fmod_ret_syscalls", ("fmod_ret_syscall", "fmodret_syscall")),
                             ("uprobes", ("uprobes", "uprobe")),
                             ("send_signal", ("send_signal", "bpf_send_signal")),
                             ("cgroup_sock_create", ("cgroup_sock_create", "sock_create")),
@@ -627,8 +631,14 @@ class _Compiler:
         if call.startswith("list:"):  # generated_syscalls: every syscall, on raw_syscalls:sys_enter
             return self._all_syscalls(i, h)
         if h.syscall:
-            if self.f.fmod_ret and _overrides(h):  # a real denial: fmod_ret on the syscall's entry
-                return self._fmod_ret_syscall(i, h)
+            if _overrides(h):  # a real denial: fmod_ret on the syscall's entry, or nothing
+                if self.f.fmod_ret_syscalls:
+                    return self._fmod_ret_syscall(i, h)
+                why = self.f.why("fmod_ret_syscalls")
+                self.refuse(f"{where}: Override on {call} needs fmod_ret on the syscall's entry (error injection) or "
+                            "bpf_override_return, which this kernel lacks" + (f" ({why})" if why else "")
+                            + "; use Sigkill, or Override on the security_* function or LSM hook the call reaches")
+                return None
             if call.startswith("__ia32_") or call.startswith("__ia32_compat"):
                 self.refuse(f"kprobe on {call}: 32-bit compat syscalls have no tracepoint and need kprobes, "
                             "which this kernel lacks" if not self.f.kprobes else
@@ -653,7 +663,8 @@ class _Compiler:
             # enforcement on the cgroup hooks, which deny before anything leaves; a hook that only reports
             # runs on the function itself where kprobes exist, for Tetragon's own argument shapes
             return self._socket_kprobe(i, h)
-        if "Override" in acts and self.f.fmod_ret and call.startswith(_FMOD_RET_PREFIXES):
+        if "Override" in acts and ((self.f.fmod_ret and call.startswith("security_"))
+                                   or (self.f.fmod_ret_syscalls and call.startswith(_SYSCALL_ENTRIES))):
             return self._fmod_ret(i, h)
         if self.f.kprobes:
             return self._function_kprobe(i, h)
@@ -681,8 +692,8 @@ class _Compiler:
         if any(a.action == "Override" for s in h.selectors for a in s.match_actions):
             self.refuse(f"{where}: Override on {h.target} needs bpf_override_return, which this kernel lacks "
                         "(Debian kernels have no error injection); use an lsmhook or Sigkill"
-                        + (" (fmod_ret, which it has, overrides only security_* functions and syscalls)"
-                           if self.f.fmod_ret else ""))
+                        + (" (fmod_ret, which it has, overrides only security_* functions"
+                           + (" and syscalls)" if self.f.fmod_ret_syscalls else ")") if self.f.fmod_ret else ""))
             return None
         fields = tuple(Field(f"arg{k}", "void *" if (a := next((x for x in h.args if x.index == k), None))
                              is not None and (a.type or "") not in _INT_TYPES else "long", off, 8,

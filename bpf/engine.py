@@ -177,6 +177,9 @@ class Engine:
             self._exempt_self(create=True)
             loader = _Loader(self, plan, mode, cg)
             loader.run(final)
+        except Unsupported as e:  # found at load: a kernel function the policy names is missing here
+            self._drop_self_if_idle()
+            return LoadResult(key, False, e.reasons, notes=plan.notes)
         except (BpfError, OSError) as e:
             self._drop_self_if_idle()
             return LoadResult(key, False, (f"load failed: {e}",), notes=plan.notes)
@@ -495,10 +498,18 @@ class _Loader:
                 assert site.attach
                 try:
                     pfd = syscall.perf_event_open_kprobe(site.attach, retprobe=site.kind == "kretprobe")
-                except OSError:
-                    if site.optional and not kernel_has_function(site.attach):
+                except OSError as e:
+                    # the kernel names no such function, or cannot probe the one it has (inlined, on the
+                    # kprobe blacklist, several of that name)
+                    if e.errno not in _UNPROBEABLE:
+                        raise
+                    if site.optional:
                         return  # ignore: callNotFound, as Tetragon: the policy runs without this call
-                    raise
+                    why = (f"the kernel cannot put a kprobe on {site.attach} ({os.strerror(e.errno)}: inlined, "
+                           "blacklisted for kprobes or not one function)" if kernel_has_function(site.attach) else
+                           f"this kernel has no function {site.attach}")
+                    raise Unsupported([f"unsupported: kprobe on {site.attach}: {why}; `ignore: {{callNotFound: true}}` "
+                                       "on the hook loads the policy without it"]) from None
             try:
                 lfd = syscall.link_create_perf_event(prog_fd, pfd)
             finally:
@@ -520,6 +531,10 @@ class _Loader:
                 syscall.obj_pin(lfd, tmp / f"link_{site.function}_cg{os.stat(path).st_ino}")
             finally:
                 os.close(lfd)
+
+
+#: perf_event_open errors of a kprobe on a function the kernel lacks or cannot probe.
+_UNPROBEABLE = (errno.ENOENT, errno.EINVAL, errno.EADDRNOTAVAIL, errno.EILSEQ)
 
 
 def kernel_has_function(name: str, kallsyms: Path = Path("/proc/kallsyms")) -> bool:

@@ -72,6 +72,7 @@ class Features:
     fentry: Feature
     fexit: Feature
     fmod_ret: Feature
+    fmod_ret_syscall: Feature
     kernel_release: str
 
     def items(self) -> Iterator[tuple[str, Feature]]:
@@ -134,6 +135,7 @@ _LABELS = {
     "fentry": "fentry programs",
     "fexit": "fexit programs",
     "fmod_ret": "fmod_ret programs",
+    "fmod_ret_syscall": "fmod_ret on syscall entries (error injection)",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(_LABELS)
 
@@ -147,7 +149,7 @@ _TETRA: tuple[tuple[str, str | None], ...] = (
     ("kprobe_multi", "kprobe_multi"),
     ("uprobe_multi", None),
     ("fmodret", "fmod_ret"),
-    ("fmodret_syscall", None),
+    ("fmodret_syscall", "fmod_ret_syscall"),
     ("signal", "send_signal"),
     ("large", None),
     ("link_pin", None),
@@ -206,6 +208,7 @@ def probe(*, cache: bool = True) -> Features:
         fentry=_check(lambda: _trampoline(AttachType.BPF_TRACE_FENTRY, _FENTRY_TARGET)),
         fexit=_check(lambda: _trampoline(AttachType.BPF_TRACE_FEXIT, _FENTRY_TARGET)),
         fmod_ret=_check(lambda: _trampoline(AttachType.BPF_MODIFY_RETURN, _FMOD_RET_TARGET)),
+        fmod_ret_syscall=_check(lambda: _trampoline(AttachType.BPF_MODIFY_RETURN, _FMOD_RET_SYSCALL_TARGET)),
         kernel_release=platform.release(),
     )
     _vmlinux_btf.cache_clear()  # 5 MB, read again by the next probe
@@ -476,6 +479,10 @@ def _uretprobes() -> str:
 
 _FENTRY_TARGET = "vfs_read"
 _FMOD_RET_TARGET = "security_file_open"
+#: The kernel lets fmod_ret change a syscall's return only where it allows error injection
+#: (CONFIG_FUNCTION_ERROR_INJECTION, which Debian kernels lack): "__x64_sys_getpgid() is not modifiable".
+#: (A call with arguments: the BTF of SYSCALL_DEFINE0 entries such as getppid's lacks them.)
+_FMOD_RET_SYSCALL_TARGET = "__x64_sys_getpgid"
 
 
 def _trampoline(attach: AttachType, func: str) -> str:

@@ -246,8 +246,10 @@ class BpfObject(_Closing):
         if ret < 0:
             kernel = self._keep[-1][0].value.decode(errors="replace").strip() if self._keep else ""
             printed = _since(mark)
+            # what libbpf printed (say, "failed to find kernel BTF type ID of 'x'"), then the kernel's log
+            # unless libbpf already quoted it
             raise _err(LoadFailed, f"loading BPF object {self.name!r}", _errno_of(ret),
-                             "\n".join(x for x in (printed, kernel) if x and x not in printed))
+                             "\n".join(x for x in (printed, "" if kernel in printed else kernel) if x))
         self.loaded = True
 
     def programs(self) -> list[Program]:

@@ -1,7 +1,8 @@
 """Engine fixtures (pin root, engine, workload cgroup) for the kernel tests in this folder; see engine_support.
 
 Tests marked `stock_kernel` need kprobes, which this machine's kernel lacks: they are deselected where the
-probe finds none (not skipped: CI runs them in the kernel matrix's stock 6.1 guest, tests/vm)."""
+probe finds none (not skipped: CI runs them in the kernel matrix's stock 6.1 guest, tests/vm). The marker's
+arguments name other probe features a test needs instead (`stock_kernel("bpf_lsm", "fmod_ret")`)."""
 from __future__ import annotations
 
 import os
@@ -18,7 +19,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     from bpf.probe import probe
 
-    if probe().kprobes.available:
+    found = probe()
+
+    def lacks(item: pytest.Item) -> bool:
+        marker = item.get_closest_marker("stock_kernel")
+        assert marker is not None
+        return not all(getattr(found, name).available for name in marker.args or ("kprobes",))
+
+    gone = {id(i) for i in stock if lacks(i)}
+    if not gone:
         return
-    config.hook.pytest_deselected(items=stock)
-    items[:] = [i for i in items if not i.get_closest_marker("stock_kernel")]
+    config.hook.pytest_deselected(items=[i for i in stock if id(i) in gone])
+    items[:] = [i for i in items if id(i) not in gone]

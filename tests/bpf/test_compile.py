@@ -355,7 +355,10 @@ def test_uprobe_paths_resolve_on_this_node(tmp_path: Any) -> None:
 
 # ---------------------------------------------------------------- LSM hooks and Override as a real denial
 
-_TRAMPOLINES = Features(kprobes=True, lsm=True, fmod_ret=True)
+_TRAMPOLINES = Features(kprobes=True, lsm=True, fmod_ret=True, fmod_ret_syscalls=True)
+#: Debian's 6.1: BPF LSM and fmod_ret on security_*, but no error injection (no fmod_ret on syscalls).
+_DEBIAN_6_1 = Features(kprobes=True, lsm=True, fmod_ret=True,
+                       reasons=(("fmod_ret_syscalls", "__x64_sys_getpgid() is not modifiable"),))
 
 
 def test_an_lsmhook_is_an_lsm_program_that_denies_by_returning_the_errno() -> None:
@@ -457,9 +460,15 @@ def test_override_on_a_syscall_is_fmod_ret_on_its_entry_reading_the_callers_regi
     kill = compile_policy(parse(doc({"kprobes": [{**spec["kprobes"][0], "selectors": [
         {"matchActions": [{"action": "Sigkill"}]}]}]})), _TRAMPOLINES, builtin_formats)
     assert [s.kind for s in kill.hooks[0].sites] == ["tracepoint"]
-    # without fmod_ret: the tracepoint cannot deny
-    [why] = reasons(spec)
-    assert "Override on sys_linkat (syscall tracepoint) needs bpf_override_return" in why
+    # without fmod_ret on syscalls (no error injection, as on Debian's 6.1): refused, with the probe's words
+    [why] = reasons(spec, _DEBIAN_6_1)
+    assert why == ("unsupported: spec.kprobes[0]: Override on sys_linkat needs fmod_ret on the syscall's entry "
+                   "(error injection) or bpf_override_return, which this kernel lacks (__x64_sys_getpgid() is not "
+                   "modifiable); use Sigkill, or Override on the security_* function or LSM hook the call reaches")
+    assert reasons(spec) == [why.replace(" (__x64_sys_getpgid() is not modifiable)", "")]
+    [why] = reasons({"kprobes": [{**spec["kprobes"][0], "call": "__x64_sys_linkat", "syscall": False}]},
+                    _DEBIAN_6_1)
+    assert "needs bpf_override_return" in why and "overrides only security_* functions)" in why
 
 
 def test_what_an_fmod_ret_syscall_override_cannot_do_is_refused() -> None:
@@ -482,8 +491,10 @@ def test_what_an_fmod_ret_syscall_override_cannot_do_is_refused() -> None:
 
 def test_features_take_fmod_ret_and_bpf_lsm_from_the_probe() -> None:
     f = Features.of({"fmod_ret": {"available": True, "reason": "attached"},
+                     "fmod_ret_syscall": {"available": False, "reason": "__x64_sys_getpgid() is not modifiable"},
                      "bpf_lsm": {"available": False, "reason": "bpf is not an active LSM"}})
-    assert f.fmod_ret and not f.lsm
+    assert f.fmod_ret and not f.lsm and not f.fmod_ret_syscalls
+    assert f.why("fmod_ret_syscalls") == "__x64_sys_getpgid() is not modifiable"
     assert f.why("lsm") == "bpf is not an active LSM"
     assert not Features().fmod_ret  # the development kernels load no trampoline programs
 

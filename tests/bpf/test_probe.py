@@ -52,7 +52,7 @@ def test_missing_features_say_why(probed: tuple[Features, int, int]) -> None:
     assert "fails to load" in f.bpf_lsm.reason
     assert not f.override_return.available
     assert f.override_return.reason
-    for trampoline in (f.fentry, f.fexit, f.fmod_ret):  # this kernel refuses trampoline programs
+    for trampoline in (f.fentry, f.fexit, f.fmod_ret, f.fmod_ret_syscall):  # this kernel refuses trampolines
         assert not trampoline.available
         assert "fails to load" in trampoline.reason
     assert "test fexit program on vfs_read" in f.fexit.reason
@@ -135,7 +135,7 @@ def test_tetra_names_carry_our_answers(probed: tuple[Features, int, int]) -> Non
     assert tuple(tetra) == TETRA_NAMES
     assert TETRA_NAMES[:5] == ("override_return", "buildid", "kprobe_multi", "uprobe_multi", "fmodret")
     ours = {"override_return": f.override_return, "kprobe_multi": f.kprobe_multi, "fmodret": f.fmod_ret,
-            "signal": f.send_signal, "lsm": f.bpf_lsm, "fentry": f.fentry}
+            "fmodret_syscall": f.fmod_ret_syscall, "signal": f.send_signal, "lsm": f.bpf_lsm, "fentry": f.fentry}
     for name, value in tetra.items():
         assert value == (ours[name].available if name in ours else None), name
     assert tetra["signal"] is True and tetra["kprobe_multi"] is False

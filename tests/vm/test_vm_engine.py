@@ -29,7 +29,8 @@ _HIDDEN = ("/tmp/", "/var/tmp/", "/run/")
 HOST_ONLY = ("tests/bpf/test_engine.py::test_a_load_failing_halfway_is_rolled_back",)
 #: The engine's kernel tests that run in the VM (the rest of tests/bpf runs on this kernel only).
 ENGINE_TESTS = ("tests/bpf/test_engine_corpus.py", "tests/bpf/test_engine.py", "tests/bpf/test_engine_evasion.py",
-                "tests/bpf/test_engine_kprobes.py", "tests/bpf/test_engine_task_selectors.py")
+                "tests/bpf/test_engine_kprobes.py", "tests/bpf/test_engine_task_selectors.py",
+                "tests/bpf/test_engine_lsm.py")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,9 @@ def test_the_probe_proves_what_a_stock_kernel_adds(engine_in_6_1: Boot) -> None:
                  "btf", "bpf_loop", "send_signal", "ring_buffer"):
         assert features[name][0], (name, features[name][1])
     assert "fired" in features["uprobes"][1]
-    assert not features["override_return"][0]  # Debian kernels have no error injection
+    # Debian kernels have no error injection: neither bpf_override_return nor fmod_ret on syscall entries
+    assert not features["override_return"][0] and not features["fmod_ret_syscall"][0]
+    assert "not modifiable" in features["fmod_ret_syscall"][1]
 
 
 def test_the_corpus_policies_that_load_here_load_on_6_1(engine_in_6_1: Boot) -> None:
