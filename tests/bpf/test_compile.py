@@ -1,11 +1,13 @@
 """The policy model and the compiler, without a kernel: what is refused, why, and what a plan holds."""
 from __future__ import annotations
 
+import os
+import struct
 from typing import Any
 
 import pytest
 
-from bpf import templates
+from bpf import events, templates
 from bpf.compile import Features, check, compile_policy
 from bpf.errors import PolicyError, Unsupported
 from bpf.policy import UprobeTarget, effective_mode, parse
@@ -617,3 +619,30 @@ def test_ignore_call_not_found_makes_the_kprobe_sites_optional() -> None:
     assert [[s.optional for s in h.sites] for h in plan.hooks] == [[True], [False]]
     with pytest.raises(PolicyError, match="callNotFound"):
         parse(doc({"kprobes": [{"call": "f", "syscall": False, "ignore": {"callNotFound": "yes"}}]}))
+
+
+
+def test_module_and_buffer_arguments_render_in_tetragons_shapes() -> None:
+    plan = _kprobe_plan({"call": "do_init_module", "syscall": False, "args": [{"index": 0, "type": "module"}]},
+                        {"call": "find_module_sections", "syscall": False,
+                         "args": [{"index": 0, "type": "nop"}, {"index": 1, "type": "load_info"}]},
+                        {"call": "do_writev", "syscall": False,
+                         "args": [{"index": 1, "type": "char_iovec", "sizeArgIndex": 3}]})
+
+    def args(hook: int, blob: bytes, ints: tuple[int, ...] = (0,) * 8) -> Any:
+        raw = events.RawEvent(0, 0, os.getpid(), os.getpid(), 0, hook, 0, 0, 0, False, 0, ints,
+                              (blob.ljust(256, b"\0"), b"\0" * 256), "/usr/bin/true")
+        return events.render(raw, plan, "node", 0)["process_kprobe"]["args"]
+
+    # struct pl_md: taints, sig_ok, pad, name; TAINT_OUT_OF_TREE_MODULE | TAINT_UNSIGNED_MODULE
+    hello = struct.pack("<QII56s", 4096 | 8192, 0, 0, b"kernel_module_hello")
+    assert args(0, hello) == [{"module_arg": {"name": "kernel_module_hello",
+                                              "tainted": ["TAINT_OUT_OF_TREE_MODULE", "TAINT_UNSIGNED_MODULE"]}}]
+    # the loader's view has signature_ok, also when false; nop is not an argument of the event
+    assert args(1, struct.pack("<QII56s", 0, 1, 0, b"xfs")) == [{"module_arg": {"name": "xfs", "signature_ok": True}}]
+    assert args(1, struct.pack("<QII56s", 0, 0, 0, b"xfs")) == [{"module_arg": {"name": "xfs",
+                                                                                "signature_ok": False}}]
+    # a buffer: bytes read << 48 | its size
+    assert args(2, b"GET / HTTP/1.1", (14 << 48 | 14, 0, 0, 0, 0, 0, 0, 0)) == [{"bytes_arg": "R0VUIC8gSFRUUC8xLjE="}]
+    assert args(2, b"GET / HTTP/1.1", (5 << 48 | 900, 0, 0, 0, 0, 0, 0, 0)) == [
+        {"truncated_bytes_arg": {"bytes_arg": "R0VUIC8=", "orig_size": "900"}}]
