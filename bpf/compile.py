@@ -183,6 +183,8 @@ class Features:
     #: fmod_ret on syscall entries (`__x64_sys_*`), which the kernel allows only with error injection
     #: (CONFIG_FUNCTION_ERROR_INJECTION; Debian's 6.1 lacks it): Override on `syscall: true` kprobes.
     fmod_ret_syscalls: bool = False
+    #: fexit programs: the return of a function an fmod_ret program may have overridden (`return: true`).
+    fexit: bool = False
     #: uprobes on functions of user-space ELF files (CONFIG_UPROBES; the development kernels have them).
     uprobes: bool = True
     send_signal: bool = True
@@ -228,6 +230,7 @@ class Features:
         for attr, names in (("kprobes", ("kprobes", "kprobe")), ("lsm", ("bpf_lsm", "lsm")),
                             ("fmod_ret", ("fmod_ret", "fmodret")),
                             ("fmod_ret_syscalls", ("fmod_ret_syscall", "fmodret_syscall")),
+                            ("fexit", ("fexit",)),
                             ("uprobes", ("uprobes", "uprobe")),
                             ("send_signal", ("send_signal", "bpf_send_signal")),
                             ("cgroup_sock_create", ("cgroup_sock_create", "sock_create")),
@@ -264,8 +267,8 @@ class Operand:
 @dataclass(frozen=True)
 class Site:
     function: str
-    #: "tracepoint" | "raw_tracepoint" | "cgroup" | "kprobe" | "kretprobe" | "uprobe" | "lsm" | "fmod_ret"
-    #: (the last two: BPF trampoline programs the engine links by the BTF id libbpf resolved at load)
+    #: "tracepoint" | "raw_tracepoint" | "cgroup" | "kprobe" | "kretprobe" | "uprobe" | "lsm" | "fmod_ret" |
+    #: "fexit" (the last three: BPF trampoline programs the engine links by the BTF id libbpf resolved at load)
     kind: str
     subsystem: str | None = None
     event: str | None = None
@@ -281,7 +284,7 @@ class Site:
 
     @property
     def label(self) -> str:
-        if self.kind in ("cgroup", "kprobe", "kretprobe", "uprobe", "lsm", "fmod_ret"):
+        if self.kind in ("cgroup", "kprobe", "kretprobe", "uprobe", "lsm", "fmod_ret", "fexit"):
             return f"{self.kind}/{self.attach}"
         return f"{self.subsystem}:{self.event}" if self.kind == "tracepoint" else f"raw_tp/{self.event}"
 
@@ -736,7 +739,8 @@ class _Compiler:
             return None
         site = Site(f"pl_h{i}_fmr", "fmod_ret", attach=h.target)
         return self._build(i, h, "process_kprobe", None, None, {a.index: a.index for a in h.args},
-                           _traced_fields(h, tuple(8 * k for k in range(_TRACED_ARGS))), None, traced=site)
+                           _traced_fields(h, tuple(8 * k for k in range(_TRACED_ARGS))), None, traced=site,
+                           ret_type=_ret_type(h))
 
     def _fmod_ret_syscall(self, i: int, h: Hook) -> HookPlan | None:
         """Override on a syscall (`syscall: true`): fmod_ret on its real entry, `__x64_sys_<name>` (or the
@@ -768,20 +772,32 @@ class _Compiler:
             return None
         site = Site(f"pl_h{i}_fmr", "fmod_ret", attach=fn)
         return self._build(i, h, "process_kprobe", None, None, {a.index: a.index for a in h.args},
-                           _traced_fields(h, regs), None, traced=site)
+                           _traced_fields(h, regs), None, traced=site, ret_type=_ret_type(h))
 
     def _traced_ok(self, h: Hook) -> bool:
         """What a BPF trampoline program on `h` cannot do is refused: its target is a section name, so an
-        identifier; a kretprobe's return value and `resolve` of a struct member are outside the subset."""
+        identifier; a return (`return: true`) needs fexit and an integer returnArg; `resolve` of a struct
+        member is outside the subset."""
         where = format_path(h.path)
         ok = True
         if not (h.target.isascii() and h.target.isidentifier()):
             self.refuse(f"{where}: {h.target!r} is not the name of a kernel function or LSM hook")
             ok = False
-        if h.return_probe:
-            self.refuse(f"{where}: Override on a kretprobe ({h.target}, return: true) is outside the engine's "
-                        "subset; Override acts at entry")
-            ok = False
+        if h.return_probe:  # the return on fexit (`_build`)
+            rt = _ret_type(h)
+            if not self.f.fexit:
+                why = self.f.why("fexit")
+                self.refuse(f"{where}: return: true with Override on {h.target} needs fexit programs, which this "
+                            "kernel lacks" + (f" ({why})" if why else ""))
+                ok = False
+            elif rt not in _INT_TYPES:
+                self.refuse(f"{where}.returnArg: a return value of type {rt} is outside the engine's subset "
+                            "(integers)")
+                ok = False
+            elif h.return_arg_action not in (None, "Post"):
+                self.refuse(f"{where}.returnArgAction: {h.return_arg_action} (socket tracking) is outside the "
+                            "engine's subset")
+                ok = False
         for a in h.args:
             if a.resolve is not None:
                 self.refuse(f"{where}: resolve {a.resolve!r} on argument {a.index} of {h.target} is outside the "
@@ -1020,7 +1036,7 @@ class _Compiler:
             conds, ub, up = self._selector(h, sel, operands, exec_hook, cgroup_sites)
             uses_bin |= ub
             uses_parent |= up
-            act = self._actions(h, sel, cgroup_sites, denies=traced is not None)
+            act = self._actions(h, sel, cgroup_sites, denies=traced.kind if traced is not None else "")
             if sel.match_return_args and ret_type is None:
                 self.refuse(f"{format_path(sel.path)}: matchReturnArgs needs the function's return, which only a "
                             "kretprobe on a kernel function (return: true, syscall: false) sees here")
@@ -1058,11 +1074,23 @@ class _Compiler:
             self.notes.append(f"{where}: a program started through its loader (ld.so PROGRAM) is judged as the "
                               "loader only" + (" (the hook reads arguments)" if operands else ""))
         if traced is not None:  # one program on the BPF trampoline, which denies by its return
-            self.functions.append(partial(self._program, i, h, traced, operands, sel_conds, index_map, fields,
-                                          exec_hook, uses_bin, uses_parent, mask_type, ()))
+            body = partial(self._program, i, h, traced, operands, sel_conds, index_map, fields,
+                           exec_hook, uses_bin, uses_parent, mask_type, (), stash=ret_type is not None)
+            traced_sites: tuple[Site, ...] = (traced,)
+            if ret_type is None:
+                self.functions.append(body)
+            else:
+                # `return: true`: the entry denies and stashes its event; fexit, which sees the function's return
+                # (the overridden one too), filters on it, signals and posts
+                ret = Site(f"pl_h{i}_fx", "fexit", attach=traced.attach)
+                traced_sites = (traced, ret)
+                self.ret = True
+                self.functions.append(lambda: _RET_STASH % {"i": i} + body())
+                self.functions.append(partial(self._return_program, i, ret, ret_type, ret_conds))
             return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
-                            subsystem=sub, event=ev, sites=(traced,), operands=tuple(operands),
-                            selector_actions=tuple((c[1], c[2]) for c in sel_conds), message=h.message, tags=h.tags)
+                            subsystem=sub, event=ev, sites=traced_sites, operands=tuple(operands),
+                            selector_actions=tuple((c[1], c[2]) for c in sel_conds), message=h.message, tags=h.tags,
+                            return_type=ret_type)
         if kernel_fn and ret_type is not None:
             entry, ret = Site(f"pl_h{i}_kp", "kprobe", attach=kernel_fn), Site(f"pl_h{i}_kr", "kretprobe",
                                                                                 attach=kernel_fn)
@@ -1530,10 +1558,12 @@ class _Compiler:
         c = "(" + " || ".join(parts) + ")"
         return f"!{c}" if neg else c
 
-    def _actions(self, h: Hook, s: Selector, cgroup_sites: tuple[str, ...] | None, *, denies: bool = False
+    def _actions(self, h: Hook, s: Selector, cgroup_sites: tuple[str, ...] | None, *, denies: str = ""
                  ) -> tuple[int, int, bool, int] | None:
-        """(action code, signal, post, errno to deny with or 0) of a selector. `denies`: the hook runs where its
-        program's return denies the call (an LSM hook, fmod_ret), as the cgroup hooks do."""
+        """(action code, signal, post, errno to deny with or 0) of a selector. `denies`: the kind of site whose
+        program's return denies the call ("lsm", "fmod_ret"), as the cgroup hooks do. An fmod_ret program
+        returns what it is given (argError 1 makes security_inode_copy_up_xattr skip the attribute): its
+        `deny` is then negative."""
         act, sig, post, deny = _ACT_POST, 0, True, 0
         ok = True
         for a in s.match_actions:
@@ -1573,8 +1603,9 @@ class _Compiler:
                                 "hook, which this kernel lacks; use Sigkill")
                     ok = False
                     continue
-                if a.arg_error is not None and a.arg_error >= 0:
-                    self.refuse(f"{w}: Override argError must be a negative errno")
+                if a.arg_error is not None and (a.arg_error == 0 or (a.arg_error > 0 and denies != "fmod_ret")):
+                    self.refuse(f"{w}: Override argError must be a negative errno"
+                                + (" or, on a kernel function, a value it returns" if denies == "fmod_ret" else ""))
                     ok = False
                     continue
                 act, deny = _ACT_OVERRIDE, (-a.arg_error if a.arg_error is not None else 1)
@@ -1664,12 +1695,17 @@ class _Compiler:
               f"    if (bpf_map_lookup_elem(&pl_self, &tgid)) return {allow};  /* the engine itself */"]
         if stash:
             # a kretprobe's entry: the event waits for the return (pl_ret<i>, by thread), which acts and posts
+            rv = "(deny && acted) ? -deny : 0" if traced else "0"
+            if traced:  # an fmod_ret entry denies (the function does not run); its fexit signals and posts
+                L += ["    if (deny) {",
+                      "        if (cfg->mode == 2) { acted = 1; pl_count(1); } else { pl_count(2); }",
+                      "    }"]
             L += ["    struct pl_event *e = bpf_map_lookup_elem(&pl_evbuf, &z);",
-                  "    if (!e) return 0;",
+                  f"    if (!e) return {rv};",
                   *self._event_fields(i, site, operands, "    "),
-                  "    e->pad = post;",
+                  "    e->pad = post | (deny ? 2 : 0);  /* 2: the entry counted the enforcement */",
                   f"    if (bpf_map_update_elem(&pl_ret{i}, &pid_tgid, e, BPF_ANY)) pl_count(3);",
-                  "    return 0;", "}\n"]
+                  f"    return {rv};", "}\n"]
             return "\n".join(L)
         # a denial acts only where the hook can deny (a tracepoint next to a cgroup hook cannot)
         L += ["    if (sig || deny) {" if cg or traced else "    if (sig) {",
@@ -1735,14 +1771,16 @@ class _Compiler:
              "    if (!st) return 0;",
              "    int z = 0;",
              "    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);",
-             f"    {ctype} r = ({ctype})*(u64 *)((char *)ctx + {_PT_REGS_RC});",
-             "    u32 sig = st->sig, post = st->pad, acted = 0;"]
+             *([f"    u64 rv = 0; bpf_get_func_ret(ctx, &rv); {ctype} r = ({ctype})rv;"] if site.kind == "fexit" else
+               [f"    {ctype} r = ({ctype})*(u64 *)((char *)ctx + {_PT_REGS_RC});"]),
+             "    u32 sig = st->sig, post = st->pad & 1, acted = st->acted;"]
         for k, conds in enumerate(ret_conds):
             if conds:
                 L.append(f"    if (st->sel == {k} && !({' && '.join(conds)})) goto done;")
         L += [f"    if (!cfg || cfg->mode >= {MODE_OFF}) goto done;",
               "    if (sig) {",
-              "        if (cfg->mode == 2) { bpf_send_signal(sig); acted = 1; pl_count(1); } else pl_count(2);",
+              "        if (cfg->mode == 2) { bpf_send_signal(sig); acted = 1; }",
+              "        if (!(st->pad & 2)) pl_count(cfg->mode == 2 ? 1 : 2);  /* unless the entry counted it */",
               "    }",
               *_post_open(),
               "            bpf_probe_read_kernel(e, sizeof(*e), st);",
@@ -2145,6 +2183,11 @@ def _task_reads(needs: set[str]) -> list[str]:
         elif n == "nspid":
             L.append("    u32 pl_nstgid = pl_ns_tgid(pl_t);")
     return L
+
+
+def _ret_type(h: Hook) -> str | None:
+    """The type of a kretprobe's returnArg (the parser requires one with `return: true`)."""
+    return (h.return_arg.type or "int").strip() if h.return_probe and h.return_arg is not None else None
 
 
 def _overrides(h: Hook) -> bool:

@@ -78,6 +78,7 @@ _CGROUP_ATTACH = {
 _TRACING_ATTACH = {
     "lsm": syscall.AttachType.BPF_LSM_MAC,
     "fmod_ret": syscall.AttachType.BPF_MODIFY_RETURN,
+    "fexit": syscall.AttachType.BPF_TRACE_FEXIT,
 }
 
 

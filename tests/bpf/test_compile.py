@@ -357,9 +357,9 @@ def test_uprobe_paths_resolve_on_this_node(tmp_path: Any) -> None:
 
 # ---------------------------------------------------------------- LSM hooks and Override as a real denial
 
-_TRAMPOLINES = Features(kprobes=True, lsm=True, fmod_ret=True, fmod_ret_syscalls=True)
+_TRAMPOLINES = Features(kprobes=True, lsm=True, fmod_ret=True, fmod_ret_syscalls=True, fexit=True)
 #: Debian's 6.1: BPF LSM and fmod_ret on security_*, but no error injection (no fmod_ret on syscalls).
-_DEBIAN_6_1 = Features(kprobes=True, lsm=True, fmod_ret=True,
+_DEBIAN_6_1 = Features(kprobes=True, lsm=True, fmod_ret=True, fexit=True,
                        reasons=(("fmod_ret_syscalls", "__x64_sys_getpgid() is not modifiable"),))
 
 
@@ -484,11 +484,11 @@ def test_what_an_fmod_ret_syscall_override_cannot_do_is_refused() -> None:
                   lambda sub, ev: None)
     assert "no syscall palisade_nothing on this kernel" in why
     [why] = reasons({"kprobes": [{**base, "call": "security_inode_mkdir", "syscall": False, "return": True,
-                                  "returnArg": {"index": 0, "type": "int"}}]}, _TRAMPOLINES)
-    assert "Override on a kretprobe (security_inode_mkdir, return: true)" in why
+                                  "returnArg": {"index": 0, "type": "int"}}]}, Features(kprobes=True, fmod_ret=True))
+    assert "return: true with Override on security_inode_mkdir needs fexit programs" in why
     [why] = reasons({"kprobes": [{**base, "selectors": [
-        {"matchActions": [{"action": "Override", "argError": 1}]}]}]}, _TRAMPOLINES)
-    assert "argError must be a negative errno" in why
+        {"matchActions": [{"action": "Override", "argError": 0}]}]}]}, _TRAMPOLINES)
+    assert why.endswith("Override argError must be a negative errno or, on a kernel function, a value it returns")
 
 
 def test_features_take_fmod_ret_and_bpf_lsm_from_the_probe() -> None:
@@ -619,6 +619,29 @@ def test_ignore_call_not_found_makes_the_kprobe_sites_optional() -> None:
     assert [[s.optional for s in h.sites] for h in plan.hooks] == [[True], [False]]
     with pytest.raises(PolicyError, match="callNotFound"):
         parse(doc({"kprobes": [{"call": "f", "syscall": False, "ignore": {"callNotFound": "yes"}}]}))
+
+
+def test_an_override_with_return_denies_at_entry_and_reports_the_return_from_fexit() -> None:
+    # cve-2023-2640-overlayfs-ubuntu.yaml: argError 1 is what security_inode_copy_up_xattr returns to skip
+    plan = compile_policy(parse(doc({"kprobes": [{
+        "call": "security_inode_copy_up_xattr", "syscall": False, "return": True,
+        "args": [{"index": 0, "type": "string"}], "returnArg": {"index": 0, "type": "int"},
+        "selectors": [{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["security.capability\0"]}],
+                       "matchActions": [{"action": "Override", "argError": 1}]}]}]})), _TRAMPOLINES, builtin_formats)
+    [hook] = plan.hooks
+    assert [(s.kind, s.attach) for s in hook.sites] == [("fmod_ret", "security_inode_copy_up_xattr"),
+                                                         ("fexit", "security_inode_copy_up_xattr")]
+    assert hook.return_type == "int"
+    assert "deny = -1;" in plan.source  # returns 1: a value the function returns, not an errno
+    assert "    return (deny && acted) ? -deny : 0;\n}" in plan.source  # the entry denies...
+    assert "e->pad = post | (deny ? 2 : 0);" in plan.source  # ...and stashes its event for fexit
+    assert 'SEC("fexit/security_inode_copy_up_xattr") int pl_h0_fx(void *ctx) {' in plan.source
+    assert "u64 rv = 0; bpf_get_func_ret(ctx, &rv); s32 r = (s32)rv;" in plan.source
+    assert "acted = st->acted;" in plan.source
+    # a positive argError is refused where it would be an LSM hook's "errno"
+    [why] = reasons({"lsmhooks": [{"hook": "file_open", "selectors": [
+        {"matchActions": [{"action": "Override", "argError": 1}]}]}]}, _TRAMPOLINES)
+    assert why.endswith("Override argError must be a negative errno")
 
 
 

@@ -162,6 +162,43 @@ def test_fmod_ret_on_security_inode_mkdir_denies_with_the_arg_error(engine: Engi
     assert actions == {(REAL_PY, "KPROBE_ACTION_OVERRIDE"), ("/usr/bin/mkdir", "KPROBE_ACTION_POST")}, actions
 
 
+def test_an_override_with_return_reports_the_overridden_return(engine: Engine, workload: Workload,
+                                                               scratch: Path) -> None:
+    # `return: true` (as in cve-2023-2640-overlayfs-ubuntu.yaml): the entry denies, fexit sees the return
+    doc = policy("mkdir-return", {"kprobes": [{
+        "call": "security_inode_mkdir", "syscall": False, "return": True,
+        "args": [{"index": 2, "type": "int"}], "returnArg": {"index": 0, "type": "int"},
+        "selectors": [{"matchBinaries": [{"operator": "In", "values": [REAL_PY]}],
+                       "matchActions": [{"action": "Override", "argError": -13}]}]}]})
+    res = engine.load(doc, "enforced", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    assert _errno_of(workload, "os.mkdir(sys.argv[1], 0o700)", str(scratch / "a")) == errno.EACCES
+    assert workload.run(["/usr/bin/mkdir", str(scratch / "b")]).returncode == 0  # not matched: no event
+    events = _events(engine, "process_kprobe", "security_inode_mkdir")
+    assert [e["process_kprobe"]["return"] for e in events] == [{"int_arg": -errno.EACCES}]
+    body = events[0]["process_kprobe"]
+    assert body["args"] == [{"int_arg": 0o700}]
+    assert body["action"] == "KPROBE_ACTION_OVERRIDE" and events[0]["palisade"]["acted"] is True
+    assert engine.counters(res.key).enforced == 1
+
+
+def test_override_with_sigkill_denies_and_kills(engine: Engine, workload: Workload, scratch: Path) -> None:
+    # modules-nohost.yaml's actions (Override, then Sigkill) on mkdir, with its return reported
+    doc = policy("mkdir-kill", {"kprobes": [{
+        "call": "security_inode_mkdir", "syscall": False, "return": True, "returnArg": {"index": 0, "type": "int"},
+        "selectors": [{"matchBinaries": [{"operator": "In", "values": [REAL_PY]}],
+                       "matchActions": [{"action": "Override", "argError": -1}, {"action": "Sigkill"}]}]}]})
+    res = engine.load(doc, "enforced", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    done = workload.run([PY, "-c", "import os, sys; os.mkdir(sys.argv[1]); print('made')", str(scratch / "a")])
+    assert done.returncode == -signal.SIGKILL and b"made" not in done.stdout
+    assert not (scratch / "a").exists()
+    events = _events(engine, "process_kprobe", "security_inode_mkdir")
+    assert [e["process_kprobe"]["return"] for e in events] == [{"int_arg": -errno.EPERM}]
+    assert events[0]["process_kprobe"]["action"] == "KPROBE_ACTION_SIGKILL"
+    assert engine.counters(res.key).enforced == 1  # one enforcement, counted once
+
+
 def _refused_without_error_injection(engine: Engine, res: Any, workload: Workload, argv: list[str]) -> bool:
     """Where the kernel cannot override syscalls (no error injection: Debian's kernels), a syscall Override is
     refused with the probe's reason, leaves nothing, and the call works: True. Elsewhere False."""
