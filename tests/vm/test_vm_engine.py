@@ -71,9 +71,11 @@ def test_the_engine_tests_pass_on_the_stock_6_1_kernel(engine_in_6_1: Boot,
 def test_the_probe_proves_what_a_stock_kernel_adds(engine_in_6_1: Boot) -> None:
     # kprobes, trampolines and BPF LSM, which this host lacks, each proved by a program the guest loaded
     features = json.loads(engine_in_6_1.value("probe"))
-    for name in ("kprobes", "kprobe_multi", "fentry", "fexit", "fmod_ret", "bpf_lsm", "uprobes", "uretprobes",
+    for name in ("kprobes", "fentry", "fexit", "fmod_ret", "bpf_lsm", "uprobes", "uretprobes",
                  "btf", "bpf_loop", "send_signal", "ring_buffer"):
         assert features[name][0], (name, features[name][1])
+    # Debian's 6.1 has no fprobe: kprobe_multi links are refused, and the probe says so in the kernel's words
+    assert not features["kprobe_multi"][0] and "ENOTSUP" in features["kprobe_multi"][1]
     assert "fired" in features["uprobes"][1]
     # Debian kernels have no error injection: neither bpf_override_return nor fmod_ret on syscall entries
     assert not features["override_return"][0] and not features["fmod_ret_syscall"][0]
@@ -81,9 +83,9 @@ def test_the_probe_proves_what_a_stock_kernel_adds(engine_in_6_1: Boot) -> None:
 
 
 def test_the_corpus_policies_that_load_here_load_on_6_1(engine_in_6_1: Boot) -> None:
-    # test_engine_corpus prints "Tetragon corpus: N loaded, ..." (-s): the same 9 as on this kernel
+    # test_engine_corpus prints "Tetragon corpus: N loaded, ..." (-s): kprobes, LSM and fmod_ret load there
     m = re.search(r"Tetragon corpus: (\d+) loaded", engine_in_6_1.stdout)
     assert m, engine_in_6_1.stdout[-3000:]
-    assert int(m.group(1)) >= 9
+    assert int(m.group(1)) >= 50
 
 
