@@ -2112,8 +2112,9 @@ class _Compiler:
 
 #: A kretprobe's events wait here from entry to return, per thread; built in pl_evbuf (too big for a stack).
 _RET_STASH = """
-struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, u64); __type(value, struct pl_event);
-         __uint(max_entries, 4096); __uint(map_flags, BPF_F_NO_PREALLOC); } pl_ret%(i)d SEC(".maps");
+/* LRU: the entry of a call that never returns (its thread killed inside it) is evicted, not kept forever;
+   1024 threads inside one hooked function at once is far more than a node has */
+PL_MAP(pl_ret%(i)d, BPF_MAP_TYPE_LRU_HASH, u64, struct pl_event, 1024);
 """
 _RET_BUF = """
 PL_MAP(pl_evbuf, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_event, 1);
