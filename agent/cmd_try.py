@@ -13,6 +13,11 @@ valid YAML, or a document that is not a valid TracingPolicy, is refused with the
 line and column of the error. The command's pin root (/sys/fs/bpf/palisade-try-*)
 and cgroup are removed at the end, also when it is interrupted.
 
+Tetragon's `${PODCIDR}`-style matchArgs placeholders are filled as the node's agent
+fills them: from the `placeholders` of its configuration (`--config agent.yaml`)
+and `--placeholder NAME=VALUE[,VALUE]`; without either, a policy using one is
+refused, saying so.
+
 Exit codes: 0 every policy loads; 1 some are refused; 2 usage or environment
 error (a file that does not exist, no TracingPolicy in the files, not root, no
 bpffs or cgroup2, or something the command loaded could not be removed);
@@ -25,12 +30,13 @@ import contextlib
 import json
 import os
 import platform
+import re
 import secrets
 import signal
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -55,8 +61,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                    "scoped to an empty cgroup, and unloaded again)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="YAML files of TracingPolicies")
+    p.add_argument("--config", type=Path, metavar="AGENT_YAML",
+                   help="the node's agent configuration: its `placeholders` fill ${PODCIDR}-style values")
+    p.add_argument("--placeholder", action="append", default=[], type=_placeholder, metavar="NAME=VALUE[,VALUE]",
+                   help="a placeholder's values (repeatable; wins over --config), e.g. PODCIDR=10.244.0.0/16")
     add_output(p)
     p.set_defaults(func=_try)
+
+
+def _placeholder(text: str) -> tuple[str, tuple[str, ...]]:
+    name, sep, values = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or not values.strip(","):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE[,VALUE...] (e.g. PODCIDR=10.244.0.0/16)")
+    return name, tuple(v for v in values.split(",") if v)
 
 
 # ---------------------------------------------------------------- values
@@ -148,10 +165,11 @@ _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # ---------------------------------------------------------------- reading the files
 
 
-def read_file(path: Path, shown: str) -> list[_Candidate]:
-    """The documents of one file, parsed (nothing loaded)."""
+def read_file(path: Path, shown: str, placeholders: Mapping[str, Sequence[str]] | None = None) -> list[_Candidate]:
+    """The documents of one file, parsed (nothing loaded); `${NAME}` values filled from `placeholders`
+    as the agent fills them."""
     from bpf.errors import PolicyError
-    from bpf.policy import KINDS, parse
+    from bpf.policy import KINDS, fill_placeholders, parse
     from reconciler.findings import Severity
     from reconciler.source import MAX_FILE_BYTES, SourceFile, parse_file
 
@@ -175,7 +193,11 @@ def read_file(path: Path, shown: str) -> list[_Candidate]:
             out.append(_Candidate(shown, skipped=Skipped(shown, d.index, d.kind)))
             continue
         try:
-            out.append(_Candidate(shown, policy=parse(d.plain), document=d.index))
+            try:
+                doc = fill_placeholders(d.plain, placeholders or {})
+            except PolicyError as e:
+                raise PolicyError(e.path, f"{e.message}; or give it here with --config or --placeholder") from None
+            out.append(_Candidate(shown, policy=parse(doc), document=d.index))
         except PolicyError as e:
             line, col = d.locate(e.path)
             why = f"invalid TracingPolicy (line {line}, column {col}): {e}"
@@ -197,7 +219,13 @@ def _try(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path}: {e.strerror or e}") from None
         if stat.S_ISDIR(mode):
             raise ConfigError(f"{path} is a directory; give the YAML files (e.g. {path}/*.yaml)")
-    candidates = [c for path in files for c in read_file(path, str(path))]
+    placeholders: dict[str, tuple[str, ...]] | None = None
+    if args.config is not None or args.placeholder:
+        from .config import load_placeholders
+
+        placeholders = dict(load_placeholders(args.config)) if args.config is not None else {}
+        placeholders.update(dict(args.placeholder))
+    candidates = [c for path in files for c in read_file(path, str(path), placeholders)]
     if all(c.skipped is not None for c in candidates):
         raise ConfigError(f"no TracingPolicy document in {', '.join(map(str, files))}")
     cgroup_root = _check_environment()

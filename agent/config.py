@@ -36,7 +36,7 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["AgentConfig", "Intervals", "Workload", "load", "parse_labels"]
+__all__ = ["AgentConfig", "Intervals", "Workload", "load", "load_placeholders", "parse_labels"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$")
 _SCHEMA_FILE = "agent-config.schema.json"
@@ -196,10 +196,19 @@ def load(file: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
     if "buildObjects" in merged:
         cfg = replace(cfg, build_objects=bool(merged["buildObjects"]))
     if doc.get("placeholders"):
-        ph = doc["placeholders"]
-        cfg = replace(cfg, placeholders=tuple(sorted(
-            (str(k), tuple(str(x) for x in (v if isinstance(v, list) else [v]))) for k, v in ph.items())))
+        cfg = replace(cfg, placeholders=_placeholders(doc))
     return cfg
+
+
+def load_placeholders(file: Path) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Only the `placeholders` of an agent configuration file (checked against the schema like `load`),
+    for commands that need the node's values but not the rest (`palisade-agent try --config`)."""
+    return _placeholders(_read_file(file))
+
+
+def _placeholders(doc: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    ph = doc.get("placeholders") or {}
+    return tuple(sorted((str(k), tuple(str(x) for x in (v if isinstance(v, list) else [v]))) for k, v in ph.items()))
 
 
 def _resolve(base: Path, p: str | Path) -> Path:

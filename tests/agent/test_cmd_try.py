@@ -201,6 +201,58 @@ def test_yaml_and_schema_errors_are_refusals_naming_the_file(
     assert lines[3].startswith("1 of 3 load on this kernel")
 
 
+def _egress(name: str) -> str:
+    return f"""apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+  kprobes:
+  - call: tcp_connect
+    syscall: false
+    args:
+    - index: 0
+      type: sock
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: NotDAddr
+        values:
+        - 127.0.0.1
+        - ${{PODCIDR}}
+        - ${{SERVICECIDR}}
+"""
+
+
+def test_placeholders_come_from_the_agent_config_and_the_command_line(
+        require_kernel: None, tmp_path: Path, names: tuple[str, str]) -> None:
+    f = tmp_path / "egress.yaml"
+    f.write_text(_egress(names[0]))
+    # without values, refused at the value's line, as an agent without `placeholders` refuses it
+    result = _try(f)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines()[0] == (
+        f"{f}#0 {names[0]}: refused: invalid TracingPolicy (line 18, column 11): "
+        "spec.kprobes[0].selectors[0].matchArgs[0].values[1]: placeholder ${PODCIDR} has no value on this "
+        "node (set it under `placeholders` in agent.yaml); or give it here with --config or --placeholder")
+    agent_yaml = tmp_path / "agent.yaml"
+    agent_yaml.write_text("placeholders: {PODCIDR: [10.244.0.0/16]}\n")
+    result = _try("--config", agent_yaml, f)  # SERVICECIDR still missing
+    assert result.returncode == 1, result.stderr
+    assert "values[2]: placeholder ${SERVICECIDR} has no value" in result.stdout
+    result = _try("--config", agent_yaml, "--placeholder", "SERVICECIDR=10.96.0.0/12,fd00::/108", f)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == f"{f}#0 {names[0]}: loaded"
+    # a malformed flag is a usage error; a config that is not the agent's schema is an environment error
+    result = _try("--placeholder", "PODCIDR", f)
+    assert result.returncode == 2 and "expected NAME=VALUE" in result.stderr
+    agent_yaml.write_text("placeholders: [10.0.0.0/8]\n")
+    result = _try("--config", agent_yaml, f)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.startswith(f"palisade-agent try: config {agent_yaml}: placeholders: ")
+    assert "Traceback" not in result.stderr
+
+
 def test_other_kinds_are_skipped_and_a_file_without_policies_is_exit_2(
         require_kernel: None, tmp_path: Path, names: tuple[str, str]) -> None:
     mixed = tmp_path / "mixed.yaml"
@@ -296,7 +348,9 @@ def _tracing_policies(corpus: Path) -> int:
 @pytest.mark.slow
 def test_the_tetragon_corpus(require_kernel: None, corpus: Path) -> None:
     files = sorted((corpus / "examples").rglob("*.y*ml"))
-    p = subprocess.Popen([_script(), "try", "-o", "json", *map(str, files)], stdout=subprocess.PIPE,
+    # the values a Kubernetes node's agent.yaml gives, for the policies that use ${PODCIDR}, ${SERVICECIDR}
+    placeholders = ("--placeholder", "PODCIDR=10.244.0.0/16", "--placeholder", "SERVICECIDR=10.96.0.0/12")
+    p = subprocess.Popen([_script(), "try", "-o", "json", *placeholders, *map(str, files)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     out, err = p.communicate(timeout=600)
     assert p.returncode == 1, err  # most of Tetragon's examples need kprobes
