@@ -43,6 +43,7 @@ from .policy import (
     BinariesFilter,
     CapabilitiesFilter,
     Hook,
+    NamespaceChangesFilter,
     NamespacesFilter,
     Selector,
     TracingPolicy,
@@ -109,6 +110,8 @@ _NS_NAMES = ("Uts", "Ipc", "Mnt", "Pid", "PidForChildren", "Net", "Time", "TimeF
 _NAMESPACES = {n.lower(): k for k, n in enumerate(_NS_NAMES)}
 NS_FILES = ("uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup", "user")
 _CAP_BITS = {("CAP_DAC_OVERRIDE" if n == "DAC_OVERRIDE" else n): b for b, n in enumerate(CAP_NAMES)}
+#: A capability set's place in `struct pl_base` (what a process had at its exec).
+_CAP_SETS = {"effective": 0, "inheritable": 1, "permitted": 2}
 #: Kernel objects a kprobe argument may point to, read through BTF; the path-like ones are compared as
 #: strings (matchArgs Equal/Prefix/Postfix on the path), as Tetragon does.
 _PATH_TYPES = ("file", "path", "linux_binprm", "dentry", "kiocb")
@@ -366,6 +369,9 @@ class Plan:
     ia32: bool = False
     #: matchNamespaces entries: `pl_ns` map contents once the engine has resolved host_ns.
     namespaces: tuple[NsEntry, ...] = ()
+    #: matchCapabilityChanges / matchNamespaceChanges: the tracking programs keep, per process, the capabilities
+    #: and namespaces it had at its exec (`pl_base`, which the engine seeds from /proc for older processes).
+    exec_state: bool = False
 
     @property
     def sites(self) -> tuple[Site, ...]:
@@ -495,6 +501,8 @@ class _Compiler:
         self._hook_i = 0
         self.follow: list[FollowFilter] = []
         self.tracking = False
+        #: Some selector compares the task with what it had at its exec (`Plan.exec_state`).
+        self.exec_state = False
         #: Some exec hook judges programs a loader maps (`pl_ldso`, `_program(ldso=True)`).
         self.ldso = False
         #: Some hook is a kretprobe (its events wait in pl_evbuf/pl_ret<i> from entry to return).
@@ -535,6 +543,8 @@ class _Compiler:
         strings = self._string_entries()
         ns_size = max(8, sum(len(e.values) for e in self.ns_filters)) if self.ns_filters else 0
         source = _prelude(self.tracking, strings, self._table_sizes(), self.scoped, ns_size)
+        if self.exec_state:
+            source += _EXEC_STATE
         source += self._self_exit_source()
         if self.tracking:
             source += self._tracking_source()
@@ -559,7 +569,7 @@ class _Compiler:
         plan = Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
                     strings=strings, namespaces=tuple(self.ns_filters), follow=tuple(self.follow),
                     notes=tuple(self.notes), scoped=self.scoped,
-                    scope_hooks=scope_hooks, ia32=bool(self.ia32))
+                    scope_hooks=scope_hooks, ia32=bool(self.ia32), exec_state=self.exec_state)
         return replace(plan, source=_sections(source, plan.sites))
 
     # ------------------------------------------------------------------ hooks
@@ -1267,10 +1277,11 @@ class _Compiler:
             self.refuse(f"{where}: {key} is outside the engine's subset")
         conds: list[str] = []
         needs = self.hook_needs.setdefault(self._hook_i, set())
-        task_selectors = [*s.match_namespaces, *s.match_capabilities, *(p for p in s.match_pids if p.is_namespace_pid)]
+        task_selectors = [*s.match_namespaces, *s.match_capabilities, *(p for p in s.match_pids if p.is_namespace_pid),
+                          *s.match_capability_changes, *s.match_namespace_changes]
         if task_selectors and cgroup_sites is not None:
-            self.refuse(f"{where}: matchNamespaces, matchCapabilities and isNamespacePID read the current task, "
-                        f"which the cgroup hooks {h.target} runs on cannot")
+            self.refuse(f"{where}: matchNamespaces, matchCapabilities(Changes), matchNamespaceChanges and "
+                        f"isNamespacePID read the current task, which the cgroup hooks {h.target} runs on cannot")
             task_selectors = []
         for ns in s.match_namespaces if task_selectors else ():
             c = self._ns_cond(ns)
@@ -1278,10 +1289,20 @@ class _Compiler:
                 conds.append(c)
                 needs.add(f"ns:{ns.namespace.lower()}")
         for cf in s.match_capabilities if task_selectors else ():
-            c = self._caps_cond(cf)
+            c = self._caps_cond(cf, needs)
             if c:
                 conds.append(c)
                 needs.add(f"caps:{cf.type.lower()}")
+        for cf in s.match_capability_changes if task_selectors else ():
+            c = self._caps_cond(cf, needs, change=True)
+            if c:
+                conds.append(c)
+        if len(s.match_namespace_changes) > 1:
+            self.refuse(f"{where}: matchNamespaceChanges takes a single filter (Tetragon's limit)")
+        for nc in s.match_namespace_changes[:1] if task_selectors else ():
+            c = self._ns_change_cond(nc, needs)
+            if c:
+                conds.append(c)
         for pf in s.match_pids:
             pw = format_path(pf.path)
             if pf.is_namespace_pid and not task_selectors:
@@ -1373,16 +1394,19 @@ class _Compiler:
         c = "(" + " || ".join(parts) + ")"
         return c if af.operator == "InMap" else f"!{c}"
 
-    def _caps_cond(self, cf: CapabilitiesFilter) -> str | None:
+    def _caps_cond(self, cf: CapabilitiesFilter, needs: set[str], change: bool = False) -> str | None:
+        """matchCapabilities (the task's set has one of the values: In, or none: NotIn) or, with `change`,
+        matchCapabilityChanges (Tetragon's: In, one of the values differs from the set the process had at its
+        exec; NotIn, only other capabilities differ). isNamespaceCapability: only a task outside the node's
+        user namespace matches (Tetragon compares with /proc/1/ns/user, resolved at load as host_ns)."""
         w = format_path(cf.path)
-        if cf.type.lower() not in ("effective", "inheritable", "permitted"):
+        field = "matchCapabilityChanges" if change else "matchCapabilities"
+        which = cf.type.lower()
+        if which not in _CAP_SETS:
             self.refuse(f"{w}: capability type {cf.type!r} (Effective, Inheritable, Permitted)")
             return None
-        if cf.is_namespace_capability:
-            self.refuse(f"{w}: isNamespaceCapability is outside the engine's subset")
-            return None
         if cf.operator not in ("In", "NotIn") or not cf.values:
-            self.refuse(f"{w}: matchCapabilities operator {cf.operator!r} (In, NotIn with values)")
+            self.refuse(f"{w}: {field} operator {cf.operator!r} (In, NotIn with values)")
             return None
         mask = 0
         for v in cf.values:
@@ -1392,8 +1416,45 @@ class _Compiler:
                 self.refuse(f"{w}: unknown capability {v!r}")
                 return None
             mask |= 1 << bit
-        c = f"((pl_caps_{cf.type.lower()} & {_c(mask)}) != 0)"
-        return c if cf.operator == "In" else f"!{c}"
+        in_user_ns = ""
+        if cf.is_namespace_capability:
+            ns = self._ns_cond(NamespacesFilter("User", "NotIn", ("host_ns",), cf.path))
+            if ns is None:
+                return None
+            needs.add("ns:user")
+            in_user_ns = f"{ns} && "
+        needs.add(f"caps:{which}")
+        if change:
+            self._exec_state(needs)
+            return (f"(pl_b && {in_user_ns}pl_changed_caps(pl_b->caps[{_CAP_SETS[which]}], pl_caps_{which}, "
+                    f"{_c(mask)}, {int(cf.operator == 'In')}))")
+        c = f"((pl_caps_{which} & {_c(mask)}) != 0)"
+        return f"({in_user_ns}{c if cf.operator == 'In' else '!' + c})"
+
+    def _ns_change_cond(self, nc: NamespaceChangesFilter, needs: set[str]) -> str | None:
+        """Tetragon's matchNamespaceChanges: In, one of the named namespaces is not the one the process had at
+        its exec; NotIn, one of the others is not. A namespace the exec state lacks (0) never counts."""
+        w = format_path(nc.path)
+        if nc.operator not in ("In", "NotIn") or not nc.values:
+            self.refuse(f"{w}: matchNamespaceChanges operator {nc.operator!r} (In, NotIn with values)")
+            return None
+        named = set()
+        for v in nc.values:
+            if v.lower() not in _NAMESPACES:
+                self.refuse(f"{w}: namespace {v!r} (Tetragon's are {', '.join(_NS_NAMES)})")
+                return None
+            named.add(v.lower())
+        kinds = [k for k in _NAMESPACES if (k in named) == (nc.operator == "In")]
+        self._exec_state(needs)
+        for k in kinds:
+            needs.add(f"nsi:{k}")
+        changed = " || ".join(f"pl_changed_ns(pl_b->ns[{_NAMESPACES[k]}], pl_nsi_{k})" for k in kinds) or "0"
+        return f"(pl_b && ({changed}))"
+
+    def _exec_state(self, needs: set[str]) -> None:
+        """A selector of this hook compares the task with its exec state: the tracking programs keep it."""
+        needs.add("base")
+        self.exec_state = self.tracking = True
 
     def _new_str_filter(self, table: str, values: tuple[str, ...], binary: bool = False) -> int:
         bit = len(self.str_filters)
@@ -1693,6 +1754,12 @@ class _Compiler:
                      f"deny = {int(deny)}; goto matched; }}")
         L += [f"    return {allow};", "matched:",
               f"    if (bpf_map_lookup_elem(&pl_self, &tgid)) return {allow};  /* the engine itself */"]
+        # a selector that matched a change since exec takes the task's present state as the new one, once the
+        # event goes out (Tetragon's generic_output): the next call reports only a further change
+        changes = [k for k, (conds, *_) in enumerate(sels) if any("pl_changed_" in c for c in conds)]
+        if changes:
+            which = " || ".join(f"sel == {k}" for k in changes)
+            L.append(f"    if (pl_b && post && ({which})) pl_base_of(bpf_get_current_task_btf(), pl_b);")
         if stash:
             # a kretprobe's entry: the event waits for the return (pl_ret<i>, by thread), which acts and posts
             rv = "(deny && acted) ? -deny : 0" if traced else "0"
@@ -2104,11 +2171,61 @@ class _Compiler:
                               if sf.table == ff.table and sf.values == ff.values) or "0"
             follow.append(f"    if (e_{ff.table} & ({bits})) p->bits |= (1ULL << {ff.bit});")
         strings = bool(self.str_filters)
-        return _TRACKING.replace("/*FOLLOW*/", "\n".join(follow) if strings else "").replace(
+        source = _TRACKING
+        for mark, c in _EXEC_STATE_TRACKING.items():
+            source = source.replace(mark, c if self.exec_state else "")
+        return source.replace("/*FOLLOW*/", "\n".join(follow) if strings else "").replace(
             "/*STRBITS*/",
             "    u64 e_eq = 0, e_pre = 0, e_post = 0;\n    pl_str_bits(sc, p->bin, p->blen, &e_eq, &e_pre, &e_post);"
             if strings and self.follow else "")
 
+
+_EXEC_STATE = r"""
+/* tgid -> the capability sets (effective, inheritable, permitted) and namespace inode numbers (bpf/compile.py
+   _NS_NAMES order) the process had at its exec, or at its fork until it execs, or when the policy was loaded
+   (the engine seeds it from /proc): what matchCapabilityChanges and matchNamespaceChanges compare with */
+struct pl_base { u64 caps[3]; u32 ns[10]; };
+PL_MAP(pl_base, BPF_MAP_TYPE_LRU_HASH, u32, struct pl_base, 65536);
+/* t may be any task (a fork's child): read through bpf_probe_read_kernel, not as a BTF pointer */
+static __always_inline void pl_base_of(struct task_struct *t, struct pl_base *b) {
+    b->caps[0] = pl_caps(t, bpf_core_field_offset(struct cred, cap_effective));
+    b->caps[1] = pl_caps(t, bpf_core_field_offset(struct cred, cap_inheritable));
+    b->caps[2] = pl_caps(t, bpf_core_field_offset(struct cred, cap_permitted));
+    struct nsproxy *n = BPF_CORE_READ(t, nsproxy);
+    b->ns[0] = BPF_CORE_READ(n, uts_ns, ns.inum);
+    b->ns[1] = BPF_CORE_READ(n, ipc_ns, ns.inum);
+    b->ns[2] = BPF_CORE_READ(n, mnt_ns, ns.inum);
+    b->ns[3] = pl_pid_ns(t);
+    b->ns[4] = BPF_CORE_READ(n, pid_ns_for_children, ns.inum);
+    b->ns[5] = BPF_CORE_READ(n, net_ns, ns.inum);
+    b->ns[6] = BPF_CORE_READ(n, time_ns, ns.inum);
+    b->ns[7] = BPF_CORE_READ(n, time_ns_for_children, ns.inum);
+    b->ns[8] = BPF_CORE_READ(n, cgroup_ns, ns.inum);
+    b->ns[9] = BPF_CORE_READ(t, cred, user_ns, ns.inum);
+}
+/* Tetragon's capability change: In, a capability of `mask` differs; NotIn, only others do */
+static __always_inline int pl_changed_caps(u64 was, u64 now, u64 mask, int in) {
+    if ((was & mask) != (now & mask)) return in;
+    return was != now ? !in : 0;
+}
+/* a namespace the exec state does not know (0) never counts as changed */
+static __always_inline int pl_changed_ns(u32 was, u32 now) {
+    return was && was != now;
+}
+"""
+#: C the tracking programs (`_TRACKING`) run when a policy keeps exec state: a new image's state at exec, a
+#: child process's (not a thread's) at fork, dropped at exit.
+_EXEC_STATE_TRACKING = {
+    "/*BASE_EXEC*/": """    struct pl_base pb = {};
+    pl_base_of(bpf_get_current_task_btf(), &pb);
+    bpf_map_update_elem(&pl_base, &tgid, &pb, BPF_ANY);""",
+    "/*BASE_FORK*/": """    if (BPF_CORE_READ(ct, tgid) == child) {
+        struct pl_base cb = {};
+        pl_base_of(ct, &cb);
+        bpf_map_update_elem(&pl_base, &child, &cb, BPF_ANY);
+    }""",
+    "/*BASE_EXIT*/": "    bpf_map_delete_elem(&pl_base, &tid);",
+}
 
 #: A kretprobe's events wait here from entry to return, per thread; built in pl_evbuf (too big for a stack).
 _RET_STASH = """
@@ -2183,6 +2300,10 @@ def _task_reads(needs: set[str]) -> list[str]:
             L.append(f"    u64 pl_caps_{which} = pl_caps(pl_t, bpf_core_field_offset(struct cred, cap_{which}));")
         elif n == "nspid":
             L.append("    u32 pl_nstgid = pl_ns_tgid(pl_t);")
+        elif n.startswith("nsi:"):
+            L.append(f"    u32 pl_nsi_{n[4:]} = {_NS_INUM[n[4:]]};")
+        elif n == "base":
+            L.append("    struct pl_base *pl_b = bpf_map_lookup_elem(&pl_base, &tgid);")
     return L
 
 
@@ -2813,12 +2934,14 @@ int pl_track_exec(void *ctx) {
 /*STRBITS*/
 /*FOLLOW*/
     bpf_map_update_elem(&pl_procs, &tgid, p, BPF_ANY);
+/*BASE_EXEC*/
     return 0;
 }
 int pl_track_fork(void *ctx) {
     u32 parent = bpf_get_current_pid_tgid() >> 32;
     struct task_struct *ct = (struct task_struct *)((struct bpf_raw_tracepoint_args *)ctx)->args[1];
     u32 child = BPF_CORE_READ(ct, pid);
+/*BASE_FORK*/
     struct pl_proc *pp = bpf_map_lookup_elem(&pl_procs, &parent);
     if (!pp) return 0;
     int z = 0;
@@ -2836,6 +2959,7 @@ int pl_track_fork(void *ctx) {
 int pl_track_exit(void *ctx) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     bpf_map_delete_elem(&pl_procs, &tid);
+/*BASE_EXIT*/
     return 0;
 }
 """

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import inventory, scope, syscall, uprobes
+from . import exec_state, inventory, scope, syscall, uprobes
 from .compile import MODE_OFF, MODES, NS_FILES, SELF_ENTRIES, Features, NsEntry, Plan, Site, compile_policy
 from .core.libbpf import BpfObject
 from .errors import BpfError, LoadError, NotLoaded, Unsupported
@@ -430,6 +430,8 @@ class _Loader:
                 maps += ["pl_str_eq64", "pl_str_eq", "pl_str_pre", "pl_str_post"]
             if self.plan.tracking:
                 maps.append("pl_procs")
+            if self.plan.exec_state:
+                maps.append("pl_base")
             if self.plan.namespaces:
                 maps.append("pl_ns")
             if self.plan.scoped:
@@ -446,6 +448,8 @@ class _Loader:
                 self._attach(tmp, s, progs[s.function])
             if self.plan.tracking:
                 _seed(fds["pl_procs"], self.plan)
+            if self.plan.exec_state:
+                exec_state.seed(fds["pl_base"])
             if self.plan.scoped:
                 scope.seed(fds["pl_members"], self.cgroups or ())
             for s in hooks:

@@ -82,6 +82,16 @@ class CapabilitiesFilter:
 
 
 @dataclass(frozen=True)
+class NamespaceChangesFilter:
+    """The `matchNamespaceChanges` entry: `values` name namespace kinds (Mnt, Net, ...) whose change since the
+    process's exec the selector looks for (In), or whose change it ignores (NotIn: any other kind's change)."""
+
+    operator: str
+    values: tuple[str, ...]
+    path: JsonPath
+
+
+@dataclass(frozen=True)
 class Action:
     action: str
     arg_error: int | None
@@ -105,6 +115,9 @@ class Selector:
     #: Filters on a kretprobe's return value (`index` 0).
     match_return_args: tuple[ArgFilter, ...] = ()
     match_capabilities: tuple[CapabilitiesFilter, ...] = ()
+    #: Capabilities and namespaces compared with those the process had at its exec (Tetragon's exec tracking).
+    match_capability_changes: tuple[CapabilitiesFilter, ...] = ()
+    match_namespace_changes: tuple[NamespaceChangesFilter, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -439,7 +452,8 @@ def _arg(raw: Any, path: JsonPath) -> Arg:
 
 
 _SELECTOR_TYPED = {"matchArgs", "matchBinaries", "matchParentBinaries", "matchPIDs", "matchNamespaces",
-                   "matchActions", "matchReturnArgs", "matchCapabilities"}
+                   "matchActions", "matchReturnArgs", "matchCapabilities", "matchCapabilityChanges",
+                   "matchNamespaceChanges"}
 
 
 def _selector(raw: Any, path: JsonPath) -> Selector:
@@ -457,6 +471,8 @@ def _selector(raw: Any, path: JsonPath) -> Selector:
         match_actions=tuple(_action(x, p) for x, p in items("matchActions")),
         match_return_args=tuple(_arg_filter(x, p) for x, p in items("matchReturnArgs")),
         match_capabilities=tuple(_capabilities(x, p) for x, p in items("matchCapabilities")),
+        match_capability_changes=tuple(_capabilities(x, p) for x, p in items("matchCapabilityChanges")),
+        match_namespace_changes=tuple(_namespace_changes(x, p) for x, p in items("matchNamespaceChanges")),
         unsupported=tuple(k for k in s if k not in _SELECTOR_TYPED and s[k] not in (None, [], {})),
         path=path,
     )
@@ -512,6 +528,12 @@ def _namespaces(raw: Any, path: JsonPath) -> NamespacesFilter:
     return NamespacesFilter(namespace=_str(m.get("namespace"), (*path, "namespace")),
                             operator=_str(m.get("operator"), (*path, "operator")),
                             values=_values(m.get("values"), (*path, "values")), path=path)
+
+
+def _namespace_changes(raw: Any, path: JsonPath) -> NamespaceChangesFilter:
+    m = _map(raw, path)
+    return NamespaceChangesFilter(operator=_str(m.get("operator"), (*path, "operator")),
+                                  values=_values(m.get("values"), (*path, "values")), path=path)
 
 
 def _capabilities(raw: Any, path: JsonPath) -> CapabilitiesFilter:

@@ -92,7 +92,7 @@ def test_every_reason_is_reported_not_just_the_first() -> None:
     got = reasons({
         "kprobes": [{"call": "fd_install", "syscall": False}],
         "tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_unshare",
-                         "selectors": [{"matchNamespaceChanges": [{"operator": "In", "values": ["Mnt"]}]}] * 6}],
+                         "selectors": [{"matchNamespaceChanges": [{"operator": "In", "values": ["Moon"]}]}] * 6}],
         "usdts": [{"path": "/bin/bash", "provider": "p", "name": "n"}],
     })
     assert any("fd_install" in r for r in got)
