@@ -45,6 +45,7 @@ from .policy import (
     Hook,
     NamespaceChangesFilter,
     NamespacesFilter,
+    PidsFilter,
     Selector,
     TracingPolicy,
     UprobeTarget,
@@ -369,6 +370,8 @@ class Plan:
     ia32: bool = False
     #: matchNamespaces entries: `pl_ns` map contents once the engine has resolved host_ns.
     namespaces: tuple[NsEntry, ...] = ()
+    #: matchPIDs followForks: the process lineage map (`pl_lineage`, tgid → parent) and its programs.
+    lineage: bool = False
     #: matchCapabilityChanges / matchNamespaceChanges: the tracking programs keep, per process, the capabilities
     #: and namespaces it had at its exec (`pl_base`, which the engine seeds from /proc for older processes).
     exec_state: bool = False
@@ -382,6 +385,8 @@ class Plan:
             out = [*_SCOPE_SITES, *(s for h in self.scope_hooks for s in h.sites), *out]
         if self.tracking:
             out = [*_TRACKING_SITES, *out]
+        if self.lineage:
+            out = [*_LINEAGE_SITES, *out]
         return tuple(out)
 
     def hook(self, index: int) -> HookPlan | None:
@@ -403,6 +408,11 @@ _TRACKING_SITES = (
     Site("pl_track_exec", "raw_tracepoint", "sched", "sched_process_exec"),
     Site("pl_track_fork", "raw_tracepoint", "sched", "sched_process_fork"),
     Site("pl_track_exit", "raw_tracepoint", "sched", "sched_process_exit"),
+)
+#: matchPIDs followForks: who forked whom, kept per process from its fork to its exit (`_LINEAGE`).
+_LINEAGE_SITES = (
+    Site("pl_track_lfork", "raw_tracepoint", "sched", "sched_process_fork"),
+    Site("pl_track_lexit", "raw_tracepoint", "sched", "sched_process_exit"),
 )
 _IA32_SITE = Site("pl_ia32", "raw_tracepoint", "raw_syscalls", "sys_enter")
 _SCOPE_SITES = tuple(Site(fn, "raw_tracepoint", "sched", ev) for fn, ev in scope.MEMBERSHIP_SITES)
@@ -501,6 +511,8 @@ class _Compiler:
         self._hook_i = 0
         self.follow: list[FollowFilter] = []
         self.tracking = False
+        #: Some matchPIDs entry has followForks (the `pl_lineage` map and its programs).
+        self.lineage = False
         #: Some selector compares the task with what it had at its exec (`Plan.exec_state`).
         self.exec_state = False
         #: Some exec hook judges programs a loader maps (`pl_ldso`, `_program(ldso=True)`).
@@ -548,6 +560,8 @@ class _Compiler:
         source += self._self_exit_source()
         if self.tracking:
             source += self._tracking_source()
+        if self.lineage:
+            source += _LINEAGE
         scope_hooks: tuple[HookPlan, ...] = ()
         if self.scoped:
             off = scope.offsets(self.formats)
@@ -569,7 +583,8 @@ class _Compiler:
         plan = Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
                     strings=strings, namespaces=tuple(self.ns_filters), follow=tuple(self.follow),
                     notes=tuple(self.notes), scoped=self.scoped,
-                    scope_hooks=scope_hooks, ia32=bool(self.ia32), exec_state=self.exec_state)
+                    scope_hooks=scope_hooks, ia32=bool(self.ia32), exec_state=self.exec_state,
+                    lineage=self.lineage)
         return replace(plan, source=_sections(source, plan.sites))
 
     # ------------------------------------------------------------------ hooks
@@ -1277,7 +1292,14 @@ class _Compiler:
             self.refuse(f"{where}: {key} is outside the engine's subset")
         conds: list[str] = []
         needs = self.hook_needs.setdefault(self._hook_i, set())
-        task_selectors = [*s.match_namespaces, *s.match_capabilities, *(p for p in s.match_pids if p.is_namespace_pid),
+        # Tetragon's programs read only a selector's first matchPIDs entry, and its first 4 values
+        # (pfilter.h: selector_process_filter, selector_match): so do these, saying so
+        pids = s.match_pids[:1]
+        for pf in s.match_pids[1:]:
+            self.notes.append(f"{format_path(pf.path)}: ignored, as Tetragon does: its programs read only the "
+                              "first matchPIDs entry of a selector")
+        task_selectors = [*s.match_namespaces, *s.match_capabilities,
+                          *(p for p in pids if p.is_namespace_pid or p.follow_forks),
                           *s.match_capability_changes, *s.match_namespace_changes]
         if task_selectors and cgroup_sites is not None:
             self.refuse(f"{where}: matchNamespaces, matchCapabilities(Changes), matchNamespaceChanges and "
@@ -1303,21 +1325,10 @@ class _Compiler:
             c = self._ns_change_cond(nc, needs)
             if c:
                 conds.append(c)
-        for pf in s.match_pids:
-            pw = format_path(pf.path)
-            if pf.is_namespace_pid and not task_selectors:
-                continue
-            if pf.follow_forks:
-                self.refuse(f"{pw}: matchPIDs with followForks is outside the engine's subset")
-                continue
-            if pf.operator not in ("In", "NotIn") or not pf.values:
-                self.refuse(f"{pw}: matchPIDs operator {pf.operator!r} (In, NotIn with values)")
-                continue
-            who = "pl_nstgid" if pf.is_namespace_pid else "tgid"
-            if pf.is_namespace_pid:
-                needs.add("nspid")
-            c = " || ".join(f"{who} == {v}" for v in pf.values)
-            conds.append(f"({c})" if pf.operator == "In" else f"!({c})")
+        for pf in pids:
+            c = self._pids_cond(pf, needs, bool(task_selectors))
+            if c:
+                conds.append(c)
         uses_bin = bool(s.match_binaries)
         for bf in s.match_binaries:
             bc = self._bin_filter(bf, "b", exec_hook)
@@ -1335,6 +1346,41 @@ class _Compiler:
             if ac:
                 conds.append(ac)
         return conds, uses_bin, bool(s.match_parent_binaries)
+
+    def _pids_cond(self, pf: PidsFilter, needs: set[str], task: bool) -> str | None:
+        """matchPIDs as Tetragon's pfilter.h has it. Without followForks: the process's tgid (or, with
+        isNamespacePID, its pid in its own pid namespace, 0 in the initial one). With followForks: that
+        pid or the pid of any of its first 9 ancestors by `pl_lineage` (each process's parent as recorded
+        at its fork, kept while the process lives, so a process whose parent died still leads to its
+        grandparent; a dead process's own entry is gone, and the walk ends there); with
+        isNamespacePID, the ancestors' namespace pids, and a process of the initial pid namespace never
+        passes, whatever the operator."""
+        pw = format_path(pf.path)
+        if (pf.is_namespace_pid or pf.follow_forks) and not task:
+            return None  # refused: a cgroup hook
+        if pf.operator not in ("In", "NotIn") or not pf.values:
+            self.refuse(f"{pw}: matchPIDs operator {pf.operator!r} (In, NotIn with values)")
+            return None
+        if any(not 0 <= v < 1 << 32 for v in pf.values):
+            self.refuse(f"{pw}: matchPIDs values are 32-bit pids")
+            return None
+        values = pf.values[:4]
+        if len(pf.values) > 4:
+            self.notes.append(f"{pw}: only the first 4 values count, as in Tetragon (MAX_SELECTOR_VALUES)")
+        if not pf.follow_forks:
+            who = "pl_nstgid" if pf.is_namespace_pid else "tgid"
+            if pf.is_namespace_pid:
+                needs.add("nspid")
+            c = " || ".join(f"{who} == {v}" for v in values)
+            return f"({c})" if pf.operator == "In" else f"!({c})"
+        self.lineage = True
+        needs.add("lineage")
+        if pf.is_namespace_pid:
+            # Tetragon compares each entry's nspid and a parent pid it leaves 0: 0 is always found
+            found = " || ".join("1" if v == 0 else f"pl_anc_ns(pl_anc, {v})" for v in values)
+            return f"(pl_anc && pl_anc->ns[0] && {'' if pf.operator == 'In' else '!'}({found}))"
+        found = " || ".join(f"pl_anc_pid(pl_anc, {v})" for v in values)
+        return f"({found})" if pf.operator == "In" else f"!({found})"
 
     def _ns_cond(self, ns: NamespacesFilter) -> str | None:
         w = format_path(ns.path)
@@ -2299,7 +2345,9 @@ def _task_reads(needs: set[str]) -> list[str]:
             which = n[5:]
             L.append(f"    u64 pl_caps_{which} = pl_caps(pl_t, bpf_core_field_offset(struct cred, cap_{which}));")
         elif n == "nspid":
-            L.append("    u32 pl_nstgid = pl_ns_tgid(pl_t);")
+            L.append("    u32 pl_nstgid = pl_vnr(pl_t);")
+        elif n == "lineage":
+            L.append("    struct pl_anc *pl_anc = pl_lineage_walk(pl_t);")
         elif n.startswith("nsi:"):
             L.append(f"    u32 pl_nsi_{n[4:]} = {_NS_INUM[n[4:]]};")
         elif n == "base":
@@ -2649,6 +2697,12 @@ static __always_inline u32 pl_pid_ns(struct task_struct *t) {
 static __always_inline u32 pl_ns_tgid(struct task_struct *t) {
     return pl_upid(BPF_CORE_READ(t, group_leader, thread_pid), 0);
 }
+/* isNamespacePID's pid: the process's number in its own pid namespace, 0 in the initial one (Tetragon's
+   nspid, which no process of the host has) */
+static __always_inline u32 pl_vnr(struct task_struct *t) {
+    struct pid *p = BPF_CORE_READ(t, group_leader, thread_pid);
+    return BPF_CORE_READ(p, level) ? pl_upid(p, 0) : 0;
+}
 #if PL_HAVE_NS
 struct pl_nskey { u32 kind; u32 inum; };
 PL_MAP(pl_ns, BPF_MAP_TYPE_HASH, struct pl_nskey, u64, PL_HAVE_NS);
@@ -2910,6 +2964,76 @@ static __always_inline void pl_str_bits(struct pl_scratch *sc, char *s, int len,
     v = bpf_map_lookup_elem(&pl_str_post, &sc->lpm);
     if (v) *post = *v;
 #endif
+}
+"""
+
+#: matchPIDs followForks (`_pids_cond`): Tetragon's execve_map lineage, kept by this policy. Each process's
+#: parent is recorded when it forks (the child's real_parent, which CLONE_PARENT makes the forker's own
+#: parent) and kept until the process's last thread exits, when its entry goes. Tetragon also rewrites it
+#: at exec with the real_parent of that moment, which cuts a process that execs after its parent died
+#: from its lineage; here the forker stays, so timing an exec cannot leave a tree. The engine fills the
+#: map from /proc for what ran before the policy (`engine._seed_lineage`). A hook walks it up from the
+#: current process: its tgid, then each recorded parent, at most 10 pids and 9 entries, as far as
+#: Tetragon's FIND_PIDSET10 reaches; nine map lookups, no loop the verifier must bound.
+_LINEAGE = r"""
+struct pl_lin { u32 ppid; u32 nspid; };
+struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, u32); __type(value, struct pl_lin);
+         __uint(max_entries, 65536); __uint(map_flags, BPF_F_NO_PREALLOC); } pl_lineage SEC(".maps");
+#define PL_ANC 10
+/* pid[0..n) the process and its ancestors; ns[0..nns) their namespace pids (an entry's, so one fewer) */
+struct pl_anc { u32 n; u32 nns; u32 pid[PL_ANC]; u32 ns[PL_ANC]; };
+PL_MAP(pl_ancbuf, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_anc, 1);
+int pl_track_lfork(void *ctx) {
+    struct task_struct *ct = (struct task_struct *)((struct bpf_raw_tracepoint_args *)ctx)->args[1];
+    u32 tgid = BPF_CORE_READ(ct, tgid);
+    if (BPF_CORE_READ(ct, pid) != tgid) return 0;  /* a thread: its process has its entry */
+    struct pl_lin v = { .ppid = BPF_CORE_READ(ct, real_parent, tgid), .nspid = pl_vnr(ct) };
+    bpf_map_update_elem(&pl_lineage, &tgid, &v, BPF_ANY);
+    return 0;
+}
+int pl_track_lexit(void *ctx) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (pl_group_dead()) bpf_map_delete_elem(&pl_lineage, &tgid);
+    return 0;
+}
+static __always_inline struct pl_anc *pl_lineage_walk(struct task_struct *t) {
+    int z = 0;
+    struct pl_anc *a = bpf_map_lookup_elem(&pl_ancbuf, &z);
+    if (!a) return 0;
+    u32 pid = BPF_CORE_READ(t, tgid);
+    a->pid[0] = pid;
+    a->ns[0] = pl_vnr(t);
+    a->n = 1;
+    a->nns = 1;
+    struct pl_lin *l = bpf_map_lookup_elem(&pl_lineage, &pid);
+    /* a process the map missed (it filled up) still has its live parent */
+    pid = l ? l->ppid : BPF_CORE_READ(t, real_parent, tgid);
+#pragma unroll
+    for (int k = 1; k < PL_ANC; k++) {
+        a->pid[k] = pid;
+        a->n = k + 1;
+        if (k == PL_ANC - 1) break;
+        l = bpf_map_lookup_elem(&pl_lineage, &pid);
+        if (!l) break;  /* it exited: Tetragon's walk ends there too */
+        a->ns[k] = l->nspid;
+        a->nns = k + 1;
+        pid = l->ppid;
+    }
+    return a;
+}
+static __always_inline int pl_anc_pid(struct pl_anc *a, u32 v) {
+    if (!a) return 0;
+#pragma unroll
+    for (int k = 0; k < PL_ANC; k++)
+        if (k < a->n && a->pid[k] == v) return 1;
+    return 0;
+}
+static __always_inline int pl_anc_ns(struct pl_anc *a, u32 v) {
+    if (!a) return 0;
+#pragma unroll
+    for (int k = 0; k < PL_ANC; k++)
+        if (k < a->nns && a->ns[k] == v) return 1;
+    return 0;
 }
 """
 

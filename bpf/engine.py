@@ -430,6 +430,8 @@ class _Loader:
                 maps += ["pl_str_eq64", "pl_str_eq", "pl_str_pre", "pl_str_post"]
             if self.plan.tracking:
                 maps.append("pl_procs")
+            if self.plan.lineage:
+                maps.append("pl_lineage")
             if self.plan.exec_state:
                 maps.append("pl_base")
             if self.plan.namespaces:
@@ -448,6 +450,8 @@ class _Loader:
                 self._attach(tmp, s, progs[s.function])
             if self.plan.tracking:
                 _seed(fds["pl_procs"], self.plan)
+            if self.plan.lineage:
+                _seed_lineage(fds["pl_lineage"])
             if self.plan.exec_state:
                 exec_state.seed(fds["pl_base"])
             if self.plan.scoped:
@@ -725,6 +729,28 @@ def _stale(name: str) -> bool:
     if not pid.isdigit():
         return True
     return not Path(f"/proc/{pid}").exists() or int(pid) == os.getpid()
+
+
+def _seed_lineage(fd: int, proc: Path = Path("/proc")) -> None:
+    """Fill the lineage map (matchPIDs followForks) from /proc: each process's parent and its pid in its own
+    pid namespace (0 in the initial one), for processes that forked before the policy was loaded, as
+    Tetragon fills its execve_map at start. Entries the kernel already wrote win (BPF_NOEXIST)."""
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            nspids = next((line.split()[1:] for line in (entry / "status").read_text().splitlines()
+                           if line.startswith("NSpid:")), [])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        nspid = int(nspids[-1]) if len(nspids) > 1 else 0
+        try:
+            syscall.map_update_elem(fd, struct.pack("<I", int(entry.name)), struct.pack("<II", ppid, nspid),
+                                    _BPF_NOEXIST)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
 
 
 def _seed(fd: int, plan: Plan) -> None:

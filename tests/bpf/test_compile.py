@@ -325,8 +325,6 @@ def test_uprobes_are_refused_where_the_kernel_lacks_them_or_the_file_is_missing(
     ({"args": [{"index": 6, "type": "int"}]}, "uprobes read the first 6 arguments"),
     ({"return": True, "returnArg": {"index": 0, "type": "int"}}, "return on /bin/bash is outside the engine's subset"),
     ({"refCtrOffsets": [8]}, "refCtrOffsets on /bin/bash is outside the engine's subset"),
-    ({"selectors": [{"matchPIDs": [{"operator": "In", "followForks": True, "values": [1]}]}]},
-     "matchPIDs with followForks is outside the engine's subset"),
 ])
 def test_what_a_uprobe_cannot_do_here_is_refused_with_the_field(entry: dict[str, Any], expected: str) -> None:
     got = reasons({"uprobes": [{"path": "/bin/bash", "symbols": ["readline"], **entry}]})
