@@ -70,17 +70,18 @@ def test_history_through_the_cli(tmp_path: Path) -> None:
 
 def test_a_policy_no_agent_can_load_is_a_warning(example_copy: Path) -> None:
     """Valid for Tetragon, outside Palisade's engine: CI passes, and says agents will refuse it."""
-    # matchPIDs followForks: Tetragon takes it, no Palisade engine runs it on any kernel
+    # matchParentBinaries followChildren: Tetragon takes it, no Palisade engine runs it on any kernel
     (example_copy / "packs" / "baseline-observe" / "fd.yaml").write_text(
         "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: fd-install\nspec:\n"
-        "  kprobes:\n    - call: fd_install\n      syscall: false\n      selectors:\n        - matchPIDs:\n"
-        "            - {operator: In, followForks: true, values: [1]}\n")
+        "  kprobes:\n    - call: fd_install\n      syscall: false\n      selectors:\n"
+        "        - matchParentBinaries:\n"
+        "            - {operator: In, followChildren: true, values: [/usr/bin/bash]}\n")
     r = _run("--repo", str(example_copy), "-o", "json")
     assert r.returncode == 0, r.stdout
     (finding,) = json.loads(r.stdout)
     assert (finding["file"], finding["severity"], finding["code"]) == (
         "packs/baseline-observe/fd.yaml", "warning", "engine-unsupported")
-    assert "followForks" in finding["message"]
+    assert "followChildren" in finding["message"]
 
 
 def test_objects_mode_compiles_every_policy_as_the_reconciler_will(example_copy: Path, tmp_path: Path) -> None:
