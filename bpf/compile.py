@@ -1302,8 +1302,9 @@ class _Compiler:
                           *(p for p in pids if p.is_namespace_pid or p.follow_forks),
                           *s.match_capability_changes, *s.match_namespace_changes]
         if task_selectors and cgroup_sites is not None:
-            self.refuse(f"{where}: matchNamespaces, matchCapabilities(Changes), matchNamespaceChanges and "
-                        f"isNamespacePID read the current task, which the cgroup hooks {h.target} runs on cannot")
+            self.refuse(f"{where}: matchNamespaces, matchCapabilities(Changes), matchNamespaceChanges, "
+                        f"isNamespacePID and followForks read the current task, which the cgroup hooks "
+                        f"{h.target} runs on cannot")
             task_selectors = []
         for ns in s.match_namespaces if task_selectors else ():
             c = self._ns_cond(ns)
