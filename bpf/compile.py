@@ -28,6 +28,7 @@ How a policy maps onto this engine:
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,7 @@ from .policy import (
     Arg,
     ArgFilter,
     BinariesFilter,
+    CallList,
     CapabilitiesFilter,
     Hook,
     NamespaceChangesFilter,
@@ -285,6 +287,9 @@ class Site:
     offset: int | None = None
     #: A kprobe whose hook says `ignore: callNotFound`: where the kernel lacks the function, it is left out.
     optional: bool = False
+    #: A kprobe on a `generated_ftrace` list: the regular expression the engine matches against the kernel's
+    #: ftrace functions at load, attaching the one program to each function it matches.
+    pattern: str | None = None
 
     @property
     def label(self) -> str:
@@ -313,6 +318,9 @@ class HookPlan:
     syscall_ids: bool = False
     #: A uprobe's path and symbol (or offset), which its events report.
     uprobe: UprobeTarget | None = None
+    #: A hook on many kernel functions (a `generated_ftrace` list): its events carry the address of the
+    #: function that ran (in `ints[RET_SLOT]`), which names it.
+    function_ips: bool = False
 
 
 @dataclass(frozen=True)
@@ -370,6 +378,8 @@ class Plan:
     ia32: bool = False
     #: matchNamespaces entries: `pl_ns` map contents once the engine has resolved host_ns.
     namespaces: tuple[NsEntry, ...] = ()
+    #: Some selector posts stack traces (kernelStackTrace/userStackTrace): the `pl_stacks` stack map.
+    stacks: bool = False
     #: matchPIDs followForks: the process lineage map (`pl_lineage`, tgid → parent) and its programs.
     lineage: bool = False
     #: matchCapabilityChanges / matchNamespaceChanges: the tracking programs keep, per process, the capabilities
@@ -525,6 +535,10 @@ class _Compiler:
         self.functions: list[Callable[[], str]] = []
         #: kretprobes' returnCopy buffers by hook: (operand position, slot), read by the return program.
         self.ret_copies: dict[int, list[tuple[int, int]]] = {}
+        #: Per hook, per selector: (kernelStackTrace, userStackTrace) of its Post action.
+        self.stacks: dict[int, tuple[tuple[bool, bool], ...]] = {}
+        #: Hooks on a generated_ftrace list, whose events carry the address of the function that ran.
+        self.func_ip_hooks: set[int] = set()
 
     def refuse(self, msg: str) -> None:
         self.reasons.append(f"unsupported: {msg}")
@@ -557,6 +571,9 @@ class _Compiler:
         source = _prelude(self.tracking, strings, self._table_sizes(), self.scoped, ns_size)
         if self.exec_state:
             source += _EXEC_STATE
+        stacks = any(k or u for flags in self.stacks.values() for k, u in flags)
+        if stacks:
+            source += _STACKS
         source += self._self_exit_source()
         if self.tracking:
             source += self._tracking_source()
@@ -579,12 +596,14 @@ class _Compiler:
             source += _RET_BUF
         source += "\n".join(bodies)
         if self.ia32:
-            source += self._ia32_source(bodies)
+            # a compat call's copy of a hook runs with a record for context, which bpf_get_stackid refuses:
+            # its events carry no stacks
+            source += "\n#define PL_NO_STACKS 1\n" + self._ia32_source(bodies) + "\n#undef PL_NO_STACKS\n"
         plan = Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
                     strings=strings, namespaces=tuple(self.ns_filters), follow=tuple(self.follow),
                     notes=tuple(self.notes), scoped=self.scoped,
                     scope_hooks=scope_hooks, ia32=bool(self.ia32), exec_state=self.exec_state,
-                    lineage=self.lineage)
+                    lineage=self.lineage, stacks=stacks)
         return replace(plan, source=_sections(source, plan.sites))
 
     # ------------------------------------------------------------------ hooks
@@ -612,13 +631,40 @@ class _Compiler:
                 out += [replace(h, target=v, syscall=True) for v in calls]
             elif cl.type == "generated_syscalls":
                 out.append(h)
-            else:
-                self.refuse(f"{format_path(cl.path)}: lists of type {cl.type} (functions matched in the kernel's "
-                            "ftrace list) are outside the engine's subset; list the calls (type: syscalls)")
+            elif cl.type == "generated_ftrace" and self._ftrace_list_ok(cl):
+                # kernel functions, whatever the hook's `syscall` says (the CRD defaults it to true)
+                out.append(replace(h, syscall=False))
+            elif cl.type != "generated_ftrace":
+                self.refuse(f"{format_path(cl.path)}: lists of type {cl.type} are outside the engine's subset "
+                            "(syscalls, generated_syscalls, generated_ftrace)")
         return out
+
+    def _ftrace_list_ok(self, cl: CallList) -> bool:
+        """A generated_ftrace list names kernel functions by a regular expression (`pattern`, matched anywhere
+        in a name, as Tetragon's Go regexp does) over the kernel's ftrace functions; it has no values."""
+        where = format_path(cl.path)
+        if not self.f.kprobes:
+            why = self.f.why("kprobes")
+            self.refuse(f"{where}: lists of type generated_ftrace put a kprobe on each kernel function matching "
+                        f"{cl.pattern!r}, and this kernel lacks kprobes" + (f" ({why})" if why else ""))
+            return False
+        if cl.values or not cl.pattern:
+            self.refuse(f"{where}: a generated_ftrace list needs a pattern and no values (Tetragon refuses it "
+                        "otherwise)")
+            return False
+        try:
+            re.compile(cl.pattern)
+        except re.error as e:
+            self.refuse(f"{where}: pattern {cl.pattern!r} is not a regular expression ({e})")
+            return False
+        return True
 
     def _hook(self, i: int, h: Hook) -> HookPlan | None:
         where = format_path(h.path)
+        flags = tuple((any(a.kernel_stack for a in s.match_actions), any(a.user_stack for a in s.match_actions))
+                      for s in h.selectors)
+        if any(k or u for k, u in flags):
+            self.stacks[i] = flags
         for key in h.unsupported:
             self.refuse(f"{where}: {key} on {h.target} is outside the engine's subset")
         if len(h.selectors) > MAX_SELECTORS:
@@ -642,6 +688,8 @@ class _Compiler:
     def _tracepoint(self, i: int, h: Hook) -> HookPlan | None:
         assert h.subsystem and h.event
         sub, ev = h.subsystem, h.event
+        if h.raw:
+            return self._raw_tracepoint(i, h)
         if not (sub in ("syscalls", "raw_syscalls") or (sub == "sched" and ev in _SCHED_EVENTS)):
             self.refuse(f"tracepoint {sub}:{ev} is outside the subset (syscalls:*, raw_syscalls:*, "
                         f"sched:{{{','.join(_SCHED_EVENTS)}}})")
@@ -656,8 +704,11 @@ class _Compiler:
     def _kprobe(self, i: int, h: Hook) -> HookPlan | None:
         call = h.target
         where = format_path(h.path)
-        if call.startswith("list:"):  # generated_syscalls: every syscall, on raw_syscalls:sys_enter
-            return self._all_syscalls(i, h)
+        if call.startswith("list:"):
+            cl = self.p.call_list(call.removeprefix("list:"))
+            if cl is not None and cl.type == "generated_ftrace":
+                return self._ftrace_list(i, h, cl)
+            return self._all_syscalls(i, h)  # generated_syscalls: every syscall, on raw_syscalls:sys_enter
         if h.syscall:
             if _overrides(h):  # a real denial: fmod_ret on the syscall's entry, or nothing
                 if self.f.fmod_ret_syscalls:
@@ -892,6 +943,45 @@ class _Compiler:
                     "(integers and string)")
         return None
 
+    def _raw_tracepoint(self, i: int, h: Hook) -> HookPlan | None:
+        """A tracepoint with `raw: true`: a raw tracepoint program, whose context is the arguments of the
+        tracepoint's TP_PROTO (one u64 each, `index` counting them), typed by the policy and read through
+        BTF as a kprobe's are (a linux_binprm, a file, a task's strings). It loads on every kernel this
+        engine runs on (BPF_PROG_TYPE_RAW_TRACEPOINT needs no BPF trampoline, unlike tp_btf)."""
+        assert h.subsystem and h.event
+        where = format_path(h.path)
+        if h.subsystem == "syscalls":
+            self.refuse(f"{where}: raw on {h.target}: syscall tracepoints have no raw form (raw_syscalls:sys_enter "
+                        "and sys_exit do)")
+            return None
+        if self.formats(h.subsystem, h.event) is None:
+            self.refuse(f"{where}: tracepoint {h.target} does not exist on this kernel")
+            return None
+        for a in h.args:
+            if a.resolve is not None:
+                self.refuse(f"{where}: resolve {a.resolve!r} on argument {a.index} of raw tracepoint {h.target} is "
+                            "outside the engine's subset")
+                return None
+        site = Site(f"pl_h{i}_raw", "raw_tracepoint", h.subsystem, h.event)
+        return self._build(i, h, "process_tracepoint", h.subsystem, h.event, {a.index: a.index for a in h.args},
+                           _traced_fields(h, tuple(8 * k for k in range(_TRACED_ARGS))), None, user_site=site)
+
+    def _ftrace_list(self, i: int, h: Hook, cl: CallList) -> HookPlan | None:
+        """A kprobe on a `generated_ftrace` list: one program, which the engine attaches at load to every
+        kernel function of the ftrace list its pattern matches (so the object is the same on every node,
+        whatever functions its kernel has); its events name the function by the address it ran at."""
+        where = format_path(h.path)
+        if h.return_probe:
+            self.refuse(f"{where}: return: true on {h.target} (a generated_ftrace list) is outside the engine's "
+                        "subset")
+            return None
+        self.func_ip_hooks.add(i)
+        plan = self._function_kprobe(i, h)
+        if plan is None:
+            return None
+        return replace(plan, function_ips=True,
+                       sites=tuple(replace(s, pattern=cl.pattern) for s in plan.sites))
+
     def _all_syscalls(self, i: int, h: Hook) -> HookPlan | None:
         """A kprobe on a `generated_syscalls` list: one program on raw_syscalls:sys_enter, which sees every
         syscall (compat ones too); its events name the call by its number."""
@@ -1034,7 +1124,9 @@ class _Compiler:
                 if found is None:
                     continue
                 member = found
-            if user_site is not None:
+            if user_site is not None and user_site.kind == "raw_tracepoint":
+                kind = self._kernel_arg_kind(h, a.index, a.type, where, n_args=_TRACED_ARGS)
+            elif user_site is not None:
                 kind = self._uprobe_arg_kind(h, a.index, a.type, where)
             elif traced is not None:
                 kind = self._traced_arg_kind(h, traced, a.index, a.type, where)
@@ -1677,6 +1769,11 @@ class _Compiler:
         for a in s.match_actions:
             w = format_path(a.path)
             name = a.action
+            if (a.kernel_stack or a.user_stack) and (name != "Post" or cgroup_sites is not None):
+                self.refuse(f"{w}: kernelStackTrace/userStackTrace " + (
+                    "go with a Post action (Tetragon takes them there only)" if name != "Post" else
+                    f"on {h.target}: its cgroup socket hooks cannot read stacks"))
+                ok = False
             if "imaHash" in a.extra and h.section == "lsmhooks":
                 # an enrichment of the event only: the hook acts (and reports) without it
                 self.notes.append(f"{w}: imaHash: events carry no ima_hash (IMA hashes need sleepable LSM programs)")
@@ -1863,17 +1960,39 @@ class _Compiler:
                     L.append(f"{ind}__builtin_memcpy(e->strs[{o.slot}], s{o.slot}_raw, 16);")
             elif o.slot < 2:
                 L.append(f"{ind}PL_COPY(e->strs[{o.slot}], sc->str[{o.slot}].s, {STRLEN});")
-                if site.kind in ("kprobe", *_TRAMPOLINE_SITES) and o.type_name in _PATH_TYPES:
+                if site.kind in ("kprobe", "raw_tracepoint", *_TRAMPOLINE_SITES) and o.type_name in _PATH_TYPES:
                     L.append(f"{ind}e->ints[{o.position % 8}] = a{o.position};  /* i_mode */")
             if o.kind == "buf":  # bytes read << 48 | the buffer's size (a returnCopy's address, until it returns)
                 L.append(f"{ind}e->ints[{o.position % 8}] = a{o.position};")
         if i in self.sysid_hooks:
             L.append(f"{ind}e->ints[{RET_SLOT}] = pl_sysid;")
+        if i in self.func_ip_hooks:  # the function this kprobe of a generated_ftrace list is on
+            L.append(f"{ind}e->ints[{RET_SLOT}] = (s64)bpf_get_func_ip(ctx);")
+        L += self._stack_fields(i, site, ind)
         if site.kind == "cgroup":  # no task BTF there: the process map's binary or none
             L.append(f"{ind}if (bin) PL_COPY(e->bin, bin, {STRLEN}); else e->bin[0] = 0;")
         else:  # the file that runs, also when nothing asked for it (a short-lived process is gone from /proc)
             L.append(f"{ind}if (bin) PL_COPY(e->bin, bin, {STRLEN}); else pl_exe_path(e->bin);")
         return L
+
+    def _stack_fields(self, i: int, site: Site, ind: str) -> list[str]:
+        """C setting the event's stack ids: for the selectors whose Post asks for them, the kernel and user
+        stacks of the call in `pl_stacks`, as id + 1 (bpf_get_stackid's ids count from 0; a failure is
+        negative), 0 otherwise: a zeroed record (bpf/scope.py's) carries no stack."""
+        flags = self.stacks.get(i, ())
+        kernel = [k for k, (kf, _) in enumerate(flags) if kf]
+        user = [k for k, (_, uf) in enumerate(flags) if uf]
+        none = [f"{ind}e->kstack = 0; e->ustack = 0;"]
+        if not (kernel or user) or site.kind == "cgroup":
+            return none
+
+        def pick(sels: list[int], flag: str) -> str:
+            cond = " || ".join(f"sel == {k}" for k in sels) or "0"
+            return f"({cond}) ? (s32)bpf_get_stackid(ctx, &pl_stacks, {flag}) + 1 : 0"
+        return ["#ifdef PL_NO_STACKS", *none, "#else",
+                f"{ind}e->kstack = {pick(kernel, '0')};",
+                f"{ind}e->ustack = {pick(user, 'BPF_F_USER_STACK')};",
+                "#endif"]
 
     def _return_program(self, i: int, site: Site, ret_type: str, ret_conds: list[list[str]]) -> str:
         """A kretprobe's return: the entry's event (if its selectors matched), the return value read and
@@ -1944,6 +2063,9 @@ class _Compiler:
         if site.kind == "kprobe" and o.type_name in _KERNEL_TYPES:
             return self._read_kernel_object(o, f"*(u64 *)((char *)ctx + {f.offset})", need_strings,
                                             arg=lambda k: f"*(u64 *)((char *)ctx + {_PT_REGS_ARGS[k]})")
+        if site.kind == "raw_tracepoint" and o.type_name in _KERNEL_TYPES:  # args[k] of the TP_PROTO
+            return self._read_kernel_object(o, f"*(u64 *)((char *)ctx + {f.offset})", need_strings,
+                                            arg=lambda k: f"*(u64 *)((char *)ctx + {8 * k})")
         if o.kind == "sockaddr":
             return _sockaddr_lines(f"s{o.slot}", f"*(void **)((char *)ctx + {f.offset})", "bpf_probe_read_user")
         if o.kind == "str":
@@ -1958,7 +2080,8 @@ class _Compiler:
                 read = f"bpf_probe_read_kernel_str({buf}, {size}, (char *)ctx + {f.offset})"
             else:
                 L = []
-                user = site.kind != "kprobe" and (h.subsystem in (None, "syscalls") or h.section == "kprobes")
+                user = site.kind not in ("kprobe", "raw_tracepoint") and (h.subsystem in (None, "syscalls")
+                                                                          or h.section == "kprobes")
                 fn = "bpf_probe_read_user_str" if user else "bpf_probe_read_kernel_str"
                 read = f"{fn}({buf}, {STRLEN}, *(const char **)((char *)ctx + {f.offset}))"
                 size = STRLEN
@@ -2284,6 +2407,15 @@ _RET_BUF = """
 PL_MAP(pl_evbuf, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_event, 1);
 """
 
+#: Stack traces of the calls whose events ask for them (kernelStackTrace/userStackTrace), by id; 127 frames (the
+#: kernel's default perf_event_max_stack). Identical stacks share one id; bpf/events.py reads them by the ids
+#: in the events and symbolizes them.
+STACK_DEPTH = 127
+_STACKS = f"""
+struct {{ __uint(type, BPF_MAP_TYPE_STACK_TRACE); __uint(key_size, 4); __uint(value_size, {STACK_DEPTH} * 8);
+         __uint(max_entries, 4096); }} pl_stacks SEC(".maps");
+"""
+
 _LDSO = r"""
 /* tgid -> the exec (start of the process, exec count of the task) that ran without an ELF interpreter and
    has not mapped its program yet (bpf/compile.py). An entry of an earlier exec or process is stale by
@@ -2392,6 +2524,8 @@ def _section(site: Site) -> str:
         return f"raw_tp/{site.event}"
     if site.kind == "uprobe":
         return "uprobe"  # libbpf's section for a uprobe its loader attaches itself (a KPROBE program)
+    if site.kind == "kprobe" and site.pattern is not None:
+        return "kprobe"  # attached by the engine to each function the pattern matches
     return f"{site.kind}/{site.attach}"  # cgroup/connect4, kprobe/fd_install, kretprobe/fd_install
 
 
@@ -2457,6 +2591,7 @@ struct pl_event {
     s64 ints[8];
     char strs[2][PL_STRLEN];
     char bin[PL_STRLEN];
+    s32 kstack; s32 ustack;  /* 1 + the ids in pl_stacks of the call's kernel and user stacks; 0 or less: none */
 };
 /* the policy document and load parameters, for adoption; the engine sizes the value before load */
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(key_size, 4); __uint(value_size, 8); __uint(max_entries, 1); }

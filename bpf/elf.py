@@ -11,6 +11,7 @@ one a program linked today calls; `name@VERSION` or `name@@VERSION` asks for one
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 import struct
@@ -164,3 +165,79 @@ def _parse(path: str, _ino: int, _mtime_ns: int, _size: int) -> _Image:
                 default = not v & _VERSYM_HIDDEN
             functions.setdefault(sym_name, []).append(_Symbol(version, default, kind == _STT_GNU_IFUNC, st_value))
     return _Image(_exec_segments(data), {k: tuple(v) for k, v in functions.items()})
+
+
+def function_at(path: str | Path, offset: int) -> str | None:
+    """The name of the function whose code holds file offset `offset` of ELF file `path` (from `.symtab` or
+    `.dynsym`, by the symbol's value and size), or None: what a user stack frame is in."""
+    try:
+        st = os.stat(path)
+        spans = _spans(str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    except (OSError, NotAnElf, struct.error, ValueError):
+        return None
+    k = bisect.bisect_right(spans, (offset, float("inf"))) - 1
+    if k >= 0 and spans[k][0] <= offset < spans[k][1]:
+        return spans[k][2]
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _spans(path: str, _ino: int, _mtime_ns: int, _size: int) -> list[tuple[int, int, str]]:
+    """(start, end, name) of every defined function of `path` with a size, as file offsets, sorted."""
+    data = Path(path).read_bytes()
+    _check_elf(path, data)
+    segments = _exec_segments(data)
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<4xI16xQQI4x8xQ", data, shoff + k * shentsize) for k in range(shnum)]
+    out: dict[int, tuple[int, int, str]] = {}
+    for sh_type, off, size, link, ent in sections:
+        if sh_type not in (_SHT_SYMTAB, _SHT_DYNSYM) or not ent:
+            continue
+        strtab = sections[link][1]
+        for k in range(size // ent):
+            st_name, st_info, _other, st_shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, off + k * ent)
+            if st_info & 0xF not in (_STT_FUNC, _STT_GNU_IFUNC) or st_shndx == _SHN_UNDEF or not st_size:
+                continue
+            try:
+                start = _to_offset(segments, path, st_value)
+            except NotAnElf:
+                continue
+            name = data[strtab + st_name:data.index(b"\0", strtab + st_name)].decode(errors="replace")
+            # .symtab and .dynsym often both name a function: keep one (the first, .symtab's when present)
+            out.setdefault(start, (start, start + st_size, name.partition("@")[0]))
+    return sorted(out.values())
+
+
+_PT_NOTE = 4
+_NT_GNU_BUILD_ID = 3
+
+
+def build_id(path: str | Path, limit: int = 1 << 16) -> bytes | None:
+    """The GNU build ID of an ELF file (its NT_GNU_BUILD_ID note, which the linker puts near the start), or
+    None when it has none or is not a 64-bit ELF. Reads the program headers and notes only."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(limit)
+    except OSError:
+        return None
+    if head[:6] != b"\x7fELF\x02\x01" or len(head) < 0x40:
+        return None
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    for k in range(phnum):
+        at = phoff + k * phentsize
+        if at + 56 > len(head):
+            break
+        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", head, at)
+        if p_type != _PT_NOTE:
+            continue
+        off, end = p_offset, min(p_offset + p_filesz, len(head))
+        while off + 12 <= end:
+            namesz, descsz, n_type = struct.unpack_from("<III", head, off)
+            name_at = off + 12
+            desc_at = name_at + (namesz + 3) // 4 * 4
+            if n_type == _NT_GNU_BUILD_ID and head[name_at:name_at + namesz] == b"GNU\0":
+                return head[desc_at:desc_at + descsz] if desc_at + descsz <= end else None
+            off = desc_at + (descsz + 3) // 4 * 4
+    return None

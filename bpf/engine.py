@@ -37,6 +37,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import socket
 import struct
 from collections.abc import Iterable, Sequence
@@ -356,7 +357,8 @@ class Engine:
 
     def _track(self, key: str, plan: Plan, adopted: bool) -> None:
         self._loaded[key] = (plan, adopted)
-        self._events.add(key, self._open(key, "map_pl_events"), plan)
+        stacks = self._open(key, "map_pl_stacks") if plan.stacks else None
+        self._events.add(key, self._open(key, "map_pl_events"), plan, stacks)
 
     def _describe(self, key: str) -> LoadedPolicy:
         plan, adopted = self._loaded[key]
@@ -436,6 +438,8 @@ class _Loader:
                 maps.append("pl_base")
             if self.plan.namespaces:
                 maps.append("pl_ns")
+            if self.plan.stacks:
+                maps.append("pl_stacks")
             if self.plan.scoped:
                 maps += ["pl_members", "pl_cgpaths"]
             fds = {name: obj.map(name).fd for name in maps}
@@ -495,6 +499,9 @@ class _Loader:
             finally:
                 os.close(lfd)
             return
+        if site.kind == "kprobe" and site.pattern is not None:
+            self._attach_ftrace_list(tmp, site, prog_fd)
+            return
         if site.kind in ("tracepoint", "kprobe", "kretprobe", "uprobe"):
             if site.kind == "tracepoint":
                 assert site.subsystem and site.event
@@ -540,6 +547,63 @@ class _Loader:
                 syscall.obj_pin(lfd, tmp / f"link_{site.function}_cg{os.stat(path).st_ino}")
             finally:
                 os.close(lfd)
+
+
+    def _attach_ftrace_list(self, tmp: Path, site: Site, prog_fd: int) -> None:
+        """The program of a generated_ftrace list on a kprobe at each kernel function its pattern matches,
+        one link each (`link_<fn>_<k>`). A matched function the kernel will not kprobe (on the kprobe
+        blacklist, or a name several functions share) is left out; none at all refuses the policy."""
+        assert site.pattern is not None
+        names = ftrace_functions(site.pattern)
+        if not names:
+            raise Unsupported([f"unsupported: {site.attach}: no kernel function of the ftrace list "
+                               f"(available_filter_functions) matches {site.pattern!r}"])
+        attached = 0
+        for name in names:
+            try:
+                pfd = syscall.perf_event_open_kprobe(name)
+            except OSError as e:
+                if e.errno not in _UNPROBEABLE:
+                    raise
+                continue
+            try:
+                lfd = syscall.link_create_perf_event(prog_fd, pfd)
+            finally:
+                os.close(pfd)
+            try:
+                syscall.obj_pin(lfd, tmp / f"link_{site.function}_{attached}")
+            finally:
+                os.close(lfd)
+            attached += 1
+        if not attached:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise Unsupported([f"unsupported: {site.attach}: the kernel puts a kprobe on none of the functions "
+                               f"matching {site.pattern!r} ({shown})"])
+
+
+#: Where the kernel lists the functions ftrace (and so a kprobe) can trace: tracefs, or tracefs under debugfs.
+FTRACE_FUNCTIONS = (Path("/sys/kernel/tracing/available_filter_functions"),
+                    Path("/sys/kernel/debug/tracing/available_filter_functions"))
+
+
+def ftrace_functions(pattern: str, paths: Sequence[Path] = FTRACE_FUNCTIONS) -> list[str]:
+    """The kernel functions of the ftrace list that regular expression `pattern` matches (anywhere in the
+    name, as Tetragon's Go regexp does), each once, in the list's order; a module's functions carry their
+    module in brackets there, which is not part of the name."""
+    rx = re.compile(pattern)
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        seen: dict[str, None] = {}
+        for line in text.splitlines():
+            name = line.split(maxsplit=1)[0] if line.strip() else ""
+            if name and rx.search(name):
+                seen.setdefault(name)
+        return list(seen)
+    raise Unsupported(["unsupported: a generated_ftrace list needs the kernel's ftrace function list "
+                       f"({' or '.join(map(str, paths))}), which is not readable here"])
 
 
 #: perf_event_open errors of a kprobe on a function the kernel lacks or cannot probe.

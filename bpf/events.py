@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import ia32, syscall, x64
-from .compile import ACTION_NAMES, MODES, RET_SLOT, HookPlan, Operand, Plan
+from . import ia32, symbols, syscall, x64
+from .compile import ACTION_NAMES, MODES, RET_SLOT, STACK_DEPTH, HookPlan, Operand, Plan
 from .core.errors import LibbpfError
 from .core.libbpf import RingBuffer
 from .core.records import CAP_NAMES, cap_names
 from .process_events import is_base
 
 #: struct pl_event (compile._PRELUDE).
-_EVENT = struct.Struct("<QQ10I8q256s256s256s")
+_EVENT = struct.Struct("<QQ10I8q256s256s256sii")
 _COUNTERS = ("posted", "enforced", "would_have_enforced", "lost")
 _ENFORCING = (1, 2, 3)  # sigkill, signal, override
 #: The event kinds a policy's hooks produce (each carries `policy_name` and the process).
@@ -103,12 +103,15 @@ class RawEvent(NamedTuple):
     ints: tuple[int, ...]
     strs: tuple[bytes, bytes]
     binary: str
+    #: 1 + the ids in the policy's `pl_stacks` of the call's kernel and user stacks (0 or less: none).
+    kstack: int = 0
+    ustack: int = 0
 
     @classmethod
     def unpack(cls, data: bytes) -> RawEvent:
         (ktime, cgroup, pid, tid, uid, hook, sel, action, mode, acted, sig, _pad, *rest) = _EVENT.unpack_from(data)
         return cls(ktime, cgroup, pid, tid, uid, hook, sel, action, mode, bool(acted), sig, tuple(rest[:8]),
-                   (rest[8], rest[9]), _cstr(rest[10]))
+                   (rest[8], rest[9]), _cstr(rest[10]), rest[11], rest[12])
 
 
 def read_counters(map_fd: int) -> Counters:
@@ -120,8 +123,10 @@ def read_counters(map_fd: int) -> Counters:
     return Counters(*vals)
 
 
-def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> dict[str, Any]:
-    """The Tetragon-shaped event for one ring-buffer record of `plan`'s policy."""
+def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int,
+           stacks_fd: int | None = None) -> dict[str, Any]:
+    """The Tetragon-shaped event for one ring-buffer record of `plan`'s policy; `stacks_fd`: its `pl_stacks`
+    map, where the stacks an event carries are."""
     hook = plan.hook(raw.hook)
     exe, arguments, exec_id = _proc_info(raw.pid, node_name)
     process: dict[str, Any] = {
@@ -145,12 +150,23 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int) -> d
         body.update(_uprobe_place(hook))
         kind = "process_uprobe"
     else:
-        body["function_name"] = _syscall_name(raw.ints[RET_SLOT]) if hook.syscall_ids else hook.target
+        body["function_name"] = (_syscall_name(raw.ints[RET_SLOT]) if hook.syscall_ids else
+                                 # a generated_ftrace list: the function by the address the kprobe ran at
+                                 symbols.kernel_function(raw.ints[RET_SLOT] & 0xFFFFFFFFFFFFFFFF) or hook.target
+                                 if hook.function_ips else hook.target)
         kind = hook.event_kind  # process_kprobe, or process_lsm for an lsmhook
     if hook is not None:
         body["args"] = [_arg(o, raw) for o in hook.operands]
     if hook is not None and hook.return_type is not None:
         body["return"] = _int_arg(hook.return_type, raw.ints[RET_SLOT])
+    if stacks_fd is not None and raw.kstack > 0:
+        frames = symbols.kernel_frames(_stack(stacks_fd, raw.kstack - 1))
+        if frames:
+            body["kernel_stack_trace"] = frames
+    if stacks_fd is not None and raw.ustack > 0:
+        frames = symbols.user_frames(raw.pid, _stack(stacks_fd, raw.ustack - 1))
+        if frames:
+            body["user_stack_trace"] = frames
     body["policy_name"] = plan.policy.name
     if hook is not None and hook.message:
         body["message"] = hook.message
@@ -245,6 +261,14 @@ def _arg(o: Operand, raw: RawEvent) -> dict[str, Any]:
 
 
 _IA32_NAMES = {v: k for k, v in ia32.NUMBERS.items()}
+
+
+def _stack(fd: int, stack_id: int) -> list[int]:
+    """The addresses of stack `stack_id` of a `pl_stacks` map, innermost first."""
+    raw = syscall.map_lookup_elem(fd, struct.pack("<I", stack_id), 8 * STACK_DEPTH)
+    if not raw:
+        return []
+    return [a for a in struct.unpack(f"<{STACK_DEPTH}Q", raw) if a]
 
 
 def _syscall_name(sysid: int) -> str:
@@ -371,17 +395,25 @@ class EventStream:
     def __init__(self, node_name: str) -> None:
         self.node_name = node_name
         self._sources: dict[str, tuple[int, Plan]] = {}
+        #: Each policy's `pl_stacks` map, for those whose events carry stacks.
+        self._stacks: dict[str, int] = {}
         self._rings: RingBuffer | None = None
         self._pending: list[dict[str, Any]] = []
         self._dirty = False
         self._offset = time.time_ns() - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
-    def add(self, key: str, ring_fd: int, plan: Plan) -> None:
+    def add(self, key: str, ring_fd: int, plan: Plan, stacks_fd: int | None = None) -> None:
+        """Read policy `key`'s ring buffer (and `stacks_fd`, its stack map; the stream owns both fds)."""
         self.remove(key)
         self._sources[key] = (ring_fd, plan)
+        if stacks_fd is not None:
+            self._stacks[key] = stacks_fd
         self._dirty = True
 
     def remove(self, key: str) -> None:
+        sfd = self._stacks.pop(key, None)
+        if sfd is not None:
+            os.close(sfd)
         src = self._sources.pop(key, None)
         if src is not None:
             self._free()
@@ -393,6 +425,9 @@ class EventStream:
         for fd, _ in self._sources.values():
             os.close(fd)
         self._sources.clear()
+        for fd in self._stacks.values():
+            os.close(fd)
+        self._stacks.clear()
 
     def poll(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """Every event available now, waiting up to `timeout` seconds for the first one."""
@@ -419,17 +454,17 @@ class EventStream:
         for key, (fd, plan) in self._sources.items():
             try:
                 if self._rings is None:
-                    self._rings = RingBuffer(fd, self._handler(plan))
+                    self._rings = RingBuffer(fd, self._handler(plan, self._stacks.get(key)))
                 else:
-                    self._rings.add(fd, self._handler(plan))
+                    self._rings.add(fd, self._handler(plan, self._stacks.get(key)))
             except LibbpfError as e:
                 raise OSError(f"cannot read the ring buffer of policy {key}: {e}") from None
 
-    def _handler(self, plan: Plan) -> Callable[[bytes], None]:
+    def _handler(self, plan: Plan, stacks_fd: int | None = None) -> Callable[[bytes], None]:
         def handle(data: bytes) -> None:
             try:
                 raw = RawEvent.unpack(data)
-                self._pending.append(render(raw, plan, self.node_name, self._offset))
+                self._pending.append(render(raw, plan, self.node_name, self._offset, stacks_fd))
             except Exception as e:  # a bad record must not stop the stream
                 self._pending.append({"palisade_error": f"undecodable event of {plan.policy.key}: {e}"})
 

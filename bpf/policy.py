@@ -99,6 +99,9 @@ class Action:
     path: JsonPath
     #: Other keys given (argFd, rateLimit, ...), which the compiler may refuse.
     extra: tuple[str, ...] = ()
+    #: Post's `kernelStackTrace` / `userStackTrace`: the event carries the stack of the call.
+    kernel_stack: bool = False
+    user_stack: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,8 @@ class Hook:
     uprobe: UprobeTarget | None = None
     #: A kprobe's `ignore: {callNotFound: true}`: a kernel without the function runs the policy without it.
     ignore_call_not_found: bool = False
+    #: A tracepoint's `raw: true`: its arguments are the tracepoint's TP_PROTO arguments, by index.
+    raw: bool = False
 
     def arg(self, index: int) -> Arg | None:
         return next((a for a in self.args if a.index == index), None)
@@ -387,8 +392,7 @@ def _hook(section: str, raw: Any, path: JsonPath) -> Hook:
     sels_raw = _list(h.get("selectors", []), (*path, "selectors"))
     selectors = tuple(_selector(s, (*path, "selectors", i)) for i, s in enumerate(sels_raw))
     unsupported = [k for k in h if k not in known]
-    if section == "tracepoints" and h.get("raw"):
-        unsupported.append("raw")
+    raw = _bool(h.get("raw", False), (*path, "raw")) if section == "tracepoints" else False
     return_arg = _arg(h["returnArg"], (*path, "returnArg")) if section == "kprobes" and h.get("returnArg") else None
     return_arg_action = (_str(h["returnArgAction"], (*path, "returnArgAction"))
                          if section == "kprobes" and h.get("returnArgAction") is not None else None)
@@ -399,7 +403,8 @@ def _hook(section: str, raw: Any, path: JsonPath) -> Hook:
     return Hook(section=section, target=target, subsystem=subsystem, event=event, syscall=syscall,
                 return_probe=return_probe, args=args, selectors=selectors,
                 unsupported=tuple(unsupported), path=path, message=message, tags=tags, return_arg=return_arg,
-                return_arg_action=return_arg_action, ignore_call_not_found=_call_not_found(section, h, path))
+                return_arg_action=return_arg_action, ignore_call_not_found=_call_not_found(section, h, path),
+                raw=raw)
 
 
 def _call_not_found(section: str, h: dict[str, Any], path: JsonPath) -> bool:
@@ -550,12 +555,15 @@ def _action(raw: Any, path: JsonPath) -> Action:
     m = _map(raw, path)
     err = m.get("argError")
     sig = m.get("argSig")
+    stacks = ("kernelStackTrace", "userStackTrace")
     return Action(
         action=_str(m.get("action"), (*path, "action")),
         arg_error=_int(err, (*path, "argError")) if err is not None else None,
         arg_sig=_int(sig, (*path, "argSig")) if sig is not None else None,
         path=path,
-        extra=tuple(k for k in m if k not in ("action", "argError", "argSig")),
+        extra=tuple(k for k in m if k not in ("action", "argError", "argSig", *stacks)),
+        kernel_stack=_bool(m.get("kernelStackTrace", False), (*path, "kernelStackTrace")),
+        user_stack=_bool(m.get("userStackTrace", False), (*path, "userStackTrace")),
     )
 
 

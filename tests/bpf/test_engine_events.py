@@ -19,8 +19,8 @@ CORPUS_KEYS = {"process_tracepoint", "process_kprobe", "node_name", "time"}
 
 
 def _record(hook: int, action: int, mode: int, acted: int, ints: list[int], s0: bytes, binary: bytes) -> bytes:
-    return struct.pack("<QQ10I8q256s256s256s", 5_000_000_000, 77, 4242, 4243, 1000, hook, 0, action, mode, acted,
-                       9, 0, *(ints + [0] * (8 - len(ints))), s0, b"", binary)
+    return struct.pack("<QQ10I8q256s256s256sii", 5_000_000_000, 77, 4242, 4243, 1000, hook, 0, action, mode, acted,
+                       9, 0, *(ints + [0] * (8 - len(ints))), s0, b"", binary, 0, 0)
 
 
 def test_a_record_renders_as_a_tetragon_process_tracepoint_event() -> None:

@@ -1,0 +1,131 @@
+"""Stack traces: `kernelStackTrace` / `userStackTrace` on Post, as Tetragon's stack_traces example writes them.
+
+The stacks are taken in the kernel (bpf_get_stackid into a stack map) and named here: kernel frames through
+/proc/kallsyms, user frames through the process's memory map and the ELF symbols of the mapped file, in the
+shape of Tetragon's `kernel_stack_trace` / `user_stack_trace` entries. On this machine (no kprobes) the hooks
+are a `syscall: true` kprobe and a tracepoint, both on syscalls:sys_enter_getppid; the VM test loads the
+example itself, a kprobe on kfree_skb_reason.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from engine_support import Workload, policy
+
+from bpf.engine import Engine
+from bpf.policy import parse
+
+pytestmark = pytest.mark.kernel
+
+CORPUS = Path("/work/shared/tetragon-corpus/examples/tracingpolicy/stack_traces.yaml")
+
+#: getppid made by a `syscall` instruction inside pl_stack_marker itself (libc is built without frame
+#: pointers, so a call through its wrapper would hide the caller), then a wait on stdin: the process lives
+#: until its events are read, as the user frames are named from its memory map.
+_PROGRAM = r"""
+#include <sys/syscall.h>
+#include <unistd.h>
+__attribute__((noinline)) long pl_stack_marker(void) {
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"((long)SYS_getppid) : "rcx", "r11", "memory");
+    return ret;
+}
+int main(void) {
+    char b;
+    pl_stack_marker();
+    return read(0, &b, 1) == 1 ? 0 : 1;
+}
+"""
+
+_POST = [{"matchActions": [{"action": "Post", "kernelStackTrace": True, "userStackTrace": True}]}]
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.fail("these tests build a C program: install a C compiler (cc)")
+    d = tmp_path_factory.mktemp("stack-prog")
+    (d / "prog.c").write_text(_PROGRAM)
+    subprocess.run([cc, "-O0", "-fno-omit-frame-pointer", "-o", str(d / "prog"), str(d / "prog.c")], check=True)
+    yield d / "prog"
+
+
+def _run(workload: Workload, engine: Engine, program: Path, kind: str, count: int = 1) -> list[dict[str, Any]]:
+    """The first `count` events of kind `kind` of one run of the program (read while it waits on stdin)."""
+    child = workload.popen([str(program)], stdin=subprocess.PIPE)
+    bodies: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + 5
+        while len(bodies) < count and time.monotonic() < deadline:
+            bodies += [ev[kind] for ev in engine.poll_events(0.2)
+                       if ev.get(kind, {}).get("process", {}).get("pid") == child.pid]
+        assert child.stdin is not None
+        child.stdin.write(b"x")
+        child.stdin.close()
+        assert child.wait(timeout=10) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert len(bodies) == count, bodies
+    return bodies
+
+
+def _check_stacks(body: dict[str, Any], program: Path) -> None:
+    kernel = body["kernel_stack_trace"]
+    assert all(set(f) <= {"offset", "symbol"} and f["symbol"] for f in kernel), kernel
+    # the syscall entry is on the way in (entry_SYSCALL_64 -> do_syscall_64 -> the tracepoint)
+    assert {"do_syscall_64", "entry_SYSCALL_64_after_hwframe"} & {f["symbol"] for f in kernel}, kernel
+    user = body["user_stack_trace"]
+    assert user[0]["module"] == str(program)
+    assert user[0]["symbol"] == "pl_stack_marker"
+    assert int(user[0]["offset"]) > 0
+    assert any(f.get("symbol") == "main" for f in user), user
+
+
+def test_a_syscall_kprobe_posts_the_kernel_and_user_stacks_of_the_call(
+        engine: Engine, workload: Workload, program: Path) -> None:
+    doc = policy("stacks-kprobe", {"kprobes": [{"call": "sys_getppid", "syscall": True, "selectors": _POST}]})
+    res = engine.load(doc, "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    (body,) = _run(workload, engine, program, "process_kprobe")
+    assert body["function_name"].endswith("sys_getppid")
+    _check_stacks(body, program)
+
+
+def test_a_tracepoint_posts_the_stacks_only_for_the_selector_that_asks(
+        engine: Engine, workload: Workload, program: Path) -> None:
+    doc = policy("stacks-tracepoint", {"tracepoints": [{
+        "subsystem": "syscalls", "event": "sys_enter_getppid", "selectors": _POST}, {
+        "subsystem": "syscalls", "event": "sys_enter_getppid"}]})
+    res = engine.load(doc, "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    bodies = _run(workload, engine, program, "process_tracepoint", count=2)
+    with_stacks = [b for b in bodies if "kernel_stack_trace" in b]
+    assert len(with_stacks) == 1
+    _check_stacks(with_stacks[0], program)
+    assert not any("user_stack_trace" in b for b in bodies if b is not with_stacks[0])
+
+
+def test_stack_traces_on_an_action_other_than_post_are_refused(engine: Engine, workload: Workload) -> None:
+    doc = policy("stacks-sigkill", {"kprobes": [{"call": "sys_getppid", "syscall": True, "selectors": [
+        {"matchActions": [{"action": "Sigkill", "kernelStackTrace": True}]}]}]})
+    res = engine.load(doc, "observe", cgroups=[workload.path])
+    assert not res.loaded
+    assert "kernelStackTrace/userStackTrace go with a Post action" in " ".join(res.reasons)
+
+
+@pytest.mark.stock_kernel
+def test_the_stack_traces_example_loads_on_kfree_skb_reason(engine: Engine, workload: Workload) -> None:
+    doc = parse(yaml.safe_load(CORPUS.read_text()))
+    res = engine.load(doc, "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    assert [s.label for h in engine.loaded()[doc.key].plan.hooks for s in h.sites] == ["kprobe/kfree_skb_reason"]
