@@ -16,6 +16,7 @@ import errno
 import os
 import shutil
 import signal
+import socket
 import stat
 import sys
 import tempfile
@@ -160,6 +161,37 @@ def test_fmod_ret_on_security_inode_mkdir_denies_with_the_arg_error(engine: Engi
                      lambda b: b["action"] == "KPROBE_ACTION_POST")
     actions = {(e["process_kprobe"]["process"]["binary"], e["process_kprobe"]["action"]) for e in events}
     assert actions == {(REAL_PY, "KPROBE_ACTION_OVERRIDE"), ("/usr/bin/mkdir", "KPROBE_ACTION_POST")}, actions
+
+
+def test_an_override_reading_the_socket_runs_on_security_socket_connect(engine: Engine, workload: Workload) -> None:
+    # security-socket-connect-block-others.yaml: the socket's protocol is not in what the cgroup connect hooks
+    # see, so the Override is fmod_ret on security_socket_connect; connect() returns what the function returned
+    doc = policy("security-socket-connect", {"kprobes": [{
+        "call": "security_socket_connect", "syscall": False,
+        "args": [{"index": 0, "type": "socket"}, {"index": 1, "type": "sockaddr"}, {"index": 2, "type": "int"}],
+        "selectors": [{"matchArgs": [{"index": 0, "operator": "Protocol", "values": ["IPPROTO_TCP"]},
+                                     {"index": 1, "operator": "Family", "values": ["AF_INET", "AF_INET6"]}],
+                       "matchBinaries": [{"operator": "In", "values": [REAL_PY]}],
+                       "matchActions": [{"action": "Override", "argError": -13}]}]}]})
+    res = engine.load(doc, "enforced", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    assert [s.kind for h in engine.loaded()["security-socket-connect"].plan.hooks for s in h.sites] == ["fmod_ret"]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    try:
+        tcp = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3).close()"
+        assert _errno_of(workload, tcp) == errno.EACCES
+        udp = f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.connect(('127.0.0.1', {port}))"
+        assert _errno_of(workload, udp) == 0  # not TCP: allowed
+    finally:
+        listener.close()
+    (e,) = [ev["process_kprobe"] for ev in _events(engine, "process_kprobe", "security_socket_connect")][:1]
+    assert e["action"] == "KPROBE_ACTION_OVERRIDE"
+    sock = e["args"][0]["sock_arg"]
+    assert (sock["family"], sock["type"], sock["protocol"]) == ("AF_INET", "SOCK_STREAM", "IPPROTO_TCP")
+    assert e["args"][1]["sockaddr_arg"] == {"family": "AF_INET", "addr": "127.0.0.1", "port": port}
 
 
 def test_an_override_with_return_reports_the_overridden_return(engine: Engine, workload: Workload,
