@@ -157,7 +157,9 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int,
         kind = hook.event_kind  # process_kprobe, or process_lsm for an lsmhook
     if hook is not None:
         body["args"] = [_arg(o, raw) for o in hook.operands]
-    if hook is not None and hook.return_type is not None:
+    if hook is not None and hook.return_type == "sock":  # a returned struct sock, in Tetragon's shape
+        body["return"] = {"sock_arg": _sock(raw.strs[hook.return_slot]) if 0 <= hook.return_slot < 2 else {}}
+    elif hook is not None and hook.return_type is not None:
         body["return"] = _int_arg(hook.return_type, raw.ints[RET_SLOT])
     if stacks_fd is not None and raw.kstack > 0:
         frames = symbols.kernel_frames(_stack(stacks_fd, raw.kstack - 1))

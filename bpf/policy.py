@@ -99,6 +99,8 @@ class Action:
     path: JsonPath
     #: Other keys given (argFd, rateLimit, ...), which the compiler may refuse.
     extra: tuple[str, ...] = ()
+    #: TrackSock/UntrackSock: the argument holding the socket (Tetragon's default: 0).
+    arg_sock: int | None = None
     #: Post's `kernelStackTrace` / `userStackTrace`: the event carries the stack of the call.
     kernel_stack: bool = False
     user_stack: bool = False
@@ -555,11 +557,13 @@ def _action(raw: Any, path: JsonPath) -> Action:
     m = _map(raw, path)
     err = m.get("argError")
     sig = m.get("argSig")
+    sock = m.get("argSock")
     stacks = ("kernelStackTrace", "userStackTrace")
     return Action(
         action=_str(m.get("action"), (*path, "action")),
         arg_error=_int(err, (*path, "argError")) if err is not None else None,
         arg_sig=_int(sig, (*path, "argSig")) if sig is not None else None,
+        arg_sock=_int(sock, (*path, "argSock")) if sock is not None else None,
         path=path,
         extra=tuple(k for k in m if k not in ("action", "argError", "argSig", *stacks)),
         kernel_stack=_bool(m.get("kernelStackTrace", False), (*path, "kernelStackTrace")),
