@@ -10,6 +10,7 @@
     intervals: {wait: 30, heartbeat: 10, drift: 2}
     metrics: 127.0.0.1:9740
     events: {maxBytes: 10485760, keep: 3}
+    callouts: {dnsResolver: 1.1.1.1:53, timeout: 5, ratePerSecond: 1, burst: 5}
     buildObjects: true
     placeholders: {PODCIDR: [10.244.0.0/16], SERVICECIDR: [10.96.0.0/12]}
 
@@ -18,6 +19,8 @@ the command line wins over the file. Workloads map cgroups to the labels that
 `podSelector` and namespaced policies select, so scoping works without Kubernetes.
 `buildObjects: false` keeps clang off the node: a policy is loaded only from a CO-RE
 object its signed bundle carries for this kernel, and refused (saying why) otherwise.
+`callouts` tune the GetUrl/DnsLookup requests policies ask for (agent/callouts.py): the resolver
+DnsLookup asks (Tetragon's 1.1.1.1:53 by default), the timeout, and how often one target may be hit.
 `placeholders` fill Tetragon's `${PODCIDR}`-style matchArgs values on this node; a policy
 using one is compiled here (its object depends on the values), so it needs buildObjects.
 """
@@ -34,6 +37,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .callouts import CalloutSettings
+from .dnsquery import parse_server
 from .errors import ConfigError
 
 __all__ = ["AgentConfig", "Intervals", "Workload", "load", "load_placeholders", "parse_labels"]
@@ -83,6 +88,7 @@ class AgentConfig:
     build_objects: bool = True  # False: only the bundle's signed objects are loaded, nothing is compiled here
     #: Values of Tetragon's matchArgs placeholders on this node ("PODCIDR" → its CIDRs), filled in at load.
     placeholders: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    callouts: CalloutSettings = field(default_factory=CalloutSettings)
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -197,7 +203,20 @@ def load(file: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
         cfg = replace(cfg, build_objects=bool(merged["buildObjects"]))
     if doc.get("placeholders"):
         cfg = replace(cfg, placeholders=_placeholders(doc))
+    if doc.get("callouts"):
+        cfg = replace(cfg, callouts=_callouts(doc["callouts"], file))
     return cfg
+
+
+def _callouts(c: Mapping[str, Any], file: Path | None) -> CalloutSettings:
+    d = CalloutSettings()
+    try:
+        resolver = parse_server(str(c["dnsResolver"])) if "dnsResolver" in c else d.dns_resolver
+    except ValueError as e:
+        raise ConfigError(f"config {file}: callouts.dnsResolver {c['dnsResolver']!r}: "
+                          f"an address[:port] ({e})") from None
+    return CalloutSettings(dns_resolver=resolver, timeout=float(c.get("timeout", d.timeout)),
+                           rate=float(c.get("ratePerSecond", d.rate)), burst=int(c.get("burst", d.burst)))
 
 
 def load_placeholders(file: Path) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.keys import load_public_keys
 
 from .apply import Enforcer, NullEnforcer
+from .callouts import Callouts
 from .client import Client
 from .config import AgentConfig
 from .errors import AgentError, ConfigError
@@ -128,11 +129,14 @@ async def _main(cfg: AgentConfig, enforcer: Enforcer, pubkeys: list, metrics: Ag
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)  # `kill -USR2`: where every task waits
     client = Client(cfg.server, retry_max=cfg.intervals.retry_max)  # the agent counts failures (observe)
-    agent = Agent(cfg, enforcer=enforcer, client=client, pubkeys=pubkeys, metrics=metrics, events=events)
+    callouts = Callouts(cfg.callouts, on_outcome=lambda action, outcome: metrics.callouts.labels(action, outcome).inc())
+    agent = Agent(cfg, enforcer=enforcer, client=client, pubkeys=pubkeys, metrics=metrics, events=events,
+                  callouts=callouts)
     print(f"palisade-agent: sensor {cfg.sensor_id} pulling from {cfg.server}, state in {cfg.state}",
           file=sys.stderr, flush=True)
     try:
         await agent.run(stop)
     finally:
+        callouts.close()
         await client.aclose()
         log.info("stopped; enforcing v%s stays in the kernel", agent.version)

@@ -52,6 +52,9 @@ class AgentMetrics:
                                    ["kind", "errno"], registry=r)
         self.events_dropped = Counter("palisade_agent_events_dropped_total",
                                       "Events the event log could not write (disk errors).", registry=r)
+        self.callouts = Counter("palisade_agent_callouts_total",
+                                "GetUrl/DnsLookup requests of policies, by action and outcome (agent/callouts.py).",
+                                ["action", "outcome"], registry=r)
         self.degraded = Gauge("palisade_agent_degraded",
                               "1 while any problem holds (disk, transfer, index_expired), else 0.", registry=r)
         self.problems = Gauge("palisade_agent_problems", "Problems holding now, by kind.", ["kind"], registry=r)

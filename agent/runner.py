@@ -54,6 +54,7 @@ from reconciler.bundle import Bundle, Index, WireError, format_time, keyid, sha2
 from . import heartbeat, lkg, trust
 from .apply import ApplyReport, Enforcer, PolicyStatus, apply, plan
 from .atomic import StateFiles, write_atomic
+from .callouts import Callouts
 from .client import MIN_POLL, Client, Pacer
 from .config import AgentConfig
 from .drift import HEALABLE, DriftReport, Finding, compare
@@ -124,8 +125,11 @@ class Agent:
 
     def __init__(self, cfg: AgentConfig, *, enforcer: Enforcer, client: Client, pubkeys: Sequence[VerifyKey],
                  metrics: AgentMetrics | None = None, events: EventLog | None = None, persist: bool = True,
-                 clock: Callable[[], _dt.datetime] | None = None, min_poll: float = MIN_POLL) -> None:
+                 clock: Callable[[], _dt.datetime] | None = None, min_poll: float = MIN_POLL,
+                 callouts: Callouts | None = None) -> None:
         self.cfg = cfg
+        #: Sends the GetUrl/DnsLookup requests events name (agent/callouts.py); None: none are sent.
+        self.callouts = callouts
         self.enforcer = enforcer
         self.client = client
         self.pubkeys = list(pubkeys)
@@ -585,6 +589,8 @@ class Agent:
                 self.metrics.events.labels(kind, action or "none").inc()
             self.workloads.annotate(ev)
             self.observations.add(ev)
+            if self.callouts is not None:
+                self.callouts.submit(ev)  # only queues: the requests go on its own threads
         if self.events is not None:
             self.events.write_many(events)
         return len(events)

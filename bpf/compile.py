@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -39,6 +40,7 @@ from . import ia32, scope, x64
 from .core.records import CAP_NAMES
 from .errors import Unsupported, format_path
 from .policy import (
+    Action,
     Arg,
     ArgFilter,
     BinariesFilter,
@@ -366,6 +368,36 @@ class FollowFilter:
 
 
 @dataclass(frozen=True)
+class Callout:
+    """A GetUrl or DnsLookup action. Nothing in the kernel does it: the selector's event names it, and the agent
+    sends the request (an HTTP GET of the URL, a DNS query for the name), as Tetragon's agent does, to set off
+    a canary token (agent/callouts.py)."""
+
+    action: str  # "GetUrl" | "DnsLookup"
+    #: The URL (argUrl) or the name (argFqdn).
+    arg: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"action": self.action, CALLOUT_ARGS[self.action]: self.arg}
+
+
+#: The action fields naming what a callout requests.
+CALLOUT_ARGS = {"GetUrl": "argUrl", "DnsLookup": "argFqdn"}
+_FQDN_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _callouts_of(hooks: list[Hook]) -> tuple[tuple[int, int, tuple[Callout, ...]], ...]:
+    out = []
+    for i, h in enumerate(hooks):
+        for k, sel in enumerate(h.selectors):
+            cs = tuple(Callout(a.action, (a.arg_url if a.action == "GetUrl" else a.arg_fqdn) or "")
+                       for a in sel.match_actions if a.action in CALLOUT_ARGS)
+            if cs:
+                out.append((i, k, cs))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Plan:
     policy: TracingPolicy
     source: str
@@ -390,6 +422,12 @@ class Plan:
     #: matchCapabilityChanges / matchNamespaceChanges: the tracking programs keep, per process, the capabilities
     #: and namespaces it had at its exec (`pl_base`, which the engine seeds from /proc for older processes).
     exec_state: bool = False
+    #: (hook index, selector index, its GetUrl/DnsLookup actions), for the selectors that have any.
+    callouts: tuple[tuple[int, int, tuple[Callout, ...]], ...] = ()
+
+    def callouts_of(self, hook: int, selector: int) -> tuple[Callout, ...]:
+        """What the agent is to request when selector `selector` of hook `hook` matched (an event names both)."""
+        return next((c for h, s, c in self.callouts if h == hook and s == selector), ())
 
     @property
     def sites(self) -> tuple[Site, ...]:
@@ -569,7 +607,8 @@ class _Compiler:
         if not self.f.ringbuf:
             self.refuse(f"events need a BPF ring buffer, which this kernel lacks {self.f.why('ringbuf')}".strip())
         hooks: list[HookPlan] = []
-        for i, h in enumerate(self._expanded_hooks()):
+        expanded = self._expanded_hooks()
+        for i, h in enumerate(expanded):
             hp = self._hook(i, h)
             if hp is not None:
                 hooks.append(hp)
@@ -617,6 +656,7 @@ class _Compiler:
                     notes=tuple(self.notes), scoped=self.scoped,
                     scope_hooks=scope_hooks, ia32=bool(self.ia32), exec_state=self.exec_state,
                     lineage=self.lineage, stacks=stacks)
+        plan = replace(plan, callouts=_callouts_of(expanded))
         return replace(plan, source=_sections(source, plan.sites))
 
     # ------------------------------------------------------------------ hooks
@@ -1827,6 +1867,7 @@ class _Compiler:
                 # an enrichment of the event only: the hook acts (and reports) without it
                 self.notes.append(f"{w}: imaHash: events carry no ima_hash (IMA hashes need sleepable LSM programs)")
             if a.extra and any(k not in ("rateLimit", "rateLimitScope")
+                               and k != CALLOUT_ARGS.get(name)
                                and not (k == "argSock" and name in ("TrackSock", "UntrackSock"))
                                and not (k == "imaHash" and h.section == "lsmhooks") for k in a.extra):
                 self.refuse(f"{w}: action fields {', '.join(a.extra)} are outside the engine's subset")
@@ -1864,13 +1905,33 @@ class _Compiler:
                     ok = False
                     continue
                 act, deny = _ACT_OVERRIDE, (-a.arg_error if a.arg_error is not None else 1)
+            elif name in CALLOUT_ARGS:
+                ok = self._callout_ok(h, a, w) and ok
             else:
                 self.refuse(f"{w}: action {name} is outside the engine's subset "
-                            "(Post, NoPost, Sigkill, Signal, Override)")
+                            "(Post, NoPost, Sigkill, Signal, Override, GetUrl, DnsLookup)")
                 ok = False
         if not post and act == _ACT_POST:
             act = _ACT_NOPOST
         return (act, sig, post, deny) if ok else None
+
+    def _callout_ok(self, h: Hook, a: Action, w: str) -> bool:
+        """A GetUrl needs an http(s) URL, a DnsLookup a DNS name; neither runs on uprobes (as in Tetragon)."""
+        if h.section == "uprobes":
+            self.refuse(f"{w}: {a.action} on a uprobe: Tetragon takes GetUrl and DnsLookup on kprobes, tracepoints "
+                        "and LSM hooks only")
+            return False
+        if a.action == "GetUrl":
+            url = urllib.parse.urlsplit(a.arg_url or "")
+            if url.scheme not in ("http", "https") or not url.hostname:
+                self.refuse(f"{w}: GetUrl needs argUrl, an http:// or https:// URL with a host")
+                return False
+            return True
+        name = (a.arg_fqdn or "").removesuffix(".")
+        if not name or len(name) > 253 or not all(_FQDN_LABEL.fullmatch(lb) for lb in name.split(".")):
+            self.refuse(f"{w}: DnsLookup needs argFqdn, a DNS name (labels of 1-63 letters, digits, - or _)")
+            return False
+        return True
 
     # ------------------------------------------------------------------ C generation
 

@@ -33,6 +33,8 @@ from .process_events import is_base
 _EVENT = struct.Struct("<QQ10I8q256s256s256sii")
 _COUNTERS = ("posted", "enforced", "would_have_enforced", "lost")
 _ENFORCING = (1, 2, 3)  # sigkill, signal, override
+#: Tetragon's action names of the requests the agent sends (bpf.compile.Callout).
+_CALLOUT_ACTIONS = {"GetUrl": "KPROBE_ACTION_GETURL", "DnsLookup": "KPROBE_ACTION_DNSLOOKUP"}
 #: The event kinds a policy's hooks produce (each carries `policy_name` and the process).
 POLICY_EVENT_KINDS = ("process_tracepoint", "process_kprobe", "process_uprobe", "process_lsm")
 _FAMILY_NAMES = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6"}
@@ -176,6 +178,9 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int,
         body["tags"] = list(hook.tags)
     if plan.policy.namespace:
         body["policy_namespace"] = plan.policy.namespace
+    callouts = plan.callouts_of(raw.hook, raw.selector)
+    if callouts and raw.action == 0:  # nothing else done in the kernel: the callout names it, as in Tetragon
+        action = _CALLOUT_ACTIONS[callouts[-1].action]
     body["action"] = action
     mode = MODES[raw.mode] if raw.mode < len(MODES) else "unknown"
     wall = raw.ktime + clock_offset_ns
@@ -190,6 +195,7 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int,
             "selector": raw.selector,
             "cgroup_id": raw.cgroup,
             "policy_key": plan.policy.key,
+            **({"callouts": [c.to_json() for c in callouts]} if callouts else {}),
         },
     }
 

@@ -104,6 +104,9 @@ class Action:
     #: Post's `kernelStackTrace` / `userStackTrace`: the event carries the stack of the call.
     kernel_stack: bool = False
     user_stack: bool = False
+    #: GetUrl's `argUrl` and DnsLookup's `argFqdn`: what the agent requests when the selector matches.
+    arg_url: str | None = None
+    arg_fqdn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -568,6 +571,8 @@ def _action(raw: Any, path: JsonPath) -> Action:
         extra=tuple(k for k in m if k not in ("action", "argError", "argSig", *stacks)),
         kernel_stack=_bool(m.get("kernelStackTrace", False), (*path, "kernelStackTrace")),
         user_stack=_bool(m.get("userStackTrace", False), (*path, "userStackTrace")),
+        arg_url=_str(m["argUrl"], (*path, "argUrl")) if m.get("argUrl") is not None else None,
+        arg_fqdn=_str(m["argFqdn"], (*path, "argFqdn")) if m.get("argFqdn") is not None else None,
     )
 
 
