@@ -378,7 +378,9 @@ def _sock(b: bytes) -> dict[str, Any]:
     fam, typ, proto, state, sport, dport, mark, prio, _, cookie, saddr, daddr = _PL_SK.unpack_from(b)
     src, dst = _addresses(fam, saddr, daddr)
     out: dict[str, Any] = {"family": _FAMILY_NAMES.get(fam, str(fam)), "type": _SOCK_TYPES.get(typ, str(typ)),
-                           "protocol": _PROTOCOL_NAMES.get(proto, str(proto)), "mark": mark, "priority": prio,
+                           # 0 until the family's create sets it (a sock sk_alloc returns): Tetragon's IPPROTO_IP
+                           "protocol": _PROTOCOL_NAMES.get(proto) or ("IPPROTO_IP" if proto == 0 else str(proto)),
+                           "mark": mark, "priority": prio,
                            "saddr": src, "daddr": dst, "sport": sport, "dport": dport,
                            "cookie": str(cookie)}  # uint64: a string in protojson, as Tetragon prints it
     if fam in (2, 10) and 0 < state < len(_TCP_STATES):

@@ -176,7 +176,9 @@ def test_tcp_accept_tracks_the_listener_and_its_connections(engine: Engine, work
     mine = [e for e in alloc if e["return"]["sock_arg"]["cookie"] == cookie]
     assert mine, alloc
     assert mine[0]["args"] == [{"int_arg": 2, "label": "Family"}]
-    assert mine[0]["return"]["sock_arg"]["family"] == "AF_INET"
+    ret = mine[0]["return"]["sock_arg"]
+    # sk_alloc sets only the family; inet_create fills in the rest once it returns
+    assert (ret["family"], ret["type"], ret["protocol"], "state" in ret) == ("AF_INET", "0", "IPPROTO_IP", False)
     # the new connection's socket, cloned from the listener in the kernel's receive path
     assert child[0]["process"]["pid"] == srv.pid
     assert child[0]["process"]["binary"] == os.path.realpath(PY)
@@ -209,6 +211,39 @@ def test_tcp_accept_tracks_the_listener_and_its_connections(engine: Engine, work
         cookie, csk["cookie"]}
     # freed, both are untracked (sk_free's UntrackSock)
     assert _wait(lambda: not {int(cookie), int(csk["cookie"])} & _tracked_socks(engine, res.key))
+
+
+def test_tracksock_action_tracks_a_socket_where_the_policy_sees_it(
+        engine: Engine, workload: Workload, server: Callable[[str], subprocess.Popen[str]]) -> None:
+    # no sk_alloc: the listener is tracked by a TrackSock action when it starts listening
+    port = _free_port(socket.SOCK_STREAM)
+    doc = policy("listen-track", {"kprobes": [
+        {"call": "inet_csk_listen_start", "syscall": False, "args": [{"index": 0, "type": "sock"}],
+         "selectors": [{"matchArgs": [{"index": 0, "operator": "SPort", "values": [str(port)]}],
+                        "matchActions": [{"action": "TrackSock", "argSock": 0}, {"action": "NoPost"}]}]},
+        {"call": "inet_csk_listen_stop", "syscall": False, "args": [{"index": 0, "type": "sock"}],
+         "selectors": [{"matchActions": [{"action": "UntrackSock"}]}]},
+        {"call": "tcp_v4_syn_recv_sock", "syscall": False, "args": [{"index": 0, "type": "sock"}]},
+    ]})
+    res = engine.load(doc, "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    srv = server(_TCP_SERVER.format(port=port))
+    client = subprocess.run([PY, "-c", f"import socket; socket.create_connection(('127.0.0.1', {port})).send(b'hi')"],
+                            capture_output=True, text=True, timeout=30)
+    assert client.returncode == 0, client.stderr
+    events = _collect(engine, [], lambda evs: bool(_of(evs, "tcp_v4_syn_recv_sock")))
+    recv = _of(events, "tcp_v4_syn_recv_sock")
+    assert recv, [e["function_name"] for e in events]
+    assert recv[0]["process"]["pid"] == srv.pid
+    assert recv[0]["process"]["binary"] == os.path.realpath(PY)
+    sk = recv[0]["args"][0]["sock_arg"]
+    assert (sk["state"], sk["sport"]) == ("TCP_LISTEN", port)
+    assert _of(events, "inet_csk_listen_start") == []  # NoPost
+    assert int(sk["cookie"]) in _tracked_socks(engine, res.key)
+    srv.communicate("go\n", timeout=30)
+    stops = _collect(engine, [], lambda evs: bool(_of(evs, "inet_csk_listen_stop")))
+    assert [e["args"][0]["sock_arg"]["cookie"] for e in _of(stops, "inet_csk_listen_stop", srv.pid)] == [sk["cookie"]]
+    assert int(sk["cookie"]) not in _tracked_socks(engine, res.key)
 
 
 _UDP_SERVER = """
