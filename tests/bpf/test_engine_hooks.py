@@ -5,6 +5,7 @@ fail the call with EPERM; `Sigkill` runs on syscall tracepoints and kills.
 """
 from __future__ import annotations
 
+import base64
 import signal
 import socket
 import subprocess
@@ -173,3 +174,50 @@ def test_override_arg_error_chooses_the_errno(engine: Engine, workload: Workload
     assert res.loaded, res.reasons
     denied = workload.run(RAW)
     assert b"PermissionError: [Errno 13] Permission denied" in denied.stderr
+
+
+def test_sys_write_reports_the_bytes_written_as_tetragon_does(engine: Engine, workload: Workload) -> None:
+    # write.yaml's hook (without its matchPIDs, which tests/bpf/test_engine_pids.py covers): a char_buf read
+    # to the size its third argument gives, on the syscall's tracepoint
+    doc = policy("sys-write", {"kprobes": [{
+        "call": "sys_write", "syscall": True,
+        "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "char_buf", "sizeArgIndex": 3},
+                 {"index": 2, "type": "size_t"}],
+        "selectors": [{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["1"]}]}]}]})
+    res = engine.load(doc, "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    done = workload.run(_py("import os; os.write(1, b'hello palisade'); os.write(2, b'to stderr'); "
+                            "os.write(1, b'x' * 300)"))
+    assert done.stdout == b"hello palisade" + b"x" * 300
+    events = wait_events(engine, lambda ev: "process_kprobe" in ev and ev["process_kprobe"]["args"][2]["size_arg"]
+                         == 300)
+    writes = [ev["process_kprobe"] for ev in events if "process_kprobe" in ev]
+    assert [w["args"] for w in writes] == [
+        [{"int_arg": 1}, {"bytes_arg": base64.b64encode(b"hello palisade").decode()}, {"size_arg": 14}],
+        [{"int_arg": 1}, {"truncated_bytes_arg": {"bytes_arg": base64.b64encode(b"x" * 256).decode(),
+                                                  "orig_size": "300"}}, {"size_arg": 300}]]
+    assert writes[0]["function_name"] == "__x64_sys_write"
+
+
+def test_sys_read_copies_the_buffer_when_the_call_returns(engine: Engine, workload: Workload,
+                                                          tmp_path: Path) -> None:
+    # returnCopy: what read() put in the buffer exists only once it returns (on its sys_exit tracepoint)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s3cret\n")
+    doc = policy("sys-read", {"kprobes": [{
+        "call": "sys_read", "syscall": True, "return": True,
+        "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "char_buf", "returnCopy": True},
+                 {"index": 2, "type": "size_t"}],
+        "returnArg": {"index": 0, "type": "int"},
+        "selectors": [{"matchArgs": [{"index": 0, "operator": "Equal", "values": ["7"]}]}]}]})
+    res = engine.load(doc, "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    done = workload.run(_py(f"import os; fd = os.open({str(secret)!r}, os.O_RDONLY); os.dup2(fd, 7); "
+                            "print(os.read(7, 100)); print(os.read(7, 100))"))
+    assert done.stdout == b"b's3cret\\n'\nb''\n", done
+    events = wait_events(engine, lambda ev: "process_kprobe" in ev and ev["process_kprobe"]["return"]
+                         == {"int_arg": 0})
+    reads = [ev["process_kprobe"] for ev in events if "process_kprobe" in ev]
+    assert [(r["args"][1], r["return"]) for r in reads] == [
+        ({"bytes_arg": base64.b64encode(b"s3cret\n").decode()}, {"int_arg": 7}),
+        ({"bytes_arg": ""}, {"int_arg": 0})]
