@@ -160,9 +160,6 @@ RET_SLOT = 7
 #: Sockets a policy tracks at once (TrackSock): an LRU map, so a socket freed without UntrackSock is evicted.
 #: About 2.4 MB per tracking policy (each entry holds its process's binary).
 SOCK_TRACK_ENTRIES = 8192
-#: Sockets a policy tracks at once (TrackSock): an LRU map, so a socket freed without UntrackSock is evicted.
-#: About 2.4 MB per tracking policy (each entry holds its process's binary).
-SOCK_TRACK_ENTRIES = 8192
 _INT_OPS = ("Equal", "NotEqual", "Mask", "GT", "LT", "InRange", "NotInRange")
 _STR_OPS = ("Equal", "NotEqual", "Prefix", "NotPrefix", "Postfix", "NotPostfix")
 _SOCK_OPS = ("DAddr", "NotDAddr", "DPort", "NotDPort", "Family", "NotFamily", "Protocol", "NotProtocol")
@@ -322,8 +319,6 @@ class HookPlan:
     tags: tuple[str, ...] = ()
     #: A kretprobe's returnArg type: its events carry the value the function returned.
     return_type: str | None = None
-    #: A returned sock: the event string slot its sock_arg is in.
-    return_slot: int = -1
     #: A returned sock: the event string slot its sock_arg is in.
     return_slot: int = -1
     #: A hook on every syscall: its events carry the syscall's number, which names the call.
@@ -589,12 +584,6 @@ class _Compiler:
         self.sock_acts: dict[int, list[list[tuple[bool, int]]]] = {}
         #: kretprobes' returned socks by hook: (event slot of its sock_arg or -1, returnArgAction).
         self.ret_socks: dict[int, tuple[int, str | None]] = {}
-        #: The policy tracks sockets (TrackSock/UntrackSock): the `pl_socks` map, looked up for every sock argument.
-        self.socktrack = _tracks_socks(policy)
-        #: Per hook, per selector that acts: its TrackSock/UntrackSock actions, (track, sock operand position).
-        self.sock_acts: dict[int, list[list[tuple[bool, int]]]] = {}
-        #: kretprobes' returned socks by hook: (event slot of its sock_arg or -1, returnArgAction).
-        self.ret_socks: dict[int, tuple[int, str | None]] = {}
         #: Per hook, per selector: (kernelStackTrace, userStackTrace) of its Post action.
         self.stacks: dict[int, tuple[tuple[bool, bool], ...]] = {}
         #: Hooks on a generated_ftrace list, whose events carry the address of the function that ran.
@@ -653,8 +642,6 @@ class _Compiler:
         bodies = [gen() for gen in self.functions]
         if self.ldso:
             source += _LDSO
-        if self.socktrack:
-            source += _SOCKTRACK
         if self.socktrack:
             source += _SOCKTRACK
         if self.ret:
@@ -1218,7 +1205,6 @@ class _Compiler:
         sel_conds: list[tuple[list[str], int, int, bool, int]] = []  # (conditions, action, sig, post, errno)
         ret_conds: list[list[str]] = []  # per entry of sel_conds: its matchReturnArgs, on the return value `r`
         sock_acts: list[list[tuple[bool, int]]] = []  # per entry of sel_conds: its TrackSock/UntrackSock actions
-        sock_acts: list[list[tuple[bool, int]]] = []  # per entry of sel_conds: its TrackSock/UntrackSock actions
         uses_bin = uses_parent = False
         self._hook_i = i
         for sel in h.selectors:
@@ -1238,10 +1224,6 @@ class _Compiler:
                     self.refuse(f"{format_path(af.path)}: matchReturnArgs on a returned sock is outside the "
                                 "engine's subset")
                     continue
-                if ret_type == "sock":
-                    self.refuse(f"{format_path(af.path)}: matchReturnArgs on a returned sock is outside the "
-                                "engine's subset")
-                    continue
                 c = self._int_cond(af, "r", format_path(af.path))
                 if c:
                     rc.append(c)
@@ -1249,9 +1231,6 @@ class _Compiler:
                 continue
             sel_conds.append((conds, *act))
             ret_conds.append(rc)
-            sock_acts.append(self._sock_actions(h, sel, operands))
-        if any(sock_acts):
-            self.sock_acts[i] = sock_acts
             sock_acts.append(self._sock_actions(h, sel, operands))
         if any(sock_acts):
             self.sock_acts[i] = sock_acts
@@ -1868,23 +1847,6 @@ class _Compiler:
             out.append((a.action == "TrackSock", pos))
         return out
 
-    def _sock_actions(self, h: Hook, s: Selector, operands: list[Operand]) -> list[tuple[bool, int]]:
-        """A selector's TrackSock/UntrackSock actions: (track, position of the sock operand `argSock` names, by its
-        `index` as matchArgs does, else by position; Tetragon's default is 0)."""
-        out = []
-        for a in s.match_actions:
-            if a.action not in ("TrackSock", "UntrackSock"):
-                continue
-            idx = a.arg_sock or 0
-            by_index = next((k for k, x in enumerate(h.args) if x.index == idx), -1)
-            pos = by_index if by_index >= 0 else (idx if 0 <= idx < len(h.args) else -1)
-            op = next((o for o in operands if o.position == pos), None)
-            if op is None or op.kind != "sock":
-                self.refuse(f"{format_path(a.path)}: {a.action} argSock {idx} names no sock argument of {h.target}")
-                continue
-            out.append((a.action == "TrackSock", pos))
-        return out
-
     def _actions(self, h: Hook, s: Selector, cgroup_sites: tuple[str, ...] | None, *, denies: str = ""
                  ) -> tuple[int, int, bool, int] | None:
         """(action code, signal, post, errno to deny with or 0) of a selector. `denies`: the kind of site whose
@@ -1905,7 +1867,6 @@ class _Compiler:
                 # an enrichment of the event only: the hook acts (and reports) without it
                 self.notes.append(f"{w}: imaHash: events carry no ima_hash (IMA hashes need sleepable LSM programs)")
             if a.extra and any(k not in ("rateLimit", "rateLimitScope")
-                               and not (k == "argSock" and name in ("TrackSock", "UntrackSock"))
                                and k != CALLOUT_ARGS.get(name)
                                and not (k == "argSock" and name in ("TrackSock", "UntrackSock"))
                                and not (k == "imaHash" and h.section == "lsmhooks") for k in a.extra):
@@ -2008,19 +1969,12 @@ class _Compiler:
                 # a tracked socket is in scope wherever it is used (softirq too): it was tracked in scope
                 L.append("    u32 pl_out = cfg->scoped && !pl_in_scope_of(tgid);")
             else:
-                if self.socktrack and any(o.kind == "sock" for o in operands):
-                # a tracked socket is in scope wherever it is used (softirq too): it was tracked in scope
-                L.append("    u32 pl_out = cfg->scoped && !pl_in_scope_of(tgid);")
-            else:
                 L.append(f"    if (cfg->scoped && !pl_in_scope_of(tgid)) return {allow};")
         L += ["    struct pl_scratch *sc = bpf_map_lookup_elem(&pl_scratch, &z);",
               f"    if (!sc) return {allow};",
               "    u32 act = 0, sig = 0, sel = 0, acted = 0; int post = 1, deny = 0;",
               "    u64 fbits = 0;",
               "    struct pl_proc *proc = 0;"]
-        tracked = self.socktrack and not cg and any(o.kind == "sock" for o in operands)
-        if tracked:
-            L.append("    struct pl_owner *own = 0;  /* the process that tracked a sock argument (TrackSock) */")
         tracked = self.socktrack and not cg and any(o.kind == "sock" for o in operands)
         if tracked:
             L.append("    struct pl_owner *own = 0;  /* the process that tracked a sock argument (TrackSock) */")
@@ -2057,8 +2011,6 @@ class _Compiler:
             L += self._read_operand(h, site, o, index_map, fields, mask_type, need_strings)
         if tracked:
             L.append(f"    if (pl_out && !own) return {allow};")
-        if tracked:
-            L.append(f"    if (pl_out && !own) return {allow};")
         # selectors, first match wins
         for k, (conds, act, sig, post, deny) in enumerate(sels):
             cond = " && ".join(conds) if conds else "1"
@@ -2066,10 +2018,6 @@ class _Compiler:
                      f"deny = {int(deny)}; goto matched; }}")
         L += [f"    return {allow};", "matched:",
               f"    if (bpf_map_lookup_elem(&pl_self, &tgid)) return {allow};  /* the engine itself */"]
-        for k, acts in enumerate(self.sock_acts.get(i, [])):
-            for track, pos in acts:  # TrackSock names the process that runs, as Tetragon's does
-                L.append(f"    if (sel == {k}) " + (f"pl_track((u64)sk{pos}, tgid, (u32)pid_tgid, bin);" if track
-                                                    else f"pl_untrack((u64)sk{pos});"))
         for k, acts in enumerate(self.sock_acts.get(i, [])):
             for track, pos in acts:  # TrackSock names the process that runs, as Tetragon's does
                 L.append(f"    if (sel == {k}) " + (f"pl_track((u64)sk{pos}, tgid, (u32)pid_tgid, bin);" if track
@@ -2204,8 +2152,6 @@ class _Compiler:
               "            bpf_probe_read_kernel(e, sizeof(*e), st);",
               *([f"            pl_sock((struct sock *)r, (struct pl_sk *)__builtin_assume_aligned(e->strs[{ret_slot}], "
                  "8));"] if ret_slot >= 0 else []),
-              *([f"            pl_sock((struct sock *)r, (struct pl_sk *)__builtin_assume_aligned(e->strs[{ret_slot}], "
-                 "8));"] if ret_slot >= 0 else []),
               *(f"            e->ints[{pos % 8}] = pl_ret_copy(e->strs[{slot}], st->ints[{pos % 8}], (s64)r);"
                 for pos, slot in self.ret_copies.get(i, ())),
               f"            e->ints[{RET_SLOT}] = (s64)r; e->acted = acted; e->mode = cfg->mode;",
@@ -2310,8 +2256,6 @@ class _Compiler:
             L = [f"    struct sock *sk{p} = {sk};",
                  f"    struct pl_sk *{v}_sk = (struct pl_sk *)__builtin_assume_aligned({buf}, 8);",
                  f"    pl_sock(sk{p}, {v}_sk);",
-                 *([f"    {{ struct pl_owner *ow = bpf_map_lookup_elem(&pl_socks, &sk{p}); if (ow) own = ow; }}"]
-                   if self.socktrack else []),
                  *([f"    {{ struct pl_owner *ow = bpf_map_lookup_elem(&pl_socks, &sk{p}); if (ow) own = ow; }}"]
                    if self.socktrack else []),
                  f"    u32 {v}_fam = {v}_sk->family, {v}_proto = {v}_sk->protocol, {v}_state = {v}_sk->state;",
@@ -2632,39 +2576,6 @@ static __always_inline void pl_owned(struct pl_event *e, struct pl_owner *o) {
     PL_COPY(e->bin, o->bin, PL_STRLEN);
 }
 """.replace("SOCK_TRACK_ENTRIES", str(SOCK_TRACK_ENTRIES))
-#: TrackSock/UntrackSock: the process each tracked socket belongs to, by the sock's address.
-_SOCKTRACK = r"""
-/* sock address -> the process that tracked it, until UntrackSock; LRU, so a socket freed without UntrackSock
-   is evicted in time, not kept */
-struct pl_owner { u64 cgroup; u32 pid; u32 tid; u32 uid; u32 pad; char bin[PL_STRLEN]; };
-PL_MAP(pl_socks, BPF_MAP_TYPE_LRU_HASH, u64, struct pl_owner, SOCK_TRACK_ENTRIES);
-PL_MAP(pl_ownbuf, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_owner, 1);  /* too big for the stack */
-static __always_inline void pl_track(u64 sk, u32 pid, u32 tid, char *bin) {
-    u32 z = 0;
-    struct pl_owner *o = bpf_map_lookup_elem(&pl_ownbuf, &z);
-    if (!sk || !o) return;
-    o->cgroup = bpf_get_current_cgroup_id();
-    o->pid = pid; o->tid = tid; o->uid = (u32)bpf_get_current_uid_gid();
-    if (bin) PL_COPY(o->bin, bin, PL_STRLEN); else pl_exe_path(o->bin);
-    bpf_map_update_elem(&pl_socks, &sk, o, BPF_ANY);
-}
-/* the process an event names (a kretprobe's entry) */
-static __always_inline void pl_track_as(u64 sk, struct pl_event *ev) {
-    u32 z = 0;
-    struct pl_owner *o = bpf_map_lookup_elem(&pl_ownbuf, &z);
-    if (!sk || !o) return;
-    o->cgroup = ev->cgroup; o->pid = ev->pid; o->tid = ev->tid; o->uid = ev->uid;
-    PL_COPY(o->bin, ev->bin, PL_STRLEN);
-    bpf_map_update_elem(&pl_socks, &sk, o, BPF_ANY);
-}
-static __always_inline void pl_untrack(u64 sk) {
-    bpf_map_delete_elem(&pl_socks, &sk);
-}
-static __always_inline void pl_owned(struct pl_event *e, struct pl_owner *o) {
-    e->cgroup = o->cgroup; e->pid = o->pid; e->tid = o->tid; e->uid = o->uid;
-    PL_COPY(e->bin, o->bin, PL_STRLEN);
-}
-""".replace("SOCK_TRACK_ENTRIES", str(SOCK_TRACK_ENTRIES))
 
 #: Stack traces of the calls whose events ask for them (kernelStackTrace/userStackTrace), by id; 127 frames (the
 #: kernel's default perf_event_max_stack). Identical stacks share one id; bpf/events.py reads them by the ids
@@ -2750,13 +2661,6 @@ def _task_reads(needs: set[str]) -> list[str]:
 def _ret_type(h: Hook) -> str | None:
     """The type of a kretprobe's returnArg (the parser requires one with `return: true`)."""
     return (h.return_arg.type or "int").strip() if h.return_probe and h.return_arg is not None else None
-
-
-def _tracks_socks(p: TracingPolicy) -> bool:
-    """Some hook of `p` tracks sockets (returnArgAction or a matchActions TrackSock/UntrackSock)."""
-    acts = ("TrackSock", "UntrackSock")
-    return any(h.return_arg_action in acts or any(a.action in acts for s in h.selectors for a in s.match_actions)
-               for h in p.hooks)
 
 
 def _tracks_socks(p: TracingPolicy) -> bool:

@@ -101,8 +101,6 @@ class Action:
     extra: tuple[str, ...] = ()
     #: TrackSock/UntrackSock: the argument holding the socket (Tetragon's default: 0).
     arg_sock: int | None = None
-    #: TrackSock/UntrackSock: the argument holding the socket (Tetragon's default: 0).
-    arg_sock: int | None = None
     #: Post's `kernelStackTrace` / `userStackTrace`: the event carries the stack of the call.
     kernel_stack: bool = False
     user_stack: bool = False
@@ -562,7 +560,6 @@ def _action(raw: Any, path: JsonPath) -> Action:
     m = _map(raw, path)
     err = m.get("argError")
     sig = m.get("argSig")
-    sock = m.get("argSock")
     sock = m.get("argSock")
     stacks = ("kernelStackTrace", "userStackTrace")
     return Action(
