@@ -2039,7 +2039,8 @@ class _Compiler:
                   f"    if (!e) return {rv};",
                   *self._event_fields(i, site, operands, "    "),
                   "    e->pad = post | (deny ? 2 : 0);  /* 2: the entry counted the enforcement */",
-                  f"    if (bpf_map_update_elem(&pl_ret{i}, &pid_tgid, e, BPF_ANY)) pl_count(3);",
+                  "    u64 rk = pl_ret_key(pid_tgid);",
+                  f"    if (bpf_map_update_elem(&pl_ret{i}, &rk, e, BPF_ANY)) pl_count(3);",
                   f"    return {rv};", "}\n"]
             return "\n".join(L)
         # a denial acts only where the hook can deny (a tracepoint next to a cgroup hook cannot)
@@ -2128,7 +2129,8 @@ class _Compiler:
         ctype = _INT_TYPES.get(ret_type, "s64")
         L = [f"int {site.function}(void *ctx) {{",
              "    u64 pid_tgid = bpf_get_current_pid_tgid();",
-             f"    struct pl_event *st = bpf_map_lookup_elem(&pl_ret{i}, &pid_tgid);",
+             "    u64 rk = pl_ret_key(pid_tgid);",
+             f"    struct pl_event *st = bpf_map_lookup_elem(&pl_ret{i}, &rk);",
              "    if (!st) return 0;",
              "    int z = 0;",
              "    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);",
@@ -2160,7 +2162,7 @@ class _Compiler:
               "        }",
               "    }",
               "done:",
-              f"    bpf_map_delete_elem(&pl_ret{i}, &pid_tgid);",
+              f"    bpf_map_delete_elem(&pl_ret{i}, &rk);",
               "    return 0;", "}\n"]
         return "\n".join(L)
 
@@ -2542,6 +2544,11 @@ PL_MAP(pl_ret%(i)d, BPF_MAP_TYPE_LRU_HASH, u64, struct pl_event, 1024);
 """
 _RET_BUF = """
 PL_MAP(pl_evbuf, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_event, 1);
+/* The stash key of a call: its thread; in softirq on an idle CPU, where every CPU's task is pid 0, the CPU (a
+   softirq does not migrate between a function's entry and its return: tcp_create_openreq_child runs there) */
+static __always_inline u64 pl_ret_key(u64 pid_tgid) {
+    return pid_tgid ? pid_tgid : ~0ULL - bpf_get_smp_processor_id();
+}
 """
 #: TrackSock/UntrackSock: the process each tracked socket belongs to, by the sock's address.
 _SOCKTRACK = r"""
