@@ -53,9 +53,11 @@ from .policy import (
     Selector,
     TracingPolicy,
     UprobeTarget,
+    UsdtTarget,
 )
 from .tpformat import Field, Formats, builtin_formats
 from .uprobes import Resolved, Unresolvable
+from .usdt import Probe, UsdtUnresolvable
 
 MODES = ("observe", "enforce_ready", "enforced")
 #: `pl_cfg.mode` of a policy being unloaded: its programs return at once (set before its links go).
@@ -142,6 +144,9 @@ _PT_REGS_ARGS = (112, 104, 96, 88, 72)
 _PT_REGS_RC = 80
 #: A user function's first six arguments (the SysV calling convention adds r9): what a uprobe reads.
 _UPROBE_REGS = (*_PT_REGS_ARGS, 64)
+#: Arguments of a USDT probe (<sys/sdt.h> takes at most 12) and probe sites per policy (`pl_usdt` entries).
+USDT_ARGS = 12
+USDT_SITES = 64
 #: A syscall's arguments in the struct pt_regs its x86-64 entry (`__x64_sys_<name>`) takes: di, si, dx, r10, r8,
 #: r9 (the syscall convention passes the fourth in r10, where a function call has it in cx).
 _SYSCALL_REGS = (112, 104, 96, 56, 72, 64)
@@ -292,6 +297,10 @@ class Site:
     offset: int | None = None
     #: A kprobe whose hook says `ignore: callNotFound`: where the kernel lacks the function, it is left out.
     optional: bool = False
+    #: A usdt's program: one uprobe per site of the probe in `file` (none where the plan was made without the
+    #: node's files), each linked with BPF cookie `usdt_base` + k, its entry of `pl_usdt` (bpf/usdt.py).
+    usdt_probes: tuple[Probe, ...] = ()
+    usdt_base: int = -1
     #: A kprobe on a `generated_ftrace` list: the regular expression the engine matches against the kernel's
     #: ftrace functions at load, attaching the one program to each function it matches.
     pattern: str | None = None
@@ -325,6 +334,8 @@ class HookPlan:
     syscall_ids: bool = False
     #: A uprobe's path and symbol (or offset), which its events report.
     uprobe: UprobeTarget | None = None
+    #: A usdt's path, provider and name, which its events (process_usdt) report.
+    usdt: UsdtTarget | None = None
     #: A hook on many kernel functions (a `generated_ftrace` list): its events carry the address of the
     #: function that ran (in `ints[RET_SLOT]`), which names it.
     function_ips: bool = False
@@ -493,7 +504,8 @@ def check(policy: TracingPolicy, features: Features | None = None, formats: Form
 def compile_policy(policy: TracingPolicy, features: Features | None = None,
                    formats: Formats | None = None, *, scoped: bool = False,
                    real_path: Callable[[str], str] | None = None,
-                   resolve_uprobe: Callable[[UprobeTarget], Resolved] | None = None) -> Plan:
+                   resolve_uprobe: Callable[[UprobeTarget], Resolved] | None = None,
+                   resolve_usdt: Callable[[UsdtTarget], tuple[Probe, ...]] | None = None) -> Plan:
     """The load plan of `policy`; raises `Unsupported` with every reason when it cannot run here.
 
     `scoped`: the policy is loaded for workload cgroups, so it also keeps their processes in
@@ -503,10 +515,12 @@ def compile_policy(policy: TracingPolicy, features: Features | None = None,
     entries, never part of the source. `resolve_uprobe`: where a uprobe goes on this node
     (bpf.uprobes.resolve; the engine passes it when it loads): a file or function missing here
     refuses the policy. Without it uprobes are planned unplaced (their sites have no offset), as
-    the reconciler plans for a kernel profile: the offset is an attach parameter, not source."""
+    the reconciler plans for a kernel profile: the offset is an attach parameter, not source.
+    `resolve_usdt` (bpf.usdt.resolve) does the same for USDT probes: their sites and argument specs."""
     compiler = _Compiler(policy, features or Features(), formats or builtin_formats, scoped,
                          real_path or (lambda v: v))
     compiler.resolve_uprobe = resolve_uprobe
+    compiler.resolve_usdt = resolve_usdt
     return compiler.run()
 
 
@@ -547,6 +561,8 @@ class _Compiler:
         self.scoped = scoped
         #: Places uprobes on this node's files (`compile_policy`); None: sites without offsets.
         self.resolve_uprobe: Callable[[UprobeTarget], Resolved] | None = None
+        #: Finds USDT probe sites in this node's files (`compile_policy`); None: sites without places.
+        self.resolve_usdt: Callable[[UsdtTarget], tuple[Probe, ...]] | None = None
         #: (ia32 numbers, program, index of its generator) of the syscall hooks: see `_ia32_source`.
         self.ia32: list[tuple[tuple[int, ...], str, int]] = []
         #: (socketcall number, argument count, program) of the socket hooks among them.
@@ -570,6 +586,9 @@ class _Compiler:
         self.exec_state = False
         #: Some exec hook judges programs a loader maps (`pl_ldso`, `_program(ldso=True)`).
         self.ldso = False
+        #: USDT probe sites planned so far, each an entry of `pl_usdt` (its arguments' specs).
+        self.usdt_sites = 0
+        self.usdt = False
         #: Some hook is a kretprobe (its events wait in pl_evbuf/pl_ret<i> from entry to return).
         self.ret = False
         #: Hooks on every syscall, whose events carry the syscall's number (and whether it was a compat one).
@@ -646,6 +665,8 @@ class _Compiler:
             source += _SOCKTRACK
         if self.ret:
             source += _RET_BUF
+        if self.usdt:
+            source += _USDT
         source += "\n".join(bodies)
         if self.ia32:
             # a compat call's copy of a hook runs with a record for context, which bpf_get_stackid refuses:
@@ -734,8 +755,9 @@ class _Compiler:
             return self._lsm_hook(i, h)
         if h.section == "uprobes":
             return self._uprobe(i, h)
-        self.refuse(f"{h.section} ({h.target}) are outside the engine's subset (it puts uprobes on functions, "
-                    "offsets and addresses, not on USDT notes)")
+        if h.section == "usdts":
+            return self._usdt(i, h)
+        self.refuse(f"{h.section} ({h.target}) are outside the engine's subset")
         return None
 
     def _tracepoint(self, i: int, h: Hook) -> HookPlan | None:
@@ -986,9 +1008,73 @@ class _Compiler:
         return self._build(i, h, "process_uprobe", None, None, {a.index: a.index for a in h.args}, fields, None,
                            user_site=site)
 
+    def _usdt(self, i: int, h: Hook) -> HookPlan | None:
+        """A USDT probe: a uprobe program on each site of the probe's SDT note in the file (bpf/usdt.py), its
+        arguments read as each site's note says (a register, a constant, memory) through `pl_usdt`, which the
+        engine fills per site at load: the program is the same for every build of the binary."""
+        where = format_path(h.path)
+        u = h.usdt
+        assert u is not None  # the parser places every usdt hook
+        n_before = len(self.reasons)
+        if not self.f.uprobes:
+            why = self.f.why("uprobes")
+            self.refuse(f"{where}: usdt {u.describe()} needs uprobes, which this kernel lacks"
+                        + (f" ({why})" if why else ""))
+            return None
+        for sel in h.selectors:
+            for act in sel.match_actions:
+                if act.action == "Override":
+                    self.refuse(f"{format_path(act.path)}: Override on usdt {u.describe()} is outside the engine's "
+                                "subset (a probe site returns nothing); use Sigkill")
+                elif act.action == "Set":
+                    # Tetragon's Set writes argValue with bpf_probe_write_user into the probed process's memory
+                    # where the argument's operand points: it changes what the program computes, which no mode
+                    # of the ladder can turn into a dry run (observe would have to not write), and the kernel
+                    # marks every program using that helper as one that may corrupt user memory
+                    self.refuse(f"{format_path(act.path)}: Set on usdt {u.describe()} (writing argValue into the "
+                                "probed process's memory at the argument's address, with bpf_probe_write_user) "
+                                "is outside the engine's subset: it alters the program rather than observing or "
+                                "stopping it, and has no observe/enforce_ready form; use Sigkill")
+        if len(self.reasons) > n_before:
+            return None
+        probes: tuple[Probe, ...] = ()
+        if self.resolve_usdt is not None:
+            try:
+                probes = self.resolve_usdt(u)
+            except UsdtUnresolvable as e:
+                self.refuse(f"{where}: {e}")
+                return None
+            for arg in h.args:
+                short = [p for p in probes if arg.index >= len(p.args)]
+                if short:
+                    self.refuse(f"{where}: argument index {arg.index} of usdt {u.describe()}: the probe has "
+                                f"{len(short[0].args)} argument(s) at {short[0].file} offset {short[0].offset:#x}")
+            if len(self.reasons) > n_before:
+                return None
+        n = max(1, len(probes))
+        if self.usdt_sites + n > USDT_SITES:
+            self.refuse(f"{where}: usdt {u.describe()}: {self.usdt_sites + n} USDT probe sites in the policy; at "
+                        f"most {USDT_SITES}")
+            return None
+        site = Site(f"pl_h{i}_ud", "uprobe", attach=u.describe(), usdt_probes=probes, usdt_base=self.usdt_sites,
+                    file=probes[0].file if probes else None, offset=probes[0].offset if probes else None)
+        self.usdt_sites += n
+        self.usdt = True
+        # the arguments are not in fixed places: `_read_operand` reads each through pl_usdt_arg
+        fields = tuple(Field(f"arg{k}", "void *" if (a := h.arg(k)) is not None and (a.type or "") not in _INT_TYPES
+                             else "long", -1, 8, not (a is not None and (a.type or "") in _UNSIGNED))
+                       for k in range(USDT_ARGS))
+        return self._build(i, h, "process_usdt", None, None, {a.index: a.index for a in h.args}, fields, None,
+                           user_site=site)
+
     def _uprobe_arg_kind(self, h: Hook, index: int, type_: str | None, where: str) -> str | None:
         t = (type_ or "int").strip()
-        if not 0 <= index < len(_UPROBE_REGS):
+        if h.section == "usdts":
+            if not 0 <= index < USDT_ARGS:
+                self.refuse(f"{where}: argument index {index} of usdt {h.target}: a USDT probe has at most "
+                            f"{USDT_ARGS} arguments")
+                return None
+        elif not 0 <= index < len(_UPROBE_REGS):
             self.refuse(f"{where}: argument index {index} of uprobe {h.target}: uprobes read the first "
                         f"{len(_UPROBE_REGS)} arguments (the registers of the calling convention)")
             return None
@@ -1316,7 +1402,7 @@ class _Compiler:
         return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
                         subsystem=sub, event=ev, sites=tuple(sites), operands=tuple(operands),
                         selector_actions=tuple((c[1], c[2]) for c in sel_conds), message=h.message, tags=h.tags,
-                        uprobe=h.uprobe)
+                        uprobe=h.uprobe, usdt=h.usdt)
 
     def _user_member(self, h: Hook, a: Arg, ev: str | None, index_map: dict[int, int], fields: tuple[Field, ...],
                      cgroup_sites: tuple[str, ...] | None, where: str) -> int | None:
@@ -1701,7 +1787,7 @@ class _Compiler:
         # so a tracepoint filter written against the format index (args [{index: 5}], matchArgs 5) works.
         by_index = next((i for i, a in enumerate(h.args) if a.index == af.index), -1)
         by_position = af.index if 0 <= af.index < len(h.args) else -1
-        if h.section in ("kprobes", "uprobes"):
+        if h.section in ("kprobes", "uprobes", "usdts"):
             pos = by_index if by_index >= 0 else by_position
         else:
             pos = by_position if by_position >= 0 else by_index
@@ -1917,9 +2003,9 @@ class _Compiler:
 
     def _callout_ok(self, h: Hook, a: Action, w: str) -> bool:
         """A GetUrl needs an http(s) URL, a DnsLookup a DNS name; neither runs on uprobes (as in Tetragon)."""
-        if h.section == "uprobes":
-            self.refuse(f"{w}: {a.action} on a uprobe: Tetragon takes GetUrl and DnsLookup on kprobes, tracepoints "
-                        "and LSM hooks only")
+        if h.section in ("uprobes", "usdts"):
+            self.refuse(f"{w}: {a.action} on a {h.section[:-1]}: Tetragon takes GetUrl and DnsLookup on kprobes, "
+                        "tracepoints and LSM hooks only")
             return False
         if a.action == "GetUrl":
             url = urllib.parse.urlsplit(a.arg_url or "")
@@ -2220,7 +2306,9 @@ class _Compiler:
                 user = site.kind not in ("kprobe", "raw_tracepoint") and (h.subsystem in (None, "syscalls")
                                                                           or h.section == "kprobes")
                 fn = "bpf_probe_read_user_str" if user else "bpf_probe_read_kernel_str"
-                read = f"{fn}({buf}, {STRLEN}, *(const char **)((char *)ctx + {f.offset}))"
+                ptr = (f"(const char *)pl_usdt_arg(ctx, {o.index})" if h.usdt is not None
+                       else f"*(const char **)((char *)ctx + {f.offset})")
+                read = f"{fn}({buf}, {STRLEN}, {ptr})"
                 size = STRLEN
             # a key is the string zero-padded to its table's key size (pl_str_bits): pad the short key
             # first, and only for a long string the whole buffer, reading it again into the clean buffer
@@ -2238,7 +2326,8 @@ class _Compiler:
         if f.signed:
             raw = "s" + raw[1:]
         ctype = t or raw
-        read = f"*({raw} *)((char *)ctx + {f.offset})"
+        # a USDT argument as its site's note says (sized and signed there), then as the policy types it
+        read = f"pl_usdt_arg(ctx, {o.index})" if h.usdt is not None else f"*({raw} *)((char *)ctx + {f.offset})"
         L = [f"    {ctype} a{p} = ({ctype}){read};"]
         if mask_type and o.index == 1:
             L.append(f"    a{p} &= 0xf;  /* SOCK_TYPE_MASK: the security hook sees the type without flags */")
@@ -2592,6 +2681,47 @@ _STACKS = f"""
 struct {{ __uint(type, BPF_MAP_TYPE_STACK_TRACE); __uint(key_size, 4); __uint(value_size, {STACK_DEPTH} * 8);
          __uint(max_entries, 4096); }} pl_stacks SEC(".maps");
 """
+
+#: A USDT probe's arguments, read as its site's note says (bpf/usdt.py): the engine writes each site's specs
+#: into pl_usdt at the key its link's BPF cookie holds. Sizes and signs are the note's, as Tetragon reads them.
+_USDT = r"""
+struct pl_usdt_arg {
+    s64 val;       /* the constant, or the displacement of a memory operand */
+    u16 reg_off;   /* pt_regs offset of the register, or of a memory operand's base */
+    s16 idx_off;   /* pt_regs offset of a memory operand's index register; -1: none */
+    u8 kind;       /* 1 constant, 2 register, 3 memory; 0: no such argument */
+    u8 size;       /* bytes: 1, 2, 4 or 8 */
+    u8 sign;
+    u8 shift;      /* log2 of the index's scale */
+};
+struct pl_usdt_spec { struct pl_usdt_arg a[USDT_ARGS]; };
+PL_MAP(pl_usdt, BPF_MAP_TYPE_ARRAY, u32, struct pl_usdt_spec, USDT_SITES);
+static __always_inline u64 pl_usdt_arg(void *ctx, u32 k) {
+    u32 key = (u32)bpf_get_attach_cookie(ctx);
+    struct pl_usdt_spec *sp = bpf_map_lookup_elem(&pl_usdt, &key);
+    if (!sp || k >= USDT_ARGS) return 0;
+    struct pl_usdt_arg *a = &sp->a[k];
+    if (a->kind == 1) return (u64)a->val;
+    if (a->kind != 2 && a->kind != 3) return 0;
+    u64 v = 0, r = 0, x = 0;
+    bpf_probe_read_kernel(&r, sizeof(r), (char *)ctx + (a->reg_off & 0xff));
+    u32 n = a->size;
+    if (n == 0 || n > 8) return 0;
+    if (a->kind == 2) {
+        v = r;
+    } else {
+        if (a->idx_off >= 0) {
+            bpf_probe_read_kernel(&x, sizeof(x), (char *)ctx + (a->idx_off & 0xff));
+            r += x << (a->shift & 3);
+        }
+        /* only the operand's bytes: a wider read could run off the end of its page */
+        bpf_probe_read_user(&v, n, (void *)(r + a->val));
+    }
+    u32 sh = 64 - 8 * n;
+    v <<= sh;
+    return a->sign ? (u64)((s64)v >> sh) : v >> sh;
+}
+""".replace("USDT_ARGS", str(USDT_ARGS)).replace("USDT_SITES", str(USDT_SITES))
 
 _LDSO = r"""
 /* tgid -> the exec (start of the process, exec count of the task) that ran without an ELF interpreter and

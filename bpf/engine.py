@@ -45,8 +45,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import exec_state, inventory, scope, syscall, uprobes
-from .compile import MODE_OFF, MODES, NS_FILES, SELF_ENTRIES, Features, NsEntry, Plan, Site, compile_policy
+from . import exec_state, inventory, scope, syscall, uprobes, usdt
+from .compile import (
+    MODE_OFF,
+    MODES,
+    NS_FILES,
+    SELF_ENTRIES,
+    USDT_ARGS,
+    Features,
+    NsEntry,
+    Plan,
+    Site,
+    compile_policy,
+)
 from .core.libbpf import BpfObject
 from .errors import BpfError, LoadError, NotLoaded, Unsupported
 from .events import Counters, EventStream, read_counters
@@ -154,7 +165,8 @@ class Engine:
         key = policy.key
         try:
             plan = compile_policy(policy, self.features, self.formats, scoped=cgroups is not None,
-                                  real_path=real_binary_path, resolve_uprobe=uprobes.resolve)
+                                  real_path=real_binary_path, resolve_uprobe=uprobes.resolve,
+                                  resolve_usdt=usdt.resolve)
         except Unsupported as e:
             return LoadResult(key, False, e.reasons)
         if cgroups is None and (policy.namespace or policy.pod_selector or policy.container_selector):
@@ -440,6 +452,8 @@ class _Loader:
                 maps.append("pl_ns")
             if self.plan.stacks:
                 maps.append("pl_stacks")
+            if any(h.usdt is not None for h in self.plan.hooks):
+                maps.append("pl_usdt")
             if self.plan.scoped:
                 maps += ["pl_members", "pl_cgpaths"]
             fds = {name: obj.map(name).fd for name in maps}
@@ -484,6 +498,9 @@ class _Loader:
             syscall.map_update_elem(fds[s.map_name], s.key, struct.pack("<Q", s.bits))
         for key, bits in namespace_entries(self.plan.namespaces).items():
             syscall.map_update_elem(fds["pl_ns"], key, struct.pack("<Q", bits))
+        for site in self.plan.sites:
+            for n, probe in enumerate(site.usdt_probes):
+                syscall.map_update_elem(fds["pl_usdt"], struct.pack("<I", site.usdt_base + n), _usdt_spec(probe))
         syscall.map_update_elem(fds["pl_meta"], zero,
                                 struct.pack("<I", len(self.meta)) + self.meta.ljust(meta_size - 4, b"\0"))
 
@@ -501,6 +518,9 @@ class _Loader:
             return
         if site.kind == "kprobe" and site.pattern is not None:
             self._attach_ftrace_list(tmp, site, prog_fd)
+            return
+        if site.kind == "uprobe" and site.usdt_base >= 0:
+            self._attach_usdt(tmp, site, prog_fd)
             return
         if site.kind in ("tracepoint", "kprobe", "kretprobe", "uprobe"):
             if site.kind == "tracepoint":
@@ -548,6 +568,22 @@ class _Loader:
             finally:
                 os.close(lfd)
 
+
+    def _attach_usdt(self, tmp: Path, site: Site, prog_fd: int) -> None:
+        """A usdt's program on a uprobe at each site of its probe (`link_<fn>_<k>`), linked with the cookie
+        that keys the site's argument specs in pl_usdt, and with the probe's semaphore, which the kernel
+        counts up while the link lives."""
+        assert site.usdt_probes, "a usdt planned without its sites"
+        for k, probe in enumerate(site.usdt_probes):
+            pfd = syscall.perf_event_open_uprobe(probe.file, probe.offset, ref_ctr_offset=probe.ref_ctr_offset)
+            try:
+                lfd = syscall.link_create_perf_event(prog_fd, pfd, cookie=site.usdt_base + k)
+            finally:
+                os.close(pfd)
+            try:
+                syscall.obj_pin(lfd, tmp / f"link_{site.function}_{k}")
+            finally:
+                os.close(lfd)
 
     def _attach_ftrace_list(self, tmp: Path, site: Site, prog_fd: int) -> None:
         """The program of a generated_ftrace list on a kprobe at each kernel function its pattern matches,
@@ -765,6 +801,17 @@ def _switch_off(cfg_pin: Path) -> None:
         pass  # a foreign or damaged map: removing the pins still detaches, just later
     finally:
         os.close(fd)
+
+
+#: One `struct pl_usdt_arg` of bpf/compile.py's _USDT: val, reg_off, idx_off, kind, size, sign, shift.
+_USDT_ARG = struct.Struct("<qHhBBBB")
+
+
+def _usdt_spec(probe: usdt.Probe) -> bytes:
+    """The `struct pl_usdt_spec` of one probe site: how each of its arguments is read."""
+    out = b"".join(_USDT_ARG.pack(a.value if a.value < 1 << 63 else a.value - (1 << 64), a.reg_off, a.index_off,
+                                  a.kind, a.size, int(a.signed), a.shift) for a in probe.args[:USDT_ARGS])
+    return out.ljust(USDT_ARGS * _USDT_ARG.size, b"\0")
 
 
 def _detach(link_fd: int) -> None:

@@ -36,7 +36,7 @@ _ENFORCING = (1, 2, 3)  # sigkill, signal, override
 #: Tetragon's action names of the requests the agent sends (bpf.compile.Callout).
 _CALLOUT_ACTIONS = {"GetUrl": "KPROBE_ACTION_GETURL", "DnsLookup": "KPROBE_ACTION_DNSLOOKUP"}
 #: The event kinds a policy's hooks produce (each carries `policy_name` and the process).
-POLICY_EVENT_KINDS = ("process_tracepoint", "process_kprobe", "process_uprobe", "process_lsm")
+POLICY_EVENT_KINDS = ("process_tracepoint", "process_kprobe", "process_uprobe", "process_lsm", "process_usdt")
 _FAMILY_NAMES = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6"}
 _SOCK_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 5: "SOCK_SEQPACKET"}
 _PROTOCOL_NAMES = {6: "IPPROTO_TCP", 17: "IPPROTO_UDP", 1: "IPPROTO_ICMP", 58: "IPPROTO_ICMPV6", 255: "IPPROTO_RAW",
@@ -151,6 +151,9 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int,
     elif hook.uprobe is not None:
         body.update(_uprobe_place(hook))
         kind = "process_uprobe"
+    elif hook.usdt is not None:  # Tetragon's process_usdt: the policy's path, the probe's provider and name
+        body.update({"path": hook.usdt.path, "provider": hook.usdt.provider, "name": hook.usdt.name})
+        kind = "process_usdt"
     else:
         body["function_name"] = (_syscall_name(raw.ints[RET_SLOT]) if hook.syscall_ids else
                                  # a generated_ftrace list: the function by the address the kprobe ran at

@@ -149,9 +149,23 @@ class UprobeTarget:
 
 
 @dataclass(frozen=True)
+class UsdtTarget:
+    """A USDT probe of a user-space ELF file: the `provider` and `name` of its SDT note (bpf.usdt)."""
+
+    #: The file as the policy names it (also what events report, as Tetragon does).
+    path: str
+    provider: str
+    name: str
+
+    def describe(self) -> str:
+        """`/usr/bin/prog test:usdt3`."""
+        return f"{self.path} {self.provider}:{self.name}"
+
+
+@dataclass(frozen=True)
 class Hook:
-    """A kprobe, tracepoint, lsmhook, uprobe (one per symbol, offset or address of a `uprobes` entry), or an
-    untyped usdt (kept for the refusal message)."""
+    """A kprobe, tracepoint, lsmhook, uprobe (one per symbol, offset or address of a `uprobes` entry), or a
+    usdt."""
 
     section: str  # "kprobes" | "tracepoints" | "lsmhooks" | "uprobes" | "usdts"
     #: kprobe `call`, lsm `hook`, `subsystem:event` for tracepoints, the path for uprobes.
@@ -172,6 +186,8 @@ class Hook:
     return_arg_action: str | None = None
     #: A uprobe's place (section "uprobes"; `target` is then its path).
     uprobe: UprobeTarget | None = None
+    #: A usdt's probe (section "usdts"; `target` is then its path).
+    usdt: UsdtTarget | None = None
     #: A kprobe's `ignore: {callNotFound: true}`: a kernel without the function runs the policy without it.
     ignore_call_not_found: bool = False
     #: A tracepoint's `raw: true`: its arguments are the tracepoint's TP_PROTO arguments, by index.
@@ -250,6 +266,8 @@ def parse(doc: Any) -> TracingPolicy:
         for i, item in enumerate(items):
             if section == "uprobes":
                 hooks.extend(_uprobe_hooks(item, ("spec", section, i)))
+            elif section == "usdts":
+                hooks.append(_usdt_hook(item, ("spec", section, i)))
             else:
                 hooks.append(_hook(section, item, ("spec", section, i)))
     policy_mode = _policy_mode(spec.get("options"), ("spec", "options"))
@@ -444,6 +462,23 @@ def _uprobe_hooks(raw: Any, path: JsonPath) -> list[Hook]:
                + [UprobeTarget(file, address=a) for a in addrs])
     unsupported = tuple(k for k in h if k not in _UPROBE_KEYS and h[k] not in (None, [], {}, False))
     return [replace(base, target=file, unsupported=unsupported, uprobe=t) for t in targets]
+
+
+#: Keys of a `usdts` entry the engine runs; any other one given is kept as unsupported.
+_USDT_KEYS = {"path", "provider", "name", "args", "selectors", "message", "tags"}
+
+
+def _usdt_hook(raw: Any, path: JsonPath) -> Hook:
+    """A `usdts` entry: the probe `provider`:`name` of the ELF file `path` (every site of it in the file)."""
+    h = _map(raw, path)
+    target = UsdtTarget(_str(h.get("path"), (*path, "path")), _str(h.get("provider"), (*path, "provider")),
+                        _str(h.get("name"), (*path, "name")))
+    for key in ("path", "provider", "name"):
+        if not getattr(target, key):
+            raise PolicyError((*path, key), f"a usdt needs a non-empty {key}")
+    base = _hook("usdts", h, path)
+    unsupported = tuple(k for k in h if k not in _USDT_KEYS and h[k] not in (None, [], {}, False))
+    return replace(base, target=target.path, unsupported=unsupported, usdt=target)
 
 
 def _arg(raw: Any, path: JsonPath) -> Arg:

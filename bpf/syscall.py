@@ -525,7 +525,7 @@ def uprobe_pmu_type() -> int | None:
 
 
 def _perf_event_open_probe(pmu_dir: Path, target: str, offset: int, *, retprobe: bool, cpu: int,
-                           pid: int = -1) -> int:
+                           pid: int = -1, ref_ctr_offset: int = 0) -> int:
     """A perf event of the kprobe or uprobe PMU at `pmu_dir`: config1 points at `target` (a kernel
     function, or an ELF file's path), config2 is the offset from it."""
     kind = pmu_dir.name  # "kprobe" or "uprobe"
@@ -542,6 +542,15 @@ def _perf_event_open_probe(pmu_dir: Path, target: str, offset: int, *, retprobe:
         # The bit is named in the PMU's format directory ("config:0" on every kernel so far).
         fmt = (pmu_dir / "format" / "retprobe").read_text().strip()
         attr.config = 1 << int(fmt.split(":")[1])
+    if ref_ctr_offset:
+        # a uprobe's USDT semaphore: the kernel counts it up in each process mapping the file while the probe
+        # is attached; its place in config is named in the PMU's format directory ("config:32-63")
+        fmt_file = pmu_dir / "format" / "ref_ctr_offset"
+        if not fmt_file.exists():
+            raise SyscallError(_errno.EOPNOTSUPP, f"{kind} on {target}: this kernel's uprobes take no semaphore "
+                                                  "(no ref_ctr_offset in the PMU's format)")
+        bit = int(fmt_file.read_text().strip().split(":")[1].split("-")[0])
+        attr.config |= ref_ctr_offset << bit
     attr.config1 = ctypes.addressof(name)
     attr.config2 = offset
     attr.sample_period = 1
@@ -557,12 +566,14 @@ def perf_event_open_kprobe(func: str, *, retprobe: bool = False, offset: int = 0
     return _perf_event_open_probe(_KPROBE_PMU, func, offset, retprobe=retprobe, cpu=cpu)
 
 
-def perf_event_open_uprobe(path: str, offset: int, *, retprobe: bool = False, pid: int = -1) -> int:
+def perf_event_open_uprobe(path: str, offset: int, *, retprobe: bool = False, pid: int = -1,
+                           ref_ctr_offset: int = 0) -> int:
     """A perf event on a uprobe (or uretprobe) at file offset `offset` of the ELF file `path`, in
-    every process that maps it (`pid` -1) or in one."""
+    every process that maps it (`pid` -1) or in one; `ref_ctr_offset`: the file offset of a USDT
+    semaphore the kernel keeps counted up while the probe is attached."""
     # perf_event_open takes pid -1 with a CPU, or a pid on any CPU (-1)
     return _perf_event_open_probe(_UPROBE_PMU, path, offset, retprobe=retprobe, cpu=0 if pid == -1 else -1,
-                                  pid=pid)
+                                  pid=pid, ref_ctr_offset=ref_ctr_offset)
 
 
 def link_create_perf_event(prog_fd: int, perf_fd: int, cookie: int = 0) -> int:

@@ -26,6 +26,8 @@ dpkg -s clang >/dev/null 2>&1 || need_pkgs+=(clang)
 dpkg -s jq >/dev/null 2>&1 || need_pkgs+=(jq)
 # a static binary for the engine tests (and the kernel matrix's initramfs)
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+# <sys/sdt.h>, for the engine tests' programs with USDT probes
+dpkg -s systemtap-sdt-dev >/dev/null 2>&1 || need_pkgs+=(systemtap-sdt-dev)
 headers_pkg=$(dpkg-query -W -f='${Package}\n' 'linux-headers-*-amd64' 2>/dev/null \
   | grep -E '^linux-headers-[0-9].*-amd64$' | grep -v -- '-rt-' | sort -V | tail -n1 || true)
 if [ -z "$headers_pkg" ]; then
