@@ -1035,8 +1035,7 @@ class _Compiler:
                                 "probed process's memory at the argument's address, with bpf_probe_write_user) "
                                 "is outside the engine's subset: it alters the program rather than observing or "
                                 "stopping it, and has no observe/enforce_ready form; use Sigkill")
-        if len(self.reasons) > n_before:
-            return None
+        # a policy refused for its actions also says whether its probe is on this node
         probes: tuple[Probe, ...] = ()
         if self.resolve_usdt is not None:
             try:
@@ -1049,8 +1048,8 @@ class _Compiler:
                 if short:
                     self.refuse(f"{where}: argument index {arg.index} of usdt {u.describe()}: the probe has "
                                 f"{len(short[0].args)} argument(s) at {short[0].file} offset {short[0].offset:#x}")
-            if len(self.reasons) > n_before:
-                return None
+        if len(self.reasons) > n_before:
+            return None
         n = max(1, len(probes))
         if self.usdt_sites + n > USDT_SITES:
             self.refuse(f"{where}: usdt {u.describe()}: {self.usdt_sites + n} USDT probe sites in the policy; at "

@@ -473,9 +473,6 @@ def _usdt_hook(raw: Any, path: JsonPath) -> Hook:
     h = _map(raw, path)
     target = UsdtTarget(_str(h.get("path"), (*path, "path")), _str(h.get("provider"), (*path, "provider")),
                         _str(h.get("name"), (*path, "name")))
-    for key in ("path", "provider", "name"):
-        if not getattr(target, key):
-            raise PolicyError((*path, key), f"a usdt needs a non-empty {key}")
     base = _hook("usdts", h, path)
     unsupported = tuple(k for k in h if k not in _USDT_KEYS and h[k] not in (None, [], {}, False))
     return replace(base, target=target.path, unsupported=unsupported, usdt=target)

@@ -93,7 +93,8 @@ def test_every_reason_is_reported_not_just_the_first() -> None:
         "kprobes": [{"call": "fd_install", "syscall": False}],
         "tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_unshare",
                          "selectors": [{"matchNamespaceChanges": [{"operator": "In", "values": ["Moon"]}]}] * 6}],
-        "usdts": [{"path": "/bin/bash", "provider": "p", "name": "n"}],
+        "usdts": [{"path": "/bin/bash", "provider": "p", "name": "n",
+                   "selectors": [{"matchActions": [{"action": "Set", "argIndex": 0, "argValue": 1}]}]}],
     })
     assert any("fd_install" in r for r in got)
     assert any("6 selectors; Tetragon allows at most 5" in r for r in got)

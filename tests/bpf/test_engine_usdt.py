@@ -1,0 +1,184 @@
+"""USDT probes (`spec.usdts`) on this machine's kernel: a C program built here with <sys/sdt.h>
+(tests/bpf/usdt_prog.py), run from a workload cgroup. The tests assert the `process_usdt` event as Tetragon
+prints it, with each argument read as the probe's note says (a register, memory off the stack pointer, a
+pointer to a string), matchArgs on an argument, Sigkill at the probe, the probe's semaphore counted up in a
+running process while the policy is loaded and down when it goes, and that a policy whose binary,
+provider or probe is missing is refused with the reason and leaves nothing in the kernel.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_support import Workload, our_programs, policy, programs_gone, wait_events
+from usdt_prog import build
+
+from bpf import usdt
+from bpf.engine import Engine
+from bpf.policy import UsdtTarget
+
+pytestmark = pytest.mark.kernel
+
+_ARGS = [{"index": 0, "type": "int32"}, {"index": 1, "type": "int64"}, {"index": 2, "type": "string"},
+         {"index": 3, "type": "int", "label": "on-stack"}]
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    d = tmp_path_factory.mktemp("usdt-prog")
+    yield build(d)
+    shutil.rmtree(d)
+
+
+def _usdt(program: Path, name: str = "args", **extra: Any) -> dict[str, Any]:
+    return {"usdts": [{"path": str(program), "provider": "pl", "name": name, **extra}]}
+
+
+def _events(engine: Engine, until: Any = lambda b: True, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The process_usdt bodies polled until one satisfies `until`."""
+    events = wait_events(engine, lambda ev: "process_usdt" in ev and until(ev["process_usdt"]), timeout)
+    return [ev["process_usdt"] for ev in events if "process_usdt" in ev]
+
+
+def test_a_probe_reports_its_arguments_as_tetragon_prints_them(engine: Engine, workload: Workload,
+                                                               program: Path) -> None:
+    doc = policy("usdt-args", _usdt(program, args=_ARGS, message="probe hit", tags=["usdt"]))
+    res = engine.load(doc, "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    run = workload.run([str(program), "args", "3", "hello", "world"])
+    assert run.returncode == 0 and run.stdout == b"after hello\nafter world\n", run
+    events = _events(engine, lambda b: b["args"][2] == {"string_arg": "world"})
+    mine = [e for e in events if e["process"]["binary"] == str(program)]
+    assert [e["args"] for e in mine] == [
+        # an int in a register, a long in another, a string behind a pointer in memory, an int on the stack
+        [{"int_arg": 3}, {"long_arg": -3_000_000_000_000}, {"string_arg": "hello"},
+         {"int_arg": 6, "label": "on-stack"}],
+        [{"int_arg": 3}, {"long_arg": -3_000_000_000_000}, {"string_arg": "world"},
+         {"int_arg": 7, "label": "on-stack"}],
+    ], events
+    ev = mine[0]
+    assert (ev["path"], ev["provider"], ev["name"]) == (str(program), "pl", "args")
+    assert ev["policy_name"] == "usdt-args" and ev["message"] == "probe hit" and ev["tags"] == ["usdt"]
+    assert ev["action"] == "KPROBE_ACTION_POST"
+    assert ev["process"]["pid"] > 0 and "function_name" not in ev and "symbol" not in ev
+    # a negative int in a register, sign-extended from the 4 bytes the note gives
+    run = workload.run([str(program), "args", "-2", "neg"])
+    assert run.returncode == 0
+    neg = _events(engine, lambda b: b["args"][2] == {"string_arg": "neg"})
+    assert [e["args"][:2] for e in neg if e["args"][2] == {"string_arg": "neg"}] == [
+        [{"int_arg": -2}, {"long_arg": 2_000_000_000_000}]]
+
+
+def test_match_args_on_a_probe_argument_chooses_the_hits(engine: Engine, workload: Workload,
+                                                         program: Path) -> None:
+    doc = policy("usdt-match", _usdt(program, args=_ARGS, selectors=[
+        {"matchArgs": [{"index": 2, "operator": "Equal", "values": ["wanted"]}]},
+        {"matchArgs": [{"index": 0, "operator": "GT", "values": ["40"]}]}]))
+    res = engine.load(doc, "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    assert workload.run([str(program), "args", "1", "other", "wanted", "more"]).returncode == 0
+    assert workload.run([str(program), "args", "41", "big"]).returncode == 0
+    events = _events(engine, lambda b: b["args"][2] == {"string_arg": "big"})
+    assert sorted((e["args"][0]["int_arg"], e["args"][2]["string_arg"]) for e in events) == [(1, "wanted"),
+                                                                                            (41, "big")]
+
+
+def test_sigkill_at_a_probe_kills_the_process_there(engine: Engine, workload: Workload, program: Path) -> None:
+    doc = policy("usdt-kill", _usdt(program, args=_ARGS[2:3], selectors=[
+        {"matchArgs": [{"index": 2, "operator": "Equal", "values": ["doomed"]}],
+         "matchActions": [{"action": "Sigkill"}]}]))
+    res = engine.load(doc, "enforced", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    run = workload.run([str(program), "args", "1", "spared", "doomed", "never"])
+    assert run.returncode == -signal.SIGKILL, run
+    assert run.stdout == b"after spared\n"  # killed at the probe: the line after it never printed
+    events = _events(engine, lambda b: b["action"] == "KPROBE_ACTION_SIGKILL")
+    killed = [e for e in events if e["action"] == "KPROBE_ACTION_SIGKILL"]
+    assert killed and killed[0]["args"] == [{"string_arg": "doomed"}] and killed[0]["name"] == "args"
+
+
+def _semaphore(pid: int, program: Path) -> int:
+    """The pl:sema semaphore's value in process `pid`, read from its memory at the address the note gives
+    (the file's load base is where the mapping of its first page starts)."""
+    note = next(n for n in usdt.notes(program) if n.name == "sema")
+    base = None
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5] == str(program) and int(fields[2], 16) == 0:
+            base = int(fields[0].split("-")[0], 16)
+            break
+    assert base is not None, f"pid {pid} does not map {program}"
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(base + note.semaphore)
+        return int.from_bytes(mem.read(2), "little")
+
+
+def test_a_probe_with_a_semaphore_is_enabled_while_the_policy_is_loaded(engine: Engine, workload: Workload,
+                                                                        program: Path) -> None:
+    assert usdt.resolve(UsdtTarget(str(program), "pl", "sema"))[0].ref_ctr_offset > 0
+    waiting = workload.popen([str(program), "sema", "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert waiting.stdout is not None and waiting.stdout.readline() == b"ready\n"
+        assert _semaphore(waiting.pid, program) == 0
+        doc = policy("usdt-sema", _usdt(program, "sema", args=[{"index": 0, "type": "int32"}]))
+        res = engine.load(doc, "observe", cgroups=[workload.path])
+        assert res.loaded, res.reasons
+        # counted up in the process that was already running, and in one started now
+        assert _semaphore(waiting.pid, program) == 1
+        run = workload.run([str(program), "sema"])
+        assert run.stdout == b"semaphore 1\n", run
+        events = _events(engine, lambda b: b["name"] == "sema")
+        assert [e["args"] for e in events if e["process"]["binary"] == str(program)] == [[{"int_arg": 7}]]
+        engine.unload(doc.key)
+        assert _semaphore(waiting.pid, program) == 0
+        out, _ = waiting.communicate(b"go\n", timeout=10)
+        assert waiting.returncode == 0 and out == b"semaphore 0\n"
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert workload.run([str(program), "sema"]).stdout == b"semaphore 0\n"
+
+
+@pytest.mark.parametrize("entry, expected", [
+    pytest.param({"path": "/nonexistent/usdt-prog"},
+                 "usdt /nonexistent/usdt-prog pl:args: no such file on this node", id="missing-file"),
+    pytest.param({"provider": "nope"}, "usdt {prog} nope:args: no USDT probe nope:args in {prog} "
+                                       "(it has pl:args, pl:sema)", id="missing-provider"),
+    pytest.param({"name": "nope"}, "usdt {prog} pl:nope: no USDT probe pl:nope in {prog}", id="missing-name"),
+    pytest.param({"args": [{"index": 5, "type": "int"}]},
+                 "argument index 5 of usdt {prog} pl:args: the probe has 4 argument(s)", id="missing-argument"),
+    pytest.param({"selectors": [{"matchActions": [{"action": "Set", "argIndex": 0, "argValue": 32}]}]},
+                 "Set on usdt {prog} pl:args", id="set"),
+])
+def test_a_probe_that_cannot_be_placed_is_refused_and_leaves_nothing(engine: Engine, workload: Workload,
+                                                                     program: Path, entry: dict[str, Any],
+                                                                     expected: str) -> None:
+    before = our_programs()
+    spec = _usdt(program)
+    spec["usdts"][0].update(entry)
+    res = engine.load(policy("usdt-refused", spec), "enforced", cgroups=[workload.path])
+    assert not res.loaded
+    assert all(r.startswith("unsupported: spec.usdts[0]") for r in res.reasons), res.reasons
+    assert any(expected.format(prog=program) in r for r in res.reasons), res.reasons
+    assert programs_gone(our_programs() - before)
+    assert not engine.pin_root.exists() or not [p for p in engine.pin_root.iterdir() if p.is_dir()]
+    assert workload.run([str(program), "args", "1", "free"]).stdout == b"after free\n"
+
+
+def test_a_probe_in_a_binary_the_policy_names_through_a_symlink_fires_and_reports_that_path(
+        engine: Engine, workload: Workload, program: Path, tmp_path: Path) -> None:
+    link = tmp_path / "usdt-link"
+    link.symlink_to(program)
+    res = engine.load(policy("usdt-link", _usdt(link, args=_ARGS[:1])), "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    assert workload.run([str(program), "args", "9", "x"]).returncode == 0
+    events = _events(engine)
+    assert events and events[0]["path"] == str(link) and events[0]["args"] == [{"int_arg": 9}]
+    assert os.path.realpath(link) == str(program)
