@@ -735,6 +735,13 @@ class _Compiler:
 
     def _hook(self, i: int, h: Hook) -> HookPlan | None:
         where = format_path(h.path)
+        ra = h.return_arg
+        if (h.return_probe and ra is not None and ((ra.type or "").strip() == "sock" or h.return_arg_action in
+                                                   ("TrackSock", "UntrackSock")) and h.syscall):
+            # what a syscall returns is a number (an fd), never the struct sock a kernel function may return
+            self.refuse(f"{where}.returnArg: a returned sock (type sock, TrackSock, UntrackSock) is read by a "
+                        f"kretprobe on a kernel function (syscall: false); {h.target} is a syscall")
+            return None
         flags = tuple((any(a.kernel_stack for a in s.match_actions), any(a.user_stack for a in s.match_actions))
                       for s in h.selectors)
         if any(k or u for k, u in flags):

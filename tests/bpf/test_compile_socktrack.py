@@ -100,3 +100,9 @@ def test_a_returned_sock_renders_as_tetragons_sock_arg() -> None:
     body = events.render(raw._replace(strs=(bare.ljust(256, b"\0"), b"\0" * 256)), plan, "node", 0)["process_kprobe"]
     assert (body["return"]["sock_arg"]["type"], body["return"]["sock_arg"]["protocol"]) == ("0", "IPPROTO_IP")
     assert "state" not in body["return"]["sock_arg"]
+
+
+def test_a_syscall_returns_no_sock() -> None:
+    [why] = reasons({"call": "sys_socket", "syscall": True, "return": True, "args": [{"index": 0, "type": "int"}],
+                     "returnArg": {"index": 0, "type": "sock"}, "returnArgAction": "TrackSock"})
+    assert why.endswith("is read by a kretprobe on a kernel function (syscall: false); sys_socket is a syscall")
