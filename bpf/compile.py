@@ -57,7 +57,7 @@ from .policy import (
 )
 from .tpformat import Field, Formats, builtin_formats
 from .uprobes import Resolved, Unresolvable
-from .usdt import Probe, UsdtUnresolvable
+from .usdt import DEREF, Probe, UsdtUnresolvable
 
 MODES = ("observe", "enforce_ready", "enforced")
 #: `pl_cfg.mode` of a policy being unloaded: its programs return at once (set before its links go).
@@ -76,8 +76,8 @@ SELF_ENTRIES = 64
 RING_PAGES = 256
 
 ACTION_NAMES = {0: "KPROBE_ACTION_POST", 1: "KPROBE_ACTION_SIGKILL", 2: "KPROBE_ACTION_SIGNAL",
-                3: "KPROBE_ACTION_OVERRIDE", 4: "KPROBE_ACTION_NOPOST"}
-_ACT_POST, _ACT_SIGKILL, _ACT_SIGNAL, _ACT_OVERRIDE, _ACT_NOPOST = range(5)
+                3: "KPROBE_ACTION_OVERRIDE", 4: "KPROBE_ACTION_NOPOST", 5: "KPROBE_ACTION_SET"}
+_ACT_POST, _ACT_SIGKILL, _ACT_SIGNAL, _ACT_OVERRIDE, _ACT_NOPOST, _ACT_SET = range(6)
 
 _SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__se_sys_", "__do_sys_", "sys_")
 _SCHED_EVENTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
@@ -203,6 +203,8 @@ class Features:
     fexit: bool = False
     #: uprobes on functions of user-space ELF files (CONFIG_UPROBES; the development kernels have them).
     uprobes: bool = True
+    #: bpf_probe_write_user in uprobe programs (a usdt's Set); kernel lockdown takes it away.
+    probe_write_user: bool = True
     send_signal: bool = True
     cgroup_sock_create: bool = True
     cgroup_connect4: bool = True
@@ -248,6 +250,7 @@ class Features:
                             ("fmod_ret_syscalls", ("fmod_ret_syscall", "fmodret_syscall")),
                             ("fexit", ("fexit",)),
                             ("uprobes", ("uprobes", "uprobe")),
+                            ("probe_write_user", ("probe_write_user",)),
                             ("send_signal", ("send_signal", "bpf_send_signal")),
                             ("cgroup_sock_create", ("cgroup_sock_create", "sock_create")),
                             ("cgroup_connect4", ("cgroup_connect4", "connect4")),
@@ -589,6 +592,8 @@ class _Compiler:
         #: USDT probe sites planned so far, each an entry of `pl_usdt` (its arguments' specs).
         self.usdt_sites = 0
         self.usdt = False
+        #: Per usdt hook with Set actions: (selector, probe argument, value) of each (`pl_usdt_set`).
+        self.usdt_sets: dict[int, list[tuple[int, int, int]]] = {}
         #: Some hook is a kretprobe (its events wait in pl_evbuf/pl_ret<i> from entry to return).
         self.ret = False
         #: Hooks on every syscall, whose events carry the syscall's number (and whether it was a compat one).
@@ -667,6 +672,8 @@ class _Compiler:
             source += _RET_BUF
         if self.usdt:
             source += _USDT
+        if self.usdt_sets:  # only here: the kernel warns of every program that may write user memory
+            source += _USDT_SET
         source += "\n".join(bodies)
         if self.ia32:
             # a compat call's copy of a hook runs with a record for context, which bpf_get_stackid refuses:
@@ -1028,20 +1035,26 @@ class _Compiler:
             self.refuse(f"{where}: usdt {u.describe()} needs uprobes, which this kernel lacks"
                         + (f" ({why})" if why else ""))
             return None
-        for sel in h.selectors:
+        sets: list[tuple[int, int, int, Action]] = []  # (selector, note argument, value, action) of each Set
+        for k, sel in enumerate(h.selectors):
+            names = [act.action for act in sel.match_actions]
             for act in sel.match_actions:
+                w = format_path(act.path)
                 if act.action == "Override":
-                    self.refuse(f"{format_path(act.path)}: Override on usdt {u.describe()} is outside the engine's "
-                                "subset (a probe site returns nothing); use Sigkill")
+                    self.refuse(f"{w}: Override on usdt {u.describe()} is outside the engine's subset (a probe site "
+                                "returns nothing); use Sigkill or Set")
                 elif act.action == "Set":
-                    # Tetragon's Set writes argValue with bpf_probe_write_user into the probed process's memory
-                    # where the argument's operand points: it changes what the program computes, which no mode
-                    # of the ladder can turn into a dry run (observe would have to not write), and the kernel
-                    # marks every program using that helper as one that may corrupt user memory
-                    self.refuse(f"{format_path(act.path)}: Set on usdt {u.describe()} (writing argValue into the "
-                                "probed process's memory at the argument's address, with bpf_probe_write_user) "
-                                "is outside the engine's subset: it alters the program rather than observing or "
-                                "stopping it, and has no observe/enforce_ready form; use Sigkill")
+                    if not self.f.probe_write_user:
+                        why = self.f.why("probe_write_user")
+                        self.refuse(f"{w}: Set on usdt {u.describe()} writes argValue into the process's memory "
+                                    "with bpf_probe_write_user, which this kernel refuses"
+                                    + (f" ({why})" if why else ""))
+                    found = self._usdt_set(h, act, w)
+                    if found is not None:
+                        sets.append((k, *found, act))
+                    if "Sigkill" in names or "Signal" in names or names.count("Set") > 1:
+                        self.refuse(f"{w}: Set with {'another Set' if names.count('Set') > 1 else 'a signal'} in "
+                                    "one selector: one enforcing action per selector (give each its own)")
         # a policy refused for its actions also says whether its probe is on this node
         probes: tuple[Probe, ...] = ()
         if self.resolve_usdt is not None:
@@ -1055,8 +1068,18 @@ class _Compiler:
                 if short:
                     self.refuse(f"{where}: argument index {arg.index} of usdt {u.describe()}: the probe has "
                                 f"{len(short[0].args)} argument(s) at {short[0].file} offset {short[0].offset:#x}")
+            for _k, note_arg, _v, act in sets:
+                # as Tetragon: the argument must be 4 bytes of memory (an `int` variable the probe names)
+                bad = next((p.args[note_arg] for p in probes if note_arg < len(p.args)
+                            and (p.args[note_arg].kind != DEREF or p.args[note_arg].size != 4)), None)
+                if bad is not None:
+                    self.refuse(f"{format_path(act.path)}: Set on usdt {u.describe()}: argument {note_arg} of the "
+                                f"probe is {bad.spec!r}, not 4 bytes of memory (Set writes an int where the "
+                                "argument is)")
         if len(self.reasons) > n_before:
             return None
+        if sets:
+            self.usdt_sets[i] = [(k, note_arg, value) for k, note_arg, value, _a in sets]
         n = max(1, len(probes))
         if self.usdt_sites + n > USDT_SITES:
             self.refuse(f"{where}: usdt {u.describe()}: {self.usdt_sites + n} USDT probe sites in the policy; at "
@@ -1072,6 +1095,21 @@ class _Compiler:
                        for k in range(USDT_ARGS))
         return self._build(i, h, "process_usdt", None, None, {a.index: a.index for a in h.args}, fields, None,
                            user_site=site)
+
+    def _usdt_set(self, h: Hook, a: Action, w: str) -> tuple[int, int] | None:
+        """(note argument, value) of a Set action: `argIndex` is a position in the hook's args, whose `index`
+        names the probe's argument; `argValue` the int32 written into the process's memory there."""
+        if a.arg_index is None or a.arg_value is None:
+            self.refuse(f"{w}: Set needs argIndex and argValue")
+            return None
+        if not 0 <= a.arg_index < len(h.args):
+            self.refuse(f"{w}: Set argIndex {a.arg_index} names no argument of the hook's args "
+                        f"({len(h.args)} given)")
+            return None
+        if not -(1 << 31) <= a.arg_value < 1 << 31:
+            self.refuse(f"{w}: Set argValue {a.arg_value} is not an int32")
+            return None
+        return h.args[a.arg_index].index, a.arg_value
 
     def _uprobe_arg_kind(self, h: Hook, index: int, type_: str | None, where: str) -> str | None:
         t = (type_ or "int").strip()
@@ -1999,6 +2037,8 @@ class _Compiler:
                 act, deny = _ACT_OVERRIDE, (-a.arg_error if a.arg_error is not None else 1)
             elif name in CALLOUT_ARGS:
                 ok = self._callout_ok(h, a, w) and ok
+            elif name == "Set" and h.section == "usdts":  # checked and placed by `_usdt`
+                act = _ACT_SET
             else:
                 self.refuse(f"{w}: action {name} is outside the engine's subset "
                             "(Post, NoPost, Sigkill, Signal, Override, GetUrl, DnsLookup)")
@@ -2135,6 +2175,14 @@ class _Compiler:
                   f"    if (bpf_map_update_elem(&pl_ret{i}, &rk, e, BPF_ANY)) pl_count(3);",
                   f"    return {rv};", "}\n"]
             return "\n".join(L)
+        for k, note_arg, value in self.usdt_sets.get(i, ()):
+            # Set: the int the probe's argument is in memory becomes `value`, in enforced mode only
+            L += [f"    if (sel == {k}) {{",
+                  "        if (cfg->mode == 2) {",
+                  f"            if (!pl_usdt_set(ctx, {note_arg}, {value})) acted = 1;",
+                  "            pl_count(1);",
+                  "        } else pl_count(2);",
+                  "    }"]
         # a denial acts only where the hook can deny (a tracepoint next to a cgroup hook cannot)
         L += ["    if (sig || deny) {" if cg or traced else "    if (sig) {",
               "        if (cfg->mode == 2) {"]
@@ -2728,6 +2776,24 @@ static __always_inline u64 pl_usdt_arg(void *ctx, u32 k) {
     return a->sign ? (u64)((s64)v >> sh) : v >> sh;
 }
 """.replace("USDT_ARGS", str(USDT_ARGS)).replace("USDT_SITES", str(USDT_SITES))
+#: Set on a usdt: `value` written over the 4-byte memory operand of argument k (bpf/usdt.py's DEREF), in the
+#: current process at the probe, as Tetragon's Set does; 0 when written.
+_USDT_SET = r"""
+static __always_inline long pl_usdt_set(void *ctx, u32 k, s32 value) {
+    u32 key = (u32)bpf_get_attach_cookie(ctx);
+    struct pl_usdt_spec *sp = bpf_map_lookup_elem(&pl_usdt, &key);
+    if (!sp || k >= USDT_ARGS) return -1;
+    struct pl_usdt_arg *a = &sp->a[k];
+    if (a->kind != 3 || a->size != 4) return -1;
+    u64 r = 0, x = 0;
+    bpf_probe_read_kernel(&r, sizeof(r), (char *)ctx + (a->reg_off & 0xff));
+    if (a->idx_off >= 0) {
+        bpf_probe_read_kernel(&x, sizeof(x), (char *)ctx + (a->idx_off & 0xff));
+        r += x << (a->shift & 3);
+    }
+    return bpf_probe_write_user((void *)(r + a->val), &value, sizeof(value));
+}
+""".replace("USDT_ARGS", str(USDT_ARGS))
 
 _LDSO = r"""
 /* tgid -> the exec (start of the process, exec count of the task) that ran without an ELF interpreter and

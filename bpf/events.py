@@ -32,7 +32,7 @@ from .process_events import is_base
 #: struct pl_event (compile._PRELUDE).
 _EVENT = struct.Struct("<QQ10I8q256s256s256sii")
 _COUNTERS = ("posted", "enforced", "would_have_enforced", "lost")
-_ENFORCING = (1, 2, 3)  # sigkill, signal, override
+_ENFORCING = (1, 2, 3, 5)  # sigkill, signal, override, set
 #: Tetragon's action names of the requests the agent sends (bpf.compile.Callout).
 _CALLOUT_ACTIONS = {"GetUrl": "KPROBE_ACTION_GETURL", "DnsLookup": "KPROBE_ACTION_DNSLOOKUP"}
 #: The event kinds a policy's hooks produce (each carries `policy_name` and the process).

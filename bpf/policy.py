@@ -107,6 +107,9 @@ class Action:
     #: GetUrl's `argUrl` and DnsLookup's `argFqdn`: what the agent requests when the selector matches.
     arg_url: str | None = None
     arg_fqdn: str | None = None
+    #: Set's `argIndex` (a position in the hook's args) and `argValue` (what it writes there; usdts only).
+    arg_index: int | None = None
+    arg_value: int | None = None
 
 
 @dataclass(frozen=True)
@@ -594,17 +597,21 @@ def _action(raw: Any, path: JsonPath) -> Action:
     sig = m.get("argSig")
     sock = m.get("argSock")
     stacks = ("kernelStackTrace", "userStackTrace")
+    name = _str(m.get("action"), (*path, "action"))
+    set_args = ("argIndex", "argValue") if name == "Set" else ()
     return Action(
-        action=_str(m.get("action"), (*path, "action")),
+        action=name,
         arg_error=_int(err, (*path, "argError")) if err is not None else None,
         arg_sig=_int(sig, (*path, "argSig")) if sig is not None else None,
         arg_sock=_int(sock, (*path, "argSock")) if sock is not None else None,
         path=path,
-        extra=tuple(k for k in m if k not in ("action", "argError", "argSig", *stacks)),
+        extra=tuple(k for k in m if k not in ("action", "argError", "argSig", *stacks, *set_args)),
         kernel_stack=_bool(m.get("kernelStackTrace", False), (*path, "kernelStackTrace")),
         user_stack=_bool(m.get("userStackTrace", False), (*path, "userStackTrace")),
         arg_url=_str(m["argUrl"], (*path, "argUrl")) if m.get("argUrl") is not None else None,
         arg_fqdn=_str(m["argFqdn"], (*path, "argFqdn")) if m.get("argFqdn") is not None else None,
+        arg_index=_int(m["argIndex"], (*path, "argIndex")) if set_args and m.get("argIndex") is not None else None,
+        arg_value=_int(m["argValue"], (*path, "argValue")) if set_args and m.get("argValue") is not None else None,
     )
 
 

@@ -73,6 +73,7 @@ class Features:
     fexit: Feature
     fmod_ret: Feature
     fmod_ret_syscall: Feature
+    probe_write_user: Feature
     kernel_release: str
 
     def items(self) -> Iterator[tuple[str, Feature]]:
@@ -136,6 +137,7 @@ _LABELS = {
     "fexit": "fexit programs",
     "fmod_ret": "fmod_ret programs",
     "fmod_ret_syscall": "fmod_ret on syscall entries (error injection)",
+    "probe_write_user": "bpf_probe_write_user (kernel lockdown forbids it)",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(_LABELS)
 
@@ -209,6 +211,7 @@ def probe(*, cache: bool = True) -> Features:
         fexit=_check(lambda: _trampoline(AttachType.BPF_TRACE_FEXIT, _FENTRY_TARGET)),
         fmod_ret=_check(lambda: _trampoline(AttachType.BPF_MODIFY_RETURN, _FMOD_RET_TARGET)),
         fmod_ret_syscall=_check(lambda: _trampoline(AttachType.BPF_MODIFY_RETURN, _FMOD_RET_SYSCALL_TARGET)),
+        probe_write_user=_check(_probe_write_user),
         kernel_release=platform.release(),
     )
     _vmlinux_btf.cache_clear()  # 5 MB, read again by the next probe
@@ -631,6 +634,24 @@ def _ia32_syscalls() -> str:
         raise _Missing(f"a 32-bit syscall (int $0x80) from a 64-bit process faults here (signal "
                        f"{os.WTERMSIG(status)}): ia32 emulation is off")
     raise _Missing(f"a 32-bit syscall passed the raw sys_enter tracepoint unseen (wait status {status:#x})")
+
+
+_HELPER_PROBE_WRITE_USER = 36
+
+
+def _probe_write_user() -> str:
+    """Whether a kprobe-type program (uprobes are that type) may call bpf_probe_write_user (a usdt's Set):
+    kernel lockdown, even in integrity mode, takes the helper away. The program is loaded, never attached."""
+    insns = [Insn(0x72, dst=10, off=-8, imm=0),  # *(u8 *)(r10 - 8) = 0
+             Insn(0xB7, dst=1, imm=0), Insn(0xBF, dst=2, src=10), Insn(0x07, dst=2, imm=-8),
+             Insn(0xB7, dst=3, imm=1), _call(_HELPER_PROBE_WRITE_USER), *_RETURN_0]
+    with _fds() as fds:
+        try:
+            _load(fds, ProgType.BPF_PROG_TYPE_KPROBE, insns)
+        except SyscallError as e:
+            # the verifier's verdict says which: lockdown (integrity or confidentiality) takes the helper away
+            raise _Missing(f"a kprobe program calling bpf_probe_write_user does not load: {_short(e)}") from None
+    return "a kprobe program calling bpf_probe_write_user loaded"
 
 
 def _cgroup_send_signal() -> str:

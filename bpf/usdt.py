@@ -140,6 +140,9 @@ def parse_arg(spec: str) -> UsdtArg:
         return UsdtArg(spec, CONST, size, signed, _narrow(v, size, signed))
     if op.startswith("%"):
         return UsdtArg(spec, REG, size, signed, reg_off=_register(op, spec))
+    if op.endswith("(%rip)"):
+        raise BadArgSpec(f"argument {spec!r}: %rip-relative operands (a global's address) are outside what the "
+                         "engine reads")
     mm = _MEM.match(op)
     if not mm:
         raise BadArgSpec(f"argument {spec!r}: operand {op!r} is outside what the engine reads (a register, a "

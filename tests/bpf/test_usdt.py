@@ -156,7 +156,7 @@ def test_a_probe_resolves_to_its_nop_and_its_semaphore_to_its_place_in_the_file(
 def test_a_probe_that_is_not_there_is_refused_naming_what_is(prog: Path, tmp_path: Path) -> None:
     with pytest.raises(UsdtUnresolvable, match=r"no such file on this node"):
         usdt.resolve(UsdtTarget(str(tmp_path / "missing"), "pl", "args"))
-    with pytest.raises(UsdtUnresolvable, match=r"no USDT probe nope:args in .* \(it has pl:args, pl:sema\)"):
+    with pytest.raises(UsdtUnresolvable, match=r"no USDT probe nope:args in .* \(it has pl:args, pl:sema, pl:set\)"):
         usdt.resolve(UsdtTarget(str(prog), "nope", "args"))
     with pytest.raises(UsdtUnresolvable, match=r"no USDT probe pl:nope"):
         usdt.resolve(UsdtTarget(str(prog), "pl", "nope"))
@@ -205,15 +205,13 @@ def test_the_program_of_a_usdt_is_the_same_for_every_build_of_the_binary(prog: P
     assert plans[0].hooks[0].event_kind == "process_usdt" and "pl_usdt_arg(ctx, 2)" in plans[0].source
 
 
-def test_set_override_and_arguments_the_probe_lacks_are_refused(prog: Path) -> None:
+def test_override_and_arguments_the_probe_lacks_are_refused(prog: Path) -> None:
     def reasons(**extra: Any) -> str:
         with pytest.raises(Unsupported) as e:
             compile_policy(_usdts(prog, **extra), Features(), resolve_usdt=usdt.resolve)
         return " | ".join(e.value.reasons)
 
     act = lambda a: {"selectors": [{"matchActions": [a]}]}  # noqa: E731
-    why = reasons(args=[{"index": 0, "type": "int32"}], **act({"action": "Set", "argIndex": 0, "argValue": 32}))
-    assert "Set on usdt" in why and "bpf_probe_write_user" in why and "observe/enforce_ready" in why
     assert "Override on usdt" in reasons(**act({"action": "Override", "argError": -1}))
     assert "GetUrl on a usdt" in reasons(**act({"action": "GetUrl", "argUrl": "http://example.com"}))
     assert re.search(r"argument index 4 of usdt .* the probe has 4 argument\(s\)",
@@ -221,6 +219,44 @@ def test_set_override_and_arguments_the_probe_lacks_are_refused(prog: Path) -> N
     with pytest.raises(Unsupported, match="a USDT probe has at most 12 arguments"):
         compile_policy(_usdts(prog, args=[{"index": 12, "type": "int"}]), Features())
     assert "outside the engine's subset (integers and string)" in reasons(args=[{"index": 2, "type": "sock"}])
+
+
+def test_set_writes_an_int_argument_in_memory_and_is_refused_elsewhere(prog: Path, tmp_path: Path) -> None:
+    """Set (Tetragon's, on usdts only) writes argValue where the probe's argument is: it must be 4 bytes of
+    memory; the program that may write user memory is generated only for a policy with a Set."""
+    args = [{"index": 0, "type": "int32"}, {"index": 1, "type": "int32"}]
+
+    def doc(path: Path, *actions: dict[str, Any]) -> Any:
+        return _usdts(path, "set", args=args, selectors=[{"matchActions": list(actions)}])
+
+    set32 = {"action": "Set", "argIndex": 0, "argValue": 32}
+    plan = compile_policy(doc(prog, set32), Features(), resolve_usdt=usdt.resolve)
+    assert "pl_usdt_set(ctx, 0, 32)" in plan.source and "bpf_probe_write_user" in plan.source
+    assert plan.hooks[0].selector_actions == ((5, 0),)  # KPROBE_ACTION_SET
+    assert "bpf_probe_write_user" not in compile_policy(_usdts(prog, args=args), Features()).source
+
+    def reasons(path: Path, *actions: dict[str, Any]) -> str:
+        with pytest.raises(Unsupported) as e:
+            compile_policy(doc(path, *actions), Features(), resolve_usdt=usdt.resolve)
+        return " | ".join(e.value.reasons)
+
+    # unoptimized, the compiler passes the int in a register: nothing to write
+    o0 = tmp_path / "o0"
+    subprocess.run(["cc", "-O0", "-o", str(o0), "-x", "c", "-"], input=build(tmp_path).with_suffix(".c").read_bytes(),
+                   check=True)
+    assert re.search(r"argument 0 of the probe is '-4@%eax', not 4 bytes of memory", reasons(o0, set32))
+    assert re.search(r"argument 1 of the probe is '-4@%r\d+d', not 4 bytes of memory",
+                     reasons(prog, {**set32, "argIndex": 1}))
+    assert "Set needs argIndex and argValue" in reasons(prog, {"action": "Set", "argIndex": 0})
+    assert "Set argIndex 2 names no argument" in reasons(prog, {**set32, "argIndex": 2})
+    assert "is not an int32" in reasons(prog, {**set32, "argValue": 1 << 31})
+    assert "one enforcing action per selector" in reasons(prog, set32, {"action": "Sigkill"})
+    locked = Features(probe_write_user=False, reasons=(("probe_write_user", "lockdown"),))
+    with pytest.raises(Unsupported, match=r"bpf_probe_write_user, which this kernel refuses \(lockdown\)"):
+        compile_policy(doc(prog, set32), locked, resolve_usdt=usdt.resolve)
+    with pytest.raises(Unsupported, match="action Set is outside the engine's subset"):
+        compile_policy(_doc({"tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_getpid",
+                                              "selectors": [{"matchActions": [set32]}]}]}), Features())
 
 
 @pytest.mark.parametrize("example, probe", [("usdt.yaml", "test:usdt3"), ("usdt-set.yaml", "tetragon:test_4B")])

@@ -4,7 +4,8 @@
 `prog args N WORD...`: for each WORD, the probe pl:args(N as an int, -10^12 * N as a long, WORD, N + i read
 from the stack), then the line "after WORD". `prog sema [wait]`: prints the pl:sema probe's semaphore and
 fires pl:sema(7) when it is set; with `wait`, first prints "ready" and waits for a line on stdin (so a test
-can load a policy while the process runs).
+can load a policy while the process runs). `prog set N`: the probe pl:set(result, N), `result` an int in
+memory, then the line "result R" with what it holds after the probe.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ SOURCE = r"""
 /* every probe of a file built with _SDT_HAS_SEMAPHORES has one; only pl:sema's guards its probe */
 unsigned short pl_sema_semaphore __attribute__((unused, section(".probes")));
 unsigned short pl_args_semaphore __attribute__((unused, section(".probes")));
+unsigned short pl_set_semaphore __attribute__((unused, section(".probes")));
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -38,6 +40,12 @@ int main(int argc, char **argv) {
         return 0;
     }
     int n = argc > 2 ? atoi(argv[2]) : 0;
+    if (argc > 1 && strcmp(argv[1], "set") == 0) {
+        volatile int result = 0;  /* in memory: the probe names its address, which Set writes */
+        DTRACE_PROBE2(pl, set, result, n);
+        printf("result %d\n", result);
+        return 0;
+    }
     long big = -1000000000000L * n;
     for (int i = 3; i < argc; i++) {
         volatile int onstack = n + i;  /* in memory: its operand is an offset from %rsp */
