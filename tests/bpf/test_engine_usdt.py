@@ -155,7 +155,7 @@ def test_a_probe_with_a_semaphore_is_enabled_while_the_policy_is_loaded(engine: 
     pytest.param({"path": "/nonexistent/usdt-prog"},
                  "usdt /nonexistent/usdt-prog pl:args: no such file on this node", id="missing-file"),
     pytest.param({"provider": "nope"}, "usdt {prog} nope:args: no USDT probe nope:args in {prog} "
-                                       "(it has pl:args, pl:sema, pl:set)", id="missing-provider"),
+                                       "(it has pl:args, pl:sema, pl:set, pl:twice)", id="missing-provider"),
     pytest.param({"name": "nope"}, "usdt {prog} pl:nope: no USDT probe pl:nope in {prog}", id="missing-name"),
     pytest.param({"args": [{"index": 5, "type": "int"}]},
                  "argument index 5 of usdt {prog} pl:args: the probe has 4 argument(s)", id="missing-argument"),
@@ -213,6 +213,24 @@ def test_set_writes_its_value_where_the_probe_argument_is_when_enforced(engine: 
     assert hits[0]["process_usdt"]["action"] == "KPROBE_ACTION_SET"
     assert hits[0]["palisade"]["acted"] == (mode == "enforced")
     assert hits[0]["palisade"]["would_have_acted"] == (mode != "enforced")
+
+
+def test_a_probe_at_two_sites_fires_at_each_with_that_sites_arguments(engine: Engine, workload: Workload,
+                                                                      program: Path) -> None:
+    """Two notes of one probe (pl:twice): one uprobe each, whose link's cookie picks that site's argument
+    specs (the first site passes the constant 1 and N in a register, the second 2 and a pointer)."""
+    probes = usdt.resolve(UsdtTarget(str(program), "pl", "twice"))
+    assert len(probes) == 2 and probes[0].args[0].value == 1 and probes[1].args[0].value == 2
+    res = engine.load(policy("usdt-twice", _usdt(program, "twice", args=[{"index": 0, "type": "int"}])),
+                      "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    run = workload.run([str(program), "twice", "7"])
+    assert run.returncode == 0 and run.stdout == b"between\n"
+    events = _events(engine, lambda b: b["args"] == [{"int_arg": 2}])
+    assert [e["args"] for e in events if e["process"]["binary"] == str(program)] == [[{"int_arg": 1}],
+                                                                                    [{"int_arg": 2}]]
+    links = sorted(p.name for p in (engine.pin_root / "usdt-twice").iterdir() if p.name.startswith("link_pl_h0"))
+    assert links == ["link_pl_h0_ud_0", "link_pl_h0_ud_1"]
 
 
 def test_a_probe_in_a_binary_the_policy_names_through_a_symlink_fires_and_reports_that_path(

@@ -5,7 +5,8 @@
 from the stack), then the line "after WORD". `prog sema [wait]`: prints the pl:sema probe's semaphore and
 fires pl:sema(7) when it is set; with `wait`, first prints "ready" and waits for a line on stdin (so a test
 can load a policy while the process runs). `prog set N`: the probe pl:set(result, N), `result` an int in
-memory, then the line "result R" with what it holds after the probe.
+memory, then the line "result R" with what it holds after the probe. `prog twice N`: the probe pl:twice at
+two sites, pl:twice(1, N) then pl:twice(2, argv[2]).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ SOURCE = r"""
 unsigned short pl_sema_semaphore __attribute__((unused, section(".probes")));
 unsigned short pl_args_semaphore __attribute__((unused, section(".probes")));
 unsigned short pl_set_semaphore __attribute__((unused, section(".probes")));
+unsigned short pl_twice_semaphore __attribute__((unused, section(".probes")));
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -40,6 +42,12 @@ int main(int argc, char **argv) {
         return 0;
     }
     int n = argc > 2 ? atoi(argv[2]) : 0;
+    if (argc > 1 && strcmp(argv[1], "twice") == 0) {
+        DTRACE_PROBE2(pl, twice, 1, n);  /* one probe, two sites: two notes, each its own arguments */
+        printf("between\n");
+        DTRACE_PROBE2(pl, twice, 2, argv[2]);
+        return 0;
+    }
     if (argc > 1 && strcmp(argv[1], "set") == 0) {
         volatile int result = 0;  /* in memory: the probe names its address, which Set writes */
         DTRACE_PROBE2(pl, set, result, n);
