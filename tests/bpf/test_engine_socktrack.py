@@ -319,3 +319,24 @@ def test_corpus_socket_tracking_policies_load(engine: Engine, corpus: Path, name
     kinds = {label.split("_")[-1] for label, _ in res.prog_ids}
     assert "kr" in kinds  # the kretprobes whose returned sock is tracked
     engine.unload(res.key)
+
+
+def test_corpus_tcp_listen_reports_a_service_on_1337(engine: Engine, corpus: Path, workload: Workload,
+                                                     server: Callable[[str], subprocess.Popen[str]]) -> None:
+    # tracingpolicy/tcp-listen.yaml as it is, on the whole node
+    doc = parse(yaml.safe_load((corpus / "examples/tracingpolicy/tcp-listen.yaml").read_text()))
+    res = engine.load(doc, "observe")
+    assert res.loaded, res.reasons
+    srv = server(_TCP_SERVER.format(port=1337))
+    events = _collect(engine, [], lambda evs: bool(_of(evs, "inet_csk_listen_start")))
+    [listen] = _of(events, "inet_csk_listen_start")
+    assert listen["process"]["pid"] == srv.pid
+    assert listen["policy_name"] == "tcp-listen"
+    sk = listen["args"][0]["sock_arg"]
+    assert (sk["family"], sk["type"], sk["saddr"], sk["sport"]) == ("AF_INET", "SOCK_STREAM", "127.0.0.1", 1337)
+    # sk_alloc tracked it without an event (NoPost), and __sk_free untracks it when the server is done
+    assert _of(events, "sk_alloc") == [] and _of(events, "__sk_free") == []
+    assert int(sk["cookie"]) in _tracked_socks(engine, res.key)
+    srv.kill()  # its sockets are freed as it exits
+    srv.wait(timeout=10)
+    assert _wait(lambda: int(sk["cookie"]) not in _tracked_socks(engine, res.key))
