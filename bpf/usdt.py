@@ -41,17 +41,21 @@ _NT_STAPSDT = 3
 #: (`%rdi`, `%edi`, `%di`, `%dil`): reading 8 bytes there and keeping the spec's size gives the part.
 _PT_REGS = {"r15": 0, "r14": 8, "r13": 16, "r12": 24, "rbp": 32, "rbx": 40, "r11": 48, "r10": 56, "r9": 64,
             "r8": 72, "rax": 80, "rcx": 88, "rdx": 96, "rsi": 104, "rdi": 112, "rip": 128, "rsp": 152}
-_REG_NAMES: dict[str, int] = {}
-for _full, _off in _PT_REGS.items():
-    _REG_NAMES[_full] = _off
-    if _full[1:].isdigit() or _full in ("r8", "r9"):  # r8..r15: r8d, r8w, r8b
-        for suffix in ("d", "w", "b"):
-            _REG_NAMES[_full + suffix] = _off
-    elif _full != "rip":
-        core = _full[1:]  # "ax", "di", "bp"
-        _REG_NAMES["e" + core] = _off
-        _REG_NAMES[core] = _off
-        _REG_NAMES[(core[0] + "l") if core.endswith("x") else core + "l"] = _off
+
+
+def _register_names() -> dict[str, int]:
+    out: dict[str, int] = {}
+    for full, off in _PT_REGS.items():
+        out[full] = off
+        if full[1:].isdigit():  # r8..r15: r8d, r8w, r8b
+            out.update({full + suffix: off for suffix in ("d", "w", "b")})
+        elif full != "rip":
+            core = full[1:]  # "ax", "di", "bp"
+            out.update({"e" + core: off, core: off, (core[0] + "l" if core.endswith("x") else core + "l"): off})
+    return out
+
+
+_REG_NAMES = _register_names()
 
 #: What a spec's operand is: a constant, a register's value, or memory at an address made from registers.
 CONST, REG, DEREF = 1, 2, 3
@@ -184,7 +188,10 @@ def _sections(data: bytes) -> dict[str, tuple[int, int, int, int]]:
 
 def notes(path: str | Path) -> tuple[Note, ...]:
     """Every SDT note of ELF file `path` (raises elf.NotAnElf, OSError)."""
-    data = Path(path).read_bytes()
+    return _notes(path, Path(path).read_bytes())
+
+
+def _notes(path: str | Path, data: bytes) -> tuple[Note, ...]:
     if data[:6] != b"\x7fELF\x02\x01":
         raise elf.NotAnElf(f"{path}: not a 64-bit little-endian ELF file")
     sections = _sections(data)
@@ -243,8 +250,8 @@ def resolve(target: UsdtTarget) -> tuple[Probe, ...]:
             if not os.path.exists(real):
                 raise FileNotFoundError(real)
             raise UsdtUnresolvable(target, f"{real}{mapped} is not a regular file")
-        found = notes(real)
         data = Path(real).read_bytes()
+        found = _notes(real, data)
         segments = elf._exec_segments(data)
         probes = []
         matching = [n for n in found if n.provider == target.provider and n.name == target.name]

@@ -233,6 +233,42 @@ def test_a_probe_at_two_sites_fires_at_each_with_that_sites_arguments(engine: En
     assert links == ["link_pl_h0_ud_0", "link_pl_h0_ud_1"]
 
 
+_THROWER = r"""
+#include <cstdio>
+#include <stdexcept>
+int main() {
+    std::setvbuf(stdout, nullptr, _IONBF, 0);
+    try { throw std::runtime_error("boom"); } catch (const std::exception &e) { std::printf("caught %s\n", e.what()); }
+    return 0;
+}
+"""
+
+
+def test_a_probe_of_a_shared_library_fires_in_the_programs_that_map_it(engine: Engine, workload: Workload,
+                                                                        tmp_path: Path) -> None:
+    """libstdc++'s own SDT probe libstdcxx:throw, in a C++ program built here that throws: the uprobe is on
+    the library's file, so it fires in any process that maps it."""
+    cxx = shutil.which("c++")
+    if cxx is None:
+        pytest.fail("this test builds a C++ program: install a C++ compiler (c++)")
+    (tmp_path / "thrower.cc").write_text(_THROWER)
+    subprocess.run([cxx, "-O1", "-o", str(tmp_path / "thrower"), str(tmp_path / "thrower.cc")], check=True)
+    libs = subprocess.run(["ldd", str(tmp_path / "thrower")], capture_output=True, text=True, check=True).stdout
+    lib = next(line.split()[2] for line in libs.splitlines() if "libstdc++.so" in line)
+    res = engine.load(policy("usdt-throw", {"usdts": [{
+        "path": lib, "provider": "libstdcxx", "name": "throw",
+        "args": [{"index": 0, "type": "uint64"}, {"index": 1, "type": "uint64"}]}]}),
+        "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    run = workload.run([str(tmp_path / "thrower")])
+    assert run.returncode == 0 and run.stdout == b"caught boom\n", run
+    events = _events(engine, lambda b: b["process"]["binary"] == str(tmp_path / "thrower"))
+    mine = [e for e in events if e["process"]["binary"] == str(tmp_path / "thrower")]
+    assert len(mine) == 1 and (mine[0]["path"], mine[0]["provider"], mine[0]["name"]) == (lib, "libstdcxx", "throw")
+    # the exception object and its type_info: two user-space pointers
+    assert all(a["size_arg"] > 0x1000 for a in mine[0]["args"]), mine[0]["args"]  # uint64: size_arg
+
+
 def test_a_probe_in_a_binary_the_policy_names_through_a_symlink_fires_and_reports_that_path(
         engine: Engine, workload: Workload, program: Path, tmp_path: Path) -> None:
     link = tmp_path / "usdt-link"
