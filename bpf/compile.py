@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from . import ia32, scope, x64
+from . import ia32, loader, scope, x64
 from .core.records import CAP_NAMES
 from .errors import Unsupported, format_path
 from .policy import (
@@ -79,7 +79,7 @@ ACTION_NAMES = {0: "KPROBE_ACTION_POST", 1: "KPROBE_ACTION_SIGKILL", 2: "KPROBE_
                 3: "KPROBE_ACTION_OVERRIDE", 4: "KPROBE_ACTION_NOPOST", 5: "KPROBE_ACTION_SET"}
 _ACT_POST, _ACT_SIGKILL, _ACT_SIGNAL, _ACT_OVERRIDE, _ACT_NOPOST, _ACT_SET = range(6)
 
-_SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__se_sys_", "__do_sys_", "sys_")
+SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__se_sys_", "__do_sys_", "sys_")
 _SCHED_EVENTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
 _SOCKET_CALLS = {"security_socket_create": True, "__sys_socket": False, "__sock_create": True,
                  "sock_create": False}  # value: `type` excludes SOCK_NONBLOCK/CLOEXEC flags
@@ -427,17 +427,19 @@ class Plan:
     scope_hooks: tuple[HookPlan, ...] = ()
     #: The syscall hooks also run for 32-bit compat calls (`pl_ia32` on raw_syscalls:sys_enter).
     ia32: bool = False
+    #: ... and their returns (`pl_ia32x` on raw_syscalls:sys_exit), for syscall hooks with `return: true`.
+    ia32_exit: bool = False
     #: matchNamespaces entries: `pl_ns` map contents once the engine has resolved host_ns.
     namespaces: tuple[NsEntry, ...] = ()
-    #: Some selector posts stack traces (kernelStackTrace/userStackTrace): the `pl_stacks` stack map.
-    stacks: bool = False
-    #: matchPIDs followForks: the process lineage map (`pl_lineage`, tgid → parent) and its programs.
-    lineage: bool = False
     #: matchCapabilityChanges / matchNamespaceChanges: the tracking programs keep, per process, the capabilities
     #: and namespaces it had at its exec (`pl_base`, which the engine seeds from /proc for older processes).
     exec_state: bool = False
     #: (hook index, selector index, its GetUrl/DnsLookup actions), for the selectors that have any.
     callouts: tuple[tuple[int, int, tuple[Callout, ...]], ...] = ()
+    #: matchPIDs followForks: the process lineage map (`pl_lineage`, tgid → parent) and its programs.
+    lineage: bool = False
+    #: Some selector posts stack traces (kernelStackTrace/userStackTrace): the `pl_stacks` stack map.
+    stacks: bool = False
 
     def callouts_of(self, hook: int, selector: int) -> tuple[Callout, ...]:
         """What the agent is to request when selector `selector` of hook `hook` matched (an event names both)."""
@@ -448,6 +450,8 @@ class Plan:
         out = [_SELF_EXIT_SITE, *(s for h in self.hooks for s in h.sites)]
         if self.ia32:
             out.append(_IA32_SITE)
+        if self.ia32_exit:
+            out.append(_IA32_EXIT_SITE)
         if self.scope_hooks:
             out = [*_SCOPE_SITES, *(s for h in self.scope_hooks for s in h.sites), *out]
         if self.tracking:
@@ -482,6 +486,7 @@ _LINEAGE_SITES = (
     Site("pl_track_lexit", "raw_tracepoint", "sched", "sched_process_exit"),
 )
 _IA32_SITE = Site("pl_ia32", "raw_tracepoint", "raw_syscalls", "sys_enter")
+_IA32_EXIT_SITE = Site("pl_ia32x", "raw_tracepoint", "raw_syscalls", "sys_exit")
 _SCOPE_SITES = tuple(Site(fn, "raw_tracepoint", "sched", ev) for fn, ev in scope.MEMBERSHIP_SITES)
 
 
@@ -568,6 +573,8 @@ class _Compiler:
         self.resolve_usdt: Callable[[UsdtTarget], tuple[Probe, ...]] | None = None
         #: (ia32 numbers, program, index of its generator) of the syscall hooks: see `_ia32_source`.
         self.ia32: list[tuple[tuple[int, ...], str, int]] = []
+        #: The same for sys_exit programs (a syscall hook with `return: true`), on raw_syscalls:sys_exit.
+        self.ia32_exit: list[tuple[tuple[int, ...], str, int]] = []
         #: (socketcall number, argument count, program) of the socket hooks among them.
         self.socketcall: list[tuple[int, int, str]] = []
         self.f = features
@@ -583,10 +590,10 @@ class _Compiler:
         self._hook_i = 0
         self.follow: list[FollowFilter] = []
         self.tracking = False
-        #: Some matchPIDs entry has followForks (the `pl_lineage` map and its programs).
-        self.lineage = False
         #: Some selector compares the task with what it had at its exec (`Plan.exec_state`).
         self.exec_state = False
+        #: Some matchPIDs entry has followForks (the `pl_lineage` map and its programs).
+        self.lineage = False
         #: Some exec hook judges programs a loader maps (`pl_ldso`, `_program(ldso=True)`).
         self.ldso = False
         #: USDT probe sites planned so far, each an entry of `pl_usdt` (its arguments' specs).
@@ -594,6 +601,10 @@ class _Compiler:
         self.usdt = False
         #: Per usdt hook with Set actions: (selector, probe argument, value) of each (`pl_usdt_set`).
         self.usdt_sets: dict[int, list[tuple[int, int, int]]] = {}
+        #: Hooks with a rate-limited Post: per selector (ns, scope) or None, and the string slots compared.
+        self.rate_limits: dict[int, tuple[list[tuple[int, int] | None], int]] = {}
+        #: sys_enter_mmap's prot and fd offsets and sys_exit_mmap's ret, for a loader (spec.loader).
+        self.loader_offsets = (0, 0, 0)
         #: Some hook is a kretprobe (its events wait in pl_evbuf/pl_ret<i> from entry to return).
         self.ret = False
         #: Hooks on every syscall, whose events carry the syscall's number (and whether it was a compat one).
@@ -625,8 +636,14 @@ class _Compiler:
         if self.p.policy_mode == "monitor":
             self.notes.append("policy-mode monitor: never acts, at most enforce_ready (would-have-acted events)")
         for key in self.p.unsupported:
-            self.refuse(f"spec.{key} is outside the engine's subset")
-        if not self.p.hooks:
+            if key == "enforcers" and not self.f.fmod_ret_syscalls:
+                why = self.f.why("fmod_ret_syscalls")
+                self.refuse("spec.enforcers: an enforcer makes the calls fail by overriding their return "
+                            "(bpf_override_return, or fmod_ret on the syscall's entry), which needs error injection, "
+                            "which this kernel lacks" + (f" ({why})" if why else "") + "; use Sigkill")
+            else:
+                self.refuse(f"spec.{key} is outside the engine's subset")
+        if not self.p.hooks and not self.p.loader:
             self.refuse("the policy has no hooks")
         if not self.f.ringbuf:
             self.refuse(f"events need a BPF ring buffer, which this kernel lacks {self.f.why('ringbuf')}".strip())
@@ -636,6 +653,8 @@ class _Compiler:
             hp = self._hook(i, h)
             if hp is not None:
                 hooks.append(hp)
+        if self.p.loader and (hp := self._loader_hook(len(hooks))) is not None:
+            hooks.append(hp)
         if len(self.str_filters) > MAX_STRING_FILTERS:
             self.refuse(f"{len(self.str_filters)} string filters; at most {MAX_STRING_FILTERS} per policy")
         if self.reasons:
@@ -664,8 +683,14 @@ class _Compiler:
             source += scope.source(off, MODE_OFF)
             scope_hooks = tuple(_scope_hook(e) for e in scope.ESCAPES)
         bodies = [gen() for gen in self.functions]
+        if self.rate_limits:
+            source += _RATE_LIMIT
+        if self.ldso or self.p.loader:
+            source += _FD_FILE
         if self.ldso:
             source += _LDSO
+        if self.p.loader:
+            source += self._loader_source(hooks[-1].index)
         if self.socktrack:
             source += _SOCKTRACK
         if self.ret:
@@ -682,8 +707,8 @@ class _Compiler:
         plan = Plan(policy=self.p, source=source, hooks=tuple(hooks), tracking=self.tracking,
                     strings=strings, namespaces=tuple(self.ns_filters), follow=tuple(self.follow),
                     notes=tuple(self.notes), scoped=self.scoped,
-                    scope_hooks=scope_hooks, ia32=bool(self.ia32), exec_state=self.exec_state,
-                    lineage=self.lineage, stacks=stacks)
+                    scope_hooks=scope_hooks, ia32=bool(self.ia32), ia32_exit=bool(self.ia32_exit), stacks=stacks,
+                    lineage=self.lineage, exec_state=self.exec_state)
         plan = replace(plan, callouts=_callouts_of(expanded))
         return replace(plan, source=_sections(source, plan.sites))
 
@@ -813,7 +838,7 @@ class _Compiler:
                             f"kprobe on {call}: 32-bit compat syscalls are outside the engine's subset")
                 return None
             name = call
-            for pre in _SYSCALL_PREFIXES:
+            for pre in SYSCALL_PREFIXES:
                 if name.startswith(pre):
                     name = name[len(pre):]
                     break
@@ -822,15 +847,33 @@ class _Compiler:
             if fields is None:
                 self.refuse(f"kprobe on {call}: no syscalls:{ev} tracepoint on this kernel")
                 return None
-            if h.return_probe:
-                self.notes.append(f"{where}: return value of {call} is not reported (runs on sys_enter)")
-            return self._build(i, h, "process_kprobe", "syscalls", ev, {a.index: 5 + a.index for a in h.args},
-                               fields, None)
+            index_map = {a.index: 5 + a.index for a in h.args}
+            ret_type = _ret_type(h)
+            if ret_type is not None:
+                # `return: true`: the entry on sys_enter keeps its event per thread; sys_exit reads the return
+                exit_fields = self.formats("syscalls", f"sys_exit_{name}")
+                ret_field = next((f for f in exit_fields or () if f.name == "ret"), None)
+                if ret_field is None:
+                    self.refuse(f"kprobe on {call} with return: true: no syscalls:sys_exit_{name} tracepoint "
+                                "with a ret field on this kernel")
+                    return None
+                return self._build(i, h, "process_kprobe", "syscalls", ev, index_map, fields, None,
+                                   ret_type=ret_type, sys_exit=(f"sys_exit_{name}", ret_field.offset))
+            return self._build(i, h, "process_kprobe", "syscalls", ev, index_map, fields, None)
         acts = {a.action for s in h.selectors for a in s.match_actions}
         if (call in _SOCKET_CALLS or call in _CONNECT_CALLS) and not (self.f.kprobes and acts <= {"Post", "NoPost"}):
             # enforcement on the cgroup hooks, which deny before anything leaves; a hook that only reports
             # runs on the function itself where kprobes exist, for Tetragon's own argument shapes
-            return self._socket_kprobe(i, h)
+            if not ("Override" in acts and self.f.fmod_ret and call.startswith("security_")):
+                return self._socket_kprobe(i, h)
+            # what the cgroup hooks cannot express (the socket itself, an argError that is not an errno) is an
+            # fmod_ret program on the security_* function, whose return the kernel's caller takes
+            n_reasons, n_notes = len(self.reasons), len(self.notes)
+            plan = self._socket_kprobe(i, h)
+            if plan is not None:
+                return plan
+            del self.reasons[n_reasons:], self.notes[n_notes:]
+            return self._fmod_ret(i, h)
         if "Override" in acts and ((self.f.fmod_ret and call.startswith("security_"))
                                    or (self.f.fmod_ret_syscalls and call.startswith(_SYSCALL_ENTRIES))):
             return self._fmod_ret(i, h)
@@ -926,7 +969,7 @@ class _Compiler:
             fn, regs = call, _IA32_REGS
         else:
             name = call
-            for pre in _SYSCALL_PREFIXES:
+            for pre in SYSCALL_PREFIXES:
                 if name.startswith(pre):
                     name = name[len(pre):]
                     break
@@ -1169,6 +1212,25 @@ class _Compiler:
         return replace(plan, function_ips=True,
                        sites=tuple(replace(s, pattern=cl.pattern) for s in plan.sites))
 
+    def _loader_hook(self, i: int) -> HookPlan | None:
+        """`spec.loader`: process_loader events from mmap's entry and return and from exec (bpf/loader.py)."""
+        enter, leave = self.formats("syscalls", "sys_enter_mmap"), self.formats("syscalls", "sys_exit_mmap")
+        ret = next((f for f in leave or () if f.name == "ret"), None)
+        if enter is None or len(enter) < 11 or ret is None:
+            self.refuse("spec.loader needs the syscalls:sys_enter_mmap and sys_exit_mmap tracepoints, which this "
+                        "kernel lacks")
+            return None
+        self.loader_offsets = (enter[5 + 2].offset, enter[5 + 4].offset, ret.offset)  # mmap(addr, len, prot, flags, fd
+        sites = (Site(loader.MMAP_ENTER_FN % i, "tracepoint", "syscalls", "sys_enter_mmap"),
+                 Site(loader.MMAP_EXIT_FN % i, "tracepoint", "syscalls", "sys_exit_mmap"),
+                 Site(loader.EXEC_FN % i, "raw_tracepoint", "sched", "sched_process_exec"))
+        return HookPlan(index=i, section="loader", target="loader", event_kind="process_loader", subsystem=None,
+                        event=None, sites=sites, operands=(), selector_actions=((_ACT_POST, 0),))
+
+    def _loader_source(self, i: int) -> str:
+        prot, fd, ret = self.loader_offsets
+        return loader.source(i, prot=prot, fd=fd, ret=ret, mode_off=MODE_OFF, find_vma=True)
+
     def _all_syscalls(self, i: int, h: Hook) -> HookPlan | None:
         """A kprobe on a `generated_syscalls` list: one program on raw_syscalls:sys_enter, which sees every
         syscall (compat ones too); its events name the call by its number."""
@@ -1293,7 +1355,7 @@ class _Compiler:
                *, mask_type: bool = False, sock_arg: int | None = None,
                guards: dict[str, list[str]] | None = None, kernel_fn: str | None = None,
                ret_type: str | None = None, user_site: Site | None = None,
-               traced: Site | None = None) -> HookPlan | None:
+               traced: Site | None = None, sys_exit: tuple[str, int] | None = None) -> HookPlan | None:
         """The programs of one hook: one per cgroup site (or one tracepoint program), plus a tracepoint
         program next to the cgroup ones when `guards` has a "tp" entry. `guards` are C lines, per site
         (cgroup attach name or "tp"), that return early for calls the hook does not mean."""
@@ -1335,6 +1397,7 @@ class _Compiler:
         sel_conds: list[tuple[list[str], int, int, bool, int]] = []  # (conditions, action, sig, post, errno)
         ret_conds: list[list[str]] = []  # per entry of sel_conds: its matchReturnArgs, on the return value `r`
         sock_acts: list[list[tuple[bool, int]]] = []  # per entry of sel_conds: its TrackSock/UntrackSock actions
+        limits: list[tuple[int, int] | None] = []  # per entry of sel_conds: its Post's rateLimit (ns, scope)
         uses_bin = uses_parent = False
         self._hook_i = i
         for sel in h.selectors:
@@ -1343,8 +1406,8 @@ class _Compiler:
             uses_parent |= up
             act = self._actions(h, sel, cgroup_sites, denies=traced.kind if traced is not None else "")
             if sel.match_return_args and ret_type is None:
-                self.refuse(f"{format_path(sel.path)}: matchReturnArgs needs the function's return, which only a "
-                            "kretprobe on a kernel function (return: true, syscall: false) sees here")
+                self.refuse(f"{format_path(sel.path)}: matchReturnArgs needs the function's return: "
+                            "set return: true and a returnArg on the hook")
             rc = []
             for af in sel.match_return_args if ret_type is not None else ():
                 if af.index != 0:
@@ -1362,8 +1425,11 @@ class _Compiler:
             sel_conds.append((conds, *act))
             ret_conds.append(rc)
             sock_acts.append(self._sock_actions(h, sel, operands))
+            limits.append(self._rate_limit(h, sel))
         if any(sock_acts):
             self.sock_acts[i] = sock_acts
+        if any(limits):
+            self.rate_limits[i] = (limits, sum(1 << o.slot for o in operands if 0 <= o.slot < 2))
         if not h.selectors:
             sel_conds.append(([], _ACT_POST, 0, True, 0))
         if len(self.reasons) > n_before:
@@ -1401,6 +1467,25 @@ class _Compiler:
                 self.functions.append(partial(self._return_program, i, ret, ret_type, ret_conds))
             return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
                             subsystem=sub, event=ev, sites=traced_sites, operands=tuple(operands),
+                            selector_actions=tuple((c[1], c[2]) for c in sel_conds), message=h.message, tags=h.tags,
+                            return_type=ret_type)
+        if sys_exit is not None and ret_type is not None and sub and ev:
+            # a syscall's return, on its sys_exit tracepoint (where kprobes are missing, the same as a
+            # kretprobe on the syscall's entry); 32-bit calls through pl_ia32 and pl_ia32x
+            exit_ev, ret_off = sys_exit
+            copies = [(o.position, o.slot) for o in operands if o.size_arg == RETURN_COPY and 0 <= o.slot < 2]
+            if copies:  # a returnCopy buffer (read's): read at the return, from the address the entry kept
+                self.ret_copies[i] = copies
+            entry = Site(f"pl_h{i}_tp", "tracepoint", sub, ev)
+            ret = Site(f"pl_h{i}_tx", "tracepoint", "syscalls", exit_ev)
+            self.ret = True
+            self._ia32_variant(ev.removeprefix("sys_enter_"), entry.function, exit_fn=ret.function)
+            body = partial(self._program, i, h, entry, operands, sel_conds, index_map, fields, exec_hook, uses_bin,
+                           uses_parent, mask_type, (), stash=True)
+            self.functions.append(lambda: _RET_STASH % {"i": i} + body())
+            self.functions.append(partial(self._return_program, i, ret, ret_type, ret_conds, ret_offset=ret_off))
+            return HookPlan(index=i, section=h.section, target=h.target, event_kind=event_kind,
+                            subsystem=sub, event=ev, sites=(entry, ret), operands=tuple(operands),
                             selector_actions=tuple((c[1], c[2]) for c in sel_conds), message=h.message, tags=h.tags,
                             return_type=ret_type)
         if kernel_fn and ret_type is not None:
@@ -1501,6 +1586,18 @@ class _Compiler:
         if f is None:
             self.refuse(f"{where}: argument index {index} does not exist on {self._site_name(h)}")
             return None
+        if t in ("char_buf", "char_iovec") and h.section == "kprobes" and h.syscall:
+            # Tetragon's shapes of a syscall's buffer: bytes to the size sizeArgIndex gives, not a string
+            if not f.pointer:
+                self.refuse(f"{where}: argument {index} ({f.name}) is not a pointer")
+                return None
+            kind = self._object_arg_kind(h, index, t, where, len(fields) - 5 if index_map else 6)
+            size = (h.arg(index).size_arg_index or 0) - 1  # type: ignore[union-attr]
+            if kind == "buf" and size >= 0 and size not in index_map:
+                self.refuse(f"{where}: argument {index} ({t}) of {h.target}: its size argument {size} "
+                            "(sizeArgIndex - 1) must be configured in args")
+                return None
+            return kind
         if t in _STRING_TYPES or (not t and (f.data_loc or f.ctype.startswith("char["))):
             if not (f.pointer or f.data_loc or f.ctype.startswith("char[")):
                 self.refuse(f"{where}: argument {index} ({f.name}) is not a string field")
@@ -1718,7 +1815,7 @@ class _Compiler:
             for call in cl.values:
                 is_ia32 = call.startswith("__ia32_")
                 name = call
-                for pre in ("__ia32_compat_sys_", "__ia32_sys_", *_SYSCALL_PREFIXES):
+                for pre in ("__ia32_compat_sys_", "__ia32_sys_", *SYSCALL_PREFIXES):
                     name = name.removeprefix(pre)
                 nr = (ia32.NUMBERS if is_ia32 else x64.NUMBERS).get(name)
                 if nr is None:
@@ -1996,8 +2093,7 @@ class _Compiler:
             if "imaHash" in a.extra and h.section == "lsmhooks":
                 # an enrichment of the event only: the hook acts (and reports) without it
                 self.notes.append(f"{w}: imaHash: events carry no ima_hash (IMA hashes need sleepable LSM programs)")
-            if a.extra and any(k not in ("rateLimit", "rateLimitScope")
-                               and k != CALLOUT_ARGS.get(name)
+            if a.extra and any(k != CALLOUT_ARGS.get(name)
                                and not (k == "argSock" and name in ("TrackSock", "UntrackSock"))
                                and not (k == "imaHash" and h.section == "lsmhooks") for k in a.extra):
                 self.refuse(f"{w}: action fields {', '.join(a.extra)} are outside the engine's subset")
@@ -2170,7 +2266,7 @@ class _Compiler:
             L += ["    struct pl_event *e = bpf_map_lookup_elem(&pl_evbuf, &z);",
                   f"    if (!e) return {rv};",
                   *self._event_fields(i, site, operands, "    "),
-                  "    e->pad = post | (deny ? 2 : 0);  /* 2: the entry counted the enforcement */",
+                  "    e->pad |= post | (deny ? 2 : 0);  /* 2: the entry counted the enforcement */",
                   "    u64 rk = pl_ret_key(pid_tgid);",
                   f"    if (bpf_map_update_elem(&pl_ret{i}, &rk, e, BPF_ANY)) pl_count(3);",
                   f"    return {rv};", "}\n"]
@@ -2194,8 +2290,7 @@ class _Compiler:
               "    }",
               *_post_open(),
               *self._event_fields(i, site, operands, "            "),
-              "            bpf_ringbuf_submit(e, 0);",
-              "            pl_count(0);",
+              *self._submit(i, "            "),
               "        }",
               "    }"]
         if cg and any(d > 1 for *_, d in sels):
@@ -2208,14 +2303,56 @@ class _Compiler:
         L.append("}\n")
         return "\n".join(L)
 
+    def _rate_limit(self, h: Hook, sel: Selector) -> tuple[int, int] | None:
+        """Post's `rateLimit` in ns and its scope (0 thread, 1 process, 2 global), or None; refused if malformed."""
+        for a in sel.match_actions:
+            if a.rate_limit is None and a.rate_limit_scope is None:
+                continue
+            w = format_path(a.path)
+            if a.action != "Post":
+                self.refuse(f"{w}: rateLimit goes with a Post action (Tetragon takes it there only)")
+                return None
+            m = re.fullmatch(r"(\d+)\s*([smh]?)", a.rate_limit or "")
+            if m is None or int(m.group(1)) == 0:
+                self.refuse(f"{w}: rateLimit {a.rate_limit!r}: expected a time, in seconds or with s, m or h "
+                            "(30, 30s, 5m, 1h)")
+                return None
+            scope = _RATE_LIMIT_SCOPES.get(a.rate_limit_scope or "thread")
+            if scope is None:
+                self.refuse(f"{w}: rateLimitScope {a.rate_limit_scope!r}: expected thread, process or global")
+                return None
+            return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)] * 10**9, scope
+        return None
+
+    def _submit(self, i: int, ind: str) -> list[str]:
+        """C posting the event `e` of hook `i`, unless its selector's rateLimit saw the same within its window."""
+        if i not in self.rate_limits:
+            return [f"{ind}bpf_ringbuf_submit(e, 0);", f"{ind}pl_count(0);"]
+        limits, strs = self.rate_limits[i]
+        L = [f"{ind}u64 rl_ns = 0; u32 rl_scope = 0;"]
+        L += [f"{ind}if (e->sel == {k}) {{ rl_ns = {ns}ULL; rl_scope = {scope}; }}"
+              for k, lim in enumerate(limits) if lim is not None for ns, scope in (lim,)]
+        L += [f"{ind}if (rl_ns && pl_rl_skip(e, rl_ns, rl_scope, {strs})) {{",
+              f"{ind}    bpf_ringbuf_discard(e, 0);",
+              f"{ind}}} else {{",
+              f"{ind}    bpf_ringbuf_submit(e, 0);",
+              f"{ind}    pl_count(0);",
+              f"{ind}}}"]
+        return L
+
     def _event_fields(self, i: int, site: Site, operands: list[Operand], ind: str) -> list[str]:
         """C filling the event record `e` of hook `i` from what the program read."""
-        L = [f"{ind}e->ktime = bpf_ktime_get_ns();",
+        # a rate-limited hook's events are compared by their arguments: no stale bytes in the unused ones
+        L = [f"{ind}__builtin_memset(e->ints, 0, sizeof(e->ints));"] if i in self.rate_limits else []
+        L += [f"{ind}e->ktime = bpf_ktime_get_ns();",
              f"{ind}e->cgroup = bpf_get_current_cgroup_id();",
              f"{ind}e->pid = tgid; e->tid = (u32)pid_tgid;",
              f"{ind}e->uid = (u32)bpf_get_current_uid_gid();",
              f"{ind}e->hook = {i}; e->sel = sel; e->action = act; e->mode = cfg->mode; e->acted = acted;",
-             f"{ind}e->sig = sig;"]
+             f"{ind}e->sig = sig;",
+             # flags: 4 = a 32-bit call (the ia32 copy of a syscall tracepoint's program runs this same code)
+             f"{ind}e->pad = pl_compat() ? 4 : 0;" if site.kind == "tracepoint" and site.subsystem == "syscalls"
+             else f"{ind}e->pad = 0;"]
         for o in operands:
             if o.kind == "int":
                 L.append(f"{ind}e->ints[{o.position % 8}] = (s64)a{o.position};")
@@ -2263,10 +2400,18 @@ class _Compiler:
                 f"{ind}e->ustack = {pick(user, 'BPF_F_USER_STACK')};",
                 "#endif"]
 
-    def _return_program(self, i: int, site: Site, ret_type: str, ret_conds: list[list[str]]) -> str:
+    def _return_program(self, i: int, site: Site, ret_type: str, ret_conds: list[list[str]],
+                        ret_offset: int | None = None) -> str:
         """A kretprobe's return: the entry's event (if its selectors matched), the return value read and
-        filtered by matchReturnArgs, then the selector's action and the event."""
+        filtered by matchReturnArgs, then the selector's action and the event. `ret_offset`: the return is
+        a field of a tracepoint record (a syscall's sys_exit), not the return register."""
         ctype = _INT_TYPES.get(ret_type, "s64")
+        if ret_offset is not None:
+            read_ret = [f"    {ctype} r = ({ctype})*(s64 *)((char *)ctx + {ret_offset});"]
+        elif site.kind == "fexit":
+            read_ret = [f"    u64 rv = 0; bpf_get_func_ret(ctx, &rv); {ctype} r = ({ctype})rv;"]
+        else:
+            read_ret = [f"    {ctype} r = ({ctype})*(u64 *)((char *)ctx + {_PT_REGS_RC});"]
         L = [f"int {site.function}(void *ctx) {{",
              "    u64 pid_tgid = bpf_get_current_pid_tgid();",
              "    u64 rk = pl_ret_key(pid_tgid);",
@@ -2274,8 +2419,7 @@ class _Compiler:
              "    if (!st) return 0;",
              "    int z = 0;",
              "    struct pl_cfg *cfg = bpf_map_lookup_elem(&pl_cfg, &z);",
-             *([f"    u64 rv = 0; bpf_get_func_ret(ctx, &rv); {ctype} r = ({ctype})rv;"] if site.kind == "fexit" else
-               [f"    {ctype} r = ({ctype})*(u64 *)((char *)ctx + {_PT_REGS_RC});"]),
+             *read_ret,
              "    u32 sig = st->sig, post = st->pad & 1, acted = st->acted;"]
         for k, conds in enumerate(ret_conds):
             if conds:
@@ -2297,8 +2441,7 @@ class _Compiler:
               *(f"            e->ints[{pos % 8}] = pl_ret_copy(e->strs[{slot}], st->ints[{pos % 8}], (s64)r);"
                 for pos, slot in self.ret_copies.get(i, ())),
               f"            e->ints[{RET_SLOT}] = (s64)r; e->acted = acted; e->mode = cfg->mode;",
-              "            bpf_ringbuf_submit(e, 0);",
-              "            pl_count(0);",
+              *self._submit(i, "            "),
               "        }",
               "    }",
               "done:",
@@ -2343,6 +2486,13 @@ class _Compiler:
         if site.kind == "raw_tracepoint" and o.type_name in _KERNEL_TYPES:  # args[k] of the TP_PROTO
             return self._read_kernel_object(o, f"*(u64 *)((char *)ctx + {f.offset})", need_strings,
                                             arg=lambda k: f"*(u64 *)((char *)ctx + {8 * k})")
+        if o.kind == "buf":  # a syscall's buffer in user memory, its size another of the call's arguments
+            def field_of(k: int) -> str:
+                sized = self._field(index_map, k, fields)
+                assert sized is not None
+                return f"*(u64 *)((char *)ctx + {sized.offset})"
+
+            return self._read_object(o, f"*(u64 *)((char *)ctx + {f.offset})", need_strings, field_of)
         if o.kind == "sockaddr":
             return _sockaddr_lines(f"s{o.slot}", f"*(void **)((char *)ctx + {f.offset})", "bpf_probe_read_user")
         if o.kind == "str":
@@ -2515,13 +2665,16 @@ class _Compiler:
 
     # ------------------------------------------------------------------ 32-bit compat syscalls
 
-    def _ia32_variant(self, name: str, fn: str) -> None:
+    def _ia32_variant(self, name: str, fn: str, exit_fn: str | None = None) -> None:
+        """Call before appending `fn`'s body (and then `exit_fn`'s, the same hook's sys_exit program)."""
         # the 16-bit-id calls have a 32-bit-id twin on ia32 (setuid and setuid32): both are the call
         if not self.f.ia32_syscalls:
             return
         nrs = tuple(ia32.NUMBERS[n] for n in (name, f"{name}32") if n in ia32.NUMBERS)
         if nrs or name in ia32.SOCKETCALL:
             self.ia32.append((nrs, fn, len(self.functions)))
+        if nrs and exit_fn is not None:
+            self.ia32_exit.append((nrs, exit_fn, len(self.functions) + 1))
         if name in ia32.SOCKETCALL:
             self.socketcall.append((*ia32.SOCKETCALL[name], fn))
 
@@ -2540,10 +2693,10 @@ class _Compiler:
         """
         out = []
         for _, fn, k in self.ia32:
-            body = bodies[k]
             head = f"int {fn}(void *ctx) {{"
-            assert body.startswith(head), body[:80]
-            out.append(f"static __always_inline int {fn}_ia32(void *ctx) {{" + body[len(head):])
+            assert head in bodies[k], bodies[k][:80]
+            # the program again as a function (without the maps its text may define in front of it)
+            out.append(f"static __always_inline int {fn}_ia32(void *ctx) {{" + bodies[k].partition(head)[2])
         # a raw tracepoint: (struct pt_regs *regs, long id); the ia32 arguments are in bx, cx, dx, si,
         # di, bp (uapi pt_regs offsets), copied into a record laid out like a syscall tracepoint's
         out += ["int pl_ia32(struct bpf_raw_tracepoint_args *ctx) {",
@@ -2575,6 +2728,21 @@ class _Compiler:
                         "        }"]
             out.append("    }")
         out += ["    return 0;", "}"]
+        if self.ia32_exit:
+            # raw sys_exit: (struct pt_regs *regs, long ret); the call's number is regs->orig_ax, the return
+            # goes where a sys_exit record has it (offset 16)
+            for _, fn, k in self.ia32_exit:
+                head = f"int {fn}(void *ctx) {{"
+                assert head in bodies[k], bodies[k][:80]
+                out.append(f"static __always_inline int {fn}_ia32(void *ctx) {{" + bodies[k].partition(head)[2])
+            out += ["int pl_ia32x(struct bpf_raw_tracepoint_args *ctx) {",
+                    "    if (!pl_compat()) return 0;",
+                    "    long id = 0;",
+                    "    bpf_probe_read_kernel(&id, 8, (char *)ctx->args[0] + 120);  /* orig_ax */",
+                    "    u64 rec[3] = {0, 0, ctx->args[1]};"]
+            for nrs, fn, _ in self.ia32_exit:
+                out.append(f"    if ({' || '.join(f'id == {n}' for n in nrs)}) return {fn}_ia32(rec);")
+            out += ["    return 0;", "}"]
         return "\n" + "\n".join(out) + "\n"
 
     # ------------------------------------------------------------------ maps and tracking
@@ -2821,6 +2989,32 @@ static __always_inline int pl_no_interp(void) {
         if (mm->saved_auxv[2 * k] == 7) return mm->saved_auxv[2 * k + 1] == 0;  /* AT_BASE */
     return 1;
 }
+"""
+_RATE_LIMIT_SCOPES = {"thread": 0, "process": 1, "global": 2}
+#: Post's rateLimit, as Tetragon's: the same hook and selector, by the same thread (process, or anyone:
+#: rateLimitScope), with the same arguments (their first 40 bytes), is posted once per window.
+_RATE_LIMIT = r"""
+struct pl_rl_key { u32 hook, sel, id, pad; s64 ints[8]; char s[2][40]; };
+PL_MAP(pl_rl, BPF_MAP_TYPE_LRU_HASH, struct pl_rl_key, u64, 8192);
+PL_MAP(pl_rlk, BPF_MAP_TYPE_PERCPU_ARRAY, u32, struct pl_rl_key, 1);
+static __always_inline int pl_rl_skip(struct pl_event *e, u64 window, u32 scope, u32 strs) {
+    int z = 0;
+    struct pl_rl_key *k = bpf_map_lookup_elem(&pl_rlk, &z);
+    if (!k) return 0;
+    k->hook = e->hook; k->sel = e->sel; k->pad = 0;
+    k->id = scope == 0 ? e->tid : scope == 1 ? e->pid : 0;
+    __builtin_memcpy(k->ints, e->ints, sizeof(k->ints));
+    __builtin_memset(k->s, 0, sizeof(k->s));
+    if (strs & 1) __builtin_memcpy(k->s[0], e->strs[0], 40);
+    if (strs & 2) __builtin_memcpy(k->s[1], e->strs[1], 40);
+    u64 *last = bpf_map_lookup_elem(&pl_rl, k);
+    if (last && e->ktime - *last < window) return 1;
+    bpf_map_update_elem(&pl_rl, k, &e->ktime, BPF_ANY);
+    return 0;
+}
+"""
+#: The file a descriptor of the current task names (the ld.so mark and the loader read mmap's fd).
+_FD_FILE = r"""
 static __always_inline struct file *pl_fd_file(s64 fd) {
     struct task_struct *t = (struct task_struct *)bpf_get_current_task();
     struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import ia32, symbols, syscall, x64
-from .compile import ACTION_NAMES, MODES, RET_SLOT, STACK_DEPTH, HookPlan, Operand, Plan
+from . import elf, ia32, symbols, syscall, x64
+from .compile import ACTION_NAMES, MODES, RET_SLOT, STACK_DEPTH, SYSCALL_PREFIXES, HookPlan, Operand, Plan
 from .core.errors import LibbpfError
 from .core.libbpf import RingBuffer
 from .core.records import CAP_NAMES, cap_names
@@ -105,15 +105,17 @@ class RawEvent(NamedTuple):
     ints: tuple[int, ...]
     strs: tuple[bytes, bytes]
     binary: str
+    #: The hook ran for a 32-bit (ia32) syscall.
+    compat: bool = False
     #: 1 + the ids in the policy's `pl_stacks` of the call's kernel and user stacks (0 or less: none).
     kstack: int = 0
     ustack: int = 0
 
     @classmethod
     def unpack(cls, data: bytes) -> RawEvent:
-        (ktime, cgroup, pid, tid, uid, hook, sel, action, mode, acted, sig, _pad, *rest) = _EVENT.unpack_from(data)
+        (ktime, cgroup, pid, tid, uid, hook, sel, action, mode, acted, sig, flags, *rest) = _EVENT.unpack_from(data)
         return cls(ktime, cgroup, pid, tid, uid, hook, sel, action, mode, bool(acted), sig, tuple(rest[:8]),
-                   (rest[8], rest[9]), _cstr(rest[10]), rest[11], rest[12])
+                   (rest[8], rest[9]), _cstr(rest[10]), bool(flags & 4), rest[11], rest[12])
 
 
 def read_counters(map_fd: int) -> Counters:
@@ -142,6 +144,13 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int,
     }
     if hook is not None and hook.subsystem == "sched" and is_base(plan.policy):
         return _process_event(raw, hook, process, node_name, clock_offset_ns)
+    if hook is not None and hook.event_kind == "process_loader":
+        loaded: dict[str, Any] = {"process": process, "path": _cstr(raw.strs[0])}
+        bid = _build_id(loaded["path"], raw.ints[0])
+        if bid:
+            loaded["buildid"] = base64.b64encode(bid).decode()  # protobuf JSON's bytes
+        return {"process_loader": loaded, "node_name": node_name, "time": _iso(raw.ktime + clock_offset_ns),
+                "palisade": _palisade(raw, plan)}
     action = ACTION_NAMES.get(raw.action, "KPROBE_ACTION_UNKNOWN")
     body: dict[str, Any] = {"process": process}
     if hook is None or hook.event_kind == "process_tracepoint":
@@ -155,10 +164,7 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int,
         body.update({"path": hook.usdt.path, "provider": hook.usdt.provider, "name": hook.usdt.name})
         kind = "process_usdt"
     else:
-        body["function_name"] = (_syscall_name(raw.ints[RET_SLOT]) if hook.syscall_ids else
-                                 # a generated_ftrace list: the function by the address the kprobe ran at
-                                 symbols.kernel_function(raw.ints[RET_SLOT] & 0xFFFFFFFFFFFFFFFF) or hook.target
-                                 if hook.function_ips else hook.target)
+        body["function_name"] = _function_name(hook, raw)
         kind = hook.event_kind  # process_kprobe, or process_lsm for an lsmhook
     if hook is not None:
         body["args"] = [_arg(o, raw) for o in hook.operands]
@@ -185,22 +191,48 @@ def render(raw: RawEvent, plan: Plan, node_name: str, clock_offset_ns: int,
     if callouts and raw.action == 0:  # nothing else done in the kernel: the callout names it, as in Tetragon
         action = _CALLOUT_ACTIONS[callouts[-1].action]
     body["action"] = action
-    mode = MODES[raw.mode] if raw.mode < len(MODES) else "unknown"
     wall = raw.ktime + clock_offset_ns
     return {
         kind: body,
         "node_name": node_name,
         "time": _iso(wall),
-        "palisade": {
-            "mode": mode,
-            "acted": raw.acted,
-            "would_have_acted": (not raw.acted) and raw.action in _ENFORCING,
-            "selector": raw.selector,
-            "cgroup_id": raw.cgroup,
-            "policy_key": plan.policy.key,
-            **({"callouts": [c.to_json() for c in callouts]} if callouts else {}),
-        },
+        "palisade": _palisade(raw, plan),
     }
+
+
+def _palisade(raw: RawEvent, plan: Plan) -> dict[str, Any]:
+    """What Palisade adds to a policy's event: the mode it ran in, whether it acted, which policy, and the
+    GetUrl/DnsLookup requests the agent is to send for it (agent/callouts.py says there what became of them)."""
+    out: dict[str, Any] = {
+        "mode": MODES[raw.mode] if raw.mode < len(MODES) else "unknown",
+        "acted": raw.acted,
+        "would_have_acted": (not raw.acted) and raw.action in _ENFORCING,
+        "selector": raw.selector,
+        "cgroup_id": raw.cgroup,
+        "policy_key": plan.policy.key,
+    }
+    callouts = plan.callouts_of(raw.hook, raw.selector)
+    if callouts:
+        out["callouts"] = [c.to_json() for c in callouts]
+    return out
+
+
+_BUILD_IDS: dict[tuple[str, int], bytes | None] = {}
+
+
+def _build_id(path: str, inode: int) -> bytes | None:
+    """The build ID of the file a loader event names, read from the file at its path, as long as that is
+    still the inode that was mapped (cached by path and inode: every process maps the same libraries)."""
+    key = (path, inode)
+    if key not in _BUILD_IDS:
+        try:
+            same = os.stat(path).st_ino == inode
+        except OSError:
+            same = False
+        if len(_BUILD_IDS) > 4096:
+            _BUILD_IDS.clear()
+        _BUILD_IDS[key] = elf.build_id(path) if same else None
+    return _BUILD_IDS[key]
 
 
 _EXEC_BINARY: dict[int, tuple[str, str]] = {}
@@ -274,12 +306,36 @@ def _arg(o: Operand, raw: RawEvent) -> dict[str, Any]:
 _IA32_NAMES = {v: k for k, v in ia32.NUMBERS.items()}
 
 
+def _function_name(hook: HookPlan, raw: RawEvent) -> str:
+    """The kernel function an event's hook ran on, as Tetragon names it: a syscall (`syscall: true`, whether
+    on its tracepoint or on its entry) by the entry the call took, `__x64_sys_openat` or `__ia32_sys_openat`."""
+    if hook.syscall_ids:
+        return _syscall_name(raw.ints[RET_SLOT])
+    if hook.function_ips:  # a generated_ftrace list: the function by the address the kprobe ran at
+        return symbols.kernel_function(raw.ints[RET_SLOT] & 0xFFFFFFFFFFFFFFFF) or hook.target
+    call = hook.event.removeprefix("sys_enter_") if hook.subsystem == "syscalls" and hook.event else None
+    if call and _syscall_of(hook.target) == call:  # a syscall kprobe on its tracepoint (not a socket hook's)
+        return f"__{'ia32' if raw.compat else 'x64'}_sys_{call}"
+    attach = hook.sites[0].attach if hook.sites else None
+    if attach and attach.startswith(("__x64_sys_", "__ia32_sys_", "__ia32_compat_sys_")):
+        return attach
+    return hook.target
+
+
 def _stack(fd: int, stack_id: int) -> list[int]:
     """The addresses of stack `stack_id` of a `pl_stacks` map, innermost first."""
     raw = syscall.map_lookup_elem(fd, struct.pack("<I", stack_id), 8 * STACK_DEPTH)
     if not raw:
         return []
     return [a for a in struct.unpack(f"<{STACK_DEPTH}Q", raw) if a]
+
+
+def _syscall_of(target: str) -> str:
+    """The call a syscall kprobe's target names (`sys_openat`, `__x64_sys_openat`, `openat`)."""
+    for prefix in SYSCALL_PREFIXES:
+        if target.startswith(prefix):
+            return target[len(prefix):]
+    return target
 
 
 def _syscall_name(sysid: int) -> str:

@@ -110,6 +110,9 @@ class Action:
     #: Set's `argIndex` (a position in the hook's args) and `argValue` (what it writes there; usdts only).
     arg_index: int | None = None
     arg_value: int | None = None
+    #: Post's `rateLimit` ("30", "5m", "1h") and `rateLimitScope` (thread, process, global).
+    rate_limit: str | None = None
+    rate_limit_scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,8 @@ class TracingPolicy:
     #: Tetragon's `policy-mode` option: "enforce", "monitor", or None (not set: enforce).
     policy_mode: str | None = None
     lists: tuple[CallList, ...] = ()
+    #: `spec.loader`: report each executable file a process maps (Tetragon's process_loader events).
+    loader: bool = False
 
     def call_list(self, name: str) -> CallList | None:
         return next((cl for cl in self.lists if cl.name == name), None)
@@ -276,8 +281,11 @@ def parse(doc: Any) -> TracingPolicy:
     policy_mode = _policy_mode(spec.get("options"), ("spec", "options"))
     unsupported = tuple(
         k for k in spec if k not in _HOOK_SECTIONS and spec[k] not in (None, [], {}, False)
-        and k not in ("options", "lists")
+        and k not in ("options", "lists", "loader")
     )
+    loader = spec.get("loader", False)
+    if not isinstance(loader, bool):
+        raise PolicyError(("spec", "loader"), f"expected true or false, got {type(loader).__name__}")
     lists = tuple(_call_list(x, ("spec", "lists", i))
                   for i, x in enumerate(_list(spec.get("lists", []), ("spec", "lists"))))
     pod = _label_selector(spec.get("podSelector"), ("spec", "podSelector"))
@@ -296,6 +304,7 @@ def parse(doc: Any) -> TracingPolicy:
         document=d,
         policy_mode=policy_mode,
         lists=lists,
+        loader=loader,
     )
 
 
@@ -605,7 +614,11 @@ def _action(raw: Any, path: JsonPath) -> Action:
         arg_sig=_int(sig, (*path, "argSig")) if sig is not None else None,
         arg_sock=_int(sock, (*path, "argSock")) if sock is not None else None,
         path=path,
-        extra=tuple(k for k in m if k not in ("action", "argError", "argSig", *stacks, *set_args)),
+        extra=tuple(k for k in m if k not in ("action", "argError", "argSig", *stacks, *set_args,
+                                              "rateLimit", "rateLimitScope")),
+        rate_limit=str(m["rateLimit"]).strip() if m.get("rateLimit") is not None else None,
+        rate_limit_scope=(_str(m["rateLimitScope"], (*path, "rateLimitScope"))
+                          if m.get("rateLimitScope") is not None else None),
         kernel_stack=_bool(m.get("kernelStackTrace", False), (*path, "kernelStackTrace")),
         user_stack=_bool(m.get("userStackTrace", False), (*path, "userStackTrace")),
         arg_url=_str(m["argUrl"], (*path, "argUrl")) if m.get("argUrl") is not None else None,

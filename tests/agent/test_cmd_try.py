@@ -25,6 +25,8 @@ from bpf.engine import Engine, remove_all
 from bpf.policy import KINDS, parse
 from support import cgroups
 
+HOST_FLOOR = 25  # of Tetragon's examples load on this kernel (no kprobes; tests/bpf/test_engine_corpus.py)
+
 pytestmark = pytest.mark.kernel
 
 
@@ -362,8 +364,8 @@ def test_the_tetragon_corpus(require_kernel: None, corpus: Path) -> None:
         assert pol["loaded"] or (pol["reason"] and all(pol["reasons"])), pol
         assert not any(r.startswith("internal error") for r in pol["reasons"]), pol  # an engine crash
     loaded = [pol for pol in policies if pol["loaded"]]
-    # tests/bpf/test_engine_corpus.py counts the same through the engine: 9 on this kernel
-    assert len(loaded) >= 9, [f"{pol['file']}#{pol['document']}" for pol in loaded]
+    # tests/bpf/test_engine_corpus.py counts the same through the engine (and in the 6.1 guest)
+    assert len(loaded) >= HOST_FLOOR, [f"{pol['file']}#{pol['document']}" for pol in loaded]
     assert {s["kind"] for s in doc["skipped"]} <= {None, "Pod", "EventChecker"}
     assert _programs_of(p.pid) == set()
     assert _leftovers(p.pid) == []

@@ -443,7 +443,7 @@ def test_override_on_a_syscall_is_fmod_ret_on_its_entry_reading_the_callers_regi
     plan = compile_policy(parse(doc(spec)), _TRAMPOLINES, builtin_formats)
     [hook] = plan.hooks
     assert [(s.kind, s.attach) for s in hook.sites] == [("fmod_ret", "__x64_sys_linkat")]
-    assert hook.target == "sys_linkat"  # events name the call as the policy does
+    assert hook.target == "sys_linkat"  # events name the entry, __x64_sys_linkat (bpf/events.py)
     # the struct pt_regs in slot 0: di, si, dx, then r10 (not cx) for the fourth, r8
     for k, off in enumerate((112, 104, 96, 56, 72)):
         assert f"bpf_probe_read_kernel(&r{k}, 8, (char *)*(u64 *)ctx + {off});" in plan.source
@@ -633,7 +633,7 @@ def test_an_override_with_return_denies_at_entry_and_reports_the_return_from_fex
     assert hook.return_type == "int"
     assert "deny = -1;" in plan.source  # returns 1: a value the function returns, not an errno
     assert "    return (deny && acted) ? -deny : 0;\n}" in plan.source  # the entry denies...
-    assert "e->pad = post | (deny ? 2 : 0);" in plan.source  # ...and stashes its event for fexit
+    assert "e->pad |= post | (deny ? 2 : 0);" in plan.source  # ...and stashes its event for fexit
     assert 'SEC("fexit/security_inode_copy_up_xattr") int pl_h0_fx(void *ctx) {' in plan.source
     assert "u64 rv = 0; bpf_get_func_ret(ctx, &rv); s32 r = (s32)rv;" in plan.source
     assert "acted = st->acted;" in plan.source

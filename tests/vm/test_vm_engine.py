@@ -30,7 +30,11 @@ HOST_ONLY = ("tests/bpf/test_engine.py::test_a_load_failing_halfway_is_rolled_ba
 #: The engine's kernel tests that run in the VM (the rest of tests/bpf runs on this kernel only).
 ENGINE_TESTS = ("tests/bpf/test_engine_corpus.py", "tests/bpf/test_engine.py", "tests/bpf/test_engine_evasion.py",
                 "tests/bpf/test_engine_kprobes.py", "tests/bpf/test_engine_task_selectors.py",
-                "tests/bpf/test_engine_lsm.py")
+                "tests/bpf/test_engine_lsm.py", "tests/bpf/test_engine_pids.py", "tests/bpf/test_engine_rawtp.py",
+                "tests/bpf/test_engine_stacks.py", "tests/bpf/test_engine_ftrace.py",
+                "tests/bpf/test_engine_fd_install_corpus.py", "tests/bpf/test_engine_socktrack.py",
+                "tests/bpf/test_engine_returns.py", "tests/bpf/test_engine_loader.py",
+                "tests/bpf/test_engine_ratelimit.py", "tests/bpf/test_engine_usdt.py")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +90,6 @@ def test_the_corpus_policies_that_load_here_load_on_6_1(engine_in_6_1: Boot) -> 
     # test_engine_corpus prints "Tetragon corpus: N loaded, ..." (-s): kprobes, LSM and fmod_ret load there
     m = re.search(r"Tetragon corpus: (\d+) loaded", engine_in_6_1.stdout)
     assert m, engine_in_6_1.stdout[-3000:]
-    assert int(m.group(1)) >= 50
+    assert int(m.group(1)) >= 70  # issue 12's target for a stock kernel (test_engine_corpus's STOCK_KERNEL_FLOOR)
 
 
