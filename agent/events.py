@@ -7,6 +7,7 @@ and, with `-f`, follows the live one across rotations.
 """
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -30,6 +31,8 @@ _EMOJI = {
     "process_tracepoint": "🔍",
     "process_lsm": "🔒",
     "process_uprobe": "🕵️",
+    "process_usdt": "🕵️",
+    "process_loader": "🧬",
     "process_throttle": "🧬",
     "policy_applied": "📜",
     "verification_refused": "⛔",
@@ -229,7 +232,7 @@ def compact(ev: Mapping[str, Any]) -> str:
 
 
 _TETRAGON_KINDS = ("process_exec", "process_exit", "process_kprobe", "process_tracepoint", "process_lsm",
-                   "process_uprobe", "process_throttle")
+                   "process_uprobe", "process_usdt", "process_loader", "process_throttle")
 _SYSCALL_PREFIX = re.compile(r"^__(x64|ia32|arm64|riscv)_")
 _NS_NAMES = {0: "any", 0x2000000: "cgroup", 0x8000000: "ipc", 0x40000000: "net", 0x20000: "mnt",
              0x20000000: "pid", 0x80: "time", 0x10000000: "user", 0x4000000: "uts"}
@@ -386,6 +389,15 @@ def _tetragon_line(kind: str, body: Mapping[str, Any], node: str) -> str:
         line = f"{_label('🔒', 'LSM')} {info} {body.get('function_name', '')}"
     elif kind == "process_uprobe":
         line = f"{_label('🕵️', 'uprobe')} {info} {body.get('path', '')} {body.get('symbol', '')}"
+    elif kind == "process_usdt":
+        line = (f"{_label('🕵️', 'usdt')} {info} {body.get('path', '')} {body.get('provider', '')} "
+                f"{body.get('name', '')}")
+    elif kind == "process_loader":  # the build ID in hex, as tetra prints the bytes
+        try:
+            build = base64.b64decode(str(body.get("buildid", ""))).hex()
+        except ValueError:
+            build = ""
+        line = f"{_label('🧬', 'loader')} {info} {build + ' ' if build else ''}{body.get('path', '')}"
     else:  # process_throttle: no process
         typ = {"THROTTLE_START": "START", "THROTTLE_STOP": "STOP "}.get(str(body.get("type", "")), "")
         return f"{_label('🧬', 'throttle')} {typ} {body.get('cgroup', '')}"

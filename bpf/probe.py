@@ -161,7 +161,7 @@ _TETRA: tuple[tuple[str, str | None], ...] = (
     ("batch_update", None),
     ("uprobe_refctroff", None),
     ("audit_loginuid", None),
-    ("probe_write_user", None),
+    ("probe_write_user", "probe_write_user"),
     ("uprobe_regs_change", None),
     ("mix_bpf_and_tail_calls", None),
     ("fentry", "fentry"),

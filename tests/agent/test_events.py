@@ -1,6 +1,7 @@
 """The event log: JSON lines rotated by size, read back oldest first, and the compact form."""
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -81,6 +82,19 @@ def test_corpus_samples_print_as_tetragon_prints_them(corpus: Path) -> None:
     lsm = {"process_lsm": {"process": {"binary": "/usr/bin/zsh"}, "function_name": "bprm_check_security"},
            "node_name": "user-nix"}
     assert compact(lsm) in printed  # 🔒 LSM     user-nix /usr/bin/zsh bprm_check_security
+
+
+def test_loader_and_usdt_lines() -> None:
+    # tetra's encoder: the build ID in hex before the path; a usdt's path, provider and name
+    proc = {"binary": "/usr/bin/true", "arguments": ""}
+    bid = base64.b64encode(bytes.fromhex("15dfff3239aa")).decode()
+    loader = {"process_loader": {"process": proc, "path": "/usr/lib/libc.so.6", "buildid": bid}, "node_name": "n1"}
+    assert compact(loader) == "🧬 loader  n1 /usr/bin/true 15dfff3239aa /usr/lib/libc.so.6"
+    no_id = {"process_loader": {"process": proc, "path": "/tmp/blob.bin"}, "node_name": "n1"}
+    assert compact(no_id) == "🧬 loader  n1 /usr/bin/true /tmp/blob.bin"
+    usdt = {"process_usdt": {"process": proc, "path": "/usr/bin/app", "provider": "test", "name": "usdt3",
+                             "args": [], "action": "KPROBE_ACTION_POST", "policy_name": "usdts"}, "node_name": "n1"}
+    assert compact(usdt) == "🕵️ usdt    n1 /usr/bin/true /usr/bin/app test usdt3"
 
 
 def test_exec_and_exit_lines(corpus: Path) -> None:

@@ -135,7 +135,8 @@ def test_tetra_names_carry_our_answers(probed: tuple[Features, int, int]) -> Non
     assert tuple(tetra) == TETRA_NAMES
     assert TETRA_NAMES[:5] == ("override_return", "buildid", "kprobe_multi", "uprobe_multi", "fmodret")
     ours = {"override_return": f.override_return, "kprobe_multi": f.kprobe_multi, "fmodret": f.fmod_ret,
-            "fmodret_syscall": f.fmod_ret_syscall, "signal": f.send_signal, "lsm": f.bpf_lsm, "fentry": f.fentry}
+            "fmodret_syscall": f.fmod_ret_syscall, "signal": f.send_signal, "lsm": f.bpf_lsm, "fentry": f.fentry,
+            "probe_write_user": f.probe_write_user}
     for name, value in tetra.items():
         assert value == (ours[name].available if name in ours else None), name
     assert tetra["signal"] is True and tetra["kprobe_multi"] is False
