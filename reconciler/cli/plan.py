@@ -4,7 +4,8 @@ Per pack and rule, per scope: TracingPolicies added, removed and changed (with
 a unified diff of the rendered YAML), ladder moves, approvals still needed and
 observation-window problems, the rollout stages it will go through, and whether
 it only relaxes enforcement. With --server, also per sensor, from the
-reconciler's fleet view.
+reconciler's fleet view
+(the sensors that sent heartbeats, with their labels).
 
 What is compared (like a pull request's diff, `git diff main...HEAD`):
   head  the work tree, uncommitted changes included (what `git add -A` would
@@ -34,10 +35,6 @@ from . import add_output
 if TYPE_CHECKING:
     from ..findings import Finding
     from ..plan import Plan, Sensor, SensorChange
-
-#: A fleet listing is small; anything larger is not a palisade server.
-_MAX_FLEET_BYTES = 16 * 1024 * 1024
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("plan", help="show what a change would do (per unit, scope and sensor) before merging it",
@@ -161,51 +158,18 @@ def raise_usage(msg: str) -> None:
 
 
 def _fleet(server: str, timeout: float) -> tuple[list[Sensor] | None, str]:
-    """The sensors `server` knows (GET /v1/fleet, else /v1/agents), or None and why not."""
-    import httpx
-
-    base = server.rstrip("/")
-    tried: list[str] = []
-    for path in ("/v1/fleet", "/v1/agents"):
-        try:
-            r = httpx.get(base + path, timeout=timeout)
-        except httpx.HTTPError as e:
-            return None, f"cannot reach {base}: {e}"
-        if r.status_code in (404, 405):
-            tried.append(f"GET {path}: {r.status_code}")
-            continue
-        if r.status_code != 200:
-            return None, f"GET {path} answered {r.status_code}"
-        if len(r.content) > _MAX_FLEET_BYTES:
-            return None, f"GET {path}: the answer is larger than {_MAX_FLEET_BYTES} bytes"
-        try:
-            return _sensors(r.json()), ""
-        except (ValueError, TypeError, AttributeError) as e:
-            return None, f"GET {path}: not a fleet listing ({e})"
-    return None, f"the server has no fleet view ({'; '.join(tried)})"
-
-
-def _sensors(doc: Any) -> list[Sensor]:
-    """Sensors from a fleet listing: a list, or an object holding one under agents/sensors/fleet/items."""
+    """The sensors that reported to `server` (GET /v1/agents, as `palisade status` reads it), or None and
+    why not: a server that is down or answers no fleet view skips the per-sensor view, it fails nothing."""
+    from ..errors import PalisadeError
     from ..plan import Sensor
+    from ._fleetsource import FleetSource
 
-    items = doc
-    if isinstance(doc, dict):
-        items = next((doc[k] for k in ("agents", "sensors", "fleet", "items") if isinstance(doc.get(k), list)), None)
-    if not isinstance(items, list):
-        raise ValueError("expected a list of sensors")
-    out = []
-    for it in items:
-        if not isinstance(it, dict):
-            raise TypeError("a sensor entry is not an object")
-        sid = next((it[k] for k in ("id", "sensor", "sensor_id", "sensorId") if isinstance(it.get(k), str)), None)
-        if sid is None:
-            raise ValueError("a sensor entry has no id")
-        labels = it.get("labels") or {}
-        if not isinstance(labels, dict):
-            raise TypeError(f"labels of {sid} are not an object")
-        out.append(Sensor(sid, tuple(sorted((str(k), str(v)) for k, v in labels.items()))))
-    return out
+    source = FleetSource(server, None, timeout)  # UsageError (exit 2) for what is not a URL
+    try:
+        agents = source.agents()
+    except PalisadeError as e:
+        return None, str(e)
+    return [Sensor(a.id, tuple(sorted(a.labels.items()))) for a in agents], ""
 
 
 # --- output --------------------------------------------------------------------------------------

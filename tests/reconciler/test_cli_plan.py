@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
+from reconciler.keys import generate
+from support import serve
 from support.policyrepo import ALICE, DEV, PolicyRepo
 
 PALISADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "palisade")
@@ -155,64 +154,42 @@ def test_errors_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
-# --- per sensor, from a fleet view served over real HTTP ------------------------------------------
+# --- per sensor, from the fleet of a real `palisade serve` --------------------------------------
 
 
-class _Fleet(BaseHTTPRequestHandler):
-    routes: ClassVar[dict[str, bytes]] = {}
-
-    def do_GET(self) -> None:
-        body = self.routes.get(self.path)
-        self.send_response(200 if body is not None else 404)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body or b'{"error": "not found"}')
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
-@pytest.fixture()
-def fleet_server() -> Iterator[tuple[str, dict[str, bytes]]]:
-    routes: ClassVar[dict[str, bytes]] = {}
-    handler = type("Handler", (_Fleet,), {"routes": routes})
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}", routes
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
-def test_per_sensor_view_from_the_fleet(tmp_path: Path, fleet_server: tuple[str, dict[str, bytes]]) -> None:
-    url, routes = fleet_server
-    routes["/v1/fleet"] = json.dumps({"agents": [
-        {"id": "web-1", "labels": {"role": "web"}},
-        {"id": "db-1", "labels": {"role": "db"}},
-        {"id": "node-canary-1", "labels": {"role": "canary"}},
-    ]}).encode()
+def test_per_sensor_view_from_the_fleet(tmp_path: Path) -> None:
     repo = PolicyRepo.create(tmp_path)
     feature(repo, ADVANCE_WEB)
-    r = plan(repo, "--head", "feature", "--server", url)
-    assert r.returncode == 1, r.stderr
-    assert "  web-1 [stage web]: web-exec-allowlist: enforce_ready → enforced" in r.stdout
-    assert "db-1" not in r.stdout.split("Sensors:")[1].split("Note:")[0]
-    assert "3 sensor(s) known" in r.stdout and "1 affected" in r.stdout
-    doc = json.loads(plan(repo, "--head", "feature", "--server", url, "-o", "json").stdout)
-    assert doc["sensors"] == [{"id": "web-1", "labels": {"role": "web"}, "stage": "web", "policies": [
-        {"name": "web-exec-allowlist", "before": "enforce_ready", "after": "enforced", "changed": False}]}]
+    kp = generate(tmp_path / "reconciler-keys")
+    with serve.running(repo.path, tmp_path / "state", kp.signing_key_path) as srv:
+        # three agents report; only what they sent (id and labels) tells plan where each one is
+        serve.heartbeat(srv.url, "web-1", labels={"role": "web"})
+        serve.heartbeat(srv.url, "db-1", labels={"role": "db"})
+        serve.heartbeat(srv.url, "node-canary-1", labels={"role": "canary"})
+        r = plan(repo, "--head", "feature", "--server", srv.url)
+        assert r.returncode == 1, r.stderr
+        assert "  web-1 [stage web]: web-exec-allowlist: enforce_ready → enforced" in r.stdout
+        assert "db-1" not in r.stdout.split("Sensors:")[1].split("Note:")[0]
+        assert "3 sensor(s) known" in r.stdout and "1 affected" in r.stdout
+        doc = json.loads(plan(repo, "--head", "feature", "--server", srv.url, "-o", "json").stdout)
+        assert doc["sensors"] == [{"id": "web-1", "labels": {"role": "web"}, "stage": "web", "policies": [
+            {"name": "web-exec-allowlist", "before": "enforce_ready", "after": "enforced", "changed": False}]}]
+        # a sensor that reports later is in the next plan: the view is the server's, read each time
+        serve.heartbeat(srv.url, "web-2", labels={"role": "web"})
+        doc = json.loads(plan(repo, "--head", "feature", "--server", srv.url, "-o", "json").stdout)
+        assert [s["id"] for s in doc["sensors"]] == ["web-1", "web-2"]
 
 
-def test_per_sensor_view_skipped_without_a_fleet_endpoint(tmp_path: Path,
-                                                          fleet_server: tuple[str, dict[str, bytes]]) -> None:
-    url, _ = fleet_server
+def test_per_sensor_view_skipped_when_the_server_is_down(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on once the socket is closed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
     repo = PolicyRepo.create(tmp_path)
     feature(repo, ADVANCE_WEB)
     r = plan(repo, "--head", "feature", "--server", url)
     assert r.returncode == 1
-    assert "Note: per-sensor view skipped: the server has no fleet view (GET /v1/fleet: 404; GET /v1/agents: 404)" \
-        in r.stdout
+    assert f"Note: per-sensor view skipped: cannot reach {url}/v1/agents" in r.stdout
     doc = json.loads(plan(repo, "--head", "feature", "--server", url, "-o", "json").stdout)
     assert doc["sensors"] is None and any("skipped" in n for n in doc["notes"])
+    r = plan(repo, "--head", "feature", "--server", "not-a-url")
+    assert r.returncode == 2 and "expected a URL" in r.stderr and "Traceback" not in r.stderr
