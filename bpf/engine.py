@@ -59,7 +59,7 @@ from .compile import (
     compile_policy,
 )
 from .core.libbpf import BpfObject
-from .errors import BpfError, LoadError, NotLoaded, Unsupported
+from .errors import BpfError, LoadError, NotLoaded, PolicyRefusal, RefusalKind, Unsupported
 from .events import Counters, EventStream, read_counters
 from .objects import ObjectSource
 from .policy import TracingPolicy, effective_mode, parse
@@ -98,13 +98,22 @@ _TRACING_ATTACH = {
 class LoadResult:
     key: str
     loaded: bool
-    #: Why it was refused or failed (each "unsupported: ..." or "load failed: ...").
-    reasons: tuple[str, ...] = ()
+    #: Why it was refused or failed (None when loaded): the value the agent carries up to its status.
+    refusal: PolicyRefusal | None = None
     #: Program name → kernel program id.
     prog_ids: tuple[tuple[str, int], ...] = ()
     notes: tuple[str, ...] = ()
     #: Where the loaded object came from: "bundle", "cache" or "built" (bpf.objects).
     origin: str = ""
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The refusal's sentences (each "unsupported: ..." or "load failed: ..."); () when loaded."""
+        return self.refusal.reasons if self.refusal is not None else ()
+
+
+def _failed(key: str, reason: str, notes: tuple[str, ...] = ()) -> LoadResult:
+    return LoadResult(key, False, PolicyRefusal(RefusalKind.LOAD_FAILED, (f"load failed: {reason}",)), notes=notes)
 
 
 @dataclass(frozen=True)
@@ -168,38 +177,38 @@ class Engine:
                                   real_path=real_binary_path, resolve_uprobe=uprobes.resolve,
                                   resolve_usdt=usdt.resolve)
         except Unsupported as e:
-            return LoadResult(key, False, e.reasons)
+            return LoadResult(key, False, e.refusal)
         if cgroups is None and (policy.namespace or policy.pod_selector or policy.container_selector):
-            return LoadResult(key, False, (
+            return LoadResult(key, False, PolicyRefusal(RefusalKind.NEEDS_WORKLOADS, (
                 "refused: the policy is limited to workloads (namespace, podSelector or containerSelector); "
-                "load it with the cgroups of those workloads",))
+                "load it with the cgroups of those workloads",)))
         final = self._dir(key)
         if final.exists():
-            return LoadResult(key, False, (f"load failed: {key} is already loaded ({final} exists); unload it first",))
+            return _failed(key, f"{key} is already loaded ({final} exists); unload it first")
         cg = tuple(str(Path(c)) for c in cgroups) if cgroups is not None else None
         if cg is not None:
             missing = [c for c in cg if not Path(c, "cgroup.procs").exists()]
             if missing:
-                return LoadResult(key, False, (f"load failed: not cgroup2 directories: {', '.join(missing)}",))
+                return _failed(key, f"not cgroup2 directories: {', '.join(missing)}")
             if not cg:
-                return LoadResult(key, False, ("load failed: an empty workload (no cgroups) would match nothing",))
+                return _failed(key, "an empty workload (no cgroups) would match nothing")
             deep = [c for c in cg if scope.level(c, syscall.cgroup2_root()) >= scope.MAX_LEVEL]
             if deep:
-                return LoadResult(key, False, (f"load failed: cgroups more than {scope.MAX_LEVEL - 1} levels deep "
-                                               f"cannot be a scope: {', '.join(deep)}",))
+                return _failed(key, f"cgroups more than {scope.MAX_LEVEL - 1} levels deep cannot be a scope: "
+                                    f"{', '.join(deep)}")
         try:
             self._exempt_self(create=True)
             loader = _Loader(self, plan, mode, cg)
             loader.run(final)
         except Unsupported as e:  # found at load: a kernel function the policy names is missing here
             self._drop_self_if_idle()
-            return LoadResult(key, False, e.reasons, notes=plan.notes)
+            return LoadResult(key, False, e.refusal, notes=plan.notes)
         except (BpfError, OSError) as e:
             self._drop_self_if_idle()
-            return LoadResult(key, False, (f"load failed: {e}",), notes=plan.notes)
+            return _failed(key, str(e), plan.notes)
         self._track(key, plan, adopted=False)
         lp = self._describe(key)
-        return LoadResult(key, True, (), lp.prog_ids, plan.notes, loader.origin)
+        return LoadResult(key, True, None, lp.prog_ids, plan.notes, loader.origin)
 
     def set_mode(self, key: str, mode: str) -> None:
         """Switch a loaded (or pinned) policy's mode in place: same programs, new behaviour."""

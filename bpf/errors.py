@@ -1,9 +1,44 @@
 """Exceptions of the eBPF engine. `bpf` imports nothing from `reconciler`, so it has its own root."""
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 JsonPath = tuple[str | int, ...]
+
+
+class RefusalKind(enum.StrEnum):
+    """Why a policy is not in force here, as a label (the reasons say the rest)."""
+
+    UNSUPPORTED = "unsupported"  # this engine cannot enforce it on this kernel
+    LOAD_FAILED = "load_failed"  # the kernel (or the node: cgroups, pins) refused a step of loading
+    NEEDS_WORKLOADS = "needs_workloads"  # limited to workloads, and loaded without their cgroups
+    INVALID = "invalid"  # not a TracingPolicy this engine can read (YAML, schema, placeholders)
+    INACTIVE = "inactive"  # it applies to no workload on this node: nothing to load
+    MODE_SWITCH = "mode_switch"  # the switch to another ladder state failed; the old mode holds
+
+
+@dataclass(frozen=True)
+class PolicyRefusal:
+    """A policy refused, as one value from the engine up to the status and the heartbeat.
+
+    `kind` is the label; `reasons` are the sentences shown, joined by "; " (`text`), as they always were.
+    """
+
+    kind: RefusalKind
+    reasons: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return "; ".join(self.reasons)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def adding(self, notes: Sequence[str]) -> PolicyRefusal:
+        """The same refusal with more to say (e.g. why the bundle's objects did not serve)."""
+        return PolicyRefusal(self.kind, (*self.reasons, *notes)) if notes else self
 
 
 def format_path(path: JsonPath) -> str:
@@ -33,6 +68,10 @@ class Unsupported(BpfError):
     def __init__(self, reasons: Sequence[str]) -> None:
         self.reasons = tuple(reasons)
         super().__init__("; ".join(self.reasons))
+
+    @property
+    def refusal(self) -> PolicyRefusal:
+        return PolicyRefusal(RefusalKind.UNSUPPORTED, self.reasons)
 
 
 class LoadError(BpfError):
