@@ -26,6 +26,7 @@ from typing import Any
 
 from .bundle import Bundle, BundlePolicy, format_time, parse_bundle
 from .errors import StateError, UsageError, VerificationError
+from .statedir import StateView
 
 __all__ = ["Audit", "Change", "Interval", "Step", "build", "gather"]
 
@@ -224,16 +225,15 @@ def _touches(paths: Sequence[str], subject: str) -> bool:
 # Reading a state directory
 
 
-def gather(state_dir: Path, subject: str, *, sensor: str | None = None) -> Audit:
+def gather(state_dir: Path | StateView, subject: str, *, sensor: str | None = None) -> Audit:
     """The audit from a reconciler's state directory (read-only)."""
     from .ledger import Ledger
-    from .reconcile import MIRROR, STORE
-    from .rollouts import DB_FILE, RolloutDB
+    from .rollouts import RolloutDB
 
-    state_dir = Path(state_dir)
-    with Ledger.open(state_dir, readonly=True) as ledger:
+    state = StateView.of(state_dir)
+    with Ledger.open(state, readonly=True) as ledger:
         entries = ledger.entries()
-    bundles_dir = state_dir / STORE / "bundles"
+    bundles_dir = state.store.bundles
     bundles: list[Bundle] = []
     for path in sorted(bundles_dir.glob("v*.json"), key=lambda p: int(p.stem[1:]) if p.stem[1:].isdigit() else 0):
         try:
@@ -242,24 +242,24 @@ def gather(state_dir: Path, subject: str, *, sensor: str | None = None) -> Audit
             raise StateError(f"cannot read {path}: {e}") from None
     accepted = {e.version for e in entries if str(e.result) == "accepted"}
     bundles = [b for b in bundles if b.version in accepted]  # a file a crashed publish left is not history
-    subjects = _subjects(state_dir / MIRROR, [e.commit for e in entries])
+    subjects = _subjects(state.mirror, [e.commit for e in entries])
     commits = {e.commit: CommitFacts(e.commit, str(e.result), e.version, e.author, e.approvers, e.committed,
                                      subjects.get(e.commit, ""),
-                                     _paths(state_dir / MIRROR, e.commit) if str(e.result) == "rejected" else (),
+                                     _paths(state.mirror, e.commit) if str(e.result) == "rejected" else (),
                                      e.findings[0].text() if e.findings and str(e.result) == "rejected" else "")
                for e in reversed(entries)}
     runs: list[Run] = []
-    if (state_dir / DB_FILE).is_file():
-        db = RolloutDB.open(state_dir, readonly=True)
+    if state.has_rollouts():
+        db = RolloutDB.open(state, readonly=True)
         try:
             runs = [Run(v.sensor, v.version, v.began, v.ended) for v in db.sensor_versions()]
         finally:
             db.close()
     labels: dict[str, Mapping[str, str]] = {}
-    if (state_dir / "fleet.db").is_file():
+    if state.has_fleet():
         from .fleet import Fleet
 
-        fleet = Fleet.open(state_dir)
+        fleet = Fleet.open(state)
         try:
             labels = {a.id: dict(a.labels) for a in fleet.agents()}
         finally:

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import statedir
+
 __all__ = ["FLEET_DB", "MAX_HEARTBEAT_BYTES", "AgentRecord", "Fleet", "Heartbeat", "Observation", "ObservationRow",
            "parse_heartbeat"]
 
-FLEET_DB = "fleet.db"
+FLEET_DB = statedir.FLEET_DB
 MAX_HEARTBEAT_BYTES = 1024 * 1024
 MAX_OBSERVATIONS = 10_000
 SENSOR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
@@ -233,9 +235,10 @@ class Fleet:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, state_dir: Path) -> Fleet:
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(Path(state_dir) / FLEET_DB, isolation_level=None, timeout=10,
+    def open(cls, state_dir: Path | statedir.StateView) -> Fleet:
+        state = statedir.StateDir.of(state_dir)
+        state.root.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(state.fleet_db, isolation_level=None, timeout=10,
                              check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         # Heartbeats are replaced every few seconds: losing the last ones to a power cut is harmless,

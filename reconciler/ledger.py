@@ -41,6 +41,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from . import statedir
 from .acceptances import Acceptances
 from .bundle import format_time, parse_bundle, parse_time
 from .errors import StateError, VerificationError
@@ -49,8 +50,8 @@ from .findings import Finding
 if TYPE_CHECKING:
     from .store import Store
 
-DB_FILE = "palisade.db"
-LOCK_FILE = "lock"
+DB_FILE = statedir.LEDGER_DB
+LOCK_FILE = statedir.LOCK_FILE
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -155,14 +156,14 @@ class Ledger:
         self._lock_fd = lock_fd
 
     @classmethod
-    def open(cls, state_dir: Path, *, readonly: bool = False) -> Ledger:
+    def open(cls, state_dir: Path | statedir.StateView, *, readonly: bool = False) -> Ledger:
         """Open (creating if needed) the ledger of `state_dir` and take its lock.
 
         `readonly=True` (for status and ledger commands, which run beside the
         reconciler) takes no lock and never creates anything.
         """
-        state_dir = Path(state_dir)
-        path = state_dir / DB_FILE
+        state = statedir.StateDir.of(state_dir)
+        state_dir, path = state.root, state.ledger_db
         if readonly:
             if not path.is_file():
                 raise StateError(f"no ledger at {path} (has a reconciler run with --state {state_dir}?)")
@@ -174,10 +175,10 @@ class Ledger:
             db.row_factory = sqlite3.Row
             return cls(state_dir, db, None)
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            state.create()
         except OSError as e:
             raise StateError(f"cannot create the state directory {state_dir}: {e.strerror}") from None
-        lock_fd = _lock(state_dir / LOCK_FILE)
+        lock_fd = _lock(state.lock)
         try:
             db = sqlite3.connect(path, isolation_level=None, timeout=10)
             db.execute("PRAGMA journal_mode=WAL")

@@ -47,6 +47,7 @@ from bpf.objects import source_digest
 from bpf.policy import TracingPolicy, parse
 from bpf.tpformat import Formats, builtin_formats
 
+from . import statedir
 from .bundle import MAX_OBJECT_BYTES, BundleObject, sha256_hex
 from .findings import Finding, error
 from .model import PolicyRepository
@@ -59,7 +60,7 @@ log = logging.getLogger("palisade.objects")
 
 HOST = "host"
 BUILTIN = "builtin"
-CACHE_DIR = "objects"
+CACHE_DIR = statedir.OBJECT_CACHE
 _TRACEFS = Path("/sys/kernel/tracing")
 _MAX_LINES = 12
 
@@ -130,9 +131,9 @@ class _Want:
 class ObjectBuilder:
     """Plans and compiles the objects of rendered policies for `profiles`, cached in `state_dir`."""
 
-    def __init__(self, state_dir: Path, profiles: Sequence[KernelProfile] | None = None, *,
+    def __init__(self, state_dir: Path | statedir.StateView, profiles: Sequence[KernelProfile] | None = None, *,
                  workers: int | None = None, core_cache: Path | None = None) -> None:
-        self.cache = Path(state_dir) / CACHE_DIR
+        self.cache = statedir.StateView.of(state_dir).object_cache
         self._profiles = tuple(profiles) if profiles is not None else None
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.core_cache = core_cache  # None: bpf.core.build's machine cache

@@ -34,13 +34,12 @@ from .ledger import CommitInfo, Ledger, LedgerEntry
 from .model import PolicyRepository
 from .objects import Build, ObjectBuilder
 from .rollouts import Controller, StagedStore
+from .statedir import StateDir
 from .store import Store
 from .validate import validate
 
 log = logging.getLogger("palisade.reconcile")
 
-MIRROR = "mirror.git"
-STORE = "store"
 
 
 @dataclass(frozen=True)
@@ -76,23 +75,24 @@ class _Cache:
 class Reconciler:
     """One tracked branch of one policy repository, reconciled into one state directory."""
 
-    def __init__(self, repo: str, state_dir: Path, key: SigningKey, *, branch: str = "main",
+    def __init__(self, repo: str, state_dir: Path | StateDir, key: SigningKey, *, branch: str = "main",
                  clock: Callable[[], _dt.datetime] | None = None,
                  objects: ObjectBuilder | bool = True) -> None:
         """`objects`: how CO-RE objects are built into bundles (True: for this host's kernel, cached in
         the state directory; False: bundles carry none and nodes build their own)."""
         self.source = repo
         self.branch = branch
-        self.state_dir = Path(state_dir)
+        self.state = StateDir.of(state_dir)
+        self.state_dir = self.state.root
         self.key = key
         self._clock = clock or (lambda: _dt.datetime.now(_dt.UTC))
-        self.ledger = Ledger.open(self.state_dir)
+        self.ledger = Ledger.open(self.state)
         # Publishes pin only the first rollout stage; the controller promotes the rest (rollouts.py).
-        self.store = StagedStore(self.state_dir / STORE, key)
-        self.rollouts = Controller(self.state_dir, self.ledger, self.store, clock=self._clock)
-        self.mirror = self.state_dir / MIRROR
+        self.store = StagedStore(self.state.store.root, key)
+        self.rollouts = Controller(self.state, self.ledger, self.store, clock=self._clock)
+        self.mirror = self.state.mirror
         self._cache = _Cache(self.mirror)
-        self.objects: ObjectBuilder | None = (ObjectBuilder(self.state_dir) if objects is True
+        self.objects: ObjectBuilder | None = (ObjectBuilder(self.state) if objects is True
                                               else objects or None)
         self.last_build: Build | None = None
         self.refused: str | None = None

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import statedir
 from .bundle import DEFAULT_STAGE, Bundle, Index, format_time, parse_bundle, parse_index, parse_time
 from .errors import PalisadeError, StateError, VerificationError
 from .rollout import Action, AgentReport, Decision, Progress, evaluate, operate, start
@@ -48,7 +49,7 @@ __all__ = ["ACTOR", "DB_FILE", "Controller", "RolloutDB", "StagedStore", "read_s
 
 log = logging.getLogger("palisade.rollout")
 
-DB_FILE = "rollout.db"
+DB_FILE = statedir.ROLLOUT_DB
 #: The actor of the controller's own ledger rows (operators' rows carry the operator's name).
 ACTOR = "palisade-rollout"
 #: An agent silent for longer than this is not reporting (agents heartbeat every 10s by default).
@@ -128,16 +129,17 @@ class RolloutDB:
         self.path = path
 
     @classmethod
-    def open(cls, state_dir: Path, *, readonly: bool = False) -> RolloutDB:
-        path = Path(state_dir) / DB_FILE
+    def open(cls, state_dir: Path | statedir.StateView, *, readonly: bool = False) -> RolloutDB:
+        state = statedir.StateDir.of(state_dir)
+        path = state.rollout_db
         try:
             if readonly:
                 if not path.is_file():
-                    raise StateError(f"no rollout state at {path} (has a reconciler run with --state {state_dir}?)")
+                    raise StateError(f"no rollout state at {path} (has a reconciler run with --state {state.root}?)")
                 db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
                                      timeout=10)
             else:
-                Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+                state.create()
                 db = sqlite3.connect(path, isolation_level=None, timeout=10)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
@@ -325,13 +327,14 @@ class StagedStore(Store):
 class Controller:
     """The rollout of one state directory. Lives in the reconciler's thread (it shares its ledger)."""
 
-    def __init__(self, state_dir: Path, ledger: Ledger, store: Store, *,
+    def __init__(self, state_dir: Path | statedir.StateDir, ledger: Ledger, store: Store, *,
                  clock: Callable[[], _dt.datetime] | None = None,
                  stale_after: _dt.timedelta = DEFAULT_STALE_AFTER, metrics: Metrics | None = None) -> None:
-        self.state_dir = Path(state_dir)
+        self.state = statedir.StateDir.of(state_dir)
+        self.state_dir = self.state.root
         self.ledger = ledger
         self.store = store
-        self.db = RolloutDB.open(self.state_dir)
+        self.db = RolloutDB.open(self.state)
         self.stale_after = stale_after
         self.metrics = metrics
         self._clock = clock or (lambda: _dt.datetime.now(_dt.UTC))
@@ -520,12 +523,12 @@ class Controller:
         return out
 
     def _agents(self) -> list[AgentRecord]:
-        if not (self.state_dir / "fleet.db").exists():
+        if not self.state.has_fleet():
             return []
         if self._fleet is None:
             from .fleet import Fleet
 
-            self._fleet = Fleet.open(self.state_dir)
+            self._fleet = Fleet.open(self.state)
         agents: list[AgentRecord] = self._fleet.agents()
         return agents
 
@@ -644,11 +647,11 @@ def _status_doc(progress: Progress, index: Index | None, decision: Decision | No
 class _ReadStore:
     """The reading half of `Store` without opening one (opening tidies temporaries, a writer's job)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, store: statedir.StoreDir) -> None:
+        self.store = store
 
     def index(self) -> Index | None:
-        path = self.root / "index.json"
+        path = self.store.index
         try:
             return parse_index(path.read_bytes())
         except FileNotFoundError:
@@ -658,34 +661,32 @@ class _ReadStore:
 
     def bundle_bytes(self, version: int) -> bytes | None:
         try:
-            return (self.root / "bundles" / f"v{int(version)}.json").read_bytes()
+            return self.store.bundle(version).read_bytes()
         except FileNotFoundError:
             return None
         except OSError as e:
             raise StateError(f"cannot read bundle v{version}: {e.strerror}") from None
 
 
-def read_status(state_dir: Path, *, stale_after: _dt.timedelta | None = None,
+def read_status(state_dir: Path | statedir.StateView, *, stale_after: _dt.timedelta | None = None,
                 now: _dt.datetime | None = None) -> dict[str, Any]:
     """The rollout status from a state directory alone (takes no lock, writes nothing)."""
-    from .reconcile import STORE
-
-    state_dir = Path(state_dir)
-    if not (state_dir / DB_FILE).exists() and not (state_dir / "palisade.db").exists():
-        raise StateError(f"no reconciler state in {state_dir} (has a reconciler run with --state {state_dir}?)")
-    db = RolloutDB.open(state_dir, readonly=True) if (state_dir / DB_FILE).exists() else None
+    state = statedir.StateView.of(state_dir)
+    if not state.has_rollouts() and not state.has_ledger():
+        raise StateError(f"no reconciler state in {state.root} (has a reconciler run with --state {state.root}?)")
+    db = RolloutDB.open(state, readonly=True) if state.has_rollouts() else None
     try:
         progress = db.load()[0] if db else Progress()
         opened = db.open_versions() if db else {}
-        store = _ReadStore(state_dir / STORE)
+        store = _ReadStore(state.store)
         index = store.index()
         if index is None:
             return _status_doc(progress, None, None, None)
         agents: list[AgentRecord] = []
-        if (state_dir / "fleet.db").exists():
+        if state.has_fleet():
             from .fleet import Fleet
 
-            fleet = Fleet.open(state_dir)
+            fleet = Fleet.open(state)
             try:
                 agents = fleet.agents()
             finally:

@@ -59,6 +59,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from . import statedir
 from .bundle import MAX_OBJECT_BYTES, Index, parse_index, sha256_hex
 from .errors import PalisadeError, UsageError, VerificationError
 from .metrics import CONTENT_TYPE, Metrics
@@ -77,9 +78,7 @@ __all__ = [
 log = logging.getLogger("palisade.server")
 
 #: The store layout (shared with reconciler.store): `<store>/index.json`, `<store>/bundles/v<N>.json`.
-INDEX_FILE = "index.json"
-BUNDLES_DIR = "bundles"
-OBJECTS_DIR = "objects"
+INDEX_FILE, BUNDLES_DIR, OBJECTS_DIR = statedir.INDEX_FILE, statedir.BUNDLES_DIR, statedir.OBJECTS_DIR
 MAX_WAIT_SECONDS = 300
 #: Request heads larger than this get a 431 from the application; the protocol layer refuses
 #: anything beyond `_H11_MAX_HEAD` before it is even parsed.
@@ -376,16 +375,18 @@ class _Api:
     """The endpoints, bound to one publication, status source and metrics registry."""
 
     def __init__(self, publication: Publication, metrics: Metrics,
-                 status: Callable[[], Mapping[str, Any]] | None, fleet: Any = None) -> None:
+                 status: Callable[[], Mapping[str, Any]] | None, state: statedir.StateDir,
+                 fleet: Any = None) -> None:
         self.pub, self.metrics, self.status_source = publication, metrics, status
+        self.state = state
         self._fleet = fleet
 
     def fleet(self) -> Any:
-        """The agents' reports (reconciler.fleet.Fleet), in the state directory that holds the store."""
+        """The agents' reports (reconciler.fleet.Fleet), in the state directory's fleet database."""
         if self._fleet is None:
             from .fleet import Fleet
 
-            self._fleet = Fleet.open(self.pub.store.parent)
+            self._fleet = Fleet.open(self.state)
         return self._fleet
 
     async def index(self, request: Request) -> Response:
@@ -609,16 +610,19 @@ def create_app(
     status: Callable[[], Mapping[str, Any]] | None = None,
     publication: Publication | None = None,
     fleet: Any = None,
+    state: statedir.StateDir | None = None,
 ) -> Starlette:
     """The ASGI application serving the bundle store at `store`.
 
+    `state` is the state directory whose fleet database takes the agents' heartbeats
+    (default: the one `store` sits in, by the layout of reconciler/statedir.py).
     `status` supplies the reconciler's part of `/v1/status` (it runs in a worker
     thread). `app.state.publication` is the in-memory index; `app.state.metrics`
     the registry.
     """
     metrics = metrics or Metrics()
     pub = publication or Publication(store)
-    api = _Api(pub, metrics, status, fleet)
+    api = _Api(pub, metrics, status, state or statedir.StateDir.holding(store), fleet)
 
     def update_gauges(snap: Snapshot) -> None:
         metrics.set_index(version=snap.index.version, serial=snap.index.serial, expires=snap.index.expires)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from . import statedir
 from .bundle import (
     DEFAULT_STAGE,
     INDEX_KEEP,
@@ -39,9 +40,7 @@ from .bundle import (
 )
 from .errors import StateError
 
-INDEX_FILE = "index.json"
-BUNDLES_DIR = "bundles"
-OBJECTS_DIR = "objects"
+INDEX_FILE, BUNDLES_DIR, OBJECTS_DIR = statedir.INDEX_FILE, statedir.BUNDLES_DIR, statedir.OBJECTS_DIR
 DEFAULT_EXPIRY = _dt.timedelta(hours=24)
 #: Test hook: seconds to sleep between the steps of every file write, so a crash test can
 #: kill the writer inside each window (temp file half written, written, renamed, ...).

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import PalisadeError, StateError, UsageError
 from ..fleet import FLEET_DB, AgentRecord, Fleet, ObservationRow
+from ..statedir import StateView
 
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 _MAX_BYTES = 64 * 1024 * 1024
@@ -51,10 +52,11 @@ class FleetSource:
         if self.server is not None and not re.match(r"^https?://", self.server):
             raise UsageError(f"--server {server!r}: expected a URL such as http://127.0.0.1:8740")
         if self.state is not None:
-            if not (self.state / FLEET_DB).is_file():
+            view = StateView(self.state)
+            if not view.has_fleet():
                 raise StateError(f"--state {self.state}: no {FLEET_DB} there (is it the reconciler's state "
                                  "directory, and has any agent reported?)")
-            self._fleet = Fleet.open(self.state)
+            self._fleet = Fleet.open(view)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FleetSource | None:

@@ -131,9 +131,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _acceptances(state: Path) -> Acceptances | None:
-    from ..ledger import DB_FILE, Ledger
+    from ..ledger import Ledger
+    from ..statedir import StateView
 
-    if not (state / DB_FILE).is_file():
+    if not StateView(state).has_ledger():
         return None  # no reconciler ran there: FleetSource reports what it can
     with Ledger.open(state, readonly=True) as ledger:
         return ledger.acceptances()

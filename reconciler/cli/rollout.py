@@ -129,12 +129,13 @@ def _history(args: argparse.Namespace) -> int:
 def _operate(args: argparse.Namespace) -> int:
     import datetime as _dt
 
-    from ..rollouts import DB_FILE, RolloutDB
+    from ..rollouts import RolloutDB
+    from ..statedir import StateView
 
     if not args.reason.strip():
         raise UsageError("--reason must not be empty")
     state = _state(args)
-    if not (state / DB_FILE).is_file():
+    if not StateView(state).has_rollouts():
         raise StateError(f"no rollout state in {state} (has a reconciler run with --state {state}?)")
     operator = args.operator or _login()
     db = RolloutDB.open(state)

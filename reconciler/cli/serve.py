@@ -39,10 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from ..keys import load_signing_key
     from ..metrics import Metrics
     from ..model import parse_duration
-    from ..reconcile import STORE, Reconciler
+    from ..reconcile import Reconciler
     from ..server import Publication, create_app, parse_listen
     from ..server import run as run_server
     from ..service import ReconcileLoop
+    from ..statedir import StateDir
     from ..watch import Changes, RefWatcher, local_git_dir
 
     try:
@@ -60,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
     key = load_signing_key(args.key)
 
     metrics = Metrics()
-    publication = Publication(args.state / STORE)
+    state = StateDir(args.state)
+    publication = Publication(state.store.root)
     changes = Changes()
     def reconciler() -> Reconciler:
-        rec = Reconciler(args.repo, args.state, key, branch=args.branch)
+        rec = Reconciler(args.repo, state, key, branch=args.branch)
         rec.rollouts.stale_after = agent_timeout
         return rec
 
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         reconciler,
         publication=publication, metrics=metrics, changes=changes, poll_interval=poll,
     )
-    app = create_app(args.state / STORE, metrics=metrics, status=loop.status, publication=publication)
+    app = create_app(state.store.root, metrics=metrics, status=loop.status, publication=publication, state=state)
 
     git_dir = local_git_dir(args.repo)
     watcher = RefWatcher(git_dir, changes) if git_dir is not None else None

@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _fleet(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Each sensor that reported: its version, stage, health and when it was last seen."""
-    from ..fleet import FLEET_DB
+    from ..statedir import StateView
     from ._fleetsource import FleetSource
 
-    if args.state is not None and not (args.state / FLEET_DB).is_file():
+    if args.state is not None and not StateView(args.state).has_fleet():
         return []  # no agent has reported yet
     source = FleetSource(args.server, args.state, args.timeout)
     try:
@@ -68,19 +68,20 @@ def from_state(state: Path) -> dict[str, Any]:
     """The status document from a state directory alone (read-only)."""
     from ..errors import VerificationError
     from ..ledger import Ledger
-    from ..reconcile import STORE, status
-    from ..rollouts import DB_FILE as ROLLOUT_DB
+    from ..reconcile import status
     from ..rollouts import read_status
+    from ..statedir import StateView
     from ..store import Store
 
-    store = Store(state / STORE)  # no key: a reader, it creates and tidies nothing
+    view = StateView(state)
+    store = Store(view.store.root)  # no key: a reader, it creates and tidies nothing
     try:
-        with Ledger.open(state, readonly=True) as ledger:
+        with Ledger.open(view, readonly=True) as ledger:
             doc = status(ledger, store)
     except VerificationError as e:
         raise StateError(f"{store.index_path}: {e}") from None
-    if (state / ROLLOUT_DB).is_file():
-        doc["rollout"] = read_status(state)
+    if view.has_rollouts():
+        doc["rollout"] = read_status(view)
     return doc
 
 

@@ -1,0 +1,134 @@
+"""The reconciler's state directory: the one place that says what lives where in it.
+
+    <state>/
+      store/             the bundle store `palisade serve` serves (StoreDir)
+        index.json       the signed index
+        bundles/vN.json  the signed bundles
+        objects/<sha256> CO-RE objects bundles name
+      palisade.db        the ledger (accepted and rejected commits, operator events)
+      lock               held by the one reconciler that writes here
+      rollout.db         the rollout controller's progress and sensor versions
+      fleet.db           the agents' heartbeats and observations
+      mirror.git         the reconciler's mirror of the policy repository
+      objects/           CO-RE objects built for bundles, cached by input
+
+`StateDir` is the writer's handle (the reconciler, `palisade serve`); `StateView` is what
+readers hold (status, audit, rollout and ledger commands): the same paths and `has_*`
+questions, nothing that creates a file or a directory. Neither touches the disk when made.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+__all__ = ["BUNDLES_DIR", "FLEET_DB", "INDEX_FILE", "LEDGER_DB", "LOCK_FILE", "MIRROR", "OBJECTS_DIR",
+           "OBJECT_CACHE", "ROLLOUT_DB", "STORE", "StateDir", "StateView", "StoreDir"]
+
+STORE = "store"
+LEDGER_DB = "palisade.db"
+LOCK_FILE = "lock"
+ROLLOUT_DB = "rollout.db"
+FLEET_DB = "fleet.db"
+MIRROR = "mirror.git"
+OBJECT_CACHE = "objects"
+# inside the store
+INDEX_FILE = "index.json"
+BUNDLES_DIR = "bundles"
+OBJECTS_DIR = "objects"
+
+
+@dataclass(frozen=True)
+class StoreDir:
+    """The layout of one bundle store directory."""
+
+    root: Path
+
+    @property
+    def index(self) -> Path:
+        return self.root / INDEX_FILE
+
+    @property
+    def bundles(self) -> Path:
+        return self.root / BUNDLES_DIR
+
+    @property
+    def objects(self) -> Path:
+        return self.root / OBJECTS_DIR
+
+    def bundle(self, version: int) -> Path:
+        return self.bundles / f"v{int(version)}.json"
+
+
+@dataclass(frozen=True)
+class StateView:
+    """A state directory as a reader sees it: where each part is and whether it exists."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # a str or any path-like is accepted
+
+    @classmethod
+    def of(cls, where: StateView | str | os.PathLike[str]) -> Self:
+        """`where` as this kind of handle: a directory's path, or another handle on the same directory."""
+        return cls(where.root if isinstance(where, StateView) else Path(where))
+
+    @property
+    def store(self) -> StoreDir:
+        return StoreDir(self.root / STORE)
+
+    @property
+    def ledger_db(self) -> Path:
+        return self.root / LEDGER_DB
+
+    @property
+    def rollout_db(self) -> Path:
+        return self.root / ROLLOUT_DB
+
+    @property
+    def fleet_db(self) -> Path:
+        return self.root / FLEET_DB
+
+    @property
+    def mirror(self) -> Path:
+        return self.root / MIRROR
+
+    @property
+    def object_cache(self) -> Path:
+        return self.root / OBJECT_CACHE
+
+    def has_ledger(self) -> bool:
+        return self.ledger_db.is_file()
+
+    def has_rollouts(self) -> bool:
+        return self.rollout_db.is_file()
+
+    def has_fleet(self) -> bool:
+        """Whether any agent has reported (the fleet database is made on the first heartbeat)."""
+        return self.fleet_db.is_file()
+
+
+@dataclass(frozen=True)
+class StateDir(StateView):
+    """A state directory as its writer holds it: the view's paths, the lock, and its creation."""
+
+    @classmethod
+    def holding(cls, store: str | os.PathLike[str]) -> StateDir:
+        """The state directory a bundle store `store` sits in: its parent, by the layout above
+        (a store served on its own keeps its fleet beside it, in the same parent)."""
+        return cls(Path(store).parent)
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def view(self) -> StateView:
+        """The read-only view of this directory, for code that only reads."""
+        return StateView(self.root)
+
+    def create(self) -> None:
+        """The directory itself, private to the reconciler's user (0700 when it is made here)."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
