@@ -13,7 +13,7 @@ all: test
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[reconciler,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -31,7 +31,7 @@ import yaml
 
 from bpf.errors import BpfError
 from bpf.policy import parse as parse_policy
-from reconciler.model import State
+from wire.values import State
 
 from .objects import Offer
 from .select import Desired

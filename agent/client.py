@@ -1,7 +1,7 @@
 """HTTP to the reconciler: the index (long-poll), bundles by version, objects by digest, heartbeats.
 
 The transport is not trusted: everything fetched here is verified by the
-caller with `reconciler.bundle`. This module only makes sure that what it hands
+caller with `wire.bundle`. This module only makes sure that what it hands
 over is a complete response no larger than allowed — a body is read as a stream
 and refused as soon as it passes the limit, so a hostile or broken server cannot
 make the agent buffer 50 MB to learn that an index is too large — and retries
@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_never, wait_exponential_jitter
 
-from reconciler.bundle import MAX_BUNDLE_BYTES, MAX_INDEX_BYTES, MAX_OBJECT_BYTES
+from wire.bundle import MAX_BUNDLE_BYTES, MAX_INDEX_BYTES, MAX_OBJECT_BYTES
 
 from .errors import FetchError
 

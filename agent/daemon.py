@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from reconciler.keys import load_public_keys
+from wire.keys import load_public_keys
 
 from .apply import Enforcer, NullEnforcer
 from .callouts import Callouts

@@ -45,7 +45,7 @@ from bpf.errors import BpfError, NotLoaded
 from bpf.events import POLICY_EVENT_KINDS
 from bpf.objects import ObjectSource, source_digest
 from bpf.policy import LabelSelector, TracingPolicy, fill_placeholders, parse
-from reconciler.model import State
+from wire.values import State
 
 from .apply import SAFE_LOADER, Inactive, Loaded, Refused
 from .config import Workload

@@ -1,8 +1,8 @@
-"""The agent's errors. They extend the reconciler's hierarchy so every CLI prints them the same way."""
+"""The agent's errors. They extend the shared hierarchy (`wire.errors`) so every CLI prints them the same way."""
 from __future__ import annotations
 
-from reconciler.bundle import WireError
-from reconciler.errors import PalisadeError, VerificationError
+from wire.bundle import WireError
+from wire.errors import PalisadeError, VerificationError
 
 __all__ = ["AgentError", "ConfigError", "FetchError", "Unreadable", "VerificationError", "WrongBundle"]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nacl.signing import VerifyKey
 
-from reconciler.bundle import (
+from wire.bundle import (
     Bundle,
     Index,
     Malformed,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.bundle import Bundle, BundleObject, WireError, verify_object
+from wire.bundle import Bundle, BundleObject, WireError, verify_object
 
 from .select import Desired
 

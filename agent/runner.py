@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from nacl.signing import VerifyKey
 
-from reconciler.bundle import Bundle, Index, WireError, format_time, keyid, sha256_hex, verify_bundle, verify_index
+from wire.bundle import Bundle, Index, WireError, format_time, keyid, sha256_hex, verify_bundle, verify_index
 
 from . import heartbeat, lkg, trust
 from .apply import ApplyReport, Enforcer, PolicyStatus, apply, plan

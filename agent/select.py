@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.bundle import DEFAULT_STAGE, Bundle, Origin
-from reconciler.model import Scope, State
+from wire.bundle import DEFAULT_STAGE, Bundle, Origin
+from wire.values import Scope, State
 
 __all__ = ["Desired", "select", "stage_of"]
 
@@ -46,7 +46,7 @@ def stage_of(bundle: Bundle | None, sensor_id: str, labels: Mapping[str, str]) -
 
 
 def select(bundle: Bundle, sensor_id: str, labels: Mapping[str, str]) -> tuple[Desired, ...]:
-    """The policies for this sensor, one per name, sorted by name (the rule: `reconciler.model.effective`)."""
+    """The policies for this sensor, one per name, sorted by name (the rule: `wire.values.effective`)."""
     return tuple(
         Desired(p.name, p.origin, p.scope, p.state, p.yaml, p.sha256, bundle.version, bundle.commit)
         for p in bundle.effective(sensor_id, labels)

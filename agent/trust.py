@@ -15,7 +15,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from reconciler.bundle import MAX_INT
+from wire.bundle import MAX_INT
 
 from .atomic import write_atomic
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import Bundle, BundlePolicy, format_time, parse_bundle
+from wire.bundle import Bundle, BundlePolicy, format_time, parse_bundle
+
 from .errors import StateError, UsageError, VerificationError
 from .statedir import StateView
 

@@ -26,8 +26,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
+from wire.values import Scope, State
+
 from .errors import PalisadeError
-from .model import PolicyRepository, Scope, State
+from .model import PolicyRepository
 
 __all__ = [
     "EditError", "Refusal", "add_assignment", "flow_scope", "new_enforcement", "resolve", "set_state", "step",

@@ -1,15 +1,16 @@
 """The reconciler's exception hierarchy.
 
 Every error says what was wrong, where, and what to do; the CLI prints the
-message and exits with the class's exit code, never a traceback.
+message and exits with the class's exit code, never a traceback. The base classes
+the agent shares live in `wire.errors`.
 """
 from __future__ import annotations
 
+from wire.errors import KeyError_, PalisadeError, VerificationError
 
-class PalisadeError(Exception):
-    """Base of every error the reconciler raises on purpose."""
-
-    exit_code = 2
+__all__ = [
+    "KeyError_", "PalisadeError", "RewriteRefused", "SourceError", "StateError", "UsageError", "VerificationError",
+]
 
 
 class UsageError(PalisadeError):
@@ -22,16 +23,6 @@ class SourceError(PalisadeError):
 
 class StateError(PalisadeError):
     """The state directory is missing, locked or inconsistent (exit 2)."""
-
-
-class KeyError_(PalisadeError):
-    """A signing or public key is missing, unreadable or malformed (exit 2)."""
-
-
-class VerificationError(PalisadeError):
-    """A signature, digest, expiry or version check failed (exit 1)."""
-
-    exit_code = 1
 
 
 class RewriteRefused(PalisadeError):

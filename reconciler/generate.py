@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wire.values import Scope
+
 from .fleet import ObservationRow
-from .model import Scope
 
 __all__ = ["Allowlist", "Candidate", "Exec", "GenerateError", "build", "execs_from_events",
            "execs_from_observations", "files", "pack_name", "policy_name", "read_events", "workloads_in_events"]

@@ -44,12 +44,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from wire.values import State
+
 from . import ladder, render, signatures, source
 from .acceptances import Acceptances
 from .errors import SourceError
 from .findings import Finding, Severity, error, warning
 from .ladder import Approval, MoveKind
-from .model import Location, PolicyRepository, RepositoryConfig, Reviewer, State, UnitKey
+from .model import Location, PolicyRepository, RepositoryConfig, Reviewer, UnitKey
 from .signatures import Signature, Status
 from .tightening import Tightening, tightenings
 

@@ -8,34 +8,32 @@ and the same with `PUBLIC KEY` for the 32-byte public key. Lines starting with
 `#` are comments (the key id is written there for humans). The signing key file
 is created with mode 0600 and, like OpenSSH, refused when others may read it.
 
-Stdlib and PyNaCl only: the agent loads its pinned public keys with this module.
+Reading public keys is the wire contract's (`wire.keys`, which the agent uses); it is re-exported here.
 """
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
+
+from wire.keys import PUBLIC_LABEL, SIGNING_LABEL, keyid, load_public_key, load_public_keys, unarmor
 
 from .errors import KeyError_
 
+__all__ = [
+    "PUBLIC_KEY_FILE", "SIGNING_KEY_FILE", "KeyPair", "generate", "keyid", "load_public_key", "load_public_keys",
+    "load_signing_key",
+]
+
 SIGNING_KEY_FILE = "palisade.key"
 PUBLIC_KEY_FILE = "palisade.pub"
-_PRIVATE = "PALISADE ED25519 SIGNING KEY"
-_PUBLIC = "PALISADE ED25519 PUBLIC KEY"
-
-
-def keyid(key: VerifyKey | SigningKey) -> str:
-    """sha256 hex of the raw public key (the `keyid` of signatures)."""
-    from .bundle import keyid as _keyid
-
-    return _keyid(key)
+_PRIVATE = SIGNING_LABEL
+_PUBLIC = PUBLIC_LABEL
 
 
 @dataclass(frozen=True)
@@ -79,47 +77,12 @@ def load_signing_key(path: Path) -> SigningKey:
             f"signing key {path}: permissions {stat.S_IMODE(st.st_mode):04o} are too open; "
             f"it must be readable by its owner only (chmod 600 {path})"
         )
-    return SigningKey(_unarmor(path, _PRIVATE))
-
-
-def load_public_key(path: Path) -> VerifyKey:
-    """The public key in `path` (a `.pub` file written by `palisade keygen`)."""
-    return VerifyKey(_unarmor(Path(path), _PUBLIC))
-
-
-def load_public_keys(paths: Iterable[Path]) -> list[VerifyKey]:
-    return [load_public_key(p) for p in paths]
+    return SigningKey(unarmor(path, _PRIVATE))
 
 
 def _armor(label: str, raw: bytes, kid: str) -> bytes:
     b64 = base64.b64encode(raw).decode("ascii")
     return f"# keyid {kid}\n-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n".encode("ascii")
-
-
-def _unarmor(path: Path, label: str) -> bytes:
-    what = "signing key" if label == _PRIVATE else "public key"
-    try:
-        if path.stat().st_size > 64 * 1024:
-            raise KeyError_(f"{what} {path}: the file is too large to be a key")
-        text = path.read_text("ascii")
-    except OSError as e:
-        raise KeyError_(f"{what} {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise KeyError_(f"{what} {path}: not a palisade key file (binary content)") from None
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    begin, end = f"-----BEGIN {label}-----", f"-----END {label}-----"
-    if len(lines) != 3 or lines[0] != begin or lines[2] != end:
-        other = _PUBLIC if label == _PRIVATE else _PRIVATE
-        if f"-----BEGIN {other}-----" in lines:
-            raise KeyError_(f"{what} {path}: this file holds a {other.split()[-2].lower()} key, not a {what}")
-        raise KeyError_(f"{what} {path}: expected the lines {begin!r}, base64, {end!r}")
-    try:
-        raw = base64.b64decode(lines[1], validate=True)
-    except (binascii.Error, ValueError):
-        raise KeyError_(f"{what} {path}: the key is not valid base64") from None
-    if len(raw) != 32:
-        raise KeyError_(f"{what} {path}: the key is {len(raw)} bytes, expected 32")
-    return raw
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -32,8 +32,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from wire.values import State
+
 from .findings import Severity
-from .model import RepositoryConfig, State, UnitKey
+from .model import RepositoryConfig, UnitKey
 
 if TYPE_CHECKING:
     from .tightening import Tightening

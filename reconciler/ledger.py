@@ -41,9 +41,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from wire.bundle import format_time, parse_bundle, parse_time
+
 from . import statedir
 from .acceptances import Acceptances
-from .bundle import format_time, parse_bundle, parse_time
 from .errors import StateError, VerificationError
 from .findings import Finding
 

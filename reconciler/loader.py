@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wire.values import Scope, State
+
 from . import source
 from .findings import Finding, error, has_errors
 from .model import (
@@ -30,9 +32,7 @@ from .model import (
     Rollout,
     Rule,
     RuleException,
-    Scope,
     Stage,
-    State,
     parse_duration,
 )
 from .source import Document

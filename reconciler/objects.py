@@ -46,9 +46,9 @@ from bpf.errors import BpfError
 from bpf.objects import source_digest
 from bpf.policy import TracingPolicy, parse
 from bpf.tpformat import Formats, builtin_formats
+from wire.bundle import MAX_OBJECT_BYTES, BundleObject, sha256_hex
 
 from . import statedir
-from .bundle import MAX_OBJECT_BYTES, BundleObject, sha256_hex
 from .findings import Finding, error
 from .model import PolicyRepository
 from .render import RenderedPolicy

@@ -41,9 +41,11 @@ from typing import Any, Protocol
 
 import yaml
 
+from wire.values import Placed, Scope, State, effective
+
 from . import ladder
 from .ladder import Move, MoveKind
-from .model import Group, Placed, PolicyRepository, Rollout, Scope, State, UnitKey, effective, format_duration
+from .model import Group, PolicyRepository, Rollout, UnitKey, format_duration
 
 
 class PolicyLike(Placed, Protocol):

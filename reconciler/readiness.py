@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from wire.values import Scope, State
+
 from . import impact as _impact
 from .fleet import AgentRecord, ObservationRow
-from .model import Group, PolicyRepository, Scope, State, UnitKey, format_duration
+from .model import Group, PolicyRepository, UnitKey, format_duration
 
 __all__ = ["Condition", "Readiness", "Report", "Severity", "assess", "in_scope", "text", "unit_policies"]
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from . import bundle as _bundle
+from wire import bundle as _bundle
+
 from . import history, loader, render, source
 from .errors import PalisadeError, RewriteRefused, SourceError, StateError
 from .findings import error, has_errors

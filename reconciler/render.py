@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 
 from bpf import templates
+from wire.values import Scope, State
 
-from .model import PolicyRepository, Rule, Scope, State
+from .model import PolicyRepository, Rule
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from .bundle import DEFAULT_STAGE, Bundle, BundleStage, Staging, format_time
+from wire.bundle import DEFAULT_STAGE, Bundle, BundleStage, Staging, format_time
 
 __all__ = [
     "Action",

@@ -34,8 +34,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wire.bundle import DEFAULT_STAGE, Bundle, Index, format_time, parse_bundle, parse_index, parse_time
+
 from . import statedir
-from .bundle import DEFAULT_STAGE, Bundle, Index, format_time, parse_bundle, parse_index, parse_time
 from .errors import PalisadeError, StateError, VerificationError
 from .rollout import Action, AgentReport, Decision, Progress, evaluate, operate, start
 from .store import Store

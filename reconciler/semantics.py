@@ -11,10 +11,11 @@ from collections import Counter
 from collections.abc import Sequence
 
 from bpf import templates
+from wire.values import State
 
 from .findings import Finding, error
 from .loader import POLICY_KINDS
-from .model import PolicyRepository, State
+from .model import PolicyRepository
 from .source import Document, JsonPath
 
 #: Warn this long before an exception expires.

@@ -22,7 +22,8 @@ from .metrics import Metrics
 from .watch import Changes
 
 if TYPE_CHECKING:
-    from .bundle import Index
+    from wire.bundle import Index
+
     from .reconcile import Reconciler
     from .server import Publication
 

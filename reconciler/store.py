@@ -25,8 +25,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from . import statedir
-from .bundle import (
+from wire.bundle import (
     DEFAULT_STAGE,
     INDEX_KEEP,
     MAX_OBJECT_BYTES,
@@ -38,6 +37,8 @@ from .bundle import (
     sign_index,
     verify_bundle,
 )
+
+from . import statedir
 from .errors import StateError
 
 INDEX_FILE, BUNDLES_DIR, OBJECTS_DIR = statedir.INDEX_FILE, statedir.BUNDLES_DIR, statedir.OBJECTS_DIR

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import PolicyRepository, State, UnitKey, format_duration
+from wire.values import State
+
+from .model import PolicyRepository, UnitKey, format_duration
 from .render import RenderedPolicy
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .model import Rule, State, UnitKey
+from wire.values import State
+
+from .model import Rule, UnitKey
 from .plan import GroupLike, RenderedLike, relaxes, widened_groups
 
 

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..model import PolicyRepository, Scope, State, UnitKey
+    from wire.values import Scope, State
+
+    from ..model import PolicyRepository, UnitKey
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -55,10 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from wire.values import Scope, State
+
     from .. import edit, loader, plan, source
     from ..errors import UsageError
     from ..findings import has_errors, render_text
-    from ..model import Scope, State, UnitKey
+    from ..model import UnitKey
     from ._gitwork import changed_paths, commit_files, create_branch, read_blob, require_repo
 
     repo: Path = args.repo

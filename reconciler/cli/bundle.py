@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from ..bundle import Index, IndexEntry
+    from wire.bundle import Index, IndexEntry
 from . import add_output
 
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _read(path: Path, what: str) -> bytes:
-    from ..bundle import MAX_BUNDLE_BYTES
+    from wire.bundle import MAX_BUNDLE_BYTES
 
     try:
         with path.open("rb") as f:
@@ -59,7 +59,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _verify_or_raise(args: argparse.Namespace) -> int:
-    from ..bundle import format_time, sha256_hex, verify_bundle, verify_index
+    from wire.bundle import format_time, sha256_hex, verify_bundle, verify_index
+
     from ..keys import load_public_keys
 
     keys = load_public_keys(args.pubkey)
@@ -91,7 +92,8 @@ def _verify_or_raise(args: argparse.Namespace) -> int:
 def _entry_for(index: Index, data: bytes) -> IndexEntry:
     """The index entry to hold the file against: the one with its digest, else the one for the version
     the file claims (read without trusting it), so a tampered file gets a digest mismatch."""
-    from ..bundle import sha256_hex
+    from wire.bundle import sha256_hex
+
     from ..errors import VerificationError
 
     digest = sha256_hex(data)

@@ -55,9 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from wire.values import Scope
+
     from .. import generate
     from ..errors import PalisadeError, SourceError, UsageError
-    from ..model import Scope, parse_duration
+    from ..model import parse_duration
 
     now = _dt.datetime.now(_dt.UTC)
     try:

@@ -37,7 +37,8 @@ def _positive(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..bundle import format_time
+    from wire.bundle import format_time
+
     from ..errors import UsageError
     from ..ledger import Ledger
 

@@ -24,8 +24,10 @@ from . import add_output
 from ._fleetsource import FleetSource, Query, add_arguments
 
 if TYPE_CHECKING:
+    from wire.values import State
+
     from ..acceptances import Acceptances
-    from ..model import PolicyRepository, State, UnitKey
+    from ..model import PolicyRepository, UnitKey
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -52,11 +54,13 @@ class LoadedUnit:
 
 def load_unit(repo: Path, rev: str, ref: str, scope_text: str) -> LoadedUnit:
     """The repository at `rev` and the unit `ref` at `scope_text`; UsageError/SourceError (exit 2) otherwise."""
+    from wire.values import Scope
+
     from .. import loader, source
     from ..edit import Refusal, resolve
     from ..errors import SourceError, UsageError
     from ..findings import has_errors, render_text
-    from ..model import Scope, UnitKey
+    from ..model import UnitKey
 
     try:
         scope = Scope.parse(scope_text)

@@ -97,7 +97,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from ..bundle import format_time
+    from wire.bundle import format_time
+
     from ..ledger import Ledger
 
     if args.limit < 1:

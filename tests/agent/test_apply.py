@@ -7,8 +7,8 @@ import pytest
 
 from agent.apply import Loaded, NullEnforcer, Refused, StepKind, apply, plan
 from agent.select import Desired
-from reconciler.bundle import Origin, sha256_hex
-from reconciler.model import Scope, State
+from wire.bundle import Origin, sha256_hex
+from wire.values import Scope, State
 
 GOOD = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {n}\nspec: {{}}\n# {rev}\n"
 

@@ -15,8 +15,8 @@ from agent.apply import NullEnforcer
 from agent.objects import OBJECTS_DIR
 from agent.runner import Agent
 from agent.select import select
-from reconciler.bundle import Bundle, BundleObject
 from support.hostile import Proxy
+from wire.bundle import Bundle, BundleObject
 
 
 def _sync(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -114,7 +114,7 @@ async def test_kept_objects_are_offered_again_from_disk_when_starting_offline(
 
 
 def _bundle(served: Served, version: int) -> Bundle:
-    from reconciler.bundle import parse_bundle
+    from wire.bundle import parse_bundle
 
     data = served.store.bundle_bytes(version)
     assert data is not None

@@ -33,8 +33,8 @@ from agent.runner import Agent
 from agent.select import Desired
 from bpf import syscall
 from bpf.engine import Engine
-from reconciler.bundle import Origin, sha256_hex
-from reconciler.model import Scope, State
+from wire.bundle import Origin, sha256_hex
+from wire.values import Scope, State
 
 
 class HttpCanary:

@@ -9,8 +9,8 @@ from agent_support import Served, make_agent
 from agent.apply import Loaded
 from agent.drift import compare
 from agent.select import Desired
-from reconciler.bundle import Origin
-from reconciler.model import Scope, State
+from wire.bundle import Origin
+from wire.values import Scope, State
 
 
 def _d(name: str, sha: str, state: State = State.OBSERVE) -> Desired:
@@ -47,7 +47,7 @@ def test_the_agent_heals_what_was_removed_or_added_behind_its_back(served: Serve
 
 
 def _intruder() -> Desired:
-    from reconciler.bundle import sha256_hex
+    from wire.bundle import sha256_hex
 
     text = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: intruder\nspec: {}\n"
     return Desired("intruder", Origin("pack", "evil"), Scope(), State.OBSERVE, text, sha256_hex(text.encode()), 1,

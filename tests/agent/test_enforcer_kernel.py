@@ -17,8 +17,8 @@ from agent.select import Desired
 from bpf import syscall
 from bpf.engine import Engine
 from bpf.syscall import AttachType, Insn, ProgType
-from reconciler.bundle import Origin, sha256_hex
-from reconciler.model import Scope, State
+from wire.bundle import Origin, sha256_hex
+from wire.values import Scope, State
 
 pytestmark = pytest.mark.kernel
 

@@ -21,7 +21,8 @@ import pytest
 from agent_support import Proxy, Served, make_agent
 
 from agent import lkg, trust
-from reconciler.bundle import (
+from reconciler.fleet import parse_heartbeat
+from wire.bundle import (
     Malformed,
     OutOfRange,
     WireError,
@@ -31,7 +32,6 @@ from reconciler.bundle import (
     verify_bundle,
     verify_index,
 )
-from reconciler.fleet import parse_heartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))"

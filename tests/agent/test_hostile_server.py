@@ -22,7 +22,7 @@ from agent_support import Proxy, Served, make_agent, metric
 from agent.client import Pacer
 from agent.errors import FetchError
 from agent.runner import STATUS_FILE, Agent
-from reconciler.bundle import sign_index
+from wire.bundle import sign_index
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "heartbeat.schema.json").read_text())
 

@@ -17,7 +17,7 @@ from nacl.signing import SigningKey
 
 from agent import lkg, trust
 from agent.runner import Agent
-from reconciler.bundle import (
+from wire.bundle import (
     Index,
     IndexEntry,
     Signature,

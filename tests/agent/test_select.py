@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from agent.select import select, stage_of
-from reconciler.bundle import Bundle, BundleGroup, BundlePolicy, Origin
-from reconciler.model import Scope, State
 from support.bundles import make_bundle
+from wire.bundle import Bundle, BundleGroup, BundlePolicy, Origin
+from wire.values import Scope, State
 
 YAML = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: p\n"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from nacl.signing import VerifyKey
 
-from reconciler import bundle as B
 from reconciler.keys import load_public_key
 from reconciler.ledger import Ledger, Result
 from support.policyrepo import PolicyRepo
+from wire import bundle as B
 
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 COMMITS = 40

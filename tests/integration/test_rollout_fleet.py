@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.bundle import Index, verify_index
 from reconciler.keys import generate, load_public_key
 from reconciler.ledger import Ledger
 from support.policyrepo import ALICE, PolicyRepo
+from wire.bundle import Index, verify_index
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"canary": ["s1"], "group": ["s2", "s3", "s4"], "fleet": ["s5", "s6", "s7", "s8", "s9", "s10"]}

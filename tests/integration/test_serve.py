@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.bundle import Index, parse_bundle, verify_index
 from reconciler.keys import generate, load_public_key
 from support.policyrepo import PolicyRepo
+from wire.bundle import Index, parse_bundle, verify_index
 
 ROOT = Path(__file__).resolve().parents[2]
 #: A commit must be published within this long (watch debounce + reconcile pass, with CI slack).

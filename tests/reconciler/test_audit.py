@@ -6,9 +6,9 @@ import datetime as _dt
 import pytest
 
 from reconciler.audit import CommitFacts, Run, build, render_text
-from reconciler.bundle import Bundle, BundleGroup, BundlePolicy, Origin
 from reconciler.errors import UsageError
-from reconciler.model import Scope, State
+from wire.bundle import Bundle, BundleGroup, BundlePolicy, Origin
+from wire.values import Scope, State
 
 T0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
 WEB = BundleGroup("web", match_labels=(("role", "web"),))

@@ -15,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from reconciler import bundle as B
 from reconciler.errors import VerificationError
-from reconciler.model import Gates, Rollout, Scope, Stage, State
+from reconciler.model import Gates, Rollout, Stage
 from support.bundles import T0, Keys, commit_id, keypair, make_bundle
+from wire import bundle as B
+from wire.values import Scope, State
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -302,8 +303,8 @@ def test_written_documents_follow_the_published_schemas(k: Keys) -> None:
 
 
 def test_the_codec_imports_no_git_http_or_yaml() -> None:
-    """The agent imports reconciler.bundle: it must not drag in the reconciler's heavy stack."""
-    code = ("import sys, reconciler.bundle, reconciler.keys; "
+    """The agent imports wire.bundle: it must not drag in the reconciler's heavy stack."""
+    code = ("import sys, wire.bundle, wire.keys; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('git', 'httpx', 'starlette', 'uvicorn', 'ruamel', 'yaml', 'jsonschema', 'sqlite3', 'subprocess')]; "
             "print(','.join(bad))")

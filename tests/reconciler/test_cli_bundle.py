@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import bundle as B
 from reconciler.findings import error
 from reconciler.ledger import CommitInfo, Ledger
 from reconciler.store import Store
 from support.bundles import Keys, commit_id, keypair, make_bundle
+from wire import bundle as B
 
 ROOT = Path(__file__).resolve().parents[2]
 PALISADE = ROOT / ".venv" / "bin" / "palisade"

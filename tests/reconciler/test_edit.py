@@ -7,7 +7,8 @@ import pytest
 
 from reconciler import edit, loader, source
 from reconciler.edit import EditError, Refusal
-from reconciler.model import PolicyRepository, Rule, Scope, State
+from reconciler.model import PolicyRepository, Rule
+from wire.values import Scope, State
 
 OBS, READY, ENF = State.OBSERVE, State.ENFORCE_READY, State.ENFORCED
 

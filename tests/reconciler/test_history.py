@@ -18,10 +18,11 @@ import pytest
 
 from reconciler import history, loader
 from reconciler.findings import Finding, Severity, has_errors
-from reconciler.model import PolicyRepository, Scope, State, UnitKey
+from reconciler.model import PolicyRepository, UnitKey
 from support.gitrepo import GitRepo, Key, Person, make_key
 from support.minimalrepo import WEB_ENFORCEMENT, enforcement, palisade_yaml, rule, write_minimal
 from support.policyrepo import PolicyRepo
+from wire.values import Scope, State
 
 ALICE = Person("Alice Reviewer", "alice@example.com")
 BOB = Person("Bob Reviewer", "bob@example.com")

@@ -7,7 +7,8 @@ from pathlib import Path
 from reconciler import impact
 from reconciler.fleet import Fleet, ObservationRow, parse_heartbeat
 from reconciler.impact import Effect, PolicyEffect
-from reconciler.model import Scope, UnitKey
+from reconciler.model import UnitKey
+from wire.values import Scope
 
 T0 = _dt.datetime(2026, 11, 1, 12, 0, tzinfo=_dt.UTC)
 UNIT = UnitKey("pack", "web-lockdown", Scope(group="web"))

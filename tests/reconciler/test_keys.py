@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from reconciler import keys
-from reconciler.bundle import keyid
 from reconciler.errors import KeyError_
+from wire.bundle import keyid
 
 
 def test_generate_writes_a_private_key_only_the_owner_can_read(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ import pytest
 from reconciler import ladder
 from reconciler.findings import Severity
 from reconciler.ladder import Approval, MoveKind
-from reconciler.model import RepositoryConfig, Reviewer, Scope, State, UnitKey
+from reconciler.model import RepositoryConfig, Reviewer, UnitKey
+from wire.values import Scope, State
 
 OBS, READY, ENF = State.OBSERVE, State.ENFORCE_READY, State.ENFORCED
 WEB = UnitKey("pack", "web-lockdown", Scope(group="web"))

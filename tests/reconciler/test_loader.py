@@ -5,7 +5,8 @@ import datetime as dt
 from pathlib import Path
 
 from reconciler import loader, source
-from reconciler.model import Scope, State, UnitKey
+from reconciler.model import UnitKey
+from wire.values import Scope, State
 
 
 def _build(root: Path):

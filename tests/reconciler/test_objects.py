@@ -17,12 +17,12 @@ from bpf.compile import compile_policy
 from bpf.errors import Unsupported
 from bpf.objects import source_digest
 from bpf.policy import TracingPolicy, parse
-from reconciler import bundle as B
 from reconciler.objects import KernelProfile, ObjectBuilder, builtin_profile, loads_scoped
 from reconciler.reconcile import Reconciler
 from reconciler.server import BackgroundServer, create_app
 from support.bundles import make_bundle
 from support.policyrepo import PolicyRepo
+from wire import bundle as B
 
 
 @pytest.fixture()

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from reconciler import loader, plan, render, source
-from reconciler.bundle import BundlePolicy, Origin
 from reconciler.ladder import MoveKind
-from reconciler.model import Scope, State, UnitKey
+from reconciler.model import UnitKey
+from wire.bundle import BundlePolicy, Origin
+from wire.values import Scope, State
 
 TODAY = _dt.date(2026, 6, 1)
 EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
@@ -224,7 +225,7 @@ def test_per_sensor_resolves_scopes_with_labels(repo: Path) -> None:
 
 
 def test_defining_a_group_that_policies_name_is_tightening() -> None:
-    from reconciler.bundle import BundleGroup
+    from wire.bundle import BundleGroup
 
     doc = (EXAMPLE / "packs/web-lockdown/allowlist.yaml").read_text()
     pols = [BundlePolicy.of("web-exec-allowlist", Origin("pack", "web-lockdown"), WEB, State.ENFORCED, doc)]

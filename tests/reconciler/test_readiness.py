@@ -6,8 +6,9 @@ from typing import Any
 
 from reconciler import readiness
 from reconciler.fleet import AgentRecord, ObservationRow
-from reconciler.model import Group, Scope, State, UnitKey
+from reconciler.model import Group, UnitKey
 from reconciler.readiness import Readiness, Severity
+from wire.values import Scope, State
 
 NOW = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
 WINDOW = _dt.timedelta(hours=72)

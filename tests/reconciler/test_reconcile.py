@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from reconciler import bundle
 from reconciler.errors import RewriteRefused
 from reconciler.reconcile import Reconciler
 from support.policyrepo import ALICE, DEV, PolicyRepo
+from wire import bundle
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from reconciler import loader, render, source
-from reconciler.model import Scope, State
+from wire.values import Scope, State
 
 
 def _repo(root: Path):

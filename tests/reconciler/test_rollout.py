@@ -5,8 +5,8 @@ import datetime as _dt
 
 import pytest
 
-from reconciler.bundle import Bundle, BundleGroup, BundleStage, StageGates, Staging
 from reconciler.rollout import Action, AgentReport, Progress, evaluate, operate, start
+from wire.bundle import Bundle, BundleGroup, BundleStage, StageGates, Staging
 
 T0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
 STALE = _dt.timedelta(seconds=30)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from reconciler.bundle import Bundle, BundlePolicy, BundleStage, Origin, StageGates, Staging, sign_bundle
 from reconciler.fleet import Fleet, parse_heartbeat
 from reconciler.ledger import Ledger
-from reconciler.model import Scope, State
 from reconciler.rollout import Action
 from reconciler.rollouts import Controller, RolloutDB, StagedStore, read_status
+from wire.bundle import Bundle, BundlePolicy, BundleStage, Origin, StageGates, Staging, sign_bundle
+from wire.values import Scope, State
 
 T0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
 PLAN = Staging(False, (

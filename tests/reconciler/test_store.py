@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import bundle as B
 from reconciler.errors import StateError, VerificationError
 from reconciler.ledger import Ledger, Result
 from reconciler.store import Store
 from support.bundles import T0, Keys, commit_id, keypair, make_bundle
+from wire import bundle as B
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = ROOT / "tests" / "support" / "crash_publisher.py"

@@ -12,7 +12,7 @@ from pathlib import Path
 from nacl.signing import SigningKey, VerifyKey
 
 from reconciler import keys
-from reconciler.bundle import (
+from wire.bundle import (
     Bundle,
     BundleGroup,
     BundlePolicy,
@@ -21,7 +21,7 @@ from reconciler.bundle import (
     StageGates,
     Staging,
 )
-from reconciler.model import Scope, State
+from wire.values import Scope, State
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, 0, tzinfo=dt.UTC)
 

@@ -1,0 +1,11 @@
+"""The wire contract: what the reconciler publishes and an agent reads, and nothing else.
+
+- `bundle`: the signed bundle and index, their canonical JSON, strict parsing and verification;
+- `values`: the ladder `State`, the `Scope` of an assignment and the one rule (`effective`) that
+  picks the policy a node runs;
+- `keys`: reading the pinned public keys (the signing side stays in `reconciler.keys`);
+- `errors`: the base of every deliberate error, and `VerificationError`.
+
+The agent imports this package and no reconciler module (tests/wire/test_contract.py checks it);
+it depends on the standard library and PyNaCl only: no git, no HTTP, no YAML.
+"""
