@@ -3007,9 +3007,10 @@ static __always_inline int pl_rl_skip(struct pl_event *e, u64 window, u32 scope,
     __builtin_memset(k->s, 0, sizeof(k->s));
     if (strs & 1) __builtin_memcpy(k->s[0], e->strs[0], 40);
     if (strs & 2) __builtin_memcpy(k->s[1], e->strs[1], 40);
+    u64 now = e->ktime;  /* on the stack: before 6.2 a ring buffer record cannot be a helper's value */
     u64 *last = bpf_map_lookup_elem(&pl_rl, k);
-    if (last && e->ktime - *last < window) return 1;
-    bpf_map_update_elem(&pl_rl, k, &e->ktime, BPF_ANY);
+    if (last && now - *last < window) return 1;
+    bpf_map_update_elem(&pl_rl, k, &now, BPF_ANY);
     return 0;
 }
 """
