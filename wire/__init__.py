@@ -1,6 +1,8 @@
 """The wire contract: what the reconciler publishes and an agent reads, and nothing else.
 
-- `bundle`: the signed bundle and index, their canonical JSON, strict parsing and verification;
+- `bundle`: the signed bundle and index, their canonical JSON and verification;
+- `strict`: strict JSON reading (no duplicate keys, floats or oversized integers) and the per-member
+  readers every wire document is parsed with, and the wire's time form;
 - `values`: the ladder `State`, the `Scope` of an assignment and the one rule (`effective`) that
   picks the policy a node runs;
 - `keys`: reading the pinned public keys (the signing side stays in `reconciler.keys`);

@@ -43,15 +43,29 @@ import datetime as _dt
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from .errors import VerificationError
+from .strict import MAX_INT as MAX_INT
+from .strict import Invalid as _Malformed
+from .strict import OutOfRange as _OutOfRange
+from .strict import array as _list
+from .strict import boolean as _bool
+from .strict import format_time, parse_json
+from .strict import integer as _int
+from .strict import labels as _labels
+from .strict import obj as _obj
+from .strict import parse_time as parse_time
+from .strict import strings as _strs
+from .strict import text as _str
+from .strict import time as _time
+from .strict import typename as _typename
 from .values import Scope, State, effective
 
 API_VERSION = "palisade.dev/v1"
@@ -66,12 +80,6 @@ MAX_BAKE_SECONDS = 100 * 365 * 86400
 #: The index lists this many newest bundles, plus every version a stage is pinned to.
 INDEX_KEEP = 50
 DEFAULT_STAGE = "default"
-
-#: Every integer of the wire formats fits in a signed 64-bit integer (SQLite, Prometheus, Go agents);
-#: a longer number is refused while parsing, before Python builds it (3.11 refuses >4300 digits itself,
-#: with a ValueError that is no refusal).
-MAX_INT = 2**63 - 1
-_MAX_DIGITS = len(str(MAX_INT))
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -164,76 +172,22 @@ def keyid(key: VerifyKey | SigningKey) -> str:
     return sha256_hex(bytes(vk))
 
 
-def format_time(t: _dt.datetime) -> str:
-    """RFC 3339 in UTC with second precision, e.g. `2026-11-21T22:41:23Z`."""
-    if t.tzinfo is None:
-        raise ValueError("times must be timezone-aware")
-    return t.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> _dt.datetime:
-    """An RFC 3339 time with an offset, as an aware UTC datetime."""
-    try:
-        t = _dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an RFC 3339 time") from None
-    if t.tzinfo is None or "T" not in text:
-        raise ValueError(f"{text!r} is not an RFC 3339 time with a UTC offset")
-    try:
-        return t.astimezone(_dt.UTC)
-    except OverflowError:  # e.g. 9999-12-31T23:59:59-23:00 is past the last representable instant
-        raise ValueError(f"{text!r} is out of range") from None
-
-
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0)
 
 
 # ---------------------------------------------------------------------------
-# Strict reading of parsed JSON. Errors carry the JSON path of the bad member.
-
-
-class _Malformed(ValueError):
-    pass
-
-
-class _OutOfRange(_Malformed):
-    pass
-
-
-def _parse_int(text: str) -> int:
-    # json calls this with the literal's text: refuse by length first, so a 5,000-digit number costs nothing
-    if len(text.lstrip("-")) > _MAX_DIGITS:
-        shown = text if len(text) <= 24 else text[:24] + "…"
-        raise _OutOfRange(f"number {shown} has {len(text.lstrip('-'))} digits, more than {_MAX_DIGITS}")
-    value = int(text)
-    if not -MAX_INT <= value <= MAX_INT:
-        raise _OutOfRange(f"number {text} is out of range (at most {MAX_INT})")
-    return value
+# Reading the documents: wire.strict's readers raise _Malformed (its Invalid) with the JSON path; the
+# parse functions below turn that into a Malformed (or OutOfRange) refusal.
 
 
 def _loads(data: bytes, what: str) -> Any:
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise _Malformed(f"duplicate key {k!r}")
-            out[k] = v
-        return out
-
-    def no_float(text: str) -> Any:
-        raise _Malformed(f"number {text} is not an integer (floats are not allowed)")
-
-    def no_constant(text: str) -> Any:
-        raise _Malformed(f"{text} is not JSON")
-
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise Malformed(f"{what} is not UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=no_dupes, parse_float=no_float, parse_constant=no_constant,
-                          parse_int=_parse_int)
+        return parse_json(text)
     except _OutOfRange as e:
         raise OutOfRange(f"{what} is malformed JSON: {e}") from None
     except _Malformed as e:
@@ -244,81 +198,6 @@ def _loads(data: bytes, what: str) -> Any:
         raise Malformed(f"{what} is malformed JSON: nested too deeply") from None
     except ValueError as e:  # anything else json or int() refuses is still a refusal, never a traceback
         raise Malformed(f"{what} is malformed JSON: {e}") from None
-
-
-_T = TypeVar("_T")
-
-
-def _obj(v: Any, path: str, required: Iterable[str], optional: Iterable[str] = ()) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise _Malformed(f"{path}: expected an object, got {_typename(v)}")
-    req = set(required)
-    missing = sorted(req - v.keys())
-    if missing:
-        raise _Malformed(f"{path}: missing {', '.join(missing)}")
-    unknown = sorted(v.keys() - req - set(optional))
-    if unknown:
-        raise _Malformed(f"{path}: unknown member {', '.join(unknown)}")
-    return v
-
-
-def _str(v: Any, path: str, *, pattern: re.Pattern[str] | None = None, empty: bool = False) -> str:
-    if not isinstance(v, str):
-        raise _Malformed(f"{path}: expected a string, got {_typename(v)}")
-    if not empty and not v:
-        raise _Malformed(f"{path}: must not be empty")
-    if pattern is not None and not pattern.match(v):
-        raise _Malformed(f"{path}: {v[:80]!r} does not match {pattern.pattern}")
-    return v
-
-
-def _int(v: Any, path: str, *, minimum: int = 0, maximum: int = MAX_INT) -> int:
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise _Malformed(f"{path}: expected an integer, got {_typename(v)}")
-    if v < minimum:
-        raise _OutOfRange(f"{path}: {v} is lower than {minimum}")
-    if v > maximum:
-        raise _OutOfRange(f"{path}: {v} is more than {maximum}")
-    return v
-
-
-def _bool(v: Any, path: str) -> bool:
-    if not isinstance(v, bool):
-        raise _Malformed(f"{path}: expected true or false, got {_typename(v)}")
-    return v
-
-
-def _list(v: Any, path: str, item: Callable[[Any, str], _T]) -> tuple[_T, ...]:
-    if not isinstance(v, list):
-        raise _Malformed(f"{path}: expected an array, got {_typename(v)}")
-    return tuple(item(x, f"{path}[{i}]") for i, x in enumerate(v))
-
-
-def _strs(v: Any, path: str) -> tuple[str, ...]:
-    return _list(v, path, _str)
-
-
-def _labels(v: Any, path: str) -> tuple[tuple[str, str], ...]:
-    if not isinstance(v, dict):
-        raise _Malformed(f"{path}: expected an object of label: value, got {_typename(v)}")
-    return tuple(sorted((k, _str(x, f"{path}.{k}", empty=True)) for k, x in v.items()))
-
-
-def _time(v: Any, path: str) -> _dt.datetime:
-    try:
-        return parse_time(_str(v, path))
-    except _Malformed:
-        raise
-    except ValueError as e:
-        raise _Malformed(f"{path}: {e}") from None
-
-
-def _typename(v: Any) -> str:
-    if v is None:
-        return "null"
-    return {bool: "a boolean", int: "an integer", str: "a string", list: "an array", dict: "an object"}.get(
-        type(v), type(v).__name__
-    )
 
 
 # ---------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def _names(reqs: list[str]) -> set[str]:
 
 def test_the_agents_import_closure_holds_no_reconciler_module() -> None:
     loaded = _closure(sys.executable)
-    assert {"wire.bundle", "wire.keys", "wire.values", "agent.runner", "agent.daemon", "agent.cli"} <= loaded
+    assert {"wire.bundle", "wire.keys", "wire.strict", "wire.values"} <= loaded
+    assert {"agent.runner", "agent.daemon", "agent.cli"} <= loaded
     assert sorted(m for m in loaded if m == "reconciler" or m.startswith("reconciler.")) == []
 
 
