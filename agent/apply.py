@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from bpf.errors import BpfError
+from bpf.errors import BpfError, PolicyRefusal, RefusalKind
 from bpf.policy import parse as parse_policy
 from wire.values import State
 
@@ -46,6 +46,7 @@ __all__ = [
     "Step",
     "StepKind",
     "apply",
+    "invalid",
     "plan",
 ]
 
@@ -55,11 +56,24 @@ SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 
 
 class Refused(Exception):
-    """The enforcer did not load a policy; nothing of it was left behind."""
+    """The enforcer did not load a policy; nothing of it was left behind. `refusal` says why (the engine's
+    value, carried as it is to the policy's status)."""
+
+    def __init__(self, refusal: PolicyRefusal) -> None:
+        super().__init__(refusal.text)
+        self.refusal = refusal
 
 
 class Inactive(Refused):
     """The policy applies to no workload on this node (e.g. its podSelector matches none): nothing to load."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(PolicyRefusal(RefusalKind.INACTIVE, (why,)))
+
+
+def invalid(text: str) -> Refused:
+    """A policy the engine cannot even read (YAML, schema, placeholders)."""
+    return Refused(PolicyRefusal(RefusalKind.INVALID, (text,)))
 
 
 @dataclass(frozen=True)
@@ -136,9 +150,14 @@ class PolicyStatus:
     status: str  # "loaded" | "refused"
     state: State  # the mode in force (for a refused replacement: the old one's)
     desired: Desired
-    reason: str | None = None
+    refusal: PolicyRefusal | None = None  # why it is not loaded (refused, inactive); None when loaded
     digest: str | None = None  # what is loaded, None if nothing
     changed: bool = False
+
+    @property
+    def reason(self) -> str | None:
+        """The refusal's text, as status and heartbeats show it."""
+        return None if self.refusal is None else self.refusal.text
 
     def to_json(self) -> dict[str, object]:
         return {**self.desired.to_json(), "status": self.status, "mode": str(self.state),
@@ -195,14 +214,14 @@ def apply(enforcer: Enforcer, steps: Sequence[Step]) -> ApplyReport:
             except Inactive as e:
                 for h in step.remove:
                     _unload(enforcer, h, report)
-                report.policies.append(PolicyStatus(d.name, "inactive", d.state, d, str(e), None, changed=True))
+                report.policies.append(PolicyStatus(d.name, "inactive", d.state, d, e.refusal, None, changed=True))
                 continue
             except Refused as e:
                 old = [current[h] for h in step.remove if h in current]
                 # the previous load keeps enforcing: a bad update never opens a gap
                 kept = old[0] if old else None
                 report.policies.append(PolicyStatus(
-                    d.name, "refused", kept.state if kept else d.state, d, str(e),
+                    d.name, "refused", kept.state if kept else d.state, d, e.refusal,
                     kept.digest if kept else None))
                 continue
             for h in step.remove:
@@ -217,8 +236,8 @@ def apply(enforcer: Enforcer, steps: Sequence[Step]) -> ApplyReport:
                 now = enforcer.set_mode(step.handle, d.state)
             except Exception as e:
                 held = current[step.handle]
-                report.policies.append(PolicyStatus(d.name, "refused", held.state, d,
-                                                    f"mode switch to {d.state} failed: {e}", held.digest))
+                why = PolicyRefusal(RefusalKind.MODE_SWITCH, (f"mode switch to {d.state} failed: {e}",))
+                report.policies.append(PolicyStatus(d.name, "refused", held.state, d, why, held.digest))
                 continue
             report.policies.append(PolicyStatus(d.name, "loaded", now.state, d, None, now.digest, changed=True))
         else:
@@ -241,9 +260,9 @@ def check_policy(d: Desired) -> None:
         doc = yaml.load(d.yaml, Loader=SAFE_LOADER)
         parse_policy(doc)
     except yaml.YAMLError as e:
-        raise Refused(f"policy {d.name} is not valid YAML: {e}") from None
+        raise invalid(f"policy {d.name} is not valid YAML: {e}") from None
     except BpfError as e:
-        raise Refused(f"policy {d.name}: {e}") from None
+        raise invalid(f"policy {d.name}: {e}") from None
 
 
 class NullEnforcer:

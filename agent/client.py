@@ -31,13 +31,22 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop
 
 from wire.bundle import MAX_BUNDLE_BYTES, MAX_INDEX_BYTES, MAX_OBJECT_BYTES
 
-from .errors import FetchError
+from .errors import (
+    FetchError,
+    HttpStatus,
+    NoIndex,
+    ResponseTooLarge,
+    ServerError,
+    Stalled,
+    TimedOut,
+    Truncated,
+    UnexpectedNotModified,
+    Unreachable,
+)
 
-__all__ = ["BUNDLE_DEADLINE", "DEADLINE_MARGIN", "HEARTBEAT_DEADLINE", "MIN_POLL", "MIN_RATE", "RETRYABLE",
+__all__ = ["BUNDLE_DEADLINE", "DEADLINE_MARGIN", "HEARTBEAT_DEADLINE", "MIN_POLL", "MIN_RATE",
            "Client", "IndexReply", "Observer", "Pacer"]
 
-#: Failure reasons worth another try: the next attempt may well succeed.
-RETRYABLE = frozenset({"unreachable", "timeout", "stalled", "http_5xx", "truncated", "no_index"})
 MAX_HEARTBEAT_REPLY = 64 * 1024
 #: Seconds an index response may take beyond the long-poll wait (the per-read timeout it replaces was 15).
 DEADLINE_MARGIN = 15.0
@@ -152,8 +161,7 @@ class Client:
         if status == 304:
             if not etag:
                 # "not modified" compared with nothing: the server will not give us an index at all
-                err = FetchError("unexpected_304", "GET /v1/index: 304 Not Modified to a request without "
-                                                   "If-None-Match")
+                err = UnexpectedNotModified("GET /v1/index: 304 Not Modified to a request without If-None-Match")
                 self._notify("index", err)
                 raise err
             return IndexReply(None, new_etag)
@@ -194,7 +202,7 @@ class Client:
                 self._on_retry(err)
 
         retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, FetchError) and e.reason in RETRYABLE),
+            retry=retry_if_exception(lambda e: isinstance(e, FetchError) and e.retryable),
             wait=wait_exponential_jitter(multiplier=self._initial, max=self._max, jitter=self._initial),
             stop=stop_never if self._attempts is None else stop_after_attempt(self._attempts),
             before_sleep=before_sleep,
@@ -213,8 +221,8 @@ class Client:
                 out = await self._attempt(method, path, limit=limit, read_timeout=read_timeout, params=params,
                                           headers=headers, content=content)
         except TimeoutError:
-            err = FetchError("stalled", f"{method} {path}: no complete response within the deadline of "
-                                        f"{deadline:g}s (a slow or stalled server)")
+            err = Stalled(f"{method} {path}: no complete response within the deadline of {deadline:g}s "
+                          f"(a slow or stalled server)")
             self._notify(what, err)
             raise err from None
         except FetchError as e:
@@ -235,29 +243,28 @@ class Client:
                     return 304, b"", r.headers
                 declared = _content_length(r.headers)
                 if declared is not None and declared > limit and r.status_code < 300:
-                    raise FetchError("too_large", f"{method} {path}: the server announces {declared} bytes, "
-                                                  f"more than the limit of {limit}")
+                    raise ResponseTooLarge(f"{method} {path}: the server announces {declared} bytes, "
+                                           f"more than the limit of {limit}")
                 body = await _read_limited(r, min(limit, MAX_HEARTBEAT_REPLY) if r.status_code >= 300 else limit,
                                            f"{method} {path}")
                 if declared is not None and len(body) != declared:
-                    raise FetchError("truncated", f"{method} {path}: got {len(body)} of {declared} bytes")
+                    raise Truncated(f"{method} {path}: got {len(body)} of {declared} bytes")
                 if r.status_code >= 500:
-                    raise FetchError("http_5xx", f"{method} {path}: HTTP {r.status_code} {_detail(body)}")
+                    raise ServerError(f"{method} {path}: HTTP {r.status_code} {_detail(body)}")
                 if r.status_code == 404 and path == "/v1/index":
-                    raise FetchError("no_index", f"{method} {path}: nothing is published yet")
+                    raise NoIndex(f"{method} {path}: nothing is published yet")
                 if r.status_code >= 300:
-                    raise FetchError(f"http_{r.status_code}",
-                                     f"{method} {path}: HTTP {r.status_code} {_detail(body)}")
+                    raise HttpStatus(r.status_code, f"{method} {path}: HTTP {r.status_code} {_detail(body)}")
                 return r.status_code, body, r.headers
         except FetchError:
             raise
         except httpx.TimeoutException as e:
-            raise FetchError("timeout", f"{method} {url}: timed out ({type(e).__name__})") from None
+            raise TimedOut(f"{method} {url}: timed out ({type(e).__name__})") from None
         except httpx.RemoteProtocolError as e:
             # h11 raises this when the peer closes before the announced body is complete.
-            raise FetchError("truncated", f"{method} {url}: incomplete response ({e})") from None
+            raise Truncated(f"{method} {url}: incomplete response ({e})") from None
         except (httpx.TransportError, OSError) as e:
-            raise FetchError("unreachable", f"{method} {url}: {e or type(e).__name__}") from None
+            raise Unreachable(f"{method} {url}: {e or type(e).__name__}") from None
 
 
 async def _read_limited(r: httpx.Response, limit: int, what: str) -> bytes:
@@ -265,7 +272,7 @@ async def _read_limited(r: httpx.Response, limit: int, what: str) -> bytes:
     async for chunk in r.aiter_bytes():
         buf += chunk
         if len(buf) > limit:
-            raise FetchError("too_large", f"{what}: response passed the limit of {limit} bytes; refused")
+            raise ResponseTooLarge(f"{what}: response passed the limit of {limit} bytes; refused")
     return bytes(buf)
 
 

@@ -41,13 +41,13 @@ from bpf import inventory as inv
 from bpf import syscall
 from bpf.compile import Features, compile_policy
 from bpf.engine import DEFAULT_PIN_ROOT, STATIC_MAPS, Engine
-from bpf.errors import BpfError, NotLoaded
+from bpf.errors import BpfError, NotLoaded, PolicyRefusal, RefusalKind
 from bpf.events import POLICY_EVENT_KINDS
 from bpf.objects import ObjectSource, source_digest
 from bpf.policy import LabelSelector, TracingPolicy, fill_placeholders, parse
 from wire.values import State
 
-from .apply import SAFE_LOADER, Inactive, Loaded, Refused
+from .apply import SAFE_LOADER, Inactive, Loaded, Refused, invalid
 from .config import Workload
 from .drift import Finding
 from .objects import Offer
@@ -131,9 +131,9 @@ class EngineEnforcer:
             doc = fill_placeholders(yaml.load(policy.yaml, Loader=SAFE_LOADER), self.placeholders)
             parse(doc)
         except yaml.YAMLError as e:
-            raise Refused(f"not valid YAML: {e}") from None
+            raise invalid(f"not valid YAML: {e}") from None
         except BpfError as e:
-            raise Refused(str(e)) from None
+            raise invalid(str(e)) from None
         with self._lock:
             key = self._new_key(policy.name, policy.sha256)
             tp = _renamed(doc, key)
@@ -141,8 +141,8 @@ class EngineEnforcer:
             if cgroups == ():
                 raise Inactive(_why_inactive(tp))
             res = self.engine.load(tp, str(policy.state), cgroups=cgroups)
-            if not res.loaded:
-                raise Refused("; ".join((*res.reasons, *self._object_note(tp, policy, cgroups))))
+            if res.refusal is not None:
+                raise Refused(res.refusal.adding(self._object_note(tp, policy, cgroups)))
             self.origins[key] = res.origin
             self._baseline(key)
         log.info("loaded %s (object from %s)", key, res.origin or "?")
@@ -226,18 +226,19 @@ class EngineEnforcer:
                 return Loaded(handle, m0["name"], m0["digest"], State(self.engine.loaded()[handle].mode))
             m = _KEY.match(handle)
             if m is None:
-                raise Refused(f"{handle} is not a palisade load")
+                raise Refused(PolicyRefusal(RefusalKind.LOAD_FAILED, (f"{handle} is not a palisade load",)))
             lp = self.engine.loaded().get(handle) if (self._dir(handle)).is_dir() else None
             base = self._base.get(handle)
             if lp is None:
-                raise Refused(f"{handle} is gone; the re-apply loads it again")
+                raise Refused(PolicyRefusal(RefusalKind.LOAD_FAILED,
+                                            (f"{handle} is gone; the re-apply loads it again",)))
             doc = dict(lp.policy.document)
             key = self._new_key(m["name"], m["digest"])
             tp = _renamed(doc, key)
             cgroups = base.cgroups if base is not None and base.cgroups else self._cgroups(tp)
             res = self.engine.load(tp, lp.mode, cgroups=cgroups or None)
-            if not res.loaded:
-                raise Refused("; ".join(res.reasons))
+            if res.refusal is not None:
+                raise Refused(res.refusal)
             self._baseline(key)
             self.unload(handle)
             return Loaded(key, m["name"], m["digest"], State(lp.mode))

@@ -1,10 +1,14 @@
 """The agent's errors. They extend the shared hierarchy (`wire.errors`) so every CLI prints them the same way."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 from wire.bundle import WireError
 from wire.errors import PalisadeError, VerificationError
 
-__all__ = ["AgentError", "ConfigError", "FetchError", "Unreadable", "VerificationError", "WrongBundle"]
+__all__ = ["AgentError", "ConfigError", "FetchError", "HttpStatus", "NoIndex", "ResponseTooLarge", "ServerError",
+           "Stalled", "TimedOut", "Truncated", "UnexpectedNotModified", "Unreachable", "Unreadable",
+           "VerificationError", "WrongBundle"]
 
 
 class AgentError(PalisadeError):
@@ -18,22 +22,94 @@ class ConfigError(AgentError):
 class FetchError(AgentError):
     """The server could not be reached or answered something that is not a usable response.
 
-    `reason` is a short, stable label for metrics (`unreachable`, `http_5xx`,
-    `too_large`, `truncated`, `stalled`, ...); the message says the rest.
+    The class names the failure: `code` is its stable label for metrics, status and the
+    heartbeat, whatever the message says (the message says the rest). `retryable`: the
+    next attempt may well succeed; `refused`: the response itself is unusable, so once the
+    retries are over it is counted like a failed verification.
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    code: str = "fetch"
+    retryable: ClassVar[bool] = False
+    refused: ClassVar[bool] = False
+
+    @property
+    def reason(self) -> str:
+        """The label under its older name (`code`)."""
+        return self.code
+
+
+class Unreachable(FetchError):
+    """No connection, or the connection broke (DNS, refused, reset, ...)."""
+
+    code = "unreachable"
+    retryable = True
+
+
+class TimedOut(FetchError):
+    """A connect or a read took longer than its timeout."""
+
+    code = "timeout"
+    retryable = True
+
+
+class Stalled(FetchError):
+    """No complete response within the request's total deadline (a slow or stalled server)."""
+
+    code = "stalled"
+    retryable = True
+
+
+class ServerError(FetchError):
+    """HTTP 5xx."""
+
+    code = "http_5xx"
+    retryable = True
+
+
+class NoIndex(FetchError):
+    """The server has nothing published yet (404 on the index)."""
+
+    code = "no_index"
+    retryable = True
+
+
+class HttpStatus(FetchError):
+    """Another status the agent cannot use (4xx, 3xx); the label carries the number."""
+
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.status = status
+        self.code = f"http_{status}"
+
+
+class UnexpectedNotModified(FetchError):
+    """304 Not Modified to a request that named no copy to compare with."""
+
+    code = "unexpected_304"
+
+
+class ResponseTooLarge(FetchError):
+    """A response announced or sent past the limit of what is read."""
+
+    code = "too_large"
+    refused = True
+
+
+class Truncated(FetchError):
+    """Fewer bytes than announced, or the peer closed before the body was complete."""
+
+    code = "truncated"
+    retryable = True
+    refused = True
 
 
 class WrongBundle(WireError):
     """The server answered another bundle than the one asked for (mix-and-match)."""
 
-    reason = "mismatch"
+    code = "mismatch"
 
 
 class Unreadable(WireError):
     """A file of the state directory exists but cannot be read (EIO, EACCES, ...)."""
 
-    reason = "unreadable"
+    code = "unreadable"

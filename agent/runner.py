@@ -58,7 +58,7 @@ from .callouts import Callouts
 from .client import MIN_POLL, Client, Pacer
 from .config import AgentConfig
 from .drift import HEALABLE, DriftReport, Finding, compare
-from .errors import FetchError, VerificationError, WrongBundle
+from .errors import FetchError, Stalled, WrongBundle
 from .events import EventLog
 from .health import Health
 from .metrics import AgentMetrics
@@ -74,8 +74,6 @@ _R = TypeVar("_R")
 STATUS_FILE = "status.json"
 #: Where the status goes too when the state directory cannot be written ($PALISADE_RUNTIME_DIR overrides).
 RUNTIME_DIR = "/run/palisade-agent"
-#: Transfers that are refused like a failed verification (after the client's own retries).
-_REFUSED_TRANSFERS = ("too_large", "truncated")
 
 
 def runtime_status_path(state: Path) -> Path:
@@ -190,7 +188,7 @@ class Agent:
             return False
         try:
             saved = lkg.load(self.cfg.state, self.pubkeys)
-        except VerificationError as e:
+        except WireError as e:
             self._refuse("lkg", e)
             return False
         if saved is None:
@@ -212,7 +210,7 @@ class Agent:
         try:
             reply = await self.client.index(etag, wait)
         except FetchError as e:
-            if e.reason in _REFUSED_TRANSFERS:
+            if e.refused:
                 return self._refuse("index", e)
             raise
         if reply.data is None:
@@ -221,27 +219,27 @@ class Agent:
         try:
             index = verify_index(reply.data, self.pubkeys, now=self._clock(), min_serial=self.trust.serial,
                                  min_version=self.trust.version)
-        except VerificationError as e:
+        except WireError as e:
             # Wait for something newer than this bad copy rather than fetching it again and again.
             self.etag = reply.etag
             return self._refuse("index", e)
         try:
             version, bundle, bundle_bytes = await self._choose(index)
-        except VerificationError as e:
+        except WireError as e:
             # The etag is kept as it was: the index is fetched again (after the loop's backoff) and the
             # bundle with it, so a bundle spoiled in transit is retried, not skipped until the next publish.
             return self._refuse("bundle", e)
         except FetchError as e:
-            if e.reason in _REFUSED_TRANSFERS:
+            if e.refused:
                 return self._refuse("bundle", e)
             raise
         if self.enforcer.wants_objects:
             try:
                 await self.objects.fetch(self.client, bundle, select(bundle, self.cfg.sensor_id, self.labels))
-            except VerificationError as e:  # bytes the bundle does not sign: refused like a tampered bundle
+            except WireError as e:  # bytes the bundle does not sign: refused like a tampered bundle
                 return self._refuse("object", e)
             except FetchError as e:
-                if e.reason in _REFUSED_TRANSFERS:
+                if e.refused:
                     return self._refuse("object", e)
                 raise
         self.trust = trust.TrustState(max(self.trust.serial, index.serial), max(self.trust.version, index.version),
@@ -337,9 +335,9 @@ class Agent:
     def version(self) -> int | None:
         return self.applied.bundle.version if self.applied else None
 
-    def _refuse(self, what: str, err: VerificationError | FetchError) -> SyncResult:
-        # the failure's class names its kind (a WireError's reason, a FetchError's label): never the message text
-        label = err.reason if isinstance(err, WireError | FetchError) else "malformed"
+    def _refuse(self, what: str, err: WireError | FetchError) -> SyncResult:
+        # the failure's class names its kind (`code`), never the message text: rewording changes no label
+        label = err.code
         message = str(err)
         self.counters.refused[label] += 1
         self.last_error = f"{what} refused: {message}"
@@ -363,14 +361,14 @@ class Agent:
                 log.info("%s transfers work again (failing since %s: %s)", what, format_time(old.since), old.reason)
                 self._health_changed()
             return
-        new = self.health.report(key, "transfer", err.reason, str(err), self._clock())
+        new = self.health.report(key, "transfer", err.code, str(err), self._clock())
         if self.metrics:
-            self.metrics.fetch_failures.labels(err.reason).inc()
-            if err.reason == "stalled":
+            self.metrics.fetch_failures.labels(err.code).inc()
+            if isinstance(err, Stalled):
                 self.metrics.transfer_stalls.labels(what).inc()
         if new:
             log.warning("%s transfer failing (%s): %s; retrying with backoff, still enforcing %s", what,
-                        err.reason, err, f"v{self.version}" if self.version else "nothing")
+                        err.code, err, f"v{self.version}" if self.version else "nothing")
             self._health_changed()
         else:
             self.write_status()  # the count and the time of the last failure (at most once per attempt)
@@ -618,8 +616,8 @@ class Agent:
                 result = await self.sync_once(wait)
             except FetchError as e:
                 self.last_error = str(e)
-                log.warning("pull failed (%s): %s", e.reason, e)  # counted by _on_transfer
-                result = SyncResult("refused", self.version, e.reason)
+                log.warning("pull failed (%s): %s", e.code, e)  # counted by _on_transfer
+                result = SyncResult("refused", self.version, e.code)
             except Exception:  # a bug must not stop enforcement updates for good
                 log.exception("pull pass failed")
                 result = SyncResult("refused", self.version, "internal error")

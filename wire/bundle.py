@@ -29,7 +29,7 @@ An agent calls `verify_index` then `verify_bundle`; both refuse oversized input
 before parsing, parse strictly (duplicate keys, floats, NaN/Infinity, unknown or
 missing members, wrong types are errors; every integer is bounded, see
 `MAX_INT`), and raise a `WireError` — a `VerificationError` whose class names the
-kind of failure (`reason`: signature, expired, replay, ...) so a caller counts
+kind of failure (`code`: signature, expired, replay, ...) so a caller counts
 refusals by type, never by message text.
 
 This module is the heart of the wire contract the agent imports: it depends on the
@@ -46,7 +46,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -87,13 +87,13 @@ _PROFILE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 # ---------------------------------------------------------------------------
-# Failure kinds (one class each; `reason` is the stable metrics label)
+# Failure kinds (one class each; `code` is the stable label of metrics, status and heartbeats)
 
 
 class WireError(VerificationError):
-    """A bundle or an index refused; subclasses name why."""
+    """A bundle or an index refused; the class names why (`code`), whatever the message says."""
 
-    reason = "malformed"
+    code: ClassVar[str] = "malformed"
 
 
 class Malformed(WireError):
@@ -103,39 +103,47 @@ class Malformed(WireError):
 class OutOfRange(Malformed):
     """A number outside what its member allows (too many digits, too large, negative, ...)."""
 
-    reason = "out_of_range"
+    code = "out_of_range"
 
 
 class TooLarge(WireError):
     """More bytes than the limit, or than the index announces."""
 
-    reason = "size"
+    code = "size"
 
 
 class DigestMismatch(WireError):
-    reason = "digest"
+    code = "digest"
 
 
 class BadSignature(WireError):
     """Unsigned, signed by no trusted key, or a signature that does not verify."""
 
-    reason = "signature"
+    code = "signature"
+
+
+class Unsigned(BadSignature):
+    """No signature at all, or no trusted key to check one with."""
+
+
+class UnknownKey(BadSignature):
+    """Signed, but by none of the trusted keys."""
 
 
 class Expired(WireError):
-    reason = "expired"
+    code = "expired"
 
 
 class Replay(WireError):
     """An index serial lower than one already accepted."""
 
-    reason = "replay"
+    code = "replay"
 
 
 class Rollback(WireError):
     """An index version lower than one already accepted."""
 
-    reason = "rollback"
+    code = "rollback"
 
 
 # ---------------------------------------------------------------------------
@@ -228,9 +236,9 @@ def _check_signatures(what: str, payload: bytes, signatures: Sequence[Signature]
     """At least one signature by a trusted key must verify (threshold 1)."""
     trusted = {keyid(k): k for k in pubkeys}
     if not trusted:
-        raise BadSignature(f"no public key to verify the {what} with")
+        raise Unsigned(f"no public key to verify the {what} with")
     if not signatures:
-        raise BadSignature(f"{what} is not signed")
+        raise Unsigned(f"{what} is not signed")
     problems = []
     for s in signatures:
         key = trusted.get(s.keyid)
@@ -246,7 +254,7 @@ def _check_signatures(what: str, payload: bytes, signatures: Sequence[Signature]
             problems.append(f"{what} signature does not verify with key {s.keyid}")
     if problems:
         raise BadSignature("; ".join(problems))
-    raise BadSignature(
+    raise UnknownKey(
         f"{what} is not signed by a trusted key (signed by {', '.join(s.keyid[:16] for s in signatures)}; "
         f"trusted: {', '.join(k[:16] for k in trusted)})"
     )
