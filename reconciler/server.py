@@ -59,8 +59,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from wire.bundle import MAX_OBJECT_BYTES, Index, parse_index, sha256_hex
+
 from . import statedir
-from .bundle import MAX_OBJECT_BYTES, Index, parse_index, sha256_hex
 from .errors import PalisadeError, UsageError, VerificationError
 from .metrics import CONTENT_TYPE, Metrics
 
