@@ -160,6 +160,8 @@ _TRACED_ARGS = 12
 #: Programs on the BPF trampoline: their context is the function's arguments, one u64 each, and a non-zero
 #: return denies (an LSM hook returns it as its errno; fmod_ret makes it the function's return, skipping it).
 _TRAMPOLINE_SITES = ("lsm", "fmod_ret")
+#: Programs that read kernel objects as arguments (a path-like one's event carries its i_mode).
+_OBJECT_SITES = ("kprobe", "raw_tracepoint", "fentry", *_TRAMPOLINE_SITES)
 #: Where a kretprobe's event carries the return value (kprobe arguments take at most the first five).
 RET_SLOT = 7
 #: Sockets a policy tracks at once (TrackSock): an LRU map, so a socket freed without UntrackSock is evicted.
@@ -201,6 +203,8 @@ class Features:
     fmod_ret_syscalls: bool = False
     #: fexit programs: the return of a function an fmod_ret program may have overridden (`return: true`).
     fexit: bool = False
+    #: fentry programs: a kernel function's entry where kprobes are missing but BPF trampolines work.
+    fentry: bool = False
     #: uprobes on functions of user-space ELF files (CONFIG_UPROBES; the development kernels have them).
     uprobes: bool = True
     #: bpf_probe_write_user in uprobe programs (a usdt's Set); kernel lockdown takes it away.
@@ -248,7 +252,7 @@ class Features:
         for attr, names in (("kprobes", ("kprobes", "kprobe")), ("lsm", ("bpf_lsm", "lsm")),
                             ("fmod_ret", ("fmod_ret", "fmodret")),
                             ("fmod_ret_syscalls", ("fmod_ret_syscall", "fmodret_syscall")),
-                            ("fexit", ("fexit",)),
+                            ("fexit", ("fexit",)), ("fentry", ("fentry",)),
                             ("uprobes", ("uprobes", "uprobe")),
                             ("probe_write_user", ("probe_write_user",)),
                             ("send_signal", ("send_signal", "bpf_send_signal")),
@@ -310,7 +314,7 @@ class Site:
 
     @property
     def label(self) -> str:
-        if self.kind in ("cgroup", "kprobe", "kretprobe", "uprobe", "lsm", "fmod_ret", "fexit"):
+        if self.kind in ("cgroup", "kprobe", "kretprobe", "uprobe", "lsm", "fmod_ret", "fentry", "fexit"):
             return f"{self.kind}/{self.attach}"
         return f"{self.subsystem}:{self.event}" if self.kind == "tracepoint" else f"raw_tp/{self.event}"
 
@@ -879,6 +883,8 @@ class _Compiler:
             return self._fmod_ret(i, h)
         if self.f.kprobes:
             return self._function_kprobe(i, h)
+        if self.f.fentry and (not h.return_probe or self.f.fexit):
+            return self._fentry(i, h)
         lacks = "kprobes, which this kernel lacks" if not self.f.kprobes else \
             "a kprobe on a kernel function, which this engine runs only for syscalls and socket hooks"
         self.refuse(f"kprobe on {call} needs {lacks}")
@@ -953,6 +959,19 @@ class _Compiler:
         return self._build(i, h, "process_kprobe", None, None, {a.index: a.index for a in h.args},
                            _traced_fields(h, tuple(8 * k for k in range(_TRACED_ARGS))), None, traced=site,
                            ret_type=_ret_type(h))
+
+    def _fentry(self, i: int, h: Hook) -> HookPlan | None:
+        """A kprobe on a kernel function where kprobes are missing but BPF trampolines work: an fentry program
+        (its context the function's arguments, one u64 each, read as an fmod_ret program's), and for
+        `return: true` an fexit program, which sees the arguments and the return. It cannot deny: Override
+        needs fmod_ret (`_fmod_ret`), which the kernel allows on fewer functions."""
+        if not self._traced_ok(h):
+            return None
+        site = Site(f"pl_h{i}_fe", "fentry", attach=h.target)
+        plan = self._build(i, h, "process_kprobe", None, None, {a.index: a.index for a in h.args},
+                           _traced_fields(h, tuple(8 * k for k in range(_TRACED_ARGS))), None, traced=site,
+                           ret_type=_ret_type(h))
+        return self._kernel_fn_plan(i, h, plan)
 
     def _fmod_ret_syscall(self, i: int, h: Hook) -> HookPlan | None:
         """Override on a syscall (`syscall: true`): fmod_ret on its real entry, `__x64_sys_<name>` (or the
@@ -1404,7 +1423,8 @@ class _Compiler:
             conds, ub, up = self._selector(h, sel, operands, exec_hook, cgroup_sites)
             uses_bin |= ub
             uses_parent |= up
-            act = self._actions(h, sel, cgroup_sites, denies=traced.kind if traced is not None else "")
+            denying = traced.kind if traced is not None and traced.kind in _TRAMPOLINE_SITES else ""
+            act = self._actions(h, sel, cgroup_sites, denies=denying)
             if sel.match_return_args and ret_type is None:
                 self.refuse(f"{format_path(sel.path)}: matchReturnArgs needs the function's return: "
                             "set return: true and a returnArg on the hook")
@@ -2120,7 +2140,8 @@ class _Compiler:
                     deny = deny or 1
             elif name == "Override":
                 if cgroup_sites is None and not denies:
-                    where_ = h.target if h.section == "tracepoints" else f"{h.target} (syscall tracepoint)"
+                    where_ = (h.target if h.section == "tracepoints" or (not h.syscall and h.section == "kprobes")
+                              else f"{h.target} (syscall tracepoint)")
                     self.refuse(f"{w}: Override on {where_} needs bpf_override_return on a kprobe or a BPF LSM "
                                 "hook, which this kernel lacks; use Sigkill")
                     ok = False
@@ -2362,7 +2383,7 @@ class _Compiler:
                     L.append(f"{ind}__builtin_memcpy(e->strs[{o.slot}], s{o.slot}_raw, 16);")
             elif o.slot < 2:
                 L.append(f"{ind}PL_COPY(e->strs[{o.slot}], sc->str[{o.slot}].s, {STRLEN});")
-                if site.kind in ("kprobe", "raw_tracepoint", *_TRAMPOLINE_SITES) and o.type_name in _PATH_TYPES:
+                if site.kind in _OBJECT_SITES and o.type_name in _PATH_TYPES:
                     L.append(f"{ind}e->ints[{o.position % 8}] = a{o.position};  /* i_mode */")
             if o.kind == "buf":  # bytes read << 48 | the buffer's size (a returnCopy's address, until it returns)
                 L.append(f"{ind}e->ints[{o.position % 8}] = a{o.position};")
@@ -2478,7 +2499,7 @@ class _Compiler:
                     f"    bpf_probe_read_user(&a{p}, sizeof(a{p}), *(char **)((char *)ctx + {f.offset}) + {o.member});"]
         f = self._field(index_map, o.index, fields)
         assert f is not None
-        if site.kind in _TRAMPOLINE_SITES:
+        if site.kind in (*_TRAMPOLINE_SITES, "fentry"):
             return self._read_traced(h, site, o, f, need_strings)
         if site.kind == "kprobe" and o.type_name in _KERNEL_TYPES:
             return self._read_kernel_object(o, f"*(u64 *)((char *)ctx + {f.offset})", need_strings,

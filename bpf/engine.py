@@ -91,6 +91,7 @@ _TRACING_ATTACH = {
     "lsm": syscall.AttachType.BPF_LSM_MAC,
     "fmod_ret": syscall.AttachType.BPF_MODIFY_RETURN,
     "fexit": syscall.AttachType.BPF_TRACE_FEXIT,
+    "fentry": syscall.AttachType.BPF_TRACE_FENTRY,
 }
 
 

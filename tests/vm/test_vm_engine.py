@@ -34,7 +34,8 @@ ENGINE_TESTS = ("tests/bpf/test_engine_corpus.py", "tests/bpf/test_engine.py", "
                 "tests/bpf/test_engine_stacks.py", "tests/bpf/test_engine_ftrace.py",
                 "tests/bpf/test_engine_fd_install_corpus.py", "tests/bpf/test_engine_socktrack.py",
                 "tests/bpf/test_engine_returns.py", "tests/bpf/test_engine_loader.py",
-                "tests/bpf/test_engine_ratelimit.py", "tests/bpf/test_engine_usdt.py")
+                "tests/bpf/test_engine_ratelimit.py", "tests/bpf/test_engine_usdt.py",
+                "tests/bpf/test_engine_fentry.py")
 
 
 @pytest.fixture(scope="module")

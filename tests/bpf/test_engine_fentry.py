@@ -1,0 +1,102 @@
+"""kprobes on kernel functions as fentry/fexit programs, where kprobes are missing but BPF trampolines work.
+
+No kernel of the matrix is like that (Debian's have both), so these tests take the real
+6.1 guest's probe and answer "no kprobes" for it: the programs are real fentry and fexit
+programs on the real functions, only the engine's choice is forced. Marked
+`stock_kernel("fentry", "fexit")`: this host loads neither.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_support import Workload, policy, wait_events
+
+from bpf.compile import Features
+from bpf.engine import Engine
+from bpf.probe import probe
+
+pytestmark = [pytest.mark.kernel, pytest.mark.stock_kernel("fentry", "fexit")]
+
+PY = sys.executable
+
+
+@pytest.fixture
+def trampolines_only(pin_root: Path) -> Iterator[Engine]:
+    """An engine told the kernel has no kprobes (everything else as probed)."""
+    features = dataclasses.replace(Features.of(probe()), kprobes=False)
+    e = Engine(pin_root=pin_root, node_name="fentry", features=features)
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def watched() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="palisade-fe-"))
+    (d / "secret").write_text("s3cret\n")
+    os.chmod(d / "secret", 0o640)
+    yield d
+    shutil.rmtree(d)
+
+
+def _kprobes(engine: Engine, call: str, until: Any = lambda b: True) -> list[dict[str, Any]]:
+    def of(ev: dict[str, Any]) -> bool:
+        return ev.get("process_kprobe", {}).get("function_name") == call
+
+    return [ev["process_kprobe"] for ev in wait_events(engine, lambda ev: of(ev) and until(ev["process_kprobe"]))
+            if of(ev)]
+
+
+def test_fd_install_runs_on_fentry_and_reports_the_file(trampolines_only: Engine, workload: Workload,
+                                                        watched: Path) -> None:
+    doc = policy("fd-install", {"kprobes": [{
+        "call": "fd_install", "syscall": False,
+        "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "file"}],
+        "selectors": [{"matchArgs": [{"index": 1, "operator": "Prefix", "values": [str(watched) + "/"]}]}]}]})
+    res = trampolines_only.load(doc, "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    assert [s.kind for h in trampolines_only.loaded()["fd-install"].plan.hooks for s in h.sites] == ["fentry"]
+    assert workload.run(["/usr/bin/cat", str(watched / "secret")]).stdout == b"s3cret\n"
+    events = _kprobes(trampolines_only, "fd_install")
+    assert {e["args"][1]["file_arg"]["path"] for e in events} == {os.path.realpath(watched / "secret")}
+    assert events[0]["args"][1]["file_arg"]["permission"] == "-rw-r-----"
+    assert events[0]["process"]["binary"] == "/usr/bin/cat"
+
+
+def test_a_return_is_read_on_fexit_and_a_kill_judged_there(trampolines_only: Engine, workload: Workload,
+                                                           watched: Path) -> None:
+    # quickstart/file_monitoring_enforce.yaml, narrowed to one directory
+    doc = policy("file-permission", {"kprobes": [{
+        "call": "security_file_permission", "syscall": False, "return": True,
+        "args": [{"index": 0, "type": "file"}, {"index": 1, "type": "int"}],
+        "returnArg": {"index": 0, "type": "int"},
+        "selectors": [{"matchArgs": [{"index": 0, "operator": "Prefix", "values": [str(watched)]}],
+                       "matchActions": [{"action": "Sigkill"}]}]}]})
+    res = trampolines_only.load(doc, "enforced", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    assert [s.kind for h in trampolines_only.loaded()["file-permission"].plan.hooks for s in h.sites] == \
+        ["fentry", "fexit"]
+    done = workload.run(["/usr/bin/cat", str(watched / "secret")])
+    assert done.returncode == -signal.SIGKILL
+    assert workload.run(["/usr/bin/cat", "/etc/hostname"]).returncode == 0
+    (e,) = _kprobes(trampolines_only, "security_file_permission", lambda b: b["action"] == "KPROBE_ACTION_SIGKILL")[:1]
+    assert e["return"] == {"int_arg": 0}
+    assert e["args"][0]["file_arg"]["path"] == os.path.realpath(watched / "secret")
+
+
+def test_an_override_off_the_security_functions_is_still_refused(trampolines_only: Engine,
+                                                                 workload: Workload) -> None:
+    doc = policy("override", {"kprobes": [{"call": "fd_install", "syscall": False,
+                                           "selectors": [{"matchActions": [{"action": "Override",
+                                                                            "argError": -1}]}]}]})
+    res = trampolines_only.load(doc, "enforced", cgroups=[workload.path])
+    assert not res.loaded
+    assert any("Override on fd_install" in r for r in res.reasons), res.reasons
