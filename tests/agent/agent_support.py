@@ -3,7 +3,10 @@ port, and a real HTTP proxy in front of it that can turn hostile (`support.hosti
 replayed, truncated, oversized, trickled or frozen answers)."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +16,13 @@ from nacl.signing import SigningKey, VerifyKey
 
 from agent.apply import NullEnforcer
 from agent.client import Client
-from agent.config import AgentConfig, Intervals
+from agent.config import AgentConfig, Intervals, Workload
+from agent.enforcer import EngineEnforcer
 from agent.events import EventLog
 from agent.metrics import AgentMetrics
 from agent.runner import Agent
+from bpf import syscall
+from bpf.engine import Engine
 from reconciler import keys
 from reconciler.reconcile import Reconciler
 from reconciler.server import BackgroundServer, create_app
@@ -117,3 +123,30 @@ def metric(agent: Agent, name: str, **labels: str) -> float:
             if s.name == name and s.labels == labels:
                 return float(s.value)
     return 0.0
+
+
+@pytest.fixture()
+def cgroup(require_kernel: None) -> Iterator[Path]:
+    """An empty cgroup for a workload; its processes are killed and it is removed afterwards."""
+    path = syscall.cgroup2_root() / f"palisade-agent-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    for pid in (path / "cgroup.procs").read_text().split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), 9)
+    path.rmdir()
+
+
+@pytest.fixture()
+def enforcer(cgroup: Path) -> Iterator[EngineEnforcer]:
+    """The agent's real engine enforcer with one workload, `cgroup` as shop/web; what it loaded is unloaded."""
+    root = Path("/sys/fs/bpf") / f"palisade-agent-{uuid.uuid4().hex[:8]}"
+    e = EngineEnforcer([Workload("web", str(cgroup), "shop", (("app", "web"),))], pin_root=root, node_name="t")
+    yield e
+    e.close()
+    eng = Engine(pin_root=root)
+    for key in eng.adopt():
+        eng.unload(key)
+    eng.close()
+    if root.exists():
+        root.rmdir()

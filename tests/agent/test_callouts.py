@@ -6,7 +6,6 @@ engine and a process that matches it, and read the events through the agent.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import struct
@@ -14,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,14 +23,12 @@ import pytest
 from agent import config
 from agent.callouts import Callouts, CalloutSettings
 from agent.client import Client
-from agent.config import AgentConfig, Workload
+from agent.config import AgentConfig
 from agent.enforcer import EngineEnforcer
 from agent.errors import ConfigError
 from agent.events import EventLog, read_all
 from agent.runner import Agent
 from agent.select import Desired
-from bpf import syscall
-from bpf.engine import Engine
 from wire.bundle import Origin, sha256_hex
 from wire.values import Scope, State
 
@@ -274,31 +270,6 @@ spec:
             - action: DnsLookup
               argFqdn: canary.palisade.test
 """
-
-
-@pytest.fixture()
-def cgroup(require_kernel: None) -> Iterator[Path]:
-    path = syscall.cgroup2_root() / f"palisade-callouts-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    yield path
-    for pid in (path / "cgroup.procs").read_text().split():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), 9)
-    path.rmdir()
-
-
-@pytest.fixture()
-def enforcer(cgroup: Path) -> Iterator[EngineEnforcer]:
-    root = Path("/sys/fs/bpf") / f"palisade-callouts-{uuid.uuid4().hex[:8]}"
-    e = EngineEnforcer([Workload("web", str(cgroup), "shop", (("app", "web"),))], pin_root=root, node_name="t")
-    yield e
-    e.close()
-    eng = Engine(pin_root=root)
-    for key in eng.adopt():
-        eng.unload(key)
-    eng.close()
-    if root.exists():
-        root.rmdir()
 
 
 def _run_in(cgroup: Path, calls: int) -> None:

@@ -1,21 +1,17 @@
 """EngineEnforcer on the real kernel: workload scoping, in-place map restore, foreign programs on its hooks."""
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.apply import Inactive, Refused
-from agent.config import Workload
 from agent.enforcer import EngineEnforcer
 from agent.select import Desired
 from bpf import syscall
-from bpf.engine import Engine
 from bpf.syscall import AttachType, Insn, ProgType
 from wire.bundle import Origin, sha256_hex
 from wire.values import Scope, State
@@ -49,31 +45,6 @@ spec:
 def _desired(text: str, state: State = State.ENFORCED) -> Desired:
     return Desired("only-https", Origin("rule", "only-https"), Scope(), state, text, sha256_hex(text.encode()), 1,
                    "c" * 40)
-
-
-@pytest.fixture()
-def cgroup(require_kernel: None) -> Iterator[Path]:
-    path = syscall.cgroup2_root() / f"palisade-agent-enf-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    yield path
-    for pid in (path / "cgroup.procs").read_text().split():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), 9)
-    path.rmdir()
-
-
-@pytest.fixture()
-def enforcer(cgroup: Path) -> Iterator[EngineEnforcer]:
-    root = Path("/sys/fs/bpf") / f"palisade-agent-enf-{uuid.uuid4().hex[:8]}"
-    e = EngineEnforcer([Workload("web", str(cgroup), "shop", (("app", "web"),))], pin_root=root, node_name="t")
-    yield e
-    e.close()
-    eng = Engine(pin_root=root)
-    for key in eng.adopt():
-        eng.unload(key)
-    eng.close()
-    if root.exists():
-        root.rmdir()
 
 
 def _connect(cgroup: Path, host: str, port: int) -> str:

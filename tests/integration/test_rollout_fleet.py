@@ -24,6 +24,7 @@ import pytest
 from reconciler.keys import generate, load_public_key
 from reconciler.ledger import Ledger
 from support.policyrepo import ALICE, PolicyRepo
+from support.serve import Serve
 from wire.bundle import Index, verify_index
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,46 +66,6 @@ RELAX = [("enforcement/web-lockdown.yaml", "    - scope: {group: canary}\n      
 
 # ---------------------------------------------------------------------------
 # The server
-
-
-class Serve:
-    """A `palisade serve` subprocess and what it wrote to stderr."""
-
-    def __init__(self, repo: Path, state: Path, key: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "serve", "--repo", str(repo), "--state", str(state),
-             "--key", str(key), "--listen", "127.0.0.1:0", "--agent-timeout", AGENT_TIMEOUT],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + 30
-        self.url = ""
-        while not self.url and time.monotonic() < deadline and self.proc.poll() is None:
-            m = re.search(r"listening on (http://\S+)", "".join(self.lines))
-            self.url = m.group(1) if m else ""
-            time.sleep(0.05)
-        if not self.url:
-            self.proc.kill()
-            raise AssertionError(f"palisade serve did not start:\n{self.log}")
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self._reader.join(5)
-        return code
 
 
 # ---------------------------------------------------------------------------
@@ -213,7 +174,7 @@ class World:
         else:  # a crash
             self.serve.proc.send_signal(sig)
             assert self.serve.proc.wait(30) == -sig
-        self.serve = Serve(self.repo.path, self.state, self.key)
+        self.serve = Serve(self.repo.path, self.state, self.key, "--agent-timeout", AGENT_TIMEOUT)
         # the fleet keeps talking to the new port
         self.fleet.stop()
         self.fleet = Fleet(self.serve.url, self.pub, actions=self.fleet.actions, actions_from=self.fleet.actions_from,
@@ -244,7 +205,7 @@ def make_world(tmp_path: Path) -> Iterator[object]:
         repo = _policy(tmp_path, fast_track=fast_track, bake=bake, max_refused=max_refused)
         kp = generate(tmp_path / "keys")
         state = tmp_path / "state"
-        serve = Serve(repo.path, state, kp.signing_key_path)
+        serve = Serve(repo.path, state, kp.signing_key_path, "--agent-timeout", AGENT_TIMEOUT)
         fleet = Fleet(serve.url, kp.public_key_path, labels=labels or {}, real=real or set()).start()
         w = World(repo, state, kp.signing_key_path, kp.public_key_path, serve, fleet)
         worlds.append(w)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +17,7 @@ import pytest
 
 from reconciler.keys import generate, load_public_key
 from support.policyrepo import PolicyRepo
+from support.serve import Serve
 from wire.bundle import Index, parse_bundle, verify_index
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,55 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 WATCH_LATENCY = 5.0
 
 pytestmark = pytest.mark.slow
-
-
-class Serve:
-    """A `palisade serve` subprocess and what it wrote to stderr."""
-
-    def __init__(self, repo: Path | str, state: Path, key: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "serve", "--repo", str(repo), "--state", str(state),
-             "--key", str(key), "--listen", "127.0.0.1:0", *extra],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.url = self._wait_url()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def _wait_url(self) -> str:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                m = re.search(r"listening on (http://\S+)", line)
-                if m:
-                    return m.group(1)
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.proc.kill()
-        raise AssertionError(f"palisade serve did not start:\n{self.log}")
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-        self._reader.join(5)
-        return code
 
 
 @pytest.fixture()
