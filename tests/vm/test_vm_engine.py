@@ -19,7 +19,8 @@ from vm_support import ROOT, VENV_PYTHON, VM_MARKS, Boot, boot
 
 from bpf.core.build import KERNEL_BTF, default_cache_dir
 
-pytestmark = VM_MARKS
+#: The guest runs about 240 engine tests under TCG (10-12 min): more than the suite's 600 s per test.
+pytestmark = [*VM_MARKS, pytest.mark.timeout(1700)]
 
 #: The corpus as the guest can reach it (its /tmp, /var/tmp and /run are its own tmpfs).
 CORPUS = Path(os.environ.get("PALISADE_CORPUS") or ROOT.parent / "shared" / "tetragon-corpus").resolve()
