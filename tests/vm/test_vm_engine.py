@@ -54,7 +54,8 @@ echo "uname=$(uname -r)"
 {VENV_PYTHON} -m pytest -q -rs -p no:cacheprovider -s {' '.join(ENGINE_TESTS)} {deselect}
 echo "pytest=$?"
 """
-    scratch = Path("/var/lib/palisade-vm-scratch")  # executable and writable in the guest (not a blocked dir)
+    # executable and writable in the guest (not a blocked dir); one per run, so two runs never share it
+    scratch = Path(f"/var/lib/palisade-vm-scratch-{os.getpid()}")
     scratch.mkdir(exist_ok=True)
     try:
         corpus = ("--writable", str(CORPUS)) if str(CORPUS).startswith(_HIDDEN) else ()
@@ -63,7 +64,7 @@ echo "pytest=$?"
                     "--env", f"PALISADE_EXEC_SCRATCH={scratch}", "--env", f"PALISADE_CORPUS={CORPUS.resolve()}",
                     "--timeout", "1500", "--", "/bin/sh", "-c", script, timeout=1800)
     finally:
-        scratch.rmdir()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_the_engine_tests_pass_on_the_stock_6_1_kernel(engine_in_6_1: Boot,
