@@ -1,6 +1,6 @@
 """The CO-RE objects of a verified bundle, fetched, checked against its signed digests, and kept.
 
-A bundle lists, per policy, objects the reconciler built (reconciler/objects.py) by
+A bundle lists, per policy, objects the reconciler built (reconciler/publish/objects.py) by
 the digest of their C source, with the sha256 and size of their bytes. The bytes are
 separate blobs (`GET /v1/objects/<sha256>`), so the agent fetches only those of the
 policies it selected, and only once: they are kept by sha256 in `<state>/objects/`

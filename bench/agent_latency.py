@@ -64,8 +64,9 @@ class Node:
 
     def __init__(self, tmp: Path, cgroup: Path, *, drift_interval: float = 2.0, metrics: str | None = None) -> None:
         from reconciler import keys
-        from reconciler.reconcile import Reconciler
-        from reconciler.server import BackgroundServer, create_app
+        from reconciler.publish.reconcile import Reconciler
+        from reconciler.serve.listen import BackgroundServer
+        from reconciler.serve.server import create_app
         from support.policyrepo import PolicyRepo
 
         self.tmp, self.cgroup = tmp, cgroup

@@ -47,7 +47,8 @@ DEADLINE = 120.0  # seconds for one round before the benchmark gives up
 
 def serve(store: str, port: int) -> None:
     """The reconciler's HTTP API over `store`; SIGUSR1 makes it re-read the index at once."""
-    from reconciler.server import create_app, run
+    from reconciler.serve.listen import run
+    from reconciler.serve.server import create_app
 
     app = create_app(Path(store))
     signal.signal(signal.SIGUSR1, lambda *_: app.state.publication.refresh())
@@ -173,8 +174,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from reconciler import keys
-    from reconciler.fleet import Fleet
-    from reconciler.reconcile import Reconciler
+    from reconciler.publish.reconcile import Reconciler
+    from reconciler.state.fleet import Fleet
     from support.policyrepo import PolicyRepo
 
     tmp = Path(tempfile.mkdtemp(prefix="palisade-fleet-"))

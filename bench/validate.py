@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _genrepo import generate  # noqa: E402
 
-from reconciler import source  # noqa: E402
-from reconciler.validate import validate  # noqa: E402
+from reconciler.checks.validate import validate  # noqa: E402
+from reconciler.repository import source  # noqa: E402
 
 POLICIES, RULES, RUNS = 1000, 200, 5
 PALISADE = ROOT / ".venv" / "bin" / "palisade"

@@ -58,7 +58,7 @@ class Metrics:
             "palisade_http_requests_total", "HTTP requests served, by route template, method and status code.",
             ["route", "method", "code"], registry=self.registry,
         )
-        # The rollout controller's (reconciler/rollouts.py).
+        # The rollout controller's (reconciler/rollout/controller.py).
         self.rollout_stage_version = Gauge(
             "palisade_rollout_stage_version", "Bundle version pinned for each rollout stage.",
             ["stage"], registry=self.registry,

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from ..errors import PalisadeError
+from reconciler.errors import PalisadeError
 
 
 def _parser() -> argparse.ArgumentParser:

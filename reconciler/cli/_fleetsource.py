@@ -1,7 +1,7 @@
 """Where the operator commands read the fleet: a running server (`--server URL`, GET /v1/agents and
 /v1/observations) or the reconciler's state directory (`--state DIR`, its SQLite directly).
 
-Both give the same typed values (reconciler.fleet.AgentRecord, ObservationRow); a server that
+Both give the same typed values (reconciler.state.fleet.AgentRecord, ObservationRow); a server that
 is down, or answers something that is not a palisade fleet view, is a clear error (exit 2).
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import PalisadeError, StateError, UsageError
-from ..fleet import FLEET_DB, AgentRecord, Fleet, ObservationRow
-from ..statedir import StateView
+from reconciler.errors import PalisadeError, StateError, UsageError
+from reconciler.state.fleet import FLEET_DB, AgentRecord, Fleet, ObservationRow
+from reconciler.state.statedir import StateView
 
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 _MAX_BYTES = 64 * 1024 * 1024
@@ -121,7 +121,7 @@ class FleetSource:
 
 def parse_when(text: str | None, now: _dt.datetime, flag: str) -> _dt.datetime | None:
     """`24h` / `7d` (that long before now) or an RFC 3339 time; UsageError otherwise."""
-    from ..model import parse_duration
+    from reconciler.repository.model import parse_duration
 
     if text is None:
         return None

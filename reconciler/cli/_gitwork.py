@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from ..errors import SourceError, UsageError
-from ..source import FOLDERS, ROOT_FILE
+from reconciler.errors import SourceError, UsageError
+from reconciler.repository.source import FOLDERS, ROOT_FILE
 
 #: The branches a pull request usually targets, in order of preference.
 TARGETS = ("origin/main", "main", "origin/master", "master")

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from reconciler.repository.model import PolicyRepository, UnitKey
     from wire.values import Scope, State
-
-    from ..model import PolicyRepository, UnitKey
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,12 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from reconciler.checks import plan
+    from reconciler.errors import UsageError
+    from reconciler.findings import has_errors, render_text
+    from reconciler.repository import edit, loader, source
+    from reconciler.repository.model import UnitKey
     from wire.values import Scope, State
 
-    from .. import edit, loader, plan, source
-    from ..errors import UsageError
-    from ..findings import has_errors, render_text
-    from ..model import UnitKey
     from ._gitwork import changed_paths, commit_files, create_branch, read_blob, require_repo
 
     repo: Path = args.repo
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _missing(model: PolicyRepository, unit: UnitKey, action: str) -> str:
     """Why the unit is not on the ladder at that scope, and how to put it there."""
-    from ..edit import flow_scope
+    from reconciler.repository.edit import flow_scope
 
     if unit.kind == "rule":
         rule = next(r for r in model.rules if r.name == unit.name)
@@ -148,8 +148,9 @@ def _file_of(model: PolicyRepository, unit: UnitKey) -> str:
 def _needs(repo: Path, model: PolicyRepository, unit: UnitKey, current: State, target: State, start: str,
            action: str) -> list[str]:
     """What the move needs before the reconciler accepts it: approval and the observation window."""
-    from .. import history
-    from ..model import format_duration
+    from reconciler.checks import history
+    from reconciler.repository.model import format_duration
+
     from ._gitwork import try_git
 
     if action == "revert":

@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..audit import gather, render_text
-    from ..errors import UsageError
+    from reconciler.analysis.audit import gather, render_text
+    from reconciler.errors import UsageError
 
     state = args.state or (Path(os.environ[STATE_ENV]) if os.environ.get(STATE_ENV) else None)
     if state is None:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import UsageError
+from reconciler.errors import UsageError
 
 if TYPE_CHECKING:
     from wire.bundle import Index, IndexEntry
@@ -50,7 +50,7 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ..errors import VerificationError
+    from reconciler.errors import VerificationError
 
     try:
         return _verify_or_raise(args)
@@ -59,9 +59,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _verify_or_raise(args: argparse.Namespace) -> int:
+    from reconciler.keys import load_public_keys
     from wire.bundle import format_time, sha256_hex, verify_bundle, verify_index
-
-    from ..keys import load_public_keys
 
     keys = load_public_keys(args.pubkey)
     data = _read(args.file, "bundle")
@@ -92,9 +91,8 @@ def _verify_or_raise(args: argparse.Namespace) -> int:
 def _entry_for(index: Index, data: bytes) -> IndexEntry:
     """The index entry to hold the file against: the one with its digest, else the one for the version
     the file claims (read without trusting it), so a tampered file gets a digest mismatch."""
+    from reconciler.errors import VerificationError
     from wire.bundle import sha256_hex
-
-    from ..errors import VerificationError
 
     digest = sha256_hex(data)
     for e in index.bundles:

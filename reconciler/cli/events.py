@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
+    from reconciler.errors import UsageError
 
     if not 1 <= args.limit <= 100_000:
         raise UsageError("--limit must be from 1 to 100000")

@@ -55,11 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from reconciler.analysis import generate
+    from reconciler.errors import PalisadeError, SourceError, UsageError
+    from reconciler.repository.model import parse_duration
     from wire.values import Scope
-
-    from .. import generate
-    from ..errors import PalisadeError, SourceError, UsageError
-    from ..model import parse_duration
 
     now = _dt.datetime.now(_dt.UTC)
     try:
@@ -157,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_names(repo: Path, branch: str | None, pack: str, policy: str, force: bool) -> None:
     """Refuse names the repository already uses (a pack overwritten with --force may keep its own)."""
-    from .. import loader, source
-    from ..errors import UsageError
+    from reconciler.errors import UsageError
+    from reconciler.repository import loader, source
 
     snap = source.from_git(repo, "HEAD") if branch else source.from_worktree(repo)
     model = loader.load(snap).repository
@@ -174,7 +173,7 @@ def _check_names(repo: Path, branch: str | None, pack: str, policy: str, force: 
 
 
 def _labels(text: str) -> dict[str, str]:
-    from ..errors import UsageError
+    from reconciler.errors import UsageError
 
     out: dict[str, str] = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
@@ -192,7 +191,8 @@ def _git_email(repo: Path) -> str:
 
 
 def _commit(repo: Path, branch: str, texts: dict[str, str], workload: str, force: bool) -> str:
-    from ..errors import PalisadeError
+    from reconciler.errors import PalisadeError
+
     from ._gitwork import commit_files, create_branch, git, require_repo, try_git
 
     require_repo(repo)

@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import impact, readiness
-    from ..errors import UsageError
+    from reconciler.analysis import impact, readiness
+    from reconciler.errors import UsageError
+
     from .readiness import load_unit
 
     if args.days <= 0 or args.top < 1:

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..keys import generate
+    from reconciler.keys import generate
 
     pair = generate(args.out, force=args.force)
     if args.output == "json":

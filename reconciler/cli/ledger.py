@@ -37,10 +37,9 @@ def _positive(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from reconciler.errors import UsageError
+    from reconciler.state.ledger import Ledger
     from wire.bundle import format_time
-
-    from ..errors import UsageError
-    from ..ledger import Ledger
 
     state = args.state or (Path(os.environ[STATE_ENV]) if os.environ.get(STATE_ENV) else None)
     if state is None:

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 from . import add_output
 
 if TYPE_CHECKING:
-    from ..findings import Finding
-    from ..plan import Plan, Sensor, SensorChange
+    from reconciler.checks.plan import Plan, Sensor, SensorChange
+    from reconciler.findings import Finding
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("plan", help="show what a change would do (per unit, scope and sensor) before merging it",
@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .. import history, loader, plan, render, source
-    from ..findings import has_errors, render_text
+    from reconciler.checks import history, plan
+    from reconciler.findings import has_errors, render_text
+    from reconciler.repository import loader, render, source
 
     repo: Path = args.repo
     head, dirty = _head(repo, args.head)
@@ -114,7 +115,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _head(repo: Path, rev: str | None) -> tuple[_Side, bool]:
-    from .. import source
+    from reconciler.repository import source
+
     from ._gitwork import snapshot_worktree, try_git
 
     if rev is not None:
@@ -126,7 +128,8 @@ def _head(repo: Path, rev: str | None) -> tuple[_Side, bool]:
 
 
 def _base(repo: Path, rev: str | None, head: _Side, *, explicit_head: bool, dirty: bool) -> _Side:
-    from .. import source
+    from reconciler.repository import source
+
     from ._gitwork import merge_base, target_branch
 
     assert head.commit is not None
@@ -149,7 +152,7 @@ def _base(repo: Path, rev: str | None, head: _Side, *, explicit_head: bool, dirt
 
 
 def raise_usage(msg: str) -> None:
-    from ..errors import UsageError
+    from reconciler.errors import UsageError
 
     raise UsageError(msg)
 
@@ -160,8 +163,9 @@ def raise_usage(msg: str) -> None:
 def _fleet(server: str, timeout: float) -> tuple[list[Sensor] | None, str]:
     """The sensors that reported to `server` (GET /v1/agents, as `palisade status` reads it), or None and
     why not: a server that is down or answers no fleet view skips the per-sensor view, it fails nothing."""
-    from ..errors import PalisadeError
-    from ..plan import Sensor
+    from reconciler.checks.plan import Sensor
+    from reconciler.errors import PalisadeError
+
     from ._fleetsource import FleetSource
 
     source = FleetSource(server, None, timeout)  # UsageError (exit 2) for what is not a URL
@@ -176,7 +180,7 @@ def _fleet(server: str, timeout: float) -> tuple[list[Sensor] | None, str]:
 
 
 def _window(loaded: Any) -> str | None:
-    from ..model import format_duration
+    from reconciler.repository.model import format_duration
 
     cfg = loaded.repository.config
     return format_duration(cfg.min_observation) if cfg is not None else None
@@ -187,7 +191,7 @@ _SIGN = {"added": "+", "removed": "-", "changed": "~", "state": "~"}
 
 def _text(result: Plan, base: _Side, head: _Side, findings: Sequence[Finding],
           sensors: Sequence[SensorChange] | None, notes: Sequence[str], config_window: str | None) -> str:
-    from ..findings import Severity
+    from reconciler.findings import Severity
 
     out = [f"palisade plan: {base.label} → {head.label}"]
     if not result.changed:

@@ -24,10 +24,9 @@ from . import add_output
 from ._fleetsource import FleetSource, Query, add_arguments
 
 if TYPE_CHECKING:
+    from reconciler.repository.acceptances import Acceptances
+    from reconciler.repository.model import PolicyRepository, UnitKey
     from wire.values import State
-
-    from ..acceptances import Acceptances
-    from ..model import PolicyRepository, UnitKey
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,13 +53,12 @@ class LoadedUnit:
 
 def load_unit(repo: Path, rev: str, ref: str, scope_text: str) -> LoadedUnit:
     """The repository at `rev` and the unit `ref` at `scope_text`; UsageError/SourceError (exit 2) otherwise."""
+    from reconciler.errors import SourceError, UsageError
+    from reconciler.findings import has_errors, render_text
+    from reconciler.repository import loader, source
+    from reconciler.repository.edit import Refusal, resolve
+    from reconciler.repository.model import UnitKey
     from wire.values import Scope
-
-    from .. import loader, source
-    from ..edit import Refusal, resolve
-    from ..errors import SourceError, UsageError
-    from ..findings import has_errors, render_text
-    from ..model import UnitKey
 
     try:
         scope = Scope.parse(scope_text)
@@ -88,14 +86,15 @@ def load_unit(repo: Path, rev: str, ref: str, scope_text: str) -> LoadedUnit:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import history, readiness
-    from ..readiness import Condition, Severity
+    from reconciler.analysis import readiness
+    from reconciler.analysis.readiness import Condition, Severity
+    from reconciler.checks import history
 
     lu = load_unit(args.repo, args.rev, args.unit, args.scope)
     now = _dt.datetime.now(_dt.UTC)
     config = lu.repo.config
     if config is None:
-        from ..errors import SourceError
+        from reconciler.errors import SourceError
 
         raise SourceError(f"{args.repo}: no palisade.yaml at {args.rev}")
     # with the reconciler's state, time in state runs from its first acceptance, as the reconciler judges it
@@ -135,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _acceptances(state: Path) -> Acceptances | None:
-    from ..ledger import Ledger
-    from ..statedir import StateView
+    from reconciler.state.ledger import Ledger
+    from reconciler.state.statedir import StateView
 
     if not StateView(state).has_ledger():
         return None  # no reconciler ran there: FleetSource reports what it can

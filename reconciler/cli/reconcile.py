@@ -30,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import RewriteRefused
-    from ..keys import load_signing_key
-    from ..reconcile import Reconciler
+    from reconciler.errors import RewriteRefused
+    from reconciler.keys import load_signing_key
+    from reconciler.publish.reconcile import Reconciler
 
     key = load_signing_key(args.key)
     with Reconciler(args.repo, args.state, key, branch=args.branch) as rec:

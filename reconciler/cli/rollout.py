@@ -34,7 +34,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import StateError, UsageError
+from reconciler.errors import StateError, UsageError
+
 from . import add_output
 
 STATE_ENV = "PALISADE_STATE"
@@ -86,7 +87,7 @@ def _status(args: argparse.Namespace) -> int:
         if not isinstance(doc, dict):
             raise StateError(f"{args.server} does not report a rollout")
     else:
-        from ..rollouts import read_status
+        from reconciler.rollout.status import read_status
 
         doc = read_status(_state(args))
     if args.output == "json":
@@ -97,9 +98,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
+    from reconciler.state.ledger import Ledger
     from wire.bundle import format_time
-
-    from ..ledger import Ledger
 
     if args.limit < 1:
         raise UsageError("--limit must be 1 or more")
@@ -130,8 +130,8 @@ def _history(args: argparse.Namespace) -> int:
 def _operate(args: argparse.Namespace) -> int:
     import datetime as _dt
 
-    from ..rollouts import RolloutDB
-    from ..statedir import StateView
+    from reconciler.rollout.db import RolloutDB
+    from reconciler.state.statedir import StateView
 
     if not args.reason.strip():
         raise UsageError("--reason must not be empty")
@@ -171,7 +171,7 @@ def _login() -> str:
 
 
 def render_text(doc: Mapping[str, Any]) -> str:
-    """The human view of a rollout status document (reconciler.rollouts)."""
+    """The human view of a rollout status document (reconciler.rollout.controller)."""
     lines = []
     target, stable = doc.get("target"), doc.get("stable")
     head = f"{doc.get('state')}"

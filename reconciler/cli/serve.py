@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..errors import UsageError
+from reconciler.errors import UsageError
 
 DEFAULT_LISTEN = "127.0.0.1:8740"
 
@@ -36,15 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..keys import load_signing_key
-    from ..metrics import Metrics
-    from ..model import parse_duration
-    from ..reconcile import Reconciler
-    from ..server import Publication, create_app, parse_listen
-    from ..server import run as run_server
-    from ..service import ReconcileLoop
-    from ..statedir import StateDir
-    from ..watch import Changes, RefWatcher, local_git_dir
+    from reconciler.keys import load_signing_key
+    from reconciler.metrics import Metrics
+    from reconciler.publish.reconcile import Reconciler
+    from reconciler.repository.model import parse_duration
+    from reconciler.serve.listen import parse_listen
+    from reconciler.serve.listen import run as run_server
+    from reconciler.serve.publication import Publication
+    from reconciler.serve.server import create_app
+    from reconciler.serve.service import ReconcileLoop
+    from reconciler.serve.watch import Changes, RefWatcher, local_git_dir
+    from reconciler.state.statedir import StateDir
 
     try:
         poll = parse_duration(args.poll_interval).total_seconds()

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import StateError, UsageError
+from reconciler.errors import StateError, UsageError
+
 from . import add_output
 
 #: The status of a server is small; anything larger is not a palisade server.
@@ -45,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _fleet(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Each sensor that reported: its version, stage, health and when it was last seen."""
-    from ..statedir import StateView
+    from reconciler.state.statedir import StateView
+
     from ._fleetsource import FleetSource
 
     if args.state is not None and not StateView(args.state).has_fleet():
@@ -66,12 +68,12 @@ def _fleet(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def from_state(state: Path) -> dict[str, Any]:
     """The status document from a state directory alone (read-only)."""
-    from ..errors import VerificationError
-    from ..ledger import Ledger
-    from ..reconcile import status
-    from ..rollouts import read_status
-    from ..statedir import StateView
-    from ..store import Store
+    from reconciler.errors import VerificationError
+    from reconciler.publish.reconcile import status
+    from reconciler.rollout.status import read_status
+    from reconciler.state.ledger import Ledger
+    from reconciler.state.statedir import StateView
+    from reconciler.state.store import Store
 
     view = StateView(state)
     store = Store(view.store.root)  # no key: a reader, it creates and tidies nothing

@@ -18,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import render, source, summary
-    from ..findings import render_text
-    from ..validate import validate_snapshot
+    from reconciler.checks.validate import validate_snapshot
+    from reconciler.findings import render_text
+    from reconciler.repository import render, source, summary
 
     snap = source.from_worktree(args.repo) if args.rev is None else source.from_git(args.repo, args.rev)
     report = validate_snapshot(snap)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from . import add_output
 
 if TYPE_CHECKING:
-    from ..validate import Report
+    from reconciler.checks.validate import Report
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..findings import Severity, render_json, render_text
-    from ..validate import validate
+    from reconciler.checks.validate import validate
+    from reconciler.findings import Severity, render_json, render_text
 
     report = validate(args.repo, args.rev, args.base, pending_approvals=args.pending_approvals)
     if args.objects and report.rendered is not None:
@@ -58,7 +58,7 @@ def _with_objects(report: Report, cache: Path | None) -> tuple[Report, str | Non
     import dataclasses
     import tempfile
 
-    from ..objects import ObjectBuilder
+    from reconciler.publish.objects import ObjectBuilder
 
     assert report.rendered is not None
     with tempfile.TemporaryDirectory(prefix="palisade-validate-") as tmp:

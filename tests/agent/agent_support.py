@@ -24,9 +24,10 @@ from agent.runner import Agent
 from bpf import syscall
 from bpf.engine import Engine
 from reconciler import keys
-from reconciler.reconcile import Reconciler
-from reconciler.server import BackgroundServer, create_app
-from reconciler.store import Store
+from reconciler.publish.reconcile import Reconciler
+from reconciler.serve.listen import BackgroundServer
+from reconciler.serve.server import create_app
+from reconciler.state.store import Store
 from support import hostile
 from support.hostile import Proxy
 from support.policyrepo import PolicyRepo

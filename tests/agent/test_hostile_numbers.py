@@ -21,7 +21,7 @@ import pytest
 from agent_support import Proxy, Served, make_agent
 
 from agent import lkg, trust
-from reconciler.fleet import parse_heartbeat
+from reconciler.state.fleet import parse_heartbeat
 from wire.bundle import (
     Malformed,
     OutOfRange,

@@ -212,7 +212,7 @@ def test_the_heartbeat_matches_its_schema_and_the_server_stores_it(served: Serve
 
     import jsonschema
 
-    from reconciler.fleet import Fleet
+    from reconciler.state.fleet import Fleet
 
     schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "heartbeat.schema.json").read_text())
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 
-from reconciler.server import BackgroundServer, create_app
+from reconciler.serve.listen import BackgroundServer
+from reconciler.serve.server import create_app
 
 
 @dataclass(frozen=True)

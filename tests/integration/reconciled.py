@@ -9,8 +9,9 @@ from pathlib import Path
 from agentproc import free_port
 
 from reconciler import keys
-from reconciler.reconcile import Reconciler
-from reconciler.server import BackgroundServer, create_app
+from reconciler.publish.reconcile import Reconciler
+from reconciler.serve.listen import BackgroundServer
+from reconciler.serve.server import create_app
 from support.policyrepo import PolicyRepo
 
 

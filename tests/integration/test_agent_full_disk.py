@@ -26,7 +26,7 @@ from agent import lkg
 from agent.events import read_all
 from agent.runner import runtime_status_path
 from reconciler import keys
-from reconciler.fleet import Fleet
+from reconciler.state.fleet import Fleet
 from support.tmpfs import fill, free, read_only, small_tmpfs
 
 __all__ = ["setup", "small_tmpfs"]

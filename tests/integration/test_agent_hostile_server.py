@@ -19,7 +19,7 @@ from agentproc import ROOT, AgentProc, free_port
 from reconciled import Reconciled, reconciled
 
 from agent.client import DEADLINE_MARGIN, MIN_POLL
-from reconciler.fleet import Fleet
+from reconciler.state.fleet import Fleet
 from support import hostile
 from support.hostile import Proxy
 

@@ -26,9 +26,10 @@ from bpf import inventory, syscall
 from bpf.compile import StringEntry
 from bpf.engine import remove_all
 from reconciler import keys
-from reconciler.fleet import Fleet
-from reconciler.reconcile import Reconciler
-from reconciler.server import BackgroundServer, create_app
+from reconciler.publish.reconcile import Reconciler
+from reconciler.serve.listen import BackgroundServer
+from reconciler.serve.server import create_app
+from reconciler.state.fleet import Fleet
 from support import cgroups
 from support.policyrepo import PolicyRepo
 

@@ -14,9 +14,10 @@ import pytest
 from agentproc import AgentProc, free_port, policies
 
 from reconciler import keys
-from reconciler.fleet import Fleet
-from reconciler.reconcile import Reconciler
-from reconciler.server import BackgroundServer, create_app
+from reconciler.publish.reconcile import Reconciler
+from reconciler.serve.listen import BackgroundServer
+from reconciler.serve.server import create_app
+from reconciler.state.fleet import Fleet
 from support.policyrepo import PolicyRepo
 
 pytestmark = pytest.mark.slow

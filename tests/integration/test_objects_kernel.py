@@ -27,9 +27,10 @@ from bpf.errors import Unsupported
 from bpf.objects import source_digest
 from bpf.policy import parse
 from reconciler import keys
-from reconciler.objects import KernelProfile, ObjectBuilder, host_profile, loads_scoped
-from reconciler.reconcile import Reconciler
-from reconciler.server import BackgroundServer, create_app
+from reconciler.publish.objects import KernelProfile, ObjectBuilder, host_profile, loads_scoped
+from reconciler.publish.reconcile import Reconciler
+from reconciler.serve.listen import BackgroundServer
+from reconciler.serve.server import create_app
 from support import cgroups
 from support.kernel import unavailable
 from support.policyrepo import PolicyRepo

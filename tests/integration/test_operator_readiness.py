@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 from operator_support import FleetServer, fleet_server, policy_status
 
 from reconciler.cli import main
-from reconciler.reconcile import Reconciler
+from reconciler.publish.reconcile import Reconciler
 from support.policyrepo import PolicyRepo
 
 WEB_ALLOWLIST = policy_status("web-exec-allowlist", ("pack", "web-lockdown"), mode="enforce_ready")

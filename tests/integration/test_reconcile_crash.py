@@ -16,7 +16,7 @@ from pathlib import Path
 from nacl.signing import VerifyKey
 
 from reconciler.keys import load_public_key
-from reconciler.ledger import Ledger, Result
+from reconciler.state.ledger import Ledger, Result
 from support.policyrepo import PolicyRepo
 from wire import bundle as B
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from reconciler.keys import generate, load_public_key
-from reconciler.ledger import Ledger
+from reconciler.state.ledger import Ledger
 from support.policyrepo import ALICE, PolicyRepo
 from support.serve import Serve
 from wire.bundle import Index, verify_index

@@ -75,7 +75,7 @@ def test_status_lists_each_sensor_with_version_stage_health(server: tuple[str, P
 def test_a_damaged_index_in_the_state_is_exit_2_with_the_reason(tmp_path: Path) -> None:
     from nacl.signing import SigningKey
 
-    from reconciler.reconcile import Reconciler
+    from reconciler.publish.reconcile import Reconciler
 
     policy = PolicyRepo.create(tmp_path)
     state = tmp_path / "state"

@@ -5,7 +5,7 @@ import datetime as _dt
 
 import pytest
 
-from reconciler.audit import CommitFacts, Run, build, render_text
+from reconciler.analysis.audit import CommitFacts, Run, build, render_text
 from reconciler.errors import UsageError
 from wire.bundle import Bundle, BundleGroup, BundlePolicy, Origin
 from wire.values import Scope, State

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from reconciler.errors import VerificationError
-from reconciler.model import Gates, Rollout, Stage
+from reconciler.repository.model import Gates, Rollout, Stage
 from support.bundles import T0, Keys, commit_id, keypair, make_bundle
 from wire import bundle as B
 from wire.values import Scope, State

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.findings import error
-from reconciler.ledger import CommitInfo, Ledger
-from reconciler.store import Store
+from reconciler.state.ledger import CommitInfo, Ledger
+from reconciler.state.store import Store
 from support.bundles import Keys, commit_id, keypair, make_bundle
 from wire import bundle as B
 

@@ -12,9 +12,10 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from reconciler import schema, source, tpcheck
+from reconciler.checks import tpcheck
 from reconciler.findings import Severity
-from reconciler.source import Document
+from reconciler.repository import schema, source
+from reconciler.repository.source import Document
 
 POLICY_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
 

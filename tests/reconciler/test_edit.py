@@ -5,9 +5,9 @@ import difflib
 
 import pytest
 
-from reconciler import edit, loader, source
-from reconciler.edit import EditError, Refusal
-from reconciler.model import PolicyRepository, Rule
+from reconciler.repository import edit, loader, source
+from reconciler.repository.edit import EditError, Refusal
+from reconciler.repository.model import PolicyRepository, Rule
 from wire.values import Scope, State
 
 OBS, READY, ENF = State.OBSERVE, State.ENFORCE_READY, State.ENFORCED
@@ -140,7 +140,7 @@ def test_edit_errors_are_clear() -> None:
 
 
 def _repo(*rules: str, packs: tuple[str, ...] = ()) -> PolicyRepository:
-    from reconciler.model import Pack
+    from reconciler.repository.model import Pack
 
     return PolicyRepository(
         None,

@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.fleet import Fleet, parse_heartbeat
-from reconciler.server import BackgroundServer, create_app
+from reconciler.serve.listen import BackgroundServer
+from reconciler.serve.server import create_app
+from reconciler.state.fleet import Fleet, parse_heartbeat
 
 
 def _doc(sensor: str = "node-1", version: int = 3) -> dict[str, object]:

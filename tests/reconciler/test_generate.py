@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler import generate
+from reconciler.analysis import generate
 from reconciler.cli import main
 from support.policyrepo import PolicyRepo
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import history, loader
+from reconciler.checks import history
 from reconciler.findings import Finding, Severity, has_errors
-from reconciler.model import PolicyRepository, UnitKey
+from reconciler.repository import loader
+from reconciler.repository.model import PolicyRepository, UnitKey
 from support.gitrepo import GitRepo, Key, Person, make_key
 from support.minimalrepo import WEB_ENFORCEMENT, enforcement, palisade_yaml, rule, write_minimal
 from support.policyrepo import PolicyRepo

@@ -4,10 +4,10 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from reconciler import impact
-from reconciler.fleet import Fleet, ObservationRow, parse_heartbeat
-from reconciler.impact import Effect, PolicyEffect
-from reconciler.model import UnitKey
+from reconciler.analysis import impact
+from reconciler.analysis.impact import Effect, PolicyEffect
+from reconciler.repository.model import UnitKey
+from reconciler.state.fleet import Fleet, ObservationRow, parse_heartbeat
 from wire.values import Scope
 
 T0 = _dt.datetime(2026, 11, 1, 12, 0, tzinfo=_dt.UTC)

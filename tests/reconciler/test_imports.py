@@ -142,3 +142,30 @@ def test_every_reconciler_module_imports_on_its_own() -> None:
         if name.endswith("__main__"):
             continue
         importlib.import_module(name)
+
+
+#: The reconciler's stages, in the order imports may flow (a stage imports only stages before it).
+#: The base modules (errors, findings, keys, metrics) sit under all of them; the CLI sits on top.
+STAGES = ("repository", "checks", "state", "rollout", "publish", "analysis", "serve", "cli")
+BASE = frozenset({"reconciler.errors", "reconciler.findings", "reconciler.keys", "reconciler.metrics"})
+
+
+def _stage(module: str) -> int | None:
+    parts = module.split(".")
+    return STAGES.index(parts[1]) if len(parts) > 2 and parts[1] in STAGES else None
+
+
+def test_the_stages_import_one_way() -> None:
+    graph = import_graph()
+    assert {m.split(".")[1] for m in graph if _stage(m) is not None} == set(STAGES)
+    backwards = []
+    for name, targets in graph.items():
+        if name in BASE:  # the base imports no stage at all
+            backwards += [f"{name} → {t}" for t in targets if t not in BASE and t != PACKAGE]
+            continue
+        here = _stage(name)
+        for t in targets:
+            there = _stage(t)
+            if here is not None and there is not None and there > here:
+                backwards.append(f"{name} → {t}")
+    assert backwards == []

@@ -5,10 +5,10 @@ import datetime as _dt
 
 import pytest
 
-from reconciler import ladder
+from reconciler.checks import ladder
+from reconciler.checks.ladder import Approval, MoveKind
 from reconciler.findings import Severity
-from reconciler.ladder import Approval, MoveKind
-from reconciler.model import RepositoryConfig, Reviewer, UnitKey
+from reconciler.repository.model import RepositoryConfig, Reviewer, UnitKey
 from wire.values import Scope, State
 
 OBS, READY, ENF = State.OBSERVE, State.ENFORCE_READY, State.ENFORCED

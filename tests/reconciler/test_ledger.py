@@ -15,8 +15,8 @@ import pytest
 
 from reconciler.errors import StateError
 from reconciler.findings import error, warning
-from reconciler.ledger import CommitInfo, Ledger, Result
-from reconciler.store import Store
+from reconciler.state.ledger import CommitInfo, Ledger, Result
+from reconciler.state.store import Store
 from support.bundles import T0, Keys, commit_id, keypair, make_bundle
 from wire import bundle as B
 
@@ -108,7 +108,7 @@ def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
 def test_one_reconciler_per_state_directory(tmp_path: Path, k: Keys) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from reconciler.ledger import Ledger; l = Ledger.open(sys.argv[1]); "
+         "import sys, time; from reconciler.state.ledger import Ledger; l = Ledger.open(sys.argv[1]); "
          "print('locked', flush=True); time.sleep(60)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True)
     try:

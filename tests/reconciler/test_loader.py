@@ -4,8 +4,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from reconciler import loader, source
-from reconciler.model import UnitKey
+from reconciler.repository import loader, source
+from reconciler.repository.model import UnitKey
 from wire.values import Scope, State
 
 

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler import schema, source, tpcheck, validate
+from reconciler.checks import tpcheck, validate
 from reconciler.findings import Finding, Severity
+from reconciler.repository import schema, source
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
 TODAY = _dt.date(2026, 11, 21)
@@ -290,7 +291,7 @@ def test_deep_nesting_is_a_finding_not_a_segfault(name: str) -> None:
     import sys
 
     program = (
-        "from reconciler import source\n"
+        "from reconciler.repository import source\n"
         f"data = ({_HOSTILE[name]}).encode()\n"
         "docs, findings = source.parse_file(source.SourceFile('rules/deep.yaml', data))\n"
         "print(findings[0].code if findings else 'none')\n"

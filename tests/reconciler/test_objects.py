@@ -17,9 +17,10 @@ from bpf.compile import compile_policy
 from bpf.errors import Unsupported
 from bpf.objects import source_digest
 from bpf.policy import TracingPolicy, parse
-from reconciler.objects import KernelProfile, ObjectBuilder, builtin_profile, loads_scoped
-from reconciler.reconcile import Reconciler
-from reconciler.server import BackgroundServer, create_app
+from reconciler.publish.objects import KernelProfile, ObjectBuilder, builtin_profile, loads_scoped
+from reconciler.publish.reconcile import Reconciler
+from reconciler.serve.listen import BackgroundServer
+from reconciler.serve.server import create_app
 from support.bundles import make_bundle
 from support.policyrepo import PolicyRepo
 from wire import bundle as B

@@ -1,4 +1,4 @@
-"""`plan.diff` and `plan.classify` on real revisions of the example repository, edited as people edit it."""
+"""`plan.diff` and `relaxing.classify` on real revisions of the example repository, edited as people edit it."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import loader, plan, render, source
-from reconciler.ladder import MoveKind
-from reconciler.model import UnitKey
+from reconciler.checks import plan
+from reconciler.checks.ladder import MoveKind
+from reconciler.checks.relaxing import Classification, classify
+from reconciler.repository import loader, render, source
+from reconciler.repository.model import UnitKey
 from wire.bundle import BundlePolicy, Origin
 from wire.values import Scope, State
 
@@ -64,7 +66,7 @@ spec:
 def test_no_change_is_no_plan(repo: Path) -> None:
     p = plan.diff(revision(repo), revision(repo))
     assert not p.changed and p.units == ()
-    assert p.classification == plan.Classification(True, ["no policy changes"])
+    assert p.classification == Classification(True, ["no policy changes"])
     assert not p.stages.fast_tracked
 
 
@@ -118,14 +120,14 @@ def test_ladder_forward_is_tightening(repo: Path) -> None:
     (u,) = p.units
     assert (u.move.kind, u.move.before, u.move.after) == (MoveKind.FORWARD, State.ENFORCE_READY, State.ENFORCED)
     assert [(x.change, x.diff) for x in u.policies] == [(plan.Change.STATE, "")]
-    assert p.classification == plan.Classification(False, ["web-exec-allowlist @ group:web: enforce_ready → enforced"])
+    assert p.classification == Classification(False, ["web-exec-allowlist @ group:web: enforce_ready → enforced"])
 
 
 def test_ladder_back_is_relaxing(repo: Path) -> None:
     p = diff_after(repo, ("rules/kernel-hardening.yaml", "state: enforced", "state: observe"))
     (u,) = p.units
     assert u.move.kind is MoveKind.BACK
-    assert p.classification == plan.Classification(True, ["no-kernel-modules @ fleet: enforced → observe"])
+    assert p.classification == Classification(True, ["no-kernel-modules @ fleet: enforced → observe"])
     assert p.stages.fast_tracked
 
 
@@ -135,7 +137,7 @@ def test_exception_added_is_relaxing(repo: Path) -> None:
     (u,) = p.units
     assert u.unit == UnitKey("rule", "no-ptrace-attach", WEB) and u.move.kind is MoveKind.UNCHANGED
     assert "+        - /usr/bin/strace" in u.policies[0].diff
-    assert p.classification == plan.Classification(True, ["no-ptrace-attach @ group:web: exception added"])
+    assert p.classification == Classification(True, ["no-ptrace-attach @ group:web: exception added"])
 
 
 def test_exception_removed_is_tightening(repo: Path) -> None:
@@ -149,7 +151,7 @@ def test_rule_disabled_is_relaxing(repo: Path) -> None:
                           "  template: block-kmod-load\n  enabled: false\n"))
     (u,) = p.units
     assert u.disabled and u.move.kind is MoveKind.REMOVED and u.to_json()["move"] == "disabled"
-    assert p.classification == plan.Classification(True, ["no-kernel-modules @ fleet removed"])
+    assert p.classification == Classification(True, ["no-kernel-modules @ fleet removed"])
 
 
 def test_removal_that_falls_back_to_a_stricter_scope_is_tightening(repo: Path) -> None:
@@ -175,10 +177,10 @@ def test_classify_on_bundle_policies() -> None:
     widened = doc.replace("- /usr/bin/python3\n", "- /usr/bin/python3\n                - /usr/bin/curl\n")
     origin = Origin("pack", "web-lockdown")
     before = [BundlePolicy.of("web-exec-allowlist", origin, WEB, State.ENFORCED, doc)]
-    assert plan.classify(before, [BundlePolicy.of("web-exec-allowlist", origin, WEB, State.OBSERVE, doc)]).relaxing
-    assert plan.classify(before, [BundlePolicy.of("web-exec-allowlist", origin, WEB, State.ENFORCED, widened)]).relaxing
-    assert not plan.classify(before, [*before, BundlePolicy.of("x", origin, Scope(), State.OBSERVE, doc)]).relaxing
-    assert plan.classify(before, []).relaxing
+    assert classify(before, [BundlePolicy.of("web-exec-allowlist", origin, WEB, State.OBSERVE, doc)]).relaxing
+    assert classify(before, [BundlePolicy.of("web-exec-allowlist", origin, WEB, State.ENFORCED, widened)]).relaxing
+    assert not classify(before, [*before, BundlePolicy.of("x", origin, Scope(), State.OBSERVE, doc)]).relaxing
+    assert classify(before, []).relaxing
 
 
 def test_narrowing_an_earlier_selector_is_not_relaxing() -> None:
@@ -199,11 +201,11 @@ spec:
     origin = Origin("rule", "p")
     b = [BundlePolicy.of("p", origin, Scope(), State.ENFORCED, before)]
     a = [BundlePolicy.of("p", origin, Scope(), State.ENFORCED, after)]
-    assert not plan.classify(b, a).relaxing
+    assert not classify(b, a).relaxing
     # the same edit in the last selector only matches less
     last = before.replace("        - matchActions: [{action: Sigkill}]\n", "")
     last = last.replace("[{action: Post}]", "[{action: Sigkill}]")
-    assert plan.classify([BundlePolicy.of("p", origin, Scope(), State.ENFORCED, last)],
+    assert classify([BundlePolicy.of("p", origin, Scope(), State.ENFORCED, last)],
                          [BundlePolicy.of("p", origin, Scope(), State.ENFORCED,
                                           last.replace("[/bin/a, /bin/b]", "[/bin/a]"))]).relaxing
 
@@ -230,6 +232,6 @@ def test_defining_a_group_that_policies_name_is_tightening() -> None:
     doc = (EXAMPLE / "packs/web-lockdown/allowlist.yaml").read_text()
     pols = [BundlePolicy.of("web-exec-allowlist", Origin("pack", "web-lockdown"), WEB, State.ENFORCED, doc)]
     web = BundleGroup("web", (), (("role", "web"),))
-    assert plan.classify(pols, pols, before_groups=[web], after_groups=[web]).relaxing
-    c = plan.classify(pols, pols, before_groups=[], after_groups=[web])
+    assert classify(pols, pols, before_groups=[web], after_groups=[web]).relaxing
+    c = classify(pols, pols, before_groups=[], after_groups=[web])
     assert not c.relaxing and c.reasons == ["group web defined: policies scoped to it now apply to its sensors"]

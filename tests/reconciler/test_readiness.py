@@ -4,10 +4,10 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from reconciler import readiness
-from reconciler.fleet import AgentRecord, ObservationRow
-from reconciler.model import Group, UnitKey
-from reconciler.readiness import Readiness, Severity
+from reconciler.analysis import readiness
+from reconciler.analysis.readiness import Readiness, Severity
+from reconciler.repository.model import Group, UnitKey
+from reconciler.state.fleet import AgentRecord, ObservationRow
 from wire.values import Scope, State
 
 NOW = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)

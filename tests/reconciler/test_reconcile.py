@@ -10,7 +10,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from reconciler.errors import RewriteRefused
-from reconciler.reconcile import Reconciler
+from reconciler.publish.reconcile import Reconciler
 from support.policyrepo import ALICE, DEV, PolicyRepo
 from wire import bundle
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from reconciler import loader, render, source
+from reconciler.repository import loader, render, source
 from wire.values import Scope, State
 
 

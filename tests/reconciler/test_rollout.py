@@ -5,7 +5,7 @@ import datetime as _dt
 
 import pytest
 
-from reconciler.rollout import Action, AgentReport, Progress, evaluate, operate, start
+from reconciler.rollout.decide import Action, AgentReport, Progress, evaluate, operate, start
 from wire.bundle import Bundle, BundleGroup, BundleStage, StageGates, Staging
 
 T0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)

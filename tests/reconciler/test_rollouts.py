@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from reconciler.fleet import Fleet, parse_heartbeat
-from reconciler.ledger import Ledger
-from reconciler.rollout import Action
-from reconciler.rollouts import Controller, RolloutDB, StagedStore, read_status
+from reconciler.rollout.controller import Controller, StagedStore
+from reconciler.rollout.db import RolloutDB
+from reconciler.rollout.decide import Action
+from reconciler.rollout.status import read_status
+from reconciler.state.fleet import Fleet, parse_heartbeat
+from reconciler.state.ledger import Ledger
 from wire.bundle import Bundle, BundlePolicy, BundleStage, Origin, StageGates, Staging, sign_bundle
 from wire.values import Scope, State
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from reconciler.reconcile import Reconciler
+from reconciler.publish.reconcile import Reconciler
 from support.policyrepo import PolicyRepo
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from reconciler import schema, source
 from reconciler.findings import Finding
+from reconciler.repository import schema, source
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "example-repo"
@@ -241,7 +241,7 @@ def test_rule_mistakes(old: str, new: str, expect: str) -> None:
 
 
 def test_durations_follow_the_model_parser() -> None:
-    from reconciler.model import parse_duration
+    from reconciler.repository.model import parse_duration
 
     base = "apiVersion: palisade.dev/v1\nkind: Repository\nmetadata: {{name: r}}\nspec:\n  reviewers: " \
            "[{{name: a, email: a@x.org, key: ssh-ed25519 AAAA}}]\n  minObservation: {}\n"

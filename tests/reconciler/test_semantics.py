@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import loader, semantics, source
+from reconciler.checks import semantics
+from reconciler.repository import loader, source
 
 TODAY = dt.date(2026, 11, 21)
 

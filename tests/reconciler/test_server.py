@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.cli import main as cli_main
 from reconciler.metrics import Metrics
-from reconciler.server import BackgroundServer, create_app, parse_listen
-from reconciler.store import Store
+from reconciler.serve.listen import BackgroundServer, parse_listen
+from reconciler.serve.server import create_app
+from reconciler.state.store import Store
 from wire.bundle import Bundle, parse_index, sign_bundle
 
 COMMIT = "c0ffee" * 6 + "abcd"

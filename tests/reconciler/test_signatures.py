@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import signatures
 from reconciler.errors import SourceError
-from reconciler.model import Reviewer
-from reconciler.signatures import Status
+from reconciler.repository import signatures
+from reconciler.repository.model import Reviewer
+from reconciler.repository.signatures import Status
 from support.gitrepo import GitRepo, Person, make_key
 
 ALICE = Person("Alice", "alice@example.com")

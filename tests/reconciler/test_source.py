@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import source
 from reconciler.errors import SourceError
+from reconciler.repository import source
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -1,4 +1,4 @@
-"""The state directory's layout, as reconciler/statedir.py names it, is where the real parts write:
+"""The state directory's layout, as reconciler/state/statedir.py names it, is where the real parts write:
 a reconcile pass, a heartbeat through the real server, and readers that create nothing."""
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 import httpx
 from nacl.signing import SigningKey
 
-from reconciler.reconcile import Reconciler
-from reconciler.rollouts import read_status
-from reconciler.server import BackgroundServer, create_app
-from reconciler.statedir import StateDir, StateView
+from reconciler.publish.reconcile import Reconciler
+from reconciler.rollout.status import read_status
+from reconciler.serve.listen import BackgroundServer
+from reconciler.serve.server import create_app
+from reconciler.state.statedir import StateDir, StateView
 from support.policyrepo import PolicyRepo
 
 

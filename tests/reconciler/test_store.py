@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import StateError, VerificationError
-from reconciler.ledger import Ledger, Result
-from reconciler.store import Store
+from reconciler.state.ledger import Ledger, Result
+from reconciler.state.store import Store
 from support.bundles import T0, Keys, commit_id, keypair, make_bundle
 from wire import bundle as B
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler import schema, source, tpcheck
+from reconciler.checks import tpcheck
 from reconciler.findings import Finding, Severity
+from reconciler.repository import schema, source
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.watch import Changes, RefWatcher, local_git_dir
+from reconciler.serve.watch import Changes, RefWatcher, local_git_dir
 from support.gitrepo import GitRepo
 
 

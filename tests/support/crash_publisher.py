@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.findings import error
 from reconciler.keys import load_signing_key
-from reconciler.ledger import CommitInfo, Ledger
-from reconciler.store import Store
+from reconciler.state.ledger import CommitInfo, Ledger
+from reconciler.state.store import Store
 from support.bundles import commit_id, make_bundle
 from wire.bundle import sign_bundle
 

@@ -1,0 +1,133 @@
+"""The API described for `/openapi.json` (hand-written: the API is small and its contract matters more than its
+code).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.serve.publication import MAX_WAIT_SECONDS
+
+_JSON = "application/json"
+
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": _ERROR}}}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Palisade reconciler API",
+        "version": "1",
+        "description": "Signed policy bundles for node agents, reconcile status and metrics. "
+                       "Bundles and the index are verified by agents with a pinned Ed25519 public key; "
+                       "this API is only a transport.",
+    },
+    "paths": {
+        "/v1/index": {"get": {
+            "summary": "The signed bundle index",
+            "description": "The index bytes exactly as stored. Send the ETag back in If-None-Match to get 304 "
+                           "when nothing changed; add `wait` to long-poll until a newer index is published.",
+            "parameters": [
+                {"name": "wait", "in": "query", "required": False,
+                 "description": f"Hold the request up to this many seconds (0 < wait <= {MAX_WAIT_SECONDS}) "
+                                "while the If-None-Match ETag is current.",
+                 "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT_SECONDS}},
+                {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "The index (schemas/index.schema.json)",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                        "content": {_JSON: {"schema": {"type": "object"}}}},
+                "304": {"description": "The client's copy is current"},
+                "400": _err("Invalid wait"),
+                "404": _err("Nothing has been published yet"),
+            },
+        }},
+        "/v1/bundles/{version}": {"get": {
+            "summary": "One bundle, immutable",
+            "parameters": [{"name": "version", "in": "path", "required": True,
+                            "schema": {"type": "integer", "minimum": 1}}],
+            "responses": {
+                "200": {"description": "The bundle (schemas/bundle.schema.json); cacheable forever",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                        "content": {_JSON: {"schema": {"type": "object"}}}},
+                "304": {"description": "The client's copy is current"},
+                "400": _err("The version is not a positive integer"),
+                "404": _err("The current index does not list this version"),
+            },
+        }},
+        "/v1/objects/{sha256}": {"get": {
+            "summary": "One CO-RE object, by the sha256 of its bytes; immutable",
+            "description": "The objects a bundle lists (its `objects` member: source digest, sha256, size); the "
+                           "agent checks the bytes against the signed digest before loading them.",
+            "parameters": [{"name": "sha256", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}],
+            "responses": {
+                "200": {"description": "The object (ELF); cacheable forever",
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "304": {"description": "The client's copy is current"},
+                "400": _err("Not a sha256 hex digest"),
+                "404": _err("The store holds no such object"),
+            },
+        }},
+        "/v1/agents/{id}/heartbeat": {"post": {
+            "summary": "An agent's heartbeat",
+            "description": "Sensor id and labels, the bundle version it enforces and its stage, per-policy status, "
+                           "drift, counters and the interval's observations (schemas/heartbeat.schema.json). "
+                           "Stored in the fleet table of the state directory (reconciler/fleet.py).",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": {_JSON: {"schema": {"type": "object"}}}},
+            "responses": {
+                "204": {"description": "Stored"},
+                "400": _err("Malformed JSON, a sensor id that is not valid or does not match the body, "
+                            "or a member of the wrong shape"),
+                "413": _err("Larger than 1 MiB"),
+            },
+        }},
+        "/v1/status": {"get": {
+            "summary": "Reconcile status",
+            "description": "Last accepted and last rejected commit (with findings), published versions, "
+                           "the served index's serial and expiry, the last reconcile time and errors "
+                           "such as a refused history rewrite.",
+            "responses": {"200": {"description": "Status", "content": {_JSON: {"schema": {"type": "object"}}}}},
+        }},
+        "/v1/agents": {"get": {
+            "summary": "The fleet: every agent's last heartbeat",
+            "responses": {"200": {"description": "`{agents: [...]}`",
+                                  "content": {_JSON: {"schema": {"type": "object"}}}}},
+        }},
+        "/v1/observations": {"get": {
+            "summary": "Stored observations, summed per sensor, policy, binary, workload, parent and action",
+            "parameters": [
+                *({"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                  for n in ("policy", "sensor", "binary", "workload")),
+                *({"name": n, "in": "query", "required": False, "description": "RFC 3339 time",
+                   "schema": {"type": "string", "format": "date-time"}} for n in ("since", "until")),
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
+            ],
+            "responses": {"200": {"description": "`{observations: [...]}`",
+                                  "content": {_JSON: {"schema": {"type": "object"}}}},
+                          "400": _err("A malformed time or limit")},
+        }},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics",
+            "responses": {"200": {"description": "Prometheus text format",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }},
+        "/openapi.json": {"get": {
+            "summary": "This description",
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {_JSON: {"schema": {"type": "object"}}}}},
+        }},
+    },
+    "components": {"schemas": {"Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+    }}},
+}
