@@ -1,4 +1,5 @@
-"""Engine fixtures (pin root, engine, workload cgroup) for the kernel tests in this folder; see engine_support.
+"""Kernel fixtures (pin root, engine, workload cgroup; a bare bpffs directory and cgroup) for the tests in
+this folder; see engine_support.
 
 Tests marked `stock_kernel` need kprobes, which this machine's kernel lacks: they are deselected where the
 probe finds none (not skipped: CI runs them in the kernel matrix's stock 6.1 guest, tests/vm). The marker's
@@ -8,9 +9,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from engine_support import engine, pin_root, workload
+from engine_support import cgroup, engine, pin_dir, pin_root, workload
 
-__all__ = ["engine", "pin_root", "workload"]
+__all__ = ["cgroup", "engine", "pin_dir", "pin_root", "workload"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,6 +7,7 @@ workload cgroups (their processes killed first).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -74,6 +75,23 @@ def pin_root(require_kernel: None) -> Iterator[Path]:
     root = Path("/sys/fs/bpf") / f"palisade-test-{uuid.uuid4().hex[:10]}"
     yield root
     cleanup_pins(root)
+
+
+@pytest.fixture()
+def pin_dir(require_kernel: None) -> Iterator[Path]:
+    """A private bpffs directory for raw pins (no engine); removed with whatever is left in it."""
+    path = Path("/sys/fs/bpf") / f"palisade-test-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture()
+def cgroup(require_kernel: None) -> Iterator[Path]:
+    """An empty cgroup2 directory (a bare path, not a Workload); removed, its processes killed first."""
+    w = new_cgroup()
+    yield w.path
+    remove_cgroup(w)
 
 
 @pytest.fixture()

@@ -8,11 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from bpf import inventory as inv
 from bpf import syscall as sc
@@ -35,22 +31,6 @@ def _counter_prog(map_fd: int) -> list[Insn]:
     ]
 
 
-@pytest.fixture()
-def pin_root(require_kernel: None) -> Iterator[Path]:
-    path = Path("/sys/fs/bpf") / f"palisade-test-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture()
-def cgroup(require_kernel: None) -> Iterator[Path]:
-    path = sc.cgroup2_root() / f"palisade-test-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    yield path
-    path.rmdir()
-
-
 def _ours(d: inv.InventoryDiff, prog_ids: set[int], link_ids: set[int], pin_root: Path) -> list[object]:
     """Everything in a diff that belongs to this test's objects."""
     found: list[object] = []
@@ -62,9 +42,9 @@ def _ours(d: inv.InventoryDiff, prog_ids: set[int], link_ids: set[int], pin_root
 
 
 def test_inventory_sees_programs_links_attachments_pins_and_their_removal(
-    pin_root: Path, cgroup: Path
+    pin_dir: Path, cgroup: Path
 ) -> None:
-    before = inv.inventory(pin_root=pin_root)
+    before = inv.inventory(pin_root=pin_dir)
     map_fd = sc.map_create(MapType.BPF_MAP_TYPE_ARRAY, 4, 8, 1, name="pal_inv_cnt")
     tp_prog = sc.prog_load(ProgType.BPF_PROG_TYPE_TRACEPOINT, _counter_prog(map_fd), name="pal_inv_tp")
     perf = sc.perf_event_open_tracepoint(sc.tracepoint_id("syscalls", "sys_enter_getppid"))
@@ -74,10 +54,10 @@ def test_inventory_sees_programs_links_attachments_pins_and_their_removal(
     cg_prog = sc.prog_load(ProgType.BPF_PROG_TYPE_CGROUP_SOCK_ADDR, [Insn(0xB7, dst=0, imm=1), Insn(0x95)],
                            name="pal_inv_cg", expected_attach_type=at)
     cg_link = sc.link_create_cgroup(cg_prog, cg_fd, at)
-    (pin_root / "pol").mkdir()
-    sc.obj_pin(tp_link, pin_root / "pol" / "link_exec")
-    sc.obj_pin(cg_link, pin_root / "pol" / "link_connect")
-    sc.obj_pin(map_fd, pin_root / "pol" / "map_counts")
+    (pin_dir / "pol").mkdir()
+    sc.obj_pin(tp_link, pin_dir / "pol" / "link_exec")
+    sc.obj_pin(cg_link, pin_dir / "pol" / "link_connect")
+    sc.obj_pin(map_fd, pin_dir / "pol" / "map_counts")
     tp_id, cg_id = sc.prog_info(tp_prog).id, sc.prog_info(cg_prog).id
     ids = {tp_id, cg_id}
     links = {sc.link_info(tp_link).id, sc.link_info(cg_link).id}
@@ -85,7 +65,7 @@ def test_inventory_sees_programs_links_attachments_pins_and_their_removal(
     for fd in (tp_link, perf, cg_link, cg_prog, tp_prog, map_fd):
         os.close(fd)  # from here on only the pins hold everything
 
-    during = inv.inventory(pin_root=pin_root, digest=[pin_root / "pol" / "map_counts"])
+    during = inv.inventory(pin_root=pin_dir, digest=[pin_dir / "pol" / "map_counts"])
     d = inv.diff(before, during)
     added = {p.id: p for p in d.added_programs}
     assert added[tp_id].name == "pal_inv_tp"
@@ -100,7 +80,7 @@ def test_inventory_sees_programs_links_attachments_pins_and_their_removal(
     assert by_prog[cg_id].cgroup_id == os.stat(cgroup).st_ino
     assert inv.CgroupAttachment(f"/{cgroup.name}", os.stat(cgroup).st_ino, "cgroup_inet4_connect",
                                 (cg_id,)) in d.added_attachments
-    assert sorted((p.path.removeprefix(str(pin_root)), p.kind) for p in d.added_pins) == [
+    assert sorted((p.path.removeprefix(str(pin_dir)), p.kind) for p in d.added_pins) == [
         ("/pol/link_connect", "link"), ("/pol/link_exec", "link"), ("/pol/map_counts", "map")]
     assert {p.id for p in d.added_pins} == links | {map_id}
     (digest,) = during.maps
@@ -108,20 +88,20 @@ def test_inventory_sees_programs_links_attachments_pins_and_their_removal(
     assert digest.entries == 1
 
     # Detaching a link behind our back is drift the inventory shows.
-    fd = sc.obj_get(pin_root / "pol" / "link_connect")
+    fd = sc.obj_get(pin_dir / "pol" / "link_connect")
     sc.link_detach(fd)
     os.close(fd)
-    detached = inv.inventory(pin_root=pin_root)
+    detached = inv.inventory(pin_root=pin_dir)
     d = inv.diff(during, detached)
     (change,) = [c for c in d.changed_links if c.before.prog_id == cg_id]
     assert change.after.cgroup_id == 0
     assert [a.prog_ids for a in d.removed_attachments if cg_id in a.prog_ids] == [(cg_id,)]
 
-    shutil.rmtree(pin_root / "pol")
+    shutil.rmtree(pin_dir / "pol")
     # Unpinned objects are freed after an RCU grace period: wait for the kernel to agree.
     assert inv.wait_until_gone(ids, links, {map_id}, timeout=5)
-    after = inv.inventory(pin_root=pin_root)
-    assert _ours(inv.diff(before, after), ids, links, pin_root) == []
+    after = inv.inventory(pin_root=pin_dir)
+    assert _ours(inv.diff(before, after), ids, links, pin_dir) == []
     assert not ids & {p.id for p in after.programs}
     assert after.pins == ()
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import struct
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,23 +49,6 @@ def _count(map_fd: int) -> int:
     value = sc.map_lookup_elem(map_fd, struct.pack("I", 0), 8)
     assert value is not None
     return int(struct.unpack("Q", value)[0])
-
-
-@pytest.fixture()
-def pin_dir(require_kernel: None) -> Iterator[Path]:
-    path = Path("/sys/fs/bpf") / f"palisade-test-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture()
-def cgroup(require_kernel: None) -> Iterator[Path]:
-    path = sc.cgroup2_root() / f"palisade-test-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    yield path
-    # Children exited before we get here; a cgroup with no processes can be removed.
-    path.rmdir()
 
 
 @pytest.fixture()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from reconciler.checks import tpcheck, validate
 from reconciler.findings import Finding, Severity
 from reconciler.repository import schema, source
+from support import mutate
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
 TODAY = _dt.date(2026, 11, 21)
@@ -227,36 +228,14 @@ _scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), m
                      st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
 
 
-def _paths(value: object, prefix: tuple = ()) -> list[tuple]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
-def _replace(value: object, path: tuple, new: object) -> object:
-    if not path:
-        return new
-    head, rest = path[0], path[1:]
-    if isinstance(value, dict):
-        return {k: (_replace(v, rest, new) if k == head else v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [(_replace(v, rest, new) if i == head else v) for i, v in enumerate(value)]
-    return value
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_mutations_never_raise(data: st.DataObject) -> None:
     path, plain = data.draw(st.sampled_from(_DOCS))
-    where = data.draw(st.sampled_from(_paths(plain)))
+    where = data.draw(st.sampled_from(mutate.paths(plain)))
     replacement = data.draw(st.one_of(_scalars, st.lists(_scalars, max_size=3),
                                       st.dictionaries(st.text(max_size=8), _scalars, max_size=3)))
-    mutated = _replace(plain, where, replacement)
+    mutated = mutate.replace(plain, where, replacement)
     # JSON is YAML: the mutated document goes through the real parsing edge
     findings = _check_file(path, json.dumps(mutated).encode())
     for f in findings:

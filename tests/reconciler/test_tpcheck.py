@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from reconciler.checks import tpcheck
 from reconciler.findings import Finding, Severity
 from reconciler.repository import schema, source
+from support import mutate
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
 
@@ -351,33 +352,12 @@ _junk = st.one_of(st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.tex
                                   st.one_of(st.integers(-3, 9), st.text(max_size=6)), max_size=3))
 
 
-def _paths(value: object, prefix: tuple = ()) -> list[tuple]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
-def _replace(value: object, path: tuple, new: object) -> object:
-    if not path:
-        return new
-    if isinstance(value, dict):
-        return {k: (_replace(v, path[1:], new) if k == path[0] else v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [(_replace(v, path[1:], new) if i == path[0] else v) for i, v in enumerate(value)]
-    return value
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_checks_never_raise_on_mutated_policies(data: st.DataObject) -> None:
     plain = data.draw(st.sampled_from(_SAMPLES))
-    where = data.draw(st.sampled_from(_paths(plain)))
-    mutated = _replace(plain, where, data.draw(_junk))
+    where = data.draw(st.sampled_from(mutate.paths(plain)))
+    mutated = mutate.replace(plain, where, data.draw(_junk))
     docs, _ = source.parse_file(source.SourceFile("p.yaml", json.dumps(mutated).encode()))
     for doc in docs:
         for f in tpcheck.check_policy(doc):
