@@ -91,7 +91,9 @@ def _sha256_uncached(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(dst: Path, data: bytes) -> None:
+def write_atomic(dst: Path, data: bytes) -> None:
+    """Write `data` to `dst` through a temporary file in its folder, so a reader sees all of it or none
+    (also scripts/vm's kernel cache)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
     try:
@@ -117,8 +119,8 @@ def vmlinux_header(cache_dir: Path | None = None, btf: Path | None = None) -> Pa
     proc = subprocess.run([_tool("bpftool"), "btf", "dump", "file", str(btf), "format", "c"],
                           capture_output=True, check=False)
     if proc.returncode != 0 or not proc.stdout:
-        raise VmlinuxFailed(proc.stderr.decode(errors="replace").strip() or f"exit {proc.returncode}")
-    _write_atomic(header, proc.stdout)
+        raise VmlinuxFailed(str(btf), proc.stderr.decode(errors="replace").strip() or f"exit {proc.returncode}")
+    write_atomic(header, proc.stdout)
     return header
 
 
@@ -211,5 +213,5 @@ def compile_object(source: Path | bytes, cache_dir: Path | None = None, *, name:
             raise CompileFailed(name, _compiler_message(proc.stderr, name, str(src)) or f"exit {proc.returncode}")
         if strip:
             out = _strip(out, name)
-        _write_atomic(obj, out.read_bytes())
+        write_atomic(obj, out.read_bytes())
     return BuiltObject(obj, digest, cached=False)

@@ -13,8 +13,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernel import Kernel, _write_atomic, load_order
+from kernel import Kernel, load_order
 from vmerrors import SetupFailed
+
+from bpf.core.build import write_atomic
 
 BUSYBOX = Path("/bin/busybox")
 INIT = Path(__file__).with_name("init.sh")
@@ -82,7 +84,7 @@ def base_image(kernel: Kernel, cache: Path) -> Path:
     entries.append(regular("stage2.sh", stage2, 0o755))
     entries.append(regular("modules/order", "".join(f"{name}\n" for name, _ in modules).encode()))
     entries.extend(regular(f"modules/{name}.ko", path.read_bytes()) for name, path in modules)
-    _write_atomic(out, gzip.compress(cpio(entries), compresslevel=6, mtime=0))
+    write_atomic(out, gzip.compress(cpio(entries), compresslevel=6, mtime=0))
     return out
 
 

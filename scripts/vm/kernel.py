@@ -23,6 +23,8 @@ from pathlib import Path
 
 from vmerrors import KernelUnavailable, SetupFailed
 
+from bpf.core.build import write_atomic
+
 DEFAULT_CACHE = Path("/var/cache/palisade-vm")
 APT_TIMEOUT_S = 600
 #: The modules the guest needs to mount the host's root over virtio 9p (their dependencies are added).
@@ -57,7 +59,7 @@ class Kernel:
         """The raw BTF the guest exposes as /sys/kernel/btf/vmlinux (extracted on first use)."""
         out = self.root / "vmlinux.btf"
         if not out.is_file():
-            _write_atomic(out, extract_btf(self.vmlinuz.read_bytes()))
+            write_atomic(out, extract_btf(self.vmlinuz.read_bytes()))
         return out
 
 
@@ -246,20 +248,8 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomic(dst: Path, data: bytes) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def copy_atomic(src: Path, dst: Path) -> None:
-    _write_atomic(dst, src.read_bytes())
+    write_atomic(dst, src.read_bytes())
 
 
 __all__ = ["Kernel", "cache_root", "copy_atomic", "elf_sections", "extract_btf", "load_order", "resolve",
