@@ -521,10 +521,7 @@ class _Loader:
             else:
                 assert site.event
                 lfd = syscall.raw_tracepoint_open(prog_fd, site.event)
-            try:
-                syscall.obj_pin(lfd, tmp / f"link_{site.function}")
-            finally:
-                os.close(lfd)
+            _pin_link(lfd, tmp / f"link_{site.function}")
             return
         if site.kind == "kprobe" and site.pattern is not None:
             self._attach_ftrace_list(tmp, site, prog_fd)
@@ -556,14 +553,7 @@ class _Loader:
                            f"this kernel has no function {site.attach}")
                     raise Unsupported([f"unsupported: kprobe on {site.attach}: {why}; `ignore: {{callNotFound: true}}` "
                                        "on the hook loads the policy without it"]) from None
-            try:
-                lfd = syscall.link_create_perf_event(prog_fd, pfd)
-            finally:
-                os.close(pfd)
-            try:
-                syscall.obj_pin(lfd, tmp / f"link_{site.function}")
-            finally:
-                os.close(lfd)
+            _pin_perf_link(prog_fd, pfd, tmp / f"link_{site.function}")
             return
         assert site.attach
         targets = list(self.cgroups) if self.cgroups is not None else [str(syscall.cgroup2_root())]
@@ -573,10 +563,7 @@ class _Loader:
                 lfd = syscall.link_create_cgroup(prog_fd, cgfd, _CGROUP_ATTACH[site.attach])
             finally:
                 os.close(cgfd)
-            try:
-                syscall.obj_pin(lfd, tmp / f"link_{site.function}_cg{os.stat(path).st_ino}")
-            finally:
-                os.close(lfd)
+            _pin_link(lfd, tmp / f"link_{site.function}_cg{os.stat(path).st_ino}")
 
 
     def _attach_usdt(self, tmp: Path, site: Site, prog_fd: int) -> None:
@@ -586,14 +573,7 @@ class _Loader:
         assert site.usdt_probes, "a usdt planned without its sites"
         for k, probe in enumerate(site.usdt_probes):
             pfd = syscall.perf_event_open_uprobe(probe.file, probe.offset, ref_ctr_offset=probe.ref_ctr_offset)
-            try:
-                lfd = syscall.link_create_perf_event(prog_fd, pfd, cookie=site.usdt_base + k)
-            finally:
-                os.close(pfd)
-            try:
-                syscall.obj_pin(lfd, tmp / f"link_{site.function}_{k}")
-            finally:
-                os.close(lfd)
+            _pin_perf_link(prog_fd, pfd, tmp / f"link_{site.function}_{k}", cookie=site.usdt_base + k)
 
     def _attach_ftrace_list(self, tmp: Path, site: Site, prog_fd: int) -> None:
         """The program of a generated_ftrace list on a kprobe at each kernel function its pattern matches,
@@ -612,19 +592,29 @@ class _Loader:
                 if e.errno not in _UNPROBEABLE:
                     raise
                 continue
-            try:
-                lfd = syscall.link_create_perf_event(prog_fd, pfd)
-            finally:
-                os.close(pfd)
-            try:
-                syscall.obj_pin(lfd, tmp / f"link_{site.function}_{attached}")
-            finally:
-                os.close(lfd)
+            _pin_perf_link(prog_fd, pfd, tmp / f"link_{site.function}_{attached}")
             attached += 1
         if not attached:
             shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             raise Unsupported([f"unsupported: {site.attach}: the kernel puts a kprobe on none of the functions "
                                f"matching {site.pattern!r} ({shown})"])
+
+
+def _pin_link(lfd: int, path: Path) -> None:
+    """Pin a link this process made at `path`, then close its fd: the pin keeps the link (and its program)."""
+    try:
+        syscall.obj_pin(lfd, path)
+    finally:
+        os.close(lfd)
+
+
+def _pin_perf_link(prog_fd: int, pfd: int, path: Path, cookie: int = 0) -> None:
+    """Link the program to perf event `pfd` (closed here: the link holds the event) and pin the link."""
+    try:
+        lfd = syscall.link_create_perf_event(prog_fd, pfd, cookie=cookie)
+    finally:
+        os.close(pfd)
+    _pin_link(lfd, path)
 
 
 #: Where the kernel lists the functions ftrace (and so a kprobe) can trace: tracefs, or tracefs under debugfs.

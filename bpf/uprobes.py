@@ -14,24 +14,35 @@ policy's path, as Tetragon's do).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import elf
 from .errors import BpfError
-from .policy import UprobeTarget
+from .policy import UprobeTarget, UsdtTarget
 
 #: Tetragon's mount of the host's /proc inside its container.
 PROC_ROOT = "/procRoot/"
 
 
-class Unresolvable(BpfError):
-    """A uprobe's file or function is not on this node (or cannot be read); `detail` says which and why."""
+class TargetUnresolvable(BpfError):
+    """A user-space hook's file, or the place in it, is not on this node; `detail` says which and why."""
 
-    def __init__(self, target: UprobeTarget, detail: str) -> None:
+    #: What the message calls the hook, in front of its target.
+    hook = ""
+
+    def __init__(self, target: UprobeTarget | UsdtTarget, detail: str) -> None:
         self.target = target
         self.detail = detail
-        super().__init__(f"uprobe on {target.describe()}: {detail}")
+        super().__init__(f"{self.hook} {target.describe()}: {detail}")
+
+
+class Unresolvable(TargetUnresolvable):
+    """A uprobe's file or function is not on this node (or cannot be read)."""
+
+    hook = "uprobe on"
 
 
 @dataclass(frozen=True)
@@ -47,18 +58,33 @@ def host_path(path: str) -> str:
     return "/proc/" + path[len(PROC_ROOT):] if path.startswith(PROC_ROOT) else path
 
 
-def resolve(target: UprobeTarget) -> Resolved:
-    """Where `target` is on this node; raises `Unresolvable` with the reason."""
+@contextlib.contextmanager
+def reading(target: UprobeTarget | UsdtTarget, error: type[TargetUnresolvable],
+            *formats: type[Exception]) -> Iterator[tuple[str, str]]:
+    """The file `target.path` names on this node, as (its real path, what a message adds where the policy's
+    path was read as another); what goes wrong reading it is raised as `error`, the file format errors in
+    `formats` in their own words."""
     if not target.path.startswith("/"):
-        raise Unresolvable(target, "the path must be absolute (a relative one would name a file relative to "
-                                   "the agent's working directory)")
+        raise error(target, "the path must be absolute (a relative one would name a file relative to "
+                            "the agent's working directory)")
     given = host_path(target.path)
     mapped = f" (read as {given})" if given != target.path else ""
     try:
         # /proc/<pid>/root is a magic link into that process's mount namespace, which realpath would read
         # as a plain link ("/"): opening through it (as the kernel does when it attaches) is what reaches
         # the process's file
-        real = given if given.startswith("/proc/") else os.path.realpath(given)
+        yield (given if given.startswith("/proc/") else os.path.realpath(given)), mapped
+    except FileNotFoundError:
+        raise error(target, f"no such file on this node{mapped}") from None
+    except OSError as e:
+        raise error(target, f"cannot read {target.path}{mapped}: {e.strerror or e}") from None
+    except formats as e:
+        raise error(target, f"{e}{mapped}") from None
+
+
+def resolve(target: UprobeTarget) -> Resolved:
+    """Where `target` is on this node; raises `Unresolvable` with the reason."""
+    with reading(target, Unresolvable, elf.SymbolNotFound, elf.NotAnElf) as (real, mapped):
         size = os.stat(real).st_size
         if not os.path.isfile(real):
             raise Unresolvable(target, f"{real}{mapped} is not a regular file")
@@ -77,12 +103,6 @@ def resolve(target: UprobeTarget) -> Resolved:
                 if f.read(4) != b"\x7fELF":
                     raise Unresolvable(target, f"{real}{mapped} is not an ELF file")
             offset = target.offset
-    except FileNotFoundError:
-        raise Unresolvable(target, f"no such file on this node{mapped}") from None
-    except OSError as e:
-        raise Unresolvable(target, f"cannot read {target.path}{mapped}: {e.strerror or e}") from None
-    except (elf.SymbolNotFound, elf.NotAnElf) as e:
-        raise Unresolvable(target, f"{e}{mapped}") from None
     if offset >= size:
         raise Unresolvable(target, f"offset {offset:#x} is past the end of {real} ({size} bytes)")
     return Resolved(real, offset)

@@ -31,7 +31,7 @@ from pathlib import Path
 from . import elf
 from .errors import BpfError
 from .policy import UsdtTarget
-from .uprobes import host_path
+from .uprobes import TargetUnresolvable, reading
 
 _SHT_NOTE = 7
 _PT_LOAD = 1
@@ -68,13 +68,10 @@ class BadArgSpec(BpfError):
     """An argument spec of a note is not one this engine reads (or not well formed)."""
 
 
-class UsdtUnresolvable(BpfError):
-    """A USDT probe's file, or the probe in it, is not on this node; `detail` says which and why."""
+class UsdtUnresolvable(TargetUnresolvable):
+    """A USDT probe's file, or the probe in it, is not on this node."""
 
-    def __init__(self, target: UsdtTarget, detail: str) -> None:
-        self.target = target
-        self.detail = detail
-        super().__init__(f"usdt {target.describe()}: {detail}")
+    hook = "usdt"
 
 
 @dataclass(frozen=True)
@@ -239,13 +236,7 @@ def _data_offset(data: bytes, vaddr: int) -> int | None:
 def resolve(target: UsdtTarget) -> tuple[Probe, ...]:
     """Every site of probe `target.provider`:`target.name` in `target.path` on this node (a probe may be
     in several places, each its own uprobe, as in Tetragon); raises UsdtUnresolvable with the reason."""
-    if not target.path.startswith("/"):
-        raise UsdtUnresolvable(target, "the path must be absolute (a relative one would name a file relative "
-                                       "to the agent's working directory)")
-    given = host_path(target.path)
-    mapped = f" (read as {given})" if given != target.path else ""
-    try:
-        real = given if given.startswith("/proc/") else os.path.realpath(given)
+    with reading(target, UsdtUnresolvable, elf.NotAnElf, struct.error, ValueError) as (real, mapped):
         if not os.path.isfile(real):
             if not os.path.exists(real):
                 raise FileNotFoundError(real)
@@ -273,10 +264,4 @@ def resolve(target: UsdtTarget) -> tuple[Probe, ...]:
                                                    f"{real}")
                 ref = at
             probes.append(Probe(real, offset, ref, n.args))
-    except FileNotFoundError:
-        raise UsdtUnresolvable(target, f"no such file on this node{mapped}") from None
-    except OSError as e:
-        raise UsdtUnresolvable(target, f"cannot read {target.path}{mapped}: {e.strerror or e}") from None
-    except (elf.NotAnElf, struct.error, ValueError) as e:
-        raise UsdtUnresolvable(target, f"{e}{mapped}") from None
     return tuple(probes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from typing import ClassVar
 
 from bpf.errors import BpfError
 
@@ -37,30 +38,32 @@ class BtfUnavailable(BuildError):
         super().__init__(f"no kernel BTF at {path}: {reason}")
 
 
-class VmlinuxFailed(BuildError):
-    """bpftool could not dump the BTF as C."""
+class ToolFailed(BuildError):
+    """A build tool refused its input `source`; `message` is what the tool said. Each kind names its text
+    in its class line (`pattern=`, a format of `source` and `message`)."""
 
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(f"bpftool btf dump failed: {message}")
+    pattern: ClassVar[str] = "{source}: {message}"
 
-
-class CompileFailed(BuildError):
-    """clang refused the source; `message` is what the compiler said."""
+    def __init_subclass__(cls, pattern: str = "{source}: {message}") -> None:
+        super().__init_subclass__()
+        cls.pattern = pattern
 
     def __init__(self, source: str, message: str) -> None:
         self.source = source
         self.message = message
-        super().__init__(f"clang could not compile {source}:\n{message}")
+        super().__init__(self.pattern.format(source=source, message=message))
 
 
-class StripFailed(BuildError):
+class VmlinuxFailed(ToolFailed, pattern="bpftool btf dump failed: {message}"):
+    """bpftool could not dump the BTF (`source`) as C."""
+
+
+class CompileFailed(ToolFailed, pattern="clang could not compile {source}:\n{message}"):
+    """clang refused the source."""
+
+
+class StripFailed(ToolFailed, pattern="bpftool gen object failed for {source}: {message}"):
     """bpftool gen object could not link the compiled object (dropping its DWARF)."""
-
-    def __init__(self, source: str, message: str) -> None:
-        self.source = source
-        self.message = message
-        super().__init__(f"bpftool gen object failed for {source}: {message}")
 
 
 # --- libbpf (bpf.core.libbpf) --------------------------------------------------------------
