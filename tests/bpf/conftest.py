@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from engine_support import cgroup, engine, pin_dir, pin_root, workload
+from engine_support import cgroup, engine, pin_dir, pin_root, watched, workload
 
-__all__ = ["cgroup", "engine", "pin_dir", "pin_root", "workload"]
+__all__ = ["cgroup", "engine", "pin_dir", "pin_root", "watched", "workload"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -108,6 +109,16 @@ def workload(require_kernel: None) -> Iterator[Workload]:
     remove_cgroup(w)
 
 
+@pytest.fixture()
+def watched() -> Iterator[Path]:
+    """A private directory holding `secret` ("s3cret", mode 0640): what the file-access policies watch."""
+    d = Path(tempfile.mkdtemp(prefix="palisade-watched-"))
+    (d / "secret").write_text("s3cret\n")
+    os.chmod(d / "secret", 0o640)
+    yield d
+    shutil.rmtree(d)
+
+
 def policy(name: str, spec: dict[str, Any]) -> TracingPolicy:
     return parse({"apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy", "metadata": {"name": name},
                   "spec": spec})
@@ -149,6 +160,47 @@ def wait_events(engine: Engine, pred: Any, timeout: float = 5.0) -> list[dict[st
         if any(pred(ev) for ev in batch):
             break
     return out
+
+
+def kprobe_events(engine: Engine, call: str, until: Any = lambda b: True) -> list[dict[str, Any]]:
+    """The bodies of the `process_kprobe` events on `call`, polled until one satisfies `until`."""
+    def of_call(ev: dict[str, Any]) -> bool:
+        body = ev.get("process_kprobe")
+        return body is not None and body.get("function_name") == call
+
+    events = wait_events(engine, lambda ev: of_call(ev) and until(ev["process_kprobe"]))
+    return [ev["process_kprobe"] for ev in events if of_call(ev)]
+
+
+def build_c(d: Path, source: str, *cflags: str) -> Path:
+    """`source` built with the system C compiler as `d`/prog (its symbols stay in .symtab)."""
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.fail("these tests build a C program: install a C compiler (cc)")
+    (d / "prog.c").write_text(source)
+    subprocess.run([cc, *cflags, "-o", str(d / "prog"), str(d / "prog.c")], check=True)
+    return d / "prog"
+
+
+def libc() -> str:
+    """The real path of the libc this process maps, which the workload's programs map too."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and Path(fields[5]).name == "libc.so.6":
+            return os.path.realpath(fields[5])
+    pytest.fail("this process maps no libc.so.6")
+
+
+#: The start of a workload's Python program that changes its own capabilities: `libc` (errno kept) and
+#: capget/capset's `Head` and `Data` structures (version 3: two Data, bits 0-31 then 32-63).
+CAPS_PRELUDE = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+class Head(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+"""
 
 
 #: Calls the 32-bit (ia32) ABI with `int $0x80`, which any 64-bit process may do: `int80(nr, a, b, c)`,

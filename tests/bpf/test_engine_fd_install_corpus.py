@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from engine_support import Workload, wait_events
+from engine_support import CAPS_PRELUDE, Workload, wait_events
 
 from bpf.engine import Engine
 from bpf.policy import parse
@@ -26,13 +26,8 @@ CORPUS = Path("/work/shared/tetragon-corpus/examples/tracingpolicy")
 POLICIES = ("fd_install_cap_changes.yaml", "fd_install_caps.yaml", "open_dnsrequest.yaml", "open_geturl.yaml")
 USERNS = ["unshare", "--user", "--map-root-user"]
 #: Clears CAP_NET_RAW (13) from its effective set if told "drop", then opens a file (an fd_install).
-DROP_THEN_OPEN = """
-import ctypes, sys
-libc = ctypes.CDLL(None, use_errno=True)
-class Head(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-class Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+DROP_THEN_OPEN = CAPS_PRELUDE + """
+import sys
 if sys.argv[1:] == ["drop"]:
     head, data = Head(0x20080522, 0), (Data * 2)()
     assert libc.capget(ctypes.byref(head), data) == 0

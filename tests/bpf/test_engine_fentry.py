@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from engine_support import Workload, policy, wait_events
+from engine_support import Workload, kprobe_events, policy
 
 from bpf.compile import Features
 from bpf.engine import Engine
@@ -38,23 +35,6 @@ def trampolines_only(pin_root: Path) -> Iterator[Engine]:
     e.close()
 
 
-@pytest.fixture
-def watched() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="palisade-fe-"))
-    (d / "secret").write_text("s3cret\n")
-    os.chmod(d / "secret", 0o640)
-    yield d
-    shutil.rmtree(d)
-
-
-def _kprobes(engine: Engine, call: str, until: Any = lambda b: True) -> list[dict[str, Any]]:
-    def of(ev: dict[str, Any]) -> bool:
-        return ev.get("process_kprobe", {}).get("function_name") == call
-
-    return [ev["process_kprobe"] for ev in wait_events(engine, lambda ev: of(ev) and until(ev["process_kprobe"]))
-            if of(ev)]
-
-
 def test_fd_install_runs_on_fentry_and_reports_the_file(trampolines_only: Engine, workload: Workload,
                                                         watched: Path) -> None:
     doc = policy("fd-install", {"kprobes": [{
@@ -65,7 +45,7 @@ def test_fd_install_runs_on_fentry_and_reports_the_file(trampolines_only: Engine
     assert res.loaded, res.reasons
     assert [s.kind for h in trampolines_only.loaded()["fd-install"].plan.hooks for s in h.sites] == ["fentry"]
     assert workload.run(["/usr/bin/cat", str(watched / "secret")]).stdout == b"s3cret\n"
-    events = _kprobes(trampolines_only, "fd_install")
+    events = kprobe_events(trampolines_only, "fd_install")
     assert {e["args"][1]["file_arg"]["path"] for e in events} == {os.path.realpath(watched / "secret")}
     assert events[0]["args"][1]["file_arg"]["permission"] == "-rw-r-----"
     assert events[0]["process"]["binary"] == "/usr/bin/cat"
@@ -87,7 +67,8 @@ def test_a_return_is_read_on_fexit_and_a_kill_judged_there(trampolines_only: Eng
     done = workload.run(["/usr/bin/cat", str(watched / "secret")])
     assert done.returncode == -signal.SIGKILL
     assert workload.run(["/usr/bin/cat", "/etc/hostname"]).returncode == 0
-    (e,) = _kprobes(trampolines_only, "security_file_permission", lambda b: b["action"] == "KPROBE_ACTION_SIGKILL")[:1]
+    (e,) = kprobe_events(trampolines_only, "security_file_permission",
+                         lambda b: b["action"] == "KPROBE_ACTION_SIGKILL")[:1]
     assert e["return"] == {"int_arg": 0}
     assert e["args"][0]["file_arg"]["path"] == os.path.realpath(watched / "secret")
 

@@ -10,43 +10,23 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_support import Workload, our_programs, policy, programs_gone, wait_events
+from engine_support import Workload, kprobe_events, our_programs, policy, programs_gone
 
 from bpf.engine import Engine
 
 pytestmark = [pytest.mark.kernel, pytest.mark.stock_kernel]
 
 PY = sys.executable
-
-
-@pytest.fixture
-def watched() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="palisade-kp-"))
-    (d / "secret").write_text("s3cret\n")
-    os.chmod(d / "secret", 0o640)
-    yield d
-    shutil.rmtree(d)
-
-
-def _kprobe_events(engine: Engine, call: str, until: Any = lambda b: True) -> list[dict[str, Any]]:
-    """The events of kprobes on `call`, polled until one satisfies `until`."""
-    def of_call(ev: dict[str, Any]) -> bool:
-        body = ev.get("process_kprobe")
-        return body is not None and body.get("function_name") == call
-
-    events = wait_events(engine, lambda ev: of_call(ev) and until(ev["process_kprobe"]))
-    return [ev["process_kprobe"] for ev in events if of_call(ev)]
 
 
 def test_fd_install_reports_the_file_as_tetragon_does(engine: Engine, workload: Workload, watched: Path) -> None:
@@ -58,7 +38,7 @@ def test_fd_install_reports_the_file_as_tetragon_does(engine: Engine, workload: 
     assert res.loaded, res.reasons
     assert workload.run(["/usr/bin/cat", str(watched / "secret")]).stdout == b"s3cret\n"
     assert workload.run(["/usr/bin/cat", "/etc/hostname"]).returncode == 0  # not under the prefix
-    events = _kprobe_events(engine, "fd_install")
+    events = kprobe_events(engine, "fd_install")
     assert events, "no fd_install event"
     paths = [e["args"][1]["file_arg"]["path"] for e in events]
     assert paths and set(paths) == {os.path.realpath(watched / "secret")}
@@ -84,7 +64,7 @@ def test_security_file_permission_kretprobe_kills_and_reports_the_return(engine:
     assert done.returncode == -signal.SIGKILL
     assert b"s3cret" not in done.stdout
     assert workload.run(["/usr/bin/cat", "/etc/hostname"]).returncode == 0
-    events = _kprobe_events(engine, "security_file_permission")
+    events = kprobe_events(engine, "security_file_permission")
     assert events
     e = events[0]
     assert e["return"] == {"int_arg": 0}  # permission granted: the kill is the policy's
@@ -102,7 +82,7 @@ def test_matchreturnargs_filters_on_the_value_returned(engine: Engine, workload:
     assert engine.load(doc, "observe", cgroups=[workload.path]).loaded
     assert workload.run(["/usr/bin/cat", str(watched / "secret")]).returncode == 0
     # every read was allowed (returned 0): nothing is reported
-    assert _kprobe_events(engine, "security_file_permission") == []
+    assert kprobe_events(engine, "security_file_permission") == []
 
 
 def test_tcp_connect_reports_the_socket_as_tetragon_does(engine: Engine, workload: Workload) -> None:
@@ -119,7 +99,7 @@ def test_tcp_connect_reports_the_socket_as_tetragon_does(engine: Engine, workloa
         done = workload.run([PY, "-c", code])
         assert done.returncode == 0, done.stderr
         sport = int(done.stdout)
-        events = _kprobe_events(engine, "tcp_connect")
+        events = kprobe_events(engine, "tcp_connect")
     assert len(events) == 1
     sock = events[0]["args"][0]["sock_arg"]
     assert sock["family"] == "AF_INET" and sock["type"] == "SOCK_STREAM" and sock["protocol"] == "IPPROTO_TCP"
@@ -136,7 +116,7 @@ def test_commit_creds_reports_the_new_credentials(engine: Engine, workload: Work
     assert engine.load(doc, "observe", cgroups=[workload.path]).loaded
     done = workload.run([PY, "-c", "import os; os.setgid(4321); os.setuid(1234)"])
     assert done.returncode == 0, done.stderr
-    events = _kprobe_events(engine, "commit_creds",
+    events = kprobe_events(engine, "commit_creds",
                             lambda b: b["args"][0]["process_credentials_arg"]["uid"] == 1234)
     creds = [e["args"][0]["process_credentials_arg"] for e in events]
     dropped = next(c for c in creds if c["uid"] == 1234)

@@ -244,20 +244,31 @@ def _refused_without_error_injection(engine: Engine, res: Any, workload: Workloa
     return True
 
 
-def test_a_syscall_override_denies_linkat_where_the_kernel_allows_it(engine: Engine, workload: Workload,
-                                                                    scratch: Path) -> None:
-    # hardlink-override.yaml, on a file of the test's own
+def _linkat_of_the_secret_overridden(engine: Engine, workload: Workload, scratch: Path, name: str, call: str,
+                                     args: list[dict[str, Any]]) -> bool:
+    """Loads policy `name`: an enforced Override (-EPERM) of linkat entry `call` when its old path (arg 1) is
+    scratch's `secret`. True once it is loaded; False where the kernel refused it for want of error
+    injection (what that leaves checked by _refused_without_error_injection)."""
     secret = str(scratch / "secret")
-    doc = policy("sys-linkat-secret", {"kprobes": [{
-        "call": "sys_linkat", "syscall": True,
-        "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "string"}, {"index": 2, "type": "int"},
-                 {"index": 3, "type": "string"}, {"index": 4, "type": "int"}],
+    doc = policy(name, {"kprobes": [{
+        "call": call, "syscall": True, "args": args,
         "selectors": [{"matchArgs": [{"index": 1, "operator": "Equal", "values": [secret]}],
                        "matchActions": [{"action": "Override", "argError": -1}]}]}]})
     res = engine.load(doc, "enforced", cgroups=[workload.path])
     if _refused_without_error_injection(engine, res, workload, ["/usr/bin/ln", secret, str(scratch / "linked")]):
-        return
+        return False
     assert res.loaded, res.reasons
+    return True
+
+
+def test_a_syscall_override_denies_linkat_where_the_kernel_allows_it(engine: Engine, workload: Workload,
+                                                                    scratch: Path) -> None:
+    # hardlink-override.yaml, on a file of the test's own
+    if not _linkat_of_the_secret_overridden(engine, workload, scratch, "sys-linkat-secret", "sys_linkat", [
+            {"index": 0, "type": "int"}, {"index": 1, "type": "string"}, {"index": 2, "type": "int"},
+            {"index": 3, "type": "string"}, {"index": 4, "type": "int"}]):
+        return
+    secret = str(scratch / "secret")
     linkat = ("libc = ctypes.CDLL(None, use_errno=True)\n"
               "if libc.linkat(-100, sys.argv[1].encode(), -100, sys.argv[2].encode(), 0):\n"
               "    raise OSError(ctypes.get_errno(), 'linkat')")
@@ -296,16 +307,10 @@ def int80(nr, *args):
 
 def test_a_32_bit_linkat_is_overridden_on_its_ia32_entry_where_the_kernel_allows_it(
         engine: Engine, workload: Workload, scratch: Path) -> None:
-    secret = str(scratch / "secret")
-    doc = policy("ia32-linkat", {"kprobes": [{
-        "call": "__ia32_sys_linkat", "syscall": True,
-        "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "string"}, {"index": 3, "type": "string"}],
-        "selectors": [{"matchArgs": [{"index": 1, "operator": "Equal", "values": [secret]}],
-                       "matchActions": [{"action": "Override", "argError": -1}]}]}]})
-    res = engine.load(doc, "enforced", cgroups=[workload.path])
-    if _refused_without_error_injection(engine, res, workload, ["/usr/bin/ln", secret, str(scratch / "linked")]):
+    if not _linkat_of_the_secret_overridden(engine, workload, scratch, "ia32-linkat", "__ia32_sys_linkat", [
+            {"index": 0, "type": "int"}, {"index": 1, "type": "string"}, {"index": 3, "type": "string"}]):
         return
-    assert res.loaded, res.reasons
+    secret = str(scratch / "secret")
     call = (_INT80_5 + "src = put(4096, sys.argv[1].encode() + b'\\0')\n"
             "dst = put(8192, sys.argv[2].encode() + b'\\0')\n"
             "print(int80(303, -100, src, -100, dst, 0))")  # ia32 linkat

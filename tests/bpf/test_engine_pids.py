@@ -7,7 +7,6 @@ a call whose selector matches is killed. Processes outside P's tree run the same
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_support import Workload, policy, wait_events
+from engine_support import Workload, libc, policy, wait_events
 
 from bpf.engine import Engine
 
@@ -139,17 +138,9 @@ def _hook(kind: str, selector: dict[str, Any]) -> dict[str, Any]:
     if kind == "kernel-kprobe":
         return {"kprobes": [{"call": "__x64_sys_getppid", "syscall": False, "selectors": sel}]}
     if kind == "uprobe":
-        return {"uprobes": [{"path": _libc(), "symbols": ["getppid"], "selectors": sel}]}
+        return {"uprobes": [{"path": libc(), "symbols": ["getppid"], "selectors": sel}]}
     assert kind == "lsm"
     return {"lsmhooks": [{"hook": "task_prctl", "selectors": sel}]}
-
-
-def _libc() -> str:
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and Path(fields[5]).name == "libc.so.6":
-            return os.path.realpath(fields[5])
-    pytest.fail("this process maps no libc.so.6")
 
 
 def _load(engine: Engine, workload: Workload, kind: str, pids: dict[str, Any]) -> None:

@@ -13,18 +13,16 @@ carry the user stack only; 6.18 hands it the tracepoint's own, which unwind thro
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from engine_support import Workload, policy
+from engine_support import Workload, build_c, policy
 
 from bpf.engine import Engine
 from bpf.policy import parse
@@ -58,14 +56,8 @@ _POST = [{"matchActions": [{"action": "Post", "kernelStackTrace": True, "userSta
 
 
 @pytest.fixture(scope="module")
-def program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    cc = shutil.which("cc")
-    if cc is None:
-        pytest.fail("these tests build a C program: install a C compiler (cc)")
-    d = tmp_path_factory.mktemp("stack-prog")
-    (d / "prog.c").write_text(_PROGRAM)
-    subprocess.run([cc, "-O0", "-fno-omit-frame-pointer", "-o", str(d / "prog"), str(d / "prog.c")], check=True)
-    yield d / "prog"
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_c(tmp_path_factory.mktemp("stack-prog"), _PROGRAM, "-O0", "-fno-omit-frame-pointer")
 
 
 def _run(workload: Workload, engine: Engine, program: Path, kind: str, count: int = 1) -> list[dict[str, Any]]:

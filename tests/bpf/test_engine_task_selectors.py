@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 import pytest
-from engine_support import Workload, policy, wait_events
+from engine_support import CAPS_PRELUDE, Workload, policy, wait_events
 
 from bpf.engine import Engine
 
@@ -24,13 +24,8 @@ PY = sys.executable
 GETPPID = [PY, "-c", "import os; os.getppid(); print('ran')"]
 #: Changes its own state after its exec, then calls getppid: `CAPS` clears (-N) or sets (+N) capability bit N
 #: of its effective set, one step per argument, each followed by getppid; `UNSHARE` enters new namespaces.
-CAPS_CODE = """
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-class Head(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-class Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+CAPS_CODE = CAPS_PRELUDE + """
+import os, sys
 head, data = Head(0x20080522, 0), (Data * 2)()
 for step in sys.argv[1:]:
     assert libc.capget(ctypes.byref(head), data) == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_support import Workload, our_programs, policy, programs_gone, wait_events
+from engine_support import Workload, build_c, libc, our_programs, policy, programs_gone, wait_events
 
 from agent.events import compact
 from bpf.engine import Engine
@@ -60,24 +60,10 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The C program above, built with the system compiler (its symbols stay in .symtab)."""
-    cc = shutil.which("cc")
-    if cc is None:
-        pytest.fail("these tests build a C program: install a C compiler (cc)")
+    """The C program above, built with the system compiler."""
     d = tmp_path_factory.mktemp("uprobe-prog")
-    (d / "prog.c").write_text(_PROGRAM)
-    subprocess.run([cc, "-O1", "-o", str(d / "prog"), str(d / "prog.c")], check=True)
-    yield d / "prog"
+    yield build_c(d, _PROGRAM, "-O1")
     shutil.rmtree(d)
-
-
-def _libc() -> str:
-    """The real path of the libc this process maps, which the workload's programs map too."""
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and Path(fields[5]).name == "libc.so.6":
-            return os.path.realpath(fields[5])
-    pytest.fail("this process maps no libc.so.6")
 
 
 def _uprobe_events(engine: Engine, until: Any = lambda b: True, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -91,7 +77,7 @@ def test_a_uprobe_on_libc_getpid_reports_the_call_as_tetragon_does(engine: Engin
     # the policy names libc through a symlink: the probe is on the file it leads to, the event names the
     # path the policy gave (as Tetragon's do)
     link = tmp_path / "libc-link.so.6"
-    link.symlink_to(_libc())
+    link.symlink_to(libc())
     doc = policy("uprobe-getpid", {"uprobes": [{"path": str(link), "symbols": ["getpid"],
                                                 "message": "getpid called", "tags": ["test"]}]})
     res = engine.load(doc, "observe", cgroups=[workload.path])
