@@ -31,6 +31,7 @@ import yaml
 
 from bpf.errors import BpfError, PolicyRefusal, RefusalKind
 from bpf.policy import parse as parse_policy
+from wire.heartbeat import LoadStatus
 from wire.values import State
 
 from .objects import Offer
@@ -147,7 +148,7 @@ class PolicyStatus:
     """How one selected policy stands on this node after an apply."""
 
     name: str
-    status: str  # "loaded" | "refused"
+    status: LoadStatus  # crosses the wire in the heartbeat
     state: State  # the mode in force (for a refused replacement: the old one's)
     desired: Desired
     refusal: PolicyRefusal | None = None  # why it is not loaded (refused, inactive); None when loaded
@@ -160,7 +161,7 @@ class PolicyStatus:
         return None if self.refusal is None else self.refusal.text
 
     def to_json(self) -> dict[str, object]:
-        return {**self.desired.to_json(), "status": self.status, "mode": str(self.state),
+        return {**self.desired.to_json(), "status": str(self.status), "mode": str(self.state),
                 "reason": self.reason, "loadedDigest": self.digest}
 
 
@@ -214,19 +215,21 @@ def apply(enforcer: Enforcer, steps: Sequence[Step]) -> ApplyReport:
             except Inactive as e:
                 for h in step.remove:
                     _unload(enforcer, h, report)
-                report.policies.append(PolicyStatus(d.name, "inactive", d.state, d, e.refusal, None, changed=True))
+                report.policies.append(PolicyStatus(d.name, LoadStatus.INACTIVE, d.state, d, e.refusal, None,
+                                                    changed=True))
                 continue
             except Refused as e:
                 old = [current[h] for h in step.remove if h in current]
                 # the previous load keeps enforcing: a bad update never opens a gap
                 kept = old[0] if old else None
                 report.policies.append(PolicyStatus(
-                    d.name, "refused", kept.state if kept else d.state, d, e.refusal,
+                    d.name, LoadStatus.REFUSED, kept.state if kept else d.state, d, e.refusal,
                     kept.digest if kept else None))
                 continue
             for h in step.remove:
                 _unload(enforcer, h, report)
-            report.policies.append(PolicyStatus(d.name, "loaded", new.state, d, None, new.digest, changed=True))
+            report.policies.append(PolicyStatus(d.name, LoadStatus.LOADED, new.state, d, None, new.digest,
+                                                changed=True))
             continue
         assert step.handle is not None
         for h in step.remove:
@@ -237,12 +240,13 @@ def apply(enforcer: Enforcer, steps: Sequence[Step]) -> ApplyReport:
             except Exception as e:
                 held = current[step.handle]
                 why = PolicyRefusal(RefusalKind.MODE_SWITCH, (f"mode switch to {d.state} failed: {e}",))
-                report.policies.append(PolicyStatus(d.name, "refused", held.state, d, why, held.digest))
+                report.policies.append(PolicyStatus(d.name, LoadStatus.REFUSED, held.state, d, why, held.digest))
                 continue
-            report.policies.append(PolicyStatus(d.name, "loaded", now.state, d, None, now.digest, changed=True))
+            report.policies.append(PolicyStatus(d.name, LoadStatus.LOADED, now.state, d, None, now.digest,
+                                                changed=True))
         else:
             held = current[step.handle]
-            report.policies.append(PolicyStatus(d.name, "loaded", held.state, d, None, held.digest))
+            report.policies.append(PolicyStatus(d.name, LoadStatus.LOADED, held.state, d, None, held.digest))
     return report
 
 

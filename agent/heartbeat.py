@@ -1,8 +1,8 @@
 """The heartbeat: what this node reports to the reconciler every interval.
 
-`document()` is pure: the sensor's identity, the bundle version it enforces and
-its stage, every selected policy with its status (loaded / refused with the
-reason / inactive) and mode, drift, cumulative counters, and the observations of
+`build()` is pure and gives the typed `wire.heartbeat.Heartbeat` (`document()` its JSON): the
+sensor's identity, the bundle version it enforces and its stage, every selected policy with
+its status (loaded / refused with the reason / inactive) and mode, drift, cumulative counters, and the observations of
 the last interval — per policy and binary, how many events matched — which the
 reconciler sums for impact previews ("what would enforcing this have killed?").
 """
@@ -15,11 +15,28 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bpf.events import POLICY_EVENT_KINDS
+from wire.bundle import Origin
+from wire.heartbeat import (
+    Counters,
+    Drift,
+    DriftFinding,
+    Health,
+    HealthState,
+    Heartbeat,
+    LoadStatus,
+    Observation,
+    PolicyReport,
+    Problem,
+    encode,
+    encode_observation,
+)
+from wire.strict import parse_time
+from wire.values import State
 
 from .config import Workload
 from .workloads import WorkloadIndex
 
-__all__ = ["Observations", "document"]
+__all__ = ["Observations", "build", "document"]
 
 
 class Observations:
@@ -59,14 +76,17 @@ class Observations:
                                   action if isinstance(action, str) else None,
                                   acted if isinstance(acted, bool) else None)] += 1
 
-    def drain(self) -> list[dict[str, Any]]:
+    def take(self) -> tuple[Observation, ...]:
+        """The interval's observations, and a fresh interval."""
         with self._lock:
             counts, self._counts = self._counts, collections.Counter()
-        out = []
-        for (p, b, workload, parent, action, acted), c in sorted(counts.items(), key=lambda kv: repr(kv[0])):
-            extra = {"workload": workload, "parent": parent, "action": action, "acted": acted}
-            out.append({"policy": p, "binary": b, "count": c, **{k: v for k, v in extra.items() if v is not None}})
-        return out
+        return tuple(Observation(p, b, c, workload, parent, action, acted)
+                     for (p, b, workload, parent, action, acted), c in sorted(counts.items(),
+                                                                                key=lambda kv: repr(kv[0])))
+
+    def drain(self) -> list[dict[str, Any]]:
+        """`take()` as the heartbeat's JSON members."""
+        return [encode_observation(o) for o in self.take()]
 
 
 def _member(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -74,28 +94,38 @@ def _member(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return v if isinstance(v, Mapping) else {}
 
 
-def document(status: Mapping[str, Any], *, drift: Mapping[str, Any], counters: Mapping[str, int],
-             observations: list[dict[str, Any]], now: _dt.datetime,
-             health: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The heartbeat body from the agent's status (Agent.status()) and the interval's figures.
+def build(status: Mapping[str, Any], *, drift: Mapping[str, Any], counters: Mapping[str, int],
+          observations: Sequence[Observation], now: _dt.datetime,
+          health: Mapping[str, Any] | None = None) -> Heartbeat:
+    """The heartbeat from the agent's status (Agent.status()) and the interval's figures.
 
     `health` (agent.health.Health.to_json()) says whether the node is degraded and why: a disk it cannot
     write, a transfer that stalls, an expired index; the reconciler's fleet view shows the node degraded."""
-    out = {
-        "sensor": status["sensor"],
-        "labels": dict(status["labels"]),
-        "version": status["version"],
-        "stage": status["stage"],
-        "commit": status["commit"],
-        "policies": [{"name": p["name"], "status": p["status"], "mode": p["mode"], "reason": p["reason"],
-                      "origin": p["origin"], "version": p["version"]} for p in status["policies"]],
-        "drift": dict(drift),
-        "counters": dict(counters),
-        "observations": observations,
-        "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    if health is not None:
-        out["health"] = {"state": health["state"],
-                         "problems": [{"kind": p["kind"], "reason": p["reason"][:64], "detail": p["detail"][:2000],
-                                       "since": p["since"]} for p in health["problems"][:100]]}
-    return out
+    return Heartbeat(
+        sensor=status["sensor"],
+        labels=dict(status["labels"]),
+        version=status["version"],
+        stage=status["stage"],
+        commit=status["commit"],
+        policies=tuple(PolicyReport(p["name"], LoadStatus(p["status"]), State(p["mode"]), p["reason"],
+                                    _origin(p["origin"]), p["version"]) for p in status["policies"]),
+        drift=Drift(drift["detected"], drift["healed"], drift["unhealed"],
+                    tuple(DriftFinding(f["kind"], f["policy"], f["detail"]) for f in drift["findings"])),
+        counters=Counters.of(counters),
+        observations=tuple(observations),
+        health=None if health is None else Health(HealthState(health["state"]), tuple(
+            Problem(p["kind"], p["reason"][:64], p["detail"][:2000], parse_time(p["since"]))
+            for p in health["problems"][:100])),
+        time=now,
+    )
+
+
+def document(status: Mapping[str, Any], *, drift: Mapping[str, Any], counters: Mapping[str, int],
+             observations: Sequence[Observation], now: _dt.datetime,
+             health: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`build()`'s heartbeat as the JSON sent to the reconciler."""
+    return encode(build(status, drift=drift, counters=counters, observations=observations, now=now, health=health))
+
+
+def _origin(v: Mapping[str, str]) -> Origin:
+    return Origin(v["kind"], v["name"])

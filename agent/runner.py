@@ -563,7 +563,7 @@ class Agent:
                    "unhealed": len(self.last_drift), "findings": self.last_drift},
             counters={**self.enforcer.counters(), "refusals": sum(self.counters.refused.values()),
                       "applies": self.counters.applies},
-            observations=self.observations.drain(), now=self._clock(), health=self.health.to_json())
+            observations=self.observations.take(), now=self._clock(), health=self.health.to_json())
 
     async def send_heartbeat(self) -> bool:
         try:

@@ -6,7 +6,8 @@
 - `values`: the ladder `State`, the `Scope` of an assignment and the one rule (`effective`) that
   picks the policy a node runs;
 - `keys`: reading the pinned public keys (the signing side stays in `reconciler.keys`);
-- `errors`: the base of every deliberate error, and `VerificationError`.
+- `heartbeat`: the typed heartbeat an agent sends, its strict parser and its encoder;
+- `errors`: the base of every deliberate error, `VerificationError`, and the heartbeat's failure kinds.
 
 The agent imports this package and no reconciler module (tests/wire/test_contract.py checks it);
 it depends on the standard library and PyNaCl only: no git, no HTTP, no YAML.

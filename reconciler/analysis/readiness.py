@@ -31,6 +31,7 @@ from typing import Any
 from reconciler.analysis import impact as _impact
 from reconciler.repository.model import Group, PolicyRepository, UnitKey, format_duration
 from reconciler.state.fleet import AgentRecord, ObservationRow
+from wire.heartbeat import LoadStatus, PolicyReport
 from wire.values import Scope, State
 
 __all__ = ["Condition", "Readiness", "Report", "Severity", "assess", "in_scope", "text", "unit_policies"]
@@ -177,24 +178,23 @@ def _load_states(unit: UnitKey, policies: Mapping[str, Mapping[str, Any]], scope
     silent: list[str] = []
     for a in scoped:
         mine = [p for p in a.policies if _belongs(p, unit, policies)]
-        statuses = {str(p.get("status")) for p in mine}
+        statuses = {p.status for p in mine}
         for p in mine:
-            if p.get("status") == "refused":
-                refused.append((a.id, str(p.get("name")), str(p.get("reason") or "no reason given")))
-        if "loaded" in statuses:
+            if p.refused:
+                refused.append((a.id, p.name, p.reason or "no reason given"))
+        if LoadStatus.LOADED in statuses:
             loaded.append(a.id)
-        elif statuses == {"inactive"}:
+        elif statuses == {LoadStatus.INACTIVE}:
             inactive.append(a.id)
         elif not mine:
             silent.append(a.id)
     return loaded, refused, inactive, silent
 
 
-def _belongs(p: Mapping[str, Any], unit: UnitKey, policies: Mapping[str, Mapping[str, Any]]) -> bool:
-    origin = p.get("origin")
-    if isinstance(origin, Mapping) and origin.get("kind") and origin.get("name"):
-        return origin.get("kind") == unit.kind and origin.get("name") == unit.name and p.get("name") in policies
-    return p.get("name") in policies
+def _belongs(p: PolicyReport, unit: UnitKey, policies: Mapping[str, Mapping[str, Any]]) -> bool:
+    if p.origin is not None:
+        return p.origin.kind == unit.kind and p.origin.name == unit.name and p.name in policies
+    return p.name in policies
 
 
 def _agents_condition(unit: UnitKey, ids: tuple[str, ...], fleet_size: int, loaded: list[str],
@@ -217,15 +217,12 @@ def _drift_condition(policies: Mapping[str, Mapping[str, Any]], scoped: Sequence
     mine: list[str] = []
     other: list[str] = []
     for a in scoped:
-        findings = a.drift.get("findings") if isinstance(a.drift.get("findings"), list) else []
-        for f in findings or ():
-            if not isinstance(f, Mapping):
-                continue
-            line = f"{a.id}: {f.get('kind', 'drift')} {f.get('policy', '')}: {f.get('detail', '')}".rstrip(": ")
-            (mine if f.get("policy") in policies else other).append(line)
-        unhealed = a.drift.get("unhealed")
-        if isinstance(unhealed, int) and unhealed and not findings:
-            other.append(f"{a.id}: {unhealed} unhealed drift finding(s)")
+        findings = a.drift.findings
+        for f in findings:
+            line = f"{a.id}: {f.kind} {f.policy}: {f.detail}".rstrip(": ")
+            (mine if f.policy in policies else other).append(line)
+        if a.drift.unhealed and not findings:
+            other.append(f"{a.id}: {a.drift.unhealed} unhealed drift finding(s)")
     if mine:
         return Condition("Drift", Severity.BLOCKING, f"unhealed drift on its policies on "
                          f"{len({m.split(':')[0] for m in mine})} agent(s)", tuple(mine + other))

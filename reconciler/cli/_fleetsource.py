@@ -139,11 +139,8 @@ def parse_when(text: str | None, now: _dt.datetime, flag: str) -> _dt.datetime |
 
 def _agent(a: Any, where: str) -> AgentRecord:
     try:
-        return AgentRecord(str(a["id"]), dict(a.get("labels") or {}), a.get("version"), a.get("stage"),
-                           a.get("commit"), tuple(a.get("policies") or ()), dict(a.get("drift") or {}),
-                           dict(a.get("counters") or {}), _time(a["lastSeen"]),
-                           dict(a["reported"]) if a.get("reported") is not None else None)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return AgentRecord.from_json(a)
+    except ValueError as e:
         raise PalisadeError(f"{where}: a malformed agent in the fleet listing ({e})") from None
 
 

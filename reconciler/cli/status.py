@@ -61,7 +61,7 @@ def _fleet(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [
         {"id": a.id, "version": a.version, "stage": a.stage, "health": a.health(now),
          "lastSeen": a.last_seen.strftime("%Y-%m-%dT%H:%M:%SZ"),
-         "refused": sum(1 for p in a.policies if p.get("status") == "refused")}
+         "refused": a.refused}
         for a in agents
     ]
 

@@ -226,8 +226,10 @@ class _Api:
         return _json(doc, headers={"Cache-Control": "no-store"})
 
     async def heartbeat(self, request: Request) -> Response:
-        """An agent's heartbeat (reconciler/fleet.py): stored in the fleet table, 204; 4xx on bad input."""
-        from reconciler.state.fleet import MAX_HEARTBEAT_BYTES, parse_heartbeat
+        """An agent's heartbeat (wire.heartbeat, parsed once here): stored in the fleet table, 204; 413 when
+        too large, 400 for any other refusal."""
+        from wire.errors import HeartbeatError, HeartbeatTooLarge
+        from wire.heartbeat import MAX_HEARTBEAT_BYTES, loads
 
         body = bytearray()
         async for chunk in request.stream():
@@ -235,8 +237,10 @@ class _Api:
             if len(body) > MAX_HEARTBEAT_BYTES:
                 return _error(413, "heartbeat too large", f"at most {MAX_HEARTBEAT_BYTES} bytes")
         try:
-            hb = parse_heartbeat(request.path_params["id"], json.loads(body))
-        except ValueError as e:  # includes malformed JSON
+            hb = loads(bytes(body), request.path_params["id"])
+        except HeartbeatTooLarge as e:
+            return _error(413, "heartbeat too large", str(e)[:500])
+        except HeartbeatError as e:
             return _error(400, "invalid heartbeat", str(e)[:500])
         await run_in_threadpool(self.fleet().record_heartbeat, hb)
         return Response(status_code=204)

@@ -91,11 +91,11 @@ def test_slow_loris_on_the_index_is_cut_at_the_deadline_retried_and_reported(rig
         fleet = Fleet.open(rig.up.state_dir)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not (fleet.agents() and fleet.agents()[0].reported
-                                                   and fleet.agents()[0].reported["state"] == "degraded"):
+                                                   and fleet.agents()[0].reported.state == "degraded"):
             time.sleep(0.2)
         (rec,) = fleet.agents()
         assert rec.health(rec.last_seen) == "degraded"
-        assert ("transfer", "stalled") in [(p["kind"], p["reason"]) for p in rec.reported["problems"]]  # type: ignore[index]
+        assert ("transfer", "stalled") in [(p.kind, p.reason) for p in rec.reported.problems]  # type: ignore[union-attr]
 
         # retried with backoff, and the next honest answer gets through
         rig.proxy.tamper = None

@@ -35,7 +35,7 @@ def test_heartbeats_replace_the_agent_row_and_add_observations(tmp_path: Path) -
     agents = {a.id: a for a in fleet.agents()}
     assert agents["node-1"].version == 4
     assert agents["node-1"].last_seen == t0 + _dt.timedelta(seconds=10)
-    assert agents["node-1"].policies[1]["reason"] == "no hook"
+    assert agents["node-1"].policies[1].reason == "no hook"
     assert fleet.observations("web-exec-allowlist") == [("web-exec-allowlist", "/usr/bin/curl", 6)]
     assert fleet.observations(since=t0 + _dt.timedelta(seconds=5)) == [("web-exec-allowlist", "/usr/bin/curl", 2)]
     # health for `palisade status --server`: a refused policy degrades, silence makes stale

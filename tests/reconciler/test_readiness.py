@@ -7,7 +7,7 @@ from typing import Any
 from reconciler.analysis import readiness
 from reconciler.analysis.readiness import Readiness, Severity
 from reconciler.repository.model import Group, UnitKey
-from reconciler.state.fleet import AgentRecord, ObservationRow
+from reconciler.state.fleet import AgentRecord, ObservationRow, parse_heartbeat
 from wire.values import Scope, State
 
 NOW = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
@@ -25,8 +25,10 @@ def _agent(sensor: str, *, role: str = "web", status: str | None = "loaded", rea
     if status is not None:
         policies.append({"name": "web-exec-allowlist", "status": status, "mode": "observe", "reason": reason,
                          "origin": {"kind": "pack", "name": "web-lockdown"}, "version": 3})
-    return AgentRecord(sensor, {"role": role}, 3, "fleet", "ab" * 20, tuple(policies),
-                       {"unhealed": len(drift or []), "findings": drift or []}, {}, NOW)
+    beat = parse_heartbeat(sensor, {"labels": {"role": role}, "version": 3, "stage": "fleet", "commit": "ab" * 20,
+                                    "policies": policies,
+                                    "drift": {"unhealed": len(drift or []), "findings": drift or []}})
+    return AgentRecord(beat, NOW)
 
 
 def _obs(sensor: str, binary: str, count: int, action: str | None = "KPROBE_ACTION_POST") -> ObservationRow:
