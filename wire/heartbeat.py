@@ -34,6 +34,7 @@ MAX_PROBLEMS = 100
 _MAX_REASON, _MAX_DETAIL = 64, 2000
 SENSOR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 DRIFT_KINDS = ("detached", "unloaded", "map_changed", "foreign", "missing", "extra", "version")
+PROBLEM_KINDS = ("disk", "transfer", "index_expired")
 
 
 class LoadStatus(StrEnum):
@@ -125,7 +126,7 @@ class Observation:
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # disk | transfer | index_expired
+    kind: str  # one of PROBLEM_KINDS
     reason: str  # ENOSPC, stalled, expired, ...
     detail: str
     since: _dt.datetime | None = None
@@ -307,10 +308,8 @@ def _policy(v: Any, path: str) -> PolicyReport:
 
 def _finding(v: Any, path: str) -> DriftFinding:
     d = strict.obj(v, path, ("kind", "policy", "detail"))
-    kind = strict.text(d["kind"], f"{path}.kind")
-    if kind not in DRIFT_KINDS:
-        raise Invalid(f"{path}.kind: expected one of {', '.join(DRIFT_KINDS)}, not {kind[:40]!r}")
-    return DriftFinding(kind, _any_text(d["policy"], f"{path}.policy"), _any_text(d["detail"], f"{path}.detail"))
+    return DriftFinding(_one_of(DRIFT_KINDS, d["kind"], f"{path}.kind"), _any_text(d["policy"], f"{path}.policy"),
+                        _any_text(d["detail"], f"{path}.detail"))
 
 
 def _observation(v: Any, path: str) -> Observation:
@@ -323,7 +322,7 @@ def _observation(v: Any, path: str) -> Observation:
 
 def _problem(v: Any, path: str) -> Problem:
     d = strict.obj(v, path, ("kind", "reason", "detail"), ("since",))
-    return Problem(strict.text(d["kind"], f"{path}.kind"),
+    return Problem(_one_of(PROBLEM_KINDS, d["kind"], f"{path}.kind"),
                    _any_text(d["reason"], f"{path}.reason")[:_MAX_REASON],
                    _any_text(d["detail"], f"{path}.detail")[:_MAX_DETAIL],
                    strict.time(d["since"], f"{path}.since") if "since" in d else None)
@@ -338,8 +337,11 @@ def _nullable(v: Any, path: str, read: Any) -> Any:
 
 
 def _enum(kind: Any, v: Any, path: str) -> Any:
+    return kind(_one_of(tuple(kind), v, path))
+
+
+def _one_of(values: tuple[str, ...], v: Any, path: str) -> str:
     text = strict.text(v, path)
-    try:
-        return kind(text)
-    except ValueError:
-        raise Invalid(f"{path}: expected one of {', '.join(kind)}, not {text[:40]!r}") from None
+    if text not in values:
+        raise Invalid(f"{path}: expected one of {', '.join(values)}, not {text[:40]!r}")
+    return text
