@@ -296,6 +296,23 @@ static __always_inline void fill_creds(struct event *ev, struct task_struct *tas
 		ev->h.auid = BPF_CORE_READ(task, loginuid.val);
 }
 
+/* the header fields an exec and an exit event fill alike, about `task` (current: the task exec'ing or
+ * exiting); returns its tgid */
+static __always_inline __u32 fill_head(struct event *ev, struct task_struct *task, __u32 kind, __u64 now)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	ev->h.kind = kind;
+	ev->h.pid = tgid;
+	ev->h.tid = BPF_CORE_READ(task, pid);
+	ev->h.event_time = now;
+	ev->h.task_start = BPF_CORE_READ(task, group_leader, start_time);
+	ev->h.flags = 0;
+	ev->h.cgroup_id = bpf_get_current_cgroup_id();
+	fill_creds(ev, task);
+	return tgid;
+}
+
 /*
  * Local views of the kernel's namespace structures, with only what is read. libbpf matches
  * `struct x___p` to the kernel's `struct x` (the ___ suffix is a CO-RE flavour), so offsets
@@ -416,17 +433,9 @@ int palisade_exec(struct bpf_raw_tracepoint_args *ctx)
 	if (!buf)
 		return 0;
 
-	tgid = BPF_CORE_READ(task, tgid);
-	ev->h.kind = KIND_EXEC;
-	ev->h.pid = tgid;
-	ev->h.tid = BPF_CORE_READ(task, pid);
+	tgid = fill_head(ev, task, KIND_EXEC, now);
 	ev->h.ktime = now;
-	ev->h.event_time = now;
-	ev->h.task_start = BPF_CORE_READ(task, group_leader, start_time);
 	ev->h.exit_code = 0;
-	ev->h.flags = 0;
-	ev->h.cgroup_id = bpf_get_current_cgroup_id(); /* current is the task exec'ing */
-	fill_creds(ev, task);
 	fill_info(&ev->h.info, task);
 
 	prev = bpf_map_lookup_elem(&proc_cache, &tgid);
@@ -506,18 +515,10 @@ int palisade_exit(struct bpf_raw_tracepoint_args *ctx)
 	if (!ev)
 		return 0;
 
-	tgid = BPF_CORE_READ(task, tgid);
-	ev->h.kind = KIND_EXIT;
-	ev->h.pid = tgid;
-	ev->h.tid = BPF_CORE_READ(task, pid);
-	ev->h.event_time = bpf_ktime_get_ns();
-	ev->h.task_start = BPF_CORE_READ(task, group_leader, start_time);
+	tgid = fill_head(ev, task, KIND_EXIT, bpf_ktime_get_ns());
 	ev->h.exit_code = BPF_CORE_READ(task, exit_code);
-	ev->h.flags = 0;
 	ev->h.cwd_len = 0;
 	ev->h.args_len = 0;
-	ev->h.cgroup_id = bpf_get_current_cgroup_id(); /* current is the task exiting */
-	fill_creds(ev, task);
 
 	pe = bpf_map_lookup_elem(&proc_cache, &tgid);
 	if (pe) {
