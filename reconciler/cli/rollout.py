@@ -151,14 +151,14 @@ def _operate(args: argparse.Namespace) -> int:
         db.close()
     assert req is not None
     doc = {"verb": args.verb, "operator": operator, "reason": args.reason.strip(), "applied": req.applied is not None,
-           "result": req.result}
+           "result": None if req.result is None else str(req.result)}
     if args.output == "json":
         print(json.dumps(doc, indent=2, sort_keys=True))
     elif req.applied is None:
         print(f"{args.verb} queued; the reconciler has not applied it within {args.wait:g}s (is it running?)")
     else:
         print(f"{args.verb} by {operator}: {req.result}")
-    if req.applied is None or (req.result or "").startswith("refused"):
+    if req.applied is None or (req.result is not None and req.result.refused):
         return 1
     return 0
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import PalisadeError, StateError, VerificationError
-from reconciler.rollout.db import DEFAULT_STALE_AFTER, RolloutDB, SensorVersion
+from reconciler.rollout.db import DEFAULT_STALE_AFTER, Outcome, RequestResult, RolloutDB, SensorVersion
 from reconciler.rollout.decide import Action, AgentReport, Decision, Progress, evaluate, operate, start
 from reconciler.rollout.reports import actions_of, errors_of, report_of
 from reconciler.rollout.status import status_doc
@@ -207,7 +207,7 @@ class Controller:
             try:
                 new, pins, what = operate(progress, plan, index.stages, req.verb, req.reason, now=now)
             except ValueError as e:
-                self.db.settle_request(req.id, f"refused: {e}", now)
+                self.db.settle_request(req.id, RequestResult(Outcome.REFUSED, str(e)), now)
                 continue
             if new != progress or pins:
                 self.db.save(new, pins or dict(index.stages))
@@ -225,7 +225,7 @@ class Controller:
                 if pins and dict(index.stages) != pins:
                     index = self.store.pin(pins, now=now)
                 progress = new
-            self.db.settle_request(req.id, what, now)
+            self.db.settle_request(req.id, RequestResult(Outcome.APPLIED, what), now)
         return progress, index
 
     def _reports(self, now: _dt.datetime) -> list[AgentReport]:

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,37 @@ class SensorVersion:
                 "ended": format_time(self.ended) if self.ended else None}
 
 
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    REFUSED = "refused"  # nothing to pause, resume or abort: the rollout is as it was
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """What the controller did with an operator's request, and what happened (or why not).
+
+    Stored as text, the form rows have always had: the detail when applied, `refused: <why>` when refused."""
+
+    outcome: Outcome
+    detail: str
+
+    @property
+    def refused(self) -> bool:
+        return self.outcome is Outcome.REFUSED
+
+    def __str__(self) -> str:
+        return f"{_REFUSED}{self.detail}" if self.refused else self.detail
+
+    @classmethod
+    def from_text(cls, text: str) -> RequestResult:
+        if text.startswith(_REFUSED):
+            return cls(Outcome.REFUSED, text[len(_REFUSED):])
+        return cls(Outcome.APPLIED, text)
+
+
+_REFUSED = "refused: "
+
+
 @dataclass(frozen=True)
 class Request:
     id: int
@@ -97,7 +129,7 @@ class Request:
     operator: str
     requested: _dt.datetime
     applied: _dt.datetime | None
-    result: str | None
+    result: RequestResult | None  # None until the controller settles it
 
 
 class RolloutDB:
@@ -238,9 +270,10 @@ class RolloutDB:
         rows = self._rows("SELECT * FROM requests WHERE id = ?", (rid,))
         return _request(rows[0]) if rows else None
 
-    def settle_request(self, rid: int, result: str, now: _dt.datetime) -> None:
+    def settle_request(self, rid: int, result: RequestResult, now: _dt.datetime) -> None:
         with self._tx() as db:
-            db.execute("UPDATE requests SET applied = ?, result = ? WHERE id = ?", (format_time(now), result, rid))
+            db.execute("UPDATE requests SET applied = ?, result = ? WHERE id = ?",
+                       (format_time(now), str(result), rid))
 
 
 def _sv(r: sqlite3.Row) -> SensorVersion:
@@ -250,7 +283,8 @@ def _sv(r: sqlite3.Row) -> SensorVersion:
 
 def _request(r: sqlite3.Row) -> Request:
     return Request(r["id"], r["verb"], r["reason"], r["operator"], parse_time(r["requested"]),
-                   parse_time(r["applied"]) if r["applied"] else None, r["result"])
+                   parse_time(r["applied"]) if r["applied"] else None,
+                   None if r["result"] is None else RequestResult.from_text(r["result"]))
 
 
 def _progress_from(d: Mapping[str, Any]) -> Progress:

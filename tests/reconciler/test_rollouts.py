@@ -175,7 +175,7 @@ def test_operator_requests_are_applied_with_the_operator_as_actor(env: Env) -> N
     req = db.get_request(rid)
     db.close()
     assert req is not None and req.applied is not None and req.result is not None
-    assert req.result.startswith("aborted")
+    assert str(req.result).startswith("aborted") and not req.result.refused
     assert _pins(env) == {"canary": 1, "fleet": 1, "default": 1}
     (aborted,) = env.ledger.events("rollout-aborted")
     assert aborted.actor == "olga" and aborted.detail["reason"] == "wrong change"
