@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from .errors import (
     AttachFailed,
@@ -194,6 +194,30 @@ class _Closing:
         raise NotImplementedError
 
 
+class _Part:
+    """A program or map of a `BpfObject`, by libbpf's handle (valid while the object is open)."""
+
+    def __init__(self, obj: BpfObject, handle: int, name: bytes | None) -> None:
+        self._obj = obj
+        self._h = handle
+        self.name: str = (name or b"").decode()
+
+    def _handle(self) -> int:
+        self._obj._handle()
+        return self._h
+
+
+P = TypeVar("P", bound=_Part)
+
+
+def _named(kind: str, parts: list[P], name: str) -> P:
+    """The program or map called `name`, or NotFound naming those there are."""
+    for x in parts:
+        if x.name == name:
+            return x
+    raise NotFound(kind, name, tuple(x.name for x in parts))
+
+
 class BpfObject(_Closing):
     """A libbpf `struct bpf_object`: open (from bytes or a file), then `load()`."""
 
@@ -252,35 +276,26 @@ class BpfObject(_Closing):
                              "\n".join(x for x in (printed, "" if kernel in printed else kernel) if x))
         self.loaded = True
 
-    def programs(self) -> list[Program]:
-        out, lb, h = [], lib(), self._handle()
-        p = lb.bpf_object__next_program(h, None)
-        while p:
-            out.append(Program(self, p))
-            p = lb.bpf_object__next_program(h, p)
+    def _walk(self, after: Callable[[int, int | None], int | None], part: Callable[[BpfObject, int], P]) -> list[P]:
+        """The object's programs or maps, in its order: libbpf's `bpf_object__next_*` gives the one after each."""
+        out, h = [], self._handle()
+        x = after(h, None)
+        while x:
+            out.append(part(self, x))
+            x = after(h, x)
         return out
+
+    def programs(self) -> list[Program]:
+        return self._walk(lib().bpf_object__next_program, Program)
 
     def maps(self) -> list[Map]:
-        out, lb, h = [], lib(), self._handle()
-        m = lb.bpf_object__next_map(h, None)
-        while m:
-            out.append(Map(self, m))
-            m = lb.bpf_object__next_map(h, m)
-        return out
+        return self._walk(lib().bpf_object__next_map, Map)
 
     def program(self, name: str) -> Program:
-        progs = self.programs()
-        for p in progs:
-            if p.name == name:
-                return p
-        raise NotFound("program", name, tuple(p.name for p in progs))
+        return _named("program", self.programs(), name)
 
     def map(self, name: str) -> Map:
-        maps = self.maps()
-        for m in maps:
-            if m.name == name:
-                return m
-        raise NotFound("map", name, tuple(m.name for m in maps))
+        return _named("map", self.maps(), name)
 
     def close(self) -> None:
         if self._h is not None:
@@ -289,19 +304,13 @@ class BpfObject(_Closing):
             self._keep = None
 
 
-class Program:
+class Program(_Part):
     """A program of a `BpfObject` (valid while the object is open)."""
 
     def __init__(self, obj: BpfObject, handle: int) -> None:
-        self._obj = obj
-        self._h = handle
         lb = lib()
-        self.name: str = (lb.bpf_program__name(handle) or b"").decode()
+        super().__init__(obj, handle, lb.bpf_program__name(handle))
         self.section: str = (lb.bpf_program__section_name(handle) or b"").decode()
-
-    def _handle(self) -> int:
-        self._obj._handle()
-        return self._h
 
     @property
     def fd(self) -> int:
@@ -383,21 +392,15 @@ class Link(_Closing):
             self._h = None
 
 
-class Map:
+class Map(_Part):
     """A map of a `BpfObject`; keys and values are raw bytes of the map's sizes."""
 
     def __init__(self, obj: BpfObject, handle: int) -> None:
-        self._obj = obj
-        self._h = handle
         lb = lib()
-        self.name: str = (lb.bpf_map__name(handle) or b"").decode()
+        super().__init__(obj, handle, lb.bpf_map__name(handle))
         self.type: int = lb.bpf_map__type(handle)
         self.key_size: int = lb.bpf_map__key_size(handle)
         self.value_size: int = lb.bpf_map__value_size(handle)
-
-    def _handle(self) -> int:
-        self._obj._handle()
-        return self._h
 
     @property
     def fd(self) -> int:
