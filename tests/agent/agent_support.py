@@ -32,7 +32,7 @@ from support import hostile
 from support.hostile import Proxy
 from support.policyrepo import PolicyRepo
 
-__all__ = ["CANARY", "Proxy", "Served", "make_agent", "metric", "proxy", "served"]
+__all__ = ["CANARY", "Proxy", "Served", "engine_enforcer", "make_agent", "metric", "proxy", "served"]
 
 CANARY = "node-canary-1"
 
@@ -138,16 +138,26 @@ def cgroup(require_kernel: None) -> Iterator[Path]:
     path.rmdir()
 
 
+@contextlib.contextmanager
+def engine_enforcer(workloads: list[Workload], prefix: str = "palisade-agent") -> Iterator[EngineEnforcer]:
+    """The agent's real engine enforcer on a private pin root (`prefix`-*); on the way out it is closed and
+    whatever it left pinned is adopted, unloaded and its root removed."""
+    root = Path("/sys/fs/bpf") / f"{prefix}-{uuid.uuid4().hex[:8]}"
+    e = EngineEnforcer(workloads, pin_root=root, node_name="t")
+    try:
+        yield e
+    finally:
+        e.close()
+        eng = Engine(pin_root=root)
+        for key in eng.adopt():
+            eng.unload(key)
+        eng.close()
+        if root.exists():
+            root.rmdir()
+
+
 @pytest.fixture()
 def enforcer(cgroup: Path) -> Iterator[EngineEnforcer]:
     """The agent's real engine enforcer with one workload, `cgroup` as shop/web; what it loaded is unloaded."""
-    root = Path("/sys/fs/bpf") / f"palisade-agent-{uuid.uuid4().hex[:8]}"
-    e = EngineEnforcer([Workload("web", str(cgroup), "shop", (("app", "web"),))], pin_root=root, node_name="t")
-    yield e
-    e.close()
-    eng = Engine(pin_root=root)
-    for key in eng.adopt():
-        eng.unload(key)
-    eng.close()
-    if root.exists():
-        root.rmdir()
+    with engine_enforcer([Workload("web", str(cgroup), "shop", (("app", "web"),))]) as e:
+        yield e

@@ -33,6 +33,15 @@ def _engine_like(agent: Agent) -> NullEnforcer:
     return enf
 
 
+async def _applied(served: Served, proxy: Proxy, tmp_path: Path) -> tuple[Agent, NullEnforcer]:
+    """An agent (state in tmp_path/agent) behind the proxy, with an engine-like enforcer, after its first
+    sync applied the served bundle."""
+    agent = make_agent(proxy.url, served, tmp_path / "agent")
+    enf = _engine_like(agent)
+    assert (await agent.sync_once()).outcome == "applied"
+    return agent, enf
+
+
 def _wanted(agent: Agent) -> tuple[Bundle, tuple[BundleObject, ...]]:
     assert agent.applied is not None
     b = agent.applied.bundle
@@ -43,9 +52,7 @@ def _wanted(agent: Agent) -> tuple[Bundle, tuple[BundleObject, ...]]:
 @_sync
 async def test_the_objects_of_the_selected_policies_are_fetched_kept_and_offered(
         served: Served, proxy: Proxy, tmp_path: Path) -> None:
-    agent = make_agent(proxy.url, served, tmp_path / "agent")
-    enf = _engine_like(agent)
-    assert (await agent.sync_once()).outcome == "applied"
+    agent, enf = await _applied(served, proxy, tmp_path)
     _, wanted = _wanted(agent)
     assert wanted, "the reconciler built objects for this sensor's policies"
     assert set(enf.offered) == {o.source for o in wanted}
@@ -66,9 +73,7 @@ async def test_the_objects_of_the_selected_policies_are_fetched_kept_and_offered
 @_sync
 async def test_a_tampered_object_is_refused_like_a_tampered_bundle_and_the_last_good_stays(
         served: Served, proxy: Proxy, tmp_path: Path) -> None:
-    agent = make_agent(proxy.url, served, tmp_path / "agent")
-    enf = _engine_like(agent)
-    assert (await agent.sync_once()).outcome == "applied"
+    agent, enf = await _applied(served, proxy, tmp_path)
     v1 = agent.version
     # a policy changes: v2 lists a new object, which the server hands out with one byte changed
     served.repo.change("watch setuid(1000)", [("packs/baseline-observe/privileges.yaml", 'values: ["0"]',
@@ -93,9 +98,7 @@ async def test_a_tampered_object_is_refused_like_a_tampered_bundle_and_the_last_
 @_sync
 async def test_kept_objects_are_offered_again_from_disk_when_starting_offline(
         served: Served, proxy: Proxy, tmp_path: Path) -> None:
-    agent = make_agent(proxy.url, served, tmp_path / "agent")
-    _engine_like(agent)
-    assert (await agent.sync_once()).outcome == "applied"
+    agent, _ = await _applied(served, proxy, tmp_path)
     _, wanted = _wanted(agent)
     await agent.client.aclose()
     restarted = make_agent("http://127.0.0.1:9", served, tmp_path / "agent")  # nothing listens there

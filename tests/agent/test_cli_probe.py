@@ -2,27 +2,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 
 from bpf.probe import FEATURE_NAMES, TETRA_NAMES
-
-
-def _script() -> str:
-    # The console script next to the interpreter running the tests (the project venv).
-    path = Path(sys.executable).parent / "palisade-agent"
-    found = str(path) if path.exists() else shutil.which("palisade-agent")
-    if found is None:
-        pytest.fail("the palisade-agent console script is not installed (pip install -e .)")
-    return found
+from support import console
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_script(), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([console.script("palisade-agent"), *args], capture_output=True, text=True, timeout=120)
 
 
 def test_probe_json_reports_this_kernel(require_kernel: None) -> None:

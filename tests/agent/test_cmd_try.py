@@ -11,11 +11,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,7 +23,7 @@ import yaml
 from bpf import inventory, syscall
 from bpf.engine import Engine, remove_all
 from bpf.policy import KINDS, parse
-from support import cgroups
+from support import cgroups, console
 
 HOST_FLOOR = 25  # of Tetragon's examples load on this kernel (no kprobes; tests/bpf/test_engine_corpus.py)
 
@@ -31,48 +31,26 @@ pytestmark = pytest.mark.kernel
 
 
 def _script() -> str:
-    # the console script of the interpreter running the tests (the project venv)
-    here = Path(sys.executable).parent / "palisade-agent"
-    found = str(here) if here.exists() else shutil.which("palisade-agent")
-    if found is None:
-        pytest.fail("the palisade-agent console script is not installed (pip install -e .)")
-    return found
+    return console.script("palisade-agent")
 
 
 def _try(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([_script(), "try", *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
+def _document(name: str, spec: dict[str, Any]) -> str:
+    return yaml.safe_dump({"apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy", "metadata": {"name": name},
+                           "spec": spec}, sort_keys=False)
+
+
 def _tracepoint(name: str) -> str:
-    return f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_setuid
-    args:
-    - index: 5
-      type: int
-"""
+    return _document(name, {"tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_setuid",
+                                             "args": [{"index": 5, "type": "int"}]}]})
 
 
 def _kprobe(name: str) -> str:
-    return f"""apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: {name}
-spec:
-  kprobes:
-  - call: fd_install
-    syscall: false
-    args:
-    - index: 0
-      type: int
-    - index: 1
-      type: file
-"""
+    return _document(name, {"kprobes": [{"call": "fd_install", "syscall": False,
+                                         "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "file"}]}]})
 
 
 @pytest.fixture()

@@ -13,7 +13,6 @@ import dataclasses
 import datetime as _dt
 import itertools
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -290,28 +289,17 @@ spec:
 def test_the_engine_refusal_is_the_status_reason_on_the_kernel(require_kernel: None) -> None:
     """On the real kernel: what `Engine.load` refuses is the PolicyStatus's refusal, with the engine's words."""
     import yaml
+    from agent_support import engine_enforcer
 
-    from agent.enforcer import EngineEnforcer
-    from bpf.engine import Engine
     from bpf.policy import parse
     from wire.values import Scope, State
 
-    root = Path("/sys/fs/bpf") / f"palisade-codes-{uuid.uuid4().hex[:8]}"
     desired = Desired("no-such-function", B.Origin("rule", "no-such-function"), Scope(), State.OBSERVE,
                       NO_SUCH_FUNCTION, B.sha256_hex(NO_SUCH_FUNCTION.encode()), 1, "c" * 40)
-    enforcer = EngineEnforcer([], pin_root=root, node_name="t")
-    try:
+    with engine_enforcer([], "palisade-codes") as enforcer:
         direct = enforcer.engine.load(parse(yaml.safe_load(NO_SUCH_FUNCTION)))
         assert not direct.loaded and direct.refusal is not None
         report = apply(enforcer, plan(enforcer.loaded(), [desired]))
-    finally:
-        enforcer.close()
-        eng = Engine(pin_root=root)
-        for key in eng.adopt():
-            eng.unload(key)
-        eng.close()
-        if root.exists():
-            root.rmdir()
     (status,) = report.policies
     assert status.status == "refused" and status.refusal is not None
     assert status.refusal.kind == direct.refusal.kind

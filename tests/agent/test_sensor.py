@@ -29,7 +29,7 @@ from agent.daemon import start_sensor
 from agent.events import EventLog, read_all
 from bpf.inventory import wait_until_gone
 from support import cgroups
-from support.kernel import unavailable
+from support.kernel import core_problem, unavailable
 
 pytestmark = pytest.mark.kernel
 
@@ -37,17 +37,6 @@ ROOT = Path(__file__).resolve().parents[2]
 _MAIN = "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))"
 CONTAINER = "c0ffee" + "0123456789abcdef" * 3 + "0123456789"  # 64 hex digits
 SLEEP = os.path.realpath("/bin/sleep")  # the file that runs (/bin may be a link to usr/bin)
-
-
-def _core_problem() -> str | None:
-    from bpf.core.build import KERNEL_BTF
-
-    for tool in ("clang", "bpftool"):
-        if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin:/sbin") is None:
-            return f"{tool} is not installed (run scripts/kernel-tools.sh)"
-    if not KERNEL_BTF.is_file():
-        return f"the kernel has no BTF at {KERNEL_BTF}"
-    return None
 
 
 def _until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -86,7 +75,7 @@ def _cgroup2() -> Path:
 
 @pytest.fixture(scope="module")
 def run(require_kernel: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    problem = _core_problem()
+    problem = core_problem()
     if problem is not None:
         unavailable(problem)
     tmp = tmp_path_factory.mktemp("sensor")
@@ -293,7 +282,7 @@ def _link_ids(d: Path) -> list[int]:
 
 
 def test_reset_and_the_next_start_remove_what_a_dead_agent_left(require_kernel: None, tmp_path: Path) -> None:
-    problem = _core_problem()
+    problem = core_problem()
     if problem is not None:
         unavailable(problem)
     pin_root = Path("/sys/fs/bpf") / f"palisade-sensor-test-{uuid.uuid4().hex[:8]}"

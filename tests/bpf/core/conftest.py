@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from core_support import Events, bpffs_dir, core_problem
+from core_support import Events, bpffs_dir
 
 from bpf.core import sensor as core_sensor
 from bpf.core.build import BuiltObject
 from bpf.core.sensor import Sensor
-from support.kernel import unavailable
+from support.kernel import core_problem, unavailable
 
 
 @pytest.fixture(scope="session")

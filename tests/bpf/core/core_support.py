@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import time
 import uuid
@@ -10,22 +9,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bpf.core.build import KERNEL_BTF
 from bpf.core.records import ExecRecord, ExitRecord
 from bpf.core.sensor import Sensor, SensorEvent
 
 BPFFS = Path("/sys/fs/bpf")
-
-
-def core_problem() -> str | None:
-    for tool in ("clang", "bpftool"):
-        if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin:/sbin") is None:
-            return f"{tool} is not installed (run scripts/kernel-tools.sh)"
-    if not KERNEL_BTF.is_file():
-        return f"the kernel has no BTF at {KERNEL_BTF}"
-    if not any(Path(d, "libbpf.so.1").exists() for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib", "/lib64")):
-        return "libbpf.so.1 is not installed (Debian libbpf1)"
-    return None
 
 
 class Events:
