@@ -254,35 +254,29 @@ def ns_json(ns: tuple[int, ...], host_ns: tuple[int, ...]) -> dict[str, Any]:
 
 def process_json(rec: ExecRecord, node: str, clock: Clock, host_ns: tuple[int, ...] = ()) -> dict[str, Any]:
     """Tetragon's `Process` for an exec record; `host_ns`: init's namespace inums (NS_NAMES order)."""
-    return _drop_empty({
-        "exec_id": exec_id(node, rec.ktime, rec.pid),
-        "pid": rec.pid,
-        "uid": rec.uid,
-        "cwd": rec.cwd,
-        "binary": rec.binary,
-        "arguments": arguments(rec.args),
-        "flags": flags_text(rec.flags),
-        "start_time": clock.rfc3339(rec.ktime),
-        "auid": rec.auid,
-        "parent_exec_id": exec_id(node, rec.parent_ktime, rec.ppid),
-        "cap": caps_json(rec.caps),  # {} when every set is empty, as protojson prints a set message
-        "ns": ns_json(rec.ns, host_ns) or None,
-        "tid": rec.tid,
-    })
+    return _process_json(rec, node, clock, host_ns, flags_text(rec.flags), rec.cwd, arguments(rec.args))
 
 
 def _exited_process_json(rec: ExitRecord, node: str, clock: Clock, host_ns: tuple[int, ...] = ()) -> dict[str, Any]:
     """The `Process` of an exit whose exec was not seen here: what the kernel still knows."""
+    return _process_json(rec, node, clock, host_ns, flags_text(rec.flags, execve=rec.cached))
+
+
+def _process_json(rec: ExecRecord | ExitRecord, node: str, clock: Clock, host_ns: tuple[int, ...], flags: str,
+                  cwd: str | None = None, args: str | None = None) -> dict[str, Any]:
+    """A `Process` from what exec and exit records both carry (an exit's has no cwd and no arguments)."""
     return _drop_empty({
         "exec_id": exec_id(node, rec.ktime, rec.pid),
         "pid": rec.pid,
         "uid": rec.uid,
+        "cwd": cwd,
         "binary": rec.binary,
-        "flags": flags_text(rec.flags, execve=rec.cached),
+        "arguments": args,
+        "flags": flags,
         "start_time": clock.rfc3339(rec.ktime),
         "auid": rec.auid,
         "parent_exec_id": exec_id(node, rec.parent_ktime, rec.ppid),
-        "cap": caps_json(rec.caps),
+        "cap": caps_json(rec.caps),  # {} when every set is empty, as protojson prints a set message
         "ns": ns_json(rec.ns, host_ns) or None,
         "tid": rec.tid,
     })
