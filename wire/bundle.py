@@ -43,7 +43,7 @@ import datetime as _dt
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
@@ -66,7 +66,7 @@ from .strict import strings as _strs
 from .strict import text as _str
 from .strict import time as _time
 from .strict import typename as _typename
-from .values import Scope, State, effective
+from .values import Scope, Selector, State, effective
 
 API_VERSION = "palisade.dev/v1"
 #: Refused before parsing: a bundle carries every rendered policy, an index only digests.
@@ -455,7 +455,8 @@ class StageGates:
 
 @dataclass(frozen=True)
 class BundleStage:
-    """One rollout stage: which sensors it holds, its bake time and gates."""
+    """One rollout stage: which sensors it holds, its bake time and gates. The repository's rollout
+    (`reconciler.repository.model.Stage`) is this same type: one definition of stage membership."""
 
     name: str
     sensors: tuple[str, ...] = ()
@@ -464,6 +465,17 @@ class BundleStage:
     rest: bool = False
     bake_seconds: int = 0
     gates: StageGates = StageGates()
+
+    @property
+    def bake(self) -> _dt.timedelta:
+        return _dt.timedelta(seconds=self.bake_seconds)
+
+    def holds(self, sensor_id: str, labels: Mapping[str, str], group: Callable[[str], Selector | None]) -> bool:
+        """Whether this stage holds a sensor: the rest of the fleet, its id, one of its groups (`group` looks
+        a group up by name, from a repository revision or a bundle; an unknown one holds nobody), or labels."""
+        return (self.rest or sensor_id in self.sensors
+                or any(Scope(group=g).includes(sensor_id, labels, group) for g in self.groups)
+                or (bool(self.match_labels) and all(labels.get(k) == v for k, v in self.match_labels)))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -489,44 +501,21 @@ class BundleStage:
         )
 
 
-class _Gates(Protocol):
-    @property
-    def max_agent_errors(self) -> int | None: ...
-    @property
-    def max_policies_refused(self) -> int | None: ...
-    @property
-    def max_unhealed_drift(self) -> int | None: ...
-    @property
-    def max_enforcement_actions_per_node(self) -> int | None: ...
-    @property
-    def min_reporting_ratio(self) -> float | None: ...
-
-
-class _Stage(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def sensors(self) -> tuple[str, ...]: ...
-    @property
-    def groups(self) -> tuple[str, ...]: ...
-    @property
-    def match_labels(self) -> tuple[tuple[str, str], ...]: ...
-    @property
-    def rest(self) -> bool: ...
-    @property
-    def bake(self) -> _dt.timedelta: ...
-    @property
-    def gates(self) -> _Gates: ...
-
-
 class _Rollout(Protocol):
-    """The shape of the repository's `model.Rollout` that a bundle's staging is built from
-    (a protocol, so the wire contract does not import the reconciler's repository model)."""
+    """The repository's `model.Rollout` a bundle's staging is built from (a protocol, so the wire contract
+    does not import the reconciler's repository model)."""
 
     @property
     def fast_track(self) -> bool: ...
     @property
-    def stages(self) -> Sequence[_Stage]: ...
+    def stages(self) -> Sequence[BundleStage]: ...
+
+
+def stage_holding(stages: Iterable[BundleStage], sensor_id: str, labels: Mapping[str, str],
+                  group: Callable[[str], Selector | None]) -> str | None:
+    """The first stage that holds the sensor (None: none does). Agents (`Bundle.stage_for`) and `palisade
+    plan` (on a repository revision) both ask this."""
+    return next((s.name for s in stages if s.holds(sensor_id, labels, group)), None)
 
 
 @dataclass(frozen=True)
@@ -538,18 +527,7 @@ class Staging:
 
     @classmethod
     def from_rollout(cls, rollout: _Rollout) -> Staging:
-        stages = tuple(
-            BundleStage(
-                name=s.name, sensors=s.sensors, groups=s.groups, match_labels=s.match_labels, rest=s.rest,
-                bake_seconds=round(s.bake.total_seconds()),
-                gates=StageGates(
-                    s.gates.max_agent_errors, s.gates.max_policies_refused, s.gates.max_unhealed_drift,
-                    s.gates.max_enforcement_actions_per_node, s.gates.min_reporting_ratio,
-                ),
-            )
-            for s in rollout.stages
-        )
-        return cls(rollout.fast_track, stages)
+        return cls(rollout.fast_track, tuple(rollout.stages))
 
     def to_json(self) -> dict[str, Any]:
         return {"fastTrack": self.fast_track, "stages": [s.to_json() for s in self.stages]}
@@ -624,15 +602,7 @@ class Bundle:
         and the index's "default" pin applies)."""
         if self.staging is None:
             return None
-        for s in self.staging.stages:
-            if (
-                s.rest
-                or sensor_id in s.sensors
-                or any(self.in_scope(Scope(group=g), sensor_id, labels) for g in s.groups)
-                or (s.match_labels and all(labels.get(k) == v for k, v in s.match_labels))
-            ):
-                return s.name
-        return None
+        return stage_holding(self.staging.stages, sensor_id, labels, self.group)
 
     def unsigned_json(self) -> dict[str, Any]:
         return {

@@ -32,7 +32,7 @@ class Scope:
     def __lt__(self, other: Scope) -> bool:
         return self.key < other.key
 
-    def includes(self, sensor_id: str, labels: Mapping[str, str], group: Callable[[str], _Selector | None]) -> bool:
+    def includes(self, sensor_id: str, labels: Mapping[str, str], group: Callable[[str], Selector | None]) -> bool:
         """Whether a sensor (id and labels) is inside this scope; `group` looks a group up by name
         (from a repository revision or a bundle). An unknown group holds nobody."""
         if self.sensor is not None:
@@ -78,7 +78,9 @@ class Scope:
         return self.key
 
 
-class _Selector(Protocol):
+class Selector(Protocol):
+    """A named set of sensors: a repository's group, or a bundle's."""
+
     def selects(self, sensor_id: str, labels: Mapping[str, str]) -> bool: ...
 
 

@@ -18,6 +18,7 @@ from reconciler.checks import ladder
 from reconciler.checks.ladder import Move, MoveKind
 from reconciler.checks.relaxing import Classification, PolicyLike, RenderedLike, classify
 from reconciler.repository.model import Group, PolicyRepository, Rollout, UnitKey, format_duration
+from wire.bundle import stage_holding
 from wire.values import Scope, State, effective
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -299,11 +300,4 @@ def _effective(side: Revision, sensor_id: str, labels: Mapping[str, str]) -> Map
 
 def stage_of(repo: PolicyRepository, sensor_id: str, labels: Mapping[str, str]) -> str | None:
     """The first stage of the repository's rollout that holds the sensor (None: no staging, or none does)."""
-    if not repo.rollouts:
-        return None
-    for st in repo.rollouts[0].stages:
-        if (st.rest or sensor_id in st.sensors
-                or any(_in_scope(repo, Scope(group=g), sensor_id, labels) for g in st.groups)
-                or (st.match_labels and all(labels.get(k) == v for k, v in st.match_labels))):
-            return st.name
-    return None
+    return stage_holding(repo.rollouts[0].stages, sensor_id, labels, repo.group) if repo.rollouts else None

@@ -223,7 +223,7 @@ def _rollout(doc: Document, spec: dict[str, Any]) -> Rollout:
             groups=tuple(sensors.get("groups", ())),
             match_labels=tuple(sorted((sensors.get("matchLabels") or {}).items())),
             rest=bool(sensors.get("rest", False)),
-            bake=parse_duration(s.get("bake", "0s")),
+            bake_seconds=round(parse_duration(s.get("bake", "0s")).total_seconds()),
             gates=Gates(
                 max_agent_errors=g.get("maxAgentErrors"),
                 max_policies_refused=g.get("maxPoliciesRefused"),

@@ -10,6 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# Stage membership, gates and group selection are the wire contract's (a bundle carries them): one
+# definition for the repository and the agents.
+from wire.bundle import BundleGroup
+from wire.bundle import BundleStage as Stage
+from wire.bundle import StageGates as Gates
+
 # The ladder, scopes and `effective` are part of the wire contract; re-exported for the reconciler's modules.
 from wire.values import Placed, Scope, State, effective
 
@@ -54,16 +60,10 @@ class RepositoryConfig:
 
 
 @dataclass(frozen=True)
-class Group:
-    name: str
-    sensors: tuple[str, ...] = ()
-    match_labels: tuple[tuple[str, str], ...] = ()
-    description: str = ""
+class Group(BundleGroup):
+    """A group of the repository: the bundle's group (who it selects) and what the repository says of it."""
 
-    def selects(self, sensor_id: str, labels: Mapping[str, str]) -> bool:
-        if sensor_id in self.sensors:
-            return True
-        return bool(self.match_labels) and all(labels.get(k) == v for k, v in self.match_labels)
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,27 +130,9 @@ class Enforcement:
 
 
 @dataclass(frozen=True)
-class Gates:
-    max_agent_errors: int | None = None
-    max_policies_refused: int | None = None
-    max_unhealed_drift: int | None = None
-    max_enforcement_actions_per_node: int | None = None
-    min_reporting_ratio: float | None = None
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    sensors: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()
-    match_labels: tuple[tuple[str, str], ...] = ()
-    rest: bool = False
-    bake: _dt.timedelta = _dt.timedelta(0)
-    gates: Gates = Gates()
-
-
-@dataclass(frozen=True)
 class Rollout:
+    """A staging plan of the repository: its stages are the bundle's (`wire.bundle.BundleStage`)."""
+
     name: str
     path: str
     stages: tuple[Stage, ...]

@@ -167,8 +167,8 @@ def test_bad_json_is_refused(data: bytes, reason: str) -> None:
 
 def test_staging_from_a_rollout() -> None:
     rollout = Rollout("default", "staging/default.yaml", stages=(
-        Stage("canary", groups=("canary",), bake=dt.timedelta(minutes=30), gates=Gates(max_agent_errors=0,
-                                                                                     min_reporting_ratio=1.0)),
+        Stage("canary", groups=("canary",), bake_seconds=30 * 60, gates=Gates(max_agent_errors=0,
+                                                                               min_reporting_ratio=1.0)),
         Stage("fleet", rest=True),
     ), fast_track=True)
     s = B.Staging.from_rollout(rollout)
@@ -345,3 +345,24 @@ def test_any_bundle_round_trips_byte_for_byte(version: int, names: list[str], ya
     got = B.verify_bundle(data, [signing.verify_key], expected_sha256=B.sha256_hex(data), expected_size=len(data))
     assert _unsigned(got) == b
     assert got.to_bytes() == data
+
+
+def test_the_repository_and_its_bundle_place_each_sensor_in_the_same_stage() -> None:
+    from reconciler.checks.plan import stage_of
+    from reconciler.repository.model import Group, PolicyRepository
+
+    groups = (Group("canary", sensors=("c1",), description="first"), Group("web", match_labels=(("role", "web"),)))
+    rollout = Rollout("default", "staging/default.yaml", stages=(
+        Stage("canary", groups=("canary",)), Stage("pinned", sensors=("p1",)),
+        Stage("labelled", match_labels=(("zone", "a"),)), Stage("ghost", groups=("nobody",)),
+        Stage("fleet", rest=True)))
+    repo = PolicyRepository(None, groups=groups, rollouts=(rollout,))
+    bundle = B.Bundle(1, "ab" * 20, None, "a <a@x>", (), T0, (),
+                      groups=tuple(B.BundleGroup(g.name, g.sensors, g.match_labels) for g in groups),
+                      staging=B.Staging.from_rollout(rollout))
+    sensors = {"c1": {}, "p1": {}, "z1": {"zone": "a"}, "w1": {"role": "web"}, "x1": {}}
+    assert {s: stage_of(repo, s, labels) for s, labels in sensors.items()} == \
+        {s: bundle.stage_for(s, labels) for s, labels in sensors.items()} == \
+        {"c1": "canary", "p1": "pinned", "z1": "labelled", "w1": "fleet", "x1": "fleet"}
+    assert stage_of(PolicyRepository(None, groups=groups), "c1", {}) is None
+    assert B.Staging.from_rollout(rollout).stages == rollout.stages  # one type: nothing is copied
