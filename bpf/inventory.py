@@ -126,6 +126,7 @@ class Inventory:
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
+Info = TypeVar("Info")
 
 
 @dataclass(frozen=True)
@@ -230,23 +231,23 @@ def _opened(open_fd: Callable[[int], int], ident: int) -> Iterator[int | None]:
         os.close(fd)
 
 
+def _infos(ids: Iterable[int], open_fd: Callable[[int], int], read: Callable[[int], Info]) -> Iterator[Info]:
+    """What `read` says of each object of `ids` that is still there when opened."""
+    for ident in ids:
+        with _opened(open_fd, ident) as fd:
+            if fd is not None:
+                yield read(fd)
+
+
 def _programs() -> Iterator[Program]:
-    for prog_id in sc.prog_ids():
-        with _opened(sc.prog_get_fd_by_id, prog_id) as fd:
-            if fd is None:
-                continue
-            info = sc.prog_info(fd)
-            yield Program(info.id, info.type_name, info.name, info.tag, info.map_ids, info.load_time_ns)
+    for info in _infos(sc.prog_ids(), sc.prog_get_fd_by_id, sc.prog_info):
+        yield Program(info.id, info.type_name, info.name, info.tag, info.map_ids, info.load_time_ns)
 
 
 def _links() -> Iterator[Link]:
-    for link_id in sc.link_ids():
-        with _opened(sc.link_get_fd_by_id, link_id) as fd:
-            if fd is None:
-                continue
-            info = sc.link_info(fd)
-            attach = None if info.attach_type is None else _short(AttachType, info.attach_type, "BPF_")
-            yield Link(info.id, info.type_name, info.prog_id, attach, info.cgroup_id, info.target_name)
+    for info in _infos(sc.link_ids(), sc.link_get_fd_by_id, sc.link_info):
+        attach = None if info.attach_type is None else _short(AttachType, info.attach_type, "BPF_")
+        yield Link(info.id, info.type_name, info.prog_id, attach, info.cgroup_id, info.target_name)
 
 
 def _cgroup_attachments(root: Path, hooks: tuple[AttachType, ...]) -> Iterator[CgroupAttachment]:
