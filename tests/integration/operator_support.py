@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from reconciler.serve.listen import BackgroundServer
 from reconciler.serve.server import create_app
+from support.policyrepo import PolicyRepo
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,19 @@ def fleet_server(tmp_path: Path) -> Iterator[FleetServer]:
     (state / "store").mkdir(parents=True)
     with BackgroundServer(create_app(state / "store")) as srv:
         yield FleetServer(srv.url, state)
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> PolicyRepo:
+    """A real git policy repository (example-repo's documents) for the operator commands to read."""
+    return PolicyRepo.create(tmp_path)
+
+
+@pytest.fixture()
+def fleet(tmp_path: Path) -> Iterator[FleetServer]:
+    """A fleet server no agent has reported to yet."""
+    with fleet_server(tmp_path) as f:
+        yield f
 
 
 def policy_status(name: str, origin: tuple[str, str], status: str = "loaded", reason: str | None = None,

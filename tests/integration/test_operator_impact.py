@@ -20,11 +20,6 @@ def _obs(binary: str, count: int, policy: str = "web-exec-allowlist", **extra: A
 
 
 @pytest.fixture()
-def repo(tmp_path: Path) -> PolicyRepo:
-    return PolicyRepo.create(tmp_path)
-
-
-@pytest.fixture()
 def fleet(tmp_path: Path) -> Any:
     with fleet_server(tmp_path) as f:
         f.heartbeat("web-1", {"role": "web"}, observations=[

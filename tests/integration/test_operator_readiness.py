@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
-from operator_support import FleetServer, fleet_server, policy_status
+from operator_support import FleetServer, policy_status
 
 from reconciler.cli import main
 from reconciler.publish.reconcile import Reconciler
@@ -27,17 +27,6 @@ def _readiness(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dic
 
 def _conditions(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in doc["conditions"]}
-
-
-@pytest.fixture()
-def repo(tmp_path: Path) -> PolicyRepo:
-    return PolicyRepo.create(tmp_path)
-
-
-@pytest.fixture()
-def fleet(tmp_path: Path) -> Any:
-    with fleet_server(tmp_path) as f:
-        yield f
 
 
 def test_not_yet_observed(repo: PolicyRepo, fleet: FleetServer, capsys: pytest.CaptureFixture[str]) -> None:

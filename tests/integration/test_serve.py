@@ -17,7 +17,7 @@ import pytest
 
 from reconciler.keys import generate, load_public_key
 from support.policyrepo import PolicyRepo
-from support.serve import Serve
+from support.serve import Serve, running
 from wire.bundle import Index, parse_bundle, verify_index
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,13 +41,8 @@ def keypair(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture()
 def serve(policy: PolicyRepo, keypair: tuple[Path, Path], tmp_path: Path) -> Iterator[Serve]:
-    s = Serve(policy.path, tmp_path / "state", keypair[0])
-    try:
+    with running(policy.path, tmp_path / "state", keypair[0]) as s:
         yield s
-    finally:
-        code = s.stop()
-        assert code == 0, s.log
-        assert "Traceback" not in s.log, s.log
 
 
 def _index(url: str, pub: Path) -> tuple[Index, str]:
