@@ -36,6 +36,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
+from wire.values import State
+
 from . import ia32, loader, scope, x64
 from .core.records import CAP_NAMES
 from .errors import Unsupported, format_path
@@ -59,7 +61,9 @@ from .tpformat import Field, Formats, builtin_formats
 from .uprobes import Resolved, Unresolvable
 from .usdt import DEREF, Probe, UsdtUnresolvable
 
-MODES = ("observe", "enforce_ready", "enforced")
+#: The engine's modes are the ladder's states (wire.values.State), in ladder order: a mode's index (its
+#: rank) is `pl_cfg.mode` in the kernel.
+MODES: tuple[State, ...] = tuple(sorted(State, key=lambda s: s.rank))
 #: `pl_cfg.mode` of a policy being unloaded: its programs return at once (set before its links go).
 MODE_OFF = len(MODES)
 STRLEN = 256
@@ -2712,12 +2716,13 @@ class _Compiler:
         tracepoint's (field 5 + i at offset 16 + 8i), so the hook's code reads them unchanged;
         compat arguments are 32 bits wide, zero-extended, which the int/uint casts absorb.
         """
-        out = []
-        for _, fn, k in self.ia32:
+        def inlined(fn: str, k: int) -> str:
+            # the program again as a function (without the maps its text may define in front of it)
             head = f"int {fn}(void *ctx) {{"
             assert head in bodies[k], bodies[k][:80]
-            # the program again as a function (without the maps its text may define in front of it)
-            out.append(f"static __always_inline int {fn}_ia32(void *ctx) {{" + bodies[k].partition(head)[2])
+            return f"static __always_inline int {fn}_ia32(void *ctx) {{" + bodies[k].partition(head)[2]
+
+        out = [inlined(fn, k) for _, fn, k in self.ia32]
         # a raw tracepoint: (struct pt_regs *regs, long id); the ia32 arguments are in bx, cx, dx, si,
         # di, bp (uapi pt_regs offsets), copied into a record laid out like a syscall tracepoint's
         out += ["int pl_ia32(struct bpf_raw_tracepoint_args *ctx) {",
@@ -2752,10 +2757,7 @@ class _Compiler:
         if self.ia32_exit:
             # raw sys_exit: (struct pt_regs *regs, long ret); the call's number is regs->orig_ax, the return
             # goes where a sys_exit record has it (offset 16)
-            for _, fn, k in self.ia32_exit:
-                head = f"int {fn}(void *ctx) {{"
-                assert head in bodies[k], bodies[k][:80]
-                out.append(f"static __always_inline int {fn}_ia32(void *ctx) {{" + bodies[k].partition(head)[2])
+            out += [inlined(fn, k) for _, fn, k in self.ia32_exit]
             out += ["int pl_ia32x(struct bpf_raw_tracepoint_args *ctx) {",
                     "    if (!pl_compat()) return 0;",
                     "    long id = 0;",
