@@ -18,13 +18,13 @@ git and nothing an agent could forge:
 from __future__ import annotations
 
 import datetime as _dt
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import StateError, UsageError, VerificationError
+from reconciler.repository.git import Git
 from reconciler.state.statedir import StateView
 from wire.bundle import Bundle, BundlePolicy, format_time, parse_bundle
 
@@ -273,10 +273,9 @@ def _subjects(mirror: Path, commits: Sequence[str]) -> dict[str, str]:
     """Commit id → subject line, from the reconciler's mirror (empty if it cannot be read)."""
     if not commits or not (mirror / "HEAD").exists():
         return {}
-    proc = subprocess.run(["git", "-C", str(mirror), "log", "--no-walk=unsorted", "--format=%H%x00%s", "--stdin"],
-                          input="\n".join(commits), capture_output=True, text=True, check=False)
+    text = Git(mirror).try_text("log", "--no-walk=unsorted", "--format=%H%x00%s", "--stdin", stdin="\n".join(commits))
     out = {}
-    for line in proc.stdout.splitlines():
+    for line in (text or "").splitlines():
         commit, _, subject = line.partition("\0")
         out[commit] = subject
     return out
@@ -284,9 +283,9 @@ def _subjects(mirror: Path, commits: Sequence[str]) -> dict[str, str]:
 
 def _paths(mirror: Path, commit: str) -> tuple[str, ...]:
     """The files `commit` changed against its first parent."""
-    proc = subprocess.run(["git", "-C", str(mirror), "diff-tree", "--no-commit-id", "--name-only", "-r", "-m",
-                           "--first-parent", "--root", commit], capture_output=True, text=True, check=False)
-    return tuple(proc.stdout.split()) if proc.returncode == 0 else ()
+    text = Git(mirror).try_text("diff-tree", "--no-commit-id", "--name-only", "-r", "-m", "--first-parent", "--root",
+                                commit)
+    return tuple(text.split()) if text is not None else ()
 
 
 # ---------------------------------------------------------------------------

@@ -38,19 +38,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import subprocess
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.checks import ladder
 from reconciler.checks.ladder import Approval, MoveKind
 from reconciler.checks.tightening import Tightening, tightenings
-from reconciler.errors import SourceError
 from reconciler.findings import Finding, Severity, error, warning
 from reconciler.repository import render, signatures, source
 from reconciler.repository.acceptances import Acceptances
+from reconciler.repository.git import Git
 from reconciler.repository.model import Location, PolicyRepository, RepositoryConfig, Reviewer, UnitKey
 from reconciler.repository.signatures import Signature, Status
 from wire.values import State
@@ -93,8 +92,8 @@ def check(
     base_sha, head_sha = source.resolve(repo, base), source.resolve(repo, head)
     if base_sha == head_sha:
         return []
-    if not _is_ancestor(repo, base_sha, head_sha):
-        fork = _merge_base(repo, base_sha, head_sha) if pending_approvals else None
+    if not Git(repo).is_ancestor(base_sha, head_sha):
+        fork = Git(repo).merge_base(base_sha, head_sha) if pending_approvals else None
         if fork is None:
             return [error(source.ROOT_FILE, 0, 0, "not-descendant",
                           f"{head} ({head_sha[:12]}) does not descend from the accepted revision {base} "
@@ -162,7 +161,7 @@ def entered_at(
     want = {u: s for u, s in units.items() if s is not None}
     found: dict[UnitKey, _dt.datetime] = {}
     held: dict[UnitKey, _dt.datetime] = {}
-    log = _git(repo, "log", "--first-parent", "--format=%H %ct", base, "--", *LADDER_PATHS).split()
+    log = Git(repo).text("log", "--first-parent", "--format=%H %ct", base, "--", *LADDER_PATHS).split()
     live = _live_times(repo, base, accepted) if accepted is not None else {}
     for sha, stamp in zip(log[0::2], log[1::2], strict=True):
         if not want:
@@ -191,7 +190,7 @@ _EPOCH = _dt.datetime.fromtimestamp(0, _dt.UTC)
 
 def _live_times(repo: Path, base: str, accepted: Acceptances) -> dict[str, _dt.datetime]:
     """First-parent commits of `base` -> when they went live (commits the reconciler never saw: absent)."""
-    chain = _git(repo, "rev-list", "--first-parent", base).split()  # newest first
+    chain = Git(repo).text("rev-list", "--first-parent", base).split()  # newest first
     times = accepted.live_times(len(chain))
     return {sha: t for i, sha in enumerate(chain) if (t := times[len(chain) - 1 - i]) is not None}
 
@@ -217,48 +216,26 @@ def _ladder_units(repo_text: str, sha: str) -> Mapping[UnitKey, State]:
     from reconciler.repository import loader  # the loader imports the schemas: only when history is walked
 
     repo = Path(repo_text)
-    listing = _git_bytes(repo, "ls-tree", "-r", "-z", "--full-tree", "-l", sha, "--", *LADDER_PATHS)
-    entries: list[tuple[str, str, str, int]] = []  # mode, blob, path, size
-    for rec in listing.split(b"\0"):
-        if rec:
-            meta, path_b = rec.split(b"\t", 1)
-            mode, otype, blob, size = meta.decode().split()
-            path = path_b.decode("utf-8", "surrogateescape")
-            if otype == "blob" and source.wanted(path):
-                entries.append((mode, blob, path, int(size) if size != "-" else 0))
-    if any(mode == "120000" for mode, *_ in entries):
+    git = Git(repo)
+    entries = [e for e in git.ls_tree(sha, *LADDER_PATHS) if e.type == "blob" and source.wanted(e.path)]
+    if any(e.is_symlink for e in entries):
         # symlinks resolve against other files of the revision: let the source reader handle them
         snap = source.from_git(repo, sha)
         files = tuple(f for f in snap.files if f.path.split("/", 1)[0] in LADDER_PATHS)
         return types.MappingProxyType(loader.load(source.Snapshot(files, sha)).repository.units())
-    misses = [(blob, path) for _, blob, path, size in entries
-              if (path, blob) not in _FILE_UNITS and size <= source.MAX_FILE_BYTES]
+    misses = [(e.sha, e.path) for e in entries
+              if (e.path, e.sha) not in _FILE_UNITS and e.size <= source.MAX_FILE_BYTES]
     if len(_FILE_UNITS) + len(misses) > _FILE_UNITS_MAX:
         _FILE_UNITS.clear()
-    data = _cat_blobs(repo, [blob for blob, _ in misses])
+    data = git.cat_blobs(blob for blob, _ in misses)
     for blob, path in misses:
         one = source.Snapshot((source.SourceFile(path, data[blob]),), sha)
         _FILE_UNITS[(path, blob)] = tuple(loader.load(one).repository.units().items())
     out: dict[UnitKey, State] = {}
     # in path order, as the full loader reads them (enforcement/ before rules/; later wins)
-    for _, blob, path, _ in sorted(entries, key=lambda e: e[2]):
-        out.update(_FILE_UNITS.get((path, blob), ()))  # too large: no units, like the full loader
+    for e in sorted(entries, key=lambda e: e.path):
+        out.update(_FILE_UNITS.get((e.path, e.sha), ()))  # too large: no units, like the full loader
     return types.MappingProxyType(out)
-
-
-def _cat_blobs(repo: Path, blobs: Sequence[str]) -> dict[str, bytes]:
-    unique = list(dict.fromkeys(blobs))
-    if not unique:
-        return {}
-    out = _git_bytes(repo, "cat-file", "--batch", stdin="".join(b + "\n" for b in unique))
-    result: dict[str, bytes] = {}
-    pos = 0
-    for blob in unique:
-        nl = out.index(b"\n", pos)
-        size = int(out[pos:nl].split()[2])
-        result[blob] = out[nl + 1 : nl + 1 + size]
-        pos = nl + 1 + size + 1
-    return result
 
 
 # --- the commits of a change ---------------------------------------------------------------------
@@ -297,7 +274,8 @@ class _Change:
 
     def __init__(self, repo: Path, base: str, head: str) -> None:
         self.repo, self.base, self.head = repo, base, head
-        out = _git(repo, "log", "--format=%H%x00%P%x00%T%x00%an%x00%ae%x00%s%x1e", f"{base}..{head}")
+        self.git = Git(repo)
+        out = self.git.text("log", "--format=%H%x00%P%x00%T%x00%an%x00%ae%x00%s%x1e", f"{base}..{head}")
         self.commits: list[_Commit] = []
         for rec in out.split("\x1e"):
             rec = rec.strip("\n")
@@ -313,22 +291,20 @@ class _Change:
         if not singles:
             return set()
         # on stdin, so a long branch cannot overflow the command line
-        trees = _git(self.repo, "cat-file", "--batch-check=%(objectname)",
-                     stdin="".join(f"{c.parents[0]}^{{tree}}\n" for c in singles)).split()
+        trees = self.git.text("cat-file", "--batch-check=%(objectname)",
+                              stdin="".join(f"{c.parents[0]}^{{tree}}\n" for c in singles)).split()
         return {c.sha for c, parent_tree in zip(singles, trees, strict=True) if c.tree == parent_tree}
 
     def _merge_own_changes(self, c: _Commit) -> tuple[str, ...]:
         """The paths a merge changes beyond the clean merge of its parents (empty: a clean merge)."""
         if len(c.parents) != 2:
             return ("(an octopus merge: its result is its author's)",)
-        proc = subprocess.run(["git", "-C", str(self.repo), "merge-tree", "--write-tree", "--no-messages",
-                               "-z", *c.parents], capture_output=True, check=False)
-        if proc.returncode not in (0, 1):
-            raise SourceError(f"{self.repo}: git merge-tree failed: {proc.stderr.decode(errors='replace').strip()}")
-        clean = proc.stdout.split(b"\0", 1)[0].decode().strip()
-        if proc.returncode == 0 and clean == c.tree:
+        # exit 1: the merge conflicts (its tree is still written)
+        merged = self.git.run("merge-tree", "--write-tree", "--no-messages", "-z", *c.parents, ok=(0, 1))
+        clean = merged.stdout.split(b"\0", 1)[0].decode().strip()
+        if merged.returncode == 0 and clean == c.tree:
             return ()
-        changed = _git(self.repo, "diff-tree", "-r", "--name-only", "-z", clean, c.tree).split("\0")
+        changed = self.git.text("diff-tree", "-r", "--name-only", "-z", clean, c.tree).split("\0")
         # a conflicted merge whose resolution equals a side still changed the conflicted files
         return tuple(p for p in changed if p) or ("(the conflict resolution)",)
 
@@ -354,7 +330,7 @@ class _Change:
             out.append(h)
         if len(h.parents) > 1 and not self._head_is_clean_merge():
             return out
-        tip = _git(self.repo, "rev-parse", f"{h.parents[1]}^{{tree}}").strip() if len(h.parents) > 1 else h.tree
+        tip = self.git.text("rev-parse", f"{h.parents[1]}^{{tree}}").strip() if len(h.parents) > 1 else h.tree
         out += [c for c in self.commits if c.sha in self._empty and c.tree == tip]
         return out
 
@@ -495,11 +471,10 @@ def _unit_location(model: PolicyRepository, unit: UnitKey) -> Location:
 
 def _config_location(repo: Path, head: str) -> Location:
     """`spec.reviewers` of palisade.yaml at `head` (the file itself when it cannot be located)."""
-    proc = subprocess.run(["git", "-C", str(repo), "cat-file", "blob", f"{head}:{source.ROOT_FILE}"],
-                          capture_output=True, check=False)
-    if proc.returncode != 0:
+    data = Git(repo).find_blob(head, source.ROOT_FILE)
+    if data is None:
         return Location(source.ROOT_FILE)
-    docs, _ = source.parse_file(source.SourceFile(source.ROOT_FILE, proc.stdout))
+    docs, _ = source.parse_file(source.SourceFile(source.ROOT_FILE, data))
     for d in docs:
         if d.kind == "Repository":
             line, col = d.locate(("spec", "reviewers"))
@@ -521,33 +496,5 @@ def _memo(load: Loader) -> Loader:
     return cached
 
 
-def _git(repo: Path, *args: str, stdin: str | None = None) -> str:
-    return _git_bytes(repo, *args, stdin=stdin).decode("utf-8", errors="replace")
-
-
-def _git_bytes(repo: Path, *args: str, stdin: str | None = None) -> bytes:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False,
-                          input=stdin.encode() if stdin is not None else None)
-    if proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip() or f"git {args[0]} failed"
-        raise SourceError(f"{repo}: {msg}")
-    return proc.stdout
-
-
-def _is_ancestor(repo: Path, a: str, b: str) -> bool:
-    proc = subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", a, b],
-                          capture_output=True, check=False)
-    if proc.returncode not in (0, 1):
-        raise SourceError(f"{repo}: git merge-base failed: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.returncode == 0
-
-
-def _merge_base(repo: Path, a: str, b: str) -> str | None:
-    proc = subprocess.run(["git", "-C", str(repo), "merge-base", a, b], capture_output=True, check=False)
-    if proc.returncode != 0:
-        return None
-    return proc.stdout.decode().strip() or None
-
-
 def _commit_time(repo: Path, rev: str) -> _dt.datetime:
-    return _dt.datetime.fromtimestamp(int(_git(repo, "log", "-1", "--format=%ct", rev).strip()), _dt.UTC)
+    return _dt.datetime.fromtimestamp(int(Git(repo).text("log", "-1", "--format=%ct", rev).strip()), _dt.UTC)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from reconciler.errors import SourceError, UsageError
+from reconciler.repository.git import Git
 from reconciler.repository.source import FOLDERS, ROOT_FILE
 
 #: The branches a pull request usually targets, in order of preference.
@@ -26,19 +26,14 @@ _FALLBACK_IDENT = {"GIT_AUTHOR_NAME": "palisade", "GIT_AUTHOR_EMAIL": "palisade@
 
 
 def git(repo: Path, *args: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None) -> str:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False, input=stdin,
-                          env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip() or f"git {args[0]} failed"
-        if "not a git repository" in err:
-            raise SourceError(f"{repo}: not a git repository")
-        raise SourceError(f"{repo}: git {args[0]}: {err}")
-    return proc.stdout.decode(errors="replace").strip()
+    """stdout of a git command that must succeed, stripped (one line answers: ids, names)."""
+    return Git(Path(repo)).text(*args, env=env, stdin=stdin).strip()
 
 
 def try_git(repo: Path, *args: str) -> str | None:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
-    return proc.stdout.decode(errors="replace").strip() if proc.returncode == 0 else None
+    """stdout of a git command, stripped, or None when git reports failure."""
+    out = Git(Path(repo)).try_text(*args)
+    return out.strip() if out is not None else None
 
 
 def require_repo(repo: Path) -> None:
@@ -57,10 +52,6 @@ def identity(repo: Path) -> dict[str, str]:
 def target_branch(repo: Path) -> str | None:
     """The first of origin/main, main, origin/master, master that exists."""
     return next((t for t in TARGETS if try_git(repo, "rev-parse", "--verify", "--quiet", f"{t}^{{commit}}")), None)
-
-
-def merge_base(repo: Path, a: str, b: str) -> str | None:
-    return try_git(repo, "merge-base", a, b) or None
 
 
 @contextlib.contextmanager
@@ -136,14 +127,6 @@ def create_branch(repo: Path, name: str, commit: str) -> None:
         raise UsageError(f"branch {name} already exists; delete it (git branch -D {name}) or pass --branch")
     # the empty old value makes git refuse if the branch appeared meanwhile
     git(repo, "update-ref", f"refs/heads/{name}", commit, "")
-
-
-def read_blob(repo: Path, rev: str, path: str) -> bytes:
-    proc = subprocess.run(["git", "-C", str(repo), "cat-file", "blob", f"{rev}:{path}"], capture_output=True,
-                          check=False)
-    if proc.returncode != 0:
-        raise SourceError(f"{repo}: cannot read {path} at {rev}: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout
 
 
 def changed_paths(repo: Path, paths: Sequence[str]) -> list[str]:

@@ -60,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.errors import UsageError
     from reconciler.findings import has_errors, render_text
     from reconciler.repository import edit, loader, source
+    from reconciler.repository.git import Git
     from reconciler.repository.model import UnitKey
     from wire.values import Scope, State
 
-    from ._gitwork import changed_paths, commit_files, create_branch, read_blob, require_repo
+    from ._gitwork import changed_paths, commit_files, create_branch, require_repo
 
     repo: Path = args.repo
     require_repo(repo)
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     except edit.Refusal as e:
         raise edit.Refusal(f"{unit}: {e}") from None
     path = _file_of(model, unit)
-    before = read_blob(repo, start, path).decode("utf-8")
+    before = Git(repo).blob(start, path).decode("utf-8")
     after = edit.set_state(before, kind=kind, name=name, scope=scope, state=target)
 
     move = f"{args.action} {kind} {name} @ {scope.key}: {current.value} → {target.value}"

@@ -129,14 +129,15 @@ def _head(repo: Path, rev: str | None) -> tuple[_Side, bool]:
 
 def _base(repo: Path, rev: str | None, head: _Side, *, explicit_head: bool, dirty: bool) -> _Side:
     from reconciler.repository import source
+    from reconciler.repository.git import Git
 
-    from ._gitwork import merge_base, target_branch
+    from ._gitwork import target_branch
 
     assert head.commit is not None
     if rev is not None:
         return _Side(rev, source.resolve(repo, rev))
     target = target_branch(repo)
-    fork = merge_base(repo, target, head.commit) if target else None
+    fork = Git(repo).merge_base(target, head.commit) if target else None
     if fork is not None and fork != head.commit:
         if dirty and fork == source.parent(repo, head.commit):
             return _Side("HEAD", fork)  # on the target branch itself: the uncommitted changes are the change

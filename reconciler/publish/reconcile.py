@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from reconciler.errors import PalisadeError, RewriteRefused, SourceError, StateE
 from reconciler.findings import error, has_errors
 from reconciler.publish.objects import Build, ObjectBuilder
 from reconciler.repository import loader, render, source
+from reconciler.repository.git import Git, UnknownRevision
 from reconciler.repository.model import PolicyRepository
 from reconciler.rollout.controller import Controller, StagedStore
 from reconciler.state.ledger import CommitInfo, Ledger, LedgerEntry
@@ -243,45 +243,46 @@ class Reconciler:
         """Bring the mirror up to date with the source; the commit the tracked branch names."""
         ref = f"refs/heads/{self.branch}"
         if not (self.mirror / "HEAD").exists():
-            _git(None, "init", "--quiet", "--bare", str(self.mirror))
-            _git(self.mirror, "remote", "add", "origin", self.source)
+            git = Git.init_bare(self.mirror)
+            git.run("remote", "add", "origin", self.source)
         else:
-            tracked = _git(self.mirror, "remote", "get-url", "origin").strip()
+            git = Git(self.mirror)
+            tracked = git.text("remote", "get-url", "origin").strip()
             if tracked != self.source:
                 raise StateError(f"the state directory {self.state_dir} tracks {tracked}, not {self.source}; "
                                  "use another --state for another repository")
         # forced: a rewritten branch must become visible so it can be refused loudly
-        _git(self.mirror, "fetch", "--quiet", "--no-tags", "origin", f"+{ref}:{ref}")
+        # a first fetch of a large remote repository may take minutes; a hung one must still end
+        git.run("fetch", "--quiet", "--no-tags", "origin", f"+{ref}:{ref}", timeout=30 * 60)
         return source.resolve(self.mirror, ref)
 
     def _descends(self, ancestor: str, commit: str) -> bool:
-        proc = subprocess.run(["git", "-C", str(self.mirror), "merge-base", "--is-ancestor", ancestor, commit],
-                              capture_output=True, check=False)
-        return proc.returncode == 0
+        try:
+            return Git(self.mirror).is_ancestor(ancestor, commit)
+        except UnknownRevision:  # the accepted commit is gone from the branch's objects: no descent
+            return False
 
     def _merge_base(self, a: str, b: str) -> str | None:
-        proc = subprocess.run(["git", "-C", str(self.mirror), "merge-base", a, b],
-                              capture_output=True, text=True, check=False)
-        return proc.stdout.strip() or None if proc.returncode == 0 else None
+        return Git(self.mirror).merge_base(a, b)
 
     def _new_commits(self, base: str | None, head: str) -> list[str]:
         spec = f"{base}..{head}" if base else head
-        out = _git(self.mirror, "rev-list", "--first-parent", "--reverse", spec)
+        out = Git(self.mirror).text("rev-list", "--first-parent", "--reverse", spec)
         return [c for c in out.split() if not self.ledger.is_processed(c)]
 
     def _info(self, commit: str, base: str | None, repo: PolicyRepository) -> CommitInfo:
-        fmt = _git(self.mirror, "show", "-s", "--format=%P%x00%an <%ae>%x00%ct", commit).rstrip("\n")
+        fmt = Git(self.mirror).text("show", "-s", "--format=%P%x00%an <%ae>%x00%ct", commit).rstrip("\n")
         parents, author, ct = fmt.split("\0")
         last = self.ledger.entry(base) if base else None
         if last is not None and parents.split()[:1] == [base]:
             position = last.position + 1  # the usual case: spare a walk of the whole history
         else:
-            position = int(_git(self.mirror, "rev-list", "--first-parent", "--count", commit)) - 1
+            position = int(Git(self.mirror).text("rev-list", "--first-parent", "--count", commit)) - 1
         first_parent = parents.split()[0] if parents else None
         if first_parent is not None and len(parents.split()) > 1:
             # a merge: the change's authors are those of the commits it brings in, not the merger
-            names = _git(self.mirror, "log", "--no-merges", "--reverse", "--format=%an <%ae>",
-                         f"{first_parent}..{commit}").splitlines()
+            names = Git(self.mirror).text("log", "--no-merges", "--reverse", "--format=%an <%ae>",
+                                          f"{first_parent}..{commit}").splitlines()
             author = ", ".join(dict.fromkeys(names)) or author
         approvers: tuple[str, ...] = ()
         if base is not None:
@@ -340,11 +341,3 @@ def status(ledger: Ledger, store: Store, *, branch: str | None = None, source: s
         "lastRun": _bundle.format_time(last_run) if last_run else None,
         "lastError": last_error,
     }
-
-
-def _git(repo: Path | None, *args: str) -> str:
-    cmd = ["git", *(["-C", str(repo)] if repo else []), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SourceError(f"git {args[0]} failed: {proc.stderr.strip() or proc.returncode}")
-    return proc.stdout

@@ -18,7 +18,6 @@ import base64
 import binascii
 import hashlib
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from reconciler.errors import SourceError
+from reconciler.repository.git import Git
 from reconciler.repository.model import Reviewer
 
 
@@ -114,23 +114,13 @@ def verify_many(repo: Path, commits: Sequence[str], reviewers: Sequence[Reviewer
         signers.write_text(allowed_signers(reviewers), encoding="utf-8")
         # --no-walk prints exactly the commits given (on stdin: no argument-length limit), one
         # record each; fields are NUL-separated, records end with RS (0x1e)
-        proc = subprocess.run(
-            [
-                "git", "-C", str(repo),
-                "-c", "gpg.format=ssh",
-                "-c", f"gpg.ssh.allowedSignersFile={signers}",
-                "-c", "log.showSignature=false",
-                "log", "--no-walk=unsorted", "--stdin", "--format=%H%x00%G?%x00%GF%x1e", "--",
-            ],
-            input="".join(sha + "\n" for sha in dict.fromkeys(shas)).encode(),
-            capture_output=True,
-            check=False,
+        log = Git(Path(repo)).text(
+            "log", "--no-walk=unsorted", "--stdin", "--format=%H%x00%G?%x00%GF%x1e", "--",
+            config={"gpg.format": "ssh", "gpg.ssh.allowedSignersFile": str(signers), "log.showSignature": "false"},
+            stdin="".join(sha + "\n" for sha in dict.fromkeys(shas)), doing="read signatures",
         )
-    if proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip() or "git log failed"
-        raise SourceError(f"{repo}: cannot read signatures: {msg}")
     found: dict[str, Signature] = {}
-    for rec in proc.stdout.decode(errors="replace").split("\x1e"):
+    for rec in log.split("\x1e"):
         rec = rec.strip("\n")
         if not rec:
             continue
@@ -160,10 +150,4 @@ def _verdict(sha: str, code: str, fp: str | None, by_fp: dict[str, Reviewer]) ->
 def _resolve(repo: Path, name: str) -> str:
     if re.fullmatch(r"[0-9a-f]{40}", name):
         return name
-    proc = subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
-        capture_output=True, check=False,
-    )
-    if proc.returncode != 0:
-        raise SourceError(f"{repo}: revision {name!r} does not name a commit")
-    return proc.stdout.decode().strip()
+    return Git(Path(repo)).commit(name)

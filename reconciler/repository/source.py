@@ -16,7 +16,6 @@ import datetime as _dt
 import os
 import posixpath
 import re
-import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 
 from reconciler.errors import SourceError
 from reconciler.findings import Finding, error, warning
+from reconciler.repository.git import Git, UnknownRevision
 
 #: Folders whose YAML files belong to the repository format (DESIGN.md §2).
 FOLDERS = ("scopes", "packs", "rules", "enforcement", "staging")
@@ -152,21 +152,14 @@ def _read_file(full: Path, rel: str, real_root: Path) -> SourceFile:
 def from_git(repo: Path, rev: str) -> Snapshot:
     """Read the policy files of `rev` straight from git's object store (no checkout)."""
     commit = resolve(repo, rev)
-    listing = _git(repo, "ls-tree", "-r", "-z", "--full-tree", "-l", commit)
-    entries: list[tuple[str, str, str, int]] = []
-    for rec in listing.split(b"\0"):
-        if not rec:
-            continue
-        meta, path_b = rec.split(b"\t", 1)
-        mode, otype, sha, size_text = meta.decode().split()
-        path = path_b.decode("utf-8", "surrogateescape")
-        if otype == "blob" and wanted(path):
-            entries.append((mode, sha, path, int(size_text) if size_text != "-" else 0))
-    blobs = _cat_blobs(repo, [sha for mode, sha, _, size in entries if size <= MAX_FILE_BYTES or mode == "120000"])
-    by_path = {p: (sha, size) for _, sha, p, size in entries}
+    git = Git(Path(repo))
+    entries = [e for e in git.ls_tree(commit) if e.type == "blob" and wanted(e.path)]
+    blobs = git.cat_blobs(e.sha for e in entries if e.size <= MAX_FILE_BYTES or e.is_symlink)
+    by_path = {e.path: (e.sha, e.size) for e in entries}
     files: list[SourceFile] = []
-    for mode, sha, path, size in entries:
-        if mode == "120000":
+    for e in entries:
+        path, sha, size = e.path, e.sha, e.size
+        if e.is_symlink:
             target = blobs[sha].decode("utf-8", "replace")
             joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
             if target.startswith("/") or joined.startswith(".."):
@@ -178,7 +171,7 @@ def from_git(repo: Path, rev: str) -> Snapshot:
                 continue
             sha, size = by_path[joined]
             if sha not in blobs and size <= MAX_FILE_BYTES:
-                blobs.update(_cat_blobs(repo, [sha]))
+                blobs.update(git.cat_blobs([sha]))
         if size > MAX_FILE_BYTES:
             files.append(SourceFile(path, None, f"file is {size} bytes; the limit is {MAX_FILE_BYTES}"))
         else:
@@ -187,13 +180,12 @@ def from_git(repo: Path, rev: str) -> Snapshot:
 
 
 def resolve(repo: Path, rev: str) -> str:
-    """The full commit id `rev` names, or SourceError saying why it cannot be read."""
+    """The full commit id `rev` names; UnknownRevision, NotARepository (SourceErrors) say why it cannot be read."""
     if len(rev) == 40 and _FULL_SHA.fullmatch(rev) and _known_commit(repo, rev):
         return rev
-    out = _git_optional(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    if out is None:
-        raise SourceError(f"{repo}: revision {rev!r} does not name a commit")
-    sha = out.decode().strip()
+    sha = Git(Path(repo)).find_commit(rev)
+    if sha is None:
+        raise UnknownRevision(Path(repo), rev)
     if len(_KNOWN) > 100_000:
         _KNOWN.clear()
     _KNOWN.add((str(repo), sha))
@@ -211,45 +203,7 @@ def _known_commit(repo: Path, sha: str) -> bool:
 
 def parent(repo: Path, commit: str) -> str | None:
     """The first parent of `commit`, or None for a root commit."""
-    out = _git_optional(repo, "rev-parse", "--verify", "--quiet", f"{commit}^1")
-    return out.decode().strip() if out else None
-
-
-def _cat_blobs(repo: Path, shas: Sequence[str]) -> dict[str, bytes]:
-    if not shas:
-        return {}
-    unique = list(dict.fromkeys(shas))
-    proc = subprocess.run(
-        ["git", "-C", str(repo), "cat-file", "--batch"],
-        input=("\n".join(unique) + "\n").encode(),
-        capture_output=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SourceError(f"{repo}: git cat-file failed: {proc.stderr.decode(errors='replace').strip()}")
-    out, pos, result = proc.stdout, 0, {}
-    for sha in unique:
-        nl = out.index(b"\n", pos)
-        header = out[pos:nl].split()
-        size = int(header[2])
-        result[sha] = out[nl + 1 : nl + 1 + size]
-        pos = nl + 1 + size + 1
-    return result
-
-
-def _git(repo: Path, *args: str) -> bytes:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
-    if proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip() or f"git {args[0]} failed"
-        raise SourceError(f"{repo}: {msg}")
-    return proc.stdout
-
-
-def _git_optional(repo: Path, *args: str) -> bytes | None:
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
-    if proc.returncode == 128 and b"not a git repository" in proc.stderr:
-        raise SourceError(f"{repo}: not a git repository")
-    return proc.stdout if proc.returncode == 0 else None
+    return Git(Path(repo)).find_commit(f"{commit}^1")
 
 
 # --- parsing ---------------------------------------------------------------------------------

@@ -15,11 +15,12 @@ git itself, so a spurious or a coalesced wake-up is harmless.
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 from pathlib import Path
 
 import watchfiles
+
+from reconciler.repository.git import Git, GitError
 
 __all__ = ["Changes", "RefWatcher", "local_git_dir"]
 
@@ -55,15 +56,10 @@ def local_git_dir(repo: str) -> Path | None:
     if "://" in repo or not path.is_dir():
         return None
     try:
-        proc = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "--path-format=absolute", "--git-common-dir"],
-            capture_output=True, text=True, check=False, timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        out = Git(path, timeout=30).try_text("rev-parse", "--path-format=absolute", "--git-common-dir")
+    except GitError:  # no git, or it hangs: poll instead of watching
         return None
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return None
-    return Path(proc.stdout.strip())
+    return Path(out.strip()) if out and out.strip() else None
 
 
 def _is_ref_file(git_dir: Path, path: str) -> bool:
