@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wire.values import State
+
 from . import exec_state, inventory, scope, syscall, uprobes, usdt
 from .compile import (
     MODE_OFF,
@@ -117,12 +119,20 @@ def _failed(key: str, reason: str, notes: tuple[str, ...] = ()) -> LoadResult:
     return LoadResult(key, False, PolicyRefusal(RefusalKind.LOAD_FAILED, (f"load failed: {reason}",)), notes=notes)
 
 
+def _mode(mode: State | str) -> State:
+    """The ladder state a caller names (a State, or its text)."""
+    try:
+        return State(mode)
+    except ValueError:
+        raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}") from None
+
+
 @dataclass(frozen=True)
 class LoadedPolicy:
     key: str
     policy: TracingPolicy
     plan: Plan = field(repr=False)
-    mode: str
+    mode: State
     pin_dir: Path
     #: Workload cgroup directories (empty: the whole node).
     cgroups: tuple[str, ...]
@@ -165,13 +175,11 @@ class Engine:
 
     # ------------------------------------------------------------------ public surface
 
-    def load(self, policy: TracingPolicy, mode: str = "observe",
+    def load(self, policy: TracingPolicy, mode: State | str = State.OBSERVE,
              cgroups: Sequence[str | os.PathLike[str]] | None = None) -> LoadResult:
         """Load and attach `policy` in `mode`, limited to the processes of `cgroups` (cgroup2 directories)
         when given. Refusals and kernel failures are returned, with nothing left behind."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
-        mode = effective_mode(policy, mode)
+        mode = State(effective_mode(policy, _mode(mode)))
         key = policy.key
         try:
             plan = compile_policy(policy, self.features, self.formats, scoped=cgroups is not None,
@@ -211,17 +219,16 @@ class Engine:
         lp = self._describe(key)
         return LoadResult(key, True, None, lp.prog_ids, plan.notes, loader.origin)
 
-    def set_mode(self, key: str, mode: str) -> None:
+    def set_mode(self, key: str, mode: State | str) -> None:
         """Switch a loaded (or pinned) policy's mode in place: same programs, new behaviour."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; modes are {', '.join(MODES)}")
+        mode = _mode(mode)
         if key in self._loaded:
-            mode = effective_mode(self._loaded[key][0].policy, mode)
+            mode = State(effective_mode(self._loaded[key][0].policy, mode))
         fd = self._open(key, "map_pl_cfg")
         try:
             raw = syscall.map_lookup_elem(fd, b"\0\0\0\0", _CFG.size) or _CFG.pack(0, 0)
             _, scoped = _CFG.unpack(raw)
-            syscall.map_update_elem(fd, b"\0\0\0\0", _CFG.pack(MODES.index(mode), scoped))
+            syscall.map_update_elem(fd, b"\0\0\0\0", _CFG.pack(mode.rank, scoped))
         finally:
             os.close(fd)
 
@@ -404,7 +411,7 @@ class Engine:
             os.close(fd)
         mode_i, _ = _CFG.unpack(raw)
         _, cg = _read_meta(d)
-        return LoadedPolicy(key=key, policy=plan.policy, plan=plan, mode=MODES[min(mode_i, 2)], pin_dir=d,
+        return LoadedPolicy(key=key, policy=plan.policy, plan=plan, mode=MODES[min(mode_i, len(MODES) - 1)], pin_dir=d,
                             cgroups=cg, prog_ids=tuple(progs), link_ids=tuple(links), map_ids=tuple(maps),
                             adopted=adopted)
 
@@ -412,7 +419,7 @@ class Engine:
 class _Loader:
     """One load: open the CO-RE object with libbpf, fill maps, attach through pinned links, publish by rename."""
 
-    def __init__(self, engine: Engine, plan: Plan, mode: str, cgroups: tuple[str, ...] | None) -> None:
+    def __init__(self, engine: Engine, plan: Plan, mode: State, cgroups: tuple[str, ...] | None) -> None:
         self.e = engine
         self.origin = ""  # where the object came from (ObjectSource)
         self.plan = plan
@@ -497,7 +504,7 @@ class _Loader:
     def _fill(self, fds: dict[str, int], meta_size: int) -> None:
         zero = b"\0\0\0\0"
         scoped = 0 if self.cgroups is None else scope.level_mask(self.cgroups, syscall.cgroup2_root())
-        syscall.map_update_elem(fds["pl_cfg"], zero, _CFG.pack(MODES.index(self.mode), scoped))
+        syscall.map_update_elem(fds["pl_cfg"], zero, _CFG.pack(self.mode.rank, scoped))
         for c in self.cgroups or ():
             ino = os.stat(c).st_ino
             syscall.map_update_elem(fds["pl_scope"], struct.pack("<Q", ino), b"\1")
