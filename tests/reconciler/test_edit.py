@@ -165,17 +165,20 @@ def test_resolve_names() -> None:
         edit.resolve("policy/web", repo)
 
 
-def test_step_follows_the_ladder() -> None:
-    assert edit.step(OBS, "advance") is READY
-    assert edit.step(READY, "advance") is ENF
-    assert edit.step(READY, "advance", ENF) is ENF
-    with pytest.raises(Refusal, match="already enforced"):
-        edit.step(ENF, "advance")
-    with pytest.raises(Refusal, match="exactly one step: observe → enforce_ready, not to enforced"):
-        edit.step(OBS, "advance", ENF)
-    assert edit.step(ENF, "revert") is OBS
-    assert edit.step(ENF, "revert", READY) is READY
-    with pytest.raises(Refusal, match="already at observe"):
-        edit.step(OBS, "revert")
-    with pytest.raises(Refusal, match="ahead of observe"):
-        edit.step(OBS, "revert", READY)
+@pytest.mark.parametrize(("now", "verb", "to", "then"), [
+    (OBS, "advance", None, READY), (READY, "advance", None, ENF), (READY, "advance", ENF, ENF),
+    (ENF, "revert", None, OBS), (ENF, "revert", READY, READY),
+])
+def test_step_follows_the_ladder(now: State, verb: str, to: State | None, then: State) -> None:
+    assert edit.step(now, verb, to) is then  # to=None: the step's default target
+
+
+@pytest.mark.parametrize(("now", "verb", "to", "refused"), [
+    (ENF, "advance", None, "already enforced"),
+    (OBS, "advance", ENF, "exactly one step: observe → enforce_ready, not to enforced"),
+    (OBS, "revert", None, "already at observe"),
+    (OBS, "revert", READY, "ahead of observe"),
+])
+def test_step_refuses_what_is_off_the_ladder(now: State, verb: str, to: State | None, refused: str) -> None:
+    with pytest.raises(Refusal, match=refused):
+        edit.step(now, verb, to)

@@ -43,6 +43,14 @@ def _startup_events(path: Path) -> Path:
     return path
 
 
+def _startup(tmp_path: Path) -> tuple[PolicyRepo, list[str]]:
+    """A policy repository and the arguments of `palisade generate` for workload shop's startup events
+    into it."""
+    repo = PolicyRepo.create(tmp_path)
+    events = _startup_events(tmp_path / "events.jsonl")
+    return repo, ["generate", "--workload", "shop", "--events", str(events), "--repo", str(repo.path)]
+
+
 def _policy(repo: Path, name: str) -> dict[str, Any]:
     text = (repo / f"packs/{name}/exec-allowlist.yaml").read_text()
     doc: dict[str, Any] = yaml.safe_load(text)
@@ -87,10 +95,8 @@ def test_a_deployment_pod_name_is_its_workload_and_replica_labels_are_dropped(co
 
 def test_startup_children_of_installers_and_shells_are_held_for_review(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    repo = PolicyRepo.create(tmp_path)
-    events = _startup_events(tmp_path / "events.jsonl")
-    assert main(["generate", "--workload", "shop", "--events", str(events), "--repo", str(repo.path),
-                 "--scope", "group:web"]) == 0
+    repo, generate_shop = _startup(tmp_path)
+    assert main([*generate_shop, "--scope", "group:web"]) == 0
     out = capsys.readouterr().out
     doc = _policy(repo.path, "shop-allowlist")
     assert _values(doc) == ["/bin/sh", "/usr/bin/python3", "/usr/sbin/nginx"]
@@ -106,17 +112,14 @@ def test_startup_children_of_installers_and_shells_are_held_for_review(tmp_path:
     assert main(["validate", "--repo", str(repo.path)]) == 0, capsys.readouterr()
 
     # the operator allows one of them after review: a second run with --allow and --force
-    assert main(["generate", "--workload", "shop", "--events", str(events), "--repo", str(repo.path),
-                 "--allow", "/usr/bin/curl", "--force"]) == 0
+    assert main([*generate_shop, "--allow", "/usr/bin/curl", "--force"]) == 0
     assert "/usr/bin/curl" in _values(_policy(repo.path, "shop-allowlist"))
 
 
 def test_branch_mode_commits_without_touching_the_work_tree(tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    repo = PolicyRepo.create(tmp_path)
-    events = _startup_events(tmp_path / "events.jsonl")
-    assert main(["generate", "--workload", "shop", "--events", str(events), "--repo", str(repo.path),
-                 "--branch", "allowlist-shop"]) == 0
+    repo, generate_shop = _startup(tmp_path)
+    assert main([*generate_shop, "--branch", "allowlist-shop"]) == 0
     assert not (repo.path / "packs/shop-allowlist").exists()
     assert subprocess.run(["git", "-C", str(repo.path), "status", "--porcelain"], capture_output=True,
                           text=True, check=True).stdout == ""
@@ -143,9 +146,7 @@ def test_bad_input_is_exit_2_with_the_reason(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_existing_files_are_not_overwritten_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    repo = PolicyRepo.create(tmp_path)
-    events = _startup_events(tmp_path / "events.jsonl")
-    argv = ["generate", "--workload", "shop", "--events", str(events), "--repo", str(repo.path)]
+    repo, argv = _startup(tmp_path)
     assert main(argv) == 0
     before = (repo.path / "packs/shop-allowlist/exec-allowlist.yaml").read_bytes()
     assert main(argv) == 2

@@ -22,13 +22,10 @@ from reconciler.repository import loader
 from reconciler.repository.model import PolicyRepository, UnitKey
 from support.gitrepo import GitRepo, Key, Person, make_key
 from support.minimalrepo import WEB_ENFORCEMENT, enforcement, palisade_yaml, rule, write_minimal
-from support.policyrepo import PolicyRepo
+from support.policyrepo import ALICE, BOB, MALLORY, PolicyRepo
 from wire.values import Scope, State
 
-ALICE = Person("Alice Reviewer", "alice@example.com")
-BOB = Person("Bob Reviewer", "bob@example.com")
 DAVE = Person("Dave Developer", "dave@example.com")
-MALLORY = Person("Mallory", "mallory@example.com")
 
 
 @dataclass

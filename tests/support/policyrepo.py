@@ -21,6 +21,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
 ALICE = Person("Alice Reviewer", "alice@example.com")
 BOB = Person("Bob Reviewer", "bob@example.com")
 DEV = Person("Dana Developer", "dana@example.com")
+MALLORY = Person("Mallory", "mallory@example.com")  # holds a key, but is no reviewer
 
 
 @dataclass
