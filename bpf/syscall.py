@@ -312,6 +312,17 @@ def _bpf(cmd: Cmd, attr: ctypes.Array[ctypes.c_char], op: str, log: str = "") ->
     return int(ret)
 
 
+def _bpf_found(cmd: Cmd, attr: ctypes.Array[ctypes.c_char], op: str) -> bool:
+    """Run `cmd`; False where the kernel has no such object (ENOENT: no such key, no id after this one)."""
+    try:
+        _bpf(cmd, attr, op)
+    except SyscallError as e:
+        if e.errno == _errno.ENOENT:
+            return False
+        raise
+    return True
+
+
 def _attr(*fields: tuple[int, str, int]) -> ctypes.Array[ctypes.c_char]:
     """A zeroed bpf_attr with (offset, struct format, value) fields packed in."""
     buf = ctypes.create_string_buffer(_ATTR_SIZE)
@@ -712,13 +723,7 @@ def obj_get(path: str | os.PathLike[str]) -> int:
 
 def _next_id(cmd: Cmd, start_id: int) -> int | None:
     attr = _attr((0, "I", start_id))
-    try:
-        _bpf(cmd, attr, f"after id {start_id}")
-    except SyscallError as e:
-        if e.errno == _errno.ENOENT:
-            return None
-        raise
-    return int(struct.unpack_from("I", attr, 4)[0])
+    return int(struct.unpack_from("I", attr, 4)[0]) if _bpf_found(cmd, attr, f"after id {start_id}") else None
 
 
 def prog_get_next_id(start_id: int = 0) -> int | None:
@@ -1006,23 +1011,12 @@ def _elem_attr(fd: int, key: bytes | None, value_addr: int, flags: int = 0) -> t
     return attr, kbuf
 
 
-def _bpf_found(cmd: Cmd, attr: ctypes.Array[ctypes.c_char], fd: int) -> bool:
-    """Run map command `cmd` on map `fd`; False where the kernel has no such key (ENOENT)."""
-    try:
-        _bpf(cmd, attr, f"map fd {fd}")
-    except SyscallError as e:
-        if e.errno == _errno.ENOENT:
-            return False
-        raise
-    return True
-
-
 def map_lookup_elem(fd: int, key: bytes, value_size: int) -> bytes | None:
     """The value at `key`, or None if absent. For per-CPU maps pass value_size * ncpus
     (each CPU's value rounded up to 8 bytes)."""
     vbuf = ctypes.create_string_buffer(value_size)
     attr, _k = _elem_attr(fd, key, _addr(vbuf))
-    return vbuf.raw if _bpf_found(Cmd.BPF_MAP_LOOKUP_ELEM, attr, fd) else None
+    return vbuf.raw if _bpf_found(Cmd.BPF_MAP_LOOKUP_ELEM, attr, f"map fd {fd}") else None
 
 
 def map_update_elem(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
@@ -1035,14 +1029,14 @@ def map_update_elem(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
 def map_delete_elem(fd: int, key: bytes) -> bool:
     """Delete `key`; False if it was not there."""
     attr, _k = _elem_attr(fd, key, 0)
-    return _bpf_found(Cmd.BPF_MAP_DELETE_ELEM, attr, fd)
+    return _bpf_found(Cmd.BPF_MAP_DELETE_ELEM, attr, f"map fd {fd}")
 
 
 def map_get_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:
     """The key after `key` (the first key for None), or None at the end."""
     nbuf = ctypes.create_string_buffer(key_size)
     attr, _k = _elem_attr(fd, key, _addr(nbuf))
-    return nbuf.raw if _bpf_found(Cmd.BPF_MAP_GET_NEXT_KEY, attr, fd) else None
+    return nbuf.raw if _bpf_found(Cmd.BPF_MAP_GET_NEXT_KEY, attr, f"map fd {fd}") else None
 
 
 def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
