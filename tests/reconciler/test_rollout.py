@@ -5,7 +5,7 @@ import datetime as _dt
 
 import pytest
 
-from reconciler.rollout.decide import Action, AgentReport, Progress, evaluate, operate, start
+from reconciler.rollout.decide import Action, AgentReport, Decision, Progress, evaluate, operate, start
 from wire.bundle import Bundle, BundleGroup, BundleStage, StageGates, Staging
 
 T0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
@@ -40,6 +40,12 @@ def fleet(versions: dict[str, int], at: _dt.datetime, **over: AgentReport) -> li
     return out
 
 
+def evaluate_at(now: _dt.datetime, target: Bundle, progress: Progress, pins: dict[str, int],
+                versions: dict[str, int], **over: AgentReport) -> Decision:
+    """evaluate() at `now`, every agent of `fleet` reporting at `now` the version of its stage in `versions`."""
+    return evaluate(target, progress, pins, fleet(versions, now, **over), now=now, stale_after=STALE)
+
+
 def test_first_version_goes_everywhere() -> None:
     progress, pins = start(plan(), Progress(), {}, 1, relaxing=False, now=T0)
     assert pins == {"canary": 1, "group": 1, "fleet": 1, "default": 1}
@@ -53,14 +59,12 @@ def test_tightening_change_moves_stage_by_stage_after_bake() -> None:
     target = bundle(2)
 
     # canary runs v2 but has not baked yet
-    d = evaluate(target, progress, pins, fleet({"canary": 2, "group": 1, "fleet": 1}, T0 + _dt.timedelta(seconds=10)),
-                 now=T0 + _dt.timedelta(seconds=10), stale_after=STALE)
+    d = evaluate_at(T0 + _dt.timedelta(seconds=10), target, progress, pins, {"canary": 2, "group": 1, "fleet": 1})
     assert d.action == Action.HOLD and d.reason == "baking, 50s left"
     assert d.stages[0].bake_left == 50 and d.stages[0].state == "baking"
 
     now = T0 + _dt.timedelta(seconds=61)
-    d = evaluate(target, progress, pins, fleet({"canary": 2, "group": 1, "fleet": 1}, now), now=now,
-                 stale_after=STALE)
+    d = evaluate_at(now, target, progress, pins, {"canary": 2, "group": 1, "fleet": 1})
     assert d.action == Action.PROMOTE and d.stage == "group"
     assert d.pins == {"canary": 2, "group": 2, "fleet": 1, "default": 1}
     progress, pins = d.progress, d.pins
@@ -71,19 +75,16 @@ def test_tightening_change_moves_stage_by_stage_after_bake() -> None:
     d = evaluate(target, progress, pins, reports, now=later, stale_after=STALE)
     assert d.action == Action.HOLD and d.reason == "2 of 3 reporting agents run v2"
 
-    d = evaluate(target, progress, pins, fleet({"canary": 2, "group": 2, "fleet": 1}, later), now=later,
-                 stale_after=STALE)
+    d = evaluate_at(later, target, progress, pins, {"canary": 2, "group": 2, "fleet": 1})
     assert d.action == Action.PROMOTE and d.stage == "fleet"
     assert d.pins == {"canary": 2, "group": 2, "fleet": 2, "default": 2}
     progress, pins = d.progress, d.pins
 
     end = later + _dt.timedelta(seconds=60)
-    d = evaluate(target, progress, pins, fleet({"canary": 2, "group": 2, "fleet": 2}, end), now=end,
-                 stale_after=STALE)
+    d = evaluate_at(end, target, progress, pins, {"canary": 2, "group": 2, "fleet": 2})
     assert d.action == Action.DONE and d.progress.stable == 2 and not d.progress.active
 
-    d = evaluate(target, d.progress, pins, fleet({"canary": 2, "group": 2, "fleet": 2}, end), now=end,
-                 stale_after=STALE)
+    d = evaluate_at(end, target, d.progress, pins, {"canary": 2, "group": 2, "fleet": 2})
     assert d.action == Action.IDLE
 
 
@@ -92,25 +93,21 @@ def test_enforcement_actions_over_the_gate_halt_and_roll_back_the_canary() -> No
     progress, pins = start(plan(), Progress(target=1, stable=1), pins, 2, relaxing=False, now=T0)
     now = T0 + _dt.timedelta(seconds=5)
     noisy = AgentReport("c1", (), 2, now, enforcement_actions=6)
-    d = evaluate(bundle(2), progress, pins, fleet({"canary": 2, "group": 1, "fleet": 1}, now, c1=noisy),
-                 now=now, stale_after=STALE)
+    d = evaluate_at(now, bundle(2), progress, pins, {"canary": 2, "group": 1, "fleet": 1}, c1=noisy)
     assert d.action == Action.HALT and d.stage == "canary" and d.gate == "maxEnforcementActionsPerNode"
     assert d.pins == {"canary": 1, "group": 1, "fleet": 1, "default": 1}
     assert "enforcement actions per node 6 > 5" in d.reason and "c1" in d.reason
     assert d.progress.halted == d.reason and not d.progress.active
     # a halted rollout stays halted
-    later = evaluate(bundle(2), d.progress, d.pins, fleet({"canary": 1, "group": 1, "fleet": 1}, now), now=now,
-                     stale_after=STALE)
+    later = evaluate_at(now, bundle(2), d.progress, d.pins, {"canary": 1, "group": 1, "fleet": 1})
     assert later.action == Action.IDLE and later.reason.startswith("halted: stage canary")
 
 
 def test_actions_at_the_limit_do_not_halt() -> None:
     progress, pins = start(plan(), Progress(target=1, stable=1), {"canary": 1}, 2, relaxing=False, now=T0)
     now = T0 + _dt.timedelta(seconds=61)
-    d = evaluate(bundle(2), progress, pins,
-                 fleet({"canary": 2, "group": 1, "fleet": 1}, now, c1=AgentReport("c1", (), 2, now,
-                                                                                  enforcement_actions=5)),
-                 now=now, stale_after=STALE)
+    d = evaluate_at(now, bundle(2), progress, pins, {"canary": 2, "group": 1, "fleet": 1},
+                    c1=AgentReport("c1", (), 2, now, enforcement_actions=5))
     assert d.action == Action.PROMOTE
 
 
@@ -118,8 +115,7 @@ def test_a_canary_that_stops_reporting_blocks_promotion_and_says_why() -> None:
     progress, pins = start(plan(), Progress(target=1, stable=1), {"canary": 1}, 2, relaxing=False, now=T0)
     now = T0 + _dt.timedelta(seconds=300)
     silent = AgentReport("c1", (), 2, T0 + _dt.timedelta(seconds=10))
-    d = evaluate(bundle(2), progress, pins, fleet({"canary": 2, "group": 1, "fleet": 1}, now, c1=silent),
-                 now=now, stale_after=STALE)
+    d = evaluate_at(now, bundle(2), progress, pins, {"canary": 2, "group": 1, "fleet": 1}, c1=silent)
     assert d.action == Action.HOLD
     assert d.reason == ("reporting share 0.00 < 1.00 (minReportingRatio): 0 of 1 agents reporting; "
                         "not reporting: c1")
@@ -130,8 +126,7 @@ def test_a_failed_gate_on_an_earlier_stage_rolls_back_every_stage_running_the_ta
     pins = {"canary": 2, "group": 2, "fleet": 1, "default": 1}
     now = T0 + _dt.timedelta(seconds=5)
     sick = AgentReport("c1", (), 2, now, refused=1)
-    d = evaluate(bundle(2), progress, pins, fleet({"canary": 2, "group": 2, "fleet": 1}, now, c1=sick), now=now,
-                 stale_after=STALE)
+    d = evaluate_at(now, bundle(2), progress, pins, {"canary": 2, "group": 2, "fleet": 1}, c1=sick)
     assert d.action == Action.HALT and d.stage == "canary" and d.gate == "maxPoliciesRefused"
     assert d.pins == {"canary": 1, "group": 1, "fleet": 1, "default": 1}
 
@@ -184,8 +179,7 @@ def test_pause_holds_resume_continues_abort_rolls_back() -> None:
 def test_stage_views_carry_gate_values_against_limits() -> None:
     progress, pins = start(plan(), Progress(target=1, stable=1), {"canary": 1}, 2, relaxing=False, now=T0)
     now = T0 + _dt.timedelta(seconds=20)
-    d = evaluate(bundle(2), progress, pins, fleet({"canary": 2, "group": 1, "fleet": 1}, now), now=now,
-                 stale_after=STALE)
+    d = evaluate_at(now, bundle(2), progress, pins, {"canary": 2, "group": 1, "fleet": 1})
     canary, group, rest = d.stages
     assert (canary.name, canary.pinned, canary.agents, canary.reporting, canary.at_pinned) == ("canary", 2, 1, 1, 1)
     assert {g.name: (g.value, g.limit, g.ok) for g in canary.gates} == {
