@@ -23,13 +23,14 @@ read is refused by both.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import yaml
 
 from bpf.errors import BpfError, PolicyRefusal, RefusalKind
+from bpf.policy import TracingPolicy, fill_placeholders
 from bpf.policy import parse as parse_policy
 from wire.heartbeat import LoadStatus
 from wire.values import State
@@ -49,6 +50,7 @@ __all__ = [
     "apply",
     "invalid",
     "plan",
+    "read_policy",
 ]
 
 
@@ -258,11 +260,13 @@ def _unload(enforcer: Enforcer, handle: str, report: ApplyReport) -> None:
         report.errors.append(f"unload {handle} failed: {e}")
 
 
-def check_policy(d: Desired) -> None:
-    """Parse the policy text as the engine would; Refused with the reason if it cannot."""
+def read_policy(d: Desired, placeholders: Mapping[str, Sequence[str]] | None = None) -> TracingPolicy:
+    """The typed policy of `d`: the one place where a bundle policy's YAML text is read (once per load), its
+    `${NAME}` values filled from this node's `placeholders` when given (the engine's; the NullEnforcer gives
+    none and leaves them as written). Refused (invalid) if it is not a policy the engine can read."""
     try:
         doc = yaml.load(d.yaml, Loader=SAFE_LOADER)
-        parse_policy(doc)
+        return parse_policy(doc if placeholders is None else fill_placeholders(doc, placeholders))
     except yaml.YAMLError as e:
         raise invalid(f"policy {d.name} is not valid YAML: {e}") from None
     except BpfError as e:
@@ -293,7 +297,7 @@ class NullEnforcer:
         return tuple(self._held.values())
 
     def load(self, policy: Desired) -> Loaded:
-        check_policy(policy)
+        read_policy(policy)
         self._seq += 1
         item = Loaded(f"{policy.name}#{self._seq}", policy.name, policy.sha256, policy.state)
         self._held[item.handle] = item

@@ -16,6 +16,7 @@ cannot switch ours off.
 """
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,23 +24,36 @@ from dataclasses import dataclass
 from .apply import Loaded
 from .select import Desired
 
-__all__ = ["DriftReport", "Finding", "compare"]
+__all__ = ["HEALABLE", "DriftKind", "DriftReport", "Finding", "compare"]
 
 log = logging.getLogger("palisade.agent.drift")
 
-#: Kinds a re-apply or a repair can fix.
-HEALABLE = frozenset({"detached", "unloaded", "map_changed", "missing", "extra", "version"})
+
+class DriftKind(enum.StrEnum):
+    """What is wrong with a load (the label of the drift metrics, events and heartbeat findings)."""
+
+    DETACHED = "detached"  # a link gone or detached from its hook
+    UNLOADED = "unloaded"  # programs or the pin directory gone
+    MAP_CHANGED = "map_changed"  # a static map's entries changed
+    FOREIGN = "foreign"  # a program not ours on a cgroup hook ours are attached to
+    MISSING = "missing"  # selected, not loaded
+    EXTRA = "extra"  # loaded, not selected
+    VERSION = "version"  # loaded at another digest or in another mode than the pin
+
+
+#: Kinds a re-apply or a repair can fix (a foreign program is not ours to remove).
+HEALABLE = frozenset(DriftKind) - {DriftKind.FOREIGN}
 
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # detached | unloaded | map_changed | foreign | missing | extra | version
+    kind: DriftKind
     policy: str
     detail: str
     handle: str | None = None  # the damaged load, for enforcer findings
 
     def to_json(self) -> dict[str, str | None]:
-        return {"kind": self.kind, "policy": self.policy, "detail": self.detail}
+        return {"kind": str(self.kind), "policy": self.policy, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -62,12 +76,12 @@ def compare(loaded: Sequence[Loaded], desired: Sequence[Desired], refused: froze
             continue
         items = have.get(name, [])
         if not items:
-            out.append(Finding("missing", name, f"{name} v{d.version} is not loaded"))
+            out.append(Finding(DriftKind.MISSING, name, f"{name} v{d.version} is not loaded"))
         elif not any(x.is_of(d) for x in items):
-            out.append(Finding("version", name, f"{name} is loaded at {items[0].digest[:12]}, "
+            out.append(Finding(DriftKind.VERSION, name, f"{name} is loaded at {items[0].digest[:12]}, "
                                                 f"the pin (v{d.version}) is {d.sha256[:12]}"))
         elif any(x.is_of(d) and x.state != d.state for x in items):
-            out.append(Finding("version", name, f"{name} runs in another mode than {d.state}"))
+            out.append(Finding(DriftKind.VERSION, name, f"{name} runs in another mode than {d.state}"))
     for name in sorted(have.keys() - want.keys()):
-        out.append(Finding("extra", name, f"{name} is loaded but not selected for this node"))
+        out.append(Finding(DriftKind.EXTRA, name, f"{name} is loaded but not selected for this node"))
     return out

@@ -1,10 +1,11 @@
 """`EngineEnforcer`: the `Enforcer` protocol over the eBPF engine (bpf.engine), on the real kernel.
 
-Each load of a policy is its own engine key, `<name>--<sha256[:12]>-<n>`, so a
-changed policy can be loaded *next to* the old one and the old one removed
-afterwards (the engine refuses two loads under one key). Keys are pinned in
-bpffs with the policy document, so after a restart the loads are adopted and
-this naming tells which policy and which version each one is.
+Each load of a policy runs under a name of its own, `<name>--<sha256[:12]>-<n>` (a
+`LoadKey`), so a changed policy can be loaded *next to* the old one and the old one
+removed afterwards (the engine refuses two loads under one key). The name is pinned in
+bpffs with the policy document, so after a restart the loads are adopted and this
+naming tells which policy and which version each one is: it is read back into a
+`LoadKey` once, at adoption; loads made here keep the typed key they were made with.
 
 Workload scoping: a policy with a `podSelector`, or a namespaced policy, runs
 only in the cgroups of the workloads (agent configuration) whose namespace and
@@ -35,8 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bpf import inventory as inv
 from bpf import syscall
 from bpf.compile import Features, compile_policy
@@ -44,20 +43,40 @@ from bpf.engine import DEFAULT_PIN_ROOT, STATIC_MAPS, Engine
 from bpf.errors import BpfError, NotLoaded, PolicyRefusal, RefusalKind
 from bpf.events import POLICY_EVENT_KINDS
 from bpf.objects import ObjectSource, source_digest
-from bpf.policy import LabelSelector, TracingPolicy, fill_placeholders, parse
+from bpf.policy import LabelSelector, TracingPolicy
 from wire.values import State
 
-from .apply import SAFE_LOADER, Inactive, Loaded, Refused, invalid
+from .apply import Inactive, Loaded, Refused, invalid, read_policy
 from .config import Workload
-from .drift import Finding
+from .drift import DriftKind, Finding
 from .objects import Offer
 from .select import Desired
 
-__all__ = ["EngineEnforcer"]
+__all__ = ["EngineEnforcer", "LoadKey"]
 
 log = logging.getLogger("palisade.agent.enforcer")
 
-_KEY = re.compile(r"^(?P<name>.+)--(?P<digest>[0-9a-f]{12})-(?P<n>[0-9]+)$")
+_PINNED = re.compile(r"(?P<name>.+)--(?P<digest>[0-9a-f]{12})-(?P<n>[0-9]+)")
+
+
+@dataclass(frozen=True)
+class LoadKey:
+    """Which policy, which version and which copy one load is; the policy runs under `str(key)`,
+    `<name>--<digest>-<n>` (`digest`: the first 12 hex digits of its sha256)."""
+
+    name: str
+    digest: str
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.name}--{self.digest}-{self.n}"
+
+    @classmethod
+    def of_pinned(cls, policy_name: str) -> LoadKey | None:
+        """The key a pinned load's policy name spells (one an earlier agent process made); None when the
+        load is not one of ours."""
+        m = _PINNED.fullmatch(policy_name)
+        return None if m is None else cls(m["name"], m["digest"], int(m["n"]))
 
 
 @dataclass(frozen=True)
@@ -95,10 +114,16 @@ class EngineEnforcer:
         self.origins: dict[str, str] = {}
         self._lock = threading.RLock()  # loads, switches, unloads and event polls come from several threads
         self._base: dict[str, _Baseline] = {}
-        self._vanished: set[str] = set()  # loads whose pin directory disappeared, until reported
+        #: handle (the engine's key) → which load it is, for every load of ours the engine holds
+        self._keys: dict[str, LoadKey] = {}
+        self._vanished: dict[str, str] = {}  # handle → policy, of loads whose pin directory disappeared
         with self._lock:
             adopted = self.engine.adopt()
+            pinned = self.engine.loaded()
             for key in adopted:
+                lk = LoadKey.of_pinned(pinned[key].policy.name)
+                if lk is not None:  # else pinned by something else under our root: not one of ours
+                    self._keys[key] = lk
                 self._baseline(key)
         if adopted:
             log.info("adopted %d pinned policies: %s", len(adopted), ", ".join(adopted))
@@ -118,35 +143,25 @@ class EngineEnforcer:
     def loaded(self) -> Sequence[Loaded]:
         with self._lock:
             self._forget_vanished()
-            out = []
-            for key, lp in self.engine.loaded().items():
-                m = _KEY.match(key)
-                if m is None:
-                    continue  # pinned by something else under our root: not one of ours
-                out.append(Loaded(key, m["name"], m["digest"], State(lp.mode)))
-            return tuple(out)
+            return tuple(self._loaded(handle, State(lp.mode)) for handle, lp in self.engine.loaded().items()
+                         if handle in self._keys)
 
     def load(self, policy: Desired) -> Loaded:
-        try:
-            doc = fill_placeholders(yaml.load(policy.yaml, Loader=SAFE_LOADER), self.placeholders)
-            parse(doc)
-        except yaml.YAMLError as e:
-            raise invalid(f"not valid YAML: {e}") from None
-        except BpfError as e:
-            raise invalid(str(e)) from None
+        tp = read_policy(policy, self.placeholders)
         with self._lock:
-            key = self._new_key(policy.name, policy.sha256)
-            tp = _renamed(doc, key)
+            key, tp = self._new_key(tp, policy.name, policy.sha256)
             cgroups = self._cgroups(tp)
             if cgroups == ():
                 raise Inactive(_why_inactive(tp))
             res = self.engine.load(tp, str(policy.state), cgroups=cgroups)
             if res.refusal is not None:
                 raise Refused(res.refusal.adding(self._object_note(tp, policy, cgroups)))
-            self.origins[key] = res.origin
-            self._baseline(key)
-        log.info("loaded %s (object from %s)", key, res.origin or "?")
-        return Loaded(key, policy.name, policy.sha256[:12], policy.state)
+            handle = tp.key
+            self._keys[handle] = key
+            self.origins[handle] = res.origin
+            self._baseline(handle)
+        log.info("loaded %s (object from %s)", handle, res.origin or "?")
+        return self._loaded(handle, policy.state)
 
     def unload(self, handle: str) -> None:
         with self._lock:
@@ -156,14 +171,13 @@ class EngineEnforcer:
                 self.engine.unload(handle)
             except NotLoaded:
                 self._forget(handle)
+            self._keys.pop(handle, None)
 
     def set_mode(self, handle: str, state: State) -> Loaded:
         with self._lock:
             self.engine.set_mode(handle, str(state))
             self._baseline(handle)
-        m = _KEY.match(handle)
-        assert m is not None
-        return Loaded(handle, m["name"], m["digest"], state)
+            return self._loaded(handle, state)
 
     def counters(self) -> dict[str, int]:
         total = {"events": 0, "enforced": 0, "wouldHaveEnforced": 0}
@@ -181,14 +195,16 @@ class EngineEnforcer:
     def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         with self._lock:
             events = self.engine.poll_events(timeout)
+            if not events:
+                return events
+            # an event names the load's policy (`<name>--<digest>-<n>`): report the policy's own name
+            names = {str(k): k.name for k in self._keys.values()}
         pods = self._pods()
         for ev in events:
             for kind in POLICY_EVENT_KINDS:
                 body = ev.get(kind)
                 if isinstance(body, dict) and isinstance(body.get("policy_name"), str):
-                    m = _KEY.match(body["policy_name"])
-                    if m is not None:  # report the policy's own name, not the load's
-                        body["policy_name"] = m["name"]
+                    body["policy_name"] = names.get(body["policy_name"], body["policy_name"])
                     pal = ev.get("palisade")
                     proc = body.get("process")
                     cgroup_id = pal.get("cgroup_id") if isinstance(pal, dict) else None
@@ -220,28 +236,25 @@ class EngineEnforcer:
         """Heal a damaged load: restore its maps in place when only their entries were changed (the
         programs and links are intact), else load a fresh copy next to it and remove the damaged one."""
         with self._lock:
-            if self._restore_maps(handle):
-                m0 = _KEY.match(handle)
-                assert m0 is not None
-                return Loaded(handle, m0["name"], m0["digest"], State(self.engine.loaded()[handle].mode))
-            m = _KEY.match(handle)
-            if m is None:
+            old = self._keys.get(handle)
+            if old is None:
                 raise Refused(PolicyRefusal(RefusalKind.LOAD_FAILED, (f"{handle} is not a palisade load",)))
+            if self._restore_maps(handle):
+                return self._loaded(handle, State(self.engine.loaded()[handle].mode))
             lp = self.engine.loaded().get(handle) if (self._dir(handle)).is_dir() else None
             base = self._base.get(handle)
             if lp is None:
                 raise Refused(PolicyRefusal(RefusalKind.LOAD_FAILED,
                                             (f"{handle} is gone; the re-apply loads it again",)))
-            doc = dict(lp.policy.document)
-            key = self._new_key(m["name"], m["digest"])
-            tp = _renamed(doc, key)
+            key, tp = self._new_key(lp.policy, old.name, old.digest)
             cgroups = base.cgroups if base is not None and base.cgroups else self._cgroups(tp)
             res = self.engine.load(tp, lp.mode, cgroups=cgroups or None)
             if res.refusal is not None:
                 raise Refused(res.refusal)
-            self._baseline(key)
+            self._keys[tp.key] = key
+            self._baseline(tp.key)
             self.unload(handle)
-            return Loaded(key, m["name"], m["digest"], State(lp.mode))
+            return self._loaded(tp.key, State(lp.mode))
 
     def close(self) -> None:
         with self._lock:
@@ -272,11 +285,22 @@ class EngineEnforcer:
     def _dir(self, key: str) -> Path:
         return self.pin_root / key.replace(".", "_")
 
-    def _new_key(self, name: str, digest: str) -> str:
+    def _loaded(self, handle: str, state: State) -> Loaded:
+        key = self._keys[handle]
+        return Loaded(handle, key.name, key.digest, state)
+
+    def _new_key(self, tp: TracingPolicy, name: str, digest: str) -> tuple[LoadKey, TracingPolicy]:
+        """The first free key of policy `name` at `digest`, and `tp` under its name."""
         n = 1
-        while self._dir(f"{name}--{digest[:12]}-{n}").exists():
+        while True:
+            key = LoadKey(name, digest[:12], n)
+            try:
+                named = tp.renamed(str(key))
+            except BpfError as e:  # a name near the length limit, which the suffix takes past it
+                raise invalid(f"policy {name}: {e}") from None
+            if not self._dir(named.key).exists():
+                return key, named
             n += 1
-        return f"{name}--{digest[:12]}-{n}"
 
     def _forget(self, key: str) -> None:
         # The engine keeps tracking a key whose pin directory someone removed, and its public
@@ -288,7 +312,8 @@ class EngineEnforcer:
         for key in list(self.engine._loaded):
             if not self._dir(key).is_dir():
                 log.warning("pin directory of %s vanished", key)
-                self._vanished.add(key)
+                lk = self._keys.pop(key, None)
+                self._vanished[key] = lk.name if lk is not None else key
                 self._forget(key)
 
     def _cgroups(self, tp: TracingPolicy) -> tuple[str, ...] | None:
@@ -331,7 +356,7 @@ class EngineEnforcer:
         if base is None or not d.is_dir() or not base.contents:
             return False
         kinds = {f.kind for f in self._drift() if f.handle == key}
-        if kinds != {"map_changed"}:
+        if kinds != {DriftKind.MAP_CHANGED}:
             return False
         for name, entries in base.contents:
             fd = syscall.obj_get(d / f"map_{name}")
@@ -351,9 +376,8 @@ class EngineEnforcer:
 
     def _drift(self) -> list[Finding]:
         out: list[Finding] = []
-        for key in sorted(self._vanished):
-            m = _KEY.match(key)
-            out.append(Finding("unloaded", m["name"] if m else key, f"{key}: its pins were removed"))
+        for key, policy in sorted(self._vanished.items()):
+            out.append(Finding(DriftKind.UNLOADED, policy, f"{key}: its pins were removed"))
         self._vanished.clear()
         if not self._base:
             return out
@@ -362,19 +386,19 @@ class EngineEnforcer:
         links = {link.id: link for link in snap.links}
         ours = set().union(*(b.prog_ids for b in self._base.values()))
         for key, base in sorted(self._base.items()):
-            m = _KEY.match(key)
-            name = m["name"] if m else key
+            lk = self._keys.get(key)
+            name = lk.name if lk is not None else key
             d = self._dir(key)
             if not d.is_dir():
-                out.append(Finding("unloaded", name, f"{key}: its pins were removed", key))
+                out.append(Finding(DriftKind.UNLOADED, name, f"{key}: its pins were removed", key))
                 continue
             gone = sorted(base.prog_ids - progs)
             if gone:
-                out.append(Finding("unloaded", name, f"programs {gone} of {key} were unloaded", key))
+                out.append(Finding(DriftKind.UNLOADED, name, f"programs {gone} of {key} were unloaded", key))
             lost = sorted(i for i in base.link_ids if i not in links or links[i].cgroup_id == 0)
             pinned = {p.name[5:] for p in d.iterdir() if p.name.startswith("link_")}
             if lost or len(pinned) < len(base.link_ids):
-                out.append(Finding("detached", name, f"{key}: {len(base.link_ids) - len(pinned) or len(lost)} "
+                out.append(Finding(DriftKind.DETACHED, name, f"{key}: {len(base.link_ids) - len(pinned) or len(lost)} "
                                                      f"of {len(base.link_ids)} attachments are gone", key))
             for map_name, digest in base.maps:
                 pin = d / f"map_{map_name}"
@@ -383,7 +407,7 @@ class EngineEnforcer:
                 except (OSError, BpfError):
                     now = "missing"
                 if now != digest:
-                    out.append(Finding("map_changed", name, f"{key}: map {map_name} was changed", key))
+                    out.append(Finding(DriftKind.MAP_CHANGED, name, f"{key}: map {map_name} was changed", key))
         managed = {c for b in self._base.values() for c in b.cgroups}
         for att in snap.cgroup_attachments:
             cg = str(syscall.cgroup2_root() / att.cgroup.lstrip("/")) if att.cgroup != "/" else \
@@ -391,7 +415,7 @@ class EngineEnforcer:
             if cg in managed and set(att.prog_ids) & ours:
                 foreign = sorted(set(att.prog_ids) - ours)
                 if foreign:
-                    out.append(Finding("foreign", att.attach_type,
+                    out.append(Finding(DriftKind.FOREIGN, att.attach_type,
                                        f"programs {foreign} not loaded by palisade on {att.attach_type} of {cg}"))
         return out
 
@@ -402,16 +426,6 @@ def _items(pin: Path) -> list[tuple[bytes, bytes]]:
         return list(syscall.map_items(fd))
     finally:
         os.close(fd)
-
-
-def _renamed(doc: Any, key: str) -> TracingPolicy:
-    doc = dict(doc)
-    meta = dict(doc.get("metadata") or {})
-    ns = meta.get("namespace")
-    # a namespaced policy's engine key is "<namespace>.<name>": keep the load's key in the name part
-    meta["name"] = key.split(".", 1)[1] if ns and key.startswith(f"{ns}.") else key
-    doc["metadata"] = meta
-    return parse(doc)
 
 
 def _matches(sel: LabelSelector, labels: dict[str, str]) -> bool:

@@ -14,7 +14,6 @@ from .health import Health
 
 __all__ = ["AgentMetrics"]
 
-_STATUSES = ("loaded", "refused", "inactive")
 _PROBLEMS = ("disk", "transfer", "index_expired")
 
 

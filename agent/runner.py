@@ -35,6 +35,7 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime as _dt
+import enum
 import errno
 import functools
 import hashlib
@@ -66,7 +67,8 @@ from .objects import OBJECTS_DIR, ObjectStore
 from .select import Desired, select, stage_of
 from .workloads import WorkloadIndex
 
-__all__ = ["RUNTIME_DIR", "STATUS_FILE", "Agent", "SyncResult", "runtime_status_path"]
+__all__ = ["RUNTIME_DIR", "STATUS_FILE", "Agent", "Artifact", "DiskFile", "SyncOutcome", "SyncResult",
+           "runtime_status_path"]
 
 log = logging.getLogger("palisade.agent")
 _R = TypeVar("_R")
@@ -86,11 +88,36 @@ def _disk_reason(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, "EIO")
 
 
+class SyncOutcome(enum.StrEnum):
+    """What one pass of the pipeline did."""
+
+    APPLIED = "applied"  # a new bundle (or a new selection of it) applied
+    CURRENT = "current"  # a newer index of the bundle already applied
+    UNCHANGED = "unchanged"  # the index is the one held (304)
+    REFUSED = "refused"  # something failed verification or transfer: nothing changed
+
+
+class Artifact(enum.StrEnum):
+    """What the agent refused (the `what` of a refusal in status, health and events)."""
+
+    INDEX = "index"
+    BUNDLE = "bundle"
+    OBJECT = "object"
+    LKG = "lkg"
+
+
+class DiskFile(enum.StrEnum):
+    """Which writes a disk problem is about (the `kind` label of the disk-error metric)."""
+
+    STATE = "state"  # the state directory's files
+    EVENTS = "events"  # the event log
+
+
 @dataclass(frozen=True)
 class SyncResult:
-    """What one pass did: "applied", "current" (nothing new), "unchanged" (304), or "refused"."""
+    """What one pass did, and the bundle version enforced after it."""
 
-    outcome: str
+    outcome: SyncOutcome
     version: int | None = None
     reason: str | None = None
     report: ApplyReport | None = None
@@ -189,7 +216,7 @@ class Agent:
         try:
             saved = lkg.load(self.cfg.state, self.pubkeys)
         except WireError as e:
-            self._refuse("lkg", e)
+            self._refuse(Artifact.LKG, e)
             return False
         if saved is None:
             return False
@@ -211,36 +238,36 @@ class Agent:
             reply = await self.client.index(etag, wait)
         except FetchError as e:
             if e.refused:
-                return self._refuse("index", e)
+                return self._refuse(Artifact.INDEX, e)
             raise
         if reply.data is None:
             self.etag = reply.etag
-            return SyncResult("unchanged", self.version)
+            return SyncResult(SyncOutcome.UNCHANGED, self.version)
         try:
             index = verify_index(reply.data, self.pubkeys, now=self._clock(), min_serial=self.trust.serial,
                                  min_version=self.trust.version)
         except WireError as e:
             # Wait for something newer than this bad copy rather than fetching it again and again.
             self.etag = reply.etag
-            return self._refuse("index", e)
+            return self._refuse(Artifact.INDEX, e)
         try:
             version, bundle, bundle_bytes = await self._choose(index)
         except WireError as e:
             # The etag is kept as it was: the index is fetched again (after the loop's backoff) and the
             # bundle with it, so a bundle spoiled in transit is retried, not skipped until the next publish.
-            return self._refuse("bundle", e)
+            return self._refuse(Artifact.BUNDLE, e)
         except FetchError as e:
             if e.refused:
-                return self._refuse("bundle", e)
+                return self._refuse(Artifact.BUNDLE, e)
             raise
         if self.enforcer.wants_objects:
             try:
                 await self.objects.fetch(self.client, bundle, select(bundle, self.cfg.sensor_id, self.labels))
             except WireError as e:  # bytes the bundle does not sign: refused like a tampered bundle
-                return self._refuse("object", e)
+                return self._refuse(Artifact.OBJECT, e)
             except FetchError as e:
                 if e.refused:
-                    return self._refuse("object", e)
+                    return self._refuse(Artifact.OBJECT, e)
                 raise
         self.trust = trust.TrustState(max(self.trust.serial, index.serial), max(self.trust.version, index.version),
                                       tuple(keyid(k) for k in self.pubkeys))
@@ -254,10 +281,10 @@ class Agent:
             self._persist(lkg.LKG_FILE, lkg.encode(reply.data, bundle_bytes), 0o600)
             self.watch_clock()
             self.write_status()
-            return SyncResult("current", version)
+            return SyncResult(SyncOutcome.CURRENT, version)
         async with self._apply_lock:
             report = await self._in_engine(self._apply_bundle, index, reply.data, bundle, bundle_bytes)
-        return SyncResult("applied", version, report=report)
+        return SyncResult(SyncOutcome.APPLIED, version, report=report)
 
     async def _choose(self, index: Index) -> tuple[int, Bundle, bytes]:
         """The version pinned for this sensor's stage, fetched and verified."""
@@ -335,7 +362,7 @@ class Agent:
     def version(self) -> int | None:
         return self.applied.bundle.version if self.applied else None
 
-    def _refuse(self, what: str, err: WireError | FetchError) -> SyncResult:
+    def _refuse(self, what: Artifact, err: WireError | FetchError) -> SyncResult:
         # the failure's class names its kind (`code`), never the message text: rewording changes no label
         label = err.code
         message = str(err)
@@ -348,7 +375,7 @@ class Agent:
             self.metrics.verification_failures.labels(label).inc()
         self._event("verification_refused", {"what": what, "reason": label, "detail": message})
         self.write_status()
-        return SyncResult("refused", self.version, reason=message)
+        return SyncResult(SyncOutcome.REFUSED, self.version, reason=message)
 
     # ------------------------------------------------------------------ health: transfers, clock, disk
 
@@ -401,7 +428,7 @@ class Agent:
         if not self.persist:
             return True
         if self.files.write(self.cfg.state / name, data, mode):
-            self._disk_ok("state")
+            self._disk_ok(DiskFile.STATE)
             return True
         assert self.files.error is not None
         self._disk_failed(self.files.error_path or self.cfg.state / name, self.files.error)
@@ -413,14 +440,14 @@ class Agent:
             return True
         if self.files.flush():
             log.info("state directory %s writable again: wrote what was pending", self.cfg.state)
-            self._disk_ok("state")
+            self._disk_ok(DiskFile.STATE)
             self.write_status()
             return True
         assert self.files.error is not None
         self._disk_failed(self.files.error_path or self.cfg.state, self.files.error)
         return False
 
-    def _disk_failed(self, path: Path, e: OSError, key: str = "state") -> None:
+    def _disk_failed(self, path: Path, e: OSError, key: DiskFile = DiskFile.STATE) -> None:
         reason = _disk_reason(e)
         detail = f"cannot write {path}: {e.strerror or e}; kept in memory, written when the disk takes it"
         if self.metrics:
@@ -429,18 +456,18 @@ class Agent:
             log.error("disk: %s; still enforcing %s", detail, f"v{self.version}" if self.version else "nothing")
             self._health_changed(write=False)
 
-    def _disk_ok(self, key: str) -> None:
+    def _disk_ok(self, key: DiskFile) -> None:
         if self.health.clear(f"disk:{key}") is not None:
             log.info("disk: %s writes work again", key)
             self._health_changed(write=False)
 
     def _on_events_error(self, e: OSError) -> None:
-        self._disk_failed(self.events.path if self.events is not None else self.cfg.state, e, key="events")
+        self._disk_failed(self.events.path if self.events is not None else self.cfg.state, e, key=DiskFile.EVENTS)
         if self.metrics:
             self.metrics.events_dropped.inc()
 
     def _on_events_recovered(self) -> None:
-        self._disk_ok("events")
+        self._disk_ok(DiskFile.EVENTS)
 
     def _health_changed(self, *, write: bool = True) -> None:
         if self.metrics:
@@ -617,15 +644,15 @@ class Agent:
             except FetchError as e:
                 self.last_error = str(e)
                 log.warning("pull failed (%s): %s", e.code, e)  # counted by _on_transfer
-                result = SyncResult("refused", self.version, e.code)
+                result = SyncResult(SyncOutcome.REFUSED, self.version, e.code)
             except Exception:  # a bug must not stop enforcement updates for good
                 log.exception("pull pass failed")
-                result = SyncResult("refused", self.version, "internal error")
+                result = SyncResult(SyncOutcome.REFUSED, self.version, "internal error")
             pace = pace.after(result.outcome, time.monotonic() - started, wait)
             self.watch_clock()
-            if result.outcome == "applied":
+            if result.outcome is SyncOutcome.APPLIED:
                 self._beat_now.set()
-            if result.outcome == "refused":
+            if result.outcome is SyncOutcome.REFUSED:
                 await _sleep_or_stop(stop, delay)
                 delay = min(delay * 2, self.cfg.intervals.retry_max)
             else:

@@ -246,6 +246,13 @@ class TracingPolicy:
         """Unique name on a node: `name`, or `namespace:name` for a namespaced policy."""
         return f"{self.namespace}:{self.name}" if self.namespace else self.name
 
+    def renamed(self, name: str) -> TracingPolicy:
+        """The same policy under another `metadata.name`, in its document too (the agent loads each version
+        of a policy under a name of its own); a PolicyError if the name is not one `parse` would accept."""
+        _check_name(name)
+        meta = {**_map(self.document.get("metadata"), ("metadata",)), "name": name}
+        return replace(self, name=name, document={**self.document, "metadata": meta})
+
 
 # --------------------------------------------------------------------------- parsing
 
@@ -260,9 +267,7 @@ def parse(doc: Any) -> TracingPolicy:
     if kind not in KINDS:
         raise PolicyError(("kind",), f"expected one of {', '.join(KINDS)}, got {kind!r}")
     meta = _map(d.get("metadata"), ("metadata",))
-    name = _str(meta.get("name"), ("metadata", "name"))
-    if not name or len(name) > 200 or "/" in name or name in (".", ".."):
-        raise PolicyError(("metadata", "name"), f"invalid policy name {name!r}")
+    name = _check_name(_str(meta.get("name"), ("metadata", "name")))
     namespace: str | None = None
     if kind == "TracingPolicyNamespaced":
         ns = meta.get("namespace")
@@ -306,6 +311,12 @@ def parse(doc: Any) -> TracingPolicy:
         lists=lists,
         loader=loader,
     )
+
+
+def _check_name(name: str) -> str:
+    if not name or len(name) > 200 or "/" in name or name in (".", ".."):
+        raise PolicyError(("metadata", "name"), f"invalid policy name {name!r}")
+    return name
 
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

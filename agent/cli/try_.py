@@ -168,25 +168,23 @@ _HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def read_file(path: Path, shown: str, placeholders: Mapping[str, Sequence[str]] | None = None) -> list[_Candidate]:
     """The documents of one file, parsed (nothing loaded); `${NAME}` values filled from `placeholders`
     as the agent fills them."""
+    from bpf import yamldocs
     from bpf.errors import PolicyError
     from bpf.policy import KINDS, fill_placeholders, parse
-    from reconciler.findings import Severity
-    from reconciler.repository.source import MAX_FILE_BYTES, SourceFile, parse_file
 
     try:
         size = path.stat().st_size
-        data = path.read_bytes() if size <= MAX_FILE_BYTES else None
+        data = path.read_bytes() if size <= yamldocs.MAX_FILE_BYTES else None
     except OSError as e:
         raise ConfigError(f"{shown}: {e.strerror or e}") from None
     if data is None:
-        reason = f"the file is {size} bytes; the limit is {MAX_FILE_BYTES}"
+        reason = f"the file is {size} bytes; the limit is {yamldocs.MAX_FILE_BYTES}"
         return [_Candidate(shown, refused=Outcome(shown, None, None, False, (reason,)))]
-    docs, findings = parse_file(SourceFile(shown, data))
-    errors = [f for f in findings if f.severity is Severity.ERROR]
-    if errors:
-        f = errors[0]
-        at = f" (line {f.line}, column {f.column})" if f.line else ""
-        return [_Candidate(shown, refused=Outcome(shown, None, None, False, (f"{f.message}{at}",)))]
+    try:
+        docs = yamldocs.read(shown, data)  # the reader of the reconciler's repository files
+    except yamldocs.YamlError as e:
+        at = f" (line {e.line}, column {e.column})" if e.line else ""
+        return [_Candidate(shown, refused=Outcome(shown, None, None, False, (f"{e}{at}",)))]
     out = []
     for d in docs:
         if d.kind not in KINDS:

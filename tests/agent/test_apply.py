@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
-from agent.apply import Loaded, NullEnforcer, Refused, StepKind, apply, plan
+from agent.apply import Loaded, NullEnforcer, Refused, StepKind, apply, plan, read_policy
 from agent.select import Desired
+from bpf.errors import PolicyError
+from bpf.policy import parse
 from wire.bundle import Origin, sha256_hex
 from wire.values import Scope, State
 
@@ -76,3 +79,31 @@ def test_duplicates_left_by_a_crash_are_reduced_to_the_wanted_one() -> None:
 def test_refused_is_an_exception_with_the_reason() -> None:
     with pytest.raises(Refused, match="apiVersion"):
         NullEnforcer().load(_d("x", text="apiVersion: v1\nkind: Pod\n"))
+
+
+PLACEHELD = ("apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: p}\nspec:\n  kprobes:\n"
+             "  - call: tcp_connect\n    syscall: false\n    args: [{index: 0, type: sock}]\n    selectors:\n"
+             "    - matchArgs: [{index: 0, operator: DAddr, values: ['${PODCIDR}', 10.1.0.0/16]}]\n")
+
+
+def test_read_policy_is_the_typed_policy_with_the_nodes_placeholders_filled_when_given() -> None:
+    d = _d("p", text=PLACEHELD)
+    values = read_policy(d, {"PODCIDR": ["10.0.0.0/8", "fd00::/8"]}).hooks[0].selectors[0].match_args[0].values
+    assert values == ("10.0.0.0/8", "fd00::/8", "10.1.0.0/16")
+    # the NullEnforcer gives none: the values stay as written, as before
+    assert read_policy(d).hooks[0].selectors[0].match_args[0].values == ("${PODCIDR}", "10.1.0.0/16")
+    with pytest.raises(Refused, match=r"policy p: .*placeholder \$\{PODCIDR\} has no value on this node"):
+        read_policy(d, {})
+    with pytest.raises(Refused, match="policy p is not valid YAML"):
+        read_policy(_d("p", text="spec: [unclosed\n"))
+
+
+def test_a_renamed_policy_is_the_policy_a_parse_of_its_renamed_document_gives() -> None:
+    tp = read_policy(_d("p", text=PLACEHELD))
+    new = tp.renamed("p--0123456789ab-1")
+    assert (new.name, new.key, new.document["metadata"]) == ("p--0123456789ab-1",) * 2 + ({"name": new.name},)
+    assert new == parse(new.document)
+    assert replace(new, name=tp.name, document=tp.document) == tp
+    assert tp.document["metadata"] == {"name": "p"}  # the original is left as it was
+    with pytest.raises(PolicyError, match="invalid policy name"):
+        tp.renamed("x" * 201)

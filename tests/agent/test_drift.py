@@ -7,7 +7,7 @@ from pathlib import Path
 from agent_support import Served, make_agent
 
 from agent.apply import Loaded
-from agent.drift import compare
+from agent.drift import HEALABLE, DriftKind, compare
 from agent.select import Desired
 from wire.bundle import Origin
 from wire.values import Scope, State
@@ -23,6 +23,7 @@ def test_compare_names_missing_extra_and_other_versions() -> None:
     desired = [_d("a", "aaaa" * 16), _d("b", "cccc" * 16), _d("c", "dddd" * 16), _d("r", "eeee" * 16)]
     kinds = {(f.kind, f.policy) for f in compare(loaded, desired, frozenset({"r"}))}
     assert kinds == {("version", "b"), ("missing", "c"), ("extra", "z")}
+    assert {k for k, _ in kinds} == {DriftKind.VERSION, DriftKind.MISSING, DriftKind.EXTRA}
 
 
 def test_the_agent_heals_what_was_removed_or_added_behind_its_back(served: Served, tmp_path: Path) -> None:
@@ -52,3 +53,8 @@ def _intruder() -> Desired:
     text = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: intruder\nspec: {}\n"
     return Desired("intruder", Origin("pack", "evil"), Scope(), State.OBSERVE, text, sha256_hex(text.encode()), 1,
                    "c" * 40)
+
+
+def test_every_kind_but_a_foreign_program_is_healable() -> None:
+    assert set(DriftKind) - HEALABLE == {DriftKind.FOREIGN}
+    assert {str(k) for k in HEALABLE} == {"detached", "unloaded", "map_changed", "missing", "extra", "version"}

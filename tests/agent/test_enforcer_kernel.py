@@ -1,15 +1,18 @@
-"""EngineEnforcer on the real kernel: workload scoping, in-place map restore, foreign programs on its hooks."""
+"""EngineEnforcer on the real kernel: workload scoping, in-place map restore, foreign programs on its hooks,
+the typed key each load runs under."""
 from __future__ import annotations
 
 import os
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
-from agent.apply import Inactive, Refused
-from agent.enforcer import EngineEnforcer
+from agent.apply import Inactive, Refused, apply, plan
+from agent.enforcer import EngineEnforcer, LoadKey
 from agent.select import Desired
 from bpf import syscall
 from bpf.syscall import AttachType, Insn, ProgType
@@ -129,3 +132,36 @@ def test_placeholders_are_filled_from_the_node_and_an_unset_one_is_refused(enfor
 
     assert _connect(cgroup, "127.0.0.1", 9) == "111"  # inside PODCIDR: reaches the port (ECONNREFUSED)
     assert _connect(cgroup, "192.0.2.1", 9) == "1"  # elsewhere: EPERM from the hook
+
+
+NAMESPACED = CONNECT.replace("kind: TracingPolicy", "kind: TracingPolicyNamespaced").replace(
+    "  name: only-https", "  name: only-https\n  namespace: shop")
+
+
+def test_each_load_runs_under_its_typed_key_which_a_restarted_enforcer_reads_back(
+        enforcer: EngineEnforcer, cgroup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`<name>--<digest>-<n>`: a second load of one version is n=2, a namespaced policy's handle is the engine's
+    key of it (`<namespace>:<load name>`), each load reads the policy's YAML once; an enforcer started anew on
+    the pins lists the same loads, and applying the selection keeps one and removes the other."""
+    d = _desired(NAMESPACED)
+    reads: list[str] = []
+    real_load = yaml.load
+    monkeypatch.setattr(yaml, "load", lambda text, **kw: reads.append(text) or real_load(text, **kw))
+    first, second = enforcer.load(d), enforcer.load(d)
+    assert reads == [d.yaml, d.yaml]
+    key = LoadKey("only-https", d.sha256[:12], 1)
+    assert (first.handle, first.name, first.digest) == (f"shop:{key}", "only-https", d.sha256[:12])
+    assert second.handle == f"shop:{replace(key, n=2)}"
+    assert LoadKey.of_pinned(str(key)) == key and LoadKey.of_pinned("only-https") is None
+    assert (enforcer.pin_root / first.handle).is_dir() and enforcer.drift() == []
+    assert _connect(cgroup, "127.0.0.1", 9) == "1"  # in force in the workload of namespace shop
+
+    again = EngineEnforcer(enforcer.workloads, pin_root=enforcer.pin_root, node_name="t")
+    try:
+        assert again.loaded() == enforcer.loaded() == (first, second)
+        assert apply(again, plan(again.loaded(), [d])).unloaded == [second.handle]
+        assert again.loaded() == (first,)
+        assert again.set_mode(first.handle, State.OBSERVE) == replace(first, state=State.OBSERVE)
+        assert _connect(cgroup, "127.0.0.1", 9) == "111"  # observed only: the connect goes out (ECONNREFUSED)
+    finally:
+        again.close()

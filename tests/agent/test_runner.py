@@ -16,7 +16,7 @@ from agent_support import Proxy, Served, make_agent
 from nacl.signing import SigningKey
 
 from agent import lkg, trust
-from agent.runner import Agent
+from agent.runner import Agent, SyncOutcome
 from wire.bundle import (
     Index,
     IndexEntry,
@@ -42,12 +42,13 @@ def test_first_pull_applies_the_selection_for_this_sensor(served: Served, tmp_pa
         agent = make_agent(served.url, served, tmp_path / "agent")
         result = await agent.sync_once()
         assert (result.outcome, result.version) == ("applied", 1)
+        assert result.outcome is SyncOutcome.APPLIED
         loaded = {x.name: str(x.state) for x in agent.enforcer.loaded()}
         # node-canary-1 is in group canary: web-lockdown enforced there; fleet-wide policies observe
         assert loaded == {"baseline-privilege-changes": "observe", "baseline-process-lifecycle": "observe",
                           "no-kernel-modules": "enforced", "web-exec-allowlist": "enforced"}
         again = await agent.sync_once(wait=0.2)
-        assert again.outcome == "unchanged"
+        assert again.outcome is SyncOutcome.UNCHANGED
         await agent.client.aclose()
 
     asyncio.run(run())
