@@ -116,16 +116,20 @@ class Node:
 
         return subprocess.run(FORBIDDEN, preexec_fn=enter, capture_output=True, timeout=30).returncode
 
-    def publish(self, old: str, new: str, signer: str | None) -> float:
-        """Commit the canary's web-lockdown state change; the monotonic time the server starts serving it."""
-        self.repo.change(f"canary {old} -> {new}", [("enforcement/web-lockdown.yaml", CANARY + old, CANARY + new)],
-                         signer=signer, wait_days=4 if signer else 0)
+    def _reconcile_and_serve(self) -> float:
+        """Reconcile the new commit; the monotonic time the server starts serving the version it publishes."""
         out = self.rec.run_once()
         assert out.published, out
         self.server.publication.refresh()
         version = out.published[-1]
         until(lambda: version in self.served, 10)
         return self.served[version]
+
+    def publish(self, old: str, new: str, signer: str | None) -> float:
+        """Commit the canary's web-lockdown state change; the monotonic time the server starts serving it."""
+        self.repo.change(f"canary {old} -> {new}", [("enforcement/web-lockdown.yaml", CANARY + old, CANARY + new)],
+                         signer=signer, wait_days=4 if signer else 0)
+        return self._reconcile_and_serve()
 
     def publish_new_policy(self, name: str) -> float:
         """Add a policy (observe: a new policy starts there) posting execs of /usr/bin/true; publish time."""
@@ -135,12 +139,7 @@ class Node:
         git.commit(f"add {name}", author=self.repo_author, sign=self.repo.keys.get("dana"))
         git.checkout("main")
         git.merge(f"add-{name}", author=self.repo_author)
-        out = self.rec.run_once()
-        assert out.published, out
-        self.server.publication.refresh()
-        version = out.published[-1]
-        until(lambda: version in self.served, 10)
-        return self.served[version]
+        return self._reconcile_and_serve()
 
     def probe_reported(self, name: str) -> bool:
         """Run /usr/bin/true in the workload; True once the new policy's event for it is in the event log."""

@@ -6,6 +6,7 @@ workload cgroups (their processes killed first).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -65,6 +66,16 @@ def remove_cgroup(w: Workload) -> None:
     cgroups.remove(w.path)
 
 
+@contextlib.contextmanager
+def scratch_workload() -> Iterator[Workload]:
+    """A new workload cgroup for the block; removed afterwards, whatever still runs in it killed first."""
+    w = new_cgroup()
+    try:
+        yield w
+    finally:
+        remove_cgroup(w)
+
+
 def cleanup_pins(pin_root: Path) -> None:
     """Unload whatever is pinned under `pin_root` (adopting it first), then remove the root."""
     _, problems = remove_all(pin_root)
@@ -90,9 +101,8 @@ def pin_dir(require_kernel: None) -> Iterator[Path]:
 @pytest.fixture()
 def cgroup(require_kernel: None) -> Iterator[Path]:
     """An empty cgroup2 directory (a bare path, not a Workload); removed, its processes killed first."""
-    w = new_cgroup()
-    yield w.path
-    remove_cgroup(w)
+    with scratch_workload() as w:
+        yield w.path
 
 
 @pytest.fixture()
@@ -104,9 +114,8 @@ def engine(pin_root: Path) -> Iterator[Engine]:
 
 @pytest.fixture()
 def workload(require_kernel: None) -> Iterator[Workload]:
-    w = new_cgroup()
-    yield w
-    remove_cgroup(w)
+    with scratch_workload() as w:
+        yield w
 
 
 @pytest.fixture()
@@ -122,6 +131,14 @@ def watched() -> Iterator[Path]:
 def policy(name: str, spec: dict[str, Any]) -> TracingPolicy:
     return parse({"apiVersion": "cilium.io/v1alpha1", "kind": "TracingPolicy", "metadata": {"name": name},
                   "spec": spec})
+
+
+def fd_install_under(watched: Path) -> TracingPolicy:
+    """Policy `fd-install`: a kprobe on fd_install reporting the fd and the file, for files under `watched`."""
+    return policy("fd-install", {"kprobes": [{
+        "call": "fd_install", "syscall": False,
+        "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "file"}],
+        "selectors": [{"matchArgs": [{"index": 1, "operator": "Prefix", "values": [str(watched) + "/"]}]}]}]})
 
 
 def exec_allowlist(name: str, allowed: Sequence[str]) -> TracingPolicy:

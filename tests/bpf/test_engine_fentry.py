@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_support import Workload, kprobe_events, policy
+from engine_support import Workload, fd_install_under, kprobe_events, policy
 
 from bpf.compile import Features
 from bpf.engine import Engine
@@ -37,10 +37,7 @@ def trampolines_only(pin_root: Path) -> Iterator[Engine]:
 
 def test_fd_install_runs_on_fentry_and_reports_the_file(trampolines_only: Engine, workload: Workload,
                                                         watched: Path) -> None:
-    doc = policy("fd-install", {"kprobes": [{
-        "call": "fd_install", "syscall": False,
-        "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "file"}],
-        "selectors": [{"matchArgs": [{"index": 1, "operator": "Prefix", "values": [str(watched) + "/"]}]}]}]})
+    doc = fd_install_under(watched)
     res = trampolines_only.load(doc, "observe", cgroups=[workload.path])
     assert res.loaded, res.reasons
     assert [s.kind for h in trampolines_only.loaded()["fd-install"].plan.hooks for s in h.sites] == ["fentry"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_support import Workload, kprobe_events, our_programs, policy, programs_gone
+from engine_support import Workload, fd_install_under, kprobe_events, our_programs, policy, programs_gone
 
 from bpf.engine import Engine
 
@@ -30,10 +30,7 @@ PY = sys.executable
 
 
 def test_fd_install_reports_the_file_as_tetragon_does(engine: Engine, workload: Workload, watched: Path) -> None:
-    doc = policy("fd-install", {"kprobes": [{
-        "call": "fd_install", "syscall": False,
-        "args": [{"index": 0, "type": "int"}, {"index": 1, "type": "file"}],
-        "selectors": [{"matchArgs": [{"index": 1, "operator": "Prefix", "values": [str(watched) + "/"]}]}]}]})
+    doc = fd_install_under(watched)
     res = engine.load(doc, "observe", cgroups=[workload.path])
     assert res.loaded, res.reasons
     assert workload.run(["/usr/bin/cat", str(watched / "secret")]).stdout == b"s3cret\n"

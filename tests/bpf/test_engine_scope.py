@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_support import Workload, new_cgroup, remove_cgroup, wait_events
+from engine_support import Workload, scratch_workload, wait_events
 
 from bpf import templates
 from bpf.engine import Engine
@@ -49,9 +49,9 @@ for line in sys.stdin:
 
 @pytest.fixture()
 def outside(require_kernel: None) -> Iterator[Workload]:
-    w = new_cgroup()
-    yield w
-    remove_cgroup(w)
+    """A second workload, outside the policies' scope."""
+    with scratch_workload() as w:
+        yield w
 
 
 @pytest.fixture()

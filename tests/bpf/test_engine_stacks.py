@@ -25,7 +25,7 @@ import yaml
 from engine_support import Workload, build_c, policy
 
 from bpf.engine import Engine
-from bpf.policy import parse
+from bpf.policy import TracingPolicy, parse
 
 pytestmark = pytest.mark.kernel
 
@@ -81,6 +81,14 @@ def _run(workload: Workload, engine: Engine, program: Path, kind: str, count: in
     return bodies
 
 
+def _load_and_run(engine: Engine, workload: Workload, program: Path, doc: TracingPolicy, kind: str,
+                  count: int = 1) -> list[dict[str, Any]]:
+    """`doc` loaded in observe mode on the workload, then the first `count` `kind` events of one run of the program."""
+    res = engine.load(doc, "observe", cgroups=[workload.path])
+    assert res.loaded, res.reasons
+    return _run(workload, engine, program, kind, count)
+
+
 def _check_stacks(body: dict[str, Any], program: Path, kernel_stack: bool = True) -> None:
     if not kernel_stack:
         assert "kernel_stack_trace" not in body
@@ -104,9 +112,7 @@ def _check_user_stack(body: dict[str, Any], program: Path) -> None:
 def test_a_syscall_kprobe_posts_the_kernel_and_user_stacks_of_the_call(
         engine: Engine, workload: Workload, program: Path) -> None:
     doc = policy("stacks-kprobe", {"kprobes": [{"call": "sys_getppid", "syscall": True, "selectors": _POST}]})
-    res = engine.load(doc, "observe", cgroups=[workload.path])
-    assert res.loaded, res.reasons
-    (body,) = _run(workload, engine, program, "process_kprobe")
+    (body,) = _load_and_run(engine, workload, program, doc, "process_kprobe")
     assert body["function_name"].endswith("sys_getppid")
     _check_stacks(body, program, SYSCALL_TP_KERNEL_STACK)
 
@@ -116,9 +122,7 @@ def test_a_tracepoint_posts_the_stacks_only_for_the_selector_that_asks(
     doc = policy("stacks-tracepoint", {"tracepoints": [{
         "subsystem": "syscalls", "event": "sys_enter_getppid", "selectors": _POST}, {
         "subsystem": "syscalls", "event": "sys_enter_getppid"}]})
-    res = engine.load(doc, "observe", cgroups=[workload.path])
-    assert res.loaded, res.reasons
-    bodies = _run(workload, engine, program, "process_tracepoint", count=2)
+    bodies = _load_and_run(engine, workload, program, doc, "process_tracepoint", count=2)
     with_stacks = [b for b in bodies if "user_stack_trace" in b]
     assert len(with_stacks) == 1
     _check_stacks(with_stacks[0], program, SYSCALL_TP_KERNEL_STACK)
@@ -145,9 +149,7 @@ def test_the_stack_traces_example_loads_on_kfree_skb_reason(engine: Engine, work
 def test_a_kprobe_on_the_syscall_entry_posts_its_kernel_and_user_stacks(
         engine: Engine, workload: Workload, program: Path) -> None:
     doc = policy("stacks-entry", {"kprobes": [{"call": "__x64_sys_getppid", "syscall": False, "selectors": _POST}]})
-    res = engine.load(doc, "observe", cgroups=[workload.path])
-    assert res.loaded, res.reasons
-    (body,) = _run(workload, engine, program, "process_kprobe")
+    (body,) = _load_and_run(engine, workload, program, doc, "process_kprobe")
     assert body["function_name"] == "__x64_sys_getppid"
     _check_stacks(body, program)
 
