@@ -26,6 +26,7 @@ Decisions worth knowing:
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -160,10 +161,22 @@ _POSITIVE = frozenset({"In", "Equal", "Prefix", "Postfix", "DAddr", "SAddr", "DP
                        "State", "Protocol", "SockFamily"})
 
 
+@functools.lru_cache(maxsize=256)
+def _document(text: str) -> Any:
+    """A rendered policy's YAML, parsed once per text (raises yaml.YAMLError).
+
+    The rollout controller compares a new bundle with every version a stage still runs, so the
+    same policy text comes up once per pinned version; rendered text is immutable, the parsed
+    document is only read (never changed) here, so caching keeps `classify` pure. 256 texts hold
+    a few bundles' worth of changed policies (only changed ones are parsed).
+    """
+    return yaml.safe_load(text)
+
+
 def relaxes(before: str, after: str) -> str | None:
     """What makes `after` match no more than `before` ("exception added", ...), or None if it may match more."""
     try:
-        b, a = yaml.safe_load(before), yaml.safe_load(after)
+        b, a = _document(before), _document(after)
     except yaml.YAMLError:
         return None
     if not isinstance(b, dict) or not isinstance(a, dict):

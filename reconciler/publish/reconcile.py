@@ -5,8 +5,11 @@ directory (`mirror.git`), fetched from a local path or a URL, so both kinds of
 source behave the same and a force-push upstream cannot erase what was accepted.
 For each first-parent commit after the last accepted one, oldest first, it runs
 the validator (history against the last *accepted* commit), renders, builds and
-signs a bundle, and lets the ledger publish it (ledger.py explains the crash
-safety). Before signing it builds the policies' CO-RE objects (reconciler/publish/objects.py)
+signs a bundle, asks the rollout controller for the pins of the index that
+publishes it, and publishes it in one call to the ledger (the row, the bundle,
+the index: ledger.py explains the crash safety). The signed bytes travel with
+the typed bundle they encode, so nothing on the way parses them back. Before
+signing it builds the policies' CO-RE objects (reconciler/publish/objects.py)
 into the store, so the bundle lists them by digest and nodes load exactly those
 bytes; a policy whose C does not compile rejects the commit. A rejected commit
 is recorded with every finding; later commits are still processed against the
@@ -33,10 +36,10 @@ from reconciler.publish.objects import Build, ObjectBuilder
 from reconciler.repository import loader, render, source
 from reconciler.repository.git import Git, UnknownRevision
 from reconciler.repository.model import PolicyRepository
-from reconciler.rollout.controller import Controller, StagedStore
+from reconciler.rollout.controller import Controller
 from reconciler.state.ledger import CommitInfo, Ledger, LedgerEntry
 from reconciler.state.statedir import StateDir
-from reconciler.state.store import Store
+from reconciler.state.store import SignedBundle, Store
 from wire import bundle as _bundle
 
 log = logging.getLogger("palisade.reconcile")
@@ -88,8 +91,7 @@ class Reconciler:
         self.key = key
         self._clock = clock or (lambda: _dt.datetime.now(_dt.UTC))
         self.ledger = Ledger.open(self.state)
-        # Publishes pin only the first rollout stage; the controller promotes the rest (rollouts.py).
-        self.store = StagedStore(self.state.store.root, key)
+        self.store = Store(self.state.store.root, key)
         self.rollouts = Controller(self.state, self.ledger, self.store, clock=self._clock)
         self.mirror = self.state.mirror
         self._cache = _Cache(self.mirror)
@@ -99,7 +101,7 @@ class Reconciler:
         self.refused: str | None = None
         self.last_run: _dt.datetime | None = None
         self.last_error: str | None = None
-        self.ledger.recover(self.store)
+        self.recover()
 
     def close(self) -> None:
         self.rollouts.close()
@@ -116,7 +118,7 @@ class Reconciler:
     def run_once(self, *, accept_rewrite: bool = False) -> Outcome:
         """Fetch, process every new commit, re-sign the index if due. Raises RewriteRefused."""
         t0 = time.perf_counter()
-        self.ledger.recover(self.store)
+        self.recover()
         try:
             head = self.fetch()
         except SourceError as e:
@@ -149,6 +151,15 @@ class Reconciler:
         resigned = self._resign()
         self.last_run = self._clock()
         return Outcome(head, tuple(processed), resigned, None, time.perf_counter() - t0)
+
+    def recover(self) -> LedgerEntry | None:
+        """Settle a publish a crash interrupted, pinning its index as a publish would (ledger.py)."""
+        unsettled = self.ledger.unsettled(self.store)
+        if unsettled is None:
+            return None
+        # Publishes pin only the first rollout stage; the controller promotes the rest (rollout/controller.py).
+        pins = self.rollouts.publish_pins(unsettled.bundle) if unsettled.bundle is not None else None
+        return self.ledger.recover(self.store, unsettled, stages=pins)
 
     def resign(self) -> bool:
         """Re-sign the index if less than half its life is left (also when nothing changed)."""
@@ -195,9 +206,12 @@ class Reconciler:
             # validation should have caught it; never let one commit stop the loop
             found = (*report.findings, error("", 0, 0, "bundle", f"cannot build the bundle: {e}"))
             return self.ledger.record_rejected(info, found, now=now)
-        data = _bundle.sign_bundle(b, self.key)
+        signed = SignedBundle.sign(b, self.key)
         expiry = repo.config.bundle_expiry if repo.config else None
-        entry = self.ledger.record_accepted(info, report.findings, data, self.store, now=now, expiry=expiry)
+        # Publishes pin only the first rollout stage; the controller promotes the rest (rollout/controller.py).
+        pins = self.rollouts.publish_pins(signed)
+        entry = self.ledger.record_accepted(info, report.findings, signed, self.store, stages=pins, now=now,
+                                            expiry=expiry)
         log.info("accepted %s as v%d", commit[:12], version)
         return entry
 
@@ -224,7 +238,7 @@ class Reconciler:
             parent=base,
             author=info.author,
             approvers=info.approvers,
-            created=now,
+            created=now.replace(microsecond=0),  # what the file says (second precision)
             policies=tuple(
                 _bundle.BundlePolicy.of(p.name, _bundle.Origin(p.origin_kind, p.origin_name), p.scope, p.state,
                                         p.yaml)

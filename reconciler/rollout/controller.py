@@ -6,30 +6,31 @@ before the index is re-pinned; at every tick an index whose pins differ from the
 wanted ones is re-pinned, so a crash between the steps neither loses a promotion
 nor repeats one, and a restart mid-bake keeps the bake's start time.
 
-New bundles: the reconciler publishes through `StagedStore`, which asks
-`Controller.publish_pins` for the pins of the new index — the first stage gets the
-new version, the others keep the last version that completed a rollout (every stage
-at once when the change only relaxes enforcement and the plan allows fast-track) —
-so no agent outside the first stage ever sees an index that pins it to the new
-version before its turn.
+New bundles: before it publishes one, the reconciler asks `Controller.publish_pins` for
+the pins of the index that publishes it — the first stage gets the new version, the
+others keep the last version that completed a rollout (every stage at once when the
+change only relaxes enforcement and the plan allows fast-track) — and hands them to
+the ledger's one publish call, so no agent outside the first stage ever sees an index
+that pins it to the new version before its turn. The controller keeps the typed bundle
+it was given, so starting its rollout at the next tick reads nothing back.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import PalisadeError, StateError, VerificationError
+from reconciler.errors import PalisadeError, StateError
 from reconciler.rollout.db import DEFAULT_STALE_AFTER, Outcome, RequestResult, RolloutDB, SensorVersion
 from reconciler.rollout.decide import Action, AgentReport, Decision, Progress, evaluate, operate, start
 from reconciler.rollout.reports import actions_of, errors_of, report_of
 from reconciler.rollout.status import status_doc
 from reconciler.state import statedir
-from reconciler.state.store import Store
-from wire.bundle import DEFAULT_STAGE, Bundle, Index, format_time, parse_bundle
+from reconciler.state.store import SignedBundle, Store
+from wire.bundle import DEFAULT_STAGE, Bundle, Index, format_time
 
 if TYPE_CHECKING:
     from reconciler.metrics import Metrics
@@ -42,21 +43,6 @@ log = logging.getLogger("palisade.rollout")
 
 #: The actor of the controller's own ledger rows (operators' rows carry the operator's name).
 ACTOR = "palisade-rollout"
-
-
-TICK_SECONDS = 1.0
-
-
-class StagedStore(Store):
-    """A `Store` whose publishes take their stage pins from the rollout controller."""
-
-    plan_pins: Callable[[Bundle], Mapping[str, int] | None] | None = None
-
-    def publish(self, bundle: bytes, *, now: _dt.datetime | None = None, expiry: _dt.timedelta | None = None,
-                stages: Mapping[str, int] | None = None) -> Index:
-        if stages is None and self.plan_pins is not None:
-            stages = self.plan_pins(parse_bundle(bundle))
-        return super().publish(bundle, now=now, expiry=expiry, stages=stages)
 
 
 class Controller:
@@ -79,8 +65,6 @@ class Controller:
         self._counters: dict[str, tuple[int, int]] = {}
         self._bundles: dict[int, Bundle] = {}
         self.last: Decision | None = None
-        if isinstance(store, StagedStore):
-            store.plan_pins = self.publish_pins
 
     def close(self) -> None:
         self.db.close()
@@ -89,11 +73,17 @@ class Controller:
 
     # -- publishing ---------------------------------------------------------------
 
-    def publish_pins(self, bundle: Bundle) -> dict[str, int] | None:
-        """The stage pins of the index that publishes `bundle` (None: the store's default, every stage)."""
+    def publish_pins(self, signed: SignedBundle) -> dict[str, int] | None:
+        """The stage pins of the index that will publish `signed` (None: the store's default, every stage).
+
+        Saves the change's classification for the rollout that starts at the next tick. A crash before
+        the publish leaves a plan for a version no index names: the next attempt reuses the version (the
+        ledger reserved nothing) and replaces it, or the version is burnt and never read."""
+        bundle = signed.bundle
         index = self.store.index()
         if index is None or bundle.version <= index.version:
             return None  # the first publish goes everywhere; a repeated publish is a no-op anyway
+        self._remember(bundle)
         progress, _ = self.db.load()
         try:
             relaxing, reasons = self._classify(index, bundle)
@@ -120,19 +110,19 @@ class Controller:
         return relaxing, reasons
 
     def bundle(self, version: int) -> Bundle | None:
+        """Bundle `version` of the store (None: absent or unreadable); the last few are kept parsed."""
         if version not in self._bundles:
-            data = self.store.bundle_bytes(version)
-            if data is None:
+            found = self.store.read_bundle(version)
+            if found is None:
                 return None
-            try:
-                parsed = parse_bundle(data)
-            except VerificationError:
-                return None
-            if len(self._bundles) >= 16:
-                # the oldest read goes; not the lowest version, which a stage may still pin
-                self._bundles.pop(next(iter(self._bundles)))
-            self._bundles[version] = parsed
+            self._remember(found.bundle)
         return self._bundles[version]
+
+    def _remember(self, bundle: Bundle) -> None:
+        if bundle.version not in self._bundles and len(self._bundles) >= 16:
+            # the oldest read goes; not the lowest version, which a stage may still pin
+            self._bundles.pop(next(iter(self._bundles)))
+        self._bundles[bundle.version] = bundle
 
     # -- the tick -----------------------------------------------------------------
 

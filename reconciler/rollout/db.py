@@ -13,21 +13,17 @@ import datetime as _dt
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler.errors import StateError
 from reconciler.rollout.decide import Progress
-from reconciler.state import statedir
+from reconciler.state import sqlitedb, statedir
 from wire.bundle import format_time, parse_time
-
-if TYPE_CHECKING:
-    pass
-
 
 log = logging.getLogger("palisade.rollout")
 
@@ -36,8 +32,6 @@ DB_FILE = statedir.ROLLOUT_DB
 
 #: An agent silent for longer than this is not reporting (agents heartbeat every 10s by default).
 DEFAULT_STALE_AFTER = _dt.timedelta(seconds=30)
-#: How often `palisade serve` ticks the controller between reconcile passes.
-
 
 VERBS = ("pause", "resume", "abort")
 
@@ -163,24 +157,11 @@ class RolloutDB:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise StateError(f"rollout state write failed ({self.path}): {e}") from None
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlitedb.transaction(self._db, f"rollout state write failed ({self.path})")
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        try:
-            return list(self._db.execute(sql, args).fetchall())
-        except sqlite3.Error as e:
-            raise StateError(f"cannot read the rollout state {self.path}: {e}") from None
+        return sqlitedb.rows(self._db, sql, args, f"cannot read the rollout state {self.path}")
 
     # progress
 

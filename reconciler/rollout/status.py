@@ -12,10 +12,15 @@ from reconciler.rollout.db import DEFAULT_STALE_AFTER, RolloutDB
 from reconciler.rollout.decide import Decision, Progress, evaluate
 from reconciler.rollout.reports import report_of
 from reconciler.state import statedir
-from wire.bundle import Index, format_time, parse_bundle, parse_index
+from wire.bundle import Index, parse_bundle, parse_index
 
 if TYPE_CHECKING:
     from reconciler.state.fleet import AgentRecord
+
+
+#: The status document's names for the members of `Progress.to_json` it shows.
+_PROGRESS_KEYS = {"target": "target", "stable": "stable", "started": "started", "since": "stageSince",
+                  "paused": "paused", "halted": "haltReason", "aborted": "abortReason", "fastTracked": "fastTracked"}
 
 
 def status_doc(progress: Progress, index: Index | None, decision: Decision | None,
@@ -31,22 +36,15 @@ def status_doc(progress: Progress, index: Index | None, decision: Decision | Non
         state = "progressing"
     elif progress.stable is not None:
         state = "complete"
-    doc: dict[str, Any] = {
-        "state": state,
-        "target": progress.target,
-        "stable": progress.stable,
-        "started": format_time(progress.started) if progress.started else None,
-        "stageSince": format_time(progress.since) if progress.since else None,
-        "paused": progress.paused,
-        "haltReason": progress.halted,
-        "abortReason": progress.aborted,
-        "fastTracked": progress.fast_tracked,
+    shown = progress.to_json()
+    doc: dict[str, Any] = {"state": state, **{name: shown[key] for key, name in _PROGRESS_KEYS.items()}}
+    doc.update({
         "pins": dict(index.stages) if index else {},
         "version": index.version if index else None,
         "reason": decision.reason if decision else "nothing published yet",
         "stages": [s.to_json() for s in decision.stages] if decision else [],
         "classification": None,
-    }
+    })
     if plan is not None:
         relaxing, fast, reasons = plan
         doc["classification"] = {"kind": "relaxing" if relaxing else "tightening", "fastTracked": fast,

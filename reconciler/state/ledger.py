@@ -11,20 +11,24 @@ recoverable without losing an accepted commit or reusing a version:
 
 1. `next_version(store)` = 1 + the highest version the ledger *or* the store
    has ever held (index, or any bundle file, even one no index names).
-2. The caller builds and signs the bundle with that version.
-3. `record_accepted` inserts the row as `publishing` (the version is now
-   reserved: the column is UNIQUE and rows are never deleted) and commits;
-4. publishes: bundle file, then index (store.py makes each step atomic);
+2. The caller builds and signs the bundle with that version, and the rollout
+   controller decides the pins of the index that publishes it.
+3. `record_accepted` — the one publish call — inserts the row as `publishing`
+   (the version is now reserved: the column is UNIQUE and rows are never
+   deleted) and commits;
+4. publishes: bundle file, then the index with those pins (store.py makes each
+   step atomic);
 5. turns the row `accepted` and commits.
 
 `recover(store)` — call it after opening, before reconciling — settles a row a
-crash left `publishing`: if the store holds that version's bundle for that
-commit, it finishes the publish (writing the index if a crash came between
-bundle and index; a no-op if the index already names it) and marks the row
-`accepted`; otherwise nothing was published and the row becomes `interrupted`
-(its version stays burnt), so the commit is processed again under a new
-version. A crash before step 3 leaves no trace anywhere, and the commit is simply
-processed again. Rejections are a single insert.
+crash left `publishing` (`unsettled` says which, and what the store holds of
+it, so the caller can decide the pins again first): if the store holds that
+version's bundle for that commit, it finishes the publish (writing the index if
+a crash came between bundle and index; a no-op if the index already names it)
+and marks the row `accepted`; otherwise nothing was published and the row
+becomes `interrupted` (its version stays burnt), so the commit is processed
+again under a new version. A crash before step 3 leaves no trace anywhere, and
+the commit is simply processed again. Rejections are a single insert.
 """
 from __future__ import annotations
 
@@ -33,8 +37,8 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -44,7 +48,8 @@ from typing import TYPE_CHECKING, Any
 from reconciler.errors import StateError, VerificationError
 from reconciler.findings import Finding
 from reconciler.repository.acceptances import Acceptances
-from reconciler.state import statedir
+from reconciler.state import sqlitedb, statedir
+from reconciler.state.store import SignedBundle
 from wire.bundle import format_time, parse_bundle, parse_time
 
 if TYPE_CHECKING:
@@ -131,6 +136,14 @@ class LedgerEntry:
             "committed": format_time(self.committed) if self.committed else None,
             "approvers": list(self.approvers),
         }
+
+
+@dataclass(frozen=True)
+class Unsettled:
+    """A publish a crash left `publishing`, and what the store holds of it."""
+
+    entry: LedgerEntry
+    bundle: SignedBundle | None  # the store's file of that version, for that commit; None: it was never written
 
 
 @dataclass(frozen=True)
@@ -272,19 +285,27 @@ class Ledger:
             rowid = self._insert(db, info, Result.REJECTED, findings, None, now)
         return self._get(rowid)
 
-    def record_accepted(self, info: CommitInfo, findings: Iterable[Finding], bundle: bytes, store: Store, *,
-                        now: _dt.datetime | None = None, expiry: _dt.timedelta | None = None) -> LedgerEntry:
-        """Reserve the bundle's version, publish it to `store`, then mark the commit accepted.
+    def record_accepted(self, info: CommitInfo, findings: Iterable[Finding], bundle: SignedBundle | bytes,
+                        store: Store, *, stages: Mapping[str, int] | None = None, now: _dt.datetime | None = None,
+                        expiry: _dt.timedelta | None = None) -> LedgerEntry:
+        """Publish an accepted commit: reserve the bundle's version, write the bundle and the index to
+        `store`, then mark the commit accepted.
 
-        `bundle` is the signed file (its version from `next_version`, its commit
-        `info.commit`); `findings` are the warnings of an accepted commit;
-        `expiry` is the index lifetime (palisade.yaml). See the module docstring
-        for what a crash at each step leaves.
+        `bundle` is the signed bundle (its version from `next_version`, its commit
+        `info.commit`); bare bytes, from a caller without the typed bundle, are
+        read here and verified by the store. `stages` are the new index's pins
+        (the rollout controller's `publish_pins`; None: every stage);
+        `findings` are the warnings of an accepted commit; `expiry` is the
+        index lifetime (palisade.yaml). See the module docstring for what a
+        crash at each step leaves.
         """
-        try:
-            parsed = parse_bundle(bundle)
-        except VerificationError as e:
-            raise StateError(f"cannot record an unreadable bundle: {e}") from None
+        if isinstance(bundle, SignedBundle):
+            parsed = bundle.bundle
+        else:
+            try:
+                parsed = parse_bundle(bundle)
+            except VerificationError as e:
+                raise StateError(f"cannot record an unreadable bundle: {e}") from None
         if parsed.commit != info.commit:
             raise StateError(f"the bundle is for commit {parsed.commit}, not {info.commit}")
         if self.pending() is not None:
@@ -295,40 +316,48 @@ class Ledger:
         with self._transaction() as db:
             rowid = self._insert(db, info, Result.PUBLISHING, findings, parsed.version, now)
         try:
-            store.publish(bundle, now=now, expiry=expiry)
+            store.publish(bundle, now=now, expiry=expiry, stages=stages)
         except BaseException:
             # Settle the row now if the store allows it (e.g. nothing was written), so the next
             # commit is not blocked by a pending publish; a crash leaves that to recover().
             with suppress(Exception):  # the original error is the one to report
-                self.recover(store)
+                self.recover(store, stages=stages)
             raise
         with self._transaction() as db:
             db.execute("UPDATE commits SET result = 'accepted' WHERE id = ?", (rowid,))
         return self._get(rowid)
 
-    def recover(self, store: Store) -> LedgerEntry | None:
-        """Settle a publish a crash interrupted (see the module docstring); returns the settled entry."""
+    def unsettled(self, store: Store) -> Unsettled | None:
+        """The publish a crash left `publishing`, if any, with the bundle the store holds for it."""
         row = self.pending()
         if row is None:
             return None
         assert row.version is not None
-        data = store.bundle_bytes(row.version)
-        ours = False
-        if data is not None:
-            try:
-                ours = parse_bundle(data).commit == row.commit
-            except VerificationError:
-                ours = False
+        found = store.read_bundle(row.version)
+        return Unsettled(row, found if found is not None and found.bundle.commit == row.commit else None)
+
+    def recover(self, store: Store, unsettled: Unsettled | None = None, *,
+                stages: Mapping[str, int] | None = None) -> LedgerEntry | None:
+        """Settle a publish a crash interrupted (see the module docstring); returns the settled entry.
+
+        `unsettled` is what `unsettled(store)` returned (read again when not given); `stages` are the pins
+        of the index if the publish is finished now (None: every stage)."""
+        if unsettled is None:
+            unsettled = self.unsettled(store)
+            if unsettled is None:
+                return None
+        row, found = unsettled.entry, unsettled.bundle
+        assert row.version is not None
         index = store.index()
-        if ours and data is not None and (index is None or index.version <= row.version):
-            store.publish(data)  # a no-op when the index already names it
+        if found is not None and (index is None or index.version <= row.version):
+            store.publish(found, stages=stages)  # a no-op when the index already names it
             result = Result.ACCEPTED
         else:
             result = Result.INTERRUPTED
         with self._transaction() as db:
             db.execute("UPDATE commits SET result = ? WHERE id = ?", (str(result), row.id))
-            self._insert_event(db, "publish-recovered" if ours else "publish-interrupted", row.commit,
-                               {"version": row.version, "result": str(result)}, None, None)
+            self._insert_event(db, "publish-recovered" if found is not None else "publish-interrupted",
+                               row.commit, {"version": row.version, "result": str(result)}, None, None)
         return self._get(row.id)
 
     def record_event(self, kind: str, subject: str, detail: Mapping[str, Any] | None = None,
@@ -340,20 +369,10 @@ class Ledger:
 
     # -- internals --------------------------------------------------------------
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         if self._lock_fd is None:
             raise StateError("the ledger was opened read-only")
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise StateError(f"ledger write failed: {e}") from None
+        return sqlitedb.transaction(self._db, "ledger write failed")
 
     def _insert(self, db: sqlite3.Connection, info: CommitInfo, result: Result, findings: Iterable[Finding],
                 version: int | None, now: _dt.datetime | None) -> int:
@@ -379,11 +398,8 @@ class Ledger:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        try:
-            return list(self._db.execute(sql, args).fetchall())
-        except sqlite3.Error as e:
-            raise StateError(f"cannot read the ledger: {e}") from None
+    def _query(self, query: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return sqlitedb.rows(self._db, query, args, "cannot read the ledger")
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> LedgerEntry | None:
         rows = self._query(sql, args)

@@ -12,7 +12,9 @@ leaves the old index or the new one — never a torn index, and never an index
 naming a bundle that is not there. Temporary files start with a dot (static
 servers do not serve them); a writer removes those of dead writers when it opens the store.
 
-A store has one writer: the reconciler that holds the state lock (ledger.py).
+A store has one writer: the reconciler that holds the state lock (ledger.py). It publishes a
+`SignedBundle`: the bytes it writes with the typed bundle they encode, so nothing on the way
+parses them back (the rollout controller reads the plan, the store the objects and the version).
 """
 from __future__ import annotations
 
@@ -21,21 +23,27 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from nacl.signing import SigningKey
+from nacl.signing import SigningKey, VerifyKey
 
-from reconciler.errors import StateError
+from reconciler.errors import StateError, VerificationError
 from reconciler.state import statedir
 from wire.bundle import (
     DEFAULT_STAGE,
     INDEX_KEEP,
     MAX_OBJECT_BYTES,
+    Bundle,
     BundleObject,
     Index,
     IndexEntry,
+    UnknownKey,
+    keyid,
+    parse_bundle,
     parse_index,
     sha256_hex,
+    sign_bundle,
     sign_index,
     verify_bundle,
 )
@@ -48,6 +56,33 @@ _SLOW_ENV = "PALISADE_TEST_SLOW_WRITES"
 _BUNDLE_NAME = re.compile(r"^v([1-9][0-9]*)\.json$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TMP_MARK = ".tmp-"
+
+
+@dataclass(frozen=True)
+class SignedBundle:
+    """A bundle's signed file bytes and the typed bundle they encode, carried together through a publish.
+
+    Make one with `sign` (the reconciler, from the bundle it built: no parse at all), `verify` (bytes
+    from elsewhere: parsed and checked once) or `Store.read_bundle` (a file of our own store). `bundle`
+    is the value that was signed; its signature is in `data`, made by the key with id `signer`.
+    """
+
+    bundle: Bundle
+    data: bytes
+    signer: str
+
+    @classmethod
+    def sign(cls, bundle: Bundle, key: SigningKey) -> SignedBundle:
+        return cls(bundle, sign_bundle(bundle, key), keyid(key))
+
+    @classmethod
+    def verify(cls, data: bytes, key: VerifyKey) -> SignedBundle:
+        """Bytes whose signature by `key` verifies (raises VerificationError)."""
+        return cls(verify_bundle(data, [key], expected_sha256=None, expected_size=None), data, keyid(key))
+
+    @property
+    def version(self) -> int:
+        return self.bundle.version
 
 
 class Store:
@@ -100,6 +135,19 @@ class Store:
         except OSError as e:
             raise StateError(f"cannot read {self.bundle_path(version)}: {e.strerror}") from None
 
+    def read_bundle(self, version: int) -> SignedBundle | None:
+        """A bundle file of this store with its parsed form; None when absent or unreadable.
+
+        Parsed, not signature-checked (our own file, like `index`); `signer` is the key it names."""
+        data = self.bundle_bytes(version)
+        if data is None:
+            return None
+        try:
+            parsed = parse_bundle(data)
+        except VerificationError:
+            return None
+        return SignedBundle(parsed, data, parsed.signatures[0].keyid if parsed.signatures else "")
+
     def object_path(self, sha256: str) -> Path:
         if not _SHA256.match(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256[:80]!r}")
@@ -151,20 +199,25 @@ class Store:
             self._atomic_write(self.object_path(digest), data)
         return digest
 
-    def publish(self, bundle: bytes, *, now: _dt.datetime | None = None, expiry: _dt.timedelta | None = None,
-                stages: Mapping[str, int] | None = None) -> Index:
+    def publish(self, bundle: SignedBundle | bytes, *, now: _dt.datetime | None = None,
+                expiry: _dt.timedelta | None = None, stages: Mapping[str, int] | None = None) -> Index:
         """Write a signed bundle, then the index that makes it the newest version.
 
         The bundle must be signed by the store's key and newer than the current
-        index. Publishing the same bytes again is a no-op returning the current
-        index (so a restart may repeat a publish a crash interrupted). `stages`
-        defaults to every stage of the bundle's staging plan plus "default"
-        pinned to the new version. Returns the new index.
+        index; bare bytes are verified here (a `SignedBundle` already was, or was
+        made from the typed bundle). Publishing the same bytes again is a no-op
+        returning the current index (so a restart may repeat a publish a crash
+        interrupted). `stages` defaults to every stage of the bundle's staging
+        plan plus "default" pinned to the new version. Returns the new index.
         """
         key = self._need_key()
-        parsed = verify_bundle(bundle, [key.verify_key], expected_sha256=None, expected_size=None)
+        signed = bundle if isinstance(bundle, SignedBundle) else SignedBundle.verify(bundle, key.verify_key)
+        if signed.signer != keyid(key):
+            raise UnknownKey(f"bundle v{signed.version} is not signed by the store's key "
+                             f"(signed by {signed.signer[:16] or 'nobody'})")
+        parsed, data = signed.bundle, signed.data
         version = parsed.version
-        entry = IndexEntry(version, sha256_hex(bundle), len(bundle))
+        entry = IndexEntry(version, sha256_hex(data), len(data))
         current = self.index()
         if current is not None and version <= current.version:
             if current.entry(version) == entry:
@@ -174,7 +227,7 @@ class Store:
                 f"(versions only grow)"
             )
         self._check_objects(parsed.objects)
-        self._write_bundle(version, bundle)
+        self._write_bundle(version, data)
         if stages is None:
             names = [s.name for s in parsed.staging.stages] if parsed.staging else []
             stages = {**dict.fromkeys(names, version), DEFAULT_STAGE: version}

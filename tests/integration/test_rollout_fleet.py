@@ -2,7 +2,10 @@
 real git repository made from example-repo/, real keys, and a fleet of ten agents that pull the
 signed index, load the version pinned for their stage and post real heartbeats over HTTP.
 
-Stages: canary (1 sensor), group (3), fleet (the other 6), with 2-second bakes."""
+Stages: canary (1 sensor), group (3), fleet (the other 6), with 2-second bakes. The tests wait on
+conditions (pins, the status, the ledger, the server's log), never for a fixed time; what the bake
+time decides (a halted, paused or blocked rollout stays put however long) is shown with a clock the
+test moves, on an in-process controller (tests/reconciler/test_rollouts.py)."""
 from __future__ import annotations
 
 import itertools
@@ -222,6 +225,16 @@ def make_world(tmp_path: Path) -> Iterator[object]:
         assert not w.fleet.errors, w.fleet.errors[:5]
 
 
+def _wait_log(serve: Serve, pattern: str, timeout: float) -> None:
+    """Until the server logs a line matching `pattern` (the controller logs each new reason it holds for)."""
+    _wait(lambda: re.search(pattern, serve.log, re.MULTILINE) is not None, timeout)
+
+
+def _began(state: Path, version: int) -> set[str]:
+    """The sensors the controller has seen running `version` (its sensor-version rows)."""
+    return {e["subject"] for e in _events(state, "sensor-version") if e["detail"]["version"] == version}
+
+
 def _wait(cond: object, timeout: float) -> None:
     assert callable(cond)
     deadline = time.monotonic() + timeout
@@ -284,8 +297,7 @@ def test_tightening_change_reaches_stages_in_order_after_bake_and_gates(make_wor
     promoted = [e["detail"]["stage"] for e in _events(w.state, "rollout-promoted") if e["subject"] == "v2"]
     assert promoted == ["group", "fleet"]
     assert all(e["actor"] == "palisade-rollout" for e in _events(w.state, "rollout-promoted"))
-    began = {e["subject"] for e in _events(w.state, "sensor-version") if e["detail"]["version"] == 2}
-    assert began == set(STAGE_OF)
+    assert _began(w.state, 2) == set(STAGE_OF)
 
     metrics = httpx.get(f"{w.serve.url}/metrics", timeout=10).text
     assert 'palisade_rollout_promotions_total{stage="group"} 1.0' in metrics
@@ -303,7 +315,8 @@ def test_canary_over_the_actions_gate_halts_and_rolls_back(make_world: object) -
     w.fleet.wait_pins({"canary": 2}, 30)
     w.fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 15)  # rolled back
     _wait(lambda: _rollout(w.state)["state"] == "halted", 10)
-    time.sleep(3)  # longer than every bake: nothing else moves
+    # nothing else moved (and nothing does, however long the bakes last:
+    # test_rollouts.py::test_after_a_halt_nothing_moves_however_long_every_bake_lasts)
     assert all(p["group"] == 1 and p["fleet"] == 1 for _, p, _ in w.fleet.pins_seen)
     assert w.fleet.pins_seen[-1][1] == {"canary": 1, "group": 1, "fleet": 1, "default": 1}
 
@@ -335,10 +348,12 @@ def test_a_silent_canary_blocks_promotion_and_status_says_why(make_world: object
     assert callable(make_world)
     w: World = make_world()
     w.fleet.silent.add("s1")  # the canary goes quiet (it reported v1 before)
-    time.sleep(3.5)  # past the 3s agent timeout
+    _wait(lambda: _rollout(w.state)["stages"][0]["reporting"] == 0, 15)  # past the 3s agent timeout
     w.repo.change("enforce web-lockdown on web", TIGHTEN, signer="alice", wait_days=4)
     w.fleet.wait_pins({"canary": 2}, 30)
-    time.sleep(4)  # past the 2s bake
+    # past the 2s bake: the controller holds for the silent canary alone (no "baking, ...s left" any more)
+    _wait_log(w.serve, r"rollout of v2 holds at canary: reporting share 0\.00 < 1\.00 \(minReportingRatio\): "
+                       r"0 of 1 agents reporting; not reporting: s1$", 15)
     assert w.fleet.pins_seen[-1][1]["group"] == 1
     out = _cli("rollout", "status", "--state", str(w.state))
     assert out.returncode == 0, out.stderr
@@ -384,7 +399,9 @@ def test_pause_resume_abort_are_recorded_with_operator_and_reason(make_world: ob
     out = _cli("rollout", "pause", "--state", str(w.state), "--reason", "checking canary logs", "--operator", "olga")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "pause by olga: paused at stage canary" in out.stdout
-    time.sleep(4)
+    # the controller holds (and keeps holding past the bake: test_rollouts.py::
+    # test_a_paused_rollout_holds_past_its_bake_and_resumes_where_it_was)
+    _wait_log(w.serve, r"rollout of v2 holds at canary: paused by an operator$", 15)
     assert w.fleet.pins_seen[-1][1]["group"] == 1
     assert _rollout(w.state)["reason"] == "paused by an operator"
     out = _cli("rollout", "resume", "--state", str(w.state), "--reason", "logs clean", "--operator", "olga")
@@ -407,7 +424,8 @@ def test_rollout_state_survives_a_restart_mid_bake(make_world: object, sig: int)
     w: World = make_world(bake="6s")
     w.repo.change("enforce web-lockdown on web", TIGHTEN, signer="alice", wait_days=4)
     t_canary = w.fleet.wait_pins({"canary": 2}, 30)
-    time.sleep(2)
+    # mid-bake: the controller has baked the canary for 2s at least, 4s or less are left
+    _wait_log(w.serve, r"rollout of v2 holds at canary: (.*; )?baking, [1-4]s left$", 15)
     w.restart(sig)
     t_group = w.fleet.wait_pins({"group": 2}, 30)
     assert t_group - t_canary >= 5.7  # the bake went on from where it was, it did not end early...
@@ -440,7 +458,8 @@ def test_audit_of_web_lockdown_after_a_signed_history(make_world: object) -> Non
         w.fleet.wait_pins({"canary": version, "group": version, "fleet": version}, 40)
         _wait(lambda v=version: _rollout(w.state)["stable"] == v  # type: ignore[misc]
               and all(w.fleet.running.get(s) == v for s in STAGE_OF), 20)
-        time.sleep(HEARTBEAT * 3)  # every sensor has reported the version to the controller
+        # every sensor has reported the version to the controller
+        _wait(lambda v=version: _began(w.state, v) == set(STAGE_OF), 20)  # type: ignore[misc]
 
     # a forward step without a reviewer's signature is rejected: the audit lists the attempt
     bad = w.repo.change("web-lockdown: web straight to enforced", [

@@ -10,14 +10,14 @@ import os
 import re
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from agentproc import AgentProc, policies
-from test_rollout_fleet import TIGHTEN, World, _cli, _events, _rollout
+from test_rollout_fleet import TIGHTEN, World, _cli, _events, _rollout, _wait
 from test_rollout_fleet import make_world as make_world  # the fixture
 
 from bpf import syscall
@@ -51,6 +51,13 @@ def pin_root(require_kernel: None) -> Iterator[Path]:
         sensor.remove_pins(root)  # the base sensor's, beside the root
 
 
+def _dry_runs_reported(url: str, sensor: str, version: int) -> int:
+    """The would-have-enforced count of `sensor`'s last heartbeat, if it reported `version` (else 0)."""
+    agents = httpx.get(f"{url}/v1/agents", timeout=10).json()["agents"]
+    mine = [a for a in agents if a["id"] == sensor and a["version"] == version]
+    return int(mine[0]["counters"].get("wouldHaveEnforced", 0)) if mine else 0
+
+
 def _run_in(cg: Path, argv: list[str]) -> int:
     def enter() -> None:
         (cg / "cgroup.procs").write_text(str(os.getpid()))
@@ -75,7 +82,8 @@ def test_kills_on_the_canary_halt_the_rollout_and_the_kernel_rolls_back(
         agent.wait(lambda s: s["version"] == 1 and policies(s).get("web-exec-allowlist") == ("loaded", "enforce_ready"),
                    90, "v1 at enforce_ready")
         assert _run_in(cgroup, FORBIDDEN) == 0  # enforce_ready: it would have killed, it did not
-        time.sleep(2.5)  # a heartbeat reports that dry-run match as v1's, before v2 arrives
+        # a heartbeat reports that dry-run match as v1's, before v2 arrives
+        _wait(lambda: _dry_runs_reported(w.serve.url, "s1", 1) >= 1, 30)
 
         w.repo.change("enforce web-lockdown on web", TIGHTEN, signer="alice", wait_days=4)
         agent.wait(lambda s: s["version"] == 2 and policies(s).get("web-exec-allowlist") == ("loaded", "enforced"),

@@ -16,7 +16,7 @@ import pytest
 from reconciler.errors import StateError
 from reconciler.findings import error, warning
 from reconciler.state.ledger import CommitInfo, Ledger, Result
-from reconciler.state.store import Store
+from reconciler.state.store import SignedBundle, Store
 from support.bundles import T0, Keys, commit_id, keypair, make_bundle
 from wire import bundle as B
 
@@ -36,8 +36,8 @@ def _info(n: int, approvers: tuple[str, ...] = ()) -> CommitInfo:
 
 def _accept(ledger: Ledger, store: Store, k: Keys, n: int) -> int:
     version = ledger.next_version(store)
-    data = B.sign_bundle(make_bundle(version, commit=n), k.signing)
-    entry = ledger.record_accepted(_info(n, ("Alice <alice@example.com>",)), [], data, store, now=T0)
+    signed = SignedBundle.sign(make_bundle(version, commit=n), k.signing)
+    entry = ledger.record_accepted(_info(n, ("Alice <alice@example.com>",)), [], signed, store, now=T0)
     assert entry.version == version
     return version
 
@@ -197,7 +197,9 @@ def test_crash_while_writing_the_bundle(tmp_path: Path, k: Keys) -> None:
     assert not (state / "store" / "index.json").exists()
     with Ledger.open(state) as ledger:
         store = Store(state / "store", k.signing)
-        settled = ledger.recover(store)
+        unsettled = ledger.unsettled(store)
+        assert unsettled is not None and unsettled.entry.version == 1 and unsettled.bundle is None
+        settled = ledger.recover(store, unsettled)
         assert settled is not None and settled.result is Result.INTERRUPTED
         assert not ledger.is_processed(commit_id(0))
         assert _accept(ledger, store, k, 0) == 2  # processed again, under a new version
@@ -213,10 +215,14 @@ def test_crash_between_bundle_and_index(tmp_path: Path, k: Keys) -> None:
     with Ledger.open(state) as ledger:
         store = Store(state / "store", k.signing)
         assert store.index() is None
-        settled = ledger.recover(store)
+        unsettled = ledger.unsettled(store)
+        assert unsettled is not None and unsettled.bundle is not None
+        assert (unsettled.bundle.version, unsettled.bundle.bundle.commit) == (1, commit_id(0))
+        settled = ledger.recover(store, unsettled, stages={"canary": 1, "default": 1})
         assert settled is not None and (settled.result, settled.version) == (Result.ACCEPTED, 1)
         index = B.verify_index(store.index_bytes() or b"", [k.public])
         assert index.version == 1 and ledger.is_processed(commit_id(0))
+        assert dict(index.stages) == {"canary": 1, "default": 1}  # the pins the caller decided
         assert ledger.next_version(store) == 2
 
 

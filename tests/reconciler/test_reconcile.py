@@ -11,6 +11,7 @@ from nacl.signing import SigningKey
 
 from reconciler.errors import RewriteRefused
 from reconciler.publish.reconcile import Reconciler
+from reconciler.state.store import Store
 from support.policyrepo import ALICE, DEV, PolicyRepo
 from wire import bundle
 
@@ -83,14 +84,19 @@ class Clock:
 ADVANCE_TMP = [("rules/kernel-hardening.yaml", "state: observe\n  params", "state: enforce_ready\n  params")]
 
 
+def _v1_then_an_approved_advance(rec: Reconciler, policy: PolicyRepo, clock: Clock) -> None:
+    """v1 published, then a reviewed forward step (tightening) merged and its window passed."""
+    rec.run_once()
+    policy.change("no-exec-from-tmp to enforce_ready", ADVANCE_TMP, signer="bob", wait_days=4)
+    clock.advance(days=4)
+
+
 def test_approved_advance_is_published_with_its_approver(policy: PolicyRepo, key: SigningKey,
                                                          tmp_path: Path) -> None:
     state = tmp_path / "state"
     clock = Clock()
     with Reconciler(str(policy.path), state, key, clock=clock) as rec:
-        rec.run_once()
-        policy.change("no-exec-from-tmp to enforce_ready", ADVANCE_TMP, signer="bob", wait_days=4)
-        clock.advance(days=4)
+        _v1_then_an_approved_advance(rec, policy, clock)
         (entry,) = rec.run_once().processed
         assert entry.result == "accepted", entry.findings
         assert entry.approvers == ("Bob Reviewer <bob@example.com>",)
@@ -141,6 +147,33 @@ def test_the_window_counts_from_first_acceptance_also_for_a_new_reconciler(polic
                                  "# Rules from built-in templates (retried).")], signer="alice")
         (entry,) = rec.run_once().processed
         assert entry.result == "accepted", entry.findings
+
+
+class _Killed(BaseException):
+    """The process dies here (as far as its files go: nothing after this point is written)."""
+
+
+def _killed(*args: object, **kwargs: object) -> None:
+    raise _Killed
+
+
+def test_a_publish_killed_before_its_index_is_finished_at_restart_with_the_rollouts_pins(
+        policy: PolicyRepo, key: SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    clock = Clock()
+    with Reconciler(str(policy.path), state, key, clock=clock) as rec:
+        _v1_then_an_approved_advance(rec, policy, clock)
+        with monkeypatch.context() as m:
+            m.setattr(Store, "_write_index", _killed)  # after the bundle file, before the index
+            with pytest.raises(_Killed):
+                rec.run_once()
+        assert (state / "store" / "bundles" / "v2.json").is_file() and _index(state, key).version == 1
+    with Reconciler(str(policy.path), state, key, clock=clock) as rec:
+        # a tightening change: the recovered publish pins the first stage only, as the publish would have
+        assert dict(_index(state, key).stages) == {"canary": 2, "web": 1, "fleet": 1, "default": 1}
+        assert [(e.result, e.version) for e in rec.ledger.entries(limit=1)] == [("accepted", 2)]
+        assert [e.kind for e in rec.ledger.events("publish-recovered")] == ["publish-recovered"]
+        assert rec.run_once().processed == ()
 
 
 def test_restart_does_not_reprocess(policy: PolicyRepo, key: SigningKey, tmp_path: Path) -> None:

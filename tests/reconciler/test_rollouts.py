@@ -1,5 +1,6 @@
 """The rollout controller on real state: SQLite (rollout.db, fleet.db, the ledger), a real signed bundle
-store, heartbeats recorded as the server records them, and a clock the test moves."""
+store, heartbeats recorded as the server records them, and a clock the test moves (bake times, agent
+timeouts: what the fleet tests of tests/integration would otherwise sleep for)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -10,13 +11,14 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from reconciler.rollout.controller import Controller, StagedStore
+from reconciler.rollout.controller import Controller
 from reconciler.rollout.db import RolloutDB
 from reconciler.rollout.decide import Action
 from reconciler.rollout.status import read_status
 from reconciler.state.fleet import Fleet, parse_heartbeat
 from reconciler.state.ledger import Ledger
-from wire.bundle import Bundle, BundlePolicy, BundleStage, Origin, StageGates, Staging, sign_bundle
+from reconciler.state.store import SignedBundle, Store
+from wire.bundle import Bundle, BundlePolicy, BundleStage, Origin, StageGates, Staging
 from wire.values import Scope, State
 
 T0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
@@ -34,7 +36,7 @@ class Env:
     key: SigningKey
     now: _dt.datetime
     ledger: Ledger
-    store: StagedStore
+    store: Store
     ctl: Controller
     fleet: Fleet
 
@@ -44,7 +46,18 @@ class Env:
     def publish(self, version: int, state: State) -> None:
         policy = BundlePolicy.of("p", Origin("rule", "r"), Scope(), state, "kind: TracingPolicy\n")
         b = Bundle(version, f"{version:040x}", None, "Dana <d@example.com>", (), self.now, (policy,), (), PLAN)
-        self.store.publish(sign_bundle(b, self.key), now=self.now)
+        # as the reconciler publishes: the controller decides the pins, the store writes bundle and index
+        signed = SignedBundle.sign(b, self.key)
+        self.store.publish(signed, now=self.now, stages=self.ctl.publish_pins(signed))
+
+    def start_v2(self, *, beat: bool = True) -> None:
+        """v1 everywhere, then the tightening v2 published to the canary (every agent reporting, if `beat`)."""
+        self.publish(1, State.OBSERVE)
+        self.ctl.tick()
+        self.publish(2, State.ENFORCED)
+        if beat:
+            self.beat_all()
+        self.ctl.tick()
 
     def beat(self, sensor: str, *, enforced: int = 0, version: int | None = None) -> None:
         index = self.store.index()
@@ -62,7 +75,7 @@ class Env:
         self.ctl.close()
         self.ledger.close()
         self.ledger = Ledger.open(self.state)
-        self.store = StagedStore(self.state / "store", self.key)
+        self.store = Store(self.state / "store", self.key)
         self.ctl = Controller(self.state, self.ledger, self.store, clock=self.clock)
 
     def events(self, kind: str) -> list[str]:
@@ -74,7 +87,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     state = tmp_path / "state"
     ledger = Ledger.open(state)
     key = SigningKey.generate()
-    store = StagedStore(state / "store", key)
+    store = Store(state / "store", key)
     e = Env(state, key, T0, ledger, store, None, Fleet.open(state))  # type: ignore[arg-type]
     e.ctl = Controller(state, ledger, store, clock=e.clock)
     try:
@@ -106,11 +119,7 @@ def test_a_new_version_is_published_to_the_first_stage_only(env: Env) -> None:
 
 
 def test_bake_survives_a_restart_and_nothing_is_promoted_twice(env: Env) -> None:
-    env.publish(1, State.OBSERVE)
-    env.ctl.tick()
-    env.publish(2, State.ENFORCED)
-    env.beat_all()
-    env.ctl.tick()
+    env.start_v2()
     env.now = T0 + _dt.timedelta(seconds=30)
     env.reopen()
     env.beat_all()
@@ -128,10 +137,7 @@ def test_bake_survives_a_restart_and_nothing_is_promoted_twice(env: Env) -> None
 
 
 def test_a_decision_saved_before_a_crash_is_finished_at_the_next_tick(env: Env) -> None:
-    env.publish(1, State.OBSERVE)
-    env.ctl.tick()
-    env.publish(2, State.ENFORCED)
-    env.ctl.tick()
+    env.start_v2(beat=False)
     db = RolloutDB.open(env.state)
     progress, _ = db.load()
     # the crash: the promotion was saved, the index was never re-pinned
@@ -165,10 +171,7 @@ def test_enforcement_actions_count_from_the_version_change(env: Env) -> None:
 
 
 def test_operator_requests_are_applied_with_the_operator_as_actor(env: Env) -> None:
-    env.publish(1, State.OBSERVE)
-    env.ctl.tick()
-    env.publish(2, State.ENFORCED)
-    env.ctl.tick()
+    env.start_v2(beat=False)
     db = RolloutDB.open(env.state)
     rid = db.request("abort", "wrong change", "olga", env.now)
     env.ctl.tick()
@@ -191,11 +194,7 @@ def test_a_relaxing_change_is_fast_tracked_only_when_the_plan_allows(env: Env) -
 
 
 def test_a_newer_version_mid_rollout_starts_again_at_the_first_stage(env: Env) -> None:
-    env.publish(1, State.OBSERVE)
-    env.ctl.tick()
-    env.publish(2, State.ENFORCED)
-    env.beat_all()
-    env.ctl.tick()
+    env.start_v2()
     env.now += _dt.timedelta(seconds=61)
     env.beat_all()
     env.ctl.tick()  # v2 promoted to the fleet, baking there
@@ -210,11 +209,7 @@ def test_a_newer_version_mid_rollout_starts_again_at_the_first_stage(env: Env) -
 def test_status_text_while_baking(env: Env) -> None:
     from reconciler.cli.rollout import render_text
 
-    env.publish(1, State.OBSERVE)
-    env.ctl.tick()
-    env.publish(2, State.ENFORCED)
-    env.beat_all(c1=0)
-    env.ctl.tick()
+    env.start_v2()
     env.now += _dt.timedelta(seconds=15)
     env.beat("c1", enforced=2)
     env.ctl.tick()
@@ -235,3 +230,63 @@ def test_many_publishes_while_old_versions_stay_pinned(env: Env) -> None:
         d = env.ctl.tick()
         assert d is not None and d.action == Action.HOLD
     assert _pins(env) == {"canary": 21, "fleet": 1, "default": 1}
+
+
+# -- bake-time rules the fleet tests (tests/integration/test_rollout_fleet.py) watch on real processes --------
+
+
+def _beats_for(env: Env, seconds: int, *sensors: str) -> None:
+    """`seconds` of heartbeats, one every 10 s, from `sensors` only (the others are silent)."""
+    for _ in range(seconds // 10):
+        env.now += _dt.timedelta(seconds=10)
+        for s in sensors:
+            env.beat(s)
+        env.ctl.tick()
+
+
+def test_after_a_halt_nothing_moves_however_long_every_bake_lasts(env: Env) -> None:
+    env.start_v2()
+    env.beat_all(c1=6)  # over the canary's gate of 5 enforcement actions
+    d = env.ctl.tick()
+    assert d is not None and d.action == Action.HALT
+    _beats_for(env, 300, *SENSORS)  # five minutes: every bake of PLAN five times over
+    d = env.ctl.tick()
+    assert d is not None and d.action == Action.IDLE and d.reason.startswith("halted: stage canary")
+    assert _pins(env) == {"canary": 1, "fleet": 1, "default": 1}
+    assert env.events("rollout-promoted") == [] and env.events("rollout-halted") == ["v2 canary"]
+
+
+def test_a_silent_canary_holds_promotion_past_its_bake_until_it_reports(env: Env) -> None:
+    env.publish(1, State.OBSERVE)
+    env.beat_all()
+    env.ctl.tick()
+    _beats_for(env, 40, "f1", "f2")  # the canary goes quiet: past the 30 s agent timeout
+    env.publish(2, State.ENFORCED)
+    env.ctl.tick()
+    _beats_for(env, 120, "f1", "f2")  # twice the canary's 60 s bake
+    d = env.ctl.tick()
+    assert d is not None and d.action == Action.HOLD
+    assert d.reason == "reporting share 0.00 < 1.00 (minReportingRatio): 0 of 1 agents reporting; not reporting: c1"
+    assert _pins(env)["fleet"] == 1
+    canary = read_status(env.state, now=env.now)["stages"][0]
+    assert (canary["name"], canary["agents"], canary["reporting"], canary["bakeLeftSeconds"]) == ("canary", 1, 0, 0)
+    env.beat_all()  # it reports again: the rollout moves on
+    d = env.ctl.tick()
+    assert d is not None and d.action == Action.PROMOTE and _pins(env)["fleet"] == 2
+
+
+def test_a_paused_rollout_holds_past_its_bake_and_resumes_where_it_was(env: Env) -> None:
+    env.start_v2()
+    db = RolloutDB.open(env.state)
+    try:
+        db.request("pause", "checking canary logs", "olga", env.now)
+        env.ctl.tick()
+        _beats_for(env, 120, *SENSORS)  # twice the canary's bake
+        d = env.ctl.tick()
+        assert d is not None and d.action == Action.HOLD and d.reason == "paused by an operator"
+        assert _pins(env)["fleet"] == 1
+        db.request("resume", "logs clean", "olga", env.now)
+    finally:
+        db.close()
+    d = env.ctl.tick()
+    assert d is not None and d.action == Action.PROMOTE and _pins(env)["fleet"] == 2

@@ -18,9 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from reconciler.findings import error
 from reconciler.keys import load_signing_key
 from reconciler.state.ledger import CommitInfo, Ledger
-from reconciler.state.store import Store
+from reconciler.state.store import SignedBundle, Store
 from support.bundles import commit_id, make_bundle
-from wire.bundle import sign_bundle
 
 
 def is_bad(n: int) -> bool:
@@ -40,8 +39,8 @@ def main(state: Path, key_file: Path, count: int) -> int:
                 ledger.record_rejected(info, [error("rules/r.yaml", 3, 5, "bad", f"commit {n} is bad")])
                 continue
             version = ledger.next_version(store)
-            data = sign_bundle(make_bundle(version, commit=n), key)
-            ledger.record_accepted(info, [], data, store)
+            signed = SignedBundle.sign(make_bundle(version, commit=n), key)
+            ledger.record_accepted(info, [], signed, store)
     return 0
 
 
