@@ -214,6 +214,7 @@ def test_the_heartbeat_matches_its_schema_and_the_server_stores_it(served: Serve
     import jsonschema
 
     from reconciler.state.fleet import Fleet
+    from wire import heartbeat
 
     schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "heartbeat.schema.json").read_text())
 
@@ -225,6 +226,8 @@ def test_the_heartbeat_matches_its_schema_and_the_server_stores_it(served: Serve
                                 "palisade": {"acted": False}})
         doc = agent.heartbeat_document()
         jsonschema.Draft202012Validator(schema).validate(doc)
+        # the parser (the one definition) reads the real heartbeat as the schema does, and back to the same JSON
+        assert heartbeat.encode(heartbeat.parse(doc, "web-3")) == doc
         agent.observations.add({"process_tracepoint": {"policy_name": "web-exec-allowlist",
                                                        "process": {"binary": "/bin/sh"}}})
         assert await agent.send_heartbeat()
@@ -233,4 +236,4 @@ def test_the_heartbeat_matches_its_schema_and_the_server_stores_it(served: Serve
     asyncio.run(run())
     (rec,) = Fleet.open(served.rec.state_dir).agents()
     assert (rec.id, rec.version, rec.stage, rec.labels) == ("web-3", 1, "web", {"role": "web"})
-    assert {p["name"]: p["status"] for p in rec.policies}["web-exec-allowlist"] == "loaded"
+    assert {p.name: p.status for p in rec.policies}["web-exec-allowlist"] == "loaded"
