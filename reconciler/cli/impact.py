@@ -14,19 +14,16 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-from pathlib import Path
 
 from . import add_output
 from ._fleetsource import FleetSource, Query, add_arguments, parse_when
+from .readiness import add_unit_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("impact", help="what enforcing a unit would have acted on, from observations",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("unit", metavar="UNIT", help="pack/NAME, rule/NAME or NAME")
-    p.add_argument("--scope", required=True, help="fleet, group:NAME or sensor:ID")
-    p.add_argument("--repo", type=Path, default=Path("."), help="policy repository (default: .)")
-    p.add_argument("--rev", default="HEAD", help="the revision whose policies count (default: HEAD)")
+    add_unit_arguments(p, "the revision whose policies count (default: HEAD)")
     p.add_argument("--days", type=float, default=7.0, help="the period: this many days up to now (default: 7)")
     p.add_argument("--since", help="start of the period instead of --days (24h, 7d or an RFC 3339 time)")
     p.add_argument("--until", help="end of the period (default: now)")

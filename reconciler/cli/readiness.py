@@ -32,13 +32,18 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("readiness", help="is a unit ready for its next ladder step at a scope?",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("unit", metavar="UNIT", help="pack/NAME, rule/NAME or NAME")
-    p.add_argument("--scope", required=True, help="fleet, group:NAME or sensor:ID")
-    p.add_argument("--repo", type=Path, default=Path("."), help="policy repository (default: .)")
-    p.add_argument("--rev", default="HEAD", help="the revision whose state counts (default: HEAD)")
+    add_unit_arguments(p, "the revision whose state counts (default: HEAD)")
     add_arguments(p)
     add_output(p)
     p.set_defaults(func=run)
+
+
+def add_unit_arguments(p: argparse.ArgumentParser, rev_help: str) -> None:
+    """UNIT, --scope, --repo and --rev: the unit at a scope of a revision, as `load_unit` reads them."""
+    p.add_argument("unit", metavar="UNIT", help="pack/NAME, rule/NAME or NAME")
+    p.add_argument("--scope", required=True, help="fleet, group:NAME or sensor:ID")
+    p.add_argument("--repo", type=Path, default=Path("."), help="policy repository (default: .)")
+    p.add_argument("--rev", default="HEAD", help=rev_help)
 
 
 @dataclass(frozen=True)

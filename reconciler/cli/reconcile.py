@@ -17,16 +17,21 @@ from . import add_output
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("reconcile", help="turn new commits into signed, published bundles",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo", required=True, help="policy repository: a local path or a git URL")
-    p.add_argument("--branch", default="main", help="tracked branch (default: main)")
-    p.add_argument("--state", type=Path, required=True, help="state directory (ledger, bundle store, mirror)")
-    p.add_argument("--key", type=Path, required=True, help="Ed25519 signing key (palisade keygen)")
+    add_reconciler_arguments(p)
     p.add_argument("--once", action="store_true", help="one pass, then exit (default: keep polling)")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between passes without --once")
     p.add_argument("--accept-rewrite", action="store_true",
                    help="operator override: accept a branch that no longer descends from the last accepted commit")
     add_output(p)
     p.set_defaults(func=run)
+
+
+def add_reconciler_arguments(p: argparse.ArgumentParser) -> None:
+    """--repo, --branch, --state and --key: what a `Reconciler` runs on (`reconcile` and `serve`)."""
+    p.add_argument("--repo", required=True, help="policy repository: a local path or a git URL")
+    p.add_argument("--branch", default="main", help="tracked branch (default: main)")
+    p.add_argument("--state", type=Path, required=True, help="state directory (ledger, bundle store, mirror)")
+    p.add_argument("--key", type=Path, required=True, help="Ed25519 signing key (palisade keygen)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from reconciler.errors import UsageError
+
+from .reconcile import add_reconciler_arguments
 
 DEFAULT_LISTEN = "127.0.0.1:8740"
 
@@ -21,10 +22,7 @@ DEFAULT_LISTEN = "127.0.0.1:8740"
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="reconcile continuously and serve the bundle store over HTTP",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo", required=True, help="policy repository: a local path or a git URL")
-    p.add_argument("--branch", default="main", help="tracked branch (default: main)")
-    p.add_argument("--state", type=Path, required=True, help="state directory (ledger, bundle store, mirror)")
-    p.add_argument("--key", type=Path, required=True, help="Ed25519 signing key (palisade keygen)")
+    add_reconciler_arguments(p)
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address of the HTTP API (default: {DEFAULT_LISTEN}; port 0 picks a free one)")
     p.add_argument("--poll-interval", default="30s", metavar="DURATION",

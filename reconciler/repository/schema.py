@@ -336,22 +336,15 @@ def _show(value: Any) -> str:
     return _type_name(value)
 
 
+#: How a finding names a value's type; bool before int (a bool is an int to isinstance).
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (type(None), "null (an empty value)"), (bool, "a boolean"), (int, "an integer"), (float, "a number"),
+    (str, "a string"), (list, "a list"), (dict, "a mapping"),
+)
+
+
 def _type_name(value: Any) -> str:
-    if value is None:
-        return "null (an empty value)"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
+    return next((name for kind, name in _TYPE_NAMES if isinstance(value, kind)), type(value).__name__)
 
 
 def _article(type_name: str) -> str:

@@ -17,6 +17,20 @@ def _err(description: str) -> dict[str, Any]:
     return {"description": description, "content": {_JSON: {"schema": _ERROR}}}
 
 
+#: A JSON object body.
+_OBJECT = {_JSON: {"schema": {"type": "object"}}}
+
+
+def _tagged(description: str, content: dict[str, Any], bad: str, missing: str) -> dict[str, Any]:
+    """The responses of a GET answered with an ETag: 200 with it, 304 for the client's current copy, 400, 404."""
+    return {
+        "200": {"description": description, "headers": {"ETag": {"schema": {"type": "string"}}}, "content": content},
+        "304": {"description": "The client's copy is current"},
+        "400": _err(bad),
+        "404": _err(missing),
+    }
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -38,27 +52,16 @@ OPENAPI: dict[str, Any] = {
                  "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT_SECONDS}},
                 {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
             ],
-            "responses": {
-                "200": {"description": "The index (schemas/index.schema.json)",
-                        "headers": {"ETag": {"schema": {"type": "string"}}},
-                        "content": {_JSON: {"schema": {"type": "object"}}}},
-                "304": {"description": "The client's copy is current"},
-                "400": _err("Invalid wait"),
-                "404": _err("Nothing has been published yet"),
-            },
+            "responses": _tagged("The index (schemas/index.schema.json)", _OBJECT, "Invalid wait",
+                                 "Nothing has been published yet"),
         }},
         "/v1/bundles/{version}": {"get": {
             "summary": "One bundle, immutable",
             "parameters": [{"name": "version", "in": "path", "required": True,
                             "schema": {"type": "integer", "minimum": 1}}],
-            "responses": {
-                "200": {"description": "The bundle (schemas/bundle.schema.json); cacheable forever",
-                        "headers": {"ETag": {"schema": {"type": "string"}}},
-                        "content": {_JSON: {"schema": {"type": "object"}}}},
-                "304": {"description": "The client's copy is current"},
-                "400": _err("The version is not a positive integer"),
-                "404": _err("The current index does not list this version"),
-            },
+            "responses": _tagged("The bundle (schemas/bundle.schema.json); cacheable forever", _OBJECT,
+                                 "The version is not a positive integer",
+                                 "The current index does not list this version"),
         }},
         "/v1/objects/{sha256}": {"get": {
             "summary": "One CO-RE object, by the sha256 of its bytes; immutable",
@@ -66,14 +69,9 @@ OPENAPI: dict[str, Any] = {
                            "agent checks the bytes against the signed digest before loading them.",
             "parameters": [{"name": "sha256", "in": "path", "required": True,
                             "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}],
-            "responses": {
-                "200": {"description": "The object (ELF); cacheable forever",
-                        "headers": {"ETag": {"schema": {"type": "string"}}},
-                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                "304": {"description": "The client's copy is current"},
-                "400": _err("Not a sha256 hex digest"),
-                "404": _err("The store holds no such object"),
-            },
+            "responses": _tagged("The object (ELF); cacheable forever",
+                                 {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                                 "Not a sha256 hex digest", "The store holds no such object"),
         }},
         "/v1/agents/{id}/heartbeat": {"post": {
             "summary": "An agent's heartbeat",
@@ -81,7 +79,7 @@ OPENAPI: dict[str, Any] = {
                            "drift, counters and the interval's observations (schemas/heartbeat.schema.json). "
                            "Stored in the fleet table of the state directory (reconciler/fleet.py).",
             "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "requestBody": {"required": True, "content": {_JSON: {"schema": {"type": "object"}}}},
+            "requestBody": {"required": True, "content": _OBJECT},
             "responses": {
                 "204": {"description": "Stored"},
                 "400": _err("Malformed JSON, a sensor id that is not valid or does not match the body, "
@@ -94,12 +92,12 @@ OPENAPI: dict[str, Any] = {
             "description": "Last accepted and last rejected commit (with findings), published versions, "
                            "the served index's serial and expiry, the last reconcile time and errors "
                            "such as a refused history rewrite.",
-            "responses": {"200": {"description": "Status", "content": {_JSON: {"schema": {"type": "object"}}}}},
+            "responses": {"200": {"description": "Status", "content": _OBJECT}},
         }},
         "/v1/agents": {"get": {
             "summary": "The fleet: every agent's last heartbeat",
             "responses": {"200": {"description": "`{agents: [...]}`",
-                                  "content": {_JSON: {"schema": {"type": "object"}}}}},
+                                  "content": _OBJECT}},
         }},
         "/v1/observations": {"get": {
             "summary": "Stored observations, summed per sensor, policy, binary, workload, parent and action",
@@ -112,7 +110,7 @@ OPENAPI: dict[str, Any] = {
                  "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
             ],
             "responses": {"200": {"description": "`{observations: [...]}`",
-                                  "content": {_JSON: {"schema": {"type": "object"}}}},
+                                  "content": _OBJECT},
                           "400": _err("A malformed time or limit")},
         }},
         "/metrics": {"get": {
@@ -122,7 +120,7 @@ OPENAPI: dict[str, Any] = {
         }},
         "/openapi.json": {"get": {
             "summary": "This description",
-            "responses": {"200": {"description": "OpenAPI 3.1", "content": {_JSON: {"schema": {"type": "object"}}}}},
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": _OBJECT}},
         }},
     },
     "components": {"schemas": {"Error": {

@@ -99,6 +99,14 @@ def _json(value: Any, status: int = 200, headers: Mapping[str, str] | None = Non
     return Response(body, status_code=status, media_type=_JSON, headers=dict(headers or {}))
 
 
+def _tagged(request: Request, data: bytes, etag: str, cache: str, media_type: str = _JSON) -> Response:
+    """Stored bytes under their ETag: 304 when the client's If-None-Match already names it."""
+    headers = {"ETag": etag, "Cache-Control": cache}
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=media_type, headers=headers)
+
+
 def _etag_matches(header: str | None, etag: str) -> bool:
     """If-None-Match uses the weak comparison (RFC 9110 §13.1.2): `W/` is ignored, `*` matches."""
     if not header:
@@ -162,10 +170,7 @@ class _Api:
                 request, self.pub.wait_change(snap.etag if snap is not None else None, wait), snap)
         if snap is None:
             return _error(404, "no index", "nothing has been published yet")
-        headers = {"ETag": snap.etag, "Cache-Control": _INDEX_CACHE}
-        if _etag_matches(inm, snap.etag):
-            return Response(status_code=304, headers=headers)
-        return Response(snap.data, media_type=_JSON, headers=headers)
+        return _tagged(request, snap.data, snap.etag, _INDEX_CACHE)
 
     async def bundle(self, request: Request) -> Response:
         """One bundle by version; immutable. 404 if the current index does not list it."""
@@ -176,39 +181,24 @@ class _Api:
         version = int(raw)
         if version < 1:
             return _error(400, "invalid version", "bundle versions start at 1")
-        try:
-            found = await self.pub.bundle(version)
-        except StoreDamaged as e:
-            log.error("%s", e)
-            return _error(500, "store damaged", str(e))
+        found = await self.pub.bundle(version)  # StoreDamaged: 500 (_store_damaged)
         if found is None:
             cur = self.pub.current
             listed = "nothing is published yet" if cur is None else (
                 f"the index lists v{cur.index.bundles[0].version}..v{cur.index.version}")
             return _error(404, "unknown version", f"bundle v{version} is not published ({listed})")
         data, etag = found
-        headers = {"ETag": etag, "Cache-Control": _BUNDLE_CACHE}
-        if _etag_matches(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers=headers)
-        return Response(data, media_type=_JSON, headers=headers)
+        return _tagged(request, data, etag, _BUNDLE_CACHE)
 
     async def object(self, request: Request) -> Response:
         """One CO-RE object by the sha256 of its bytes; immutable."""
         raw: str = request.path_params["sha256"]
         if not _SHA256.match(raw):
             return _error(400, "invalid digest", f"an object is named by a sha256 hex digest (got {raw[:80]!r})")
-        try:
-            data = await self.pub.object(raw)
-        except StoreDamaged as e:
-            log.error("%s", e)
-            return _error(500, "store damaged", str(e))
+        data = await self.pub.object(raw)  # StoreDamaged: 500 (_store_damaged)
         if data is None:
             return _error(404, "unknown object", f"no object {raw} in the store")
-        etag = f'"{raw}"'
-        headers = {"ETag": etag, "Cache-Control": _BUNDLE_CACHE}
-        if _etag_matches(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers=headers)
-        return Response(data, media_type="application/octet-stream", headers=headers)
+        return _tagged(request, data, f'"{raw}"', _BUNDLE_CACHE, "application/octet-stream")
 
     async def status(self, request: Request) -> Response:
         """Reconcile status: last accepted and rejected commits with findings, versions, index."""
@@ -353,6 +343,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, "http error", str(exc.detail), headers=exc.headers)
 
 
+async def _store_damaged(request: Request, exc: Exception) -> Response:
+    log.error("%s", exc)
+    return _error(500, "store damaged", str(exc))
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return _error(500, "internal error", "the server failed to answer; see its log")
@@ -413,7 +408,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={HTTPException: _http_error, StoreDamaged: _store_damaged, Exception: _internal_error},
     )
     app.add_middleware(_Guard, metrics=metrics)
     app.state.publication = pub

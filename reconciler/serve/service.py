@@ -123,11 +123,7 @@ class ReconcileLoop:
                     self._metrics.count_commit(result)
         finally:
             self._metrics.reconcile_duration.observe(time.perf_counter() - t0)
-            try:
-                self._status = rec.status()
-            except Exception:
-                log.exception("cannot read the reconcile status")
-            self._published()
+            self._refresh(rec)
 
     def _wait(self, rec: Reconciler) -> None:
         """Sleep until the next pass, ticking the rollout controller meanwhile so bakes end on time."""
@@ -137,11 +133,15 @@ class ReconcileLoop:
             if left <= 0 or self.changes.wait(min(left, _ROLLOUT_TICK)):
                 return
             rec.tick()
-            try:
-                self._status = rec.status()
-            except Exception:
-                log.exception("cannot read the reconcile status")
-            self._published()
+            self._refresh(rec)
+
+    def _refresh(self, rec: Reconciler) -> None:
+        """Take the reconciler's status for /v1/status and tell the server what it published."""
+        try:
+            self._status = rec.status()
+        except Exception:
+            log.exception("cannot read the reconcile status")
+        self._published()
 
     def _resign(self, rec: Reconciler) -> None:
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self, overload
 
 __all__ = ["BUNDLES_DIR", "FLEET_DB", "INDEX_FILE", "LEDGER_DB", "LOCK_FILE", "MIRROR", "OBJECTS_DIR",
            "OBJECT_CACHE", "ROLLOUT_DB", "STORE", "StateDir", "StateView", "StoreDir"]
@@ -39,23 +39,34 @@ BUNDLES_DIR = "bundles"
 OBJECTS_DIR = "objects"
 
 
+class _Rooted(Protocol):
+    @property
+    def root(self) -> Path: ...
+
+
+class _Below:
+    """A read-only attribute of a directory handle: the path `name` below its root."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, handle: None, owner: type) -> _Below: ...
+    @overload
+    def __get__(self, handle: _Rooted, owner: type) -> Path: ...
+    def __get__(self, handle: _Rooted | None, owner: type) -> Path | _Below:
+        return self if handle is None else handle.root / self.name
+
+
 @dataclass(frozen=True)
 class StoreDir:
     """The layout of one bundle store directory."""
 
     root: Path
 
-    @property
-    def index(self) -> Path:
-        return self.root / INDEX_FILE
-
-    @property
-    def bundles(self) -> Path:
-        return self.root / BUNDLES_DIR
-
-    @property
-    def objects(self) -> Path:
-        return self.root / OBJECTS_DIR
+    index = _Below(INDEX_FILE)
+    bundles = _Below(BUNDLES_DIR)
+    objects = _Below(OBJECTS_DIR)
 
     def bundle(self, version: int) -> Path:
         return self.bundles / f"v{int(version)}.json"
@@ -79,25 +90,11 @@ class StateView:
     def store(self) -> StoreDir:
         return StoreDir(self.root / STORE)
 
-    @property
-    def ledger_db(self) -> Path:
-        return self.root / LEDGER_DB
-
-    @property
-    def rollout_db(self) -> Path:
-        return self.root / ROLLOUT_DB
-
-    @property
-    def fleet_db(self) -> Path:
-        return self.root / FLEET_DB
-
-    @property
-    def mirror(self) -> Path:
-        return self.root / MIRROR
-
-    @property
-    def object_cache(self) -> Path:
-        return self.root / OBJECT_CACHE
+    ledger_db = _Below(LEDGER_DB)
+    rollout_db = _Below(ROLLOUT_DB)
+    fleet_db = _Below(FLEET_DB)
+    mirror = _Below(MIRROR)
+    object_cache = _Below(OBJECT_CACHE)
 
     def has_ledger(self) -> bool:
         return self.ledger_db.is_file()
@@ -120,9 +117,7 @@ class StateDir(StateView):
         (a store served on its own keeps its fleet beside it, in the same parent)."""
         return cls(Path(store).parent)
 
-    @property
-    def lock(self) -> Path:
-        return self.root / LOCK_FILE
+    lock = _Below(LOCK_FILE)
 
     @property
     def view(self) -> StateView:
