@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
@@ -37,6 +37,9 @@ from wire.values import State
 
 from .objects import Offer
 from .select import Desired
+
+if TYPE_CHECKING:
+    from .drift import Finding  # which imports Loaded from here
 
 __all__ = [
     "Enforcer",
@@ -121,8 +124,8 @@ class Enforcer(Protocol):
     def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """Events (Tetragon export shape) since the last call."""
 
-    def drift(self) -> list[Any]:
-        """Damage to the loads seen in the kernel (agent.drift.Finding)."""
+    def drift(self) -> list[Finding]:
+        """Damage to the loads seen in the kernel."""
 
     def repair(self, handle: str) -> Loaded:
         """Replace a damaged load by a fresh copy (the fresh one first); returns the new load."""
@@ -318,7 +321,7 @@ class NullEnforcer:
     def poll_events(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         return []
 
-    def drift(self) -> list[Any]:
+    def drift(self) -> list[Finding]:
         return []
 
     def repair(self, handle: str) -> Loaded:

@@ -1,7 +1,7 @@
 """The agent's errors. They extend the shared hierarchy (`wire.errors`) so every CLI prints them the same way."""
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from wire.bundle import WireError
 from wire.errors import PalisadeError, VerificationError
@@ -25,12 +25,23 @@ class FetchError(AgentError):
     The class names the failure: `code` is its stable label for metrics, status and the
     heartbeat, whatever the message says (the message says the rest). `retryable`: the
     next attempt may well succeed; `refused`: the response itself is unusable, so once the
-    retries are over it is counted like a failed verification.
+    retries are over it is counted like a failed verification. A subclass gives them as
+    class keywords (what it does not give it inherits).
     """
 
     code: str = "fetch"
     retryable: ClassVar[bool] = False
     refused: ClassVar[bool] = False
+
+    def __init_subclass__(cls, *, code: str | None = None, retryable: bool | None = None,
+                          refused: bool | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+        if retryable is not None:
+            cls.retryable = retryable
+        if refused is not None:
+            cls.refused = refused
 
     @property
     def reason(self) -> str:
@@ -38,39 +49,24 @@ class FetchError(AgentError):
         return self.code
 
 
-class Unreachable(FetchError):
+class Unreachable(FetchError, code="unreachable", retryable=True):
     """No connection, or the connection broke (DNS, refused, reset, ...)."""
 
-    code = "unreachable"
-    retryable = True
 
-
-class TimedOut(FetchError):
+class TimedOut(FetchError, code="timeout", retryable=True):
     """A connect or a read took longer than its timeout."""
 
-    code = "timeout"
-    retryable = True
 
-
-class Stalled(FetchError):
+class Stalled(FetchError, code="stalled", retryable=True):
     """No complete response within the request's total deadline (a slow or stalled server)."""
 
-    code = "stalled"
-    retryable = True
 
-
-class ServerError(FetchError):
+class ServerError(FetchError, code="http_5xx", retryable=True):
     """HTTP 5xx."""
 
-    code = "http_5xx"
-    retryable = True
 
-
-class NoIndex(FetchError):
+class NoIndex(FetchError, code="no_index", retryable=True):
     """The server has nothing published yet (404 on the index)."""
-
-    code = "no_index"
-    retryable = True
 
 
 class HttpStatus(FetchError):
@@ -82,25 +78,16 @@ class HttpStatus(FetchError):
         self.code = f"http_{status}"
 
 
-class UnexpectedNotModified(FetchError):
+class UnexpectedNotModified(FetchError, code="unexpected_304"):
     """304 Not Modified to a request that named no copy to compare with."""
 
-    code = "unexpected_304"
 
-
-class ResponseTooLarge(FetchError):
+class ResponseTooLarge(FetchError, code="too_large", refused=True):
     """A response announced or sent past the limit of what is read."""
 
-    code = "too_large"
-    refused = True
 
-
-class Truncated(FetchError):
+class Truncated(FetchError, code="truncated", retryable=True, refused=True):
     """Fewer bytes than announced, or the peer closed before the body was complete."""
-
-    code = "truncated"
-    retryable = True
-    refused = True
 
 
 class WrongBundle(WireError):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from nacl.signing import VerifyKey
 
+from wire import strict
 from wire.bundle import (
     Bundle,
     Index,
@@ -70,13 +71,12 @@ def load(state_dir: Path, pubkeys: Iterable[VerifyKey]) -> LastKnownGood | None:
     except OSError as e:
         raise Unreadable(f"last-known-good {path}: {e.strerror}") from None
     try:
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or set(doc) != {"index", "bundle"}:
-            raise ValueError("expected exactly the members index and bundle")
-        index_bytes = base64.b64decode(doc["index"], validate=True)
-        bundle_bytes = base64.b64decode(doc["bundle"], validate=True)
-    except (ValueError, KeyError, TypeError, binascii.Error) as e:
-        # ValueError covers a number json will not build (more than 4300 digits)
+        # read as strictly as the documents it holds (wire.strict); the two members are base64 text
+        doc = strict.obj(strict.parse_json(raw.decode("utf-8")), "last-known-good", ("index", "bundle"))
+        index_bytes = base64.b64decode(strict.text(doc["index"], "index"), validate=True)
+        bundle_bytes = base64.b64decode(strict.text(doc["bundle"], "bundle"), validate=True)
+    except (ValueError, RecursionError, binascii.Error) as e:
+        # ValueError covers strict.Invalid, bad UTF-8, bad JSON and a number json will not build
         raise Malformed(f"last-known-good {path} is damaged: {str(e)[:200]}") from None
     keys = list(pubkeys)
     try:

@@ -185,7 +185,7 @@ class Agent:
         self.objects = ObjectStore(cfg.state / OBJECTS_DIR if persist else None)
         self.workloads = WorkloadIndex(cfg.workloads)  # events carry process.pod of their workload
         self.observations = heartbeat.Observations(cfg.workloads)
-        self.last_drift: list[dict[str, Any]] = []
+        self.last_drift: tuple[Finding, ...] = ()  # what the last check could not heal
         self._open_drift: set[tuple[str, str, str]] = set()
         self._beat_now = asyncio.Event()
         # Every call into the enforcer runs on this one thread: the engine (libbpf objects, ring buffers) is not
@@ -546,7 +546,7 @@ class Agent:
             refused = frozenset(p.name for p in cur.statuses if p.status != "loaded")
             found += compare(self.enforcer.loaded(), cur.desired, refused)
         if not found:
-            self.last_drift = []
+            self.last_drift = ()
             self._open_drift = set()
             return DriftReport((), (), ())
         for f in found:
@@ -577,7 +577,7 @@ class Agent:
             if self.metrics:
                 self.metrics.drift_healed.labels(f.kind).inc()
             self._event("drift_healed", {"kind": f.kind, "policy": f.policy, "detail": f.detail})
-        self.last_drift = [f.to_json() for f in unhealed]
+        self.last_drift = unhealed
         self._open_drift = {(f.kind, f.policy, f.detail) for f in unhealed}
         return DriftReport(tuple(found), healed, unhealed)
 
@@ -587,7 +587,7 @@ class Agent:
         return heartbeat.document(
             self.status(),
             drift={"detected": self.counters.drift_detected, "healed": self.counters.drift_healed,
-                   "unhealed": len(self.last_drift), "findings": self.last_drift},
+                   "unhealed": len(self.last_drift), "findings": [f.to_json() for f in self.last_drift]},
             counters={**self.enforcer.counters(), "refusals": sum(self.counters.refused.values()),
                       "applies": self.counters.applies},
             observations=self.observations.take(), now=self._clock(), health=self.health.to_json())
