@@ -1,6 +1,8 @@
 """The errors both sides raise: every CLI prints a `PalisadeError`'s message and exits with its code."""
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 
 class PalisadeError(Exception):
     """Base of every error the reconciler or the agent raises on purpose."""
@@ -20,32 +22,32 @@ class VerificationError(PalisadeError):
 
 class HeartbeatError(PalisadeError, ValueError):
     """An agent's heartbeat refused (wire.heartbeat); the class names why (`code`), whatever the message says.
-    A ValueError too: callers that refused a bad document as a ValueError keep doing so."""
+    A ValueError too: callers that refused a bad document as a ValueError keep doing so. Each kind names its
+    code where it is declared: `class Kind(HeartbeatError, code="...")`."""
 
-    code = "malformed"
+    code: ClassVar[str] = "malformed"
+
+    def __init_subclass__(cls, code: str | None = None, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if code is not None:
+            cls.code = code
 
 
 class MalformedHeartbeat(HeartbeatError):
     """Not JSON, not UTF-8, or not the document wire.heartbeat describes (member, type or value)."""
 
 
-class HeartbeatOutOfRange(MalformedHeartbeat):
+class HeartbeatOutOfRange(MalformedHeartbeat, code="out_of_range"):
     """A number beyond what its member allows (negative, or more than a signed 64-bit integer)."""
 
-    code = "out_of_range"
+
+class HeartbeatTooLarge(HeartbeatError, code="size"):
+    """More bytes than wire.heartbeat.MAX_HEARTBEAT_BYTES."""
 
 
-class HeartbeatTooLarge(HeartbeatError):
-    code = "size"
-
-
-class BadSensorId(HeartbeatError):
+class BadSensorId(HeartbeatError, code="sensor_id"):
     """The sensor id of the URL is not a valid id."""
 
-    code = "sensor_id"
 
-
-class SensorMismatch(HeartbeatError):
+class SensorMismatch(HeartbeatError, code="sensor_mismatch"):
     """The document's `sensor` is not the sensor of the URL."""
-
-    code = "sensor_mismatch"

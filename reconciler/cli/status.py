@@ -59,7 +59,7 @@ def _fleet(args: argparse.Namespace) -> list[dict[str, Any]]:
         source.close()
     now = _dt.datetime.now(_dt.UTC)
     return [
-        {"id": a.id, "version": a.version, "stage": a.stage, "health": a.health(now),
+        {"id": a.id, "version": a.version, "stage": a.stage, "health": a.condition(now),
          "lastSeen": a.last_seen.strftime("%Y-%m-%dT%H:%M:%SZ"),
          "refused": a.refused}
         for a in agents

@@ -20,8 +20,7 @@ import datetime as _dt
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,9 @@ from wire import heartbeat as wire
 from wire import strict
 from wire.heartbeat import (
     MAX_HEARTBEAT_BYTES,
-    Counters,
-    Drift,
-    Health,
     HealthState,
     Heartbeat,
     Observation,
-    PolicyReport,
 )
 
 __all__ = ["FLEET_DB", "MAX_HEARTBEAT_BYTES", "AgentRecord", "Fleet", "Heartbeat", "Observation", "ObservationRow",
@@ -92,54 +87,20 @@ class ObservationRow:
 
 
 @dataclass(frozen=True)
-class AgentRecord:
-    """A sensor's last heartbeat (`beat`, typed) and when it came."""
+class AgentRecord(Heartbeat):
+    """A sensor's last heartbeat (every member typed, as `wire.heartbeat.parse` read it) and when it came."""
 
-    beat: Heartbeat
-    last_seen: _dt.datetime
+    last_seen: _dt.datetime = field(kw_only=True)
+
+    @classmethod
+    def of(cls, beat: Heartbeat, last_seen: _dt.datetime) -> AgentRecord:
+        return cls(**{f.name: getattr(beat, f.name) for f in fields(Heartbeat)}, last_seen=last_seen)
 
     @property
     def id(self) -> str:
-        return self.beat.sensor
+        return self.sensor
 
-    @property
-    def labels(self) -> Mapping[str, str]:
-        return self.beat.labels
-
-    @property
-    def version(self) -> int | None:
-        return self.beat.version
-
-    @property
-    def stage(self) -> str | None:
-        return self.beat.stage
-
-    @property
-    def commit(self) -> str | None:
-        return self.beat.commit
-
-    @property
-    def policies(self) -> tuple[PolicyReport, ...]:
-        return self.beat.policies
-
-    @property
-    def drift(self) -> Drift:
-        return self.beat.drift
-
-    @property
-    def counters(self) -> Counters:
-        return self.beat.counters
-
-    @property
-    def reported(self) -> Health | None:
-        """The heartbeat's own `health` (None from older agents)."""
-        return self.beat.health
-
-    @property
-    def refused(self) -> int:
-        return self.beat.refused
-
-    def health(self, now: _dt.datetime, stale_after: _dt.timedelta = _dt.timedelta(minutes=2)) -> str:
+    def condition(self, now: _dt.datetime, stale_after: _dt.timedelta = _dt.timedelta(minutes=2)) -> str:
         """`stale` (no heartbeat lately), `drift` (unhealed drift), `degraded` (a policy refused, or the agent
         says so: disk, transfer, expired index), or `ok`."""
         if now - self.last_seen > stale_after:
@@ -148,7 +109,7 @@ class AgentRecord:
             return "drift"
         if self.refused:
             return "degraded"
-        if self.reported is not None and self.reported.state is HealthState.DEGRADED:
+        if self.health is not None and self.health.state is HealthState.DEGRADED:
             return "degraded"
         return "ok"
 
@@ -157,7 +118,7 @@ class AgentRecord:
                 "commit": self.commit, "policies": [wire.encode_policy(p) for p in self.policies],
                 "drift": wire.encode_drift(self.drift), "counters": self.counters.to_json(),
                 "lastSeen": self.last_seen.strftime(_TIME),
-                "reported": None if self.reported is None else wire.encode_health(self.reported)}
+                "reported": None if self.health is None else wire.encode_health(self.health)}
 
     @classmethod
     def from_json(cls, v: Any) -> AgentRecord:
@@ -168,7 +129,7 @@ class AgentRecord:
                                                  "counters") if k in d}
         if d.get("reported") is not None:
             doc["health"] = d["reported"]
-        return cls(wire.parse(doc, d["id"]), strict.time(d["lastSeen"], "lastSeen"))
+        return cls.of(wire.parse(doc, d["id"]), strict.time(d["lastSeen"], "lastSeen"))
 
 
 def parse_heartbeat(sensor_id: str, doc: Any) -> Heartbeat:
@@ -235,7 +196,7 @@ class Fleet:
         with self._lock:
             rows = self._db.execute("SELECT id, labels, version, stage, commit_id, policies, drift, counters, "
                                     "last_seen, health FROM agents ORDER BY id").fetchall()
-        return [AgentRecord(_stored(r), _parse_time(r[8])) for r in rows]
+        return [AgentRecord.of(_stored(r), _parse_time(r[8])) for r in rows]
 
     def observations(self, policy: str | None = None, since: _dt.datetime | None = None
                      ) -> list[tuple[str, str, int]]:

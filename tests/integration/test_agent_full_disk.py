@@ -51,7 +51,7 @@ class Node:
 
     def fleet_health(self) -> str | None:
         agents = Fleet.open(self.up.state_dir).agents()
-        return agents[0].health(agents[0].last_seen) if agents else None
+        return agents[0].condition(agents[0].last_seen) if agents else None
 
 
 @pytest.fixture()

@@ -90,12 +90,12 @@ def test_slow_loris_on_the_index_is_cut_at_the_deadline_retried_and_reported(rig
         # the heartbeat (which the hostile server passes on) tells the reconciler
         fleet = Fleet.open(rig.up.state_dir)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not (fleet.agents() and fleet.agents()[0].reported
-                                                   and fleet.agents()[0].reported.state == "degraded"):
+        while time.monotonic() < deadline and not (fleet.agents() and fleet.agents()[0].health
+                                                   and fleet.agents()[0].health.state == "degraded"):
             time.sleep(0.2)
         (rec,) = fleet.agents()
-        assert rec.health(rec.last_seen) == "degraded"
-        assert ("transfer", "stalled") in [(p.kind, p.reason) for p in rec.reported.problems]  # type: ignore[union-attr]
+        assert rec.condition(rec.last_seen) == "degraded"
+        assert ("transfer", "stalled") in [(p.kind, p.reason) for p in rec.health.problems]  # type: ignore[union-attr]
 
         # retried with backoff, and the next honest answer gets through
         rig.proxy.tamper = None

@@ -39,8 +39,8 @@ def test_heartbeats_replace_the_agent_row_and_add_observations(tmp_path: Path) -
     assert fleet.observations("web-exec-allowlist") == [("web-exec-allowlist", "/usr/bin/curl", 6)]
     assert fleet.observations(since=t0 + _dt.timedelta(seconds=5)) == [("web-exec-allowlist", "/usr/bin/curl", 2)]
     # health for `palisade status --server`: a refused policy degrades, silence makes stale
-    assert agents["node-1"].health(t0 + _dt.timedelta(seconds=20)) == "degraded"
-    assert agents["node-2"].health(t0 + _dt.timedelta(minutes=5)) == "stale"
+    assert agents["node-1"].condition(t0 + _dt.timedelta(seconds=20)) == "degraded"
+    assert agents["node-2"].condition(t0 + _dt.timedelta(minutes=5)) == "stale"
 
 
 @pytest.mark.parametrize(("doc", "message"), [

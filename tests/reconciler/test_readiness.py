@@ -28,7 +28,7 @@ def _agent(sensor: str, *, role: str = "web", status: str | None = "loaded", rea
     beat = parse_heartbeat(sensor, {"labels": {"role": role}, "version": 3, "stage": "fleet", "commit": "ab" * 20,
                                     "policies": policies,
                                     "drift": {"unhealed": len(drift or []), "findings": drift or []}})
-    return AgentRecord(beat, NOW)
+    return AgentRecord.of(beat, NOW)
 
 
 def _obs(sensor: str, binary: str, count: int, action: str | None = "KPROBE_ACTION_POST") -> ObservationRow:
