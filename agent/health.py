@@ -13,19 +13,28 @@ the event loop alike); the callers log, count and write.
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["Health", "Problem", "Refusal"]
+__all__ = ["Health", "Problem", "ProblemKind", "Refusal"]
 
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class ProblemKind(enum.StrEnum):
+    """What keeps the node degraded (the `kind` label of the problem metrics)."""
+
+    DISK = "disk"
+    TRANSFER = "transfer"
+    INDEX_EXPIRED = "index_expired"
 
 
 @dataclass(frozen=True)
 class Problem:
     key: str  # unique per condition, e.g. "transfer:index", "disk:state"
-    kind: str  # disk | transfer | index_expired
+    kind: ProblemKind
     reason: str  # a short label: ENOSPC, stalled, unreachable, expired, ...
     detail: str
     since: _dt.datetime
@@ -33,7 +42,7 @@ class Problem:
     count: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "key": self.key, "reason": self.reason, "detail": self.detail,
+        return {"kind": str(self.kind), "key": self.key, "reason": self.reason, "detail": self.detail,
                 "since": self.since.strftime(_TIME), "last": self.last.strftime(_TIME), "count": self.count}
 
 
@@ -54,7 +63,7 @@ class Health:
         self.last_refusal: Refusal | None = None
         self._lock = threading.Lock()
 
-    def report(self, key: str, kind: str, reason: str, detail: str, now: _dt.datetime) -> bool:
+    def report(self, key: str, kind: ProblemKind, reason: str, detail: str, now: _dt.datetime) -> bool:
         """Raise (or refresh) a problem; True when it is new."""
         with self._lock:
             cur = self._problems.get(key)
@@ -73,7 +82,7 @@ class Health:
         with self._lock:
             return self._problems.get(key)
 
-    def problems(self, kind: str | None = None) -> tuple[Problem, ...]:
+    def problems(self, kind: ProblemKind | None = None) -> tuple[Problem, ...]:
         with self._lock:
             return tuple(p for _, p in sorted(self._problems.items()) if kind is None or p.kind == kind)
 

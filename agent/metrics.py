@@ -10,11 +10,10 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.exposition import generate_latest
 
-from .health import Health
+from .health import Health, ProblemKind
 
 __all__ = ["AgentMetrics"]
 
-_PROBLEMS = ("disk", "transfer", "index_expired")
 
 
 class AgentMetrics:
@@ -57,7 +56,7 @@ class AgentMetrics:
         self.degraded = Gauge("palisade_agent_degraded",
                               "1 while any problem holds (disk, transfer, index_expired), else 0.", registry=r)
         self.problems = Gauge("palisade_agent_problems", "Problems holding now, by kind.", ["kind"], registry=r)
-        for kind in _PROBLEMS:
+        for kind in ProblemKind:
             self.problems.labels(kind).set(0)
 
     def set_policies(self, rows: Iterable[tuple[str, str]]) -> None:
@@ -69,7 +68,7 @@ class AgentMetrics:
     def set_health(self, health: Health) -> None:
         held = health.problems()
         self.degraded.set(1 if held else 0)
-        for kind in _PROBLEMS:
+        for kind in ProblemKind:
             self.problems.labels(kind).set(sum(1 for p in held if p.kind == kind))
 
     def render(self) -> bytes:

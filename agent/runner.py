@@ -61,7 +61,7 @@ from .config import AgentConfig
 from .drift import HEALABLE, DriftReport, Finding, compare
 from .errors import FetchError, Stalled, WrongBundle
 from .events import EventLog
-from .health import Health
+from .health import Health, ProblemKind
 from .metrics import AgentMetrics
 from .objects import OBJECTS_DIR, ObjectStore
 from .select import Desired, select, stage_of
@@ -388,7 +388,7 @@ class Agent:
                 log.info("%s transfers work again (failing since %s: %s)", what, format_time(old.since), old.reason)
                 self._health_changed()
             return
-        new = self.health.report(key, "transfer", err.code, str(err), self._clock())
+        new = self.health.report(key, ProblemKind.TRANSFER, err.code, str(err), self._clock())
         if self.metrics:
             self.metrics.fetch_failures.labels(err.code).inc()
             if isinstance(err, Stalled):
@@ -414,7 +414,7 @@ class Agent:
             detail = (f"the index (serial {cur.index.serial}) expired at {format_time(cur.index.expires)}; "
                       f"still enforcing v{cur.bundle.version}, the last verified bundle, until the server "
                       f"sends a newer signed index")
-            if self.health.report("index_expired", "index_expired", "expired", detail, self._clock()):
+            if self.health.report("index_expired", ProblemKind.INDEX_EXPIRED, "expired", detail, self._clock()):
                 log.warning("%s", detail)
                 self._event("index_expired", {"serial": cur.index.serial, "version": cur.bundle.version,
                                               "expires": format_time(cur.index.expires), "detail": detail})
@@ -452,7 +452,7 @@ class Agent:
         detail = f"cannot write {path}: {e.strerror or e}; kept in memory, written when the disk takes it"
         if self.metrics:
             self.metrics.disk_errors.labels(key, reason).inc()
-        if self.health.report(f"disk:{key}", "disk", reason, detail, self._clock()):
+        if self.health.report(f"disk:{key}", ProblemKind.DISK, reason, detail, self._clock()):
             log.error("disk: %s; still enforcing %s", detail, f"v{self.version}" if self.version else "nothing")
             self._health_changed(write=False)
 
