@@ -66,6 +66,24 @@ def test_an_empty_repository_has_no_revisions(tmp_path: Path) -> None:
         Git(empty.path).commit("HEAD")
 
 
+def test_trees_and_objects(repo: GitRepo, tmp_path: Path) -> None:
+    repo.write("rules/r.yaml", "kind: Rule\n")
+    repo.commit("second")
+    git = Git(repo.path)
+    rows = {e.path: e for e in git.ls_tree("HEAD")}
+    assert set(rows) == {"palisade.yaml", "rules/r.yaml"} and rows["rules/r.yaml"].size == len("kind: Rule\n")
+    assert [e.path for e in git.ls_tree("HEAD", "rules")] == ["rules/r.yaml"]
+    blobs = git.cat_blobs([rows["rules/r.yaml"].sha, rows["palisade.yaml"].sha, rows["rules/r.yaml"].sha])
+    assert blobs == {rows["rules/r.yaml"].sha: b"kind: Rule\n", rows["palisade.yaml"].sha: b"kind: Repository\n"}
+    with pytest.raises(GitFailed, match=f"object {'0' * 40} is missing"):
+        git.cat_blobs(["0" * 40])
+    # histories that share nothing have no merge base
+    other = GitRepo.init(tmp_path / "other")
+    other.commit("unrelated", allow_empty=True)
+    repo.git("fetch", "-q", str(other.path), "main:unrelated")
+    assert git.merge_base("main", "unrelated") is None and not git.is_ancestor("main", "unrelated")
+
+
 def test_a_plain_directory_is_not_a_repository(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
