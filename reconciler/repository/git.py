@@ -68,7 +68,7 @@ class UnknownRevision(GitError):
 
     def __init__(self, repo: Path, rev: str) -> None:
         super().__init__(f"{repo}: revision {rev!r} does not name a commit; check the name "
-                         f"(git -C {repo} log --oneline {rev})")
+                         f"(`git -C {repo} branch -a` lists the branches)")
         self.repo, self.rev = repo, rev
 
 
