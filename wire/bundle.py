@@ -46,12 +46,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from .errors import VerificationError
+from .errors import Coded, VerificationError
 from .strict import MAX_INT as MAX_INT
 from .strict import Invalid as _Malformed
 from .strict import OutOfRange as _OutOfRange
@@ -90,36 +90,31 @@ _PROFILE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 # Failure kinds (one class each; `code` is the stable label of metrics, status and heartbeats)
 
 
-class WireError(VerificationError):
-    """A bundle or an index refused; the class names why (`code`), whatever the message says."""
+class WireError(Coded, VerificationError):
+    """A bundle or an index refused; the class names why (`code`, declared on the class line of each
+    kind), whatever the message says."""
 
-    code: ClassVar[str] = "malformed"
+    code = "malformed"
 
 
 class Malformed(WireError):
     """Not the document the schema describes (bad JSON, member, type or value)."""
 
 
-class OutOfRange(Malformed):
+class OutOfRange(Malformed, code="out_of_range"):
     """A number outside what its member allows (too many digits, too large, negative, ...)."""
 
-    code = "out_of_range"
 
-
-class TooLarge(WireError):
+class TooLarge(WireError, code="size"):
     """More bytes than the limit, or than the index announces."""
 
-    code = "size"
+
+class DigestMismatch(WireError, code="digest"):
+    """A bundle or object whose sha256 is not the one the index or bundle signed."""
 
 
-class DigestMismatch(WireError):
-    code = "digest"
-
-
-class BadSignature(WireError):
+class BadSignature(WireError, code="signature"):
     """Unsigned, signed by no trusted key, or a signature that does not verify."""
-
-    code = "signature"
 
 
 class Unsigned(BadSignature):
@@ -130,20 +125,16 @@ class UnknownKey(BadSignature):
     """Signed, but by none of the trusted keys."""
 
 
-class Expired(WireError):
-    code = "expired"
+class Expired(WireError, code="expired"):
+    """An index (or bundle) past its expiry."""
 
 
-class Replay(WireError):
+class Replay(WireError, code="replay"):
     """An index serial lower than one already accepted."""
 
-    code = "replay"
 
-
-class Rollback(WireError):
+class Rollback(WireError, code="rollback"):
     """An index version lower than one already accepted."""
-
-    code = "rollback"
 
 
 # ---------------------------------------------------------------------------

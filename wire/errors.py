@@ -20,17 +20,24 @@ class VerificationError(PalisadeError):
     exit_code = 1
 
 
-class HeartbeatError(PalisadeError, ValueError):
-    """An agent's heartbeat refused (wire.heartbeat); the class names why (`code`), whatever the message says.
-    A ValueError too: callers that refused a bad document as a ValueError keep doing so. Each kind names its
-    code where it is declared: `class Kind(HeartbeatError, code="...")`."""
+class Coded:
+    """A refusal whose class names its kind by a stable `code` (what metrics, status and heartbeats count,
+    never the message). A kind declares it on its class line, `class Kind(Base, code="...")`; a kind that
+    does not inherits its base's."""
 
-    code: ClassVar[str] = "malformed"
+    code: ClassVar[str]
 
     def __init_subclass__(cls, code: str | None = None, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if code is not None:
             cls.code = code
+
+
+class HeartbeatError(Coded, PalisadeError, ValueError):
+    """An agent's heartbeat refused (wire.heartbeat); the class names why (`code`), whatever the message says.
+    A ValueError too: callers that refused a bad document as a ValueError keep doing so."""
+
+    code = "malformed"
 
 
 class MalformedHeartbeat(HeartbeatError):
