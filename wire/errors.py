@@ -40,21 +40,12 @@ class HeartbeatError(Coded, PalisadeError, ValueError):
     code = "malformed"
 
 
-class MalformedHeartbeat(HeartbeatError):
-    """Not JSON, not UTF-8, or not the document wire.heartbeat describes (member, type or value)."""
-
-
-class HeartbeatOutOfRange(MalformedHeartbeat, code="out_of_range"):
-    """A number beyond what its member allows (negative, or more than a signed 64-bit integer)."""
-
-
-class HeartbeatTooLarge(HeartbeatError, code="size"):
-    """More bytes than wire.heartbeat.MAX_HEARTBEAT_BYTES."""
-
-
-class BadSensorId(HeartbeatError, code="sensor_id"):
-    """The sensor id of the URL is not a valid id."""
-
-
-class SensorMismatch(HeartbeatError, code="sensor_mismatch"):
-    """The document's `sensor` is not the sensor of the URL."""
+# The heartbeat's failure kinds, by code: malformed (not UTF-8, not JSON, or not the document wire.heartbeat
+# describes), out_of_range (a number beyond its member's bounds: negative, past a signed 64-bit integer),
+# size (more than MAX_HEARTBEAT_BYTES), sensor_id (the URL's sensor id is no valid id), sensor_mismatch (the
+# document's `sensor` is not the URL's).
+class MalformedHeartbeat(HeartbeatError): ...
+class HeartbeatOutOfRange(MalformedHeartbeat, code="out_of_range"): ...
+class HeartbeatTooLarge(HeartbeatError, code="size"): ...
+class BadSensorId(HeartbeatError, code="sensor_id"): ...
+class SensorMismatch(HeartbeatError, code="sensor_mismatch"): ...
