@@ -535,8 +535,24 @@ class Staging:
         return cls(_bool(d["fastTrack"], f"{path}.fastTrack"), stages)
 
 
+class _Signed:
+    """A signed document (a bundle, the index): its JSON is the signed part and its signatures."""
+
+    signatures: tuple[Signature, ...]
+
+    def unsigned_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.unsigned_json(), "signatures": [s.to_json() for s in self.signatures]}
+
+    def to_bytes(self) -> bytes:
+        """The file form: canonical JSON of the whole document."""
+        return canonical_json(self.to_json())
+
+
 @dataclass(frozen=True)
-class Bundle:
+class Bundle(_Signed):
     """Everything one accepted commit says, rendered. Immutable once published."""
 
     version: int
@@ -612,13 +628,6 @@ class Bundle:
             **({"objects": [o.to_json() for o in self.objects]} if self.objects else {}),
         }
 
-    def to_json(self) -> dict[str, Any]:
-        return {**self.unsigned_json(), "signatures": [s.to_json() for s in self.signatures]}
-
-    def to_bytes(self) -> bytes:
-        """The file form: canonical JSON of the whole document."""
-        return canonical_json(self.to_json())
-
     @classmethod
     def from_json(cls, v: Any) -> Bundle:
         d = _obj(v, "bundle", ("apiVersion", "kind", "version", "commit", "parent", "author", "approvers",
@@ -681,7 +690,7 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
-class Index:
+class Index(_Signed):
     """The signed table of contents of the bundle store."""
 
     serial: int
@@ -730,12 +739,6 @@ class Index:
             "bundles": [b.to_json() for b in self.bundles],
             "stages": dict(self.stages),
         }
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.unsigned_json(), "signatures": [s.to_json() for s in self.signatures]}
-
-    def to_bytes(self) -> bytes:
-        return canonical_json(self.to_json())
 
     @classmethod
     def from_json(cls, v: Any) -> Index:
