@@ -41,6 +41,20 @@ def _history(policy: PolicyRepo) -> set[int]:
     return bad
 
 
+def _wait_locked(state: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Until `proc` holds the state lock (the lock file names its pid) or has exited."""
+    deadline = time.monotonic() + timeout
+    lock = state / "lock"
+    while proc.poll() is None:
+        try:
+            if lock.read_text().strip() == str(proc.pid):
+                return
+        except FileNotFoundError:
+            pass
+        assert time.monotonic() < deadline, "the reconciler did not take the state lock"
+        time.sleep(0.01)
+
+
 def _check(state: Path, key: VerifyKey, seen: dict[int, bytes], floor: list[int]) -> int:
     store = state / "store"
     if not (store / "index.json").exists():
@@ -84,6 +98,9 @@ def test_sigkill_during_publishes_never_breaks_the_store_or_the_ledger(tmp_path:
     points: list[int] = []  # the index version each kill left: progress between kills
     for _ in range(60):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # the random point is counted from when it holds the state lock: its start-up (imports) publishes
+        # nothing, and takes longer the busier the machine is
+        _wait_locked(state, proc)
         time.sleep(rng.uniform(0.2, 0.9))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
