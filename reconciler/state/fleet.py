@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass, field, fields
@@ -38,6 +39,7 @@ __all__ = ["FLEET_DB", "MAX_HEARTBEAT_BYTES", "AgentRecord", "Fleet", "Heartbeat
            "parse_heartbeat"]
 
 FLEET_DB = statedir.FLEET_DB
+log = logging.getLogger("palisade.fleet")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY,
@@ -196,7 +198,16 @@ class Fleet:
         with self._lock:
             rows = self._db.execute("SELECT id, labels, version, stage, commit_id, policies, drift, counters, "
                                     "last_seen, health FROM agents ORDER BY id").fetchall()
-        return [AgentRecord.of(_stored(r), _parse_time(r[8])) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                out.append(AgentRecord.of(_stored(r), _parse_time(r[8])))
+            except ValueError as e:
+                # a row an older reconciler stored, with less checked members: the agent's next heartbeat
+                # replaces it; until then it counts as not reporting (rollout gates hold) rather than as clean
+                log.warning("fleet: the stored heartbeat of %s is unreadable (%s); ignored until its next one",
+                            r[0], e)
+        return out
 
     def observations(self, policy: str | None = None, since: _dt.datetime | None = None
                      ) -> list[tuple[str, str, int]]:

@@ -70,3 +70,28 @@ def test_endpoint_stores_heartbeats_and_refuses_bad_input(tmp_path: Path) -> Non
         assert httpx.get(url).status_code == 405
     fleet = Fleet.open(tmp_path / "state")
     assert [a.id for a in fleet.agents()] == ["node-1"]
+
+
+def test_rows_an_older_reconciler_stored_are_read_typed_or_left_out(tmp_path: Path) -> None:
+    import sqlite3
+
+    Fleet.open(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "fleet.db")
+    row = "INSERT INTO agents (id, labels, version, stage, commit_id, policies, drift, counters, last_seen, health) " \
+          "VALUES (?, ?, 3, 'canary', NULL, ?, ?, ?, '2026-11-21T12:00:00Z', ?)"
+    # as the hand-checked parser stored them: an empty drift, no health, a problem with its time as text
+    db.execute(row, ("old-1", '{"role":"web"}', '[{"name":"p","status":"refused","mode":"observe","reason":"x"}]',
+                     "{}", '{"events":3}', None))
+    db.execute(row, ("old-2", "{}", "[]", "{}", "{}", '{"problems":[{"detail":"d","kind":"disk","reason":"ENOSPC",'
+                     '"since":"2026-11-21T11:00:00Z"}],"state":"degraded"}'))
+    db.execute(row, ("odd-1", "{}", '[{"name":"p","status":"weird"}]', "{}", "{}", None))  # never a valid one
+    db.commit()
+    db.close()
+    fleet = Fleet.open(tmp_path)
+    agents = {a.id: a for a in fleet.agents()}
+    assert sorted(agents) == ["old-1", "old-2"]
+    at = _dt.datetime(2026, 11, 21, 12, 0, 10, tzinfo=_dt.UTC)
+    assert (agents["old-1"].refused, agents["old-1"].counters.get("events"), agents["old-1"].condition(at)) == \
+        (1, 3, "degraded")
+    assert agents["old-2"].health is not None and agents["old-2"].health.problems[0].reason == "ENOSPC"
+    assert agents["old-2"].condition(at) == "degraded" and agents["old-2"].drift.unhealed == 0

@@ -94,7 +94,7 @@ def _names(reqs: list[str]) -> set[str]:
 
 def test_the_agents_import_closure_holds_no_reconciler_module(tmp_path: Path) -> None:
     loaded = _closure(sys.executable, files=_try_files(tmp_path))
-    assert {"wire.bundle", "wire.keys", "wire.strict", "wire.values"} <= loaded
+    assert {"wire.bundle", "wire.heartbeat", "wire.keys", "wire.strict", "wire.values"} <= loaded
     assert {"agent.runner", "agent.daemon", "agent.cli", "agent.cli.try_", "bpf.yamldocs", "bpf.policy"} <= loaded
     assert sorted(m for m in loaded if m == "reconciler" or m.startswith("reconciler.")) == []
 
