@@ -162,10 +162,15 @@ def test_force_push_is_refused_and_reported(serve: Serve, policy: PolicyRepo,
                                            "state: enforce_ready", "state: observe")])
     _wait_version(serve.url, pub, 2, WATCH_LATENCY)
 
-    # Rewrite history: drop the accepted merge and commit something else in its place.
-    policy.git.git("reset", "-q", "--hard", "HEAD~1")
+    # Rewrite history: drop the accepted merge and commit something else in its place. The new commit
+    # is made on a detached HEAD and the branch moved to it in one step, as a force push moves it (a
+    # `reset --hard HEAD~1` first would show the server the intermediate commit, refused in its turn).
+    branch = policy.git.git("rev-parse", "--abbrev-ref", "HEAD").strip()
+    policy.git.git("checkout", "-q", "--detach", "HEAD~1")
     policy.git.write("README.md", "rewritten\n")
     rewritten = policy.git.commit("rewritten history")
+    policy.git.git("branch", "-q", "-f", branch, rewritten)
+    policy.git.git("checkout", "-q", branch)
     deadline = time.monotonic() + WATCH_LATENCY
     while time.monotonic() < deadline and not _status(serve.url).get("refused"):
         time.sleep(0.1)
