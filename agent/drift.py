@@ -16,10 +16,11 @@ cannot switch ours off.
 """
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from wire.heartbeat import DriftKind  # the heartbeat carries the findings: the kinds are the wire's
 
 from .apply import Loaded
 from .select import Desired
@@ -27,18 +28,6 @@ from .select import Desired
 __all__ = ["HEALABLE", "DriftKind", "DriftReport", "Finding", "compare"]
 
 log = logging.getLogger("palisade.agent.drift")
-
-
-class DriftKind(enum.StrEnum):
-    """What is wrong with a load (the label of the drift metrics, events and heartbeat findings)."""
-
-    DETACHED = "detached"  # a link gone or detached from its hook
-    UNLOADED = "unloaded"  # programs or the pin directory gone
-    MAP_CHANGED = "map_changed"  # a static map's entries changed
-    FOREIGN = "foreign"  # a program not ours on a cgroup hook ours are attached to
-    MISSING = "missing"  # selected, not loaded
-    EXTRA = "extra"  # loaded, not selected
-    VERSION = "version"  # loaded at another digest or in another mode than the pin
 
 
 #: Kinds a re-apply or a repair can fix (a foreign program is not ours to remove).

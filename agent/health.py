@@ -13,22 +13,15 @@ the event loop alike); the callers log, count and write.
 from __future__ import annotations
 
 import datetime as _dt
-import enum
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
+from wire.heartbeat import ProblemKind  # the heartbeat carries the problems: the kinds are the wire's
+
 __all__ = ["Health", "Problem", "ProblemKind", "Refusal"]
 
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
-
-
-class ProblemKind(enum.StrEnum):
-    """What keeps the node degraded (the `kind` label of the problem metrics)."""
-
-    DISK = "disk"
-    TRANSFER = "transfer"
-    INDEX_EXPIRED = "index_expired"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from wire.heartbeat import (
     Counters,
     Drift,
     DriftFinding,
+    DriftKind,
     Health,
     HealthState,
     Heartbeat,
@@ -27,6 +28,7 @@ from wire.heartbeat import (
     Observation,
     PolicyReport,
     Problem,
+    ProblemKind,
     encode,
     encode_observation,
 )
@@ -110,11 +112,11 @@ def build(status: Mapping[str, Any], *, drift: Mapping[str, Any], counters: Mapp
         policies=tuple(PolicyReport(p["name"], LoadStatus(p["status"]), State(p["mode"]), p["reason"],
                                     _origin(p["origin"]), p["version"]) for p in status["policies"]),
         drift=Drift(drift["detected"], drift["healed"], drift["unhealed"],
-                    tuple(DriftFinding(f["kind"], f["policy"], f["detail"]) for f in drift["findings"])),
+                    tuple(DriftFinding(DriftKind(f["kind"]), f["policy"], f["detail"]) for f in drift["findings"])),
         counters=Counters.of(counters),
         observations=tuple(observations),
         health=None if health is None else Health(HealthState(health["state"]), tuple(
-            Problem(p["kind"], p["reason"][:64], p["detail"][:2000], parse_time(p["since"]))
+            Problem(ProblemKind(p["kind"]), p["reason"][:64], p["detail"][:2000], parse_time(p["since"]))
             for p in health["problems"][:100])),
         time=now,
     )

@@ -24,8 +24,8 @@ from .strict import Invalid, OutOfRange, format_time
 from .values import State
 
 __all__ = ["MAX_HEARTBEAT_BYTES", "MAX_OBSERVATIONS", "MAX_PROBLEMS", "SENSOR_ID", "Counters", "Drift",
-           "DriftFinding", "Health", "HealthState", "Heartbeat", "LoadStatus", "Observation", "Origin",
-           "PolicyReport", "Problem", "encode", "loads", "parse"]
+           "DriftFinding", "DriftKind", "Health", "HealthState", "Heartbeat", "LoadStatus", "Observation", "Origin",
+           "PolicyReport", "Problem", "ProblemKind", "encode", "loads", "parse"]
 
 MAX_HEARTBEAT_BYTES = 1024 * 1024
 MAX_OBSERVATIONS = 10_000
@@ -33,8 +33,6 @@ MAX_PROBLEMS = 100
 #: What a problem's text keeps (the agent cuts its own reason to 64 and detail to 2000 characters).
 _MAX_REASON, _MAX_DETAIL = 64, 2000
 SENSOR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
-DRIFT_KINDS = ("detached", "unloaded", "map_changed", "foreign", "missing", "extra", "version")
-PROBLEM_KINDS = ("disk", "transfer", "index_expired")
 
 
 class LoadStatus(StrEnum):
@@ -43,6 +41,26 @@ class LoadStatus(StrEnum):
     LOADED = "loaded"
     REFUSED = "refused"
     INACTIVE = "inactive"  # no workload on the node matches its selector: nothing to load
+
+
+class DriftKind(StrEnum):
+    """What is wrong with a load on the node: the label of the agent's drift metrics, events and findings."""
+
+    DETACHED = "detached"  # a link gone or detached from its hook
+    UNLOADED = "unloaded"  # programs or the pin directory gone
+    MAP_CHANGED = "map_changed"  # a static map's entries changed
+    FOREIGN = "foreign"  # a program not ours on a cgroup hook ours are attached to
+    MISSING = "missing"  # selected, not loaded
+    EXTRA = "extra"  # loaded, not selected
+    VERSION = "version"  # loaded at another digest or in another mode than the pin
+
+
+class ProblemKind(StrEnum):
+    """What keeps the node degraded: the `kind` label of the agent's problem metrics."""
+
+    DISK = "disk"
+    TRANSFER = "transfer"
+    INDEX_EXPIRED = "index_expired"
 
 
 class HealthState(StrEnum):
@@ -69,7 +87,7 @@ class PolicyReport:
 
 @dataclass(frozen=True)
 class DriftFinding:
-    kind: str  # one of DRIFT_KINDS
+    kind: DriftKind
     policy: str
     detail: str
 
@@ -126,7 +144,7 @@ class Observation:
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # one of PROBLEM_KINDS
+    kind: ProblemKind
     reason: str  # ENOSPC, stalled, expired, ...
     detail: str
     since: _dt.datetime | None = None
@@ -196,7 +214,7 @@ def encode_policy(p: PolicyReport) -> dict[str, Any]:
 
 def encode_drift(d: Drift) -> dict[str, Any]:
     return {"detected": d.detected, "healed": d.healed, "unhealed": d.unhealed,
-            "findings": [{"kind": f.kind, "policy": f.policy, "detail": f.detail} for f in d.findings]}
+            "findings": [{"kind": str(f.kind), "policy": f.policy, "detail": f.detail} for f in d.findings]}
 
 
 def encode_observation(o: Observation) -> dict[str, Any]:
@@ -208,7 +226,7 @@ def encode_observation(o: Observation) -> dict[str, Any]:
 def encode_health(h: Health) -> dict[str, Any]:
     problems = []
     for p in h.problems:
-        one: dict[str, Any] = {"kind": p.kind, "reason": p.reason, "detail": p.detail}
+        one: dict[str, Any] = {"kind": str(p.kind), "reason": p.reason, "detail": p.detail}
         if p.since is not None:
             one["since"] = format_time(p.since)
         problems.append(one)
@@ -308,7 +326,7 @@ def _policy(v: Any, path: str) -> PolicyReport:
 
 def _finding(v: Any, path: str) -> DriftFinding:
     d = strict.obj(v, path, ("kind", "policy", "detail"))
-    return DriftFinding(_one_of(DRIFT_KINDS, d["kind"], f"{path}.kind"), _any_text(d["policy"], f"{path}.policy"),
+    return DriftFinding(_enum(DriftKind, d["kind"], f"{path}.kind"), _any_text(d["policy"], f"{path}.policy"),
                         _any_text(d["detail"], f"{path}.detail"))
 
 
@@ -322,7 +340,7 @@ def _observation(v: Any, path: str) -> Observation:
 
 def _problem(v: Any, path: str) -> Problem:
     d = strict.obj(v, path, ("kind", "reason", "detail"), ("since",))
-    return Problem(_one_of(PROBLEM_KINDS, d["kind"], f"{path}.kind"),
+    return Problem(_enum(ProblemKind, d["kind"], f"{path}.kind"),
                    _any_text(d["reason"], f"{path}.reason")[:_MAX_REASON],
                    _any_text(d["detail"], f"{path}.detail")[:_MAX_DETAIL],
                    strict.time(d["since"], f"{path}.since") if "since" in d else None)
