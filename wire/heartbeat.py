@@ -104,10 +104,13 @@ class Drift:
 
 @dataclass(frozen=True)
 class Counters:
-    """Cumulative counters by their wire name, in the agent's order: `events`, `enforced`,
-    `wouldHaveEnforced` (the engine's), `refusals`, `applies`, and whatever else an agent counts."""
+    """Cumulative counters by their wire name (sorted, so equal counts are equal values): `events`,
+    `enforced`, `wouldHaveEnforced` (the engine's), `refusals`, `applies`, and whatever else an agent counts."""
 
     values: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", tuple(sorted(self.values)))
 
     @classmethod
     def of(cls, values: Mapping[str, int]) -> Counters:
