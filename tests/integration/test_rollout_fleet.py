@@ -147,12 +147,12 @@ class Fleet:
         if r.status_code != 204:
             self.errors.append(f"heartbeat {sensor}: {r.status_code} {r.text}")
 
-    def wait_pins(self, want: dict[str, int], timeout: float) -> float:
-        """Until the index pins at least `want`; the time it was first seen."""
+    def wait_pins(self, want: dict[str, int], timeout: float, *, after: float | None = None) -> float:
+        """Until the index pins at least `want` (in an index seen after `after`); the time it was first seen."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for t, pins, _ in self.pins_seen:
-                if all(pins.get(k) == v for k, v in want.items()):
+                if (after is None or t > after) and all(pins.get(k) == v for k, v in want.items()):
                     return t
             time.sleep(0.05)
         raise AssertionError(f"pins {want} not reached in {timeout}s; seen: {[p for _, p, _ in self.pins_seen]}")
@@ -312,8 +312,8 @@ def test_canary_over_the_actions_gate_halts_and_rolls_back(make_world: object) -
     w.fleet.actions_from = 2  # v2 makes the canary kill things
     w.repo.change("enforce web-lockdown on web", TIGHTEN, signer="alice", wait_days=4)
 
-    w.fleet.wait_pins({"canary": 2}, 30)
-    w.fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 15)  # rolled back
+    canary = w.fleet.wait_pins({"canary": 2}, 30)
+    w.fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 15, after=canary)  # rolled back
     _wait(lambda: _rollout(w.state)["state"] == "halted", 10)
     # nothing else moved (and nothing does, however long the bakes last:
     # test_rollouts.py::test_after_a_halt_nothing_moves_however_long_every_bake_lasts)
@@ -406,10 +406,10 @@ def test_pause_resume_abort_are_recorded_with_operator_and_reason(make_world: ob
     assert _rollout(w.state)["reason"] == "paused by an operator"
     out = _cli("rollout", "resume", "--state", str(w.state), "--reason", "logs clean", "--operator", "olga")
     assert out.returncode == 0, out.stdout + out.stderr
-    w.fleet.wait_pins({"group": 2}, 15)
+    group = w.fleet.wait_pins({"group": 2}, 15)
     out = _cli("rollout", "abort", "--state", str(w.state), "--reason", "wrong ticket", "--operator", "olga")
     assert out.returncode == 0, out.stdout + out.stderr
-    w.fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 10)
+    w.fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 10, after=group)
     kinds = [(e["kind"], e["actor"], e["detail"].get("reason")) for e in _events(w.state, None)
              if e["kind"] in ("rollout-paused", "rollout-resumed", "rollout-aborted")]
     assert kinds == [("rollout-paused", "olga", "checking canary logs"), ("rollout-resumed", "olga", "logs clean"),
