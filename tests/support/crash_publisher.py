@@ -13,7 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The project before tests/: tests/reconciler/state/ must not shadow the reconciler's own packages.
+_TESTS = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(_TESTS.parent), str(_TESTS)]
 
 from reconciler.findings import error
 from reconciler.keys import load_signing_key

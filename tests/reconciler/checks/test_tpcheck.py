@@ -13,7 +13,7 @@ from reconciler.findings import Finding, Severity
 from reconciler.repository import schema, source
 from support import mutate
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
+EXAMPLE = Path(__file__).resolve().parents[3] / "example-repo"
 
 HEADER = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: t\nspec:\n"
 

@@ -218,7 +218,7 @@ def test_a_bundle_with_objects_matches_the_schema() -> None:
 
     b = make_bundle(1)
     doc = json.loads(dataclasses.replace(b, objects=(_obj(b.policies[0]),)).to_bytes())
-    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "bundle.schema.json").read_text())
+    schema = json.loads((Path(__file__).resolve().parents[3] / "schemas" / "bundle.schema.json").read_text())
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(doc)) == []
 
 

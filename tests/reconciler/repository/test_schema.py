@@ -10,7 +10,7 @@ from jsonschema import Draft202012Validator
 from reconciler.findings import Finding
 from reconciler.repository import schema, source
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "example-repo"
 SCHEMAS = ROOT / "schemas"
 

@@ -430,7 +430,7 @@ def test_nothing_to_check_when_base_is_head(world: World) -> None:
 
 def _palisade(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], capture_output=True, text=True,
-                          check=False, cwd=Path(__file__).resolve().parents[2])
+                          check=False, cwd=Path(__file__).resolve().parents[3])
 
 
 def test_validate_cli_reports_history_findings_at_the_state_node(world: World) -> None:

@@ -13,7 +13,7 @@ from reconciler.keys import generate
 from support import serve
 from support.policyrepo import ALICE, DEV, PolicyRepo
 
-PALISADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "palisade")
+PALISADE = str(Path(__file__).resolve().parents[3] / ".venv" / "bin" / "palisade")
 
 
 def plan(repo: PolicyRepo | Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ import pytest
 
 from support.policyrepo import ALICE, DEV, PolicyRepo
 
-PALISADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "palisade")
+PALISADE = str(Path(__file__).resolve().parents[3] / ".venv" / "bin" / "palisade")
 
 
 def _env() -> dict[str, str]:

@@ -207,7 +207,7 @@ def test_force_push_is_refused_until_accepted(policy: PolicyRepo, key: SigningKe
 
 
 def test_cli_reconcile_and_ledger(policy: PolicyRepo, tmp_path: Path) -> None:
-    palisade = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "palisade")
+    palisade = str(Path(__file__).resolve().parents[3] / ".venv" / "bin" / "palisade")
     keys = tmp_path / "signing"
     subprocess.run([palisade, "keygen", "--out", str(keys)], check=True)
     key_file = next(keys.glob("*.key"))

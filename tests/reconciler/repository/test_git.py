@@ -25,7 +25,7 @@ from reconciler.repository.git import (
 )
 from support.gitrepo import GitRepo
 
-PALISADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "palisade")
+PALISADE = str(Path(__file__).resolve().parents[3] / ".venv" / "bin" / "palisade")
 
 
 @pytest.fixture

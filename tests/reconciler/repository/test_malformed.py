@@ -20,7 +20,7 @@ from reconciler.findings import Finding, Severity
 from reconciler.repository import schema, source
 from support import mutate
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
+EXAMPLE = Path(__file__).resolve().parents[3] / "example-repo"
 TODAY = _dt.date(2026, 11, 21)
 
 
@@ -276,6 +276,6 @@ def test_deep_nesting_is_a_finding_not_a_segfault(name: str) -> None:
         "print(findings[0].code if findings else 'none')\n"
     )
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[2])
+                          cwd=Path(__file__).resolve().parents[3])
     assert proc.returncode == 0, f"the parser crashed (exit {proc.returncode}): {proc.stderr[-500:]}"
     assert proc.stdout.strip() == "yaml"

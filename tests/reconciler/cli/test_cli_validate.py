@@ -8,7 +8,7 @@ from pathlib import Path
 
 from support.policyrepo import PolicyRepo
 
-PALISADE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "palisade")
+PALISADE = str(Path(__file__).resolve().parents[3] / ".venv" / "bin" / "palisade")
 FINDING = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning)\[(?P<code>[a-z-]+)\]: .+$")
 
 

@@ -20,7 +20,7 @@ from reconciler.state.store import SignedBundle, Store
 from support.bundles import T0, Keys, commit_id, keypair, make_bundle
 from wire import bundle as B
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHILD = ROOT / "tests" / "support" / "crash_publisher.py"
 
 
