@@ -113,6 +113,8 @@ class Action:
     #: Post's `rateLimit` ("30", "5m", "1h") and `rateLimitScope` (thread, process, global).
     rate_limit: str | None = None
     rate_limit_scope: str | None = None
+    #: An lsm hook's `imaHash: true` (an enrichment of its events; also named in `extra`).
+    ima_hash: bool = False
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,12 @@ class TracingPolicy:
     lists: tuple[CallList, ...] = ()
     #: `spec.loader`: report each executable file a process maps (Tetragon's process_loader events).
     loader: bool = False
+    #: `spec.options` as (name, value) in the order given: Tetragon agent tuning the engine does not run
+    #: (besides policy-mode), kept so that comparing two policies sees a changed option.
+    options: tuple[tuple[str, str], ...] = ()
+    #: `metadata.labels` and `metadata.annotations`, sorted: carried with the policy, never run.
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
 
     def call_list(self, name: str) -> CallList | None:
         return next((cl for cl in self.lists if cl.name == name), None)
@@ -310,7 +318,16 @@ def parse(doc: Any) -> TracingPolicy:
         policy_mode=policy_mode,
         lists=lists,
         loader=loader,
+        options=tuple((str(o.get("name")), str(o.get("value")))
+                      for o in _list(spec.get("options") or [], ("spec", "options")) if isinstance(o, Mapping)),
+        labels=_pairs(meta.get("labels")),
+        annotations=_pairs(meta.get("annotations")),
     )
+
+
+def _pairs(raw: Any) -> tuple[tuple[str, str], ...]:
+    # metadata the engine never reads: taken as given (Kubernetes checks it), not refused here
+    return tuple(sorted((str(k), str(v)) for k, v in raw.items())) if isinstance(raw, Mapping) else ()
 
 
 def _check_name(name: str) -> str:
@@ -632,6 +649,7 @@ def _action(raw: Any, path: JsonPath) -> Action:
                           if m.get("rateLimitScope") is not None else None),
         kernel_stack=_bool(m.get("kernelStackTrace", False), (*path, "kernelStackTrace")),
         user_stack=_bool(m.get("userStackTrace", False), (*path, "userStackTrace")),
+        ima_hash=m.get("imaHash") is True,
         arg_url=_str(m["argUrl"], (*path, "argUrl")) if m.get("argUrl") is not None else None,
         arg_fqdn=_str(m["argFqdn"], (*path, "argFqdn")) if m.get("argFqdn") is not None else None,
         arg_index=_int(m["argIndex"], (*path, "argIndex")) if set_args and m.get("argIndex") is not None else None,

@@ -17,6 +17,10 @@ Decisions worth knowing:
   condition). Only the last one may narrow: Tetragon applies the first
   selector that matches, so narrowing an earlier one hands its events to the
   selectors after it.
+- **Typed**: both sides are compared as `bpf.policy.TracingPolicy` values (what
+  the engine runs, wherever it is written in the YAML). A policy the parser
+  refuses, or one holding parts the typed value keeps by name only (`spec.enforcers`,
+  an unknown selector key, ...), whose change it could not see, is tightening.
 - **Fallback**: on a node the most specific scope wins (sensor > group > fleet;
   between groups the least enforcing state). Removing an assignment is therefore
   tightening when the same policy stays assigned at another scope in a more
@@ -28,12 +32,27 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Protocol
 
 import yaml
 
+from bpf.errors import PolicyError
+from bpf.policy import (
+    ArgFilter,
+    BinariesFilter,
+    CapabilitiesFilter,
+    NamespaceChangesFilter,
+    NamespacesFilter,
+    PidsFilter,
+    Selector,
+    TracingPolicy,
+)
+from bpf.policy import parse as parse_policy
 from wire.values import Placed, Scope, State
+
+# libyaml's loader where present (rendered policies are plain YAML)
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class PolicyLike(Placed, Protocol):
@@ -160,66 +179,82 @@ def _negative(op: str) -> bool:
 _POSITIVE = frozenset({"In", "Equal", "Prefix", "Postfix", "DAddr", "SAddr", "DPort", "SPort", "Family",
                        "State", "Protocol", "SockFamily"})
 
+#: A selector's filters (ANDed): what a narrowed selector may add to or restrict.
+_FILTERS = ("match_args", "match_binaries", "match_parent_binaries", "match_pids", "match_namespaces",
+            "match_return_args", "match_capabilities", "match_capability_changes", "match_namespace_changes")
+
+_Filter = ArgFilter | BinariesFilter | PidsFilter | NamespacesFilter | CapabilitiesFilter | NamespaceChangesFilter
+
+#: Action fields whose values the typed Action holds (any other field it keeps by name only).
+_TYPED_ACTION_FIELDS = frozenset({"argSock", "argUrl", "argFqdn", "imaHash"})
+
 
 @functools.lru_cache(maxsize=256)
-def _document(text: str) -> Any:
-    """A rendered policy's YAML, parsed once per text (raises yaml.YAMLError).
+def _policy(text: str) -> TracingPolicy:
+    """A rendered policy's typed TracingPolicy, parsed once per text (raises yaml.YAMLError, PolicyError).
 
     The rollout controller compares a new bundle with every version a stage still runs, so the
-    same policy text comes up once per pinned version; rendered text is immutable, the parsed
-    document is only read (never changed) here, so caching keeps `classify` pure. 256 texts hold
-    a few bundles' worth of changed policies (only changed ones are parsed).
+    same policy text comes up once per pinned version; rendered text is immutable and the typed
+    value frozen, so caching keeps `classify` pure. 256 texts hold a few bundles' worth of
+    changed policies (only changed ones are parsed).
     """
-    return yaml.safe_load(text)
+    return parse_policy(yaml.load(text, Loader=_LOADER))
 
 
 def relaxes(before: str, after: str) -> str | None:
-    """What makes `after` match no more than `before` ("exception added", ...), or None if it may match more."""
+    """What makes `after` match no more than `before` ("exception added", ...), or None if it may match more.
+
+    A policy the typed parser refuses (or that is not YAML) may match anything: None.
+    """
     try:
-        b, a = _document(before), _document(after)
-    except yaml.YAMLError:
+        b, a = _policy(before), _policy(after)
+    except (yaml.YAMLError, PolicyError):
         return None
-    if not isinstance(b, dict) or not isinstance(a, dict):
+    if _untyped(b) or _untyped(a):
         return None
-    bs, as_ = b.get("spec"), a.get("spec")
-    if not isinstance(bs, dict) or not isinstance(as_, dict):
-        return None
-    if {k: v for k, v in b.items() if k != "spec"} != {k: v for k, v in a.items() if k != "spec"}:
-        return None
-    if bs.keys() != as_.keys():
+    if _content(b, skip=("hooks",)) != _content(a, skip=("hooks",)) or len(b.hooks) != len(a.hooks):
         return None
     found: set[str] = set()
-    for key in bs:
-        bh, ah = bs[key], as_[key]
-        if not isinstance(bh, list) or not isinstance(ah, list):
-            if bh != ah:
-                return None
-            continue
-        if len(bh) != len(ah):
+    for x, y in zip(b.hooks, a.hooks, strict=True):
+        if _content(x, skip=("selectors",)) != _content(y, skip=("selectors",)):
             return None
-        for x, y in zip(bh, ah, strict=True):
-            if not isinstance(x, dict) or not isinstance(y, dict):
-                if x != y:
-                    return None
-                continue
-            if {k: v for k, v in x.items() if k != "selectors"} != {k: v for k, v in y.items() if k != "selectors"}:
-                return None
-            what = _selectors_narrow(x.get("selectors") or [], y.get("selectors") or [])
-            if what is None:
-                return None
-            found |= what
+        what = _selectors_narrow(x.selectors, y.selectors)
+        if what is None:
+            return None
+        found |= what
     return " and ".join(sorted(found)) or "policy reformatted (same meaning)"
 
 
-def _is_exemption(sel: Any) -> bool:
-    if not isinstance(sel, dict):
-        return False
-    actions = sel.get("matchActions")
-    return isinstance(actions, list) and bool(actions) and not sel.get("matchReturnActions") \
-        and all(isinstance(x, dict) and x.get("action") == "NoPost" for x in actions)
+def _untyped(p: TracingPolicy) -> bool:
+    """Whether `p` has parts the typed value names but does not hold (their change would go unseen)."""
+    return bool(p.unsupported) or any(
+        h.unsupported or any(s.unsupported or any(set(act.extra) - _TYPED_ACTION_FIELDS for act in s.match_actions)
+                             for s in h.selectors)
+        for h in p.hooks)
 
 
-def _selectors_narrow(before: list[Any], after: list[Any]) -> set[str] | None:
+def _content(v: object, skip: tuple[str, ...] = ()) -> object:
+    """What a typed value says, without where it was written (its JSON path) and its source document.
+
+    Two selectors are the same selector wherever they sit in the hook's list; `skip` leaves out fields
+    compared on their own.
+    """
+    if is_dataclass(v) and not isinstance(v, type):
+        return (type(v).__name__, *(
+            _content(getattr(v, f.name)) for f in fields(v)
+            if f.name not in skip and f.name != "document"
+            and not (f.name == "path" and isinstance(getattr(v, f.name), tuple))))
+    if isinstance(v, tuple):
+        return tuple(_content(x) for x in v)
+    return v
+
+
+def _is_exemption(sel: Selector) -> bool:
+    # matchReturnActions is not typed: a selector carrying it is `unsupported`, and `relaxes` declines those
+    return bool(sel.match_actions) and all(act.action == "NoPost" for act in sel.match_actions)
+
+
+def _selectors_narrow(before: Sequence[Selector], after: Sequence[Selector]) -> set[str] | None:
     b_ex = [s for s in before if _is_exemption(s)]
     a_ex = [s for s in after if _is_exemption(s)]
     b_act = [s for s in before if not _is_exemption(s)]
@@ -228,50 +263,43 @@ def _selectors_narrow(before: list[Any], after: list[Any]) -> set[str] | None:
         return None
     found: set[str] = set()
     for i, (x, y) in enumerate(zip(b_act, a_act, strict=True)):
-        if x == y:
+        if _content(x) == _content(y):
             continue
         # events a narrowed selector no longer matches fall through to the selectors after it
         if i != len(b_act) - 1 or not _narrower(y, x):
             return None
         found.add("enforcing selector narrowed (e.g. allowlist widened)")
-    for old in b_ex:
-        if not any(old == new or _narrower(old, new) for new in a_ex):
+    b_said, a_said = [_content(s) for s in b_ex], [_content(s) for s in a_ex]
+    for old, said in zip(b_ex, b_said, strict=True):
+        if not any(said == new_said or _narrower(old, new) for new, new_said in zip(a_ex, a_said, strict=True)):
             return None  # an exception went away or shrank
-    if len(a_ex) > len(b_ex) or any(not any(new == old for old in b_ex) for new in a_ex):
+    if len(a_ex) > len(b_ex) or any(new_said not in b_said for new_said in a_said):
         found.add("exception added")
     return found
 
 
-def _narrower(x: Any, y: Any) -> bool:
+def _narrower(x: Selector, y: Selector) -> bool:
     """Whether selector `x` matches no more than selector `y` (same actions, stricter conditions)."""
-    if not isinstance(x, dict) or not isinstance(y, dict):
+    if _content(x.match_actions) != _content(y.match_actions):
         return False
-    actions = {k for k in x.keys() | y.keys() if k.endswith("Actions")}
-    if any(x.get(k) != y.get(k) for k in actions):
-        return False
-    for key, conds in y.items():
-        if key in actions:
-            continue
-        mine = x.get(key)
-        if not isinstance(conds, list) or not isinstance(mine, list) or len(mine) < len(conds):
-            return False
+    for name in _FILTERS:
+        mine: tuple[_Filter, ...] = getattr(x, name)
+        theirs: tuple[_Filter, ...] = getattr(y, name)
         # x may add conditions (they are ANDed): compare the ones y has, in order
-        if not all(_cond_narrower(c, d) for c, d in zip(mine, conds, strict=False)):
+        if len(mine) < len(theirs) or not all(_cond_narrower(c, d) for c, d in zip(mine, theirs, strict=False)):
             return False
     return True
 
 
-def _cond_narrower(c: Any, d: Any) -> bool:
-    if c == d:
+def _cond_narrower(c: _Filter, d: _Filter) -> bool:
+    """Whether filter `c` matches no more than `d`: the same filter but for its values."""
+    if _content(c) == _content(d):
         return True
-    if not isinstance(c, dict) or not isinstance(d, dict):
+    if _content(c, skip=("values",)) != _content(d, skip=("values",)):
         return False
-    if {k: v for k, v in c.items() if k != "values"} != {k: v for k, v in d.items() if k != "values"}:
-        return False
-    op = str(c.get("operator", ""))
-    cv, dv = {str(v) for v in c.get("values") or []}, {str(v) for v in d.get("values") or []}
-    if _negative(op):
+    cv, dv = set(c.values), set(d.values)
+    if _negative(c.operator):
         return cv >= dv
-    if op in _POSITIVE:
+    if c.operator in _POSITIVE:
         return cv <= dv
     return False
