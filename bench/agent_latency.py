@@ -37,7 +37,8 @@ from typing import Any
 
 from _bpfbench import ROOT, percentile, require_root, tempdir, workload, write_results
 
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project first: tests/reconciler/ mirrors its packages
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the project first: tests/reconciler/ mirrors its packages
 
 FORBIDDEN = ["/bin/sh", "-c", "exit 0"]
 _MAIN = "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))"

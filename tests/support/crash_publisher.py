@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 # The project before tests/: tests/reconciler/state/ must not shadow the reconciler's own packages.
-_TESTS = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(_TESTS.parent), str(_TESTS)]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from reconciler.findings import error
 from reconciler.keys import load_signing_key
