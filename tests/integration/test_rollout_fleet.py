@@ -5,7 +5,7 @@ signed index, load the version pinned for their stage and post real heartbeats o
 Stages: canary (1 sensor), group (3), fleet (the other 6), with 2-second bakes. The tests wait on
 conditions (pins, the status, the ledger, the server's log), never for a fixed time; what the bake
 time decides (a halted, paused or blocked rollout stays put however long) is shown with a clock the
-test moves, on an in-process controller (tests/reconciler/test_rollouts.py)."""
+test moves, on an in-process controller (tests/reconciler/rollout/test_controller.py)."""
 from __future__ import annotations
 
 import itertools
@@ -316,7 +316,7 @@ def test_canary_over_the_actions_gate_halts_and_rolls_back(make_world: object) -
     w.fleet.wait_pins({"canary": 1, "group": 1, "fleet": 1}, 15, after=canary)  # rolled back
     _wait(lambda: _rollout(w.state)["state"] == "halted", 10)
     # nothing else moved (and nothing does, however long the bakes last:
-    # test_rollouts.py::test_after_a_halt_nothing_moves_however_long_every_bake_lasts)
+    # rollout/test_controller.py::test_after_a_halt_nothing_moves_however_long_every_bake_lasts)
     assert all(p["group"] == 1 and p["fleet"] == 1 for _, p, _ in w.fleet.pins_seen)
     assert w.fleet.pins_seen[-1][1] == {"canary": 1, "group": 1, "fleet": 1, "default": 1}
 
@@ -399,7 +399,7 @@ def test_pause_resume_abort_are_recorded_with_operator_and_reason(make_world: ob
     out = _cli("rollout", "pause", "--state", str(w.state), "--reason", "checking canary logs", "--operator", "olga")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "pause by olga: paused at stage canary" in out.stdout
-    # the controller holds (and keeps holding past the bake: test_rollouts.py::
+    # the controller holds (and keeps holding past the bake: rollout/test_controller.py::
     # test_a_paused_rollout_holds_past_its_bake_and_resumes_where_it_was)
     _wait_log(w.serve, r"rollout of v2 holds at canary: paused by an operator$", 15)
     assert w.fleet.pins_seen[-1][1]["group"] == 1

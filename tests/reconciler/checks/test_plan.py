@@ -16,7 +16,7 @@ from wire.bundle import BundlePolicy, Origin
 from wire.values import Scope, State
 
 TODAY = _dt.date(2026, 6, 1)
-EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
+EXAMPLE = Path(__file__).resolve().parents[3] / "example-repo"
 WEB = Scope(group="web")
 
 
