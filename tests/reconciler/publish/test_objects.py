@@ -26,16 +26,6 @@ from support.policyrepo import PolicyRepo
 from wire import bundle as B
 
 
-@pytest.fixture()
-def policy(tmp_path: Path) -> PolicyRepo:
-    return PolicyRepo.create(tmp_path)
-
-
-@pytest.fixture()
-def key() -> SigningKey:
-    return SigningKey.generate()
-
-
 def _published(state: Path, key: SigningKey, version: int) -> B.Bundle:
     data = (state / "store" / "bundles" / f"v{version}.json").read_bytes()
     return B.verify_bundle(data, [key.verify_key], expected_sha256=None, expected_size=None)

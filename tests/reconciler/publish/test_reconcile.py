@@ -16,16 +16,6 @@ from support.policyrepo import ALICE, DEV, PolicyRepo
 from wire import bundle
 
 
-@pytest.fixture()
-def policy(tmp_path: Path) -> PolicyRepo:
-    return PolicyRepo.create(tmp_path)
-
-
-@pytest.fixture()
-def key() -> SigningKey:
-    return SigningKey.generate()
-
-
 def _index(state: Path, key: SigningKey) -> bundle.Index:
     data = (state / "store" / "index.json").read_bytes()
     return bundle.verify_index(data, [key.verify_key], min_serial=0, min_version=0)
