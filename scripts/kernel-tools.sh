@@ -28,6 +28,8 @@ dpkg -s jq >/dev/null 2>&1 || need_pkgs+=(jq)
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 # <sys/sdt.h>, for the engine tests' programs with USDT probes
 dpkg -s systemtap-sdt-dev >/dev/null 2>&1 || need_pkgs+=(systemtap-sdt-dev)
+# a static web server for the bundle-source tests (bundles served from a published directory)
+dpkg -s nginx >/dev/null 2>&1 || need_pkgs+=(nginx)
 headers_pkg=$(dpkg-query -W -f='${Package}\n' 'linux-headers-*-amd64' 2>/dev/null \
   | grep -E '^linux-headers-[0-9].*-amd64$' | grep -v -- '-rt-' | sort -V | tail -n1 || true)
 if [ -z "$headers_pkg" ]; then
