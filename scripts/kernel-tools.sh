@@ -30,6 +30,10 @@ dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 dpkg -s systemtap-sdt-dev >/dev/null 2>&1 || need_pkgs+=(systemtap-sdt-dev)
 # a static web server for the bundle-source tests (bundles served from a published directory)
 dpkg -s nginx >/dev/null 2>&1 || need_pkgs+=(nginx)
+# a container runtime for the container-discovery tests: podman (its Docker-compatible API) with runc
+# (crun refuses this hybrid cgroup layout); podman pulls in conmon, netavark and the rest it needs
+dpkg -s podman >/dev/null 2>&1 || need_pkgs+=(podman)
+dpkg -s runc >/dev/null 2>&1 || need_pkgs+=(runc)
 headers_pkg=$(dpkg-query -W -f='${Package}\n' 'linux-headers-*-amd64' 2>/dev/null \
   | grep -E '^linux-headers-[0-9].*-amd64$' | grep -v -- '-rt-' | sort -V | tail -n1 || true)
 if [ -z "$headers_pkg" ]; then
