@@ -13,10 +13,14 @@
     callouts: {dnsResolver: 1.1.1.1:53, timeout: 5, ratePerSecond: 1, burst: 5}
     buildObjects: true
     placeholders: {PODCIDR: [10.244.0.0/16], SERVICECIDR: [10.96.0.0/12]}
+    containers: {socket: /run/podman/podman.sock}
 
 The file is checked against schemas/agent-config.schema.json; a flag given on
 the command line wins over the file. Workloads map cgroups to the labels that
 `podSelector` and namespaced policies select, so scoping works without Kubernetes.
+`containers.socket` names a container runtime's Docker-compatible API (podman's `podman system
+service`, Docker's /run/docker.sock): the agent then also discovers containers as they start and stop
+(agent/containers.py) and scopes policies to them; absent, only the `workloads` map is used.
 `buildObjects: false` keeps clang off the node: a policy is loaded only from a CO-RE
 object its signed bundle carries for this kernel, and refused (saying why) otherwise.
 `callouts` tune the GetUrl/DnsLookup requests policies ask for (agent/callouts.py): the resolver
@@ -38,10 +42,11 @@ import jsonschema
 import yaml
 
 from .callouts import CalloutSettings
+from .containers import Container
 from .dnsquery import parse_server
 from .errors import ConfigError
 
-__all__ = ["AgentConfig", "Intervals", "Workload", "load", "load_placeholders", "parse_labels"]
+__all__ = ["AgentConfig", "ContainerRuntime", "Intervals", "Workload", "load", "load_placeholders", "parse_labels"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$")
 _SCHEMA_FILE = "agent-config.schema.json"
@@ -55,10 +60,24 @@ class Workload:
     cgroup: str
     namespace: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    container: Container | None = None  # set for a workload discovered from the container runtime
 
     @property
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
+
+    @classmethod
+    def of_container(cls, c: Container) -> Workload:
+        """A discovered container as a workload: its pod's name, namespace and labels, its cgroup."""
+        return cls(name=c.pod_name, cgroup=c.cgroup, namespace=c.namespace,
+                   labels=tuple(sorted(c.pod_labels.items())), container=c)
+
+
+@dataclass(frozen=True)
+class ContainerRuntime:
+    """Where the container runtime's Docker-compatible API listens (a unix socket)."""
+
+    socket: Path
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,7 @@ class AgentConfig:
     #: Values of Tetragon's matchArgs placeholders on this node ("PODCIDR" → its CIDRs), filled in at load.
     placeholders: tuple[tuple[str, tuple[str, ...]], ...] = ()
     callouts: CalloutSettings = field(default_factory=CalloutSettings)
+    containers: ContainerRuntime | None = None  # None: no container discovery (bare hosts)
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -205,6 +225,8 @@ def load(file: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
         cfg = replace(cfg, placeholders=_placeholders(doc))
     if doc.get("callouts"):
         cfg = replace(cfg, callouts=_callouts(doc["callouts"], file))
+    if doc.get("containers"):
+        cfg = replace(cfg, containers=ContainerRuntime(_resolve(base, doc["containers"]["socket"])))
     return cfg
 
 

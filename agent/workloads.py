@@ -6,6 +6,10 @@ to workloads; a miss re-reads them, since a workload's cgroup may be created aft
 the agent started. Events then carry Tetragon's `process.pod` (namespace, name,
 workload, pod_labels), so `jq` filters, `palisade generate --events` and the
 observations agree on the workload.
+
+Containers discovered from the runtime (agent/containers.py) are workloads too, alongside the
+configured map: `add` and `remove` follow them as they start and stop, and their events carry the
+whole of Tetragon's pod (container id, name, image, start time; workload and its kind).
 """
 from __future__ import annotations
 
@@ -18,7 +22,14 @@ from typing import Any
 
 from .config import Workload
 
-__all__ = ["WorkloadIndex"]
+__all__ = ["WorkloadIndex", "pod_of"]
+
+
+def pod_of(w: Workload) -> dict[str, Any]:
+    """Tetragon's `process.pod` for a process of workload `w`."""
+    if w.container is not None:
+        return w.container.tetragon_pod()
+    return {"namespace": w.namespace or "default", "name": w.name, "workload": w.name, "pod_labels": dict(w.labels)}
 
 
 class WorkloadIndex:
@@ -26,6 +37,18 @@ class WorkloadIndex:
         self._workloads = tuple(workloads)
         self._by_cgroup: dict[int, Workload | None] = {}
         self._lock = threading.Lock()
+
+    def add(self, w: Workload) -> None:
+        """A workload that appeared (a container that started): its cgroup is stat'ed now, while it exists."""
+        with self._lock:
+            self._workloads = (*(x for x in self._workloads if x.cgroup != w.cgroup), w)
+            with contextlib.suppress(OSError):
+                self._by_cgroup[os.stat(w.cgroup).st_ino] = w
+
+    def remove(self, w: Workload) -> None:
+        """A workload that went away; events of its processes still in flight keep their pod."""
+        with self._lock:
+            self._workloads = tuple(x for x in self._workloads if x.cgroup != w.cgroup)
 
     def of(self, cgroup_id: Any) -> Workload | None:
         """The workload whose cgroup has this id, or None."""
@@ -53,6 +76,4 @@ class WorkloadIndex:
             return
         for kind, body in event.items():
             if kind.startswith("process_") and isinstance(body, dict) and isinstance(body.get("process"), dict):
-                body["process"].setdefault("pod", {
-                    "namespace": w.namespace or "", "name": w.name, "workload": w.name,
-                    "pod_labels": dict(w.labels)})
+                body["process"].setdefault("pod", pod_of(w))
