@@ -17,16 +17,18 @@ from wire.keys import load_public_keys
 from .apply import Enforcer, NullEnforcer
 from .callouts import Callouts
 from .client import Client
-from .config import AgentConfig
+from .config import AgentConfig, Workload
+from .containers import Container, ContainerWatcher
 from .errors import AgentError, ConfigError
 from .events import EventLog
 from .metrics import AgentMetrics
 from .runner import Agent
+from .workloads import WorkloadIndex
 
 if TYPE_CHECKING:
     from .sensor import NodeSensor
 
-__all__ = ["make_enforcer", "run", "start_sensor"]
+__all__ = ["make_enforcer", "run", "start_sensor", "watch_containers"]
 
 log = logging.getLogger("palisade.agent")
 LOCK_FILE = "agent.lock"
@@ -37,11 +39,38 @@ def make_enforcer(cfg: AgentConfig) -> Enforcer:
         return NullEnforcer()
     from .enforcer import EngineEnforcer
 
+    containers = cfg.containers is not None  # workloads also come from the container runtime
     if cfg.pin_root is not None:
         return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id, pin_root=cfg.pin_root,
-                              build_objects=cfg.build_objects, placeholders=dict(cfg.placeholders))
+                              build_objects=cfg.build_objects, placeholders=dict(cfg.placeholders),
+                              containers=containers)
     return EngineEnforcer(cfg.workloads, node_name=cfg.sensor_id, build_objects=cfg.build_objects,
-                          placeholders=dict(cfg.placeholders))
+                          placeholders=dict(cfg.placeholders), containers=containers)
+
+
+def watch_containers(cfg: AgentConfig, enforcer: Enforcer, index: WorkloadIndex) -> ContainerWatcher | None:
+    """Follow the container runtime (when configured): each container that runs joins the scopes of the
+    policies selecting it (first: that is what the start latency measures), and events name it."""
+    if cfg.containers is None:
+        return None
+    started = getattr(enforcer, "workload_started", None)
+    stopped = getattr(enforcer, "workload_stopped", None)
+
+    def on_start(c: Container) -> None:
+        w = Workload.of_container(c)
+        if started is not None:
+            started(w)
+        index.add(w)
+
+    def on_stop(c: Container) -> None:
+        w = Workload.of_container(c)
+        if stopped is not None:
+            stopped(w)
+        index.remove(w)
+
+    watcher = ContainerWatcher(cfg.containers.socket, on_start, on_stop)
+    watcher.start()
+    return watcher
 
 
 def start_sensor(cfg: AgentConfig, events: EventLog, metrics: AgentMetrics | None = None) -> NodeSensor | None:
@@ -134,9 +163,12 @@ async def _main(cfg: AgentConfig, enforcer: Enforcer, pubkeys: list, metrics: Ag
                   callouts=callouts)
     print(f"palisade-agent: sensor {cfg.sensor_id} pulling from {cfg.server}, state in {cfg.state}",
           file=sys.stderr, flush=True)
+    watcher = watch_containers(cfg, enforcer, agent.workloads)
     try:
         await agent.run(stop)
     finally:
+        if watcher is not None:
+            watcher.stop()
         callouts.close()
         await client.aclose()
         log.info("stopped; enforcing v%s stays in the kernel", agent.version)

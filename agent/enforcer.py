@@ -11,6 +11,10 @@ Workload scoping: a policy with a `podSelector`, or a namespaced policy, runs
 only in the cgroups of the workloads (agent configuration) whose namespace and
 labels match; when no workload on this node matches, the policy is inactive
 here (nothing loaded, reported as such). Other policies run node-wide.
+With container discovery on (`containers`), workloads come and go: a scoped policy is loaded
+even when nothing matches yet (a scope of nothing), and `workload_started`/`workload_stopped`
+put a container's cgroup into, or out of, the in-kernel scope of every loaded policy that
+selects it (Engine.scope_add/scope_remove: map updates, no program is reloaded).
 
 Objects: the agent hands each verified bundle's CO-RE objects over (`offer_objects`)
 before applying it; the engine loads a policy from the bundle's bytes when its own
@@ -31,6 +35,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +56,7 @@ from .config import Workload
 from .drift import DriftKind, Finding
 from .objects import Offer
 from .select import Desired
+from .workloads import pod_of
 
 __all__ = ["EngineEnforcer", "LoadKey"]
 
@@ -94,7 +100,8 @@ class EngineEnforcer:
 
     def __init__(self, workloads: Sequence[Workload], *, pin_root: Path = DEFAULT_PIN_ROOT,
                  node_name: str | None = None, features: Features | None = None, build_objects: bool = True,
-                 object_cache: Path | None = None, placeholders: Mapping[str, Sequence[str]] | None = None) -> None:
+                 object_cache: Path | None = None, placeholders: Mapping[str, Sequence[str]] | None = None,
+                 containers: bool = False) -> None:
         """`build_objects` False: a policy whose object the bundle does not carry (for this kernel) is
         refused instead of compiled here; `object_cache`: where objects built here are kept (default:
         bpf.core.build's cache); `placeholders`: this node's values of `${NAME}` matchArgs values."""
@@ -103,6 +110,13 @@ class EngineEnforcer:
             features = _probe()
         self.pin_root = Path(pin_root)
         self.workloads = tuple(workloads)
+        #: True: workloads are also discovered (containers), so a scope may be empty for now
+        self.containers = containers
+        self._discovered: dict[str, Workload] = {}  # cgroup directory → the container's workload
+        #: handle → (cgroup directory → cgroup id) of the workloads in its scope now
+        self._scope: dict[str, dict[str, int]] = {}
+        #: cgroup directory → monotonic time its workload entered the scopes (for the start latency)
+        self.scoped_at: dict[str, float] = {}
         self.build_objects = build_objects
         self._object_cache = object_cache
         self.engine = Engine(pin_root=self.pin_root, node_name=node_name, features=features,
@@ -151,20 +165,59 @@ class EngineEnforcer:
         with self._lock:
             key, tp = self._new_key(tp, policy.name, policy.sha256)
             cgroups = self._cgroups(tp)
-            if cgroups == ():
+            if cgroups == () and not self.containers:
                 raise Inactive(_why_inactive(tp))
             res = self.engine.load(tp, str(policy.state), cgroups=cgroups)
             if res.refusal is not None:
                 raise Refused(res.refusal.adding(self._object_note(tp, policy, cgroups)))
             handle = tp.key
             self._keys[handle] = key
+            if cgroups is not None:
+                self._scope[handle] = {c: _ino(c) for c in cgroups}
             self.origins[handle] = res.origin
             self._baseline(handle)
         log.info("loaded %s (object from %s)", handle, res.origin or "?")
         return self._loaded(handle, policy.state)
 
+    def workload_started(self, w: Workload) -> list[str]:
+        """A workload appeared (a container started): into the scope of every loaded policy selecting it,
+        without reloading anything. Returns the handles whose scope it joined."""
+        joined = []
+        with self._lock:
+            self._discovered[w.cgroup] = w
+            for handle, lp in self.engine.loaded().items():
+                if handle not in self._keys or handle not in self._scope or not _selects(lp.policy, w):
+                    continue
+                if w.cgroup in self._scope[handle]:
+                    continue
+                try:
+                    self._scope[handle][w.cgroup] = self.engine.scope_add(handle, w.cgroup)
+                except (BpfError, OSError) as e:  # the container went away meanwhile, or the load did
+                    log.warning("cannot scope %s to %s: %s", handle, w.cgroup, e)
+                    continue
+                self._baseline(handle)  # the scope maps changed by our hand: not drift
+                joined.append(handle)
+            self.scoped_at[w.cgroup] = time.monotonic()
+        return joined
+
+    def workload_stopped(self, w: Workload) -> None:
+        """A workload went away (a container died): out of every scope it was in."""
+        with self._lock:
+            self._discovered.pop(w.cgroup, None)
+            self.scoped_at.pop(w.cgroup, None)
+            for handle, cgroups in self._scope.items():
+                ino = cgroups.pop(w.cgroup, None)
+                if ino is None or handle not in self._keys:
+                    continue
+                try:
+                    self.engine.scope_remove(handle, w.cgroup, ino)
+                except (BpfError, OSError) as e:
+                    log.warning("cannot take %s out of %s: %s", w.cgroup, handle, e)
+                self._baseline(handle)
+
     def unload(self, handle: str) -> None:
         with self._lock:
+            self._scope.pop(handle, None)
             self._base.pop(handle, None)
             self.origins.pop(handle, None)
             try:
@@ -226,6 +279,13 @@ class EngineEnforcer:
             except OSError:
                 continue
             out[ino] = {"namespace": w.namespace or "default", "name": w.name, "pod_labels": w.label_map}
+        with self._lock:
+            scoped = {c: i for cgroups in self._scope.values() for c, i in cgroups.items()}
+            discovered = list(self._discovered.values())
+        for w in discovered:
+            ino = scoped.get(w.cgroup) or _ino(w.cgroup)
+            if ino:
+                out[ino] = pod_of(w)
         return out
 
     def drift(self) -> list[Finding]:
@@ -247,11 +307,16 @@ class EngineEnforcer:
                 raise Refused(PolicyRefusal(RefusalKind.LOAD_FAILED,
                                             (f"{handle} is gone; the re-apply loads it again",)))
             key, tp = self._new_key(lp.policy, old.name, old.digest)
-            cgroups = base.cgroups if base is not None and base.cgroups else self._cgroups(tp)
-            res = self.engine.load(tp, lp.mode, cgroups=cgroups or None)
+            if self.containers and handle in self._scope:
+                cgroups = self._cgroups(tp)  # the scope now: containers came and went since the load
+            else:
+                cgroups = base.cgroups if base is not None and base.cgroups else self._cgroups(tp)
+            res = self.engine.load(tp, lp.mode, cgroups=cgroups if self.containers else cgroups or None)
             if res.refusal is not None:
                 raise Refused(res.refusal)
             self._keys[tp.key] = key
+            if cgroups is not None and handle in self._scope:
+                self._scope[tp.key] = {c: _ino(c) for c in cgroups}
             self._baseline(tp.key)
             self.unload(handle)
             return self._loaded(tp.key, State(lp.mode))
@@ -318,15 +383,12 @@ class EngineEnforcer:
 
     def _cgroups(self, tp: TracingPolicy) -> tuple[str, ...] | None:
         """None: node-wide. A tuple (maybe empty): the matching workloads' cgroup directories."""
-        namespaced = tp.kind == "TracingPolicyNamespaced"
-        if tp.pod_selector is None and not namespaced and tp.container_selector is None:
+        if not _is_scoped(tp):
             return None
         root = syscall.cgroup2_root()
         out = []
-        for w in self.workloads:
-            if namespaced and (w.namespace or "default") != tp.namespace:
-                continue
-            if tp.pod_selector is not None and not _matches(tp.pod_selector, w.label_map):
+        for w in (*self.workloads, *self._discovered.values()):
+            if not _selects(tp, w):
                 continue
             path = Path(w.cgroup)
             if not str(path).startswith(str(root)):
@@ -426,6 +488,34 @@ def _items(pin: Path) -> list[tuple[bytes, bytes]]:
         return list(syscall.map_items(fd))
     finally:
         os.close(fd)
+
+
+def _is_scoped(tp: TracingPolicy) -> bool:
+    return tp.kind == "TracingPolicyNamespaced" or tp.pod_selector is not None or tp.container_selector is not None
+
+
+def _selects(tp: TracingPolicy, w: Workload) -> bool:
+    """Whether scoped policy `tp` holds workload `w`: its namespace (a namespaced policy), its pod labels
+    (podSelector), and for a container its name (containerSelector matches Tetragon's `name` key)."""
+    if not _is_scoped(tp):
+        return False
+    if tp.kind == "TracingPolicyNamespaced" and (w.namespace or "default") != tp.namespace:
+        return False
+    if tp.pod_selector is not None and not _matches(tp.pod_selector, w.label_map):
+        return False
+    if tp.container_selector is not None:
+        name = w.container.container_name if w.container is not None else w.name
+        if not _matches(tp.container_selector, {"name": name}):
+            return False
+    return True
+
+
+def _ino(cgroup: str) -> int:
+    """The cgroup's id (its directory's inode), 0 when it is gone."""
+    try:
+        return os.stat(cgroup).st_ino
+    except OSError:
+        return 0
 
 
 def _matches(sel: LabelSelector, labels: dict[str, str]) -> bool:

@@ -199,8 +199,7 @@ class Engine:
             missing = [c for c in cg if not Path(c, "cgroup.procs").exists()]
             if missing:
                 return _failed(key, f"not cgroup2 directories: {', '.join(missing)}")
-            if not cg:
-                return _failed(key, "an empty workload (no cgroups) would match nothing")
+            # an empty scope is a scope of nothing (SCOPED in pl_cfg), until scope_add brings a workload in
             deep = [c for c in cg if scope.level(c, syscall.cgroup2_root()) >= scope.MAX_LEVEL]
             if deep:
                 return _failed(key, f"cgroups more than {scope.MAX_LEVEL - 1} levels deep cannot be a scope: "
@@ -265,7 +264,7 @@ class Engine:
                 continue
             try:
                 policy, cg = _read_meta(d)
-                plan = compile_policy(policy, self.features, self.formats, scoped=bool(cg),
+                plan = compile_policy(policy, self.features, self.formats, scoped=_meta_scoped(d) or bool(cg),
                                       real_path=real_binary_path)
             except (BpfError, OSError, ValueError) as e:
                 self.broken[d.name] = str(e)
@@ -307,6 +306,75 @@ class Engine:
                 meta["moved_killed"] = True
         finally:
             os.close(fd)
+
+    def scope_add(self, key: str, cgroup: str | os.PathLike[str]) -> int:
+        """Bring cgroup2 directory `cgroup` into scoped policy `key`'s scope, programs unchanged: its id
+        into `pl_scope`, its path into `pl_cgpaths`, its level into `pl_cfg.scoped`, its processes into
+        the members, and the policy's cgroup-hook programs attached to it. Returns the cgroup's id (what
+        `scope_remove` takes, since a removed container's directory can no longer be stat'ed)."""
+        path = str(Path(cgroup))
+        root = syscall.cgroup2_root()
+        if not Path(path, "cgroup.procs").exists():
+            raise LoadError(f"not a cgroup2 directory: {path}")
+        if scope.level(path, root) >= scope.MAX_LEVEL:
+            raise LoadError(f"cgroups more than {scope.MAX_LEVEL - 1} levels deep cannot be a scope: {path}")
+        d = self._dir(key)
+        if not (d / "map_pl_members").exists():
+            raise NotLoaded(f"policy {key} is not a scoped load (no {d / 'map_pl_members'})")
+        ino = os.stat(path).st_ino
+        fd = self._open(key, "map_pl_cfg")
+        try:
+            mode, scoped = _CFG.unpack(syscall.map_lookup_elem(fd, b"\0\0\0\0", _CFG.size) or _CFG.pack(0, 0))
+            # the level first: the kernel asks for a task's ancestors at the levels the mask names
+            syscall.map_update_elem(fd, b"\0\0\0\0", _CFG.pack(mode, scoped | scope.level_mask([path], root)))
+        finally:
+            os.close(fd)
+        for pin, k in (("map_pl_cgpaths", next(scope.path_keys([path], root))),
+                       ("map_pl_scope", struct.pack("<Q", ino))):
+            fd = self._open(key, pin)
+            try:
+                syscall.map_update_elem(fd, k, b"\1")
+            finally:
+                os.close(fd)
+        fd = self._open(key, "map_pl_members")
+        try:
+            scope.seed(fd, [path])
+        finally:
+            os.close(fd)
+        plan = self._loaded[key][0] if key in self._loaded else None
+        for site in plan.sites if plan is not None else ():
+            if site.kind == "cgroup" and site.attach and not (d / f"link_{site.function}_cg{ino}").exists():
+                pfd = self._open(key, f"prog_{site.function}")
+                cgfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    lfd = syscall.link_create_cgroup(pfd, cgfd, _CGROUP_ATTACH[site.attach])
+                finally:
+                    os.close(cgfd)
+                    os.close(pfd)
+                _pin_link(lfd, d / f"link_{site.function}_cg{ino}")
+        return ino
+
+    def scope_remove(self, key: str, cgroup: str | os.PathLike[str], ino: int) -> None:
+        """Take cgroup `cgroup` (id `ino`) out of policy `key`'s scope: its entries and its cgroup-hook links.
+        The level stays in the mask (a superset only costs a lookup)."""
+        root = syscall.cgroup2_root()
+        d = self._dir(key)
+        for pin, k in (("map_pl_scope", struct.pack("<Q", ino)),
+                       ("map_pl_cgpaths", next(scope.path_keys([str(Path(cgroup))], root)))):
+            fd = self._open(key, pin)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    syscall.map_delete_elem(fd, k)
+            finally:
+                os.close(fd)
+        for link in d.glob(f"link_*_cg{ino}"):
+            with contextlib.suppress(OSError):
+                lfd = syscall.obj_get(link)
+                try:
+                    _detach(lfd)
+                finally:
+                    os.close(lfd)
+            link.unlink()
 
     def counters(self, key: str) -> Counters:
         fd = self._open(key, "map_pl_counters")
@@ -762,6 +830,11 @@ def _read_meta(d: Path) -> tuple[TracingPolicy, tuple[str, ...]]:
     if meta.get("version") != _META_VERSION:
         raise LoadError(f"{d}: metadata version {meta.get('version')!r} is not {_META_VERSION}")
     return parse(meta["document"]), tuple(meta.get("cgroups") or ())
+
+
+def _meta_scoped(d: Path) -> bool:
+    """Whether the load pinned in `d` is scoped, also with a scope of no cgroups (what `scope_add` fills)."""
+    return (d / "map_pl_members").exists()
 
 
 def _teardown(d: Path, timeout: float = _FREE_TIMEOUT) -> bool:

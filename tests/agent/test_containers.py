@@ -2,12 +2,26 @@
 the agent's discovery of containers, their cgroups and metadata (agent/containers.py)."""
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from agent.config import AgentConfig, ContainerRuntime
+from agent.containers import Container, ContainerWatcher
+from agent.daemon import watch_containers
+from agent.enforcer import EngineEnforcer
+from agent.select import Desired
+from agent.workloads import WorkloadIndex
+from bpf.engine import remove_all
 from support.containers import IMAGE, Podman, podman_session
+from wire.bundle import Origin, sha256_hex
+from wire.values import Scope, State
 
 pytestmark = pytest.mark.kernel
 
@@ -35,3 +49,148 @@ def test_a_container_runs_in_its_own_cgroup_and_is_removed(podman: Podman) -> No
         podman.remove(c.id)
     wait_for(lambda: not c.cgroup.exists())
     assert IMAGE
+
+
+def test_the_watcher_lists_running_containers_then_follows_starts_and_deaths(podman: Podman) -> None:
+    before = podman.run(labels={"app": "web", "io.kubernetes.pod.namespace": "shop",
+                                "io.kubernetes.pod.name": "web-5d8f7c9b4-x2k9p", "pod-template-hash": "5d8f7c9b4"})
+    started: list[Container] = []
+    stopped: list[Container] = []
+    w = ContainerWatcher(podman.socket, started.append, stopped.append)
+    w.start()
+    try:
+        wait_for(lambda: any(c.id == before.id for c in started))
+        c = next(c for c in started if c.id == before.id)
+        assert (c.name, c.pid, Path(c.cgroup)) == (before.name, before.pid, before.cgroup)
+        assert c.cgroup.endswith(f"/libpod_parent/libpod-{before.id}")
+        assert (c.image_name == IMAGE and c.image_id.startswith("sha256:")) or len(c.image_id) == 64
+        assert c.start_time.startswith("20")
+        assert (c.namespace, c.pod_name, c.workload) == ("shop", "web-5d8f7c9b4-x2k9p", ("web", "Deployment"))
+        assert c.pod_labels == {"app": "web", "pod-template-hash": "5d8f7c9b4",
+                                "palisade.test": podman.run_id}
+        pod = c.tetragon_pod()
+        assert pod["container"]["id"] == f"docker://{before.id}" and pod["workload_kind"] == "Deployment"
+
+        after = podman.run(labels={"app": "db"})
+        wait_for(lambda: any(x.id == after.id for x in started))
+        assert next(x for x in started if x.id == after.id).label_map["app"] == "db"
+        podman.remove(after.id)
+        wait_for(lambda: any(x.id == after.id for x in stopped))
+        assert before.id in w.running and after.id not in w.running
+    finally:
+        w.stop()
+        podman.remove(before.id)
+
+
+#: An exec allowlist as Tetragon's enforcement docs write one: a process whose binary is not listed dies
+#: when it calls execve. Limited to the pods labelled app=web.
+ALLOWLIST = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: web-exec-allowlist
+spec:
+  podSelector:
+    matchLabels: {app: web}
+  kprobes:
+    - call: sys_execve
+      syscall: true
+      args:
+        - index: 0
+          type: string
+      selectors:
+        - matchBinaries:
+            - operator: NotIn
+              values: ["/usr/bin/bash"]
+          matchActions:
+            - action: Sigkill
+"""
+#: The same for the namespace `shop` (the container's io.kubernetes.pod.namespace label).
+NAMESPACED = ALLOWLIST.replace("kind: TracingPolicy", "kind: TracingPolicyNamespaced").replace(
+    "  name: web-exec-allowlist", "  name: shop-exec-allowlist\n  namespace: shop").replace(
+    "  podSelector:\n    matchLabels: {app: web}\n", "")
+
+
+def _desired(text: str) -> Desired:
+    name = yaml.safe_load(text)["metadata"]["name"]
+    return Desired(name, Origin("rule", name), Scope(), State.ENFORCED, text, sha256_hex(text.encode()), 1, "c" * 40)
+
+
+@pytest.fixture()
+def watched(podman: Podman) -> Iterator[tuple[EngineEnforcer, WorkloadIndex]]:
+    """The agent's enforcer with container discovery on (no configured workloads), fed by a watcher, as
+    `palisade-agent run` wires them (daemon.watch_containers)."""
+    root = Path("/sys/fs/bpf") / f"palisade-containers-{uuid.uuid4().hex[:8]}"
+    e = EngineEnforcer([], pin_root=root, node_name="t", containers=True)
+    index = WorkloadIndex()
+    cfg = AgentConfig(server="http://127.0.0.1:1", pubkeys=(), sensor_id="t", state=root,
+                      containers=ContainerRuntime(podman.socket))
+    w = watch_containers(cfg, e, index)
+    assert w is not None
+    try:
+        wait_for(w.connected.is_set)
+        yield e, index
+    finally:
+        w.stop()
+        e.close()
+        _, problems = remove_all(root)
+        assert problems == []
+
+
+def _kill_events(e: EngineEnforcer, policy: str, container_id: str) -> list[dict[str, Any]]:
+    out = []
+    deadline = time.monotonic() + 5
+    while not out and time.monotonic() < deadline:
+        for ev in e.poll_events(0.2):
+            body = ev.get("process_kprobe") or ev.get("process_tracepoint") or {}
+            pod = body.get("process", {}).get("pod") or {}
+            if body.get("policy_name") == policy and pod.get("container", {}).get("id", "").endswith(container_id):
+                out.append(body)
+    return out
+
+
+def _scoped(e: EngineEnforcer, cgroup: Path) -> Callable[[], bool]:
+    return lambda: str(cgroup) in e.scoped_at
+
+
+def test_a_pod_selector_follows_containers_that_start_after_the_policy(
+        podman: Podman, watched: tuple[EngineEnforcer, WorkloadIndex]) -> None:
+    e, index = watched
+    loaded = e.load(_desired(ALLOWLIST))  # nothing matches yet: loaded with a scope of nothing
+    web = podman.run(labels={"app": "web"})
+    db = podman.run(labels={"app": "db"})
+    wait_for(_scoped(e, web.cgroup))
+    wait_for(_scoped(e, db.cgroup))
+    assert e.loaded()[0].handle == loaded.handle  # the same load: nothing was reloaded
+    assert podman.exec(db.id, "/bin/true").returncode == 0  # not selected: runs
+    r = podman.exec(web.id, "/bin/true")
+    assert r.returncode == 137, (r.returncode, r.stderr)  # 128 + SIGKILL
+    (kill, *_) = _kill_events(e, "web-exec-allowlist", web.id)
+    assert kill["action"] == "KPROBE_ACTION_SIGKILL"
+    pod = kill["process"]["pod"]
+    assert pod["name"] == web.name and pod["namespace"] == "default" and pod["workload"] == web.name
+    assert pod["container"]["name"] == web.name and pod["container"]["image"]["name"] == IMAGE
+    assert pod["container"]["image"]["id"] and pod["pod_labels"]["app"] == "web"
+    assert e.drift() == []  # the scope changed by the agent's hand is not drift
+
+    podman.remove(web.id)  # out of the scope when it dies; a new web container is in again
+    wait_for(lambda: str(web.cgroup) not in e.scoped_at)
+    again = podman.run(labels={"app": "web"})
+    wait_for(_scoped(e, again.cgroup))
+    assert podman.exec(again.id, "/bin/true").returncode == 137
+    assert podman.exec(db.id, "/bin/true").returncode == 0
+    assert index.of(os.stat(again.cgroup).st_ino) is not None
+
+
+def test_a_namespaced_policy_follows_containers_of_its_namespace(
+        podman: Podman, watched: tuple[EngineEnforcer, WorkloadIndex]) -> None:
+    e, _ = watched
+    e.load(_desired(NAMESPACED))
+    shop = podman.run(labels={"io.kubernetes.pod.namespace": "shop", "io.kubernetes.pod.name": "cart-0"})
+    other = podman.run(labels={"io.kubernetes.pod.namespace": "other", "io.kubernetes.pod.name": "cart-0"})
+    wait_for(_scoped(e, shop.cgroup))
+    wait_for(_scoped(e, other.cgroup))
+    assert podman.exec(other.id, "/bin/true").returncode == 0
+    assert podman.exec(shop.id, "/bin/true").returncode == 137
+    (kill, *_) = _kill_events(e, "shop-exec-allowlist", shop.id)
+    assert kill["process"]["pod"]["namespace"] == "shop" and kill["process"]["pod"]["name"] == "cart-0"
+    assert kill["process"]["pod"]["container"]["image"]["name"] == IMAGE
