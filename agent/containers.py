@@ -251,8 +251,9 @@ class ContainerWatcher:
         self.on_stop = on_stop
         self.cgroup2_root = cgroup2_root
         self.running: dict[str, Container] = {}
-        #: When each container's start event was read (monotonic), for the start → scope latency.
-        self.seen_at: dict[str, float] = {}
+        #: When the runtime says each container started (its event's time, epoch seconds): the start of the
+        #: start → scope latency.
+        self.reported_at: dict[str, float] = {}
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -297,7 +298,8 @@ class ContainerWatcher:
             if not cid:
                 continue
             if action in _UP:
-                self.seen_at[cid] = time.monotonic()
+                when = ev.get("timeNano")
+                self.reported_at[cid] = when / 1e9 if isinstance(when, int) else time.time()
                 self._up(cid)
             elif action in _DOWN:
                 self._down(cid)
@@ -326,6 +328,6 @@ class ContainerWatcher:
     def _down(self, cid: str) -> None:
         with self._lock:
             c = self.running.pop(cid, None)
-        self.seen_at.pop(cid, None)
+        self.reported_at.pop(cid, None)
         if c is not None:
             self.on_stop(c)
