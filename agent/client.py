@@ -1,5 +1,12 @@
 """HTTP to the reconciler: the index (long-poll), bundles by version, objects by digest, heartbeats.
 
+Index, bundles and objects come from the bundle source (`source`, default the reconciler): a static
+server, object store or CDN serving a `palisade publish` mirror is one too, at the same paths below its
+base URL. Such a source cannot hold a request, so with `long_poll=False` no `wait` is ever sent (a
+static server may answer a query string with 404 or ignore it) and the caller polls (`Pacer.jitter`);
+its ETag or, lacking one, its Last-Modified makes an unchanged index a 304. Heartbeats always go to
+`server`.
+
 The transport is not trusted: everything fetched here is verified by the
 caller with `wire.bundle`. This module only makes sure that what it hands
 over is a complete response no larger than allowed — a body is read as a stream
@@ -66,10 +73,12 @@ Observer = Callable[[str, FetchError | None], None]
 
 @dataclass(frozen=True)
 class IndexReply:
-    """The index bytes (None when the server says our copy is current) and the ETag to send next."""
+    """The index bytes (None when the server says our copy is current) and the validators to send next:
+    the ETag, and the Last-Modified (used only when the source gives no ETag)."""
 
     data: bytes | None
     etag: str | None
+    last_modified: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,11 +94,21 @@ class Pacer:
     request. Right after a reply that brought a new verified bundle the next
     request goes at once: only the reconciler's key can make one, so this cannot
     turn into a loop, and a publish that follows closely is not held back a second.
+
+    `jitter` (a fraction) lengthens every gap by up to that share of it, at random: a fleet polling a
+    static source (`polling`) spreads out instead of asking all in the same second.
     """
 
     minimum: float = MIN_POLL
     ceiling: float = 30.0
     gap: float = MIN_POLL
+    jitter: float = 0.0
+
+    @classmethod
+    def polling(cls, every: float, jitter: float = 0.2) -> Pacer:
+        """A source without long-poll: one index request every `every` seconds (at least MIN_POLL), jittered."""
+        every = max(MIN_POLL, every)
+        return cls(every, every, every, jitter)
 
     def after(self, outcome: str, elapsed: float, asked: float | None) -> Pacer:
         """The pacer for the next request, after one that ended with `outcome` in `elapsed` seconds."""
@@ -100,12 +119,16 @@ class Pacer:
             gap = min(max(self.ceiling, self.minimum), max(self.minimum, self.gap * 2))
         else:
             gap = self.minimum
-        return Pacer(self.minimum, self.ceiling, gap)
+        if gap > 0 and self.jitter > 0:
+            base = min(gap, max(self.ceiling, self.minimum))  # jitter is added to the capped gap, never compounded
+            gap = base * (1 + random.uniform(0, self.jitter))
+        return Pacer(self.minimum, self.ceiling, gap, self.jitter)
 
 
 class Client:
-    """One reconciler API endpoint.
+    """One reconciler API endpoint (heartbeats) and the bundle source (`source`, default the same).
 
+    `long_poll=False`: the source cannot hold requests, `index` never sends `wait`.
     `attempts` bounds the tries of one call (None: retry transient failures
     until cancelled, which is what a node agent wants); `retry_max` caps the
     backoff in seconds. `on_retry(err)` is called before each backoff sleep.
@@ -117,8 +140,11 @@ class Client:
                  retry_initial: float = 0.2, retry_max: float = 30.0, connect_timeout: float = 5.0,
                  on_retry: Callable[[FetchError], None] | None = None, deadline_margin: float = DEADLINE_MARGIN,
                  bundle_deadline: float = BUNDLE_DEADLINE, min_rate: float = MIN_RATE,
-                 heartbeat_deadline: float = HEARTBEAT_DEADLINE) -> None:
+                 heartbeat_deadline: float = HEARTBEAT_DEADLINE, source: str | None = None,
+                 long_poll: bool = True) -> None:
         self.server = server.rstrip("/")
+        self.source = (source or server).rstrip("/")
+        self.long_poll = long_poll
         self._own = http is None
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=connect_timeout))
         self._connect_timeout = connect_timeout
@@ -149,30 +175,38 @@ class Client:
 
     # -- calls -------------------------------------------------------------
 
-    async def index(self, etag: str | None = None, wait: float | None = None) -> IndexReply:
-        """The index; with `etag` and `wait`, held by the server until it changes (or 304 after `wait`)."""
+    async def index(self, etag: str | None = None, wait: float | None = None,
+                    last_modified: str | None = None) -> IndexReply:
+        """The index; with `etag` and `wait`, held by the server until it changes (or 304 after `wait`).
+
+        Without long-poll `wait` is ignored; `last_modified` is sent as If-Modified-Since when there is
+        no `etag` (a source that gives no ETag)."""
+        if not self.long_poll:
+            wait = None
         params = {"wait": _fmt_wait(wait)} if wait else None
-        headers = {"If-None-Match": etag} if etag else {}
+        headers = {"If-None-Match": etag} if etag else {"If-Modified-Since": last_modified} if last_modified else {}
         deadline = (wait or 0) + self.deadline_margin
         status, body, resp_headers = await self._retrying(
             "GET", "/v1/index", params=params, headers=headers, limit=MAX_INDEX_BYTES, read_timeout=deadline,
-            deadline=deadline, what="index")
+            deadline=deadline, what="index", base=self.source)
         new_etag = resp_headers.get("etag") or etag
+        new_modified = resp_headers.get("last-modified") or last_modified
         if status == 304:
-            if not etag:
+            if not headers:
                 # "not modified" compared with nothing: the server will not give us an index at all
                 err = UnexpectedNotModified("GET /v1/index: 304 Not Modified to a request without If-None-Match")
                 self._notify("index", err)
                 raise err
-            return IndexReply(None, new_etag)
-        return IndexReply(body, new_etag)
+            return IndexReply(None, new_etag, new_modified)
+        return IndexReply(body, resp_headers.get("etag"), resp_headers.get("last-modified"))
 
     async def bundle(self, version: int, size: int) -> bytes:
         """Bundle `version`; `size` (from the verified index) is the most that will be read."""
         limit = min(size, MAX_BUNDLE_BYTES)
         deadline = self.bundle_deadline + limit / self.min_rate
         _, body, _ = await self._retrying("GET", f"/v1/bundles/{int(version)}", limit=limit,
-                                          read_timeout=min(30.0, deadline), deadline=deadline, what="bundle")
+                                          read_timeout=min(30.0, deadline), deadline=deadline, what="bundle",
+                                          base=self.source)
         return body
 
     async def object(self, sha256: str, size: int) -> bytes:
@@ -182,7 +216,8 @@ class Client:
         limit = min(size, MAX_OBJECT_BYTES)
         deadline = self.bundle_deadline + limit / self.min_rate
         _, body, _ = await self._retrying("GET", f"/v1/objects/{sha256}", limit=limit,
-                                          read_timeout=min(30.0, deadline), deadline=deadline, what="object")
+                                          read_timeout=min(30.0, deadline), deadline=deadline, what="object",
+                                          base=self.source)
         return body
 
     async def heartbeat(self, sensor_id: str, doc: Mapping[str, Any], timeout: float | None = None) -> None:
@@ -215,11 +250,11 @@ class Client:
 
     async def _once(self, method: str, path: str, *, limit: int, read_timeout: float, deadline: float, what: str,
                     params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
-                    content: bytes | None = None) -> tuple[int, bytes, httpx.Headers]:
+                    content: bytes | None = None, base: str | None = None) -> tuple[int, bytes, httpx.Headers]:
         try:
             async with asyncio.timeout(deadline):
                 out = await self._attempt(method, path, limit=limit, read_timeout=read_timeout, params=params,
-                                          headers=headers, content=content)
+                                          headers=headers, content=content, base=base or self.server)
         except TimeoutError:
             err = Stalled(f"{method} {path}: no complete response within the deadline of {deadline:g}s "
                           f"(a slow or stalled server)")
@@ -233,8 +268,8 @@ class Client:
 
     async def _attempt(self, method: str, path: str, *, limit: int, read_timeout: float,
                        params: Mapping[str, str] | None, headers: Mapping[str, str] | None,
-                       content: bytes | None) -> tuple[int, bytes, httpx.Headers]:
-        url = self.server + path
+                       content: bytes | None, base: str) -> tuple[int, bytes, httpx.Headers]:
+        url = base + path
         timeout = httpx.Timeout(read_timeout, connect=self._connect_timeout)
         try:
             async with self._http.stream(method, url, params=params, headers=headers, content=content,

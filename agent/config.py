@@ -1,6 +1,7 @@
 """The agent's configuration: command-line flags over an optional YAML file.
 
     server: http://127.0.0.1:8740
+    bundles: {url: https://cdn.example.com/palisade, poll: 15}
     pubkeys: [/etc/palisade/palisade.pub]
     sensorId: node-1
     labels: {role: web}
@@ -14,6 +15,12 @@
     buildObjects: true
     placeholders: {PODCIDR: [10.244.0.0/16], SERVICECIDR: [10.96.0.0/12]}
     containers: {socket: /run/podman/podman.sock}
+
+`server` is the reconciler: heartbeats go there, and so do index and bundle requests unless
+`bundles.url` names another source (a static server, object store or CDN serving what `palisade
+publish --to DIR` wrote). Such a source has no long-poll: the index is polled every `poll` seconds
+(plus up to a fifth more, at random, so a fleet spreads out) with If-None-Match/If-Modified-Since, and
+`wait` is never sent; `longPoll: true` says the source is a `palisade serve` after all.
 
 The file is checked against schemas/agent-config.schema.json; a flag given on
 the command line wins over the file. Workloads map cgroups to the labels that
@@ -46,7 +53,8 @@ from .containers import Container
 from .dnsquery import parse_server
 from .errors import ConfigError
 
-__all__ = ["AgentConfig", "ContainerRuntime", "Intervals", "Workload", "load", "load_placeholders", "parse_labels"]
+__all__ = ["AgentConfig", "BundleSource", "ContainerRuntime", "Intervals", "Workload", "load", "load_placeholders",
+           "parse_labels"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?$")
 _SCHEMA_FILE = "agent-config.schema.json"
@@ -91,6 +99,15 @@ class Intervals:
 
 
 @dataclass(frozen=True)
+class BundleSource:
+    """Where the index, bundles and objects come from when it is not the reconciler (`server`)."""
+
+    url: str  # base URL; the API's paths (/v1/index, ...) are appended to it
+    long_poll: bool = False  # static servers, object stores and CDNs cannot hold a request
+    poll: float = 15.0  # seconds between two index requests when there is no long-poll (before jitter)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     server: str
     pubkeys: tuple[Path, ...]
@@ -109,10 +126,21 @@ class AgentConfig:
     placeholders: tuple[tuple[str, tuple[str, ...]], ...] = ()
     callouts: CalloutSettings = field(default_factory=CalloutSettings)
     containers: ContainerRuntime | None = None  # None: no container discovery (bare hosts)
+    bundles: BundleSource | None = None  # None: the reconciler serves them, with long-poll
 
     @property
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
+
+    @property
+    def source_url(self) -> str:
+        """The base URL of the index, bundles and objects."""
+        return self.bundles.url if self.bundles is not None else self.server
+
+    @property
+    def long_poll(self) -> bool:
+        """Whether the bundle source holds an index request until something changes (`wait`)."""
+        return self.bundles is None or self.bundles.long_poll
 
 
 def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
@@ -227,6 +255,10 @@ def load(file: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
         cfg = replace(cfg, callouts=_callouts(doc["callouts"], file))
     if doc.get("containers"):
         cfg = replace(cfg, containers=ContainerRuntime(_resolve(base, doc["containers"]["socket"])))
+    if doc.get("bundles"):
+        b = doc["bundles"]
+        cfg = replace(cfg, bundles=BundleSource(url=str(b["url"]).rstrip("/"), long_poll=bool(b.get("longPoll", False)),
+                                                poll=float(b.get("poll", BundleSource.poll))))
     return cfg
 
 

@@ -157,11 +157,14 @@ async def _main(cfg: AgentConfig, enforcer: Enforcer, pubkeys: list, metrics: Ag
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)  # `kill -USR2`: where every task waits
-    client = Client(cfg.server, retry_max=cfg.intervals.retry_max)  # the agent counts failures (observe)
+    # the agent counts failures (observe); bundles may come from a static source, heartbeats go to the reconciler
+    client = Client(cfg.server, retry_max=cfg.intervals.retry_max, source=cfg.source_url, long_poll=cfg.long_poll)
     callouts = Callouts(cfg.callouts, on_outcome=lambda action, outcome: metrics.callouts.labels(action, outcome).inc())
     agent = Agent(cfg, enforcer=enforcer, client=client, pubkeys=pubkeys, metrics=metrics, events=events,
                   callouts=callouts)
-    print(f"palisade-agent: sensor {cfg.sensor_id} pulling from {cfg.server}, state in {cfg.state}",
+    source = "" if cfg.bundles is None else (f" bundles from {cfg.source_url}"
+                                             f"{'' if cfg.long_poll else f' (polled every {cfg.bundles.poll:g}s)'},")
+    print(f"palisade-agent: sensor {cfg.sensor_id} pulling from {cfg.server},{source} state in {cfg.state}",
           file=sys.stderr, flush=True)
     watcher = watch_containers(cfg, enforcer, agent.workloads)
     try:

@@ -165,6 +165,7 @@ class Agent:
         self.labels = cfg.label_map
         self.counters = Counters()
         self.etag: str | None = None
+        self.last_modified: str | None = None  # the index's, for a source that gives no ETag
         self.applied: _Applied | None = None
         self.last_error: str | None = None
         self.trust = trust.TrustState()
@@ -233,22 +234,23 @@ class Agent:
     async def sync_once(self, wait: float | None = None) -> SyncResult:
         """Pull the index (long-polling `wait` seconds), verify, fetch and verify the bundle, apply."""
         # An expired index is no base for "not modified": ask for the whole index again.
-        etag = None if self.index_expired() else self.etag
+        expired = self.index_expired()
+        etag, modified = (None, None) if expired else (self.etag, self.last_modified)
         try:
-            reply = await self.client.index(etag, wait)
+            reply = await self.client.index(etag, wait, modified)
         except FetchError as e:
             if e.refused:
                 return self._refuse(Artifact.INDEX, e)
             raise
         if reply.data is None:
-            self.etag = reply.etag
+            self.etag, self.last_modified = reply.etag, reply.last_modified
             return SyncResult(SyncOutcome.UNCHANGED, self.version)
         try:
             index = verify_index(reply.data, self.pubkeys, now=self._clock(), min_serial=self.trust.serial,
                                  min_version=self.trust.version)
         except WireError as e:
             # Wait for something newer than this bad copy rather than fetching it again and again.
-            self.etag = reply.etag
+            self.etag, self.last_modified = reply.etag, reply.last_modified
             return self._refuse(Artifact.INDEX, e)
         try:
             version, bundle, bundle_bytes = await self._choose(index)
@@ -273,7 +275,7 @@ class Agent:
                                       tuple(keyid(k) for k in self.pubkeys))
         # A disk that refuses the floor keeps it in memory (written when it can): enforcement goes on.
         self._persist(trust.TRUST_FILE, trust.encode(self.trust), 0o600)
-        self.etag = reply.etag
+        self.etag, self.last_modified = reply.etag, reply.last_modified
         cur = self.applied
         if cur is not None and cur.bundle.version == version and cur.bundle_bytes == bundle_bytes:
             # same bundle, newer index (re-signed, re-pinned elsewhere): refresh the saved copy only
@@ -626,10 +628,15 @@ class Agent:
         """Long-poll forever; transient failures are retried inside the client, the rest backs off here.
 
         Requests are paced (`Pacer`): whatever the server answers, and however fast, two index
-        requests start at least `min_poll` seconds apart, except right after a new bundle was applied."""
+        requests start at least `min_poll` seconds apart, except right after a new bundle was applied.
+        A bundle source without long-poll (a static server) is polled every `bundles.poll` seconds, jittered,
+        and never asked to wait."""
         delay = 0.5
-        wait = self.cfg.intervals.wait
-        pace = Pacer(self.min_poll, max(self.min_poll, wait), self.min_poll)
+        wait: float | None = self.cfg.intervals.wait
+        pace = Pacer(self.min_poll, max(self.min_poll, self.cfg.intervals.wait), self.min_poll)
+        if not self.cfg.long_poll:
+            assert self.cfg.bundles is not None
+            wait, pace = None, Pacer.polling(max(self.min_poll, self.cfg.bundles.poll))
         started: float | None = None
         while not stop.is_set():
             if started is not None:
