@@ -8,6 +8,13 @@ time, init pid, cgroup2 directory), on `die` it reports the container gone. The 
 `/proc/<init pid>/cgroup` (its cgroup2 line), which holds whatever layout the runtime chose
 (`/libpod_parent/libpod-<id>` under podman with cgroupfs, a systemd scope, a kubepods slice).
 
+The events stream can lag: podman's file events backend is read by polling (a start is seen up to a
+quarter of a second after it happened). So the watcher also watches the cgroup directories runtimes
+put containers under (`libpod_parent`, `docker`, `system.slice`, and the parent of every container
+it found) with inotify: a new directory named for a container id is the runtime creating one, and the
+container is inspected every few milliseconds until it runs, then reported at once. Whichever of the
+two sees a start first reports it; the other finds it known.
+
 Under Kubernetes the kubelet labels each container (CRI) with `io.kubernetes.pod.name`,
 `io.kubernetes.pod.namespace`, `io.kubernetes.pod.uid` and `io.kubernetes.container.name`; those
 give the pod's name, namespace and uid. The pod's own labels are not among them (no API server is
@@ -19,10 +26,16 @@ its kind are derived from the pod name where the controller's naming makes it ce
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import http.client
 import json
 import logging
+import os
+import re
+import select
 import socket
+import struct
 import threading
 import time
 import urllib.parse
@@ -156,6 +169,52 @@ def container_of(info: Mapping[str, Any], cgroup2_root: Path | None = None) -> C
         start_time=str(state.get("StartedAt") or ""), pid=pid, cgroup=cgroup)
 
 
+#: A container's cgroup directory name: the id, maybe with the runtime's prefix and systemd's suffix.
+_CGROUP_NAME = re.compile(r"^(?:[a-z]+-)?([0-9a-f]{64})(?:\.scope)?$")
+#: Cgroup directories (under the cgroup2 root) runtimes put containers in, watched when they exist.
+CGROUP_PARENTS = ("libpod_parent", "machine.slice", "docker", "system.slice")
+_IN_CREATE, _IN_ISDIR, _IN_ONLYDIR, _IN_NONBLOCK, _IN_CLOEXEC = 0x100, 0x40000000, 0x01000000, 0o4000, 0o2000000
+_EVENT = struct.Struct("iIII")
+
+
+class _Inotify:
+    """New subdirectories of the watched directories (inotify through libc)."""
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self.fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.watched: dict[int, Path] = {}
+
+    def watch(self, d: Path) -> None:
+        if d in self.watched.values():
+            return
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(d), _IN_CREATE | _IN_ONLYDIR)
+        if wd >= 0:
+            self.watched[wd] = d
+
+    def read(self, timeout: float) -> list[tuple[Path, str]]:
+        """(directory, name) of each directory created since, waiting up to `timeout`."""
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return []
+        try:
+            buf = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return []
+        out, off = [], 0
+        while off + _EVENT.size <= len(buf):
+            wd, mask, _, n = _EVENT.unpack_from(buf, off)
+            name = buf[off + _EVENT.size:off + _EVENT.size + n].rstrip(b"\0").decode(errors="replace")
+            off += _EVENT.size + n
+            if mask & _IN_ISDIR and wd in self.watched:
+                out.append((self.watched[wd], name))
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class _UnixHTTP(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -257,15 +316,65 @@ class ContainerWatcher:
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._up_lock = threading.Lock()  # one inspection and report at a time (events and cgroups both report)
         self._thread: threading.Thread | None = None
+        self._inotify: _Inotify | None = None
         self.errors = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="palisade-containers", daemon=True)
         self._thread.start()
+        try:
+            self._inotify = _Inotify()
+        except OSError as e:
+            log.warning("no inotify (%s): containers are seen through the runtime's events only", e)
+            return
+        root = self.cgroup2_root
+        if root is None:
+            from bpf import syscall
+
+            root = syscall.cgroup2_root()
+        for name in CGROUP_PARENTS:
+            if (root / name).is_dir():
+                self._inotify.watch(root / name)
+        threading.Thread(target=self._cgroups, name="palisade-container-cgroups", daemon=True).start()
+
+    def _cgroups(self) -> None:
+        """Report containers as their cgroup directories appear (ahead of a lagging events stream)."""
+        assert self._inotify is not None
+        while not self._stop.is_set():
+            try:
+                created = self._inotify.read(0.5)
+            except (OSError, ValueError):  # closed by stop()
+                return
+            for _, name in created:
+                m = _CGROUP_NAME.match(name)
+                if m is not None:
+                    threading.Thread(target=self._until_running, args=(m[1],), daemon=True).start()
+
+    def _until_running(self, cid: str, timeout: float = 10.0, every: float = 0.003) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if cid in self.running:
+                    return
+            try:
+                info = self.api.inspect(cid)
+            except (RuntimeUnreachable, RuntimeProtocolError):
+                return
+            state = (info or {}).get("State") or {}
+            if state.get("Running") is True:
+                self._up(cid, info)
+                return
+            if state.get("Status") in ("exited", "stopped", "removing", "dead"):
+                return
+            time.sleep(every)
 
     def stop(self) -> None:
         self._stop.set()
+        if self._inotify is not None:
+            with contextlib.suppress(OSError):
+                self._inotify.close()
         # the events request blocks in a read: closing is by the daemon thread ending with the process,
         # or by the runtime closing; do not wait for it
         if self._thread is not None:
@@ -313,17 +422,22 @@ class ContainerWatcher:
             self._down(cid)
         self.connected.set()
 
-    def _up(self, cid: str) -> None:
-        with self._lock:
-            if cid in self.running:
+    def _up(self, cid: str, info: dict[str, Any] | None = None) -> None:
+        with self._up_lock:
+            with self._lock:
+                if cid in self.running:
+                    return
+            if info is None:
+                info = self.api.inspect(cid)
+            c = container_of(info, self.cgroup2_root) if info is not None else None
+            if c is None:
                 return
-        info = self.api.inspect(cid)
-        c = container_of(info, self.cgroup2_root) if info is not None else None
-        if c is None:
-            return
-        with self._lock:
-            self.running[cid] = c
-        self.on_start(c)
+            with self._lock:
+                self.running[cid] = c
+            if self._inotify is not None:
+                with contextlib.suppress(OSError):
+                    self._inotify.watch(Path(c.cgroup).parent)  # where this runtime puts containers
+            self.on_start(c)
 
     def _down(self, cid: str) -> None:
         with self._lock:
