@@ -5,6 +5,7 @@ Without nginx the test skips; under CI=true it fails (tests/support/nginx.py).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,17 +20,21 @@ import pytest
 import yaml
 from agentproc import AgentProc
 
+from agent.client import Client, Pacer
+from agent.config import BundleSource, load
+from agent.errors import ConfigError, Unreachable
 from reconciler.keys import generate
+from reconciler.state.mirror import mirror
+from reconciler.state.store import Store
+from support.bundles import keypair, make_bundle
 from support.nginx import Nginx, nginx_serving
 from support.policyrepo import PolicyRepo
 from support.serve import running
+from wire import bundle as B
 
 __all__ = ["nginx_serving"]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-pytestmark = pytest.mark.slow
-
 
 def _publish(state: Path, to: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "reconciler.cli", "publish", "--state", str(state), "--to", str(to),
@@ -57,6 +62,7 @@ def _reported(url: str, sensor: str) -> dict[str, Any] | None:
     return next((a for a in agents if a["id"] == sensor), None)
 
 
+@pytest.mark.slow
 def test_an_agent_pulls_from_nginx_and_heartbeats_to_the_reconciler(
         tmp_path: Path, nginx_serving: Callable[[Path], Nginx]) -> None:
     repo = PolicyRepo.create(tmp_path)
@@ -114,3 +120,61 @@ def test_an_agent_pulls_from_nginx_and_heartbeats_to_the_reconciler(
         finally:
             assert agent.stop() == 0, agent.log
         assert "Traceback" not in agent.log, agent.log
+
+
+def test_the_client_never_asks_a_static_source_to_wait_and_revalidates_by_etag_or_date(
+        tmp_path: Path, nginx_serving: Callable[[Path], Nginx]) -> None:
+    k = keypair(tmp_path / "keys")
+    store = Store(tmp_path / "store", k.signing)
+    store.publish(B.sign_bundle(make_bundle(1), k.signing))
+    mirror(store.root, tmp_path / "www")
+    web = nginx_serving(tmp_path / "www")
+    index_bytes = store.index_bytes()
+    assert index_bytes is not None
+
+    async def talk() -> None:
+        # heartbeats go to `server` (nothing listens on port 1 there); index and bundles to the source
+        async with Client("http://127.0.0.1:1", source=web.url, long_poll=False, attempts=1) as c:
+            t0 = time.monotonic()
+            full = await c.index(None, wait=30)
+            assert time.monotonic() - t0 < 5  # not held: `wait` was dropped
+            assert full.data == index_bytes and full.etag and full.last_modified
+            assert (await c.index(full.etag, wait=30)).data is None  # If-None-Match → 304
+            by_date = await c.index(None, wait=30, last_modified=full.last_modified)  # a source with no ETag
+            assert by_date.data is None and by_date.last_modified == full.last_modified
+            entry = B.parse_index(index_bytes).bundles[0]
+            assert await c.bundle(1, entry.size) == store.bundle_bytes(1)
+            with pytest.raises(Unreachable):
+                await c.heartbeat("web-1", {})
+
+    asyncio.run(talk())
+    log = web.access_log()
+    assert [line.split()[2] for line in log if line.startswith("GET /v1/index")] == ["200", "304", "304"]
+    assert "ims=-" not in [line for line in log if line.startswith("GET /v1/index")][2]
+    assert not [line for line in log if "wait=" in line]
+
+
+def test_polling_a_static_source_is_jittered_and_bounded() -> None:
+    p = Pacer.polling(10.0)
+    gaps = {round(p.after("unchanged", 0.01, None).gap, 6) for _ in range(50)}
+    assert all(10.0 <= g <= 12.0 for g in gaps) and len(gaps) > 10  # spread over up to a fifth more
+    assert p.after("applied", 0.01, None).gap == 0.0  # a new verified bundle: ask again at once
+    assert Pacer.polling(0.1).minimum == 1.0  # never faster than MIN_POLL
+
+
+def test_the_bundle_source_is_configured_apart_from_the_reconciler(tmp_path: Path) -> None:
+    base = {"server": "http://127.0.0.1:8740", "pubkeys": ["k.pub"], "sensorId": "n1", "state": "s"}
+    f = tmp_path / "agent.yaml"
+    f.write_text(yaml.safe_dump({**base, "bundles": {"url": "https://cdn.example.com/palisade/", "poll": 5}}))
+    cfg = load(f, {})
+    assert cfg.bundles == BundleSource("https://cdn.example.com/palisade", long_poll=False, poll=5.0)
+    assert cfg.source_url == "https://cdn.example.com/palisade" and not cfg.long_poll
+    assert cfg.server == "http://127.0.0.1:8740"
+    f.write_text(yaml.safe_dump(base))
+    plain = load(f, {})
+    assert plain.bundles is None and plain.source_url == plain.server and plain.long_poll
+    for bad in ({"url": "ftp://x"}, {"url": "https://cdn/x?y=1"}, {"url": "https://cdn", "poll": 0},
+                {"poll": 5}, {"url": "https://cdn", "wait": 5}):
+        f.write_text(yaml.safe_dump({**base, "bundles": bad}))
+        with pytest.raises(ConfigError, match="bundles"):
+            load(f, {})
