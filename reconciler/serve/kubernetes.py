@@ -45,22 +45,28 @@ class Capability:
 
 
 #: What the agent does that the kernel checks a capability for (kernel/bpf/syscall.c, kernel/events/core.c).
+#: Measured on 6.18 (tests/reconciler/cli/test_cli_install.py): with exactly these, `palisade-agent probe` finds
+#: what it finds as full root; without SYS_ADMIN or DAC_OVERRIDE it finds less. SYS_ADMIN also passes the BPF,
+#: PERFMON and NET_ADMIN checks there; those three stay listed as the checks the kernel makes first.
 AGENT_CAPABILITIES: tuple[Capability, ...] = (
     Capability("BPF", "bpf(2): load programs, create maps and BTF, pin them in bpffs"),
     Capability("PERFMON", "tracepoint and uprobe programs are perfmon program types; perf_event_open of "
                           "tracepoints/uprobes; the verifier's kernel-pointer reads (process cache)"),
     Capability("NET_ADMIN", "cgroup socket programs (sock_create, connect4/6) are net-admin program types; "
                             "attaching them to cgroups and BPF_PROG_QUERY of cgroup hooks"),
-    Capability("SYS_ADMIN", "drift inventory: BPF_{PROG,MAP,LINK}_GET_NEXT_ID and GET_FD_BY_ID list every "
-                            "program in the kernel, foreign ones included, and the kernel allows them to "
-                            "CAP_SYS_ADMIN only (bpf_send_signal and cgroup attach do not need it)"),
-    Capability("SYS_PTRACE", "seeding the process cache reads /proc/<pid>/exe, cwd and ns/* of every "
-                             "process (ptrace read access), init's namespaces included"),
-    Capability("KILL", "a process that moves out of a policy's scope cgroup while doomed is SIGKILLed "
-                       "from user space (bpf/engine.py), whatever its uid"),
+    Capability("SYS_ADMIN", "uprobes/uretprobes (EACCES without it) and the ia32 syscall tracepoints (EPERM), "
+                            "measured; drift inventory: BPF_{PROG,MAP,LINK}_GET_NEXT_ID and GET_FD_BY_ID list "
+                            "every program in the kernel, foreign ones included"),
+    Capability("SYS_PTRACE", "seeding the process cache reads /proc/<pid>/exe, cwd and ns/* of every process "
+                             "(ptrace read access: denied for a process holding capabilities the agent lacks)"),
+    Capability("KILL", "a process that moves out of a policy's scope cgroup while doomed is SIGKILLed from user "
+                       "space (bpf/engine.py), whatever its uid"),
+    Capability("DAC_OVERRIDE", "the start-up probe proves the cgroup socket hooks on a throwaway cgroup made under "
+                               "the cgroup2 root, a directory of mode 0555 (kernfs): without it those hooks "
+                               "probe as missing and socket policies are refused"),
 )
 # Not added: SYS_RESOURCE (RLIMIT_MEMLOCK only matters before 5.11; BPF memory is charged to the memory
-# cgroup since), SYSLOG (kallsyms addresses: stack symbols only), DAC_OVERRIDE (uid 0 owns what it reads).
+# cgroup since), SYSLOG (kallsyms addresses: stack symbols only).
 
 
 @dataclass(frozen=True)

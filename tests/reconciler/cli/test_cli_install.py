@@ -19,7 +19,7 @@ PALISADE = str(VENV_BIN / "palisade")
 REPO_URL = "https://git.example.com/platform/policy.git"
 #: The oldest Kubernetes with the container field appArmorProfile (1.30), and 1.33; the newest bundled is added.
 VERSIONS = ("1.30.0", "1.33.0")
-AGENT_CAPS = {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "KILL"}
+AGENT_CAPS = {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "KILL", "DAC_OVERRIDE"}
 
 
 def _install(*args: str) -> subprocess.CompletedProcess[str]:
@@ -233,3 +233,44 @@ def test_bad_flags_exit_2_with_a_message(args: list[str], message: str) -> None:
     r = _install(*args)
     assert r.returncode == 2 and r.stdout == ""
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def _with_caps(caps: set[str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """`argv` as root holding only `caps` (the bounding set caps what an exec by uid 0 gets, like the runtime)."""
+    keep = ",".join(["-all", *(f"+{c.lower()}" for c in sorted(caps))])
+    return subprocess.run(["setpriv", "--inh-caps=-all", f"--bounding-set={keep}", "--", *argv],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _features(r: subprocess.CompletedProcess[str]) -> dict[str, bool]:
+    assert r.returncode == 0, r.stderr
+    return {name: f["available"] for name, f in json.loads(r.stdout)["features"].items()}
+
+
+@pytest.mark.kernel
+def test_the_daemonsets_capabilities_are_enough_here_and_the_measured_ones_needed(require_kernel: None) -> None:
+    """On this kernel, as the container would run: the probe with exactly the DaemonSet's capabilities finds
+    what full root finds; without SYS_ADMIN or DAC_OVERRIDE it finds less; SYS_PTRACE reads the binary of a
+    process holding every capability, KILL signals another uid's process."""
+    c = _container(_one(_export("--components", "agent"), "DaemonSet"))
+    caps = set(c["securityContext"]["capabilities"]["add"])
+    agent = str(VENV_BIN / "palisade-agent")
+    full = _features(subprocess.run([agent, "probe", "-o", "json"], capture_output=True, text=True, timeout=120))
+    assert _features(_with_caps(caps, agent, "probe", "-o", "json")) == full
+    for needed in ("SYS_ADMIN", "DAC_OVERRIDE"):
+        lost = {k for k, v in _features(_with_caps(caps - {needed}, agent, "probe", "-o", "json")).items()
+                if full[k] and not v}
+        assert lost, f"{needed} made no difference to the probe"
+    root_sleeper = subprocess.Popen(["sleep", "60"])
+    other_uid = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "60"])
+    try:
+        exe = ["readlink", f"/proc/{root_sleeper.pid}/exe"]
+        assert _with_caps(caps, *exe).returncode == 0
+        assert _with_caps(caps - {"SYS_PTRACE"}, *exe).returncode != 0
+        signal0 = ["kill", "-0", str(other_uid.pid)]
+        assert _with_caps(caps, *signal0).returncode == 0
+        assert _with_caps(caps - {"KILL"}, *signal0).returncode != 0
+    finally:
+        for p in (root_sleeper, other_uid):
+            p.kill()
+            p.wait()
