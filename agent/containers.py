@@ -126,7 +126,7 @@ class Container:
             "namespace": self.namespace, "name": self.pod_name,
             "container": {"id": f"{self.runtime}://{self.id}", "name": self.container_name,
                           "image": {"id": self.image_id, "name": self.image_name},
-                          "start_time": self.start_time, "pid": 1},
+                          "start_time": self.start_time, "pid": 1},  # the init's; a process's own where known
             "pod_labels": self.pod_labels, "workload": name}
         if kind:
             pod["workload_kind"] = kind

@@ -263,7 +263,10 @@ class EngineEnforcer:
                     cgroup_id = pal.get("cgroup_id") if isinstance(pal, dict) else None
                     pod = pods.get(cgroup_id) if isinstance(cgroup_id, int) else None
                     if pod is not None and isinstance(proc, dict):
-                        proc["pod"] = pod  # Tetragon's place for the workload of the process
+                        proc["pod"] = _for_process(pod, proc.get("pid"))  # Tetragon's place for the workload
+                        container = pod.get("container")
+                        if isinstance(container, dict) and "://" in str(container.get("id")):
+                            proc["docker"] = str(container["id"]).split("://", 1)[1][:31]  # Tetragon's cut
         return events
 
     def _pods(self) -> dict[int, dict[str, Any]]:
@@ -488,6 +491,21 @@ def _items(pin: Path) -> list[tuple[bytes, bytes]]:
         return list(syscall.map_items(fd))
     finally:
         os.close(fd)
+
+
+def _for_process(pod: dict[str, Any], pid: Any) -> dict[str, Any]:
+    """A container's pod with Tetragon's `container.pid`: the process's pid in the container's pid namespace
+    (the last NSpid of /proc/<pid>/status), left out when the process is gone (a killed exec, say)."""
+    container = pod.get("container")
+    if not isinstance(container, dict):
+        return pod
+    container = {k: v for k, v in container.items() if k != "pid"}
+    try:
+        status = Path(f"/proc/{int(pid)}/status").read_text()
+        container["pid"] = int(next(ln for ln in status.splitlines() if ln.startswith("NSpid:")).split()[-1])
+    except (OSError, ValueError, TypeError, StopIteration):
+        pass
+    return {**pod, "container": container}
 
 
 def _is_scoped(tp: TracingPolicy) -> bool:

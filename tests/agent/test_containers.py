@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import AgentConfig, ContainerRuntime
+from agent.config import AgentConfig, ContainerRuntime, load
 from agent.containers import Container, ContainerWatcher
 from agent.daemon import watch_containers
 from agent.enforcer import EngineEnforcer
+from agent.errors import ConfigError
 from agent.select import Desired
 from agent.workloads import WorkloadIndex
 from bpf.engine import remove_all
@@ -170,6 +171,8 @@ def test_a_pod_selector_follows_containers_that_start_after_the_policy(
     assert pod["name"] == web.name and pod["namespace"] == "default" and pod["workload"] == web.name
     assert pod["container"]["name"] == web.name and pod["container"]["image"]["name"] == IMAGE
     assert pod["container"]["image"]["id"] and pod["pod_labels"]["app"] == "web"
+    assert pod["container"]["id"] == f"docker://{web.id}" and pod["container"]["start_time"].startswith("20")
+    assert kill["process"]["docker"] == web.id[:31]  # Tetragon's cut of the id
     assert e.drift() == []  # the scope changed by the agent's hand is not drift
 
     podman.remove(web.id)  # out of the scope when it dies; a new web container is in again
@@ -194,3 +197,22 @@ def test_a_namespaced_policy_follows_containers_of_its_namespace(
     (kill, *_) = _kill_events(e, "shop-exec-allowlist", shop.id)
     assert kill["process"]["pod"]["namespace"] == "shop" and kill["process"]["pod"]["name"] == "cart-0"
     assert kill["process"]["pod"]["container"]["image"]["name"] == IMAGE
+
+
+def test_without_podman_a_ci_run_fails_rather_than_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="podman and runc not installed"), podman_session():
+        pass
+
+
+def test_agent_yaml_turns_discovery_on_with_the_runtime_socket(tmp_path: Path) -> None:
+    base = {"server": "http://127.0.0.1:8740", "pubkeys": ["k.pub"], "sensorId": "n", "state": "st"}
+    f = tmp_path / "agent.yaml"
+    f.write_text(yaml.safe_dump(base))
+    assert load(f, {}).containers is None  # bare host: only the workloads map
+    f.write_text(yaml.safe_dump({**base, "containers": {"socket": "/run/podman/podman.sock"}}))
+    assert load(f, {}).containers == ContainerRuntime(Path("/run/podman/podman.sock"))
+    f.write_text(yaml.safe_dump({**base, "containers": {"socket": "podman.sock"}}))
+    with pytest.raises(ConfigError, match=r"containers\.socket"):
+        load(f, {})
