@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,10 +21,11 @@ import pytest
 import yaml
 from agentproc import AgentProc
 
+from agent import lkg
 from agent.client import Client, Pacer
 from agent.config import BundleSource, load
 from agent.errors import ConfigError, Unreachable
-from reconciler.keys import generate
+from reconciler.keys import generate, load_public_key
 from reconciler.state.mirror import mirror
 from reconciler.state.store import Store
 from support.bundles import keypair, make_bundle
@@ -93,19 +95,24 @@ def test_an_agent_pulls_from_nginx_and_heartbeats_to_the_reconciler(
                             "a 304 to If-None-Match")
             assert not [line for line in web.access_log() if "wait=" in line]
 
-            # v2, mirrored with its bundle spoiled (same size, one byte flipped): the agent refuses it and
-            # keeps enforcing v1
+            # v2 uploaded with its bundle spoiled (same size, one byte flipped), the index last: the agent
+            # refuses it and keeps enforcing v1
             repo.change("web back to observe", [("enforcement/web-lockdown.yaml", "state: enforce_ready",
                                                   "state: observe")])
             _wait(lambda: _store_version(state) >= 2, 30, "v2 in the store")
-            assert _publish(state, mirror).returncode == 0
+            staging = tmp_path / "staging"
+            assert _publish(state, staging).returncode == 0
             bundle = mirror / "v1" / "bundles" / "2"
-            data = bytearray(bundle.read_bytes())
+            data = bytearray((staging / "v1" / "bundles" / "2").read_bytes())
             data[len(data) // 2] ^= 0x01
             bundle.write_bytes(bytes(data))
+            shutil.copyfile(staging / "v1" / "index", mirror / "v1" / ".index.new")
+            os.replace(mirror / "v1" / ".index.new", mirror / "v1" / "index")
             st = agent.wait(lambda st: st["refusals"].get("digest", 0) >= 1, 30, "the tampered bundle refused")
             assert st["version"] == 1
             assert "bundle refused" in st["lastError"]
+            saved = lkg.load(tmp_path / "agent", [load_public_key(pair.public_key_path)])
+            assert saved is not None and saved.bundle.version == 1  # last-known-good is still v1
             assert (_reported(serve.url, "web-1") or {}).get("version") == 1
 
             # publish does not write over a bundle with other bytes (bundles are immutable): exit 2, named
