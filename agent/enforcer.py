@@ -138,6 +138,8 @@ class EngineEnforcer:
                 lk = LoadKey.of_pinned(pinned[key].policy.name)
                 if lk is not None:  # else pinned by something else under our root: not one of ours
                     self._keys[key] = lk
+                if (self._dir(key) / "map_pl_members").exists():  # scoped: containers keep coming to it
+                    self._scope[key] = {c: i for c in pinned[key].cgroups if (i := _ino(c))}
                 self._baseline(key)
         if adopted:
             log.info("adopted %d pinned policies: %s", len(adopted), ", ".join(adopted))

@@ -216,3 +216,37 @@ def test_agent_yaml_turns_discovery_on_with_the_runtime_socket(tmp_path: Path) -
     f.write_text(yaml.safe_dump({**base, "containers": {"socket": "podman.sock"}}))
     with pytest.raises(ConfigError, match=r"containers\.socket"):
         load(f, {})
+
+
+def test_a_restarted_agent_adopts_the_scoped_load_and_keeps_following_containers(podman: Podman) -> None:
+    root = Path("/sys/fs/bpf") / f"palisade-containers-{uuid.uuid4().hex[:8]}"
+    cfg = AgentConfig(server="http://127.0.0.1:1", pubkeys=(), sensor_id="t", state=root,
+                      containers=ContainerRuntime(podman.socket))
+    first = EngineEnforcer([], pin_root=root, node_name="t", containers=True)
+    try:
+        w1 = watch_containers(cfg, first, WorkloadIndex())
+        assert w1 is not None
+        handle = first.load(_desired(ALLOWLIST)).handle
+        web = podman.run(labels={"app": "web"})
+        wait_for(_scoped(first, web.cgroup))
+        w1.stop()
+        first.close()  # the agent goes away; the pinned load keeps enforcing
+        assert podman.exec(web.id, "/bin/true").returncode == 137
+
+        second = EngineEnforcer([], pin_root=root, node_name="t", containers=True)
+        w2 = watch_containers(cfg, second, WorkloadIndex())
+        assert w2 is not None
+        try:
+            assert [x.handle for x in second.loaded()] == [handle]  # adopted, not reloaded
+            wait_for(_scoped(second, web.cgroup))  # listed at start
+            later = podman.run(labels={"app": "web"})
+            wait_for(_scoped(second, later.cgroup))
+            assert podman.exec(later.id, "/bin/true").returncode == 137
+            assert second.drift() == []
+        finally:
+            w2.stop()
+            second.close()
+    finally:
+        first.close()
+        _, problems = remove_all(root)
+        assert problems == []
