@@ -54,6 +54,12 @@ class Metrics:
             "palisade_index_expiry_timestamp_seconds", "Expiry time of the published index, in unix seconds.",
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "palisade_reconciler_leader",
+            "1 while this server leads its state directory (holds the lock: reconciles and publishes), "
+            "0 while it stands by (serves reads, waits for the lock).",
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "palisade_http_requests_total", "HTTP requests served, by route template, method and status code.",
             ["route", "method", "code"], registry=self.registry,
@@ -98,6 +104,9 @@ class Metrics:
         self.bundle_version.set(version)
         self.index_serial.set(serial)
         self.index_expiry.set(expires.timestamp())
+
+    def set_leader(self, leading: bool) -> None:
+        self.leader.set(1 if leading else 0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

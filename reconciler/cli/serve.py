@@ -4,7 +4,14 @@ A local repository is watched for ref changes (and polled as a safety net); a
 URL is fetched every --poll-interval. The API listens on loopback unless told
 otherwise: put a TLS-terminating proxy in front of it to expose it.
 
-Exit codes: 0 stopped by SIGTERM/SIGINT, 2 usage, key, state or listen error.
+One server leads a state directory (it holds the lock). With --leader-elect a
+server that finds the lock held stands by instead of failing: it serves the
+index, bundles, objects, status and the fleet (heartbeats too) and takes over
+within a moment of the leader's death, continuing with the next version.
+
+Exit codes: 0 stopped by SIGTERM/SIGINT, 2 usage, key, state or listen error
+(also the state held by another reconciler without --leader-elect, and a
+standby that could not take over).
 """
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from reconciler.errors import UsageError
+from reconciler.errors import PalisadeError, StateError, UsageError
 
 from .reconcile import add_reconciler_arguments
 
@@ -29,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="how often to fetch a remote repository, and to re-check a watched local one (default: 30s)")
     p.add_argument("--agent-timeout", default="30s", metavar="DURATION",
                    help="an agent silent this long counts as not reporting in rollout gates (default: 30s)")
+    p.add_argument("--leader-elect", "--standby", dest="leader_elect", action="store_true",
+                   help="if another server holds the state directory, stand by (serve reads) and take over when "
+                        "it dies, instead of exiting 2")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -42,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.serve.listen import run as run_server
     from reconciler.serve.publication import Publication
     from reconciler.serve.server import create_app
-    from reconciler.serve.service import ReconcileLoop
+    from reconciler.serve.service import ReconcileLoop, Role, Standby
     from reconciler.serve.watch import Changes, RefWatcher, local_git_dir
     from reconciler.state.statedir import StateDir
 
@@ -69,22 +79,24 @@ def run(args: argparse.Namespace) -> int:
         rec.rollouts.stale_after = agent_timeout
         return rec
 
+    standby = Standby(state.view, branch=args.branch, source=args.repo) if args.leader_elect else None
     loop = ReconcileLoop(
         reconciler,
-        publication=publication, metrics=metrics, changes=changes, poll_interval=poll,
+        publication=publication, metrics=metrics, changes=changes, poll_interval=poll, standby=standby,
     )
     app = create_app(state.store.root, metrics=metrics, status=loop.status, publication=publication, state=state)
 
     git_dir = local_git_dir(args.repo)
     watcher = RefWatcher(git_dir, changes) if git_dir is not None else None
-    loop.start()  # opens the state (takes its lock) before anything listens
+    loop.start()  # opens the state (takes its lock, or stands by) before anything listens
     try:
         if watcher is not None:
             watcher.start()
 
         def listening(url: str) -> None:
             how = f"watching {git_dir}" if git_dir is not None else f"polling every {args.poll_interval}"
-            print(f"palisade serve: listening on {url} ({args.repo} branch {args.branch}, {how})",
+            role = "" if not args.leader_elect else "; standing by" if loop.role is Role.STANDBY else "; leading"
+            print(f"palisade serve: listening on {url} ({args.repo} branch {args.branch}, {how}{role})",
                   file=sys.stderr, flush=True)
 
         run_server(app, host, port, on_listening=listening, on_exit=changes.notify)
@@ -92,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
         if watcher is not None:
             watcher.stop()
         loop.stop()
+    if loop.failure is not None:  # a standby that could not take over stopped the server
+        if isinstance(loop.failure, PalisadeError):
+            raise loop.failure
+        raise StateError(f"cannot take over {args.state}: {loop.failure}") from loop.failure
     return 0
 
 

@@ -3,7 +3,9 @@
 `<state>/palisade.db` (WAL, synchronous=FULL, schema version in `meta`) is the
 auditor's record: which commit was accepted or rejected, why, as which bundle
 version, who wrote and who approved it. `<state>/lock` is held (flock) by the
-one reconciler that may write the state directory and its bundle store.
+one reconciler that may write the state directory and its bundle store; another
+finds it held (`StateInUse`), and a standby server tries again until the kernel
+releases it with its holder (reconciler/serve/service.py).
 
 Publishing an accepted commit touches two stores — the ledger and the bundle
 store — that cannot share a transaction. The order makes every crash point
@@ -87,6 +89,26 @@ CREATE TABLE events (
 );
 CREATE INDEX events_by_kind ON events (kind, id);
 """
+
+
+class StateInUse(StateError):
+    """Another live process holds the state lock (exit 2; `palisade serve --leader-elect` waits for it)."""
+
+    def __init__(self, lock: Path, holder: int | None) -> None:
+        super().__init__(
+            f"the state directory {lock.parent} is in use by another reconciler (pid {holder or 'unknown'}); "
+            "run one reconciler per state directory, or `palisade serve --leader-elect` to stand by")
+        self.lock, self.holder = lock, holder
+
+
+def lock_holder(state_dir: Path | statedir.StateView) -> int | None:
+    """The pid the state lock names (the last process that took it; it may have died since), or None.
+    Reads only: what a standby shows about its leader."""
+    try:
+        text = statedir.StateDir.of(state_dir).lock.read_text("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 class Result(StrEnum):
@@ -423,12 +445,9 @@ def _lock(path: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         os.close(fd)
-        raise StateError(
-            f"the state directory {path.parent} is in use by another reconciler (pid {holder}); "
-            "run one reconciler per state directory"
-        ) from None
+        raise StateInUse(path, int(holder) if holder.isdigit() else None) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     return fd

@@ -193,6 +193,21 @@ def test_a_second_server_on_the_same_state_fails_clearly(serve: Serve, policy: P
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "state" in proc.stderr.lower() or "lock" in proc.stderr.lower()
+    assert f"pid {serve.proc.pid}" in proc.stderr and "--leader-elect" in proc.stderr
+
+    # With --leader-elect (alias --standby) it waits instead: it listens, stands by, and serves the reads.
+    _wait_version(serve.url, keypair[1], 1, 30)
+    with running(policy.path, tmp_path / "state", keypair[0], "--standby") as standby:
+        assert "standing by" in standby.log
+        doc = _status(standby.url)
+        assert doc["role"] == "standby" and doc["leader"] == {"pid": serve.proc.pid}
+        assert _status(serve.url)["role"] == "leader"
+        # The same index as the leader's (this repository's is re-signed every 2 s: the standby follows it
+        # within a moment of each write).
+        deadline = time.monotonic() + 10
+        while _index(standby.url, keypair[1])[1] != _index(serve.url, keypair[1])[1]:
+            assert time.monotonic() < deadline, "the standby does not serve the leader's index"
+            time.sleep(0.05)
 
 
 def test_bad_arguments_exit_2_without_a_traceback(policy: PolicyRepo, keypair: tuple[Path, Path],

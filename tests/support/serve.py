@@ -26,13 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 class Serve:
     """A `palisade serve` subprocess and what it wrote to stderr."""
 
-    def __init__(self, repo: Path | str, state: Path, key: Path, *extra: str, start_timeout: float = 30) -> None:
+    def __init__(self, repo: Path | str, state: Path, key: Path, *extra: str, start_timeout: float = 30,
+                 env: dict[str, str] | None = None) -> None:
+        """`env`: variables set for the server on top of the test's (test hooks such as
+        PALISADE_TEST_SLOW_WRITES)."""
         self.state = state
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler.cli", "serve", "--repo", str(repo), "--state", str(state),
              "--key", str(key), "--listen", "127.0.0.1:0", *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
         )
         self.lines: list[str] = []
         self._got_line = threading.Condition()
@@ -67,6 +70,12 @@ class Serve:
     @property
     def log(self) -> str:
         return "".join(self.lines)
+
+    def kill(self) -> None:
+        """SIGKILL, as a host that loses power: no handler runs, the kernel releases its locks."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._reader.join(5)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
