@@ -366,8 +366,7 @@ def test_a_standby_that_cannot_take_over_exits_2_and_says_why(
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     db.close()
     leader.kill()
-    code = standby.proc.wait(TAKEOVER)
-    standby._reader.join(5)
+    code = standby.wait(TAKEOVER)
     assert code == 2, standby.log
     assert "cannot take over" in standby.log and "schema version 99" in standby.log
     assert "Traceback" not in standby.log

@@ -71,6 +71,12 @@ class Serve:
     def log(self) -> str:
         return "".join(self.lines)
 
+    def wait(self, timeout: float) -> int:
+        """Its exit code once it exits by itself (within `timeout` seconds), with all it wrote read."""
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
     def kill(self) -> None:
         """SIGKILL, as a host that loses power: no handler runs, the kernel releases its locks."""
         self.proc.send_signal(signal.SIGKILL)
