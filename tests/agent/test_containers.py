@@ -250,3 +250,51 @@ def test_a_restarted_agent_adopts_the_scoped_load_and_keeps_following_containers
         first.close()
         _, problems = remove_all(root)
         assert problems == []
+
+
+#: A policy on the cgroup connect hook: its programs are attached to each container's cgroup as it joins.
+CONNECT = """apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: web-only-https
+spec:
+  podSelector:
+    matchLabels: {app: web}
+  kprobes:
+    - call: tcp_connect
+      syscall: false
+      args:
+        - index: 0
+          type: sock
+      selectors:
+        - matchArgs:
+            - index: 0
+              operator: NotDPort
+              values: ["443"]
+          matchActions:
+            - action: Override
+              argError: -1
+"""
+
+
+def test_a_cgroup_hook_policy_is_attached_to_each_container_that_joins_and_detached_when_it_dies(
+        podman: Podman, watched: tuple[EngineEnforcer, WorkloadIndex]) -> None:
+    e, _ = watched
+    handle = e.load(_desired(CONNECT)).handle
+    web = podman.run(labels={"app": "web"})
+    db = podman.run(labels={"app": "db"})
+    wait_for(_scoped(e, web.cgroup))
+    wait_for(_scoped(e, db.cgroup))
+
+    def connect(cid: str) -> str:
+        return podman.exec(cid, "/bin/busybox", "nc", "127.0.0.1", "9").stderr
+
+    assert "refused" in connect(db.id).lower()  # reaches the (closed) port in its own network namespace
+    assert "not permitted" in connect(web.id).lower()  # EPERM from the connect4 hook on its cgroup
+    ino = os.stat(web.cgroup).st_ino
+    links = sorted(p.name for p in (e.pin_root / handle).glob(f"link_*_cg{ino}"))
+    assert links, "no cgroup link pinned for the container"
+    assert e.drift() == []
+    podman.remove(web.id)
+    wait_for(lambda: not list((e.pin_root / handle).glob(f"link_*_cg{ino}")))
+    assert e.drift() == []
