@@ -150,6 +150,13 @@ class Podman:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         shutil.rmtree(self.base, ignore_errors=True)
+        # the parent cgroup podman makes in every hierarchy for its containers (and conmon's), once empty
+        for parent in self.cgroup2_root.parent.glob("*/libpod_parent"):
+            with contextlib.suppress(OSError):
+                for child in parent.iterdir():
+                    if child.is_dir():
+                        child.rmdir()
+                parent.rmdir()
 
 
 @contextlib.contextmanager
