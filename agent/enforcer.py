@@ -115,7 +115,7 @@ class EngineEnforcer:
         self._discovered: dict[str, Workload] = {}  # cgroup directory → the container's workload
         #: handle → (cgroup directory → cgroup id) of the workloads in its scope now
         self._scope: dict[str, dict[str, int]] = {}
-        #: cgroup directory → monotonic time its workload entered the scopes (for the start latency)
+        #: cgroup directory → monotonic time its workload was put into every scope selecting it (maybe none)
         self.scoped_at: dict[str, float] = {}
         self.build_objects = build_objects
         self._object_cache = object_cache

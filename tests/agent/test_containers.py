@@ -298,3 +298,19 @@ def test_a_cgroup_hook_policy_is_attached_to_each_container_that_joins_and_detac
     podman.remove(web.id)
     wait_for(lambda: not list((e.pin_root / handle).glob(f"link_*_cg{ino}")))
     assert e.drift() == []
+
+
+def test_a_container_selector_picks_containers_by_their_name(
+        podman: Podman, watched: tuple[EngineEnforcer, WorkloadIndex]) -> None:
+    e, _ = watched
+    e.load(_desired(ALLOWLIST.replace("web-exec-allowlist", "sidecar-exec-allowlist").replace(
+        "  podSelector:\n    matchLabels: {app: web}\n", "  containerSelector:\n    matchLabels: {name: sidecar}\n")))
+    pod = {"io.kubernetes.pod.namespace": "shop", "io.kubernetes.pod.name": "cart-0"}
+    sidecar = podman.run(labels={**pod, "io.kubernetes.container.name": "sidecar"})
+    main = podman.run(labels={**pod, "io.kubernetes.container.name": "cart"})
+    wait_for(_scoped(e, sidecar.cgroup))
+    wait_for(_scoped(e, main.cgroup))
+    assert podman.exec(main.id, "/bin/true").returncode == 0
+    assert podman.exec(sidecar.id, "/bin/true").returncode == 137
+    (kill, *_) = _kill_events(e, "sidecar-exec-allowlist", sidecar.id)
+    assert kill["process"]["pod"]["container"]["name"] == "sidecar" and kill["process"]["pod"]["name"] == "cart-0"
