@@ -237,6 +237,14 @@ class RuntimeAPI:
     def __init__(self, socket_path: Path, timeout: float = 10.0) -> None:
         self.socket_path = Path(socket_path)
         self.timeout = timeout
+        self._stream: _UnixHTTP | None = None  # the open events request, which close_stream() ends
+
+    def close_stream(self) -> None:
+        """End the events request in progress (its reader sees the end of the stream)."""
+        conn = self._stream
+        if conn is not None and conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
 
     def _get(self, path: str, timeout: float | None) -> tuple[_UnixHTTP, http.client.HTTPResponse]:
         conn = _UnixHTTP(str(self.socket_path), timeout)
@@ -275,6 +283,7 @@ class RuntimeAPI:
         """The container events, one JSON object each, until the stream ends."""
         query = urllib.parse.quote(json.dumps({"type": ["container"]}))
         conn, resp = self._get(f"/events?filters={query}", None)
+        self._stream = conn
         if opened is not None:
             opened()
         try:
@@ -290,12 +299,13 @@ class RuntimeAPI:
                     if isinstance(ev, dict):
                         yield ev
         finally:
+            self._stream = None
             conn.close()
 
 
-#: Events that bring a container up (init: its process exists in its cgroup; start: it runs).
+#: Events that bring a container up (it runs) and down (its init process is gone; `kill` only sends a signal).
 _UP = ("start",)
-_DOWN = ("die", "kill", "stop")
+_DOWN = ("die", "stop")
 
 
 class ContainerWatcher:
@@ -375,10 +385,9 @@ class ContainerWatcher:
         if self._inotify is not None:
             with contextlib.suppress(OSError):
                 self._inotify.close()
-        # the events request blocks in a read: closing is by the daemon thread ending with the process,
-        # or by the runtime closing; do not wait for it
+        self.api.close_stream()  # the events reader blocks in a read: end it
         if self._thread is not None:
-            self._thread.join(0.2)
+            self._thread.join(2.0)
 
     def _run(self) -> None:
         delay = 0.2
