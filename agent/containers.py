@@ -150,13 +150,14 @@ def cgroup_of(pid: int, proc: Path = Path("/proc"), cgroup2_root: Path | None = 
     return None
 
 
-def container_of(info: Mapping[str, Any], cgroup2_root: Path | None = None) -> Container | None:
+def container_of(info: Mapping[str, Any], cgroup2_root: Path | None = None,
+                 proc: Path = Path("/proc")) -> Container | None:
     """A `Container` from the API's inspect document; None when it is not running (no pid, no cgroup)."""
     state = info.get("State") or {}
     pid = state.get("Pid")
     if not isinstance(pid, int) or pid <= 0:
         return None
-    cgroup = cgroup_of(pid, cgroup2_root=cgroup2_root)
+    cgroup = cgroup_of(pid, proc, cgroup2_root)
     if cgroup is None:
         return None
     config = info.get("Config") or {}
