@@ -330,6 +330,7 @@ class ContainerWatcher:
         self._up_lock = threading.Lock()  # one inspection and report at a time (events and cgroups both report)
         self._thread: threading.Thread | None = None
         self._inotify: _Inotify | None = None
+        self._root: Path | None = None
         self.errors = 0
 
     def start(self) -> None:
@@ -345,6 +346,8 @@ class ContainerWatcher:
             from bpf import syscall
 
             root = syscall.cgroup2_root()
+        self._root = root
+        self._inotify.watch(root)  # for a runtime's parent cgroup made after the agent started
         for name in CGROUP_PARENTS:
             if (root / name).is_dir():
                 self._inotify.watch(root / name)
@@ -358,7 +361,13 @@ class ContainerWatcher:
                 created = self._inotify.read(0.5)
             except (OSError, ValueError):  # closed by stop()
                 return
-            for _, name in created:
+            for parent, name in created:
+                if parent == self._root and name in CGROUP_PARENTS:
+                    # a runtime's first container: its own directory may already be there
+                    with contextlib.suppress(OSError):
+                        self._inotify.watch(parent / name)
+                        created.extend((parent / name, d.name) for d in (parent / name).iterdir() if d.is_dir())
+                    continue
                 m = _CGROUP_NAME.match(name)
                 if m is not None:
                     threading.Thread(target=self._until_running, args=(m[1],), daemon=True).start()
