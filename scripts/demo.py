@@ -5,8 +5,11 @@ whose SSH keys are made here; `palisade serve` reconciles it on loopback; one
 `palisade-agent` with the real eBPF engine enforces it for a workload in its own
 cgroup. The demo observes the workload, generates an exec allowlist from what it
 ran, advances it observe → enforce_ready → enforced with signed approvals, shows
-a forbidden exec killed while an allowed one runs, reverts, and prints the audit
-trail. Everything it starts is stopped and removed at the end, also on failure.
+a forbidden exec killed while an allowed one runs, then starts podman (its own
+storage here) and two containers after the fact: the allowlist's podSelector
+(app=web) follows the one labelled app=web, whose forbidden exec is killed while
+the same exec runs in the app=db one. It reverts and prints the audit trail.
+Everything it starts is stopped and removed at the end, also on failure.
 
 Needs root and a BPF-capable kernel (run through `make demo`, which installs the
 rest). Exit 0 when every step did what it says.
@@ -28,12 +31,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from podman_runtime import Podman, PodmanUnavailable
+from podman_runtime import problem as podman_problem
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 EXAMPLE = ROOT / "example-repo"
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 WINDOW = 8  # seconds: the demo repository's minObservation (72h in example-repo)
 SENSOR = "node-web-1"
+IMAGE = "localhost/palisade-demo/busybox:1"
 
 _BOLD, _DIM, _RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
@@ -67,6 +74,9 @@ class Demo:
         self.procs: list[subprocess.Popen[str]] = []
         self.url = ""
         self.version = 0
+        # podman of the demo's own (storage, runroot, API socket under tmp), started for the container step
+        self.podman = Podman(self.tmp / "podman", CGROUP_ROOT, image=IMAGE, run_label="palisade.demo")
+        self.podman_used = False
 
     # -- running things -------------------------------------------------------------------
 
@@ -165,7 +175,9 @@ class Demo:
         config.write_text(
             f"pinRoot: {self.pin_root}\n"
             f"workloads:\n  - {{name: web, namespace: shop, labels: {{app: web}}, cgroup: {self.cgroup}}}\n"
+            f"containers: {{socket: {self.podman.socket}}}\n"
             "intervals: {wait: 20, heartbeat: 1, drift: 2}\n")
+        say("containers from podman's API at podman/api.sock (containers.socket; podman starts later on)")
         log = (self.tmp / "agent.log").open("w")
         print(f"  $ palisade-agent run --server {self.url} --pubkey signing/palisade.pub --sensor-id {SENSOR} "
               "--labels role=web --state agent --config agent.yaml &", flush=True)
@@ -228,6 +240,67 @@ class Demo:
         events = self.run(str(BIN / "palisade-agent"), "events", "--state", str(self.tmp / "agent"),
                           "-o", "compact").stdout.splitlines()
         show("\n".join(e for e in events if "web-exec-allowlist" in e and "/usr/bin/id" in e))
+
+    def containers(self) -> None:
+        step("A container labelled app=web, started after the allowlist is enforced, is under it too")
+        print("  $ podman system service unix://podman/api.sock &   (storage and runroot under podman/)", flush=True)
+        t0 = time.monotonic()
+        self.podman_used = True  # from here on, cleanup removes what podman made even if start fails
+        self.podman.start()
+        say(f"podman's API answers ({time.monotonic() - t0:.1f}s; image {IMAGE} imported from busybox-static)")
+        started = {}
+        for app in ("web", "db"):
+            print(f"  $ podman run -d --label app={app} --name {app} {IMAGE} sleep 600", flush=True)
+            started[app] = self.podman.run("sleep", "600", labels={"app": app}, name=app)
+        web, db = started["web"], started["db"]
+        say(f"container web is {web.id[:12]}, cgroup libpod_parent/libpod-{web.id[:12]}…")
+        t0, probes = time.monotonic(), []
+
+        def scoped() -> bool:
+            probes.append(self.podman.exec(web.id, "/bin/true").returncode)
+            return probes[-1] == 128 + signal.SIGKILL
+
+        # the agent follows the runtime: the container joins the allowlist's scope, nothing is reloaded
+        self.wait_for("the agent to take container web into web-exec-allowlist's scope", scoped, timeout=15)
+        say(f"the agent took container web into the allowlist's scope (probe exec /bin/true killed after "
+            f"{time.monotonic() - t0:.2f}s, {len(probes) - 1} probe(s) ran before)")
+        bad = self.podman.exec(web.id, "/bin/id", "-u")
+        say(f"container web (app=web) runs /bin/id → exit {bad.returncode}"
+            + (" (killed by SIGKILL)" if bad.returncode == 128 + signal.SIGKILL else ""))
+        good = self.podman.exec(db.id, "/bin/id", "-u")
+        say(f"container db (app=db) runs /bin/id → exit {good.returncode}")
+        if bad.returncode != 128 + signal.SIGKILL or good.returncode != 0:
+            raise DemoFailed(f"in the containers: web /bin/id exited {bad.returncode} ({bad.stderr.strip()}), "
+                             f"db /bin/id exited {good.returncode} ({good.stderr.strip()})")
+        kills: list[dict[str, Any]] = []
+
+        def logged() -> bool:
+            kills[:] = self._container_kills(web.id)
+            return bool(kills)
+
+        self.wait_for("the kill event naming container web", logged)
+        body = kills[-1]
+        pod = body["process"]["pod"]
+        container = pod["container"]
+        say("the agent's event (palisade-agent events -o json: process.pod):")
+        say(f"  {body.get('policy_name')} {body.get('action')} {body['process'].get('binary')} "
+            f"in container {container['name']} ({container['id'][:21]}…), "
+            f"image {container['image']['name']} ({container['image']['id'][:19]}…), "
+            f"pod {pod['namespace']}/{pod['name']}")
+
+    def _container_kills(self, cid: str) -> list[dict[str, Any]]:
+        """The agent's kill events in container `cid` (Tetragon's JSON: process.pod.container)."""
+        r = self.run(str(BIN / "palisade-agent"), "events", "--state", str(self.tmp / "agent"), "-o", "json",
+                     echo=False)
+        out = []
+        for line in r.stdout.splitlines():
+            ev = json.loads(line)
+            body = ev.get("process_tracepoint") or ev.get("process_kprobe") or {}
+            pod = (body.get("process") or {}).get("pod") or {}
+            if (body.get("policy_name") == "web-exec-allowlist" and "SIGKILL" in str(body.get("action", "")).upper()
+                    and pod.get("container", {}).get("id") == f"docker://{cid}"):
+                out.append(body)
+        return out
 
     def revert(self) -> None:
         step("Revert to observe: no approval needed, fast")
@@ -304,6 +377,12 @@ class Demo:
 
     def cleanup(self) -> None:
         step("Clean up")
+        if self.podman_used:
+            try:
+                self.podman.close()
+                say("removed the containers, stopped podman's API service, removed its image and storage")
+            except (OSError, subprocess.SubprocessError) as e:
+                say(f"podman cleanup failed: {e}")
         for p in reversed(self.procs):
             p.send_signal(signal.SIGTERM)
             try:
@@ -358,6 +437,10 @@ def main(argv: Sequence[str] = ()) -> int:
     if os.geteuid() != 0:
         print("make demo needs root (it loads eBPF programs and makes a cgroup)", file=sys.stderr)
         return 2
+    why = podman_problem()
+    if why is not None:
+        print(f"make demo runs a container: {why}", file=sys.stderr)
+        return 2
     demo = Demo()
     t0 = time.monotonic()
     try:
@@ -369,11 +452,14 @@ def main(argv: Sequence[str] = ()) -> int:
         demo.advance("enforce_ready", "alice")
         demo.advance("enforced", "bob")
         demo.enforce()
+        demo.containers()
         demo.revert()
         demo.audit()
-    except (DemoFailed, subprocess.TimeoutExpired) as e:
+    except (DemoFailed, PodmanUnavailable, subprocess.TimeoutExpired, subprocess.CalledProcessError) as e:
         print(f"\ndemo failed: {e}", file=sys.stderr)
-        for name in ("serve.log", "agent.log"):
+        if isinstance(e, subprocess.CalledProcessError):
+            print(f"{e.stdout or ''}{e.stderr or ''}", file=sys.stderr)
+        for name in ("serve.log", "agent.log", "podman/service.log"):
             log = demo.tmp / name
             if log.exists():
                 print(f"--- last lines of {name}", file=sys.stderr)

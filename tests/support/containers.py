@@ -1,162 +1,21 @@
-"""A real container runtime for tests: Debian's podman with runc, its own storage in a temporary directory,
-and its Docker-compatible API served on a unix socket (`podman system service`).
-
-How it runs here (measured): `--cgroup-manager=cgroupfs --runtime=runc` (crun refuses this hybrid
-cgroup layout), explicit `--ulimit nofile/nproc` (the defaults exceed the sandbox's hard limits), no
-network (`--network=none`) and no registry, so the image is a busybox-static rootfs `podman import`ed
-once. A container's cgroup2 directory is `<unified>/libpod_parent/libpod-<id>`. Every container
-started here carries the label `palisade.test=<run id>`, and `close()` removes them all, stops the
-service, and removes the socket, the storage and the image.
-"""
+"""A real container runtime for tests: the podman of scripts/podman_runtime.py (Debian's podman with runc,
+its own storage in a temporary directory, its Docker-compatible API on a unix socket), which `make demo`
+uses too, and `podman_session`, the fixture's lifetime of one."""
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
-import signal
-import subprocess
-import tarfile
+import sys
 import tempfile
-import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from support.kernel import unavailable
 
-IMAGE = "localhost/palisade-test/busybox:1"
-BUSYBOX = Path("/bin/busybox")
-#: Applets linked in the image's /bin (the rootfs has nothing else).
-APPLETS = ("sh", "sleep", "true", "cat", "ls", "id")
-TEST_LABEL = "palisade.test"
+sys.path.insert(1, str(Path(__file__).resolve().parents[2] / "scripts"))  # scripts/ is no package
 
+from podman_runtime import IMAGE, Podman, Started, problem
 
-def problem() -> str | None:
-    """Why podman cannot run containers here, or None."""
-    missing = [t for t in ("podman", "runc") if shutil.which(t) is None]
-    if missing:
-        return f"{' and '.join(missing)} not installed (run scripts/kernel-tools.sh)"
-    if not BUSYBOX.is_file():
-        return f"{BUSYBOX} is missing (busybox-static; run scripts/kernel-tools.sh)"
-    if os.geteuid() != 0:
-        return "podman with cgroupfs needs root"
-    return None
-
-
-@dataclass(frozen=True)
-class Started:
-    id: str
-    name: str
-    pid: int
-    cgroup: Path  # its cgroup2 directory
-
-
-class Podman:
-    """One test session's podman: storage under `base`, the API on `base/api.sock`."""
-
-    def __init__(self, base: Path, cgroup2_root: Path) -> None:
-        self.base = base
-        self.cgroup2_root = cgroup2_root
-        self.run_id = uuid.uuid4().hex[:8]
-        self.socket = base / "api.sock"
-        self._service: subprocess.Popen[bytes] | None = None
-        self._global = ["podman", "--root", str(base / "root"), "--runroot", str(base / "run"),
-                        "--cgroup-manager=cgroupfs", "--runtime=runc", "--events-backend=file",
-                        "--tmpdir", str(base / "tmp")]
-
-    def podman(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self._global, *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-    def start(self) -> None:
-        """Import the image and start the API service; returns once the socket answers."""
-        rootfs = self.base / "rootfs.tar"
-        with tarfile.open(rootfs, "w") as tar:
-            for d in ("bin", "proc", "sys", "dev", "etc", "tmp"):
-                info = tarfile.TarInfo(d)
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            tar.add(BUSYBOX, "bin/busybox")
-            for applet in APPLETS:
-                info = tarfile.TarInfo(f"bin/{applet}")
-                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
-                tar.addfile(info)
-        self.podman("import", str(rootfs), IMAGE)
-        with open(self.base / "service.log", "wb") as err:  # the child keeps its own descriptor
-            self._service = subprocess.Popen(
-                [*self._global, "system", "service", "--time=0", f"unix://{self.socket}"],
-                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while not self._answers():
-            if self._service.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"podman system service did not come up: {self.service_log()}")
-            time.sleep(0.05)
-
-    def service_log(self) -> str:
-        with contextlib.suppress(OSError):
-            return (self.base / "service.log").read_text()[-2000:]
-        return ""
-
-    def _answers(self) -> bool:
-        import socket as sk
-
-        if not self.socket.exists():
-            return False
-        s = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
-        try:
-            s.settimeout(2)
-            s.connect(str(self.socket))
-            s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
-            return s.recv(64).startswith(b"HTTP/1.")
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def run(self, *command: str, labels: dict[str, str] | None = None, name: str | None = None) -> Started:
-        """Start a detached container running `command` (default: sleep) with `labels`."""
-        name = name or f"pl-{self.run_id}-{uuid.uuid4().hex[:6]}"
-        args = ["run", "-d", "--network=none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-                "--name", name, "--label", f"{TEST_LABEL}={self.run_id}"]
-        for k, v in (labels or {}).items():
-            args += ["--label", f"{k}={v}"]
-        cid = self.podman(*args, IMAGE, *(command or ("sleep", "600"))).stdout.strip()
-        info = json.loads(self.podman("inspect", cid).stdout)[0]
-        return Started(cid, name, int(info["State"]["Pid"]),
-                       self.cgroup2_root / "libpod_parent" / f"libpod-{cid}")
-
-    def exec(self, cid: str, *command: str) -> subprocess.CompletedProcess[str]:
-        return self.podman("exec", cid, *command, check=False)
-
-    def remove(self, cid: str) -> None:
-        self.podman("rm", "-f", "-t", "0", cid, check=False)
-
-    def close(self) -> None:
-        """Remove every container of this run, stop the service, remove the image, storage and socket."""
-        ids = self.podman("ps", "-aq", "--filter", f"label={TEST_LABEL}={self.run_id}", check=False).stdout.split()
-        if ids:
-            self.podman("rm", "-f", "-t", "0", *ids, check=False)
-        if self._service is not None and self._service.poll() is None:
-            os.killpg(self._service.pid, signal.SIGTERM)
-            try:
-                self._service.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._service.pid, signal.SIGKILL)
-                self._service.wait(10)
-        self.podman("rmi", "-f", IMAGE, check=False)
-        # unmount the storage's overlay mounts (podman leaves its driver's root mounted)
-        self.podman("system", "reset", "-f", check=False, timeout=60)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket.unlink()
-        shutil.rmtree(self.base, ignore_errors=True)
-        # the parent cgroup podman makes in every hierarchy for its containers (and conmon's), once empty
-        for parent in self.cgroup2_root.parent.glob("*/libpod_parent"):
-            with contextlib.suppress(OSError):
-                for child in parent.iterdir():
-                    if child.is_dir():
-                        child.rmdir()
-                parent.rmdir()
+__all__ = ["IMAGE", "Podman", "Started", "podman_session", "problem"]
 
 
 @contextlib.contextmanager
