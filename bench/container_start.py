@@ -35,29 +35,9 @@ from agent.select import Desired
 from bpf import syscall
 from bpf.engine import remove_all
 from support.containers import Podman, problem
+from support.podpolicies import EXEC_ALLOWLIST as POLICY
 from wire.bundle import Origin, sha256_hex
 from wire.values import Scope, State
-
-POLICY = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: web-exec-allowlist
-spec:
-  podSelector:
-    matchLabels: {app: web}
-  kprobes:
-    - call: sys_execve
-      syscall: true
-      args:
-        - index: 0
-          type: string
-      selectors:
-        - matchBinaries:
-            - operator: NotIn
-              values: ["/usr/bin/bash"]
-          matchActions:
-            - action: Sigkill
-"""
 
 
 def _has(d: dict[str, float], key: str) -> Callable[[], bool]:

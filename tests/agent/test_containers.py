@@ -21,6 +21,7 @@ from agent.select import Desired
 from agent.workloads import WorkloadIndex
 from bpf.engine import remove_all
 from support.containers import IMAGE, Podman, podman_session
+from support.podpolicies import EXEC_ALLOWLIST, https_only
 from wire.bundle import Origin, sha256_hex
 from wire.values import Scope, State
 
@@ -83,28 +84,7 @@ def test_the_watcher_lists_running_containers_then_follows_starts_and_deaths(pod
         podman.remove(before.id)
 
 
-#: An exec allowlist as Tetragon's enforcement docs write one: a process whose binary is not listed dies
-#: when it calls execve. Limited to the pods labelled app=web.
-ALLOWLIST = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: web-exec-allowlist
-spec:
-  podSelector:
-    matchLabels: {app: web}
-  kprobes:
-    - call: sys_execve
-      syscall: true
-      args:
-        - index: 0
-          type: string
-      selectors:
-        - matchBinaries:
-            - operator: NotIn
-              values: ["/usr/bin/bash"]
-          matchActions:
-            - action: Sigkill
-"""
+ALLOWLIST = EXEC_ALLOWLIST
 #: The same for the namespace `shop` (the container's io.kubernetes.pod.namespace label).
 NAMESPACED = ALLOWLIST.replace("kind: TracingPolicy", "kind: TracingPolicyNamespaced").replace(
     "  name: web-exec-allowlist", "  name: shop-exec-allowlist\n  namespace: shop").replace(
@@ -253,28 +233,7 @@ def test_a_restarted_agent_adopts_the_scoped_load_and_keeps_following_containers
 
 
 #: A policy on the cgroup connect hook: its programs are attached to each container's cgroup as it joins.
-CONNECT = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: web-only-https
-spec:
-  podSelector:
-    matchLabels: {app: web}
-  kprobes:
-    - call: tcp_connect
-      syscall: false
-      args:
-        - index: 0
-          type: sock
-      selectors:
-        - matchArgs:
-            - index: 0
-              operator: NotDPort
-              values: ["443"]
-          matchActions:
-            - action: Override
-              argError: -1
-"""
+CONNECT = https_only("web-only-https")
 
 
 def test_a_cgroup_hook_policy_is_attached_to_each_container_that_joins_and_detached_when_it_dies(

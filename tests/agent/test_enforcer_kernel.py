@@ -16,33 +16,14 @@ from agent.enforcer import EngineEnforcer, LoadKey
 from agent.select import Desired
 from bpf import syscall
 from bpf.syscall import AttachType, Insn, ProgType
+from support.podpolicies import https_only
 from wire.bundle import Origin, sha256_hex
 from wire.values import Scope, State
 
 pytestmark = pytest.mark.kernel
 
-CONNECT = """apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: only-https
-spec:
-  podSelector:
-    matchLabels: {app: web}
-  kprobes:
-    - call: tcp_connect
-      syscall: false
-      args:
-        - index: 0
-          type: sock
-      selectors:
-        - matchArgs:
-            - index: 0
-              operator: NotDPort
-              values: ["443"]
-          matchActions:
-            - action: Override
-              argError: -1
-"""
+CONNECT = https_only("only-https")
+
 
 
 def _desired(text: str, state: State = State.ENFORCED) -> Desired:
