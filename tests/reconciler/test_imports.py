@@ -146,7 +146,7 @@ def test_every_reconciler_module_imports_on_its_own() -> None:
 
 #: The reconciler's stages, in the order imports may flow (a stage imports only stages before it).
 #: The base modules (errors, findings, keys, metrics) sit under all of them; the CLI sits on top.
-STAGES = ("repository", "checks", "state", "rollout", "publish", "analysis", "serve", "cli")
+STAGES = ("repository", "checks", "state", "rollout", "publish", "analysis", "notify", "console", "serve", "cli")
 BASE = frozenset({"reconciler.errors", "reconciler.findings", "reconciler.keys", "reconciler.metrics"})
 
 
