@@ -35,8 +35,7 @@ from wire.heartbeat import (
     Observation,
 )
 
-__all__ = ["FLEET_DB", "MAX_HEARTBEAT_BYTES", "AgentRecord", "Fleet", "Heartbeat", "Observation", "ObservationRow",
-           "parse_heartbeat"]
+__all__ = ["FLEET_DB", "MAX_HEARTBEAT_BYTES", "AgentRecord", "Fleet", "Heartbeat", "Observation", "ObservationRow"]
 
 FLEET_DB = statedir.FLEET_DB
 log = logging.getLogger("palisade.fleet")
@@ -132,12 +131,6 @@ class AgentRecord(Heartbeat):
         if d.get("reported") is not None:
             doc["health"] = d["reported"]
         return cls.of(wire.parse(doc, d["id"]), strict.time(d["lastSeen"], "lastSeen"))
-
-
-def parse_heartbeat(sensor_id: str, doc: Any) -> Heartbeat:
-    """A heartbeat from its JSON document (`wire.heartbeat.parse`); a HeartbeatError (a ValueError) says
-    what is wrong and where."""
-    return wire.parse(doc, sensor_id)
 
 
 class Fleet:

@@ -21,7 +21,6 @@ import pytest
 from agent_support import Proxy, Served, make_agent
 
 from agent import lkg, trust
-from reconciler.state.fleet import parse_heartbeat
 from wire.bundle import (
     Malformed,
     OutOfRange,
@@ -32,6 +31,7 @@ from wire.bundle import (
     verify_bundle,
     verify_index,
 )
+from wire.heartbeat import parse as parse_heartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -235,7 +235,7 @@ def test_the_reconciler_refuses_a_heartbeat_with_numbers_it_cannot_store(member:
     else:
         doc["observations"][0]["count"] = 2**63
     with pytest.raises(ValueError, match="9223372036854775807"):
-        parse_heartbeat("n1", doc)
+        parse_heartbeat(doc, "n1")
     body = json.dumps(doc).encode()
     r = httpx.post(served.url + "/v1/agents/n1/heartbeat", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text

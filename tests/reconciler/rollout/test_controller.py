@@ -15,10 +15,11 @@ from reconciler.rollout.controller import Controller
 from reconciler.rollout.db import RolloutDB
 from reconciler.rollout.decide import Action
 from reconciler.rollout.status import read_status
-from reconciler.state.fleet import Fleet, parse_heartbeat
+from reconciler.state.fleet import Fleet
 from reconciler.state.ledger import Ledger
 from reconciler.state.store import SignedBundle, Store
 from wire.bundle import Bundle, BundlePolicy, BundleStage, Origin, StageGates, Staging
+from wire.heartbeat import parse as parse_heartbeat
 from wire.values import Scope, State
 
 T0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
@@ -64,7 +65,7 @@ class Env:
         assert index is not None
         v = version if version is not None else index.pinned(SENSORS[sensor])
         doc = {"version": v, "stage": SENSORS[sensor], "counters": {"enforced": enforced}}
-        self.fleet.record_heartbeat(parse_heartbeat(sensor, doc), now=self.now)
+        self.fleet.record_heartbeat(parse_heartbeat(doc, sensor), now=self.now)
 
     def beat_all(self, **enforced: int) -> None:
         for s in SENSORS:

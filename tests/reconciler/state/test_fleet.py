@@ -10,7 +10,8 @@ import pytest
 
 from reconciler.serve.listen import BackgroundServer
 from reconciler.serve.server import create_app
-from reconciler.state.fleet import Fleet, parse_heartbeat
+from reconciler.state.fleet import Fleet
+from wire.heartbeat import parse as parse_heartbeat
 
 
 def _doc(sensor: str = "node-1", version: int = 3) -> dict[str, object]:
@@ -27,9 +28,9 @@ def _doc(sensor: str = "node-1", version: int = 3) -> dict[str, object]:
 def test_heartbeats_replace_the_agent_row_and_add_observations(tmp_path: Path) -> None:
     fleet = Fleet.open(tmp_path)
     t0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
-    fleet.record_heartbeat(parse_heartbeat("node-1", _doc(version=3)), t0)
-    fleet.record_heartbeat(parse_heartbeat("node-1", _doc(version=4)), t0 + _dt.timedelta(seconds=10))
-    fleet.record_heartbeat(parse_heartbeat("node-2", _doc("node-2")), t0)
+    fleet.record_heartbeat(parse_heartbeat(_doc(version=3), "node-1"), t0)
+    fleet.record_heartbeat(parse_heartbeat(_doc(version=4), "node-1"), t0 + _dt.timedelta(seconds=10))
+    fleet.record_heartbeat(parse_heartbeat(_doc("node-2"), "node-2"), t0)
     fleet.close()
     fleet = Fleet.open(tmp_path)  # survives a reopen
     agents = {a.id: a for a in fleet.agents()}
@@ -53,7 +54,7 @@ def test_heartbeats_replace_the_agent_row_and_add_observations(tmp_path: Path) -
 ])
 def test_bad_heartbeats_are_refused_with_the_reason(doc: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
-        parse_heartbeat("node-1", {**_doc(), **doc})
+        parse_heartbeat({**_doc(), **doc}, "node-1")
 
 
 def test_endpoint_stores_heartbeats_and_refuses_bad_input(tmp_path: Path) -> None:
