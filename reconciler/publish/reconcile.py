@@ -90,18 +90,26 @@ class Reconciler:
         self.state_dir = self.state.root
         self.key = key
         self._clock = clock or (lambda: _dt.datetime.now(_dt.UTC))
-        self.ledger = Ledger.open(self.state)
-        self.store = Store(self.state.store.root, key)
-        self.rollouts = Controller(self.state, self.ledger, self.store, clock=self._clock)
-        self.mirror = self.state.mirror
-        self._cache = _Cache(self.mirror)
-        self.objects: ObjectBuilder | None = (ObjectBuilder(self.state) if objects is True
-                                              else objects or None)
         self.last_build: Build | None = None
         self.refused: str | None = None
         self.last_run: _dt.datetime | None = None
         self.last_error: str | None = None
-        self.recover()
+        self.ledger = Ledger.open(self.state)  # takes the state directory's lock
+        try:
+            self.store = Store(self.state.store.root, key)
+            self.rollouts = Controller(self.state, self.ledger, self.store, clock=self._clock)
+            self.mirror = self.state.mirror
+            self._cache = _Cache(self.mirror)
+            self.objects: ObjectBuilder | None = (ObjectBuilder(self.state) if objects is True
+                                                  else objects or None)
+            self.recover()
+        except BaseException:
+            # a failed start must not keep the lock: a standby in this process retries, and a test opens again
+            rollouts = getattr(self, "rollouts", None)
+            if rollouts is not None:
+                rollouts.close()
+            self.ledger.close()
+            raise
 
     def close(self) -> None:
         self.rollouts.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from reconciler.errors import RewriteRefused
+from reconciler.errors import RewriteRefused, StateError
 from reconciler.publish.reconcile import Reconciler
 from reconciler.state.store import Store
 from support.policyrepo import ALICE, DEV, PolicyRepo
@@ -211,3 +211,19 @@ def test_cli_reconcile_and_ledger(policy: PolicyRepo, tmp_path: Path) -> None:
         bad = subprocess.run([palisade, "reconcile", "--repo", str(repo), "--state", str(state_dir),
                               "--key", str(key_file), "--once"], capture_output=True, text=True)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_reconciler_that_fails_to_start_releases_the_state_lock(policy: PolicyRepo, key: SigningKey,
+                                                                  tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with Reconciler(str(policy.path), state, key) as rec:
+        rec.run_once()
+    rollout_db = state / "rollout.db"
+    good = rollout_db.read_bytes()
+    rollout_db.write_bytes(b"this is not a database" * 200)  # the controller cannot open it
+    with pytest.raises(StateError, match="rollout state"):
+        Reconciler(str(policy.path), state, key)
+    rollout_db.write_bytes(good)
+    # same process, the state repaired: the lock the failed start took is free again
+    with Reconciler(str(policy.path), state, key) as rec:
+        assert rec.run_once().processed == ()
