@@ -146,6 +146,14 @@ def render_text(doc: Mapping[str, Any], now: _dt.datetime | None = None) -> str:
         if rollout.get("reason"):
             line += f": {rollout['reason']}"
         rows.append(("rollout", line))
+    if doc.get("role"):  # only a server knows its role (`palisade serve --leader-elect`)
+        line = str(doc["role"])
+        if doc.get("roleSince"):
+            line += f" since {doc['roleSince']}"
+        leader = doc.get("leader") or {}
+        if leader.get("pid") is not None:
+            line += f" (the leader is pid {leader['pid']})"
+        rows.append(("role", line))
     rows.append(("last run", doc.get("lastRun") or "-"))
     rows.append(("last accepted", _entry(doc.get("lastAccepted"))))
     rows.append(("last rejected", _entry(doc.get("lastRejected"))))

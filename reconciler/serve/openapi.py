@@ -91,8 +91,17 @@ OPENAPI: dict[str, Any] = {
             "summary": "Reconcile status",
             "description": "Last accepted and last rejected commit (with findings), published versions, "
                            "the served index's serial and expiry, the last reconcile time and errors "
-                           "such as a refused history rewrite.",
-            "responses": {"200": {"description": "Status", "content": _OBJECT}},
+                           "such as a refused history rewrite; `role` (`leader` or `standby`), `roleSince`, and on "
+                           "a standby `leader.pid`, the process holding the state directory.",
+            "responses": {"200": {"description": "Status", "content": {"application/json": {"schema": {
+                "type": "object",
+                "properties": {
+                    "role": {"type": ["string", "null"], "enum": ["leader", "standby", None]},
+                    "roleSince": {"type": ["string", "null"], "format": "date-time"},
+                    "leader": {"type": "object", "properties": {"pid": {"type": ["integer", "null"]}}},
+                    "served": {"type": ["object", "null"]},
+                },
+            }}}}},
         }},
         "/v1/agents": {"get": {
             "summary": "The fleet: every agent's last heartbeat",

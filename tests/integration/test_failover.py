@@ -322,6 +322,11 @@ def test_a_standby_writes_nothing_until_it_holds_the_lock(
         doc = _status(standby.url)
         assert doc["role"] == "standby" and doc["leader"] == {"pid": os.getpid()}
         assert doc["version"] == 1 and doc["lastAccepted"] is not None
+        # An operator's `palisade status --server` says so too.
+        text = subprocess.run([sys.executable, "-m", "reconciler.cli", "status", "--server", standby.url],
+                              capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert text.returncode == 0, text.stderr
+        assert f"role           standby since {doc['roleSince']} (the leader is pid {os.getpid()})" in text.stdout
         assert _index(standby.url, pub) is not None
         # A commit while it stands by is not its to publish; reads meanwhile open the ledger read-only.
         waiting = _commit(policy, 2)
