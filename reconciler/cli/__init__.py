@@ -42,6 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def add_output(p: argparse.ArgumentParser) -> None:
-    """The ecosystem's `-o text|json`."""
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+def add_output(p: argparse.ArgumentParser, *more: str) -> None:
+    """The ecosystem's `-o text|json`, plus the formats `more` names (sarif, markdown)."""
+    p.add_argument("-o", "--output", choices=("text", "json", *more), default="text", help="output format")

@@ -1,5 +1,8 @@
 """`palisade validate`: the check a team's CI runs on every pull request.
 
+`-o sarif` writes a SARIF 2.1.0 log for code scanning (one rule per finding code, with
+what it means and what to do; paths relative to the root of the git checkout).
+
 Exit codes: 0 valid (warnings allowed), 1 findings of severity error, 2 usage or I/O error (with
 `--objects`: also when this host cannot compile objects).
 """
@@ -29,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "bpftool; a policy that does not compile is an error at its file)")
     p.add_argument("--objects-cache", type=Path, default=None, metavar="DIR",
                    help="where compiled objects are kept between runs (default: a temporary directory)")
-    add_output(p)
+    add_output(p, "sarif")
     p.set_defaults(func=run)
 
 
@@ -45,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if args.output == "json":
         print(render_json(report.findings))
+    elif args.output == "sarif":
+        from reconciler.checks import sarif
+
+        print(sarif.render(report.findings, tool_version=_version(), prefix=_checkout_prefix(args.repo)))
     elif report.findings:
         print(render_text(report.findings))
         errors = sum(f.severity is Severity.ERROR for f in report.findings)
@@ -65,3 +72,21 @@ def _with_objects(report: Report, cache: Path | None) -> tuple[Report, str | Non
         built = ObjectBuilder(cache or Path(tmp)).build(report.rendered, report.repository)
     findings = tuple(sorted(set(report.findings) | set(built.findings)))
     return dataclasses.replace(report, findings=findings), built.unavailable
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("palisade")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _checkout_prefix(repo: Path) -> str:
+    """Where the policy repository sits in its git checkout ("" at the root, "policies/" below it):
+    forges resolve SARIF paths against the checkout's root."""
+    from ._gitwork import try_git
+
+    prefix = try_git(repo, "rev-parse", "--show-prefix")
+    return prefix.strip() if prefix else ""
