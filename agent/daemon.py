@@ -48,9 +48,11 @@ def make_enforcer(cfg: AgentConfig) -> Enforcer:
                           placeholders=dict(cfg.placeholders), containers=containers)
 
 
-def watch_containers(cfg: AgentConfig, enforcer: Enforcer, index: WorkloadIndex) -> ContainerWatcher | None:
+def watch_containers(cfg: AgentConfig, enforcer: Enforcer, index: WorkloadIndex,
+                     base: NodeSensor | None = None) -> ContainerWatcher | None:
     """Follow the container runtime (when configured): each container that runs joins the scopes of the
-    policies selecting it (first: that is what the start latency measures), and events name it."""
+    policies selecting it (first: that is what the start latency measures), and events name it — the
+    policies' (`index`) and the base sensor's process_exec/exit (`base`)."""
     if cfg.containers is None:
         return None
     started = getattr(enforcer, "workload_started", None)
@@ -61,12 +63,16 @@ def watch_containers(cfg: AgentConfig, enforcer: Enforcer, index: WorkloadIndex)
         if started is not None:
             started(w)
         index.add(w)
+        if base is not None:
+            base.pods.add(w)
 
     def on_stop(c: Container) -> None:
         w = Workload.of_container(c)
         if stopped is not None:
             stopped(w)
         index.remove(w)
+        if base is not None:
+            base.pods.remove(w)
 
     watcher = ContainerWatcher(cfg.containers.socket, on_start, on_stop)
     watcher.start()
@@ -127,7 +133,7 @@ def run(cfg: AgentConfig) -> int:
         events = EventLog(cfg.state, max_bytes=cfg.events_max_bytes, keep=cfg.events_keep)
         base = start_sensor(cfg, events, metrics)
         try:
-            asyncio.run(_main(cfg, enforcer, pubkeys, metrics, events))
+            asyncio.run(_main(cfg, enforcer, pubkeys, metrics, events, base))
         finally:
             if base is not None:
                 base.stop()  # unlike policies, the base sensor does not outlive the agent
@@ -151,7 +157,7 @@ def _dump_tasks() -> None:
 
 
 async def _main(cfg: AgentConfig, enforcer: Enforcer, pubkeys: list, metrics: AgentMetrics,  # type: ignore[type-arg]
-                events: EventLog) -> None:
+                events: EventLog, base: NodeSensor | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -166,7 +172,7 @@ async def _main(cfg: AgentConfig, enforcer: Enforcer, pubkeys: list, metrics: Ag
                                              f"{'' if cfg.long_poll else f' (polled every {cfg.bundles.poll:g}s)'},")
     print(f"palisade-agent: sensor {cfg.sensor_id} pulling from {cfg.server},{source} state in {cfg.state}",
           file=sys.stderr, flush=True)
-    watcher = watch_containers(cfg, enforcer, agent.workloads)
+    watcher = watch_containers(cfg, enforcer, agent.workloads, base)
     try:
         await agent.run(stop)
     finally:

@@ -110,6 +110,17 @@ class PodResolver:
         self._cache: dict[int, Placement | None] = {}
         self._lock = threading.Lock()
 
+    def add(self, w: Workload) -> None:
+        """A workload that appeared (a container the runtime reported): its processes' events name it."""
+        with self._lock:
+            self._workloads = (*(x for x in self._workloads if x.cgroup != w.cgroup), w)
+            self._cache = {k: v for k, v in self._cache.items() if v is not None}  # misses may be its now
+
+    def remove(self, w: Workload) -> None:
+        """A workload that went away; what was cached for its cgroups stays (events still in flight)."""
+        with self._lock:
+            self._workloads = tuple(x for x in self._workloads if x.cgroup != w.cgroup)
+
     def _path(self, w: Workload) -> str:
         """The workload's cgroup relative to the cgroup2 root, as /proc/<pid>/cgroup writes it."""
         root = str(self._root) if self._root is not None else ""
@@ -117,12 +128,13 @@ class PodResolver:
         return "/" + p.strip("/")
 
     def of(self, cgroup_id: int, pid: int) -> Placement | None:
-        if not self._workloads or not cgroup_id or self._root is None:
-            return None
         with self._lock:
+            workloads = self._workloads
             if cgroup_id in self._cache:
                 return self._cache[cgroup_id]
-        known, found = self._resolve(cgroup_id, pid)
+        if not workloads or not cgroup_id or self._root is None:
+            return None
+        known, found = self._resolve(cgroup_id, pid, workloads)
         if not known:
             return None  # the process is gone or moved, and its cgroup unseen: ask again next time
         with self._lock:
@@ -131,10 +143,10 @@ class PodResolver:
             self._cache[cgroup_id] = found
         return found
 
-    def _resolve(self, cgroup_id: int, pid: int) -> tuple[bool, Placement | None]:
+    def _resolve(self, cgroup_id: int, pid: int, workloads: Sequence[Workload]) -> tuple[bool, Placement | None]:
         """(whether the cgroup could be told, its placement)."""
         assert self._root is not None
-        paths = {self._path(w): w for w in self._workloads}
+        paths = {self._path(w): w for w in workloads}
         for rel, w in paths.items():
             with contextlib.suppress(OSError):
                 if os.stat(self._root / rel.lstrip("/")).st_ino == cgroup_id:
@@ -156,8 +168,11 @@ class PodResolver:
 
 
 def _placement(w: Workload, cgroup_path: str) -> Placement:
-    """Tetragon's Pod from what the map knows: no runtime is asked, so no image, container start or pid.
-    The map names one cgroup per workload, so its name is the pod's, the container's and the workload's."""
+    """Tetragon's Pod: for a container the runtime reported, all it said (image, start time, workload);
+    from the hand-written map, what the map knows: its name is the pod's, the container's and the
+    workload's, and no runtime is asked, so no image, container start or pid."""
+    if w.container is not None:
+        return Placement(w.container.tetragon_pod(), w.container.id[:_DOCKER_LEN])
     pod: dict[str, Any] = {"namespace": w.namespace or "default", "name": w.name}
     c = container_of(cgroup_path)
     if c is not None:

@@ -273,3 +273,49 @@ def test_a_container_selector_picks_containers_by_their_name(
     assert podman.exec(sidecar.id, "/bin/true").returncode == 137
     (kill, *_) = _kill_events(e, "sidecar-exec-allowlist", sidecar.id)
     assert kill["process"]["pod"]["container"]["name"] == "sidecar" and kill["process"]["pod"]["name"] == "cart-0"
+
+
+def test_the_base_sensors_exec_and_exit_events_name_a_discovered_container_and_its_image(
+        podman: Podman, tmp_path: Path) -> None:
+    from agent.apply import NullEnforcer
+    from agent.daemon import start_sensor
+    from agent.events import EventLog, read_all
+    from agent.sensor import remove_pins
+
+    pin_root = Path("/sys/fs/bpf") / f"palisade-containers-base-{uuid.uuid4().hex[:8]}"
+    cfg = AgentConfig(server="http://127.0.0.1:1", pubkeys=(), sensor_id="t", state=tmp_path, pin_root=pin_root,
+                      containers=ContainerRuntime(podman.socket))
+    log = EventLog(tmp_path)
+    base = start_sensor(cfg, log)
+    assert base is not None, "the base sensor did not start"
+    index = WorkloadIndex()
+    watcher = watch_containers(cfg, NullEnforcer(), index, base)  # the base sensor alone: no policy
+    assert watcher is not None
+    try:
+        wait_for(watcher.connected.is_set)
+        web = podman.run(labels={"app": "web"})
+        wait_for(lambda: index.of(os.stat(web.cgroup).st_ino) is not None)
+        marker = uuid.uuid4().hex[:12]
+        assert podman.exec(web.id, "/bin/true", marker).returncode == 0
+
+        def execs() -> list[dict[str, Any]]:
+            # the host's `podman exec … marker` has it in its arguments too; the container's /bin/true is busybox
+            return [e["process_exec"]["process"] for e in read_all(tmp_path) if "process_exec" in e
+                    and marker in e["process_exec"]["process"].get("arguments", "")
+                    and e["process_exec"]["process"]["binary"] == "/bin/busybox"]
+
+        wait_for(execs)
+        (proc,) = execs()
+        pod = proc["pod"]
+        assert pod["container"]["id"] == f"docker://{web.id}" and pod["container"]["image"]["name"] == IMAGE
+        assert pod["pod_labels"]["app"] == "web" and pod["name"] == web.name and proc["docker"] == web.id[:31]
+        wait_for(lambda: any("process_exit" in e and e["process_exit"]["process"]["pid"] == proc["pid"]
+                             for e in read_all(tmp_path)))
+        (exit_,) = [e["process_exit"]["process"] for e in read_all(tmp_path)
+                    if "process_exit" in e and e["process_exit"]["process"]["pid"] == proc["pid"]]
+        assert exit_["pod"]["container"]["image"]["name"] == IMAGE
+    finally:
+        watcher.stop()
+        base.stop()
+        log.close()
+        remove_pins(pin_root)
