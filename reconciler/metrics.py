@@ -81,6 +81,18 @@ class Metrics:
             "palisade_rollout_duration_seconds", "Time from publish to the last stage's promotion, in seconds.",
             registry=self.registry, buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200),
         )
+        # The webhook receivers' (reconciler/serve/hooks.py); `reason` is a Refusal, `result` push or ignored.
+        self.webhook_deliveries = Counter(
+            "palisade_webhook_deliveries_total",
+            "Verified webhook deliveries, by receiver and result (push: reconcile now; ignored: nothing to do).",
+            ["receiver", "result"], registry=self.registry,
+        )
+        self.webhook_refusals = Counter(
+            "palisade_webhook_refusals_total",
+            "Webhook deliveries refused, by receiver (empty for an unknown one) and reason "
+            "(bad_signature, replayed, rate_limited, ...).",
+            ["receiver", "reason"], registry=self.registry,
+        )
         for result in RESULTS:
             self.commits.labels(result)  # export zeros, so rate() works from the first scrape
         # `.labels()` takes a lock and builds a key each time; the request path caches the children.
@@ -99,6 +111,12 @@ class Metrics:
         if result not in RESULTS:
             raise ValueError(f"unknown commit result {result!r}")
         self.commits.labels(result).inc()
+
+    def count_hook(self, receiver: str, result: str) -> None:
+        self.webhook_deliveries.labels(receiver, result).inc()
+
+    def count_hook_refusal(self, receiver: str, reason: str) -> None:
+        self.webhook_refusals.labels(receiver, reason).inc()
 
     def set_index(self, *, version: int, serial: int, expires: _dt.datetime) -> None:
         self.bundle_version.set(version)

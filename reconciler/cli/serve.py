@@ -1,7 +1,9 @@
 """`palisade serve`: reconcile continuously and serve bundles, the index, status and metrics over HTTP.
 
 A local repository is watched for ref changes (and polled as a safety net); a
-URL is fetched every --poll-interval. The API listens on loopback unless told
+URL is fetched every --poll-interval, and at once when a push webhook
+(--hooks FILE, reconciler/serve/hooks.py) reports a push on the tracked
+branch. The API listens on loopback unless told
 otherwise: put a TLS-terminating proxy in front of it to expose it.
 
 One server leads a state directory (it holds the lock). With --leader-elect a
@@ -9,7 +11,7 @@ server that finds the lock held stands by instead of failing: it serves the
 index, bundles, objects, status and the fleet (heartbeats too) and takes over
 within a moment of the leader's death, continuing with the next version.
 
-Exit codes: 0 stopped by SIGTERM/SIGINT, 2 usage, key, state or listen error
+Exit codes: 0 stopped by SIGTERM/SIGINT, 2 usage, key, state, hooks file or listen error
 (also the state held by another reconciler without --leader-elect, and a
 standby that could not take over).
 """
@@ -36,9 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="how often to fetch a remote repository, and to re-check a watched local one (default: 30s)")
     p.add_argument("--agent-timeout", default="30s", metavar="DURATION",
                    help="an agent silent this long counts as not reporting in rollout gates (default: 30s)")
+    p.add_argument("--notify", metavar="FILE",
+                   help="outgoing notifications (kind: Notifications; webhook URLs in files it names): rejected "
+                        "commits, rollout halts and rollbacks, unhealed drift, refused policies, stale agents")
     p.add_argument("--leader-elect", "--standby", dest="leader_elect", action="store_true",
                    help="if another server holds the state directory, stand by (serve reads) and take over when "
                         "it dies, instead of exiting 2")
+    p.add_argument("--hooks", metavar="FILE",
+                   help="push webhook receivers (kind: Receivers; secrets in files it names): POST "
+                        "/v1/hooks/NAME with a verified push on the tracked branch fetches and reconciles at once")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -66,14 +74,34 @@ def run(args: argparse.Namespace) -> int:
         agent_timeout = parse_duration(args.agent_timeout)
     except ValueError as e:
         raise UsageError(f"--agent-timeout: {e}") from None
+    notify = None
+    if args.notify is not None:  # read once, before the state is taken: a bad file is exit 2 with its reason
+        from pathlib import Path
+
+        from reconciler.notify.config import load as load_notify
+
+        notify = load_notify(Path(args.notify))
     host, port = parse_listen(args.listen)
     _logging(args.verbose)
+    hooks = None
+    if args.hooks is not None:  # read once, before the state is taken: a bad file is exit 2 with its reason
+        from pathlib import Path
+
+        from reconciler.serve.hooks import Webhooks, load_hooks
+
+        hooks = Webhooks(load_hooks(Path(args.hooks)), args.branch)
     key = load_signing_key(args.key)
 
     metrics = Metrics()
     state = StateDir(args.state)
     publication = Publication(state.store.root)
     changes = Changes()
+    notifier = None
+    if notify is not None:
+        from reconciler.notify.notifier import Notifier
+
+        notifier = Notifier(notify, state, stale_after=agent_timeout, registry=metrics.registry)
+
     def reconciler() -> Reconciler:
         rec = Reconciler(args.repo, state, key, branch=args.branch)
         rec.rollouts.stale_after = agent_timeout
@@ -83,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
     loop = ReconcileLoop(
         reconciler,
         publication=publication, metrics=metrics, changes=changes, poll_interval=poll, standby=standby,
+        notifier=notifier,
     )
-    app = create_app(state.store.root, metrics=metrics, status=loop.status, publication=publication, state=state)
+    app = create_app(state.store.root, metrics=metrics, status=loop.status, publication=publication, state=state,
+                     hooks=hooks, on_push=changes.notify)
 
     git_dir = local_git_dir(args.repo)
     watcher = RefWatcher(git_dir, changes) if git_dir is not None else None
@@ -98,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
             role = "" if not args.leader_elect else "; standing by" if loop.role is Role.STANDBY else "; leading"
             print(f"palisade serve: listening on {url} ({args.repo} branch {args.branch}, {how}{role})",
                   file=sys.stderr, flush=True)
+            if hooks is not None:
+                names = ", ".join(f"{url}/v1/hooks/{r.name} ({r.kind})" for r in hooks.config.receivers)
+                print(f"palisade serve: webhooks at {names}", file=sys.stderr, flush=True)
 
         run_server(app, host, port, on_listening=listening, on_exit=changes.notify)
     finally:

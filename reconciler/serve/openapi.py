@@ -87,6 +87,41 @@ OPENAPI: dict[str, Any] = {
                 "413": _err("Larger than 1 MiB"),
             },
         }},
+        "/v1/hooks/{name}": {"post": {
+            "summary": "A push webhook from GitHub, GitLab or a generic HMAC sender",
+            "description": "Receivers are configured with `palisade serve --hooks FILE` (kind: Receivers). A push on "
+                           "the tracked branch whose sender proves it holds the receiver's secret makes the server "
+                           "fetch and reconcile at once (202). A verified delivery that asks for nothing (a ping, "
+                           "another branch, a tag) is answered 200 with the reason. github: `X-Hub-Signature-256` "
+                           "(HMAC-SHA256 of the body), `X-GitHub-Event`, `X-GitHub-Delivery`. gitlab: "
+                           "`X-Gitlab-Token`, `X-Gitlab-Event`, `Idempotency-Key` or `X-Gitlab-Event-UUID`. generic: "
+                           "`X-Palisade-Signature: sha256=HMAC-SHA256(secret, \"<timestamp>.<delivery>.\" + body)`, "
+                           "`X-Palisade-Timestamp` (unix seconds), `X-Palisade-Delivery`, `X-Palisade-Event`; "
+                           "body `{ref, after}`. Every refusal is counted in "
+                           "`palisade_webhook_refusals_total{receiver, reason}`.",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}}],
+            "requestBody": {"required": True, "content": {
+                _JSON: {"schema": {"type": "object", "required": ["ref"],
+                                   "properties": {"ref": {"type": "string"}, "after": {"type": "string"}}}},
+                "application/x-www-form-urlencoded": {"schema": {"type": "object",
+                                                                 "properties": {"payload": {"type": "string"}}}},
+            }},
+            "responses": {
+                "202": {"description": "A push on the tracked branch: fetching and reconciling now",
+                        "content": _OBJECT},
+                "200": {"description": "Verified, nothing to do: `ignored` is not_a_push, other_ref or deleted",
+                        "content": _OBJECT},
+                "400": _err("A header or the payload is missing or malformed"),
+                "401": _err("The signature or token is missing or does not match"),
+                "404": _err("No receiver of this name"),
+                "409": _err("A delivery id or body seen before, or (generic) a timestamp outside maxSkew"),
+                "413": _err("Larger than the configured maxBodyBytes (default 1 MiB)"),
+                "429": {"description": "The receiver's token bucket is empty; retry after `Retry-After` seconds",
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        "content": {_JSON: {"schema": _ERROR}}},
+            },
+        }},
         "/v1/status": {"get": {
             "summary": "Reconcile status",
             "description": "Last accepted and last rejected commit (with findings), published versions, "

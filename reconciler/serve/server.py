@@ -8,6 +8,8 @@
     GET /v1/agents                the fleet: every agent's last heartbeat
     GET /v1/observations          stored observations, summed; filters policy (repeatable),
                                   sensor, binary, workload, since, until (RFC 3339), limit
+    POST /v1/hooks/{name}         a push webhook (GitHub, GitLab, generic HMAC; hooks.py): a verified push
+                                  on the tracked branch wakes the reconcile loop at once (202)
     GET /metrics                  Prometheus text format
     GET /openapi.json             this API, described
 
@@ -35,7 +37,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -54,6 +56,9 @@ from reconciler.serve.publication import (
     StoreDamaged,
 )
 from reconciler.state import statedir
+
+if TYPE_CHECKING:
+    from reconciler.serve.hooks import Webhooks
 
 __all__ = ["INDEX_FILE", "create_app"]
 
@@ -139,10 +144,11 @@ class _Api:
 
     def __init__(self, publication: Publication, metrics: Metrics,
                  status: Callable[[], Mapping[str, Any]] | None, state: statedir.StateDir,
-                 fleet: Any = None) -> None:
+                 fleet: Any = None, hooks: Webhooks | None = None, on_push: Callable[[], None] | None = None) -> None:
         self.pub, self.metrics, self.status_source = publication, metrics, status
         self.state = state
         self._fleet = fleet
+        self.hooks, self.on_push = hooks, on_push
 
     def fleet(self) -> Any:
         """The agents' reports (reconciler.state.fleet.Fleet), in the state directory's fleet database."""
@@ -234,6 +240,41 @@ class _Api:
             return _error(400, "invalid heartbeat", str(e)[:500])
         await run_in_threadpool(self.fleet().record_heartbeat, hb)
         return Response(status_code=204)
+
+    async def hook(self, request: Request) -> Response:
+        """A push webhook (reconciler/serve/hooks.py): 202 and a reconcile at once for a verified push on the
+        tracked branch, 200 for a verified delivery that asks for nothing; every refusal counted and JSON."""
+        from reconciler.serve.hooks import BodyTooLarge, HookRefused, Push, RateLimited, UnknownReceiver
+
+        name: str = request.path_params["name"]
+        try:
+            if self.hooks is None:
+                raise UnknownReceiver("", "this server has no webhook receivers (palisade serve --hooks FILE)")
+            receiver = self.hooks.receiver(name)
+            cap = self.hooks.max_body
+            too_large = BodyTooLarge(receiver.name, f"at most {cap} bytes")
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise too_large
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > cap:
+                    raise too_large
+            outcome = self.hooks.receive(receiver, request.headers, bytes(body))
+        except HookRefused as e:
+            self.metrics.count_hook_refusal(e.receiver, e.reason.value)
+            retry = {"Retry-After": str(e.retry_after)} if isinstance(e, RateLimited) else None
+            return _error(e.status, e.error, e.detail, headers=retry)
+        if isinstance(outcome, Push):
+            self.metrics.count_hook(outcome.receiver, "push")
+            if self.on_push is not None:
+                self.on_push()
+            return _json({"receiver": outcome.receiver, "delivery": outcome.delivery, "ref": outcome.ref,
+                          "after": outcome.after, "detail": "fetching and reconciling now"}, status=202)
+        self.metrics.count_hook(outcome.receiver, "ignored")
+        return _json({"receiver": outcome.receiver, "delivery": outcome.delivery, "ignored": str(outcome.reason),
+                      "detail": outcome.detail})
 
     async def agents(self, request: Request) -> Response:
         """The fleet view: every agent's last heartbeat (reconciler/fleet.py)."""
@@ -365,6 +406,8 @@ def create_app(
     publication: Publication | None = None,
     fleet: Any = None,
     state: statedir.StateDir | None = None,
+    hooks: Webhooks | None = None,
+    on_push: Callable[[], None] | None = None,
 ) -> Starlette:
     """The ASGI application serving the bundle store at `store`.
 
@@ -372,11 +415,14 @@ def create_app(
     (default: the one `store` sits in, by the layout of reconciler/statedir.py).
     `status` supplies the reconciler's part of `/v1/status` (it runs in a worker
     thread). `app.state.publication` is the in-memory index; `app.state.metrics`
-    the registry.
+    the registry. `hooks` are the webhook receivers; `on_push` is called for each verified push on the tracked
+    branch (it wakes the reconcile loop).
     """
     metrics = metrics or Metrics()
     pub = publication or Publication(store)
-    api = _Api(pub, metrics, status, state or statedir.StateDir.holding(store), fleet)
+    api = _Api(pub, metrics, status, state or statedir.StateDir.holding(store), fleet, hooks, on_push)
+    if hooks is not None:
+        _export_hook_zeros(metrics, hooks)
 
     def update_gauges(snap: Snapshot) -> None:
         metrics.set_index(version=snap.index.version, serial=snap.index.serial, expires=snap.index.expires)
@@ -401,6 +447,7 @@ def create_app(
         Route("/v1/status", api.status, methods=["GET"], name="status"),
         Route("/v1/agents/{id}/heartbeat", api.heartbeat, methods=["POST"], name="heartbeat"),
         Route("/v1/agents", api.agents, methods=["GET"], name="agents"),
+        Route("/v1/hooks/{name}", api.hook, methods=["POST"], name="hook"),
         Route("/v1/observations", api.observations, methods=["GET"], name="observations"),
         Route("/metrics", api.prometheus, methods=["GET"], name="metrics"),
         Route("/openapi.json", api.openapi, methods=["GET"], name="openapi"),
@@ -414,6 +461,19 @@ def create_app(
     app.state.publication = pub
     app.state.metrics = metrics
     return app
+
+
+def _export_hook_zeros(metrics: Metrics, hooks: Webhooks) -> None:
+    """Every receiver's series from the start, so rate() and alerts on refusals work from the first scrape."""
+    from reconciler.serve.hooks import Refusal
+
+    for r in hooks.config.receivers:
+        for result in ("push", "ignored"):
+            metrics.webhook_deliveries.labels(r.name, result)
+        for reason in Refusal:
+            if reason is not Refusal.UNKNOWN_RECEIVER:
+                metrics.webhook_refusals.labels(r.name, reason.value)
+    metrics.webhook_refusals.labels("", Refusal.UNKNOWN_RECEIVER.value)
 
 
 async def _watch_store(pub: Publication) -> None:
