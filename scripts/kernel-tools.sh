@@ -34,6 +34,12 @@ dpkg -s nginx >/dev/null 2>&1 || need_pkgs+=(nginx)
 # (crun refuses this hybrid cgroup layout); podman pulls in conmon, netavark and the rest it needs
 dpkg -s podman >/dev/null 2>&1 || need_pkgs+=(podman)
 dpkg -s runc >/dev/null 2>&1 || need_pkgs+=(runc)
+# a CRI runtime for the CRI container-source tests: containerd 1.6 with its CRI plugin (runc from above;
+# Debian has no crictl: the tests make CRI calls with the agent's own client)
+dpkg -s containerd >/dev/null 2>&1 || need_pkgs+=(containerd)
+# a browser and its WebDriver for the console tests (tests/support/browser.py drives them; nothing downloaded)
+dpkg -s chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+dpkg -s chromium-driver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
 headers_pkg=$(dpkg-query -W -f='${Package}\n' 'linux-headers-*-amd64' 2>/dev/null \
   | grep -E '^linux-headers-[0-9].*-amd64$' | grep -v -- '-rt-' | sort -V | tail -n1 || true)
 if [ -z "$headers_pkg" ]; then

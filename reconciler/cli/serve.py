@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from reconciler.errors import PalisadeError, StateError, UsageError
 
@@ -44,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--hooks", metavar="FILE",
                    help="push webhook receivers (kind: Receivers; secrets in files it names): POST "
                         "/v1/hooks/NAME with a verified push on the tracked branch fetches and reconciles at once")
+    p.add_argument("--token-file", metavar="FILE", type=Path,
+                   help="a token (one line) the console and the read API require as `Authorization: Bearer` (or, "
+                        "in a browser, once as /ui/?token=...); needed to listen beyond loopback. Agents' "
+                        "endpoints (index, bundles, objects, heartbeats) stay open")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run)
 
@@ -72,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"--agent-timeout: {e}") from None
     host, port = parse_listen(args.listen)
+    from reconciler.serve.auth import require_token
+
+    token = require_token(host, args.token_file)  # beyond loopback without one: exit 2 before anything starts
     _logging(args.verbose)
     hooks = None
     if args.hooks is not None:  # read once, before the state is taken: a bad file is exit 2 with its reason
@@ -97,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         publication=publication, metrics=metrics, changes=changes, poll_interval=poll, standby=standby,
     )
     app = create_app(state.store.root, metrics=metrics, status=loop.status, publication=publication, state=state,
-                     hooks=hooks, on_push=changes.notify)
+                     hooks=hooks, on_push=changes.notify, source=args.repo, branch=args.branch, token=token)
 
     git_dir = local_git_dir(args.repo)
     watcher = RefWatcher(git_dir, changes) if git_dir is not None else None
@@ -114,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
             if hooks is not None:
                 names = ", ".join(f"{url}/v1/hooks/{r.name} ({r.kind})" for r in hooks.config.receivers)
                 print(f"palisade serve: webhooks at {names}", file=sys.stderr, flush=True)
+            login = "?token=<the token in --token-file>" if token is not None else ""
+            print(f"palisade serve: console at {url}/ui/{login}", file=sys.stderr, flush=True)
 
         run_server(app, host, port, on_listening=listening, on_exit=changes.notify)
     finally:

@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler.metrics import CONTENT_TYPE, Metrics
@@ -408,6 +408,9 @@ def create_app(
     state: statedir.StateDir | None = None,
     hooks: Webhooks | None = None,
     on_push: Callable[[], None] | None = None,
+    source: str | None = None,
+    branch: str | None = None,
+    token: str | None = None,
 ) -> Starlette:
     """The ASGI application serving the bundle store at `store`.
 
@@ -416,7 +419,9 @@ def create_app(
     `status` supplies the reconciler's part of `/v1/status` (it runs in a worker
     thread). `app.state.publication` is the in-memory index; `app.state.metrics`
     the registry. `hooks` are the webhook receivers; `on_push` is called for each verified push on the tracked
-    branch (it wakes the reconcile loop).
+    branch (it wakes the reconcile loop). The console (reconciler/console) is mounted at /ui (`/` redirects
+    there), showing `source` and `branch`; with `token`, everything but the agents' endpoints and the
+    webhooks needs it (reconciler/serve/auth.py).
     """
     metrics = metrics or Metrics()
     pub = publication or Publication(store)
@@ -451,16 +456,42 @@ def create_app(
         Route("/v1/observations", api.observations, methods=["GET"], name="observations"),
         Route("/metrics", api.prometheus, methods=["GET"], name="metrics"),
         Route("/openapi.json", api.openapi, methods=["GET"], name="openapi"),
+        *_console_routes(api, pub, status, source, branch),
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, StoreDamaged: _store_damaged, Exception: _internal_error},
     )
+    if token is not None:
+        from reconciler.serve.auth import TokenGuard
+
+        app.add_middleware(TokenGuard, token=token)  # inside _Guard: refusals are counted too
     app.add_middleware(_Guard, metrics=metrics)
     app.state.publication = pub
     app.state.metrics = metrics
     return app
+
+
+def _console_routes(api: _Api, pub: Publication, status: Callable[[], Mapping[str, Any]] | None,
+                    source: str | None, branch: str | None) -> list[BaseRoute]:
+    """The console at /ui, and `/` sending a browser there."""
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Mount
+
+    from reconciler.console.app import MOUNT, create_console
+    from reconciler.console.sources import ConsoleSources
+
+    sources = ConsoleSources(
+        state=api.state.view, index=lambda: None if (s := pub.current) is None else s.index,
+        status=status or (lambda: {}), source=source, branch=branch, fleet_db=api.fleet,
+        stopping=lambda: pub._closing)  # the server's shutdown also ends the console's live streams
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse(f"{MOUNT}/", status_code=302)
+
+    return [Route("/", home, methods=["GET"], name="home"), Route(MOUNT, home, methods=["GET"], name="console-home"),
+            Mount(MOUNT, create_console(sources), name="console")]
 
 
 def _export_hook_zeros(metrics: Metrics, hooks: Webhooks) -> None:
