@@ -61,6 +61,7 @@ class UnitChange:
     move: Move
     policies: tuple[PolicyChange, ...]
     disabled: bool = False  # a rule that still exists but was switched off (`enabled: false`)
+    relaxing: bool = False  # this unit's change alone only relaxes enforcement (the base with it applied)
 
     @property
     def unit(self) -> UnitKey:
@@ -70,7 +71,7 @@ class UnitChange:
         m = self.move
         return {"kind": m.unit.kind, "name": m.unit.name, "scope": m.unit.scope.key,
                 "move": "disabled" if self.disabled else m.kind.value,
-                "before": _state(m.before), "after": _state(m.after),
+                "before": _state(m.before), "after": _state(m.after), "relaxing": self.relaxing,
                 "policies": [p.to_json() for p in self.policies]}
 
 
@@ -104,6 +105,7 @@ class Plan:
     notes: tuple[str, ...]  # changes outside units: packs, groups, staging, approval settings
     classification: Classification
     stages: Stages
+    unchanged: int = 0  # units (pack or rule at a scope) of either side this change leaves as they are
 
     @property
     def changed(self) -> bool:
@@ -119,7 +121,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"changed": self.changed, "units": [u.to_json() for u in self.units], "notes": list(self.notes),
                 "counts": self.counts(), "classification": self.classification.to_json(),
-                "rollout": self.stages.to_json()}
+                "rollout": self.stages.to_json(), "unchanged": self.unchanged}
 
 
 def diff(base: Revision, head: Revision) -> Plan:
@@ -135,12 +137,24 @@ def diff(base: Revision, head: Revision) -> Plan:
         if m.kind is MoveKind.UNCHANGED and not policies:
             continue
         is_disabled = m.kind is MoveKind.REMOVED and m.unit.kind == "rule" and m.unit.name in disabled
-        units.append(UnitChange(m, tuple(policies), is_disabled))
+        units.append(UnitChange(m, tuple(policies), is_disabled, _unit_relaxing(base, head, m.unit)))
     verdict = classify(base.rendered, head.rendered, before_groups=base.repository.groups,
                        after_groups=head.repository.groups)
     notes = _notes(base.repository, head.repository)
     return Plan(tuple(units), tuple(notes), verdict,
-                _stages(head.repository, verdict.relaxing and bool(units or notes)))
+                _stages(head.repository, verdict.relaxing and bool(units or notes)), len(moves) - len(units))
+
+
+def _unit_relaxing(base: Revision, head: Revision, unit: UnitKey) -> bool:
+    """Whether applying only this unit's change to the base relaxes: the rest of the fleet's policies stay
+    in view (a removed assignment may fall back to another scope), the groups are the head's on both sides
+    (a changed group is the whole change's, judged by the overall verdict)."""
+    def mine(p: RenderedLike) -> bool:
+        return UnitKey(p.origin_kind, p.origin_name, p.scope) == unit
+
+    applied = [p for p in base.rendered if not mine(p)] + [p for p in head.rendered if mine(p)]
+    groups = head.repository.groups
+    return classify(base.rendered, applied, before_groups=groups, after_groups=groups).relaxing
 
 
 def _by_unit(rendered: Iterable[RenderedLike]) -> dict[UnitKey, dict[str, RenderedLike]]:

@@ -17,6 +17,10 @@ What is compared (like a pull request's diff, `git diff main...HEAD`):
 Nothing in the repository is written: a snapshot of the work tree lives in a
 temporary object directory while the command runs.
 
+`-o markdown` prints the plan as a pull-request comment (summary, ladder moves,
+approvals still needed and from whom, rollout stages, commits, collapsible diffs);
+its first line is `<!-- palisade-plan -->` so that CI can replace its last comment.
+
 Exit codes (like `flux diff`): 0 no change, 1 changes, 2 error.
 """
 from __future__ import annotations
@@ -45,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--server", metavar="URL",
                    help="a running `palisade serve`: also show the change per sensor of its fleet")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for --server (default: 10)")
-    add_output(p)
+    add_output(p, "markdown")
     p.set_defaults(func=run)
 
 
@@ -106,6 +110,12 @@ def _run(args: argparse.Namespace) -> int:
             notes.append(f"{len(fleet)} sensor(s) known to {args.server}; {len(sensors)} affected")
     if args.output == "json":
         print(json.dumps(_json(result, base, head, findings, sensors, notes, args.server), indent=2))
+    elif args.output == "markdown":
+        from reconciler.checks import plancomment
+
+        print(plancomment.render(result, plancomment.Context(
+            base.label, head.label, tuple(findings), head_loaded.repository.config,
+            _subjects(repo, base.commit, head.commit), sensors, tuple(notes))), end="")
     else:
         print(_text(result, base, head, findings, sensors, notes, config_window=_window(head_loaded)))
     return 1 if result.changed else 0
@@ -156,6 +166,17 @@ def raise_usage(msg: str) -> None:
     from reconciler.errors import UsageError
 
     raise UsageError(msg)
+
+
+def _subjects(repo: Path, base: str | None, head: str | None, most: int = 50) -> tuple[str, ...]:
+    """The subjects of the commits the change adds, oldest first (at most `most`, the newest)."""
+    from ._gitwork import try_git
+
+    if head is None or base == head:
+        return ()
+    out = try_git(repo, "log", "--reverse", "--format=%s", f"{base}..{head}" if base else head)
+    lines = out.splitlines() if out else []
+    return tuple(lines[-most:])
 
 
 # --- the fleet -----------------------------------------------------------------------------------
