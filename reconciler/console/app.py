@@ -36,8 +36,11 @@ from reconciler.console.events import events_page
 from reconciler.console.fleet import fleet_page
 from reconciler.console.html import el
 from reconciler.console.layout import fragment_of, html_response, page
+from reconciler.console.ledger import audit_handler, ledger_handler
 from reconciler.console.live import FleetWatch, live
+from reconciler.console.rollouts import rollouts_handler
 from reconciler.console.sources import ConsoleSources
+from reconciler.console.units import unit_handler, units_handler
 
 __all__ = ["MOUNT", "PAGES", "SECURITY_HEADERS", "Page", "create_console", "html_response"]
 
@@ -55,6 +58,11 @@ class Page:
 PAGES: tuple[Page, ...] = (
     Page("/ui/", "Fleet", fleet_page),
     Page("/ui/events", "Events", events_page),
+    Page("/ui/units", "Units", units_handler),
+    Page("/ui/units/{id}", "Units", unit_handler),
+    Page("/ui/rollouts", "Rollouts", rollouts_handler),
+    Page("/ui/ledger", "Ledger", ledger_handler),
+    Page("/ui/audit/{unit}", "Ledger", audit_handler),
 )
 
 MOUNT = "/ui"
