@@ -306,3 +306,10 @@ def test_unknown_receiver_too_large_and_wrong_method(env: _Env) -> None:
     r = env.client.get("/v1/hooks/github")
     assert r.status_code == 405 and set(r.json()) == {"error", "detail"}
     assert "Traceback" not in env.log
+
+
+def test_openapi_describes_the_endpoint(env: _Env) -> None:
+    doc = env.client.get("/openapi.json").json()
+    responses = doc["paths"]["/v1/hooks/{name}"]["post"]["responses"]
+    assert {"200", "202", "400", "401", "404", "409", "413", "429"} <= set(responses)
+    assert "Retry-After" in responses["429"]["headers"]
