@@ -39,6 +39,7 @@ from reconciler.state.statedir import StateView
 from reconciler.state.store import Store
 
 if TYPE_CHECKING:
+    from reconciler.notify.notifier import Notifier
     from reconciler.publish.reconcile import Reconciler
     from reconciler.serve.publication import Publication
     from wire.bundle import Index
@@ -92,11 +93,15 @@ class ReconcileLoop:
 
     With `standby`, a `make_reconciler()` that finds the state lock held (StateInUse) is tried
     again every `standby.retry` seconds instead of failing, and the loop leads once it succeeds.
+    With `notifier` (--notify), it starts once the loop leads and observes the ledger and the fleet
+    after every pass and every rollout tick (reconciler/notify/notifier.py).
     """
 
     def __init__(self, make_reconciler: Callable[[], Reconciler], *, publication: Publication,
-                 metrics: Metrics, changes: Changes, poll_interval: float, standby: Standby | None = None) -> None:
+                 metrics: Metrics, changes: Changes, poll_interval: float, standby: Standby | None = None,
+                 notifier: Notifier | None = None) -> None:
         self._make = make_reconciler
+        self._notifier = notifier
         self._standby = standby
         self.role: Role | None = None  # None until start() returns
         self.role_since: _dt.datetime | None = None
@@ -147,6 +152,8 @@ class ReconcileLoop:
         rec = self._open()
         if rec is None:
             return
+        if not self._start_notifier(rec):
+            return
         try:
             rec.rollouts.metrics = self._metrics
             self._status = rec.status()
@@ -160,7 +167,36 @@ class ReconcileLoop:
                 self._wait(rec)
         finally:
             self._started.set()
+            if self._notifier is not None:
+                self._notifier.stop()
             rec.close()
+
+    def _start_notifier(self, rec: Reconciler) -> bool:
+        """Open the notification outbox (the leader's, like the ledger); False: it failed, and start() or
+        the standby's takeover reports why."""
+        if self._notifier is None:
+            return True
+        try:
+            self._notifier.start(rec.ledger)
+        except BaseException as e:
+            rec.close()
+            if self.role is not Role.STANDBY:
+                self._startup_error = e
+                self._started.set()
+            else:
+                log.error("cannot take over the state directory: %s", e)
+                self.failure = e
+                os.kill(os.getpid(), signal.SIGTERM)
+            return False
+        return True
+
+    def _notify(self, rec: Reconciler) -> None:
+        if self._notifier is None:
+            return
+        try:
+            self._notifier.observe(rec.ledger)
+        except Exception:  # notifying must never stop reconciling; the next tick tries again
+            log.exception("notify: detecting notifications failed")
 
     def _open(self) -> Reconciler | None:
         """The reconciler, once this server may lead (None: stopped while standing by, or it failed)."""
@@ -226,6 +262,7 @@ class ReconcileLoop:
         finally:
             self._metrics.reconcile_duration.observe(time.perf_counter() - t0)
             self._refresh(rec)
+            self._notify(rec)
 
     def _wait(self, rec: Reconciler) -> None:
         """Sleep until the next pass, ticking the rollout controller meanwhile so bakes end on time."""
@@ -236,6 +273,7 @@ class ReconcileLoop:
                 return
             rec.tick()
             self._refresh(rec)
+            self._notify(rec)
 
     def _refresh(self, rec: Reconciler) -> None:
         """Take the reconciler's status for /v1/status and tell the server what it published."""

@@ -243,14 +243,9 @@ class Ledger:
 
     # -- queries --------------------------------------------------------------
 
-    def entries(self, limit: int | None = None) -> list[LedgerEntry]:
-        """Processed commits, newest first."""
-        sql = "SELECT * FROM commits ORDER BY id DESC"
-        args: tuple[Any, ...] = ()
-        if limit is not None:
-            sql += " LIMIT ?"
-            args = (limit,)
-        return [_entry(r) for r in self._query(sql, args)]
+    def entries(self, limit: int | None = None, *, after: int | None = None) -> list[LedgerEntry]:
+        """Processed commits, newest first; `after`: only rows with a higher id (a reader's cursor)."""
+        return [_entry(r) for r in self._query(*sqlitedb.newest_first("commits", [("id > ?", after)], limit))]
 
     def last_accepted(self) -> LedgerEntry | None:
         return self._one("SELECT * FROM commits WHERE result = 'accepted' ORDER BY id DESC LIMIT 1")
@@ -286,17 +281,10 @@ class Ledger:
             highest = max(highest, store.latest_version())
         return int(highest) + 1
 
-    def events(self, kind: str | None = None, limit: int | None = None) -> list[Event]:
-        """Events, newest first, optionally of one kind."""
-        sql, args = "SELECT * FROM events", list[Any]()
-        if kind is not None:
-            sql += " WHERE kind = ?"
-            args.append(kind)
-        sql += " ORDER BY id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        return [_event(r) for r in self._query(sql, tuple(args))]
+    def events(self, kind: str | None = None, limit: int | None = None, *, after: int | None = None) -> list[Event]:
+        """Events, newest first, optionally of one kind; `after`: only rows with a higher id (a reader's cursor)."""
+        query = sqlitedb.newest_first("events", [("kind = ?", kind), ("id > ?", after)], limit)
+        return [_event(r) for r in self._query(*query)]
 
     # -- updates --------------------------------------------------------------
 
@@ -454,20 +442,7 @@ def _lock(path: Path) -> int:
 
 
 def _check_schema(db: sqlite3.Connection, path: Path, *, create: bool) -> None:
-    has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
-    if not has_meta:
-        if not create:
-            raise StateError(f"{path} is not a palisade ledger")
-        # One script, one transaction: a crash never leaves half a schema behind.
-        db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA}"
-                         f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
-        return
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    found = int(row[0]) if row else 0
-    if found != SCHEMA_VERSION:
-        newer = "a newer" if found > SCHEMA_VERSION else "an unknown"
-        raise StateError(f"{path} has ledger schema version {found}, written by {newer} palisade "
-                         f"(this one reads version {SCHEMA_VERSION})")
+    sqlitedb.ensure_schema(db, path, _SCHEMA, SCHEMA_VERSION, "ledger", create=create)
 
 
 def _entry(r: sqlite3.Row) -> LedgerEntry:

@@ -9,6 +9,7 @@
       lock               held by the one reconciler that writes here
       rollout.db         the rollout controller's progress and sensor versions
       fleet.db           the agents' heartbeats and observations
+      notify.db          the notification outbox and its delivery record (`palisade serve --notify`)
       mirror.git         the reconciler's mirror of the policy repository
       objects/           CO-RE objects built for bundles, cached by input
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self, overload
 
-__all__ = ["BUNDLES_DIR", "FLEET_DB", "INDEX_FILE", "LEDGER_DB", "LOCK_FILE", "MIRROR", "OBJECTS_DIR",
+__all__ = ["BUNDLES_DIR", "FLEET_DB", "INDEX_FILE", "LEDGER_DB", "LOCK_FILE", "MIRROR", "NOTIFY_DB", "OBJECTS_DIR",
            "OBJECT_CACHE", "ROLLOUT_DB", "STORE", "StateDir", "StateView", "StoreDir"]
 
 STORE = "store"
@@ -31,6 +32,7 @@ LEDGER_DB = "palisade.db"
 LOCK_FILE = "lock"
 ROLLOUT_DB = "rollout.db"
 FLEET_DB = "fleet.db"
+NOTIFY_DB = "notify.db"
 MIRROR = "mirror.git"
 OBJECT_CACHE = "objects"
 # inside the store
@@ -93,6 +95,7 @@ class StateView:
     ledger_db = _Below(LEDGER_DB)
     rollout_db = _Below(ROLLOUT_DB)
     fleet_db = _Below(FLEET_DB)
+    notify_db = _Below(NOTIFY_DB)
     mirror = _Below(MIRROR)
     object_cache = _Below(OBJECT_CACHE)
 
