@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         publication=publication, metrics=metrics, changes=changes, poll_interval=poll, standby=standby,
     )
     app = create_app(state.store.root, metrics=metrics, status=loop.status, publication=publication, state=state,
-                     hooks=hooks, on_push=changes.notify, source=args.repo, branch=args.branch, token=token)
+                     hooks=hooks, on_push=changes.notify, leading=lambda: loop.role is not Role.STANDBY,
+                     source=args.repo, branch=args.branch, token=token)
 
     git_dir = local_git_dir(args.repo)
     watcher = RefWatcher(git_dir, changes) if git_dir is not None else None

@@ -64,7 +64,8 @@ from reconciler.repository.model import parse_duration
 __all__ = [
     "BadPayload", "BadSignature", "BodyTooLarge", "HookKind", "HookRefused", "HooksConfig", "HooksFileError",
     "IgnoreReason", "Ignored", "MissingHeader", "MissingSignature", "Push", "RateLimit", "RateLimited",
-    "Receiver", "Refusal", "Replayed", "SecretFileError", "StaleTimestamp", "UnknownReceiver", "Webhooks",
+    "Receiver", "Refusal", "Replayed", "SecretFileError", "StaleTimestamp", "Standing", "UnknownReceiver",
+    "Webhooks",
     "authenticate", "classify", "generic_signature", "load_hooks", "parse_hooks", "read_secret", "verify",
 ]
 
@@ -292,6 +293,7 @@ class Refusal(StrEnum):
     REPLAYED = "replayed"
     RATE_LIMITED = "rate_limited"
     BAD_PAYLOAD = "bad_payload"
+    STANDBY = "standby"
 
 
 class HookRefused(Exception):
@@ -344,6 +346,12 @@ class RateLimited(HookRefused):
 
 class BadPayload(HookRefused):
     status, error, reason = 400, "bad payload", Refusal.BAD_PAYLOAD
+
+
+class Standing(HookRefused):
+    """This server stands by (--leader-elect): it cannot wake the leader, so the sender must reach the leader."""
+
+    status, error, reason = 503, "standing by", Refusal.STANDBY
 
 
 # ---------------------------------------------------------------------------

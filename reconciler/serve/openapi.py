@@ -120,6 +120,7 @@ OPENAPI: dict[str, Any] = {
                 "429": {"description": "The receiver's token bucket is empty; retry after `Retry-After` seconds",
                         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                         "content": {_JSON: {"schema": _ERROR}}},
+                "503": _err("This server stands by (--leader-elect): send webhooks to the leader"),
             },
         }},
         "/v1/status": {"get": {

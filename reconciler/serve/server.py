@@ -144,11 +144,12 @@ class _Api:
 
     def __init__(self, publication: Publication, metrics: Metrics,
                  status: Callable[[], Mapping[str, Any]] | None, state: statedir.StateDir,
-                 fleet: Any = None, hooks: Webhooks | None = None, on_push: Callable[[], None] | None = None) -> None:
+                 fleet: Any = None, hooks: Webhooks | None = None, on_push: Callable[[], None] | None = None,
+                 leading: Callable[[], bool] | None = None) -> None:
         self.pub, self.metrics, self.status_source = publication, metrics, status
         self.state = state
         self._fleet = fleet
-        self.hooks, self.on_push = hooks, on_push
+        self.hooks, self.on_push, self.leading = hooks, on_push, leading
 
     def fleet(self) -> Any:
         """The agents' reports (reconciler.state.fleet.Fleet), in the state directory's fleet database."""
@@ -244,13 +245,16 @@ class _Api:
     async def hook(self, request: Request) -> Response:
         """A push webhook (reconciler/serve/hooks.py): 202 and a reconcile at once for a verified push on the
         tracked branch, 200 for a verified delivery that asks for nothing; every refusal counted and JSON."""
-        from reconciler.serve.hooks import BodyTooLarge, HookRefused, Push, RateLimited, UnknownReceiver
+        from reconciler.serve.hooks import BodyTooLarge, HookRefused, Push, RateLimited, Standing, UnknownReceiver
 
         name: str = request.path_params["name"]
         try:
             if self.hooks is None:
                 raise UnknownReceiver("", "this server has no webhook receivers (palisade serve --hooks FILE)")
             receiver = self.hooks.receiver(name)
+            if self.leading is not None and not self.leading():  # before the delivery id is remembered
+                raise Standing(receiver.name, "this server stands by and cannot make the leader reconcile; "
+                                              "send webhooks to the leader (its /v1/status says role: leader)")
             cap = self.hooks.max_body
             too_large = BodyTooLarge(receiver.name, f"at most {cap} bytes")
             declared = request.headers.get("content-length", "")
@@ -408,6 +412,7 @@ def create_app(
     state: statedir.StateDir | None = None,
     hooks: Webhooks | None = None,
     on_push: Callable[[], None] | None = None,
+    leading: Callable[[], bool] | None = None,
     source: str | None = None,
     branch: str | None = None,
     token: str | None = None,
@@ -419,13 +424,14 @@ def create_app(
     `status` supplies the reconciler's part of `/v1/status` (it runs in a worker
     thread). `app.state.publication` is the in-memory index; `app.state.metrics`
     the registry. `hooks` are the webhook receivers; `on_push` is called for each verified push on the tracked
-    branch (it wakes the reconcile loop). The console (reconciler/console) is mounted at /ui (`/` redirects
+    branch (it wakes the reconcile loop); `leading` says whether this server leads (a standby answers 503).
+    The console (reconciler/console) is mounted at /ui (`/` redirects
     there), showing `source` and `branch`; with `token`, everything but the agents' endpoints and the
     webhooks needs it (reconciler/serve/auth.py).
     """
     metrics = metrics or Metrics()
     pub = publication or Publication(store)
-    api = _Api(pub, metrics, status, state or statedir.StateDir.holding(store), fleet, hooks, on_push)
+    api = _Api(pub, metrics, status, state or statedir.StateDir.holding(store), fleet, hooks, on_push, leading)
     if hooks is not None:
         _export_hook_zeros(metrics, hooks)
 

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from reconciler.keys import generate
 from reconciler.serve.hooks import generic_signature
 from support.policyrepo import ALICE, PolicyRepo
-from support.serve import running
+from support.serve import Serve, running
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +50,9 @@ spec:
 
 
 class _Env:
-    def __init__(self, policy: PolicyRepo, url: str, log: Any) -> None:
+    def __init__(self, policy: PolicyRepo, url: str, log: Any, serve_args: tuple[str, ...]) -> None:
         self.policy, self.url, self._log = policy, url, log
+        self.serve_args = serve_args  # repository, state, key and options: a second server on the same state
         self.client = httpx.Client(base_url=url, timeout=30)
         self.commits = 0
 
@@ -105,11 +107,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Env]:
     (tmp / "hook.secret").write_bytes(SECRET + b"\n")
     (tmp / "hook.secret").chmod(0o600)
     (tmp / "hooks.yaml").write_text(HOOKS)
-    with running(f"file://{policy.path}", tmp / "state", keys.signing_key_path,
-                 "--poll-interval", "1h", "--hooks", str(tmp / "hooks.yaml")) as s:
+    args = (f"file://{policy.path}", str(tmp / "state"), str(keys.signing_key_path),
+            "--poll-interval", "1h", "--hooks", str(tmp / "hooks.yaml"))
+    with running(args[0], Path(args[1]), Path(args[2]), *args[3:]) as s:
         assert "polling every 1h" in s.log  # not watched: only a webhook makes it fetch now
         assert f"{s.url}/v1/hooks/github (github)" in s.log
-        e = _Env(policy, s.url, lambda: s.log)
+        e = _Env(policy, s.url, lambda: s.log, args)
         deadline = time.monotonic() + 60
         while e.client.get("/v1/index").status_code != 200:  # the first commit, published at start
             assert time.monotonic() < deadline, s.log
@@ -313,3 +316,22 @@ def test_openapi_describes_the_endpoint(env: _Env) -> None:
     responses = doc["paths"]["/v1/hooks/{name}"]["post"]["responses"]
     assert {"200", "202", "400", "401", "404", "409", "413", "429"} <= set(responses)
     assert "Retry-After" in responses["429"]["headers"]
+
+
+def test_a_standby_answers_503_and_remembers_nothing(env: _Env) -> None:
+    # A second server on the same state directory stands by: it cannot wake the leader's loop.
+    repo, state, key, *extra = env.serve_args
+    standby = Serve(repo, Path(state), Path(key), *extra, "--leader-elect")
+    try:
+        assert "standing by" in standby.log
+        body = b'{"zen": "Mind your words, they are important.", "hook_id": 9}'
+        headers = _github_headers(body, event="ping", delivery="to-the-standby")
+        r = httpx.post(f"{standby.url}/v1/hooks/github", content=body, headers=headers, timeout=10)
+        assert r.status_code == 503 and r.json()["error"] == "standing by", r.text
+        metrics = httpx.get(f"{standby.url}/metrics", timeout=10).text
+        assert 'palisade_webhook_refusals_total{reason="standby",receiver="github"} 1.0' in metrics
+        # Sent to the leader instead, the same delivery goes through: the standby did not remember it.
+        assert env.client.post("/v1/hooks/github", content=body, headers=headers).status_code == 200
+    finally:
+        assert standby.stop() == 0
+    assert "Traceback" not in standby.log
