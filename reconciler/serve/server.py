@@ -67,10 +67,9 @@ log = logging.getLogger("palisade.server")
 #: The store layout (shared with reconciler.state.store): `<store>/index.json`, `<store>/bundles/v<N>.json`.
 INDEX_FILE, BUNDLES_DIR, OBJECTS_DIR = statedir.INDEX_FILE, statedir.BUNDLES_DIR, statedir.OBJECTS_DIR
 #: Request heads larger than this get a 431 from the application; the protocol layer refuses
-#: anything beyond `_H11_MAX_HEAD` before it is even parsed.
+#: anything beyond 64 KiB (listen.py) before it is even handed over.
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADER_COUNT = 100
-_H11_MAX_HEAD = 64 * 1024
 
 _VERSION = re.compile(r"^[0-9]{1,12}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
