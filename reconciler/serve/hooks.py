@@ -34,6 +34,11 @@ delivery: a delivery id seen before is refused, and so is a timestamp outside `m
 id may have been forgotten. GitHub's signature covers only the body, so for every kind the digest of the
 body is remembered too: the same body sent again under a new delivery id is a replay as well.
 
+The token bucket (`rateLimit`, default 20 at once and 120 a minute) counts only deliveries that proved the
+secret: a stranger who knows the URL gets 401s and cannot use up a receiver's budget to silence real pushes
+(flooding with junk is for the proxy in front to limit). A delivery refused for the rate (429, Retry-After)
+is not remembered, so it may be sent again. A standby (--leader-elect) answers 503: it cannot wake the leader.
+
 Everything here is pure (no I/O but reading the configuration): `verify()` turns one request's headers and
 body into a `Push` or an `Ignored`, or raises the `HookRefused` subclass of the failure; `Webhooks` adds
 the state a server keeps (deliveries seen, per-receiver token buckets) around it.
