@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -68,11 +69,13 @@ class Problem:
 
 
 def schemas_dir() -> Path:
-    """The schemas/ directory: $PALISADE_SCHEMAS, else next to the package (source tree, editable install)."""
+    """The schemas/ directory: $PALISADE_SCHEMAS, else next to the package (source tree, editable install),
+    else where a wheel installs them (<prefix>/share/palisade/schemas)."""
     candidates = []
     if os.environ.get("PALISADE_SCHEMAS"):
         candidates.append(Path(os.environ["PALISADE_SCHEMAS"]))
     candidates.append(Path(__file__).resolve().parents[2] / "schemas")
+    candidates.append(Path(sys.prefix) / "share" / "palisade" / "schemas")  # a wheel's data-files (pyproject)
     for c in candidates:
         if (c / "tracingpolicy.schema.json").is_file():
             return c
