@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="how often to fetch a remote repository, and to re-check a watched local one (default: 30s)")
     p.add_argument("--agent-timeout", default="30s", metavar="DURATION",
                    help="an agent silent this long counts as not reporting in rollout gates (default: 30s)")
+    p.add_argument("--notify", metavar="FILE",
+                   help="outgoing notifications (kind: Notifications; webhook URLs in files it names): rejected "
+                        "commits, rollout halts and rollbacks, unhealed drift, refused policies, stale agents")
     p.add_argument("--leader-elect", "--standby", dest="leader_elect", action="store_true",
                    help="if another server holds the state directory, stand by (serve reads) and take over when "
                         "it dies, instead of exiting 2")
@@ -76,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
         agent_timeout = parse_duration(args.agent_timeout)
     except ValueError as e:
         raise UsageError(f"--agent-timeout: {e}") from None
+    notify = None
+    if args.notify is not None:  # read once, before the state is taken: a bad file is exit 2 with its reason
+        from pathlib import Path
+
+        from reconciler.notify.config import load as load_notify
+
+        notify = load_notify(Path(args.notify))
     host, port = parse_listen(args.listen)
     from reconciler.serve.auth import require_token
 
@@ -94,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     state = StateDir(args.state)
     publication = Publication(state.store.root)
     changes = Changes()
+    notifier = None
+    if notify is not None:
+        from reconciler.notify.notifier import Notifier
+
+        notifier = Notifier(notify, state, stale_after=agent_timeout, registry=metrics.registry)
+
     def reconciler() -> Reconciler:
         rec = Reconciler(args.repo, state, key, branch=args.branch)
         rec.rollouts.stale_after = agent_timeout
@@ -103,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     loop = ReconcileLoop(
         reconciler,
         publication=publication, metrics=metrics, changes=changes, poll_interval=poll, standby=standby,
+        notifier=notifier,
     )
     app = create_app(state.store.root, metrics=metrics, status=loop.status, publication=publication, state=state,
                      hooks=hooks, on_push=changes.notify, leading=lambda: loop.role is not Role.STANDBY,

@@ -67,6 +67,8 @@ class Courier:
         self._thread = threading.Thread(target=self._run, name=f"palisade-notify-{target.name}", daemon=True)
 
     def start(self) -> None:
+        # httpx logs every request with its URL at INFO, and a webhook URL is a secret.
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger("httpx").getEffectiveLevel()))
         self._thread.start()
 
     def wake(self) -> None:

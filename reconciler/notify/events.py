@@ -145,6 +145,12 @@ def detect(previous: Observed, current: Snapshot) -> tuple[Observed, tuple[Notif
         commit_cursor = max(commit_cursor, c.id)
         if c.result is Result.REJECTED:
             out.append(_rejected(c, current.links))
+    agents = dict(previous.agents)
+    for a in sorted(current.agents, key=lambda a: a.id):
+        before = previous.agents.get(a.id, AgentSeen())
+        now_seen, found = _agent(a, before, current)
+        out.extend(found)
+        agents[a.id] = now_seen
     event_cursor = previous.event_cursor
     for e in sorted(current.events, key=lambda e: e.id):
         if e.id <= previous.event_cursor:
@@ -152,13 +158,9 @@ def detect(previous: Observed, current: Snapshot) -> tuple[Observed, tuple[Notif
         event_cursor = max(event_cursor, e.id)
         if e.kind in _LEDGER_KINDS:
             out.append(_rollout(e, _LEDGER_KINDS[e.kind], current.links))
-    agents = dict(previous.agents)
-    for a in sorted(current.agents, key=lambda a: a.id):
-        before = previous.agents.get(a.id, AgentSeen())
-        now_seen, found = _agent(a, before, current)
-        out.extend(found)
-        agents[a.id] = now_seen
-    out.sort(key=lambda n: n.time)  # stable: ledger order within one time
+    # Times are whole seconds: within one, causes come first (a commit, then what agents report, then the
+    # rollout decisions those reports lead to), as listed above; the sort is stable.
+    out.sort(key=lambda n: n.time)
     return Observed(commit_cursor, event_cursor, MappingProxyType(agents)), tuple(out)
 
 
