@@ -15,6 +15,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -140,3 +141,12 @@ class Receiver:
     def ids(self) -> list[str]:
         with self._cond:
             return [r.event_id for r in self.received]
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
+    """Until `cond()` is true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)

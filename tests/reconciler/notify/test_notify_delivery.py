@@ -16,7 +16,7 @@ from reconciler.notify.config import Backoff, NotifyConfig, load
 from reconciler.notify.deliver import Courier, NotifyMetrics
 from reconciler.notify.events import EventKind, Notification, Observed
 from reconciler.notify.outbox import Outbox, Outcome
-from support.webhook import Receiver
+from support.webhook import Receiver, wait_for
 
 T0 = _dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=_dt.UTC)
 
@@ -43,15 +43,6 @@ def _notifications(n: int, first: int = 0) -> list[Notification]:
                          T0 + _dt.timedelta(seconds=i), {"commit": f"{i:040x}"}) for i in range(first, first + n)]
 
 
-def _wait(cond: object, timeout: float, what: str) -> None:
-    assert callable(cond)
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.02)
-
-
 def test_down_slow_then_up_every_notification_exactly_once_in_order_across_a_restart(
         tmp_path: Path, receiver: Receiver) -> None:
     config = _config(tmp_path, receiver)
@@ -66,7 +57,7 @@ def test_down_slow_then_up_every_notification_exactly_once_in_order_across_a_res
     courier = Courier(target, outbox, config.backoff, metrics)
     courier.start()
     # Down: the port is closed. Attempts are refused, retried with a growing, capped delay.
-    _wait(lambda: len(outbox.deliveries()) >= 4, 10, "four refused attempts")
+    wait_for(lambda: len(outbox.deliveries()) >= 4, 10, "four refused attempts")
     attempts = sorted(outbox.deliveries(), key=lambda d: d.id)
     assert {d.outcome for d in attempts} == {Outcome.UNREACHABLE}
     assert {d.event for d in attempts} == {sent[0].id}  # in order: nothing passes the head
@@ -89,13 +80,13 @@ def test_down_slow_then_up_every_notification_exactly_once_in_order_across_a_res
     courier = Courier(target, outbox, config.backoff, metrics)
     courier.start()
     receiver.wait_count(2, 10, which="late")
-    _wait(lambda: any(d.outcome is Outcome.TIMEOUT for d in outbox.deliveries()), 5, "a timeout recorded")
+    wait_for(lambda: any(d.outcome is Outcome.TIMEOUT for d in outbox.deliveries()), 5, "a timeout recorded")
     assert receiver.received == []
 
     # Failing, then up.
     receiver.failing(503)
     receiver.wait_count(1, 5, which="refused")
-    _wait(lambda: any(d.status == 503 for d in outbox.deliveries()), 5, "a 503 recorded")
+    wait_for(lambda: any(d.status == 503 for d in outbox.deliveries()), 5, "a 503 recorded")
     receiver.up()
     got = receiver.wait_count(6, 10)
     time.sleep(0.5)  # room for a duplicate to show up, if one were sent

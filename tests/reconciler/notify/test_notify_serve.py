@@ -23,7 +23,7 @@ from reconciler.keys import generate
 from reconciler.notify.outbox import Outbox, Outcome
 from support.policyrepo import PolicyRepo
 from support.serve import Serve, heartbeat
-from support.webhook import Receiver
+from support.webhook import Receiver, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 TIGHTEN = [("enforcement/web-lockdown.yaml", "state: enforce_ready", "state: enforced")]
@@ -41,15 +41,6 @@ def receiver() -> Iterator[Receiver]:
     rx = Receiver()
     yield rx
     rx.close()
-
-
-def _wait(cond: object, timeout: float, what: str) -> None:
-    assert callable(cond)
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.1)
 
 
 def _status(url: str) -> dict:  # type: ignore[type-arg]
@@ -95,21 +86,21 @@ spec:
     args = ("--notify", str(config), "--agent-timeout", AGENT_TIMEOUT)
     serve = Serve(policy.path, state, kp.signing_key_path, *args)
     try:
-        _wait(lambda: (_status(serve.url).get("lastAccepted") or {}).get("version") == 1, 60, "v1 published")
+        wait_for(lambda: (_status(serve.url).get("lastAccepted") or {}).get("version") == 1, 60, "v1 published")
 
         # v2 tightens: pinned to the canary only; the canary's heartbeat fails its gates.
         policy.change("enforce web-lockdown", TIGHTEN, signer="alice", wait_days=4)
-        _wait(lambda: (_status(serve.url).get("lastAccepted") or {}).get("version") == 2, 30, "v2 published")
-        _wait(lambda: _status(serve.url)["rollout"].get("target") == 2, 10, "the rollout of v2 started")
+        wait_for(lambda: (_status(serve.url).get("lastAccepted") or {}).get("version") == 2, 30, "v2 published")
+        wait_for(lambda: _status(serve.url)["rollout"].get("target") == 2, 10, "the rollout of v2 started")
         heartbeat(serve.url, "node-canary-1", version=2, stage="canary",
                   policies=[{"name": "web-lockdown-exec", "status": "refused", "reason": "kprobes unavailable"}],
                   drift={"detected": 1, "healed": 0, "unhealed": 1,
                          "findings": [{"kind": "detached", "policy": "web-lockdown-exec", "detail": "link gone"}]})
-        _wait(lambda: _pending(state).get("chat", 0) >= 2, 15, "the halt and the rollback queued")
-        _wait(lambda: _pending(state).get("ops", 0) >= 5, 15, "the agent going stale queued")
+        wait_for(lambda: _pending(state).get("chat", 0) >= 2, 15, "the halt and the rollback queued")
+        wait_for(lambda: _pending(state).get("ops", 0) >= 5, 15, "the agent going stale queued")
         policy.change("typo", BROKEN, signer="alice")
-        _wait(lambda: _pending(state) == {"ops": 6, "chat": 3}, 15, "the rejected commit queued")
-        _wait(lambda: sum(1 for _ in _kinds(state, "ops")) >= 1, 10, "an attempt on the closed port")
+        wait_for(lambda: _pending(state) == {"ops": 6, "chat": 3}, 15, "the rejected commit queued")
+        wait_for(lambda: sum(1 for _ in _kinds(state, "ops")) >= 1, 10, "an attempt on the closed port")
         assert receiver.received == []
 
         serve.kill()  # SIGKILL with all of it queued
@@ -147,7 +138,7 @@ spec:
         assert by_kind["drift-unhealed"]["details"]["unhealed"] == 1
         assert by_kind["agent-stale"]["details"]["sensor"] == "node-canary-1"
         assert set(chat[0].json) == {"text", "blocks"}
-        _wait(lambda: _pending(state) == {}, 10, "the outbox drained")
+        wait_for(lambda: _pending(state) == {}, 10, "the outbox drained")
 
         # Each attempt is in the record `palisade ledger --notifications` shows.
         out = subprocess.run([sys.executable, "-m", "reconciler.cli", "ledger", "--state", str(state),
