@@ -6,14 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KSTAMP := $(VENV)/.kernel-tools
 
-.PHONY: all venv kernel-tools demo test lint bench clean vm-test
+.PHONY: all venv kernel-tools demo test lint bench clean vm-test cri-proto
 
 all: test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[reconciler,dev]'
+	$(BIN)/python -m pip install -q -e '.[reconciler,dev,cri]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -42,6 +42,13 @@ lint: venv
 
 bench: venv kernel-tools
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+# The CRI messages the agent speaks (agent/criapi/runtime.proto), compiled into the committed runtime_pb2.py/.pyi;
+# the same grpcio-tools gives the same files (their protobuf floor is the `cri` extra's).
+GRPC_TOOLS ?= grpcio-tools==1.85.1
+cri-proto: venv
+	$(BIN)/python -m pip install -q '$(GRPC_TOOLS)'
+	cd agent/criapi && ../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. runtime.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

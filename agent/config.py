@@ -28,6 +28,8 @@ the command line wins over the file. Workloads map cgroups to the labels that
 `containers.socket` names a container runtime's Docker-compatible API (podman's `podman system
 service`, Docker's /run/docker.sock): the agent then also discovers containers as they start and stop
 (agent/containers.py) and scopes policies to them; absent, only the `workloads` map is used.
+`containers.cri` names a CRI socket instead (containerd's /run/containerd/containerd.sock under
+Kubernetes; agent/cri.py, which needs the `cri` extra); the two are exclusive (one runtime per agent).
 `buildObjects: false` keeps clang off the node: a policy is loaded only from a CO-RE
 object its signed bundle carries for this kernel, and refused (saying why) otherwise.
 `callouts` tune the GetUrl/DnsLookup requests policies ask for (agent/callouts.py): the resolver
@@ -43,7 +45,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 import yaml
@@ -83,9 +85,11 @@ class Workload:
 
 @dataclass(frozen=True)
 class ContainerRuntime:
-    """Where the container runtime's Docker-compatible API listens (a unix socket)."""
+    """Where the container runtime listens (a unix socket) and what it speaks there: the Docker-compatible
+    API (`containers.socket`) or the CRI (`containers.cri`; agent/cri.py)."""
 
     socket: Path
+    api: Literal["docker", "cri"] = "docker"
 
 
 @dataclass(frozen=True)
@@ -254,7 +258,10 @@ def load(file: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
     if doc.get("callouts"):
         cfg = replace(cfg, callouts=_callouts(doc["callouts"], file))
     if doc.get("containers"):
-        cfg = replace(cfg, containers=ContainerRuntime(_resolve(base, doc["containers"]["socket"])))
+        c = doc["containers"]  # the schema lets through exactly one of the two
+        runtime = ContainerRuntime(_resolve(base, c["cri"]), "cri") if "cri" in c else \
+            ContainerRuntime(_resolve(base, c["socket"]))
+        cfg = replace(cfg, containers=runtime)
     if doc.get("bundles"):
         b = doc["bundles"]
         cfg = replace(cfg, bundles=BundleSource(url=str(b["url"]).rstrip("/"), long_poll=bool(b.get("longPoll", False)),

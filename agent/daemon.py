@@ -26,6 +26,7 @@ from .runner import Agent
 from .workloads import WorkloadIndex
 
 if TYPE_CHECKING:
+    from .cri import CriWatcher
     from .sensor import NodeSensor
 
 __all__ = ["make_enforcer", "run", "start_sensor", "watch_containers"]
@@ -49,7 +50,7 @@ def make_enforcer(cfg: AgentConfig) -> Enforcer:
 
 
 def watch_containers(cfg: AgentConfig, enforcer: Enforcer, index: WorkloadIndex,
-                     base: NodeSensor | None = None) -> ContainerWatcher | None:
+                     base: NodeSensor | None = None) -> ContainerWatcher | CriWatcher | None:
     """Follow the container runtime (when configured): each container that runs joins the scopes of the
     policies selecting it (first: that is what the start latency measures), and events name it — the
     policies' (`index`) and the base sensor's process_exec/exit (`base`)."""
@@ -74,7 +75,13 @@ def watch_containers(cfg: AgentConfig, enforcer: Enforcer, index: WorkloadIndex,
         if base is not None:
             base.pods.remove(w)
 
-    watcher = ContainerWatcher(cfg.containers.socket, on_start, on_stop)
+    watcher: ContainerWatcher | CriWatcher
+    if cfg.containers.api == "cri":
+        from .cri import CriWatcher  # grpcio only where a CRI socket is configured (CriUnavailable without)
+
+        watcher = CriWatcher(cfg.containers.socket, on_start, on_stop)
+    else:
+        watcher = ContainerWatcher(cfg.containers.socket, on_start, on_stop)
     watcher.start()
     return watcher
 
@@ -119,6 +126,10 @@ def _locked(cfg: AgentConfig) -> Iterator[None]:
 
 def run(cfg: AgentConfig) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
+    if cfg.containers is not None and cfg.containers.api == "cri":
+        from .cri import load_grpc
+
+        load_grpc()  # before anything else: without grpcio, exit 3 (CriUnavailable) saying what to install
     pubkeys = load_public_keys(cfg.pubkeys)
     with _locked(cfg):
         metrics = AgentMetrics()

@@ -36,16 +36,42 @@ class PodmanUnavailable(Exception):
     """podman system service did not come up."""
 
 
-def problem() -> str | None:
-    """Why podman cannot run containers here, or None."""
-    missing = [t for t in ("podman", "runc") if shutil.which(t) is None]
+def problem(tools: tuple[str, ...] = ("podman", "runc"), root: str = "podman with cgroupfs needs root") -> str | None:
+    """Why podman (or the runtime made of `tools`) cannot run containers here, or None."""
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         return f"{' and '.join(missing)} not installed (run scripts/kernel-tools.sh)"
     if not BUSYBOX.is_file():
         return f"{BUSYBOX} is missing (busybox-static; run scripts/kernel-tools.sh)"
     if os.geteuid() != 0:
-        return "podman with cgroupfs needs root"
+        return root
     return None
+
+
+def add_rootfs(tar: tarfile.TarFile) -> None:
+    """The image's files: a busybox-static rootfs, its applets linked in /bin (scripts/containerd_runtime.py
+    makes its image of the same)."""
+    for d in ("bin", "proc", "sys", "dev", "etc", "tmp"):
+        info = tarfile.TarInfo(d)
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(info)
+    tar.add(BUSYBOX, "bin/busybox")
+    for applet in APPLETS:
+        info = tarfile.TarInfo(f"bin/{applet}")
+        info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+        tar.addfile(info)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """End a daemon started in a session of its own: SIGTERM to its group, SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(grace)
 
 
 @dataclass(frozen=True)
@@ -80,15 +106,7 @@ class Podman:
         self.base.mkdir(parents=True, exist_ok=True)
         rootfs = self.base / "rootfs.tar"
         with tarfile.open(rootfs, "w") as tar:
-            for d in ("bin", "proc", "sys", "dev", "etc", "tmp"):
-                info = tarfile.TarInfo(d)
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            tar.add(BUSYBOX, "bin/busybox")
-            for applet in APPLETS:
-                info = tarfile.TarInfo(f"bin/{applet}")
-                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
-                tar.addfile(info)
+            add_rootfs(tar)
         self.podman("import", str(rootfs), self.image)
         with open(self.base / "service.log", "wb") as err:  # the child keeps its own descriptor
             self._service = subprocess.Popen(
@@ -143,13 +161,8 @@ class Podman:
                           check=False).stdout.split()
         if ids:
             self.podman("rm", "-f", "-t", "0", *ids, check=False)
-        if self._service is not None and self._service.poll() is None:
-            os.killpg(self._service.pid, signal.SIGTERM)
-            try:
-                self._service.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._service.pid, signal.SIGKILL)
-                self._service.wait(10)
+        if self._service is not None:
+            stop_group(self._service)
         self.podman("rmi", "-f", self.image, check=False)
         # unmount the storage's overlay mounts (podman leaves its driver's root mounted)
         self.podman("system", "reset", "-f", check=False, timeout=60)

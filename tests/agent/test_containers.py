@@ -1,7 +1,9 @@
 """Containers from a real runtime (podman + runc, its Docker-compatible API): the test runtime itself, and
-the agent's discovery of containers, their cgroups and metadata (agent/containers.py)."""
+the agent's discovery of containers, their cgroups and metadata (agent/containers.py). The pod-selector and
+namespaced stories run on containerd's CRI too (agent/cri.py; its own tests: test_cri_containers.py)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -20,7 +22,8 @@ from agent.errors import ConfigError
 from agent.select import Desired
 from agent.workloads import WorkloadIndex
 from bpf.engine import remove_all
-from support.containers import IMAGE, Podman, podman_session
+from support.containers import IMAGE, Podman, podman_session, wait_for
+from support.cri import CriRuntime, PodmanRuntime, Runtime, containerd_session
 from support.podpolicies import EXEC_ALLOWLIST, https_only
 from wire.bundle import Origin, sha256_hex
 from wire.values import Scope, State
@@ -32,13 +35,6 @@ pytestmark = pytest.mark.kernel
 def podman(require_kernel: None) -> Iterator[Podman]:
     with podman_session() as p:
         yield p
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_a_container_runs_in_its_own_cgroup_and_is_removed(podman: Podman) -> None:
@@ -96,15 +92,14 @@ def _desired(text: str) -> Desired:
     return Desired(name, Origin("rule", name), Scope(), State.ENFORCED, text, sha256_hex(text.encode()), 1, "c" * 40)
 
 
-@pytest.fixture()
-def watched(podman: Podman) -> Iterator[tuple[EngineEnforcer, WorkloadIndex]]:
+@contextlib.contextmanager
+def _watching(runtime: ContainerRuntime) -> Iterator[tuple[EngineEnforcer, WorkloadIndex]]:
     """The agent's enforcer with container discovery on (no configured workloads), fed by a watcher, as
     `palisade-agent run` wires them (daemon.watch_containers)."""
     root = Path("/sys/fs/bpf") / f"palisade-containers-{uuid.uuid4().hex[:8]}"
     e = EngineEnforcer([], pin_root=root, node_name="t", containers=True)
     index = WorkloadIndex()
-    cfg = AgentConfig(server="http://127.0.0.1:1", pubkeys=(), sensor_id="t", state=root,
-                      containers=ContainerRuntime(podman.socket))
+    cfg = AgentConfig(server="http://127.0.0.1:1", pubkeys=(), sensor_id="t", state=root, containers=runtime)
     w = watch_containers(cfg, e, index)
     assert w is not None
     try:
@@ -115,6 +110,28 @@ def watched(podman: Podman) -> Iterator[tuple[EngineEnforcer, WorkloadIndex]]:
         e.close()
         _, problems = remove_all(root)
         assert problems == []
+
+
+@pytest.fixture()
+def watched(podman: Podman) -> Iterator[tuple[EngineEnforcer, WorkloadIndex]]:
+    with _watching(ContainerRuntime(podman.socket)) as ew:
+        yield ew
+
+
+@pytest.fixture(scope="module", params=["podman", "containerd"])
+def runtime(request: pytest.FixtureRequest, require_kernel: None) -> Iterator[Runtime]:
+    """Each real runtime the agent discovers containers from: podman's Docker API, containerd's CRI."""
+    if request.param == "podman":
+        yield PodmanRuntime(request.getfixturevalue("podman"))
+        return
+    with containerd_session() as c:
+        yield CriRuntime(c)
+
+
+@pytest.fixture()
+def runtime_watched(runtime: Runtime) -> Iterator[tuple[EngineEnforcer, WorkloadIndex]]:
+    with _watching(runtime.config) as ew:
+        yield ew
 
 
 def _kill_events(e: EngineEnforcer, policy: str, container_id: str) -> list[dict[str, Any]]:
@@ -134,46 +151,45 @@ def _scoped(e: EngineEnforcer, cgroup: Path) -> Callable[[], bool]:
 
 
 def test_a_pod_selector_follows_containers_that_start_after_the_policy(
-        podman: Podman, watched: tuple[EngineEnforcer, WorkloadIndex]) -> None:
-    e, index = watched
+        runtime: Runtime, runtime_watched: tuple[EngineEnforcer, WorkloadIndex]) -> None:
+    e, index = runtime_watched
     loaded = e.load(_desired(ALLOWLIST))  # nothing matches yet: loaded with a scope of nothing
-    web = podman.run(labels={"app": "web"})
-    db = podman.run(labels={"app": "db"})
+    web = runtime.run({"app": "web"})
+    db = runtime.run({"app": "db"})
     wait_for(_scoped(e, web.cgroup))
     wait_for(_scoped(e, db.cgroup))
     assert e.loaded()[0].handle == loaded.handle  # the same load: nothing was reloaded
-    assert podman.exec(db.id, "/bin/true").returncode == 0  # not selected: runs
-    r = podman.exec(web.id, "/bin/true")
-    assert r.returncode == 137, (r.returncode, r.stderr)  # 128 + SIGKILL
+    assert runtime.exec(db.id, "/bin/true") == 0  # not selected: runs
+    assert runtime.exec(web.id, "/bin/true") == 137  # 128 + SIGKILL
     (kill, *_) = _kill_events(e, "web-exec-allowlist", web.id)
     assert kill["action"] == "KPROBE_ACTION_SIGKILL"
     pod = kill["process"]["pod"]
-    assert pod["name"] == web.name and pod["namespace"] == "default" and pod["workload"] == web.name
-    assert pod["container"]["name"] == web.name and pod["container"]["image"]["name"] == IMAGE
+    assert pod["name"] == web.pod and pod["namespace"] == "default" and pod["workload"] == web.pod
+    assert pod["container"]["name"] == web.container and pod["container"]["image"]["name"] == IMAGE
     assert pod["container"]["image"]["id"] and pod["pod_labels"]["app"] == "web"
-    assert pod["container"]["id"] == f"docker://{web.id}" and pod["container"]["start_time"].startswith("20")
+    assert pod["container"]["id"] == f"{web.scheme}://{web.id}" and pod["container"]["start_time"].startswith("20")
     assert kill["process"]["docker"] == web.id[:31]  # Tetragon's cut of the id
     assert e.drift() == []  # the scope changed by the agent's hand is not drift
 
-    podman.remove(web.id)  # out of the scope when it dies; a new web container is in again
+    runtime.remove(web.id)  # out of the scope when it dies; a new web container is in again
     wait_for(lambda: str(web.cgroup) not in e.scoped_at)
-    again = podman.run(labels={"app": "web"})
+    again = runtime.run({"app": "web"})
     wait_for(_scoped(e, again.cgroup))
-    assert podman.exec(again.id, "/bin/true").returncode == 137
-    assert podman.exec(db.id, "/bin/true").returncode == 0
+    assert runtime.exec(again.id, "/bin/true") == 137
+    assert runtime.exec(db.id, "/bin/true") == 0
     assert index.of(os.stat(again.cgroup).st_ino) is not None
 
 
 def test_a_namespaced_policy_follows_containers_of_its_namespace(
-        podman: Podman, watched: tuple[EngineEnforcer, WorkloadIndex]) -> None:
-    e, _ = watched
+        runtime: Runtime, runtime_watched: tuple[EngineEnforcer, WorkloadIndex]) -> None:
+    e, _ = runtime_watched
     e.load(_desired(NAMESPACED))
-    shop = podman.run(labels={"io.kubernetes.pod.namespace": "shop", "io.kubernetes.pod.name": "cart-0"})
-    other = podman.run(labels={"io.kubernetes.pod.namespace": "other", "io.kubernetes.pod.name": "cart-0"})
+    shop = runtime.run({}, namespace="shop", pod="cart-0")
+    other = runtime.run({}, namespace="other", pod="cart-0")
     wait_for(_scoped(e, shop.cgroup))
     wait_for(_scoped(e, other.cgroup))
-    assert podman.exec(other.id, "/bin/true").returncode == 0
-    assert podman.exec(shop.id, "/bin/true").returncode == 137
+    assert runtime.exec(other.id, "/bin/true") == 0
+    assert runtime.exec(shop.id, "/bin/true") == 137
     (kill, *_) = _kill_events(e, "shop-exec-allowlist", shop.id)
     assert kill["process"]["pod"]["namespace"] == "shop" and kill["process"]["pod"]["name"] == "cart-0"
     assert kill["process"]["pod"]["container"]["image"]["name"] == IMAGE

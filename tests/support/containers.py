@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from support.kernel import unavailable
 
@@ -15,13 +17,21 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[2] / "scripts"))  # scri
 
 from podman_runtime import IMAGE, Podman, Started, problem
 
-__all__ = ["IMAGE", "Podman", "Started", "podman_session", "problem"]
+__all__ = ["IMAGE", "Podman", "Started", "podman_session", "problem", "runtime_session", "wait_for"]
+
+
+class _Runtime(Protocol):
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+
+
+R = TypeVar("R", bound=_Runtime)
 
 
 @contextlib.contextmanager
-def podman_session() -> Iterator[Podman]:
-    """A started `Podman` (fails under CI=true when podman cannot run here, skips otherwise)."""
-    why = problem()
+def runtime_session(why: str | None, make: Callable[[Path, Path], R], prefix: str) -> Iterator[R]:
+    """A runtime `make(base, cgroup2 root)` made, started, and closed after (fails under CI=true when `why` says
+    it cannot run here, skips otherwise)."""
     if why is not None:
         unavailable(why)
     from bpf.core import procfs
@@ -30,9 +40,24 @@ def podman_session() -> Iterator[Podman]:
     if root is None:
         unavailable("no cgroup2 hierarchy")
     # a short base: the API socket's path must fit a sockaddr_un
-    p = Podman(Path(tempfile.mkdtemp(prefix="pl-podman-", dir="/tmp")), root)
+    r = make(Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp")), root)
     try:
-        p.start()
-        yield p
+        r.start()
+        yield r
     finally:
-        p.close()
+        r.close()
+
+
+@contextlib.contextmanager
+def podman_session() -> Iterator[Podman]:
+    """A started `Podman` (fails under CI=true when podman cannot run here, skips otherwise)."""
+    with runtime_session(problem(), Podman, "pl-podman-") as p:
+        yield p
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
+    """Until `cond()` holds (a container seen, a cgroup gone), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
