@@ -77,9 +77,13 @@ class Courier:
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop after the attempt in flight (at most the target's timeout)."""
+        self.stopping()
+        self._thread.join(self.target.timeout + 5 if timeout is None else timeout)
+
+    def stopping(self) -> None:
+        """Tell the thread to stop, without waiting for it (`stop` waits)."""
         self._stopping.set()
         self._wake.set()
-        self._thread.join(self.target.timeout + 5 if timeout is None else timeout)
 
     def _run(self) -> None:
         with httpx.Client(timeout=self.target.timeout, follow_redirects=False,
@@ -89,7 +93,7 @@ class Courier:
                     self._step(http)
                 except Exception:  # a bug or a broken outbox must not end deliveries for good
                     log.exception("notify %s: delivery loop failed; retrying", self.target.name)
-                    self._stopping.wait(self._backoff.maximum)
+                    self._stopping.wait(min(self._backoff.maximum, 30.0))
 
     def _step(self, http: httpx.Client) -> None:
         self._wake.clear()  # before reading: an enqueue after this read wakes the next wait

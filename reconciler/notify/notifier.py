@@ -66,6 +66,8 @@ class Notifier:
             c.start()
 
     def stop(self) -> None:
+        for c in self._couriers:  # all at once: a slow target does not hold up the others' stop
+            c.stopping()
         for c in self._couriers:
             c.stop()
         self._couriers = []

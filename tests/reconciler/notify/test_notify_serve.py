@@ -161,3 +161,42 @@ spec:
         code = serve.stop()
     assert code == 0, serve.log
     assert "Traceback" not in serve.log, serve.log
+
+
+def test_a_standby_notifies_nothing_until_it_leads_then_delivers_what_the_dead_leader_queued(
+        tmp_path: Path, receiver: Receiver) -> None:
+    policy = PolicyRepo.create(tmp_path, min_observation="0s")
+    kp = generate(tmp_path / "keys")
+    state = tmp_path / "state"
+    (tmp_path / "ops.url").write_text(f"{receiver.url}/ops\n")
+    config = tmp_path / "notify.yaml"
+    config.write_text("apiVersion: palisade.dev/v1\nkind: Notifications\nspec:\n"
+                      "  backoff: {initial: 0.2s, max: 1s}\n"
+                      "  targets: [{name: ops, kind: generic, urlFile: ops.url, timeout: 0.5s}]\n")
+    args = ("--notify", str(config), "--agent-timeout", AGENT_TIMEOUT, "--leader-elect")
+    receiver.up()
+    leader = Serve(policy.path, state, kp.signing_key_path, *args)
+    standby = Serve(policy.path, state, kp.signing_key_path, *args)
+    try:
+        wait_for(lambda: _status(standby.url).get("role") == "standby", 30, "the second server stands by")
+        wait_for(lambda: (_status(leader.url).get("lastAccepted") or {}).get("version") == 1, 60, "v1 published")
+        bad = policy.change("typo", [("enforcement/web-lockdown.yaml", "state: enforce_ready", "state: enforce_redy")])
+        (first,) = receiver.wait_count(1, 15)
+        assert first.json["kind"] == "commit-rejected" and first.json["details"]["commit"] == bad
+
+        receiver.down()
+        heartbeat(standby.url, "node-1")  # a standby stores heartbeats too; the leader notices the silence
+        wait_for(lambda: _pending(state) == {"ops": 1}, 15, "the stale agent queued by the leader")
+        leader.kill()
+        receiver.up()
+        got = receiver.wait_count(2, 30)  # the standby took the lock, then the queue
+        time.sleep(1.0)
+        assert [r.json["kind"] for r in receiver.received] == ["commit-rejected", "agent-stale"]
+        assert got[1].json["details"]["sensor"] == "node-1"
+        assert _status(standby.url)["role"] == "leader"
+    finally:
+        if leader.proc.poll() is None:
+            leader.stop()
+        code = standby.stop()
+    assert code == 0, standby.log
+    assert "Traceback" not in standby.log + leader.log, standby.log + leader.log
