@@ -4,18 +4,21 @@ listing, its cgroup wake-ups (containerd 1.6 has no GetContainerEvents), the met
 and agent.yaml's `containers.cri`. The policy stories on CRI pods are test_containers.py's, parametrized."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from agent.config import ContainerRuntime, load
-from agent.containers import Container
+from agent.containers import Container, cgroup_of
 from agent.cri import CriWatcher, container_of_status
 from agent.errors import ConfigError
 from support.containers import wait_for
@@ -163,3 +166,110 @@ def test_the_committed_cri_messages_are_what_the_proto_compiles_to() -> None:
     assert fd.package == "runtime.v1" and messages == declared
     assert [m.name for m in fd.service[0].method] == [
         line.split()[1].split("(")[0] for line in proto.splitlines() if line.strip().startswith("rpc ")]
+
+
+class _EventingRuntime:
+    """A CRI server of the test's own on a unix socket, for the path containerd 1.6 cannot show: a runtime
+    with GetContainerEvents (containerd 1.7 and later). Its containers are real processes of the test."""
+
+    def __init__(self, sock: Path) -> None:
+        import queue
+
+        import grpc
+
+        from agent.criapi import runtime_pb2 as pb
+
+        self.pb = pb
+        self.running: dict[str, tuple[int, str]] = {}  # id -> (pid, sandbox id)
+        self.events: queue.Queue[object] = queue.Queue()
+        self.sandbox = pb.PodSandboxStatus(id="f" * 64, labels={"app": "web", "io.kubernetes.pod.name": "web-0"},
+                                           metadata=pb.PodSandboxMetadata(name="web-0", uid="u7", namespace="shop"))
+
+        def unary(fn: Callable[[Any, Any], Any], req: Any, resp: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req.FromString,
+                                                       response_serializer=resp.SerializeToString)
+
+        def stream(_: Any, context: Any) -> Iterator[Any]:
+            while context.is_active():
+                with contextlib.suppress(queue.Empty):
+                    ev = self.events.get(timeout=0.1)
+                    if ev is None:
+                        return
+                    yield ev
+
+        handlers = {
+            "Version": unary(lambda r, _: pb.VersionResponse(runtime_name="test"), pb.VersionRequest,
+                             pb.VersionResponse),
+            "ListContainers": unary(lambda r, _: pb.ListContainersResponse(containers=[
+                pb.Container(id=c, pod_sandbox_id=s, state=pb.CONTAINER_RUNNING) for c, (_, s) in self.running.items()
+                if not r.filter.id or r.filter.id == c]), pb.ListContainersRequest, pb.ListContainersResponse),
+            "ContainerStatus": unary(self._status, pb.ContainerStatusRequest, pb.ContainerStatusResponse),
+            "PodSandboxStatus": unary(lambda r, _: pb.PodSandboxStatusResponse(status=self.sandbox),
+                                      pb.PodSandboxStatusRequest, pb.PodSandboxStatusResponse),
+            "GetContainerEvents": grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=pb.GetEventsRequest.FromString,
+                response_serializer=pb.ContainerEventResponse.SerializeToString),
+        }
+        from concurrent import futures
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("runtime.v1.RuntimeService",
+                                                                                   handlers),))
+        self.server.add_insecure_port(f"unix:{sock}")
+        self.server.start()
+
+    def _status(self, r: Any, context: Any) -> Any:
+        import grpc
+
+        pb = self.pb
+        if r.container_id not in self.running:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"container {r.container_id} not found")
+        pid, sid = self.running[r.container_id]
+        return pb.ContainerStatusResponse(
+            status=pb.ContainerStatus(id=r.container_id, metadata=pb.ContainerMetadata(name="app"),
+                                      state=pb.CONTAINER_RUNNING, started_at=time.time_ns(),
+                                      image=pb.ImageSpec(image=IMAGE), image_ref="sha256:" + "e" * 64),
+            info={"info": json.dumps({"pid": pid, "sandboxID": sid})})
+
+    def start(self, cid: str, pid: int) -> None:
+        self.running[cid] = (pid, self.sandbox.id)
+        self.events.put(self.pb.ContainerEventResponse(container_id=cid,
+                                                       container_event_type=self.pb.CONTAINER_STARTED_EVENT,
+                                                       pod_sandbox_status=self.sandbox))
+
+    def stop(self, cid: str) -> None:
+        del self.running[cid]
+        self.events.put(self.pb.ContainerEventResponse(container_id=cid,
+                                                       container_event_type=self.pb.CONTAINER_STOPPED_EVENT))
+
+    def close(self) -> None:
+        self.events.put(None)
+        self.server.stop(1).wait()
+
+
+def test_a_runtime_with_container_events_is_followed_by_its_stream(tmp_path: Path) -> None:
+    rt = _EventingRuntime(tmp_path / "cri.sock")
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    started: list[Container] = []
+    stopped: list[Container] = []
+    w = CriWatcher(tmp_path / "cri.sock", started.append, stopped.append)
+    try:
+        rt.running["a" * 64] = (sleepers[0].pid, rt.sandbox.id)  # running before the agent: listed
+        w.start()
+        wait_for(lambda: [c.id for c in started] == ["a" * 64])
+        rt.start("b" * 64, sleepers[1].pid)
+        wait_for(lambda: len(started) == 2)
+        assert w.streams is True
+        c = started[1]
+        assert (c.id, c.pid, c.name, c.pod_name, c.namespace, c.pod_uid) == (
+            "b" * 64, sleepers[1].pid, "app", "web-0", "shop", "u7")
+        assert c.pod_labels == {"app": "web"} and c.cgroup == cgroup_of(c.pid)
+        rt.stop("b" * 64)
+        wait_for(lambda: [x.id for x in stopped] == ["b" * 64])
+        assert set(w.running) == {"a" * 64}
+    finally:
+        w.stop()
+        rt.close()
+        for p in sleepers:
+            p.kill()
+            p.wait()
