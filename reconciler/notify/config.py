@@ -5,6 +5,8 @@
     spec:
       queueLimit: 1000            # undelivered notifications kept per target; beyond, the oldest is dropped
       backoff: {initial: 1s, max: 5m}
+      links: [{title: Console, url: "https://palisade.example.com/ui"}]   # on every notification
+      commitUrl: "https://github.com/acme/policy/commit/{commit}"       # a rejected commit's link
       targets:
         - name: ops
           kind: generic           # or slack
@@ -81,6 +83,8 @@ class NotifyConfig:
     queue_limit: int = DEFAULT_QUEUE_LIMIT
     backoff: Backoff = Backoff()
     source: Path | None = None
+    links: tuple[tuple[str, str], ...] = ()  # (title, URL) on every notification
+    commit_url: str | None = None  # with `{commit}`: where a rejected commit is shown
 
     def target(self, name: str) -> Target:
         return next(t for t in self.targets if t.name == name)
@@ -105,7 +109,7 @@ def parse(doc: Any, path: Path) -> NotifyConfig:
     if d["apiVersion"] != API_VERSION or d["kind"] != KIND:
         raise NotifyConfigError(f"{where}: expected apiVersion {API_VERSION} and kind {KIND}, "
                                 f"found {d['apiVersion']!r} and {d['kind']!r}")
-    spec = _obj(d["spec"], "spec", where, ("targets",), ("queueLimit", "backoff"))
+    spec = _obj(d["spec"], "spec", where, ("targets",), ("queueLimit", "backoff", "links", "commitUrl"))
     limit = spec.get("queueLimit", DEFAULT_QUEUE_LIMIT)
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise NotifyConfigError(f"{where}: spec.queueLimit must be a whole number of 1 or more, not {limit!r}")
@@ -124,7 +128,27 @@ def parse(doc: Any, path: Path) -> NotifyConfig:
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
         raise NotifyConfigError(f"{where}: two targets are named {dup!r}")
-    return NotifyConfig(targets, limit, backoff, path)
+    links = tuple(_link(v, f"spec.links[{i}]", where) for i, v in enumerate(_list(spec.get("links", []),
+                                                                                   "spec.links", where)))
+    commit_url = spec.get("commitUrl")
+    if commit_url is not None and (not isinstance(commit_url, str) or "{commit}" not in commit_url
+                                   or urlsplit(commit_url).scheme not in ("http", "https")):
+        raise NotifyConfigError(f"{where}: spec.commitUrl must be an http(s) URL holding {{commit}}")
+    return NotifyConfig(targets, limit, backoff, path, links, commit_url)
+
+
+def _list(v: Any, at: str, where: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise NotifyConfigError(f"{where}: {at} must be a list")
+    return v
+
+
+def _link(v: Any, at: str, where: str) -> tuple[str, str]:
+    d = _obj(v, at, where, ("title", "url"), ())
+    if not isinstance(d["title"], str) or not isinstance(d["url"], str) or \
+            urlsplit(d["url"]).scheme not in ("http", "https"):
+        raise NotifyConfigError(f"{where}: {at} needs a title and an http(s) url")
+    return d["title"], d["url"]
 
 
 def _target(v: Any, at: str, where: str, base: Path) -> Target:

@@ -131,7 +131,8 @@ class Snapshot:
     events: tuple[LedgerEvent, ...] = ()
     agents: tuple[AgentRecord, ...] = ()
     stale_after: _dt.timedelta = _dt.timedelta(seconds=30)
-    links: tuple[tuple[str, str], ...] = ()  # added to every notification (the server's status page)
+    links: tuple[tuple[str, str], ...] = ()  # added to every notification (the server's console, ...)
+    commit_url: str | None = None  # `{commit}` replaced: a rejected commit's page
 
 
 def detect(previous: Observed, current: Snapshot) -> tuple[Observed, tuple[Notification, ...]]:
@@ -144,7 +145,9 @@ def detect(previous: Observed, current: Snapshot) -> tuple[Observed, tuple[Notif
             continue
         commit_cursor = max(commit_cursor, c.id)
         if c.result is Result.REJECTED:
-            out.append(_rejected(c, current.links))
+            commit_link = () if current.commit_url is None else (
+                ("commit", current.commit_url.replace("{commit}", c.commit)),)
+            out.append(_rejected(c, (*commit_link, *current.links)))
     agents = dict(previous.agents)
     for a in sorted(current.agents, key=lambda a: a.id):
         before = previous.agents.get(a.id, AgentSeen())

@@ -83,7 +83,8 @@ class Notifier:
         assert self.outbox is not None, "start() first"
         prev = self._observed
         snap = Snapshot(self._clock(), tuple(ledger.entries(after=prev.commit_cursor)),
-                        tuple(ledger.events(after=prev.event_cursor)), self._agents(), self.stale_after)
+                        tuple(ledger.events(after=prev.event_cursor)), self._agents(), self.stale_after,
+                        self.config.links, self.config.commit_url)
         observed, found = detect(prev, snap)
         if observed == prev:
             return found

@@ -19,6 +19,8 @@ kind: Notifications
 spec:
   queueLimit: 50
   backoff: {initial: 2s, max: 1m}
+  links: [{title: Console, url: "https://palisade.example.com/ui"}]
+  commitUrl: "https://git.example.com/policy/commit/{commit}"
   targets:
   - name: ops
     kind: generic
@@ -48,6 +50,8 @@ def test_a_good_file(tmp_path: Path) -> None:
     assert (chat.kind, chat.url, chat.timeout) == (TargetKind.SLACK, SECRET, 2.0)
     assert chat.events == {EventKind.ROLLOUT_HALTED, EventKind.ROLLOUT_ROLLED_BACK}
     assert (config.queue_limit, config.backoff.initial, config.backoff.maximum) == (50, 2.0, 60.0)
+    assert config.links == (("Console", "https://palisade.example.com/ui"),)
+    assert config.commit_url == "https://git.example.com/policy/commit/{commit}"
     assert SECRET not in repr(config)  # the URL stays out of reprs (logs, tracebacks)
     with pytest.raises(dataclasses.FrozenInstanceError):
         chat.url = "x"  # type: ignore[misc]
@@ -64,6 +68,8 @@ def test_a_good_file(tmp_path: Path) -> None:
     (GOOD.replace("name: chat", "name: ops"), "two targets are named 'ops'"),
     (GOOD.replace("    timeout: 2s", "    url: http://x"), "spec.targets[1] has unknown member(s) url"),
     ("spec: [", "not YAML"),
+    (GOOD.replace("/commit/{commit}", "/commit/"), "spec.commitUrl must be an http(s) URL holding {commit}"),
+    (GOOD.replace("url: \"https://palisade", "url: \"ftp://palisade"), "spec.links[0] needs a title and an http(s)"),
 ])
 def test_bad_files_say_what_and_where(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(NotifyConfigError) as e:

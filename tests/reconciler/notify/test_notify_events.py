@@ -47,6 +47,10 @@ def test_rejected_commits_past_the_cursor_each_once_with_their_findings() -> Non
                                         "code": "schema", "message": BAD.message}
     assert "enforcement/web.yaml:7" in n.summary
     assert observed.commit_cursor == 3
+    assert n.links == ()
+    linked = detect(Observed(commit_cursor=1), Snapshot(T0, commits=snap.commits, links=(("Console", "https://c/ui"),),
+                                                        commit_url="https://git/c/{commit}"))[1][0]
+    assert linked.links == (("commit", f"https://git/c/{3:040x}"), ("Console", "https://c/ui"))
     # the same rows again (a crash before recording, or the next pass): nothing new
     assert detect(observed, snap)[1] == ()
     # pure: the same inputs give the same ids

@@ -79,6 +79,7 @@ apiVersion: palisade.dev/v1
 kind: Notifications
 spec:
   backoff: {{initial: 0.2s, max: 1s}}
+  commitUrl: "https://git.example.com/policy/commit/{{commit}}"
   targets:
   - {{name: ops, kind: generic, urlFile: ops.url, timeout: 0.5s}}
   - {{name: chat, kind: slack, urlFile: chat.url, timeout: 0.5s, events: [{", ".join(CHAT)}]}}
@@ -129,6 +130,8 @@ spec:
         assert any(f["file"] == "enforcement/web-lockdown.yaml" and f["line"] > 0
                    for f in rejected["details"]["findings"]), rejected
         assert rejected["details"]["commit"] == policy.git.head()
+        assert rejected["links"] == [{"title": "commit",
+                                      "url": f"https://git.example.com/policy/commit/{policy.git.head()}"}]
         assert by_kind["rollout-halted"]["details"]["stage"] == "canary"
         assert by_kind["rollout-halted"]["details"]["version"] == "v2"
         assert by_kind["rollout-rolled-back"]["details"]["to"] == 1
@@ -138,6 +141,7 @@ spec:
         assert by_kind["drift-unhealed"]["details"]["unhealed"] == 1
         assert by_kind["agent-stale"]["details"]["sensor"] == "node-canary-1"
         assert set(chat[0].json) == {"text", "blocks"}
+        assert f"<https://git.example.com/policy/commit/{policy.git.head()}|commit>" in json.dumps(chat[2].json)
         wait_for(lambda: _pending(state) == {}, 10, "the outbox drained")
 
         # Each attempt is in the record `palisade ledger --notifications` shows.
