@@ -97,7 +97,11 @@ class CriClient:
         self.grpc, self.pb = load_grpc()
         self.socket_path = Path(socket_path)
         self.timeout = timeout
-        self._channel = self.grpc.insecure_channel(f"unix://{self.socket_path}")
+        # a runtime restarted (containerd upgraded, its unit restarted) is reached again within seconds, not
+        # after gRPC's default backoff of up to two minutes
+        self._channel = self.grpc.insecure_channel(f"unix://{self.socket_path}", options=[
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000)])
         self._stream: Any = None  # the events call in progress, which close_stream() cancels
 
     def close(self) -> None:

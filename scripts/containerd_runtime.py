@@ -29,13 +29,14 @@ import subprocess
 import tarfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from podman_runtime import IMAGE, RUN_LABEL, add_rootfs, stop_group  # scripts/ is on the path of whoever runs either
 from podman_runtime import problem as runtime_problem
 
-from agent.cri import CriClient, CriNotFound, CriUnreachable
+from agent.cri import CriClient, CriNotFound, CriProtocolError, CriUnreachable
 
 __all__ = ["IMAGE", "Containerd", "ContainerdUnavailable", "Pod", "problem"]
 
@@ -158,22 +159,34 @@ class Containerd:
         self.base.mkdir(parents=True, exist_ok=True)
         self._made_run_dir = not SHIM_SOCKETS.parent.exists()  # containerd makes it for its shims' sockets
         (self.base / "config.toml").write_text(_config(self.base, self.image))
-        with open(self.base / "containerd.log", "wb") as err:
-            self._daemon = subprocess.Popen(["containerd", "--config", str(self.base / "config.toml")],
-                                            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         self._client = CriClient(self.socket, timeout=30)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self._client.version()
-                break
-            except CriUnreachable as e:
-                if self._daemon.poll() is not None or time.monotonic() > deadline:
-                    raise ContainerdUnavailable(f"containerd's CRI did not come up ({e}): {self.log()}") from None
-                time.sleep(0.05)
+        self._daemon_up()
         archive = self.base / "image.tar"
         _docker_archive(archive, self.image)
         self.ctr("images", "import", str(archive))
+
+    def _daemon_up(self) -> None:
+        with open(self.base / "containerd.log", "ab") as err:  # the child keeps its own descriptor
+            self._daemon = subprocess.Popen(["containerd", "--config", str(self.base / "config.toml")],
+                                            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + 30
+        pb = self.cri.pb
+        while True:
+            try:  # the CRI answers Version before it has loaded its pods ("server is not initialized yet")
+                self.cri.call("ListPodSandbox", pb.ListPodSandboxRequest())
+                return
+            except (CriUnreachable, CriProtocolError) as e:
+                if self._daemon.poll() is not None or time.monotonic() > deadline:
+                    raise ContainerdUnavailable(f"containerd's CRI did not come up ({e}): {self.log()}") from None
+                time.sleep(0.05)
+
+    def restart(self, down: Callable[[], None] | None = None) -> None:
+        """Stop containerd (its shims, and so the containers, live on), call `down()`, start it again."""
+        assert self._daemon is not None
+        stop_group(self._daemon)
+        if down is not None:
+            down()
+        self._daemon_up()
 
     def log(self) -> str:
         with contextlib.suppress(OSError):

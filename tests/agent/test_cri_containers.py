@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -87,6 +88,33 @@ def test_the_watcher_lists_pods_then_follows_starts_and_stops_through_the_cgroup
     finally:
         w.stop()
         containerd.remove(before.id)
+
+
+@pytest.mark.kernel
+def test_a_restarted_containerd_is_listed_again_and_followed(containerd: Containerd) -> None:
+    first = containerd.run(labels={"app": "web"})
+    gone = containerd.run(labels={"app": "db"})
+    stopped: list[Container] = []
+    w = CriWatcher(containerd.socket, lambda c: None, stopped.append)
+    w.start()
+    try:
+        wait_for(lambda: {first.id, gone.id} <= set(w.running))
+
+        def while_down() -> None:
+            wait_for(lambda: not w.connected.is_set())  # the watcher finds it gone
+            os.kill(gone.pid, signal.SIGKILL)  # and a container dies meanwhile (its shim lives on)
+
+        containerd.restart(while_down)
+        wait_for(w.connected.is_set)
+        wait_for(lambda: [c.id for c in stopped] == [gone.id])  # seen when it lists again
+        assert first.id in w.running and w.errors >= 1
+        later = containerd.run(labels={"app": "web"})
+        wait_for(lambda: later.id in w.running)
+        assert containerd.exec(first.id, "/bin/true")[0] == 0  # the pod ran on through the restart
+    finally:
+        w.stop()
+        for pod in list(containerd.pods):
+            containerd.remove(pod)
 
 
 def test_a_cri_status_and_its_sandbox_make_the_container(tmp_path: Path) -> None:
