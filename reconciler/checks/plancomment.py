@@ -20,7 +20,9 @@ from reconciler.findings import Finding, Severity
 from reconciler.repository.model import RepositoryConfig
 
 MARKER = "<!-- palisade-plan -->"
-#: GitHub refuses comments over 65536 characters; diffs past this budget are left to `palisade plan`
+#: GitHub refuses comments over 65536 characters (GitLab notes take 1,000,000)
+LIMIT = 65_000
+#: diffs past this budget are left to `palisade plan`
 DIFF_BUDGET = 40_000
 
 _SIGN = {Change.ADDED: "+", Change.REMOVED: "-", Change.CHANGED: "~", Change.STATE: "~"}
@@ -43,6 +45,18 @@ class Context:
 
 
 def render(plan: Plan, ctx: Context) -> str:
+    """The comment; within LIMIT characters (without diffs, then cut short, when the change is that large)."""
+    text = _render(plan, ctx, DIFF_BUDGET)
+    if len(text) > LIMIT:
+        text = _render(plan, ctx, 0)
+    if len(text) > LIMIT:
+        cut = text.rfind("\n", 0, LIMIT - 200)
+        tail = "</details>\n" if text.count("<details>", 0, cut) > text.count("</details>", 0, cut) else ""
+        text = text[:cut] + "\n" + tail + "\n…cut short to fit the forge's comment limit: run `palisade plan`.\n"
+    return text
+
+
+def _render(plan: Plan, ctx: Context, budget: int) -> str:
     out = [MARKER, "### Palisade plan", ""]
     out.append(f"{_text(ctx.base)} → {_text(ctx.head)}")
     out.append("")
@@ -60,7 +74,7 @@ def render(plan: Plan, ctx: Context) -> str:
     out += ["", "#### Rollout", "", *_rollout(plan)]
     if ctx.sensors is not None:
         out += _sensors(ctx.sensors)
-    out += _diffs(plan.units)
+    out += _diffs(plan.units, budget)
     if ctx.commits:
         out += ["", "#### Commits", ""] + [f"- {_text(c)}" for c in ctx.commits]
     out.extend(_notes((*plan.notes, *ctx.notes)))
@@ -142,7 +156,7 @@ def _sensors(sensors: Sequence[SensorChange]) -> list[str]:
     return out
 
 
-def _diffs(units: Sequence[UnitChange]) -> list[str]:
+def _diffs(units: Sequence[UnitChange], budget: int) -> list[str]:
     out = ["", "#### Policies", ""]
     spent = 0
     shown: set[str] = set()
@@ -158,7 +172,7 @@ def _diffs(units: Sequence[UnitChange]) -> list[str]:
             out.append("<details>")
             out.append(f"<summary><code>{html.escape(head)}</code></summary>")
             out.append("")
-            if spent + len(p.diff) > DIFF_BUDGET:
+            if spent + len(p.diff) > budget:
                 out.append("Diff left out to keep the comment within the forge's size limit; "
                            "run `palisade plan` to see it.")
             else:

@@ -158,3 +158,18 @@ def test_code_spans_hold_backticks(name: str) -> None:
     md = plancomment._code(name)
     page = rendered(md)
     assert page.opened == ["p", "code"] and "".join(page.text).strip() == name.strip()
+
+
+def test_a_huge_change_fits_the_forge_limit() -> None:
+    units = []
+    for i in range(400):
+        unit = UnitKey("rule", f"rule-{i}", Scope())
+        diff = f"--- a/p{i}\n+++ b/p{i}\n" + "".join(f"+line {i} {j}\n" for j in range(40))
+        units.append(UnitChange(Move(unit, None, State.OBSERVE, MoveKind.NEW),
+                                (PolicyChange(f"p{i}", Change.ADDED, None, State.OBSERVE, diff),)))
+    p = Plan(tuple(units), (), Classification(False, ["many added"]), Stages(None, (), (), False, False))
+    md = plancomment.render(p, plancomment.Context(base="main", head="feature"))
+    assert len(md) <= plancomment.LIMIT
+    assert "Diff left out" in md and "run `palisade plan`" in md
+    page = rendered(md)
+    assert page.opened.count("details") == page.closed.count("details")
