@@ -1,4 +1,5 @@
-"""The notification configuration of `palisade serve --notify FILE`: read once at start, frozen.
+"""The notification configuration of `palisade serve --notify FILE`: read once at start, frozen
+(schemas/notifications.schema.json describes it; a test keeps the two in agreement).
 
     apiVersion: palisade.dev/v1
     kind: Notifications

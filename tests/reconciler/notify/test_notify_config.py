@@ -10,6 +10,7 @@ import pytest
 
 from reconciler.notify.config import NotifyConfigError, TargetKind, load
 from reconciler.notify.events import EventKind
+from reconciler.repository.schema import schemas_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRET = "https://hooks.example.com/services/T000/B000/very-secret-token"
@@ -95,3 +96,30 @@ def test_serve_exits_2_on_a_bad_notify_file(tmp_path: Path) -> None:
     assert "spec.targets[1].kind must be one of generic, slack" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "state").exists()  # refused before anything is taken or made
+
+
+@pytest.mark.parametrize(("text", "valid"), [
+    (GOOD, True),
+    ("apiVersion: palisade.dev/v1\nkind: Notifications\nspec: {targets: [{name: a, kind: slack, urlFile: ops.url}]}\n",
+     True),
+    (GOOD.replace("kind: slack", "kind: teams"), False),
+    (GOOD.replace("[rollout-halted,", "[rollout-halt,"), False),
+    (GOOD.replace("queueLimit: 50", "queueLimit: 0"), False),
+    (GOOD.replace("    timeout: 2s", "    url: http://x"), False),
+    (GOOD.replace("/commit/{commit}", "/commit/"), False),
+    (GOOD.replace("timeout: 2s", "timeout: soon"), False),
+])
+def test_the_schema_agrees_with_the_reader(tmp_path: Path, text: str, valid: bool) -> None:
+    import json
+
+    import jsonschema
+    import yaml
+
+    path = _write(tmp_path, text)
+    schema = jsonschema.Draft202012Validator(json.loads((schemas_dir() / "notifications.schema.json").read_text()))
+    assert schema.is_valid(yaml.safe_load(text)) is valid
+    if valid:
+        load(path)
+    else:
+        with pytest.raises(NotifyConfigError):
+            load(path)
