@@ -78,7 +78,7 @@ class FleetFilter:
 def fleet_rows(sources: ConsoleSources, agents: Sequence[AgentRecord] | None = None) -> list[SensorRow]:
     """Every sensor's row, in id order."""
     now = sources.now()
-    agents = sources.fleet().agents() if agents is None else agents
+    agents = sources.agents() if agents is None else agents
     index = sources.index()
     bundle = sources.current_bundle()
     groups = bundle.groups if bundle is not None else ()
@@ -111,7 +111,8 @@ def _ago(t: _dt.datetime, now: _dt.datetime) -> str:
 
 
 def _chips(label: str, key: str, values: Sequence[str], current: str | None, f: FleetFilter) -> Markup:
-    links = [el("a", {"href": "/ui/" + f.query(**{key: None}), "class": "chip" + (" on" if current is None else "")}, "all")]
+    links = [el("a", {"href": "/ui/" + f.query(**{key: None}), "class": "chip" + (" on" if current is None else "")},
+                "all")]
     links += [el("a", {"href": "/ui/" + f.query(**{key: v}), "class": "chip" + (" on" if v == current else ""),
                        "data-value": v}, v) for v in values]
     return el("div", {"class": "chips", "data-filter": key}, el("span", {"class": "chips-label"}, label), links)

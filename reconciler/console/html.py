@@ -51,17 +51,25 @@ def escape(value: object) -> Markup:
     return Markup(str(value).translate(_ESCAPES))
 
 
+_checked_names: dict[str, bool] = {}  # attribute name → whether it holds a URL (names already checked)
+
+
 def _attr(name: str, value: object) -> str:
-    if not _NAME.match(name.replace(":", "-")):
-        raise UnsafeMarkup(f"not an attribute name: {name[:40]!r}")
-    if name.lower().startswith("on"):
-        raise UnsafeMarkup(f"event-handler attribute {name!r} refused: the console runs no inline script")
+    url = _checked_names.get(name)
+    if url is None:
+        if not _NAME.match(name.replace(":", "-")):
+            raise UnsafeMarkup(f"not an attribute name: {name[:40]!r}")
+        if name.lower().startswith("on"):
+            raise UnsafeMarkup(f"event-handler attribute {name!r} refused: the console runs no inline script")
+        url = name.lower() in _URL_ATTRS
+        if len(_checked_names) < 512:
+            _checked_names[name] = url
     if value is True:
         return f" {name}"
     text = str(value)
-    if name.lower() in _URL_ATTRS and _URL_NOISE.sub("", text).lower().startswith(_BAD_SCHEMES):
+    if url and _URL_NOISE.sub("", text).lower().startswith(_BAD_SCHEMES):
         raise UnsafeMarkup(f"{name}={text[:40]!r} refused: script URLs are not links")
-    return f' {name}="{escape(text)}"'
+    return f' {name}="{text.translate(_ESCAPES)}"'
 
 
 def el(tag: str, attrs: Mapping[str, object] | None = None, *children: object) -> Markup:
@@ -83,9 +91,14 @@ def el(tag: str, attrs: Mapping[str, object] | None = None, *children: object) -
 def _children(children: Iterable[object]) -> str:
     parts: list[str] = []
     for c in children:
-        if c is None:
+        kind = type(c)
+        if kind is Markup:
+            parts.append(c)  # type: ignore[arg-type]
+        elif kind is str:
+            parts.append(str.translate(c, _ESCAPES))  # type: ignore[arg-type]
+        elif c is None:
             continue
-        if isinstance(c, str | int | float) or not isinstance(c, Iterable):
+        elif isinstance(c, str | int | float) or not isinstance(c, Iterable):
             parts.append(escape(c))
         else:
             parts.append(_children(c))

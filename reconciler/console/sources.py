@@ -10,17 +10,24 @@ read-only, as `palisade status`, `audit` and `readiness` do.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import VerificationError
-from reconciler.state.fleet import Fleet
+from reconciler.state import fleet as _fleet
+from reconciler.state.fleet import AgentRecord, Fleet
 from reconciler.state.statedir import StateView
 from wire.bundle import Bundle, Index, parse_bundle
 
 __all__ = ["DEFAULT_STALE_AFTER", "ConsoleSources"]
+
+log = logging.getLogger("palisade.console")
+# The agents table's columns, in the order the fleet table's row reader takes them.
+_AGENT_COLUMNS = "id, labels, version, stage, commit_id, policies, drift, counters, last_seen, health"
 
 #: When a sensor counts as stale on the console: what `palisade status` uses (AgentRecord.condition's default),
 #: so the two agree on every sensor.
@@ -46,6 +53,9 @@ class _Cache:
     lock: threading.Lock = field(default_factory=threading.Lock)
     fleet: list[Fleet] = field(default_factory=list)
     bundles: dict[int, Bundle] = field(default_factory=dict)
+    reader: list[sqlite3.Connection] = field(default_factory=list)
+    #: sensor id → (its stored row, the record read from it): a row is parsed again only when it changed
+    agents: dict[str, tuple[tuple[object, ...], AgentRecord]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,32 @@ class ConsoleSources:
                 self._cache.fleet.append(Fleet.open(self.state))
             return self._cache.fleet[0]
 
+    def agents(self) -> list[AgentRecord]:
+        """Every sensor's last heartbeat, in id order: what `Fleet.agents()` gives, read with the fleet
+        table's own row reader, but parsing again only the rows that changed since the last call (reading
+        a thousand heartbeats strictly takes ~100 ms; most pages are loaded again within seconds)."""
+        with self._cache.lock:
+            if not self._cache.reader:
+                if not self.state.has_fleet():
+                    return []
+                self._cache.reader.append(sqlite3.connect(f"file:{self.state.fleet_db}?mode=ro", uri=True,
+                                                          check_same_thread=False, timeout=10))
+            rows = self._cache.reader[0].execute(f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY id").fetchall()
+            known, fresh, out = self._cache.agents, {}, []
+            for r in rows:
+                hit = known.get(r[0])
+                if hit is None or hit[0] != r:
+                    try:
+                        hit = (r, AgentRecord.of(_fleet._stored(r), _fleet._parse_time(r[8])))
+                    except ValueError as e:  # as Fleet.agents: unreadable until the sensor's next heartbeat
+                        log.debug("console: the stored heartbeat of %s is unreadable (%s)", r[0], e)
+                        continue
+                fresh[r[0]] = hit
+                out.append(hit[1])
+            known.clear()
+            known.update(fresh)
+            return out
+
     def bundle(self, version: int) -> Bundle | None:
         """Bundle `version` from the store (parsed once: bundles never change), None if it is not there.
         Its signature is not checked here: the server checked it when it was written, and the console
@@ -114,4 +150,7 @@ class ConsoleSources:
         with self._cache.lock:
             for f in self._cache.fleet:
                 f.close()
+            for db in self._cache.reader:
+                db.close()
             self._cache.fleet.clear()
+            self._cache.reader.clear()
