@@ -166,6 +166,7 @@ class Demo:
         self.wait_for("the server to publish v1", lambda: self._served_version() >= 1)
         self.version = 1
         say(f"serving on {self.url}: bundle v1 published for the first commit")
+        say(f"console (read-only, live): open {self.url}/ui/ in a browser on this machine")
 
     def start_agent(self) -> None:
         step("A node agent with the real eBPF engine, and a workload in its own cgroup")
