@@ -28,7 +28,7 @@ from reconciler.findings import Finding
 from reconciler.repository.git import Git
 from reconciler.state.ledger import Ledger, LedgerEntry
 from reconciler.state.statedir import StateView
-from wire.bundle import format_time
+from wire.bundle import format_time, parse_time
 
 LEDGER_ROWS = 200
 
@@ -127,7 +127,7 @@ def render_ledger(page: LedgerPage) -> Markup:
                        class_="grid ledger") if rows else el("p", None, "the ledger is empty")])
 
 
-_LANE, _TOP, _LEFT, _RIGHT, _W = 28, 34, 150, 880, 900
+_LANE, _TOP, _LEFT, _RIGHT, _W = 28, 48, 150, 880, 900
 
 
 def timeline_svg(page: AuditPage) -> Markup:
@@ -155,6 +155,15 @@ def timeline_svg(page: AuditPage) -> Markup:
                         el("circle", {"class": "step-mark", "cx": x, "cy": _TOP - 18, "r": 6}),
                         el("text", {"class": "step-label", "x": x, "y": _TOP - 28, "text-anchor": "middle"},
                            f"v{s.version}")))
+    for r in a.rejected:
+        if not r.get("committed"):
+            continue
+        x = axis.x(parse_time(str(r["committed"])))
+        parts.append(el("g", {"class": "rejected-commit"},
+                        el("title", None, f"rejected {str(r['commit'])[:12]} {r['subject']} — by {r['author']}: "
+                                          f"{r.get('finding') or ''}"),
+                        el("line", {"class": "rejected-line", "x1": x, "x2": x, "y1": _TOP - 10, "y2": bottom}),
+                        el("text", {"class": "rejected-mark", "x": x, "y": _TOP - 14, "text-anchor": "middle"}, "✕")))
     for n, lane in enumerate(page.lanes):
         y = _TOP + _LANE * n
         parts.append(el("text", {"class": "lane-label", "x": _LEFT - 8, "y": y + _LANE / 2 + 4, "text-anchor": "end"},

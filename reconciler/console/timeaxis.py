@@ -12,7 +12,7 @@ from reconciler.console.html import Markup, el, join
 
 #: Tick spacings a reader can count in, smallest first.
 _STEPS = tuple(_dt.timedelta(seconds=s) for s in (
-    1, 5, 10, 30, 60, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400,
+    1, 5, 10, 30, 60, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400, 30 * 86400,
     365 * 86400))
 
 
@@ -35,7 +35,7 @@ class TimeAxis:
         frac = (t - self.start).total_seconds() / span
         return round(self.left + max(0.0, min(1.0, frac)) * (self.right - self.left), 1)
 
-    def ticks(self, most: int = 6) -> list[_dt.datetime]:
+    def ticks(self, most: int = 8) -> list[_dt.datetime]:
         span = self.end - self.start
         step = next((s for s in _STEPS if span / s <= most), _STEPS[-1])
         epoch = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)

@@ -65,6 +65,8 @@ def test_a_rejected_commits_message_is_text(console_state: ConsoleState) -> None
     assert page.audit.steps[1].subject == XSS
     html = render_audit(page)
     assert XSS not in html and ESCAPED in html
+    svg = timeline_svg(page)
+    assert svg.count('class="rejected-commit"') == 1 and ESCAPED in svg  # marked on the timeline too
 
 
 def test_an_unknown_subject(console_state: ConsoleState) -> None:
