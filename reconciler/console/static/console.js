@@ -5,14 +5,25 @@
 (function () {
   "use strict";
   var status = document.getElementById("live");
-  var busy = false, again = false;
+  var busy = false, again = false, deferred = false;
 
   function say(text, cls) {
     if (status) { status.textContent = text; status.className = "live " + cls; }
   }
 
+  function typing() {
+    // Someone is writing in a filter box: swapping the content now would throw the text away.
+    var el = document.activeElement;
+    var main = document.getElementById("content");
+    return !!(el && main && main.contains(el) && (el.tagName === "INPUT" || el.tagName === "SELECT"));
+  }
+
   function reload() {
     if (busy) { again = true; return; }
+    if (typing()) {
+      if (!deferred) { deferred = true; window.setTimeout(function () { deferred = false; reload(); }, 1000); }
+      return;
+    }
     busy = true;
     var url = new URL(window.location.href);
     url.searchParams.set("fragment", "1");
