@@ -11,7 +11,7 @@ server that finds the lock held stands by instead of failing: it serves the
 index, bundles, objects, status and the fleet (heartbeats too) and takes over
 within a moment of the leader's death, continuing with the next version.
 
-Exit codes: 0 stopped by SIGTERM/SIGINT, 2 usage, key, state, hooks file or listen error
+Exit codes: 0 stopped by SIGTERM/SIGINT, 2 usage, key, state, hooks or notify file, or listen error
 (also the state held by another reconciler without --leader-elect, and a
 standby that could not take over).
 """
