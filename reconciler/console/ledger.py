@@ -106,7 +106,7 @@ def audit_page(state: StateView, subject: str, *, now: _dt.datetime | None = Non
 
 
 def _finding(f: Finding) -> Markup:
-    return el("li", {"class": f"finding {f.severity}"}, el("code", {"class": "where"}, f"{f.file}:{f.line}"),
+    return el("li", {"class": f"finding finding-{f.severity}"}, el("code", {"class": "where"}, f"{f.file}:{f.line}"),
               " ", el("span", {"class": "code"}, f"{f.severity}[{f.code}]"), " ", el("span", {"class": "message"},
                                                                                    f.message))
 
@@ -178,7 +178,12 @@ def timeline_svg(page: AuditPage) -> Markup:
     if not page.lanes:
         parts.append(el("text", {"class": "empty", "x": (_LEFT + _RIGHT) / 2, "y": _TOP + _LANE / 2 + 4,
                                  "text-anchor": "middle"}, "no sensor reported running it"))
-    height = bottom + 24
+    for n, state in enumerate(("observe", "enforce_ready", "enforced")):
+        x = _LEFT + 130 * n
+        parts.append(el("rect", {"class": f"swatch state-{state}", "x": x, "y": bottom + 24, "width": 12,
+                                 "height": 10}))
+        parts.append(el("text", {"class": "legend", "x": x + 16, "y": bottom + 33}, state))
+    height = bottom + 44
     return el("svg", {"class": "timeline", "viewBox": f"0 0 {_W} {height}", "role": "img",
                       "aria-label": "when each sensor enforced it, and the changes", "xmlns": "http://www.w3.org/2000/svg"},
               *parts)

@@ -53,7 +53,7 @@ def test_the_timeline_has_a_lane_per_sensor_and_a_mark_per_change(console_state:
     page = audit_page(StateView(console_state.state), "web-lockdown")
     svg = timeline_svg(page)
     assert svg.count('class="lane-label"') == 3
-    assert svg.count("<rect") == sum(len(lane.periods) for lane in page.lanes) == 6
+    assert svg.count('<rect class="period') == sum(len(lane.periods) for lane in page.lanes) == 6
     assert svg.count('class="step approved"') == 1 and svg.count('class="step"') == 1
     assert svg.count('class="period state-enforced"') == 3
     assert all(150 <= float(x) <= 880 for x in re.findall(r' x="([-\d.]+)"', svg) if float(x) != 142)
