@@ -109,16 +109,19 @@ class ConsoleFleet:
             time.sleep(0.1)
         raise AssertionError(f"v{version} was not served within {timeout}s:\n{self.server.log}")
 
-    def add_agent(self, sensor: str, labels: Mapping[str, str]) -> Agent:
-        """A `palisade-agent run --no-engine` with `labels`, heartbeating every second."""
+    def add_agent(self, sensor: str, labels: Mapping[str, str], engine: Mapping[str, Any] | None = None) -> Agent:
+        """A `palisade-agent run --no-engine` with `labels`, heartbeating every second; with `engine` (more of
+        its configuration: workloads, pinRoot), the real eBPF engine instead."""
         home = self.tmp / "agents" / sensor
         home.mkdir(parents=True)
         config = home / "agent.yaml"
-        config.write_text(json.dumps({"labels": dict(labels), "intervals": {"heartbeat": 1, "wait": 5}}))
+        config.write_text(json.dumps({"labels": dict(labels), "intervals": {"heartbeat": 1, "wait": 5, "drift": 1},
+                                      **(engine or {})}))
         log = home / "agent.log"
         proc = subprocess.Popen(
             [sys.executable, "-c", _AGENT, "run", "--server", self.url, "--pubkey", str(self.pubkey),
-             "--state", str(home / "state"), "--sensor-id", sensor, "--config", str(config), "--no-engine"],
+             "--state", str(home / "state"), "--sensor-id", sensor, "--config", str(config),
+             *(() if engine is not None else ("--no-engine",))],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         agent = Agent(sensor, proc, home / "state", log)
