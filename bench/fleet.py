@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -199,6 +201,166 @@ async def _agents(first: int, count: int, url: str, pubkey: str, q: Any, static:
         await http.aclose()
 
 
+class _Conn:
+    """One keep-alive HTTP/1.1 connection of a lite agent (asyncio streams: no client library to pay for)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                      body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        for attempt in (0, 1):  # a keep-alive connection the server closed meanwhile: once more on a new one
+            try:
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                assert self.reader is not None
+                head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+                for k, v in (headers or {}).items():
+                    head += f"{k}: {v}\r\n"
+                if body or method == "POST":
+                    head += f"Content-Length: {len(body)}\r\n"
+                self.writer.write(head.encode() + b"\r\n" + body)
+                raw = await self.reader.readuntil(b"\r\n\r\n")
+                lines = raw.decode("latin-1").split("\r\n")
+                status = int(lines[0].split()[1])
+                hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+                data = await self.reader.readexactly(int(hdrs.get("content-length", "0")))
+                if hdrs.get("connection", "").lower() == "close":
+                    self.close()
+                return status, hdrs, data
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def lite_worker(first: int, count: int, url: str, pubkey: str, q: Any, static: Static) -> None:
+    asyncio.run(_lite_agents(first, count, url, pubkey, q, static))
+
+
+async def _lite_agents(first: int, count: int, url: str, pubkey: str, q: Any, static: Static) -> None:
+    """`--lite`: agents that do over real HTTP what a node does against a static source — poll the index
+    with If-None-Match every `poll` s (jittered), fetch the bundle the new index pins, heartbeat every
+    15 s and right after an apply — with a raw keep-alive connection each instead of the agent's client.
+    The bytes every agent gets are verified with the real code (index and bundle signatures, digests),
+    once per process for identical bytes: ten thousand agents in two processes measure the servers,
+    not ten thousand signature checks of the same bytes."""
+    import hashlib
+    import random
+    from urllib.parse import urlsplit
+
+    from agent.select import select, stage_of
+    from reconciler.keys import load_public_key
+    from wire.bundle import verify_bundle, verify_index
+    from wire.heartbeat import LoadStatus, PolicyReport, encode_policy
+
+    key = load_public_key(Path(pubkey))
+    src, rec = urlsplit(static.url), urlsplit(url)
+    base = src.path.rstrip("/")
+    verified: dict[str, Any] = {}  # sha256 of bytes → what verifying them gave
+
+    def once(data: bytes, check: Callable[[bytes], Any]) -> Any:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in verified:
+            verified[digest] = check(data)
+        return verified[digest]
+
+    def holding(bundle: Any, sensor: str, labels: dict[str, str]) -> dict[str, Any]:
+        """What a node reports once it holds `bundle`: its stage, commit and a report per selected policy."""
+        reports = [encode_policy(PolicyReport(d.name, LoadStatus.LOADED, d.state, None, d.origin, d.version))
+                   for d in select(bundle, sensor, labels)]
+        return {"stage": stage_of(bundle, sensor, labels), "commit": bundle.commit, "policies": reports}
+
+    beats = {"ok": 0, "failed": 0}
+    stop = asyncio.Event()
+
+    async def one(i: int) -> None:
+        web, api = _Conn(src.hostname or "127.0.0.1", src.port or 80), _Conn(rec.hostname or "127.0.0.1",
+                                                                             rec.port or 80)
+        sensor = f"sim-{i:05d}"
+        labels = {"role": "web"} if i % 3 == 0 else {"role": "db"} if i % 3 == 1 else {}
+        etag: str | None = None
+        version = 0
+        held: dict[str, Any] = {"stage": None, "commit": None, "policies": []}
+        rng = random.Random(i)
+
+        async def heartbeat() -> None:
+            doc = {"sensor": sensor, "labels": labels, "version": version or None, **held,
+                   "drift": {"detected": 0, "healed": 0, "unhealed": 0, "findings": []},
+                   "counters": {"applies": 1 if version else 0, "refusals": 0}}
+            body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+            try:
+                st, _, _ = await api.request("POST", f"/v1/agents/{sensor}/heartbeat",
+                                             {"Content-Type": "application/json"}, body)
+                beats["ok" if st == 204 else "failed"] += 1
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                beats["failed"] += 1
+
+        await asyncio.sleep((i - first) * static.heartbeat / count)  # nodes boot at different times
+        applied = asyncio.Event()
+
+        async def pull() -> None:
+            """The agent's pull loop: a jittered poll; a new index's pinned bundle fetched and verified."""
+            nonlocal etag, version, held
+            while not stop.is_set():
+                try:
+                    st, hdrs, data = await web.request("GET", f"{base}/v1/index",
+                                                       {"If-None-Match": etag} if etag else None)
+                    if st == 200:
+                        index = once(data, lambda b: verify_index(b, [key], min_serial=0, min_version=0))
+                        pins = set(index.stages.values())
+                        want = pins.pop() if len(pins) == 1 else index.version
+                        if want != version:
+                            got_index = time.time()
+                            bst, _, bdata = await web.request("GET", f"{base}/v1/bundles/{want}")
+                            entry = index.entry(want)
+                            if bst != 200 or entry is None:
+                                raise ValueError(f"bundle v{want}: HTTP {bst}")
+                            bundle = once(bdata, lambda b, e=entry: verify_bundle(
+                                b, [key], expected_sha256=e.sha256, expected_size=e.size))
+                            held = holding(bundle, sensor, labels)
+                            version = want
+                            q.put(("applied", i, version, time.time()))
+                            q.put(("index", i, version, got_index))
+                            applied.set()  # report the new version at once, as agents do
+                        etag = hdrs.get("etag")
+                except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+                    q.put(("error", i, repr(e)[:200], time.time()))
+                await asyncio.sleep(static.poll * (0.8 + 0.4 * rng.random()))
+
+        async def beat() -> None:
+            """The heartbeat loop: every interval, and right after an apply."""
+            while not stop.is_set():
+                await heartbeat()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(applied.wait(), static.heartbeat)
+                applied.clear()
+
+        await asyncio.gather(pull(), beat())
+        web.close()
+        api.close()
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(1)
+            q.put(("beats", first, (beats["ok"], beats["failed"]), time.time()))
+
+    tasks = [asyncio.create_task(one(first + i)) for i in range(count)] + [asyncio.create_task(report())]
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -276,12 +438,13 @@ class World:
     q: Any
     procs: list[Any]
 
-    def start_agents(self, agents: int, nprocs: int, static: Static | None) -> None:
+    def start_agents(self, agents: int, nprocs: int, static: Static | None, lite: bool = False) -> None:
         ctx = mp.get_context("spawn")
         per = -(-agents // nprocs)
         for p in range(nprocs):
             first, count = p * per, min(per, agents - p * per)
-            proc = ctx.Process(target=worker, args=(first, count, self.url, str(self.pubkey), self.q, static))
+            proc = ctx.Process(target=lite_worker if lite else worker,
+                               args=(first, count, self.url, str(self.pubkey), self.q, static))
             proc.start()
             self.procs.append(proc)
 
@@ -412,6 +575,21 @@ def long_poll(w: World, args: argparse.Namespace) -> dict[str, Any] | None:
     return result
 
 
+def _reported(w: World, agents: int, version: int, deadline: float) -> float | None:
+    """When the reconciler's fleet table first had every agent at `version` (what its rollout gates read)."""
+    from reconciler.state.fleet import Fleet
+
+    fleet = Fleet.open(w.tmp / "state")
+    try:
+        while time.time() < deadline:
+            _drain(w.q, 0.2)  # keep reading the agents' notes meanwhile
+            if sum(1 for a in fleet.agents() if a.version == version) >= agents:
+                return time.time()
+        return None
+    finally:
+        fleet.close()
+
+
 def _nginx(root: Path, prefix: Path, agents: int) -> Any:
     import support.nginx as ngx
 
@@ -430,7 +608,7 @@ def static(w: World, args: argparse.Namespace) -> dict[str, Any] | None:
     mirror(w.rec.store.root, site)
     web = _nginx(site, w.tmp / "nginx", args.agents)
     try:
-        w.start_agents(args.agents, args.procs, Static(web.url, args.poll))
+        w.start_agents(args.agents, args.procs, Static(web.url, args.poll), lite=args.lite)
         t0 = time.time()
         first_deadline = max(DEADLINE, args.agents / 50)  # the starts alone are spread over 15 s
         done, errors = _collect(w.q, args.agents, 1, t0 + first_deadline)
@@ -469,6 +647,7 @@ def static(w: World, args: argparse.Namespace) -> dict[str, Any] | None:
                       file=sys.stderr)
                 return None
             spread = _spread(_TIMES[-args.agents:], t_pub)
+            reported = _reported(w, args.agents, version, t_pub + DEADLINE)
             _drain(w.q, 1)
             index_spread = _spread(_INDEX_TIMES[-args.agents:], t_pub)
             ok1, bad1 = _beats()
@@ -477,9 +656,12 @@ def static(w: World, args: argparse.Namespace) -> dict[str, Any] | None:
                            "reconciler_cpu_seconds": round(cpu_seconds(w.server.pid) - rcpu0, 2),
                            "nginx_cpu_seconds": round(_tree_cpu(web.proc.pid) - ncpu0, 2),
                            "heartbeats_accepted": ok1 - ok0, "heartbeats_failed": bad1 - bad0,
+                           "reconciler_knows_all_seconds": None if reported is None else round(reported - t_pub, 3),
                            "per_agent_seconds": spread, "index_answered_seconds": index_spread})
+            knows = "never" if reported is None else f"{reported - t_pub:.2f} s"
             print(f"round {r}: {args.agents} agents hold v{version} {done - t_pub:.2f} s after the mirror's "
-                  f"new index; index got {index_spread}, applied {spread}")
+                  f"new index (the reconciler's fleet table says so after {knows}); index got {index_spread}, "
+                  f"applied {spread}")
         log = web.access_log()
         statuses = {code: sum(1 for line in log if line.split()[2:3] == [code]) for code in ("200", "304", "404")}
     finally:
@@ -518,9 +700,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--poll", type=float, default=5.0, help="--static: seconds between index polls")
     ap.add_argument("--window", type=float, default=30.0, help="--static: seconds of steady-state measurement")
+    ap.add_argument("--lite", action="store_true",
+                    help="--static: raw-HTTP agents that verify identical bytes once per process (10,000 fit)")
     args = ap.parse_args()
+    if args.lite and not args.static:
+        ap.error("--lite goes with --static")
     args.agents = args.agents or (10000 if args.static else 1000)
-    args.procs = args.procs or (10 if args.static else 2)
+    args.procs = args.procs or (2 if args.lite else 10 if args.static else 2)
     w = _open_world()
     try:
         result = static(w, args) if args.static else long_poll(w, args)
