@@ -166,8 +166,7 @@ def unit_detail(state: StateView, ident: str, *, git_repo: Path | None = None, n
     policies = _readiness.unit_policies(rev.repo, unit.key, now.date())
     since = now - _dt.timedelta(days=IMPACT_DAYS)
     # two queries, as the two commands make them: a query sums each binary's rows over its own period
-    agents, rows = _fleet(state, fleet, tuple(policies), entered)
-    _, recent = _fleet(state, fleet, tuple(policies), since)
+    agents, rows, recent = _fleet(state, fleet, tuple(policies), (entered, since))
     pack = rev.repo.pack(unit.key.name) if unit.key.kind == "pack" else None
     report = _readiness.assess(
         unit.key, unit.state, entered=entered, min_observation=config.min_observation, now=now,
@@ -180,18 +179,21 @@ def unit_detail(state: StateView, ident: str, *, git_repo: Path | None = None, n
     return UnitDetail(unit, rev.commit, report, preview, tuple(sensors))
 
 
-def _fleet(state: StateView, fleet: Fleet | None, policies: tuple[str, ...], since: _dt.datetime
-           ) -> tuple[list[AgentRecord], list[ObservationRow]]:
-    """Agents and the observations of `policies` since `since` (the query `palisade readiness` makes)."""
-    if fleet is not None:
-        return fleet.agents(), fleet.query(policies=policies, since=since, limit=100_000)
-    if not state.has_fleet():
-        return [], []
-    own = Fleet.open(state)
+def _fleet(state: StateView, fleet: Fleet | None, policies: tuple[str, ...],
+           since: tuple[_dt.datetime, _dt.datetime]
+           ) -> tuple[list[AgentRecord], list[ObservationRow], list[ObservationRow]]:
+    """Agents, and the observations of `policies` from each of two times on (the queries `palisade readiness`
+    and `palisade impact` make)."""
+    if fleet is None and not state.has_fleet():
+        return [], [], []
+    f = fleet if fleet is not None else Fleet.open(state)
     try:
-        return own.agents(), own.query(policies=policies, since=since, limit=100_000)
+        agents = f.agents()
+        first, second = (f.query(policies=policies, since=t, limit=100_000) for t in since)
+        return agents, first, second
     finally:
-        own.close()
+        if fleet is None:
+            f.close()
 
 
 # ---------------------------------------------------------------------------

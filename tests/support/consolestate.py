@@ -122,7 +122,7 @@ def heartbeat(sensor: str, labels: dict[str, str], version: int) -> dict[str, An
                          "action": "KPROBE_ACTION_SIGKILL", "acted": False},
                         {"policy": "web-exec-allowlist", "binary": "/usr/bin/curl", "count": 2, "workload": "web",
                          "action": "KPROBE_ACTION_SIGKILL", "acted": False}]
-    return {"labels": labels, "version": version, "stage": STAGE[sensor], "commit": "ab" * 20,
+    return {"labels": labels, "version": version, "stage": STAGE.get(sensor, "fleet"), "commit": "ab" * 20,
             "policies": [{"name": n, "status": "loaded", "mode": "observe", "reason": None,
                           "origin": {"kind": _ORIGIN[n][0], "name": _ORIGIN[n][1]}, "version": version}
                          for n in names],
