@@ -17,8 +17,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from reconciler.console.answer import answer
 from reconciler.console.html import Markup, el, join, table
-from reconciler.console.layout import html_response, page
 from reconciler.console.sources import ConsoleSources
 from reconciler.console.timeaxis import TimeAxis
 from reconciler.errors import StateError
@@ -260,8 +260,5 @@ def render_rollouts(page: RolloutPage) -> Markup:
 
 def rollouts_handler(request: Request, sources: ConsoleSources) -> Response:
     """/ui/rollouts"""
-    try:
-        body = render_rollouts(rollout_page(sources.state, now=sources.now()))
-    except StateError as e:
-        body = el("p", {"class": "empty"}, str(e))
-    return html_response(page("Rollouts", "Rollouts", body))
+    return answer("Rollouts", "Rollouts", lambda: render_rollouts(rollout_page(sources.state, now=sources.now())),
+                  StateError)

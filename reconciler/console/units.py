@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from reconciler.analysis import impact as _impact
 from reconciler.analysis import readiness as _readiness
+from reconciler.console.answer import answer
 from reconciler.console.html import Markup, el, join, table
 from reconciler.console.layout import html_response, page
 from reconciler.console.sources import ConsoleSources
@@ -293,11 +294,8 @@ def render_unit(d: UnitDetail) -> Markup:
 
 def units_handler(request: Request, sources: ConsoleSources) -> Response:
     """/ui/units"""
-    try:
-        body = render_units(units_page(sources.state, now=sources.now()))
-    except NothingAccepted as e:
-        body = el("p", {"class": "empty"}, str(e))
-    return html_response(page("Units", "Units", body))
+    return answer("Units", "Units", lambda: render_units(units_page(sources.state, now=sources.now())),
+                  NothingAccepted)
 
 
 def unit_handler(request: Request, sources: ConsoleSources) -> Response:

@@ -7,9 +7,13 @@ import json
 from typing import Any
 
 import pytest
+from starlette.requests import Request
 
 from reconciler.cli import main
 from reconciler.console import units
+from reconciler.console.ledger import ledger_handler
+from reconciler.console.rollouts import rollouts_handler
+from reconciler.console.sources import ConsoleSources
 from reconciler.console.units import UnknownUnit, render_unit, render_units, unit_detail, units_page
 from reconciler.console.yamlview import Kind, highlight, tokens
 from reconciler.state.statedir import StateView
@@ -96,3 +100,9 @@ def test_yaml_tokens_keep_every_character(console_state: ConsoleState) -> None:
 def test_a_state_with_nothing_accepted(tmp_path: Any) -> None:
     with pytest.raises(units.NothingAccepted):
         units_page(StateView(tmp_path))
+    sources = ConsoleSources(StateView(tmp_path), index=lambda: None)
+    request = Request({"type": "http", "method": "GET", "path": "/ui/units", "query_string": b"", "headers": []})
+    for handler, says in ((units.units_handler, "has not processed any commit"),
+                          (rollouts_handler, "no reconciler state"), (ledger_handler, "has not processed any commit")):
+        resp = handler(request, sources)
+        assert resp.status_code == 200 and says in bytes(resp.body).decode()
