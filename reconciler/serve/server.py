@@ -48,6 +48,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reconciler.metrics import CONTENT_TYPE, Metrics
+from reconciler.serve.ingest import HeartbeatIngest
 from reconciler.serve.openapi import OPENAPI
 from reconciler.serve.publication import (
     MAX_WAIT_SECONDS,
@@ -149,6 +150,7 @@ class _Api:
         self.state = state
         self._fleet = fleet
         self.hooks, self.on_push, self.leading = hooks, on_push, leading
+        self.ingest = HeartbeatIngest(lambda beats: self.fleet().record_heartbeats(beats))
 
     def fleet(self) -> Any:
         """The agents' reports (reconciler.state.fleet.Fleet), in the state directory's fleet database."""
@@ -238,7 +240,7 @@ class _Api:
             return _error(413, "heartbeat too large", str(e)[:500])
         except HeartbeatError as e:
             return _error(400, "invalid heartbeat", str(e)[:500])
-        await run_in_threadpool(self.fleet().record_heartbeat, hb)
+        await self.ingest.submit(hb)  # group commit with the heartbeats arriving meanwhile (ingest.py)
         return Response(status_code=204)
 
     async def hook(self, request: Request) -> Response:

@@ -21,6 +21,7 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -166,22 +167,27 @@ class Fleet:
             self._db.close()
 
     def record_heartbeat(self, hb: Heartbeat, now: _dt.datetime | None = None) -> None:
+        self.record_heartbeats([hb], now)
+
+    def record_heartbeats(self, beats: Sequence[Heartbeat], now: _dt.datetime | None = None) -> None:
+        """Store `beats` (in order: a later one of a sensor replaces an earlier) in one transaction — the
+        server's group commit (serve/ingest.py): one commit for every heartbeat that arrived meanwhile."""
         t = (now or _dt.datetime.now(_dt.UTC)).strftime(_TIME)
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.execute(
+                self._db.executemany(
                     "INSERT OR REPLACE INTO agents (id, labels, version, stage, commit_id, policies, drift, counters, "
                     "last_seen, health) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (hb.sensor, _dumps(hb.labels), hb.version, hb.stage, hb.commit,
-                     _dumps([wire.encode_policy(p) for p in hb.policies]), _dumps(wire.encode_drift(hb.drift)),
-                     _dumps(hb.counters.to_json()), t,
-                     None if hb.health is None else _dumps(wire.encode_health(hb.health))))
+                    [(hb.sensor, _dumps(hb.labels), hb.version, hb.stage, hb.commit,
+                      _dumps([wire.encode_policy(p) for p in hb.policies]), _dumps(wire.encode_drift(hb.drift)),
+                      _dumps(hb.counters.to_json()), t,
+                      None if hb.health is None else _dumps(wire.encode_health(hb.health))) for hb in beats])
                 self._db.executemany(
                     "INSERT INTO observations (time, sensor, policy, binary, count, workload, parent, action, acted)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(t, hb.sensor, o.policy, o.binary, o.count, o.workload, o.parent, o.action,
-                      None if o.acted is None else int(o.acted)) for o in hb.observations if o.count])
+                      None if o.acted is None else int(o.acted)) for hb in beats for o in hb.observations if o.count])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
