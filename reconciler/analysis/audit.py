@@ -18,15 +18,18 @@ git and nothing an agent could forge:
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import StateError, UsageError, VerificationError
 from reconciler.repository.git import Git
 from reconciler.state.statedir import StateView
 from wire.bundle import Bundle, BundlePolicy, format_time, parse_bundle
+
+if TYPE_CHECKING:
+    from reconciler.state.fleet import AgentRecord
 
 __all__ = ["Audit", "Change", "Interval", "Step", "build", "gather"]
 
@@ -144,10 +147,12 @@ def _states(b: Bundle | None, subject: str) -> dict[tuple[str, str], str]:
     return {(p.name, p.scope.key): str(p.state) for p in b.policies if _matches(p, subject)}
 
 
-def _enforced(b: Bundle, subject: str, sensor: str, labels: Mapping[str, str]) -> dict[str, str]:
-    """Policy name → the state this sensor enforces it at under bundle `b` (the agent's selection rule)."""
+def _enforced(b: Bundle, subject: str, sensor: str, labels: Mapping[str, str],
+              policies: Sequence[BundlePolicy] | None = None) -> dict[str, str]:
+    """Policy name → the state this sensor enforces it at under bundle `b` (the agent's selection rule).
+    `policies`: those of `b` that match `subject`, when the caller picked them once for many sensors."""
     chosen: dict[str, BundlePolicy] = {}
-    for p in b.policies:
+    for p in b.policies if policies is None else policies:
         if not _matches(p, subject) or not b.in_scope(p.scope, sensor, labels):
             continue
         cur = chosen.get(p.name)
@@ -182,6 +187,8 @@ def build(subject: str, bundles: Sequence[Bundle], commits: Mapping[str, CommitF
                       "committed": format_time(c.committed) if c.committed else None, "finding": c.why}
                      for c in commits.values() if c.result == "rejected" and _touches(c.paths, subject))
     by_version = {b.version: b for b in bundles}
+    # a fleet's runs each look at the subject's few policies, not at every policy of the bundle
+    mine = {b.version: tuple(p for p in b.policies if _matches(p, subject)) for b in bundles}
     intervals: list[Interval] = []
     for s in sorted({r.sensor for r in runs}):
         if sensor is not None and s != sensor:
@@ -189,7 +196,7 @@ def build(subject: str, bundles: Sequence[Bundle], commits: Mapping[str, CommitF
         open_: dict[str, tuple[str, _dt.datetime, list[int]]] = {}
         for r in sorted((r for r in runs if r.sensor == s), key=lambda r: r.began):
             ran = by_version.get(r.version)
-            now = _enforced(ran, subject, s, labels.get(s, {})) if ran is not None else {}
+            now = _enforced(ran, subject, s, labels.get(s, {}), mine[r.version]) if ran is not None else {}
             for name in sorted(open_.keys() | now.keys()):
                 cur = open_.get(name)
                 state = now.get(name)
@@ -225,22 +232,27 @@ def _touches(paths: Sequence[str], subject: str) -> bool:
 # Reading a state directory
 
 
-def gather(state_dir: Path | StateView, subject: str, *, sensor: str | None = None) -> Audit:
-    """The audit from a reconciler's state directory (read-only)."""
+def gather(state_dir: Path | StateView, subject: str, *, sensor: str | None = None,
+           bundle: Callable[[int], Bundle | None] | None = None,
+           agents: Callable[[], Sequence[AgentRecord]] | None = None) -> Audit:
+    """The audit from a reconciler's state directory (read-only). A long-running reader (the console) may
+    pass its own cached `bundle(version)` and `agents()` for the store's bundles and the fleet's sensors."""
     from reconciler.rollout.db import RolloutDB
     from reconciler.state.ledger import Ledger
 
     state = StateView.of(state_dir)
     with Ledger.open(state, readonly=True) as ledger:
         entries = ledger.entries()
-    bundles_dir = state.store.bundles
+    accepted = {e.version for e in entries if str(e.result) == "accepted"}
     bundles: list[Bundle] = []
-    for path in sorted(bundles_dir.glob("v*.json"), key=lambda p: int(p.stem[1:]) if p.stem[1:].isdigit() else 0):
+    if bundle is not None:
+        bundles = [b for v in sorted(v for v in accepted if v is not None) if (b := bundle(v)) is not None]
+    for path in () if bundle is not None else sorted(
+            state.store.bundles.glob("v*.json"), key=lambda p: int(p.stem[1:]) if p.stem[1:].isdigit() else 0):
         try:
             bundles.append(parse_bundle(path.read_bytes()))
         except (OSError, VerificationError) as e:
             raise StateError(f"cannot read {path}: {e}") from None
-    accepted = {e.version for e in entries if str(e.result) == "accepted"}
     bundles = [b for b in bundles if b.version in accepted]  # a file a crashed publish left is not history
     subjects = _subjects(state.mirror, [e.commit for e in entries])
     commits = {e.commit: CommitFacts(e.commit, str(e.result), e.version, e.author, e.approvers, e.committed,
@@ -256,7 +268,9 @@ def gather(state_dir: Path | StateView, subject: str, *, sensor: str | None = No
         finally:
             db.close()
     labels: dict[str, Mapping[str, str]] = {}
-    if state.has_fleet():
+    if agents is not None:
+        labels = {a.id: dict(a.labels) for a in agents()}
+    elif state.has_fleet():
         from reconciler.state.fleet import Fleet
 
         fleet = Fleet.open(state)

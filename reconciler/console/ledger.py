@@ -91,9 +91,12 @@ def _origins(state: StateView, version: int) -> tuple[str, ...]:
     return tuple(sorted({p.origin.name for p in bundle.policies}))
 
 
-def audit_page(state: StateView, subject: str, *, now: _dt.datetime | None = None) -> AuditPage:
-    """`palisade audit SUBJECT --state` as a page; a UsageError for an unknown subject (404)."""
-    a = _audit.gather(state, subject)
+def audit_page(state: StateView, subject: str, *, now: _dt.datetime | None = None,
+               sources: ConsoleSources | None = None) -> AuditPage:
+    """`palisade audit SUBJECT --state` as a page; a UsageError for an unknown subject (404). With the
+    console's `sources`, bundles and sensors come from its caches."""
+    a = _audit.gather(state, subject, bundle=sources.bundle if sources else None,
+                      agents=sources.agents if sources else None)
     lanes: dict[str, list[_audit.Interval]] = {}
     for i in a.sensors:
         lanes.setdefault(i.sensor, []).append(i)
@@ -230,7 +233,7 @@ def audit_handler(request: Request, sources: ConsoleSources) -> Response:
     """/ui/audit/{unit}"""
     subject = str(request.path_params["unit"])
     try:
-        data = audit_page(sources.state, subject, now=sources.now())
+        data = audit_page(sources.state, subject, now=sources.now(), sources=sources)
     except UsageError as e:
         raise HTTPException(404, str(e)) from None
     except StateError as e:

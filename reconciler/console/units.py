@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -146,9 +147,9 @@ def units_page(state: StateView, *, git_repo: Path | None = None, now: _dt.datet
 
 
 def unit_detail(state: StateView, ident: str, *, git_repo: Path | None = None, now: _dt.datetime | None = None,
-                fleet: Fleet | None = None) -> UnitDetail:
+                fleet: Fleet | None = None, agents: Callable[[], Sequence[AgentRecord]] | None = None) -> UnitDetail:
     """One unit with its readiness (as `palisade readiness --state`) and impact preview (as `palisade impact
-    --state`, its default 7 days)."""
+    --state`, its default 7 days). The console passes its open `fleet` and cached `agents()`."""
     from reconciler.checks import history
 
     now = now or _dt.datetime.now(_dt.UTC)
@@ -167,31 +168,30 @@ def unit_detail(state: StateView, ident: str, *, git_repo: Path | None = None, n
     policies = _readiness.unit_policies(rev.repo, unit.key, now.date())
     since = now - _dt.timedelta(days=IMPACT_DAYS)
     # two queries, as the two commands make them: a query sums each binary's rows over its own period
-    agents, rows, recent = _fleet(state, fleet, tuple(policies), (entered, since))
+    scoped_agents, rows, recent = _fleet(state, fleet, agents, tuple(policies), (entered, since))
     pack = rev.repo.pack(unit.key.name) if unit.key.kind == "pack" else None
     report = _readiness.assess(
         unit.key, unit.state, entered=entered, min_observation=config.min_observation, now=now,
-        policies=policies, agents=agents, groups=rev.repo.groups, observations=rows,
+        policies=policies, agents=scoped_agents, groups=rev.repo.groups, observations=rows,
         enforcement_capable=pack.enforcement_capable if pack is not None else True)
-    sensors = [a.id for a in agents if _readiness.in_scope(unit.key.scope, a, rev.repo.groups)]
+    sensors = [a.id for a in scoped_agents if _readiness.in_scope(unit.key.scope, a, rev.repo.groups)]
     effects = {name: _impact.policy_effect(doc) for name, doc in policies.items()}
     preview = _impact.preview(unit.key, effects, recent, since=since, until=now + _dt.timedelta(seconds=1),
                               sensors=sensors)
     return UnitDetail(unit, rev.commit, report, preview, tuple(sensors))
 
 
-def _fleet(state: StateView, fleet: Fleet | None, policies: tuple[str, ...],
-           since: tuple[_dt.datetime, _dt.datetime]
-           ) -> tuple[list[AgentRecord], list[ObservationRow], list[ObservationRow]]:
+def _fleet(state: StateView, fleet: Fleet | None, agents: Callable[[], Sequence[AgentRecord]] | None,
+           policies: tuple[str, ...], since: tuple[_dt.datetime, _dt.datetime]
+           ) -> tuple[Sequence[AgentRecord], list[ObservationRow], list[ObservationRow]]:
     """Agents, and the observations of `policies` from each of two times on (the queries `palisade readiness`
     and `palisade impact` make)."""
     if fleet is None and not state.has_fleet():
         return [], [], []
     f = fleet if fleet is not None else Fleet.open(state)
     try:
-        agents = f.agents()
         first, second = (f.query(policies=policies, since=t, limit=100_000) for t in since)
-        return agents, first, second
+        return (agents() if agents is not None else f.agents()), first, second
     finally:
         if fleet is None:
             f.close()
@@ -303,7 +303,7 @@ def unit_handler(request: Request, sources: ConsoleSources) -> Response:
     ident = str(request.path_params["id"])
     try:
         detail = unit_detail(sources.state, ident, now=sources.now(),
-                             fleet=sources.fleet() if sources.state.has_fleet() else None)
+                             fleet=sources.fleet() if sources.state.has_fleet() else None, agents=sources.agents)
     except UnknownUnit as e:
         raise HTTPException(404, str(e)) from None
     except NothingAccepted as e:
