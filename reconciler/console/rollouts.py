@@ -100,10 +100,13 @@ class RolloutPage:
     plot: VersionPlot
 
 
-def rollout_page(state: StateView, *, now: _dt.datetime | None = None) -> RolloutPage:
-    """The rollout as `palisade rollout status --state` and `rollout history --sensors` see it, and the plot."""
+def rollout_page(state: StateView, *, now: _dt.datetime | None = None,
+                 sources: ConsoleSources | None = None) -> RolloutPage:
+    """The rollout as `palisade rollout status --state` and `rollout history` see it, and the plot. With the
+    console's `sources`, the fleet's sensors and the bundle come from its caches."""
     now = (now or _dt.datetime.now(_dt.UTC)).replace(microsecond=0)
-    doc = read_status(state, now=now)
+    doc = read_status(state, now=now, agents=sources.agents if sources else None,
+                      bundle=sources.bundle if sources else None)
     history: list[HistoryRow] = []
     published: list[tuple[int, _dt.datetime]] = []
     if state.has_ledger():
@@ -260,5 +263,6 @@ def render_rollouts(page: RolloutPage) -> Markup:
 
 def rollouts_handler(request: Request, sources: ConsoleSources) -> Response:
     """/ui/rollouts"""
-    return answer("Rollouts", "Rollouts", lambda: render_rollouts(rollout_page(sources.state, now=sources.now())),
+    return answer("Rollouts", "Rollouts", lambda: render_rollouts(rollout_page(sources.state, now=sources.now(),
+                                                                                sources=sources)),
                   StateError)

@@ -4,6 +4,7 @@ status`).
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from reconciler.rollout.db import DEFAULT_STALE_AFTER, RolloutDB
 from reconciler.rollout.decide import Decision, Progress, evaluate
 from reconciler.rollout.reports import report_of
 from reconciler.state import statedir
-from wire.bundle import Index, parse_bundle, parse_index
+from wire.bundle import Bundle, Index, parse_bundle, parse_index
 
 if TYPE_CHECKING:
     from reconciler.state.fleet import AgentRecord
@@ -77,8 +78,10 @@ class _ReadStore:
 
 
 def read_status(state_dir: Path | statedir.StateView, *, stale_after: _dt.timedelta | None = None,
-                now: _dt.datetime | None = None) -> dict[str, Any]:
-    """The rollout status from a state directory alone (takes no lock, writes nothing)."""
+                now: _dt.datetime | None = None, agents: Callable[[], Sequence[AgentRecord]] | None = None,
+                bundle: Callable[[int], Bundle | None] | None = None) -> dict[str, Any]:
+    """The rollout status from a state directory alone (takes no lock, writes nothing). A long-running reader
+    (the console) may pass its own cached `agents()` and `bundle(version)` for the fleet and the store."""
     state = statedir.StateView.of(state_dir)
     if not state.has_rollouts() and not state.has_ledger():
         raise StateError(f"no reconciler state in {state.root} (has a reconciler run with --state {state.root}?)")
@@ -90,20 +93,22 @@ def read_status(state_dir: Path | statedir.StateView, *, stale_after: _dt.timede
         index = store.index()
         if index is None:
             return status_doc(progress, None, None, None)
-        agents: list[AgentRecord] = []
-        if state.has_fleet():
+        fleet_agents: Sequence[AgentRecord] = agents() if agents is not None else []
+        if agents is None and state.has_fleet():
             from reconciler.state.fleet import Fleet
 
             fleet = Fleet.open(state)
             try:
-                agents = fleet.agents()
+                fleet_agents = fleet.agents()
             finally:
                 fleet.close()
         target = None
-        if progress.target is not None:
+        if progress.target is not None and bundle is not None:
+            target = bundle(progress.target)
+        elif progress.target is not None:
             data = store.bundle_bytes(progress.target)
             target = parse_bundle(data) if data else None
-        reports = [report_of(a, opened.get(a.id)) for a in agents]
+        reports = [report_of(a, opened.get(a.id)) for a in fleet_agents]
         stale = stale_after or (db.stale_after() if db else None) or DEFAULT_STALE_AFTER
         decision = evaluate(target, progress, index.stages, reports,
                             now=(now or _dt.datetime.now(_dt.UTC)).replace(microsecond=0), stale_after=stale)
