@@ -10,7 +10,7 @@ in git: all of it goes through `el()`.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -31,6 +31,8 @@ from reconciler.state.statedir import StateView
 from wire.bundle import format_time, parse_time
 
 LEDGER_ROWS = 200
+#: More sensors than this on an audit timeline share lanes by identical history.
+MAX_LANES = 50
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,16 @@ class LedgerPage:
 
 @dataclass(frozen=True)
 class Lane:
-    """One sensor's row of the timeline: its enforcement periods, earliest first."""
+    """One row of the timeline: a sensor's enforcement periods, earliest first; in a large fleet, the sensors
+    whose periods are all the same share a row (`others` beside the first)."""
 
     sensor: str
     periods: tuple[_audit.Interval, ...]
+    others: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.sensor + (f" +{len(self.others)}" if self.others else "")
 
 
 @dataclass(frozen=True)
@@ -97,11 +105,21 @@ def audit_page(state: StateView, subject: str, *, now: _dt.datetime | None = Non
     console's `sources`, bundles and sensors come from its caches."""
     a = _audit.gather(state, subject, bundle=sources.bundle if sources else None,
                       agents=sources.agents if sources else None)
-    lanes: dict[str, list[_audit.Interval]] = {}
-    for i in a.sensors:
-        lanes.setdefault(i.sensor, []).append(i)
-    return AuditPage(a, tuple(Lane(s, tuple(sorted(p, key=lambda i: i.start))) for s, p in sorted(lanes.items())),
-                     now or _dt.datetime.now(_dt.UTC))
+    return AuditPage(a, lanes(a.sensors), now or _dt.datetime.now(_dt.UTC))
+
+
+def lanes(intervals: Sequence[_audit.Interval], most: int = MAX_LANES) -> tuple[Lane, ...]:
+    """A lane per sensor; past `most` sensors, one per distinct history (what each policy ran at, when)."""
+    by_sensor: dict[str, list[_audit.Interval]] = {}
+    for i in intervals:
+        by_sensor.setdefault(i.sensor, []).append(i)
+    each = [Lane(s, tuple(sorted(p, key=lambda i: i.start))) for s, p in sorted(by_sensor.items())]
+    if len(each) <= most:
+        return tuple(each)
+    shared: dict[tuple[tuple[str, str, _dt.datetime, _dt.datetime | None], ...], list[Lane]] = {}
+    for lane in each:
+        shared.setdefault(tuple((i.policy, i.state, i.start, i.stop) for i in lane.periods), []).append(lane)
+    return tuple(Lane(g[0].sensor, g[0].periods, tuple(x.sensor for x in g[1:])) for g in shared.values())
 
 
 # ---------------------------------------------------------------------------
@@ -170,14 +188,16 @@ def timeline_svg(page: AuditPage) -> Markup:
     for n, lane in enumerate(page.lanes):
         y = _TOP + _LANE * n
         parts.append(el("text", {"class": "lane-label", "x": _LEFT - 8, "y": y + _LANE / 2 + 4, "text-anchor": "end"},
-                        lane.sensor))
+                        lane.label,
+                        el("title", None, ", ".join((lane.sensor, *lane.others[:30]))
+                           + (f" and {len(lane.others) - 30} more" if len(lane.others) > 30 else ""))))
         parts.append(el("line", {"class": "lane", "x1": _LEFT, "x2": _RIGHT, "y1": y + _LANE, "y2": y + _LANE}))
         for i in lane.periods:
             x1, x2 = axis.x(i.start), axis.x(i.stop or page.now)
             stop = format_time(i.stop) if i.stop else "now"
             parts.append(el("rect", {"class": f"period state-{i.state}", "x": x1, "y": y + 5,
                                      "width": max(round(x2 - x1, 1), 2.0), "height": _LANE - 10},
-                            el("title", None, f"{lane.sensor}: {i.policy} {i.state} {format_time(i.start)} → {stop}")))
+                            el("title", None, f"{lane.label}: {i.policy} {i.state} {format_time(i.start)} → {stop}")))
     if not page.lanes:
         parts.append(el("text", {"class": "empty", "x": (_LEFT + _RIGHT) / 2, "y": _TOP + _LANE / 2 + 4,
                                  "text-anchor": "middle"}, "no sensor reported running it"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from reconciler.cli import main
-from reconciler.console.ledger import audit_page, ledger_page, render_audit, render_ledger, timeline_svg
+from reconciler.console.ledger import audit_page, lanes, ledger_page, render_audit, render_ledger, timeline_svg
 from reconciler.errors import UsageError
 from reconciler.state.statedir import StateView
 from support.consolestate import XSS, ConsoleState, console_state
@@ -72,3 +73,11 @@ def test_a_rejected_commits_message_is_text(console_state: ConsoleState) -> None
 def test_an_unknown_subject(console_state: ConsoleState) -> None:
     with pytest.raises(UsageError, match="not a pack, rule or policy"):
         audit_page(StateView(console_state.state), "nothing-like-it")
+
+
+def test_a_large_fleet_shares_lanes_by_history(console_state: ConsoleState) -> None:
+    page = audit_page(StateView(console_state.state), "web-lockdown")
+    shared = lanes(page.audit.sensors, most=1)
+    # web-1 and web-2 ran the same states over the same times; the canary enforced earlier
+    assert [(lane.label, lane.others) for lane in shared] == [("node-canary-1", ()), ("web-1 +1", ("web-2",))]
+    assert 'web-1 +1<title>web-1, web-2</title>' in timeline_svg(replace(page, lanes=shared))
