@@ -6,15 +6,16 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from reconciler.cli import main
-from reconciler.console.rollouts import plot_svg, render_rollouts, rollout_page, version_plot
+from reconciler.console.rollouts import Gate, plot_svg, render_rollouts, rollout_page, version_plot
 from reconciler.rollout.db import SensorVersion
 from reconciler.state.statedir import StateView
-from support.consolestate import ConsoleState, console_state
+from support.consolestate import XSS, ConsoleState, console_state
 
 __all__ = ["console_state"]
 
@@ -84,3 +85,14 @@ def test_a_step_line_from_runs() -> None:
     ]
     empty = plot_svg(version_plot([], [], at(30)))
     assert "no sensor has reported a version yet" in empty
+
+
+def test_a_halt_and_a_failed_gate_are_shown(console_state: ConsoleState) -> None:
+    page = rollout_page(StateView(console_state.state))
+    failed = Gate("maxEnforcementActionsPerNode", 9, 5, False, f"node-canary-1: 9 actions ({XSS})")
+    halted = replace(page, state="halted", halt_reason=f"canary: gate maxEnforcementActionsPerNode failed: {XSS}",
+                     stages=(replace(page.stages[0], gates=(failed,)), *page.stages[1:]))
+    html = render_rollouts(halted)
+    assert '<p class="halt">HALTED: canary: gate maxEnforcementActionsPerNode failed: &lt;img' in html
+    assert '<span class="gate failed" title="node-canary-1: 9 actions (&lt;img' in html
+    assert "maxEnforcementActionsPerNode 9 ≤ 5 FAILED" in html and XSS not in html
