@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from reconciler.analysis import audit as _audit
 from reconciler.analysis import impact as _impact
 from reconciler.analysis import readiness as _readiness
 from reconciler.console.answer import answer
@@ -28,14 +29,14 @@ from reconciler.console.html import Markup, el, join, table
 from reconciler.console.layout import html_response, page
 from reconciler.console.sources import ConsoleSources
 from reconciler.console.yamlview import highlight
-from reconciler.errors import PalisadeError
+from reconciler.errors import PalisadeError, UsageError
 from reconciler.findings import has_errors
 from reconciler.repository import loader, render, source, summary
 from reconciler.repository.model import PolicyRepository, UnitKey
 from reconciler.state.fleet import AgentRecord, Fleet, ObservationRow
 from reconciler.state.ledger import Ledger
 from reconciler.state.statedir import StateView
-from wire.bundle import format_time
+from wire.bundle import Bundle, format_time
 from wire.values import State
 
 #: The impact preview's period, as `palisade impact`'s default (--days 7).
@@ -82,6 +83,7 @@ class UnitDetail:
     readiness: _readiness.Report
     impact: _impact.Impact
     agents_in_scope: tuple[str, ...]
+    last_step: _audit.Step | None  # the last accepted change of it at this scope: who wrote and approved it
 
 
 def unit_id(key: UnitKey) -> str:
@@ -147,7 +149,8 @@ def units_page(state: StateView, *, git_repo: Path | None = None, now: _dt.datet
 
 
 def unit_detail(state: StateView, ident: str, *, git_repo: Path | None = None, now: _dt.datetime | None = None,
-                fleet: Fleet | None = None, agents: Callable[[], Sequence[AgentRecord]] | None = None) -> UnitDetail:
+                fleet: Fleet | None = None, agents: Callable[[], Sequence[AgentRecord]] | None = None,
+                bundle: Callable[[int], Bundle | None] | None = None) -> UnitDetail:
     """One unit with its readiness (as `palisade readiness --state`) and impact preview (as `palisade impact
     --state`, its default 7 days). The console passes its open `fleet` and cached `agents()`."""
     from reconciler.checks import history
@@ -178,7 +181,17 @@ def unit_detail(state: StateView, ident: str, *, git_repo: Path | None = None, n
     effects = {name: _impact.policy_effect(doc) for name, doc in policies.items()}
     preview = _impact.preview(unit.key, effects, recent, since=since, until=now + _dt.timedelta(seconds=1),
                               sensors=sensors)
-    return UnitDetail(unit, rev.commit, report, preview, tuple(sensors))
+    return UnitDetail(unit, rev.commit, report, preview, tuple(sensors), _last_step(state, unit.key, bundle, agents))
+
+
+def _last_step(state: StateView, key: UnitKey, bundle: Callable[[int], Bundle | None] | None,
+               agents: Callable[[], Sequence[AgentRecord]] | None) -> _audit.Step | None:
+    """The newest change `palisade audit NAME` lists for the unit at its scope."""
+    try:
+        a = _audit.gather(state, key.name, bundle=bundle, agents=agents)
+    except UsageError:  # no published bundle carries it
+        return None
+    return next((s for s in reversed(a.steps) if any(c.scope == key.scope.key for c in s.changes)), None)
 
 
 def _fleet(state: StateView, fleet: Fleet | None, agents: Callable[[], Sequence[AgentRecord]] | None,
@@ -271,6 +284,16 @@ def _impact_panel(imp: _impact.Impact) -> Markup:
     return el("section", {"class": "panel impact", "id": "impact"}, *parts)
 
 
+def _last_change(s: _audit.Step | None) -> Markup:
+    if s is None:
+        return el("p", {"class": "last-change"}, "No published bundle has carried it yet.")
+    return el("p", {"class": "last-change", "id": "last-change"}, "Last change: ",
+              el("strong", None, f"v{s.version}"), " ", el("code", {"title": s.commit}, s.commit[:12]), " ",
+              el("span", {"class": "subject"}, s.subject), " — by ", el("span", {"class": "author"}, s.author),
+              "; approved by ", el("span", {"class": "approvers"}, ", ".join(s.approvers) or "nobody"),
+              f" ({format_time(s.committed)})" if s.committed else "")
+
+
 def render_unit(d: UnitDetail) -> Markup:
     u = d.unit
     policies = [el("section", {"class": "policy"},
@@ -282,6 +305,7 @@ def render_unit(d: UnitDetail) -> Markup:
            el("code", None, u.key.scope.key), " ", _state_badge(u.state)),
         el("p", None, "Applies to ", u.applies_to, "; audit trail: ",
            el("a", {"href": f"/ui/audit/{quote(u.key.name, safe='')}"}, "who changed and approved it")),
+        _last_change(d.last_step),
         el("div", {"class": "panels"}, _readiness_panel(d.readiness), _impact_panel(d.impact)),
         el("h2", None, "Rendered policies"),
         join(policies) if policies else el("p", None, "it renders no policy"),
@@ -303,7 +327,8 @@ def unit_handler(request: Request, sources: ConsoleSources) -> Response:
     ident = str(request.path_params["id"])
     try:
         detail = unit_detail(sources.state, ident, now=sources.now(),
-                             fleet=sources.fleet() if sources.state.has_fleet() else None, agents=sources.agents)
+                             fleet=sources.fleet() if sources.state.has_fleet() else None, agents=sources.agents,
+                             bundle=sources.bundle)
     except UnknownUnit as e:
         raise HTTPException(404, str(e)) from None
     except NothingAccepted as e:

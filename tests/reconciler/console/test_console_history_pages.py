@@ -86,6 +86,7 @@ def test_units_and_a_units_readiness_and_impact(served: tuple[ConsoleState, Serv
         [[str(b["count"]), b["binary"]] for b in impact["topBinaries"]]
     assert XSS in browser.text("table.top-binaries")  # the observed binary, as text
     assert browser.count("pre.yaml .y-key") > 5
+    assert "approved by Alice Reviewer <alice@example.com>" in browser.text("#last-change")
     _inert(browser)
     browser.screenshot("unit-web-lockdown")
 

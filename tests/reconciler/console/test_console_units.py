@@ -77,6 +77,20 @@ def test_the_probe_binary_is_text(console_state: ConsoleState) -> None:
     assert XSS not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
+def test_who_wrote_and_approved_the_last_step(console_state: ConsoleState,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    d = unit_detail(StateView(console_state.state), "pack:web-lockdown@group:web")
+    audit = _cli(capsys, "audit", "web-lockdown", "--state", str(console_state.state))
+    last = [st for st in audit["steps"] if any(c["scope"] == "group:web" for c in st["changes"])][-1]
+    assert d.last_step is not None and d.last_step.to_json() == last
+    assert (d.last_step.version, d.last_step.approvers) == (3, ("Alice Reviewer <alice@example.com>",))
+    html = render_unit(d)
+    assert "approved by <span class=\"approvers\">Alice Reviewer &lt;alice@example.com&gt;</span>" in html
+    probe = unit_detail(StateView(console_state.state), "pack:egress-guard@sensor:db-legacy-7")
+    assert probe.last_step is not None and probe.last_step.subject == XSS
+    assert XSS not in render_unit(probe)
+
+
 def test_an_unknown_unit(console_state: ConsoleState) -> None:
     with pytest.raises(UnknownUnit, match="no unit 'pack:web-lockdown@group:db'"):
         unit_detail(StateView(console_state.state), "pack:web-lockdown@group:db")
