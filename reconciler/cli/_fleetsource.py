@@ -101,11 +101,15 @@ class FleetSource:
     def _get(self, path: str, params: list[tuple[str, str]]) -> Any:
         import httpx
 
+        from ._token import HINT, auth_headers
+
         url = f"{self.server}{path}"
         try:
-            r = httpx.get(url, params=tuple(params), timeout=self.timeout)
+            r = httpx.get(url, params=tuple(params), timeout=self.timeout, headers=auth_headers())
         except httpx.HTTPError as e:
             raise PalisadeError(f"cannot reach {url}: {e or type(e).__name__}") from None
+        if r.status_code == 401:
+            raise PalisadeError(f"{url}: 401: {HINT}")
         if r.status_code == 404:
             raise PalisadeError(f"{url}: 404 — the server has no fleet view (an older `palisade serve`?)")
         if r.status_code != 200:

@@ -91,14 +91,18 @@ def from_server(url: str, timeout: float) -> dict[str, Any]:
     """The status document of a running server."""
     import httpx
 
+    from ._token import HINT, auth_headers
+
     base = url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise UsageError(f"--server {url!r}: expected an http:// or https:// URL")
     try:
         with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-            resp = client.get(f"{base}/v1/status", headers={"Accept": "application/json"})
+            resp = client.get(f"{base}/v1/status", headers={"Accept": "application/json", **auth_headers()})
     except httpx.HTTPError as e:
         raise StateError(f"cannot reach {base}: {e}") from None
+    if resp.status_code == 401:
+        raise StateError(f"{base}/v1/status answered 401: {HINT}")
     if resp.status_code != 200:
         raise StateError(f"{base}/v1/status answered {resp.status_code}: {resp.text[:200]}")
     if len(resp.content) > _MAX_STATUS_BYTES:

@@ -68,8 +68,8 @@ def require_token(host: str, token_file: Path | None) -> str | None:
 
 
 def needs_token(method: str, path: str) -> bool:
-    """Everything but the agents' endpoints."""
-    if path.startswith(_AGENT_PREFIXES):
+    """Everything but the agents' endpoints, the webhooks and the probes' /healthz."""
+    if path.startswith(_AGENT_PREFIXES) or path == "/healthz":  # healthz: probes, which say nothing else
         return False
     if method == "POST" and path.startswith("/v1/hooks/"):
         return False  # webhooks prove themselves with their HMAC signature (hooks.py)

@@ -27,6 +27,8 @@ RECONCILER_STATE = "/var/lib/palisade"
 RECONCILER_KEY_DIR = "/etc/palisade/key"
 PUBKEY_CONFIGMAP = "palisade-pubkey"
 SIGNING_KEY_SECRET = "palisade-signing-key"
+RECONCILER_TOKEN_DIR = "/etc/palisade/token"
+TOKEN_SECRET = "palisade-api-token"  # the console and read API beyond loopback need it (serve/auth.py)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -325,7 +327,8 @@ def _reconciler_deployment(opts: InstallOptions) -> Manifest:
         "image": opts.image,
         "command": ["palisade"],
         "args": ["serve", "--repo", opts.repo_url, "--branch", opts.branch, "--state", RECONCILER_STATE,
-                 "--key", f"{RECONCILER_KEY_DIR}/palisade.key", "--listen", f"0.0.0.0:{API_PORT}"],
+                 "--key", f"{RECONCILER_KEY_DIR}/palisade.key", "--listen", f"0.0.0.0:{API_PORT}",
+                 "--token-file", f"{RECONCILER_TOKEN_DIR}/token"],
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"}],
         "ports": [http],
         "securityContext": {
@@ -336,13 +339,14 @@ def _reconciler_deployment(opts: InstallOptions) -> Manifest:
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "readinessProbe": {"httpGet": {"path": "/v1/status", "port": "http"}, "periodSeconds": 10},
-        "livenessProbe": {"httpGet": {"path": "/metrics", "port": "http"}, "initialDelaySeconds": 30,
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "initialDelaySeconds": 30,
                           "periodSeconds": 30, "failureThreshold": 5},
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "2Gi"}},
         "volumeMounts": [
             {"name": "state", "mountPath": RECONCILER_STATE},
             {"name": "signing-key", "mountPath": RECONCILER_KEY_DIR, "readOnly": True},
+            {"name": "api-token", "mountPath": RECONCILER_TOKEN_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
@@ -354,6 +358,8 @@ def _reconciler_deployment(opts: InstallOptions) -> Manifest:
             {"name": "state", "persistentVolumeClaim": {"claimName": f"{RECONCILER}-state"}},
             {"name": "signing-key", "secret": {"secretName": SIGNING_KEY_SECRET, "defaultMode": 0o400,
                                                "items": [{"key": "palisade.key", "path": "palisade.key"}]}},
+            {"name": "api-token", "secret": {"secretName": TOKEN_SECRET, "defaultMode": 0o400,
+                                             "items": [{"key": "token", "path": "token"}]}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         ],
     }
@@ -374,6 +380,11 @@ def _reconciler_deployment(opts: InstallOptions) -> Manifest:
         ((*c, "ports", 0), "API and /metrics; a ServiceMonitor scrapes `port: http, path: /metrics`"),
         (("spec", "template", "spec", "volumes", 1),
          f"kubectl -n {opts.namespace} create secret generic {SIGNING_KEY_SECRET} --from-file=palisade.key"),
+        (("spec", "template", "spec", "volumes", 2),
+         "the console and the read API beyond loopback need a token; agents do not: "
+         f"kubectl -n {opts.namespace} create secret generic {TOKEN_SECRET} --from-literal=token=$(openssl rand "
+         "-hex 32)"),
+        ((*c, "readinessProbe"), "/healthz needs no token and says nothing else"),
     )
     return Manifest(body, why="`palisade serve`: reconciles the repository into signed bundles and serves them.",
                     notes=notes)

@@ -158,6 +158,10 @@ OPENAPI: dict[str, Any] = {
                                   "content": _OBJECT},
                           "400": _err("A malformed time or limit")},
         }},
+        "/healthz": {"get": {
+            "summary": "Liveness and readiness for probes; needs no token",
+            "responses": {"200": {"description": "`{status: ok}`", "content": _OBJECT}},
+        }},
         "/metrics": {"get": {
             "summary": "Prometheus metrics",
             "responses": {"200": {"description": "Prometheus text format",

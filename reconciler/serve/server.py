@@ -302,6 +302,10 @@ class _Api:
             since=since, until=until, limit=limit))
         return _json({"observations": [r.to_json() for r in rows]}, headers={"Cache-Control": "no-store"})
 
+    async def healthz(self, request: Request) -> Response:
+        """Liveness and readiness for probes: 200 while the server answers (no token, and nothing else said)."""
+        return _json({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
     async def prometheus(self, request: Request) -> Response:
         """Prometheus text exposition."""
         return Response(self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
@@ -461,6 +465,7 @@ def create_app(
         Route("/v1/agents", api.agents, methods=["GET"], name="agents"),
         Route("/v1/hooks/{name}", api.hook, methods=["POST"], name="hook"),
         Route("/v1/observations", api.observations, methods=["GET"], name="observations"),
+        Route("/healthz", api.healthz, methods=["GET"], name="healthz"),
         Route("/metrics", api.prometheus, methods=["GET"], name="metrics"),
         Route("/openapi.json", api.openapi, methods=["GET"], name="openapi"),
         *_console_routes(api, pub, status, source, branch),

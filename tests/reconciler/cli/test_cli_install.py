@@ -205,7 +205,45 @@ def test_the_reconciler_keeps_its_state_on_the_claim_and_its_key_in_a_secret() -
     (sport,) = service["spec"]["ports"]
     assert sport["name"] == "http" and sport["targetPort"] == port["name"] == "http"
     assert service["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
-    assert c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # beyond loopback the server needs its token (serve/auth.py): from a Secret, read-only, 0400
+    token = Path(args[args.index("--token-file") + 1])
+    tmount = _mount(c, str(token.parent))
+    assert tmount["readOnly"] is True
+    tsecret = _volume(dep, tmount["name"])["secret"]
+    assert tsecret["items"] == [{"key": "token", "path": token.name}] and tsecret["defaultMode"] & 0o077 == 0
+
+
+def test_the_reconcilers_exported_flags_start_a_server_its_probes_pass_and_its_read_api_guarded(
+        tmp_path: Path) -> None:
+    """The Deployment's own flags (its paths moved under a temporary directory): the server starts on a
+    non-loopback address, /healthz — the probes' path — answers without the token, /v1/status only with it."""
+    import httpx
+
+    from reconciler.keys import generate
+    from support.policyrepo import PolicyRepo
+    from support.serve import Serve
+
+    c = _container(_one(_export(), "Deployment", "palisade-reconciler"))
+    args = c["args"]
+    repo = PolicyRepo.create(tmp_path / "repo")
+    key = generate(tmp_path / "keys").signing_key_path
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    token.chmod(0o400)
+    listen = args[args.index("--listen") + 1]
+    host = listen.rpartition(":")[0]
+    server = Serve(repo.path, tmp_path / "state", key, "--branch", args[args.index("--branch") + 1],
+                   "--listen", f"{host}:0", "--token-file", str(token))
+    try:
+        port = server.url.rpartition(":")[2]
+        probe = c["readinessProbe"]["httpGet"]["path"]
+        assert httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=10).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=10).status_code == 401
+        auth = {"Authorization": "Bearer 0123456789abcdef0123456789abcdef"}
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/status", headers=auth, timeout=10).status_code == 200
+    finally:
+        assert server.stop() == 0, server.log
 
 
 def test_no_rbac_and_no_service_account_tokens() -> None:

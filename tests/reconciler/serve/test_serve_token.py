@@ -34,7 +34,7 @@ def test_loopback_and_the_token_file(tmp_path: Path) -> None:
 
 def test_which_endpoints_need_it() -> None:
     for method, path in (("GET", "/v1/index"), ("GET", "/v1/bundles/3"), ("GET", "/v1/objects/ab"),
-                         ("POST", "/v1/agents/web-1/heartbeat"), ("POST", "/v1/hooks/github")):
+                         ("POST", "/v1/agents/web-1/heartbeat"), ("POST", "/v1/hooks/github"), ("GET", "/healthz")):
         assert not needs_token(method, path), path
     for method, path in (("GET", "/ui/"), ("GET", "/ui/live"), ("GET", "/v1/status"), ("GET", "/v1/agents"),
                          ("GET", "/v1/observations"), ("GET", "/metrics"), ("GET", "/openapi.json"),
@@ -51,6 +51,7 @@ def test_bearer_cookie_and_the_one_time_query(tmp_path: Path) -> None:
         assert r.status_code == 401 and r.json()["error"] == "unauthorized"
         assert r.headers["www-authenticate"].startswith("Bearer")
         assert c.get("/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert c.get("/healthz").json() == {"status": "ok"}  # what Kubernetes probes ask, without the token
         assert c.get("/ui/").status_code == 401 and "token" in c.get("/ui/").text
         assert c.get("/ui/?token=wrong-wrong-wrong-wrong").status_code == 401
         r = c.get(f"/ui/events?policy=a&token={TOKEN}")
