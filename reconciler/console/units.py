@@ -223,7 +223,7 @@ def _state_badge(state: State) -> Markup:
 
 def render_units(page: UnitsPage) -> Markup:
     rows = [[el("a", {"href": f"/ui/units/{u.id}"}, u.key.name), u.key.kind, u.key.scope.key, _state_badge(u.state),
-             u.applies_to, join([el("code", None, p.name) for p in u.policies]) if u.policies else "—"]
+             u.applies_to, join([el("code", None, p.name) for p in u.policies], ", ") if u.policies else "—"]
             for u in page.units]
     head = el("p", {"class": "summary"},
               f"{len(page.units)} unit(s) from {page.packs} pack(s) and {page.rules} rule(s) at the last accepted "

@@ -36,6 +36,7 @@ def test_every_unit_as_palisade_units_lists_it(console_state: ConsoleState,
              "appliesTo": u.applies_to, "policies": [p.name for p in u.policies]} for u in page.units] == cli
     html = render_units(page)
     assert 'href="/ui/units/pack:web-lockdown@group:web"' in html and html.count("<tr>") == len(cli) + 1
+    assert "<code>baseline-privilege-changes</code>, <code>baseline-process-lifecycle</code>" in html
 
 
 @pytest.mark.parametrize(("ident", "ref", "scope"), [
