@@ -212,7 +212,9 @@ def plot_svg(plot: VersionPlot) -> Markup:
         coords.append(f"{axis.x(plot.now)},{y(last)}")
         parts.append(el("polyline", {"class": cls, "points": " ".join(coords)},
                         el("title", None, f"v{s.version}: {last} sensor(s) now")))
-        legend.append(el("text", {"class": f"legend {cls}", "x": _LEFT + 70 * i, "y": _H - 6}, f"v{s.version}"))
+        legend.append(el("text", {"class": f"legend {cls}", "x": _LEFT + 120 + 60 * i, "y": _H - 6}, f"v{s.version}"))
+    if plot.series:
+        legend.insert(0, el("text", {"class": "legend", "x": _LEFT, "y": _H - 6}, "sensors running"))
     if not plot.series:
         parts.append(el("text", {"class": "empty", "x": (_LEFT + _RIGHT) / 2, "y": (_TOP + _BOTTOM) / 2,
                                  "text-anchor": "middle"}, "no sensor has reported a version yet"))
