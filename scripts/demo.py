@@ -167,6 +167,8 @@ class Demo:
         self.version = 1
         say(f"serving on {self.url}: bundle v1 published for the first commit")
         say(f"console (read-only, live): open {self.url}/ui/ in a browser on this machine")
+        with urllib.request.urlopen(self.url + "/ui/", timeout=10) as r:
+            say(f"the console answers HTTP {r.status} ({r.headers.get('Content-Type', '?')})")
 
     def start_agent(self) -> None:
         step("A node agent with the real eBPF engine, and a workload in its own cgroup")

@@ -11,8 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 #: What the demo's output tells, each of them somewhere in it: the kill, the rest running, the same allowlist
 #: following a podman container labelled app=web started afterwards (and not one labelled app=db), the
-#: event naming the container and its image, the reviewers who approved, the cleanup.
+#: event naming the container and its image, the reviewers who approved, the cleanup; the console's URL, answering.
 STORY = (
+    "console (read-only, live): open http://127.0.0.1:",
+    "the console answers HTTP 200 (text/html",
     "workload runs /usr/bin/id  → killed by SIGKILL",
     "workload runs /usr/bin/date → exit 0",
     "outside the workload, /usr/bin/id → exit 0",
