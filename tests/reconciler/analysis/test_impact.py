@@ -7,7 +7,8 @@ from pathlib import Path
 from reconciler.analysis import impact
 from reconciler.analysis.impact import Effect, PolicyEffect
 from reconciler.repository.model import UnitKey
-from reconciler.state.fleet import Fleet, ObservationRow, parse_heartbeat
+from reconciler.state.fleet import Fleet, ObservationRow
+from wire.heartbeat import parse as parse_heartbeat
 from wire.values import Scope
 
 T0 = _dt.datetime(2026, 11, 1, 12, 0, tzinfo=_dt.UTC)
@@ -78,8 +79,8 @@ def test_stored_observations_keep_the_optional_members(tmp_path: Path) -> None:
         {"policy": "allow", "binary": "/usr/bin/curl", "count": 2, "workload": "web", "parent": "/bin/sh",
          "action": "KPROBE_ACTION_SIGKILL", "acted": False},
         {"policy": "allow", "binary": "/usr/bin/curl", "count": 1}]}
-    fleet.record_heartbeat(parse_heartbeat("web-1", doc), T0)
-    fleet.record_heartbeat(parse_heartbeat("web-1", doc), T0 + _dt.timedelta(minutes=1))
+    fleet.record_heartbeat(parse_heartbeat(sensor_id="web-1", doc=doc), T0)
+    fleet.record_heartbeat(parse_heartbeat(sensor_id="web-1", doc=doc), T0 + _dt.timedelta(minutes=1))
     rows = fleet.query(policies=("allow",))
     assert [(r.workload, r.parent, r.action, r.acted, r.count) for r in rows] == [
         ("web", "/bin/sh", "KPROBE_ACTION_SIGKILL", False, 4), (None, None, None, None, 2)]
@@ -98,7 +99,7 @@ def test_a_fleet_database_from_before_the_optional_members_is_upgraded(tmp_path:
     old.commit()
     old.close()
     fleet = Fleet.open(tmp_path)
-    fleet.record_heartbeat(parse_heartbeat("web-1", {"observations": [
+    fleet.record_heartbeat(parse_heartbeat(sensor_id="web-1", doc={"observations": [
         {"policy": "allow", "binary": "/usr/bin/curl", "count": 1, "workload": "web"}]}), T0)
     rows = fleet.query(policies=("allow",))
     assert sorted((r.workload or "", r.count) for r in rows) == [("", 2), ("web", 1)]

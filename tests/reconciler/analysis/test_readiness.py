@@ -7,7 +7,8 @@ from typing import Any
 from reconciler.analysis import readiness
 from reconciler.analysis.readiness import Readiness, Severity
 from reconciler.repository.model import Group, UnitKey
-from reconciler.state.fleet import AgentRecord, ObservationRow, parse_heartbeat
+from reconciler.state.fleet import AgentRecord, ObservationRow
+from wire.heartbeat import parse as parse_heartbeat
 from wire.values import Scope, State
 
 NOW = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
@@ -25,9 +26,9 @@ def _agent(sensor: str, *, role: str = "web", status: str | None = "loaded", rea
     if status is not None:
         policies.append({"name": "web-exec-allowlist", "status": status, "mode": "observe", "reason": reason,
                          "origin": {"kind": "pack", "name": "web-lockdown"}, "version": 3})
-    beat = parse_heartbeat(sensor, {"labels": {"role": role}, "version": 3, "stage": "fleet", "commit": "ab" * 20,
-                                    "policies": policies,
-                                    "drift": {"unhealed": len(drift or []), "findings": drift or []}})
+    beat = parse_heartbeat({"labels": {"role": role}, "version": 3, "stage": "fleet", "commit": "ab" * 20,
+                            "policies": policies,
+                            "drift": {"unhealed": len(drift or []), "findings": drift or []}}, sensor)
     return AgentRecord.of(beat, NOW)
 
 
