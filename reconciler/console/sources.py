@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import VerificationError
-from reconciler.state import fleet as _fleet
-from reconciler.state.fleet import AgentRecord, Fleet
+from reconciler.state.fleet import AgentRecord, AgentsReader, Fleet
 from reconciler.state.statedir import StateView
 from wire.bundle import Bundle, Index, parse_bundle
 
 __all__ = ["DEFAULT_STALE_AFTER", "ConsoleSources"]
 
 log = logging.getLogger("palisade.console")
-# The agents table's columns, in the order the fleet table's row reader takes them.
-_AGENT_COLUMNS = "id, labels, version, stage, commit_id, policies, drift, counters, last_seen, health"
 
 #: When a sensor counts as stale on the console: what `palisade status` uses (AgentRecord.condition's default),
 #: so the two agree on every sensor.
@@ -53,7 +49,7 @@ class _Cache:
     lock: threading.Lock = field(default_factory=threading.Lock)
     fleet: list[Fleet] = field(default_factory=list)
     bundles: dict[int, Bundle] = field(default_factory=dict)
-    reader: list[sqlite3.Connection] = field(default_factory=list)
+    reader: list[AgentsReader] = field(default_factory=list)
     #: sensor id → (its stored row, the record read from it): a row is parsed again only when it changed
     agents: dict[str, tuple[tuple[object, ...], AgentRecord]] = field(default_factory=dict)
 
@@ -94,30 +90,15 @@ class ConsoleSources:
             return self._cache.fleet[0]
 
     def agents(self) -> list[AgentRecord]:
-        """Every sensor's last heartbeat, in id order: what `Fleet.agents()` gives, read with the fleet
-        table's own row reader, but parsing again only the rows that changed since the last call (reading
-        a thousand heartbeats strictly takes ~100 ms; most pages are loaded again within seconds)."""
+        """Every sensor's last heartbeat, in id order, as `Fleet.agents()` gives it, parsing again only the
+        rows that changed since the last call (`AgentsReader`)."""
         with self._cache.lock:
             if not self._cache.reader:
                 if not self.state.has_fleet():
                     return []
-                self._cache.reader.append(sqlite3.connect(f"file:{self.state.fleet_db}?mode=ro", uri=True,
-                                                          check_same_thread=False, timeout=10))
-            rows = self._cache.reader[0].execute(f"SELECT {_AGENT_COLUMNS} FROM agents ORDER BY id").fetchall()
-            known, fresh, out = self._cache.agents, {}, []
-            for r in rows:
-                hit = known.get(r[0])
-                if hit is None or hit[0] != r:
-                    try:
-                        hit = (r, AgentRecord.of(_fleet._stored(r), _fleet._parse_time(r[8])))
-                    except ValueError as e:  # as Fleet.agents: unreadable until the sensor's next heartbeat
-                        log.debug("console: the stored heartbeat of %s is unreadable (%s)", r[0], e)
-                        continue
-                fresh[r[0]] = hit
-                out.append(hit[1])
-            known.clear()
-            known.update(fresh)
-            return out
+                self._cache.reader.append(AgentsReader(self.state.fleet_db))
+            reader = self._cache.reader[0]
+        return reader.agents()
 
     def bundle(self, version: int) -> Bundle | None:
         """Bundle `version` from the store (parsed once: bundles never change), None if it is not there.

@@ -36,7 +36,8 @@ from wire.heartbeat import (
     Observation,
 )
 
-__all__ = ["FLEET_DB", "MAX_HEARTBEAT_BYTES", "AgentRecord", "Fleet", "Heartbeat", "Observation", "ObservationRow"]
+__all__ = ["FLEET_DB", "MAX_HEARTBEAT_BYTES", "AgentRecord", "AgentsReader", "Fleet", "Heartbeat", "Observation",
+           "ObservationRow"]
 
 FLEET_DB = statedir.FLEET_DB
 log = logging.getLogger("palisade.fleet")
@@ -195,12 +196,11 @@ class Fleet:
 
     def agents(self) -> list[AgentRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT id, labels, version, stage, commit_id, policies, drift, counters, "
-                                    "last_seen, health FROM agents ORDER BY id").fetchall()
+            rows = self._db.execute(_AGENTS_SQL).fetchall()
         out = []
         for r in rows:
             try:
-                out.append(AgentRecord.of(_stored(r), _parse_time(r[8])))
+                out.append(_record(r))
             except ValueError as e:
                 # a row an older reconciler stored, with less checked members: the agent's next heartbeat
                 # replaces it; until then it counts as not reporting (rollout gates hold) rather than as clean
@@ -250,6 +250,45 @@ class Fleet:
             rows = self._db.execute(sql, args).fetchall()
         return [ObservationRow(r[0], r[1], r[2], r[3], r[4], r[5], None if r[6] is None else bool(r[6]), int(r[7]),
                                _parse_time(r[8]), _parse_time(r[9])) for r in rows]
+
+
+class AgentsReader:
+    """The agents table read-only, parsing again only the rows that changed since the last read: what a
+    page loaded every few seconds needs (strictly reading a thousand heartbeats takes ~100 ms). Gives
+    what `Fleet.agents()` gives. Safe to call from several threads."""
+
+    def __init__(self, fleet_db: Path) -> None:
+        self._db = sqlite3.connect(f"file:{fleet_db}?mode=ro", uri=True, check_same_thread=False, timeout=10)
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[tuple[Any, ...], AgentRecord]] = {}
+
+    def agents(self) -> list[AgentRecord]:
+        with self._lock:
+            rows = self._db.execute(_AGENTS_SQL).fetchall()
+            fresh: dict[str, tuple[tuple[Any, ...], AgentRecord]] = {}
+            for r in rows:
+                hit = self._known.get(r[0])
+                if hit is None or hit[0] != r:
+                    try:
+                        hit = (r, _record(r))
+                    except ValueError as e:  # as Fleet.agents: unreadable until the sensor's next heartbeat
+                        log.debug("fleet: the stored heartbeat of %s is unreadable (%s)", r[0], e)
+                        continue
+                fresh[r[0]] = hit
+            self._known = fresh
+            return [record for _, record in fresh.values()]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+_AGENTS_SQL = ("SELECT id, labels, version, stage, commit_id, policies, drift, counters, last_seen, health "
+               "FROM agents ORDER BY id")
+
+
+def _record(r: tuple[Any, ...]) -> AgentRecord:
+    return AgentRecord.of(_stored(r), _parse_time(r[8]))
 
 
 def _parse_time(text: str) -> _dt.datetime:

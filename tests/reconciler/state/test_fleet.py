@@ -96,3 +96,26 @@ def test_rows_an_older_reconciler_stored_are_read_typed_or_left_out(tmp_path: Pa
         (1, 3, "degraded")
     assert agents["old-2"].health is not None and agents["old-2"].health.problems[0].reason == "ENOSPC"
     assert agents["old-2"].condition(at) == "degraded" and agents["old-2"].drift.unhealed == 0
+
+
+def test_the_agents_reader_gives_what_the_fleet_gives_parsing_only_rows_that_changed(tmp_path: Path) -> None:
+    from reconciler.state.fleet import AgentsReader
+    from reconciler.state.statedir import StateDir
+
+    fleet = Fleet.open(tmp_path)
+    t0 = _dt.datetime(2026, 11, 21, 12, 0, tzinfo=_dt.UTC)
+    for sensor in ("node-1", "node-2"):
+        fleet.record_heartbeat(parse_heartbeat(_doc(sensor), sensor), t0)
+    reader = AgentsReader(StateDir(tmp_path).fleet_db)
+    try:
+        first = reader.agents()
+        assert first == fleet.agents()
+        fleet.record_heartbeat(parse_heartbeat(_doc("node-2", version=4), "node-2"), t0 + _dt.timedelta(seconds=5))
+        fleet.record_heartbeat(parse_heartbeat(_doc("node-3"), "node-3"), t0)
+        second = reader.agents()
+        assert second == fleet.agents() and [a.id for a in second] == ["node-1", "node-2", "node-3"]
+        assert second[0] is first[0]  # unchanged: not parsed again
+        assert second[1] is not first[1] and second[1].version == 4
+    finally:
+        reader.close()
+        fleet.close()
