@@ -79,16 +79,17 @@ class MirrorDir:
 
 @dataclass(frozen=True)
 class MirrorResult:
-    """What one `mirror` did: the index it left in place and the files it wrote."""
+    """What one `mirror` did: the index it left in place, the files it wrote and those it pruned."""
 
     root: Path
     index: Index  # the index the mirror holds now
     written: tuple[str, ...]  # paths below `root` this run wrote, in the order written (the index last)
     unchanged: int  # files that already held the right bytes
+    pruned: tuple[str, ...] = ()  # with prune=True: bundles and objects the index no longer lists, removed
 
     def to_json(self) -> dict[str, Any]:
         return {"to": str(self.root), "version": self.index.version, "serial": self.index.serial,
-                "written": list(self.written), "unchanged": self.unchanged}
+                "written": list(self.written), "unchanged": self.unchanged, "pruned": list(self.pruned)}
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,10 @@ class _Copy:
     data: bytes
 
 
-def mirror(store: Path, to: Path) -> MirrorResult:
-    """Bring the mirror at `to` up to the store at `store` (see the module docstring)."""
+def mirror(store: Path, to: Path, *, prune: bool = False) -> MirrorResult:
+    """Bring the mirror at `to` up to the store at `store` (see the module docstring). With `prune`, once
+    the new index is in place, remove the bundles and objects it no longer lists (what `palisade serve`
+    would no longer serve either); files that are not the mirror's (other names) are left alone."""
     source = Store(store)  # a reader: opens nothing for writing
     index_bytes = source.index_bytes()
     if index_bytes is None:
@@ -135,8 +138,39 @@ def mirror(store: Path, to: Path) -> MirrorResult:
     if index_todo:
         _write(dest.index, index_bytes, after=_mtime_ns(dest.index))
     written = [c.path for c in todo] + ([dest.index] if index_todo else [])
+    pruned = _prune(dest, {v for v, _ in bundles}, set(objects)) if prune else []
     return MirrorResult(dest.root, index, tuple(p.relative_to(dest.root).as_posix() for p in written),
-                        unchanged=len(immutable) - len(todo) + (0 if index_todo else 1))
+                        unchanged=len(immutable) - len(todo) + (0 if index_todo else 1),
+                        pruned=tuple(p.relative_to(dest.root).as_posix() for p in pruned))
+
+
+def _prune(dest: MirrorDir, versions: set[int], objects: set[str]) -> list[Path]:
+    """Remove mirror bundles and objects outside the index just written (after it: an agent holding the
+    previous index may still fetch what that one listed until it polls again — one poll interval)."""
+    gone: list[Path] = []
+    for d, keep in ((dest.bundles, {str(v) for v in versions}), (dest.objects, objects)):
+        try:
+            names = sorted(p.name for p in d.iterdir())
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise StateError(f"cannot list {d}: {e.strerror}") from None
+        for name in names:
+            mine = name.isdigit() if d == dest.bundles else len(name) == 64 and all(
+                c in "0123456789abcdef" for c in name)
+            if not mine or name in keep:
+                continue  # a temporary file, or something put there by hand: not ours to delete
+            try:
+                (d / name).unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StateError(f"cannot prune {d / name}: {e.strerror}") from None
+            gone.append(d / name)
+    if gone:
+        for d in (dest.bundles, dest.objects):
+            _fsync_dir(d)
+    return gone
 
 
 def _parse_own_index(data: bytes, path: Path) -> Index:

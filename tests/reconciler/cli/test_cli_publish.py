@@ -145,3 +145,55 @@ def test_an_index_write_that_fails_leaves_the_new_bundles_and_the_old_index(
     assert (www / "v1" / "bundles" / "3").exists()
     monkeypatch.undo()
     assert mirror_mod.mirror(state / "store", www).written == ("v1/index",)
+
+
+def test_prune_removes_what_the_index_no_longer_lists_and_nothing_else(tmp_path: Path, k: Keys) -> None:
+    store = Store(tmp_path / "state" / "store", k.signing, keep=2)
+    store.publish(_with_object(store, 1, b"\x7fELF object one", k))
+    store.publish(B.sign_bundle(make_bundle(2), k.signing))
+    www = tmp_path / "www"
+    assert run("publish", "--state", tmp_path / "state", "--to", www).returncode == 0
+    (www / "v1" / "bundles" / "README").write_text("put here by hand\n")
+    store.publish(B.sign_bundle(make_bundle(3), k.signing))  # the index now lists v2 and v3 only
+    kept = run("publish", "--state", tmp_path / "state", "--to", www, "-o", "json")
+    assert kept.returncode == 0 and json.loads(kept.stdout)["pruned"] == []
+    assert (www / "v1" / "bundles" / "1").exists()  # without --prune the mirror keeps every file
+    r = run("publish", "--state", tmp_path / "state", "--to", www, "--prune", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    sha = hashlib.sha256(b"\x7fELF object one").hexdigest()
+    assert sorted(json.loads(r.stdout)["pruned"]) == ["v1/bundles/1", f"v1/objects/{sha}"]
+    assert sorted(p.name for p in (www / "v1" / "bundles").iterdir()) == ["2", "3", "README"]
+    assert not (www / "v1" / "objects" / sha).exists()
+    index = B.verify_index((www / "v1" / "index").read_bytes(), [k.public], min_serial=0, min_version=0)
+    assert index.version == 3 and [e.version for e in index.bundles] == [2, 3]
+
+
+def test_watch_mirrors_each_new_index_until_sigterm(state: Path, tmp_path: Path, k: Keys) -> None:
+    import signal
+    import time
+
+    www = tmp_path / "www"
+    proc = subprocess.Popen([str(PALISADE), "publish", "--state", str(state), "--to", str(www), "--watch",
+                             "--interval", "0.1", "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        def mirrored() -> int:
+            try:
+                return B.parse_index((www / "v1" / "index").read_bytes()).version
+            except (FileNotFoundError, B.VerificationError):
+                return 0
+
+        deadline = time.monotonic() + 20
+        while mirrored() < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        Store(state / "store", k.signing).publish(B.sign_bundle(make_bundle(3), k.signing))
+        while mirrored() < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "v3 was not mirrored"
+            time.sleep(0.05)
+        assert (www / "v1" / "bundles" / "3").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert [json.loads(line)["version"] for line in out.splitlines()] == [2, 3]  # one line per publish
