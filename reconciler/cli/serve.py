@@ -135,13 +135,14 @@ def run(args: argparse.Namespace) -> int:
         def listening(url: str) -> None:
             how = f"watching {git_dir}" if git_dir is not None else f"polling every {args.poll_interval}"
             role = "" if not args.leader_elect else "; standing by" if loop.role is Role.STANDBY else "; leading"
-            print(f"palisade serve: listening on {url} ({args.repo} branch {args.branch}, {how}{role})",
-                  file=sys.stderr, flush=True)
+            # the "listening on" line comes last: whoever waits for it (a supervisor, a test) has the rest
             if hooks is not None:
                 names = ", ".join(f"{url}/v1/hooks/{r.name} ({r.kind})" for r in hooks.config.receivers)
                 print(f"palisade serve: webhooks at {names}", file=sys.stderr, flush=True)
             login = "?token=<the token in --token-file>" if token is not None else ""
             print(f"palisade serve: console at {url}/ui/{login}", file=sys.stderr, flush=True)
+            print(f"palisade serve: listening on {url} ({args.repo} branch {args.branch}, {how}{role})",
+                  file=sys.stderr, flush=True)
 
         run_server(app, host, port, on_listening=listening, on_exit=changes.notify)
     finally:
