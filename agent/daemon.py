@@ -63,9 +63,9 @@ def watch_containers(cfg: AgentConfig, enforcer: Enforcer, index: WorkloadIndex,
         w = Workload.of_container(c)
         if started is not None:
             started(w)
-        index.add(w)
-        if base is not None:
+        if base is not None:  # before the index: whoever sees the container there finds it named everywhere
             base.pods.add(w)
+        index.add(w)
 
     def on_stop(c: Container) -> None:
         w = Workload.of_container(c)
