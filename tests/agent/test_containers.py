@@ -303,6 +303,12 @@ def test_the_base_sensors_exec_and_exit_events_name_a_discovered_container_and_i
                       containers=ContainerRuntime(podman.socket))
     log = EventLog(tmp_path)
     base = start_sensor(cfg, log)
+    if base is None:
+        # Seen once in CI, right after the containerd tests: libbpf found no valid kernel BTF (ESRCH) for
+        # this load alone, while every other base-sensor load of the run worked. One more try shows whether
+        # it lasts; what this test asserts is the naming, not the load (tests/agent/test_sensor.py is).
+        time.sleep(1)
+        base = start_sensor(cfg, log)
     assert base is not None, "the base sensor did not start"
     index = WorkloadIndex()
     watcher = watch_containers(cfg, NullEnforcer(), index, base)  # the base sensor alone: no policy
